@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The project's whole test run, as CI runs it: formatting, lints, unit and integration tests.
+# Installs what the tests check against when it is missing: Debian's real Ignition
+# (ignition-validate and the ignition binary), openssl and kubectl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v ignition-validate >/dev/null || missing+=(ignition)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
+command -v useradd >/dev/null || missing+=(passwd)
+if ((${#missing[@]})); then
+  echo "==> installing ${missing[*]}"
+  sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "==> cargo test"
+cargo test --locked --all-targets

@@ -1,0 +1,77 @@
+//! `flatstack init`: write a commented cluster file for a cloud profile.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use super::InvalidInput;
+use crate::spec::ClusterSpec;
+use crate::spec::profile::{Profile, cluster_file};
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// The cloud the file is tuned for.
+    #[arg(long, value_enum, default_value = "jetstream2")]
+    pub profile: Profile,
+    /// Cluster name (default: the current directory's name, if it is a valid one).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(path: &Path, args: &InitArgs) -> anyhow::Result<()> {
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => default_name(),
+    };
+    let text = cluster_file(args.profile, &name);
+    // The written file must be one `flatstack validate` accepts; a bad --name is caught here.
+    if let Err(invalid) = ClusterSpec::parse(&path.display().to_string(), &text) {
+        let reasons: Vec<&str> = invalid.problems.iter().map(|p| p.message()).collect();
+        return Err(InvalidInput(format!(
+            "cannot write a cluster file named `{name}`: {}\n  hint: use 1 to 40 lowercase letters, digits and '-', starting with a letter",
+            reasons.join("; ")
+        ))
+        .into());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if args.force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(InvalidInput(format!(
+                "{} exists already; nothing was changed\n  hint: pass --force to replace it, or --file to write another",
+                path.display()
+            ))
+            .into());
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+    };
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {} for cluster `{name}` ({:?} profile)", path.display(), args.profile);
+    println!("next: edit it, then `flatstack validate` and `flatstack render --out nodes/`");
+    Ok(())
+}
+
+/// The current directory's name when it makes a valid cluster name, else `cluster`.
+fn default_name() -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|dir| dir.file_name().map(|n| n.to_string_lossy().to_lowercase()))
+        .filter(|n| {
+            n.len() <= 40
+                && n.starts_with(|c: char| c.is_ascii_lowercase())
+                && !n.ends_with('-')
+                && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+        .unwrap_or_else(|| "cluster".to_string())
+}

@@ -1,0 +1,82 @@
+//! Command-line interface: the clap definitions of every command, and the code that runs
+//! each one and prints its output. Exit codes: 0 success, 1 failure, 2 invalid input.
+
+mod init;
+mod render;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::spec::{ClusterSpec, InvalidClusterFile};
+
+/// Kubernetes on OpenStack with Flatcar Container Linux, from one cluster file.
+#[derive(Debug, Parser)]
+#[command(name = "flatstack", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The cluster file.
+    #[arg(short, long, global = true, env = "FLATSTACK_FILE", default_value = "cluster.toml")]
+    pub file: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented cluster file to start from.
+    Init(init::InitArgs),
+    /// Check the cluster file and report every problem in it.
+    Validate,
+    /// Write each node's Ignition config and an admin kubeconfig, touching no cloud.
+    Render(render::RenderArgs),
+}
+
+/// Exit code for invalid input: cluster files, arguments, unsafe state directories.
+pub const EXIT_INVALID_INPUT: u8 = 2;
+
+/// An error in what the user gave us, as opposed to a failure while acting on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init(args) => init::run(&cli.file, &args),
+        Command::Validate => {
+            let spec = load_spec(&cli.file)?;
+            println!(
+                "{}: cluster `{}` is valid: {} node(s), Kubernetes {}",
+                cli.file.display(),
+                spec.name,
+                spec.nodes().len(),
+                spec.kubernetes.version
+            );
+            Ok(())
+        }
+        Command::Render(args) => render::run(&cli.file, &args),
+    }
+}
+
+/// The exit code for an error: 2 when the input was wrong, 1 otherwise.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let invalid = error.chain().any(|cause| {
+        cause.is::<InvalidClusterFile>()
+            || cause.is::<InvalidInput>()
+            || matches!(
+                cause.downcast_ref::<crate::pki::PkiError>(),
+                Some(crate::pki::PkiError::LoosePermissions { .. } | crate::pki::PkiError::NotADirectory(_))
+            )
+    });
+    if invalid { EXIT_INVALID_INPUT } else { 1 }
+}
+
+fn load_spec(path: &std::path::Path) -> anyhow::Result<ClusterSpec> {
+    match ClusterSpec::load(path) {
+        Ok(spec) => Ok(spec),
+        Err(crate::spec::LoadError::Invalid(invalid)) => Err(invalid.into()),
+        Err(crate::spec::LoadError::Read { path, source }) => Err(InvalidInput(format!(
+            "cannot read cluster file {path}: {source}\n  hint: run `flatstack init` to write one, or pass --file"
+        ))
+        .into()),
+    }
+}

@@ -1,0 +1,91 @@
+//! `flatstack render`: every node's Ignition config and the admin kubeconfig, from the cluster
+//! file and the local PKI alone. What `up` gives Nova as user_data is exactly this.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use super::{InvalidInput, load_spec};
+use crate::node::{self, ApiEndpoint};
+use crate::pki::{self, ClusterPki, Kubeconfig, StateDir};
+use crate::spec::Role;
+
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// Directory for `<node>.ign` files and `kubeconfig`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The control plane's public address (floating IP): added to the API certificate and
+    /// used in the kubeconfig.
+    #[arg(long, value_name = "IP")]
+    pub endpoint: Option<IpAddr>,
+    /// The control plane's private address, which nodes join through. Defaults to the 10th
+    /// address of `network.node_cidr` when flatstack creates the network.
+    #[arg(long, value_name = "IP")]
+    pub internal_endpoint: Option<Ipv4Addr>,
+    /// State directory holding the cluster's PKI (default: $XDG_DATA_HOME/flatstack/<name>).
+    #[arg(long, env = "FLATSTACK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+pub fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
+    let spec = load_spec(file)?;
+    let internal = match args.internal_endpoint.or(spec.network.default_api_address()) {
+        Some(ip) => ip,
+        None => {
+            return Err(InvalidInput(
+                "the cluster joins an existing network, so the control plane's private address is not known yet\n  hint: pass --internal-endpoint IP (`flatstack up` learns it from the port it creates)".into(),
+            )
+            .into());
+        }
+    };
+    let endpoint = ApiEndpoint {
+        internal,
+        public: args.endpoint,
+    };
+    let state_path = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => StateDir::default_path(&spec.name)?,
+    };
+    let state = StateDir::open_or_create(&state_path)?;
+    let pki = ClusterPki::load_or_create(&state)?;
+    let nodes = node::render_cluster(&spec, &pki, &endpoint)?;
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    for rendered in &nodes {
+        // Control-plane configs hold CA keys and every config holds the bootstrap token.
+        let path = args.out.join(format!("{}.ign", rendered.name));
+        pki::write_atomically(&path, rendered.ignition.as_bytes(), 0o600)?;
+    }
+    let server = format!("https://{}", host_port(endpoint.public.unwrap_or(IpAddr::V4(internal))));
+    let admin = pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::Admin)?;
+    let super_admin = pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::SuperAdmin)?;
+    pki::write_atomically(&args.out.join("kubeconfig"), admin.as_bytes(), 0o600)?;
+    state.write("admin.kubeconfig", admin.as_bytes(), 0o600)?;
+    state.write("super-admin.kubeconfig", super_admin.as_bytes(), 0o600)?;
+
+    println!("{:<44} {:<14} {:>10}", "NODE", "ROLE", "USER_DATA");
+    for rendered in &nodes {
+        let role = match rendered.role {
+            Role::ControlPlane => "control-plane",
+            Role::Worker => "worker",
+        };
+        println!("{:<44} {:<14} {:>10}", rendered.name, role, rendered.user_data_len());
+    }
+    println!(
+        "wrote {} Ignition config(s) and kubeconfig to {}; API endpoint {server}, join endpoint {internal}:6443",
+        nodes.len(),
+        args.out.display()
+    );
+    println!("state directory: {}", state.path().display());
+    Ok(())
+}
+
+fn host_port(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:6443"),
+        IpAddr::V6(v6) => format!("[{v6}]:6443"),
+    }
+}

@@ -1,0 +1,249 @@
+//! kubeadm configuration (`kubeadm.k8s.io/v1beta4`) for the first control plane
+//! (Init + Cluster configuration) and for workers (Join configuration). Values a node only
+//! learns at boot are placeholders the bootstrap script fills in from Afterburn's metadata.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::pki::ClusterPki;
+use crate::spec::{ClusterSpec, WorkerPool};
+
+use super::{ApiEndpoint, NodeError};
+
+/// Replaced by the node's name (its Nova server name) before kubeadm runs.
+pub const NODE_NAME_PLACEHOLDER: &str = "@NODE_NAME@";
+/// Replaced by the node's Nova instance UUID before kubeadm runs.
+pub const INSTANCE_UUID_PLACEHOLDER: &str = "@INSTANCE_UUID@";
+
+const API_VERSION: &str = "kubeadm.k8s.io/v1beta4";
+const CRI_SOCKET: &str = "unix:///run/containerd/containerd.sock";
+/// Where kubeadm looks for (and, finding them, reuses) the CAs flatstack made.
+pub const CERTIFICATES_DIR: &str = "/etc/kubernetes/pki";
+/// How long the bootstrap token in user_data stays valid. It is readable from the metadata
+/// service for the node's lifetime, so it is short; later joins get a fresh token.
+const BOOTSTRAP_TOKEN_TTL: &str = "4h0m0s";
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InitConfiguration<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    bootstrap_tokens: Vec<BootstrapToken<'a>>,
+    node_registration: NodeRegistration<'a>,
+    #[serde(rename = "localAPIEndpoint")]
+    local_api_endpoint: LocalApiEndpoint,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BootstrapToken<'a> {
+    token: &'a str,
+    description: &'a str,
+    ttl: &'a str,
+    usages: [&'a str; 2],
+    groups: [&'a str; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeRegistration<'a> {
+    name: &'a str,
+    cri_socket: &'a str,
+    kubelet_extra_args: Vec<Arg>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    taints: Option<Vec<Taint>>,
+}
+
+#[derive(Serialize)]
+struct Arg {
+    name: String,
+    value: String,
+}
+
+#[derive(Serialize)]
+struct Taint {
+    key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    effect: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LocalApiEndpoint {
+    bind_port: u16,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterConfiguration<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    cluster_name: &'a str,
+    kubernetes_version: String,
+    control_plane_endpoint: String,
+    certificates_dir: &'a str,
+    encryption_algorithm: &'a str,
+    #[serde(rename = "apiServer")]
+    api_server: ApiServer,
+    networking: Networking,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiServer {
+    #[serde(rename = "certSANs")]
+    cert_sans: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Networking {
+    pod_subnet: String,
+    service_subnet: String,
+    dns_domain: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JoinConfiguration<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    discovery: Discovery<'a>,
+    node_registration: NodeRegistration<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Discovery<'a> {
+    bootstrap_token: BootstrapTokenDiscovery<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BootstrapTokenDiscovery<'a> {
+    api_server_endpoint: String,
+    token: &'a str,
+    ca_cert_hashes: Vec<String>,
+}
+
+fn kubelet_args(labels: &[(String, String)]) -> Vec<Arg> {
+    let mut args = vec![
+        Arg {
+            name: "cloud-provider".into(),
+            value: "external".into(),
+        },
+        Arg {
+            name: "provider-id".into(),
+            value: format!("openstack:///{INSTANCE_UUID_PLACEHOLDER}"),
+        },
+    ];
+    if !labels.is_empty() {
+        let joined: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        args.push(Arg {
+            name: "node-labels".into(),
+            value: joined.join(","),
+        });
+    }
+    args
+}
+
+fn host_port(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(v4) => format!("{v4}:6443"),
+        IpAddr::V6(v6) => format!("[{v6}]:6443"),
+    }
+}
+
+/// The Init and Cluster configuration of the first control plane, as one YAML stream.
+pub fn init_config(
+    spec: &ClusterSpec,
+    pki: &ClusterPki,
+    endpoint: &ApiEndpoint,
+) -> Result<String, NodeError> {
+    let init = InitConfiguration {
+        api_version: API_VERSION,
+        kind: "InitConfiguration",
+        bootstrap_tokens: vec![BootstrapToken {
+            token: pki.bootstrap_token.expose(),
+            description: "flatstack: lets the cluster's first workers join",
+            ttl: BOOTSTRAP_TOKEN_TTL,
+            usages: ["signing", "authentication"],
+            groups: ["system:bootstrappers:kubeadm:default-node-token"],
+        }],
+        node_registration: NodeRegistration {
+            name: NODE_NAME_PLACEHOLDER,
+            cri_socket: CRI_SOCKET,
+            kubelet_extra_args: kubelet_args(&[]),
+            taints: None,
+        },
+        local_api_endpoint: LocalApiEndpoint { bind_port: 6443 },
+    };
+    let mut sans = vec![endpoint.internal.to_string()];
+    if let Some(public) = endpoint.public {
+        sans.push(public.to_string());
+    }
+    sans.push(format!("{}-control-plane-1", spec.name));
+    let cluster = ClusterConfiguration {
+        api_version: API_VERSION,
+        kind: "ClusterConfiguration",
+        cluster_name: &spec.name,
+        kubernetes_version: spec.kubernetes.version.to_string(),
+        control_plane_endpoint: host_port(IpAddr::V4(endpoint.internal)),
+        certificates_dir: CERTIFICATES_DIR,
+        encryption_algorithm: "ECDSA-P256",
+        api_server: ApiServer { cert_sans: sans },
+        networking: Networking {
+            pod_subnet: spec.network.pod_cidr.to_string(),
+            service_subnet: spec.network.service_cidr.to_string(),
+            dns_domain: "cluster.local",
+        },
+    };
+    Ok(format!("{}---\n{}", to_yaml(&init)?, to_yaml(&cluster)?))
+}
+
+/// The Join configuration of a worker of `pool`.
+pub fn join_config(
+    pool: &WorkerPool,
+    pki: &ClusterPki,
+    endpoint: &ApiEndpoint,
+) -> Result<String, NodeError> {
+    let labels: Vec<(String, String)> = pool
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let taints = (!pool.taints.is_empty()).then(|| {
+        pool.taints
+            .iter()
+            .map(|t| Taint {
+                key: t.key.clone(),
+                value: t.value.clone(),
+                effect: t.effect.as_str().to_string(),
+            })
+            .collect()
+    });
+    let join = JoinConfiguration {
+        api_version: API_VERSION,
+        kind: "JoinConfiguration",
+        discovery: Discovery {
+            bootstrap_token: BootstrapTokenDiscovery {
+                api_server_endpoint: host_port(IpAddr::V4(endpoint.internal)),
+                token: pki.bootstrap_token.expose(),
+                ca_cert_hashes: vec![pki.discovery_hash()],
+            },
+        },
+        node_registration: NodeRegistration {
+            name: NODE_NAME_PLACEHOLDER,
+            cri_socket: CRI_SOCKET,
+            kubelet_extra_args: kubelet_args(&labels),
+            taints,
+        },
+    };
+    to_yaml(&join)
+}
+
+fn to_yaml<T: Serialize>(value: &T) -> Result<String, NodeError> {
+    serde_saphyr::to_string(value).map_err(|e| NodeError::Yaml(e.to_string()))
+}

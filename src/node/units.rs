@@ -1,0 +1,178 @@
+//! The systemd units, drop-ins, scripts and small config files every node boots with.
+//! They are written by hand, short, and each says what it is for.
+
+use crate::spec::{ClusterSpec, Role};
+
+use super::kubeadm::{CERTIFICATES_DIR, INSTANCE_UUID_PLACEHOLDER, NODE_NAME_PLACEHOLDER};
+
+/// Where flatstack keeps its files on a node.
+pub const CONFIG_DIR: &str = "/etc/flatstack";
+/// The kubeadm configuration with placeholders, as rendered on the workstation.
+pub const KUBEADM_TEMPLATE: &str = "/etc/flatstack/kubeadm.yaml.in";
+/// Pristine copies of the CAs and service-account key on control planes; copied into
+/// kubeadm's certificates directory before every `kubeadm init` attempt, so a reset after a
+/// failed attempt can never make kubeadm mint a CA of its own.
+pub const PKI_SOURCE_DIR: &str = "/etc/flatstack/pki";
+pub const BOOTSTRAP_SCRIPT: &str = "/opt/flatstack/bin/flatstack-bootstrap";
+pub const KUBEADM_UNIT: &str = "kubeadm.service";
+/// Directory of the Kubernetes sysext images, and the symlink systemd-sysext merges.
+pub const SYSEXT_DIR: &str = "/opt/extensions/kubernetes";
+pub const SYSEXT_LINK: &str = "/etc/extensions/kubernetes.raw";
+
+/// The script `kubeadm.service` runs: fill in the node's identity, run kubeadm.
+pub fn bootstrap_script() -> String {
+    format!(
+        r#"#!/bin/bash
+# flatstack node bootstrap: learns this node's name and instance UUID from Afterburn's
+# metadata (/run/metadata/flatcar), writes the kubeadm configuration and runs kubeadm once.
+set -euo pipefail
+
+role=${{1:?usage: flatstack-bootstrap control-plane|worker}}
+say() {{
+  echo "flatstack: $*"
+  echo "flatstack: $*" > /dev/kmsg 2>/dev/null || true
+}}
+
+name=${{COREOS_OPENSTACK_HOSTNAME:-$(hostname)}}
+name=${{name%%.*}}
+name=${{name,,}}
+uuid=${{COREOS_OPENSTACK_INSTANCE_UUID:-}}
+if [[ -z $uuid && -r /sys/class/dmi/id/product_uuid ]]; then
+  uuid=$(tr '[:upper:]' '[:lower:]' < /sys/class/dmi/id/product_uuid)
+fi
+if [[ ! $name =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]]; then
+  say "cannot use '$name' as the node name"
+  exit 1
+fi
+if [[ ! $uuid =~ ^[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}$ ]]; then
+  say "cannot tell this instance's UUID (COREOS_OPENSTACK_INSTANCE_UUID is empty)"
+  exit 1
+fi
+
+umask 077
+sed -e "s/{NODE_NAME_PLACEHOLDER}/$name/g" -e "s/{INSTANCE_UUID_PLACEHOLDER}/$uuid/g" \
+  {KUBEADM_TEMPLATE} > {CONFIG_DIR}/kubeadm.yaml
+
+case $role in
+  control-plane)
+    mkdir -p {CERTIFICATES_DIR}
+    cp -a {PKI_SOURCE_DIR}/. {CERTIFICATES_DIR}/
+    command=(kubeadm init --config {CONFIG_DIR}/kubeadm.yaml)
+    ;;
+  worker)
+    command=(kubeadm join --config {CONFIG_DIR}/kubeadm.yaml)
+    ;;
+  *)
+    say "unknown role '$role'"
+    exit 2
+    ;;
+esac
+
+say "kubeadm $role starting on $name"
+if "${{command[@]}}"; then
+  say "kubeadm $role finished on $name"
+else
+  status=$?
+  say "kubeadm $role failed with status $status on $name; resetting for the next attempt"
+  kubeadm reset --force || true
+  exit "$status"
+fi
+"#
+    )
+}
+
+/// The oneshot unit that bootstraps the node, once: kubelet.conf exists afterwards.
+pub fn kubeadm_unit(role: Role) -> String {
+    let role = match role {
+        Role::ControlPlane => "control-plane",
+        Role::Worker => "worker",
+    };
+    format!(
+        r#"[Unit]
+Description=flatstack: join this node to its Kubernetes cluster with kubeadm
+Wants=network-online.target
+After=network-online.target containerd.service coreos-metadata.service systemd-sysext.service
+Requires=containerd.service coreos-metadata.service
+ConditionPathExists=!/etc/kubernetes/kubelet.conf
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+EnvironmentFile=/run/metadata/flatcar
+ExecStart={BOOTSTRAP_SCRIPT} {role}
+Restart=on-failure
+RestartSec=20s
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"#
+    )
+}
+
+/// `/etc/flatcar/update.conf`: update group and server; locksmithd never reboots on its own.
+pub fn update_conf(spec: &ClusterSpec) -> String {
+    let updates = &spec.updates;
+    let mut text = format!(
+        "# flatstack: Flatcar updates. Reboots are coordinated in the cluster (kured), one node\n\
+         # at a time, {} {}-{} {}; locksmithd is masked.\nGROUP={}\nREBOOT_STRATEGY=off\n",
+        updates.reboot_window.days.join(","),
+        updates.reboot_window.start,
+        updates.reboot_window.end,
+        updates.reboot_window.timezone,
+        updates.group
+    );
+    match (&updates.server, updates.enabled) {
+        (_, false) => text.push_str("# Updates are off: an invalid server stops downloads.\nSERVER=disabled\n"),
+        (Some(server), true) => text.push_str(&format!("SERVER={server}\n")),
+        (None, true) => {}
+    }
+    text
+}
+
+/// The sysupdate transfer that fetches patch releases of the pinned Kubernetes minor.
+pub fn sysupdate_transfer(spec: &ClusterSpec, source_dir: &str) -> String {
+    let series = spec.kubernetes.version.minor_series();
+    format!(
+        r#"# flatstack: patch releases of Kubernetes {series} for systemd-sysupdate.
+[Transfer]
+Verify=false
+
+[Source]
+Type=url-file
+Path={source_dir}
+MatchPattern=kubernetes-v{series}.@v-%a.raw
+
+[Target]
+InstancesMax=3
+Type=regular-file
+Path={SYSEXT_DIR}
+CurrentSymlink={SYSEXT_LINK}
+"#
+    )
+}
+
+/// A transfer that never matches, so the default `systemd-sysupdate` run has one to read.
+pub const SYSUPDATE_NOOP: &str = r#"# flatstack: placeholder transfer; the Flatcar OS itself updates through update-engine.
+[Source]
+Type=regular-file
+Path=/
+MatchPattern=invalid@v.raw
+
+[Target]
+Type=regular-file
+Path=/
+"#;
+
+/// Drop-in for `systemd-sysupdate.service`: update the Kubernetes sysext, and when the active
+/// image changed, ask kured for a reboot.
+pub fn sysupdate_dropin() -> String {
+    format!(
+        r#"[Service]
+ExecStartPre=/usr/bin/sh -c 'readlink -f {SYSEXT_LINK} > /run/flatstack-kubernetes-sysext'
+ExecStartPre=/usr/lib/systemd/systemd-sysupdate -C kubernetes update
+ExecStartPost=/usr/bin/sh -c '[ "$$(readlink -f {SYSEXT_LINK})" = "$$(cat /run/flatstack-kubernetes-sysext)" ] || touch /run/reboot-required'
+"#
+    )
+}

@@ -1,0 +1,378 @@
+//! The cluster's local PKI: the three CAs kubeadm expects, the service-account key pair, the
+//! bootstrap token, the token discovery hash and the administrators' client certificates.
+//! Created once in the state directory and reused on every later run, so that nodes and
+//! kubeconfigs made at different times trust each other.
+
+mod kubeconfig;
+mod state_dir;
+mod token;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SerialNumber,
+};
+use sha2::{Digest, Sha256};
+use time::{Duration, OffsetDateTime};
+
+pub use kubeconfig::{Kubeconfig, kubeconfig_yaml};
+pub use state_dir::{StateDir, write_atomically};
+pub use token::BootstrapToken;
+
+/// Directory of the PKI inside the state directory.
+const PKI_DIR: &str = "pki";
+/// Where a PKI being created is assembled before it is renamed into place.
+const PKI_NEW_DIR: &str = "pki.new";
+const CA_VALIDITY_DAYS: i64 = 3650;
+const CLIENT_VALIDITY_DAYS: i64 = 365;
+
+/// Text that must never be shown: private keys and tokens. Debug prints a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: String) -> Self {
+        Secret(text)
+    }
+
+    /// The secret itself, for writing it where it belongs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct CertAndKey {
+    pub cert_pem: String,
+    pub key_pem: Secret,
+}
+
+/// The service-account signing key pair (kubeadm's `sa.key` / `sa.pub`).
+#[derive(Debug, Clone)]
+pub struct ServiceAccountKey {
+    pub public_pem: String,
+    pub private_pem: Secret,
+}
+
+/// Everything the cluster's trust is made of.
+#[derive(Debug, Clone)]
+pub struct ClusterPki {
+    pub ca: CertAndKey,
+    pub front_proxy_ca: CertAndKey,
+    pub etcd_ca: CertAndKey,
+    pub service_account: ServiceAccountKey,
+    pub bootstrap_token: BootstrapToken,
+    /// Client certificate in `kubeadm:cluster-admins`, bound to cluster-admin by kubeadm.
+    pub admin: CertAndKey,
+    /// Break-glass client certificate in `system:masters`; never leaves the workstation.
+    pub super_admin: CertAndKey,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{} has mode {mode:04o}, so others can read the cluster's keys; flatstack wants {wanted:04o}\n  hint: run `chmod {wanted:o} {}` if no one else has read it, or rotate the cluster's credentials if someone may have",
+        path.display(),
+        path.display()
+    )]
+    LoosePermissions { path: PathBuf, mode: u32, wanted: u32 },
+    #[error("{} is not a directory; choose another --state-dir", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("neither XDG_DATA_HOME nor HOME is set; pass --state-dir")]
+    NoHome,
+    #[error(
+        "the PKI in {} is incomplete: {name} is missing or unreadable ({detail})\n  hint: restore it from a backup; if no node was ever created with this PKI, delete {} to start afresh",
+        dir.display(),
+        dir.display()
+    )]
+    Incomplete {
+        dir: PathBuf,
+        name: &'static str,
+        detail: String,
+    },
+    #[error("cannot create {what}: {source}")]
+    Generate {
+        what: &'static str,
+        source: rcgen::Error,
+    },
+    #[error("cannot write a kubeconfig: {0}")]
+    Serialize(String),
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
+}
+
+impl PkiError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        PkiError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// File names of every PKI item, in the state directory's `pki/`.
+mod names {
+    pub const CA_CRT: &str = "ca.crt";
+    pub const CA_KEY: &str = "ca.key";
+    pub const FRONT_PROXY_CA_CRT: &str = "front-proxy-ca.crt";
+    pub const FRONT_PROXY_CA_KEY: &str = "front-proxy-ca.key";
+    pub const ETCD_CA_CRT: &str = "etcd-ca.crt";
+    pub const ETCD_CA_KEY: &str = "etcd-ca.key";
+    pub const SA_PUB: &str = "sa.pub";
+    pub const SA_KEY: &str = "sa.key";
+    pub const BOOTSTRAP_TOKEN: &str = "bootstrap-token";
+    pub const ADMIN_CRT: &str = "admin.crt";
+    pub const ADMIN_KEY: &str = "admin.key";
+    pub const SUPER_ADMIN_CRT: &str = "super-admin.crt";
+    pub const SUPER_ADMIN_KEY: &str = "super-admin.key";
+}
+
+impl ClusterPki {
+    /// Loads the PKI from the state directory, or creates it there if it has none yet.
+    /// Creation is all or nothing: it is assembled aside and renamed into place.
+    pub fn load_or_create(state: &StateDir) -> Result<ClusterPki, PkiError> {
+        let dir = state.join(PKI_DIR);
+        if dir.exists() {
+            return ClusterPki::load(&dir);
+        }
+        let staging = state.join(PKI_NEW_DIR);
+        if staging.exists() {
+            // A previous run stopped before the rename: nothing used this PKI yet.
+            std::fs::remove_dir_all(&staging)
+                .map_err(|source| PkiError::io("remove", &staging, source))?;
+        }
+        let pki = ClusterPki::generate()?;
+        let new_dir = StateDir::open_or_create(&staging)?;
+        pki.write(&new_dir)?;
+        std::fs::rename(&staging, &dir).map_err(|source| PkiError::io("rename", &staging, source))?;
+        Ok(pki)
+    }
+
+    /// Creates a new PKI in memory.
+    pub fn generate() -> Result<ClusterPki, PkiError> {
+        let ca = new_ca("kubernetes")?;
+        let front_proxy_ca = new_ca("front-proxy-ca")?;
+        let etcd_ca = new_ca("etcd-ca")?;
+        let sa = new_key("the service-account key")?;
+        let admin = new_client_cert(&ca, "flatstack-admin", "kubeadm:cluster-admins")?;
+        let super_admin = new_client_cert(&ca, "flatstack-super-admin", "system:masters")?;
+        Ok(ClusterPki {
+            ca,
+            front_proxy_ca,
+            etcd_ca,
+            service_account: ServiceAccountKey {
+                public_pem: sa.public_key_pem(),
+                private_pem: Secret::new(sa.serialize_pem()),
+            },
+            bootstrap_token: BootstrapToken::generate()?,
+            admin,
+            super_admin,
+        })
+    }
+
+    fn write(&self, dir: &StateDir) -> Result<(), PkiError> {
+        use names::*;
+        let public = [
+            (CA_CRT, &self.ca.cert_pem),
+            (FRONT_PROXY_CA_CRT, &self.front_proxy_ca.cert_pem),
+            (ETCD_CA_CRT, &self.etcd_ca.cert_pem),
+            (SA_PUB, &self.service_account.public_pem),
+            (ADMIN_CRT, &self.admin.cert_pem),
+            (SUPER_ADMIN_CRT, &self.super_admin.cert_pem),
+        ];
+        for (name, pem) in public {
+            dir.write(name, pem.as_bytes(), 0o644)?;
+        }
+        let secret = [
+            (CA_KEY, &self.ca.key_pem),
+            (FRONT_PROXY_CA_KEY, &self.front_proxy_ca.key_pem),
+            (ETCD_CA_KEY, &self.etcd_ca.key_pem),
+            (SA_KEY, &self.service_account.private_pem),
+            (ADMIN_KEY, &self.admin.key_pem),
+            (SUPER_ADMIN_KEY, &self.super_admin.key_pem),
+        ];
+        for (name, pem) in secret {
+            dir.write(name, pem.expose().as_bytes(), 0o600)?;
+        }
+        let token = format!("{}\n", self.bootstrap_token.expose());
+        dir.write(BOOTSTRAP_TOKEN, token.as_bytes(), 0o600)?;
+        Ok(())
+    }
+
+    fn load(path: &Path) -> Result<ClusterPki, PkiError> {
+        use names::*;
+        let dir = StateDir::open_existing(path)?.ok_or_else(|| PkiError::Incomplete {
+            dir: path.to_path_buf(),
+            name: "pki",
+            detail: "directory vanished".into(),
+        })?;
+        let incomplete = |name: &'static str| {
+            let dir = path.to_path_buf();
+            move |e: PkiError| match e {
+                PkiError::LoosePermissions { .. } => e,
+                other => PkiError::Incomplete {
+                    dir,
+                    name,
+                    detail: other.to_string(),
+                },
+            }
+        };
+        let public = |name: &'static str| -> Result<String, PkiError> {
+            let text = dir.read_public(name).map_err(incomplete(name))?;
+            if !text.contains("-----BEGIN") {
+                return Err(PkiError::Incomplete {
+                    dir: path.to_path_buf(),
+                    name,
+                    detail: "not PEM".into(),
+                });
+            }
+            Ok(text)
+        };
+        let secret = |name: &'static str| -> Result<Secret, PkiError> {
+            dir.read_secret(name).map(Secret::new).map_err(incomplete(name))
+        };
+        let pair = |crt: &'static str, key: &'static str| -> Result<CertAndKey, PkiError> {
+            let pair = CertAndKey {
+                cert_pem: public(crt)?,
+                key_pem: secret(key)?,
+            };
+            KeyPair::from_pem(pair.key_pem.expose()).map_err(|e| PkiError::Incomplete {
+                dir: path.to_path_buf(),
+                name: key,
+                detail: e.to_string(),
+            })?;
+            Ok(pair)
+        };
+        let token_text = secret(BOOTSTRAP_TOKEN)?;
+        let bootstrap_token = BootstrapToken::parse(token_text.expose().trim()).ok_or_else(|| {
+            PkiError::Incomplete {
+                dir: path.to_path_buf(),
+                name: BOOTSTRAP_TOKEN,
+                detail: "not a token of the form [a-z0-9]{6}.[a-z0-9]{16}".into(),
+            }
+        })?;
+        Ok(ClusterPki {
+            ca: pair(CA_CRT, CA_KEY)?,
+            front_proxy_ca: pair(FRONT_PROXY_CA_CRT, FRONT_PROXY_CA_KEY)?,
+            etcd_ca: pair(ETCD_CA_CRT, ETCD_CA_KEY)?,
+            service_account: ServiceAccountKey {
+                public_pem: public(SA_PUB)?,
+                private_pem: secret(SA_KEY)?,
+            },
+            bootstrap_token,
+            admin: pair(ADMIN_CRT, ADMIN_KEY)?,
+            super_admin: pair(SUPER_ADMIN_CRT, SUPER_ADMIN_KEY)?,
+        })
+    }
+
+    /// kubeadm's `--discovery-token-ca-cert-hash`: SHA-256 over the cluster CA's
+    /// SubjectPublicKeyInfo, exactly as it is encoded in the certificate.
+    pub fn discovery_hash(&self) -> String {
+        discovery_hash(&self.ca.cert_pem).unwrap_or_default()
+    }
+}
+
+/// The discovery hash of a PEM certificate, `sha256:<hex>`; `None` if it does not parse.
+pub fn discovery_hash(cert_pem: &str) -> Option<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let digest = Sha256::digest(cert.tbs_certificate.subject_pki.raw);
+    Some(format!("sha256:{}", hex::encode(digest)))
+}
+
+fn new_key(what: &'static str) -> Result<KeyPair, PkiError> {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| PkiError::Generate { what, source })
+}
+
+fn base_params(common_name: &str, days: i64) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    let now = OffsetDateTime::now_utc();
+    // Tolerate clocks a little behind ours.
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + Duration::days(days);
+    let mut serial = [0u8; 16];
+    getrandom::fill(&mut serial).map_err(|e| PkiError::Random(e.to_string()))?;
+    serial[0] &= 0x7f;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    Ok(params)
+}
+
+fn new_ca(common_name: &'static str) -> Result<CertAndKey, PkiError> {
+    let key = new_key(common_name)?;
+    let mut params = base_params(common_name, CA_VALIDITY_DAYS)?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+    ];
+    let cert = params
+        .self_signed(&key)
+        .map_err(|source| PkiError::Generate { what: common_name, source })?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: Secret::new(key.serialize_pem()),
+    })
+}
+
+fn new_client_cert(
+    ca: &CertAndKey,
+    common_name: &'static str,
+    group: &str,
+) -> Result<CertAndKey, PkiError> {
+    let generate = |source| PkiError::Generate { what: common_name, source };
+    let ca_key = KeyPair::from_pem(ca.key_pem.expose()).map_err(generate)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(generate)?;
+    let key = new_key(common_name)?;
+    let mut params = base_params(common_name, CLIENT_VALIDITY_DAYS)?;
+    params.distinguished_name.push(DnType::OrganizationName, group);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).map_err(generate)?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: Secret::new(key.serialize_pem()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_keys_and_token() {
+        let pki = ClusterPki::generate().expect("generate");
+        let shown = format!("{pki:?}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        assert!(!shown.contains(pki.bootstrap_token.expose()));
+        assert!(shown.contains("BEGIN CERTIFICATE"));
+    }
+
+    #[test]
+    fn discovery_hash_is_sha256_hex() {
+        let pki = ClusterPki::generate().expect("generate");
+        let hash = pki.discovery_hash();
+        let hex = hash.strip_prefix("sha256:").expect("prefix");
+        assert_eq!(hex.len(), 64);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(discovery_hash("not a certificate"), None);
+    }
+}

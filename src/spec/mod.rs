@@ -1,0 +1,264 @@
+//! The cluster file: its types, defaults, the profiles `flatstack init` writes, and the
+//! validation that turns a TOML file into a [`ClusterSpec`] or a list of precise problems.
+
+mod diagnostic;
+mod document;
+mod parse;
+pub mod profile;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use ipnet::{IpNet, Ipv4Net};
+
+pub use diagnostic::{Diagnostic, InvalidClusterFile};
+
+use crate::pins::KubernetesVersion;
+
+/// A validated cluster file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSpec {
+    /// DNS-1123 label; prefixes every node and cloud resource name.
+    pub name: String,
+    /// Entry in `clouds.yaml` (or `OS_CLOUD`) naming the OpenStack cloud.
+    pub cloud: String,
+    pub kubernetes: KubernetesSpec,
+    pub flatcar: FlatcarSpec,
+    pub control_plane: ControlPlaneSpec,
+    pub worker_pools: Vec<WorkerPool>,
+    pub network: NetworkSpec,
+    pub access: AccessSpec,
+    pub addons: AddonsSpec,
+    pub updates: UpdatesSpec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubernetesSpec {
+    pub version: KubernetesVersion,
+    /// Where nodes download the Kubernetes system extension image.
+    pub sysext_url: String,
+    /// Lowercase hex SHA-256 of that image; Ignition refuses any other content.
+    pub sysext_sha256: String,
+    /// Directory holding `kubernetes-vX.Y.*` images and a `SHA256SUMS` index, which
+    /// systemd-sysupdate on each node polls for patch releases; `None` turns patch updates off.
+    pub sysupdate_url: Option<String>,
+}
+
+/// Flatcar release channels, which are also the default update groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Stable,
+    Beta,
+    Alpha,
+    Lts,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 4] = [Channel::Stable, Channel::Beta, Channel::Alpha, Channel::Lts];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Stable => "stable",
+            Channel::Beta => "beta",
+            Channel::Alpha => "alpha",
+            Channel::Lts => "lts",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlatcarSpec {
+    pub channel: Channel,
+    /// An exact release such as `4230.2.3`; `None` means the newest of the channel.
+    pub version: Option<String>,
+    /// A Glance image to boot instead of the one `flatstack image ensure` uploads.
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlPlaneSpec {
+    pub count: u32,
+    pub flavor: String,
+    /// Boot from a Cinder volume of this size instead of the flavor's root disk.
+    pub boot_volume_gb: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerPool {
+    pub name: String,
+    pub count: u32,
+    pub flavor: String,
+    pub boot_volume_gb: Option<u32>,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taint {
+    pub key: String,
+    pub value: Option<String>,
+    pub effect: TaintEffect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+impl TaintEffect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaintEffect::NoSchedule => "NoSchedule",
+            TaintEffect::PreferNoSchedule => "PreferNoSchedule",
+            TaintEffect::NoExecute => "NoExecute",
+        }
+    }
+}
+
+/// Whether the cluster brings its own network or joins one that exists.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetworkMode {
+    /// flatstack creates a network, a subnet with `node_cidr` and a router to the external network.
+    Create,
+    /// flatstack attaches the nodes to existing resources, found by name or ID.
+    Reuse {
+        network: String,
+        subnet: Option<String>,
+        router: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkSpec {
+    pub mode: NetworkMode,
+    /// The external network floating IPs come from.
+    pub external_network: String,
+    /// Node addresses; always set when flatstack creates the network.
+    pub node_cidr: Option<Ipv4Net>,
+    pub pod_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
+    pub dns_servers: Vec<IpAddr>,
+}
+
+impl NetworkSpec {
+    /// The fixed address flatstack gives the first control plane on a network it creates.
+    pub fn default_api_address(&self) -> Option<Ipv4Addr> {
+        match (&self.mode, self.node_cidr) {
+            (NetworkMode::Create, Some(cidr)) => cidr.hosts().nth(9),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessSpec {
+    /// Keys installed for the `core` user through Ignition.
+    pub ssh_public_keys: Vec<String>,
+    /// A Nova keypair whose key Afterburn installs for `core` as well.
+    pub keypair: Option<String>,
+    /// Who may reach the Kubernetes API (6443); the API demands client certificates.
+    pub api_cidrs: Vec<IpNet>,
+    /// Who may reach SSH (22); empty keeps SSH closed.
+    pub ssh_cidrs: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddonsSpec {
+    pub cloud_controller: bool,
+    pub cinder_csi: bool,
+    pub ingress: bool,
+    pub metrics_server: bool,
+    pub kured: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdatesSpec {
+    /// Whether update-engine downloads new Flatcar releases.
+    pub enabled: bool,
+    /// The update group (`stable`, `beta`, ... or a Nebraska group).
+    pub group: String,
+    /// A custom Omaha update server (Nebraska), if any.
+    pub server: Option<String>,
+    pub reboot_window: RebootWindow,
+}
+
+/// When kured may reboot nodes, one at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebootWindow {
+    pub days: Vec<String>,
+    /// `HH:MM`, 24-hour clock.
+    pub start: String,
+    pub end: String,
+    /// An IANA time zone such as `UTC` or `America/Indiana/Indianapolis`.
+    pub timezone: String,
+}
+
+impl ClusterSpec {
+    /// Parses and validates a cluster file's text; `path` is only used in messages.
+    pub fn parse(path: &str, text: &str) -> Result<ClusterSpec, InvalidClusterFile> {
+        parse::parse(text).map_err(|problems| InvalidClusterFile {
+            path: path.to_string(),
+            text: text.to_string(),
+            problems,
+        })
+    }
+
+    /// Reads and validates a cluster file.
+    pub fn load(path: &Path) -> Result<ClusterSpec, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(ClusterSpec::parse(&path.display().to_string(), &text)?)
+    }
+
+    /// Every node of the cluster, control planes first, in a stable order.
+    pub fn nodes(&self) -> Vec<NodeName> {
+        let control_planes = (1..=self.control_plane.count).map(|n| NodeName {
+            name: format!("{}-control-plane-{n}", self.name),
+            role: Role::ControlPlane,
+            pool: None,
+        });
+        let workers = self.worker_pools.iter().enumerate().flat_map(|(index, pool)| {
+            (1..=pool.count).map(move |n| NodeName {
+                name: format!("{}-{}-{n}", self.name, pool.name),
+                role: Role::Worker,
+                pool: Some(index),
+            })
+        });
+        control_planes.chain(workers).collect()
+    }
+}
+
+/// A node the cluster file asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeName {
+    pub name: String,
+    pub role: Role,
+    /// Index into [`ClusterSpec::worker_pools`] for workers.
+    pub pool: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    ControlPlane,
+    Worker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read cluster file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] InvalidClusterFile),
+}

@@ -1,0 +1,137 @@
+//! The commented cluster files `flatstack init` writes, one per cloud profile.
+
+use crate::pins;
+
+/// Starting points for a cluster file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// Jetstream2 (Indiana University): m3.* flavors, external network `public`,
+    /// application credentials, allocations billed in SUs.
+    Jetstream2,
+    /// Any OpenStack cloud: adjust flavors and the external network.
+    Generic,
+}
+
+struct Choices {
+    cloud: &'static str,
+    control_plane_flavor: &'static str,
+    worker_flavor: &'static str,
+    cloud_note: &'static str,
+    network_note: &'static str,
+}
+
+fn choices(profile: Profile) -> Choices {
+    match profile {
+        Profile::Jetstream2 => Choices {
+            cloud: "openstack",
+            control_plane_flavor: "m3.small",
+            worker_flavor: "m3.small",
+            cloud_note: "# Entry in clouds.yaml. Jetstream2's Horizon writes one named `openstack` when you\n\
+                         # create an application credential (Identity > Application Credentials).",
+            network_note: "# Floating IPs are scarce on Jetstream2 allocations. To reuse the project's\n\
+                           # auto-allocated network and router instead of creating new ones:\n\
+                           # existing_network = \"auto_allocated_network\"\n\
+                           # existing_router = \"auto_allocated_router\"",
+        },
+        Profile::Generic => Choices {
+            cloud: "openstack",
+            control_plane_flavor: "m1.medium",
+            worker_flavor: "m1.medium",
+            cloud_note: "# Entry in clouds.yaml (or set OS_CLOUD / OS_* variables, as for the openstack CLI).",
+            network_note: "# To join an existing network (and router) instead of creating new ones:\n\
+                           # existing_network = \"my-network\"\n\
+                           # existing_subnet = \"my-subnet\"\n\
+                           # existing_router = \"my-router\"",
+        },
+    }
+}
+
+/// The text of a new cluster file named `name`.
+pub fn cluster_file(profile: Profile, name: &str) -> String {
+    let c = choices(profile);
+    let kubernetes = pins::default_kubernetes()
+        .map(|v| v.to_string().trim_start_matches('v').to_string())
+        .unwrap_or_else(|| format!("1.{}.0", pins::NEWEST_MINOR));
+    format!(
+        r#"# flatstack cluster file. Reference: the "Cluster file" section of the flatstack README.
+# `flatstack plan` shows what this file would create; `flatstack up` makes it so.
+
+# Cluster name: 1-40 lowercase letters, digits and '-'. Every node and cloud resource
+# carries it, and `flatstack down` removes exactly what carries it.
+name = "{name}"
+
+{cloud_note}
+cloud = "{cloud}"
+
+[kubernetes]
+# Kubernetes release. Nodes boot the Flatcar sysext image of this release, pinned by SHA-256,
+# and take patch releases of the same minor automatically (see [updates]).
+version = "{kubernetes}"
+# A mirror or your own build of the sysext image (both keys together):
+# sysext_url = "https://mirror.example.org/extensions/kubernetes-v{kubernetes}-x86-64.raw"
+# sysext_sha256 = "<sha256sum of the image>"
+# Directory systemd-sysupdate polls for patch releases (needs a SHA256SUMS index there):
+# sysupdate_url = "https://mirror.example.org/extensions/kubernetes"
+# patch_updates = true
+
+[flatcar]
+# Release channel of Flatcar Container Linux: stable, beta, alpha or lts.
+channel = "stable"
+# An exact release instead of the newest of the channel:
+# version = "4230.2.3"
+# Or boot an image that is already in Glance:
+# image = "flatcar-stable-4230.2.3"
+
+[control_plane]
+count = 1                       # 1 for now; 3 (highly available) is planned
+flavor = "{control_plane_flavor}"
+# boot_volume_gb = 40           # boot from a Cinder volume instead of the flavor's disk
+
+[[worker_pools]]
+name = "default"
+count = 2
+flavor = "{worker_flavor}"
+# boot_volume_gb = 60
+# labels = {{ "example.org/role" = "general" }}
+# taints = ["example.org/dedicated=gpu:NoSchedule"]
+
+[network]
+{network_note}
+external_network = "public"     # floating IPs come from here
+node_cidr = "10.42.0.0/24"      # subnet flatstack creates for the nodes
+pod_cidr = "10.244.0.0/16"      # flannel's default
+service_cidr = "10.96.0.0/12"   # kubeadm's default
+# dns_servers = ["8.8.8.8"]     # default: the cloud's resolver
+
+[access]
+# Keys for the `core` user. Nothing in flatstack needs SSH; it is only for you.
+# ssh_public_keys = ["ssh-ed25519 AAAA... you@laptop"]
+# keypair = "my-nova-keypair"
+# Who may reach the Kubernetes API. It demands client certificates, so open is defensible.
+api_cidrs = ["0.0.0.0/0"]
+# Who may reach SSH on the nodes. Empty keeps port 22 closed.
+ssh_cidrs = []
+
+[addons]
+cloud_controller = true         # openstack-cloud-controller-manager
+cinder_csi = true               # Cinder volumes, default StorageClass
+ingress = true                  # ingress controller on the control plane's floating IP
+metrics_server = true
+kured = true                    # reboots after updates, one node at a time, in the window below
+
+[updates]
+enabled = true                  # Flatcar's update-engine fetches new releases
+group = "stable"                # update group: the channel, or a Nebraska group
+# server = "https://nebraska.example.org/v1/update/"
+reboot_days = ["mon", "tue", "wed", "thu", "fri"]
+reboot_start = "02:00"
+reboot_end = "05:00"
+timezone = "UTC"
+"#,
+        cloud_note = c.cloud_note,
+        cloud = c.cloud,
+        control_plane_flavor = c.control_plane_flavor,
+        worker_flavor = c.worker_flavor,
+        network_note = c.network_note,
+    )
+}
