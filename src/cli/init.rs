@@ -27,16 +27,17 @@ pub fn run(path: &Path, args: &InitArgs) -> anyhow::Result<()> {
         Some(name) => name.clone(),
         None => default_name(),
     };
-    let text = cluster_file(args.profile, &name);
-    // The written file must be one `flatstack validate` accepts; a bad --name is caught here.
-    if let Err(invalid) = ClusterSpec::parse(&path.display().to_string(), &text) {
-        let reasons: Vec<&str> = invalid.problems.iter().map(|p| p.message()).collect();
+    if !crate::spec::is_valid_name(&name) {
         return Err(InvalidInput(format!(
-            "cannot write a cluster file named `{name}`: {}\n  hint: use 1 to 40 lowercase letters, digits and '-', starting with a letter",
-            reasons.join("; ")
+            "`{name}` cannot name a cluster; nothing was written\n  hint: {}",
+            crate::spec::NAME_RULE
         ))
         .into());
     }
+    let text = cluster_file(args.profile, &name);
+    // The profiles are tested to validate; this guards against a broken build, not user input.
+    ClusterSpec::parse(&path.display().to_string(), &text)
+        .map_err(|invalid| anyhow::anyhow!("internal error: the {:?} profile is invalid:\n{invalid}", args.profile))?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true);
     if args.force {
@@ -67,11 +68,6 @@ fn default_name() -> String {
     std::env::current_dir()
         .ok()
         .and_then(|dir| dir.file_name().map(|n| n.to_string_lossy().to_lowercase()))
-        .filter(|n| {
-            n.len() <= 40
-                && n.starts_with(|c: char| c.is_ascii_lowercase())
-                && !n.ends_with('-')
-                && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        })
+        .filter(|n| crate::spec::is_valid_name(n))
         .unwrap_or_else(|| "cluster".to_string())
 }

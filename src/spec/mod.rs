@@ -13,6 +13,7 @@ use std::path::Path;
 use ipnet::{IpNet, Ipv4Net};
 
 pub use diagnostic::{Diagnostic, InvalidClusterFile};
+pub use parse::{NAME_RULE, is_valid_name};
 
 use crate::pins::KubernetesVersion;
 

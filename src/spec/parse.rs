@@ -787,18 +787,25 @@ fn check_cluster_wide(spec: &ClusterSpec, root: Range<usize>, network: Range<usi
 }
 
 fn check_dns_label(value: &At<String>, key: &str, p: &mut Problems) {
-    let s = value.get_ref();
+    if !is_valid_name(value.get_ref()) {
+        p.error(
+            value.span(),
+            format!("`{key}` is `{}`, not a valid name", value.get_ref()),
+            NAME_RULE,
+        );
+    }
+}
+
+/// What cluster and pool names may look like; they become part of DNS names.
+pub const NAME_RULE: &str = "use 1 to 40 lowercase letters, digits and '-', starting with a letter and not ending with '-' (it becomes part of DNS names)";
+
+/// Whether `s` may name a cluster or a worker pool (see [`NAME_RULE`]).
+pub fn is_valid_name(s: &str) -> bool {
     let valid_chars = s
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let edges = s.starts_with(|c: char| c.is_ascii_lowercase()) && !s.ends_with('-');
-    if s.is_empty() || s.len() > 40 || !valid_chars || !edges {
-        p.error(
-            value.span(),
-            format!("`{key}` is `{s}`, not a valid name"),
-            "use 1 to 40 lowercase letters, digits and '-', starting with a letter and not ending with '-' (it becomes part of DNS names)",
-        );
-    }
+    !s.is_empty() && s.len() <= 40 && valid_chars && edges
 }
 
 fn check_http_url(url: &At<String>, p: &mut Problems) -> bool {

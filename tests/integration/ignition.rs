@@ -1,0 +1,224 @@
+//! Rendered Ignition configs checked by Debian's real Ignition: `ignition-validate`, then
+//! its fetch and files stages applied to a scratch root, whose tree is inspected.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::*;
+
+struct Rendered {
+    workspace: Workspace,
+    server: FileServer,
+    sysext: Vec<u8>,
+}
+
+/// Renders a 1+2 cluster whose sysext is served from loopback.
+fn render_cluster() -> Rendered {
+    let sysext: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let mut files = BTreeMap::new();
+    files.insert(SYSEXT_NAME.to_string(), sysext.clone());
+    let server = FileServer::serve(files);
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster_text(&server.base_url(), &sha256_hex(&sysext), 2));
+    success(&workspace.render(&["--endpoint", "203.0.113.7"]));
+    Rendered {
+        workspace,
+        server,
+        sysext,
+    }
+}
+
+fn apply(rendered: &Rendered, node: &str) -> AppliedRoot {
+    let config = rendered.workspace.out_dir().join(format!("{node}.ign"));
+    let scratch = rendered.workspace.path(&format!("scratch-{node}"));
+    apply_ignition(&config, &scratch).unwrap_or_else(|log| panic!("Ignition failed on {node}:\n{log}"))
+}
+
+const NODES: [&str; 3] = ["demo-control-plane-1", "demo-default-1", "demo-default-2"];
+
+#[test]
+fn every_config_passes_ignition_validate() {
+    require_tool("ignition-validate");
+    let rendered = render_cluster();
+    for node in NODES {
+        let config = rendered.workspace.out_dir().join(format!("{node}.ign"));
+        let output = Command::new("ignition-validate").arg(&config).output().expect("run");
+        assert!(
+            output.status.success(),
+            "{node}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(read_json(&config)["ignition"]["version"], "3.3.0");
+    }
+}
+
+#[test]
+fn ignition_validate_rejects_a_broken_config() {
+    // Guards the guard: the validator must actually read our files.
+    require_tool("ignition-validate");
+    let rendered = render_cluster();
+    let path = rendered.workspace.out_dir().join("demo-default-1.ign");
+    let mut config = read_json(&path);
+    config["storage"]["files"][0]["path"] = "relative/path".into();
+    let broken = rendered.workspace.path("broken.ign");
+    std::fs::write(&broken, config.to_string()).expect("write");
+    let output = Command::new("ignition-validate").arg(&broken).output().expect("run");
+    assert!(!output.status.success());
+}
+
+fn assert_common_tree(root: &Path, sysext: &[u8]) {
+    let image = root.join("opt/extensions/kubernetes").join(SYSEXT_NAME);
+    assert_eq!(std::fs::read(&image).expect("sysext image"), sysext);
+    assert_eq!(mode_of(&image), 0o644);
+    let link = std::fs::read_link(root.join("etc/extensions/kubernetes.raw")).expect("sysext link");
+    assert_eq!(link, Path::new("/opt/extensions/kubernetes").join(SYSEXT_NAME));
+
+    let units = root.join("etc/systemd/system");
+    let kubeadm = std::fs::read_to_string(units.join("kubeadm.service")).expect("kubeadm.service");
+    assert!(kubeadm.contains("Type=oneshot"));
+    assert!(kubeadm.contains("ConditionPathExists=!/etc/kubernetes/kubelet.conf"));
+    assert!(kubeadm.contains("EnvironmentFile=/run/metadata/flatcar"));
+    let preset = std::fs::read_to_string(root.join("etc/systemd/system-preset/20-ignition.preset"))
+        .expect("preset");
+    assert!(preset.lines().any(|l| l == "enable kubeadm.service"), "{preset}");
+    assert!(preset.lines().any(|l| l == "enable systemd-sysupdate.timer"), "{preset}");
+    let locksmithd = std::fs::read_link(units.join("locksmithd.service")).expect("masked locksmithd");
+    assert_eq!(locksmithd, Path::new("/dev/null"));
+    let dropin = std::fs::read_to_string(units.join("systemd-sysupdate.service.d/flatstack-kubernetes.conf"))
+        .expect("sysupdate drop-in");
+    assert!(dropin.contains("systemd-sysupdate -C kubernetes update"));
+    assert!(dropin.contains("/run/reboot-required"));
+
+    let transfer = std::fs::read_to_string(root.join("etc/sysupdate.kubernetes.d/kubernetes-v1.33.conf"))
+        .expect("sysupdate transfer");
+    assert!(transfer.contains("MatchPattern=kubernetes-v1.33.@v-%a.raw"), "{transfer}");
+    assert!(transfer.contains("CurrentSymlink=/etc/extensions/kubernetes.raw"));
+    assert!(root.join("etc/sysupdate.d/noop.conf").is_file());
+
+    let update = std::fs::read_to_string(root.join("etc/flatcar/update.conf")).expect("update.conf");
+    assert!(update.lines().any(|l| l == "GROUP=stable"), "{update}");
+    assert!(update.lines().any(|l| l == "REBOOT_STRATEGY=off"), "{update}");
+
+    let keys = std::fs::read_to_string(root.join("home/core/.ssh/authorized_keys.d/ignition"))
+        .expect("core's keys");
+    assert!(keys.contains(SSH_KEY), "{keys}");
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).expect("passwd");
+    assert!(passwd.lines().any(|l| l.starts_with("core:")), "{passwd}");
+
+    let script = root.join("opt/flatstack/bin/flatstack-bootstrap");
+    assert_eq!(mode_of(&script), 0o755);
+    let syntax = Command::new("bash").arg("-n").arg(&script).output().expect("bash -n");
+    assert!(syntax.status.success(), "{}", String::from_utf8_lossy(&syntax.stderr));
+    assert_eq!(mode_of(&root.join("etc/flatstack")), 0o700);
+    assert_eq!(mode_of(&root.join("etc/flatstack/kubeadm.yaml.in")), 0o600);
+}
+
+/// Every file under `dir` whose contents hold a PEM private key.
+fn private_keys_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current).expect("read dir").flatten() {
+            let path = entry.path();
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                let bytes = std::fs::read(&path).expect("read");
+                if String::from_utf8_lossy(&bytes).contains("PRIVATE KEY-----") {
+                    found.push(path.strip_prefix(dir).unwrap_or(&path).display().to_string());
+                }
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn control_plane_tree_has_the_cluster_cas() {
+    let rendered = render_cluster();
+    let applied = apply(&rendered, "demo-control-plane-1");
+    let root = &applied.root;
+    assert_common_tree(root, &rendered.sysext);
+    assert!(rendered.server.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+    let state = rendered.workspace.state_dir().join("pki");
+    for (on_node, in_state) in [
+        ("ca.crt", "ca.crt"),
+        ("ca.key", "ca.key"),
+        ("front-proxy-ca.key", "front-proxy-ca.key"),
+        ("etcd/ca.key", "etcd-ca.key"),
+        ("etcd/ca.crt", "etcd-ca.crt"),
+        ("sa.key", "sa.key"),
+        ("sa.pub", "sa.pub"),
+    ] {
+        let path = root.join("etc/flatstack/pki").join(on_node);
+        let node_bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{on_node}: {e}"));
+        assert_eq!(node_bytes, std::fs::read(state.join(in_state)).expect("state file"), "{on_node}");
+        let expected_mode = if on_node.ends_with(".key") { 0o600 } else { 0o644 };
+        assert_eq!(mode_of(&path), expected_mode, "{on_node}");
+    }
+    let keys = private_keys_under(root);
+    assert_eq!(
+        keys,
+        [
+            "etc/flatstack/pki/ca.key",
+            "etc/flatstack/pki/etcd/ca.key",
+            "etc/flatstack/pki/front-proxy-ca.key",
+            "etc/flatstack/pki/sa.key",
+        ]
+    );
+    let kubeadm = std::fs::read_to_string(root.join("etc/flatstack/kubeadm.yaml.in")).expect("kubeadm");
+    assert!(kubeadm.contains("kind: InitConfiguration"));
+    assert!(kubeadm.contains("kind: ClusterConfiguration"));
+    assert!(kubeadm.contains("controlPlaneEndpoint: 10.42.0.10:6443"), "{kubeadm}");
+    assert!(kubeadm.contains("\"203.0.113.7\""), "floating IP in certSANs:\n{kubeadm}");
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/kubeadm.service")).expect("unit");
+    assert!(unit.contains("flatstack-bootstrap control-plane"));
+}
+
+#[test]
+fn worker_tree_has_no_private_key_and_joins_by_token_and_hash() {
+    let rendered = render_cluster();
+    let applied = apply(&rendered, "demo-default-1");
+    let root = &applied.root;
+    assert_common_tree(root, &rendered.sysext);
+    assert_eq!(private_keys_under(root), Vec::<String>::new());
+    assert!(!root.join("etc/flatstack/pki").exists());
+
+    let kubeadm = std::fs::read_to_string(root.join("etc/flatstack/kubeadm.yaml.in")).expect("kubeadm");
+    let token = std::fs::read_to_string(rendered.workspace.state_dir().join("pki/bootstrap-token"))
+        .expect("token");
+    assert!(kubeadm.contains("kind: JoinConfiguration"));
+    assert!(kubeadm.contains(&format!("token: {}", token.trim())));
+    assert!(kubeadm.contains("apiServerEndpoint: 10.42.0.10:6443"), "{kubeadm}");
+    assert!(kubeadm.contains("example.org/tier=general"), "{kubeadm}");
+    assert!(kubeadm.contains("effect: NoSchedule"), "{kubeadm}");
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/kubeadm.service")).expect("unit");
+    assert!(unit.contains("flatstack-bootstrap worker"));
+}
+
+#[test]
+fn a_tampered_sysext_is_refused_by_ignition() {
+    let rendered = render_cluster();
+    let mut tampered = rendered.sysext.clone();
+    tampered[1000] ^= 0xff;
+    let mut files = BTreeMap::new();
+    files.insert(SYSEXT_NAME.to_string(), tampered);
+    let evil = FileServer::serve(files);
+    // Same config, pointed at the server with the flipped byte.
+    let path = rendered.workspace.out_dir().join("demo-default-1.ign");
+    let text = std::fs::read_to_string(&path)
+        .expect("config")
+        .replace(&rendered.server.base_url(), &evil.base_url());
+    let config = rendered.workspace.path("tampered.ign");
+    std::fs::write(&config, text).expect("write");
+    let log = match apply_ignition(&config, &rendered.workspace.path("scratch-tampered")) {
+        Ok(_) => panic!("Ignition accepted an image whose SHA-256 does not match"),
+        Err(log) => log,
+    };
+    assert!(log.to_lowercase().contains("hash"), "{log}");
+}
