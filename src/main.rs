@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     match flatstack::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("{}", flatstack::cli::report(&error));
             ExitCode::from(flatstack::cli::exit_code(&error))
         }
     }

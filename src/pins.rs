@@ -94,7 +94,15 @@ mod tests {
             KubernetesVersion::parse("1.31.10"),
             Some(KubernetesVersion::new(1, 31, 10))
         );
-        for bad in ["1.33", "1.33.2.1", "v1.33.x", "1.033.2", "", "1.33.2-rc.1", "+1.2.3"] {
+        for bad in [
+            "1.33",
+            "1.33.2.1",
+            "v1.33.x",
+            "1.033.2",
+            "",
+            "1.33.2-rc.1",
+            "+1.2.3",
+        ] {
             assert_eq!(KubernetesVersion::parse(bad), None, "{bad}");
         }
     }

@@ -36,8 +36,12 @@ pub fn run(path: &Path, args: &InitArgs) -> anyhow::Result<()> {
     }
     let text = cluster_file(args.profile, &name);
     // The profiles are tested to validate; this guards against a broken build, not user input.
-    ClusterSpec::parse(&path.display().to_string(), &text)
-        .map_err(|invalid| anyhow::anyhow!("internal error: the {:?} profile is invalid:\n{invalid}", args.profile))?;
+    ClusterSpec::parse(&path.display().to_string(), &text).map_err(|invalid| {
+        anyhow::anyhow!(
+            "internal error: the {:?} profile is invalid:\n{invalid}",
+            args.profile
+        )
+    })?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true);
     if args.force {
@@ -58,7 +62,11 @@ pub fn run(path: &Path, args: &InitArgs) -> anyhow::Result<()> {
     };
     file.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    println!("wrote {} for cluster `{name}` ({:?} profile)", path.display(), args.profile);
+    println!(
+        "wrote {} for cluster `{name}` ({:?} profile)",
+        path.display(),
+        args.profile
+    );
     println!("next: edit it, then `flatstack validate` and `flatstack render --out nodes/`");
     Ok(())
 }

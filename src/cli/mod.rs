@@ -15,7 +15,13 @@ use crate::spec::{ClusterSpec, InvalidClusterFile};
 #[command(name = "flatstack", version, about, max_term_width = 100)]
 pub struct Cli {
     /// The cluster file.
-    #[arg(short, long, global = true, env = "FLATSTACK_FILE", default_value = "cluster.toml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "FLATSTACK_FILE",
+        default_value = "cluster.toml"
+    )]
     pub file: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -57,14 +63,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// How an error is shown: problems in a cluster file carry their own `file:line:column:
+/// error:` prefixes; everything else gets `error:` and its chain of causes.
+pub fn report(error: &anyhow::Error) -> String {
+    match error.downcast_ref::<InvalidClusterFile>() {
+        Some(invalid) => invalid.to_string(),
+        None => format!("error: {error:#}"),
+    }
+}
+
 /// The exit code for an error: 2 when the input was wrong, 1 otherwise.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     let invalid = error.chain().any(|cause| {
         cause.is::<InvalidClusterFile>()
             || cause.is::<InvalidInput>()
             || matches!(
+                cause.downcast_ref::<crate::node::NodeError>(),
+                Some(crate::node::NodeError::TooLarge { .. })
+            )
+            || matches!(
                 cause.downcast_ref::<crate::pki::PkiError>(),
-                Some(crate::pki::PkiError::LoosePermissions { .. } | crate::pki::PkiError::NotADirectory(_))
+                Some(
+                    crate::pki::PkiError::LoosePermissions { .. }
+                        | crate::pki::PkiError::NotADirectory(_)
+                )
             )
     });
     if invalid { EXIT_INVALID_INPUT } else { 1 }

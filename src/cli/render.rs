@@ -31,7 +31,10 @@ pub struct RenderArgs {
 
 pub fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
-    let internal = match args.internal_endpoint.or(spec.network.default_api_address()) {
+    let internal = match args
+        .internal_endpoint
+        .or(spec.network.default_api_address())
+    {
         Some(ip) => ip,
         None => {
             return Err(InvalidInput(
@@ -59,7 +62,10 @@ pub fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
         let path = args.out.join(format!("{}.ign", rendered.name));
         pki::write_atomically(&path, rendered.ignition.as_bytes(), 0o600)?;
     }
-    let server = format!("https://{}", host_port(endpoint.public.unwrap_or(IpAddr::V4(internal))));
+    let server = format!(
+        "https://{}",
+        host_port(endpoint.public.unwrap_or(IpAddr::V4(internal)))
+    );
     let admin = pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::Admin)?;
     let super_admin = pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::SuperAdmin)?;
     pki::write_atomically(&args.out.join("kubeconfig"), admin.as_bytes(), 0o600)?;
@@ -72,7 +78,12 @@ pub fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
             Role::ControlPlane => "control-plane",
             Role::Worker => "worker",
         };
-        println!("{:<44} {:<14} {:>10}", rendered.name, role, rendered.user_data_len());
+        println!(
+            "{:<44} {:<14} {:>10}",
+            rendered.name,
+            role,
+            rendered.user_data_len()
+        );
     }
     println!(
         "wrote {} Ignition config(s) and kubeconfig to {}; API endpoint {server}, join endpoint {internal}:6443",

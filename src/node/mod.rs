@@ -88,12 +88,19 @@ pub fn render_node(
     config.common(spec)?;
     match (node.role, node.pool) {
         (Role::ControlPlane, _) => {
-            config.secret_file(KUBEADM_TEMPLATE, &kubeadm::init_config(spec, pki, endpoint)?)?;
+            config.secret_file(
+                KUBEADM_TEMPLATE,
+                &kubeadm::init_config(spec, pki, endpoint)?,
+            )?;
             for (name, contents, mode) in [
                 ("ca.crt", pki.ca.cert_pem.as_str(), 0o644),
                 ("ca.key", pki.ca.key_pem.expose(), 0o600),
                 ("front-proxy-ca.crt", &pki.front_proxy_ca.cert_pem, 0o644),
-                ("front-proxy-ca.key", pki.front_proxy_ca.key_pem.expose(), 0o600),
+                (
+                    "front-proxy-ca.key",
+                    pki.front_proxy_ca.key_pem.expose(),
+                    0o600,
+                ),
                 ("etcd/ca.crt", &pki.etcd_ca.cert_pem, 0o644),
                 ("etcd/ca.key", pki.etcd_ca.key_pem.expose(), 0o600),
                 ("sa.pub", &pki.service_account.public_pem, 0o644),
@@ -106,7 +113,10 @@ pub fn render_node(
         (Role::Worker, pool) => {
             let pool = pool.and_then(|i| spec.worker_pools.get(i));
             if let Some(pool) = pool {
-                config.secret_file(KUBEADM_TEMPLATE, &kubeadm::join_config(pool, pki, endpoint)?)?;
+                config.secret_file(
+                    KUBEADM_TEMPLATE,
+                    &kubeadm::join_config(pool, pki, endpoint)?,
+                )?;
             }
         }
     }

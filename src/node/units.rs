@@ -124,7 +124,8 @@ pub fn update_conf(spec: &ClusterSpec) -> String {
         updates.group
     );
     match (&updates.server, updates.enabled) {
-        (_, false) => text.push_str("# Updates are off: an invalid server stops downloads.\nSERVER=disabled\n"),
+        (_, false) => text
+            .push_str("# Updates are off: an invalid server stops downloads.\nSERVER=disabled\n"),
         (Some(server), true) => text.push_str(&format!("SERVER={server}\n")),
         (None, true) => {}
     }

@@ -90,7 +90,11 @@ pub enum PkiError {
         path.display(),
         path.display()
     )]
-    LoosePermissions { path: PathBuf, mode: u32, wanted: u32 },
+    LoosePermissions {
+        path: PathBuf,
+        mode: u32,
+        wanted: u32,
+    },
     #[error("{} is not a directory; choose another --state-dir", .0.display())]
     NotADirectory(PathBuf),
     #[error("neither XDG_DATA_HOME nor HOME is set; pass --state-dir")]
@@ -160,7 +164,8 @@ impl ClusterPki {
         let pki = ClusterPki::generate()?;
         let new_dir = StateDir::open_or_create(&staging)?;
         pki.write(&new_dir)?;
-        std::fs::rename(&staging, &dir).map_err(|source| PkiError::io("rename", &staging, source))?;
+        std::fs::rename(&staging, &dir)
+            .map_err(|source| PkiError::io("rename", &staging, source))?;
         Ok(pki)
     }
 
@@ -245,7 +250,9 @@ impl ClusterPki {
             Ok(text)
         };
         let secret = |name: &'static str| -> Result<Secret, PkiError> {
-            dir.read_secret(name).map(Secret::new).map_err(incomplete(name))
+            dir.read_secret(name)
+                .map(Secret::new)
+                .map_err(incomplete(name))
         };
         let pair = |crt: &'static str, key: &'static str| -> Result<CertAndKey, PkiError> {
             let pair = CertAndKey {
@@ -260,13 +267,14 @@ impl ClusterPki {
             Ok(pair)
         };
         let token_text = secret(BOOTSTRAP_TOKEN)?;
-        let bootstrap_token = BootstrapToken::parse(token_text.expose().trim()).ok_or_else(|| {
-            PkiError::Incomplete {
-                dir: path.to_path_buf(),
-                name: BOOTSTRAP_TOKEN,
-                detail: "not a token of the form [a-z0-9]{6}.[a-z0-9]{16}".into(),
-            }
-        })?;
+        let bootstrap_token =
+            BootstrapToken::parse(token_text.expose().trim()).ok_or_else(|| {
+                PkiError::Incomplete {
+                    dir: path.to_path_buf(),
+                    name: BOOTSTRAP_TOKEN,
+                    detail: "not a token of the form [a-z0-9]{6}.[a-z0-9]{16}".into(),
+                }
+            })?;
         Ok(ClusterPki {
             ca: pair(CA_CRT, CA_KEY)?,
             front_proxy_ca: pair(FRONT_PROXY_CA_CRT, FRONT_PROXY_CA_KEY)?,
@@ -297,12 +305,15 @@ pub fn discovery_hash(cert_pem: &str) -> Option<String> {
 }
 
 fn new_key(what: &'static str) -> Result<KeyPair, PkiError> {
-    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| PkiError::Generate { what, source })
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|source| PkiError::Generate { what, source })
 }
 
 fn base_params(common_name: &str, days: i64) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     let now = OffsetDateTime::now_utc();
     // Tolerate clocks a little behind ours.
     params.not_before = now - Duration::minutes(5);
@@ -325,7 +336,10 @@ fn new_ca(common_name: &'static str) -> Result<CertAndKey, PkiError> {
     ];
     let cert = params
         .self_signed(&key)
-        .map_err(|source| PkiError::Generate { what: common_name, source })?;
+        .map_err(|source| PkiError::Generate {
+            what: common_name,
+            source,
+        })?;
     Ok(CertAndKey {
         cert_pem: cert.pem(),
         key_pem: Secret::new(key.serialize_pem()),
@@ -337,12 +351,17 @@ fn new_client_cert(
     common_name: &'static str,
     group: &str,
 ) -> Result<CertAndKey, PkiError> {
-    let generate = |source| PkiError::Generate { what: common_name, source };
+    let generate = |source| PkiError::Generate {
+        what: common_name,
+        source,
+    };
     let ca_key = KeyPair::from_pem(ca.key_pem.expose()).map_err(generate)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(generate)?;
     let key = new_key(common_name)?;
     let mut params = base_params(common_name, CLIENT_VALIDITY_DAYS)?;
-    params.distinguished_name.push(DnType::OrganizationName, group);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, group);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;

@@ -27,7 +27,8 @@ impl BootstrapToken {
     /// Accepts exactly `[a-z0-9]{6}.[a-z0-9]{16}`.
     pub fn parse(text: &str) -> Option<BootstrapToken> {
         let (id, secret) = text.split_once('.')?;
-        let valid = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| ALPHABET.contains(&b));
+        let valid =
+            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| ALPHABET.contains(&b));
         (valid(id, ID_LEN) && valid(secret, SECRET_LEN)).then(|| BootstrapToken {
             token: text.to_string(),
         })
@@ -83,7 +84,12 @@ mod tests {
 
     #[test]
     fn parse_rejects_other_shapes() {
-        for bad in ["abcdef0123456789abcdef", "ABCDEF.0123456789abcdef", "abcde.0123456789abcdefg", "abcdef.0123456789abcde!"] {
+        for bad in [
+            "abcdef0123456789abcdef",
+            "ABCDEF.0123456789abcdef",
+            "abcde.0123456789abcdefg",
+            "abcdef.0123456789abcde!",
+        ] {
             assert!(BootstrapToken::parse(bad).is_none(), "{bad}");
         }
     }

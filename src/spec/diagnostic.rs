@@ -42,7 +42,12 @@ impl Problems {
         self.list.push(diagnostic);
     }
 
-    pub fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: impl Into<String>) {
+    pub fn error(
+        &mut self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         self.push(Diagnostic::new(span, message).hint(hint));
     }
 
@@ -77,7 +82,11 @@ impl fmt::Display for InvalidClusterFile {
                 writeln!(f)?;
             }
             let (line, column) = self.position(problem.span.start);
-            write!(f, "{}:{line}:{column}: error: {}", self.path, problem.message)?;
+            write!(
+                f,
+                "{}:{line}:{column}: error: {}",
+                self.path, problem.message
+            )?;
             if let Some(hint) = &problem.hint {
                 write!(f, "\n  hint: {hint}")?;
             }

@@ -59,22 +59,47 @@ impl<'a, 'i> Table<'a, 'i> {
         self.entries.get(key)
     }
 
-    fn wrong_type(&self, key: &str, value: &Spanned<DeValue<'_>>, expected: &str, p: &mut Problems) {
-        p.push(Diagnostic::new(
-            value.span(),
-            format!(
-                "`{}` must be {expected}, not {}",
-                self.key_path(key),
-                type_name(value.get_ref())
-            ),
-        ));
+    fn wrong_type(
+        &self,
+        key: &str,
+        value: &Spanned<DeValue<'_>>,
+        expected: &str,
+        p: &mut Problems,
+    ) {
+        let hint = match expected {
+            "an integer" => "write a number without quotes, e.g. `count = 2`",
+            "a string" => "put the value in double quotes, e.g. `flavor = \"m3.small\"`",
+            "true or false" => "write true or false, without quotes",
+            "a table" => "write it as a [section] with keys below it, or as { key = value }",
+            "a table of strings" => "write it as { \"key\" = \"value\", ... }",
+            "an array of strings" => "write it as [\"first\", \"second\"]",
+            _ => "write each [[section]] header once per entry",
+        };
+        p.push(
+            Diagnostic::new(
+                value.span(),
+                format!(
+                    "`{}` must be {expected}, not {}",
+                    self.key_path(key),
+                    type_name(value.get_ref())
+                ),
+            )
+            .hint(hint),
+        );
     }
 
-    /// Reports a required key that is absent.
+    /// Reports a required key that is absent (a present value of the wrong type has been
+    /// reported already, by the accessor that read it).
     pub fn missing(&self, key: &str, hint: &str, p: &mut Problems) {
+        if self.has_key(key) {
+            return;
+        }
         p.push(
-            Diagnostic::new(self.span(), format!("missing required key `{}`", self.key_path(key)))
-                .hint(hint),
+            Diagnostic::new(
+                self.span(),
+                format!("missing required key `{}`", self.key_path(key)),
+            )
+            .hint(hint),
         );
     }
 
@@ -210,10 +235,8 @@ impl<'a, 'i> Table<'a, 'i> {
             if self.known.contains(name) {
                 continue;
             }
-            let mut diagnostic = Diagnostic::new(
-                key.span(),
-                format!("unknown key `{}`", self.key_path(name)),
-            );
+            let mut diagnostic =
+                Diagnostic::new(key.span(), format!("unknown key `{}`", self.key_path(name)));
             diagnostic = match closest(name, &self.known) {
                 Some(near) => diagnostic.hint(format!("did you mean `{near}`?")),
                 None => diagnostic.hint(format!(

@@ -227,13 +227,17 @@ impl ClusterSpec {
             role: Role::ControlPlane,
             pool: None,
         });
-        let workers = self.worker_pools.iter().enumerate().flat_map(|(index, pool)| {
-            (1..=pool.count).map(move |n| NodeName {
-                name: format!("{}-{}-{n}", self.name, pool.name),
-                role: Role::Worker,
-                pool: Some(index),
-            })
-        });
+        let workers = self
+            .worker_pools
+            .iter()
+            .enumerate()
+            .flat_map(|(index, pool)| {
+                (1..=pool.count).map(move |n| NodeName {
+                    name: format!("{}-{}-{n}", self.name, pool.name),
+                    role: Role::Worker,
+                    pool: Some(index),
+                })
+            });
         control_planes.chain(workers).collect()
     }
 }

@@ -49,7 +49,11 @@ fn read_cluster(mut root: Table<'_, '_>, p: &mut Problems) -> Option<ClusterSpec
     let name = root.string("name", p);
     match &name {
         Some(name) => check_dns_label(name, "name", p),
-        None => root.missing("name", "add e.g. `name = \"demo\"` at the top of the file", p),
+        None => root.missing(
+            "name",
+            "add e.g. `name = \"demo\"` at the top of the file",
+            p,
+        ),
     }
     let cloud = root.string("cloud", p);
     match &cloud {
@@ -66,8 +70,13 @@ fn read_cluster(mut root: Table<'_, '_>, p: &mut Problems) -> Option<ClusterSpec
         ),
     }
 
-    let kubernetes = read_required(&mut root, "kubernetes", "add a [kubernetes] table with `version`", p)
-        .and_then(|t| read_kubernetes(t, p));
+    let kubernetes = read_required(
+        &mut root,
+        "kubernetes",
+        "add a [kubernetes] table with `version`",
+        p,
+    )
+    .and_then(|t| read_kubernetes(t, p));
     let flatcar = match root.table("flatcar", p) {
         Some(t) => read_flatcar(t, p),
         None => Some(FlatcarSpec {
@@ -121,8 +130,7 @@ fn read_required<'a, 'i>(
     p: &mut Problems,
 ) -> Option<Table<'a, 'i>> {
     let table = root.table(key, p);
-    // A present value of the wrong type was already reported by the reader.
-    if table.is_none() && !root.has_key(key) {
+    if table.is_none() {
         root.missing(key, hint, p);
     }
     table
@@ -237,7 +245,10 @@ fn read_kubernetes(mut t: Table<'_, '_>, p: &mut Problems) -> Option<KubernetesS
 
 fn version_hint() -> String {
     match pins::default_kubernetes() {
-        Some(v) => format!("e.g. `version = \"{}\"`", v.to_string().trim_start_matches('v')),
+        Some(v) => format!(
+            "e.g. `version = \"{}\"`",
+            v.to_string().trim_start_matches('v')
+        ),
         None => format!("e.g. `version = \"1.{}.0\"`", pins::NEWEST_MINOR),
     }
 }
@@ -270,14 +281,21 @@ fn read_flatcar(mut t: Table<'_, '_>, p: &mut Problems) -> Option<FlatcarSpec> {
         if !numeric {
             p.error(
                 v.span(),
-                format!("`flatcar.version` is `{}`, not a Flatcar release", v.get_ref()),
+                format!(
+                    "`flatcar.version` is `{}`, not a Flatcar release",
+                    v.get_ref()
+                ),
                 "Flatcar releases look like `4230.2.3`; leave it out for the newest of the channel",
             );
         }
     }
     if let Some(i) = &image {
         if i.get_ref().trim().is_empty() {
-            p.error(i.span(), "`flatcar.image` is empty", "name a Glance image, or leave it out");
+            p.error(
+                i.span(),
+                "`flatcar.image` is empty",
+                "name a Glance image, or leave it out",
+            );
         }
         if let Some(v) = &version {
             p.error(
@@ -329,12 +347,20 @@ fn read_control_plane(mut t: Table<'_, '_>, p: &mut Problems) -> Option<ControlP
 fn read_flavor(t: &mut Table<'_, '_>, p: &mut Problems) -> Option<String> {
     match t.string("flavor", p) {
         Some(f) if f.get_ref().trim().is_empty() => {
-            p.error(f.span(), format!("`{}` is empty", t.key_path("flavor")), "name a Nova flavor, e.g. `m3.small`");
+            p.error(
+                f.span(),
+                format!("`{}` is empty", t.key_path("flavor")),
+                "name a Nova flavor, e.g. `m3.small`",
+            );
             None
         }
         Some(f) => Some(f.into_inner()),
         None => {
-            t.missing("flavor", "name a Nova flavor, e.g. `flavor = \"m3.small\"`", p);
+            t.missing(
+                "flavor",
+                "name a Nova flavor, e.g. `flavor = \"m3.small\"`",
+                p,
+            );
             None
         }
     }
@@ -457,7 +483,10 @@ fn read_network(t: Option<Table<'_, '_>>, p: &mut Problems) -> Option<NetworkSpe
             {
                 p.error(
                     text.span(),
-                    format!("`network.service_cidr` {c} has a /{} prefix", c.prefix_len()),
+                    format!(
+                        "`network.service_cidr` {c} has a /{} prefix",
+                        c.prefix_len()
+                    ),
                     "kube-apiserver takes a service range from /12 (largest) to /28",
                 );
             }
@@ -471,7 +500,10 @@ fn read_network(t: Option<Table<'_, '_>>, p: &mut Problems) -> Option<NetworkSpe
             Ok(ip) => dns.push(ip),
             Err(_) => p.error(
                 server.span(),
-                format!("`{}` in `network.dns_servers` is not an IP address", server.get_ref()),
+                format!(
+                    "`{}` in `network.dns_servers` is not an IP address",
+                    server.get_ref()
+                ),
                 "write addresses such as \"8.8.8.8\"",
             ),
         }
@@ -480,7 +512,11 @@ fn read_network(t: Option<Table<'_, '_>>, p: &mut Problems) -> Option<NetworkSpe
         mode,
         external_network: match external_network {
             Some(n) if n.get_ref().trim().is_empty() => {
-                p.error(n.span(), "`network.external_network` is empty", "name the network floating IPs come from, e.g. `public`");
+                p.error(
+                    n.span(),
+                    "`network.external_network` is empty",
+                    "name the network floating IPs come from, e.g. `public`",
+                );
                 return None;
             }
             Some(n) => n.into_inner(),
@@ -527,10 +563,17 @@ fn read_access(t: Option<Table<'_, '_>>, p: &mut Problems) -> Option<AccessSpec>
     if let Some(k) = &keypair
         && k.get_ref().trim().is_empty()
     {
-        p.error(k.span(), "`access.keypair` is empty", "name a Nova keypair, or leave it out");
+        p.error(
+            k.span(),
+            "`access.keypair` is empty",
+            "name a Nova keypair, or leave it out",
+        );
     }
     let api = match api_cidrs {
-        Some(list) => list.iter().filter_map(|c| parse_cidr(c, "access.api_cidrs", p)).collect(),
+        Some(list) => list
+            .iter()
+            .filter_map(|c| parse_cidr(c, "access.api_cidrs", p))
+            .collect(),
         None => default_api,
     };
     let ssh: Vec<IpNet> = ssh_cidrs
@@ -545,7 +588,10 @@ fn read_access(t: Option<Table<'_, '_>>, p: &mut Problems) -> Option<AccessSpec>
         );
     }
     Some(AccessSpec {
-        ssh_public_keys: keys.into_iter().map(|k| k.into_inner().trim().to_string()).collect(),
+        ssh_public_keys: keys
+            .into_iter()
+            .map(|k| k.into_inner().trim().to_string())
+            .collect(),
         keypair: keypair.map(At::into_inner),
         api_cidrs: api,
         ssh_cidrs: ssh,
@@ -585,7 +631,11 @@ fn read_addons(t: Option<Table<'_, '_>>, p: &mut Problems) -> Option<AddonsSpec>
     Some(addons)
 }
 
-fn read_updates(t: Option<Table<'_, '_>>, channel: Channel, p: &mut Problems) -> Option<UpdatesSpec> {
+fn read_updates(
+    t: Option<Table<'_, '_>>,
+    channel: Channel,
+    p: &mut Problems,
+) -> Option<UpdatesSpec> {
     let mut updates = UpdatesSpec {
         enabled: true,
         group: channel.as_str().to_string(),
@@ -615,7 +665,9 @@ fn read_updates(t: Option<Table<'_, '_>>, channel: Channel, p: &mut Problems) ->
     }
     if let Some(g) = group {
         let ok = !g.get_ref().is_empty()
-            && g.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.{}".contains(&b));
+            && g.get_ref()
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.{}".contains(&b));
         if !ok {
             p.error(
                 g.span(),
@@ -642,7 +694,11 @@ fn read_updates(t: Option<Table<'_, '_>>, channel: Channel, p: &mut Problems) ->
                 );
                 valid = false;
             } else if !seen.insert(d) {
-                p.error(day.span(), format!("`{}` is listed twice", day.get_ref()), "list each day once");
+                p.error(
+                    day.span(),
+                    format!("`{}` is listed twice", day.get_ref()),
+                    "list each day once",
+                );
                 valid = false;
             }
         }
@@ -678,7 +734,10 @@ fn read_updates(t: Option<Table<'_, '_>>, channel: Channel, p: &mut Problems) ->
     }
     if let Some(tz) = timezone {
         let ok = !tz.get_ref().is_empty()
-            && tz.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
+            && tz
+                .get_ref()
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
         if !ok {
             p.error(
                 tz.span(),
@@ -708,7 +767,12 @@ fn is_clock_time(text: &str) -> bool {
 }
 
 /// Rules that involve more than one table.
-fn check_cluster_wide(spec: &ClusterSpec, root: Range<usize>, network: Range<usize>, p: &mut Problems) {
+fn check_cluster_wide(
+    spec: &ClusterSpec,
+    root: Range<usize>,
+    network: Range<usize>,
+    p: &mut Problems,
+) {
     let mut seen = BTreeSet::new();
     for pool in &spec.worker_pools {
         if !seen.insert(pool.name.as_str()) {
@@ -721,7 +785,10 @@ fn check_cluster_wide(spec: &ClusterSpec, root: Range<usize>, network: Range<usi
         if pool.name == "control-plane" || pool.name.starts_with("control-plane-") {
             p.error(
                 root.clone(),
-                format!("worker pool `{}` would clash with control-plane node names", pool.name),
+                format!(
+                    "worker pool `{}` would clash with control-plane node names",
+                    pool.name
+                ),
                 "choose another pool name",
             );
         }
@@ -742,7 +809,10 @@ fn check_cluster_wide(spec: &ClusterSpec, root: Range<usize>, network: Range<usi
     }
 
     let net = &spec.network;
-    let mut ranges = vec![("network.pod_cidr", net.pod_cidr), ("network.service_cidr", net.service_cidr)];
+    let mut ranges = vec![
+        ("network.pod_cidr", net.pod_cidr),
+        ("network.service_cidr", net.service_cidr),
+    ];
     if let Some(node) = net.node_cidr {
         ranges.insert(0, ("network.node_cidr", node));
     }
@@ -810,8 +880,11 @@ pub fn is_valid_name(s: &str) -> bool {
 
 fn check_http_url(url: &At<String>, p: &mut Problems) -> bool {
     let s = url.get_ref();
-    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
-    let ok = rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace));
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    let ok = rest
+        .is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace));
     if !ok {
         p.error(
             url.span(),
@@ -902,7 +975,9 @@ fn check_label_key(key: &At<String>, path: &str, p: &mut Problems) {
             && pre.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
-                    && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                     && !label.starts_with('-')
                     && !label.ends_with('-')
             })
@@ -943,7 +1018,8 @@ fn check_label_value(value: &At<String>, path: &str, p: &mut Problems) {
 
 fn is_label_name(s: &str) -> bool {
     s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }

@@ -32,7 +32,8 @@ fn render_cluster() -> Rendered {
 fn apply(rendered: &Rendered, node: &str) -> AppliedRoot {
     let config = rendered.workspace.out_dir().join(format!("{node}.ign"));
     let scratch = rendered.workspace.path(&format!("scratch-{node}"));
-    apply_ignition(&config, &scratch).unwrap_or_else(|log| panic!("Ignition failed on {node}:\n{log}"))
+    apply_ignition(&config, &scratch)
+        .unwrap_or_else(|log| panic!("Ignition failed on {node}:\n{log}"))
 }
 
 const NODES: [&str; 3] = ["demo-control-plane-1", "demo-default-1", "demo-default-2"];
@@ -43,7 +44,10 @@ fn every_config_passes_ignition_validate() {
     let rendered = render_cluster();
     for node in NODES {
         let config = rendered.workspace.out_dir().join(format!("{node}.ign"));
-        let output = Command::new("ignition-validate").arg(&config).output().expect("run");
+        let output = Command::new("ignition-validate")
+            .arg(&config)
+            .output()
+            .expect("run");
         assert!(
             output.status.success(),
             "{node}: {}{}",
@@ -64,7 +68,10 @@ fn ignition_validate_rejects_a_broken_config() {
     config["storage"]["files"][0]["path"] = "relative/path".into();
     let broken = rendered.workspace.path("broken.ign");
     std::fs::write(&broken, config.to_string()).expect("write");
-    let output = Command::new("ignition-validate").arg(&broken).output().expect("run");
+    let output = Command::new("ignition-validate")
+        .arg(&broken)
+        .output()
+        .expect("run");
     assert!(!output.status.success());
 }
 
@@ -73,7 +80,10 @@ fn assert_common_tree(root: &Path, sysext: &[u8]) {
     assert_eq!(std::fs::read(&image).expect("sysext image"), sysext);
     assert_eq!(mode_of(&image), 0o644);
     let link = std::fs::read_link(root.join("etc/extensions/kubernetes.raw")).expect("sysext link");
-    assert_eq!(link, Path::new("/opt/extensions/kubernetes").join(SYSEXT_NAME));
+    assert_eq!(
+        link,
+        Path::new("/opt/extensions/kubernetes").join(SYSEXT_NAME)
+    );
 
     let units = root.join("etc/systemd/system");
     let kubeadm = std::fs::read_to_string(units.join("kubeadm.service")).expect("kubeadm.service");
@@ -82,24 +92,43 @@ fn assert_common_tree(root: &Path, sysext: &[u8]) {
     assert!(kubeadm.contains("EnvironmentFile=/run/metadata/flatcar"));
     let preset = std::fs::read_to_string(root.join("etc/systemd/system-preset/20-ignition.preset"))
         .expect("preset");
-    assert!(preset.lines().any(|l| l == "enable kubeadm.service"), "{preset}");
-    assert!(preset.lines().any(|l| l == "enable systemd-sysupdate.timer"), "{preset}");
-    let locksmithd = std::fs::read_link(units.join("locksmithd.service")).expect("masked locksmithd");
+    assert!(
+        preset.lines().any(|l| l == "enable kubeadm.service"),
+        "{preset}"
+    );
+    assert!(
+        preset
+            .lines()
+            .any(|l| l == "enable systemd-sysupdate.timer"),
+        "{preset}"
+    );
+    let locksmithd =
+        std::fs::read_link(units.join("locksmithd.service")).expect("masked locksmithd");
     assert_eq!(locksmithd, Path::new("/dev/null"));
-    let dropin = std::fs::read_to_string(units.join("systemd-sysupdate.service.d/flatstack-kubernetes.conf"))
-        .expect("sysupdate drop-in");
+    let dropin = std::fs::read_to_string(
+        units.join("systemd-sysupdate.service.d/flatstack-kubernetes.conf"),
+    )
+    .expect("sysupdate drop-in");
     assert!(dropin.contains("systemd-sysupdate -C kubernetes update"));
     assert!(dropin.contains("/run/reboot-required"));
 
-    let transfer = std::fs::read_to_string(root.join("etc/sysupdate.kubernetes.d/kubernetes-v1.33.conf"))
-        .expect("sysupdate transfer");
-    assert!(transfer.contains("MatchPattern=kubernetes-v1.33.@v-%a.raw"), "{transfer}");
+    let transfer =
+        std::fs::read_to_string(root.join("etc/sysupdate.kubernetes.d/kubernetes-v1.33.conf"))
+            .expect("sysupdate transfer");
+    assert!(
+        transfer.contains("MatchPattern=kubernetes-v1.33.@v-%a.raw"),
+        "{transfer}"
+    );
     assert!(transfer.contains("CurrentSymlink=/etc/extensions/kubernetes.raw"));
     assert!(root.join("etc/sysupdate.d/noop.conf").is_file());
 
-    let update = std::fs::read_to_string(root.join("etc/flatcar/update.conf")).expect("update.conf");
+    let update =
+        std::fs::read_to_string(root.join("etc/flatcar/update.conf")).expect("update.conf");
     assert!(update.lines().any(|l| l == "GROUP=stable"), "{update}");
-    assert!(update.lines().any(|l| l == "REBOOT_STRATEGY=off"), "{update}");
+    assert!(
+        update.lines().any(|l| l == "REBOOT_STRATEGY=off"),
+        "{update}"
+    );
 
     let keys = std::fs::read_to_string(root.join("home/core/.ssh/authorized_keys.d/ignition"))
         .expect("core's keys");
@@ -109,8 +138,16 @@ fn assert_common_tree(root: &Path, sysext: &[u8]) {
 
     let script = root.join("opt/flatstack/bin/flatstack-bootstrap");
     assert_eq!(mode_of(&script), 0o755);
-    let syntax = Command::new("bash").arg("-n").arg(&script).output().expect("bash -n");
-    assert!(syntax.status.success(), "{}", String::from_utf8_lossy(&syntax.stderr));
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("bash -n");
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
     assert_eq!(mode_of(&root.join("etc/flatstack")), 0o700);
     assert_eq!(mode_of(&root.join("etc/flatstack/kubeadm.yaml.in")), 0o600);
 }
@@ -128,7 +165,12 @@ fn private_keys_under(dir: &Path) -> Vec<String> {
             } else if kind.is_file() {
                 let bytes = std::fs::read(&path).expect("read");
                 if String::from_utf8_lossy(&bytes).contains("PRIVATE KEY-----") {
-                    found.push(path.strip_prefix(dir).unwrap_or(&path).display().to_string());
+                    found.push(
+                        path.strip_prefix(dir)
+                            .unwrap_or(&path)
+                            .display()
+                            .to_string(),
+                    );
                 }
             }
         }
@@ -143,7 +185,13 @@ fn control_plane_tree_has_the_cluster_cas() {
     let applied = apply(&rendered, "demo-control-plane-1");
     let root = &applied.root;
     assert_common_tree(root, &rendered.sysext);
-    assert!(rendered.server.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(
+        rendered
+            .server
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    );
 
     let state = rendered.workspace.state_dir().join("pki");
     for (on_node, in_state) in [
@@ -157,8 +205,16 @@ fn control_plane_tree_has_the_cluster_cas() {
     ] {
         let path = root.join("etc/flatstack/pki").join(on_node);
         let node_bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{on_node}: {e}"));
-        assert_eq!(node_bytes, std::fs::read(state.join(in_state)).expect("state file"), "{on_node}");
-        let expected_mode = if on_node.ends_with(".key") { 0o600 } else { 0o644 };
+        assert_eq!(
+            node_bytes,
+            std::fs::read(state.join(in_state)).expect("state file"),
+            "{on_node}"
+        );
+        let expected_mode = if on_node.ends_with(".key") {
+            0o600
+        } else {
+            0o644
+        };
         assert_eq!(mode_of(&path), expected_mode, "{on_node}");
     }
     let keys = private_keys_under(root);
@@ -171,12 +227,20 @@ fn control_plane_tree_has_the_cluster_cas() {
             "etc/flatstack/pki/sa.key",
         ]
     );
-    let kubeadm = std::fs::read_to_string(root.join("etc/flatstack/kubeadm.yaml.in")).expect("kubeadm");
+    let kubeadm =
+        std::fs::read_to_string(root.join("etc/flatstack/kubeadm.yaml.in")).expect("kubeadm");
     assert!(kubeadm.contains("kind: InitConfiguration"));
     assert!(kubeadm.contains("kind: ClusterConfiguration"));
-    assert!(kubeadm.contains("controlPlaneEndpoint: 10.42.0.10:6443"), "{kubeadm}");
-    assert!(kubeadm.contains("\"203.0.113.7\""), "floating IP in certSANs:\n{kubeadm}");
-    let unit = std::fs::read_to_string(root.join("etc/systemd/system/kubeadm.service")).expect("unit");
+    assert!(
+        kubeadm.contains("controlPlaneEndpoint: 10.42.0.10:6443"),
+        "{kubeadm}"
+    );
+    assert!(
+        kubeadm.contains("\"203.0.113.7\""),
+        "floating IP in certSANs:\n{kubeadm}"
+    );
+    let unit =
+        std::fs::read_to_string(root.join("etc/systemd/system/kubeadm.service")).expect("unit");
     assert!(unit.contains("flatstack-bootstrap control-plane"));
 }
 
@@ -189,15 +253,20 @@ fn worker_tree_has_no_private_key_and_joins_by_token_and_hash() {
     assert_eq!(private_keys_under(root), Vec::<String>::new());
     assert!(!root.join("etc/flatstack/pki").exists());
 
-    let kubeadm = std::fs::read_to_string(root.join("etc/flatstack/kubeadm.yaml.in")).expect("kubeadm");
+    let kubeadm =
+        std::fs::read_to_string(root.join("etc/flatstack/kubeadm.yaml.in")).expect("kubeadm");
     let token = std::fs::read_to_string(rendered.workspace.state_dir().join("pki/bootstrap-token"))
         .expect("token");
     assert!(kubeadm.contains("kind: JoinConfiguration"));
     assert!(kubeadm.contains(&format!("token: {}", token.trim())));
-    assert!(kubeadm.contains("apiServerEndpoint: 10.42.0.10:6443"), "{kubeadm}");
+    assert!(
+        kubeadm.contains("apiServerEndpoint: 10.42.0.10:6443"),
+        "{kubeadm}"
+    );
     assert!(kubeadm.contains("example.org/tier=general"), "{kubeadm}");
     assert!(kubeadm.contains("effect: NoSchedule"), "{kubeadm}");
-    let unit = std::fs::read_to_string(root.join("etc/systemd/system/kubeadm.service")).expect("unit");
+    let unit =
+        std::fs::read_to_string(root.join("etc/systemd/system/kubeadm.service")).expect("unit");
     assert!(unit.contains("flatstack-bootstrap worker"));
 }
 

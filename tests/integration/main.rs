@@ -1,4 +1,6 @@
 //! flatstack's integration tests: one binary, one module per area.
 
+mod cli;
 mod ignition;
+mod pki;
 mod support;

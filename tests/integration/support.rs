@@ -138,7 +138,10 @@ pub fn require_tool(name: &str) {
     let found = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
         .unwrap_or(false);
-    assert!(found, "`{name}` is not installed: run scripts/test.sh, which installs it");
+    assert!(
+        found,
+        "`{name}` is not installed: run scripts/test.sh, which installs it"
+    );
 }
 
 /// A tiny HTTP/1.1 file server on 127.0.0.1, standing in for the sysext download host.
@@ -235,12 +238,18 @@ const IGNITION: &str = "/usr/lib/dracut/modules.d/30ignition/ignition";
 /// Runs Debian's Ignition (fetch, then files stage) for `config` on a fresh scratch root.
 /// Returns the tree, or the log when a stage fails.
 pub fn apply_ignition(config: &Path, scratch: &Path) -> Result<AppliedRoot, String> {
-    assert!(Path::new(IGNITION).is_file(), "{IGNITION} missing: run scripts/test.sh");
+    assert!(
+        Path::new(IGNITION).is_file(),
+        "{IGNITION} missing: run scripts/test.sh"
+    );
     let root = scratch.join("root");
     let etc = root.join("etc");
     std::fs::create_dir_all(etc.join("selinux")).expect("scratch root");
-    std::fs::write(etc.join("selinux/config"), "SELINUX=disabled\nSELINUXTYPE=targeted\n")
-        .expect("selinux config");
+    std::fs::write(
+        etc.join("selinux/config"),
+        "SELINUX=disabled\nSELINUXTYPE=targeted\n",
+    )
+    .expect("selinux config");
     // A minimal account database, like a fresh Flatcar's, for useradd to extend.
     std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/bash\n").expect("passwd");
     std::fs::write(etc.join("group"), "root:x:0:\ndocker:x:233:\nsudo:x:150:\n").expect("group");
@@ -266,7 +275,10 @@ pub fn apply_ignition(config: &Path, scratch: &Path) -> Result<AppliedRoot, Stri
             .arg("--platform=file")
             .arg(format!("--stage={stage}"))
             .arg("--log-to-stdout")
-            .arg(format!("--config-cache={}", scratch.join("cache.json").display()))
+            .arg(format!(
+                "--config-cache={}",
+                scratch.join("cache.json").display()
+            ))
             .arg(format!("--state-file={}", scratch.join("state").display()))
             .output()
             .expect("run ignition");
@@ -303,10 +315,14 @@ pub fn ignition_file(config: &serde_json::Value, path: &str) -> Option<Vec<u8>> 
         .find(|f| f["path"] == path)?;
     let source = file["contents"]["source"].as_str()?;
     let data = source.strip_prefix("data:;base64,")?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(data).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .ok()?;
     if file["contents"]["compression"] == "gzip" {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out).ok()?;
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .ok()?;
         Some(out)
     } else {
         Some(bytes)

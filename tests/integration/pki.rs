@@ -1,0 +1,259 @@
+//! The local PKI checked with independent tools: openssl for chains and the discovery hash,
+//! kubectl for the kubeconfig; and the state directory's permissions and reuse.
+
+use std::process::Command;
+
+use crate::support::*;
+
+fn rendered_workspace() -> Workspace {
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster_text(
+        "https://mirror.example.org/ext",
+        &"ab".repeat(32),
+        2,
+    ));
+    success(&workspace.render(&["--endpoint", "203.0.113.7"]));
+    workspace
+}
+
+fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write as _;
+    require_tool("openssl");
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run openssl");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or_default())
+        .expect("write stdin");
+    drop(input);
+    let output = child.wait_with_output().expect("openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+#[test]
+fn discovery_hash_matches_openssl() {
+    let workspace = rendered_workspace();
+    let ca = workspace.state_dir().join("pki/ca.crt");
+    let ca = ca.to_str().expect("path");
+    // kubeadm's recipe: the DER SubjectPublicKeyInfo of the CA, hashed with SHA-256.
+    let public_pem = openssl(&["x509", "-pubkey", "-noout", "-in", ca], None);
+    let der = openssl(&["pkey", "-pubin", "-outform", "DER"], Some(&public_pem));
+    let expected = format!("sha256:{}", sha256_hex(&der));
+
+    let config = read_json(&workspace.out_dir().join("demo-default-1.ign"));
+    let kubeadm = ignition_file(&config, "/etc/flatstack/kubeadm.yaml.in").expect("kubeadm config");
+    let kubeadm = String::from_utf8(kubeadm).expect("utf-8");
+    assert!(kubeadm.contains(&expected), "{expected} not in\n{kubeadm}");
+}
+
+#[test]
+fn admin_certificates_verify_against_the_cluster_ca() {
+    let workspace = rendered_workspace();
+    let pki = workspace.state_dir().join("pki");
+    let ca = pki.join("ca.crt");
+    for (cert, group) in [
+        ("admin.crt", "kubeadm:cluster-admins"),
+        ("super-admin.crt", "system:masters"),
+    ] {
+        let path = pki.join(cert);
+        let verified = openssl(
+            &[
+                "verify",
+                "-CAfile",
+                ca.to_str().expect("path"),
+                path.to_str().expect("path"),
+            ],
+            None,
+        );
+        assert!(String::from_utf8_lossy(&verified).contains(": OK"));
+        let subject = openssl(
+            &[
+                "x509",
+                "-noout",
+                "-subject",
+                "-ext",
+                "extendedKeyUsage",
+                "-in",
+                path.to_str().expect("path"),
+            ],
+            None,
+        );
+        let subject = String::from_utf8_lossy(&subject).into_owned();
+        assert!(subject.contains(&format!("O = {group}")), "{subject}");
+        assert!(
+            subject.contains("TLS Web Client Authentication"),
+            "{subject}"
+        );
+    }
+    // The CAs are CAs, and kubeadm will find them under the names it expects.
+    for ca in ["ca.crt", "front-proxy-ca.crt", "etcd-ca.crt"] {
+        let text = openssl(
+            &[
+                "x509",
+                "-noout",
+                "-text",
+                "-in",
+                pki.join(ca).to_str().expect("path"),
+            ],
+            None,
+        );
+        assert!(String::from_utf8_lossy(&text).contains("CA:TRUE"), "{ca}");
+    }
+}
+
+#[test]
+fn kubeconfig_is_read_by_kubectl() {
+    require_tool("kubectl");
+    let workspace = rendered_workspace();
+    let kubeconfig = workspace.out_dir().join("kubeconfig");
+    assert_eq!(mode_of(&kubeconfig), 0o600);
+    let view = Command::new("kubectl")
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["config", "view", "--raw", "-o", "json"])
+        .output()
+        .expect("run kubectl");
+    assert!(
+        view.status.success(),
+        "{}",
+        String::from_utf8_lossy(&view.stderr)
+    );
+    let view: serde_json::Value = serde_json::from_slice(&view.stdout).expect("json");
+    assert_eq!(view["current-context"], "demo");
+    assert_eq!(
+        view["clusters"][0]["cluster"]["server"],
+        "https://203.0.113.7:6443"
+    );
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(
+            view["clusters"][0]["cluster"]["certificate-authority-data"]
+                .as_str()
+                .expect("ca"),
+        )
+        .expect("base64");
+    assert_eq!(
+        ca,
+        std::fs::read(workspace.state_dir().join("pki/ca.crt")).expect("ca")
+    );
+    let cert = base64::engine::general_purpose::STANDARD
+        .decode(
+            view["users"][0]["user"]["client-certificate-data"]
+                .as_str()
+                .expect("cert"),
+        )
+        .expect("base64");
+    assert_eq!(
+        cert,
+        std::fs::read(workspace.state_dir().join("pki/admin.crt")).expect("admin")
+    );
+    // The break-glass kubeconfig stays in the state directory.
+    assert!(!workspace.out_dir().join("super-admin.kubeconfig").exists());
+    assert_eq!(
+        mode_of(&workspace.state_dir().join("super-admin.kubeconfig")),
+        0o600
+    );
+}
+
+#[test]
+fn state_directory_is_private_and_reused() {
+    let workspace = rendered_workspace();
+    let state = workspace.state_dir();
+    assert_eq!(mode_of(&state), 0o700);
+    assert_eq!(mode_of(&state.join("pki")), 0o700);
+    for entry in std::fs::read_dir(state.join("pki")).expect("pki").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let expected = if name.ends_with(".crt") || name.ends_with(".pub") {
+            0o644
+        } else {
+            0o600
+        };
+        assert_eq!(mode_of(&entry.path()), expected, "{name}");
+    }
+    let before: Vec<Vec<u8>> = ["ca.crt", "ca.key", "bootstrap-token", "sa.key"]
+        .iter()
+        .map(|f| std::fs::read(state.join("pki").join(f)).expect("read"))
+        .collect();
+    let first =
+        std::fs::read(workspace.out_dir().join("demo-control-plane-1.ign")).expect("config");
+    success(&workspace.render(&["--endpoint", "203.0.113.7"]));
+    let after: Vec<Vec<u8>> = ["ca.crt", "ca.key", "bootstrap-token", "sa.key"]
+        .iter()
+        .map(|f| std::fs::read(state.join("pki").join(f)).expect("read"))
+        .collect();
+    assert_eq!(before, after, "the PKI must be created once and reused");
+    let second =
+        std::fs::read(workspace.out_dir().join("demo-control-plane-1.ign")).expect("config");
+    assert_eq!(
+        first, second,
+        "rendering is deterministic for the same PKI and file"
+    );
+}
+
+#[test]
+fn loose_permissions_are_refused_with_a_fix() {
+    let workspace = rendered_workspace();
+    let state = workspace.state_dir();
+    std::fs::remove_dir_all(workspace.out_dir()).expect("clean");
+
+    set_mode(&state, 0o755);
+    let output = workspace.render(&[]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("mode 0755"), "{}", stderr(&output));
+    assert!(stderr(&output).contains(&format!("chmod 700 {}", state.display())));
+    assert!(!workspace.out_dir().exists());
+    set_mode(&state, 0o700);
+
+    let key = state.join("pki/ca.key");
+    set_mode(&key, 0o644);
+    let output = workspace.render(&[]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("ca.key has mode 0644"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!stderr(&output).contains("PRIVATE KEY"));
+    set_mode(&key, 0o600);
+    success(&workspace.render(&[]));
+}
+
+#[test]
+fn a_damaged_pki_is_reported_not_replaced() {
+    let workspace = rendered_workspace();
+    let pki = workspace.state_dir().join("pki");
+    let ca = std::fs::read(pki.join("ca.crt")).expect("ca");
+    std::fs::remove_file(pki.join("etcd-ca.key")).expect("remove");
+    let output = workspace.render(&[]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("etcd-ca.key is missing"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        std::fs::read(pki.join("ca.crt")).expect("ca"),
+        ca,
+        "the CA must survive"
+    );
+}
+
+#[test]
+fn secrets_never_reach_the_terminal() {
+    let workspace = rendered_workspace();
+    let output = workspace.render(&["--endpoint", "203.0.113.7"]);
+    let token =
+        std::fs::read_to_string(workspace.state_dir().join("pki/bootstrap-token")).expect("token");
+    let all = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(!all.contains(token.trim()));
+    assert!(!all.contains("PRIVATE KEY"));
+}
