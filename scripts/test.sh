@@ -10,6 +10,7 @@ command -v ignition-validate >/dev/null || missing+=(ignition)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
 command -v useradd >/dev/null || missing+=(passwd)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]}"
   sudo=()

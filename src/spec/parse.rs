@@ -228,7 +228,7 @@ fn read_kubernetes(mut t: Table<'_, '_>, p: &mut Problems) -> Option<KubernetesS
             }
         }
     };
-    let patch_updates = patch_updates.map_or(true, At::into_inner);
+    let patch_updates = patch_updates.is_none_or(At::into_inner);
     let sysupdate_url = match (patch_updates, sysupdate_url, &sysext_url) {
         (false, _, _) => None,
         (true, Some(url), _) => Some(url.into_inner()),

@@ -291,3 +291,46 @@ fn a_tampered_sysext_is_refused_by_ignition() {
     };
     assert!(log.to_lowercase().contains("hash"), "{log}");
 }
+
+/// Units Flatcar provides that ours depend on; stand-ins so systemd can resolve them.
+const FLATCAR_UNITS: [&str; 2] = ["coreos-metadata.service", "containerd.service"];
+
+#[test]
+fn kubeadm_unit_passes_systemd_analyze_verify() {
+    require_tool("systemd-analyze");
+    let rendered = render_cluster();
+    for node in ["demo-control-plane-1", "demo-default-1"] {
+        let applied = apply(&rendered, node);
+        let units = applied.root.join("usr/lib/systemd/system");
+        std::fs::create_dir_all(&units).expect("unit dir");
+        // The image's own units (targets and the like) come from this machine's systemd.
+        for entry in std::fs::read_dir("/lib/systemd/system")
+            .expect("host units")
+            .flatten()
+        {
+            let target = units.join(entry.file_name());
+            if entry.file_type().is_ok_and(|t| t.is_file()) && !target.exists() {
+                std::fs::copy(entry.path(), target).expect("copy unit");
+            }
+        }
+        for unit in FLATCAR_UNITS {
+            std::fs::write(
+                units.join(unit),
+                "[Unit]\nDescription=stand-in for a Flatcar unit\n[Service]\nType=oneshot\nExecStart=/bin/true\n",
+            )
+            .expect("stand-in");
+        }
+        let unit = applied.root.join("etc/systemd/system/kubeadm.service");
+        let output = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(format!("--root={}", applied.root.display()))
+            .arg(&unit)
+            .output()
+            .expect("run systemd-analyze");
+        let complaints = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && complaints.trim().is_empty(),
+            "{node}: {complaints}"
+        );
+    }
+}
