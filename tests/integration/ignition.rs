@@ -32,8 +32,10 @@ fn render_cluster() -> Rendered {
 fn apply(rendered: &Rendered, node: &str) -> AppliedRoot {
     let config = rendered.workspace.out_dir().join(format!("{node}.ign"));
     let scratch = rendered.workspace.path(&format!("scratch-{node}"));
-    apply_ignition(&config, &scratch)
-        .unwrap_or_else(|log| panic!("Ignition failed on {node}:\n{log}"))
+    let applied = apply_ignition(&config, &scratch)
+        .unwrap_or_else(|log| panic!("Ignition failed on {node}:\n{log}"));
+    assert!(applied.log.contains("files passed"), "{}", applied.log);
+    applied
 }
 
 const NODES: [&str; 3] = ["demo-control-plane-1", "demo-default-1", "demo-default-2"];
