@@ -5,7 +5,9 @@
 //! Ignition config, and [`cli`] turns commands into calls of the others.
 
 pub mod cli;
+pub mod cloud;
 pub mod node;
 pub mod pins;
 pub mod pki;
+pub mod secret;
 pub mod spec;

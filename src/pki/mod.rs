@@ -7,7 +7,6 @@ mod kubeconfig;
 mod state_dir;
 mod token;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -21,33 +20,14 @@ pub use kubeconfig::{Kubeconfig, kubeconfig_yaml};
 pub use state_dir::{StateDir, write_atomically};
 pub use token::BootstrapToken;
 
+pub use crate::secret::Secret;
+
 /// Directory of the PKI inside the state directory.
 const PKI_DIR: &str = "pki";
 /// Where a PKI being created is assembled before it is renamed into place.
 const PKI_NEW_DIR: &str = "pki.new";
 const CA_VALIDITY_DAYS: i64 = 3650;
 const CLIENT_VALIDITY_DAYS: i64 = 365;
-
-/// Text that must never be shown: private keys and tokens. Debug prints a placeholder.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(text: String) -> Self {
-        Secret(text)
-    }
-
-    /// The secret itself, for writing it where it belongs.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
 
 /// A certificate and its private key, both PEM.
 #[derive(Debug, Clone)]

@@ -2,5 +2,6 @@
 
 mod cli;
 mod ignition;
+mod kubeadm;
 mod pki;
 mod support;

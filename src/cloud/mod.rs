@@ -1,0 +1,150 @@
+//! OpenStack access: configuration like the `openstack` CLI, an authenticated session with
+//! retries, and typed operations per service. The rest of flatstack never sees raw JSON.
+//!
+//! A thin client of our own over reqwest, rather than `openstack_sdk`: the calls flatstack
+//! needs are few, and owning them gives us the retry and idempotency rules, error messages
+//! and build time we want (see the README, "OpenStack access").
+
+pub mod config;
+
+mod session;
+
+pub use config::{CloudConfig, Credentials};
+pub use session::{CallCounter, CatalogEntry, Cloud, Reply, RetryPolicy, cloud_message};
+
+use std::time::Duration;
+
+/// The compute API microversion flatstack speaks: server tags at create (2.52), server group
+/// `policy` (2.64), boot volumes with `delete_on_termination` everywhere (2.79).
+pub const COMPUTE_MICROVERSION: &str = "2.79";
+
+/// The OpenStack services flatstack talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Identity,
+    Compute,
+    Network,
+    Image,
+    Volume,
+}
+
+impl Service {
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Identity => "identity",
+            Service::Compute => "compute",
+            Service::Network => "network",
+            Service::Image => "image",
+            Service::Volume => "block-storage",
+        }
+    }
+
+    /// Catalog types that mean this service (block storage has had several names).
+    fn catalog_types(self) -> &'static [&'static str] {
+        match self {
+            Service::Identity => &["identity"],
+            Service::Compute => &["compute"],
+            Service::Network => &["network"],
+            Service::Image => &["image"],
+            Service::Volume => &["block-storage", "volumev3", "volume"],
+        }
+    }
+
+    /// The catalog URL with the API version path the service needs appended.
+    fn versioned(self, url: &str) -> String {
+        let suffix = match self {
+            Service::Network => "/v2.0",
+            Service::Image => "/v2",
+            Service::Identity => "/v3",
+            Service::Compute | Service::Volume => return url.to_string(),
+        };
+        if url.ends_with(suffix) {
+            url.to_string()
+        } else {
+            format!("{url}{suffix}")
+        }
+    }
+
+    fn version_headers(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Service::Compute => &[
+                ("OpenStack-API-Version", "compute 2.79"),
+                ("X-OpenStack-Nova-API-Version", "2.79"),
+            ],
+            Service::Volume => &[("OpenStack-API-Version", "volume 3.0")],
+            _ => &[],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "cloud `{cloud}` refused the credentials: {message}\n  hint: check the password or application credential (it may have expired or been deleted)"
+    )]
+    Auth { cloud: String, message: String },
+    #[error("cannot reach the {service} API at {url}: {detail}")]
+    Unreachable {
+        service: &'static str,
+        url: String,
+        detail: String,
+    },
+    #[error("the {service} API answered {status} to {call}: {message}{}", request_id.as_ref().map(|r| format!(" (request {r})")).unwrap_or_default())]
+    Api {
+        service: &'static str,
+        call: String,
+        status: u16,
+        message: String,
+        request_id: Option<String>,
+        /// The server's Retry-After, if it sent one.
+        retry_after: Option<Duration>,
+    },
+    #[error(
+        "the cloud's catalog has no {service} endpoint for interface `{interface}` in region `{region}`\n  hint: check region_name and interface in clouds.yaml"
+    )]
+    NoEndpoint {
+        service: &'static str,
+        interface: String,
+        region: String,
+    },
+    #[error("the {service} API's answer to {call} was not understood: {detail}")]
+    Decode {
+        service: &'static str,
+        call: String,
+        detail: String,
+    },
+    #[error("{what} did not reach {wanted} within {waited:?}; it is {state}")]
+    Timeout {
+        what: String,
+        wanted: String,
+        state: String,
+        waited: Duration,
+    },
+    #[error("{what} went to ERROR: {fault}")]
+    Failed { what: String, fault: String },
+}
+
+impl CloudError {
+    /// Whether trying again later may succeed (dropped connections, 409, 429, 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CloudError::Unreachable { .. } => true,
+            CloudError::Api { status, .. } => *status == 409 || *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// How long the cloud asked us to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CloudError::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CloudError::Api { status: 404, .. })
+    }
+}

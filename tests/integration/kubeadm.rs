@@ -1,0 +1,144 @@
+//! Every field name in the kubeadm configuration flatstack writes exists in the upstream
+//! `kubeadm.k8s.io/v1beta4` Go types; the field list is test data that names its source.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::support::*;
+
+/// `type -> field -> element type` (`inline` entries list embedded structs).
+struct Schema {
+    fields: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Schema {
+    fn load() -> Schema {
+        let text = include_str!("../data/kubeadm-v1beta4-fields.txt");
+        let mut fields: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(parts.len(), 3, "bad line in the field list: {line}");
+            fields
+                .entry(parts[0].to_string())
+                .or_default()
+                .insert(parts[1].to_string(), parts[2].to_string());
+        }
+        Schema { fields }
+    }
+
+    /// The element type of `field` in `ty`, looking through embedded (inline) structs.
+    fn field(&self, ty: &str, field: &str) -> Option<String> {
+        let own = self.fields.get(ty)?;
+        if let Some(element) = own.get(field) {
+            if element != "inline" {
+                return Some(element.clone());
+            }
+        }
+        own.iter()
+            .filter(|(_, element)| *element == "inline")
+            .find_map(|(embedded, _)| self.field(embedded, field))
+    }
+
+    /// Every key path of `value` (of Go type `ty`) that the types do not have.
+    fn unknown(&self, ty: &str, value: &serde_json::Value, path: &str, out: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map {
+                    let here = format!("{path}.{key}");
+                    if path.is_empty() && (key == "apiVersion" || key == "kind") {
+                        continue;
+                    }
+                    match self.field(ty, key) {
+                        None => {
+                            out.insert(format!("{here} (no field `{key}` in {ty})"));
+                        }
+                        Some(element) if element == "scalar" => {
+                            if child.is_object() {
+                                out.insert(format!("{here} (a scalar upstream)"));
+                            }
+                        }
+                        Some(element) => self.unknown(&element, child, &here, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    self.unknown(ty, item, &format!("{path}[{index}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn kubeadm_documents(node: &str) -> Vec<serde_json::Value> {
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster_text(
+        "https://mirror.example.org/ext",
+        &"ab".repeat(32),
+        2,
+    ));
+    success(&workspace.render(&["--endpoint", "203.0.113.7"]));
+    let config = read_json(&workspace.out_dir().join(format!("{node}.ign")));
+    let yaml = ignition_file(&config, "/etc/flatstack/kubeadm.yaml.in").expect("kubeadm config");
+    let yaml = String::from_utf8(yaml).expect("utf-8");
+    serde_saphyr::from_str_multiple(&yaml).expect("kubeadm config is YAML")
+}
+
+fn check(node: &str, kinds: &[&str]) {
+    let schema = Schema::load();
+    let documents = kubeadm_documents(node);
+    let found: Vec<&str> = documents
+        .iter()
+        .filter_map(|d| d["kind"].as_str())
+        .collect();
+    assert_eq!(found, kinds);
+    let mut unknown = BTreeSet::new();
+    for document in &documents {
+        assert_eq!(document["apiVersion"], "kubeadm.k8s.io/v1beta4");
+        let kind = document["kind"].as_str().expect("kind");
+        assert!(
+            schema.fields.contains_key(kind),
+            "{kind} is not a v1beta4 type"
+        );
+        schema.unknown(kind, document, "", &mut unknown);
+    }
+    assert!(
+        unknown.is_empty(),
+        "fields unknown to kubeadm v1beta4: {unknown:#?}"
+    );
+}
+
+#[test]
+fn control_plane_config_uses_only_v1beta4_fields() {
+    check(
+        "demo-control-plane-1",
+        &["InitConfiguration", "ClusterConfiguration"],
+    );
+}
+
+#[test]
+fn worker_config_uses_only_v1beta4_fields() {
+    check("demo-default-1", &["JoinConfiguration"]);
+}
+
+#[test]
+fn the_check_catches_a_misspelt_field() {
+    let schema = Schema::load();
+    let bad = serde_json::json!({
+        "kind": "ClusterConfiguration",
+        "apiServer": { "certSans": ["x"], "extraArgs": [{ "name": "a", "value": "b" }] },
+        "networking": { "podSubnet": "10.244.0.0/16" }
+    });
+    let mut unknown = BTreeSet::new();
+    schema.unknown("ClusterConfiguration", &bad, "", &mut unknown);
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert!(
+        unknown
+            .iter()
+            .next()
+            .is_some_and(|u| u.starts_with(".apiServer.certSans"))
+    );
+}
