@@ -31,10 +31,10 @@ impl Schema {
     /// The element type of `field` in `ty`, looking through embedded (inline) structs.
     fn field(&self, ty: &str, field: &str) -> Option<String> {
         let own = self.fields.get(ty)?;
-        if let Some(element) = own.get(field) {
-            if element != "inline" {
-                return Some(element.clone());
-            }
+        if let Some(element) = own.get(field)
+            && element != "inline"
+        {
+            return Some(element.clone());
         }
         own.iter()
             .filter(|(_, element)| *element == "inline")
