@@ -12,13 +12,22 @@ pub const OLDEST_MINOR: u32 = 31;
 /// Newest Kubernetes minor the node configs were checked against.
 pub const NEWEST_MINOR: u32 = 35;
 
-/// Kubernetes sysext images from the bakery whose SHA-256 is known, newest first per minor.
-/// Each digest was read from the bakery's published `SHA256SUMS`; see the README for sources.
+/// Kubernetes sysext images from the bakery whose SHA-256 flatstack pins. Each digest must be
+/// read from the bakery's published `SHA256SUMS`, with its source named in the README. None
+/// could be checked from the machines flatstack is developed on (no route to the bakery), so
+/// the table is empty and cluster files give `kubernetes.sysext_sha256` themselves.
 pub const KUBERNETES_SYSEXTS: &[(KubernetesVersion, &str)] = &[];
 
 /// The Kubernetes release `flatstack init` proposes.
-pub fn default_kubernetes() -> Option<KubernetesVersion> {
-    KUBERNETES_SYSEXTS.iter().map(|(v, _)| *v).max()
+pub const DEFAULT_KUBERNETES: KubernetesVersion = KubernetesVersion::new(1, 33, 5);
+
+/// The Kubernetes release `flatstack init` proposes: the newest pinned, or the default.
+pub fn default_kubernetes() -> KubernetesVersion {
+    KUBERNETES_SYSEXTS
+        .iter()
+        .map(|(v, _)| *v)
+        .max()
+        .unwrap_or(DEFAULT_KUBERNETES)
 }
 
 /// The pinned SHA-256 of the bakery's image for `version`, if flatstack knows it.

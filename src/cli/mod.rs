@@ -79,7 +79,10 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause.is::<InvalidInput>()
             || matches!(
                 cause.downcast_ref::<crate::node::NodeError>(),
-                Some(crate::node::NodeError::TooLarge { .. })
+                Some(
+                    crate::node::NodeError::TooLarge { .. }
+                        | crate::node::NodeError::UnpinnedSysext { .. }
+                )
             )
             || matches!(
                 cause.downcast_ref::<crate::pki::PkiError>(),

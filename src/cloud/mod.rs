@@ -9,6 +9,9 @@ pub mod config;
 
 mod session;
 
+pub mod compute;
+pub mod network;
+
 pub use config::{CloudConfig, Credentials};
 pub use session::{CallCounter, CatalogEntry, Cloud, Reply, RetryPolicy, cloud_message};
 
@@ -75,6 +78,19 @@ impl Service {
             _ => &[],
         }
     }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+pub(crate) fn query_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,5 +162,39 @@ impl CloudError {
 
     pub fn is_not_found(&self) -> bool {
         matches!(self, CloudError::Api { status: 404, .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_escape_keeps_only_unreserved() {
+        assert_eq!(
+            query_escape("flatstack:cluster=demo"),
+            "flatstack%3Acluster%3Ddemo"
+        );
+        assert_eq!(query_escape("a-b_c.d~"), "a-b_c.d~");
+    }
+
+    #[test]
+    fn versioned_urls() {
+        assert_eq!(
+            Service::Network.versioned("http://h:9696"),
+            "http://h:9696/v2.0"
+        );
+        assert_eq!(
+            Service::Network.versioned("http://h:9696/v2.0"),
+            "http://h:9696/v2.0"
+        );
+        assert_eq!(
+            Service::Image.versioned("http://h:9292"),
+            "http://h:9292/v2"
+        );
+        assert_eq!(
+            Service::Compute.versioned("http://h:8774/v2.1"),
+            "http://h:8774/v2.1"
+        );
     }
 }

@@ -54,6 +54,10 @@ pub enum NodeError {
         "the Ignition config of {node} is {size} bytes as base64 user_data; Nova accepts at most {USER_DATA_LIMIT}\n  hint: fewer SSH keys, labels or taints on this node, or serve large files by URL"
     )]
     TooLarge { node: String, size: usize },
+    #[error(
+        "no SHA-256 is pinned for the Kubernetes {version} sysext image, and nodes must verify it\n  hint: add `sysext_sha256 = \"<digest>\"` under [kubernetes]; the bakery lists digests in {index}"
+    )]
+    UnpinnedSysext { version: String, index: String },
     #[error("cannot write YAML: {0}")]
     Yaml(String),
     #[error("cannot encode the Ignition config of {node}: {source}")]
@@ -155,12 +159,19 @@ impl Builder {
     /// What every node has: the Kubernetes sysext, update policy, bootstrap script, SSH keys.
     fn common(&mut self, spec: &ClusterSpec) -> Result<(), NodeError> {
         let k8s = &spec.kubernetes;
+        let sha256 = k8s
+            .sysext_sha256
+            .as_ref()
+            .ok_or_else(|| NodeError::UnpinnedSysext {
+                version: k8s.version.to_string(),
+                index: format!("{}/kubernetes/SHA256SUMS", crate::pins::SYSEXT_BAKERY),
+            })?;
         let image = format!("{SYSEXT_DIR}/{}", k8s.version.sysext_file_name());
         self.files.push(ign::File {
             contents: Some(ign::Resource {
                 source: Some(k8s.sysext_url.clone()),
                 verification: Some(ign::Verification {
-                    hash: Some(format!("sha256-{}", k8s.sysext_sha256)),
+                    hash: Some(format!("sha256-{sha256}")),
                 }),
                 ..Default::default()
             }),

@@ -39,8 +39,10 @@ pub struct KubernetesSpec {
     pub version: KubernetesVersion,
     /// Where nodes download the Kubernetes system extension image.
     pub sysext_url: String,
-    /// Lowercase hex SHA-256 of that image; Ignition refuses any other content.
-    pub sysext_sha256: String,
+    /// Lowercase hex SHA-256 of that image; Ignition refuses any other content. `None` when
+    /// flatstack pins no digest for the release and the file gives none: rendering then stops
+    /// and says how to pin it.
+    pub sysext_sha256: Option<String>,
     /// Directory holding `kubernetes-vX.Y.*` images and a `SHA256SUMS` index, which
     /// systemd-sysupdate on each node polls for patch releases; `None` turns patch updates off.
     pub sysupdate_url: Option<String>,

@@ -197,7 +197,7 @@ fn read_kubernetes(mut t: Table<'_, '_>, p: &mut Problems) -> Option<KubernetesS
         None => None,
     };
     let (url, sha256) = match (&sysext_url, sha256) {
-        (Some(url), Some(sha)) => (url.get_ref().clone(), sha),
+        (Some(url), Some(sha)) => (url.get_ref().clone(), Some(sha)),
         (Some(url), None) => {
             p.error(
                 url.span(),
@@ -208,24 +208,10 @@ fn read_kubernetes(mut t: Table<'_, '_>, p: &mut Problems) -> Option<KubernetesS
         }
         (None, sha) => {
             let url = format!("{}/{}", pins::SYSEXT_BAKERY, version.sysext_file_name());
-            match sha.or_else(|| pins::kubernetes_sysext_sha256(version).map(str::to_string)) {
-                Some(sha) => (url, sha),
-                None => {
-                    let known: Vec<String> = pins::KUBERNETES_SYSEXTS
-                        .iter()
-                        .map(|(v, _)| v.to_string())
-                        .collect();
-                    p.error(
-                        version_text.span(),
-                        format!("flatstack has no pinned SHA-256 for the {version} sysext image"),
-                        format!(
-                            "pick a pinned release ({}) or set `kubernetes.sysext_sha256` to the image's SHA-256",
-                            if known.is_empty() { "none yet".to_string() } else { known.join(", ") }
-                        ),
-                    );
-                    return None;
-                }
-            }
+            (
+                url,
+                sha.or_else(|| pins::kubernetes_sysext_sha256(version).map(str::to_string)),
+            )
         }
     };
     let patch_updates = patch_updates.is_none_or(At::into_inner);
@@ -244,13 +230,8 @@ fn read_kubernetes(mut t: Table<'_, '_>, p: &mut Problems) -> Option<KubernetesS
 }
 
 fn version_hint() -> String {
-    match pins::default_kubernetes() {
-        Some(v) => format!(
-            "e.g. `version = \"{}\"`",
-            v.to_string().trim_start_matches('v')
-        ),
-        None => format!("e.g. `version = \"1.{}.0\"`", pins::NEWEST_MINOR),
-    }
+    let version = pins::default_kubernetes().to_string();
+    format!("e.g. `version = \"{}\"`", version.trim_start_matches('v'))
 }
 
 fn read_flatcar(mut t: Table<'_, '_>, p: &mut Problems) -> Option<FlatcarSpec> {

@@ -49,9 +49,18 @@ fn choices(profile: Profile) -> Choices {
 /// The text of a new cluster file named `name`.
 pub fn cluster_file(profile: Profile, name: &str) -> String {
     let c = choices(profile);
-    let kubernetes = pins::default_kubernetes()
-        .map(|v| v.to_string().trim_start_matches('v').to_string())
-        .unwrap_or_else(|| format!("1.{}.0", pins::NEWEST_MINOR));
+    let version = pins::default_kubernetes();
+    let kubernetes = version.to_string().trim_start_matches('v').to_string();
+    let sha256_line = match pins::kubernetes_sysext_sha256(version) {
+        Some(_) => "# sysext_sha256 is pinned by flatstack for this release.".to_string(),
+        None => format!(
+            "# Nodes verify the sysext image by SHA-256. Pin it here (flatstack pins none for this\n\
+             # release): the bakery lists digests in {}/kubernetes/SHA256SUMS.\n\
+             # sysext_sha256 = \"<sha256 of {}>\"",
+            pins::SYSEXT_BAKERY,
+            version.sysext_file_name()
+        ),
+    };
     format!(
         r#"# flatstack cluster file. Reference: the "Cluster file" section of the flatstack README.
 # `flatstack plan` shows what this file would create; `flatstack up` makes it so.
@@ -67,6 +76,7 @@ cloud = "{cloud}"
 # Kubernetes release. Nodes boot the Flatcar sysext image of this release, pinned by SHA-256,
 # and take patch releases of the same minor automatically (see [updates]).
 version = "{kubernetes}"
+{sha256_line}
 # A mirror or your own build of the sysext image (both keys together):
 # sysext_url = "https://mirror.example.org/extensions/kubernetes-v{kubernetes}-x86-64.raw"
 # sysext_sha256 = "<sha256sum of the image>"
@@ -133,5 +143,6 @@ timezone = "UTC"
         control_plane_flavor = c.control_plane_flavor,
         worker_flavor = c.worker_flavor,
         network_note = c.network_note,
+        sha256_line = sha256_line,
     )
 }

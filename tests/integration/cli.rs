@@ -541,3 +541,41 @@ fn oversized_user_data_names_the_node_and_its_size() {
     assert!(message.contains("Nova accepts at most 65535"), "{message}");
     assert!(!workspace.out_dir().exists());
 }
+
+#[test]
+fn an_unpinned_sysext_stops_render_with_the_fix() {
+    let workspace = Workspace::new();
+    success(&workspace.flatstack(&["init", "--name", "lab"]));
+    let text = std::fs::read_to_string(workspace.cluster_file()).expect("written");
+    if text.contains("# sysext_sha256 = ") {
+        let output = workspace.render(&[]);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("no SHA-256 is pinned"),
+            "{}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains("SHA256SUMS"),
+            "{}",
+            stderr(&output)
+        );
+        assert!(!workspace.out_dir().exists());
+        let pinned = text
+            .replacen("# sysext_sha256 = ", "sysext_sha256 = ", 1)
+            .replacen(
+                &format!(
+                    "\"<sha256 of {}>\"",
+                    text.split("<sha256 of ")
+                        .nth(1)
+                        .and_then(|r| r.split('>').next())
+                        .unwrap_or_default()
+                ),
+                &format!("\"{}\"", "cd".repeat(32)),
+                1,
+            );
+        workspace.write_cluster(&pinned);
+    }
+    let out = success(&workspace.render(&[]));
+    assert!(out.contains("lab-control-plane-1"), "{out}");
+}

@@ -1,0 +1,467 @@
+//! Neutron: networks, subnets, routers (gateway and interfaces), ports with fixed IPs,
+//! security groups and rules, floating IPs, tags and the project's network quotas.
+//!
+//! Tags are set with the tags API after each create: some Neutron deployments silently drop
+//! `tags` in a POST body. A create that must be retried is first looked up by name.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::compute::Usage;
+use super::{Cloud, CloudError, Service, query_escape};
+
+/// Neutron resource collections flatstack manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Network,
+    Subnet,
+    Router,
+    Port,
+    SecurityGroup,
+    FloatingIp,
+}
+
+impl Kind {
+    /// Singular JSON key, e.g. `security_group`.
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::Network => "network",
+            Kind::Subnet => "subnet",
+            Kind::Router => "router",
+            Kind::Port => "port",
+            Kind::SecurityGroup => "security_group",
+            Kind::FloatingIp => "floatingip",
+        }
+    }
+
+    /// URL path and plural JSON key, e.g. `security-groups` / `security_groups`.
+    fn collection(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Network => ("networks", "networks"),
+            Kind::Subnet => ("subnets", "subnets"),
+            Kind::Router => ("routers", "routers"),
+            Kind::Port => ("ports", "ports"),
+            Kind::SecurityGroup => ("security-groups", "security_groups"),
+            Kind::FloatingIp => ("floatingips", "floatingips"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub subnets: Vec<String>,
+    #[serde(rename = "router:external", default)]
+    pub external: bool,
+    #[serde(default)]
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Subnet {
+    pub id: String,
+    pub name: String,
+    pub network_id: String,
+    pub cidr: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Router {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub external_gateway_info: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Port {
+    pub id: String,
+    pub name: String,
+    pub network_id: String,
+    #[serde(default)]
+    pub fixed_ips: Vec<FixedIp>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub device_id: String,
+    #[serde(default)]
+    pub device_owner: String,
+    #[serde(default)]
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct FixedIp {
+    pub subnet_id: String,
+    pub ip_address: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub security_group_rules: Vec<SecurityGroupRule>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+pub struct SecurityGroupRule {
+    #[serde(default)]
+    pub id: String,
+    pub direction: String,
+    #[serde(default)]
+    pub ethertype: String,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub port_range_min: Option<u16>,
+    #[serde(default)]
+    pub port_range_max: Option<u16>,
+    #[serde(default)]
+    pub remote_ip_prefix: Option<String>,
+    #[serde(default)]
+    pub remote_group_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct FloatingIp {
+    pub id: String,
+    pub floating_ip_address: String,
+    pub floating_network_id: String,
+    #[serde(default)]
+    pub port_id: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The project's network quotas and usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NetworkLimits {
+    pub networks: Usage,
+    pub subnets: Usage,
+    pub routers: Usage,
+    pub ports: Usage,
+    pub floating_ips: Usage,
+    pub security_groups: Usage,
+    pub security_group_rules: Usage,
+}
+
+impl Cloud {
+    /// Lists a collection with query filters, e.g. `[("name", "x"), ("tags", "a,b")]`.
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        filters: &[(&str, &str)],
+    ) -> Result<Vec<T>, CloudError> {
+        let (path, key) = kind.collection();
+        let query: Vec<String> = filters
+            .iter()
+            .map(|(k, v)| format!("{k}={}", query_escape(v)))
+            .collect();
+        let url = if query.is_empty() {
+            format!("/{path}")
+        } else {
+            format!("/{path}?{}", query.join("&"))
+        };
+        let mut value: Value = self.get(Service::Network, &url).await?;
+        serde_json::from_value(value.get_mut(key).map(Value::take).unwrap_or(Value::Null)).map_err(
+            |e| CloudError::Decode {
+                service: "network",
+                call: format!("GET {url}"),
+                detail: e.to_string(),
+            },
+        )
+    }
+
+    /// Resources carrying every one of `tags`.
+    pub async fn list_tagged<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        tags: &[&str],
+    ) -> Result<Vec<T>, CloudError> {
+        let joined = tags.join(",");
+        self.list(kind, &[("tags", &joined)]).await
+    }
+
+    /// Creates a named resource, then tags it. `attributes` is the body inside the envelope.
+    pub async fn create_tagged<T: DeserializeOwned + HasId>(
+        &self,
+        kind: Kind,
+        name: &str,
+        mut attributes: Value,
+        tags: &[String],
+    ) -> Result<T, CloudError> {
+        attributes["name"] = json!(name);
+        let body = json!({ kind.singular(): attributes });
+        let (path, _) = kind.collection();
+        let created: T = self
+            .create(
+                Service::Network,
+                &format!("/{path}"),
+                &body,
+                kind.singular(),
+                || async {
+                    let mut found: Vec<T> = self.list(kind, &[("name", name)]).await?;
+                    Ok(if found.len() == 1 { found.pop() } else { None })
+                },
+            )
+            .await?;
+        if !tags.is_empty() {
+            self.set_tags(kind, created.id(), tags).await?;
+        }
+        // Read back so the caller sees the tags as stored.
+        self.get_one(kind, created.id()).await
+    }
+
+    pub async fn get_one<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        id: &str,
+    ) -> Result<T, CloudError> {
+        let (path, _) = kind.collection();
+        let mut value: Value = self.get(Service::Network, &format!("/{path}/{id}")).await?;
+        serde_json::from_value(
+            value
+                .get_mut(kind.singular())
+                .map(Value::take)
+                .unwrap_or(Value::Null),
+        )
+        .map_err(|e| CloudError::Decode {
+            service: "network",
+            call: format!("GET /{path}/{id}"),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Replaces the resource's tags.
+    pub async fn set_tags(&self, kind: Kind, id: &str, tags: &[String]) -> Result<(), CloudError> {
+        let (path, _) = kind.collection();
+        self.put(
+            Service::Network,
+            &format!("/{path}/{id}/tags"),
+            &json!({ "tags": tags }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn delete_resource(&self, kind: Kind, id: &str) -> Result<(), CloudError> {
+        let (path, _) = kind.collection();
+        self.delete(Service::Network, &format!("/{path}/{id}"))
+            .await
+    }
+
+    /// Allocates a floating IP, identified by its `description` (floating IPs have no name).
+    pub async fn create_floating_ip(
+        &self,
+        floating_network_id: &str,
+        description: &str,
+        port_id: Option<&str>,
+        tags: &[String],
+    ) -> Result<FloatingIp, CloudError> {
+        let body = json!({ "floatingip": {
+            "floating_network_id": floating_network_id,
+            "description": description,
+            "port_id": port_id,
+        } });
+        let created: FloatingIp = self
+            .create(
+                Service::Network,
+                "/floatingips",
+                &body,
+                "floatingip",
+                || async {
+                    let mut found: Vec<FloatingIp> = self
+                        .list(Kind::FloatingIp, &[("description", description)])
+                        .await?;
+                    Ok(if found.len() == 1 { found.pop() } else { None })
+                },
+            )
+            .await?;
+        if !tags.is_empty() {
+            self.set_tags(Kind::FloatingIp, &created.id, tags).await?;
+        }
+        self.get_one(Kind::FloatingIp, &created.id).await
+    }
+
+    /// The external network called (or with the ID) `name`.
+    pub async fn external_network(&self, name: &str) -> Result<Option<Network>, CloudError> {
+        let networks: Vec<Network> = self
+            .list(Kind::Network, &[("router:external", "true")])
+            .await?;
+        Ok(networks
+            .into_iter()
+            .find(|n| n.name == name || n.id == name))
+    }
+
+    pub async fn add_router_interface(
+        &self,
+        router_id: &str,
+        subnet_id: &str,
+    ) -> Result<(), CloudError> {
+        let path = format!("/routers/{router_id}/add_router_interface");
+        let body = json!({ "subnet_id": subnet_id });
+        match self.put(Service::Network, &path, &body).await {
+            Ok(_) => Ok(()),
+            // Already attached: the interface exists, which is what was wanted.
+            Err(CloudError::Api {
+                status: 400,
+                message,
+                ..
+            }) if message.contains("already has a port") || message.contains("overlaps") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn remove_router_interface(
+        &self,
+        router_id: &str,
+        subnet_id: &str,
+    ) -> Result<(), CloudError> {
+        let path = format!("/routers/{router_id}/remove_router_interface");
+        match self
+            .put(Service::Network, &path, &json!({ "subnet_id": subnet_id }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Clears the router's external gateway (needed before deleting it on some clouds).
+    pub async fn clear_router_gateway(&self, router_id: &str) -> Result<(), CloudError> {
+        let body = json!({ "router": { "external_gateway_info": {} } });
+        self.put(Service::Network, &format!("/routers/{router_id}"), &body)
+            .await
+            .map(|_| ())
+    }
+
+    /// Adds a rule; an identical existing rule (409) counts as added.
+    pub async fn add_security_group_rule(
+        &self,
+        group_id: &str,
+        rule: &SecurityGroupRule,
+    ) -> Result<(), CloudError> {
+        let mut attributes = json!({
+            "security_group_id": group_id,
+            "direction": rule.direction,
+            "ethertype": if rule.ethertype.is_empty() { "IPv4" } else { rule.ethertype.as_str() },
+        });
+        if let Some(protocol) = &rule.protocol {
+            attributes["protocol"] = json!(protocol);
+        }
+        if let Some(min) = rule.port_range_min {
+            attributes["port_range_min"] = json!(min);
+        }
+        if let Some(max) = rule.port_range_max {
+            attributes["port_range_max"] = json!(max);
+        }
+        if let Some(prefix) = &rule.remote_ip_prefix {
+            attributes["remote_ip_prefix"] = json!(prefix);
+        }
+        if let Some(group) = &rule.remote_group_id {
+            attributes["remote_group_id"] = json!(group);
+        }
+        let body = json!({ "security_group_rule": attributes });
+        match self
+            .request(
+                Service::Network,
+                reqwest::Method::POST,
+                "/security-group-rules",
+                Some(&body),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(CloudError::Api { status: 409, .. }) => Ok(()),
+            // The POST may have landed before the connection dropped: the rule then exists,
+            // and posting it again answers 409, which counts as added.
+            Err(e) if e.is_transient() => {
+                match self
+                    .request(
+                        Service::Network,
+                        reqwest::Method::POST,
+                        "/security-group-rules",
+                        Some(&body),
+                    )
+                    .await
+                {
+                    Ok(_) | Err(CloudError::Api { status: 409, .. }) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Points a floating IP at a port (or detaches it with `None`).
+    pub async fn attach_floating_ip(
+        &self,
+        floating_ip_id: &str,
+        port_id: Option<&str>,
+    ) -> Result<FloatingIp, CloudError> {
+        #[derive(Deserialize)]
+        struct One {
+            floatingip: FloatingIp,
+        }
+        let body = json!({ "floatingip": { "port_id": port_id } });
+        self.put(
+            Service::Network,
+            &format!("/floatingips/{floating_ip_id}"),
+            &body,
+        )
+        .await?
+        .json::<One>(Service::Network, "PUT /floatingips")
+        .map(|o| o.floatingip)
+    }
+
+    /// The project's network quotas and what is used of them.
+    pub async fn network_limits(&self) -> Result<NetworkLimits, CloudError> {
+        let project = self.project_id().await.unwrap_or_default();
+        let value: Value = self
+            .get(Service::Network, &format!("/quotas/{project}/details.json"))
+            .await?;
+        let quota = &value["quota"];
+        let usage = |key: &str| {
+            let entry = &quota[key];
+            let limit = entry["limit"].as_i64().and_then(|l| u64::try_from(l).ok());
+            Usage {
+                limit,
+                used: entry["used"].as_u64().unwrap_or(0) + entry["reserved"].as_u64().unwrap_or(0),
+            }
+        };
+        Ok(NetworkLimits {
+            networks: usage("network"),
+            subnets: usage("subnet"),
+            routers: usage("router"),
+            ports: usage("port"),
+            floating_ips: usage("floatingip"),
+            security_groups: usage("security_group"),
+            security_group_rules: usage("security_group_rule"),
+        })
+    }
+}
+
+/// Resources that have an ID.
+pub trait HasId {
+    fn id(&self) -> &str;
+}
+
+macro_rules! has_id {
+    ($($t:ty),*) => { $(impl HasId for $t { fn id(&self) -> &str { &self.id } })* };
+}
+has_id!(Network, Subnet, Router, Port, SecurityGroup, FloatingIp);
