@@ -39,7 +39,15 @@ say() { echo "[local-openstack +$(($(date +%s) - START))s] $*"; }
 die() { echo "local-openstack: $*" >&2; exit 1; }
 
 # ------------------------------------------------------------------ processes
-running() { [[ -f $PIDS/$1.pid ]] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
+# running NAME: its pid is alive and is still ours (a pid left from an earlier boot may have
+# been reused by an unrelated process)
+running() {
+  local pid
+  [[ -f $PIDS/$1.pid ]] || return 1
+  pid=$(cat "$PIDS/$1.pid")
+  kill -0 "$pid" 2>/dev/null &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qE "$ROOT|rabbitmq-server|-port 4370|-p 11212"
+}
 
 # launch NAME COMMAND...: in its own session, so its pid is its process group
 launch() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's whole test run, as CI runs it: formatting, lints, unit and integration tests.
 # Installs what the tests check against when it is missing: Debian's real Ignition
-# (ignition-validate and the ignition binary), openssl and kubectl.
+# (ignition-validate and the ignition binary), openssl, kubectl, and a real OpenStack on
+# 127.0.0.1 (scripts/local-openstack.sh, left running afterwards for the next run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,9 @@ if ((${#missing[@]})); then
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+echo "==> local OpenStack (scripts/local-openstack.sh up)"
+scripts/local-openstack.sh up
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

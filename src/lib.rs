@@ -9,5 +9,6 @@ pub mod cloud;
 pub mod node;
 pub mod pins;
 pub mod pki;
+pub mod plan;
 pub mod secret;
 pub mod spec;

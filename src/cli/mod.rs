@@ -1,6 +1,7 @@
 //! Command-line interface: the clap definitions of every command, and the code that runs
 //! each one and prints its output. Exit codes: 0 success, 1 failure, 2 invalid input.
 
+mod cloud;
 mod init;
 mod render;
 
@@ -23,6 +24,9 @@ pub struct Cli {
         default_value = "cluster.toml"
     )]
     pub file: PathBuf,
+    /// The clouds.yaml entry to use instead of the cluster file's `cloud` (like OS_CLOUD).
+    #[arg(long, global = true)]
+    pub cloud: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -35,6 +39,16 @@ pub enum Command {
     Validate,
     /// Write each node's Ignition config and an admin kubeconfig, touching no cloud.
     Render(render::RenderArgs),
+    /// Inspect the OpenStack cloud.
+    #[command(subcommand)]
+    Cloud(CloudCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CloudCommand {
+    /// Log in, show region and endpoints, and check flavors, image, external network,
+    /// keypair and quotas against what the cluster file needs.
+    Check,
 }
 
 /// Exit code for invalid input: cluster files, arguments, unsafe state directories.
@@ -60,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Render(args) => render::run(&cli.file, &args),
+        Command::Cloud(CloudCommand::Check) => cloud::check(&cli.file, cli.cloud.as_deref()),
     }
 }
 

@@ -106,20 +106,30 @@ pub fn search_dirs() -> Vec<PathBuf> {
 }
 
 impl CloudConfig {
-    /// Resolves the cloud: `wanted` (a `--cloud` flag or the cluster file's `cloud`) unless
-    /// `OS_CLOUD` names one; with neither, the `OS_*` variables.
+    /// Resolves the cloud: the clouds.yaml entry `wanted`, else the one `OS_CLOUD` names, else
+    /// the `OS_*` variables of an openrc file.
     pub fn resolve(wanted: Option<&str>) -> Result<CloudConfig, CloudError> {
         let env: BTreeMap<String, String> = std::env::vars()
             .filter(|(k, _)| k.starts_with("OS_"))
             .collect();
         let os_cloud = env.get("OS_CLOUD").filter(|v| !v.is_empty()).cloned();
-        match os_cloud.as_deref().or(wanted) {
+        match wanted.or(os_cloud.as_deref()) {
             Some(name) => CloudConfig::from_files(name, &env),
             None if env.contains_key("OS_AUTH_URL") => CloudConfig::from_env(&env),
             None => Err(CloudError::Config(
                 "no cloud chosen: set OS_CLOUD, pass --cloud, or source an openrc file (OS_AUTH_URL ...)".into(),
             )),
         }
+    }
+
+    /// The entry `name` of a given clouds.yaml (with a secure.yaml beside it, if any).
+    pub fn from_clouds_yaml(file: &Path, name: &str) -> Result<CloudConfig, CloudError> {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "OS_CLIENT_CONFIG_FILE".to_string(),
+            file.display().to_string(),
+        );
+        CloudConfig::from_files(name, &env)
     }
 
     fn from_files(name: &str, env: &BTreeMap<String, String>) -> Result<CloudConfig, CloudError> {

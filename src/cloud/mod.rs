@@ -10,7 +10,9 @@ pub mod config;
 mod session;
 
 pub mod compute;
+pub mod image;
 pub mod network;
+pub mod volume;
 
 pub use config::{CloudConfig, Credentials};
 pub use session::{CallCounter, CatalogEntry, Cloud, Reply, RetryPolicy, cloud_message};

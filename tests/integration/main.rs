@@ -3,5 +3,6 @@
 mod cli;
 mod ignition;
 mod kubeadm;
+mod openstack;
 mod pki;
 mod support;

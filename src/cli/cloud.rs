@@ -1,0 +1,235 @@
+//! `flatstack cloud check`: log in, show where we are, and compare what the cluster file needs
+//! (flavors, image, external network, keypair, quotas) with what the cloud has.
+
+use std::path::Path;
+
+use super::{InvalidInput, load_spec};
+use crate::cloud::compute::Usage;
+use crate::cloud::{Cloud, CloudConfig};
+use crate::plan::Needs;
+use crate::spec::ClusterSpec;
+
+/// Which cloud to use: `--cloud`, else `OS_CLOUD`, else the cluster file's `cloud`.
+pub fn cloud_config(flag: Option<&str>, spec: &ClusterSpec) -> anyhow::Result<CloudConfig> {
+    let from_env = std::env::var("OS_CLOUD").ok().filter(|c| !c.is_empty());
+    let name = flag
+        .map(str::to_string)
+        .or(from_env)
+        .unwrap_or_else(|| spec.cloud.clone());
+    CloudConfig::resolve(Some(&name)).map_err(|e| InvalidInput(e.to_string()).into())
+}
+
+/// One line of the report.
+struct Check {
+    what: String,
+    ok: bool,
+    detail: String,
+}
+
+pub fn check(file: &Path, cloud_flag: Option<&str>) -> anyhow::Result<()> {
+    let spec = load_spec(file)?;
+    let config = cloud_config(cloud_flag, &spec)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_check(&spec, config))
+}
+
+async fn run_check(spec: &ClusterSpec, config: CloudConfig) -> anyhow::Result<()> {
+    let cloud = Cloud::connect(config).await?;
+    let config = cloud.config();
+    println!("cloud      {}", config.name);
+    println!("identity   {}", config.auth_url);
+    println!(
+        "region     {}   interface {}",
+        config.region.as_deref().unwrap_or("(any)"),
+        config.interface
+    );
+    println!(
+        "project    {}",
+        cloud.project_id().await.unwrap_or_default()
+    );
+    for entry in cloud.catalog().await {
+        println!("endpoint   {:<14} {}", entry.service_type, entry.url);
+    }
+    println!();
+
+    let mut checks = Vec::new();
+    let flavors = cloud.flavors().await?;
+    let mut flavor_names: Vec<&String> = std::iter::once(&spec.control_plane.flavor)
+        .chain(spec.worker_pools.iter().map(|p| &p.flavor))
+        .collect();
+    flavor_names.sort();
+    flavor_names.dedup();
+    for name in flavor_names {
+        let found = flavors.iter().find(|f| &f.name == name || &f.id == name);
+        checks.push(Check {
+            what: format!("flavor {name}"),
+            ok: found.is_some(),
+            detail: match found {
+                Some(f) => format!("{} vCPU, {} MiB RAM, {} GB disk", f.vcpus, f.ram, f.disk),
+                None => format!(
+                    "not found; this cloud has {}",
+                    flavors
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+        });
+    }
+
+    let (what, images) = match &spec.flatcar.image {
+        Some(name) => (
+            format!("image {name}"),
+            cloud.images(&[("name", name)]).await?,
+        ),
+        None => {
+            let mut filters = vec![("os_distro", "flatcar")];
+            if let Some(version) = &spec.flatcar.version {
+                filters.push(("os_version", version));
+            }
+            let label = match &spec.flatcar.version {
+                Some(v) => format!("Flatcar {v} image"),
+                None => format!("Flatcar {} image", spec.flatcar.channel.as_str()),
+            };
+            (label, cloud.images(&filters).await?)
+        }
+    };
+    let active = images.iter().find(|i| i.status == "active");
+    checks.push(Check {
+        what,
+        ok: active.is_some(),
+        detail: match active {
+            Some(image) => format!("{} ({})", image.name.as_deref().unwrap_or(""), image.id),
+            None => "none active; run `flatstack image ensure` or set `flatcar.image`".into(),
+        },
+    });
+
+    let external = cloud
+        .external_network(&spec.network.external_network)
+        .await?;
+    checks.push(Check {
+        what: format!("external network {}", spec.network.external_network),
+        ok: external.is_some(),
+        detail: match &external {
+            Some(n) => n.id.clone(),
+            None => "not found among the external networks".into(),
+        },
+    });
+    if let Some(keypair) = &spec.access.keypair {
+        let found = cloud
+            .keypairs()
+            .await?
+            .into_iter()
+            .any(|k| &k.name == keypair);
+        checks.push(Check {
+            what: format!("keypair {keypair}"),
+            ok: found,
+            detail: if found {
+                "present".into()
+            } else {
+                "not found in this project".into()
+            },
+        });
+    }
+
+    // Missing flavors are reported above; the other servers still count against quotas.
+    let (needs, _) = Needs::of(spec, &flavors);
+    let compute = cloud.compute_limits().await?;
+    let network = cloud.network_limits().await?;
+    let volume = if needs.volumes > 0 {
+        Some(cloud.volume_limits().await?)
+    } else {
+        None
+    };
+    let mut quotas = vec![
+        ("instances", needs.instances, compute.instances),
+        ("cores", needs.cores, compute.cores),
+        ("RAM (MiB)", needs.ram_mib, compute.ram_mib),
+        ("server groups", needs.server_groups, compute.server_groups),
+        ("floating IPs", needs.floating_ips, network.floating_ips),
+        ("networks", needs.networks, network.networks),
+        ("subnets", needs.subnets, network.subnets),
+        ("routers", needs.routers, network.routers),
+        ("ports", needs.ports, network.ports),
+        (
+            "security groups",
+            needs.security_groups,
+            network.security_groups,
+        ),
+        (
+            "security group rules",
+            needs.security_group_rules,
+            network.security_group_rules,
+        ),
+    ];
+    if let Some(volume) = volume {
+        quotas.push(("volumes", needs.volumes, volume.volumes));
+        quotas.push(("volume GB", needs.volume_gb, volume.gigabytes));
+    }
+
+    println!("{:<32} {:<8} detail", "check", "status");
+    for check in &checks {
+        println!(
+            "{:<32} {:<8} {}",
+            check.what,
+            if check.ok { "ok" } else { "MISSING" },
+            check.detail
+        );
+    }
+    println!();
+    println!(
+        "{:<22} {:>8} {:>8} {:>8}  status",
+        "quota", "need", "used", "limit"
+    );
+    let mut short = Vec::new();
+    for (name, need, usage) in &quotas {
+        let enough = usage.left().is_none_or(|left| left >= *need);
+        if !enough {
+            short.push(format!(
+                "{name} (need {need}, {} left)",
+                usage.left().unwrap_or(0)
+            ));
+        }
+        println!(
+            "{:<22} {:>8} {:>8} {:>8}  {}",
+            name,
+            need,
+            usage.used,
+            limit_text(usage),
+            if enough { "ok" } else { "SHORT" }
+        );
+    }
+    println!(
+        "\nthe cluster would use {} vCPUs: {} SU per hour on Jetstream2",
+        needs.cores,
+        needs.vcpu_hours_per_hour()
+    );
+
+    let missing: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.what.as_str())
+        .collect();
+    if missing.is_empty() && short.is_empty() {
+        println!("cloud check passed");
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!("missing: {}", missing.join(", ")));
+    }
+    if !short.is_empty() {
+        problems.push(format!("quota too small: {}", short.join(", ")));
+    }
+    anyhow::bail!("cloud check failed; {}", problems.join("; "))
+}
+
+fn limit_text(usage: &Usage) -> String {
+    usage
+        .limit
+        .map_or_else(|| "none".to_string(), |l| l.to_string())
+}

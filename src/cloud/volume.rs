@@ -1,0 +1,82 @@
+//! Cinder: volumes and the project's block-storage quotas.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::compute::Usage;
+use super::{Cloud, CloudError, Service};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Volume {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub status: String,
+    pub size: u64,
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// The project's block-storage quotas and usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VolumeLimits {
+    pub volumes: Usage,
+    pub gigabytes: Usage,
+}
+
+impl Cloud {
+    pub async fn volumes(&self) -> Result<Vec<Volume>, CloudError> {
+        #[derive(Deserialize)]
+        struct List {
+            volumes: Vec<Volume>,
+        }
+        Ok(self
+            .get::<List>(Service::Volume, "/volumes/detail")
+            .await?
+            .volumes)
+    }
+
+    pub async fn volume(&self, id: &str) -> Result<Volume, CloudError> {
+        #[derive(Deserialize)]
+        struct One {
+            volume: Volume,
+        }
+        Ok(self
+            .get::<One>(Service::Volume, &format!("/volumes/{id}"))
+            .await?
+            .volume)
+    }
+
+    /// Creates a volume; a retried create finds the first attempt's volume by name.
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        size_gb: u64,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Volume, CloudError> {
+        let body = json!({ "volume": { "name": name, "size": size_gb, "metadata": metadata } });
+        self.create(Service::Volume, "/volumes", &body, "volume", || async {
+            let found = self.volumes().await?;
+            Ok(found.into_iter().find(|v| v.name.as_deref() == Some(name)))
+        })
+        .await
+    }
+
+    pub async fn delete_volume(&self, id: &str) -> Result<(), CloudError> {
+        self.delete(Service::Volume, &format!("/volumes/{id}"))
+            .await
+    }
+
+    pub async fn volume_limits(&self) -> Result<VolumeLimits, CloudError> {
+        let limits: Value = self.get(Service::Volume, "/limits").await?;
+        let absolute = &limits["limits"]["absolute"];
+        let usage = |limit: &str, used: &str| Usage {
+            limit: absolute[limit].as_i64().and_then(|l| u64::try_from(l).ok()),
+            used: absolute[used].as_u64().unwrap_or(0),
+        };
+        Ok(VolumeLimits {
+            volumes: usage("maxTotalVolumes", "totalVolumesUsed"),
+            gigabytes: usage("maxTotalVolumeGigabytes", "totalGigabytesUsed"),
+        })
+    }
+}

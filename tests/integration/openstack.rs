@@ -1,0 +1,663 @@
+//! The cloud module against a real OpenStack on loopback (scripts/local-openstack.sh), with
+//! the `openstack` CLI as an independent witness of what exists.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use flatstack::cloud::compute::ServerRequest;
+use flatstack::cloud::network::{
+    FloatingIp, Kind, Network, Port, Router, SecurityGroup, SecurityGroupRule, Subnet,
+};
+use flatstack::cloud::{Cloud, CloudConfig, CloudError};
+use serde_json::{Value, json};
+
+/// Where scripts/local-openstack.sh keeps the cloud.
+fn openstack_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("FLATSTACK_OPENSTACK_DIR")
+            .unwrap_or_else(|_| "/var/tmp/flatstack-openstack".into()),
+    )
+}
+
+fn clouds_yaml() -> PathBuf {
+    let file = openstack_dir().join("clouds.yaml");
+    assert!(
+        file.is_file(),
+        "no local OpenStack ({} missing): run `scripts/local-openstack.sh up` (scripts/test.sh does)",
+        file.display()
+    );
+    file
+}
+
+async fn connect(entry: &str) -> Cloud {
+    let config = CloudConfig::from_clouds_yaml(&clouds_yaml(), entry).expect("config");
+    Cloud::connect(config).await.expect("login")
+}
+
+/// The `openstack` CLI of the local cloud, as `entry`, returning parsed JSON output.
+fn cli(entry: &str, args: &[&str]) -> Value {
+    let output = cli_raw(entry, args);
+    assert!(
+        output.status.success(),
+        "openstack {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Value::Null;
+    }
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("openstack {args:?}: {e}"))
+}
+
+fn cli_raw(entry: &str, args: &[&str]) -> std::process::Output {
+    Command::new(openstack_dir().join("venv/bin/openstack"))
+        .env("OS_CLIENT_CONFIG_FILE", clouds_yaml())
+        .env("OS_CLOUD", entry)
+        .args(args)
+        .output()
+        .expect("run the openstack CLI")
+}
+
+/// A name no other test (or earlier run) uses.
+fn unique(prefix: &str) -> String {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).expect("random");
+    format!("{prefix}-{}", hex::encode(bytes))
+}
+
+#[tokio::test]
+async fn password_login_sees_the_catalog() {
+    let cloud = connect("local-demo").await;
+    let kinds: Vec<String> = cloud
+        .catalog()
+        .await
+        .into_iter()
+        .map(|e| e.service_type)
+        .collect();
+    for wanted in ["compute", "network", "image", "block-storage", "identity"] {
+        assert!(
+            kinds.iter().any(|k| k == wanted),
+            "{wanted} missing from {kinds:?}"
+        );
+    }
+    let project = cloud.project_id().await.expect("scoped");
+    let witness = cli("local-admin", &["project", "show", "demo", "-f", "json"]);
+    assert_eq!(witness["id"], project.as_str());
+    let flavors = cloud.flavors().await.expect("flavors");
+    let small = flavors
+        .iter()
+        .find(|f| f.name == "m3.small")
+        .expect("m3.small");
+    assert_eq!((small.vcpus, small.ram, small.disk), (2, 6144, 20));
+}
+
+#[tokio::test]
+async fn application_credential_login() {
+    let name = unique("appcred");
+    let secret = unique("secret");
+    let created = cli(
+        "local-demo",
+        &[
+            "application",
+            "credential",
+            "create",
+            "--role",
+            "member",
+            "--secret",
+            &secret,
+            &name,
+            "-f",
+            "json",
+        ],
+    );
+    let id = created["ID"].as_str().expect("ID").to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("clouds.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "clouds:\n  appcred:\n    auth_type: v3applicationcredential\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      application_credential_id: {id}\n      application_credential_secret: {secret}\n    region_name: RegionOne\n    interface: public\n"
+        ),
+    )
+    .expect("write");
+    let config = CloudConfig::from_clouds_yaml(&file, "appcred").expect("config");
+    let cloud = Cloud::connect(config)
+        .await
+        .expect("application credential login");
+    assert!(
+        cloud
+            .flavors()
+            .await
+            .expect("flavors")
+            .iter()
+            .any(|f| f.name == "m3.tiny")
+    );
+    cli("local-demo", &["application", "credential", "delete", &id]);
+    // The deleted credential no longer logs in, and says so.
+    let config = CloudConfig::from_clouds_yaml(&file, "appcred").expect("config");
+    let error = Cloud::connect(config).await.err().expect("refused");
+    assert!(matches!(error, CloudError::Auth { .. }), "{error}");
+    assert!(!error.to_string().contains(&secret));
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused_without_showing_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("clouds.yaml");
+    std::fs::write(
+        &file,
+        "clouds:\n  bad:\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      username: demo\n      password: not-the-password-9x\n      project_name: demo\n      user_domain_name: Default\n      project_domain_name: Default\n",
+    )
+    .expect("write");
+    let config = CloudConfig::from_clouds_yaml(&file, "bad").expect("config");
+    assert!(!format!("{config:?}").contains("not-the-password-9x"));
+    let error = Cloud::connect(config).await.err().expect("refused");
+    let shown = error.to_string();
+    assert!(matches!(error, CloudError::Auth { .. }), "{shown}");
+    assert!(shown.contains("refused the credentials"), "{shown}");
+    assert!(!shown.contains("not-the-password-9x"), "{shown}");
+}
+
+#[tokio::test]
+async fn unknown_cloud_names_the_known_ones() {
+    let error = CloudConfig::from_clouds_yaml(&clouds_yaml(), "nope").expect_err("unknown");
+    let shown = error.to_string();
+    assert!(shown.contains("cloud `nope` is not in"), "{shown}");
+    assert!(shown.contains("local-admin, local-demo"), "{shown}");
+}
+
+#[tokio::test]
+async fn unreachable_keystone_is_reported_as_such() {
+    // A port nothing listens on: bind one, learn its number, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("clouds.yaml");
+    std::fs::write(
+        &file,
+        format!("clouds:\n  gone:\n    auth:\n      auth_url: http://127.0.0.1:{port}/v3\n      username: demo\n      password: secret\n      project_name: demo\n"),
+    )
+    .expect("write");
+    let config = CloudConfig::from_clouds_yaml(&file, "gone").expect("config");
+    let policy = flatstack::cloud::RetryPolicy {
+        attempts: 2,
+        ..Default::default()
+    };
+    let error = Cloud::connect_with(config, policy)
+        .await
+        .err()
+        .expect("unreachable");
+    assert!(
+        matches!(
+            error,
+            CloudError::Unreachable {
+                service: "identity",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn quotas_read_back_after_an_admin_changes_them() {
+    let cloud = connect("local-demo").await;
+    let before = cloud.compute_limits().await.expect("limits");
+    cli(
+        "local-admin",
+        &[
+            "quota",
+            "set",
+            "--instances",
+            "37",
+            "--floating-ips",
+            "41",
+            "demo",
+        ],
+    );
+    let after = cloud.compute_limits().await.expect("limits");
+    let network = cloud.network_limits().await.expect("network limits");
+    cli(
+        "local-admin",
+        &[
+            "quota",
+            "set",
+            "--instances",
+            &before.instances.limit.unwrap_or(10).to_string(),
+            "--floating-ips",
+            "50",
+            "demo",
+        ],
+    );
+    assert_eq!(after.instances.limit, Some(37));
+    assert_eq!(network.floating_ips.limit, Some(41));
+    let witness = cli("local-demo", &["quota", "show", "-f", "json"]);
+    assert!(witness.is_object() || witness.is_array());
+}
+
+/// One of everything a cluster needs, created through the cloud module, checked with the CLI,
+/// then deleted and checked gone.
+#[tokio::test]
+async fn resources_are_created_tagged_and_deleted() {
+    let cloud = connect("local-demo").await;
+    let cluster = unique("lifecycle");
+    let tag = format!("flatstack:cluster={cluster}");
+    let tags = vec![tag.clone()];
+
+    let network: Network = cloud
+        .create_tagged(Kind::Network, &format!("{cluster}-net"), json!({}), &tags)
+        .await
+        .expect("network");
+    assert_eq!(network.tags, tags);
+    let subnet: Subnet = cloud
+        .create_tagged(
+            Kind::Subnet,
+            &format!("{cluster}-subnet"),
+            json!({ "network_id": network.id, "cidr": "10.42.0.0/24", "ip_version": 4, "dns_nameservers": ["192.0.2.53"] }),
+            &tags,
+        )
+        .await
+        .expect("subnet");
+    let public = cloud
+        .external_network("public")
+        .await
+        .expect("list")
+        .expect("public exists");
+    let router: Router = cloud
+        .create_tagged(
+            Kind::Router,
+            &format!("{cluster}-router"),
+            json!({ "external_gateway_info": { "network_id": public.id } }),
+            &tags,
+        )
+        .await
+        .expect("router");
+    cloud
+        .add_router_interface(&router.id, &subnet.id)
+        .await
+        .expect("interface");
+    cloud
+        .add_router_interface(&router.id, &subnet.id)
+        .await
+        .expect("interface again is fine");
+    let group: SecurityGroup = cloud
+        .create_tagged(
+            Kind::SecurityGroup,
+            &format!("{cluster}-nodes"),
+            json!({ "description": "test" }),
+            &tags,
+        )
+        .await
+        .expect("security group");
+    let api_rule = SecurityGroupRule {
+        direction: "ingress".into(),
+        protocol: Some("tcp".into()),
+        port_range_min: Some(6443),
+        port_range_max: Some(6443),
+        remote_ip_prefix: Some("0.0.0.0/0".into()),
+        ..Default::default()
+    };
+    cloud
+        .add_security_group_rule(&group.id, &api_rule)
+        .await
+        .expect("rule");
+    cloud
+        .add_security_group_rule(&group.id, &api_rule)
+        .await
+        .expect("same rule again is fine");
+    let port: Port = cloud
+        .create_tagged(
+            Kind::Port,
+            &format!("{cluster}-control-plane-1"),
+            json!({ "network_id": network.id, "fixed_ips": [{ "subnet_id": subnet.id, "ip_address": "10.42.0.10" }], "security_groups": [group.id] }),
+            &tags,
+        )
+        .await
+        .expect("port");
+    assert_eq!(port.fixed_ips[0].ip_address, "10.42.0.10");
+    let floating: FloatingIp = cloud
+        .create_floating_ip(&public.id, &format!("{cluster}-api"), Some(&port.id), &tags)
+        .await
+        .expect("floating ip");
+    assert_eq!(floating.port_id.as_deref(), Some(port.id.as_str()));
+    let keypair = cloud
+        .create_keypair(&format!("{cluster}-key"), crate::support::SSH_KEY)
+        .await
+        .expect("keypair");
+    let server_group = cloud
+        .create_server_group(&format!("{cluster}-control-plane"), "anti-affinity")
+        .await
+        .expect("server group");
+    let image = cli("local-demo", &["image", "list", "-f", "json"]);
+    let image_id = match image.as_array().and_then(|a| a.first()) {
+        Some(first) => first["ID"].as_str().expect("id").to_string(),
+        None => {
+            let file = tempfile::NamedTempFile::new().expect("file");
+            std::fs::write(file.path(), vec![0u8; 4096]).expect("write");
+            let created = cli(
+                "local-demo",
+                &[
+                    "image",
+                    "create",
+                    "--disk-format",
+                    "raw",
+                    "--container-format",
+                    "bare",
+                    "--file",
+                    file.path().to_str().expect("path"),
+                    &format!("{cluster}-img"),
+                    "-f",
+                    "json",
+                ],
+            );
+            created["id"].as_str().expect("id").to_string()
+        }
+    };
+    let flavor = cloud
+        .flavors()
+        .await
+        .expect("flavors")
+        .into_iter()
+        .find(|f| f.name == "m3.tiny")
+        .expect("m3.tiny");
+    let ignition = r#"{"ignition":{"version":"3.3.0"}}"#;
+    let mut metadata = BTreeMap::new();
+    metadata.insert("flatstack-cluster".to_string(), cluster.clone());
+    let server = cloud
+        .create_server(&ServerRequest {
+            name: format!("{cluster}-control-plane-1"),
+            flavor_id: flavor.id.clone(),
+            image_id: image_id.clone(),
+            port_ids: vec![port.id.clone()],
+            key_name: Some(keypair.name.clone()),
+            user_data: Some(ignition.to_string()),
+            tags: tags.clone(),
+            metadata,
+            server_group_id: Some(server_group.id.clone()),
+            boot_volume_gb: None,
+        })
+        .await
+        .expect("server");
+    let server = cloud
+        .wait_server_active(&server.id, Duration::from_secs(120))
+        .await
+        .expect("ACTIVE");
+    assert_eq!(server.tags, tags);
+
+    // The independent witness.
+    let shown = cli(
+        "local-demo",
+        &[
+            "--os-compute-api-version",
+            "2.79",
+            "server",
+            "show",
+            &server.id,
+            "-f",
+            "json",
+        ],
+    );
+    assert_eq!(shown["status"], "ACTIVE");
+    assert!(
+        shown["tags"].to_string().contains(&tag),
+        "{}",
+        shown["tags"]
+    );
+    assert_eq!(shown["key_name"], keypair.name.as_str());
+    assert!(
+        shown["properties"].to_string().contains(&cluster),
+        "{}",
+        shown["properties"]
+    );
+    let user_data = cli(
+        "local-admin",
+        &[
+            "--os-compute-api-version",
+            "2.79",
+            "server",
+            "show",
+            &server.id,
+            "-f",
+            "json",
+            "-c",
+            "OS-EXT-SRV-ATTR:user_data",
+        ],
+    );
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(
+            user_data["OS-EXT-SRV-ATTR:user_data"]
+                .as_str()
+                .expect("user_data"),
+        )
+        .expect("base64");
+    assert_eq!(decoded, ignition.as_bytes());
+    for (kind, id) in [
+        ("network", &network.id),
+        ("subnet", &subnet.id),
+        ("router", &router.id),
+        ("port", &port.id),
+        ("security group", &group.id),
+    ] {
+        let mut args: Vec<&str> = kind.split(' ').collect();
+        args.extend(["show", id.as_str(), "-f", "json"]);
+        let shown = cli("local-demo", &args);
+        assert!(
+            shown["tags"].to_string().contains(&tag),
+            "{kind}: {}",
+            shown["tags"]
+        );
+    }
+    let fip = cli(
+        "local-demo",
+        &["floating", "ip", "show", &floating.id, "-f", "json"],
+    );
+    assert_eq!(fip["port_id"], port.id.as_str());
+    let listed = cloud.servers_tagged(&[&tag]).await.expect("by tag");
+    assert_eq!(
+        listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        [server.id.as_str()]
+    );
+    let console = cloud.console_log(&server.id, 20).await;
+    assert!(
+        console.is_ok() || matches!(console, Err(CloudError::Api { .. })),
+        "{console:?}"
+    );
+
+    // Delete in dependency order, then nothing of the cluster is left.
+    cloud
+        .delete_server(&server.id)
+        .await
+        .expect("delete server");
+    cloud
+        .wait_server_deleted(&server.id, Duration::from_secs(120))
+        .await
+        .expect("gone");
+    cloud
+        .delete_resource(Kind::FloatingIp, &floating.id)
+        .await
+        .expect("fip");
+    cloud
+        .delete_resource(Kind::Port, &port.id)
+        .await
+        .expect("port");
+    cloud
+        .remove_router_interface(&router.id, &subnet.id)
+        .await
+        .expect("interface");
+    cloud
+        .clear_router_gateway(&router.id)
+        .await
+        .expect("gateway");
+    cloud
+        .delete_resource(Kind::Router, &router.id)
+        .await
+        .expect("router");
+    cloud
+        .delete_resource(Kind::Subnet, &subnet.id)
+        .await
+        .expect("subnet");
+    cloud
+        .delete_resource(Kind::Network, &network.id)
+        .await
+        .expect("network");
+    cloud
+        .delete_resource(Kind::SecurityGroup, &group.id)
+        .await
+        .expect("security group");
+    cloud
+        .delete_server_group(&server_group.id)
+        .await
+        .expect("server group");
+    cloud.delete_keypair(&keypair.name).await.expect("keypair");
+    cloud
+        .delete_resource(Kind::Network, &network.id)
+        .await
+        .expect("deleting twice is fine");
+
+    for kind in [
+        "network",
+        "subnet",
+        "router",
+        "port",
+        "security group",
+        "floating ip",
+    ] {
+        let mut args: Vec<&str> = kind.split(' ').collect();
+        args.extend(["list", "--tags", tag.as_str(), "-f", "json"]);
+        let left = cli("local-demo", &args);
+        assert_eq!(left, json!([]), "{kind} left: {left}");
+    }
+    let servers = cli(
+        "local-demo",
+        &["server", "list", "--name", &cluster, "-f", "json"],
+    );
+    assert_eq!(servers, json!([]));
+    let keypairs = cli("local-demo", &["keypair", "list", "-f", "json"]);
+    assert!(!keypairs.to_string().contains(&cluster));
+}
+
+fn check_workspace(extra: &str) -> crate::support::Workspace {
+    let workspace = crate::support::Workspace::new();
+    workspace.write_cluster(&format!(
+        "name = \"check\"\ncloud = \"local-demo\"\n[kubernetes]\nversion = \"1.33.2\"\nsysext_sha256 = \"{}\"\n[control_plane]\nflavor = \"m3.small\"\n{extra}",
+        "ab".repeat(32)
+    ));
+    workspace
+}
+
+fn cloud_check(workspace: &crate::support::Workspace) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_flatstack"))
+        .current_dir(workspace.dir.path())
+        .env("OS_CLIENT_CONFIG_FILE", clouds_yaml())
+        .env_remove("OS_CLOUD")
+        .args([
+            "--file",
+            workspace.cluster_file().to_str().expect("path"),
+            "cloud",
+            "check",
+        ])
+        .output()
+        .expect("run flatstack")
+}
+
+#[tokio::test]
+async fn cloud_check_reports_what_is_missing_and_short() {
+    let image_name = unique("check-image");
+    let file = tempfile::NamedTempFile::new().expect("file");
+    std::fs::write(file.path(), vec![0u8; 4096]).expect("write");
+    cli(
+        "local-demo",
+        &[
+            "image",
+            "create",
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "--file",
+            file.path().to_str().expect("path"),
+            &image_name,
+            "-f",
+            "json",
+        ],
+    );
+
+    let good = check_workspace(&format!(
+        "[flatcar]\nimage = \"{image_name}\"\n[[worker_pools]]\nname = \"w\"\ncount = 2\nflavor = \"m3.tiny\"\n"
+    ));
+    let output = cloud_check(&good);
+    let shown = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(shown.contains("region     RegionOne"), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("cores") && l.contains(" 4 ")),
+        "2 + 2 x 1 vCPU:\n{shown}"
+    );
+    assert!(shown.contains("cloud check passed"));
+
+    let bad = check_workspace(
+        "[network]\nexternal_network = \"elsewhere\"\n[access]\nkeypair = \"no-such-key\"\n[[worker_pools]]\nname = \"big\"\ncount = 30\nflavor = \"m3.small\"\n[[worker_pools]]\nname = \"odd\"\ncount = 1\nflavor = \"m9.huge\"\n",
+    );
+    let output = cloud_check(&bad);
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(1), "{shown}");
+    for fragment in [
+        "flavor m9.huge",
+        "external network elsewhere",
+        "keypair no-such-key",
+        "Flatcar stable image",
+        "quota too small",
+    ] {
+        assert!(shown.contains(fragment), "{fragment} in\n{shown}");
+    }
+    let images = cli(
+        "local-demo",
+        &["image", "list", "--name", &image_name, "-f", "json"],
+    );
+    for image in images.as_array().into_iter().flatten() {
+        cli(
+            "local-demo",
+            &["image", "delete", image["ID"].as_str().expect("id")],
+        );
+    }
+}
+
+#[test]
+fn cloud_check_with_an_unknown_cloud_fails_clearly() {
+    let workspace = check_workspace("");
+    let output = Command::new(env!("CARGO_BIN_EXE_flatstack"))
+        .current_dir(workspace.dir.path())
+        .env("OS_CLIENT_CONFIG_FILE", clouds_yaml())
+        .args([
+            "--file",
+            workspace.cluster_file().to_str().expect("path"),
+            "--cloud",
+            "mars",
+            "cloud",
+            "check",
+        ])
+        .output()
+        .expect("run");
+    let shown = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{shown}");
+    assert!(shown.contains("cloud `mars` is not in"), "{shown}");
+}
