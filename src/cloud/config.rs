@@ -25,6 +25,9 @@ pub struct CloudConfig {
     pub cacert: Option<PathBuf>,
     /// `verify: false` in clouds.yaml: accept any server certificate.
     pub insecure: bool,
+    /// Endpoints used instead of the catalog's, by service (`compute`, `network`, `image`,
+    /// `block-storage`), from clouds.yaml's `<service>_endpoint_override` keys.
+    pub endpoint_overrides: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +69,8 @@ struct Entry {
     endpoint_type: Option<String>,
     cacert: Option<PathBuf>,
     verify: Option<bool>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -298,7 +303,23 @@ impl CloudConfig {
             .unwrap_or_else(|| "public".into())
             .trim_end_matches("URL")
             .to_string();
+        let endpoint_overrides = entry
+            .other
+            .iter()
+            .filter_map(|(key, value)| {
+                let service = key.strip_suffix("_endpoint_override")?;
+                let service = match service {
+                    "block_storage" | "volume" | "volumev3" => "block-storage",
+                    other => other,
+                };
+                Some((
+                    service.to_string(),
+                    value.as_str()?.trim_end_matches('/').to_string(),
+                ))
+            })
+            .collect();
         Ok(CloudConfig {
+            endpoint_overrides,
             name: name.to_string(),
             auth_url,
             credentials,

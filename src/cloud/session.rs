@@ -166,6 +166,9 @@ impl Cloud {
     }
 
     async fn endpoint(&self, service: Service) -> Result<String, CloudError> {
+        if let Some(url) = self.config.endpoint_overrides.get(service.name()) {
+            return Ok(service.versioned(url));
+        }
         let login = self.login.read().await;
         let entry = login
             .catalog

@@ -1,6 +1,7 @@
 //! flatstack's integration tests: one binary, one module per area.
 
 mod cli;
+mod faults;
 mod ignition;
 mod kubeadm;
 mod openstack;

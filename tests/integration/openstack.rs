@@ -37,7 +37,7 @@ async fn connect(entry: &str) -> Cloud {
 }
 
 /// The `openstack` CLI of the local cloud, as `entry`, returning parsed JSON output.
-fn cli(entry: &str, args: &[&str]) -> Value {
+pub(crate) fn cli(entry: &str, args: &[&str]) -> Value {
     let output = cli_raw(entry, args);
     assert!(
         output.status.success(),
@@ -60,10 +60,46 @@ fn cli_raw(entry: &str, args: &[&str]) -> std::process::Output {
 }
 
 /// A name no other test (or earlier run) uses.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     let mut bytes = [0u8; 4];
     getrandom::fill(&mut bytes).expect("random");
     format!("{prefix}-{}", hex::encode(bytes))
+}
+
+/// A small raw image servers can boot from (the fake driver never reads it).
+pub(crate) fn test_image() -> String {
+    const NAME: &str = "flatstack-test-image";
+    let found = cli(
+        "local-demo",
+        &["image", "list", "--name", NAME, "-f", "json"],
+    );
+    if let Some(id) = found
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|i| i["ID"].as_str())
+    {
+        return id.to_string();
+    }
+    let file = tempfile::NamedTempFile::new().expect("file");
+    std::fs::write(file.path(), vec![0u8; 4096]).expect("write");
+    let path = file.path().to_str().expect("path");
+    let created = cli(
+        "local-demo",
+        &[
+            "image",
+            "create",
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "--file",
+            path,
+            NAME,
+            "-f",
+            "json",
+        ],
+    );
+    created["id"].as_str().expect("id").to_string()
 }
 
 #[tokio::test]
@@ -336,31 +372,7 @@ async fn resources_are_created_tagged_and_deleted() {
         .create_server_group(&format!("{cluster}-control-plane"), "anti-affinity")
         .await
         .expect("server group");
-    let image = cli("local-demo", &["image", "list", "-f", "json"]);
-    let image_id = match image.as_array().and_then(|a| a.first()) {
-        Some(first) => first["ID"].as_str().expect("id").to_string(),
-        None => {
-            let file = tempfile::NamedTempFile::new().expect("file");
-            std::fs::write(file.path(), vec![0u8; 4096]).expect("write");
-            let created = cli(
-                "local-demo",
-                &[
-                    "image",
-                    "create",
-                    "--disk-format",
-                    "raw",
-                    "--container-format",
-                    "bare",
-                    "--file",
-                    file.path().to_str().expect("path"),
-                    &format!("{cluster}-img"),
-                    "-f",
-                    "json",
-                ],
-            );
-            created["id"].as_str().expect("id").to_string()
-        }
-    };
+    let image_id = test_image();
     let flavor = cloud
         .flavors()
         .await
