@@ -28,6 +28,13 @@ pub struct Image {
     pub architecture: Option<String>,
     #[serde(default)]
     pub created_at: Option<String>,
+    #[serde(default)]
+    pub os_hash_algo: Option<String>,
+    #[serde(default)]
+    pub os_hash_value: Option<String>,
+    /// Every other property (hw_disk_bus, ...), as Glance returns them.
+    #[serde(flatten)]
+    pub properties: BTreeMap<String, Value>,
 }
 
 impl Cloud {
@@ -87,6 +94,18 @@ impl Cloud {
             )
             .await?;
         reply.json(Service::Image, "POST /images")
+    }
+
+    /// Streams the image data into a queued image; Glance then marks it active.
+    pub async fn upload_image(
+        &self,
+        id: &str,
+        data: reqwest::Body,
+        length: Option<u64>,
+    ) -> Result<(), CloudError> {
+        self.upload(Service::Image, &format!("/images/{id}/file"), data, length)
+            .await
+            .map(|_| ())
     }
 
     pub async fn delete_image(&self, id: &str) -> Result<(), CloudError> {

@@ -127,6 +127,15 @@ pub enum CloudError {
         interface: String,
         region: String,
     },
+    #[error(
+        "cloud `{cloud}` has no endpoints for interface `{interface}` in region `{region}`; its regions: {available}\n  hint: set region_name (and interface) in clouds.yaml to one the cloud has"
+    )]
+    NoRegion {
+        cloud: String,
+        region: String,
+        interface: String,
+        available: String,
+    },
     #[error("the {service} API's answer to {call} was not understood: {detail}")]
     Decode {
         service: &'static str,

@@ -335,6 +335,62 @@ impl Cloud {
         ceiling.mul_f64(0.5 + fraction / 2.0)
     }
 
+    /// Streams `body` to `path` with PUT (Glance image data). Sent once: a stream cannot be
+    /// replayed, so the caller decides whether to start over. No overall timeout applies, only
+    /// the connect timeout, since large uploads take as long as they take.
+    pub async fn upload(
+        &self,
+        service: Service,
+        path: &str,
+        body: reqwest::Body,
+        length: Option<u64>,
+    ) -> Result<Reply, CloudError> {
+        let base = self.endpoint(service).await?;
+        let url = format!("{base}{path}");
+        let token = self.login.read().await.token.clone();
+        let mut request = self
+            .http
+            .put(&url)
+            .header("X-Auth-Token", token)
+            .header("Content-Type", "application/octet-stream")
+            .body(body);
+        if let Some(length) = length {
+            request = request.header("Content-Length", length);
+        }
+        self.counter.calls.fetch_add(1, Ordering::Relaxed);
+        self.counter.mutating.fetch_add(1, Ordering::Relaxed);
+        let response = request.send().await.map_err(|e| CloudError::Unreachable {
+            service: service.name(),
+            url: url.clone(),
+            detail: error_chain(&e),
+        })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| CloudError::Unreachable {
+                service: service.name(),
+                url,
+                detail: error_chain(&e),
+            })?;
+        if status.is_success() {
+            return Ok(Reply {
+                status,
+                headers,
+                body,
+            });
+        }
+        Err(CloudError::Api {
+            service: service.name(),
+            call: format!("PUT {path}"),
+            status: status.as_u16(),
+            message: cloud_message(&body),
+            request_id: None,
+            retry_after: retry_after(&headers),
+        })
+    }
+
     /// GET and decode.
     pub async fn get<T: DeserializeOwned>(
         &self,
@@ -616,10 +672,27 @@ async fn authenticate(
         call: "POST /auth/tokens".into(),
         detail: e.to_string(),
     })?;
-    let catalog = value["token"]["catalog"]
+    let services = value["token"]["catalog"]
         .as_array()
-        .map(|services| pick_endpoints(services, config))
+        .cloned()
         .unwrap_or_default();
+    let catalog = pick_endpoints(&services, config);
+    if catalog.is_empty() && !services.is_empty() {
+        let mut regions: Vec<&str> = services
+            .iter()
+            .filter_map(|s| s["endpoints"].as_array())
+            .flatten()
+            .filter_map(|e| e["region_id"].as_str().or(e["region"].as_str()))
+            .collect();
+        regions.sort_unstable();
+        regions.dedup();
+        return Err(CloudError::NoRegion {
+            cloud: config.name.clone(),
+            region: config.region.clone().unwrap_or_else(|| "any".into()),
+            interface: config.interface.clone(),
+            available: regions.join(", "),
+        });
+    }
     if catalog.is_empty() {
         return Err(CloudError::Config(format!(
             "cloud `{}` gave a token without a service catalog: the credential is not scoped to a project\n  hint: set project_name (or project_id) in clouds.yaml",

@@ -62,6 +62,37 @@ impl Cloud {
         .await
     }
 
+    /// Polls until the volume has `status`; `error` is reported as a failure.
+    pub async fn wait_volume(
+        &self,
+        id: &str,
+        status: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Volume, CloudError> {
+        let started = std::time::Instant::now();
+        loop {
+            let volume = self.volume(id).await?;
+            if volume.status == status {
+                return Ok(volume);
+            }
+            if volume.status == "error" {
+                return Err(CloudError::Failed {
+                    what: format!("volume {id}"),
+                    fault: "Cinder set it to error; see the volume service's log".into(),
+                });
+            }
+            if started.elapsed() >= timeout {
+                return Err(CloudError::Timeout {
+                    what: format!("volume {id}"),
+                    wanted: status.to_string(),
+                    state: volume.status,
+                    waited: timeout,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
     pub async fn delete_volume(&self, id: &str) -> Result<(), CloudError> {
         self.delete(Service::Volume, &format!("/volumes/{id}"))
             .await

@@ -50,7 +50,7 @@ pub(crate) fn cli(entry: &str, args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("openstack {args:?}: {e}"))
 }
 
-fn cli_raw(entry: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn cli_raw(entry: &str, args: &[&str]) -> std::process::Output {
     Command::new(openstack_dir().join("venv/bin/openstack"))
         .env("OS_CLIENT_CONFIG_FILE", clouds_yaml())
         .env("OS_CLOUD", entry)
@@ -672,4 +672,151 @@ fn cloud_check_with_an_unknown_cloud_fails_clearly() {
     let shown = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{shown}");
     assert!(shown.contains("cloud `mars` is not in"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_region_without_endpoints_names_the_regions() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("clouds.yaml");
+    std::fs::write(
+        &file,
+        "clouds:\n  elsewhere:\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      username: demo\n      password: secret\n      project_name: demo\n    region_name: Atlantis\n",
+    )
+    .expect("write");
+    let config = CloudConfig::from_clouds_yaml(&file, "elsewhere").expect("config");
+    let error = Cloud::connect(config).await.err().expect("no endpoints");
+    let shown = error.to_string();
+    assert!(matches!(error, CloudError::NoRegion { .. }), "{shown}");
+    assert!(
+        shown.contains("region `Atlantis`; its regions: RegionOne"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_service_endpoint_is_named() {
+    // Keystone answers, but the image API it points to does not.
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("clouds.yaml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    std::fs::write(
+        &file,
+        format!("clouds:\n  partial:\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      username: demo\n      password: secret\n      project_name: demo\n    image_endpoint_override: http://127.0.0.1:{port}\n"),
+    )
+    .expect("write");
+    let config = CloudConfig::from_clouds_yaml(&file, "partial").expect("config");
+    let policy = flatstack::cloud::RetryPolicy {
+        attempts: 2,
+        ..Default::default()
+    };
+    let cloud = Cloud::connect_with(config, policy).await.expect("login");
+    let error = cloud
+        .images(&[])
+        .await
+        .err()
+        .expect("unreachable image API");
+    assert!(
+        error
+            .to_string()
+            .starts_with("cannot reach the image API at"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn images_are_created_streamed_and_deleted() {
+    use sha2::Digest as _;
+    let cloud = connect("local-demo").await;
+    let name = unique("stream-image");
+    let data: Vec<u8> = (0..2 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let file = tempfile::NamedTempFile::new().expect("file");
+    std::fs::write(file.path(), &data).expect("write");
+    let mut properties = BTreeMap::new();
+    properties.insert("hw_disk_bus".to_string(), "scsi".to_string());
+    properties.insert("os_distro".to_string(), "flatcar".to_string());
+    properties.insert("os_version".to_string(), "0.0.1-test".to_string());
+    let image = cloud
+        .create_image(&name, "raw", "private", &properties)
+        .await
+        .expect("create");
+    assert_eq!(image.status, "queued");
+    let stream = tokio::fs::File::open(file.path()).await.expect("open");
+    cloud
+        .upload_image(
+            &image.id,
+            reqwest::Body::from(stream),
+            Some(data.len() as u64),
+        )
+        .await
+        .expect("upload");
+    let uploaded = cloud.image(&image.id).await.expect("read back");
+    assert_eq!(uploaded.status, "active");
+    assert_eq!(uploaded.os_hash_algo.as_deref(), Some("sha512"));
+    assert_eq!(
+        uploaded.os_hash_value.as_deref(),
+        Some(hex::encode(sha2::Sha512::digest(&data)).as_str())
+    );
+    let found = cloud
+        .images(&[("os_version", "0.0.1-test"), ("name", &name)])
+        .await
+        .expect("find");
+    assert_eq!(found.len(), 1);
+
+    let shown = cli("local-demo", &["image", "show", &image.id, "-f", "json"]);
+    assert_eq!(shown["visibility"], "private");
+    assert_eq!(shown["size"], data.len());
+    assert!(
+        shown["properties"]
+            .to_string()
+            .contains("\"hw_disk_bus\":\"scsi\""),
+        "{}",
+        shown["properties"]
+    );
+
+    cloud.delete_image(&image.id).await.expect("delete");
+    let gone = cli_raw("local-demo", &["image", "show", &image.id]);
+    assert!(!gone.status.success());
+}
+
+#[tokio::test]
+async fn volumes_are_created_and_deleted() {
+    let cloud = connect("local-demo").await;
+    let name = unique("volume");
+    let mut metadata = BTreeMap::new();
+    metadata.insert("flatstack-cluster".to_string(), name.clone());
+    let volume = cloud
+        .create_volume(&name, 1, &metadata)
+        .await
+        .expect("create");
+    let volume = cloud
+        .wait_volume(&volume.id, "available", Duration::from_secs(120))
+        .await
+        .expect("available");
+    assert_eq!(volume.size, 1);
+    let shown = cli("local-demo", &["volume", "show", &volume.id, "-f", "json"]);
+    assert_eq!(shown["status"], "available");
+    assert!(
+        shown["properties"].to_string().contains(&name),
+        "{}",
+        shown["properties"]
+    );
+    let limits = cloud.volume_limits().await.expect("limits");
+    assert!(limits.volumes.used >= 1);
+    cloud.delete_volume(&volume.id).await.expect("delete");
+    for _ in 0..120 {
+        if !cli_raw("local-demo", &["volume", "show", &volume.id])
+            .status
+            .success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("volume {} still exists", volume.id);
 }
