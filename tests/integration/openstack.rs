@@ -714,11 +714,7 @@ async fn an_unreachable_service_endpoint_is_named() {
         ..Default::default()
     };
     let cloud = Cloud::connect_with(config, policy).await.expect("login");
-    let error = cloud
-        .images(&[])
-        .await
-        .err()
-        .expect("unreachable image API");
+    let error = cloud.images(&[]).await.expect_err("unreachable image API");
     assert!(
         error
             .to_string()
