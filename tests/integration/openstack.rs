@@ -169,6 +169,19 @@ async fn application_credential_login() {
             .iter()
             .any(|f| f.name == "m3.tiny")
     );
+    // The same credential by name, with the user that owns it.
+    std::fs::write(
+        &file,
+        format!(
+            "clouds:\n  appcred:\n    auth_type: v3applicationcredential\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      application_credential_name: {name}\n      username: demo\n      user_domain_name: Default\n      application_credential_secret: {secret}\n    region_name: RegionOne\n"
+        ),
+    )
+    .expect("write");
+    let config = CloudConfig::from_clouds_yaml(&file, "appcred").expect("config");
+    let by_name = Cloud::connect(config)
+        .await
+        .expect("login by credential name");
+    assert_eq!(by_name.project_id().await, cloud.project_id().await);
     cli("local-demo", &["application", "credential", "delete", &id]);
     // The deleted credential no longer logs in, and says so.
     let config = CloudConfig::from_clouds_yaml(&file, "appcred").expect("config");
@@ -815,4 +828,87 @@ async fn volumes_are_created_and_deleted() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     panic!("volume {} still exists", volume.id);
+}
+
+#[tokio::test]
+async fn a_failed_build_is_reported_with_novas_fault() {
+    let cloud = connect("local-demo").await;
+    let name = unique("bootvol");
+    let tag = format!("flatstack:cluster={name}");
+    let network: Network = cloud
+        .create_tagged(
+            Kind::Network,
+            &format!("{name}-net"),
+            json!({}),
+            std::slice::from_ref(&tag),
+        )
+        .await
+        .expect("network");
+    let _subnet: Subnet = cloud
+        .create_tagged(
+            Kind::Subnet,
+            &format!("{name}-subnet"),
+            json!({ "network_id": network.id, "cidr": "10.43.0.0/24", "ip_version": 4 }),
+            std::slice::from_ref(&tag),
+        )
+        .await
+        .expect("subnet");
+    let port: Port = cloud
+        .create_tagged(
+            Kind::Port,
+            &format!("{name}-port"),
+            json!({ "network_id": network.id }),
+            std::slice::from_ref(&tag),
+        )
+        .await
+        .expect("port");
+    let flavor = cloud
+        .flavors()
+        .await
+        .expect("flavors")
+        .into_iter()
+        .find(|f| f.name == "m3.tiny")
+        .expect("m3.tiny");
+    let server = cloud
+        .create_server(&ServerRequest {
+            name: name.clone(),
+            flavor_id: flavor.id,
+            image_id: test_image(),
+            port_ids: vec![port.id.clone()],
+            tags: vec![tag.clone()],
+            boot_volume_gb: Some(1),
+            ..Default::default()
+        })
+        .await
+        .expect("server");
+    // The local cloud's fake Cinder cannot fill a volume from an image (its privsep helper
+    // wants sudo), so Nova aborts the build: exactly the failure `up` must report with Nova's
+    // own fault message rather than as a timeout.
+    let error = cloud
+        .wait_server_active(&server.id, Duration::from_secs(180))
+        .await
+        .expect_err("the build fails on this cloud");
+    let shown = error.to_string();
+    assert!(matches!(error, CloudError::Failed { .. }), "{shown}");
+    assert!(shown.contains(&format!("server {name}")), "{shown}");
+    assert!(
+        shown.contains("Build of instance") && shown.contains("Volume"),
+        "Nova's fault: {shown}"
+    );
+    let witness = cli("local-demo", &["server", "show", &server.id, "-f", "json"]);
+    assert_eq!(witness["status"], "ERROR");
+
+    cloud.delete_server(&server.id).await.expect("delete");
+    cloud
+        .wait_server_deleted(&server.id, Duration::from_secs(180))
+        .await
+        .expect("gone");
+    cloud
+        .delete_resource(Kind::Port, &port.id)
+        .await
+        .expect("port");
+    cloud
+        .delete_resource(Kind::Network, &network.id)
+        .await
+        .expect("network");
 }
