@@ -4,6 +4,7 @@
 //! keeps the cluster's trust in a local state directory, [`node`] renders each node's
 //! Ignition config, and [`cli`] turns commands into calls of the others.
 
+pub mod apply;
 pub mod cli;
 pub mod cloud;
 pub mod node;

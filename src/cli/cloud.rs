@@ -1,5 +1,6 @@
 //! `flatstack cloud check`: log in, show where we are, and compare what the cluster file needs
-//! (flavors, image, external network, keypair, quotas) with what the cloud has.
+//! (flavors, image, external network, keypair, quotas) with what the cloud has. `up` runs the
+//! same inspection as its preflight.
 
 use std::path::Path;
 
@@ -19,25 +20,76 @@ pub fn cloud_config(flag: Option<&str>, spec: &ClusterSpec) -> anyhow::Result<Cl
     CloudConfig::resolve(Some(&name)).map_err(|e| InvalidInput(e.to_string()).into())
 }
 
+/// A runtime for the commands that talk to the cloud.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
 /// One line of the report.
-struct Check {
-    what: String,
-    ok: bool,
-    detail: String,
+pub struct Check {
+    pub what: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What the cloud has against what the cluster needs.
+pub struct Inspection {
+    pub checks: Vec<Check>,
+    pub quotas: Vec<(&'static str, u64, Usage)>,
+    pub needs: Needs,
+    /// The Glance image servers boot from, if one was found.
+    pub image_id: Option<String>,
+}
+
+impl Inspection {
+    /// Everything that would stop `up`, one phrase each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let missing: Vec<&str> = self
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.what.as_str())
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!("missing: {}", missing.join(", ")));
+        }
+        let short: Vec<String> = self
+            .quotas
+            .iter()
+            .filter(|(_, need, usage)| usage.left().is_some_and(|left| left < *need))
+            .map(|(name, need, usage)| {
+                format!("{name} (need {need}, {} left)", usage.left().unwrap_or(0))
+            })
+            .collect();
+        if !short.is_empty() {
+            problems.push(format!("quota too small: {}", short.join(", ")));
+        }
+        problems
+    }
 }
 
 pub fn check(file: &Path, cloud_flag: Option<&str>) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let config = cloud_config(cloud_flag, &spec)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(run_check(&spec, config))
+    runtime()?.block_on(async {
+        let cloud = Cloud::connect(config).await?;
+        print_location(&cloud).await;
+        let inspection = inspect(&cloud, &spec, true).await?;
+        print_inspection(&inspection);
+        let problems = inspection.problems();
+        if problems.is_empty() {
+            println!("cloud check passed");
+            return Ok(());
+        }
+        anyhow::bail!("cloud check failed; {}", problems.join("; "))
+    })
 }
 
-async fn run_check(spec: &ClusterSpec, config: CloudConfig) -> anyhow::Result<()> {
-    let cloud = Cloud::connect(config).await?;
+async fn print_location(cloud: &Cloud) {
     let config = cloud.config();
     println!("cloud      {}", config.name);
     println!("identity   {}", config.auth_url);
@@ -54,7 +106,15 @@ async fn run_check(spec: &ClusterSpec, config: CloudConfig) -> anyhow::Result<()
         println!("endpoint   {:<14} {}", entry.service_type, entry.url);
     }
     println!();
+}
 
+/// Compares the cloud with what `spec` needs, touching nothing. With `whole_cluster` false,
+/// quotas are not compared (the cluster exists in part and already uses some of them).
+pub async fn inspect(
+    cloud: &Cloud,
+    spec: &ClusterSpec,
+    whole_cluster: bool,
+) -> anyhow::Result<Inspection> {
     let mut checks = Vec::new();
     let flavors = cloud.flavors().await?;
     let mut flavor_names: Vec<&String> = std::iter::once(&spec.control_plane.flavor)
@@ -98,7 +158,10 @@ async fn run_check(spec: &ClusterSpec, config: CloudConfig) -> anyhow::Result<()
             (label, cloud.images(&filters).await?)
         }
     };
-    let active = images.iter().find(|i| i.status == "active");
+    let active = images
+        .iter()
+        .filter(|i| i.status == "active")
+        .max_by(|a, b| a.created_at.cmp(&b.created_at));
     checks.push(Check {
         what,
         ok: active.is_some(),
@@ -138,41 +201,48 @@ async fn run_check(spec: &ClusterSpec, config: CloudConfig) -> anyhow::Result<()
 
     // Missing flavors are reported above; the other servers still count against quotas.
     let (needs, _) = Needs::of(spec, &flavors);
-    let compute = cloud.compute_limits().await?;
-    let network = cloud.network_limits().await?;
-    let volume = if needs.volumes > 0 {
-        Some(cloud.volume_limits().await?)
-    } else {
-        None
-    };
-    let mut quotas = vec![
-        ("instances", needs.instances, compute.instances),
-        ("cores", needs.cores, compute.cores),
-        ("RAM (MiB)", needs.ram_mib, compute.ram_mib),
-        ("server groups", needs.server_groups, compute.server_groups),
-        ("floating IPs", needs.floating_ips, network.floating_ips),
-        ("networks", needs.networks, network.networks),
-        ("subnets", needs.subnets, network.subnets),
-        ("routers", needs.routers, network.routers),
-        ("ports", needs.ports, network.ports),
-        (
-            "security groups",
-            needs.security_groups,
-            network.security_groups,
-        ),
-        (
-            "security group rules",
-            needs.security_group_rules,
-            network.security_group_rules,
-        ),
-    ];
-    if let Some(volume) = volume {
-        quotas.push(("volumes", needs.volumes, volume.volumes));
-        quotas.push(("volume GB", needs.volume_gb, volume.gigabytes));
+    let mut quotas = Vec::new();
+    if whole_cluster {
+        let compute = cloud.compute_limits().await?;
+        let network = cloud.network_limits().await?;
+        quotas = vec![
+            ("instances", needs.instances, compute.instances),
+            ("cores", needs.cores, compute.cores),
+            ("RAM (MiB)", needs.ram_mib, compute.ram_mib),
+            ("server groups", needs.server_groups, compute.server_groups),
+            ("floating IPs", needs.floating_ips, network.floating_ips),
+            ("networks", needs.networks, network.networks),
+            ("subnets", needs.subnets, network.subnets),
+            ("routers", needs.routers, network.routers),
+            ("ports", needs.ports, network.ports),
+            (
+                "security groups",
+                needs.security_groups,
+                network.security_groups,
+            ),
+            (
+                "security group rules",
+                needs.security_group_rules,
+                network.security_group_rules,
+            ),
+        ];
+        if needs.volumes > 0 {
+            let volume = cloud.volume_limits().await?;
+            quotas.push(("volumes", needs.volumes, volume.volumes));
+            quotas.push(("volume GB", needs.volume_gb, volume.gigabytes));
+        }
     }
+    Ok(Inspection {
+        checks,
+        quotas,
+        needs,
+        image_id: active.map(|i| i.id.clone()),
+    })
+}
 
+fn print_inspection(inspection: &Inspection) {
     println!("{:<32} {:<8} detail", "check", "status");
-    for check in &checks {
+    for check in &inspection.checks {
         println!(
             "{:<32} {:<8} {}",
             check.what,
@@ -185,51 +255,22 @@ async fn run_check(spec: &ClusterSpec, config: CloudConfig) -> anyhow::Result<()
         "{:<22} {:>8} {:>8} {:>8}  status",
         "quota", "need", "used", "limit"
     );
-    let mut short = Vec::new();
-    for (name, need, usage) in &quotas {
+    for (name, need, usage) in &inspection.quotas {
         let enough = usage.left().is_none_or(|left| left >= *need);
-        if !enough {
-            short.push(format!(
-                "{name} (need {need}, {} left)",
-                usage.left().unwrap_or(0)
-            ));
-        }
         println!(
             "{:<22} {:>8} {:>8} {:>8}  {}",
             name,
             need,
             usage.used,
-            limit_text(usage),
+            usage
+                .limit
+                .map_or_else(|| "none".to_string(), |l| l.to_string()),
             if enough { "ok" } else { "SHORT" }
         );
     }
     println!(
         "\nthe cluster would use {} vCPUs: {} SU per hour on Jetstream2",
-        needs.cores,
-        needs.vcpu_hours_per_hour()
+        inspection.needs.cores,
+        inspection.needs.vcpu_hours_per_hour()
     );
-
-    let missing: Vec<&str> = checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| c.what.as_str())
-        .collect();
-    if missing.is_empty() && short.is_empty() {
-        println!("cloud check passed");
-        return Ok(());
-    }
-    let mut problems = Vec::new();
-    if !missing.is_empty() {
-        problems.push(format!("missing: {}", missing.join(", ")));
-    }
-    if !short.is_empty() {
-        problems.push(format!("quota too small: {}", short.join(", ")));
-    }
-    anyhow::bail!("cloud check failed; {}", problems.join("; "))
-}
-
-fn limit_text(usage: &Usage) -> String {
-    usage
-        .limit
-        .map_or_else(|| "none".to_string(), |l| l.to_string())
 }

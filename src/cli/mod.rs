@@ -4,6 +4,7 @@
 mod cloud;
 mod init;
 mod render;
+mod up;
 
 use std::path::PathBuf;
 
@@ -39,6 +40,12 @@ pub enum Command {
     Validate,
     /// Write each node's Ignition config and an admin kubeconfig, touching no cloud.
     Render(render::RenderArgs),
+    /// Show what `up` would create or delete, and what the cluster costs; touches nothing.
+    Plan(up::PlanArgs),
+    /// Create whatever of the cluster is missing, until the cloud matches the file.
+    Up(up::UpArgs),
+    /// Delete everything the cluster owns, then check that nothing is left.
+    Down(up::DownArgs),
     /// Inspect the OpenStack cloud.
     #[command(subcommand)]
     Cloud(CloudCommand),
@@ -75,6 +82,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Render(args) => render::run(&cli.file, &args),
         Command::Cloud(CloudCommand::Check) => cloud::check(&cli.file, cli.cloud.as_deref()),
+        Command::Plan(args) => up::plan(&cli.file, cli.cloud.as_deref(), &args),
+        Command::Up(args) => up::up(&cli.file, cli.cloud.as_deref(), &args),
+        Command::Down(args) => up::down(&cli.file, cli.cloud.as_deref(), &args),
     }
 }
 

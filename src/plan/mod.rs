@@ -1,6 +1,8 @@
 //! What a cluster file asks of a cloud: instances, cores, memory, volumes, addresses and
 //! network objects, computed from the spec and the cloud's flavors, for the quota preflight.
 
+pub mod resources;
+
 use std::collections::BTreeSet;
 
 use crate::cloud::compute::Flavor;

@@ -7,3 +7,4 @@ mod kubeadm;
 mod openstack;
 mod pki;
 mod support;
+mod up;

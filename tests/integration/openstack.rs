@@ -21,7 +21,7 @@ fn openstack_dir() -> PathBuf {
     )
 }
 
-fn clouds_yaml() -> PathBuf {
+pub(crate) fn clouds_yaml() -> PathBuf {
     let file = openstack_dir().join("clouds.yaml");
     assert!(
         file.is_file(),
@@ -67,6 +67,11 @@ pub(crate) fn unique(prefix: &str) -> String {
 }
 
 /// A small raw image servers can boot from (the fake driver never reads it).
+pub(crate) fn test_image_name() -> &'static str {
+    "flatstack-test-image"
+}
+
+/// The ID of [`test_image_name`], uploading it the first time.
 pub(crate) fn test_image() -> String {
     const NAME: &str = "flatstack-test-image";
     let found = cli(

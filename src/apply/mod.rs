@@ -1,0 +1,462 @@
+//! Making the cloud match the cluster file, and removing everything again. Every step first
+//! looks for what exists (by tag and name), so re-running after any failure converges and a
+//! converged cluster makes no mutating call.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::cloud::compute::{Server, ServerRequest};
+use crate::cloud::network::{
+    FloatingIp, Kind, Network, Port, Router, SecurityGroup, SecurityGroupRule, Subnet,
+};
+use crate::cloud::{Cloud, CloudError};
+use crate::node::{self, ApiEndpoint, NodeError};
+use crate::pki::ClusterPki;
+use crate::plan::resources::{Names, Observed, cluster_tag};
+use crate::spec::{ClusterSpec, NetworkMode, Role};
+
+/// Servers created at once; Nova and Neutron take concurrent creates well, but not hundreds.
+const CONCURRENT_CREATES: usize = 8;
+const SERVER_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("{0}")]
+    Missing(String),
+    #[error("{count} resource(s) of cluster `{cluster}` remain after deleting:\n  {}", remaining.join("\n  "))]
+    Leftovers {
+        cluster: String,
+        count: usize,
+        remaining: Vec<String>,
+    },
+}
+
+/// What provisioning produced.
+#[derive(Debug)]
+pub struct Provisioned {
+    pub endpoint: ApiEndpoint,
+    pub servers: Vec<Server>,
+}
+
+/// Creates whatever of the cluster's cloud side is missing, deletes servers the file no longer
+/// names, and waits until every server is ACTIVE. `say` receives one line per step.
+pub async fn provision(
+    cloud: &Arc<Cloud>,
+    spec: &ClusterSpec,
+    pki: &ClusterPki,
+    image_id: &str,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<Provisioned, ApplyError> {
+    let names = Names::of(&spec.name);
+    let tags = vec![cluster_tag(&spec.name)];
+    let observed = Observed::collect(cloud, &spec.name).await?;
+
+    // Network, subnet, router: the cluster's own, or the existing ones the file names.
+    let (network, subnet) = match &spec.network.mode {
+        NetworkMode::Create => {
+            let network: Network = match observed.networks.iter().find(|n| n.name == names.network)
+            {
+                Some(n) => n.clone(),
+                None => {
+                    say(&format!("creating network {}", names.network));
+                    cloud
+                        .create_tagged(Kind::Network, &names.network, json!({}), &tags)
+                        .await?
+                }
+            };
+            let subnet: Subnet = match observed.subnets.iter().find(|s| s.name == names.subnet) {
+                Some(s) => s.clone(),
+                None => {
+                    say(&format!("creating subnet {}", names.subnet));
+                    let cidr = spec
+                        .network
+                        .node_cidr
+                        .map(|c| c.to_string())
+                        .unwrap_or_default();
+                    let dns: Vec<String> = spec
+                        .network
+                        .dns_servers
+                        .iter()
+                        .map(IpAddr::to_string)
+                        .collect();
+                    cloud
+                        .create_tagged(
+                            Kind::Subnet,
+                            &names.subnet,
+                            json!({ "network_id": network.id, "cidr": cidr, "ip_version": 4, "dns_nameservers": dns }),
+                            &tags,
+                        )
+                        .await?
+                }
+            };
+            let external = cloud
+                .external_network(&spec.network.external_network)
+                .await?
+                .ok_or_else(|| {
+                    ApplyError::Missing(format!(
+                        "external network `{}` not found",
+                        spec.network.external_network
+                    ))
+                })?;
+            if !observed.routers.iter().any(|r| r.name == names.router) {
+                say(&format!("creating router {}", names.router));
+                let router: Router = cloud
+                    .create_tagged(
+                        Kind::Router,
+                        &names.router,
+                        json!({ "external_gateway_info": { "network_id": external.id } }),
+                        &tags,
+                    )
+                    .await?;
+                cloud.add_router_interface(&router.id, &subnet.id).await?;
+            }
+            (network, subnet)
+        }
+        NetworkMode::Reuse {
+            network, subnet, ..
+        } => {
+            let mut found: Vec<Network> = cloud.list(Kind::Network, &[("name", network)]).await?;
+            if found.is_empty() {
+                found = cloud.list(Kind::Network, &[("id", network)]).await?;
+            }
+            let network = found.pop().ok_or_else(|| {
+                ApplyError::Missing(format!("existing network `{network}` not found"))
+            })?;
+            let subnets: Vec<Subnet> = cloud
+                .list(Kind::Subnet, &[("network_id", &network.id)])
+                .await?;
+            let subnet = match subnet {
+                Some(wanted) => subnets
+                    .into_iter()
+                    .find(|s| &s.name == wanted || &s.id == wanted),
+                None => subnets.into_iter().next(),
+            }
+            .ok_or_else(|| {
+                ApplyError::Missing(format!("network `{}` has no usable subnet", network.name))
+            })?;
+            (network, subnet)
+        }
+    };
+
+    // Security groups: one for every node, one for control planes.
+    let nodes_group = ensure_group(cloud, &observed, &names.nodes_group, &tags, say).await?;
+    let control_group =
+        ensure_group(cloud, &observed, &names.control_plane_group, &tags, say).await?;
+    let mut node_rules: Vec<SecurityGroupRule> = ["IPv4", "IPv6"]
+        .into_iter()
+        .map(|ethertype| SecurityGroupRule {
+            direction: "ingress".into(),
+            ethertype: ethertype.into(),
+            remote_group_id: Some(nodes_group.id.clone()),
+            ..Default::default()
+        })
+        .collect();
+    node_rules.extend(spec.access.ssh_cidrs.iter().map(|cidr| tcp_rule(22, cidr)));
+    let api_rules: Vec<SecurityGroupRule> = spec
+        .access
+        .api_cidrs
+        .iter()
+        .map(|cidr| tcp_rule(6443, cidr))
+        .collect();
+    for (group, rules) in [(&nodes_group, node_rules), (&control_group, api_rules)] {
+        for rule in rules.iter().filter(|r| {
+            !group
+                .security_group_rules
+                .iter()
+                .any(|have| same_rule(have, r))
+        }) {
+            cloud.add_security_group_rule(&group.id, rule).await?;
+        }
+    }
+    let server_group = match observed.server_groups.first() {
+        Some(group) => group.clone(),
+        None => {
+            say(&format!("creating server group {}", names.server_group));
+            cloud
+                .create_server_group(&names.server_group, "anti-affinity")
+                .await?
+        }
+    };
+
+    // Ports first: the control plane's address must be known before any config is rendered.
+    let nodes = spec.nodes();
+    let mut ports = BTreeMap::new();
+    let api_address = spec.network.default_api_address();
+    for (index, node) in nodes.iter().enumerate() {
+        let port = match observed.ports.iter().find(|p| p.name == node.name) {
+            Some(port) => port.clone(),
+            None => {
+                let mut groups = vec![nodes_group.id.clone()];
+                let mut fixed = json!({ "subnet_id": subnet.id });
+                if node.role == Role::ControlPlane {
+                    groups.push(control_group.id.clone());
+                    if let (0, Some(address)) = (index, api_address) {
+                        fixed["ip_address"] = json!(address.to_string());
+                    }
+                }
+                say(&format!("creating port {}", node.name));
+                cloud
+                    .create_tagged::<Port>(
+                        Kind::Port,
+                        &node.name,
+                        json!({ "network_id": network.id, "fixed_ips": [fixed], "security_groups": groups }),
+                        &tags,
+                    )
+                    .await?
+            }
+        };
+        ports.insert(node.name.clone(), port);
+    }
+    let first = nodes
+        .iter()
+        .find(|n| n.role == Role::ControlPlane)
+        .and_then(|n| ports.get(&n.name))
+        .ok_or_else(|| ApplyError::Missing("the cluster has no control plane".into()))?;
+    let internal: Ipv4Addr = first
+        .fixed_ips
+        .first()
+        .and_then(|ip| ip.ip_address.parse().ok())
+        .ok_or_else(|| ApplyError::Missing(format!("port {} has no IPv4 address", first.name)))?;
+    let floating: FloatingIp = match observed
+        .floating_ips
+        .iter()
+        .find(|f| f.description == names.api_address)
+    {
+        Some(f) => f.clone(),
+        None => {
+            let external = cloud
+                .external_network(&spec.network.external_network)
+                .await?
+                .ok_or_else(|| {
+                    ApplyError::Missing(format!(
+                        "external network `{}` not found",
+                        spec.network.external_network
+                    ))
+                })?;
+            say("allocating the API floating IP");
+            cloud
+                .create_floating_ip(&external.id, &names.api_address, Some(&first.id), &tags)
+                .await?
+        }
+    };
+    let endpoint = ApiEndpoint {
+        internal,
+        public: floating.floating_ip_address.parse().ok(),
+    };
+
+    // Servers: everything missing at once, with bounded concurrency.
+    let rendered = node::render_cluster(spec, pki, &endpoint)?;
+    let limiter = Arc::new(Semaphore::new(CONCURRENT_CREATES));
+    let mut tasks = tokio::task::JoinSet::new();
+    let flavors = cloud.flavors().await?;
+    for (node, config) in nodes.iter().zip(rendered) {
+        if observed.servers.iter().any(|s| s.name == node.name) {
+            continue;
+        }
+        let (flavor_name, boot_volume_gb, role) =
+            match node.pool.and_then(|i| spec.worker_pools.get(i)) {
+                Some(pool) => (&pool.flavor, pool.boot_volume_gb, "worker"),
+                None => (
+                    &spec.control_plane.flavor,
+                    spec.control_plane.boot_volume_gb,
+                    "control-plane",
+                ),
+            };
+        let flavor = flavors
+            .iter()
+            .find(|f| &f.name == flavor_name || &f.id == flavor_name)
+            .ok_or_else(|| ApplyError::Missing(format!("flavor `{flavor_name}` not found")))?;
+        let mut metadata = BTreeMap::new();
+        metadata.insert("flatstack-cluster".to_string(), spec.name.clone());
+        metadata.insert("flatstack-role".to_string(), role.to_string());
+        let request = ServerRequest {
+            name: node.name.clone(),
+            flavor_id: flavor.id.clone(),
+            image_id: image_id.to_string(),
+            port_ids: vec![ports[&node.name].id.clone()],
+            key_name: spec.access.keypair.clone(),
+            user_data: Some(config.ignition),
+            tags: vec![cluster_tag(&spec.name), format!("flatstack:role={role}")],
+            metadata,
+            server_group_id: (node.role == Role::ControlPlane).then(|| server_group.id.clone()),
+            boot_volume_gb,
+        };
+        say(&format!("creating server {}", node.name));
+        let cloud = cloud.clone();
+        let limiter = limiter.clone();
+        tasks.spawn(async move {
+            let _permit = limiter.acquire_owned().await;
+            cloud.create_server(&request).await
+        });
+    }
+    let mut created = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(result) = joined {
+            created.push(result?);
+        }
+    }
+
+    // Servers the file no longer names go, with their ports.
+    let wanted: std::collections::BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    for server in observed
+        .servers
+        .iter()
+        .filter(|s| !wanted.contains(s.name.as_str()))
+    {
+        say(&format!("deleting server {}", server.name));
+        cloud.delete_server(&server.id).await?;
+        cloud
+            .wait_server_deleted(&server.id, SERVER_TIMEOUT)
+            .await?;
+    }
+    for port in observed
+        .ports
+        .iter()
+        .filter(|p| !wanted.contains(p.name.as_str()))
+    {
+        cloud.delete_resource(Kind::Port, &port.id).await?;
+    }
+
+    // Every wanted server ACTIVE, or Nova's fault for the first that is not.
+    let mut servers = Vec::new();
+    let ids: Vec<String> = observed
+        .servers
+        .iter()
+        .filter(|s| wanted.contains(s.name.as_str()))
+        .map(|s| s.id.clone())
+        .chain(created.iter().map(|s| s.id.clone()))
+        .collect();
+    for id in ids {
+        servers.push(cloud.wait_server_active(&id, SERVER_TIMEOUT).await?);
+    }
+    servers.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Provisioned { endpoint, servers })
+}
+
+fn tcp_rule(port: u16, cidr: &ipnet::IpNet) -> SecurityGroupRule {
+    SecurityGroupRule {
+        direction: "ingress".into(),
+        ethertype: if cidr.addr().is_ipv4() {
+            "IPv4"
+        } else {
+            "IPv6"
+        }
+        .into(),
+        protocol: Some("tcp".into()),
+        port_range_min: Some(port),
+        port_range_max: Some(port),
+        remote_ip_prefix: Some(cidr.to_string()),
+        ..Default::default()
+    }
+}
+
+/// Whether two rules allow the same traffic (IDs and defaults aside).
+fn same_rule(have: &SecurityGroupRule, want: &SecurityGroupRule) -> bool {
+    have.direction == want.direction
+        && have.ethertype == want.ethertype
+        && have.protocol == want.protocol
+        && have.port_range_min == want.port_range_min
+        && have.port_range_max == want.port_range_max
+        && have.remote_ip_prefix == want.remote_ip_prefix
+        && have.remote_group_id == want.remote_group_id
+}
+
+async fn ensure_group(
+    cloud: &Cloud,
+    observed: &Observed,
+    name: &str,
+    tags: &[String],
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<SecurityGroup, ApplyError> {
+    if let Some(group) = observed.security_groups.iter().find(|g| g.name == name) {
+        return Ok(group.clone());
+    }
+    say(&format!("creating security group {name}"));
+    Ok(cloud
+        .create_tagged(
+            Kind::SecurityGroup,
+            name,
+            json!({ "description": "flatstack cluster nodes" }),
+            tags,
+        )
+        .await?)
+}
+
+/// Deletes everything the cluster owns, in dependency order, then checks nothing is left.
+pub async fn teardown(
+    cloud: &Arc<Cloud>,
+    cluster: &str,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<(), ApplyError> {
+    let observed = Observed::collect(cloud, cluster).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for server in &observed.servers {
+        say(&format!("deleting server {}", server.name));
+        let cloud = cloud.clone();
+        let id = server.id.clone();
+        tasks.spawn(async move {
+            cloud.delete_server(&id).await?;
+            cloud.wait_server_deleted(&id, SERVER_TIMEOUT).await
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(result) = joined {
+            result?;
+        }
+    }
+    for floating in &observed.floating_ips {
+        say(&format!(
+            "releasing floating IP {}",
+            floating.floating_ip_address
+        ));
+        cloud
+            .delete_resource(Kind::FloatingIp, &floating.id)
+            .await?;
+    }
+    for port in &observed.ports {
+        cloud.delete_resource(Kind::Port, &port.id).await?;
+    }
+    for router in &observed.routers {
+        say(&format!("deleting router {}", router.name));
+        for subnet in &observed.subnets {
+            cloud
+                .remove_router_interface(&router.id, &subnet.id)
+                .await?;
+        }
+        cloud.clear_router_gateway(&router.id).await?;
+        cloud.delete_resource(Kind::Router, &router.id).await?;
+    }
+    for subnet in &observed.subnets {
+        cloud.delete_resource(Kind::Subnet, &subnet.id).await?;
+    }
+    for network in &observed.networks {
+        say(&format!("deleting network {}", network.name));
+        cloud.delete_resource(Kind::Network, &network.id).await?;
+    }
+    for group in &observed.security_groups {
+        cloud
+            .delete_resource(Kind::SecurityGroup, &group.id)
+            .await?;
+    }
+    for group in &observed.server_groups {
+        cloud.delete_server_group(&group.id).await?;
+    }
+    let left = Observed::collect(cloud, cluster).await?;
+    if left.count() > 0 {
+        return Err(ApplyError::Leftovers {
+            cluster: cluster.to_string(),
+            count: left.count(),
+            remaining: left.describe(),
+        });
+    }
+    Ok(())
+}

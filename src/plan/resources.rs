@@ -1,0 +1,247 @@
+//! The cloud resources a cluster owns: their deterministic names, the tag that marks them, and
+//! the comparison of what the cluster file wants with what the cloud has (found by tag).
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::cloud::compute::Server;
+use crate::cloud::network::Kind;
+use crate::cloud::network::{FloatingIp, Network, Port, Router, SecurityGroup, Subnet};
+use crate::cloud::{Cloud, CloudError};
+use crate::spec::{ClusterSpec, NetworkMode};
+
+/// The tag every resource of cluster `name` carries.
+pub fn cluster_tag(name: &str) -> String {
+    format!("flatstack:cluster={name}")
+}
+
+/// Names of the cluster's shared resources.
+pub struct Names {
+    pub network: String,
+    pub subnet: String,
+    pub router: String,
+    pub nodes_group: String,
+    pub control_plane_group: String,
+    pub server_group: String,
+    /// Floating IPs have no name: the API address is found by this description.
+    pub api_address: String,
+}
+
+impl Names {
+    pub fn of(cluster: &str) -> Names {
+        Names {
+            network: format!("{cluster}-net"),
+            subnet: format!("{cluster}-subnet"),
+            router: format!("{cluster}-router"),
+            nodes_group: format!("{cluster}-nodes"),
+            control_plane_group: format!("{cluster}-control-plane"),
+            server_group: format!("{cluster}-control-plane"),
+            api_address: format!("{cluster}-api"),
+        }
+    }
+}
+
+/// What the cloud holds of the cluster, found by its tag.
+#[derive(Debug, Default, Clone)]
+pub struct Observed {
+    pub networks: Vec<Network>,
+    pub subnets: Vec<Subnet>,
+    pub routers: Vec<Router>,
+    pub security_groups: Vec<SecurityGroup>,
+    pub ports: Vec<Port>,
+    pub floating_ips: Vec<FloatingIp>,
+    pub servers: Vec<Server>,
+    pub server_groups: Vec<crate::cloud::compute::ServerGroup>,
+}
+
+impl Observed {
+    /// Lists every kind of resource the cluster may own, by tag (server groups, which cannot
+    /// be tagged, by name).
+    pub async fn collect(cloud: &Cloud, cluster: &str) -> Result<Observed, CloudError> {
+        let tag = cluster_tag(cluster);
+        let tags = [tag.as_str()];
+        let group_name = Names::of(cluster).server_group;
+        let (networks, subnets, routers, security_groups, ports, floating_ips, servers, groups) = tokio::try_join!(
+            cloud.list_tagged(Kind::Network, &tags),
+            cloud.list_tagged(Kind::Subnet, &tags),
+            cloud.list_tagged(Kind::Router, &tags),
+            cloud.list_tagged(Kind::SecurityGroup, &tags),
+            cloud.list_tagged(Kind::Port, &tags),
+            cloud.list_tagged(Kind::FloatingIp, &tags),
+            cloud.servers_tagged(&tags),
+            cloud.server_groups(),
+        )?;
+        Ok(Observed {
+            networks,
+            subnets,
+            routers,
+            security_groups,
+            ports,
+            floating_ips,
+            servers,
+            server_groups: groups
+                .into_iter()
+                .filter(|g| g.name == group_name)
+                .collect(),
+        })
+    }
+
+    /// How many resources of the cluster exist, of every kind.
+    pub fn count(&self) -> usize {
+        self.networks.len()
+            + self.subnets.len()
+            + self.routers.len()
+            + self.security_groups.len()
+            + self.ports.len()
+            + self.floating_ips.len()
+            + self.servers.len()
+            + self.server_groups.len()
+    }
+
+    /// One line per resource: `kind name (id)`.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut add =
+            |kind: &str, name: &str, id: &str| lines.push(format!("{kind} {name} ({id})"));
+        self.servers
+            .iter()
+            .for_each(|s| add("server", &s.name, &s.id));
+        self.floating_ips
+            .iter()
+            .for_each(|f| add("floating IP", &f.floating_ip_address, &f.id));
+        self.ports.iter().for_each(|p| add("port", &p.name, &p.id));
+        self.routers
+            .iter()
+            .for_each(|r| add("router", &r.name, &r.id));
+        self.subnets
+            .iter()
+            .for_each(|s| add("subnet", &s.name, &s.id));
+        self.networks
+            .iter()
+            .for_each(|n| add("network", &n.name, &n.id));
+        self.security_groups
+            .iter()
+            .for_each(|g| add("security group", &g.name, &g.id));
+        self.server_groups
+            .iter()
+            .for_each(|g| add("server group", &g.name, &g.id));
+        lines
+    }
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Action {
+    pub action: Verb,
+    pub kind: &'static str,
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verb {
+    Create,
+    Delete,
+}
+
+/// What it takes to go from `observed` to what `spec` asks for.
+pub fn diff(spec: &ClusterSpec, observed: &Observed) -> Vec<Action> {
+    let names = Names::of(&spec.name);
+    let mut actions = Vec::new();
+    let mut create = |kind: &'static str, name: &str, detail: String| {
+        actions.push(Action {
+            action: Verb::Create,
+            kind,
+            name: name.to_string(),
+            detail,
+        });
+    };
+    if spec.network.mode == NetworkMode::Create {
+        if !observed.networks.iter().any(|n| n.name == names.network) {
+            create("network", &names.network, String::new());
+        }
+        if !observed.subnets.iter().any(|s| s.name == names.subnet) {
+            let cidr = spec
+                .network
+                .node_cidr
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            create("subnet", &names.subnet, cidr);
+        }
+        if !observed.routers.iter().any(|r| r.name == names.router) {
+            create(
+                "router",
+                &names.router,
+                format!("gateway on {}", spec.network.external_network),
+            );
+        }
+    }
+    for group in [&names.nodes_group, &names.control_plane_group] {
+        if !observed.security_groups.iter().any(|g| &g.name == group) {
+            create("security group", group, String::new());
+        }
+    }
+    if observed.server_groups.is_empty() {
+        create("server group", &names.server_group, "anti-affinity".into());
+    }
+    let wanted = spec.nodes();
+    for node in &wanted {
+        if !observed.ports.iter().any(|p| p.name == node.name) {
+            create("port", &node.name, String::new());
+        }
+    }
+    if !observed
+        .floating_ips
+        .iter()
+        .any(|f| f.description == names.api_address)
+    {
+        create(
+            "floating IP",
+            &names.api_address,
+            format!("from {}", spec.network.external_network),
+        );
+    }
+    for node in &wanted {
+        if !observed.servers.iter().any(|s| s.name == node.name) {
+            let flavor = match node.pool {
+                Some(i) => spec
+                    .worker_pools
+                    .get(i)
+                    .map(|p| p.flavor.clone())
+                    .unwrap_or_default(),
+                None => spec.control_plane.flavor.clone(),
+            };
+            create("server", &node.name, flavor);
+        }
+    }
+    // Scaled down: servers (and their ports) the file no longer names.
+    let wanted_names: BTreeSet<&str> = wanted.iter().map(|n| n.name.as_str()).collect();
+    for server in observed
+        .servers
+        .iter()
+        .filter(|s| !wanted_names.contains(s.name.as_str()))
+    {
+        actions.push(Action {
+            action: Verb::Delete,
+            kind: "server",
+            name: server.name.clone(),
+            detail: String::new(),
+        });
+    }
+    for port in observed
+        .ports
+        .iter()
+        .filter(|p| !wanted_names.contains(p.name.as_str()))
+    {
+        actions.push(Action {
+            action: Verb::Delete,
+            kind: "port",
+            name: port.name.clone(),
+            detail: String::new(),
+        });
+    }
+    actions
+}
