@@ -40,13 +40,14 @@ die() { echo "local-openstack: $*" >&2; exit 1; }
 
 # ------------------------------------------------------------------ processes
 # running NAME: its pid is alive and is still ours (a pid left from an earlier boot may have
-# been reused by an unrelated process)
+# been reused by an unrelated process); gunicorn retitles its master `gunicorn: master [NAME]`
 running() {
   local pid
   [[ -f $PIDS/$1.pid ]] || return 1
   pid=$(cat "$PIDS/$1.pid")
   kill -0 "$pid" 2>/dev/null &&
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qE "$ROOT|rabbitmq-server|-port 4370|-p 11212"
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
+    grep -qE "$ROOT|master \[$1\]|rabbitmq-server|-port 4370|-p 11212"
 }
 
 # launch NAME COMMAND...: in its own session, so its pid is its process group
@@ -560,6 +561,15 @@ EOF
   gunicorn neutron-api 9696 neutron_app
 }
 
+# Room for the test suite's clusters, which run side by side in the demo project.
+project_quotas() {
+  [[ -f $DATA/.quotas ]] && return 0
+  admin quota set --instances 60 --cores 120 --ram 409600 --server-groups 50 --ports 500 \
+    --floating-ips 60 --networks 100 --routers 50 --secgroups 100 --secgroup-rules 1000 \
+    --volumes 50 --gigabytes 1000 demo >>"$LOGS/quotas.log" 2>&1 || die "setting the demo project's quotas failed; see $LOGS/quotas.log"
+  touch "$DATA/.quotas"
+}
+
 neutron_ready() {
   [[ -f $DATA/.public-network ]] && return 0
   say "neutron: external network public with a floating IP pool"
@@ -651,6 +661,7 @@ up() {
   nova_ready
   neutron_ready
   cinder_ready
+  project_quotas
   say "OpenStack is up on $HOST; clouds.yaml: $ROOT/clouds.yaml (local-admin, local-demo)"
 }
 

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::openstack::{cli, test_image, unique};
 
 #[derive(Debug, Clone, Copy)]
-enum Fault {
+pub(crate) enum Fault {
     /// Answer with this status (and Retry-After seconds) without asking the cloud.
     Status(u16, Option<u64>),
     /// Close the connection before the request reaches the cloud.
@@ -56,7 +56,7 @@ impl Script {
 }
 
 /// One proxy per upstream API, all sharing one script.
-struct FaultProxy {
+pub(crate) struct FaultProxy {
     script: Arc<Mutex<Script>>,
     ports: Vec<(String, u16)>,
 }
@@ -90,7 +90,13 @@ impl FaultProxy {
             .expect("proxied API")
     }
 
-    fn inject(&self, method: &'static str, path: &'static str, fault: Fault, times: usize) {
+    pub(crate) fn inject(
+        &self,
+        method: &'static str,
+        path: &'static str,
+        fault: Fault,
+        times: usize,
+    ) {
         self.script.lock().expect("script").rules.push_back(Rule {
             method,
             path,
@@ -99,16 +105,14 @@ impl FaultProxy {
         });
     }
 
-    fn injected(&self) -> usize {
+    pub(crate) fn injected(&self) -> usize {
         self.script.lock().expect("script").injected
     }
 
-    /// A session as the demo user whose every API call goes through the proxy.
-    async fn connect(&self) -> Cloud {
-        let dir = tempfile::tempdir().expect("dir");
-        let file = dir.path().join("clouds.yaml");
+    /// Writes a clouds.yaml whose entry `faulty` sends every API call through the proxy.
+    pub(crate) fn write_clouds_yaml(&self, file: &std::path::Path) {
         std::fs::write(
-            &file,
+            file,
             format!(
                 "clouds:\n  faulty:\n    auth:\n      auth_url: http://127.0.0.1:{}/v3\n      username: demo\n      password: secret\n      project_name: demo\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n    compute_endpoint_override: http://127.0.0.1:{}/v2.1\n    network_endpoint_override: http://127.0.0.1:{}\n",
                 self.port("identity"),
@@ -117,6 +121,13 @@ impl FaultProxy {
             ),
         )
         .expect("write");
+    }
+
+    /// A session as the demo user whose every API call goes through the proxy.
+    async fn connect(&self) -> Cloud {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("clouds.yaml");
+        self.write_clouds_yaml(&file);
         let config = CloudConfig::from_clouds_yaml(&file, "faulty").expect("config");
         let policy = RetryPolicy {
             first_delay: Duration::from_millis(50),
@@ -129,7 +140,7 @@ impl FaultProxy {
     }
 }
 
-async fn standard_proxy() -> FaultProxy {
+pub(crate) async fn standard_proxy() -> FaultProxy {
     FaultProxy::start(&[("identity", 5000), ("compute", 8774), ("network", 9696)]).await
 }
 

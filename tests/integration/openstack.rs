@@ -265,6 +265,7 @@ async fn unreachable_keystone_is_reported_as_such() {
 async fn quotas_read_back_after_an_admin_changes_them() {
     let cloud = connect("local-demo").await;
     let before = cloud.compute_limits().await.expect("limits");
+    let before_network = cloud.network_limits().await.expect("network limits");
     cli(
         "local-admin",
         &[
@@ -287,7 +288,7 @@ async fn quotas_read_back_after_an_admin_changes_them() {
             "--instances",
             &before.instances.limit.unwrap_or(10).to_string(),
             "--floating-ips",
-            "50",
+            &before_network.floating_ips.limit.unwrap_or(50).to_string(),
             "demo",
         ],
     );
@@ -641,7 +642,7 @@ async fn cloud_check_reports_what_is_missing_and_short() {
     assert!(shown.contains("cloud check passed"));
 
     let bad = check_workspace(
-        "[network]\nexternal_network = \"elsewhere\"\n[access]\nkeypair = \"no-such-key\"\n[[worker_pools]]\nname = \"big\"\ncount = 30\nflavor = \"m3.small\"\n[[worker_pools]]\nname = \"odd\"\ncount = 1\nflavor = \"m9.huge\"\n",
+        "[network]\nexternal_network = \"elsewhere\"\n[access]\nkeypair = \"no-such-key\"\n[[worker_pools]]\nname = \"big\"\ncount = 70\nflavor = \"m3.small\"\n[[worker_pools]]\nname = \"odd\"\ncount = 1\nflavor = \"m9.huge\"\n",
     );
     let output = cloud_check(&bad);
     let shown = format!(

@@ -235,10 +235,10 @@ fn up_converges_scales_and_down_removes_everything() {
 fn preflight_stops_before_anything_exists() {
     let name = unique("short");
     let workspace = Workspace::new();
-    // 30 workers of 1 vCPU need more than the demo project's 10 instances.
+    // 80 workers need more instances than the local cloud's demo project may have.
     workspace.write_cluster(&cluster(
         &name,
-        30,
+        80,
         "[access]\nkeypair = \"no-such-keypair\"",
     ));
     let _teardown = Teardown(&workspace);
@@ -250,11 +250,116 @@ fn preflight_stops_before_anything_exists() {
         "{message}"
     );
     assert!(message.contains("keypair no-such-keypair"), "{message}");
-    assert!(message.contains("instances (need 31"), "{message}");
+    assert!(message.contains("instances (need 81"), "{message}");
     assert_nothing_left(&name);
     assert!(
         !cli_raw("local-demo", &["network", "show", &format!("{name}-net")])
             .status
             .success()
     );
+}
+
+/// `up` through a proxy that fails creates in every way, killed part-way, then run again:
+/// the cluster converges with exactly one of everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_converges_through_faults_and_after_being_killed() {
+    use crate::faults::{Fault, standard_proxy};
+    let proxy = standard_proxy().await;
+    let name = unique("killed");
+    let workspace = Workspace::new();
+    let clouds = workspace.path("clouds.yaml");
+    proxy.write_clouds_yaml(&clouds);
+    workspace.write_cluster(
+        &cluster(&name, 5, "").replace("cloud = \"local-demo\"", "cloud = \"faulty\""),
+    );
+    let run = |args: &'static [&'static str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flatstack"));
+        command
+            .current_dir(workspace.dir.path())
+            .env("OS_CLIENT_CONFIG_FILE", &clouds)
+            .env_remove("OS_CLOUD")
+            .env("FLATSTACK_STATE_DIR", workspace.state_dir())
+            .arg("--file")
+            .arg(workspace.cluster_file())
+            .args(args);
+        command
+    };
+    proxy.inject("POST", "/v2.0/networks", Fault::DropAfter, 1);
+    proxy.inject("POST", "/v2.0/ports", Fault::Status(503, None), 3);
+    proxy.inject("POST", "/v2.0/ports", Fault::DropAfter, 2);
+    proxy.inject("POST", "/v2.0/floatingips", Fault::DropAfter, 1);
+    proxy.inject("POST", "/v2.1/os-server-groups", Fault::DropAfter, 1);
+    proxy.inject("POST", "/v2.1/servers", Fault::Status(503, None), 2);
+    proxy.inject("POST", "/v2.1/servers", Fault::DropAfter, 2);
+    proxy.inject("GET", "/v2.1/servers/", Fault::DropBefore, 3);
+    proxy.inject("GET", "/v2.1/servers/", Fault::Status(429, Some(1)), 1);
+
+    // The first run is killed part-way.
+    let mut first = run(&["up", "--provision-only"]).spawn().expect("start up");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let _ = first.kill();
+    let _ = first.wait();
+
+    let mut second = run(&["up", "--provision-only"]);
+    let output = tokio::task::spawn_blocking(move || second.output())
+        .await
+        .expect("join")
+        .expect("run");
+    let teardown = {
+        let mut down = run(&["down", "--yes"]);
+        move || down.output()
+    };
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let counts = [
+        ("server", tagged("server", &name).len()),
+        ("port", tagged("port", &name).len()),
+        ("network", tagged("network", &name).len()),
+        ("subnet", tagged("subnet", &name).len()),
+        ("router", tagged("router", &name).len()),
+        ("security group", tagged("security group", &name).len()),
+        ("floating ip", tagged("floating ip", &name).len()),
+    ];
+    let groups = cli("local-demo", &["server", "group", "list", "-f", "json"]);
+    let group_count = groups.as_array().map_or(0, |g| {
+        g.iter()
+            .filter(|g| g["Name"] == format!("{name}-control-plane").as_str())
+            .count()
+    });
+    let again = run(&["up", "--provision-only"]).output().expect("run");
+    let down = tokio::task::spawn_blocking(teardown)
+        .await
+        .expect("join")
+        .expect("down");
+
+    assert!(output.status.success(), "second up failed:\n{shown}");
+    assert_eq!(
+        counts,
+        [
+            ("server", 6),
+            ("port", 6),
+            ("network", 1),
+            ("subnet", 1),
+            ("router", 1),
+            ("security group", 2),
+            ("floating ip", 1)
+        ],
+        "{shown}"
+    );
+    assert_eq!(group_count, 1, "server groups: {groups}");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to change (0 changes made)"));
+    assert!(
+        proxy.injected() >= 5,
+        "only {} faults were hit",
+        proxy.injected()
+    );
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_nothing_left(&name);
 }
