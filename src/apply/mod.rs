@@ -45,6 +45,29 @@ pub enum ApplyError {
 pub struct Provisioned {
     pub endpoint: ApiEndpoint,
     pub servers: Vec<Server>,
+    /// How long each phase took, in the order they ran.
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+/// Records how long each phase of a run takes.
+struct Stopwatch {
+    last: std::time::Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch {
+            last: std::time::Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.phases.push((phase, now - self.last));
+        self.last = now;
+    }
 }
 
 /// Creates whatever of the cluster's cloud side is missing, deletes servers the file no longer
@@ -56,9 +79,11 @@ pub async fn provision(
     image_id: &str,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<Provisioned, ApplyError> {
+    let mut watch = Stopwatch::start();
     let names = Names::of(&spec.name);
     let tags = vec![cluster_tag(&spec.name)];
     let observed = Observed::collect(cloud, &spec.name).await?;
+    watch.lap("observe");
 
     // Network, subnet, router: the cluster's own, or the existing ones the file names.
     let (network, subnet) = match &spec.network.mode {
@@ -147,6 +172,8 @@ pub async fn provision(
         }
     };
 
+    watch.lap("network, subnet, router");
+
     // Security groups: one for every node, one for control planes.
     let nodes_group = ensure_group(cloud, &observed, &names.nodes_group, &tags, say).await?;
     let control_group =
@@ -186,6 +213,8 @@ pub async fn provision(
                 .await?
         }
     };
+
+    watch.lap("security and server groups");
 
     // Ports first: the control plane's address must be known before any config is rendered.
     let nodes = spec.nodes();
@@ -253,8 +282,11 @@ pub async fn provision(
         public: floating.floating_ip_address.parse().ok(),
     };
 
+    watch.lap("ports and floating IP");
+
     // Servers: everything missing at once, with bounded concurrency.
     let rendered = node::render_cluster(spec, pki, &endpoint)?;
+    watch.lap("render Ignition");
     let limiter = Arc::new(Semaphore::new(CONCURRENT_CREATES));
     let mut tasks = tokio::task::JoinSet::new();
     let flavors = cloud.flavors().await?;
@@ -305,6 +337,8 @@ pub async fn provision(
         }
     }
 
+    watch.lap("create servers");
+
     // Servers the file no longer names go, with their ports.
     let wanted: std::collections::BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     for server in observed
@@ -326,6 +360,8 @@ pub async fn provision(
         cloud.delete_resource(Kind::Port, &port.id).await?;
     }
 
+    watch.lap("delete servers no longer named");
+
     // Every wanted server ACTIVE, or Nova's fault for the first that is not.
     let mut servers = Vec::new();
     let ids: Vec<String> = observed
@@ -339,7 +375,12 @@ pub async fn provision(
         servers.push(cloud.wait_server_active(&id, SERVER_TIMEOUT).await?);
     }
     servers.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Provisioned { endpoint, servers })
+    watch.lap("servers ACTIVE");
+    Ok(Provisioned {
+        endpoint,
+        servers,
+        timings: watch.phases,
+    })
 }
 
 fn tcp_rule(port: u16, cidr: &ipnet::IpNet) -> SecurityGroupRule {

@@ -44,6 +44,8 @@ pub enum Command {
     Plan(up::PlanArgs),
     /// Create whatever of the cluster is missing, until the cloud matches the file.
     Up(up::UpArgs),
+    /// Every cloud resource of the cluster with its state (and Nova's fault for ERROR servers).
+    Status,
     /// Delete everything the cluster owns, then check that nothing is left.
     Down(up::DownArgs),
     /// Inspect the OpenStack cloud.
@@ -85,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(args) => up::plan(&cli.file, cli.cloud.as_deref(), &args),
         Command::Up(args) => up::up(&cli.file, cli.cloud.as_deref(), &args),
         Command::Down(args) => up::down(&cli.file, cli.cloud.as_deref(), &args),
+        Command::Status => up::status(&cli.file, cli.cloud.as_deref()),
     }
 }
 

@@ -164,6 +164,13 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
         for server in &provisioned.servers {
             println!("{:<44} {:<10} {}", server.name, server.status, server.id);
         }
+        let mut timings = provisioned.timings.clone();
+        timings.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
+        println!("timing, longest first:");
+        for (phase, took) in &timings {
+            println!("  {:<32} {:>7.2} s", phase, took.as_secs_f64());
+        }
+        println!("  {:<32} {:>7.2} s", "total", started.elapsed().as_secs_f64());
         println!(
             "cluster `{}` provisioned in {:.1} s with {} API calls; API endpoint {server}; kubeconfig {}",
             spec.name,
@@ -171,6 +178,90 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
             cloud.counter.calls(),
             state.join("admin.kubeconfig").display()
         );
+        Ok(())
+    })
+}
+
+pub fn status(file: &Path, cloud_flag: Option<&str>) -> anyhow::Result<()> {
+    let spec = load_spec(file)?;
+    let config = cloud_config(cloud_flag, &spec)?;
+    runtime()?.block_on(async {
+        let cloud = Cloud::connect(config).await?;
+        let observed = Observed::collect(&cloud, &spec.name).await?;
+        println!("cluster `{}` on cloud `{}`", spec.name, cloud.config().name);
+        if observed.count() == 0 {
+            println!("  nothing in the cloud: run `flatstack up`");
+            return Ok(());
+        }
+        println!("{:<16} {:<40} {:<8} detail", "KIND", "NAME", "STATE");
+        let row = |kind: &str, name: &str, state: &str, detail: &str| {
+            println!("{kind:<16} {name:<40} {state:<8} {detail}");
+        };
+        for n in &observed.networks {
+            row("network", &n.name, &n.status, &n.id);
+        }
+        for s in &observed.subnets {
+            row("subnet", &s.name, "", &s.cidr);
+        }
+        for r in &observed.routers {
+            row("router", &r.name, &r.status, &r.id);
+        }
+        for g in &observed.security_groups {
+            row(
+                "security group",
+                &g.name,
+                "",
+                &format!("{} rules", g.security_group_rules.len()),
+            );
+        }
+        for g in &observed.server_groups {
+            row(
+                "server group",
+                &g.name,
+                "",
+                &format!("{} member(s)", g.members.len()),
+            );
+        }
+        for p in &observed.ports {
+            let addresses: Vec<&str> = p
+                .fixed_ips
+                .iter()
+                .map(|ip| ip.ip_address.as_str())
+                .collect();
+            row("port", &p.name, &p.status, &addresses.join(", "));
+        }
+        for f in &observed.floating_ips {
+            let target = observed
+                .ports
+                .iter()
+                .find(|p| Some(&p.id) == f.port_id.as_ref())
+                .map_or("not attached".to_string(), |p| format!("-> {}", p.name));
+            row("floating IP", &f.floating_ip_address, &f.status, &target);
+        }
+        let mut failed = Vec::new();
+        for server in &observed.servers {
+            let detail = match &server.fault {
+                Some(fault) if server.status == "ERROR" => format!("fault: {}", fault.message),
+                _ => server.id.clone(),
+            };
+            if server.status == "ERROR" {
+                failed.push(server.name.clone());
+            }
+            row("server", &server.name, &server.status, &detail);
+        }
+        let missing = diff(&spec, &observed);
+        if !missing.is_empty() {
+            println!(
+                "{} change(s) pending: run `flatstack plan` to see them",
+                missing.len()
+            );
+        }
+        println!(
+            "the Kubernetes API is not queried yet: the node table comes with bootstrap waiting"
+        );
+        if !failed.is_empty() {
+            anyhow::bail!("server(s) in ERROR: {}", failed.join(", "));
+        }
         Ok(())
     })
 }

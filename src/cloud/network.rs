@@ -77,6 +77,8 @@ pub struct Router {
     pub id: String,
     pub name: String,
     #[serde(default)]
+    pub status: String,
+    #[serde(default)]
     pub tags: Vec<String>,
     #[serde(default)]
     pub external_gateway_info: Option<Value>,
@@ -145,6 +147,8 @@ pub struct FloatingIp {
     pub tags: Vec<String>,
     #[serde(default)]
     pub description: String,
+    #[serde(default)]
+    pub status: String,
 }
 
 /// The project's network quotas and usage.

@@ -193,6 +193,25 @@ fn up_converges_scales_and_down_removes_everything() {
         );
     }
 
+    // status lists every resource with its state.
+    let status = success(&flatstack(&workspace, &["status"]));
+    for fragment in [
+        format!("{name}-net"),
+        format!("{name}-router"),
+        format!("-> {name}-control-plane-1"),
+        format!("{name}-default-2"),
+    ] {
+        assert!(status.contains(&fragment), "{fragment} in\n{status}");
+    }
+    assert!(
+        status
+            .lines()
+            .filter(|l| l.starts_with("server ") && l.contains(" ACTIVE "))
+            .count()
+            == 3,
+        "{status}"
+    );
+
     // A second run changes nothing.
     let again = success(&flatstack(&workspace, &["up", "--provision-only"]));
     assert!(
@@ -361,5 +380,49 @@ async fn up_converges_through_faults_and_after_being_killed() {
         "{}",
         String::from_utf8_lossy(&down.stderr)
     );
+    assert_nothing_left(&name);
+}
+
+/// A server that fails to build is reported with Nova's fault by `up` and `status`.
+#[test]
+fn a_failed_build_is_reported_by_up_and_status() {
+    let name = unique("broken");
+    let workspace = Workspace::new();
+    // The local cloud's fake Cinder cannot fill a boot volume from an image: the build fails.
+    let text = cluster(&name, 0, "").replace(
+        "flavor = \"m3.tiny\"\n[[worker_pools]]",
+        "flavor = \"m3.tiny\"\nboot_volume_gb = 10\n[[worker_pools]]",
+    );
+    workspace.write_cluster(&text);
+    let _teardown = Teardown(&workspace);
+    let output = flatstack(&workspace, &["up", "--provision-only"]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains(&format!("server {name}-control-plane-1"))
+            && message.contains("went to ERROR"),
+        "{message}"
+    );
+    assert!(
+        message.contains("Build of instance"),
+        "Nova's own words:\n{message}"
+    );
+    let status = flatstack(&workspace, &["status"]);
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(1));
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains(&format!("{name}-control-plane-1"))
+                && l.contains("ERROR")
+                && l.contains("fault: ")),
+        "{shown}"
+    );
+    assert!(
+        stderr(&status).contains("server(s) in ERROR"),
+        "{}",
+        stderr(&status)
+    );
+    success(&flatstack(&workspace, &["down", "--yes"]));
     assert_nothing_left(&name);
 }
