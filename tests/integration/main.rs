@@ -6,5 +6,6 @@ mod ignition;
 mod kubeadm;
 mod openstack;
 mod pki;
+mod proxy;
 mod support;
 mod up;

@@ -282,7 +282,7 @@ fn preflight_stops_before_anything_exists() {
 /// the cluster converges with exactly one of everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_converges_through_faults_and_after_being_killed() {
-    use crate::faults::{Fault, standard_proxy};
+    use crate::proxy::{Fault, standard_proxy};
     let proxy = standard_proxy().await;
     let name = unique("killed");
     let workspace = Workspace::new();

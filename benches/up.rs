@@ -1,0 +1,285 @@
+//! Benchmark (not a test): `flatstack up --provision-only` for 1+2, 1+10 and 1+50 nodes on the
+//! local OpenStack with 150 ms added to every API call (a loopback proxy), against a straight
+//! `openstack` CLI script creating the same resources through the same proxy; then the re-run
+//! on the converged cluster and `down`. Prints wall times, API calls and ratios.
+//!
+//! Run with `cargo bench --bench up` after `scripts/local-openstack.sh up`. It takes minutes.
+
+#[path = "../tests/integration/proxy.rs"]
+mod proxy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const LATENCY: Duration = Duration::from_millis(150);
+const SIZES: [u32; 3] = [2, 10, 50];
+
+fn openstack_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("FLATSTACK_OPENSTACK_DIR")
+            .unwrap_or_else(|_| "/var/tmp/flatstack-openstack".into()),
+    )
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+/// The `openstack` CLI through the proxy (`faulty` entry of `clouds`).
+fn cli(clouds: &Path, args: &[&str]) -> Result<String, Failure> {
+    let output = Command::new(openstack_dir().join("venv/bin/openstack"))
+        .env("OS_CLIENT_CONFIG_FILE", clouds)
+        .env("OS_CLOUD", "faulty")
+        .args(args)
+        .output()?;
+    if !output.status.success() {
+        return Err(format!(
+            "openstack {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+fn flatstack(dir: &Path, clouds: &Path, file: &Path, args: &[&str]) -> Result<(), Failure> {
+    let output = Command::new(env!("CARGO_BIN_EXE_flatstack"))
+        .current_dir(dir)
+        .env("OS_CLIENT_CONFIG_FILE", clouds)
+        .env_remove("OS_CLOUD")
+        .env("FLATSTACK_STATE_DIR", dir.join("state"))
+        .arg("--file")
+        .arg(file)
+        .args(args)
+        .output()?;
+    if !output.status.success() {
+        return Err(format!(
+            "flatstack {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn cluster_file(name: &str, workers: u32) -> String {
+    format!(
+        "name = \"{name}\"\ncloud = \"faulty\"\n[kubernetes]\nversion = \"1.33.2\"\nsysext_sha256 = \"{}\"\n[flatcar]\nimage = \"flatstack-bench-image\"\n[control_plane]\nflavor = \"m3.tiny\"\n[[worker_pools]]\nname = \"default\"\ncount = {workers}\nflavor = \"m3.tiny\"\n",
+        "ab".repeat(32)
+    )
+}
+
+/// What a user would script by hand: the same resources, one CLI call after the other.
+fn cli_script(clouds: &Path, name: &str, workers: u32) -> Result<usize, Failure> {
+    let tag = format!("flatstack:cluster={name}");
+    let mut calls = 0;
+    let mut run = |args: &[&str]| -> Result<String, Failure> {
+        calls += 1;
+        cli(clouds, args)
+    };
+    let net = format!("{name}-net");
+    run(&[
+        "network", "create", "--tag", &tag, &net, "-f", "value", "-c", "id",
+    ])?;
+    run(&[
+        "subnet",
+        "create",
+        "--tag",
+        &tag,
+        "--network",
+        &net,
+        "--subnet-range",
+        "10.42.0.0/24",
+        &format!("{name}-subnet"),
+    ])?;
+    let router = format!("{name}-router");
+    run(&["router", "create", "--tag", &tag, &router])?;
+    run(&["router", "set", "--external-gateway", "public", &router])?;
+    run(&[
+        "router",
+        "add",
+        "subnet",
+        &router,
+        &format!("{name}-subnet"),
+    ])?;
+    let nodes = format!("{name}-nodes");
+    let control = format!("{name}-control-plane");
+    run(&["security", "group", "create", "--tag", &tag, &nodes])?;
+    run(&["security", "group", "create", "--tag", &tag, &control])?;
+    run(&[
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--remote-group",
+        &nodes,
+        "--ethertype",
+        "IPv4",
+        &nodes,
+    ])?;
+    run(&[
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--remote-group",
+        &nodes,
+        "--ethertype",
+        "IPv6",
+        &nodes,
+    ])?;
+    run(&[
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "6443",
+        &control,
+    ])?;
+    run(&[
+        "server",
+        "group",
+        "create",
+        "--policy",
+        "anti-affinity",
+        &control,
+    ])?;
+    let mut nodes_list = vec![format!("{name}-control-plane-1")];
+    nodes_list.extend((1..=workers).map(|n| format!("{name}-default-{n}")));
+    for node in &nodes_list {
+        run(&[
+            "port",
+            "create",
+            "--tag",
+            &tag,
+            "--network",
+            &net,
+            "--security-group",
+            &nodes,
+            node,
+        ])?;
+        run(&[
+            "--os-compute-api-version",
+            "2.52",
+            "server",
+            "create",
+            "--tag",
+            &tag,
+            "--flavor",
+            "m3.tiny",
+            "--image",
+            "flatstack-bench-image",
+            "--port",
+            node,
+            "--wait",
+            node,
+        ])?;
+    }
+    let fip = run(&[
+        "floating",
+        "ip",
+        "create",
+        "--tag",
+        &tag,
+        "--description",
+        &format!("{name}-api"),
+        "public",
+        "-f",
+        "value",
+        "-c",
+        "id",
+    ])?;
+    run(&["floating", "ip", "set", "--port", &nodes_list[0], &fip])?;
+    Ok(calls)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Failure> {
+    let direct = openstack_dir().join("clouds.yaml");
+    if !direct.is_file() {
+        return Err(format!(
+            "no local OpenStack at {}: run scripts/local-openstack.sh up",
+            direct.display()
+        )
+        .into());
+    }
+    let proxy =
+        proxy::FaultProxy::start(&[("identity", 5000), ("compute", 8774), ("network", 9696)]).await;
+    let work = tempfile::tempdir()?;
+    let clouds = work.path().join("clouds.yaml");
+    proxy.write_clouds_yaml(&clouds);
+    // Image and quotas are set up without added latency.
+    if cli(&clouds, &["image", "show", "flatstack-bench-image"]).is_err() {
+        let image = work.path().join("image.raw");
+        std::fs::write(&image, vec![0u8; 4096])?;
+        cli(
+            &clouds,
+            &[
+                "image",
+                "create",
+                "--disk-format",
+                "raw",
+                "--container-format",
+                "bare",
+                "--file",
+                &image.display().to_string(),
+                "flatstack-bench-image",
+            ],
+        )?;
+    }
+    proxy.set_latency(LATENCY);
+
+    println!(
+        "up benchmark: {} ms added to every API call, local OpenStack, m3.tiny nodes",
+        LATENCY.as_millis()
+    );
+    println!(
+        "{:<8} {:>12} {:>7} {:>12} {:>7} {:>7} {:>10} {:>10}",
+        "nodes", "flatstack s", "calls", "CLI s", "calls*", "ratio", "re-run s", "down s"
+    );
+    for workers in SIZES {
+        let dir = work.path().join(format!("w{workers}"));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("cluster.toml");
+        std::fs::write(&file, cluster_file(&format!("bench-fs-{workers}"), workers))?;
+        let before = proxy.requests();
+        let started = Instant::now();
+        flatstack(&dir, &clouds, &file, &["up", "--provision-only"])?;
+        let up_time = started.elapsed();
+        let up_calls = proxy.requests() - before;
+        let started = Instant::now();
+        flatstack(&dir, &clouds, &file, &["up", "--provision-only"])?;
+        let rerun = started.elapsed();
+
+        let cli_name = format!("bench-cli-{workers}");
+        let started = Instant::now();
+        let cli_calls = cli_script(&clouds, &cli_name, workers)?;
+        let cli_time = started.elapsed();
+
+        let started = Instant::now();
+        flatstack(&dir, &clouds, &file, &["down", "--yes"])?;
+        let down = started.elapsed();
+        // The CLI script's resources carry the same kind of tag: flatstack removes them too.
+        let cli_file = dir.join("cli.toml");
+        std::fs::write(&cli_file, cluster_file(&cli_name, workers))?;
+        flatstack(&dir, &clouds, &cli_file, &["down", "--yes"])?;
+
+        println!(
+            "{:<8} {:>12.1} {:>7} {:>12.1} {:>7} {:>6.1}x {:>10.1} {:>10.1}",
+            format!("1+{workers}"),
+            up_time.as_secs_f64(),
+            up_calls,
+            cli_time.as_secs_f64(),
+            cli_calls,
+            cli_time.as_secs_f64() / up_time.as_secs_f64(),
+            rerun.as_secs_f64(),
+            down.as_secs_f64(),
+        );
+    }
+    println!(
+        "* CLI invocations; each one logs in and looks names up, so it makes several API calls"
+    );
+    Ok(())
+}
