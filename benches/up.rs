@@ -239,7 +239,15 @@ async fn main() -> Result<(), Failure> {
         "{:<8} {:>12} {:>7} {:>12} {:>7} {:>7} {:>10} {:>10}",
         "nodes", "flatstack s", "calls", "CLI s", "calls*", "ratio", "re-run s", "down s"
     );
-    for workers in SIZES {
+    // FLATSTACK_BENCH_SIZES=10,50 runs only those sizes.
+    let sizes: Vec<u32> = match std::env::var("FLATSTACK_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect(),
+        Err(_) => SIZES.to_vec(),
+    };
+    for workers in sizes {
         let dir = work.path().join(format!("w{workers}"));
         std::fs::create_dir_all(&dir)?;
         let file = dir.join("cluster.toml");
@@ -253,15 +261,15 @@ async fn main() -> Result<(), Failure> {
         flatstack(&dir, &clouds, &file, &["up", "--provision-only"])?;
         let rerun = started.elapsed();
 
+        let started = Instant::now();
+        flatstack(&dir, &clouds, &file, &["down", "--yes"])?;
+        let down = started.elapsed();
+
+        // The CLI script's resources carry the same kind of tag: flatstack removes them after.
         let cli_name = format!("bench-cli-{workers}");
         let started = Instant::now();
         let cli_calls = cli_script(&clouds, &cli_name, workers)?;
         let cli_time = started.elapsed();
-
-        let started = Instant::now();
-        flatstack(&dir, &clouds, &file, &["down", "--yes"])?;
-        let down = started.elapsed();
-        // The CLI script's resources carry the same kind of tag: flatstack removes them too.
         let cli_file = dir.join("cli.toml");
         std::fs::write(&cli_file, cluster_file(&cli_name, workers))?;
         flatstack(&dir, &clouds, &cli_file, &["down", "--yes"])?;

@@ -436,6 +436,7 @@ async fn ensure_group(
 pub async fn teardown(
     cloud: &Arc<Cloud>,
     cluster: &str,
+    delete_volumes: bool,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<(), ApplyError> {
     let observed = Observed::collect(cloud, cluster).await?;
@@ -452,6 +453,20 @@ pub async fn teardown(
     while let Some(joined) = tasks.join_next().await {
         if let Ok(result) = joined {
             result?;
+        }
+    }
+    // Persistent volumes outlive the cluster unless asked for: they hold people's data.
+    let volumes = crate::plan::resources::cluster_volumes(cloud, cluster).await?;
+    for volume in &volumes {
+        let name = volume.name.as_deref().unwrap_or(&volume.id);
+        if delete_volumes {
+            say(&format!("deleting volume {name} ({} GB)", volume.size));
+            cloud.delete_volume(&volume.id).await?;
+        } else {
+            say(&format!(
+                "keeping volume {name} ({} GB); `down --delete-volumes` removes it",
+                volume.size
+            ));
         }
     }
     for floating in &observed.floating_ips {
@@ -492,12 +507,39 @@ pub async fn teardown(
         cloud.delete_server_group(&group.id).await?;
     }
     let left = Observed::collect(cloud, cluster).await?;
-    if left.count() > 0 {
+    let mut remaining = left.describe();
+    if delete_volumes {
+        for volume in &volumes {
+            if wait_volume_gone(cloud, &volume.id).await.is_err() {
+                remaining.push(format!("volume {}", volume.id));
+            }
+        }
+    }
+    if !remaining.is_empty() {
         return Err(ApplyError::Leftovers {
             cluster: cluster.to_string(),
-            count: left.count(),
-            remaining: left.describe(),
+            count: remaining.len(),
+            remaining,
         });
     }
     Ok(())
+}
+
+async fn wait_volume_gone(cloud: &Cloud, id: &str) -> Result<(), CloudError> {
+    let started = std::time::Instant::now();
+    loop {
+        match cloud.volume(id).await {
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+            Ok(volume) if started.elapsed() >= SERVER_TIMEOUT => {
+                return Err(CloudError::Timeout {
+                    what: format!("volume {id}"),
+                    wanted: "deleted".into(),
+                    state: volume.status,
+                    waited: SERVER_TIMEOUT,
+                });
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
 }

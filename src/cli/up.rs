@@ -44,6 +44,9 @@ pub struct DownArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+    /// Also delete the persistent volumes the cluster's Cinder CSI driver created.
+    #[arg(long)]
+    pub delete_volumes: bool,
 }
 
 #[derive(Serialize)]
@@ -272,15 +275,22 @@ pub fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> anyhow::R
     runtime()?.block_on(async {
         let cloud = Arc::new(Cloud::connect(config).await?);
         let observed = Observed::collect(&cloud, &spec.name).await?;
-        if observed.count() == 0 {
+        let volumes = crate::plan::resources::cluster_volumes(&cloud, &spec.name).await?;
+        if observed.count() == 0 && (volumes.is_empty() || !args.delete_volumes) {
             println!("cluster `{}` has nothing in the cloud", spec.name);
+            for volume in &volumes {
+                println!(
+                    "  its volume {} ({} GB) is kept; `down --delete-volumes` removes it",
+                    volume.id, volume.size
+                );
+            }
             return Ok(());
         }
         if !args.yes {
             confirm(&spec.name, &observed)?;
         }
         let say = |line: &str| println!("  {line}");
-        apply::teardown(&cloud, &spec.name, &say).await?;
+        apply::teardown(&cloud, &spec.name, args.delete_volumes, &say).await?;
         println!(
             "cluster `{}` removed: {} resource(s) deleted, none left",
             spec.name,

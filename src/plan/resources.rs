@@ -16,6 +16,23 @@ pub fn cluster_tag(name: &str) -> String {
     format!("flatstack:cluster={name}")
 }
 
+/// Volume metadata the Cinder CSI driver sets to its `--cluster` name, which flatstack sets to
+/// the cluster's name: how `down --delete-volumes` finds the volumes the cluster made.
+pub const CSI_CLUSTER_KEY: &str = "cinder.csi.openstack.org/cluster";
+
+/// Volumes the cluster's Cinder CSI driver created (persistent volumes), by their metadata.
+pub async fn cluster_volumes(
+    cloud: &Cloud,
+    cluster: &str,
+) -> Result<Vec<crate::cloud::volume::Volume>, CloudError> {
+    Ok(cloud
+        .volumes()
+        .await?
+        .into_iter()
+        .filter(|v| v.metadata.get(CSI_CLUSTER_KEY).map(String::as_str) == Some(cluster))
+        .collect())
+}
+
 /// Names of the cluster's shared resources.
 pub struct Names {
     pub network: String,

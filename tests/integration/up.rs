@@ -426,3 +426,63 @@ fn a_failed_build_is_reported_by_up_and_status() {
     success(&flatstack(&workspace, &["down", "--yes"]));
     assert_nothing_left(&name);
 }
+
+/// Persistent volumes the cluster's CSI driver made survive `down` unless asked for.
+#[test]
+fn volumes_are_kept_unless_down_is_told_to_delete_them() {
+    let name = unique("vols");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 0, ""));
+    let _teardown = Teardown(&workspace);
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+    let property = format!("cinder.csi.openstack.org/cluster={name}");
+    let volume = cli(
+        "local-demo",
+        &[
+            "volume",
+            "create",
+            "--size",
+            "1",
+            "--property",
+            &property,
+            &format!("pvc-{name}"),
+            "-f",
+            "json",
+        ],
+    );
+    let id = volume["id"].as_str().expect("id").to_string();
+    for _ in 0..120 {
+        if cli("local-demo", &["volume", "show", &id, "-f", "json"])["status"] == "available" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
+    let kept = success(&flatstack(&workspace, &["down", "--yes"]));
+    assert!(
+        kept.contains(&format!("keeping volume pvc-{name} (1 GB)")),
+        "{kept}"
+    );
+    assert!(
+        cli_raw("local-demo", &["volume", "show", &id])
+            .status
+            .success(),
+        "the volume must survive"
+    );
+    assert_nothing_left(&name);
+
+    let removed = success(&flatstack(
+        &workspace,
+        &["down", "--yes", "--delete-volumes"],
+    ));
+    assert!(
+        removed.contains(&format!("deleting volume pvc-{name}")),
+        "{removed}"
+    );
+    assert!(
+        !cli_raw("local-demo", &["volume", "show", &id])
+            .status
+            .success(),
+        "the volume must be gone"
+    );
+}
