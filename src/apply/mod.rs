@@ -83,6 +83,16 @@ pub async fn provision(
     let names = Names::of(&spec.name);
     let tags = vec![cluster_tag(&spec.name)];
     let observed = Observed::collect(cloud, &spec.name).await?;
+    // The router's gateway and the API floating IP both come from the external network.
+    let external = cloud
+        .external_network(&spec.network.external_network)
+        .await?
+        .ok_or_else(|| {
+            ApplyError::Missing(format!(
+                "external network `{}` not found",
+                spec.network.external_network
+            ))
+        })?;
     watch.lap("observe");
 
     // Network, subnet, router: the cluster's own, or the existing ones the file names.
@@ -123,15 +133,6 @@ pub async fn provision(
                         .await?
                 }
             };
-            let external = cloud
-                .external_network(&spec.network.external_network)
-                .await?
-                .ok_or_else(|| {
-                    ApplyError::Missing(format!(
-                        "external network `{}` not found",
-                        spec.network.external_network
-                    ))
-                })?;
             if !observed.routers.iter().any(|r| r.name == names.router) {
                 say(&format!("creating router {}", names.router));
                 let router: Router = cloud
@@ -262,15 +263,6 @@ pub async fn provision(
     {
         Some(f) => f.clone(),
         None => {
-            let external = cloud
-                .external_network(&spec.network.external_network)
-                .await?
-                .ok_or_else(|| {
-                    ApplyError::Missing(format!(
-                        "external network `{}` not found",
-                        spec.network.external_network
-                    ))
-                })?;
             say("allocating the API floating IP");
             cloud
                 .create_floating_ip(&external.id, &names.api_address, Some(&first.id), &tags)

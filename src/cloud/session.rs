@@ -291,18 +291,7 @@ impl Cloud {
         if status == StatusCode::UNAUTHORIZED {
             return Err(Attempt::Unauthorized);
         }
-        let error = CloudError::Api {
-            service: service.name(),
-            call,
-            status: status.as_u16(),
-            message: cloud_message(&body),
-            request_id: headers
-                .get("x-openstack-request-id")
-                .or_else(|| headers.get("x-compute-request-id"))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            retry_after: retry_after(&headers),
-        };
+        let error = api_error(service, call, status, &headers, &body);
         let transient = status == StatusCode::CONFLICT
             || status == StatusCode::TOO_MANY_REQUESTS
             || status.is_server_error();
@@ -381,14 +370,13 @@ impl Cloud {
                 body,
             });
         }
-        Err(CloudError::Api {
-            service: service.name(),
-            call: format!("PUT {path}"),
-            status: status.as_u16(),
-            message: cloud_message(&body),
-            request_id: None,
-            retry_after: retry_after(&headers),
-        })
+        Err(api_error(
+            service,
+            format!("PUT {path}"),
+            status,
+            &headers,
+            &body,
+        ))
     }
 
     /// GET and decode.
@@ -494,6 +482,28 @@ enum Attempt {
         retry_after: Option<Duration>,
     },
     Fatal(CloudError),
+}
+
+/// The error for a non-success answer, with the cloud's message and request ID.
+fn api_error(
+    service: Service,
+    call: String,
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+) -> CloudError {
+    CloudError::Api {
+        service: service.name(),
+        call,
+        status: status.as_u16(),
+        message: cloud_message(body),
+        request_id: headers
+            .get("x-openstack-request-id")
+            .or_else(|| headers.get("x-compute-request-id"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        retry_after: retry_after(headers),
+    }
 }
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
