@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::openstack::{cli, test_image, unique};
+use crate::openstack::{ServerNetwork, cli, test_image, unique};
 use crate::proxy::{Fault, FaultProxy, standard_proxy};
 use flatstack::cloud::compute::ServerRequest;
 use flatstack::cloud::network::{FloatingIp, Kind, Network};
@@ -121,45 +121,16 @@ async fn a_server_whose_create_answer_is_lost_is_created_once() {
     let cloud = connect(&proxy).await;
     let name = unique("lost-answer");
     let tag = format!("flatstack:cluster={name}");
-    let tags = vec![tag.clone()];
-    let flavor = cloud
-        .flavors()
-        .await
-        .expect("flavors")
-        .into_iter()
-        .find(|f| f.name == "m3.tiny")
-        .expect("m3.tiny");
-    let network: Network = cloud
-        .create_tagged(Kind::Network, &format!("{name}-net"), json!({}), &tags)
-        .await
-        .expect("network");
-    let _subnet: flatstack::cloud::network::Subnet = cloud
-        .create_tagged(
-            Kind::Subnet,
-            &format!("{name}-subnet"),
-            json!({ "network_id": network.id, "cidr": "10.77.0.0/24", "ip_version": 4 }),
-            &tags,
-        )
-        .await
-        .expect("subnet");
-    let port: flatstack::cloud::network::Port = cloud
-        .create_tagged(
-            Kind::Port,
-            &format!("{name}-port"),
-            json!({ "network_id": network.id }),
-            &tags,
-        )
-        .await
-        .expect("port");
+    let net = ServerNetwork::create(&cloud, &name, &tag, "10.77.0.0/24").await;
 
     proxy.inject("POST", "/v2.1/servers", Fault::Status(503, None), 1);
     proxy.inject("POST", "/v2.1/servers", Fault::DropAfter, 1);
     let server = cloud
         .create_server(&ServerRequest {
             name: name.clone(),
-            flavor_id: flavor.id,
+            flavor_id: net.flavor_id.clone(),
             image_id: test_image(),
-            port_ids: vec![port.id.clone()],
+            port_ids: vec![net.port.id.clone()],
             tags: vec![tag.clone()],
             ..Default::default()
         })
@@ -186,18 +157,6 @@ async fn a_server_whose_create_answer_is_lost_is_created_once() {
         "exactly one server: {witnesses}"
     );
 
-    cloud.delete_server(&server.id).await.expect("delete");
-    cloud
-        .wait_server_deleted(&server.id, Duration::from_secs(120))
-        .await
-        .expect("gone");
-    cloud
-        .delete_resource(Kind::Port, &port.id)
-        .await
-        .expect("port");
-    cloud
-        .delete_resource(Kind::Network, &network.id)
-        .await
-        .expect("network");
+    net.remove(&cloud, &server.id).await;
     assert_eq!(count_tagged("network", &tag), 0);
 }

@@ -107,6 +107,70 @@ pub(crate) fn test_image() -> String {
     created["id"].as_str().expect("id").to_string()
 }
 
+/// A network, subnet and port for one test server, and the m3.tiny flavor.
+pub(crate) struct ServerNetwork {
+    pub network: Network,
+    pub port: Port,
+    pub flavor_id: String,
+}
+
+impl ServerNetwork {
+    pub(crate) async fn create(cloud: &Cloud, name: &str, tag: &str, cidr: &str) -> ServerNetwork {
+        let tags = [tag.to_string()];
+        let network: Network = cloud
+            .create_tagged(Kind::Network, &format!("{name}-net"), json!({}), &tags)
+            .await
+            .expect("network");
+        let _subnet: Subnet = cloud
+            .create_tagged(
+                Kind::Subnet,
+                &format!("{name}-subnet"),
+                json!({ "network_id": network.id, "cidr": cidr, "ip_version": 4 }),
+                &tags,
+            )
+            .await
+            .expect("subnet");
+        let port: Port = cloud
+            .create_tagged(
+                Kind::Port,
+                &format!("{name}-port"),
+                json!({ "network_id": network.id }),
+                &tags,
+            )
+            .await
+            .expect("port");
+        let flavor = cloud
+            .flavors()
+            .await
+            .expect("flavors")
+            .into_iter()
+            .find(|f| f.name == "m3.tiny")
+            .expect("m3.tiny");
+        ServerNetwork {
+            network,
+            port,
+            flavor_id: flavor.id,
+        }
+    }
+
+    /// Deletes the server (waiting until it is gone), then the port and the network.
+    pub(crate) async fn remove(self, cloud: &Cloud, server_id: &str) {
+        cloud.delete_server(server_id).await.expect("delete server");
+        cloud
+            .wait_server_deleted(server_id, Duration::from_secs(180))
+            .await
+            .expect("server gone");
+        cloud
+            .delete_resource(Kind::Port, &self.port.id)
+            .await
+            .expect("port");
+        cloud
+            .delete_resource(Kind::Network, &self.network.id)
+            .await
+            .expect("network");
+    }
+}
+
 #[tokio::test]
 async fn password_login_sees_the_catalog() {
     let cloud = connect("local-demo").await;
@@ -841,46 +905,13 @@ async fn a_failed_build_is_reported_with_novas_fault() {
     let cloud = connect("local-demo").await;
     let name = unique("bootvol");
     let tag = format!("flatstack:cluster={name}");
-    let network: Network = cloud
-        .create_tagged(
-            Kind::Network,
-            &format!("{name}-net"),
-            json!({}),
-            std::slice::from_ref(&tag),
-        )
-        .await
-        .expect("network");
-    let _subnet: Subnet = cloud
-        .create_tagged(
-            Kind::Subnet,
-            &format!("{name}-subnet"),
-            json!({ "network_id": network.id, "cidr": "10.43.0.0/24", "ip_version": 4 }),
-            std::slice::from_ref(&tag),
-        )
-        .await
-        .expect("subnet");
-    let port: Port = cloud
-        .create_tagged(
-            Kind::Port,
-            &format!("{name}-port"),
-            json!({ "network_id": network.id }),
-            std::slice::from_ref(&tag),
-        )
-        .await
-        .expect("port");
-    let flavor = cloud
-        .flavors()
-        .await
-        .expect("flavors")
-        .into_iter()
-        .find(|f| f.name == "m3.tiny")
-        .expect("m3.tiny");
+    let net = ServerNetwork::create(&cloud, &name, &tag, "10.43.0.0/24").await;
     let server = cloud
         .create_server(&ServerRequest {
             name: name.clone(),
-            flavor_id: flavor.id,
+            flavor_id: net.flavor_id.clone(),
             image_id: test_image(),
-            port_ids: vec![port.id.clone()],
+            port_ids: vec![net.port.id.clone()],
             tags: vec![tag.clone()],
             boot_volume_gb: Some(1),
             ..Default::default()
@@ -904,17 +935,5 @@ async fn a_failed_build_is_reported_with_novas_fault() {
     let witness = cli("local-demo", &["server", "show", &server.id, "-f", "json"]);
     assert_eq!(witness["status"], "ERROR");
 
-    cloud.delete_server(&server.id).await.expect("delete");
-    cloud
-        .wait_server_deleted(&server.id, Duration::from_secs(180))
-        .await
-        .expect("gone");
-    cloud
-        .delete_resource(Kind::Port, &port.id)
-        .await
-        .expect("port");
-    cloud
-        .delete_resource(Kind::Network, &network.id)
-        .await
-        .expect("network");
+    net.remove(&cloud, &server.id).await;
 }
