@@ -28,6 +28,9 @@ pub struct Cli {
     /// The clouds.yaml entry to use instead of the cluster file's `cloud` (like OS_CLOUD).
     #[arg(long, global = true)]
     pub cloud: Option<String>,
+    /// Log every API call (-v) and retries; -vv for more. Never logs credentials or tokens.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -69,6 +72,18 @@ pub const EXIT_INVALID_INPUT: u8 = 2;
 pub struct InvalidInput(pub String);
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.verbose > 0 {
+        let level = if cli.verbose > 1 {
+            tracing::Level::DEBUG
+        } else {
+            tracing::Level::INFO
+        };
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .init();
+    }
     match cli.command {
         Command::Init(args) => init::run(&cli.file, &args),
         Command::Validate => {

@@ -153,8 +153,11 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
             .ok_or_else(|| anyhow::anyhow!("no image to boot from"))?;
         let state = StateDir::open_or_create(&state_path)?;
         let pki = ClusterPki::load_or_create(&state)?;
-        let say = |line: &str| println!("  {line}");
-        let provisioned = apply::provision(&cloud, &spec, &pki, &image, &say).await?;
+        let progress = Progress::new();
+        let say = |line: &str| progress.step(line);
+        let provisioned = apply::provision(&cloud, &spec, &pki, &image, &say).await;
+        progress.finish();
+        let provisioned = provisioned?;
         let server = match provisioned.endpoint.public {
             Some(ip) => format!("https://{ip}:6443"),
             None => format!("https://{}:6443", provisioned.endpoint.internal),
@@ -289,8 +292,11 @@ pub fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> anyhow::R
         if !args.yes {
             confirm(&spec.name, &observed)?;
         }
-        let say = |line: &str| println!("  {line}");
-        apply::teardown(&cloud, &spec.name, args.delete_volumes, &say).await?;
+        let progress = Progress::new();
+        let say = |line: &str| progress.step(line);
+        let removed = apply::teardown(&cloud, &spec.name, args.delete_volumes, &say).await;
+        progress.finish();
+        removed?;
         println!(
             "cluster `{}` removed: {} resource(s) deleted, none left",
             spec.name,
@@ -320,4 +326,36 @@ fn confirm(cluster: &str, observed: &Observed) -> anyhow::Result<()> {
         return Err(InvalidInput("not confirmed; nothing was deleted".into()).into());
     }
     Ok(())
+}
+
+/// Step lines of a run: a spinner with the current step on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        Progress { bar }
+    }
+
+    fn step(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.println(format!("  {line}"));
+                bar.set_message(line.to_string());
+            }
+            None => println!("  {line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }

@@ -229,7 +229,13 @@ impl Cloud {
                 }
             };
             self.counter.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(self.delay(attempt, retry_after)).await;
+            let wait = self.delay(attempt, retry_after);
+            tracing::warn!(
+                "{} {call}: retrying in {} ms (attempt {attempt})",
+                service.name(),
+                wait.as_millis()
+            );
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -260,7 +266,22 @@ impl Cloud {
         if *method != Method::GET && *method != Method::HEAD {
             self.counter.mutating.fetch_add(1, Ordering::Relaxed);
         }
-        let response = request.send().await.map_err(|e| Attempt::Transient {
+        // Logs name the call and its outcome only: never headers (the token) or bodies.
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        match &sent {
+            Ok(response) => tracing::info!(
+                "{} {method} {path} -> {} in {} ms",
+                service.name(),
+                response.status().as_u16(),
+                started.elapsed().as_millis()
+            ),
+            Err(e) => tracing::info!(
+                "{} {method} {path} -> connection failed: {e}",
+                service.name()
+            ),
+        }
+        let response = sent.map_err(|e| Attempt::Transient {
             error: CloudError::Unreachable {
                 service: service.name(),
                 url: url.clone(),

@@ -937,3 +937,35 @@ async fn a_failed_build_is_reported_with_novas_fault() {
 
     net.remove(&cloud, &server.id).await;
 }
+
+#[test]
+fn verbose_logs_name_calls_but_never_credentials() {
+    let workspace = check_workspace("");
+    for verbosity in ["-v", "-vv"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_flatstack"))
+            .current_dir(workspace.dir.path())
+            .env("OS_CLIENT_CONFIG_FILE", clouds_yaml())
+            .env_remove("OS_CLOUD")
+            .args([
+                "--file",
+                workspace.cluster_file().to_str().expect("path"),
+                verbosity,
+                "cloud",
+                "check",
+            ])
+            .output()
+            .expect("run");
+        let logs = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            logs.contains("compute GET /flavors/detail -> 200"),
+            "{logs}"
+        );
+        assert!(logs.contains("network GET /quotas/"), "{logs}");
+        // The local cloud's password is "secret"; no token or password may appear at any verbosity.
+        assert!(!logs.to_lowercase().contains("secret"), "{logs}");
+        assert!(
+            !logs.contains("X-Auth-Token") && !logs.contains("gAAAA"),
+            "{logs}"
+        );
+    }
+}
