@@ -324,9 +324,7 @@ pub async fn provision(
     }
     let mut created = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        if let Ok(result) = joined {
-            created.push(result?);
-        }
+        created.push(joined.map_err(task_failed)??);
     }
 
     watch.lap("create servers");
@@ -373,6 +371,11 @@ pub async fn provision(
         servers,
         timings: watch.phases,
     })
+}
+
+/// A concurrent step that panicked or was cancelled: reported, never silently skipped.
+fn task_failed(error: tokio::task::JoinError) -> ApplyError {
+    ApplyError::Missing(format!("a concurrent step stopped unexpectedly: {error}"))
 }
 
 fn tcp_rule(port: u16, cidr: &ipnet::IpNet) -> SecurityGroupRule {
@@ -443,9 +446,7 @@ pub async fn teardown(
         });
     }
     while let Some(joined) = tasks.join_next().await {
-        if let Ok(result) = joined {
-            result?;
-        }
+        joined.map_err(task_failed)??;
     }
     // Persistent volumes outlive the cluster unless asked for: they hold people's data.
     let volumes = crate::plan::resources::cluster_volumes(cloud, cluster).await?;
