@@ -4,9 +4,11 @@
 //! keeps the cluster's trust in a local state directory, [`node`] renders each node's
 //! Ignition config, and [`cli`] turns commands into calls of the others.
 
+pub mod addons;
 pub mod apply;
 pub mod cli;
 pub mod cloud;
+pub mod kube;
 pub mod node;
 pub mod pins;
 pub mod pki;

@@ -1,5 +1,6 @@
 //! Every version flatstack pins, in one place: the Kubernetes system extension images nodes
-//! boot with (by SHA-256) and the range of Kubernetes releases the node configs are made for.
+//! boot with (by SHA-256), the range of Kubernetes releases the node configs are made for, and
+//! the add-ons (container images and Helm charts) installed into every cluster.
 //! Upgrading a pin is editing this file and re-running `flatstack up`.
 
 use std::fmt;
@@ -36,6 +37,67 @@ pub fn kubernetes_sysext_sha256(version: KubernetesVersion) -> Option<&'static s
         .iter()
         .find(|(v, _)| *v == version)
         .map(|(_, sha)| *sha)
+}
+
+/// The in-cluster Helm engine: k3s-io/helm-controller, which turns `HelmChart` resources into
+/// Helm install Jobs (the same engine k3s and RKE2 ship). Tags from the project's releases.
+pub const HELM_CONTROLLER_IMAGE: &str = "ghcr.io/k3s-io/helm-controller:v0.17.7";
+/// The image those Jobs run Helm in, as helm-controller v0.17.7's own manifest names it.
+pub const HELM_JOB_IMAGE: &str = "ghcr.io/k3s-io/klipper-helm:v0.9.10-build20251111";
+
+/// A Helm chart from a repository, at an exact version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chart {
+    pub repo: &'static str,
+    pub name: &'static str,
+    pub version: &'static str,
+}
+
+/// Flannel, the pod network (VXLAN), from the project's chart repository.
+pub const FLANNEL: Chart = Chart {
+    repo: "https://flannel-io.github.io/flannel/",
+    name: "flannel",
+    version: "v0.28.9",
+};
+
+/// The chart repository of kubernetes/cloud-provider-openstack.
+const CLOUD_PROVIDER_OPENSTACK: &str = "https://kubernetes.github.io/cloud-provider-openstack";
+
+/// openstack-cloud-controller-manager and Cinder CSI charts, by Kubernetes minor: the project
+/// releases chart `2.N` for Kubernetes `1.N` and supports that pairing only. Newest patch tag
+/// of each series in the repository (chart tags `openstack-cloud-controller-manager-2.N.P`,
+/// `openstack-cinder-csi-2.N.P`).
+const OPENSTACK_CHARTS: &[(u32, &str, &str)] = &[
+    (31, "2.31.4", "2.31.8"),
+    (32, "2.32.1", "2.32.2"),
+    (33, "2.33.1", "2.33.1"),
+    (34, "2.34.2", "2.34.3"),
+    (35, "2.35.0", "2.35.0"),
+];
+
+/// The cloud controller chart made for `version`'s minor.
+pub fn cloud_controller_chart(version: KubernetesVersion) -> Option<Chart> {
+    openstack_charts(version).map(|(occm, _)| Chart {
+        repo: CLOUD_PROVIDER_OPENSTACK,
+        name: "openstack-cloud-controller-manager",
+        version: occm,
+    })
+}
+
+/// The Cinder CSI chart made for `version`'s minor.
+pub fn cinder_csi_chart(version: KubernetesVersion) -> Option<Chart> {
+    openstack_charts(version).map(|(_, csi)| Chart {
+        repo: CLOUD_PROVIDER_OPENSTACK,
+        name: "openstack-cinder-csi",
+        version: csi,
+    })
+}
+
+fn openstack_charts(version: KubernetesVersion) -> Option<(&'static str, &'static str)> {
+    OPENSTACK_CHARTS
+        .iter()
+        .find(|(minor, _, _)| version.major == 1 && *minor == version.minor)
+        .map(|(_, occm, csi)| (*occm, *csi))
 }
 
 /// A Kubernetes release `MAJOR.MINOR.PATCH`.
@@ -122,6 +184,26 @@ mod tests {
         assert_eq!(v.to_string(), "v1.33.2");
         assert_eq!(v.sysext_file_name(), "kubernetes-v1.33.2-x86-64.raw");
         assert_eq!(v.minor_series(), "1.33");
+    }
+
+    #[test]
+    fn every_supported_minor_has_its_own_openstack_charts() {
+        for minor in OLDEST_MINOR..=NEWEST_MINOR {
+            let version = KubernetesVersion::new(1, minor, 0);
+            let occm = cloud_controller_chart(version).expect("cloud controller chart");
+            let csi = cinder_csi_chart(version).expect("cinder csi chart");
+            // Chart 2.N is made for Kubernetes 1.N.
+            assert!(occm.version.starts_with(&format!("2.{minor}.")), "{occm:?}");
+            assert!(csi.version.starts_with(&format!("2.{minor}.")), "{csi:?}");
+        }
+        assert_eq!(
+            cloud_controller_chart(KubernetesVersion::new(1, 30, 0)),
+            None
+        );
+        for image in [HELM_CONTROLLER_IMAGE, HELM_JOB_IMAGE] {
+            let tag = image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or("");
+            assert!(!tag.is_empty() && tag != "latest", "{image}");
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! looks for what exists (by tag and name), so re-running after any failure converges and a
 //! converged cluster makes no mutating call.
 
+pub mod bootstrap;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -30,6 +32,10 @@ pub enum ApplyError {
     Cloud(#[from] CloudError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Kube(#[from] crate::kube::KubeError),
+    #[error(transparent)]
+    Addons(#[from] crate::addons::AddonError),
     #[error("{0}")]
     Missing(String),
     #[error("{count} resource(s) of cluster `{cluster}` remain after deleting:\n  {}", remaining.join("\n  "))]
@@ -44,6 +50,10 @@ pub enum ApplyError {
 #[derive(Debug)]
 pub struct Provisioned {
     pub endpoint: ApiEndpoint,
+    /// The subnet the nodes are on, and the external network floating IPs come from: what
+    /// the cloud controller's load balancers need.
+    pub subnet_id: String,
+    pub external_network_id: String,
     pub servers: Vec<Server>,
     /// How long each phase took, in the order they ran.
     pub timings: Vec<(&'static str, Duration)>,
@@ -368,6 +378,8 @@ pub async fn provision(
     watch.lap("servers ACTIVE");
     Ok(Provisioned {
         endpoint,
+        subnet_id: subnet.id.clone(),
+        external_network_id: external.id.clone(),
         servers,
         timings: watch.phases,
     })

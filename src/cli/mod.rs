@@ -45,10 +45,12 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Show what `up` would create or delete, and what the cluster costs; touches nothing.
     Plan(up::PlanArgs),
-    /// Create whatever of the cluster is missing, until the cloud matches the file.
+    /// Create whatever of the cluster is missing, wait for it to boot, install the add-ons and
+    /// wait until every node is Ready.
     Up(up::UpArgs),
-    /// Every cloud resource of the cluster with its state (and Nova's fault for ERROR servers).
-    Status,
+    /// Every cloud resource of the cluster with its state (and Nova's fault for ERROR servers),
+    /// then the node table when the Kubernetes API answers.
+    Status(up::StatusArgs),
     /// Delete everything the cluster owns, then check that nothing is left.
     Down(up::DownArgs),
     /// Inspect the OpenStack cloud.
@@ -102,7 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(args) => up::plan(&cli.file, cli.cloud.as_deref(), &args),
         Command::Up(args) => up::up(&cli.file, cli.cloud.as_deref(), &args),
         Command::Down(args) => up::down(&cli.file, cli.cloud.as_deref(), &args),
-        Command::Status => up::status(&cli.file, cli.cloud.as_deref()),
+        Command::Status(args) => up::status(&cli.file, cli.cloud.as_deref(), &args),
     }
 }
 

@@ -4,14 +4,16 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::cloud::{cloud_config, inspect, runtime};
 use super::{InvalidInput, load_spec};
+use crate::addons;
 use crate::apply;
 use crate::cloud::Cloud;
+use crate::kube::KubeClient;
 use crate::pki::{ClusterPki, Kubeconfig, StateDir};
 use crate::plan::resources::{Action, Observed, Verb, diff};
 
@@ -37,6 +39,52 @@ pub struct UpArgs {
     /// State directory holding the cluster's PKI (default: $XDG_DATA_HOME/flatstack/<name>).
     #[arg(long, env = "FLATSTACK_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// How long to wait for the cluster to come up: API, add-ons and every node Ready
+    /// (`90s`, `20m`, `1h`).
+    #[arg(long, default_value = "20m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Also merge the admin kubeconfig into ~/.kube/config (or the first file in $KUBECONFIG),
+    /// with a context named after the cluster, made current.
+    #[arg(long)]
+    pub merge_kubeconfig: bool,
+}
+
+/// How to reach the cluster's Kubernetes API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// Reach the Kubernetes API at HOST:PORT instead of the floating IP (an SSH tunnel, a
+    /// port forward); the server must still prove itself with the cluster CA.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub api_address: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// State directory holding the cluster's PKI (default: $XDG_DATA_HOME/flatstack/<name>).
+    #[arg(long, env = "FLATSTACK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `90s`, `20m`, `1h`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 90s, 20m or 1h"))?;
+    let seconds = match unit {
+        "s" => value,
+        "m" => value * 60,
+        "h" => value * 3600,
+        _ => return Err(format!("`{text}`: the unit must be s, m or h")),
+    };
+    Ok(Duration::from_secs(seconds))
 }
 
 #[derive(Debug, clap::Args)]
@@ -118,17 +166,8 @@ fn print_plan(report: &PlanReport<'_>, spec: &crate::spec::ClusterSpec) {
 
 pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
-    if !args.provision_only {
-        return Err(InvalidInput(
-            "`flatstack up` can so far only provision the cloud side; bootstrap waiting and add-ons are not built yet\n  hint: run `flatstack up --provision-only`".into(),
-        )
-        .into());
-    }
     let config = cloud_config(cloud_flag, &spec)?;
-    let state_path = match &args.state_dir {
-        Some(dir) => dir.clone(),
-        None => StateDir::default_path(&spec.name)?,
-    };
+    let state_path = state_path(&spec, args.state_dir.as_ref())?;
     runtime()?.block_on(async {
         let started = Instant::now();
         let cloud = Arc::new(Cloud::connect(config).await?);
@@ -143,11 +182,6 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
                 problems.join("; ")
             );
         }
-        if actions.is_empty() {
-            let mutating = cloud.counter.mutating();
-            println!("cluster `{}` is up to date: nothing to change ({mutating} changes made)", spec.name);
-            return Ok(());
-        }
         let image = inspection
             .image_id
             .ok_or_else(|| anyhow::anyhow!("no image to boot from"))?;
@@ -155,9 +189,18 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
         let pki = ClusterPki::load_or_create(&state)?;
         let progress = Progress::new();
         let say = |line: &str| progress.step(line);
+        if !args.provision_only && observed.count() > 0 {
+            prepare_node_changes(&spec, &observed, &actions, &pki, &args.api, &say).await?;
+        }
         let provisioned = apply::provision(&cloud, &spec, &pki, &image, &say).await;
-        progress.finish();
-        let provisioned = provisioned?;
+        let provisioned = match provisioned {
+            Ok(p) => p,
+            Err(e) => {
+                progress.finish();
+                return Err(e.into());
+            }
+        };
+        let cloud_changes = cloud.counter.mutating();
         let server = match provisioned.endpoint.public {
             Some(ip) => format!("https://{ip}:6443"),
             None => format!("https://{}:6443", provisioned.endpoint.internal),
@@ -166,31 +209,198 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
         state.write("admin.kubeconfig", admin.as_bytes(), 0o600)?;
         let super_admin = crate::pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::SuperAdmin)?;
         state.write("super-admin.kubeconfig", super_admin.as_bytes(), 0o600)?;
-        println!("{:<44} {:<10} ID", "SERVER", "STATUS");
-        for server in &provisioned.servers {
-            println!("{:<44} {:<10} {}", server.name, server.status, server.id);
-        }
         let mut timings = provisioned.timings.clone();
-        timings.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
-        println!("timing, longest first:");
-        for (phase, took) in &timings {
-            println!("  {:<32} {:>7.2} s", phase, took.as_secs_f64());
+
+        if args.provision_only {
+            progress.finish();
+            println!("{:<44} {:<10} ID", "SERVER", "STATUS");
+            for server in &provisioned.servers {
+                println!("{:<44} {:<10} {}", server.name, server.status, server.id);
+            }
+            print_timings(&mut timings, started);
+            if actions.is_empty() && cloud_changes == 0 {
+                println!("cluster `{}` is up to date: nothing to change (0 changes made)", spec.name);
+            } else {
+                println!(
+                    "cluster `{}` provisioned in {:.1} s with {} API calls; API endpoint {server}; kubeconfig {}",
+                    spec.name,
+                    started.elapsed().as_secs_f64(),
+                    cloud.counter.calls(),
+                    state.join("admin.kubeconfig").display()
+                );
+            }
+            return Ok(());
         }
-        println!("  {:<32} {:>7.2} s", "total", started.elapsed().as_secs_f64());
+
+        let api = api_url(&args.api, &server);
+        let client = KubeClient::new(&pki, &api)?;
+        let project_id = cloud.project_id().await;
+        let cloud_conf = addons::cloud_conf(&addons::CloudConfInputs {
+            config: cloud.config(),
+            project_id: project_id.as_deref(),
+            external_network_id: &provisioned.external_network_id,
+            subnet_id: &provisioned.subnet_id,
+        })
+        .map_err(|e| anyhow::anyhow!("cannot read the cloud's CA bundle for cloud.conf: {e}"))?;
+        let addon_set = addons::essential(&spec, &cloud_conf, pki.ca.key_pem.expose().as_bytes())?;
+        let booted = apply::bootstrap::bootstrap(&client, &spec, &addon_set, args.timeout, &say).await;
+        progress.finish();
+        let booted = booted.map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\n  the cloud side is done; run `flatstack up` again to carry on, or `flatstack status` to look"
+            )
+        })?;
+        timings.extend(booted.timings.iter().copied());
+        if args.merge_kubeconfig {
+            let path = merge_into_user_kubeconfig(&admin)?;
+            println!("merged context `{}` into {} and made it current", spec.name, path.display());
+        }
+        crate::kube::print_node_table(&booted.nodes);
+        print_timings(&mut timings, started);
+        if actions.is_empty() && cloud_changes == 0 && booted.changes == 0 {
+            println!("cluster `{}` is up to date: nothing to change (0 changes made)", spec.name);
+        } else {
+            println!(
+                "cluster `{}` is up: {} node(s) Ready in {:.1} s ({} cloud API calls, {} Kubernetes objects applied)",
+                spec.name,
+                booted.nodes.len(),
+                started.elapsed().as_secs_f64(),
+                cloud.counter.calls(),
+                booted.changes
+            );
+        }
         println!(
-            "cluster `{}` provisioned in {:.1} s with {} API calls; API endpoint {server}; kubeconfig {}",
-            spec.name,
-            started.elapsed().as_secs_f64(),
-            cloud.counter.calls(),
+            "API {api}; kubeconfig {} (`export KUBECONFIG={}`)",
+            state.join("admin.kubeconfig").display(),
             state.join("admin.kubeconfig").display()
         );
         Ok(())
     })
 }
 
-pub fn status(file: &Path, cloud_flag: Option<&str>) -> anyhow::Result<()> {
+fn state_path(spec: &crate::spec::ClusterSpec, flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match flag {
+        Some(dir) => dir.clone(),
+        None => StateDir::default_path(&spec.name)?,
+    })
+}
+
+/// The API's URL: `--api-address` when given, else the endpoint from the cloud.
+fn api_url(api: &ApiArgs, server: &str) -> String {
+    match &api.api_address {
+        Some(address) => format!("https://{address}"),
+        None => server.to_string(),
+    }
+}
+
+/// Before servers come or go in a running cluster: new workers need a valid join token, and
+/// workers about to be deleted are drained first. Both need the API; when it does not answer,
+/// say what that means and carry on with the cloud side.
+async fn prepare_node_changes(
+    spec: &crate::spec::ClusterSpec,
+    observed: &Observed,
+    actions: &[Action],
+    pki: &ClusterPki,
+    api: &ApiArgs,
+    say: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<()> {
+    let servers = |verb: Verb| -> Vec<&str> {
+        actions
+            .iter()
+            .filter(|a| a.kind == "server" && a.action == verb)
+            .map(|a| a.name.as_str())
+            .collect()
+    };
+    let (joining, leaving) = (servers(Verb::Create), servers(Verb::Delete));
+    if joining.is_empty() && leaving.is_empty() {
+        return Ok(());
+    }
+    let names = crate::plan::resources::Names::of(&spec.name);
+    let Some(address) = observed
+        .floating_ips
+        .iter()
+        .find(|f| f.description == names.api_address)
+        .map(|f| format!("https://{}:6443", f.floating_ip_address))
+        .or_else(|| api.api_address.as_ref().map(|a| format!("https://{a}")))
+    else {
+        return Ok(());
+    };
+    let client = KubeClient::new(pki, &api_url(api, &address))?;
+    if let Err(e) = client.readyz().await {
+        say(&format!("the Kubernetes API does not answer ({e})"));
+        if !leaving.is_empty() {
+            say(&format!(
+                "{} will be deleted without draining",
+                leaving.join(", ")
+            ));
+        }
+        return Ok(());
+    }
+    if !joining.is_empty() {
+        say("refreshing the join token for new nodes");
+        apply::bootstrap::refresh_join_token(&client, pki).await?;
+    }
+    for node in leaving {
+        say(&format!("draining {node}"));
+        let report = crate::kube::drain_node(&client, node, DRAIN_TIMEOUT)
+            .await
+            .map_err(|e| anyhow::anyhow!("draining {node} failed, nothing was deleted: {e}"))?;
+        say(&format!(
+            "drained {node}: {} pod(s) evicted, {} DaemonSet or static pod(s) left",
+            report.evicted, report.left
+        ));
+    }
+    Ok(())
+}
+
+/// Longest a worker's pods get to leave before `up` gives up on scaling down.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn print_timings(timings: &mut [(&'static str, Duration)], started: Instant) {
+    timings.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
+    println!("timing, longest first:");
+    for (phase, took) in timings.iter() {
+        println!("  {:<32} {:>7.2} s", phase, took.as_secs_f64());
+    }
+    println!(
+        "  {:<32} {:>7.2} s",
+        "total",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Merges `admin` into the user's kubeconfig: the first file of $KUBECONFIG, else
+/// ~/.kube/config. Returns the path written.
+fn merge_into_user_kubeconfig(admin: &str) -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        Some(list) => std::env::split_paths(&list)
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("$KUBECONFIG names no file"))?,
+        None => {
+            let home = std::env::var_os("HOME")
+                .ok_or_else(|| anyhow::anyhow!("neither $KUBECONFIG nor $HOME is set"))?;
+            PathBuf::from(home).join(".kube").join("config")
+        }
+    };
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    };
+    let merged = crate::pki::merge_kubeconfig(existing.as_deref(), admin)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    }
+    crate::pki::write_atomically(&path, merged.as_bytes(), 0o600)?;
+    Ok(path)
+}
+
+pub fn status(file: &Path, cloud_flag: Option<&str>, args: &StatusArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let config = cloud_config(cloud_flag, &spec)?;
+    let state_path = state_path(&spec, args.state_dir.as_ref())?;
     runtime()?.block_on(async {
         let cloud = Cloud::connect(config).await?;
         let observed = Observed::collect(&cloud, &spec.name).await?;
@@ -262,14 +472,65 @@ pub fn status(file: &Path, cloud_flag: Option<&str>) -> anyhow::Result<()> {
                 missing.len()
             );
         }
-        println!(
-            "the Kubernetes API is not queried yet: the node table comes with bootstrap waiting"
-        );
+        print_nodes(&spec, &observed, &state_path, &args.api).await;
         if !failed.is_empty() {
             anyhow::bail!("server(s) in ERROR: {}", failed.join(", "));
         }
         Ok(())
     })
+}
+
+/// The node table when the API answers; otherwise why not. Never fails `status`.
+async fn print_nodes(
+    spec: &crate::spec::ClusterSpec,
+    observed: &Observed,
+    state_path: &Path,
+    api: &ApiArgs,
+) {
+    let names = crate::plan::resources::Names::of(&spec.name);
+    let endpoint = observed
+        .floating_ips
+        .iter()
+        .find(|f| f.description == names.api_address)
+        .map(|f| format!("https://{}:6443", f.floating_ip_address));
+    let Some(server) = api
+        .api_address
+        .as_ref()
+        .map(|a| format!("https://{a}"))
+        .or(endpoint)
+    else {
+        println!("no API floating IP: the Kubernetes API cannot be asked");
+        return;
+    };
+    let pki = match StateDir::open_existing(state_path) {
+        Ok(Some(state)) => ClusterPki::load_or_create(&state),
+        Ok(None) => {
+            println!(
+                "no state directory at {}: the cluster's CA and admin key are not on this machine",
+                state_path.display()
+            );
+            return;
+        }
+        Err(e) => Err(e),
+    };
+    let pki = match pki {
+        Ok(pki) => pki,
+        Err(e) => {
+            println!("cannot use the state directory: {e}");
+            return;
+        }
+    };
+    let nodes = match KubeClient::new(&pki, &server) {
+        Ok(client) => client.nodes().await,
+        Err(e) => Err(e),
+    };
+    match nodes {
+        Ok(nodes) => {
+            println!();
+            crate::kube::print_node_table(&nodes);
+        }
+        Err(e) => println!("the Kubernetes API at {server} does not answer: {e}"),
+    }
 }
 
 pub fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> anyhow::Result<()> {

@@ -185,6 +185,9 @@ pub fn init_config(
         sans.push(public.to_string());
     }
     sans.push(format!("{}-control-plane-1", spec.name));
+    // Loopback names, so the API can also be reached through a tunnel (`up --api-address`)
+    // with its certificate still verified.
+    sans.extend(["127.0.0.1".to_string(), "localhost".to_string()]);
     let cluster = ClusterConfiguration {
         api_version: API_VERSION,
         kind: "ClusterConfiguration",

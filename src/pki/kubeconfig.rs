@@ -119,3 +119,78 @@ pub fn kubeconfig_yaml(
     };
     serde_saphyr::to_string(&file).map_err(|e| PkiError::Serialize(e.to_string()))
 }
+
+/// Merges the kubeconfig `ours` into `existing` (a user's `~/.kube/config`, if any): entries of
+/// the same names are replaced, everything else is kept, and `ours`' context becomes current.
+pub fn merge_kubeconfig(existing: Option<&str>, ours: &str) -> Result<String, PkiError> {
+    let parse = |text: &str, what: &str| {
+        serde_saphyr::from_str::<serde_json::Value>(text)
+            .map_err(|e| PkiError::Serialize(format!("{what} is not a kubeconfig: {e}")))
+    };
+    let ours = parse(ours, "the cluster's kubeconfig")?;
+    let mut merged = match existing.map(str::trim) {
+        Some(text) if !text.is_empty() => parse(text, "the kubeconfig to merge into")?,
+        _ => serde_json::json!({"apiVersion": "v1", "kind": "Config", "preferences": {}}),
+    };
+    let Some(target) = merged.as_object_mut() else {
+        return Err(PkiError::Serialize(
+            "the kubeconfig to merge into is not a mapping".into(),
+        ));
+    };
+    for list in ["clusters", "users", "contexts"] {
+        let incoming = ours[list].as_array().cloned().unwrap_or_default();
+        let names: Vec<&serde_json::Value> = incoming.iter().map(|e| &e["name"]).collect();
+        let mut entries: Vec<serde_json::Value> = target
+            .get(list)
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| !names.contains(&&e["name"]))
+            .collect();
+        entries.extend(incoming);
+        target.insert(list.to_string(), serde_json::Value::Array(entries));
+    }
+    target.insert("current-context".into(), ours["current-context"].clone());
+    serde_saphyr::to_string(&merged).map_err(|e| PkiError::Serialize(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OURS: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: demo\n  cluster:\n    server: https://203.0.113.7:6443\nusers:\n- name: demo-admin\n  user:\n    client-key-data: a2V5\ncontexts:\n- name: demo\n  context:\n    cluster: demo\n    user: demo-admin\ncurrent-context: demo\n";
+
+    #[test]
+    fn merging_replaces_same_names_and_keeps_the_rest() {
+        let existing = "apiVersion: v1\nkind: Config\nclusters:\n- name: demo\n  cluster:\n    server: https://old:6443\n- name: other\n  cluster:\n    server: https://other:6443\nusers:\n- name: other-user\n  user:\n    token: t\ncontexts:\n- name: other\n  context:\n    cluster: other\n    user: other-user\ncurrent-context: other\npreferences: {}\n";
+        let merged = merge_kubeconfig(Some(existing), OURS).expect("merged");
+        let value: serde_json::Value = serde_saphyr::from_str(&merged).expect("yaml");
+        let names = |list: &str| -> Vec<String> {
+            value[list]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["name"].as_str().map(str::to_string))
+                .collect()
+        };
+        assert_eq!(names("clusters"), ["other", "demo"]);
+        assert_eq!(names("users"), ["other-user", "demo-admin"]);
+        assert_eq!(names("contexts"), ["other", "demo"]);
+        assert_eq!(value["current-context"], "demo");
+        assert_eq!(
+            value["clusters"][1]["cluster"]["server"],
+            "https://203.0.113.7:6443"
+        );
+        assert_eq!(value["users"][0]["user"]["token"], "t");
+    }
+
+    #[test]
+    fn merging_into_nothing_makes_a_new_file() {
+        let merged = merge_kubeconfig(None, OURS).expect("merged");
+        let value: serde_json::Value = serde_saphyr::from_str(&merged).expect("yaml");
+        assert_eq!(value["kind"], "Config");
+        assert_eq!(value["contexts"][0]["name"], "demo");
+        assert!(merge_kubeconfig(Some("- just\n- a list\n"), OURS).is_err());
+    }
+}

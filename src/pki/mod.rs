@@ -16,7 +16,7 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
-pub use kubeconfig::{Kubeconfig, kubeconfig_yaml};
+pub use kubeconfig::{Kubeconfig, kubeconfig_yaml, merge_kubeconfig};
 pub use state_dir::{StateDir, write_atomically};
 pub use token::BootstrapToken;
 

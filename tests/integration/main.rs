@@ -1,8 +1,10 @@
 //! flatstack's integration tests: one binary, one module per area.
 
+mod bootstrap;
 mod cli;
 mod faults;
 mod ignition;
+mod kube_standin;
 mod kubeadm;
 mod openstack;
 mod pki;

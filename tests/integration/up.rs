@@ -486,3 +486,132 @@ fn volumes_are_kept_unless_down_is_told_to_delete_them() {
         "the volume must be gone"
     );
 }
+
+/// The whole `flatstack up`: the cloud side on the local OpenStack, the cluster side against
+/// the Kubernetes API stand-in reached through `--api-address` (the floating IP of a fake
+/// server leads nowhere). Then a converged re-run, `status`, a drained scale-down and a
+/// scale-up with a refreshed join token.
+#[test]
+fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
+    use crate::kube_standin::{StandIn, World};
+    let name = unique("boot");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 2, ""));
+    let _teardown = Teardown(&workspace);
+    // The cluster's PKI, made where `up` will find it, so the stand-in can serve with its CA.
+    let state = flatstack::pki::StateDir::open_or_create(&workspace.state_dir()).expect("state");
+    let pki = flatstack::pki::ClusterPki::load_or_create(&state).expect("pki");
+    let cp = format!("{name}-control-plane-1");
+    let (w1, w2) = (format!("{name}-default-1"), format!("{name}-default-2"));
+    let mut world = World {
+        readyz_failures: 2,
+        job_polls: 1,
+        ..World::default()
+    };
+    world.register(&cp, true);
+    world.register(&w1, false);
+    world.register(&w2, false);
+    world.run_pod("default", "web-1", &w2, false);
+    let server = StandIn::start(
+        &pki.ca.cert_pem,
+        pki.ca.key_pem.expose(),
+        &pki.ca.cert_pem,
+        world,
+    );
+    let api = server.address.to_string();
+    let up = ["up", "--api-address", api.as_str(), "--timeout", "3m"];
+
+    let output = flatstack(&workspace, &up);
+    let out = success(&output);
+    assert!(
+        out.contains("NAME") && out.contains("CONTAINER-RUNTIME"),
+        "{out}"
+    );
+    for node in [&cp, &w1, &w2] {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(node.as_str()))
+            .unwrap_or_default();
+        assert!(row.contains(" Ready "), "{node} Ready in:\n{out}");
+    }
+    assert!(
+        out.contains(&format!("cluster `{name}` is up: 3 node(s) Ready")),
+        "{out}"
+    );
+    assert!(
+        out.contains("nodes Ready") && out.contains("API ready"),
+        "timing profile: {out}"
+    );
+    for shown in [out.as_str(), stderr(&output).as_str()] {
+        assert!(!shown.contains("password ="), "credentials shown: {shown}");
+    }
+    // cloud.conf holds this cloud's login and the cluster's network, as the CLI sees them.
+    let conf = {
+        let world = server.world.lock().expect("world");
+        world
+            .object("/api/v1/namespaces/kube-system/secrets/cloud-config")
+            .and_then(|s| s["stringData"]["cloud.conf"].as_str().map(str::to_string))
+            .expect("cloud-config Secret")
+    };
+    let public = cli("local-demo", &["network", "show", "public", "-f", "json"]);
+    let subnet = tagged("subnet", &name);
+    assert!(conf.contains("auth-url = \"http://127.0.0.1"), "{conf}");
+    assert!(conf.contains("username = \"demo\""), "{conf}");
+    assert!(
+        conf.contains(&format!("floating-network-id = {}", public["id"])),
+        "{conf}"
+    );
+    assert!(
+        conf.contains(&format!("subnet-id = {}", subnet[0]["ID"])),
+        "{conf}"
+    );
+
+    // Converged: no change in the cloud and no write to the API.
+    let writes = server.writes().len();
+    let again = success(&flatstack(&workspace, &up));
+    assert!(
+        again.contains("nothing to change (0 changes made)"),
+        "{again}"
+    );
+    assert_eq!(server.writes().len(), writes, "{:?}", server.writes());
+
+    let status = success(&flatstack(&workspace, &["status", "--api-address", &api]));
+    assert!(
+        status.contains("CONTAINER-RUNTIME") && status.contains(&w2),
+        "{status}"
+    );
+
+    // Scale down: the worker is drained through the API before its server goes.
+    workspace.write_cluster(&cluster(&name, 1, ""));
+    let down = success(&flatstack(&workspace, &up));
+    assert!(
+        down.contains(&format!("drained {w2}: 1 pod(s) evicted")),
+        "{down}"
+    );
+    assert_eq!(servers(&name), [cp.clone(), w1.clone()]);
+    {
+        let world = server.world.lock().expect("world");
+        assert!(!world.nodes.contains_key(&w2), "node object deleted");
+        assert!(world.pods.is_empty(), "pod evicted");
+    }
+
+    // Scale up: the join token is made valid again before the new server boots with it.
+    server.world.lock().expect("world").register(&w2, false);
+    workspace.write_cluster(&cluster(&name, 2, ""));
+    let grown = success(&flatstack(&workspace, &up));
+    assert!(grown.contains("refreshing the join token"), "{grown}");
+    assert_eq!(servers(&name), [cp, w1, w2]);
+    let world = server.world.lock().expect("world");
+    let id = pki.bootstrap_token.id();
+    let token = world
+        .object(&format!(
+            "/api/v1/namespaces/kube-system/secrets/bootstrap-token-{id}"
+        ))
+        .expect("bootstrap token Secret");
+    assert_eq!(token["type"], "bootstrap.kubernetes.io/token");
+    assert_eq!(token["stringData"]["token-id"], id);
+    assert_eq!(
+        token["stringData"]["usage-bootstrap-authentication"],
+        "true"
+    );
+}

@@ -1,0 +1,96 @@
+//! The `HelmChart` resource (`helm.cattle.io/v1`) of k3s-io/helm-controller, typed like the
+//! k8s-openapi objects so it is applied, read and waited for the same way. Only the fields
+//! flatstack sets or reads are modelled; the API server keeps the rest.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct HelmChart {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: HelmChartSpec,
+    #[serde(default)]
+    pub status: HelmChartStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmChartSpec {
+    pub chart: String,
+    pub repo: String,
+    pub version: String,
+    pub target_namespace: String,
+    #[serde(default)]
+    pub create_namespace: bool,
+    /// Run the install Job on a control plane's host network, tolerating nodes that are not
+    /// ready or not yet initialized by the cloud controller: how the pod network and the cloud
+    /// controller itself get installed.
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// The chart's values, as YAML (flatstack writes JSON, which is YAML).
+    #[serde(default)]
+    pub values_content: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmChartStatus {
+    #[serde(default)]
+    pub job_name: String,
+    #[serde(default)]
+    pub conditions: Vec<HelmChartCondition>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HelmChartCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl k8s_openapi::Resource for HelmChart {
+    const API_VERSION: &'static str = "helm.cattle.io/v1";
+    const GROUP: &'static str = "helm.cattle.io";
+    const KIND: &'static str = "HelmChart";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "helmcharts";
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for HelmChart {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// What is applied: apiVersion, kind, metadata and spec (status belongs to the controller).
+impl Serialize for HelmChart {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Applied<'a> {
+            api_version: &'static str,
+            kind: &'static str,
+            metadata: &'a ObjectMeta,
+            spec: &'a HelmChartSpec,
+        }
+        Applied {
+            api_version: <Self as k8s_openapi::Resource>::API_VERSION,
+            kind: <Self as k8s_openapi::Resource>::KIND,
+            metadata: &self.metadata,
+            spec: &self.spec,
+        }
+        .serialize(serializer)
+    }
+}

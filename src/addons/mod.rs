@@ -1,0 +1,333 @@
+//! The add-ons every cluster gets, as the Kubernetes objects flatstack applies: the in-cluster
+//! Helm engine (k3s-io/helm-controller), the `cloud-config` Secret the OpenStack add-ons read,
+//! and one `HelmChart` per add-on — flannel, openstack-cloud-controller-manager and Cinder CSI
+//! with the default StorageClass — carrying the values a kubeadm cluster of Flatcar nodes with
+//! an external cloud provider needs. Charts are fetched by the cluster itself, at the versions
+//! in [`crate::pins`]; nothing upstream is copied into flatstack.
+
+mod cloud_conf;
+mod helm_chart;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVar, EnvVarSource, Namespace, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Secret, ServiceAccount, Toleration,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+pub use cloud_conf::{CloudConf, CloudConfInputs, cloud_conf};
+pub use helm_chart::{HelmChart, HelmChartCondition, HelmChartSpec, HelmChartStatus};
+
+use crate::kube::Manifest;
+use crate::pins::{self, Chart};
+use crate::spec::ClusterSpec;
+
+/// Where flatstack's own objects and the helm-controller live.
+pub const NAMESPACE: &str = "kube-system";
+/// The Secret with `cloud.conf` that the cloud controller and Cinder CSI mount.
+pub const CLOUD_CONFIG_SECRET: &str = "cloud-config";
+/// The ConfigMap recording what flatstack last applied (a keyed digest, no content).
+pub const RECORD_CONFIGMAP: &str = "flatstack";
+/// helm-controller's bootstrap Jobs select control planes by this label with value `true` (as
+/// k3s and RKE2 set it); kubeadm sets it with an empty value, so flatstack sets `true`.
+pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AddonError {
+    #[error(
+        "no cloud controller and Cinder CSI charts are pinned for Kubernetes {0}\n  hint: use a Kubernetes release from 1.{oldest} to 1.{newest}",
+        oldest = pins::OLDEST_MINOR,
+        newest = pins::NEWEST_MINOR
+    )]
+    Unpinned(crate::pins::KubernetesVersion),
+}
+
+/// Everything to apply, in order, and the charts to wait for.
+#[derive(Debug, Clone)]
+pub struct AddonSet {
+    pub manifests: Vec<Manifest>,
+    /// Names of the HelmCharts (in [`NAMESPACE`]) whose install Jobs must succeed.
+    pub charts: Vec<String>,
+    /// Keyed digest of `manifests`: equal digests mean nothing to apply.
+    pub digest: String,
+}
+
+/// The add-on objects of `spec`'s cluster. `cloud_conf` holds the credentials; `digest_key` is a secret only flatstack holds, so the recorded digest says
+/// nothing about the credentials.
+pub fn essential(
+    spec: &ClusterSpec,
+    cloud_conf: &CloudConf,
+    digest_key: &[u8],
+) -> Result<AddonSet, AddonError> {
+    let version = spec.kubernetes.version;
+    let mut manifests = helm_controller();
+    let mut charts = Vec::new();
+    manifests.push(Manifest::of(&Namespace {
+        metadata: ObjectMeta {
+            name: Some("kube-flannel".into()),
+            // flannel's DaemonSet needs host networking and NET_ADMIN.
+            labels: Some(labels(&[(
+                "pod-security.kubernetes.io/enforce",
+                "privileged",
+            )])),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }));
+    manifests.push(Manifest::of(&chart(
+        "flannel",
+        pins::FLANNEL,
+        "kube-flannel",
+        true,
+        json!({
+            "podCidr": spec.network.pod_cidr.to_string(),
+            "flannel": { "backend": "vxlan" },
+        }),
+    )));
+    charts.push("flannel".to_string());
+    let openstack_add_ons = spec.addons.cloud_controller || spec.addons.cinder_csi;
+    if openstack_add_ons {
+        manifests.push(Manifest::of(&Secret {
+            metadata: meta(CLOUD_CONFIG_SECRET, Some(NAMESPACE)),
+            string_data: Some(
+                [
+                    ("cloud.conf", Some(cloud_conf.text.expose())),
+                    ("ca.crt", cloud_conf.ca_bundle.as_deref()),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v?.to_string())))
+                .collect(),
+            ),
+            type_: Some("Opaque".into()),
+            ..Secret::default()
+        }));
+    }
+    if spec.addons.cloud_controller {
+        let occm = pins::cloud_controller_chart(version).ok_or(AddonError::Unpinned(version))?;
+        manifests.push(Manifest::of(&chart(
+            "openstack-cloud-controller-manager",
+            occm,
+            NAMESPACE,
+            true,
+            cloud_controller_values(spec),
+        )));
+        charts.push("openstack-cloud-controller-manager".to_string());
+    }
+    if spec.addons.cinder_csi {
+        let csi = pins::cinder_csi_chart(version).ok_or(AddonError::Unpinned(version))?;
+        manifests.push(Manifest::of(&chart(
+            "openstack-cinder-csi",
+            csi,
+            NAMESPACE,
+            false,
+            cinder_csi_values(spec),
+        )));
+        charts.push("openstack-cinder-csi".to_string());
+    }
+    let digest = digest(&manifests, digest_key);
+    Ok(AddonSet {
+        manifests,
+        charts,
+        digest,
+    })
+}
+
+/// The ConfigMap recording `digest` as applied; written after everything else succeeded.
+pub fn record(digest: &str) -> Manifest {
+    Manifest::of(&ConfigMap {
+        metadata: meta(RECORD_CONFIGMAP, Some(NAMESPACE)),
+        data: Some(BTreeMap::from([
+            ("addons-digest".to_string(), digest.to_string()),
+            (
+                "applied-by".to_string(),
+                concat!("flatstack ", env!("CARGO_PKG_VERSION")).to_string(),
+            ),
+        ])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The in-cluster Helm engine: a service account bound to cluster-admin (helm installs
+/// anything), and the controller on a control plane's host network, tolerating every taint,
+/// talking to the local API server directly — it must run before there is a pod network.
+fn helm_controller() -> Vec<Manifest> {
+    let name = "helm-controller";
+    let app = labels(&[("app.kubernetes.io/name", name)]);
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    };
+    let deployment = Deployment {
+        metadata: meta(name, Some(NAMESPACE)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(app.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(app),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(name.into()),
+                    host_network: Some(true),
+                    priority_class_name: Some("system-cluster-critical".into()),
+                    node_selector: Some(labels(&[(CONTROL_PLANE_LABEL, "true")])),
+                    tolerations: Some(vec![Toleration {
+                        operator: Some("Exists".into()),
+                        ..Toleration::default()
+                    }]),
+                    containers: vec![Container {
+                        name: name.into(),
+                        image: Some(pins::HELM_CONTROLLER_IMAGE.into()),
+                        command: Some(vec!["helm-controller".into()]),
+                        env: Some(vec![
+                            EnvVar {
+                                name: "NODE_NAME".into(),
+                                value_from: Some(EnvVarSource {
+                                    field_ref: Some(ObjectFieldSelector {
+                                        field_path: "spec.nodeName".into(),
+                                        ..ObjectFieldSelector::default()
+                                    }),
+                                    ..EnvVarSource::default()
+                                }),
+                                ..EnvVar::default()
+                            },
+                            env("JOB_CLUSTER_ROLE", "cluster-admin"),
+                            env("DEFAULT_JOB_IMAGE", pins::HELM_JOB_IMAGE),
+                            // The API server on this host: no Service routing needed yet.
+                            env("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+                            env("KUBERNETES_SERVICE_PORT", "6443"),
+                        ]),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    vec![
+        Manifest::of(&ServiceAccount {
+            metadata: meta(name, Some(NAMESPACE)),
+            ..ServiceAccount::default()
+        }),
+        Manifest::of(&ClusterRoleBinding {
+            metadata: meta(name, None),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "ClusterRole".into(),
+                name: "cluster-admin".into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: name.into(),
+                namespace: Some(NAMESPACE.into()),
+                ..Subject::default()
+            }]),
+        }),
+        Manifest::of(&deployment),
+    ]
+}
+
+/// openstack-cloud-controller-manager: credentials from our Secret (never in chart values),
+/// control planes labelled `true`, tolerating the taints of nodes it has yet to initialize,
+/// no flexvolume host path (it would be under Flatcar's read-only `/usr`), no route
+/// controller (flannel's VXLAN routes pods itself).
+fn cloud_controller_values(spec: &ClusterSpec) -> serde_json::Value {
+    json!({
+        "secret": { "enabled": true, "create": false, "name": CLOUD_CONFIG_SECRET },
+        "cluster": { "name": spec.name },
+        "nodeSelector": { CONTROL_PLANE_LABEL: "true" },
+        "tolerations": [
+            { "key": "node.cloudprovider.kubernetes.io/uninitialized", "value": "true", "effect": "NoSchedule" },
+            { "key": CONTROL_PLANE_LABEL, "operator": "Exists", "effect": "NoSchedule" },
+            { "key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule" },
+        ],
+        "enabledControllers": ["cloud-node", "cloud-node-lifecycle", "service"],
+        "extraVolumes": [
+            { "name": "k8s-certs", "hostPath": { "path": "/etc/kubernetes/pki" } },
+        ],
+        "extraVolumeMounts": [
+            { "name": "k8s-certs", "mountPath": "/etc/kubernetes/pki", "readOnly": true },
+        ],
+    })
+}
+
+/// Cinder CSI: the same Secret, volumes tagged with the cluster's name (so `down
+/// --delete-volumes` finds them), a default StorageClass that deletes volumes with their
+/// claims and a retaining one, and no `/etc/cacert` host path (absent on Flatcar).
+fn cinder_csi_values(spec: &ClusterSpec) -> serde_json::Value {
+    json!({
+        "secret": { "enabled": true, "create": false, "name": CLOUD_CONFIG_SECRET, "hostMount": false },
+        "clusterID": spec.name,
+        "storageClass": {
+            "enabled": true,
+            "delete": { "isDefault": true, "allowVolumeExpansion": true },
+            "retain": { "isDefault": false, "allowVolumeExpansion": true },
+        },
+        "csi": { "plugin": {
+            "volumes": [],
+            "volumeMounts": [
+                { "name": "cloud-config", "mountPath": "/etc/config", "readOnly": true },
+            ],
+        } },
+    })
+}
+
+fn chart(
+    name: &str,
+    pinned: Chart,
+    target_namespace: &str,
+    bootstrap: bool,
+    values: serde_json::Value,
+) -> HelmChart {
+    HelmChart {
+        metadata: meta(name, Some(NAMESPACE)),
+        spec: HelmChartSpec {
+            chart: pinned.name.into(),
+            repo: pinned.repo.into(),
+            version: pinned.version.into(),
+            target_namespace: target_namespace.into(),
+            create_namespace: false,
+            bootstrap,
+            values_content: serde_json::to_string_pretty(&values).unwrap_or_default(),
+        },
+        status: HelmChartStatus::default(),
+    }
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(Into::into),
+        labels: Some(labels(&[("app.kubernetes.io/managed-by", "flatstack")])),
+        ..ObjectMeta::default()
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn digest(manifests: &[Manifest], key: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(key);
+    for manifest in manifests {
+        hasher.update(manifest.object_path().as_bytes());
+        hasher.update(manifest.body().to_string().as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}

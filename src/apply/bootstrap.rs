@@ -1,0 +1,280 @@
+//! The cluster side of `up`, once the servers exist: wait for the API server to answer
+//! `/readyz` (verified against the local cluster CA), mark the control planes for the Helm
+//! engine, apply the add-ons unless the recorded digest says they are current, wait for each
+//! chart's install Job, then for every node of the cluster file to be Ready. Every step reads
+//! before it writes, so a re-run picks up wherever an earlier one stopped.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::{ApplyError, Stopwatch};
+use crate::addons::{AddonSet, CONTROL_PLANE_LABEL, HelmChart, NAMESPACE, RECORD_CONFIGMAP};
+use crate::kube::{KubeClient, KubeError, Manifest, Waiting, is_ready, poll};
+use crate::pki::ClusterPki;
+use crate::spec::{ClusterSpec, Role};
+
+/// How long a bootstrap token refreshed for new workers stays valid.
+const JOIN_TOKEN_HOURS: i64 = 4;
+
+/// What the cluster side of `up` found and did.
+#[derive(Debug)]
+pub struct Bootstrapped {
+    pub nodes: Vec<Node>,
+    /// Writes made through the API (labels, applied objects); 0 on a converged cluster.
+    pub changes: usize,
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+/// Brings the cluster's API side to the cluster file: everything within `within`.
+pub async fn bootstrap(
+    client: &KubeClient,
+    spec: &ClusterSpec,
+    addons: &AddonSet,
+    within: Duration,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<Bootstrapped, ApplyError> {
+    let started = Instant::now();
+    let left = || within.saturating_sub(started.elapsed());
+    let mut watch = Stopwatch::start();
+
+    say(&format!("waiting for the API at {}", client.server()));
+    client
+        .wait_ready(left())
+        .await
+        .map_err(|e| e.of_total(within))?;
+    watch.lap("API ready");
+
+    let control_planes: Vec<String> = spec
+        .nodes()
+        .into_iter()
+        .filter(|n| n.role == Role::ControlPlane)
+        .map(|n| n.name)
+        .collect();
+    say("waiting for the control planes to register");
+    let nodes = poll(
+        "every control plane registering as a node",
+        left(),
+        Duration::from_secs(2),
+        || async {
+            let nodes = client.nodes().await?;
+            let missing = missing_nodes(&nodes, &control_planes);
+            Ok(if missing.is_empty() {
+                Waiting::Done(nodes)
+            } else {
+                Waiting::On(format!("not registered yet: {}", missing.join(", ")))
+            })
+        },
+    )
+    .await
+    .map_err(|e| e.of_total(within))?;
+    let mut changes = 0;
+    for node in nodes
+        .iter()
+        .filter(|n| control_planes.contains(n.metadata.name.as_ref().unwrap_or(&String::new())))
+    {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let labelled = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(CONTROL_PLANE_LABEL))
+            .map(String::as_str);
+        if labelled != Some("true") {
+            say(&format!("labelling {name} {CONTROL_PLANE_LABEL}=true"));
+            client
+                .merge_patch(
+                    &format!("/api/v1/nodes/{name}"),
+                    &serde_json::json!({"metadata": {"labels": {CONTROL_PLANE_LABEL: "true"}}}),
+                )
+                .await?;
+            changes += 1;
+        }
+    }
+    watch.lap("control planes registered");
+
+    let record_path = format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{RECORD_CONFIGMAP}");
+    let recorded: Option<ConfigMap> = client.get(&record_path).await?;
+    let current = recorded
+        .and_then(|c| c.data)
+        .and_then(|d| d.get("addons-digest").cloned())
+        == Some(addons.digest.clone());
+    if current {
+        say("add-ons are current");
+    } else {
+        for manifest in &addons.manifests {
+            say(&format!("applying {manifest}"));
+            client.apply(manifest).await?;
+            changes += 1;
+        }
+        client.apply(&crate::addons::record(&addons.digest)).await?;
+        changes += 1;
+    }
+    watch.lap("add-ons applied");
+
+    for chart in &addons.charts {
+        say(&format!("waiting for chart {chart} to install"));
+        wait_chart(client, chart, left())
+            .await
+            .map_err(|e| e.of_total(within))?;
+    }
+    watch.lap("add-ons installed");
+
+    let wanted: Vec<String> = spec.nodes().into_iter().map(|n| n.name).collect();
+    say(&format!("waiting for {} node(s) to be Ready", wanted.len()));
+    let nodes = poll(
+        "every node Ready",
+        left(),
+        Duration::from_secs(3),
+        || async {
+            let nodes = client.nodes().await?;
+            let mut waiting = missing_nodes(&nodes, &wanted);
+            waiting.extend(
+                nodes
+                    .iter()
+                    .filter(|n| !is_ready(n))
+                    .filter_map(|n| n.metadata.name.clone())
+                    .filter(|name| wanted.contains(name))
+                    .map(|name| format!("{name} (NotReady)")),
+            );
+            Ok(if waiting.is_empty() {
+                Waiting::Done(nodes)
+            } else {
+                Waiting::On(format!("waiting for {}", waiting.join(", ")))
+            })
+        },
+    )
+    .await
+    .map_err(|e| e.of_total(within))?;
+    watch.lap("nodes Ready");
+    Ok(Bootstrapped {
+        nodes,
+        changes,
+        timings: watch.phases,
+    })
+}
+
+/// Waits until the install Job of HelmChart `name` has succeeded; a failed Job or a chart
+/// the controller marked Failed ends the wait with the reason.
+async fn wait_chart(client: &KubeClient, name: &str, within: Duration) -> Result<(), KubeError> {
+    let chart_path = format!("/apis/helm.cattle.io/v1/namespaces/{NAMESPACE}/helmcharts/{name}");
+    poll(
+        &format!("chart {name} installing"),
+        within,
+        Duration::from_secs(3),
+        || async {
+            let Some(chart): Option<HelmChart> = client.get(&chart_path).await? else {
+                return Ok(Waiting::On(format!("HelmChart {name} is missing")));
+            };
+            if let Some(failed) = chart
+                .status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Failed" && c.status == "True")
+            {
+                return Err(chart_failed(name, &failed.message));
+            }
+            if chart.status.job_name.is_empty() {
+                return Ok(Waiting::On(
+                    "helm-controller has not started an install Job yet".into(),
+                ));
+            }
+            let job_path = format!(
+                "/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{}",
+                chart.status.job_name
+            );
+            let Some(job): Option<Job> = client.get(&job_path).await? else {
+                return Ok(Waiting::On(format!(
+                    "Job {} not found yet",
+                    chart.status.job_name
+                )));
+            };
+            let status = job.status.unwrap_or_default();
+            if status.succeeded.unwrap_or(0) > 0 {
+                return Ok(Waiting::Done(()));
+            }
+            if let Some(failed) = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "Failed" && c.status == "True")
+            {
+                return Err(chart_failed(
+                    name,
+                    failed
+                        .message
+                        .as_deref()
+                        .unwrap_or("the install Job failed"),
+                ));
+            }
+            Ok(Waiting::On(format!(
+                "Job {} running ({} failed attempt(s))",
+                chart.status.job_name,
+                status.failed.unwrap_or(0)
+            )))
+        },
+    )
+    .await
+}
+
+fn chart_failed(name: &str, message: &str) -> KubeError {
+    KubeError::Api {
+        method: "GET",
+        url: format!("HelmChart {NAMESPACE}/{name}"),
+        status: 200,
+        message: format!(
+            "chart {name} failed to install: {message}\n  hint: `kubectl -n {NAMESPACE} logs job/helm-install-{name}` shows Helm's output"
+        ),
+    }
+}
+
+fn missing_nodes(nodes: &[Node], wanted: &[String]) -> Vec<String> {
+    wanted
+        .iter()
+        .filter(|name| !nodes.iter().any(|n| n.metadata.name.as_ref() == Some(name)))
+        .cloned()
+        .collect()
+}
+
+/// Makes the cluster's bootstrap token valid for another few hours, so workers created now
+/// can join: the token in their user_data is the one from the state directory, which the
+/// first control plane registered with a limited lifetime.
+pub async fn refresh_join_token(client: &KubeClient, pki: &ClusterPki) -> Result<(), KubeError> {
+    let token = pki.bootstrap_token.expose();
+    let (id, secret) = token.split_once('.').unwrap_or((token, ""));
+    let now = crate::kube::now();
+    let expires = now
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(
+            JOIN_TOKEN_HOURS,
+        ))
+        .unwrap_or(now);
+    let data: BTreeMap<String, String> = [
+        ("token-id", id),
+        ("token-secret", secret),
+        ("expiration", &expires.to_string()),
+        ("usage-bootstrap-authentication", "true"),
+        ("usage-bootstrap-signing", "true"),
+        (
+            "auth-extra-groups",
+            "system:bootstrappers:kubeadm:default-node-token",
+        ),
+        ("description", "flatstack: lets new workers join"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(format!("bootstrap-token-{id}")),
+            namespace: Some(NAMESPACE.into()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("bootstrap.kubernetes.io/token".into()),
+        string_data: Some(data),
+        ..Secret::default()
+    };
+    client.apply(&Manifest::of(&secret)).await.map(|_| ())
+}

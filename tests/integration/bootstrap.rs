@@ -1,0 +1,454 @@
+//! The cluster side of `up` — waiting for `/readyz`, applying the add-ons, waiting for their
+//! charts and for every node to be Ready, the node table, draining before scale-down — against
+//! the loopback Kubernetes API stand-in (no real API server can run here). In-process tests
+//! drive the library; the last test runs the whole `flatstack up` on the local OpenStack with
+//! the stand-in reached through `--api-address`.
+
+use std::time::Duration;
+
+use flatstack::addons::{self, CloudConf};
+use flatstack::apply::bootstrap::bootstrap;
+use flatstack::kube::{KubeClient, drain_node};
+use flatstack::pki::{ClusterPki, StateDir};
+use flatstack::secret::Secret;
+use flatstack::spec::ClusterSpec;
+use serde_json::Value;
+
+use crate::kube_standin::{StandIn, World};
+use crate::support::*;
+
+fn pki(workspace: &Workspace) -> ClusterPki {
+    let state = StateDir::open_or_create(&workspace.state_dir()).expect("state dir");
+    ClusterPki::load_or_create(&state).expect("pki")
+}
+
+fn spec(workers: u32) -> ClusterSpec {
+    let text = cluster_text("https://example.invalid", &"ab".repeat(32), workers);
+    ClusterSpec::parse("cluster.toml", &text).expect("valid cluster file")
+}
+
+/// A stand-in for `pki`'s cluster with the nodes of `spec` registered.
+fn stand_in(pki: &ClusterPki, spec: &ClusterSpec, mut world: World) -> StandIn {
+    for node in spec.nodes() {
+        world.register(&node.name, node.role == flatstack::spec::Role::ControlPlane);
+    }
+    StandIn::start(
+        &pki.ca.cert_pem,
+        pki.ca.key_pem.expose(),
+        &pki.ca.cert_pem,
+        world,
+    )
+}
+
+fn conf() -> CloudConf {
+    CloudConf {
+        text: Secret::new(
+            "[Global]\nauth-url = \"https://keystone.example/v3\"\napplication-credential-secret = \"s3cret-value\"\n",
+        ),
+        ca_bundle: None,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+fn quiet(_: &str) {}
+
+#[test]
+fn bootstrap_applies_add_ons_and_waits_for_every_node() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec(2);
+    let server = stand_in(
+        &pki,
+        &spec,
+        World {
+            readyz_failures: 3,
+            job_polls: 2,
+            ..World::default()
+        },
+    );
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let set = addons::essential(&spec, &conf(), b"key").expect("add-ons");
+    let booted = runtime()
+        .block_on(bootstrap(
+            &client,
+            &spec,
+            &set,
+            Duration::from_secs(120),
+            &quiet,
+        ))
+        .expect("bootstrap");
+
+    // Every node Ready, the control plane labelled for helm-controller's bootstrap Jobs.
+    assert_eq!(booted.nodes.len(), 3);
+    assert!(booted.nodes.iter().all(flatstack::kube::is_ready));
+    let world = server.world.lock().expect("world");
+    let cp = &world.nodes["demo-control-plane-1"];
+    assert_eq!(
+        cp.metadata.labels.as_ref().expect("labels")["node-role.kubernetes.io/control-plane"],
+        "true"
+    );
+    // The cloud controller initialized the nodes (the stand-in does it once its chart ran).
+    assert!(
+        cp.spec
+            .as_ref()
+            .and_then(|s| s.provider_id.as_ref())
+            .is_some()
+    );
+
+    // Every write was a server-side apply owned by flatstack, or the control plane's label.
+    let writes: Vec<_> = world.seen.iter().filter(|s| s.method != "GET").collect();
+    for write in &writes {
+        if write.path.starts_with("/api/v1/nodes/") {
+            assert_eq!(write.content_type, "application/merge-patch+json");
+        } else {
+            assert_eq!(
+                write.content_type, "application/apply-patch+yaml",
+                "{write:?}"
+            );
+            assert_eq!(
+                write.query, "fieldManager=flatstack&force=true",
+                "{write:?}"
+            );
+        }
+    }
+    assert_eq!(booted.changes, writes.len());
+    // /readyz was asked until it said ok.
+    assert!(world.seen.iter().filter(|s| s.path == "/readyz").count() >= 4);
+
+    let object = |path: &str| -> Value {
+        world
+            .object(path)
+            .cloned()
+            .unwrap_or_else(|| panic!("{path} not applied"))
+    };
+    let controller = object("/apis/apps/v1/namespaces/kube-system/deployments/helm-controller");
+    let pod = &controller["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(
+        pod["nodeSelector"]["node-role.kubernetes.io/control-plane"],
+        "true"
+    );
+    assert_eq!(
+        pod["containers"][0]["image"],
+        flatstack::pins::HELM_CONTROLLER_IMAGE
+    );
+    assert_eq!(pod["tolerations"][0]["operator"], "Exists");
+
+    let chart = |name: &str| {
+        object(&format!(
+            "/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/{name}"
+        ))
+    };
+    let values = |chart: &Value| -> Value {
+        serde_json::from_str(chart["spec"]["valuesContent"].as_str().expect("values"))
+            .expect("values are JSON")
+    };
+    let flannel = chart("flannel");
+    assert_eq!(flannel["spec"]["version"], flatstack::pins::FLANNEL.version);
+    assert_eq!(flannel["spec"]["bootstrap"], true);
+    assert_eq!(flannel["spec"]["targetNamespace"], "kube-flannel");
+    assert_eq!(
+        values(&flannel)["podCidr"],
+        spec.network.pod_cidr.to_string()
+    );
+    assert_eq!(
+        object("/api/v1/namespaces/kube-flannel")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+
+    let occm = chart("openstack-cloud-controller-manager");
+    assert_eq!(
+        occm["spec"]["version"], "2.33.1",
+        "chart 2.33 for Kubernetes 1.33"
+    );
+    assert_eq!(occm["spec"]["bootstrap"], true);
+    let occm_values = values(&occm);
+    assert_eq!(occm_values["cluster"]["name"], "demo");
+    assert_eq!(
+        occm_values["secret"]["create"], false,
+        "credentials never in chart values"
+    );
+    assert!(
+        !occm["spec"]["valuesContent"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("s3cret-value")
+    );
+    assert!(
+        !occm_values.to_string().contains("/usr/libexec"),
+        "no host path under Flatcar's read-only /usr: {occm_values}"
+    );
+    let tolerated: Vec<&str> = occm_values["tolerations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["key"].as_str())
+        .collect();
+    assert!(tolerated.contains(&"node.cloudprovider.kubernetes.io/uninitialized"));
+
+    let csi = chart("openstack-cinder-csi");
+    assert_eq!(csi["spec"]["bootstrap"], false, "CSI needs the pod network");
+    let csi_values = values(&csi);
+    assert_eq!(
+        csi_values["clusterID"], "demo",
+        "volumes tagged for `down --delete-volumes`"
+    );
+    assert_eq!(csi_values["storageClass"]["delete"]["isDefault"], true);
+
+    let secret = object("/api/v1/namespaces/kube-system/secrets/cloud-config");
+    assert!(
+        secret["stringData"]["cloud.conf"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("s3cret-value"),
+        "the Secret carries cloud.conf"
+    );
+    let record = object("/api/v1/namespaces/kube-system/configmaps/flatstack");
+    assert_eq!(record["data"]["addons-digest"], set.digest.as_str());
+    assert!(!record.to_string().contains("s3cret-value"));
+    drop(world);
+
+    // Run again: everything current, no write at all.
+    let before = server.writes().len();
+    let again = runtime()
+        .block_on(bootstrap(
+            &client,
+            &spec,
+            &set,
+            Duration::from_secs(60),
+            &quiet,
+        ))
+        .expect("second bootstrap");
+    assert_eq!(again.changes, 0);
+    assert_eq!(server.writes().len(), before, "{:?}", server.writes());
+
+    // A different digest (changed pins or values; here another key) applies everything again.
+    let changed = addons::essential(&spec, &conf(), b"other key").expect("add-ons");
+    let third = runtime()
+        .block_on(bootstrap(
+            &client,
+            &spec,
+            &changed,
+            Duration::from_secs(60),
+            &quiet,
+        ))
+        .expect("third bootstrap");
+    assert_eq!(third.changes, changed.manifests.len() + 1);
+}
+
+#[test]
+fn node_table_reads_like_kubectl() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec(1);
+    let server = stand_in(&pki, &spec, World::default());
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let nodes = runtime().block_on(client.nodes()).expect("nodes");
+    let table = flatstack::kube::node_table(&nodes, flatstack::kube::now());
+    let lines: Vec<&str> = table.lines().collect();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "STATUS",
+            "ROLES",
+            "AGE",
+            "VERSION",
+            "INTERNAL-IP",
+            "EXTERNAL-IP",
+            "OS-IMAGE",
+            "KERNEL-VERSION",
+            "CONTAINER-RUNTIME"
+        ]
+    );
+    assert_eq!(lines.len(), 3);
+    assert!(lines[1].starts_with("demo-control-plane-1"), "{table}");
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        &cells[1..5],
+        ["NotReady", "control-plane", "0s", "v1.33.2"],
+        "{table}"
+    );
+    assert_eq!(cells[5], "10.42.0.10");
+    assert_eq!(cells[6], "<none>");
+    assert!(lines[1].contains("Flatcar Container Linux by Kinvolk 4230.2.3 (Oklo)"));
+    assert!(lines[1].ends_with("containerd://1.7.23"));
+    assert!(lines[2].starts_with("demo-default-1"), "{table}");
+    assert!(
+        lines[2].contains(" <none> "),
+        "a worker has no role: {table}"
+    );
+}
+
+#[test]
+fn a_failed_chart_is_reported_with_its_reason() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec(1);
+    let server = stand_in(
+        &pki,
+        &spec,
+        World {
+            failing_chart: Some("openstack-cloud-controller-manager".into()),
+            ..World::default()
+        },
+    );
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let set = addons::essential(&spec, &conf(), b"key").expect("add-ons");
+    let error = runtime()
+        .block_on(bootstrap(
+            &client,
+            &spec,
+            &set,
+            Duration::from_secs(60),
+            &quiet,
+        ))
+        .expect_err("the chart fails");
+    let message = error.to_string();
+    assert!(
+        message.contains("chart openstack-cloud-controller-manager failed to install"),
+        "{message}"
+    );
+    assert!(message.contains("backoff limit"), "{message}");
+    assert!(
+        message.contains("logs job/helm-install-openstack-cloud-controller-manager"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_cluster_that_never_gets_ready_times_out_saying_what_it_waits_for() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec(1);
+    // No flannel chart in this add-on set: the nodes never become Ready.
+    let server = stand_in(&pki, &spec, World::default());
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let mut set = addons::essential(&spec, &conf(), b"key").expect("add-ons");
+    set.manifests.retain(|m| m.name() != "flannel");
+    set.charts.clear();
+    let error = runtime()
+        .block_on(bootstrap(
+            &client,
+            &spec,
+            &set,
+            Duration::from_secs(8),
+            &quiet,
+        ))
+        .expect_err("never Ready");
+    let message = error.to_string();
+    assert!(
+        message.contains("every node Ready did not happen within 8 s"),
+        "{message}"
+    );
+    assert!(
+        message.contains("demo-control-plane-1 (NotReady)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn only_the_cluster_ca_is_trusted_both_ways() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let other_workspace = Workspace::new();
+    let other = self::pki(&other_workspace);
+    let spec = spec(1);
+    let rt = runtime();
+
+    // A server whose certificate comes from another CA is not the cluster's API.
+    let impostor = StandIn::start(
+        &other.ca.cert_pem,
+        other.ca.key_pem.expose(),
+        &pki.ca.cert_pem,
+        World::default(),
+    );
+    let client = KubeClient::new(&pki, &format!("https://{}", impostor.address)).expect("client");
+    let error = rt.block_on(client.readyz()).expect_err("impostor refused");
+    assert!(error.to_string().contains("certificate"), "{error}");
+    assert!(
+        impostor.seen().is_empty(),
+        "no request reached the impostor"
+    );
+
+    // A client certificate from another CA does not get in either.
+    let server = stand_in(&pki, &spec, World::default());
+    let stranger = KubeClient::new(&other, &format!("https://{}", server.address)).expect("client");
+    assert!(rt.block_on(stranger.readyz()).is_err());
+    assert!(server.seen().is_empty());
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    rt.block_on(client.readyz())
+        .expect("the cluster's own admin gets in");
+}
+
+#[test]
+fn drain_cordons_evicts_through_budgets_and_deletes_the_node() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec(2);
+    let mut world = World {
+        evictions_refused: 2,
+        ..World::default()
+    };
+    world.run_pod("default", "web-1", "demo-default-2", false);
+    world.run_pod("default", "web-2", "demo-default-2", false);
+    world.run_pod("kube-flannel", "kube-flannel-ds-x", "demo-default-2", true);
+    world.run_pod("default", "web-3", "demo-default-1", false);
+    let server = stand_in(&pki, &spec, world);
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let report = runtime()
+        .block_on(drain_node(
+            &client,
+            "demo-default-2",
+            Duration::from_secs(60),
+        ))
+        .expect("drained");
+    assert_eq!(report.evicted, 2);
+    assert_eq!(report.left, 1, "the DaemonSet pod stays");
+    let world = server.world.lock().expect("world");
+    assert!(
+        !world.nodes.contains_key("demo-default-2"),
+        "node object deleted"
+    );
+    let names: Vec<&str> = world
+        .pods
+        .iter()
+        .filter_map(|p| p.metadata.name.as_deref())
+        .collect();
+    assert_eq!(names, ["kube-flannel-ds-x", "web-3"]);
+    let order: Vec<String> = world
+        .seen
+        .iter()
+        .filter(|s| s.method != "GET")
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    assert_eq!(
+        order[0], "PATCH /api/v1/nodes/demo-default-2",
+        "cordon first: {order:?}"
+    );
+    assert_eq!(
+        order.last().map(String::as_str),
+        Some("DELETE /api/v1/nodes/demo-default-2")
+    );
+    // Two refusals by the budget, then the two evictions.
+    assert_eq!(
+        order.iter().filter(|o| o.ends_with("/eviction")).count(),
+        4,
+        "{order:?}"
+    );
+    drop(world);
+
+    // A node the API does not know is already drained.
+    let again = runtime()
+        .block_on(drain_node(
+            &client,
+            "demo-default-2",
+            Duration::from_secs(10),
+        ))
+        .expect("nothing to drain");
+    assert_eq!(again.evicted, 0);
+}

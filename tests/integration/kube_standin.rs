@@ -1,0 +1,654 @@
+//! A loopback stand-in for a new cluster's Kubernetes API server, because no real one can run
+//! here. It speaks HTTPS with a serving certificate from the cluster's own CA, demands a client
+//! certificate from that CA, and answers with objects built from the k8s-openapi types. Behind
+//! it, a small model of what the cluster would do: nodes register NotReady and tainted; a
+//! HelmChart gets an install Job only once helm-controller is deployed and a control plane is
+//! labelled for it; non-bootstrap charts install only on Ready nodes; nodes turn Ready when the
+//! flannel chart is installed and lose the cloud-provider taint when the cloud controller's is;
+//! evictions can be refused (429) as a PodDisruptionBudget would.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::{
+    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod, Taint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Status, Time};
+use serde_json::{Value, json};
+
+const UNINITIALIZED: &str = "node.cloudprovider.kubernetes.io/uninitialized";
+const NOT_READY: &str = "node.kubernetes.io/not-ready";
+
+/// One request as the stand-in saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+}
+
+/// The simulated cluster.
+#[derive(Debug, Default)]
+pub struct World {
+    /// `/readyz` answers 503 this many times before `ok`.
+    pub readyz_failures: usize,
+    pub nodes: BTreeMap<String, Node>,
+    pub pods: Vec<Pod>,
+    /// Stored objects by URL path.
+    pub objects: BTreeMap<String, Value>,
+    /// GETs of a running install Job before it completes.
+    pub job_polls: usize,
+    /// This chart's install Job fails.
+    pub failing_chart: Option<String>,
+    /// Evictions answered 429 before they are allowed.
+    pub evictions_refused: usize,
+    pub seen: Vec<Seen>,
+    /// GETs of each Job so far.
+    pub polls: BTreeMap<String, usize>,
+}
+
+impl World {
+    /// Registers a node as kubelet would before any add-on runs: NotReady, tainted.
+    pub fn register(&mut self, name: &str, control_plane: bool) {
+        let mut labels = BTreeMap::from([("kubernetes.io/hostname".to_string(), name.to_string())]);
+        if control_plane {
+            labels.insert(
+                "node-role.kubernetes.io/control-plane".into(),
+                String::new(),
+            );
+        }
+        let node = Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(labels),
+                creation_timestamp: Some(Time(flatstack::kube::now())),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                taints: Some(vec![
+                    taint(UNINITIALIZED, Some("true"), "NoSchedule"),
+                    taint(NOT_READY, None, "NoSchedule"),
+                ]),
+                ..NodeSpec::default()
+            }),
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "False".into(),
+                    reason: Some("KubeletNotReady".into()),
+                    message: Some(
+                        "container runtime network not ready: cni plugin not initialized".into(),
+                    ),
+                    ..NodeCondition::default()
+                }]),
+                addresses: Some(vec![NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: format!("10.42.0.{}", 10 + self.nodes.len()),
+                }]),
+                node_info: Some(NodeSystemInfo {
+                    kubelet_version: "v1.33.2".into(),
+                    os_image: "Flatcar Container Linux by Kinvolk 4230.2.3 (Oklo)".into(),
+                    kernel_version: "6.6.95-flatcar".into(),
+                    container_runtime_version: "containerd://1.7.23".into(),
+                    ..NodeSystemInfo::default()
+                }),
+                ..NodeStatus::default()
+            }),
+        };
+        self.nodes.insert(name.into(), node);
+    }
+
+    /// Puts a pod on `node`; `daemon` makes it a DaemonSet's.
+    pub fn run_pod(&mut self, namespace: &str, name: &str, node: &str, daemon: bool) {
+        let owner = OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: if daemon { "DaemonSet" } else { "ReplicaSet" }.into(),
+            name: format!("{name}-owner"),
+            uid: "0".into(),
+            ..OwnerReference::default()
+        };
+        self.pods.push(Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(namespace.into()),
+                owner_references: Some(vec![owner]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                node_name: Some(node.into()),
+                ..Default::default()
+            }),
+            ..Pod::default()
+        });
+    }
+
+    pub fn ready(&self, node: &str) -> bool {
+        self.nodes.get(node).is_some_and(flatstack::kube::is_ready)
+    }
+
+    pub fn object(&self, path: &str) -> Option<&Value> {
+        self.objects.get(path)
+    }
+
+    fn chart_installed(&self, chart: &str) -> bool {
+        self.objects
+            .get(&job_path(chart))
+            .is_some_and(|job| job["status"]["succeeded"] == 1)
+    }
+
+    /// What the cluster does on its own between requests.
+    fn settle(&mut self) {
+        let network = self.chart_installed("flannel");
+        let cloud = self.chart_installed("openstack-cloud-controller-manager");
+        for node in self.nodes.values_mut() {
+            let spec = node.spec.get_or_insert_with(NodeSpec::default);
+            let taints = spec.taints.get_or_insert_with(Vec::new);
+            if network {
+                taints.retain(|t| t.key != NOT_READY);
+                if let Some(status) = node.status.as_mut()
+                    && let Some(ready) = status
+                        .conditions
+                        .iter_mut()
+                        .flatten()
+                        .find(|c| c.type_ == "Ready")
+                {
+                    ready.status = "True".into();
+                    ready.reason = Some("KubeletReady".into());
+                    ready.message = Some("kubelet is posting ready status".into());
+                }
+            }
+            if cloud && taints.iter().any(|t| t.key == UNINITIALIZED) {
+                taints.retain(|t| t.key != UNINITIALIZED);
+                let name = node.metadata.name.clone().unwrap_or_default();
+                spec.provider_id = Some(format!("openstack:///{name}"));
+                if let Some(addresses) = node.status.as_mut().and_then(|s| s.addresses.as_mut()) {
+                    addresses.push(NodeAddress {
+                        type_: "ExternalIP".into(),
+                        address: "203.0.113.7".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// helm-controller, if it could run: deployed, and a control plane labelled for it.
+    fn helm_controller_runs(&self) -> bool {
+        let deployed = self
+            .objects
+            .contains_key("/apis/apps/v1/namespaces/kube-system/deployments/helm-controller");
+        let placed = self.nodes.values().any(|n| {
+            n.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("node-role.kubernetes.io/control-plane"))
+                .is_some_and(|v| v == "true")
+        });
+        deployed && placed
+    }
+
+    fn all_nodes_schedulable(&self) -> bool {
+        !self.nodes.is_empty()
+            && self.nodes.values().all(|n| {
+                flatstack::kube::is_ready(n)
+                    && !n
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.taints.as_ref())
+                        .is_some_and(|t| t.iter().any(|t| t.key == UNINITIALIZED))
+            })
+    }
+
+    /// Starts install Jobs for charts that have none, and moves running Jobs on.
+    fn run_helm_controller(&mut self) {
+        if !self.helm_controller_runs() {
+            return;
+        }
+        let charts: Vec<(String, Value)> = self
+            .objects
+            .iter()
+            .filter(|(path, _)| path.starts_with("/apis/helm.cattle.io/v1/"))
+            .map(|(p, v)| (p.clone(), v.clone()))
+            .collect();
+        for (path, chart) in charts {
+            let name = chart["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let bootstrap = chart["spec"]["bootstrap"] == true;
+            if !bootstrap && !self.all_nodes_schedulable() {
+                continue; // its Job's pod cannot be scheduled yet
+            }
+            let job = job_path(&name);
+            if !self.objects.contains_key(&job) {
+                self.objects.insert(
+                    job.clone(),
+                    json!({
+                        "apiVersion": "batch/v1", "kind": "Job",
+                        "metadata": {"name": format!("helm-install-{name}"), "namespace": "kube-system"},
+                        "status": {"active": 1},
+                    }),
+                );
+                if let Some(stored) = self.objects.get_mut(&path) {
+                    stored["status"] = json!({"jobName": format!("helm-install-{name}")});
+                }
+            }
+        }
+    }
+
+    fn poll_job(&mut self, path: &str) {
+        let count = self.polls.entry(path.to_string()).or_default();
+        *count += 1;
+        let done = *count > self.job_polls;
+        let failing = self
+            .failing_chart
+            .as_ref()
+            .is_some_and(|c| path == job_path(c));
+        if let Some(job) = self.objects.get_mut(path)
+            && job["status"]["active"] == 1
+            && done
+        {
+            job["status"] = if failing {
+                json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                    "message": "Job has reached the specified backoff limit"}]})
+            } else {
+                json!({"succeeded": 1})
+            };
+        }
+    }
+}
+
+fn job_path(chart: &str) -> String {
+    format!("/apis/batch/v1/namespaces/kube-system/jobs/helm-install-{chart}")
+}
+
+fn taint(key: &str, value: Option<&str>, effect: &str) -> Taint {
+    Taint {
+        key: key.into(),
+        value: value.map(Into::into),
+        effect: effect.into(),
+        ..Taint::default()
+    }
+}
+
+/// The running stand-in.
+pub struct StandIn {
+    pub address: SocketAddr,
+    pub world: Arc<Mutex<World>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl StandIn {
+    /// Serves with a certificate for 127.0.0.1 signed by `ca` (PEM certificate and key), and
+    /// accepts only client certificates signed by `client_ca`.
+    pub fn start(ca_cert: &str, ca_key: &str, client_ca: &str, world: World) -> StandIn {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = server_tls(ca_cert, ca_key, client_ca);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let world = Arc::new(Mutex::new(world));
+        let shared = world.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        runtime.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let world = shared.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return; // no or wrong client certificate: handshake refused
+                    };
+                    let service = hyper::service::service_fn(move |request| {
+                        let world = world.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(&world, request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        StandIn {
+            address,
+            world,
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.world.lock().expect("world").seen.clone()
+    }
+
+    /// Requests that change something (anything but GET).
+    pub fn writes(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method != "GET")
+            .collect()
+    }
+}
+
+fn server_tls(ca_cert: &str, ca_key: &str, client_ca: &str) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let ca_key = rcgen::KeyPair::from_pem(ca_key).expect("CA key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_cert, ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kube-apiserver");
+    let cert = params
+        .signed_by(&key, &issuer)
+        .expect("serving certificate");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(client_ca.as_bytes()).expect("client CA"))
+        .expect("root");
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .expect("verifier");
+    rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).expect("key"),
+        )
+        .expect("server TLS")
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn answer(status: StatusCode, body: Value) -> Answer {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().expect("header"));
+    response
+}
+
+/// A `Status` failure, as the API server words them.
+fn failure(status: StatusCode, reason: &str, message: &str) -> Answer {
+    let body = Status {
+        code: Some(i32::from(status.as_u16())),
+        message: Some(message.into()),
+        reason: Some(reason.into()),
+        status: Some("Failure".into()),
+        ..Status::default()
+    };
+    let mut value = serde_json::to_value(body).expect("status");
+    value["kind"] = json!("Status");
+    value["apiVersion"] = json!("v1");
+    answer(status, value)
+}
+
+async fn handle(world: &Mutex<World>, request: Request<hyper::body::Incoming>) -> Answer {
+    let method = request.method().as_str().to_string();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or_default().to_string();
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = match request.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return failure(StatusCode::BAD_REQUEST, "BadRequest", "unreadable body"),
+    };
+    let mut world = world.lock().expect("world");
+    world.seen.push(Seen {
+        method: method.clone(),
+        path: path.clone(),
+        query: query.clone(),
+        content_type: content_type.clone(),
+    });
+    world.run_helm_controller();
+    world.settle();
+    let reply = route(&mut world, &method, &path, &query, &content_type, &body);
+    world.run_helm_controller();
+    world.settle();
+    reply
+}
+
+fn route(
+    world: &mut World,
+    method: &str,
+    path: &str,
+    query: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Answer {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        ("GET", ["readyz"]) => {
+            if world.readyz_failures > 0 {
+                world.readyz_failures -= 1;
+                let mut response = Response::new(Full::new(Bytes::from(
+                    "[-]etcd failed: reason withheld\nreadyz check failed\n",
+                )));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return response;
+            }
+            Response::new(Full::new(Bytes::from("ok")))
+        }
+        ("GET", ["api", "v1", "nodes"]) => {
+            let list = k8s_openapi::List::<Node> {
+                items: world.nodes.values().cloned().collect(),
+                metadata: Default::default(),
+            };
+            answer(
+                StatusCode::OK,
+                serde_json::to_value(list).expect("node list"),
+            )
+        }
+        ("PATCH", ["api", "v1", "nodes", name]) => {
+            if content_type != "application/merge-patch+json" {
+                return failure(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    content_type,
+                );
+            }
+            let Some(node) = world.nodes.get(*name) else {
+                return failure(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("nodes \"{name}\" not found"),
+                );
+            };
+            let mut value = serde_json::to_value(node).expect("node");
+            let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+                return failure(StatusCode::BAD_REQUEST, "BadRequest", "patch is not JSON");
+            };
+            merge(&mut value, &patch);
+            match serde_json::from_value::<Node>(value.clone()) {
+                Ok(node) => {
+                    world.nodes.insert(name.to_string(), node);
+                    answer(StatusCode::OK, value)
+                }
+                Err(e) => failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &e.to_string()),
+            }
+        }
+        ("DELETE", ["api", "v1", "nodes", name]) => match world.nodes.remove(*name) {
+            Some(_) => answer(
+                StatusCode::OK,
+                json!({"kind": "Status", "status": "Success"}),
+            ),
+            None => failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("nodes \"{name}\" not found"),
+            ),
+        },
+        ("GET", ["api", "v1", "pods"]) => {
+            let node = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("fieldSelector=spec.nodeName%3D"))
+                .unwrap_or_default();
+            let list = k8s_openapi::List::<Pod> {
+                items: world
+                    .pods
+                    .iter()
+                    .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+                    .cloned()
+                    .collect(),
+                metadata: Default::default(),
+            };
+            answer(
+                StatusCode::OK,
+                serde_json::to_value(list).expect("pod list"),
+            )
+        }
+        ("POST", ["api", "v1", "namespaces", ns, "pods", pod, "eviction"]) => {
+            if world.evictions_refused > 0 {
+                world.evictions_refused -= 1;
+                return failure(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                );
+            }
+            let before = world.pods.len();
+            world.pods.retain(|p| {
+                !(p.metadata.namespace.as_deref() == Some(*ns)
+                    && p.metadata.name.as_deref() == Some(*pod))
+            });
+            if world.pods.len() == before {
+                return failure(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("pods \"{pod}\" not found"),
+                );
+            }
+            answer(
+                StatusCode::CREATED,
+                json!({"kind": "Status", "status": "Success"}),
+            )
+        }
+        ("PATCH", _) => server_side_apply(world, path, query, content_type, body),
+        ("GET", _) => {
+            if path.starts_with("/apis/batch/v1/") {
+                world.poll_job(path);
+            }
+            match world.objects.get(path) {
+                Some(object) => answer(StatusCode::OK, object.clone()),
+                None => failure(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{path} not found"),
+                ),
+            }
+        }
+        _ => failure(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", path),
+    }
+}
+
+/// Server-side apply as the API server checks it: the apply content type, a field manager,
+/// and a body whose apiVersion, kind and name match the URL.
+fn server_side_apply(
+    world: &mut World,
+    path: &str,
+    query: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Answer {
+    if content_type != "application/apply-patch+yaml" {
+        return failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            content_type,
+        );
+    }
+    if !query
+        .split('&')
+        .any(|p| p.starts_with("fieldManager=") && p.len() > 13)
+    {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        );
+    }
+    let Ok(object) = serde_json::from_slice::<Value>(body) else {
+        return failure(StatusCode::BAD_REQUEST, "BadRequest", "body is not YAML");
+    };
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let group_version = path
+        .strip_prefix("/api/")
+        .or_else(|| path.strip_prefix("/apis/"))
+        .unwrap_or_default();
+    if name.is_empty() || !path.ends_with(&format!("/{name}")) || object["kind"].as_str().is_none()
+    {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "name or kind does not match the URL",
+        );
+    }
+    if !group_version.starts_with(&format!("{api_version}/")) {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("apiVersion {api_version} does not match {path}"),
+        );
+    }
+    if let Some(namespace) = object["metadata"]["namespace"].as_str()
+        && !path.contains(&format!("/namespaces/{namespace}/"))
+    {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "namespace does not match the URL",
+        );
+    }
+    let mut stored = object.clone();
+    if let Some(status) = world.objects.get(path).and_then(|p| p.get("status")) {
+        stored["status"] = status.clone();
+    }
+    world.objects.insert(path.to_string(), stored.clone());
+    answer(StatusCode::OK, stored)
+}
+
+/// JSON merge patch (RFC 7386).
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(target), Some(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
