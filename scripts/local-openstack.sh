@@ -8,6 +8,11 @@
 #   scripts/local-openstack.sh down     stop exactly the processes `up` started (by pid)
 #   scripts/local-openstack.sh status   which services run, and where the logs are
 #   scripts/local-openstack.sh env      print the variables that point clients at it
+#   scripts/local-openstack.sh api-instance compute|network PORT
+#                                       run one more Nova or Neutron API process on PORT, in the
+#                                       foreground, sharing the running cloud's database and
+#                                       queue: tests kill and restart it without disturbing the
+#                                       cloud other tests use
 #
 # Everything lives under $FLATSTACK_OPENSTACK_DIR (default /var/tmp/flatstack-openstack):
 # clouds.yaml (entries local-admin and local-demo, password "secret"), venv/, etc/, data/,
@@ -685,10 +690,25 @@ status() {
   return $all_up
 }
 
+# api-instance SERVICE PORT: exec a second API server of the running cloud on PORT.
+api_instance() {
+  local module
+  case ${1:-} in
+    compute) module=nova_api_app ;;
+    network) module=neutron_app ;;
+    *) echo "usage: $0 api-instance compute|network PORT" >&2; exit 2 ;;
+  esac
+  [[ ${2:-} =~ ^[0-9]+$ ]] || { echo "usage: $0 api-instance compute|network PORT" >&2; exit 2; }
+  [[ -f $WSGI/$module.py ]] || { echo "local-openstack: not set up yet; run \`$0 up\` first" >&2; exit 1; }
+  exec "$VENV/bin/gunicorn" --pythonpath "$WSGI" -b "$HOST:$2" -w 1 -k gthread --threads 8 \
+    --timeout 300 --graceful-timeout 2 --name "$1-api-$2" "$module:application"
+}
+
 case ${1:-} in
   up) up ;;
+  api-instance) shift; api_instance "$@" ;;
   down) down ;;
   status) status ;;
   env) echo "export OS_CLIENT_CONFIG_FILE=$ROOT/clouds.yaml OS_CLOUD=local-demo PATH=$VENV/bin:\$PATH" ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|api-instance" >&2; exit 2 ;;
 esac

@@ -615,3 +615,188 @@ fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
         "true"
     );
 }
+
+/// A Nova or Neutron API server of the local cloud running on a port of its own, so this test
+/// can kill it (SIGKILL to its whole process group) and start it again without disturbing the
+/// cloud the other tests use.
+struct ApiProcess {
+    service: &'static str,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl ApiProcess {
+    fn start(service: &'static str, port: u16) -> ApiProcess {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/local-openstack.sh"
+        ))
+        .args(["api-instance", service, &port.to_string()])
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start an API server");
+        for _ in 0..120 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return ApiProcess {
+                    service,
+                    port,
+                    child: Some(child),
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        panic!("the {service} API on port {port} did not start");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let group = format!("-{}", child.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        *self = ApiProcess::start(self.service, self.port);
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// neutron-server killed while `up` creates the network side, then nova-api killed and
+/// restarted while it creates servers: `up` reports what it could not reach, and running it
+/// again converges with exactly one of everything.
+#[test]
+fn up_converges_after_nova_api_and_neutron_server_are_killed() {
+    crate::openstack::test_image();
+    let mut network = ApiProcess::start("network", free_port());
+    let mut compute = ApiProcess::start("compute", free_port());
+    let name = unique("outage");
+    let workspace = Workspace::new();
+    let clouds = workspace.path("clouds.yaml");
+    std::fs::write(
+        &clouds,
+        format!(
+            "clouds:\n  outage:\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      username: demo\n      password: secret\n      project_name: demo\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n    compute_endpoint_override: http://127.0.0.1:{}/v2.1\n    network_endpoint_override: http://127.0.0.1:{}\n",
+            compute.port, network.port
+        ),
+    )
+    .expect("clouds.yaml");
+    workspace.write_cluster(&cluster(&name, 3, "").replace("local-demo", "outage"));
+    let _teardown = Teardown(&workspace);
+    let run = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flatstack"));
+        command
+            .current_dir(workspace.dir.path())
+            .env("OS_CLIENT_CONFIG_FILE", &clouds)
+            .env_remove("OS_CLOUD")
+            .env("FLATSTACK_STATE_DIR", workspace.state_dir())
+            .args(["--file"])
+            .arg(workspace.cluster_file())
+            .args(["up", "--provision-only"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    // Runs `up` and calls `when` once a line containing `marker` is printed, mid-apply.
+    let run_until = |marker: &str, when: &mut dyn FnMut()| -> (Output, String) {
+        use std::io::BufRead;
+        let mut child = run().spawn().expect("up");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut printed = String::new();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.contains(marker) {
+                when();
+                break;
+            }
+        }
+        for line in lines.map_while(Result::ok) {
+            printed.push_str(&line);
+            printed.push('\n');
+        }
+        (child.wait_with_output().expect("up ends"), printed)
+    };
+
+    // neutron-server dies while `up` creates ports, and stays down: `up` gives up, naming the
+    // API it could not reach.
+    let (first, printed) = run_until("creating port", &mut || network.kill());
+    let said = String::from_utf8_lossy(&first.stderr).to_string();
+    assert!(
+        printed.contains("creating port"),
+        "never got to ports:\n{printed}{said}"
+    );
+    assert_eq!(first.status.code(), Some(1), "{printed}{said}");
+    assert!(said.contains("cannot reach the network API"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+
+    // neutron-server back; nova-api killed while servers are being created, and started again.
+    network.restart();
+    let (second, printed) = run_until("creating server", &mut || compute.restart());
+    assert!(
+        printed.contains("creating server"),
+        "never got to servers:\n{printed}"
+    );
+
+    // Whatever the second run managed, the third finishes the job with no duplicates.
+    let third = run().output().expect("up");
+    let shown = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(
+        third.status.success(),
+        "second:\n{printed}{}\nthird:\n{}",
+        shown(&second),
+        shown(&third)
+    );
+    let counts = [
+        ("server", tagged("server", &name).len()),
+        ("port", tagged("port", &name).len()),
+        ("network", tagged("network", &name).len()),
+        ("subnet", tagged("subnet", &name).len()),
+        ("router", tagged("router", &name).len()),
+        ("security group", tagged("security group", &name).len()),
+        ("floating ip", tagged("floating ip", &name).len()),
+    ];
+    assert_eq!(
+        counts,
+        [
+            ("server", 4),
+            ("port", 4),
+            ("network", 1),
+            ("subnet", 1),
+            ("router", 1),
+            ("security group", 2),
+            ("floating ip", 1)
+        ],
+        "second:\n{printed}{}",
+        shown(&second)
+    );
+    let fourth = run().output().expect("up");
+    assert!(
+        String::from_utf8_lossy(&fourth.stdout).contains("nothing to change (0 changes made)"),
+        "{}",
+        shown(&fourth)
+    );
+}
