@@ -638,16 +638,18 @@ impl ApiProcess {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start an API server");
+        let mut process = ApiProcess {
+            service,
+            port,
+            child: Some(child),
+        };
         for _ in 0..120 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return ApiProcess {
-                    service,
-                    port,
-                    child: Some(child),
-                };
+                return process;
             }
             std::thread::sleep(std::time::Duration::from_millis(250));
         }
+        process.kill();
         panic!("the {service} API on port {port} did not start");
     }
 
