@@ -125,12 +125,22 @@ pub async fn bootstrap(
 
     let wanted: Vec<String> = spec.nodes().into_iter().map(|n| n.name).collect();
     say(&format!("waiting for {} node(s) to be Ready", wanted.len()));
+    let last_ready = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let nodes = poll(
         "every node Ready",
         left(),
         Duration::from_secs(3),
         || async {
             let nodes = client.nodes().await?;
+            let ready = nodes
+                .iter()
+                .filter(|n| {
+                    is_ready(n) && n.metadata.name.as_ref().is_some_and(|m| wanted.contains(m))
+                })
+                .count();
+            if last_ready.swap(ready, std::sync::atomic::Ordering::Relaxed) != ready {
+                say(&format!("{ready}/{} nodes Ready", wanted.len()));
+            }
             let mut waiting = missing_nodes(&nodes, &wanted);
             waiting.extend(
                 nodes

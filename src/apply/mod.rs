@@ -371,8 +371,10 @@ pub async fn provision(
         .map(|s| s.id.clone())
         .chain(created.iter().map(|s| s.id.clone()))
         .collect();
+    let total = ids.len();
     for id in ids {
         servers.push(cloud.wait_server_active(&id, SERVER_TIMEOUT).await?);
+        say(&format!("{}/{total} servers ACTIVE", servers.len()));
     }
     servers.sort_by(|a, b| a.name.cmp(&b.name));
     watch.lap("servers ACTIVE");
