@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A real OpenStack on 127.0.0.1 for flatstack's tests and for trying flatstack without a cloud:
-# Keystone, Glance, Placement, Nova (fake virt driver), Neutron (agentless ML2) and Cinder
-# (fake volume driver), installed from PyPI into one virtualenv, with MariaDB, RabbitMQ and
-# memcached from Debian. No data plane: servers go ACTIVE but never boot.
+# Keystone, Glance, Placement, Nova (fake virt driver), Neutron (agentless ML2), Cinder
+# (fake volume driver) and Octavia (its own no-op amphora, compute and network drivers: load
+# balancers go through Octavia's real API and state machine to ACTIVE and DELETED, with no
+# amphora), installed from PyPI into one virtualenv, with MariaDB, RabbitMQ and memcached from
+# Debian. No data plane: servers go ACTIVE but never boot.
 #
 #   scripts/local-openstack.sh up       install (first time), configure, start, wait; idempotent
 #   scripts/local-openstack.sh down     stop exactly the processes `up` started (by pid)
@@ -31,11 +33,12 @@ MYSQL=(mariadb --no-defaults -uroot --socket="$RUN/mysqld.sock")
 # Pinned releases that were verified together (Python 3.11).
 PIP_PACKAGES=(keystone==30.0.0 glance==33.0.0 openstack-placement==16.0.0 nova==34.0.0
   neutron==29.0.0 cinder==29.0.0 python-openstackclient==10.5.0 openstacksdk==4.22.0
-  osc-placement==4.9.1 gunicorn PyMySQL pymemcache python-memcached)
-APT_PACKAGES=(mariadb-server rabbitmq-server memcached curl)
+  osc-placement==4.9.1 octavia==19.0.0 python-octaviaclient==3.15.0 gunicorn PyMySQL
+  pymemcache python-memcached)
+APT_PACKAGES=(mariadb-server rabbitmq-server memcached curl openssl)
 # Stop order: API and service tier first (in parallel), infrastructure last.
-SERVICES=(cinder-volume cinder-scheduler cinder-api neutron-api nova-compute nova-scheduler
-  nova-conductor nova-api placement glance keystone)
+SERVICES=(octavia-worker octavia-api cinder-volume cinder-scheduler cinder-api neutron-api
+  nova-compute nova-scheduler nova-conductor nova-api placement glance keystone)
 INFRA=(memcached rabbitmq epmd mariadb)
 
 START=$(date +%s)
@@ -257,7 +260,7 @@ infrastructure() {
   launch memcached /usr/bin/memcached -l $HOST -p 11212 -U 0 -u memcache -m 64 -c 4096
   await mariadb 60 "${MYSQL[@]}" -e 'select 1'
   local sql="" database
-  for database in keystone glance placement nova_api nova nova_cell0 neutron cinder; do
+  for database in keystone glance placement nova_api nova nova_cell0 neutron cinder octavia; do
     sql+="CREATE DATABASE IF NOT EXISTS $database CHARACTER SET utf8mb3;"
   done
   "${MYSQL[@]}" -e "$sql CREATE USER IF NOT EXISTS 'os'@'127.0.0.1' IDENTIFIED BY '$PASSWORD';
@@ -639,6 +642,89 @@ cinder_ready() {
   await cinder-volume 120 fresh_heartbeat volume cinder-volume
 }
 
+# ------------------------------------------------------------------ octavia
+# The load-balancer service user and catalog entry (a step of its own, so clouds set up before
+# Octavia joined the rig get them too).
+octavia_objects() {
+  [[ -f $DATA/keystone/.octavia ]] && return 0
+  say "keystone: the load-balancer service"
+  "$VENV/bin/python" - "$PASSWORD" "$HOST" >>"$LOGS/keystone-objects.log" 2>&1 <<'PY' ||
+import sys, openstack
+password, host = sys.argv[1:3]
+identity = openstack.connect(cloud='local-admin').identity
+domain = identity.find_domain('default')
+service_project = identity.find_project('service')
+user = identity.find_user('octavia', ignore_missing=True) or identity.create_user(
+    name='octavia', password=password, domain_id=domain.id)
+for role in ('admin', 'service'):
+    identity.assign_project_role_to_user(service_project, user, identity.find_role(role))
+# Octavia's default policy lets project members use load balancers only with this role.
+member = identity.find_role('load-balancer_member', ignore_missing=True) or identity.create_role(
+    name='load-balancer_member')
+identity.assign_project_role_to_user(identity.find_project('demo'), identity.find_user('demo'), member)
+service = next((s for s in identity.services() if s.type == 'load-balancer'), None) or \
+    identity.create_service(name='octavia', type='load-balancer')
+have = {e.interface for e in identity.endpoints() if e.service_id == service.id}
+for interface in ('public', 'internal', 'admin'):
+    if interface not in have:
+        identity.create_endpoint(service_id=service.id, interface=interface,
+                                 url=f'http://{host}:9876', region_id='RegionOne')
+PY
+    die "creating Octavia's keystone objects failed; see $LOGS/keystone-objects.log"
+  touch "$DATA/keystone/.octavia"
+}
+
+octavia() {
+  mkdir -p "$DATA/octavia/certs" "$ETC/octavia"
+  # Octavia signs amphora certificates even with no amphora: a throwaway CA of its own.
+  if [[ ! -f $DATA/octavia/certs/ca.pem ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=local-octavia-ca \
+      -keyout "$DATA/octavia/certs/ca.key" -out "$DATA/octavia/certs/ca.pem" \
+      >"$LOGS/octavia-ca.log" 2>&1 || die "making Octavia's CA failed; see $LOGS/octavia-ca.log"
+  fi
+  write "$ETC/octavia/octavia.conf" <<EOF
+[DEFAULT]
+transport_url = $TRANSPORT
+graceful_shutdown_timeout = 5
+[api_settings]
+auth_strategy = keystone
+enabled_provider_drivers = amphora:'Octavia amphora over no-op drivers'
+default_provider_driver = amphora
+[database]
+connection = $DB/octavia?charset=utf8
+[keystone_authtoken]
+$(authtoken octavia)
+[service_auth]
+$(service_auth octavia)
+[controller_worker]
+client_ca = $DATA/octavia/certs/ca.pem
+amphora_driver = amphora_noop_driver
+compute_driver = compute_noop_driver
+network_driver = network_noop_driver
+volume_driver = volume_noop_driver
+image_driver = image_noop_driver
+loadbalancer_topology = SINGLE
+workers = 1
+[certificates]
+cert_manager = noop_cert_manager
+ca_certificate = $DATA/octavia/certs/ca.pem
+ca_private_key = $DATA/octavia/certs/ca.key
+[task_flow]
+jobboard_enabled = False
+[oslo_messaging]
+topic = octavia_prov
+[oslo_messaging_notifications]
+driver = noop
+EOF
+  local config="--config-file $ETC/octavia/octavia.conf"
+  wsgi_module octavia_app octavia-api "$config" "from octavia.wsgi.api import application" ""
+  # shellcheck disable=SC2086
+  once octavia-db "$VENV/bin/octavia-db-manage" $config upgrade head
+  gunicorn octavia-api 9876 octavia_app
+  # shellcheck disable=SC2086
+  launch octavia-worker "$VENV/bin/octavia-worker" $config
+}
+
 # ------------------------------------------------------------------ commands
 up() {
   mkdir -p "$LOGS" "$PIDS" "$DATA" "$ETC" "$WSGI" "$RUN"
@@ -653,16 +739,19 @@ up() {
   write_clouds_yaml
   await keystone 120 http_ok "$KEYSTONE/v3"
   keystone_objects
+  octavia_objects
   glance
   placement
   nova
   neutron
   cinder
+  octavia
   await glance 120 http_ok "http://$HOST:9292/versions"
   await placement 120 http_ok "http://$HOST:8778/"
   await nova-api 120 http_ok "http://$HOST:8774/"
   await neutron-api 120 http_ok "http://$HOST:9696/"
   await cinder-api 120 http_ok "http://$HOST:8776/"
+  await octavia-api 120 http_ok "http://$HOST:9876/"
   nova_ready
   neutron_ready
   cinder_ready

@@ -449,7 +449,27 @@ pub async fn teardown(
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<(), ApplyError> {
     let observed = Observed::collect(cloud, cluster).await?;
+    // What the cloud controller made for LoadBalancer Services goes first: the load balancers'
+    // addresses are on the cluster's subnet and their members are its nodes.
+    for floating in &observed.service_floating_ips {
+        say(&format!(
+            "releasing floating IP {} ({})",
+            floating.floating_ip_address, floating.description
+        ));
+        cloud
+            .delete_resource(Kind::FloatingIp, &floating.id)
+            .await?;
+    }
     let mut tasks = tokio::task::JoinSet::new();
+    for balancer in &observed.load_balancers {
+        say(&format!("deleting load balancer {}", balancer.name));
+        let cloud = cloud.clone();
+        let id = balancer.id.clone();
+        tasks.spawn(async move { cloud.delete_load_balancer(&id, SERVER_TIMEOUT).await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(task_failed)??;
+    }
     for server in &observed.servers {
         say(&format!("deleting server {}", server.name));
         let cloud = cloud.clone();

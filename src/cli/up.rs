@@ -454,6 +454,23 @@ pub fn status(file: &Path, cloud_flag: Option<&str>, args: &StatusArgs) -> anyho
                 .map_or("not attached".to_string(), |p| format!("-> {}", p.name));
             row("floating IP", &f.floating_ip_address, &f.status, &target);
         }
+        for balancer in &observed.load_balancers {
+            let vip = balancer.vip_address.as_deref().unwrap_or("no address");
+            row(
+                "load balancer",
+                &balancer.name,
+                &balancer.provisioning_status,
+                &format!("VIP {vip} (made by the cloud controller)"),
+            );
+        }
+        for f in &observed.service_floating_ips {
+            row(
+                "floating IP",
+                &f.floating_ip_address,
+                &f.status,
+                &f.description,
+            );
+        }
         let mut failed = Vec::new();
         for server in &observed.servers {
             let detail = match &server.fault {

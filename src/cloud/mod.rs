@@ -11,6 +11,7 @@ mod session;
 
 pub mod compute;
 pub mod image;
+pub mod load_balancer;
 pub mod network;
 pub mod volume;
 
@@ -31,6 +32,7 @@ pub enum Service {
     Network,
     Image,
     Volume,
+    LoadBalancer,
 }
 
 impl Service {
@@ -41,6 +43,7 @@ impl Service {
             Service::Network => "network",
             Service::Image => "image",
             Service::Volume => "block-storage",
+            Service::LoadBalancer => "load-balancer",
         }
     }
 
@@ -52,6 +55,7 @@ impl Service {
             Service::Network => &["network"],
             Service::Image => &["image"],
             Service::Volume => &["block-storage", "volumev3", "volume"],
+            Service::LoadBalancer => &["load-balancer"],
         }
     }
 
@@ -61,6 +65,7 @@ impl Service {
             Service::Network => "/v2.0",
             Service::Image => "/v2",
             Service::Identity => "/v3",
+            Service::LoadBalancer => "/v2",
             Service::Compute | Service::Volume => return url.to_string(),
         };
         if url.ends_with(suffix) {

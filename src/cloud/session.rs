@@ -165,6 +165,11 @@ impl Cloud {
         self.login.read().await.catalog.clone()
     }
 
+    /// Whether the cloud offers `service` (in its catalog, or by an endpoint override).
+    pub async fn offers(&self, service: Service) -> bool {
+        self.endpoint(service).await.is_ok()
+    }
+
     async fn endpoint(&self, service: Service) -> Result<String, CloudError> {
         if let Some(url) = self.config.endpoint_overrides.get(service.name()) {
             return Ok(service.versioned(url));

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::cloud::compute::Server;
+use crate::cloud::load_balancer::{LoadBalancer, is_service_floating_ip};
 use crate::cloud::network::Kind;
 use crate::cloud::network::{FloatingIp, Network, Port, Router, SecurityGroup, Subnet};
 use crate::cloud::{Cloud, CloudError};
@@ -70,24 +71,41 @@ pub struct Observed {
     pub floating_ips: Vec<FloatingIp>,
     pub servers: Vec<Server>,
     pub server_groups: Vec<crate::cloud::compute::ServerGroup>,
+    /// Made by the cluster's cloud controller for `LoadBalancer` Services, found by name.
+    pub load_balancers: Vec<LoadBalancer>,
+    /// The floating IPs the cloud controller gave those load balancers, found by description.
+    pub service_floating_ips: Vec<FloatingIp>,
 }
 
 impl Observed {
-    /// Lists every kind of resource the cluster may own, by tag (server groups, which cannot
-    /// be tagged, by name).
+    /// Lists every kind of resource the cluster may own: by tag, server groups (which cannot be
+    /// tagged) by name, and what the cloud controller made by its own naming.
     pub async fn collect(cloud: &Cloud, cluster: &str) -> Result<Observed, CloudError> {
         let tag = cluster_tag(cluster);
         let tags = [tag.as_str()];
         let group_name = Names::of(cluster).server_group;
-        let (networks, subnets, routers, security_groups, ports, floating_ips, servers, groups) = tokio::try_join!(
-            cloud.list_tagged(Kind::Network, &tags),
-            cloud.list_tagged(Kind::Subnet, &tags),
-            cloud.list_tagged(Kind::Router, &tags),
-            cloud.list_tagged(Kind::SecurityGroup, &tags),
-            cloud.list_tagged(Kind::Port, &tags),
-            cloud.list_tagged(Kind::FloatingIp, &tags),
-            cloud.servers_tagged(&tags),
-            cloud.server_groups(),
+        let (
+            (networks, subnets, routers, security_groups, ports, floating_ips, servers, groups),
+            (load_balancers, all_floating_ips),
+        ) = tokio::try_join!(
+            async {
+                tokio::try_join!(
+                    cloud.list_tagged(Kind::Network, &tags),
+                    cloud.list_tagged(Kind::Subnet, &tags),
+                    cloud.list_tagged(Kind::Router, &tags),
+                    cloud.list_tagged(Kind::SecurityGroup, &tags),
+                    cloud.list_tagged(Kind::Port, &tags),
+                    cloud.list_tagged(Kind::FloatingIp, &tags),
+                    cloud.servers_tagged(&tags),
+                    cloud.server_groups(),
+                )
+            },
+            async {
+                tokio::try_join!(
+                    cloud.cluster_load_balancers(cluster),
+                    cloud.list::<FloatingIp>(Kind::FloatingIp, &[]),
+                )
+            },
         )?;
         Ok(Observed {
             networks,
@@ -100,6 +118,11 @@ impl Observed {
             server_groups: groups
                 .into_iter()
                 .filter(|g| g.name == group_name)
+                .collect(),
+            load_balancers,
+            service_floating_ips: all_floating_ips
+                .into_iter()
+                .filter(|f| is_service_floating_ip(&f.description, cluster))
                 .collect(),
         })
     }
@@ -114,6 +137,8 @@ impl Observed {
             + self.floating_ips.len()
             + self.servers.len()
             + self.server_groups.len()
+            + self.load_balancers.len()
+            + self.service_floating_ips.len()
     }
 
     /// One line per resource: `kind name (id)`.
@@ -121,6 +146,12 @@ impl Observed {
         let mut lines = Vec::new();
         let mut add =
             |kind: &str, name: &str, id: &str| lines.push(format!("{kind} {name} ({id})"));
+        self.load_balancers
+            .iter()
+            .for_each(|l| add("load balancer", &l.name, &l.id));
+        self.service_floating_ips
+            .iter()
+            .for_each(|f| add("floating IP", &f.floating_ip_address, &f.id));
         self.servers
             .iter()
             .for_each(|s| add("server", &s.name, &s.id));

@@ -802,3 +802,127 @@ fn up_converges_after_nova_api_and_neutron_server_are_killed() {
         shown(&fourth)
     );
 }
+
+/// Load balancers the cloud controller made for `LoadBalancer` Services (made here through
+/// Octavia's API as the cloud controller would, with its naming) and their floating IPs are
+/// shown by `status` and removed by `down`, with their listeners and pools; a look-alike of
+/// another cluster is left alone.
+#[test]
+fn down_removes_the_cloud_controllers_load_balancers() {
+    let name = unique("lbs");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 1, ""));
+    let _teardown = Teardown(&workspace);
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+    let subnet = tagged("subnet", &name)[0]["ID"]
+        .as_str()
+        .expect("subnet")
+        .to_string();
+    let ours = format!("kube_service_{name}_default_web");
+    let theirs = format!("kube_service_{name}-other_default_web");
+    for balancer in [&ours, &theirs] {
+        cli(
+            "local-demo",
+            &[
+                "loadbalancer",
+                "create",
+                "--name",
+                balancer,
+                "--vip-subnet-id",
+                &subnet,
+                "--wait",
+                "-f",
+                "json",
+            ],
+        );
+    }
+    cli(
+        "local-demo",
+        &[
+            "loadbalancer",
+            "listener",
+            "create",
+            "--name",
+            &format!("{name}-http"),
+            "--protocol",
+            "TCP",
+            "--protocol-port",
+            "80",
+            "--wait",
+            &ours,
+            "-f",
+            "json",
+        ],
+    );
+    cli(
+        "local-demo",
+        &[
+            "loadbalancer",
+            "pool",
+            "create",
+            "--name",
+            &format!("{name}-pool"),
+            "--lb-algorithm",
+            "ROUND_ROBIN",
+            "--listener",
+            &format!("{name}-http"),
+            "--protocol",
+            "TCP",
+            "--wait",
+            "-f",
+            "json",
+        ],
+    );
+    let description =
+        format!("Floating IP for Kubernetes external service default/web from cluster {name}");
+    let fip = cli(
+        "local-demo",
+        &[
+            "floating",
+            "ip",
+            "create",
+            "--description",
+            &description,
+            "public",
+            "-f",
+            "json",
+        ],
+    );
+    let fip_id = fip["id"].as_str().expect("id").to_string();
+
+    let status = success(&flatstack(&workspace, &["status"]));
+    assert!(
+        status.contains(&ours) && status.contains("made by the cloud controller"),
+        "{status}"
+    );
+    assert!(status.contains(&description), "{status}");
+    assert!(!status.contains(&theirs), "{status}");
+
+    let down = success(&flatstack(&workspace, &["down", "--yes"]));
+    assert!(
+        down.contains(&format!("deleting load balancer {ours}")),
+        "{down}"
+    );
+    let balancers: Vec<String> = cli("local-demo", &["loadbalancer", "list", "-f", "json"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["name"].as_str().map(str::to_string))
+        .collect();
+    assert!(!balancers.contains(&ours), "{balancers:?}");
+    assert!(
+        balancers.contains(&theirs),
+        "another cluster's: {balancers:?}"
+    );
+    assert!(
+        !cli_raw("local-demo", &["floating", "ip", "show", &fip_id])
+            .status
+            .success(),
+        "the service's floating IP must be released"
+    );
+    assert_nothing_left(&name);
+    cli(
+        "local-demo",
+        &["loadbalancer", "delete", "--cascade", "--wait", &theirs],
+    );
+}
