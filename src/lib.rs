@@ -8,6 +8,7 @@ pub mod addons;
 pub mod apply;
 pub mod cli;
 pub mod cloud;
+pub mod image;
 pub mod kube;
 pub mod node;
 pub mod pins;

@@ -2,6 +2,7 @@
 //! each one and prints its output. Exit codes: 0 success, 1 failure, 2 invalid input.
 
 mod cloud;
+mod image;
 mod init;
 mod render;
 mod up;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Inspect the OpenStack cloud.
     #[command(subcommand)]
     Cloud(CloudCommand),
+    /// Flatcar images in Glance: verified uploads and what is there.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Render(args) => render::run(&cli.file, &args),
         Command::Cloud(CloudCommand::Check) => cloud::check(&cli.file, cli.cloud.as_deref()),
+        Command::Image(command) => image::run(&cli.file, cli.cloud.as_deref(), &command),
         Command::Plan(args) => up::plan(&cli.file, cli.cloud.as_deref(), &args),
         Command::Up(args) => up::up(&cli.file, cli.cloud.as_deref(), &args),
         Command::Down(args) => up::down(&cli.file, cli.cloud.as_deref(), &args),
@@ -140,7 +145,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     if invalid { EXIT_INVALID_INPUT } else { 1 }
 }
 
-fn load_spec(path: &std::path::Path) -> anyhow::Result<ClusterSpec> {
+pub(crate) fn load_spec(path: &std::path::Path) -> anyhow::Result<ClusterSpec> {
     match ClusterSpec::load(path) {
         Ok(spec) => Ok(spec),
         Err(crate::spec::LoadError::Invalid(invalid)) => Err(invalid.into()),

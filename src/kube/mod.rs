@@ -355,7 +355,8 @@ fn status_message(body: &[u8]) -> String {
         })
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error with all its causes, `: `-separated.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
