@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's whole test run, as CI runs it: formatting, lints, unit and integration tests.
 # Installs what the tests check against when it is missing: Debian's real Ignition
-# (ignition-validate and the ignition binary), openssl, kubectl, and a real OpenStack on
+# (ignition-validate and the ignition binary), openssl, kubectl, gpg, qemu-img and bzip2 (to
+# make signed Flatcar-like releases), and a real OpenStack on
 # 127.0.0.1 (scripts/local-openstack.sh, left running afterwards for the next run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,9 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
 command -v useradd >/dev/null || missing+=(passwd)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v gpg >/dev/null || missing+=(gnupg)
+command -v qemu-img >/dev/null || missing+=(qemu-utils)
+command -v bzip2 >/dev/null || missing+=(bzip2)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]}"
   sudo=()

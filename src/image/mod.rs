@@ -39,6 +39,14 @@ pub enum ImageError {
         expected: String,
         actual: String,
     },
+    #[error(
+        "{file} matches its signature but not its DIGESTS file\n  DIGESTS says {expected}\n  the file is  {actual}\n  the DIGESTS file is wrong or belongs to another file; nothing was kept in Glance"
+    )]
+    DigestsDisagree {
+        file: String,
+        expected: String,
+        actual: String,
+    },
     #[error("the image does not decompress as bzip2: {0}")]
     Decompress(String),
     #[error(

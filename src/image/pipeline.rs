@@ -112,10 +112,24 @@ pub async fn stream_into_glance(
     // The most telling reason first: what the bytes are, then how moving them went.
     let (digest, compressed_bytes, resumed) = fed?;
     if !digest_ok {
-        return Err(ImageError::DigestMismatch {
-            file: file.to_string(),
-            expected: sha512.unwrap_or_default().to_string(),
-            actual: digest,
+        let (file, expected, actual) = (
+            file.to_string(),
+            sha512.unwrap_or_default().to_string(),
+            digest,
+        );
+        // An authentic file with a wrong DIGESTS entry is a different story than an altered file.
+        return Err(if matches!(signature, Some(Ok(Ok(())))) {
+            ImageError::DigestsDisagree {
+                file,
+                expected,
+                actual,
+            }
+        } else {
+            ImageError::DigestMismatch {
+                file,
+                expected,
+                actual,
+            }
         });
     }
     if let Some(checked) = signature {

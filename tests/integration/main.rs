@@ -4,6 +4,7 @@ mod bootstrap;
 mod cli;
 mod faults;
 mod ignition;
+mod image;
 mod kube_standin;
 mod kubeadm;
 mod openstack;

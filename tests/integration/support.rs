@@ -144,11 +144,16 @@ pub fn require_tool(name: &str) {
     );
 }
 
-/// A tiny HTTP/1.1 file server on 127.0.0.1, standing in for the sysext download host.
+/// A tiny HTTP/1.1 file server on 127.0.0.1, standing in for the sysext and Flatcar release
+/// hosts: answers `Range: bytes=N-` with 206, and can drop a connection part-way.
 pub struct FileServer {
     address: SocketAddr,
     stop: Arc<AtomicBool>,
     pub requests: Arc<AtomicUsize>,
+    /// Every request line with its Range header, if any.
+    pub seen: Arc<Mutex<Vec<String>>>,
+    /// Path -> bytes after which the next full answer for it is cut off.
+    drops: Arc<Mutex<BTreeMap<String, usize>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -158,10 +163,12 @@ impl FileServer {
         let address = listener.local_addr().expect("address");
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicUsize::new(0));
-        let files = Arc::new(Mutex::new(files));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let drops = Arc::new(Mutex::new(BTreeMap::new()));
+        let files = Arc::new(files);
         let thread = {
-            let stop = stop.clone();
-            let requests = requests.clone();
+            let (stop, requests, seen, drops) =
+                (stop.clone(), requests.clone(), seen.clone(), drops.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
@@ -169,8 +176,7 @@ impl FileServer {
                     }
                     if let Ok(stream) = stream {
                         requests.fetch_add(1, Ordering::SeqCst);
-                        let files = files.lock().map(|f| f.clone()).unwrap_or_default();
-                        let _ = answer(stream, &files);
+                        let _ = answer(stream, &files, &seen, &drops);
                     }
                 }
             })
@@ -179,8 +185,18 @@ impl FileServer {
             address,
             stop,
             requests,
+            seen,
+            drops,
             thread: Some(thread),
         }
+    }
+
+    /// Cuts the next full answer for `path` off after `bytes` bytes of its body.
+    pub fn drop_once(&self, path: &str, bytes: usize) {
+        self.drops
+            .lock()
+            .expect("drops")
+            .insert(path.trim_start_matches('/').to_string(), bytes);
     }
 
     pub fn base_url(&self) -> String {
@@ -198,28 +214,67 @@ impl Drop for FileServer {
     }
 }
 
-fn answer(stream: TcpStream, files: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+fn answer(
+    stream: TcpStream,
+    files: &BTreeMap<String, Vec<u8>>,
+    seen: &Mutex<Vec<String>>,
+    drops: &Mutex<BTreeMap<String, usize>>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
+    let mut range_start = None;
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
             break;
         }
+        if let Some(value) = header.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            range_start = value.trim().trim_end_matches('-').parse::<usize>().ok();
+        }
     }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .trim_start_matches('/')
+        .to_string();
+    if let Ok(mut seen) = seen.lock() {
+        seen.push(match range_start {
+            Some(start) => format!("GET /{path} from {start}"),
+            None => format!("GET /{path}"),
+        });
+    }
     let mut stream = stream;
-    match files.get(path.trim_start_matches('/')) {
-        Some(body) => {
+    match (files.get(&path), range_start) {
+        (Some(body), Some(start)) if start < body.len() => {
             write!(
                 stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n",
+                body.len() - start,
+                body.len() - 1,
                 body.len()
             )?;
-            stream.write_all(body)?;
+            stream.write_all(&body[start..])?;
         }
-        None => write!(
+        (Some(body), _) => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            let cut = drops.lock().ok().and_then(|mut d| d.remove(&path));
+            match cut {
+                Some(after) => {
+                    stream.write_all(&body[..after.min(body.len())])?;
+                    stream.flush()?;
+                    // Gone mid-answer, as a dropped connection.
+                    return stream.shutdown(std::net::Shutdown::Both);
+                }
+                None => stream.write_all(body)?,
+            }
+        }
+        (None, _) => write!(
             stream,
             "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )?,
