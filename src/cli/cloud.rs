@@ -158,16 +158,35 @@ pub async fn inspect(
             (label, cloud.images(&filters).await?)
         }
     };
-    let active = images
+    // The newest release wins: of the cluster's channel when images say theirs (as `image
+    // ensure` records it), on the architecture nodes run (or unstated), newest upload last.
+    let channel = spec.flatcar.channel.as_str();
+    let usable: Vec<&crate::cloud::image::Image> = images
         .iter()
         .filter(|i| i.status == "active")
-        .max_by(|a, b| a.created_at.cmp(&b.created_at));
+        .filter(|i| i.architecture.as_deref().is_none_or(|a| a == "x86_64"))
+        .collect();
+    let of_channel: Vec<&crate::cloud::image::Image> = usable
+        .iter()
+        .copied()
+        .filter(|i| i.properties.get("flatcar_channel").and_then(|c| c.as_str()) == Some(channel))
+        .collect();
+    let candidates = if spec.flatcar.image.is_none() && !of_channel.is_empty() {
+        of_channel
+    } else {
+        usable
+    };
+    let active = candidates.into_iter().max_by(|a, b| {
+        crate::image::version_key(a.os_version.as_deref())
+            .cmp(&crate::image::version_key(b.os_version.as_deref()))
+            .then_with(|| a.created_at.cmp(&b.created_at))
+    });
     checks.push(Check {
         what,
         ok: active.is_some(),
         detail: match active {
             Some(image) => format!("{} ({})", image.name.as_deref().unwrap_or(""), image.id),
-            None => "none active; run `flatstack image ensure` or set `flatcar.image`".into(),
+            None => "none active; run `flatstack image ensure` to upload a verified one, or set `flatcar.image`".into(),
         },
     });
 

@@ -498,3 +498,68 @@ fn nothing_that_fails_verification_reaches_glance() {
         assert!(left.is_empty(), "{case}: Glance kept {left:?}");
     }
 }
+
+/// `up` (through its preflight, shown by `cloud check`) boots the newest release of the cluster's
+/// channel: versions compared as numbers, images of other channels left aside.
+#[test]
+fn the_newest_image_of_the_channel_is_chosen() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("tiny.raw");
+    std::fs::write(&data, vec![0u8; 1024]).expect("data");
+    let tag = crate::openstack::unique("pick");
+    let mut ids = Vec::new();
+    for (version, channel) in [
+        ("99998.2.0", "alpha"),
+        ("99998.10.0", "alpha"),
+        ("99999.0.0", "beta"),
+    ] {
+        let name = format!("{tag}-{channel}-{version}");
+        let image = cli(
+            "local-demo",
+            &[
+                "image",
+                "create",
+                "--disk-format",
+                "raw",
+                "--file",
+                &data.to_string_lossy(),
+                "--property",
+                "os_distro=flatcar",
+                "--property",
+                &format!("os_version={version}"),
+                "--property",
+                "architecture=x86_64",
+                "--property",
+                &format!("flatcar_channel={channel}"),
+                &name,
+                "-f",
+                "json",
+            ],
+        );
+        ids.push(image["id"].as_str().expect("id").to_string());
+    }
+    std::fs::write(
+        dir.path().join("cluster.toml"),
+        format!(
+            "name = \"{tag}\"\ncloud = \"local-demo\"\n[kubernetes]\nversion = \"1.33.2\"\nsysext_sha256 = \"{}\"\n[flatcar]\nchannel = \"alpha\"\n[control_plane]\nflavor = \"m3.tiny\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .expect("cluster file");
+    let output = Command::new(env!("CARGO_BIN_EXE_flatstack"))
+        .current_dir(dir.path())
+        .env("OS_CLIENT_CONFIG_FILE", clouds_yaml())
+        .env_remove("OS_CLOUD")
+        .args(["cloud", "check"])
+        .output()
+        .expect("run");
+    for id in &ids {
+        cli("local-demo", &["image", "delete", id]);
+    }
+    let out = stdout(&output);
+    let line = out
+        .lines()
+        .find(|l| l.contains("Flatcar alpha image"))
+        .unwrap_or_default();
+    assert!(line.contains(&format!("{tag}-alpha-99998.10.0")), "{out}");
+}
