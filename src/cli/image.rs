@@ -150,6 +150,7 @@ pub fn run(file: &Path, cloud_flag: Option<&str>, command: &ImageCommand) -> any
 /// A progress bar for download and upload on a terminal; a few plain lines otherwise.
 struct Bar {
     bar: Option<indicatif::ProgressBar>,
+    started: Instant,
 }
 
 impl Bar {
@@ -163,7 +164,10 @@ impl Bar {
             }
             bar
         });
-        Bar { bar }
+        Bar {
+            bar,
+            started: Instant::now(),
+        }
     }
 
     fn say(&self, line: &str) {
@@ -187,7 +191,12 @@ impl image::Progress for Bar {
                 bar.set_length(total);
             }
             bar.set_position(read);
-            bar.set_message(format!("{} uploaded", indicatif::HumanBytes(uploaded)));
+            let rate = uploaded as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+            bar.set_message(format!(
+                "{} uploaded, {}/s",
+                indicatif::HumanBytes(uploaded),
+                indicatif::HumanBytes(rate as u64)
+            ));
         }
     }
 }

@@ -563,3 +563,73 @@ fn the_newest_image_of_the_channel_is_chosen() {
         .unwrap_or_default();
     assert!(line.contains(&format!("{tag}-alpha-99998.10.0")), "{out}");
 }
+
+/// `--from-file`: the release file on disk, verified with the `.sig` and `.DIGESTS` beside it,
+/// the version read from the `version.txt` beside it.
+#[test]
+fn from_file_verifies_with_the_files_beside_it() {
+    let f = fixture();
+    let version = fresh_version();
+    let release = f.dir.path().join("release");
+    std::fs::create_dir_all(&release).expect("dir");
+    let file = release.join(FILE);
+    std::fs::write(&file, &f.compressed).expect("image");
+    std::fs::write(
+        release.join(format!("{FILE}.sig")),
+        f.key.sign(&f.compressed, None),
+    )
+    .expect("sig");
+    std::fs::write(
+        release.join(format!("{FILE}.DIGESTS")),
+        digests(&f.compressed),
+    )
+    .expect("digests");
+    std::fs::write(
+        release.join("version.txt"),
+        format!("FLATCAR_VERSION={version}\n"),
+    )
+    .expect("version");
+    let key = f.key_file.to_string_lossy().to_string();
+    let path = file.to_string_lossy().to_string();
+    let output = flatstack(
+        f.dir.path(),
+        &[
+            "image",
+            "ensure",
+            "--from-file",
+            &path,
+            "--signing-key",
+            &key,
+            "--name",
+            "from-disk-{version}",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let images = images_of(&version);
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0]["Name"], format!("from-disk-{version}"));
+    assert_eq!(images[0]["Status"], "active");
+    delete_images_of(&version);
+
+    // Without the signature beside it, nothing is uploaded.
+    std::fs::remove_file(release.join(format!("{FILE}.sig"))).expect("remove");
+    let output = flatstack(
+        f.dir.path(),
+        &[
+            "image",
+            "ensure",
+            "--from-file",
+            &path,
+            "--signing-key",
+            &key,
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains(".sig"), "{}", stderr(&output));
+    assert!(images_of(&version).is_empty());
+}
