@@ -27,6 +27,7 @@ pub struct EnsureArgs {
     /// An exact release such as 4230.2.3 (default: the cluster file's, else the channel's current).
     #[arg(long)]
     pub version: Option<String>,
+    /// The nodes' CPU architecture.
     #[arg(long, value_enum, default_value = "amd64")]
     pub arch: Arch,
     /// A mirror laid out like the release servers: <URL>/<arch>-usr/<version>/<file>.
@@ -41,6 +42,7 @@ pub struct EnsureArgs {
     /// Glance name; {channel}, {version} and {arch} are filled in.
     #[arg(long, default_value = image::NAME_PATTERN)]
     pub name: String,
+    /// Who may see the image in Glance.
     #[arg(long, value_enum, default_value = "private")]
     pub visibility: Visibility,
 }
