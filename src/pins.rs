@@ -100,6 +100,53 @@ fn openstack_charts(version: KubernetesVersion) -> Option<(&'static str, &'stati
         .map(|(_, occm, csi)| (*occm, *csi))
 }
 
+/// Traefik, the ingress controller (ingress-nginx was retired in March 2026). Chart 41.3.0
+/// deploys Traefik v3.7.11; the image tag is set explicitly so the pin is visible here.
+pub const TRAEFIK: Chart = Chart {
+    repo: "https://traefik.github.io/charts",
+    name: "traefik",
+    version: "41.3.0",
+};
+pub const TRAEFIK_IMAGE_TAG: &str = "v3.7.11";
+
+/// cert-manager, which gets certificates from Let's Encrypt for the ingress. Its chart
+/// versions keep the leading `v`; controller, webhook, cainjector and startupapicheck images
+/// share the chart's tag.
+pub const CERT_MANAGER: Chart = Chart {
+    repo: "https://charts.jetstack.io",
+    name: "cert-manager",
+    version: "v1.21.1",
+};
+pub const CERT_MANAGER_IMAGE_TAG: &str = "v1.21.1";
+
+/// kured, which drains and reboots one node at a time after Flatcar or Kubernetes sysext
+/// updates. Chart 6.1.0 deploys kured 1.23.0.
+pub const KURED: Chart = Chart {
+    repo: "https://kubereboot.github.io/charts",
+    name: "kured",
+    version: "6.1.0",
+};
+pub const KURED_IMAGE_TAG: &str = "1.23.0";
+
+/// metrics-server, for `kubectl top` and autoscalers. Chart 3.13.1 deploys v0.8.1.
+pub const METRICS_SERVER: Chart = Chart {
+    repo: "https://kubernetes-sigs.github.io/metrics-server/",
+    name: "metrics-server",
+    version: "3.13.1",
+};
+pub const METRICS_SERVER_IMAGE_TAG: &str = "v0.8.1";
+
+/// JupyterHub's zero-to-jupyterhub chart 4.4.0 (JupyterHub 5.5.0); its images are tagged with
+/// the chart version. `tests/data/z2jh-4.4.0` holds its values schema and defaults.
+pub const JUPYTERHUB: Chart = Chart {
+    repo: "https://hub.jupyter.org/helm-chart/",
+    name: "jupyterhub",
+    version: "4.4.0",
+};
+
+/// The web server `flatstack smoke` deploys (nginx's stable line).
+pub const SMOKE_IMAGE: &str = "docker.io/library/nginx:1.30.0-alpine";
+
 /// A Kubernetes release `MAJOR.MINOR.PATCH`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KubernetesVersion {
@@ -200,7 +247,7 @@ mod tests {
             cloud_controller_chart(KubernetesVersion::new(1, 30, 0)),
             None
         );
-        for image in [HELM_CONTROLLER_IMAGE, HELM_JOB_IMAGE] {
+        for image in [HELM_CONTROLLER_IMAGE, HELM_JOB_IMAGE, SMOKE_IMAGE] {
             let tag = image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or("");
             assert!(!tag.is_empty() && tag != "latest", "{image}");
         }

@@ -31,6 +31,20 @@ pub struct HelmChartSpec {
     /// The chart's values, as YAML (flatstack writes JSON, which is YAML).
     #[serde(default)]
     pub values_content: String,
+    /// More values from Secrets in the chart's namespace, applied after `values_content`:
+    /// where credentials go, so they are never part of the HelmChart itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_secrets: Vec<ValuesSecret>,
+    /// How long Helm may take, hooks included (`10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// A Secret holding values files, and which of its keys to read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValuesSecret {
+    pub name: String,
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,12 +1,17 @@
-//! The add-ons every cluster gets, as the Kubernetes objects flatstack applies: the in-cluster
-//! Helm engine (k3s-io/helm-controller), the `cloud-config` Secret the OpenStack add-ons read,
-//! and one `HelmChart` per add-on — flannel, openstack-cloud-controller-manager and Cinder CSI
-//! with the default StorageClass — carrying the values a kubeadm cluster of Flatcar nodes with
-//! an external cloud provider needs. Charts are fetched by the cluster itself, at the versions
-//! in [`crate::pins`]; nothing upstream is copied into flatstack.
+//! The add-ons of a cluster, as the Kubernetes objects flatstack applies: the in-cluster Helm
+//! engine (k3s-io/helm-controller), the `cloud-config` Secret the OpenStack add-ons read, and
+//! one `HelmChart` per add-on — flannel, openstack-cloud-controller-manager, Cinder CSI with the
+//! default StorageClass, Traefik and cert-manager, kured, metrics-server, and JupyterHub on
+//! request — carrying the values a kubeadm cluster of Flatcar nodes with an external cloud
+//! provider needs. Charts are fetched by the cluster itself, at the versions in
+//! [`crate::pins`]; nothing upstream is copied into flatstack.
 
 mod cloud_conf;
 mod helm_chart;
+pub mod ingress;
+pub mod jupyterhub;
+pub mod smoke;
+pub mod updates;
 
 use std::collections::BTreeMap;
 
@@ -21,7 +26,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 pub use cloud_conf::{CloudConf, CloudConfInputs, cloud_conf};
-pub use helm_chart::{HelmChart, HelmChartCondition, HelmChartSpec, HelmChartStatus};
+pub use helm_chart::{HelmChart, HelmChartCondition, HelmChartSpec, HelmChartStatus, ValuesSecret};
 
 use crate::kube::Manifest;
 use crate::pins::{self, Chart};
@@ -53,13 +58,16 @@ pub struct AddonSet {
     pub manifests: Vec<Manifest>,
     /// Names of the HelmCharts (in [`NAMESPACE`]) whose install Jobs must succeed.
     pub charts: Vec<String>,
-    /// Keyed digest of `manifests`: equal digests mean nothing to apply.
+    /// Objects of kinds a chart installs (cert-manager's ClusterIssuer): applied once the
+    /// charts are in.
+    pub after_charts: Vec<Manifest>,
+    /// Keyed digest of every manifest: equal digests mean nothing to apply.
     pub digest: String,
 }
 
-/// The add-on objects of `spec`'s cluster. `cloud_conf` holds the credentials; `digest_key` is a secret only flatstack holds, so the recorded digest says
-/// nothing about the credentials.
-pub fn essential(
+/// The add-on objects of `spec`'s cluster. `cloud_conf` holds the credentials; `digest_key`
+/// is a secret only flatstack holds, so the recorded digest says nothing about the credentials.
+pub fn for_cluster(
     spec: &ClusterSpec,
     cloud_conf: &CloudConf,
     digest_key: &[u8],
@@ -129,12 +137,103 @@ pub fn essential(
         )));
         charts.push("openstack-cinder-csi".to_string());
     }
-    let digest = digest(&manifests, digest_key);
+    let mut after_charts = Vec::new();
+    if spec.addons.ingress {
+        manifests.push(namespace(ingress::TRAEFIK_NAMESPACE, "baseline"));
+        manifests.push(Manifest::of(&chart(
+            "traefik",
+            pins::TRAEFIK,
+            ingress::TRAEFIK_NAMESPACE,
+            false,
+            ingress::traefik_values(&spec.ingress),
+        )));
+        charts.push("traefik".to_string());
+        if let Some(acme) = &spec.ingress.acme {
+            manifests.push(namespace(ingress::CERT_MANAGER_NAMESPACE, "restricted"));
+            manifests.push(Manifest::of(&chart(
+                "cert-manager",
+                pins::CERT_MANAGER,
+                ingress::CERT_MANAGER_NAMESPACE,
+                false,
+                ingress::cert_manager_values(),
+            )));
+            charts.push("cert-manager".to_string());
+            after_charts.push(ingress::cluster_issuer(acme));
+        }
+    }
+    if spec.addons.kured {
+        manifests.push(Manifest::of(&chart(
+            "kured",
+            pins::KURED,
+            NAMESPACE,
+            false,
+            updates::kured_values(&spec.updates),
+        )));
+        charts.push("kured".to_string());
+    }
+    if spec.addons.metrics_server {
+        manifests.push(Manifest::of(&chart(
+            "metrics-server",
+            pins::METRICS_SERVER,
+            NAMESPACE,
+            false,
+            metrics_server_values(),
+        )));
+        charts.push("metrics-server".to_string());
+    }
+    let digest = digest(manifests.iter().chain(&after_charts), digest_key);
     Ok(AddonSet {
         manifests,
         charts,
+        after_charts,
         digest,
     })
+}
+
+/// metrics-server: the pinned image, and kubelets reached by their internal address. kubeadm's
+/// kubelets serve certificates they sign themselves, which no cluster CA vouches for, so
+/// metrics-server does not verify them (`--kubelet-insecure-tls`); the kubelets still
+/// authenticate metrics-server by its service-account token.
+fn metrics_server_values() -> serde_json::Value {
+    json!({
+        "image": { "tag": pins::METRICS_SERVER_IMAGE_TAG },
+        "args": ["--kubelet-insecure-tls"],
+        "defaultArgs": [
+            "--cert-dir=/tmp",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--kubelet-use-node-status-port",
+            "--metric-resolution=15s",
+        ],
+    })
+}
+
+/// A namespace whose pods are held to a Pod Security Standard level.
+fn namespace(name: &str, level: &str) -> Manifest {
+    let mut meta = meta(name, None);
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.insert("pod-security.kubernetes.io/enforce".into(), level.into());
+    }
+    Manifest::of(&Namespace {
+        metadata: meta,
+        ..Namespace::default()
+    })
+}
+
+/// Deep-merges `overlay` into `base` as Helm merges values files: objects key by key, anything
+/// else (lists included) replaced; a `null` in the overlay removes the key.
+pub fn merge_values(base: &mut serde_json::Value, overlay: &serde_json::Value) {
+    match (base.as_object_mut(), overlay.as_object()) {
+        (Some(base), Some(overlay)) => {
+            for (key, value) in overlay {
+                if value.is_null() {
+                    base.remove(key);
+                } else {
+                    merge_values(base.entry(key.clone()).or_insert(json!({})), value);
+                }
+            }
+        }
+        _ => *base = overlay.clone(),
+    }
 }
 
 /// The ConfigMap recording `digest` as applied; written after everything else succeeded.
@@ -284,7 +383,7 @@ fn cinder_csi_values(spec: &ClusterSpec) -> serde_json::Value {
     })
 }
 
-fn chart(
+pub(crate) fn chart(
     name: &str,
     pinned: Chart,
     target_namespace: &str,
@@ -301,12 +400,14 @@ fn chart(
             create_namespace: false,
             bootstrap,
             values_content: serde_json::to_string_pretty(&values).unwrap_or_default(),
+            values_secrets: Vec::new(),
+            timeout: None,
         },
         status: HelmChartStatus::default(),
     }
 }
 
-fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+pub(crate) fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
         namespace: namespace.map(Into::into),
@@ -315,14 +416,14 @@ fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     }
 }
 
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
-fn digest(manifests: &[Manifest], key: &[u8]) -> String {
+fn digest<'a>(manifests: impl Iterator<Item = &'a Manifest>, key: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(key);
     for manifest in manifests {

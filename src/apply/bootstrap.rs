@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::charts::{self, Expect};
 use super::{ApplyError, Stopwatch};
-use crate::addons::{AddonSet, CONTROL_PLANE_LABEL, HelmChart, NAMESPACE, RECORD_CONFIGMAP};
+use crate::addons::{AddonSet, CONTROL_PLANE_LABEL, NAMESPACE, RECORD_CONFIGMAP};
 use crate::kube::{KubeClient, KubeError, Manifest, Waiting, is_ready, poll};
 use crate::pki::ClusterPki;
 use crate::spec::{ClusterSpec, Role};
@@ -102,24 +102,40 @@ pub async fn bootstrap(
         .and_then(|c| c.data)
         .and_then(|d| d.get("addons-digest").cloned())
         == Some(addons.digest.clone());
+    let mut expected = BTreeMap::new();
     if current {
         say("add-ons are current");
     } else {
         for manifest in &addons.manifests {
             say(&format!("applying {manifest}"));
-            client.apply(manifest).await?;
+            if manifest.kind() == "HelmChart" {
+                let expect = charts::apply_chart(client, manifest).await?;
+                expected.insert(manifest.name().to_string(), expect);
+            } else {
+                client.apply(manifest).await?;
+            }
             changes += 1;
         }
-        client.apply(&crate::addons::record(&addons.digest)).await?;
-        changes += 1;
     }
     watch.lap("add-ons applied");
 
     for chart in &addons.charts {
         say(&format!("waiting for chart {chart} to install"));
-        wait_chart(client, chart, left())
+        let expect = expected.get(chart).unwrap_or(&Expect::Current);
+        charts::wait_chart(client, chart, expect, left())
             .await
             .map_err(|e| e.of_total(within))?;
+    }
+    if !current {
+        for manifest in &addons.after_charts {
+            say(&format!("applying {manifest}"));
+            apply_when_served(client, manifest, left())
+                .await
+                .map_err(|e| e.of_total(within))?;
+            changes += 1;
+        }
+        client.apply(&crate::addons::record(&addons.digest)).await?;
+        changes += 1;
     }
     watch.lap("add-ons installed");
 
@@ -167,78 +183,30 @@ pub async fn bootstrap(
     })
 }
 
-/// Waits until the install Job of HelmChart `name` has succeeded; a failed Job or a chart
-/// the controller marked Failed ends the wait with the reason.
-async fn wait_chart(client: &KubeClient, name: &str, within: Duration) -> Result<(), KubeError> {
-    let chart_path = format!("/apis/helm.cattle.io/v1/namespaces/{NAMESPACE}/helmcharts/{name}");
+/// Applies an object of a kind a chart just installed: until its CRD is served (404) and its
+/// admission webhook answers (500/503), the API server refuses it, so keep trying.
+async fn apply_when_served(
+    client: &KubeClient,
+    manifest: &Manifest,
+    within: Duration,
+) -> Result<(), KubeError> {
     poll(
-        &format!("chart {name} installing"),
+        &format!("{manifest} being accepted"),
         within,
         Duration::from_secs(3),
         || async {
-            let Some(chart): Option<HelmChart> = client.get(&chart_path).await? else {
-                return Ok(Waiting::On(format!("HelmChart {name} is missing")));
-            };
-            if let Some(failed) = chart
-                .status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Failed" && c.status == "True")
-            {
-                return Err(chart_failed(name, &failed.message));
+            match client.apply(manifest).await {
+                Ok(_) => Ok(Waiting::Done(())),
+                Err(KubeError::Api {
+                    status: 404 | 500 | 503,
+                    message,
+                    ..
+                }) => Ok(Waiting::On(message)),
+                Err(e) => Err(e),
             }
-            if chart.status.job_name.is_empty() {
-                return Ok(Waiting::On(
-                    "helm-controller has not started an install Job yet".into(),
-                ));
-            }
-            let job_path = format!(
-                "/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{}",
-                chart.status.job_name
-            );
-            let Some(job): Option<Job> = client.get(&job_path).await? else {
-                return Ok(Waiting::On(format!(
-                    "Job {} not found yet",
-                    chart.status.job_name
-                )));
-            };
-            let status = job.status.unwrap_or_default();
-            if status.succeeded.unwrap_or(0) > 0 {
-                return Ok(Waiting::Done(()));
-            }
-            if let Some(failed) = status
-                .conditions
-                .iter()
-                .flatten()
-                .find(|c| c.type_ == "Failed" && c.status == "True")
-            {
-                return Err(chart_failed(
-                    name,
-                    failed
-                        .message
-                        .as_deref()
-                        .unwrap_or("the install Job failed"),
-                ));
-            }
-            Ok(Waiting::On(format!(
-                "Job {} running ({} failed attempt(s))",
-                chart.status.job_name,
-                status.failed.unwrap_or(0)
-            )))
         },
     )
     .await
-}
-
-fn chart_failed(name: &str, message: &str) -> KubeError {
-    KubeError::Api {
-        method: "GET",
-        url: format!("HelmChart {NAMESPACE}/{name}"),
-        status: 200,
-        message: format!(
-            "chart {name} failed to install: {message}\n  hint: `kubectl -n {NAMESPACE} logs job/helm-install-{name}` shows Helm's output"
-        ),
-    }
 }
 
 fn missing_nodes(nodes: &[Node], wanted: &[String]) -> Vec<String> {

@@ -3,6 +3,9 @@
 //! converged cluster makes no mutating call.
 
 pub mod bootstrap;
+pub mod charts;
+pub mod jupyterhub;
+pub mod smoke;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -20,7 +23,7 @@ use crate::cloud::{Cloud, CloudError};
 use crate::node::{self, ApiEndpoint, NodeError};
 use crate::pki::ClusterPki;
 use crate::plan::resources::{Names, Observed, cluster_tag};
-use crate::spec::{ClusterSpec, NetworkMode, Role};
+use crate::spec::{ClusterSpec, IngressExposure, NetworkMode, Role};
 
 /// Servers created at once; Nova and Neutron take concurrent creates well, but not hundreds.
 const CONCURRENT_CREATES: usize = 8;
@@ -199,12 +202,19 @@ pub async fn provision(
         })
         .collect();
     node_rules.extend(spec.access.ssh_cidrs.iter().map(|cidr| tcp_rule(22, cidr)));
-    let api_rules: Vec<SecurityGroupRule> = spec
+    let mut api_rules: Vec<SecurityGroupRule> = spec
         .access
         .api_cidrs
         .iter()
         .map(|cidr| tcp_rule(6443, cidr))
         .collect();
+    if spec.addons.ingress && spec.ingress.exposure == IngressExposure::ControlPlane {
+        // Traefik listens on the control planes' ports 80 and 443.
+        for cidr in &spec.ingress.http_cidrs {
+            api_rules.push(tcp_rule(80, cidr));
+            api_rules.push(tcp_rule(443, cidr));
+        }
+    }
     for (group, rules) in [(&nodes_group, node_rules), (&control_group, api_rules)] {
         for rule in rules.iter().filter(|r| {
             !group

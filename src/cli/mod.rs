@@ -2,9 +2,12 @@
 //! each one and prints its output. Exit codes: 0 success, 1 failure, 2 invalid input.
 
 mod cloud;
+mod cluster;
 mod image;
 mod init;
+mod jupyterhub;
 mod render;
+mod smoke;
 mod up;
 
 use std::path::PathBuf;
@@ -60,6 +63,11 @@ pub enum Command {
     /// Flatcar images in Glance: verified uploads and what is there.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// JupyterHub on the cluster (zero-to-jupyterhub), reached through the ingress.
+    #[command(subcommand)]
+    Jupyterhub(jupyterhub::HubCommand),
+    /// Deploy nginx, fetch its page through the ingress from here, and remove it again.
+    Smoke(smoke::SmokeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +118,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::up(&cli.file, cli.cloud.as_deref(), &args),
         Command::Down(args) => up::down(&cli.file, cli.cloud.as_deref(), &args),
         Command::Status(args) => up::status(&cli.file, cli.cloud.as_deref(), &args),
+        Command::Jupyterhub(command) => jupyterhub::run(&cli.file, cli.cloud.as_deref(), &command),
+        Command::Smoke(args) => smoke::run(&cli.file, cli.cloud.as_deref(), &args),
     }
 }
 

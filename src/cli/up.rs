@@ -70,7 +70,7 @@ pub struct StatusArgs {
 }
 
 /// `90s`, `20m`, `1h`, or plain seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),
         None => (text, "s"),
@@ -242,7 +242,7 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
             subnet_id: &provisioned.subnet_id,
         })
         .map_err(|e| anyhow::anyhow!("cannot read the cloud's CA bundle for cloud.conf: {e}"))?;
-        let addon_set = addons::essential(&spec, &cloud_conf, pki.ca.key_pem.expose().as_bytes())?;
+        let addon_set = addons::for_cluster(&spec, &cloud_conf, pki.ca.key_pem.expose().as_bytes())?;
         let booted = apply::bootstrap::bootstrap(&client, &spec, &addon_set, args.timeout, &say).await;
         progress.finish();
         let booted = booted.map_err(|e| {
@@ -537,16 +537,38 @@ async fn print_nodes(
             return;
         }
     };
-    let nodes = match KubeClient::new(&pki, &server) {
-        Ok(client) => client.nodes().await,
-        Err(e) => Err(e),
+    let client = match KubeClient::new(&pki, &server) {
+        Ok(client) => client,
+        Err(e) => {
+            println!("cannot make a client for the Kubernetes API at {server}: {e}");
+            return;
+        }
     };
-    match nodes {
+    match client.nodes().await {
         Ok(nodes) => {
             println!();
             crate::kube::print_node_table(&nodes);
+            print_updates(&client, &nodes).await;
         }
         Err(e) => println!("the Kubernetes API at {server} does not answer: {e}"),
+    }
+}
+
+/// Each node's Flatcar release and whether it waits for kured to reboot it.
+async fn print_updates(client: &KubeClient, nodes: &[k8s_openapi::api::core::v1::Node]) {
+    let states = crate::kube::reboot_states(client, nodes)
+        .await
+        .unwrap_or_default();
+    println!();
+    println!("{:<40} {:<12} REBOOT", "NODE", "FLATCAR");
+    for node in nodes {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let version = crate::kube::flatcar_version(node).unwrap_or_else(|| "-".into());
+        let state = states
+            .get(&name)
+            .copied()
+            .unwrap_or(crate::kube::RebootState::Unknown);
+        println!("{name:<40} {version:<12} {}", state.as_str());
     }
 }
 

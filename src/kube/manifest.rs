@@ -49,6 +49,38 @@ impl Manifest {
         }
     }
 
+    /// The manifest of an object of a custom resource (a CRD installed by a chart), which has
+    /// no k8s-openapi type: `plural` is its URL segment, `body` its apiVersion/kind/metadata/spec.
+    pub fn custom(
+        api_version: &str,
+        kind: &'static str,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Manifest {
+        let scope = namespace.map_or(String::new(), |ns| format!("/namespaces/{ns}"));
+        let mut metadata = serde_json::json!({
+            "name": name,
+            "labels": { "app.kubernetes.io/managed-by": "flatstack" },
+        });
+        if let Some(ns) = namespace {
+            metadata["namespace"] = ns.into();
+        }
+        Manifest {
+            kind,
+            namespace: namespace.map(Into::into),
+            name: name.into(),
+            path: format!("/apis/{api_version}{scope}/{plural}/{name}"),
+            body: serde_json::json!({
+                "apiVersion": api_version,
+                "kind": kind,
+                "metadata": metadata,
+                "spec": spec,
+            }),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         self.kind
     }

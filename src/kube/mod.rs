@@ -6,6 +6,7 @@
 mod drain;
 mod manifest;
 mod nodes;
+mod reboots;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 pub use drain::{DrainReport, drain_node};
 pub use manifest::Manifest;
 pub use nodes::{NodeRow, is_ready, node_table, print_node_table};
+pub use reboots::{RebootState, flatcar_version, reboot_required, reboot_states};
 
 use crate::pki::ClusterPki;
 
@@ -185,6 +187,28 @@ impl KubeClient {
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// `GET path` as text (pod logs, metrics through the API server's proxy); `Ok(None)` on 404.
+    pub async fn get_text(&self, path: &str) -> Result<Option<String>, KubeError> {
+        match self.send("GET", path, self.http.get(self.url(path))).await {
+            Ok(reply) => Ok(Some(String::from_utf8_lossy(&reply).into_owned())),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The items of the list at `path` (e.g. `/api/v1/namespaces/x/pods?labelSelector=...`).
+    pub async fn list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, KubeError> {
+        #[derive(serde::Deserialize)]
+        struct List<T> {
+            #[serde(default = "Vec::new")]
+            items: Vec<T>,
+        }
+        Ok(self
+            .get::<List<T>>(path)
+            .await?
+            .map_or_else(Vec::new, |list| list.items))
     }
 
     /// A JSON merge patch of the object at `path`.

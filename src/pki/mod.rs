@@ -19,6 +19,7 @@ use time::{Duration, OffsetDateTime};
 pub use kubeconfig::{Kubeconfig, kubeconfig_yaml, merge_kubeconfig};
 pub use state_dir::{StateDir, write_atomically};
 pub use token::BootstrapToken;
+pub(crate) use token::random_chars;
 
 pub use crate::secret::Secret;
 

@@ -31,7 +31,10 @@ pub struct ClusterSpec {
     pub network: NetworkSpec,
     pub access: AccessSpec,
     pub addons: AddonsSpec,
+    pub ingress: IngressSpec,
     pub updates: UpdatesSpec,
+    /// Settings for `flatstack jupyterhub`; defaults when the file has no `[jupyterhub]`.
+    pub jupyterhub: JupyterHubSpec,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -179,6 +182,67 @@ pub struct AddonsSpec {
     pub ingress: bool,
     pub metrics_server: bool,
     pub kured: bool,
+}
+
+/// How the ingress controller is reached from outside the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressExposure {
+    /// Traefik on the control planes' host network: ports 80 and 443 of the API's floating IP.
+    ControlPlane,
+    /// A Service of type LoadBalancer: the cloud controller makes an Octavia load balancer
+    /// with a floating IP of its own.
+    LoadBalancer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressSpec {
+    pub exposure: IngressExposure,
+    /// Who may reach ports 80 and 443 of the control planes (control-plane exposure).
+    pub http_cidrs: Vec<IpNet>,
+    /// The DNS name pointing at the ingress, e.g. `hub.<project>.projects.jetstream-cloud.org`.
+    pub hostname: Option<String>,
+    /// Let's Encrypt through cert-manager; set exactly when `hostname` is.
+    pub acme: Option<AcmeSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSpec {
+    /// The ACME account's contact address.
+    pub email: String,
+    /// The ACME directory URL (Let's Encrypt production unless the file says otherwise).
+    pub server: String,
+}
+
+/// Let's Encrypt's ACME directories.
+pub const LETSENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// Who may log in to JupyterHub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authenticator {
+    /// Any user name with one shared password that flatstack generates and keeps in the state
+    /// directory (JupyterHub's shared-password authenticator): for trials only.
+    SharedPassword,
+    /// GitHub OAuth; the client secret is read from the environment variable named here when
+    /// `flatstack jupyterhub` runs, never from the file.
+    GitHub {
+        client_id: String,
+        client_secret_env: String,
+        allowed_organizations: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JupyterHubSpec {
+    pub namespace: String,
+    pub authenticator: Authenticator,
+    pub admin_users: Vec<String>,
+    /// Empty: everyone the authenticator lets in (GitHub: members of the allowed organizations).
+    pub allowed_users: Vec<String>,
+    /// Each user's persistent home directory, a Cinder volume.
+    pub user_storage_gb: u32,
+    /// A YAML file of chart values merged over flatstack's (relative to the cluster file).
+    pub values_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

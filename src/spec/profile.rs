@@ -129,6 +129,23 @@ ingress = true                  # ingress controller on the control plane's floa
 metrics_server = true
 kured = true                    # reboots after updates, one node at a time, in the window below
 
+[ingress]
+exposure = "control-plane"      # Traefik on ports 80/443 of the API's floating IP; or "load-balancer" (Octavia)
+http_cidrs = ["0.0.0.0/0"]      # who may reach ports 80 and 443 (control-plane exposure)
+# HTTPS with Let's Encrypt: a DNS name pointing at the ingress, and a contact address.
+# hostname = "hub.myproject.projects.jetstream-cloud.org"
+# acme_email = "you@example.org"
+# acme_server = "staging"       # Let's Encrypt's staging CA while you try things out
+
+[jupyterhub]                    # `flatstack jupyterhub install`
+authenticator = "shared-password"  # one password flatstack makes, for trials; "github" for GitHub OAuth
+# admin_users = ["your-github-login"]
+# github_client_id = "Iv1.0123456789abcdef"
+# github_client_secret_env = "GITHUB_CLIENT_SECRET"  # read from the environment, never from this file
+# github_allowed_organizations = ["your-org"]
+user_storage_gb = 10            # each user's home directory, a Cinder volume
+# values_file = "jupyterhub.yaml"  # more chart values, merged over flatstack's
+
 [updates]
 enabled = true                  # Flatcar's update-engine fetches new releases
 group = "stable"                # update group: the channel, or a Nebraska group

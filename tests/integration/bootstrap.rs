@@ -70,7 +70,7 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
         },
     );
     let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
-    let set = addons::essential(&spec, &conf(), b"key").expect("add-ons");
+    let set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
     let booted = runtime()
         .block_on(bootstrap(
             &client,
@@ -226,7 +226,7 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
     assert_eq!(server.writes().len(), before, "{:?}", server.writes());
 
     // A different digest (changed pins or values; here another key) applies everything again.
-    let changed = addons::essential(&spec, &conf(), b"other key").expect("add-ons");
+    let changed = addons::for_cluster(&spec, &conf(), b"other key").expect("add-ons");
     let third = runtime()
         .block_on(bootstrap(
             &client,
@@ -298,7 +298,7 @@ fn a_failed_chart_is_reported_with_its_reason() {
         },
     );
     let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
-    let set = addons::essential(&spec, &conf(), b"key").expect("add-ons");
+    let set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
     let error = runtime()
         .block_on(bootstrap(
             &client,
@@ -328,7 +328,7 @@ fn a_cluster_that_never_gets_ready_times_out_saying_what_it_waits_for() {
     // No flannel chart in this add-on set: the nodes never become Ready.
     let server = stand_in(&pki, &spec, World::default());
     let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
-    let mut set = addons::essential(&spec, &conf(), b"key").expect("add-ons");
+    let mut set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
     set.manifests.retain(|m| m.name() != "flannel");
     set.charts.clear();
     let error = runtime()

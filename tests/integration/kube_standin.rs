@@ -52,6 +52,30 @@ pub struct World {
     pub seen: Vec<Seen>,
     /// GETs of each Job so far.
     pub polls: BTreeMap<String, usize>,
+    /// GETs of a chart's Job that still answer with the old Job after the chart changed,
+    /// before helm-controller replaces it.
+    pub replace_lag: usize,
+    /// Deployments (name list) a chart's release makes in its target namespace, ready at once.
+    pub release_deployments: BTreeMap<String, Vec<String>>,
+    /// GETs of an applied Deployment before its pods are ready.
+    pub deployment_polls: usize,
+    /// Images no node can pull: Deployments using them never get ready.
+    pub unpullable_images: Vec<String>,
+    /// Log text of pods, by pod name.
+    pub pod_logs: BTreeMap<String, String>,
+    /// What each pod serves at `:8080/metrics` through the API server's proxy, by pod name.
+    pub pod_metrics: BTreeMap<String, String>,
+    /// The ingress answers 404 to everything.
+    pub ingress_broken: bool,
+    /// The ingress answers every path with some other server's page.
+    pub ingress_misrouted: bool,
+    /// Namespaces deleted, in order.
+    pub deleted_namespaces: Vec<String>,
+    /// Every answer to a GET of a Job: path, UID, and whether it said succeeded.
+    pub job_answers: Vec<(String, String, bool)>,
+    pub next_uid: usize,
+    /// Per chart: the spec its current Job was made for, and requests since it changed.
+    pub job_specs: BTreeMap<String, (Value, usize)>,
 }
 
 impl World {
@@ -127,6 +151,20 @@ impl World {
             }),
             ..Pod::default()
         });
+    }
+
+    /// Labels pod `name`, as its controller would have.
+    pub fn label_pod(&mut self, name: &str, key: &str, value: &str) {
+        for pod in self
+            .pods
+            .iter_mut()
+            .filter(|p| p.metadata.name.as_deref() == Some(name))
+        {
+            pod.metadata
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(key.into(), value.into());
+        }
     }
 
     pub fn ready(&self, node: &str) -> bool {
@@ -205,7 +243,8 @@ impl World {
             })
     }
 
-    /// Starts install Jobs for charts that have none, and moves running Jobs on.
+    /// Starts install Jobs for charts that have none, replaces the Job of a chart whose spec
+    /// changed (after `replace_lag` reads of its Job), and runs uninstalls of deleted charts.
     fn run_helm_controller(&mut self) {
         if !self.helm_controller_runs() {
             return;
@@ -221,25 +260,202 @@ impl World {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
+            if chart["metadata"].get("deletionTimestamp").is_some() {
+                self.run_uninstall(&path, &name, &chart);
+                continue;
+            }
             let bootstrap = chart["spec"]["bootstrap"] == true;
             if !bootstrap && !self.all_nodes_schedulable() {
                 continue; // its Job's pod cannot be scheduled yet
             }
             let job = job_path(&name);
-            if !self.objects.contains_key(&job) {
+            let spec = chart["spec"].clone();
+            let replace = match self.job_specs.get(&name) {
+                Some((made_for, since)) => *made_for != spec && *since > self.replace_lag,
+                None => false,
+            };
+            if !self.objects.contains_key(&job) || replace {
+                let uid = self.uid();
                 self.objects.insert(
                     job.clone(),
                     json!({
                         "apiVersion": "batch/v1", "kind": "Job",
-                        "metadata": {"name": format!("helm-install-{name}"), "namespace": "kube-system"},
+                        "metadata": {"name": format!("helm-install-{name}"), "namespace": "kube-system", "uid": uid},
                         "status": {"active": 1},
                     }),
                 );
+                self.polls.remove(&job);
+                self.job_specs.insert(name.clone(), (spec, 0));
                 if let Some(stored) = self.objects.get_mut(&path) {
                     stored["status"] = json!({"jobName": format!("helm-install-{name}")});
                 }
             }
         }
+    }
+
+    /// helm-controller's finalizer: a `helm-delete-<name>` Job, then the chart and what its
+    /// release made are gone.
+    fn run_uninstall(&mut self, path: &str, name: &str, chart: &Value) {
+        let job = format!("/apis/batch/v1/namespaces/kube-system/jobs/helm-delete-{name}");
+        if !self.objects.contains_key(&job) {
+            let uid = self.uid();
+            self.objects.insert(
+                job.clone(),
+                json!({
+                    "apiVersion": "batch/v1", "kind": "Job",
+                    "metadata": {"name": format!("helm-delete-{name}"), "namespace": "kube-system", "uid": uid},
+                    "status": {"active": 1},
+                }),
+            );
+            if let Some(stored) = self.objects.get_mut(path) {
+                stored["status"]["jobName"] = json!(format!("helm-delete-{name}"));
+            }
+            return;
+        }
+        let polls = self.polls.entry(job.clone()).or_default();
+        *polls += 1;
+        if *polls <= 2 {
+            return;
+        }
+        let target = chart["spec"]["targetNamespace"]
+            .as_str()
+            .unwrap_or_default();
+        for deployment in self
+            .release_deployments
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+        {
+            self.objects.remove(&deployment_path(target, &deployment));
+        }
+        self.objects.remove(&job);
+        self.objects.remove(&job_path(name));
+        self.objects.remove(path);
+        self.job_specs.remove(name);
+    }
+
+    /// A read of a chart's Job while the chart's spec differs from the Job's brings
+    /// helm-controller's replacement closer.
+    fn note_job_read(&mut self, path: &str) {
+        let Some(chart) = path
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.strip_prefix("helm-install-"))
+        else {
+            return;
+        };
+        let chart_path =
+            format!("/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/{chart}");
+        let current = self.objects.get(&chart_path).map(|c| c["spec"].clone());
+        if let Some((made_for, since)) = self.job_specs.get_mut(chart)
+            && current.is_some_and(|spec| spec != *made_for)
+        {
+            *since += 1;
+        }
+    }
+
+    fn uid(&mut self) -> String {
+        self.next_uid += 1;
+        format!("uid-{}", self.next_uid)
+    }
+
+    /// What a chart's release makes once its install Job succeeded.
+    fn release_installed(&mut self, chart_name: &str) {
+        let chart_path =
+            format!("/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/{chart_name}");
+        let target = self
+            .objects
+            .get(&chart_path)
+            .and_then(|c| c["spec"]["targetNamespace"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        for deployment in self
+            .release_deployments
+            .get(chart_name)
+            .cloned()
+            .unwrap_or_default()
+        {
+            self.objects.insert(
+                deployment_path(&target, &deployment),
+                json!({
+                    "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": deployment, "namespace": target, "generation": 1},
+                    "spec": {"replicas": 1},
+                    "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1},
+                }),
+            );
+        }
+    }
+
+    /// A GET of an applied Deployment: its pods get ready after `deployment_polls` GETs,
+    /// unless its image cannot be pulled.
+    fn poll_deployment(&mut self, path: &str) {
+        let count = self.polls.entry(path.to_string()).or_default();
+        *count += 1;
+        let ready = *count > self.deployment_polls;
+        let unpullable = self.unpullable_images.clone();
+        if let Some(deployment) = self.objects.get_mut(path)
+            && deployment.get("status").is_none()
+            && ready
+        {
+            let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if !unpullable.contains(&image) {
+                deployment["metadata"]["generation"] = json!(1);
+                deployment["status"] = json!({"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1});
+            }
+        }
+    }
+
+    /// Pods of namespace `ns` matching `selector` (`key=value`), including those the model
+    /// makes for Deployments whose image cannot be pulled.
+    fn pods_in(&self, ns: &str, selector: Option<(&str, &str)>) -> Vec<Value> {
+        let mut pods: Vec<Value> = self
+            .pods
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+            .filter(|p| {
+                selector.is_none_or(|(k, v)| {
+                    p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(k))
+                        .map(String::as_str)
+                        == Some(v)
+                })
+            })
+            .map(|p| serde_json::to_value(p).expect("pod"))
+            .collect();
+        let prefix = format!("/apis/apps/v1/namespaces/{ns}/deployments/");
+        for (path, deployment) in &self.objects {
+            let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or_default();
+            if path.starts_with(&prefix) && self.unpullable_images.iter().any(|i| i == image) {
+                pods.push(json!({
+                    "metadata": {"name": format!("{}-5d9c7-x2x4", deployment["metadata"]["name"].as_str().unwrap_or("pod")), "namespace": ns},
+                    "status": {
+                        "phase": "Pending",
+                        "containerStatuses": [{
+                            "name": "web", "image": image, "imageID": "", "ready": false, "restartCount": 0,
+                            "state": {"waiting": {"reason": "ErrImagePull",
+                                "message": format!("failed to pull and unpack image \"{image}\": not found")}},
+                        }],
+                    },
+                }));
+            }
+        }
+        pods
+    }
+
+    /// Deletes a namespace and everything in it.
+    fn delete_namespace(&mut self, ns: &str) {
+        let inside = format!("/namespaces/{ns}/");
+        self.objects.retain(|path, _| !path.contains(&inside));
+        self.objects.remove(&format!("/api/v1/namespaces/{ns}"));
+        self.deleted_namespaces.push(ns.to_string());
     }
 
     fn poll_job(&mut self, path: &str) {
@@ -260,12 +476,35 @@ impl World {
             } else {
                 json!({"succeeded": 1})
             };
+            if !failing
+                && let Some(chart) = path
+                    .rsplit('/')
+                    .next()
+                    .and_then(|n| n.strip_prefix("helm-install-"))
+            {
+                let chart = chart.to_string();
+                self.release_installed(&chart);
+            }
         }
     }
 }
 
 fn job_path(chart: &str) -> String {
     format!("/apis/batch/v1/namespaces/kube-system/jobs/helm-install-{chart}")
+}
+
+fn deployment_path(ns: &str, name: &str) -> String {
+    format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}")
+}
+
+/// `key=value` of a `labelSelector=` query parameter.
+fn label_selector(query: &str) -> Option<(String, String)> {
+    let raw = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("labelSelector="))?;
+    let decoded = raw.replace("%2F", "/").replace("%3D", "=");
+    let (k, v) = decoded.split_once('=')?;
+    Some((k.to_string(), v.to_string()))
 }
 
 fn taint(key: &str, value: Option<&str>, effect: &str) -> Taint {
@@ -552,10 +791,130 @@ fn route(
                 json!({"kind": "Status", "status": "Success"}),
             )
         }
+        ("GET", ["api", "v1", "namespaces", ns, "pods"]) => {
+            let selector = label_selector(query);
+            let items = world.pods_in(ns, selector.as_ref().map(|(k, v)| (k.as_str(), v.as_str())));
+            answer(
+                StatusCode::OK,
+                json!({"kind": "PodList", "apiVersion": "v1", "items": items}),
+            )
+        }
+        ("GET", ["api", "v1", "namespaces", _, "pods", pod, "log"]) => {
+            match world.pod_logs.get(*pod) {
+                Some(log) => Response::new(Full::new(Bytes::from(log.clone()))),
+                None => failure(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("pods \"{pod}\" not found"),
+                ),
+            }
+        }
+        (
+            "GET",
+            [
+                "api",
+                "v1",
+                "namespaces",
+                _,
+                "pods",
+                target,
+                "proxy",
+                "metrics",
+            ],
+        ) => {
+            let pod = target.strip_suffix(":8080").unwrap_or_default();
+            match world.pod_metrics.get(pod) {
+                Some(text) => Response::new(Full::new(Bytes::from(text.clone()))),
+                None => failure(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "no endpoints available for pod",
+                ),
+            }
+        }
+        ("GET", ["api", "v1", "namespaces", ns, "persistentvolumeclaims"]) => {
+            let prefix = format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/");
+            let items: Vec<Value> = world
+                .objects
+                .iter()
+                .filter(|(p, _)| p.starts_with(&prefix))
+                .map(|(_, v)| v.clone())
+                .collect();
+            answer(
+                StatusCode::OK,
+                json!({"kind": "PersistentVolumeClaimList", "apiVersion": "v1", "items": items}),
+            )
+        }
+        ("DELETE", ["api", "v1", "namespaces", ns]) => {
+            let ns = ns.to_string();
+            world.delete_namespace(&ns);
+            answer(
+                StatusCode::OK,
+                json!({"kind": "Status", "status": "Success"}),
+            )
+        }
+        (
+            "DELETE",
+            [
+                "apis",
+                "helm.cattle.io",
+                "v1",
+                "namespaces",
+                _,
+                "helmcharts",
+                _,
+            ],
+        ) => match world.objects.get_mut(path) {
+            Some(chart) => {
+                chart["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
+                answer(StatusCode::OK, chart.clone())
+            }
+            None => failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{path} not found"),
+            ),
+        },
+        ("DELETE", _) => match world.objects.remove(path) {
+            Some(_) => answer(
+                StatusCode::OK,
+                json!({"kind": "Status", "status": "Success"}),
+            ),
+            None => failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{path} not found"),
+            ),
+        },
+        ("PATCH", _)
+            if path.starts_with("/apis/cert-manager.io/")
+                && !world.chart_installed("cert-manager") =>
+        {
+            failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        }
         ("PATCH", _) => server_side_apply(world, path, query, content_type, body),
         ("GET", _) => {
             if path.starts_with("/apis/batch/v1/") {
+                world.note_job_read(path);
                 world.poll_job(path);
+                if let Some(job) = world.objects.get(path) {
+                    let answer = (
+                        path.to_string(),
+                        job["metadata"]["uid"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        job["status"]["succeeded"] == 1,
+                    );
+                    world.job_answers.push(answer);
+                }
+            }
+            if path.starts_with("/apis/apps/v1/") && path.contains("/deployments/") {
+                world.poll_deployment(path);
             }
             match world.objects.get(path) {
                 Some(object) => answer(StatusCode::OK, object.clone()),
@@ -651,4 +1010,108 @@ fn merge(target: &mut Value, patch: &Value) {
         }
         _ => *target = patch.clone(),
     }
+}
+
+/// A stand-in for Traefik: plain HTTP on loopback, routing a request to the Ingress (of any
+/// namespace) whose path prefixes it, when a Deployment of that namespace is ready, and
+/// answering with the `index.html` of that namespace's `page` ConfigMap — what nginx would
+/// serve from the mounted page.
+pub struct IngressStandIn {
+    pub address: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for IngressStandIn {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl IngressStandIn {
+    pub fn start(world: Arc<Mutex<World>>) -> IngressStandIn {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        runtime.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let world = world.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: Request<hyper::body::Incoming>| {
+                            let world = world.clone();
+                            async move {
+                                let path = request.uri().path().to_string();
+                                let world = world.lock().expect("world");
+                                let page = route_ingress(&world, &path);
+                                let mut response = Response::new(Full::new(Bytes::from(
+                                    page.clone()
+                                        .unwrap_or_else(|| "404 page not found\n".into()),
+                                )));
+                                if page.is_none() {
+                                    *response.status_mut() = StatusCode::NOT_FOUND;
+                                }
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        IngressStandIn {
+            address,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+fn route_ingress(world: &World, path: &str) -> Option<String> {
+    if world.ingress_broken {
+        return None;
+    }
+    if world.ingress_misrouted {
+        return Some("<h1>Welcome to nginx!</h1>\n".into());
+    }
+    let (ingress_path, _) = world.objects.iter().find(|(p, ingress)| {
+        p.contains("/ingresses/")
+            && ingress["spec"]["rules"][0]["http"]["paths"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|rule| {
+                    rule["path"]
+                        .as_str()
+                        .is_some_and(|prefix| path.starts_with(prefix))
+                })
+    })?;
+    let ns = ingress_path
+        .split("/namespaces/")
+        .nth(1)?
+        .split('/')
+        .next()?;
+    let ready = world.objects.iter().any(|(p, d)| {
+        p.starts_with(&format!("/apis/apps/v1/namespaces/{ns}/deployments/"))
+            && d["status"]["readyReplicas"].as_i64().unwrap_or(0) > 0
+    });
+    if !ready {
+        return None; // Traefik answers 503/404 with no ready endpoint
+    }
+    world
+        .objects
+        .get(&format!("/api/v1/namespaces/{ns}/configmaps/page"))?["data"]["index.html"]
+        .as_str()
+        .map(str::to_string)
 }

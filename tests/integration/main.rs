@@ -2,6 +2,7 @@
 
 mod bootstrap;
 mod cli;
+mod day_one;
 mod faults;
 mod ignition;
 mod image;

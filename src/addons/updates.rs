@@ -1,0 +1,76 @@
+//! Coordinated OS updates: kured watches `/run/reboot-required` on every node (Flatcar's
+//! update-engine writes it after staging a release, flatstack's sysupdate drop-in after a new
+//! Kubernetes sysext) and drains and reboots one node at a time, only inside the cluster
+//! file's reboot window. Nodes never reboot on their own: locksmithd is masked.
+
+use serde_json::json;
+
+use super::CONTROL_PLANE_LABEL;
+use crate::pins;
+use crate::spec::UpdatesSpec;
+
+/// The sentinel file; `/var/run` is a link to `/run` on Flatcar.
+pub const REBOOT_SENTINEL: &str = "/run/reboot-required";
+/// The port of kured's Prometheus metrics, where `kured_reboot_required` tells whether a node
+/// waits for a reboot.
+pub const KURED_METRICS_PORT: u16 = 8080;
+/// The label of kured's pods.
+pub const KURED_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "kured");
+
+/// kured's chart values for the cluster file's `[updates]`.
+pub fn kured_values(updates: &UpdatesSpec) -> serde_json::Value {
+    let window = &updates.reboot_window;
+    json!({
+        "image": { "tag": pins::KURED_IMAGE_TAG },
+        "configuration": {
+            "rebootDays": window.days,
+            "startTime": window.start,
+            "endTime": window.end,
+            "timeZone": window.timezone,
+            "period": "5m",
+            "concurrency": 1,
+            "rebootSentinel": REBOOT_SENTINEL,
+            "useRebootSentinelHostPath": true,
+            "annotateNodes": true,
+            "metricsPort": KURED_METRICS_PORT,
+            "drainTimeout": "30m",
+        },
+        // Control planes reboot too, after their turn at the lock.
+        "tolerations": [
+            { "key": CONTROL_PLANE_LABEL, "operator": "Exists", "effect": "NoSchedule" },
+            { "key": "node.cloudprovider.kubernetes.io/uninitialized", "operator": "Exists", "effect": "NoSchedule" },
+        ],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::RebootWindow;
+
+    #[test]
+    fn the_reboot_window_of_the_cluster_file_reaches_kured() {
+        let updates = UpdatesSpec {
+            enabled: true,
+            group: "stable".into(),
+            server: None,
+            reboot_window: RebootWindow {
+                days: vec!["sat".into(), "sun".into()],
+                start: "02:00".into(),
+                end: "05:30".into(),
+                timezone: "America/Indiana/Indianapolis".into(),
+            },
+        };
+        let values = kured_values(&updates);
+        let config = &values["configuration"];
+        assert_eq!(config["rebootDays"], json!(["sat", "sun"]));
+        assert_eq!(config["startTime"], "02:00");
+        assert_eq!(config["endTime"], "05:30");
+        assert_eq!(config["timeZone"], "America/Indiana/Indianapolis");
+        assert_eq!(config["concurrency"], 1);
+        // The file Flatcar's update-engine and flatstack's sysupdate drop-in write.
+        assert_eq!(config["rebootSentinel"], "/run/reboot-required");
+        assert_eq!(values["image"]["tag"], pins::KURED_IMAGE_TAG);
+        assert_eq!(values["tolerations"][0]["key"], CONTROL_PLANE_LABEL);
+    }
+}

@@ -1,0 +1,191 @@
+//! Installing, upgrading and removing Helm charts through helm-controller, and knowing when it
+//! is done. helm-controller runs `helm-install-<chart>` Jobs and, when a chart's spec changes,
+//! replaces that Job under the same name; so before applying a changed chart flatstack notes
+//! the old Job's UID and waits for a Job with another. Failures end the wait with the tail of
+//! Helm's own output.
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::addons::{HelmChart, HelmChartSpec, NAMESPACE};
+use crate::kube::{KubeClient, KubeError, Manifest, Waiting, poll};
+
+/// Failed attempts of a Helm Job before flatstack reports it rather than waiting on: Kubernetes
+/// retries Jobs with growing delays, so three failures already span about a minute.
+const FAILED_ATTEMPTS: i32 = 3;
+/// Lines of Helm's output shown when a chart fails.
+const LOG_LINES: u32 = 15;
+
+/// What an apply of a HelmChart means for the wait that follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// The chart was already as wanted: its current Job tells.
+    Current,
+    /// The chart is new or changed: wait for a Job other than this one (empty: none before).
+    NewJob { replacing: String },
+}
+
+pub fn chart_path(name: &str) -> String {
+    format!("/apis/helm.cattle.io/v1/namespaces/{NAMESPACE}/helmcharts/{name}")
+}
+
+fn job_path(name: &str) -> String {
+    format!("/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{name}")
+}
+
+/// Applies a HelmChart manifest, first reading what is there to know which Job to wait for.
+pub async fn apply_chart(client: &KubeClient, chart: &Manifest) -> Result<Expect, KubeError> {
+    let wanted: Option<HelmChartSpec> = serde_json::from_value(chart.body()["spec"].clone()).ok();
+    let existing: Option<HelmChart> = client.get(chart.object_path()).await?;
+    let expect = match existing {
+        Some(have) if Some(&have.spec) == wanted.as_ref() => Expect::Current,
+        Some(have) if !have.status.job_name.is_empty() => {
+            let job: Option<Job> = client.get(&job_path(&have.status.job_name)).await?;
+            Expect::NewJob {
+                replacing: job.and_then(|j| j.metadata.uid).unwrap_or_default(),
+            }
+        }
+        _ => Expect::NewJob {
+            replacing: String::new(),
+        },
+    };
+    client.apply(chart).await?;
+    Ok(expect)
+}
+
+/// Waits until the install Job of HelmChart `name` has succeeded (a Job other than the one
+/// `expect` names); a failed Job, a chart marked Failed, or repeated failures end the wait.
+pub async fn wait_chart(
+    client: &KubeClient,
+    name: &str,
+    expect: &Expect,
+    within: Duration,
+) -> Result<(), KubeError> {
+    poll(
+        &format!("chart {name} installing"),
+        within,
+        Duration::from_secs(3),
+        || async {
+            let Some(chart): Option<HelmChart> = client.get(&chart_path(name)).await? else {
+                return Ok(Waiting::On(format!("HelmChart {name} is missing")));
+            };
+            if let Some(failed) = chart
+                .status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Failed" && c.status == "True")
+            {
+                return Err(
+                    chart_failed(client, name, &chart.status.job_name, &failed.message).await,
+                );
+            }
+            if chart.status.job_name.is_empty() {
+                return Ok(Waiting::On(
+                    "helm-controller has not started an install Job yet".into(),
+                ));
+            }
+            let job_name = &chart.status.job_name;
+            let Some(job): Option<Job> = client.get(&job_path(job_name)).await? else {
+                return Ok(Waiting::On(format!("Job {job_name} not found yet")));
+            };
+            if let Expect::NewJob { replacing } = expect
+                && job.metadata.uid.as_deref().unwrap_or_default() == replacing
+            {
+                return Ok(Waiting::On(format!(
+                    "helm-controller has not replaced Job {job_name} for the new settings yet"
+                )));
+            }
+            let status = job.status.unwrap_or_default();
+            if status.succeeded.unwrap_or(0) > 0 {
+                return Ok(Waiting::Done(()));
+            }
+            let failed = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "Failed" && c.status == "True");
+            let attempts = status.failed.unwrap_or(0);
+            if failed.is_some() || attempts >= FAILED_ATTEMPTS {
+                let reason = failed
+                    .and_then(|c| c.message.clone())
+                    .unwrap_or_else(|| format!("Helm failed {attempts} times"));
+                return Err(chart_failed(client, name, job_name, &reason).await);
+            }
+            Ok(Waiting::On(format!(
+                "Job {job_name} running ({attempts} failed attempt(s))"
+            )))
+        },
+    )
+    .await
+}
+
+/// Deletes HelmChart `name` and waits until helm-controller has uninstalled the release and
+/// let the HelmChart go.
+pub async fn uninstall_chart(
+    client: &KubeClient,
+    name: &str,
+    within: Duration,
+) -> Result<(), KubeError> {
+    client.delete(&chart_path(name)).await?;
+    poll(
+        &format!("chart {name} uninstalling"),
+        within,
+        Duration::from_secs(3),
+        || async {
+            let chart: Option<HelmChart> = client.get(&chart_path(name)).await?;
+            Ok(match chart {
+                None => Waiting::Done(()),
+                Some(chart) if chart.status.job_name.is_empty() => {
+                    Waiting::On("helm-controller has not started the uninstall yet".into())
+                }
+                Some(chart) => Waiting::On(format!("Job {} running", chart.status.job_name)),
+            })
+        },
+    )
+    .await
+}
+
+/// The error for a failed chart, with the last lines Helm printed when they can be read.
+async fn chart_failed(client: &KubeClient, name: &str, job: &str, reason: &str) -> KubeError {
+    let output = match helm_output(client, job).await {
+        Some(lines) if !lines.trim().is_empty() => format!(
+            "\n  Helm's last output:\n    {}",
+            lines.trim_end().lines().collect::<Vec<_>>().join("\n    ")
+        ),
+        _ => String::new(),
+    };
+    KubeError::Api {
+        method: "GET",
+        url: format!("HelmChart {NAMESPACE}/{name}"),
+        status: 200,
+        message: format!(
+            "chart {name} failed to install: {reason}{output}\n  hint: `kubectl -n {NAMESPACE} logs job/{job}` shows all of Helm's output; fix the cause and run flatstack again"
+        ),
+    }
+}
+
+/// The tail of the log of the newest pod of Job `job`.
+async fn helm_output(client: &KubeClient, job: &str) -> Option<String> {
+    if job.is_empty() {
+        return None;
+    }
+    let pods: Vec<Pod> = client
+        .list(&format!(
+            "/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=job-name%3D{job}"
+        ))
+        .await
+        .ok()?;
+    let newest = pods
+        .iter()
+        .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))?;
+    let pod = newest.metadata.name.as_deref()?;
+    client
+        .get_text(&format!(
+            "/api/v1/namespaces/{NAMESPACE}/pods/{pod}/log?tailLines={LOG_LINES}"
+        ))
+        .await
+        .ok()
+        .flatten()
+}

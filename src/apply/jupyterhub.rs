@@ -1,0 +1,185 @@
+//! `flatstack jupyterhub install|upgrade|uninstall` against a running cluster: the hub's
+//! HelmChart and credentials applied, Helm's Job waited for, then the hub and proxy
+//! Deployments; on uninstall the release removed and, only on request, the users' volumes.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+
+use super::charts::{self, Expect};
+use crate::addons::HelmChart;
+use crate::addons::NAMESPACE;
+use crate::addons::jupyterhub::{CREDENTIALS_SECRET, HubRelease, RELEASE};
+use crate::kube::{KubeClient, KubeError, Waiting, poll};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(
+        "JupyterHub is already installed\n  hint: `flatstack jupyterhub upgrade` applies new settings or a new chart version"
+    )]
+    AlreadyInstalled,
+    #[error("JupyterHub is not installed\n  hint: `flatstack jupyterhub install` installs it")]
+    NotInstalled,
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Install,
+    Upgrade,
+}
+
+/// Whether anything changed, and how long it took.
+#[derive(Debug)]
+pub struct HubOutcome {
+    pub changed: bool,
+    pub took: Duration,
+}
+
+/// Installs or upgrades the hub and waits until it serves.
+pub async fn install(
+    client: &KubeClient,
+    release: &HubRelease,
+    action: Action,
+    within: Duration,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<HubOutcome, HubError> {
+    let started = Instant::now();
+    let left = || within.saturating_sub(started.elapsed());
+    let existing: Option<HelmChart> = client.get(&charts::chart_path(RELEASE)).await?;
+    match (action, existing.is_some()) {
+        (Action::Install, true) => return Err(HubError::AlreadyInstalled),
+        (Action::Upgrade, false) => return Err(HubError::NotInstalled),
+        _ => {}
+    }
+    say("applying the hub's credentials");
+    client.apply(&release.credentials).await?;
+    say(&format!(
+        "applying HelmChart {RELEASE} (chart {} {})",
+        release.chart.spec.chart, release.chart.spec.version
+    ));
+    let expect = charts::apply_chart(client, &release.chart_manifest()).await?;
+    let changed = expect != Expect::Current;
+    say("waiting for Helm to install the chart");
+    charts::wait_chart(client, RELEASE, &expect, left())
+        .await
+        .map_err(|e| e.of_total(within))?;
+    let namespace = &release.chart.spec.target_namespace;
+    for deployment in ["hub", "proxy"] {
+        say(&format!("waiting for {namespace}/{deployment} to be ready"));
+        wait_deployment(client, namespace, deployment, left())
+            .await
+            .map_err(|e| e.of_total(within))?;
+    }
+    Ok(HubOutcome {
+        changed,
+        took: started.elapsed(),
+    })
+}
+
+/// Removes the release and its credentials. User volumes (`claim-*` claims made by the
+/// spawner, not by Helm) stay unless `delete_user_data`, which deletes the whole namespace.
+/// Returns the claims kept.
+pub async fn uninstall(
+    client: &KubeClient,
+    namespace: &str,
+    delete_user_data: bool,
+    within: Duration,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<String>, HubError> {
+    let started = Instant::now();
+    let left = || within.saturating_sub(started.elapsed());
+    let existing: Option<HelmChart> = client.get(&charts::chart_path(RELEASE)).await?;
+    if existing.is_some() {
+        say("uninstalling the chart");
+        charts::uninstall_chart(client, RELEASE, left())
+            .await
+            .map_err(|e| e.of_total(within))?;
+    } else if !delete_user_data {
+        return Err(HubError::NotInstalled);
+    }
+    client
+        .delete(&format!(
+            "/api/v1/namespaces/{NAMESPACE}/secrets/{CREDENTIALS_SECRET}"
+        ))
+        .await?;
+    let claims: Vec<PersistentVolumeClaim> = client
+        .list(&format!(
+            "/api/v1/namespaces/{namespace}/persistentvolumeclaims"
+        ))
+        .await?;
+    let names: Vec<String> = claims.into_iter().filter_map(|c| c.metadata.name).collect();
+    if !delete_user_data {
+        return Ok(names);
+    }
+    say(&format!(
+        "deleting namespace {namespace} and {} volume claim(s)",
+        names.len()
+    ));
+    let path = format!("/api/v1/namespaces/{namespace}");
+    client.delete(&path).await?;
+    poll(
+        &format!("namespace {namespace} going away"),
+        left(),
+        Duration::from_secs(3),
+        || async {
+            let left: Option<serde_json::Value> = client.get(&path).await?;
+            Ok(match left {
+                None => Waiting::Done(()),
+                Some(_) => Waiting::On("the namespace is terminating".into()),
+            })
+        },
+    )
+    .await
+    .map_err(|e| e.of_total(within))?;
+    Ok(Vec::new())
+}
+
+/// Waits until Deployment `namespace/name` has its current generation rolled out and ready.
+pub async fn wait_deployment(
+    client: &KubeClient,
+    namespace: &str,
+    name: &str,
+    within: Duration,
+) -> Result<(), KubeError> {
+    let path = format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}");
+    poll(
+        &format!("Deployment {namespace}/{name} ready"),
+        within,
+        Duration::from_secs(3),
+        || async {
+            let Some(deployment): Option<Deployment> = client.get(&path).await? else {
+                return Ok(Waiting::On("not created yet".into()));
+            };
+            Ok(if deployment_ready(&deployment) {
+                Waiting::Done(())
+            } else {
+                let status = deployment.status.unwrap_or_default();
+                Waiting::On(format!(
+                    "{} of {} replica(s) ready",
+                    status.ready_replicas.unwrap_or(0),
+                    deployment.spec.and_then(|s| s.replicas).unwrap_or(1)
+                ))
+            })
+        },
+    )
+    .await
+}
+
+/// The Deployment's controller has seen its latest spec and every wanted replica is ready.
+pub fn deployment_ready(deployment: &Deployment) -> bool {
+    let wanted = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let Some(status) = &deployment.status else {
+        return false;
+    };
+    let seen =
+        status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+    seen && status.ready_replicas.unwrap_or(0) >= wanted
+        && status.updated_replicas.unwrap_or(0) >= wanted
+}

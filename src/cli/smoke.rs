@@ -1,0 +1,50 @@
+//! `flatstack smoke`: the cluster-level `docker run nginx` + `curl`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::cloud::runtime;
+use super::cluster::{Cluster, ClusterArgs};
+use super::up::parse_duration;
+use crate::addons::smoke::Smoke;
+
+#[derive(Debug, clap::Args)]
+pub struct SmokeArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// How long the pod and the ingress may take (`90s`, `5m`).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+pub fn run(file: &Path, cloud_flag: Option<&str>, args: &SmokeArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let cluster = Cluster::connect(file, cloud_flag, &args.cluster).await?;
+        if !cluster.spec.addons.ingress {
+            anyhow::bail!(
+                "cluster `{}` has no ingress (`addons.ingress = false`): nothing to fetch the page through",
+                cluster.spec.name
+            );
+        }
+        let address = cluster.ingress_address().await?;
+        let token = crate::pki::random_chars(10)?;
+        let smoke = Smoke::new(&token);
+        let say = |line: &str| println!("  {line}");
+        let report = crate::apply::smoke::smoke(
+            &cluster.client,
+            &smoke,
+            &format!("http://{address}"),
+            args.timeout,
+            &say,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("smoke test failed: {e}"))?;
+        println!(
+            "smoke test passed: {} served the page {:.1} s after the start (pod ready after {:.1} s); everything removed",
+            report.url,
+            report.served_after.as_secs_f64(),
+            report.pod_ready_after.as_secs_f64()
+        );
+        Ok(())
+    })
+}

@@ -1,0 +1,764 @@
+//! Day-one add-ons against the loopback Kubernetes API stand-in (no real API server can run
+//! here): the ingress, cert-manager's issuer, kured and metrics-server installed by `up`'s
+//! bootstrap; `flatstack jupyterhub install|upgrade|uninstall` and `flatstack smoke` end to
+//! end through the CLI; kured's reboot state as `status` reads it. The JupyterHub values are
+//! checked against the pinned chart's own values schema.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flatstack::addons::{self, CloudConf};
+use flatstack::apply::bootstrap::bootstrap;
+use flatstack::kube::{KubeClient, RebootState};
+use flatstack::pki::{ClusterPki, StateDir};
+use flatstack::secret::Secret;
+use flatstack::spec::ClusterSpec;
+use serde_json::{Value, json};
+
+use crate::kube_standin::{IngressStandIn, StandIn, World};
+use crate::support::*;
+
+const HOSTNAME: &str = "hub.demo.projects.jetstream-cloud.org";
+
+fn pki(workspace: &Workspace) -> ClusterPki {
+    let state = StateDir::open_or_create(&workspace.state_dir()).expect("state dir");
+    ClusterPki::load_or_create(&state).expect("pki")
+}
+
+fn cluster_file(extra: &str) -> String {
+    format!(
+        "{}{extra}",
+        cluster_text("https://example.invalid", &"ab".repeat(32), 2)
+    )
+}
+
+fn spec(extra: &str) -> ClusterSpec {
+    ClusterSpec::parse("cluster.toml", &cluster_file(extra)).expect("valid cluster file")
+}
+
+fn stand_in(pki: &ClusterPki, spec: &ClusterSpec, mut world: World) -> StandIn {
+    for node in spec.nodes() {
+        world.register(&node.name, node.role == flatstack::spec::Role::ControlPlane);
+    }
+    StandIn::start(
+        &pki.ca.cert_pem,
+        pki.ca.key_pem.expose(),
+        &pki.ca.cert_pem,
+        world,
+    )
+}
+
+fn conf() -> CloudConf {
+    CloudConf {
+        text: Secret::new("[Global]\nauth-url = \"https://keystone.example/v3\"\n"),
+        ca_bundle: None,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+fn quiet(_: &str) {}
+
+fn chart_values(world: &World, name: &str) -> Value {
+    let chart = world
+        .object(&format!(
+            "/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/{name}"
+        ))
+        .unwrap_or_else(|| panic!("chart {name} not applied"));
+    serde_json::from_str(chart["spec"]["valuesContent"].as_str().expect("values")).expect("JSON")
+}
+
+/// A stand-in cluster brought up by `bootstrap` with the add-ons of `spec`.
+fn booted(pki: &ClusterPki, spec: &ClusterSpec, world: World) -> StandIn {
+    let server = stand_in(pki, spec, world);
+    let client = KubeClient::new(pki, &format!("https://{}", server.address)).expect("client");
+    let set = addons::for_cluster(spec, &conf(), b"key").expect("add-ons");
+    runtime()
+        .block_on(bootstrap(
+            &client,
+            spec,
+            &set,
+            Duration::from_secs(120),
+            &quiet,
+        ))
+        .expect("bootstrap");
+    server
+}
+
+#[test]
+fn up_installs_ingress_issuer_kured_and_metrics_server_pinned() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec(&format!(
+        "\n[ingress]\nhostname = \"{HOSTNAME}\"\nacme_email = \"ops@example.org\"\nacme_server = \"staging\"\n\n[updates]\nreboot_days = [\"sat\", \"sun\"]\nreboot_start = \"03:00\"\nreboot_end = \"05:00\"\ntimezone = \"Europe/Berlin\"\n"
+    ));
+    let server = booted(&pki, &spec, World::default());
+    let world = server.world.lock().expect("world");
+
+    let charts: BTreeMap<String, Value> = world
+        .objects
+        .iter()
+        .filter(|(p, _)| p.starts_with("/apis/helm.cattle.io/"))
+        .map(|(_, v)| {
+            (
+                v["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                v.clone(),
+            )
+        })
+        .collect();
+    for (name, pinned, namespace) in [
+        ("traefik", flatstack::pins::TRAEFIK, "traefik"),
+        (
+            "cert-manager",
+            flatstack::pins::CERT_MANAGER,
+            "cert-manager",
+        ),
+        ("kured", flatstack::pins::KURED, "kube-system"),
+        (
+            "metrics-server",
+            flatstack::pins::METRICS_SERVER,
+            "kube-system",
+        ),
+    ] {
+        let chart = &charts[name];
+        assert_eq!(chart["spec"]["version"], pinned.version, "{name}");
+        assert_eq!(chart["spec"]["repo"], pinned.repo, "{name}");
+        assert_eq!(chart["spec"]["targetNamespace"], namespace, "{name}");
+        // Not bootstrap charts: they wait for the pod network and the cloud controller.
+        assert_eq!(chart["spec"]["bootstrap"], false, "{name}");
+    }
+    // Every image tag flatstack sets is an exact release, never `latest`.
+    for name in ["traefik", "cert-manager", "kured", "metrics-server"] {
+        let values = chart_values(&world, name);
+        let tag = values["image"]["tag"].as_str().expect("tag");
+        assert!(!tag.is_empty() && tag != "latest", "{name}: {tag}");
+    }
+
+    let traefik = chart_values(&world, "traefik");
+    assert_eq!(traefik["hostNetwork"], true);
+    assert_eq!(traefik["deployment"]["kind"], "DaemonSet");
+    assert_eq!(
+        traefik["nodeSelector"]["node-role.kubernetes.io/control-plane"],
+        "true"
+    );
+    let kured = chart_values(&world, "kured");
+    assert_eq!(kured["configuration"]["rebootDays"], json!(["sun", "sat"]));
+    assert_eq!(kured["configuration"]["startTime"], "03:00");
+    assert_eq!(kured["configuration"]["timeZone"], "Europe/Berlin");
+    let tolerated: Vec<&str> = kured["tolerations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["key"].as_str())
+        .collect();
+    assert!(tolerated.contains(&"node-role.kubernetes.io/control-plane"));
+    let metrics = chart_values(&world, "metrics-server");
+    assert!(
+        metrics["defaultArgs"]
+            .as_array()
+            .expect("args")
+            .contains(&json!("--kubelet-preferred-address-types=InternalIP"))
+    );
+
+    // The issuer went in only once cert-manager's CRDs were served (404 before).
+    let issuer = world
+        .object("/apis/cert-manager.io/v1/clusterissuers/letsencrypt")
+        .expect("ClusterIssuer applied");
+    assert_eq!(
+        issuer["spec"]["acme"]["server"],
+        flatstack::spec::LETSENCRYPT_STAGING
+    );
+    assert_eq!(issuer["spec"]["acme"]["email"], "ops@example.org");
+    let issuer_writes: Vec<_> = world
+        .seen
+        .iter()
+        .filter(|s| s.path.starts_with("/apis/cert-manager.io/"))
+        .collect();
+    let cert_manager_done = world
+        .seen
+        .iter()
+        .position(|s| s.path.ends_with("/jobs/helm-install-cert-manager"))
+        .expect("cert-manager's Job was watched");
+    let first_issuer = world
+        .seen
+        .iter()
+        .position(|s| s.path.starts_with("/apis/cert-manager.io/"))
+        .expect("issuer applied");
+    assert!(first_issuer > cert_manager_done);
+    assert!(!issuer_writes.is_empty());
+    // The record comes last: a run cut short re-applies the issuer next time.
+    let record = world
+        .seen
+        .iter()
+        .rposition(|s| s.path.ends_with("/configmaps/flatstack"))
+        .expect("record");
+    assert!(record > first_issuer);
+}
+
+#[test]
+fn a_changed_chart_is_waited_for_until_its_new_job_succeeds() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec("");
+    let server = booted(
+        &pki,
+        &spec,
+        World {
+            replace_lag: 2,
+            job_polls: 1,
+            ..World::default()
+        },
+    );
+    let uid_of = |chart: &str| {
+        server.world.lock().expect("world").objects
+            [&format!("/apis/batch/v1/namespaces/kube-system/jobs/helm-install-{chart}")]
+            ["metadata"]["uid"]
+            .clone()
+    };
+    let old_uid = uid_of("kured");
+    let traefik_uid = uid_of("traefik");
+
+    // New reboot window: only kured's chart changes.
+    let changed = ClusterSpec::parse(
+        "cluster.toml",
+        &cluster_file("\n[updates]\nreboot_days = [\"sun\"]\n"),
+    )
+    .expect("valid");
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let set = addons::for_cluster(&changed, &conf(), b"key").expect("add-ons");
+    let lines = std::sync::Mutex::new(Vec::new());
+    let say = |line: &str| lines.lock().expect("lines").push(line.to_string());
+    runtime()
+        .block_on(bootstrap(
+            &client,
+            &changed,
+            &set,
+            Duration::from_secs(120),
+            &say,
+        ))
+        .expect("second bootstrap");
+    let world = server.world.lock().expect("world");
+    let job = &world.objects["/apis/batch/v1/namespaces/kube-system/jobs/helm-install-kured"];
+    assert_ne!(
+        job["metadata"]["uid"], old_uid,
+        "helm-controller replaced the Job"
+    );
+    assert_eq!(job["status"]["succeeded"], 1);
+    // The wait did not take the old Job's success for the new settings: the last answer
+    // flatstack read about kured's Job was the new Job's success.
+    let last = world
+        .job_answers
+        .iter()
+        .rev()
+        .find(|(path, _, _)| path.ends_with("/jobs/helm-install-kured"))
+        .expect("kured's Job was read");
+    assert_eq!(
+        (Value::from(last.1.clone()), last.2),
+        (job["metadata"]["uid"].clone(), true)
+    );
+    assert_ne!(Value::from(last.1.clone()), old_uid);
+    drop(world);
+    // Charts that did not change kept their Jobs.
+    assert_eq!(uid_of("traefik"), traefik_uid);
+}
+
+#[test]
+fn a_failing_chart_reports_helms_own_output() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec("");
+    let mut world = World {
+        failing_chart: Some("metrics-server".into()),
+        ..World::default()
+    };
+    world.run_pod(
+        "kube-system",
+        "helm-install-metrics-server-7xk2p",
+        "demo-control-plane-1",
+        false,
+    );
+    world.label_pod(
+        "helm-install-metrics-server-7xk2p",
+        "job-name",
+        "helm-install-metrics-server",
+    );
+    world.pod_logs.insert(
+        "helm-install-metrics-server-7xk2p".into(),
+        "Error: INSTALLATION FAILED: values don't meet the specifications of the schema(s)\n"
+            .into(),
+    );
+    let server = stand_in(&pki, &spec, world);
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
+    let error = runtime()
+        .block_on(bootstrap(
+            &client,
+            &spec,
+            &set,
+            Duration::from_secs(60),
+            &quiet,
+        ))
+        .expect_err("the chart fails");
+    let message = error.to_string();
+    assert!(message.contains("chart metrics-server failed"), "{message}");
+    assert!(
+        message.contains("values don't meet the specifications"),
+        "Helm's output is shown: {message}"
+    );
+}
+
+#[test]
+fn kureds_metrics_tell_which_node_waits_for_a_reboot() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec("");
+    let mut world = World::default();
+    let nodes = ["demo-control-plane-1", "demo-default-1", "demo-default-2"];
+    for (index, node) in nodes.iter().enumerate() {
+        let pod = format!("kured-{index}");
+        world.run_pod("kube-system", &pod, node, true);
+        world.label_pod(&pod, "app.kubernetes.io/name", "kured");
+    }
+    world.pod_metrics.insert(
+        "kured-0".into(),
+        "kured_reboot_required{node=\"demo-control-plane-1\"} 0\n".into(),
+    );
+    world.pod_metrics.insert(
+        "kured-1".into(),
+        "# TYPE kured_reboot_required gauge\nkured_reboot_required{node=\"demo-default-1\"} 1\n"
+            .into(),
+    );
+    // kured-2 does not answer.
+    let server = stand_in(&pki, &spec, world);
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let states = runtime().block_on(async {
+        let nodes = client.nodes().await.expect("nodes");
+        flatstack::kube::reboot_states(&client, &nodes).await
+    });
+    let states = states.expect("states");
+    assert_eq!(states["demo-control-plane-1"], RebootState::UpToDate);
+    assert_eq!(states["demo-default-1"], RebootState::Pending);
+    assert_eq!(states["demo-default-2"], RebootState::Unknown);
+}
+
+/// The z2jh 4.4.0 defaults, with the image tags its release tool sets.
+fn chart_defaults() -> Value {
+    let text = std::fs::read_to_string("tests/data/z2jh-4.4.0/values.yaml")
+        .expect("chart defaults")
+        .replace("\"set-by-chartpress\"", "\"4.4.0\"");
+    serde_saphyr::from_str(&text).expect("defaults are YAML")
+}
+
+fn schema_errors(values: &Value) -> Vec<String> {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/data/z2jh-4.4.0/values.schema.json").expect("schema"),
+    )
+    .expect("schema is JSON");
+    let validator = jsonschema::draft7::new(&schema).expect("a valid draft-7 schema");
+    validator
+        .iter_errors(values)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
+/// flatstack's values (and credential values) merged over the chart's defaults, as Helm does.
+fn merged(
+    spec: &ClusterSpec,
+    credentials: &addons::jupyterhub::HubCredentials,
+    user: Option<&Value>,
+) -> Value {
+    let release = addons::jupyterhub::release(spec, credentials, user);
+    let mut values = chart_defaults();
+    let ours: Value = serde_json::from_str(&release.chart.spec.values_content).expect("values");
+    addons::merge_values(&mut values, &ours);
+    let secret: Value =
+        serde_json::from_str(addons::jupyterhub::credential_values(credentials).expose())
+            .expect("credential values");
+    addons::merge_values(&mut values, &secret);
+    values
+}
+
+#[test]
+fn jupyterhub_values_meet_the_pinned_charts_schema() {
+    assert_eq!(
+        flatstack::pins::JUPYTERHUB.version,
+        "4.4.0",
+        "update tests/data with the pin"
+    );
+    assert!(
+        schema_errors(&chart_defaults()).is_empty(),
+        "the defaults alone are valid"
+    );
+    let shared = addons::jupyterhub::HubCredentials::SharedPassword {
+        user: Secret::new("abcdefghijklmnopqrstuvwx"),
+        admin: Secret::new("a".repeat(40)),
+    };
+    let github = addons::jupyterhub::HubCredentials::GitHub {
+        client_secret: Secret::new("0123456789abcdef"),
+    };
+    let trial = spec("\n[jupyterhub]\nadmin_users = [\"alice\"]\nuser_storage_gb = 20\n");
+    let errors = schema_errors(&merged(&trial, &shared, None));
+    assert!(errors.is_empty(), "{errors:#?}");
+    let production = spec(&format!(
+        "\n[ingress]\nhostname = \"{HOSTNAME}\"\nacme_email = \"ops@example.org\"\n[jupyterhub]\nauthenticator = \"github\"\ngithub_client_id = \"Iv1.0123\"\ngithub_allowed_organizations = [\"my-org\"]\nallowed_users = [\"carol\"]\n"
+    ));
+    let user_values = json!({ "singleuser": { "image": { "name": "quay.io/jupyter/scipy-notebook", "tag": "2025-06-02" }, "memory": { "limit": "4G", "guarantee": "1G" } } });
+    let errors = schema_errors(&merged(&production, &github, Some(&user_values)));
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    // The check bites: a misspelt key or a wrong type in the user's values is refused.
+    let typo = json!({ "singleuser": { "storage": { "capacty": "5Gi" } } });
+    let errors = schema_errors(&merged(&trial, &shared, Some(&typo)));
+    assert!(errors.iter().any(|e| e.contains("capacty")), "{errors:#?}");
+    let wrong_type = json!({ "proxy": { "service": { "type": "Public" } } });
+    assert!(!schema_errors(&merged(&trial, &shared, Some(&wrong_type))).is_empty());
+}
+
+/// A workspace whose cluster file, state directory and stand-ins make a running cluster.
+struct Running {
+    workspace: Workspace,
+    server: StandIn,
+    ingress: IngressStandIn,
+}
+
+fn running(extra: &str, world: World) -> Running {
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster_file(extra));
+    let pki = pki(&workspace);
+    let spec = spec(extra);
+    let server = booted(&pki, &spec, world);
+    let ingress = IngressStandIn::start(server.world.clone());
+    Running {
+        workspace,
+        server,
+        ingress,
+    }
+}
+
+/// A finished flatstack run.
+#[derive(Debug)]
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Running {
+    fn flatstack(&self, args: &[&str]) -> Ran {
+        let api = self.server.address.to_string();
+        let ingress = self.ingress.address.to_string();
+        let state = self.workspace.state_dir();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend([
+            "--api-address",
+            &api,
+            "--ingress-address",
+            &ingress,
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ]);
+        let output = self.workspace.flatstack(&all);
+        Ran {
+            code: output.status.code().unwrap_or(-1),
+            stdout: stdout(&output),
+            stderr: stderr(&output),
+        }
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.workspace.path(name), text).expect("write");
+    }
+}
+
+#[test]
+fn jupyterhub_install_upgrade_uninstall_through_the_cli() {
+    let world = World {
+        release_deployments: BTreeMap::from([(
+            "jupyterhub".to_string(),
+            vec!["hub".to_string(), "proxy".to_string()],
+        )]),
+        replace_lag: 2,
+        ..World::default()
+    };
+    let cluster = running(
+        "\n[jupyterhub]\nadmin_users = [\"alice\"]\nvalues_file = \"hub.yaml\"\n",
+        world,
+    );
+    cluster.write("hub.yaml", "singleuser:\n  storage:\n    capacity: 25Gi\n");
+
+    let upgrade_first = cluster.flatstack(&["jupyterhub", "upgrade"]);
+    assert_eq!(upgrade_first.code, 1, "{upgrade_first:?}");
+    assert!(upgrade_first.stderr.contains("JupyterHub is not installed"));
+
+    let install = cluster.flatstack(&["jupyterhub", "install"]);
+    assert_eq!(install.code, 0, "{install:?}");
+    let url = format!("http://{}/", cluster.ingress.address);
+    assert!(
+        install.stdout.contains(&format!("hub: {url}")),
+        "{}",
+        install.stdout
+    );
+    let password_file = cluster
+        .workspace
+        .state_dir()
+        .join("jupyterhub-user-password");
+    let password = std::fs::read_to_string(&password_file).expect("password kept");
+    assert_eq!(password.trim().len(), 24);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&password_file)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(!install.stdout.contains(password.trim()), "never printed");
+    {
+        let world = cluster.server.world.lock().expect("world");
+        let chart = world
+            .object("/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/jupyterhub")
+            .expect("HelmChart");
+        assert_eq!(
+            chart["spec"]["version"],
+            flatstack::pins::JUPYTERHUB.version
+        );
+        assert_eq!(chart["spec"]["targetNamespace"], "jupyterhub");
+        assert!(
+            !chart.to_string().contains(password.trim()),
+            "no password in the chart"
+        );
+        let values = chart_values(&world, "jupyterhub");
+        assert_eq!(
+            values["singleuser"]["storage"]["capacity"], "25Gi",
+            "the user's file wins"
+        );
+        let secret = world
+            .object("/api/v1/namespaces/kube-system/secrets/jupyterhub-credentials")
+            .expect("credentials");
+        assert!(
+            secret["stringData"]["values.yaml"]
+                .as_str()
+                .expect("values")
+                .contains(password.trim())
+        );
+    }
+
+    let again = cluster.flatstack(&["jupyterhub", "install"]);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(
+        again.stderr.contains("already installed"),
+        "{}",
+        again.stderr
+    );
+
+    let unchanged = cluster.flatstack(&["jupyterhub", "upgrade"]);
+    assert_eq!(unchanged.code, 0, "{unchanged:?}");
+    assert!(
+        unchanged.stdout.contains("already current"),
+        "{}",
+        unchanged.stdout
+    );
+
+    cluster.write("hub.yaml", "singleuser:\n  storage:\n    capacity: 30Gi\n");
+    let upgrade = cluster.flatstack(&["jupyterhub", "upgrade"]);
+    assert_eq!(upgrade.code, 0, "{upgrade:?}");
+    assert!(
+        upgrade.stdout.contains("JupyterHub upgraded"),
+        "{}",
+        upgrade.stdout
+    );
+    assert_eq!(
+        std::fs::read_to_string(&password_file).expect("password"),
+        password,
+        "the same password across upgrades"
+    );
+    {
+        let world = cluster.server.world.lock().expect("world");
+        assert_eq!(
+            chart_values(&world, "jupyterhub")["singleuser"]["storage"]["capacity"],
+            "30Gi"
+        );
+    }
+
+    // A user's volume claim survives a plain uninstall, and goes with --delete-user-data.
+    cluster.server.world.lock().expect("world").objects.insert(
+        "/api/v1/namespaces/jupyterhub/persistentvolumeclaims/claim-alice".into(),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "claim-alice", "namespace": "jupyterhub"}}),
+    );
+    let uninstall = cluster.flatstack(&["jupyterhub", "uninstall"]);
+    assert_eq!(uninstall.code, 0, "{uninstall:?}");
+    assert!(
+        uninstall.stdout.contains("claim-alice"),
+        "{}",
+        uninstall.stdout
+    );
+    {
+        let world = cluster.server.world.lock().expect("world");
+        assert!(
+            world
+                .object("/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/jupyterhub")
+                .is_none()
+        );
+        assert!(
+            world
+                .object("/apis/apps/v1/namespaces/jupyterhub/deployments/hub")
+                .is_none()
+        );
+        assert!(
+            world
+                .object("/api/v1/namespaces/kube-system/secrets/jupyterhub-credentials")
+                .is_none()
+        );
+        assert!(
+            world
+                .seen
+                .iter()
+                .any(|s| s.method == "DELETE" && s.path.ends_with("/helmcharts/jupyterhub"))
+        );
+        assert!(world.deleted_namespaces.is_empty());
+    }
+    let purge = cluster.flatstack(&["jupyterhub", "uninstall", "--delete-user-data"]);
+    assert_eq!(purge.code, 0, "{purge:?}");
+    let world = cluster.server.world.lock().expect("world");
+    assert_eq!(world.deleted_namespaces, ["jupyterhub"]);
+    assert!(
+        world
+            .object("/api/v1/namespaces/jupyterhub/persistentvolumeclaims/claim-alice")
+            .is_none()
+    );
+}
+
+#[test]
+fn jupyterhub_refuses_what_cannot_work_before_touching_the_cluster() {
+    let cluster = running("\n[addons]\ncinder_csi = false\n", World::default());
+    let run = cluster.flatstack(&["jupyterhub", "install"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("addons.cinder_csi = true"),
+        "{}",
+        run.stderr
+    );
+
+    let github = running(
+        &format!(
+            "\n[ingress]\nhostname = \"{HOSTNAME}\"\nacme_email = \"ops@example.org\"\n[jupyterhub]\nauthenticator = \"github\"\ngithub_client_id = \"Iv1.0123\"\ngithub_client_secret_env = \"FLATSTACK_TEST_UNSET_SECRET\"\n"
+        ),
+        World::default(),
+    );
+    let run = github.flatstack(&["jupyterhub", "install"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("FLATSTACK_TEST_UNSET_SECRET is not set"),
+        "{}",
+        run.stderr
+    );
+
+    let bad_values = running(
+        "\n[jupyterhub]\nvalues_file = \"hub.yaml\"\n",
+        World::default(),
+    );
+    bad_values.write("hub.yaml", "- just\n- a list\n");
+    let run = bad_values.flatstack(&["jupyterhub", "install"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("must hold a mapping"), "{}", run.stderr);
+    for cluster in [&cluster, &github, &bad_values] {
+        let world = cluster.server.world.lock().expect("world");
+        assert!(
+            world
+                .object("/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/jupyterhub")
+                .is_none()
+        );
+    }
+}
+
+#[test]
+fn smoke_fetches_the_page_through_the_ingress_and_cleans_up() {
+    let cluster = running(
+        "",
+        World {
+            deployment_polls: 2,
+            ..World::default()
+        },
+    );
+    let run = cluster.flatstack(&["smoke", "--timeout", "60s"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("smoke test passed"), "{}", run.stdout);
+    let world = cluster.server.world.lock().expect("world");
+    assert_eq!(world.deleted_namespaces.len(), 1);
+    let namespace = &world.deleted_namespaces[0];
+    assert!(namespace.starts_with("flatstack-smoke-"));
+    assert!(
+        !world.objects.keys().any(|p| p.contains(namespace.as_str())),
+        "nothing left"
+    );
+}
+
+#[test]
+fn smoke_fails_with_the_reason_and_still_cleans_up() {
+    let cluster = running(
+        "",
+        World {
+            unpullable_images: vec![flatstack::pins::SMOKE_IMAGE.to_string()],
+            ..World::default()
+        },
+    );
+    let run = cluster.flatstack(&["smoke", "--timeout", "8s"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("never became ready"), "{}", run.stderr);
+    assert!(run.stderr.contains("ErrImagePull"), "{}", run.stderr);
+    assert_eq!(
+        cluster
+            .server
+            .world
+            .lock()
+            .expect("world")
+            .deleted_namespaces
+            .len(),
+        1
+    );
+
+    let broken = running(
+        "",
+        World {
+            ingress_broken: true,
+            ..World::default()
+        },
+    );
+    let run = broken.flatstack(&["smoke", "--timeout", "8s"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("never served the smoke page"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("HTTP 404"), "{}", run.stderr);
+    assert_eq!(
+        broken
+            .server
+            .world
+            .lock()
+            .expect("world")
+            .deleted_namespaces
+            .len(),
+        1
+    );
+
+    let misrouted = running(
+        "",
+        World {
+            ingress_misrouted: true,
+            ..World::default()
+        },
+    );
+    let run = misrouted.flatstack(&["smoke", "--timeout", "8s"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("lacks the smoke token"),
+        "{}",
+        run.stderr
+    );
+}
