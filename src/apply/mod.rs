@@ -224,6 +224,24 @@ pub async fn provision(
         }) {
             cloud.add_security_group_rule(&group.id, rule).await?;
         }
+        // Every ingress rule of flatstack's groups is flatstack's: one the file no longer
+        // asks for (a narrowed CIDR, ingress turned off) goes.
+        for stale in group
+            .security_group_rules
+            .iter()
+            .filter(|have| have.direction == "ingress")
+            .filter(|have| !rules.iter().any(|want| same_rule(have, want)))
+        {
+            say(&format!(
+                "removing rule {} {}-{} from {} on {}",
+                stale.protocol.as_deref().unwrap_or("any"),
+                stale.port_range_min.unwrap_or(0),
+                stale.port_range_max.unwrap_or(0),
+                stale.remote_ip_prefix.as_deref().unwrap_or("a group"),
+                group.name
+            ));
+            cloud.delete_security_group_rule(&stale.id).await?;
+        }
     }
     let server_group = match observed.server_groups.first() {
         Some(group) => group.clone(),

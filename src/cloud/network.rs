@@ -412,6 +412,15 @@ impl Cloud {
         }
     }
 
+    /// Removes a rule; one already gone counts as removed.
+    pub async fn delete_security_group_rule(&self, rule_id: &str) -> Result<(), CloudError> {
+        self.delete(
+            Service::Network,
+            &format!("/security-group-rules/{rule_id}"),
+        )
+        .await
+    }
+
     /// Points a floating IP at a port (or detaches it with `None`).
     pub async fn attach_floating_ip(
         &self,

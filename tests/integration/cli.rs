@@ -303,6 +303,53 @@ fn invalid_files() -> Vec<(&'static str, String, &'static str, Option<usize>)> {
             Some(18),
         ),
         (
+            "unknown ingress exposure",
+            appended("[ingress]\nexposure = \"nodeport\""),
+            "`ingress.exposure` `nodeport` is not known",
+            Some(18),
+        ),
+        (
+            "hostname without ACME contact",
+            appended("[ingress]\nhostname = \"hub.example.org\""),
+            "`ingress.hostname` is set but `ingress.acme_email` is not",
+            Some(18),
+        ),
+        (
+            "hostname too long for Let's Encrypt",
+            appended(&format!(
+                "[ingress]\nhostname = \"{}.projects.jetstream-cloud.org\"\nacme_email = \"a@example.org\"",
+                "a".repeat(40)
+            )),
+            "Let's Encrypt issues only for names of at most 64 characters",
+            Some(18),
+        ),
+        (
+            "hostname with a scheme",
+            appended(
+                "[ingress]\nhostname = \"https://hub.example.org\"\nacme_email = \"a@example.org\"",
+            ),
+            "is not a DNS name",
+            Some(18),
+        ),
+        (
+            "unknown authenticator",
+            appended("[jupyterhub]\nauthenticator = \"ldap\""),
+            "`jupyterhub.authenticator` `ldap` is not known",
+            Some(18),
+        ),
+        (
+            "GitHub without a client ID",
+            appended("[jupyterhub]\nauthenticator = \"github\""),
+            "needs `github_client_id`",
+            None,
+        ),
+        (
+            "GitHub without a hostname",
+            appended("[jupyterhub]\nauthenticator = \"github\"\ngithub_client_id = \"Iv1.x\""),
+            "needs `ingress.hostname`",
+            None,
+        ),
+        (
             "CSI without cloud controller",
             appended("[addons]\ncloud_controller = false"),
             "`addons.cinder_csi` needs `addons.cloud_controller`",

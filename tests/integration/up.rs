@@ -53,6 +53,30 @@ fn tagged(kind: &str, name: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The TCP ports the control planes' group opens, as `MIN:MAX from CIDR`, sorted.
+fn control_plane_ports(name: &str) -> Vec<String> {
+    let group = format!("{name}-control-plane");
+    let rules = cli(
+        "local-demo",
+        &["security", "group", "rule", "list", &group, "-f", "json"],
+    );
+    let mut open: Vec<String> = rules
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["Direction"] == "ingress" && r["IP Protocol"] == "tcp")
+        .map(|r| {
+            format!(
+                "{} from {}",
+                r["Port Range"].as_str().unwrap_or(""),
+                r["IP Range"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    open.sort();
+    open
+}
+
 fn servers(name: &str) -> Vec<String> {
     let mut names: Vec<String> = tagged("server", name)
         .iter()
@@ -130,6 +154,15 @@ fn up_converges_scales_and_down_removes_everything() {
     assert_eq!(tagged("router", &name).len(), 1);
     assert_eq!(tagged("security group", &name).len(), 2);
     assert_eq!(tagged("port", &name).len(), 3);
+    // Control planes take the API, and Traefik's 80 and 443 (ingress on the control planes).
+    assert_eq!(
+        control_plane_ports(&name),
+        [
+            "443:443 from 0.0.0.0/0",
+            "6443:6443 from 0.0.0.0/0",
+            "80:80 from 0.0.0.0/0"
+        ]
+    );
 
     // The floating IP points at the control plane's port, whose address is the 10th of the subnet.
     let fips = tagged("floating ip", &name);
@@ -217,6 +250,22 @@ fn up_converges_scales_and_down_removes_everything() {
     assert!(
         again.contains("nothing to change (0 changes made)"),
         "{again}"
+    );
+
+    // Narrowing who may reach the ingress replaces its rules: nothing wider stays behind.
+    workspace.write_cluster(&cluster(
+        &name,
+        2,
+        "[ingress]\nhttp_cidrs = [\"198.51.100.0/24\"]",
+    ));
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+    assert_eq!(
+        control_plane_ports(&name),
+        [
+            "443:443 from 198.51.100.0/24",
+            "6443:6443 from 0.0.0.0/0",
+            "80:80 from 198.51.100.0/24"
+        ]
     );
 
     // Scale 2 -> 4 -> 1 workers.
