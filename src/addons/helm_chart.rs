@@ -31,13 +31,17 @@ pub struct HelmChartSpec {
     /// The chart's values, as YAML (flatstack writes JSON, which is YAML).
     #[serde(default)]
     pub values_content: String,
-    /// More values from Secrets in the chart's namespace, applied after `values_content`:
+    /// More values from Secrets in the HelmChart's own namespace, applied after `values_content`:
     /// where credentials go, so they are never part of the HelmChart itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values_secrets: Vec<ValuesSecret>,
     /// How long Helm may take, hooks included (`10m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// What helm-controller does with a failed release: `reinstall` (its default: uninstall,
+    /// then install — which deletes what the release owns), `retry` or `abort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<String>,
 }
 
 /// A Secret holding values files, and which of its keys to read.

@@ -18,13 +18,21 @@ pub const TRAEFIK_NAMESPACE: &str = "traefik";
 pub const CLUSTER_ISSUER: &str = "letsencrypt";
 pub const CERT_MANAGER_NAMESPACE: &str = "cert-manager";
 
+/// The Pod Security Standard of Traefik's namespace: host ports need `privileged`.
+pub fn traefik_pod_security(ingress: &IngressSpec) -> &'static str {
+    match ingress.exposure {
+        IngressExposure::ControlPlane => "privileged",
+        IngressExposure::LoadBalancer => "baseline",
+    }
+}
+
 /// Traefik's chart values for `ingress`.
 pub fn traefik_values(ingress: &IngressSpec) -> serde_json::Value {
     let common = json!({
         "image": { "tag": pins::TRAEFIK_IMAGE_TAG },
         "ingressClass": { "enabled": true, "isDefaultClass": true, "name": INGRESS_CLASS },
         "providers": { "kubernetesCRD": { "enabled": true } },
-        "logs": { "access": { "enabled": true } },
+        "accessLog": { "enabled": true },
         "global": { "checkNewVersion": false, "sendAnonymousUsage": false },
     });
     let exposure = match ingress.exposure {
@@ -56,7 +64,8 @@ pub fn traefik_values(ingress: &IngressSpec) -> serde_json::Value {
             "tolerations": [
                 { "key": CONTROL_PLANE_LABEL, "operator": "Exists", "effect": "NoSchedule" },
             ],
-            "service": { "enabled": true, "type": "ClusterIP" },
+            // Chart 40+ reads the Service's type and ranges under `service.spec`.
+            "service": { "enabled": true, "spec": { "type": "ClusterIP" } },
             "providers": { "kubernetesIngress": { "publishedService": { "enabled": false } } },
         }),
         // Two replicas behind a LoadBalancer Service: the cloud controller makes the Octavia
@@ -65,8 +74,10 @@ pub fn traefik_values(ingress: &IngressSpec) -> serde_json::Value {
             "deployment": { "kind": "Deployment", "replicas": 2 },
             "service": {
                 "enabled": true,
-                "type": "LoadBalancer",
-                "loadBalancerSourceRanges": ingress.http_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "spec": {
+                    "type": "LoadBalancer",
+                    "loadBalancerSourceRanges": ingress.http_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                },
             },
             "providers": { "kubernetesIngress": { "publishedService": { "enabled": true } } },
         }),
@@ -143,7 +154,7 @@ mod tests {
         );
         // A host port cannot be surged into.
         assert_eq!(values["updateStrategy"]["rollingUpdate"]["maxSurge"], 0);
-        assert_eq!(values["service"]["type"], "ClusterIP");
+        assert_eq!(values["service"]["spec"]["type"], "ClusterIP");
         assert_eq!(values["image"]["tag"], pins::TRAEFIK_IMAGE_TAG);
         assert_eq!(values["ingressClass"]["name"], INGRESS_CLASS);
     }
@@ -152,9 +163,9 @@ mod tests {
     fn load_balancer_exposure_asks_the_cloud_controller_for_octavia() {
         let values = traefik_values(&ingress(IngressExposure::LoadBalancer));
         assert_eq!(values["deployment"]["kind"], "Deployment");
-        assert_eq!(values["service"]["type"], "LoadBalancer");
+        assert_eq!(values["service"]["spec"]["type"], "LoadBalancer");
         assert_eq!(
-            values["service"]["loadBalancerSourceRanges"],
+            values["service"]["spec"]["loadBalancerSourceRanges"],
             json!(["192.0.2.0/24"])
         );
         assert!(values.get("hostNetwork").is_none());

@@ -101,7 +101,12 @@ pub fn values(spec: &ClusterSpec, user_values: Option<&serde_json::Value>) -> se
             "config": config,
             "db": {
                 "type": "sqlite-pvc",
-                "pvc": { "storageClassName": STORAGE_CLASS, "storage": "1Gi" },
+                "pvc": {
+                    "storageClassName": STORAGE_CLASS,
+                    "storage": "1Gi",
+                    // The hub's database outlives a release Helm removes.
+                    "annotations": { "helm.sh/resource-policy": "keep" },
+                },
             },
         },
         "proxy": { "service": { "type": "ClusterIP" } },
@@ -166,6 +171,8 @@ pub fn release(
     );
     chart.spec.create_namespace = true;
     chart.spec.timeout = Some("15m".into());
+    // A failed upgrade is reported, never "repaired" by uninstalling the hub.
+    chart.spec.failure_policy = Some("abort".into());
     chart.spec.values_secrets = vec![ValuesSecret {
         name: CREDENTIALS_SECRET.into(),
         keys: vec![CREDENTIALS_KEY.into()],
@@ -257,6 +264,11 @@ mod tests {
         assert_eq!(release.chart.spec.version, pins::JUPYTERHUB.version);
         assert_eq!(release.chart.spec.target_namespace, "jupyterhub");
         assert!(release.chart.spec.create_namespace);
+        assert_eq!(release.chart.spec.failure_policy.as_deref(), Some("abort"));
+        assert_eq!(
+            values["hub"]["db"]["pvc"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
         let secret = release.credentials.body()["stringData"][CREDENTIALS_KEY]
             .as_str()
             .expect("values");
@@ -288,6 +300,9 @@ mod tests {
             values["hub"]["config"]["Authenticator"]["admin_users"],
             json!(["bob"])
         );
-        assert!(values.get("prePuller").is_none());
+        assert!(
+            values["prePuller"].is_null(),
+            "null reaches Helm, which drops the default"
+        );
     }
 }

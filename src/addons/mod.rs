@@ -139,7 +139,10 @@ pub fn for_cluster(
     }
     let mut after_charts = Vec::new();
     if spec.addons.ingress {
-        manifests.push(namespace(ingress::TRAEFIK_NAMESPACE, "baseline"));
+        manifests.push(namespace(
+            ingress::TRAEFIK_NAMESPACE,
+            ingress::traefik_pod_security(&spec.ingress),
+        ));
         manifests.push(Manifest::of(&chart(
             "traefik",
             pins::TRAEFIK,
@@ -220,16 +223,13 @@ fn namespace(name: &str, level: &str) -> Manifest {
 }
 
 /// Deep-merges `overlay` into `base` as Helm merges values files: objects key by key, anything
-/// else (lists included) replaced; a `null` in the overlay removes the key.
+/// else (lists included) replaced. A `null` stays `null`, which tells Helm to drop the chart's
+/// own default for that key too.
 pub fn merge_values(base: &mut serde_json::Value, overlay: &serde_json::Value) {
     match (base.as_object_mut(), overlay.as_object()) {
         (Some(base), Some(overlay)) => {
             for (key, value) in overlay {
-                if value.is_null() {
-                    base.remove(key);
-                } else {
-                    merge_values(base.entry(key.clone()).or_insert(json!({})), value);
-                }
+                merge_values(base.entry(key.clone()).or_insert(json!({})), value);
             }
         }
         _ => *base = overlay.clone(),
@@ -402,6 +402,7 @@ pub(crate) fn chart(
             values_content: serde_json::to_string_pretty(&values).unwrap_or_default(),
             values_secrets: Vec::new(),
             timeout: None,
+            failure_policy: None,
         },
         status: HelmChartStatus::default(),
     }
@@ -431,4 +432,129 @@ fn digest<'a>(manifests: impl Iterator<Item = &'a Manifest>, key: &[u8]) -> Stri
         hasher.update(manifest.body().to_string().as_bytes());
     }
     hex::encode(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> ClusterSpec {
+        let text = format!(
+            "name = \"demo\"\ncloud = \"c\"\n[kubernetes]\nversion = \"1.33.2\"\nsysext_sha256 = \"{}\"\n[control_plane]\nflavor = \"m3.small\"\n{extra}",
+            "a".repeat(64)
+        );
+        ClusterSpec::parse("cluster.toml", &text).expect("valid")
+    }
+
+    fn conf() -> CloudConf {
+        CloudConf {
+            text: crate::secret::Secret::new("[Global]\n"),
+            ca_bundle: None,
+        }
+    }
+
+    /// Every string in `value`, depth first.
+    fn strings(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            serde_json::Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_add_on_is_a_pinned_chart_in_its_namespace() {
+        let set = for_cluster(
+            &spec("[ingress]\nhostname = \"hub.example.org\"\nacme_email = \"a@example.org\"\n"),
+            &conf(),
+            b"key",
+        )
+        .expect("add-ons");
+        let charts: Vec<(String, String, String)> = set
+            .manifests
+            .iter()
+            .filter(|m| m.kind() == "HelmChart")
+            .map(|m| {
+                let spec = &m.body()["spec"];
+                (
+                    m.name().to_string(),
+                    spec["targetNamespace"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    spec["version"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let expected = [
+            ("flannel", "kube-flannel", pins::FLANNEL.version),
+            ("openstack-cloud-controller-manager", NAMESPACE, "2.33.1"),
+            ("openstack-cinder-csi", NAMESPACE, "2.33.1"),
+            ("traefik", "traefik", pins::TRAEFIK.version),
+            ("cert-manager", "cert-manager", pins::CERT_MANAGER.version),
+            ("kured", NAMESPACE, pins::KURED.version),
+            ("metrics-server", NAMESPACE, pins::METRICS_SERVER.version),
+        ];
+        let expected: Vec<(String, String, String)> = expected
+            .iter()
+            .map(|(n, ns, v)| (n.to_string(), ns.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(charts, expected);
+        assert_eq!(
+            set.charts,
+            expected
+                .iter()
+                .map(|(n, _, _)| n.clone())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(set.after_charts.len(), 1, "the ClusterIssuer");
+        // Every namespace a chart installs into exists before the chart (or is kube-system).
+        for (_, namespace, _) in &expected {
+            let made = set
+                .manifests
+                .iter()
+                .any(|m| m.kind() == "Namespace" && m.name() == namespace);
+            assert!(made || namespace == NAMESPACE, "{namespace}");
+        }
+        for manifest in &set.manifests {
+            let mut texts = Vec::new();
+            strings(manifest.body(), &mut texts);
+            if let Some(values) = manifest.body()["spec"]["valuesContent"].as_str() {
+                let values: serde_json::Value = serde_json::from_str(values).expect("JSON");
+                strings(&values, &mut texts);
+            }
+            for text in &texts {
+                // Flatcar's /usr is read-only: no add-on may mount or write below it.
+                assert!(!text.starts_with("/usr"), "{manifest}: {text}");
+                assert!(!text.ends_with(":latest"), "{manifest}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn turned_off_add_ons_are_not_applied() {
+        let set = for_cluster(
+            &spec("[addons]\ningress = false\nkured = false\nmetrics_server = false\n"),
+            &conf(),
+            b"key",
+        )
+        .expect("add-ons");
+        assert_eq!(
+            set.charts,
+            [
+                "flannel",
+                "openstack-cloud-controller-manager",
+                "openstack-cinder-csi"
+            ]
+        );
+        assert!(set.after_charts.is_empty());
+    }
+
+    #[test]
+    fn merge_values_follows_helm() {
+        let mut base = json!({"a": {"b": 1, "c": [1, 2]}, "d": 1});
+        merge_values(&mut base, &json!({"a": {"c": [3], "e": true}, "d": null}));
+        assert_eq!(base, json!({"a": {"b": 1, "c": [3], "e": true}, "d": null}));
+    }
 }

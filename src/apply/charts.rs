@@ -4,6 +4,7 @@
 //! the old Job's UID and waits for a Job with another. Failures end the wait with the tail of
 //! Helm's own output.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -35,12 +36,18 @@ fn job_path(name: &str) -> String {
     format!("/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{name}")
 }
 
-/// Applies a HelmChart manifest, first reading what is there to know which Job to wait for.
-pub async fn apply_chart(client: &KubeClient, chart: &Manifest) -> Result<Expect, KubeError> {
+/// What the wait after applying `chart` must look for, read before anything is applied:
+/// `inputs_changed` says whether something else the chart reads (a values Secret) changes too,
+/// which makes helm-controller replace the Job as a changed spec does.
+pub async fn expectation(
+    client: &KubeClient,
+    chart: &Manifest,
+    inputs_changed: bool,
+) -> Result<Expect, KubeError> {
     let wanted: Option<HelmChartSpec> = serde_json::from_value(chart.body()["spec"].clone()).ok();
     let existing: Option<HelmChart> = client.get(chart.object_path()).await?;
-    let expect = match existing {
-        Some(have) if Some(&have.spec) == wanted.as_ref() => Expect::Current,
+    Ok(match existing {
+        Some(have) if Some(&have.spec) == wanted.as_ref() && !inputs_changed => Expect::Current,
         Some(have) if !have.status.job_name.is_empty() => {
             let job: Option<Job> = client.get(&job_path(&have.status.job_name)).await?;
             Expect::NewJob {
@@ -50,19 +57,28 @@ pub async fn apply_chart(client: &KubeClient, chart: &Manifest) -> Result<Expect
         _ => Expect::NewJob {
             replacing: String::new(),
         },
-    };
+    })
+}
+
+/// Applies a HelmChart manifest, first reading what is there to know which Job to wait for.
+pub async fn apply_chart(client: &KubeClient, chart: &Manifest) -> Result<Expect, KubeError> {
+    let expect = expectation(client, chart, false).await?;
     client.apply(chart).await?;
     Ok(expect)
 }
 
 /// Waits until the install Job of HelmChart `name` has succeeded (a Job other than the one
-/// `expect` names); a failed Job, a chart marked Failed, or repeated failures end the wait.
+/// `expect` names). A Job that gave up, a chart helm-controller marked Failed, or
+/// [`FAILED_ATTEMPTS`] failures during this wait end it with Helm's output; failures from
+/// before the wait (a Job left failing by an earlier run) do not count.
 pub async fn wait_chart(
     client: &KubeClient,
     name: &str,
     expect: &Expect,
     within: Duration,
 ) -> Result<(), KubeError> {
+    // The failure count of each Job when this wait first saw it.
+    let seen_failing: Mutex<Option<(String, i32)>> = Mutex::new(None);
     poll(
         &format!("chart {name} installing"),
         within,
@@ -71,28 +87,29 @@ pub async fn wait_chart(
             let Some(chart): Option<HelmChart> = client.get(&chart_path(name)).await? else {
                 return Ok(Waiting::On(format!("HelmChart {name} is missing")));
             };
-            if let Some(failed) = chart
+            let chart_failed = chart
                 .status
                 .conditions
                 .iter()
                 .find(|c| c.type_ == "Failed" && c.status == "True")
-            {
-                return Err(
-                    chart_failed(client, name, &chart.status.job_name, &failed.message).await,
-                );
-            }
-            if chart.status.job_name.is_empty() {
+                .map(|c| c.message.clone());
+            let job_name = &chart.status.job_name;
+            if job_name.is_empty() {
+                if let Some(message) = chart_failed {
+                    return Err(failed(client, name, job_name, &message).await);
+                }
                 return Ok(Waiting::On(
                     "helm-controller has not started an install Job yet".into(),
                 ));
             }
-            let job_name = &chart.status.job_name;
             let Some(job): Option<Job> = client.get(&job_path(job_name)).await? else {
                 return Ok(Waiting::On(format!("Job {job_name} not found yet")));
             };
+            let uid = job.metadata.uid.clone().unwrap_or_default();
             if let Expect::NewJob { replacing } = expect
-                && job.metadata.uid.as_deref().unwrap_or_default() == replacing
+                && &uid == replacing
             {
+                // Whatever the old Job or the chart's conditions say is about the old settings.
                 return Ok(Waiting::On(format!(
                     "helm-controller has not replaced Job {job_name} for the new settings yet"
                 )));
@@ -101,17 +118,29 @@ pub async fn wait_chart(
             if status.succeeded.unwrap_or(0) > 0 {
                 return Ok(Waiting::Done(()));
             }
-            let failed = status
+            let attempts = status.failed.unwrap_or(0);
+            let before = {
+                let mut seen = seen_failing.lock().unwrap_or_else(|e| e.into_inner());
+                match seen.as_ref() {
+                    Some((seen_uid, count)) if *seen_uid == uid => *count,
+                    _ => {
+                        *seen = Some((uid.clone(), attempts));
+                        attempts
+                    }
+                }
+            };
+            let gave_up = status
                 .conditions
                 .iter()
                 .flatten()
-                .find(|c| c.type_ == "Failed" && c.status == "True");
-            let attempts = status.failed.unwrap_or(0);
-            if failed.is_some() || attempts >= FAILED_ATTEMPTS {
-                let reason = failed
-                    .and_then(|c| c.message.clone())
-                    .unwrap_or_else(|| format!("Helm failed {attempts} times"));
-                return Err(chart_failed(client, name, job_name, &reason).await);
+                .find(|c| c.type_ == "Failed" && c.status == "True")
+                .map(|c| c.message.clone().unwrap_or_else(|| "the Job failed".into()));
+            if let Some(reason) = gave_up.or(chart_failed) {
+                return Err(failed(client, name, job_name, &reason).await);
+            }
+            if attempts - before >= FAILED_ATTEMPTS {
+                let reason = format!("Helm failed {} times in a row", attempts - before);
+                return Err(failed(client, name, job_name, &reason).await);
             }
             Ok(Waiting::On(format!(
                 "Job {job_name} running ({attempts} failed attempt(s))"
@@ -148,7 +177,7 @@ pub async fn uninstall_chart(
 }
 
 /// The error for a failed chart, with the last lines Helm printed when they can be read.
-async fn chart_failed(client: &KubeClient, name: &str, job: &str, reason: &str) -> KubeError {
+async fn failed(client: &KubeClient, name: &str, job: &str, reason: &str) -> KubeError {
     let output = match helm_output(client, job).await {
         Some(lines) if !lines.trim().is_empty() => format!(
             "\n  Helm's last output:\n    {}",

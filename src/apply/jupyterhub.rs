@@ -5,13 +5,13 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 
 use super::charts::{self, Expect};
 use crate::addons::HelmChart;
 use crate::addons::NAMESPACE;
 use crate::addons::jupyterhub::{CREDENTIALS_SECRET, HubRelease, RELEASE};
-use crate::kube::{KubeClient, KubeError, Waiting, poll};
+use crate::kube::{KubeClient, KubeError, Manifest, Waiting, poll};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -54,13 +54,18 @@ pub async fn install(
         (Action::Upgrade, false) => return Err(HubError::NotInstalled),
         _ => {}
     }
+    // helm-controller hashes the values Secret into its Job too: a new credential alone
+    // replaces the Job, so it counts as a change, read before anything is written.
+    let credentials_changed = credentials_differ(client, &release.credentials).await?;
+    let chart = release.chart_manifest();
+    let expect = charts::expectation(client, &chart, credentials_changed).await?;
     say("applying the hub's credentials");
     client.apply(&release.credentials).await?;
     say(&format!(
         "applying HelmChart {RELEASE} (chart {} {})",
         release.chart.spec.chart, release.chart.spec.version
     ));
-    let expect = charts::apply_chart(client, &release.chart_manifest()).await?;
+    client.apply(&chart).await?;
     let changed = expect != Expect::Current;
     say("waiting for Helm to install the chart");
     charts::wait_chart(client, RELEASE, &expect, left())
@@ -77,6 +82,23 @@ pub async fn install(
         changed,
         took: started.elapsed(),
     })
+}
+
+/// Whether the credentials Secret in the cluster holds other data than `wanted` (or is absent).
+async fn credentials_differ(client: &KubeClient, wanted: &Manifest) -> Result<bool, KubeError> {
+    let have: Option<Secret> = client.get(wanted.object_path()).await?;
+    let Some(have) = have else {
+        return Ok(true);
+    };
+    let have = have.data.unwrap_or_default();
+    let want = wanted.body()["stringData"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    Ok(have.len() != want.len()
+        || want.iter().any(|(key, value)| {
+            have.get(key).map(|bytes| bytes.0.as_slice()) != value.as_str().map(str::as_bytes)
+        }))
 }
 
 /// Removes the release and its credentials. User volumes (`claim-*` claims made by the

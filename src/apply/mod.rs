@@ -28,6 +28,8 @@ use crate::spec::{ClusterSpec, IngressExposure, NetworkMode, Role};
 /// Servers created at once; Nova and Neutron take concurrent creates well, but not hundreds.
 const CONCURRENT_CREATES: usize = 8;
 const SERVER_TIMEOUT: Duration = Duration::from_secs(600);
+/// Kubernetes' default NodePort range.
+const NODE_PORTS: (u16, u16) = (30000, 32767);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -202,6 +204,21 @@ pub async fn provision(
         })
         .collect();
     node_rules.extend(spec.access.ssh_cidrs.iter().map(|cidr| tcp_rule(22, cidr)));
+    if spec.addons.ingress && spec.ingress.exposure == IngressExposure::LoadBalancer {
+        // The load balancer reaches Traefik through its Service's node ports: from the
+        // cluster's subnet (Octavia's amphorae) or, with providers that keep the client's
+        // address, from where clients are.
+        let sources = subnet
+            .cidr
+            .parse::<ipnet::IpNet>()
+            .into_iter()
+            .chain(spec.ingress.http_cidrs.iter().copied());
+        for cidr in sources {
+            let mut rule = tcp_rule(NODE_PORTS.0, &cidr);
+            rule.port_range_max = Some(NODE_PORTS.1);
+            node_rules.push(rule);
+        }
+    }
     let mut api_rules: Vec<SecurityGroupRule> = spec
         .access
         .api_cidrs

@@ -101,9 +101,13 @@ impl Cluster {
             return Ok(address.clone());
         }
         match self.spec.ingress.exposure {
-            IngressExposure::ControlPlane => self.api_floating_ip.clone().ok_or_else(|| {
-                anyhow::anyhow!("the API's floating IP is unknown\n  hint: pass --ingress-address")
-            }),
+            IngressExposure::ControlPlane => {
+                self.api_floating_ip.as_deref().map(host).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the API's floating IP is unknown\n  hint: pass --ingress-address"
+                    )
+                })
+            }
             IngressExposure::LoadBalancer => {
                 let path = format!("/api/v1/namespaces/{TRAEFIK_NAMESPACE}/services/traefik");
                 let service: Option<Service> = self.client.get(&path).await?;
@@ -113,7 +117,7 @@ impl Cluster {
                     .and_then(|lb| lb.ingress)
                     .into_iter()
                     .flatten()
-                    .find_map(|i| i.ip.or(i.hostname))
+                    .find_map(|i| i.ip.as_deref().map(host).or(i.hostname))
                     .ok_or_else(|| {
                         anyhow::anyhow!(
                             "Traefik's load balancer has no address yet\n  hint: `kubectl -n {TRAEFIK_NAMESPACE} describe service traefik` shows the cloud controller's events"
@@ -121,5 +125,13 @@ impl Cluster {
                     })
             }
         }
+    }
+}
+
+/// An address as the host part of a URL: IPv6 in brackets.
+fn host(address: &str) -> String {
+    match address.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{address}]"),
+        Err(_) => address.to_string(),
     }
 }

@@ -102,8 +102,13 @@ async fn install_or_upgrade(
         release.chart.spec.target_namespace
     );
     println!("hub: {url}");
-    if let Some(host) = &cluster.spec.ingress.hostname {
-        println!("  DNS: {host} must resolve to {address} for users and for Let's Encrypt");
+    match &cluster.spec.ingress.hostname {
+        Some(host) => {
+            println!("  DNS: {host} must resolve to {address} for users and for Let's Encrypt")
+        }
+        None => println!(
+            "  warning: without `ingress.hostname` the hub is plain HTTP and passwords cross the network in clear; set a hostname (HTTPS with Let's Encrypt) before real users log in"
+        ),
     }
     if matches!(
         cluster.spec.jupyterhub.authenticator,

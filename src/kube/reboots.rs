@@ -3,6 +3,7 @@
 //! the API server's pod proxy, and the annotation it sets while rebooting a node).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
@@ -60,7 +61,10 @@ pub fn reboot_required(metrics: &str, node: &str) -> Option<bool> {
         .map(|value| value > 0.0)
 }
 
-/// Every node's reboot state, by node name.
+/// How long one kured pod gets to answer: `status` must not hang on a node that is down.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every node's reboot state, by node name; kured's pods are asked all at once.
 pub async fn reboot_states(
     client: &KubeClient,
     nodes: &[Node],
@@ -72,6 +76,7 @@ pub async fn reboot_states(
             key.replace('/', "%2F")
         ))
         .await?;
+    let mut asks = tokio::task::JoinSet::new();
     let mut states = BTreeMap::new();
     for node in nodes {
         let Some(name) = node.metadata.name.clone() else {
@@ -82,28 +87,47 @@ pub async fn reboot_states(
             .annotations
             .as_ref()
             .is_some_and(|a| a.contains_key(REBOOT_IN_PROGRESS));
+        // The node's running kured pod (a terminating or pending one would not answer).
         let pod = pods
             .iter()
-            .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()));
-        let state = if rebooting {
-            RebootState::Rebooting
-        } else if let Some(pod) = pod.and_then(|p| p.metadata.name.as_deref()) {
-            let metrics = client
-                .get_text(&format!(
-                    "/api/v1/namespaces/{NAMESPACE}/pods/{pod}:{KURED_METRICS_PORT}/proxy/metrics"
-                ))
-                .await
-                .ok()
-                .flatten();
-            match metrics.as_deref().and_then(|m| reboot_required(m, &name)) {
-                Some(true) => RebootState::Pending,
-                Some(false) => RebootState::UpToDate,
-                None => RebootState::Unknown,
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
+            .max_by_key(|p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .and_then(|p| p.metadata.name.clone());
+        match (rebooting, pod) {
+            (true, _) => {
+                states.insert(name, RebootState::Rebooting);
             }
-        } else {
-            RebootState::Unknown
-        };
-        states.insert(name, state);
+            (false, None) => {
+                states.insert(name, RebootState::Unknown);
+            }
+            (false, Some(pod)) => {
+                let client = client.clone();
+                asks.spawn(async move {
+                    let path = format!(
+                        "/api/v1/namespaces/{NAMESPACE}/pods/{pod}:{KURED_METRICS_PORT}/proxy/metrics"
+                    );
+                    let metrics = tokio::time::timeout(METRICS_TIMEOUT, client.get_text(&path))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten();
+                    let state = match metrics.as_deref().and_then(|m| reboot_required(m, &name)) {
+                        Some(true) => RebootState::Pending,
+                        Some(false) => RebootState::UpToDate,
+                        None => RebootState::Unknown,
+                    };
+                    (name, state)
+                });
+            }
+        }
+    }
+    while let Some(answer) = asks.join_next().await {
+        if let Ok((name, state)) = answer {
+            states.insert(name, state);
+        }
     }
     Ok(states)
 }

@@ -783,11 +783,22 @@ fn read_jupyterhub(t: Option<Table<'_, '_>>, p: &mut Problems) -> Option<Jupyter
 
     let mut valid = true;
     if let Some(ns) = namespace {
-        if !is_valid_name(ns.get_ref()) {
+        let name = ns.get_ref();
+        let taken = name.starts_with("kube-")
+            || name.starts_with("flatstack-smoke-")
+            || ["default", "traefik", "cert-manager"].contains(&name.as_str());
+        if !is_valid_name(name) {
             p.error(
                 ns.span(),
-                format!("`{}` is not a namespace name", ns.get_ref()),
+                format!("`{name}` is not a namespace name"),
                 NAME_RULE,
+            );
+            valid = false;
+        } else if taken {
+            p.error(
+                ns.span(),
+                format!("namespace `{name}` belongs to the cluster or its add-ons"),
+                "give JupyterHub a namespace of its own, e.g. \"jupyterhub\" (uninstalling with --delete-user-data deletes it)",
             );
             valid = false;
         }
@@ -1015,6 +1026,16 @@ fn check_cluster_wide(
     network: Range<usize>,
     p: &mut Problems,
 ) {
+    if spec.addons.ingress
+        && spec.ingress.exposure == IngressExposure::LoadBalancer
+        && !spec.addons.cloud_controller
+    {
+        p.error(
+            root.clone(),
+            "`ingress.exposure = \"load-balancer\"` needs `addons.cloud_controller`",
+            "the cloud controller makes the load balancer; use \"control-plane\" without it",
+        );
+    }
     if matches!(spec.jupyterhub.authenticator, Authenticator::GitHub { .. })
         && spec.ingress.hostname.is_none()
     {

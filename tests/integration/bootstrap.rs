@@ -198,10 +198,12 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
     );
     assert_eq!(csi_values["storageClass"]["delete"]["isDefault"], true);
 
-    let secret = object("/api/v1/namespaces/kube-system/secrets/cloud-config");
     assert!(
-        secret["stringData"]["cloud.conf"]
-            .as_str()
+        world
+            .secret_text(
+                "/api/v1/namespaces/kube-system/secrets/cloud-config",
+                "cloud.conf"
+            )
             .unwrap_or_default()
             .contains("s3cret-value"),
         "the Secret carries cloud.conf"

@@ -350,6 +350,20 @@ fn invalid_files() -> Vec<(&'static str, String, &'static str, Option<usize>)> {
             None,
         ),
         (
+            "hub in an add-on's namespace",
+            appended("[jupyterhub]\nnamespace = \"traefik\""),
+            "namespace `traefik` belongs to the cluster or its add-ons",
+            Some(18),
+        ),
+        (
+            "load balancer without cloud controller",
+            appended(
+                "[addons]\ncloud_controller = false\ncinder_csi = false\n[ingress]\nexposure = \"load-balancer\"",
+            ),
+            "needs `addons.cloud_controller`",
+            None,
+        ),
+        (
             "CSI without cloud controller",
             appended("[addons]\ncloud_controller = false"),
             "`addons.cinder_csi` needs `addons.cloud_controller`",

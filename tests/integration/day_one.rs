@@ -363,6 +363,57 @@ fn schema_errors(values: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Errors of `values` merged over the chart's own defaults (`tests/data/<dir>/values.yaml`), as
+/// Helm merges them, against the chart's own `values.schema.json` (draft from its `$schema`).
+fn chart_schema_errors(dir: &str, values: &Value) -> Vec<String> {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("tests/data/{dir}/{name}"))
+            .unwrap_or_else(|e| panic!("tests/data/{dir}/{name}: {e}"))
+    };
+    let mut merged: Value =
+        serde_saphyr::from_str(&read("values.yaml")).expect("defaults are YAML");
+    addons::merge_values(&mut merged, values);
+    let schema: Value = serde_json::from_str(&read("values.schema.json")).expect("schema");
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    validator
+        .iter_errors(&merged)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
+#[test]
+fn traefik_and_cert_manager_values_meet_their_charts_schemas() {
+    assert_eq!(
+        flatstack::pins::TRAEFIK.version,
+        "41.3.0",
+        "update tests/data with the pin"
+    );
+    assert_eq!(
+        flatstack::pins::CERT_MANAGER.version,
+        "v1.21.1",
+        "update tests/data with the pin"
+    );
+    for extra in [
+        "",
+        "[ingress]\nexposure = \"load-balancer\"\nhttp_cidrs = [\"192.0.2.0/24\"]\n",
+    ] {
+        let spec = spec(&format!("\n{extra}"));
+        let values = addons::ingress::traefik_values(&spec.ingress);
+        let errors = chart_schema_errors("traefik-41.3.0", &values);
+        assert!(errors.is_empty(), "{extra}: {errors:#?}");
+    }
+    let errors = chart_schema_errors(
+        "cert-manager-v1.21.1",
+        &addons::ingress::cert_manager_values(),
+    );
+    assert!(errors.is_empty(), "{errors:#?}");
+    // The check bites: Traefik 41 renamed `logs.access` to `accessLog`.
+    let old_key = json!({ "logs": { "access": { "enabled": true } } });
+    assert!(!chart_schema_errors("traefik-41.3.0", &old_key).is_empty());
+    let typo = json!({ "crds": { "enable": true } });
+    assert!(!chart_schema_errors("cert-manager-v1.21.1", &typo).is_empty());
+}
+
 /// flatstack's values (and credential values) merged over the chart's defaults, as Helm does.
 fn merged(
     spec: &ClusterSpec,
@@ -467,6 +518,30 @@ impl Running {
         }
     }
 
+    /// Like `flatstack`, with more environment variables.
+    fn flatstack_with(&self, args: &[&str], env: &[(&str, &str)]) -> Ran {
+        let state = self.workspace.state_dir();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_flatstack"))
+            .current_dir(self.workspace.dir.path())
+            .env_remove("FLATSTACK_FILE")
+            .env_remove("FLATSTACK_STATE_DIR")
+            .envs(env.iter().copied())
+            .arg("--file")
+            .arg(self.workspace.cluster_file())
+            .args(args)
+            .args(["--api-address", &self.server.address.to_string()])
+            .args(["--ingress-address", &self.ingress.address.to_string()])
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .expect("run flatstack");
+        Ran {
+            code: output.status.code().unwrap_or(-1),
+            stdout: stdout(&output),
+            stderr: stderr(&output),
+        }
+    }
+
     fn write(&self, name: &str, text: &str) {
         std::fs::write(self.workspace.path(name), text).expect("write");
     }
@@ -536,14 +611,12 @@ fn jupyterhub_install_upgrade_uninstall_through_the_cli() {
             "the user's file wins"
         );
         let secret = world
-            .object("/api/v1/namespaces/kube-system/secrets/jupyterhub-credentials")
+            .secret_text(
+                "/api/v1/namespaces/kube-system/secrets/jupyterhub-credentials",
+                "values.yaml",
+            )
             .expect("credentials");
-        assert!(
-            secret["stringData"]["values.yaml"]
-                .as_str()
-                .expect("values")
-                .contains(password.trim())
-        );
+        assert!(secret.contains(password.trim()));
     }
 
     let again = cluster.flatstack(&["jupyterhub", "install"]);
@@ -760,5 +833,78 @@ fn smoke_fails_with_the_reason_and_still_cleans_up() {
         run.stderr.contains("lacks the smoke token"),
         "{}",
         run.stderr
+    );
+}
+
+#[test]
+fn a_rotated_github_secret_upgrades_the_hub() {
+    let world = World {
+        release_deployments: BTreeMap::from([(
+            "jupyterhub".to_string(),
+            vec!["hub".to_string(), "proxy".to_string()],
+        )]),
+        replace_lag: 2,
+        ..World::default()
+    };
+    let cluster = running(
+        &format!(
+            "\n[ingress]\nhostname = \"{HOSTNAME}\"\nacme_email = \"ops@example.org\"\n[jupyterhub]\nauthenticator = \"github\"\ngithub_client_id = \"Iv1.0123\"\ngithub_client_secret_env = \"HUB_SECRET\"\n"
+        ),
+        world,
+    );
+    let install = cluster.flatstack_with(
+        &["jupyterhub", "install"],
+        &[("HUB_SECRET", "first-secret")],
+    );
+    assert_eq!(install.code, 0, "{install:?}");
+    assert!(
+        install
+            .stdout
+            .contains(&format!("hub: https://{HOSTNAME}/")),
+        "{}",
+        install.stdout
+    );
+    assert!(!install.stdout.contains("first-secret") && !install.stderr.contains("first-secret"));
+    let job = "/apis/batch/v1/namespaces/kube-system/jobs/helm-install-jupyterhub";
+    let uid = |cluster: &Running| {
+        cluster.server.world.lock().expect("world").objects[job]["metadata"]["uid"].clone()
+    };
+    let first = uid(&cluster);
+
+    let same = cluster.flatstack_with(
+        &["jupyterhub", "upgrade"],
+        &[("HUB_SECRET", "first-secret")],
+    );
+    assert!(same.stdout.contains("already current"), "{same:?}");
+    assert_eq!(uid(&cluster), first);
+
+    // Only the Secret changes, yet helm-controller runs Helm again: flatstack waits for that.
+    let rotated = cluster.flatstack_with(
+        &["jupyterhub", "upgrade"],
+        &[("HUB_SECRET", "second-secret")],
+    );
+    assert_eq!(rotated.code, 0, "{rotated:?}");
+    assert!(
+        rotated.stdout.contains("JupyterHub upgraded"),
+        "{}",
+        rotated.stdout
+    );
+    let world = cluster.server.world.lock().expect("world");
+    assert_ne!(world.objects[job]["metadata"]["uid"], first);
+    let last = world
+        .job_answers
+        .iter()
+        .rev()
+        .find(|(path, _, _)| path == job)
+        .expect("read");
+    assert!(last.2, "the new Job's success was waited for");
+    assert!(
+        world
+            .secret_text(
+                "/api/v1/namespaces/kube-system/secrets/jupyterhub-credentials",
+                "values.yaml"
+            )
+            .expect("credentials")
+            .contains("second-secret")
     );
 }

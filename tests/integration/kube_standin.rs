@@ -175,6 +175,16 @@ impl World {
         self.objects.get(path)
     }
 
+    /// The decoded value of `key` in the Secret at `path`.
+    pub fn secret_text(&self, path: &str, key: &str) -> Option<String> {
+        use base64::Engine as _;
+        let encoded = self.objects.get(path)?["data"][key].as_str()?.to_string();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?;
+        String::from_utf8(bytes).ok()
+    }
+
     fn chart_installed(&self, chart: &str) -> bool {
         self.objects
             .get(&job_path(chart))
@@ -269,7 +279,7 @@ impl World {
                 continue; // its Job's pod cannot be scheduled yet
             }
             let job = job_path(&name);
-            let spec = chart["spec"].clone();
+            let spec = self.chart_inputs(&chart);
             let replace = match self.job_specs.get(&name) {
                 Some((made_for, since)) => *made_for != spec && *since > self.replace_lag,
                 None => false,
@@ -346,12 +356,32 @@ impl World {
         };
         let chart_path =
             format!("/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/{chart}");
-        let current = self.objects.get(&chart_path).map(|c| c["spec"].clone());
+        let current = self
+            .objects
+            .get(&chart_path)
+            .cloned()
+            .map(|c| self.chart_inputs(&c));
         if let Some((made_for, since)) = self.job_specs.get_mut(chart)
             && current.is_some_and(|spec| spec != *made_for)
         {
             *since += 1;
         }
+    }
+
+    /// What helm-controller hashes into a chart's Job: its spec and the values Secrets it names.
+    fn chart_inputs(&self, chart: &Value) -> Value {
+        let secrets: Vec<Value> = chart["spec"]["valuesSecrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["name"].as_str())
+            .map(|name| {
+                self.objects
+                    .get(&format!("/api/v1/namespaces/kube-system/secrets/{name}"))
+                    .map_or(Value::Null, |secret| secret["data"].clone())
+            })
+            .collect();
+        json!({"spec": chart["spec"], "secrets": secrets})
     }
 
     fn uid(&mut self) -> String {
@@ -989,6 +1019,20 @@ fn server_side_apply(
         );
     }
     let mut stored = object.clone();
+    // The API server keeps a Secret's stringData as base64 data, and answers with that.
+    if object["kind"] == "Secret"
+        && let Some(strings) = stored
+            .as_object_mut()
+            .and_then(|o| o.remove("stringData"))
+            .and_then(|v| v.as_object().cloned())
+    {
+        use base64::Engine as _;
+        for (key, value) in strings {
+            let encoded = base64::engine::general_purpose::STANDARD
+                .encode(value.as_str().unwrap_or_default());
+            stored["data"][key] = json!(encoded);
+        }
+    }
     if let Some(status) = world.objects.get(path).and_then(|p| p.get("status")) {
         stored["status"] = status.clone();
     }

@@ -598,8 +598,10 @@ fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
     let conf = {
         let world = server.world.lock().expect("world");
         world
-            .object("/api/v1/namespaces/kube-system/secrets/cloud-config")
-            .and_then(|s| s["stringData"]["cloud.conf"].as_str().map(str::to_string))
+            .secret_text(
+                "/api/v1/namespaces/kube-system/secrets/cloud-config",
+                "cloud.conf",
+            )
             .expect("cloud-config Secret")
     };
     let public = cli("local-demo", &["network", "show", "public", "-f", "json"]);
@@ -652,16 +654,15 @@ fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
     assert_eq!(servers(&name), [cp, w1, w2]);
     let world = server.world.lock().expect("world");
     let id = pki.bootstrap_token.id();
-    let token = world
-        .object(&format!(
-            "/api/v1/namespaces/kube-system/secrets/bootstrap-token-{id}"
-        ))
-        .expect("bootstrap token Secret");
+    let path = format!("/api/v1/namespaces/kube-system/secrets/bootstrap-token-{id}");
+    let token = world.object(&path).expect("bootstrap token Secret");
     assert_eq!(token["type"], "bootstrap.kubernetes.io/token");
-    assert_eq!(token["stringData"]["token-id"], id);
+    assert_eq!(world.secret_text(&path, "token-id").as_deref(), Some(id));
     assert_eq!(
-        token["stringData"]["usage-bootstrap-authentication"],
-        "true"
+        world
+            .secret_text(&path, "usage-bootstrap-authentication")
+            .as_deref(),
+        Some("true")
     );
 }
 
