@@ -55,10 +55,14 @@ fn tagged(kind: &str, name: &str) -> Vec<Value> {
 
 /// The TCP ports the control planes' group opens, as `MIN:MAX from CIDR`, sorted.
 fn control_plane_ports(name: &str) -> Vec<String> {
-    let group = format!("{name}-control-plane");
+    group_ports(&format!("{name}-control-plane"))
+}
+
+/// The TCP ports security group `group` opens, as `MIN:MAX from CIDR`, sorted.
+fn group_ports(group: &str) -> Vec<String> {
     let rules = cli(
         "local-demo",
-        &["security", "group", "rule", "list", &group, "-f", "json"],
+        &["security", "group", "rule", "list", group, "-f", "json"],
     );
     let mut open: Vec<String> = rules
         .as_array()
@@ -265,6 +269,21 @@ fn up_converges_scales_and_down_removes_everything() {
             "443:443 from 198.51.100.0/24",
             "6443:6443 from 0.0.0.0/0",
             "80:80 from 198.51.100.0/24"
+        ]
+    );
+    // Behind a load balancer, Traefik is reached through node ports instead.
+    workspace.write_cluster(&cluster(
+        &name,
+        2,
+        "[ingress]\nexposure = \"load-balancer\"\nhttp_cidrs = [\"198.51.100.0/24\"]",
+    ));
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+    assert_eq!(control_plane_ports(&name), ["6443:6443 from 0.0.0.0/0"]);
+    assert_eq!(
+        group_ports(&format!("{name}-nodes")),
+        [
+            "30000:32767 from 10.42.0.0/24",
+            "30000:32767 from 198.51.100.0/24"
         ]
     );
 
