@@ -218,3 +218,65 @@ async fn helm_output(client: &KubeClient, job: &str) -> Option<String> {
         .ok()
         .flatten()
 }
+
+/// One HelmChart as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChartState {
+    pub name: String,
+    pub chart: String,
+    pub version: String,
+    /// `installed`, `installing (N failed attempts)`, `failed: <why>`, `uninstalling`, ...
+    pub state: String,
+}
+
+/// Every HelmChart of flatstack's namespace with the state of its Job.
+pub async fn chart_states(client: &KubeClient) -> Result<Vec<ChartState>, KubeError> {
+    let charts: Vec<HelmChart> = client
+        .list(&format!(
+            "/apis/helm.cattle.io/v1/namespaces/{NAMESPACE}/helmcharts"
+        ))
+        .await?;
+    let mut states = Vec::new();
+    for chart in charts {
+        let failed = chart
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Failed" && c.status == "True")
+            .map(|c| c.message.clone());
+        let job: Option<Job> = match chart.status.job_name.as_str() {
+            "" => None,
+            name => client.get(&job_path(name)).await?,
+        };
+        let status = job.and_then(|j| j.status);
+        let state = if chart.metadata.deletion_timestamp.is_some() {
+            "uninstalling".to_string()
+        } else if let Some(message) = failed {
+            format!("failed: {message}")
+        } else {
+            let gave_up = |s: &k8s_openapi::api::batch::v1::JobStatus| {
+                s.conditions
+                    .iter()
+                    .flatten()
+                    .find(|c| c.type_ == "Failed" && c.status == "True")
+                    .map(|c| c.message.clone().unwrap_or_default())
+            };
+            match status {
+                None => "waiting for helm-controller".to_string(),
+                Some(s) if s.succeeded.unwrap_or(0) > 0 => "installed".to_string(),
+                Some(s) => match gave_up(&s) {
+                    Some(message) => format!("failed: {message}"),
+                    None => format!("installing ({} failed attempt(s))", s.failed.unwrap_or(0)),
+                },
+            }
+        };
+        states.push(ChartState {
+            name: chart.metadata.name.unwrap_or_default(),
+            chart: chart.spec.chart,
+            version: chart.spec.version,
+            state,
+        });
+    }
+    states.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(states)
+}

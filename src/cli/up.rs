@@ -274,6 +274,16 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
             state.join("admin.kubeconfig").display(),
             state.join("admin.kubeconfig").display()
         );
+        if spec.addons.ingress {
+            match (spec.ingress.exposure, provisioned.endpoint.public) {
+                (crate::spec::IngressExposure::ControlPlane, Some(ip)) => println!(
+                    "ingress: http://{ip}/ (Traefik on the control planes); `flatstack smoke` checks it"
+                ),
+                _ => println!(
+                    "ingress: behind the load balancer the cloud controller makes; `flatstack smoke` finds and checks it"
+                ),
+            }
+        }
         Ok(())
     })
 }
@@ -549,8 +559,27 @@ async fn print_nodes(
             println!();
             crate::kube::print_node_table(&nodes);
             print_updates(&client, &nodes).await;
+            print_addons(&client).await;
         }
         Err(e) => println!("the Kubernetes API at {server} does not answer: {e}"),
+    }
+}
+
+/// Each add-on's chart, version and the state of its Helm Job.
+async fn print_addons(client: &KubeClient) {
+    match apply::charts::chart_states(client).await {
+        Ok(charts) if !charts.is_empty() => {
+            println!();
+            println!("{:<36} {:<36} {:<10} STATE", "ADD-ON", "CHART", "VERSION");
+            for c in charts {
+                println!(
+                    "{:<36} {:<36} {:<10} {}",
+                    c.name, c.chart, c.version, c.state
+                );
+            }
+        }
+        Ok(_) => println!("no add-ons yet: `flatstack up` installs them"),
+        Err(e) => println!("cannot read the add-ons: {e}"),
     }
 }
 

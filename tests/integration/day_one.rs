@@ -303,6 +303,21 @@ fn a_failing_chart_reports_helms_own_output() {
         .expect_err("the chart fails");
     let message = error.to_string();
     assert!(message.contains("chart metrics-server failed"), "{message}");
+    let states = runtime()
+        .block_on(flatstack::apply::charts::chart_states(&client))
+        .expect("chart states");
+    let state = |name: &str| {
+        states
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.state.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(state("flannel"), "installed");
+    assert_eq!(
+        state("metrics-server"),
+        "failed: Job has reached the specified backoff limit"
+    );
     assert!(
         message.contains("values don't meet the specifications"),
         "Helm's output is shown: {message}"

@@ -946,8 +946,20 @@ fn route(
             if path.starts_with("/apis/apps/v1/") && path.contains("/deployments/") {
                 world.poll_deployment(path);
             }
+            let prefix = format!("{path}/");
+            let items: Vec<Value> = world
+                .objects
+                .iter()
+                .filter(|(p, _)| {
+                    p.strip_prefix(&prefix)
+                        .is_some_and(|rest| !rest.contains('/'))
+                })
+                .map(|(_, v)| v.clone())
+                .collect();
             match world.objects.get(path) {
                 Some(object) => answer(StatusCode::OK, object.clone()),
+                // A collection: the list of what is under it.
+                None if !items.is_empty() => answer(StatusCode::OK, json!({"items": items})),
                 None => failure(
                     StatusCode::NOT_FOUND,
                     "NotFound",

@@ -650,6 +650,21 @@ fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
         status.contains("CONTAINER-RUNTIME") && status.contains(&w2),
         "{status}"
     );
+    // Each node's Flatcar release (no kured pod answers in the stand-in), and every add-on.
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with(&w2) && l.contains("4230.2.3") && l.ends_with("unknown")),
+        "{status}"
+    );
+    for chart in ["flannel", "traefik", "kured", "metrics-server"] {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with(&format!("{chart} ")) && l.ends_with(" installed")),
+            "{chart} in\n{status}"
+        );
+    }
 
     // Scale down: the worker is drained through the API before its server goes.
     workspace.write_cluster(&cluster(&name, 1, ""));
