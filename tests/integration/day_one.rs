@@ -513,15 +513,20 @@ struct Ran {
 
 impl Running {
     fn flatstack(&self, args: &[&str]) -> Ran {
-        let api = self.server.address.to_string();
         let ingress = self.ingress.address.to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--ingress-address", &ingress]);
+        self.flatstack_finding_the_ingress(&all)
+    }
+
+    /// Like `flatstack`, leaving flatstack to find the ingress's address itself.
+    fn flatstack_finding_the_ingress(&self, args: &[&str]) -> Ran {
+        let api = self.server.address.to_string();
         let state = self.workspace.state_dir();
         let mut all: Vec<&str> = args.to_vec();
         all.extend([
             "--api-address",
             &api,
-            "--ingress-address",
-            &ingress,
             "--state-dir",
             state.to_str().expect("utf-8"),
         ]);
@@ -921,5 +926,57 @@ fn a_rotated_github_secret_upgrades_the_hub() {
             )
             .expect("credentials")
             .contains("second-secret")
+    );
+}
+
+#[test]
+fn behind_a_load_balancer_smoke_finds_the_address_in_traefiks_service() {
+    let cluster = running(
+        "\n[ingress]\nexposure = \"load-balancer\"\n",
+        World::default(),
+    );
+    // Before the cloud controller has given the Service an address.
+    let service = "/api/v1/namespaces/traefik/services/traefik";
+    cluster.server.world.lock().expect("world").objects.insert(
+        service.into(),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "traefik", "namespace": "traefik"},
+               "spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {}}}),
+    );
+    let run = cluster.flatstack_finding_the_ingress(&["smoke", "--timeout", "30s"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("load balancer has no address yet"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        cluster
+            .server
+            .world
+            .lock()
+            .expect("world")
+            .deleted_namespaces
+            .is_empty(),
+        "nothing was deployed without an address to fetch from"
+    );
+
+    // The address the cloud controller publishes (here the loopback ingress stand-in's).
+    let address = cluster.ingress.address.to_string();
+    cluster
+        .server
+        .world
+        .lock()
+        .expect("world")
+        .objects
+        .get_mut(service)
+        .expect("service")["status"] =
+        json!({"loadBalancer": {"ingress": [{"hostname": address}]}});
+    let run = cluster.flatstack_finding_the_ingress(&["smoke", "--timeout", "30s"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains(&format!("http://{address}/flatstack-smoke-")),
+        "{}",
+        run.stdout
     );
 }
