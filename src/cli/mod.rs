@@ -53,7 +53,8 @@ pub enum Command {
     /// wait until every node is Ready.
     Up(up::UpArgs),
     /// Every cloud resource of the cluster with its state (and Nova's fault for ERROR servers),
-    /// then the node table when the Kubernetes API answers.
+    /// then, when the Kubernetes API answers, the nodes, their Flatcar releases and pending
+    /// reboots, and the add-ons.
     Status(up::StatusArgs),
     /// Delete everything the cluster owns, then check that nothing is left.
     Down(up::DownArgs),
