@@ -16,20 +16,17 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::cloud::compute::{Server, ServerRequest};
-use crate::cloud::network::{
-    FloatingIp, Kind, Network, Port, Router, SecurityGroup, SecurityGroupRule, Subnet,
-};
+use crate::cloud::network::{FloatingIp, Kind, Network, Port, Router, SecurityGroup, Subnet};
 use crate::cloud::{Cloud, CloudError};
 use crate::node::{self, ApiEndpoint, NodeError};
 use crate::pki::ClusterPki;
 use crate::plan::resources::{Names, Observed, cluster_tag};
-use crate::spec::{ClusterSpec, IngressExposure, NetworkMode, Role};
+use crate::plan::rules::{describe, same_rule, wanted_rules};
+use crate::spec::{ClusterSpec, NetworkMode, Role};
 
 /// Servers created at once; Nova and Neutron take concurrent creates well, but not hundreds.
 const CONCURRENT_CREATES: usize = 8;
 const SERVER_TIMEOUT: Duration = Duration::from_secs(600);
-/// Kubernetes' default NodePort range.
-const NODE_PORTS: (u16, u16) = (30000, 32767);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -194,45 +191,11 @@ pub async fn provision(
     let nodes_group = ensure_group(cloud, &observed, &names.nodes_group, &tags, say).await?;
     let control_group =
         ensure_group(cloud, &observed, &names.control_plane_group, &tags, say).await?;
-    let mut node_rules: Vec<SecurityGroupRule> = ["IPv4", "IPv6"]
-        .into_iter()
-        .map(|ethertype| SecurityGroupRule {
-            direction: "ingress".into(),
-            ethertype: ethertype.into(),
-            remote_group_id: Some(nodes_group.id.clone()),
-            ..Default::default()
-        })
-        .collect();
-    node_rules.extend(spec.access.ssh_cidrs.iter().map(|cidr| tcp_rule(22, cidr)));
-    if spec.addons.ingress && spec.ingress.exposure == IngressExposure::LoadBalancer {
-        // The load balancer reaches Traefik through its Service's node ports: from the
-        // cluster's subnet (Octavia's amphorae) or, with providers that keep the client's
-        // address, from where clients are.
-        let sources = subnet
-            .cidr
-            .parse::<ipnet::IpNet>()
-            .into_iter()
-            .chain(spec.ingress.http_cidrs.iter().copied());
-        for cidr in sources {
-            let mut rule = tcp_rule(NODE_PORTS.0, &cidr);
-            rule.port_range_max = Some(NODE_PORTS.1);
-            node_rules.push(rule);
-        }
-    }
-    let mut api_rules: Vec<SecurityGroupRule> = spec
-        .access
-        .api_cidrs
-        .iter()
-        .map(|cidr| tcp_rule(6443, cidr))
-        .collect();
-    if spec.addons.ingress && spec.ingress.exposure == IngressExposure::ControlPlane {
-        // Traefik listens on the control planes' ports 80 and 443.
-        for cidr in &spec.ingress.http_cidrs {
-            api_rules.push(tcp_rule(80, cidr));
-            api_rules.push(tcp_rule(443, cidr));
-        }
-    }
-    for (group, rules) in [(&nodes_group, node_rules), (&control_group, api_rules)] {
+    let wanted = wanted_rules(spec, &nodes_group.id, subnet.cidr.parse().ok());
+    for (group, rules) in [
+        (&nodes_group, wanted.nodes),
+        (&control_group, wanted.control_planes),
+    ] {
         for rule in rules.iter().filter(|r| {
             !group
                 .security_group_rules
@@ -250,11 +213,8 @@ pub async fn provision(
             .filter(|have| !rules.iter().any(|want| same_rule(have, want)))
         {
             say(&format!(
-                "removing rule {} {}-{} from {} on {}",
-                stale.protocol.as_deref().unwrap_or("any"),
-                stale.port_range_min.unwrap_or(0),
-                stale.port_range_max.unwrap_or(0),
-                stale.remote_ip_prefix.as_deref().unwrap_or("a group"),
+                "removing rule {} on {}",
+                describe(stale),
                 group.name
             ));
             cloud.delete_security_group_rule(&stale.id).await?;
@@ -435,34 +395,6 @@ pub async fn provision(
 /// A concurrent step that panicked or was cancelled: reported, never silently skipped.
 fn task_failed(error: tokio::task::JoinError) -> ApplyError {
     ApplyError::Missing(format!("a concurrent step stopped unexpectedly: {error}"))
-}
-
-fn tcp_rule(port: u16, cidr: &ipnet::IpNet) -> SecurityGroupRule {
-    SecurityGroupRule {
-        direction: "ingress".into(),
-        ethertype: if cidr.addr().is_ipv4() {
-            "IPv4"
-        } else {
-            "IPv6"
-        }
-        .into(),
-        protocol: Some("tcp".into()),
-        port_range_min: Some(port),
-        port_range_max: Some(port),
-        remote_ip_prefix: Some(cidr.to_string()),
-        ..Default::default()
-    }
-}
-
-/// Whether two rules allow the same traffic (IDs and defaults aside).
-fn same_rule(have: &SecurityGroupRule, want: &SecurityGroupRule) -> bool {
-    have.direction == want.direction
-        && have.ethertype == want.ethertype
-        && have.protocol == want.protocol
-        && have.port_range_min == want.port_range_min
-        && have.port_range_max == want.port_range_max
-        && have.remote_ip_prefix == want.remote_ip_prefix
-        && have.remote_group_id == want.remote_group_id
 }
 
 async fn ensure_group(

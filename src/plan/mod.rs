@@ -2,6 +2,7 @@
 //! network objects, computed from the spec and the cloud's flavors, for the quota preflight.
 
 pub mod resources;
+pub mod rules;
 
 use std::collections::BTreeSet;
 

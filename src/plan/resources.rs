@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
+use super::rules;
 use crate::cloud::compute::Server;
 use crate::cloud::load_balancer::{LoadBalancer, is_service_floating_ip};
 use crate::cloud::network::Kind;
@@ -195,6 +196,66 @@ pub enum Verb {
     Delete,
 }
 
+/// Rules to add to or remove from the groups that exist (new groups get theirs with them).
+/// Where the nodes' subnet is not known (an existing network flatstack does not own), the
+/// node-port rule from it is left out of the comparison either way.
+fn rule_changes(spec: &ClusterSpec, observed: &Observed, names: &Names) -> Vec<Action> {
+    let Some(nodes_group) = observed
+        .security_groups
+        .iter()
+        .find(|g| g.name == names.nodes_group)
+    else {
+        return Vec::new();
+    };
+    let subnet_cidr = observed
+        .subnets
+        .iter()
+        .find(|s| s.name == names.subnet)
+        .and_then(|s| s.cidr.parse().ok())
+        .or(spec.network.node_cidr.map(ipnet::IpNet::V4));
+    let wanted = rules::wanted_rules(spec, &nodes_group.id, subnet_cidr);
+    let unknowable = |rule: &crate::cloud::network::SecurityGroupRule| {
+        subnet_cidr.is_none() && rule.port_range_min == Some(rules::NODE_PORTS.0)
+    };
+    let mut actions = Vec::new();
+    for (name, want) in [
+        (&names.nodes_group, &wanted.nodes),
+        (&names.control_plane_group, &wanted.control_planes),
+    ] {
+        let Some(group) = observed.security_groups.iter().find(|g| &g.name == name) else {
+            continue;
+        };
+        let have: Vec<_> = group
+            .security_group_rules
+            .iter()
+            .filter(|r| r.direction == "ingress")
+            .collect();
+        for rule in want
+            .iter()
+            .filter(|w| !have.iter().any(|h| rules::same_rule(h, w)))
+        {
+            actions.push(Action {
+                action: Verb::Create,
+                kind: "rule",
+                name: name.clone(),
+                detail: rules::describe(rule),
+            });
+        }
+        for rule in have
+            .iter()
+            .filter(|h| !want.iter().any(|w| rules::same_rule(h, w)) && !unknowable(h))
+        {
+            actions.push(Action {
+                action: Verb::Delete,
+                kind: "rule",
+                name: name.clone(),
+                detail: rules::describe(rule),
+            });
+        }
+    }
+    actions
+}
+
 /// What it takes to go from `observed` to what `spec` asks for.
 pub fn diff(spec: &ClusterSpec, observed: &Observed) -> Vec<Action> {
     let names = Names::of(&spec.name);
@@ -265,6 +326,7 @@ pub fn diff(spec: &ClusterSpec, observed: &Observed) -> Vec<Action> {
             create("server", &node.name, flavor);
         }
     }
+    actions.extend(rule_changes(spec, observed, &names));
     // Scaled down: servers (and their ports) the file no longer names.
     let wanted_names: BTreeSet<&str> = wanted.iter().map(|n| n.name.as_str()).collect();
     for server in observed

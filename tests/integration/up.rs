@@ -262,7 +262,22 @@ fn up_converges_scales_and_down_removes_everything() {
         2,
         "[ingress]\nhttp_cidrs = [\"198.51.100.0/24\"]",
     ));
+    let plan = success(&flatstack(&workspace, &["plan"]));
+    for change in [
+        format!("+ rule            {name}-control-plane"),
+        format!("- rule            {name}-control-plane"),
+    ] {
+        assert!(plan.contains(&change), "{change} in\n{plan}");
+    }
+    assert!(
+        plan.contains("tcp 443 from 198.51.100.0/24 (IPv4)"),
+        "{plan}"
+    );
+    assert!(plan.contains("tcp 80 from 0.0.0.0/0 (IPv4)"), "{plan}");
+    assert!(plan.contains("2 to create, 2 to delete"), "{plan}");
     success(&flatstack(&workspace, &["up", "--provision-only"]));
+    let settled = success(&flatstack(&workspace, &["plan"]));
+    assert!(settled.contains("nothing to change"), "{settled}");
     assert_eq!(
         control_plane_ports(&name),
         [
