@@ -24,8 +24,9 @@ pub const CREDENTIALS_SECRET: &str = "jupyterhub-credentials";
 const CREDENTIALS_KEY: &str = "values.yaml";
 /// The default StorageClass of flatstack's Cinder CSI.
 pub const STORAGE_CLASS: &str = "csi-cinder-sc-delete";
-/// The Secret cert-manager writes the hub's certificate to.
-const TLS_SECRET: &str = "jupyterhub-tls";
+/// The Secret cert-manager writes the hub's certificate to, and so the name of the
+/// Certificate it makes from the hub's Ingress.
+pub const TLS_SECRET: &str = "jupyterhub-tls";
 
 /// The secrets of the configured authenticator.
 #[derive(Debug, Clone)]

@@ -205,3 +205,35 @@ pub fn deployment_ready(deployment: &Deployment) -> bool {
     seen && status.ready_replicas.unwrap_or(0) >= wanted
         && status.updated_replicas.unwrap_or(0) >= wanted
 }
+
+/// Where the hub's Let's Encrypt certificate stands, in cert-manager's words: issued (until
+/// when), or pending and why. Not waited for: a new DNS name can take an hour to resolve, and
+/// cert-manager keeps trying on its own.
+pub async fn certificate_state(client: &KubeClient, namespace: &str) -> Result<String, KubeError> {
+    let path = format!(
+        "/apis/cert-manager.io/v1/namespaces/{namespace}/certificates/{}",
+        crate::addons::jupyterhub::TLS_SECRET
+    );
+    let certificate: Option<serde_json::Value> = client.get(&path).await?;
+    let Some(certificate) = certificate else {
+        return Ok("not requested yet (cert-manager makes it from the hub's Ingress)".into());
+    };
+    let ready = certificate["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready");
+    Ok(match ready {
+        Some(c) if c["status"] == "True" => match certificate["status"]["notAfter"].as_str() {
+            Some(until) => format!("issued, valid until {until}"),
+            None => "issued".into(),
+        },
+        Some(c) => format!(
+            "pending: {}",
+            c["message"]
+                .as_str()
+                .unwrap_or("cert-manager is working on it")
+        ),
+        None => "pending: cert-manager has not reported on it yet".into(),
+    })
+}

@@ -11,7 +11,7 @@ use super::cloud::runtime;
 use super::cluster::{Cluster, ClusterArgs};
 use super::up::parse_duration;
 use crate::addons::jupyterhub::{self, HubCredentials};
-use crate::apply::jupyterhub::{Action, install, uninstall};
+use crate::apply::jupyterhub::{Action, certificate_state, install, uninstall};
 use crate::pki::StateDir;
 use crate::secret::Secret;
 use crate::spec::{Authenticator, ClusterSpec};
@@ -104,7 +104,12 @@ async fn install_or_upgrade(
     println!("hub: {url}");
     match &cluster.spec.ingress.hostname {
         Some(host) => {
-            println!("  DNS: {host} must resolve to {address} for users and for Let's Encrypt")
+            println!("  DNS: {host} must resolve to {address} for users and for Let's Encrypt");
+            let namespace = &release.chart.spec.target_namespace;
+            match certificate_state(&cluster.client, namespace).await {
+                Ok(state) => println!("  HTTPS certificate: {state}"),
+                Err(e) => println!("  HTTPS certificate: cannot be read ({e})"),
+            }
         }
         None => println!(
             "  warning: without `ingress.hostname` the hub is plain HTTP and passwords cross the network in clear; set a hostname (HTTPS with Let's Encrypt) before real users log in"

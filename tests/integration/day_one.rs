@@ -872,11 +872,34 @@ fn a_rotated_github_secret_upgrades_the_hub() {
         ),
         world,
     );
+    let certificate = "/apis/cert-manager.io/v1/namespaces/jupyterhub/certificates/jupyterhub-tls";
+    cluster.server.world.lock().expect("world").objects.insert(
+        certificate.into(),
+        json!({"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+               "metadata": {"name": "jupyterhub-tls", "namespace": "jupyterhub"},
+               "status": {"conditions": [{"type": "Ready", "status": "False",
+                   "message": "Issuing certificate as Secret does not exist"}]}}),
+    );
     let install = cluster.flatstack_with(
         &["jupyterhub", "install"],
         &[("HUB_SECRET", "first-secret")],
     );
     assert_eq!(install.code, 0, "{install:?}");
+    assert!(
+        install
+            .stdout
+            .contains("HTTPS certificate: pending: Issuing certificate as Secret does not exist"),
+        "{}",
+        install.stdout
+    );
+    cluster
+        .server
+        .world
+        .lock()
+        .expect("world")
+        .objects
+        .get_mut(certificate)
+        .expect("certificate")["status"] = json!({"notAfter": "2027-03-01T00:00:00Z", "conditions": [{"type": "Ready", "status": "True"}]});
     assert!(
         install
             .stdout
@@ -896,6 +919,12 @@ fn a_rotated_github_secret_upgrades_the_hub() {
         &[("HUB_SECRET", "first-secret")],
     );
     assert!(same.stdout.contains("already current"), "{same:?}");
+    assert!(
+        same.stdout
+            .contains("HTTPS certificate: issued, valid until 2027-03-01T00:00:00Z"),
+        "{}",
+        same.stdout
+    );
     assert_eq!(uid(&cluster), first);
 
     // Only the Secret changes, yet helm-controller runs Helm again: flatstack waits for that.
