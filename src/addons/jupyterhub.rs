@@ -196,14 +196,7 @@ pub fn url(spec: &ClusterSpec, ingress_address: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(extra: &str) -> ClusterSpec {
-        let text = format!(
-            "name = \"demo\"\ncloud = \"c\"\n[kubernetes]\nversion = \"1.33.2\"\nsysext_sha256 = \"{}\"\n[control_plane]\nflavor = \"m3.small\"\n{extra}",
-            "a".repeat(64)
-        );
-        ClusterSpec::parse("cluster.toml", &text).expect("valid")
-    }
+    use crate::spec::test_spec as spec;
 
     #[test]
     fn shared_password_hub_on_cinder_behind_traefik_over_http() {

@@ -74,7 +74,6 @@ pub fn for_cluster(
 ) -> Result<AddonSet, AddonError> {
     let version = spec.kubernetes.version;
     let mut manifests = helm_controller();
-    let mut charts = Vec::new();
     manifests.push(Manifest::of(&Namespace {
         metadata: ObjectMeta {
             name: Some("kube-flannel".into()),
@@ -97,7 +96,6 @@ pub fn for_cluster(
             "flannel": { "backend": "vxlan" },
         }),
     )));
-    charts.push("flannel".to_string());
     let openstack_add_ons = spec.addons.cloud_controller || spec.addons.cinder_csi;
     if openstack_add_ons {
         manifests.push(Manifest::of(&Secret {
@@ -124,7 +122,6 @@ pub fn for_cluster(
             true,
             cloud_controller_values(spec),
         )));
-        charts.push("openstack-cloud-controller-manager".to_string());
     }
     if spec.addons.cinder_csi {
         let csi = pins::cinder_csi_chart(version).ok_or(AddonError::Unpinned(version))?;
@@ -135,7 +132,6 @@ pub fn for_cluster(
             false,
             cinder_csi_values(spec),
         )));
-        charts.push("openstack-cinder-csi".to_string());
     }
     let mut after_charts = Vec::new();
     if spec.addons.ingress {
@@ -150,7 +146,6 @@ pub fn for_cluster(
             false,
             ingress::traefik_values(&spec.ingress),
         )));
-        charts.push("traefik".to_string());
         if let Some(acme) = &spec.ingress.acme {
             manifests.push(namespace(ingress::CERT_MANAGER_NAMESPACE, "restricted"));
             manifests.push(Manifest::of(&chart(
@@ -160,7 +155,6 @@ pub fn for_cluster(
                 false,
                 ingress::cert_manager_values(),
             )));
-            charts.push("cert-manager".to_string());
             after_charts.push(ingress::cluster_issuer(acme));
         }
     }
@@ -172,7 +166,6 @@ pub fn for_cluster(
             false,
             updates::kured_values(&spec.updates),
         )));
-        charts.push("kured".to_string());
     }
     if spec.addons.metrics_server {
         manifests.push(Manifest::of(&chart(
@@ -182,8 +175,13 @@ pub fn for_cluster(
             false,
             metrics_server_values(),
         )));
-        charts.push("metrics-server".to_string());
     }
+    // Every chart's install Job is waited for, in the order they are applied.
+    let charts = manifests
+        .iter()
+        .filter(|m| m.kind() == "HelmChart")
+        .map(|m| m.name().to_string())
+        .collect();
     let digest = digest(manifests.iter().chain(&after_charts), digest_key);
     Ok(AddonSet {
         manifests,
@@ -210,8 +208,33 @@ fn metrics_server_values() -> serde_json::Value {
     })
 }
 
+/// One replica of `pod` as Deployment `namespace/name`, its pods labelled and selected by
+/// `app.kubernetes.io/name=<name>`.
+pub(crate) fn deployment(name: &str, namespace: &str, pod: PodSpec) -> Deployment {
+    let app = labels(&[("app.kubernetes.io/name", name)]);
+    Deployment {
+        metadata: meta(name, Some(namespace)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(app.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(app),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
 /// A namespace whose pods are held to a Pod Security Standard level.
-fn namespace(name: &str, level: &str) -> Manifest {
+pub(crate) fn namespace(name: &str, level: &str) -> Manifest {
     let mut meta = meta(name, None);
     if let Some(labels) = meta.labels.as_mut() {
         labels.insert("pod-security.kubernetes.io/enforce".into(), level.into());
@@ -256,65 +279,50 @@ pub fn record(digest: &str) -> Manifest {
 /// talking to the local API server directly — it must run before there is a pod network.
 fn helm_controller() -> Vec<Manifest> {
     let name = "helm-controller";
-    let app = labels(&[("app.kubernetes.io/name", name)]);
     let env = |name: &str, value: &str| EnvVar {
         name: name.into(),
         value: Some(value.into()),
         ..EnvVar::default()
     };
-    let deployment = Deployment {
-        metadata: meta(name, Some(NAMESPACE)),
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            selector: LabelSelector {
-                match_labels: Some(app.clone()),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(app),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(name.into()),
-                    host_network: Some(true),
-                    priority_class_name: Some("system-cluster-critical".into()),
-                    node_selector: Some(labels(&[(CONTROL_PLANE_LABEL, "true")])),
-                    tolerations: Some(vec![Toleration {
-                        operator: Some("Exists".into()),
-                        ..Toleration::default()
-                    }]),
-                    containers: vec![Container {
-                        name: name.into(),
-                        image: Some(pins::HELM_CONTROLLER_IMAGE.into()),
-                        command: Some(vec!["helm-controller".into()]),
-                        env: Some(vec![
-                            EnvVar {
-                                name: "NODE_NAME".into(),
-                                value_from: Some(EnvVarSource {
-                                    field_ref: Some(ObjectFieldSelector {
-                                        field_path: "spec.nodeName".into(),
-                                        ..ObjectFieldSelector::default()
-                                    }),
-                                    ..EnvVarSource::default()
-                                }),
-                                ..EnvVar::default()
-                            },
-                            env("JOB_CLUSTER_ROLE", "cluster-admin"),
-                            env("DEFAULT_JOB_IMAGE", pins::HELM_JOB_IMAGE),
-                            // The API server on this host: no Service routing needed yet.
-                            env("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
-                            env("KUBERNETES_SERVICE_PORT", "6443"),
-                        ]),
-                        ..Container::default()
-                    }],
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        }),
-        ..Deployment::default()
-    };
+    let deployment = deployment(
+        name,
+        NAMESPACE,
+        PodSpec {
+            service_account_name: Some(name.into()),
+            host_network: Some(true),
+            priority_class_name: Some("system-cluster-critical".into()),
+            node_selector: Some(labels(&[(CONTROL_PLANE_LABEL, "true")])),
+            tolerations: Some(vec![Toleration {
+                operator: Some("Exists".into()),
+                ..Toleration::default()
+            }]),
+            containers: vec![Container {
+                name: name.into(),
+                image: Some(pins::HELM_CONTROLLER_IMAGE.into()),
+                command: Some(vec!["helm-controller".into()]),
+                env: Some(vec![
+                    EnvVar {
+                        name: "NODE_NAME".into(),
+                        value_from: Some(EnvVarSource {
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: "spec.nodeName".into(),
+                                ..ObjectFieldSelector::default()
+                            }),
+                            ..EnvVarSource::default()
+                        }),
+                        ..EnvVar::default()
+                    },
+                    env("JOB_CLUSTER_ROLE", "cluster-admin"),
+                    env("DEFAULT_JOB_IMAGE", pins::HELM_JOB_IMAGE),
+                    // The API server on this host: no Service routing needed yet.
+                    env("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+                    env("KUBERNETES_SERVICE_PORT", "6443"),
+                ]),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        },
+    );
     vec![
         Manifest::of(&ServiceAccount {
             metadata: meta(name, Some(NAMESPACE)),
@@ -437,14 +445,7 @@ fn digest<'a>(manifests: impl Iterator<Item = &'a Manifest>, key: &[u8]) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(extra: &str) -> ClusterSpec {
-        let text = format!(
-            "name = \"demo\"\ncloud = \"c\"\n[kubernetes]\nversion = \"1.33.2\"\nsysext_sha256 = \"{}\"\n[control_plane]\nflavor = \"m3.small\"\n{extra}",
-            "a".repeat(64)
-        );
-        ClusterSpec::parse("cluster.toml", &text).expect("valid")
-    }
+    use crate::spec::test_spec as spec;
 
     fn conf() -> CloudConf {
         CloudConf {

@@ -6,20 +6,18 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, Namespace, PodSpec,
-    PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, PodSpec, Probe,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
     IngressServiceBackend, IngressSpec, ServiceBackendPort,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::ingress::INGRESS_CLASS;
-use super::{labels, meta};
+use super::{deployment, labels, meta};
 use crate::kube::Manifest;
 use crate::pins;
 
@@ -43,73 +41,51 @@ impl Smoke {
     pub fn new(token: &str) -> Smoke {
         let namespace = format!("{NAMESPACE_PREFIX}{token}");
         let path = format!("/{namespace}/");
-        let app = labels(&[("app.kubernetes.io/name", NAME)]);
         let page = format!("flatstack smoke test {token}\n");
-        let mut ns_meta = meta(&namespace, None);
-        if let Some(l) = ns_meta.labels.as_mut() {
-            l.insert(
-                "pod-security.kubernetes.io/enforce".into(),
-                "baseline".into(),
-            );
-        }
-        let deployment = Deployment {
-            metadata: meta(NAME, Some(&namespace)),
-            spec: Some(DeploymentSpec {
-                replicas: Some(1),
-                selector: LabelSelector {
-                    match_labels: Some(app.clone()),
-                    ..LabelSelector::default()
-                },
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(app.clone()),
-                        ..ObjectMeta::default()
+        let deployment = deployment(
+            NAME,
+            &namespace,
+            PodSpec {
+                containers: vec![Container {
+                    name: NAME.into(),
+                    image: Some(pins::SMOKE_IMAGE.into()),
+                    ports: Some(vec![ContainerPort {
+                        container_port: 80,
+                        name: Some("http".into()),
+                        ..ContainerPort::default()
+                    }]),
+                    volume_mounts: Some(vec![VolumeMount {
+                        name: "page".into(),
+                        mount_path: format!("/usr/share/nginx/html/{namespace}"),
+                        read_only: Some(true),
+                        ..VolumeMount::default()
+                    }]),
+                    readiness_probe: Some(Probe {
+                        http_get: Some(HTTPGetAction {
+                            path: Some(path.clone()),
+                            port: IntOrString::Int(80),
+                            ..HTTPGetAction::default()
+                        }),
+                        period_seconds: Some(2),
+                        ..Probe::default()
                     }),
-                    spec: Some(PodSpec {
-                        containers: vec![Container {
-                            name: NAME.into(),
-                            image: Some(pins::SMOKE_IMAGE.into()),
-                            ports: Some(vec![ContainerPort {
-                                container_port: 80,
-                                name: Some("http".into()),
-                                ..ContainerPort::default()
-                            }]),
-                            volume_mounts: Some(vec![VolumeMount {
-                                name: "page".into(),
-                                mount_path: format!("/usr/share/nginx/html/{namespace}"),
-                                read_only: Some(true),
-                                ..VolumeMount::default()
-                            }]),
-                            readiness_probe: Some(Probe {
-                                http_get: Some(HTTPGetAction {
-                                    path: Some(path.clone()),
-                                    port: IntOrString::Int(80),
-                                    ..HTTPGetAction::default()
-                                }),
-                                period_seconds: Some(2),
-                                ..Probe::default()
-                            }),
-                            ..Container::default()
-                        }],
-                        volumes: Some(vec![Volume {
-                            name: "page".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: "page".into(),
-                                ..ConfigMapVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        }]),
-                        ..PodSpec::default()
+                    ..Container::default()
+                }],
+                volumes: Some(vec![Volume {
+                    name: "page".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: "page".into(),
+                        ..ConfigMapVolumeSource::default()
                     }),
-                },
-                ..DeploymentSpec::default()
-            }),
-            ..Deployment::default()
-        };
+                    ..Volume::default()
+                }]),
+                ..PodSpec::default()
+            },
+        );
         let service = Service {
             metadata: meta(NAME, Some(&namespace)),
             spec: Some(ServiceSpec {
-                selector: Some(app),
+                selector: Some(labels(&[("app.kubernetes.io/name", NAME)])),
                 ports: Some(vec![ServicePort {
                     name: Some("http".into()),
                     port: 80,
@@ -148,10 +124,7 @@ impl Smoke {
             ..Ingress::default()
         };
         let manifests = vec![
-            Manifest::of(&Namespace {
-                metadata: ns_meta,
-                ..Namespace::default()
-            }),
+            super::namespace(&namespace, "baseline"),
             Manifest::of(&ConfigMap {
                 metadata: meta("page", Some(&namespace)),
                 data: Some(BTreeMap::from([("index.html".to_string(), page)])),

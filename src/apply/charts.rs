@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::addons::{HelmChart, HelmChartSpec, NAMESPACE};
@@ -87,12 +87,7 @@ pub async fn wait_chart(
             let Some(chart): Option<HelmChart> = client.get(&chart_path(name)).await? else {
                 return Ok(Waiting::On(format!("HelmChart {name} is missing")));
             };
-            let chart_failed = chart
-                .status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Failed" && c.status == "True")
-                .map(|c| c.message.clone());
+            let chart_failed = chart_failure(&chart);
             let job_name = &chart.status.job_name;
             if job_name.is_empty() {
                 if let Some(message) = chart_failed {
@@ -129,13 +124,7 @@ pub async fn wait_chart(
                     }
                 }
             };
-            let gave_up = status
-                .conditions
-                .iter()
-                .flatten()
-                .find(|c| c.type_ == "Failed" && c.status == "True")
-                .map(|c| c.message.clone().unwrap_or_else(|| "the Job failed".into()));
-            if let Some(reason) = gave_up.or(chart_failed) {
+            if let Some(reason) = job_failure(&status).or(chart_failed) {
                 return Err(failed(client, name, job_name, &reason).await);
             }
             if attempts - before >= FAILED_ATTEMPTS {
@@ -148,6 +137,26 @@ pub async fn wait_chart(
         },
     )
     .await
+}
+
+/// The message of the chart's `Failed=True` condition: helm-controller gave up on it.
+fn chart_failure(chart: &HelmChart) -> Option<String> {
+    chart
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed" && c.status == "True")
+        .map(|c| c.message.clone())
+}
+
+/// Why the Job gave up (its `Failed=True` condition: retries exhausted), if it did.
+fn job_failure(status: &JobStatus) -> Option<String> {
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed" && c.status == "True")
+        .map(|c| c.message.clone().unwrap_or_else(|| "the Job failed".into()))
 }
 
 /// Deletes HelmChart `name` and waits until helm-controller has uninstalled the release and
@@ -238,12 +247,7 @@ pub async fn chart_states(client: &KubeClient) -> Result<Vec<ChartState>, KubeEr
         .await?;
     let mut states = Vec::new();
     for chart in charts {
-        let failed = chart
-            .status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Failed" && c.status == "True")
-            .map(|c| c.message.clone());
+        let failed = chart_failure(&chart);
         let job: Option<Job> = match chart.status.job_name.as_str() {
             "" => None,
             name => client.get(&job_path(name)).await?,
@@ -254,17 +258,10 @@ pub async fn chart_states(client: &KubeClient) -> Result<Vec<ChartState>, KubeEr
         } else if let Some(message) = failed {
             format!("failed: {message}")
         } else {
-            let gave_up = |s: &k8s_openapi::api::batch::v1::JobStatus| {
-                s.conditions
-                    .iter()
-                    .flatten()
-                    .find(|c| c.type_ == "Failed" && c.status == "True")
-                    .map(|c| c.message.clone().unwrap_or_default())
-            };
             match status {
                 None => "waiting for helm-controller".to_string(),
                 Some(s) if s.succeeded.unwrap_or(0) > 0 => "installed".to_string(),
-                Some(s) => match gave_up(&s) {
+                Some(s) => match job_failure(&s) {
                     Some(message) => format!("failed: {message}"),
                     None => format!("installing ({} failed attempt(s))", s.failed.unwrap_or(0)),
                 },

@@ -4,14 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 
 use super::charts::{self, Expect};
 use crate::addons::HelmChart;
 use crate::addons::NAMESPACE;
 use crate::addons::jupyterhub::{CREDENTIALS_SECRET, HubRelease, RELEASE};
-use crate::kube::{KubeClient, KubeError, Manifest, Waiting, poll};
+use crate::kube::{KubeClient, KubeError, Manifest, Waiting, poll, wait_deployment};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -157,53 +156,6 @@ pub async fn uninstall(
     .await
     .map_err(|e| e.of_total(within))?;
     Ok(Vec::new())
-}
-
-/// Waits until Deployment `namespace/name` has its current generation rolled out and ready.
-pub async fn wait_deployment(
-    client: &KubeClient,
-    namespace: &str,
-    name: &str,
-    within: Duration,
-) -> Result<(), KubeError> {
-    let path = format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}");
-    poll(
-        &format!("Deployment {namespace}/{name} ready"),
-        within,
-        Duration::from_secs(3),
-        || async {
-            let Some(deployment): Option<Deployment> = client.get(&path).await? else {
-                return Ok(Waiting::On("not created yet".into()));
-            };
-            Ok(if deployment_ready(&deployment) {
-                Waiting::Done(())
-            } else {
-                let status = deployment.status.unwrap_or_default();
-                Waiting::On(format!(
-                    "{} of {} replica(s) ready",
-                    status.ready_replicas.unwrap_or(0),
-                    deployment.spec.and_then(|s| s.replicas).unwrap_or(1)
-                ))
-            })
-        },
-    )
-    .await
-}
-
-/// The Deployment's controller has seen its latest spec and every wanted replica is ready.
-pub fn deployment_ready(deployment: &Deployment) -> bool {
-    let wanted = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1);
-    let Some(status) = &deployment.status else {
-        return false;
-    };
-    let seen =
-        status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
-    seen && status.ready_replicas.unwrap_or(0) >= wanted
-        && status.updated_replicas.unwrap_or(0) >= wanted
 }
 
 /// Where the hub's Let's Encrypt certificate stands, in cert-manager's words: issued (until

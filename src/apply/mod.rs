@@ -21,7 +21,7 @@ use crate::cloud::{Cloud, CloudError};
 use crate::node::{self, ApiEndpoint, NodeError};
 use crate::pki::ClusterPki;
 use crate::plan::resources::{Names, Observed, cluster_tag};
-use crate::plan::rules::{describe, same_rule, wanted_rules};
+use crate::plan::rules::{describe, rule_diff, wanted_rules};
 use crate::spec::{ClusterSpec, NetworkMode, Role};
 
 /// Servers created at once; Nova and Neutron take concurrent creates well, but not hundreds.
@@ -196,22 +196,12 @@ pub async fn provision(
         (&nodes_group, wanted.nodes),
         (&control_group, wanted.control_planes),
     ] {
-        for rule in rules.iter().filter(|r| {
-            !group
-                .security_group_rules
-                .iter()
-                .any(|have| same_rule(have, r))
-        }) {
+        // A rule the file no longer asks for (a narrowed CIDR, ingress turned off) goes.
+        let (missing, stale) = rule_diff(&group.security_group_rules, &rules);
+        for rule in missing {
             cloud.add_security_group_rule(&group.id, rule).await?;
         }
-        // Every ingress rule of flatstack's groups is flatstack's: one the file no longer
-        // asks for (a narrowed CIDR, ingress turned off) goes.
-        for stale in group
-            .security_group_rules
-            .iter()
-            .filter(|have| have.direction == "ingress")
-            .filter(|have| !rules.iter().any(|want| same_rule(have, want)))
-        {
+        for stale in stale {
             say(&format!(
                 "removing rule {} on {}",
                 describe(stale),

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 
-use super::jupyterhub::wait_deployment;
 use crate::addons::smoke::Smoke;
-use crate::kube::{KubeClient, KubeError, Waiting, poll};
+use crate::kube::{KubeClient, KubeError, Waiting, poll, wait_deployment};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SmokeError {

@@ -4,13 +4,12 @@
 //! controller made, or `--ingress-address`). The cloud is asked only for what the flags leave
 //! open.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Service;
 
 use super::InvalidInput;
 use super::cloud::cloud_config;
-use super::load_spec;
 use crate::addons::ingress::TRAEFIK_NAMESPACE;
 use crate::cloud::Cloud;
 use crate::kube::KubeClient;
@@ -44,12 +43,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Connects to the cluster of `spec` (the cluster file, already read and valid).
     pub async fn connect(
-        file: &Path,
+        spec: ClusterSpec,
         cloud_flag: Option<&str>,
         args: &ClusterArgs,
     ) -> anyhow::Result<Cluster> {
-        let spec = load_spec(file)?;
         let state_path = match &args.state_dir {
             Some(dir) => dir.clone(),
             None => StateDir::default_path(&spec.name)?,

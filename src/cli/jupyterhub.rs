@@ -55,7 +55,8 @@ pub fn run(file: &Path, cloud_flag: Option<&str>, command: &HubCommand) -> anyho
             HubCommand::Install(args) => install_or_upgrade(file, cloud_flag, args, Action::Install).await,
             HubCommand::Upgrade(args) => install_or_upgrade(file, cloud_flag, args, Action::Upgrade).await,
             HubCommand::Uninstall(args) => {
-                let cluster = Cluster::connect(file, cloud_flag, &args.cluster).await?;
+                let spec = super::load_spec(file)?;
+                let cluster = Cluster::connect(spec, cloud_flag, &args.cluster).await?;
                 let namespace = cluster.spec.jupyterhub.namespace.clone();
                 let say = |line: &str| println!("  {line}");
                 let kept = uninstall(&cluster.client, &namespace, args.delete_user_data, args.timeout, &say).await?;
@@ -82,7 +83,7 @@ async fn install_or_upgrade(
     let spec = super::load_spec(file)?;
     check_prerequisites(&spec)?;
     let user_values = read_values_file(file, &spec)?;
-    let cluster = Cluster::connect(file, cloud_flag, &args.cluster).await?;
+    let cluster = Cluster::connect(spec, cloud_flag, &args.cluster).await?;
     let credentials = credentials(&cluster.spec, &cluster.state)?;
     let release = jupyterhub::release(&cluster.spec, &credentials, user_values.as_ref());
     let say = |line: &str| println!("  {line}");

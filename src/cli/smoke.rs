@@ -19,7 +19,8 @@ pub struct SmokeArgs {
 
 pub fn run(file: &Path, cloud_flag: Option<&str>, args: &SmokeArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let cluster = Cluster::connect(file, cloud_flag, &args.cluster).await?;
+        let spec = super::load_spec(file)?;
+        let cluster = Cluster::connect(spec, cloud_flag, &args.cluster).await?;
         if !cluster.spec.addons.ingress {
             anyhow::bail!(
                 "cluster `{}` has no ingress (`addons.ingress = false`): nothing to fetch the page through",

@@ -3,6 +3,7 @@
 //! flatstack signs in with the admin client certificate made from that CA. Objects are the
 //! k8s-openapi types; every write is a server-side apply with field manager `flatstack`.
 
+mod deployments;
 mod drain;
 mod manifest;
 mod nodes;
@@ -15,6 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
+pub use deployments::{deployment_ready, wait_deployment};
 pub use drain::{DrainReport, drain_node};
 pub use manifest::Manifest;
 pub use nodes::{NodeRow, is_ready, node_table, print_node_table};

@@ -9,8 +9,7 @@ use super::{KubeClient, KubeError};
 impl KubeClient {
     /// Every node the API knows.
     pub async fn nodes(&self) -> Result<Vec<Node>, KubeError> {
-        let list: Option<k8s_openapi::List<Node>> = self.get("/api/v1/nodes").await?;
-        Ok(list.map(|list| list.items).unwrap_or_default())
+        self.list("/api/v1/nodes").await
     }
 }
 

@@ -225,15 +225,8 @@ fn rule_changes(spec: &ClusterSpec, observed: &Observed, names: &Names) -> Vec<A
         let Some(group) = observed.security_groups.iter().find(|g| &g.name == name) else {
             continue;
         };
-        let have: Vec<_> = group
-            .security_group_rules
-            .iter()
-            .filter(|r| r.direction == "ingress")
-            .collect();
-        for rule in want
-            .iter()
-            .filter(|w| !have.iter().any(|h| rules::same_rule(h, w)))
-        {
+        let (missing, stale) = rules::rule_diff(&group.security_group_rules, want);
+        for rule in missing {
             actions.push(Action {
                 action: Verb::Create,
                 kind: "rule",
@@ -241,10 +234,7 @@ fn rule_changes(spec: &ClusterSpec, observed: &Observed, names: &Names) -> Vec<A
                 detail: rules::describe(rule),
             });
         }
-        for rule in have
-            .iter()
-            .filter(|h| !want.iter().any(|w| rules::same_rule(h, w)) && !unknowable(h))
-        {
+        for rule in stale.into_iter().filter(|h| !unknowable(h)) {
             actions.push(Action {
                 action: Verb::Delete,
                 kind: "rule",

@@ -88,7 +88,7 @@ pub fn tcp_rule(min: u16, max: u16, cidr: &IpNet) -> SecurityGroupRule {
 }
 
 /// Whether two rules allow the same traffic (IDs and defaults aside).
-pub fn same_rule(have: &SecurityGroupRule, want: &SecurityGroupRule) -> bool {
+fn same_rule(have: &SecurityGroupRule, want: &SecurityGroupRule) -> bool {
     have.direction == want.direction
         && have.ethertype == want.ethertype
         && have.protocol == want.protocol
@@ -96,6 +96,24 @@ pub fn same_rule(have: &SecurityGroupRule, want: &SecurityGroupRule) -> bool {
         && have.port_range_max == want.port_range_max
         && have.remote_ip_prefix == want.remote_ip_prefix
         && have.remote_group_id == want.remote_group_id
+}
+
+/// What separates a group's rules from the wanted ones: the wanted rules it lacks, and the
+/// ingress rules it holds that are not wanted (every ingress rule of flatstack's groups is
+/// flatstack's; egress rules are Neutron's defaults and stay).
+pub fn rule_diff<'a>(
+    have: &'a [SecurityGroupRule],
+    want: &'a [SecurityGroupRule],
+) -> (Vec<&'a SecurityGroupRule>, Vec<&'a SecurityGroupRule>) {
+    let missing = want
+        .iter()
+        .filter(|w| !have.iter().any(|h| same_rule(h, w)))
+        .collect();
+    let stale = have
+        .iter()
+        .filter(|h| h.direction == "ingress" && !want.iter().any(|w| same_rule(h, w)))
+        .collect();
+    (missing, stale)
 }
 
 /// A rule in a few words: `tcp 80 from 0.0.0.0/0`, `any from the group`.
@@ -117,14 +135,7 @@ pub fn describe(rule: &SecurityGroupRule) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(extra: &str) -> ClusterSpec {
-        let text = format!(
-            "name = \"demo\"\ncloud = \"c\"\n[kubernetes]\nversion = \"1.33.2\"\nsysext_sha256 = \"{}\"\n[control_plane]\nflavor = \"m3.small\"\n{extra}",
-            "a".repeat(64)
-        );
-        ClusterSpec::parse("cluster.toml", &text).expect("valid")
-    }
+    use crate::spec::test_spec as spec;
 
     fn described(rules: &[SecurityGroupRule]) -> Vec<String> {
         rules.iter().map(describe).collect()

@@ -308,6 +308,17 @@ impl ClusterSpec {
     }
 }
 
+/// A minimal valid cluster (`demo`, Kubernetes 1.33.2, one control plane, no workers) with
+/// the TOML in `extra` appended: for unit tests of what is made from a spec.
+#[cfg(test)]
+pub(crate) fn test_spec(extra: &str) -> ClusterSpec {
+    let text = format!(
+        "name = \"demo\"\ncloud = \"c\"\n[kubernetes]\nversion = \"1.33.2\"\nsysext_sha256 = \"{}\"\n[control_plane]\nflavor = \"m3.small\"\n{extra}",
+        "a".repeat(64)
+    );
+    ClusterSpec::parse("cluster.toml", &text).expect("valid")
+}
+
 /// A node the cluster file asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeName {
