@@ -6,54 +6,19 @@
 
 use std::time::Duration;
 
-use flatstack::addons::{self, CloudConf};
+use flatstack::addons;
 use flatstack::apply::bootstrap::bootstrap;
 use flatstack::kube::{KubeClient, drain_node};
-use flatstack::pki::{ClusterPki, StateDir};
-use flatstack::secret::Secret;
 use flatstack::spec::ClusterSpec;
 use serde_json::Value;
 
-use crate::kube_standin::{StandIn, World};
+use crate::kube_standin::{StandIn, World, conf, pki, quiet, runtime, stand_in};
 use crate::support::*;
-
-fn pki(workspace: &Workspace) -> ClusterPki {
-    let state = StateDir::open_or_create(&workspace.state_dir()).expect("state dir");
-    ClusterPki::load_or_create(&state).expect("pki")
-}
 
 fn spec(workers: u32) -> ClusterSpec {
     let text = cluster_text("https://example.invalid", &"ab".repeat(32), workers);
     ClusterSpec::parse("cluster.toml", &text).expect("valid cluster file")
 }
-
-/// A stand-in for `pki`'s cluster with the nodes of `spec` registered.
-fn stand_in(pki: &ClusterPki, spec: &ClusterSpec, mut world: World) -> StandIn {
-    for node in spec.nodes() {
-        world.register(&node.name, node.role == flatstack::spec::Role::ControlPlane);
-    }
-    StandIn::start(
-        &pki.ca.cert_pem,
-        pki.ca.key_pem.expose(),
-        &pki.ca.cert_pem,
-        world,
-    )
-}
-
-fn conf() -> CloudConf {
-    CloudConf {
-        text: Secret::new(
-            "[Global]\nauth-url = \"https://keystone.example/v3\"\napplication-credential-secret = \"s3cret-value\"\n",
-        ),
-        ca_bundle: None,
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().expect("runtime")
-}
-
-fn quiet(_: &str) {}
 
 #[test]
 fn bootstrap_applies_add_ons_and_waits_for_every_node() {

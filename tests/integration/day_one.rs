@@ -7,23 +7,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flatstack::addons::{self, CloudConf};
+use flatstack::addons;
 use flatstack::apply::bootstrap::bootstrap;
 use flatstack::kube::{KubeClient, RebootState};
-use flatstack::pki::{ClusterPki, StateDir};
+use flatstack::pki::ClusterPki;
 use flatstack::secret::Secret;
 use flatstack::spec::ClusterSpec;
 use serde_json::{Value, json};
 
-use crate::kube_standin::{IngressStandIn, StandIn, World};
+use crate::kube_standin::{IngressStandIn, StandIn, World, conf, pki, quiet, runtime, stand_in};
 use crate::support::*;
 
 const HOSTNAME: &str = "hub.demo.projects.jetstream-cloud.org";
-
-fn pki(workspace: &Workspace) -> ClusterPki {
-    let state = StateDir::open_or_create(&workspace.state_dir()).expect("state dir");
-    ClusterPki::load_or_create(&state).expect("pki")
-}
 
 fn cluster_file(extra: &str) -> String {
     format!(
@@ -35,31 +30,6 @@ fn cluster_file(extra: &str) -> String {
 fn spec(extra: &str) -> ClusterSpec {
     ClusterSpec::parse("cluster.toml", &cluster_file(extra)).expect("valid cluster file")
 }
-
-fn stand_in(pki: &ClusterPki, spec: &ClusterSpec, mut world: World) -> StandIn {
-    for node in spec.nodes() {
-        world.register(&node.name, node.role == flatstack::spec::Role::ControlPlane);
-    }
-    StandIn::start(
-        &pki.ca.cert_pem,
-        pki.ca.key_pem.expose(),
-        &pki.ca.cert_pem,
-        world,
-    )
-}
-
-fn conf() -> CloudConf {
-    CloudConf {
-        text: Secret::new("[Global]\nauth-url = \"https://keystone.example/v3\"\n"),
-        ca_bundle: None,
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().expect("runtime")
-}
-
-fn quiet(_: &str) {}
 
 fn chart_values(world: &World, name: &str) -> Value {
     let chart = world
@@ -792,68 +762,39 @@ fn smoke_fetches_the_page_through_the_ingress_and_cleans_up() {
 
 #[test]
 fn smoke_fails_with_the_reason_and_still_cleans_up() {
-    let cluster = running(
-        "",
-        World {
-            unpullable_images: vec![flatstack::pins::SMOKE_IMAGE.to_string()],
-            ..World::default()
-        },
-    );
-    let run = cluster.flatstack(&["smoke", "--timeout", "8s"]);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("never became ready"), "{}", run.stderr);
-    assert!(run.stderr.contains("ErrImagePull"), "{}", run.stderr);
-    assert_eq!(
-        cluster
-            .server
-            .world
-            .lock()
-            .expect("world")
-            .deleted_namespaces
-            .len(),
-        1
-    );
-
-    let broken = running(
-        "",
-        World {
-            ingress_broken: true,
-            ..World::default()
-        },
-    );
-    let run = broken.flatstack(&["smoke", "--timeout", "8s"]);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr.contains("never served the smoke page"),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("HTTP 404"), "{}", run.stderr);
-    assert_eq!(
-        broken
-            .server
-            .world
-            .lock()
-            .expect("world")
-            .deleted_namespaces
-            .len(),
-        1
-    );
-
-    let misrouted = running(
-        "",
-        World {
-            ingress_misrouted: true,
-            ..World::default()
-        },
-    );
-    let run = misrouted.flatstack(&["smoke", "--timeout", "8s"]);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr.contains("lacks the smoke token"),
-        "{}",
-        run.stderr
-    );
+    let failures = [
+        (
+            World {
+                unpullable_images: vec![flatstack::pins::SMOKE_IMAGE.to_string()],
+                ..World::default()
+            },
+            &["never became ready", "ErrImagePull"][..],
+        ),
+        (
+            World {
+                ingress_broken: true,
+                ..World::default()
+            },
+            &["never served the smoke page", "HTTP 404"][..],
+        ),
+        (
+            World {
+                ingress_misrouted: true,
+                ..World::default()
+            },
+            &["lacks the smoke token"][..],
+        ),
+    ];
+    for (world, reasons) in failures {
+        let cluster = running("", world);
+        let run = cluster.flatstack(&["smoke", "--timeout", "8s"]);
+        assert_eq!(run.code, 1, "{run:?}");
+        for reason in reasons {
+            assert!(run.stderr.contains(reason), "{reason} in {}", run.stderr);
+        }
+        let world = cluster.server.world.lock().expect("world");
+        assert_eq!(world.deleted_namespaces.len(), 1, "{reasons:?}");
+    }
 }
 
 #[test]

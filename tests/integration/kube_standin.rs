@@ -546,19 +546,44 @@ fn taint(key: &str, value: Option<&str>, effect: &str) -> Taint {
     }
 }
 
+/// A server's own runtime, listening on a loopback port; stopped when dropped.
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    /// A runtime with `workers` threads and a listener on 127.0.0.1.
+    fn bind(workers: usize) -> (Background, tokio::net::TcpListener, SocketAddr) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        (Background(Some(runtime)), listener, address)
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Some(runtime) = &self.0 {
+            runtime.spawn(task);
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// The running stand-in.
 pub struct StandIn {
     pub address: SocketAddr,
     pub world: Arc<Mutex<World>>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
+    _background: Background,
 }
 
 impl StandIn {
@@ -567,19 +592,11 @@ impl StandIn {
     pub fn start(ca_cert: &str, ca_key: &str, client_ca: &str, world: World) -> StandIn {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = server_tls(ca_cert, ca_key, client_ca);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
+        let (background, listener, address) = Background::bind(2);
         let world = Arc::new(Mutex::new(world));
         let shared = world.clone();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        runtime.spawn(async move {
+        background.spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
@@ -603,7 +620,7 @@ impl StandIn {
         StandIn {
             address,
             world,
-            runtime: Some(runtime),
+            _background: background,
         }
     }
 
@@ -1074,29 +1091,13 @@ fn merge(target: &mut Value, patch: &Value) {
 /// serve from the mounted page.
 pub struct IngressStandIn {
     pub address: SocketAddr,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for IngressStandIn {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
+    _background: Background,
 }
 
 impl IngressStandIn {
     pub fn start(world: Arc<Mutex<World>>) -> IngressStandIn {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        runtime.spawn(async move {
+        let (background, listener, address) = Background::bind(1);
+        background.spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
@@ -1129,7 +1130,7 @@ impl IngressStandIn {
         });
         IngressStandIn {
             address,
-            runtime: Some(runtime),
+            _background: background,
         }
     }
 }
@@ -1171,3 +1172,44 @@ fn route_ingress(world: &World, path: &str) -> Option<String> {
         .as_str()
         .map(str::to_string)
 }
+
+/// The cluster PKI in `workspace`'s state directory, made on first use.
+pub fn pki(workspace: &crate::support::Workspace) -> flatstack::pki::ClusterPki {
+    let state =
+        flatstack::pki::StateDir::open_or_create(&workspace.state_dir()).expect("state dir");
+    flatstack::pki::ClusterPki::load_or_create(&state).expect("pki")
+}
+
+/// A stand-in for `pki`'s cluster with the nodes of `spec` registered.
+pub fn stand_in(
+    pki: &flatstack::pki::ClusterPki,
+    spec: &flatstack::spec::ClusterSpec,
+    mut world: World,
+) -> StandIn {
+    for node in spec.nodes() {
+        world.register(&node.name, node.role == flatstack::spec::Role::ControlPlane);
+    }
+    StandIn::start(
+        &pki.ca.cert_pem,
+        pki.ca.key_pem.expose(),
+        &pki.ca.cert_pem,
+        world,
+    )
+}
+
+/// A `cloud.conf` with a credential the tests look for (and must never find in chart values).
+pub fn conf() -> flatstack::addons::CloudConf {
+    flatstack::addons::CloudConf {
+        text: flatstack::secret::Secret::new(
+            "[Global]\nauth-url = \"https://keystone.example/v3\"\napplication-credential-secret = \"s3cret-value\"\n",
+        ),
+        ca_bundle: None,
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+/// A progress callback that prints nothing.
+pub fn quiet(_: &str) {}

@@ -582,8 +582,7 @@ fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
     workspace.write_cluster(&cluster(&name, 2, ""));
     let _teardown = Teardown(&workspace);
     // The cluster's PKI, made where `up` will find it, so the stand-in can serve with its CA.
-    let state = flatstack::pki::StateDir::open_or_create(&workspace.state_dir()).expect("state");
-    let pki = flatstack::pki::ClusterPki::load_or_create(&state).expect("pki");
+    let pki = crate::kube_standin::pki(&workspace);
     let cp = format!("{name}-control-plane-1");
     let (w1, w2) = (format!("{name}-default-1"), format!("{name}-default-2"));
     let mut world = World {
