@@ -452,6 +452,19 @@ fn jupyterhub_values_meet_the_pinned_charts_schema() {
     assert!(!schema_errors(&merged(&trial, &shared, Some(&wrong_type))).is_empty());
 }
 
+/// A cluster where the hub's release makes its `hub` and `proxy` Deployments, and
+/// helm-controller takes a while to replace a changed chart's Job.
+fn hub_world() -> World {
+    World {
+        release_deployments: BTreeMap::from([(
+            "jupyterhub".to_string(),
+            vec!["hub".to_string(), "proxy".to_string()],
+        )]),
+        replace_lag: 2,
+        ..World::default()
+    }
+}
+
 /// A workspace whose cluster file, state directory and stand-ins make a running cluster.
 struct Running {
     workspace: Workspace,
@@ -539,14 +552,7 @@ impl Running {
 
 #[test]
 fn jupyterhub_install_upgrade_uninstall_through_the_cli() {
-    let world = World {
-        release_deployments: BTreeMap::from([(
-            "jupyterhub".to_string(),
-            vec!["hub".to_string(), "proxy".to_string()],
-        )]),
-        replace_lag: 2,
-        ..World::default()
-    };
+    let world = hub_world();
     let cluster = running(
         "\n[jupyterhub]\nadmin_users = [\"alice\"]\nvalues_file = \"hub.yaml\"\n",
         world,
@@ -799,14 +805,7 @@ fn smoke_fails_with_the_reason_and_still_cleans_up() {
 
 #[test]
 fn a_rotated_github_secret_upgrades_the_hub() {
-    let world = World {
-        release_deployments: BTreeMap::from([(
-            "jupyterhub".to_string(),
-            vec!["hub".to_string(), "proxy".to_string()],
-        )]),
-        replace_lag: 2,
-        ..World::default()
-    };
+    let world = hub_world();
     let cluster = running(
         &format!(
             "\n[ingress]\nhostname = \"{HOSTNAME}\"\nacme_email = \"ops@example.org\"\n[jupyterhub]\nauthenticator = \"github\"\ngithub_client_id = \"Iv1.0123\"\ngithub_client_secret_env = \"HUB_SECRET\"\n"

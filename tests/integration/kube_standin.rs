@@ -285,15 +285,7 @@ impl World {
                 None => false,
             };
             if !self.objects.contains_key(&job) || replace {
-                let uid = self.uid();
-                self.objects.insert(
-                    job.clone(),
-                    json!({
-                        "apiVersion": "batch/v1", "kind": "Job",
-                        "metadata": {"name": format!("helm-install-{name}"), "namespace": "kube-system", "uid": uid},
-                        "status": {"active": 1},
-                    }),
-                );
+                self.start_job(&format!("helm-install-{name}"));
                 self.polls.remove(&job);
                 self.job_specs.insert(name.clone(), (spec, 0));
                 if let Some(stored) = self.objects.get_mut(&path) {
@@ -308,15 +300,7 @@ impl World {
     fn run_uninstall(&mut self, path: &str, name: &str, chart: &Value) {
         let job = format!("/apis/batch/v1/namespaces/kube-system/jobs/helm-delete-{name}");
         if !self.objects.contains_key(&job) {
-            let uid = self.uid();
-            self.objects.insert(
-                job.clone(),
-                json!({
-                    "apiVersion": "batch/v1", "kind": "Job",
-                    "metadata": {"name": format!("helm-delete-{name}"), "namespace": "kube-system", "uid": uid},
-                    "status": {"active": 1},
-                }),
-            );
+            self.start_job(&format!("helm-delete-{name}"));
             if let Some(stored) = self.objects.get_mut(path) {
                 stored["status"]["jobName"] = json!(format!("helm-delete-{name}"));
             }
@@ -384,9 +368,18 @@ impl World {
         json!({"spec": chart["spec"], "secrets": secrets})
     }
 
-    fn uid(&mut self) -> String {
+    /// A new running Job `name` in kube-system (replacing one of that name), with a new UID.
+    fn start_job(&mut self, name: &str) {
         self.next_uid += 1;
-        format!("uid-{}", self.next_uid)
+        let uid = format!("uid-{}", self.next_uid);
+        self.objects.insert(
+            format!("/apis/batch/v1/namespaces/kube-system/jobs/{name}"),
+            json!({
+                "apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": name, "namespace": "kube-system", "uid": uid},
+                "status": {"active": 1},
+            }),
+        );
     }
 
     /// What a chart's release makes once its install Job succeeded.
