@@ -18,8 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         r#"name = "bench"
 cloud = "openstack"
 [kubernetes]
-version = "1.33.2"
-sysext_url = "https://mirror.example.org/kubernetes-v1.33.2-x86-64.raw"
+version = "1.37.1"
+sysext_url = "https://mirror.example.org/kubernetes-v1.37.1-x86-64.raw"
 sysext_sha256 = "{sha}"
 sysupdate_url = "https://mirror.example.org/kubernetes"
 [control_plane]

@@ -63,7 +63,7 @@ fn flatstack(dir: &Path, clouds: &Path, file: &Path, args: &[&str]) -> Result<()
 
 fn cluster_file(name: &str, workers: u32) -> String {
     format!(
-        "name = \"{name}\"\ncloud = \"faulty\"\n[kubernetes]\nversion = \"1.33.2\"\nsysext_sha256 = \"{}\"\n[flatcar]\nimage = \"flatstack-bench-image\"\n[control_plane]\nflavor = \"m3.tiny\"\n[[worker_pools]]\nname = \"default\"\ncount = {workers}\nflavor = \"m3.tiny\"\n",
+        "name = \"{name}\"\ncloud = \"faulty\"\n[kubernetes]\nversion = \"1.37.1\"\nsysext_sha256 = \"{}\"\n[flatcar]\nimage = \"flatstack-bench-image\"\n[control_plane]\nflavor = \"m3.tiny\"\n[[worker_pools]]\nname = \"default\"\ncount = {workers}\nflavor = \"m3.tiny\"\n",
         "ab".repeat(32)
     )
 }

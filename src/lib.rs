@@ -16,3 +16,4 @@ pub mod pki;
 pub mod plan;
 pub mod secret;
 pub mod spec;
+pub mod sysext;

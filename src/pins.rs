@@ -5,38 +5,97 @@
 
 use std::fmt;
 
-/// Where the Flatcar sysext-bakery publishes its images and sysupdate indexes.
+/// Where the Flatcar sysext-bakery publishes its images and sysupdate indexes. Digests are
+/// not pinned here: the bakery rebuilds images per release, so each cluster reads the digest
+/// from the published `SHA256SUMS` once and records it (see `sysext`).
 pub const SYSEXT_BAKERY: &str = "https://extensions.flatcar.org/extensions";
 
-/// Oldest Kubernetes minor whose kubeadm reads `kubeadm.k8s.io/v1beta4` (the config flatstack writes).
-pub const OLDEST_MINOR: u32 = 31;
-/// Newest Kubernetes minor the node configs were checked against.
-pub const NEWEST_MINOR: u32 = 35;
-
-/// Kubernetes sysext images from the bakery whose SHA-256 flatstack pins. Each digest must be
-/// read from the bakery's published `SHA256SUMS`, with its source named in the README. None
-/// could be checked from the machines flatstack is developed on (no route to the bakery), so
-/// the table is empty and cluster files give `kubernetes.sysext_sha256` themselves.
-pub const KUBERNETES_SYSEXTS: &[(KubernetesVersion, &str)] = &[];
-
-/// The Kubernetes release `flatstack init` proposes.
-pub const DEFAULT_KUBERNETES: KubernetesVersion = KubernetesVersion::new(1, 33, 5);
-
-/// The Kubernetes release `flatstack init` proposes: the newest pinned, or the default.
-pub fn default_kubernetes() -> KubernetesVersion {
-    KUBERNETES_SYSEXTS
-        .iter()
-        .map(|(v, _)| *v)
-        .max()
-        .unwrap_or(DEFAULT_KUBERNETES)
+/// A Kubernetes minor flatstack supports, and every pin that depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SupportedMinor {
+    pub minor: u32,
+    /// The last day upstream supports the minor (YYYY-MM-DD), from kubernetes.io/releases.
+    pub end_of_life: &'static str,
+    /// A patch release of the minor that `flatstack init` proposes.
+    pub proposed_patch: u32,
+    /// openstack-cloud-controller-manager chart: the project releases chart `2.N` for
+    /// Kubernetes `1.N` and supports that pairing only.
+    pub cloud_controller_chart: &'static str,
+    /// openstack-cinder-csi chart, released in step with the cloud controller's.
+    pub cinder_csi_chart: &'static str,
 }
 
-/// The pinned SHA-256 of the bakery's image for `version`, if flatstack knows it.
-pub fn kubernetes_sysext_sha256(version: KubernetesVersion) -> Option<&'static str> {
-    KUBERNETES_SYSEXTS
+/// The minors upstream supports on 2026-12-02 (kubernetes.io/releases: 1.35, 1.36 and 1.37;
+/// 1.33 ended 2026-06-28 and 1.34 on 2026-10-27), oldest first. kubeadm reads the
+/// `kubeadm.k8s.io/v1beta4` configuration flatstack writes in all of them.
+///
+/// Chart versions are tags of kubernetes/cloud-provider-openstack
+/// (`openstack-cloud-controller-manager-2.N.P`, `openstack-cinder-csi-2.N.P`): 2.35.0
+/// (2026-01-23) and 2.36.0 (2026-05-13) were read from the repository; 2.37.0 follows the
+/// project's pattern of a `2.N.0` three to five weeks after Kubernetes `1.N.0` (1.37.0:
+/// 2026-08-26) and could not be read from here. Proposed patches: 1.35.6 and 1.36.2 are
+/// sysext-bakery release tags; 1.37.1 is upstream's (2026-09-15). `init` proposes the newest
+/// release the bakery actually lists when it can ask.
+pub const SUPPORTED_MINORS: &[SupportedMinor] = &[
+    SupportedMinor {
+        minor: 35,
+        end_of_life: "2027-02-28",
+        proposed_patch: 6,
+        cloud_controller_chart: "2.35.0",
+        cinder_csi_chart: "2.35.0",
+    },
+    SupportedMinor {
+        minor: 36,
+        end_of_life: "2027-06-28",
+        proposed_patch: 2,
+        cloud_controller_chart: "2.36.0",
+        cinder_csi_chart: "2.36.0",
+    },
+    SupportedMinor {
+        minor: 37,
+        end_of_life: "2027-10-28",
+        proposed_patch: 1,
+        cloud_controller_chart: "2.37.0",
+        cinder_csi_chart: "2.37.0",
+    },
+];
+
+/// What flatstack pins for `version`'s minor, if it supports it.
+pub fn supported_minor(version: KubernetesVersion) -> Option<&'static SupportedMinor> {
+    SUPPORTED_MINORS
         .iter()
-        .find(|(v, _)| *v == version)
-        .map(|(_, sha)| *sha)
+        .find(|m| version.major == 1 && m.minor == version.minor)
+}
+
+/// The supported minors for messages: `1.35, 1.36, 1.37`.
+pub fn supported_minors_list() -> String {
+    SUPPORTED_MINORS
+        .iter()
+        .map(|m| format!("1.{}", m.minor))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The Kubernetes release `flatstack init` proposes: the newest supported minor.
+pub fn default_kubernetes() -> KubernetesVersion {
+    let newest = SUPPORTED_MINORS
+        .iter()
+        .max_by_key(|m| m.minor)
+        .expect("at least one supported minor");
+    KubernetesVersion::new(1, newest.minor, newest.proposed_patch)
+}
+
+/// A warning when `version`'s minor is past its end of life on `today` (YYYY-MM-DD).
+pub fn end_of_life_warning(version: KubernetesVersion, today: &str) -> Option<String> {
+    let minor = supported_minor(version)?;
+    (today > minor.end_of_life).then(|| {
+        format!(
+            "Kubernetes {} reached its end of life on {}: upstream publishes no more fixes for it\n  hint: move to a newer minor ({}), one minor at a time",
+            version.minor_series(),
+            minor.end_of_life,
+            supported_minors_list()
+        )
+    })
 }
 
 /// The in-cluster Helm engine: k3s-io/helm-controller, which turns `HelmChart` resources into
@@ -63,41 +122,22 @@ pub const FLANNEL: Chart = Chart {
 /// The chart repository of kubernetes/cloud-provider-openstack.
 const CLOUD_PROVIDER_OPENSTACK: &str = "https://kubernetes.github.io/cloud-provider-openstack";
 
-/// openstack-cloud-controller-manager and Cinder CSI charts, by Kubernetes minor: the project
-/// releases chart `2.N` for Kubernetes `1.N` and supports that pairing only. Newest patch tag
-/// of each series in the repository (chart tags `openstack-cloud-controller-manager-2.N.P`,
-/// `openstack-cinder-csi-2.N.P`).
-const OPENSTACK_CHARTS: &[(u32, &str, &str)] = &[
-    (31, "2.31.4", "2.31.8"),
-    (32, "2.32.1", "2.32.2"),
-    (33, "2.33.1", "2.33.1"),
-    (34, "2.34.2", "2.34.3"),
-    (35, "2.35.0", "2.35.0"),
-];
-
 /// The cloud controller chart made for `version`'s minor.
 pub fn cloud_controller_chart(version: KubernetesVersion) -> Option<Chart> {
-    openstack_charts(version).map(|(occm, _)| Chart {
+    supported_minor(version).map(|m| Chart {
         repo: CLOUD_PROVIDER_OPENSTACK,
         name: "openstack-cloud-controller-manager",
-        version: occm,
+        version: m.cloud_controller_chart,
     })
 }
 
 /// The Cinder CSI chart made for `version`'s minor.
 pub fn cinder_csi_chart(version: KubernetesVersion) -> Option<Chart> {
-    openstack_charts(version).map(|(_, csi)| Chart {
+    supported_minor(version).map(|m| Chart {
         repo: CLOUD_PROVIDER_OPENSTACK,
         name: "openstack-cinder-csi",
-        version: csi,
+        version: m.cinder_csi_chart,
     })
-}
-
-fn openstack_charts(version: KubernetesVersion) -> Option<(&'static str, &'static str)> {
-    OPENSTACK_CHARTS
-        .iter()
-        .find(|(minor, _, _)| version.major == 1 && *minor == version.minor)
-        .map(|(_, occm, csi)| (*occm, *csi))
 }
 
 /// Traefik, the ingress controller (ingress-nginx was retired in March 2026). Chart 41.3.0
@@ -235,7 +275,8 @@ mod tests {
 
     #[test]
     fn every_supported_minor_has_its_own_openstack_charts() {
-        for minor in OLDEST_MINOR..=NEWEST_MINOR {
+        for supported in SUPPORTED_MINORS {
+            let minor = supported.minor;
             let version = KubernetesVersion::new(1, minor, 0);
             let occm = cloud_controller_chart(version).expect("cloud controller chart");
             let csi = cinder_csi_chart(version).expect("cinder csi chart");
@@ -243,10 +284,11 @@ mod tests {
             assert!(occm.version.starts_with(&format!("2.{minor}.")), "{occm:?}");
             assert!(csi.version.starts_with(&format!("2.{minor}.")), "{csi:?}");
         }
-        assert_eq!(
-            cloud_controller_chart(KubernetesVersion::new(1, 30, 0)),
-            None
-        );
+        for unsupported in [30, 33, 34, 38] {
+            let version = KubernetesVersion::new(1, unsupported, 0);
+            assert_eq!(cloud_controller_chart(version), None);
+            assert_eq!(supported_minor(version), None);
+        }
         for image in [HELM_CONTROLLER_IMAGE, HELM_JOB_IMAGE, SMOKE_IMAGE] {
             let tag = image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or("");
             assert!(!tag.is_empty() && tag != "latest", "{image}");
@@ -254,11 +296,35 @@ mod tests {
     }
 
     #[test]
-    fn pinned_digests_are_sha256_hex_within_the_supported_range() {
-        for (version, sha) in KUBERNETES_SYSEXTS {
-            assert_eq!(sha.len(), 64, "{version}");
-            assert!(sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
-            assert!((OLDEST_MINOR..=NEWEST_MINOR).contains(&version.minor));
+    fn the_support_table_is_ordered_and_dated() {
+        let minors: Vec<u32> = SUPPORTED_MINORS.iter().map(|m| m.minor).collect();
+        assert_eq!(minors, [35, 36, 37]);
+        for pair in SUPPORTED_MINORS.windows(2) {
+            assert!(pair[0].end_of_life < pair[1].end_of_life, "{pair:?}");
         }
+        for m in SUPPORTED_MINORS {
+            let date = m.end_of_life.as_bytes();
+            assert!(
+                date.len() == 10 && date[4] == b'-' && date[7] == b'-',
+                "{m:?}"
+            );
+        }
+        assert_eq!(default_kubernetes(), KubernetesVersion::new(1, 37, 1));
+        assert_eq!(supported_minors_list(), "1.35, 1.36, 1.37");
+    }
+
+    #[test]
+    fn a_minor_past_its_end_of_life_is_warned_about() {
+        let v135 = KubernetesVersion::new(1, 35, 4);
+        assert_eq!(end_of_life_warning(v135, "2027-02-28"), None);
+        let warning = end_of_life_warning(v135, "2027-03-01").expect("past");
+        assert!(
+            warning.contains("1.35 reached its end of life on 2027-02-28"),
+            "{warning}"
+        );
+        assert_eq!(
+            end_of_life_warning(KubernetesVersion::new(1, 37, 1), "2027-03-01"),
+            None
+        );
     }
 }

@@ -45,9 +45,8 @@ pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 #[derive(Debug, thiserror::Error)]
 pub enum AddonError {
     #[error(
-        "no cloud controller and Cinder CSI charts are pinned for Kubernetes {0}\n  hint: use a Kubernetes release from 1.{oldest} to 1.{newest}",
-        oldest = pins::OLDEST_MINOR,
-        newest = pins::NEWEST_MINOR
+        "no cloud controller and Cinder CSI charts are pinned for Kubernetes {0}\n  hint: use a Kubernetes release of a supported minor ({list})",
+        list = pins::supported_minors_list()
     )]
     Unpinned(crate::pins::KubernetesVersion),
 }
@@ -490,8 +489,8 @@ mod tests {
             .collect();
         let expected = [
             ("flannel", "kube-flannel", pins::FLANNEL.version),
-            ("openstack-cloud-controller-manager", NAMESPACE, "2.33.1"),
-            ("openstack-cinder-csi", NAMESPACE, "2.33.1"),
+            ("openstack-cloud-controller-manager", NAMESPACE, "2.37.0"),
+            ("openstack-cinder-csi", NAMESPACE, "2.37.0"),
             ("traefik", "traefik", pins::TRAEFIK.version),
             ("cert-manager", "cert-manager", pins::CERT_MANAGER.version),
             ("kured", NAMESPACE, pins::KURED.version),

@@ -6,8 +6,11 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use super::InvalidInput;
+use super::cloud::runtime;
+use crate::pins;
 use crate::spec::ClusterSpec;
-use crate::spec::profile::{Profile, cluster_file};
+use crate::spec::profile::{KubernetesChoice, Profile, cluster_file};
+use crate::sysext;
 
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
@@ -20,6 +23,10 @@ pub struct InitArgs {
     /// Replace an existing file.
     #[arg(long)]
     pub force: bool,
+    /// Take the Kubernetes sysext from this mirror of the bakery's `extensions/` directory
+    /// (images and `SHA256SUMS` files laid out as the bakery serves them) instead of the bakery.
+    #[arg(long, value_name = "URL")]
+    pub sysext_mirror: Option<String>,
 }
 
 pub fn run(path: &Path, args: &InitArgs) -> anyhow::Result<()> {
@@ -34,7 +41,35 @@ pub fn run(path: &Path, args: &InitArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let text = cluster_file(args.profile, &name);
+    let base = args.sysext_mirror.as_deref().unwrap_or(pins::SYSEXT_BAKERY);
+    let default = pins::default_kubernetes();
+    let version = match runtime()?.block_on(sysext::newest_published(base)) {
+        Ok(Some(version)) => {
+            println!("Kubernetes {version}: the newest supported release {base} publishes");
+            version
+        }
+        Ok(None) => {
+            println!(
+                "{base} publishes no release of {}; proposing Kubernetes {default}",
+                pins::supported_minors_list()
+            );
+            default
+        }
+        Err(why) => {
+            println!(
+                "could not ask {base} for its newest release ({why}); proposing Kubernetes {default}"
+            );
+            default
+        }
+    };
+    let kubernetes = KubernetesChoice {
+        version,
+        mirror: args
+            .sysext_mirror
+            .as_deref()
+            .map(|m| m.trim_end_matches('/')),
+    };
+    let text = cluster_file(args.profile, &name, &kubernetes);
     // The profiles are tested to validate; this guards against a broken build, not user input.
     ClusterSpec::parse(&path.display().to_string(), &text).map_err(|invalid| {
         anyhow::anyhow!(
@@ -67,7 +102,9 @@ pub fn run(path: &Path, args: &InitArgs) -> anyhow::Result<()> {
         path.display(),
         args.profile
     );
-    println!("next: edit it, then `flatstack validate` and `flatstack render --out nodes/`");
+    println!(
+        "next: `flatstack image ensure` once per cloud, then `flatstack plan` and `flatstack up`"
+    );
     Ok(())
 }
 

@@ -103,6 +103,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(args) => init::run(&cli.file, &args),
         Command::Validate => {
             let spec = load_spec(&cli.file)?;
+            if let Some(warning) = end_of_life_warning(&spec) {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: cluster `{}` is valid: {} node(s), Kubernetes {}",
                 cli.file.display(),
@@ -138,6 +141,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     let invalid = error.chain().any(|cause| {
         cause.is::<InvalidClusterFile>()
             || cause.is::<InvalidInput>()
+            || cause
+                .downcast_ref::<crate::sysext::SysextError>()
+                .is_some_and(crate::sysext::SysextError::is_invalid_input)
             || matches!(
                 cause.downcast_ref::<crate::node::NodeError>(),
                 Some(
@@ -154,6 +160,12 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             )
     });
     if invalid { EXIT_INVALID_INPUT } else { 1 }
+}
+
+/// A warning when the cluster's Kubernetes minor is past its end of life today.
+pub(crate) fn end_of_life_warning(spec: &ClusterSpec) -> Option<String> {
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    crate::pins::end_of_life_warning(spec.kubernetes.version, &today)
 }
 
 pub(crate) fn load_spec(path: &std::path::Path) -> anyhow::Result<ClusterSpec> {

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+use super::cloud::runtime;
 use super::{InvalidInput, load_spec};
 use crate::node::{self, ApiEndpoint};
 use crate::pki::{self, ClusterPki, Kubeconfig, StateDir};
 use crate::spec::Role;
+use crate::sysext;
 
 #[derive(Debug, clap::Args)]
 pub struct RenderArgs {
@@ -51,9 +53,17 @@ pub fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
         Some(dir) => dir.clone(),
         None => StateDir::default_path(&spec.name)?,
     };
-    let state = StateDir::open_or_create(&state_path)?;
+    // The digest first: a release that is not published stops here, before anything is written.
+    let existing = StateDir::open_existing(&state_path)?;
+    let sysext = runtime()?.block_on(sysext::pin(&spec.kubernetes, existing.as_ref()))?;
+    let spec = sysext.pinned_into(spec);
+    let state = match existing {
+        Some(state) => state,
+        None => StateDir::open_or_create(&state_path)?,
+    };
     let pki = ClusterPki::load_or_create(&state)?;
     let nodes = node::render_cluster(&spec, &pki, &endpoint)?;
+    sysext::record(&state, &sysext)?;
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -90,6 +100,7 @@ pub fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
         nodes.len(),
         args.out.display()
     );
+    println!("Kubernetes sysext: {}", sysext.describe());
     println!("state directory: {}", state.path().display());
     Ok(())
 }

@@ -16,6 +16,7 @@ use crate::cloud::Cloud;
 use crate::kube::KubeClient;
 use crate::pki::{ClusterPki, Kubeconfig, StateDir};
 use crate::plan::resources::{Action, Observed, Verb, diff};
+use crate::sysext::{self, PinnedSysext, PublisherCheck};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -28,6 +29,10 @@ pub struct PlanArgs {
     /// `text` for people, `json` for programs.
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
+    /// State directory holding the cluster's PKI and recorded sysext digest (default:
+    /// $XDG_DATA_HOME/flatstack/<name>).
+    #[arg(long, env = "FLATSTACK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +106,12 @@ pub struct DownArgs {
 struct PlanReport<'a> {
     cluster: &'a str,
     cloud: &'a str,
+    kubernetes: String,
+    sysext: &'a PinnedSysext,
+    /// Another digest the publisher lists today for a recorded one (kept, never followed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sysext_publisher_lists: Option<String>,
+    warnings: Vec<String>,
     actions: &'a [Action],
     vcpus: u64,
     su_per_hour: u64,
@@ -109,7 +120,25 @@ struct PlanReport<'a> {
 pub fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let config = cloud_config(cloud_flag, &spec)?;
+    let state_path = state_path(&spec, args.state_dir.as_ref())?;
     runtime()?.block_on(async {
+        let state = StateDir::open_existing(&state_path)?;
+        let sysext = sysext::pin(&spec.kubernetes, state.as_ref()).await?;
+        let mut warnings: Vec<String> = super::end_of_life_warning(&spec).into_iter().collect();
+        let mut sysext_publisher_lists = None;
+        match sysext::check_publisher(&spec.kubernetes, &sysext).await {
+            PublisherCheck::Same => {}
+            PublisherCheck::Changed { url, listed } => {
+                warnings.push(format!(
+                    "{url} now lists sha256:{listed} for {}, not the sha256:{} recorded for this cluster; flatstack keeps the recorded one, so every node boots the same bytes\n  hint: if the publisher rebuilt the image on purpose and you trust it, set `kubernetes.sysext_sha256 = \"{listed}\"` in the cluster file",
+                    sysext.file, sysext.sha256
+                ));
+                sysext_publisher_lists = Some(listed);
+            }
+            PublisherCheck::Unknown(why) => warnings.push(format!(
+                "could not compare the recorded sysext digest with the publisher's: {why}"
+            )),
+        }
         let cloud = Cloud::connect(config).await?;
         let observed = Observed::collect(&cloud, &spec.name).await?;
         let actions = diff(&spec, &observed);
@@ -118,6 +147,10 @@ pub fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> anyhow::R
         let report = PlanReport {
             cluster: &spec.name,
             cloud: &cloud.config().name,
+            kubernetes: spec.kubernetes.version.to_string(),
+            sysext: &sysext,
+            sysext_publisher_lists,
+            warnings,
             actions: &actions,
             vcpus: needs.cores,
             su_per_hour: needs.vcpu_hours_per_hour(),
@@ -131,7 +164,15 @@ pub fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> anyhow::R
 }
 
 fn print_plan(report: &PlanReport<'_>, spec: &crate::spec::ClusterSpec) {
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
     println!("cluster `{}` on cloud `{}`", report.cluster, report.cloud);
+    println!(
+        "Kubernetes {}: sysext {}",
+        report.kubernetes,
+        report.sysext.describe()
+    );
     for action in report.actions {
         let sign = match action.action {
             Verb::Create => '+',
@@ -170,6 +211,10 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
     let state_path = state_path(&spec, args.state_dir.as_ref())?;
     runtime()?.block_on(async {
         let started = Instant::now();
+        // The sysext digest first: an unpublished release stops here, before anything exists.
+        let existing_state = StateDir::open_existing(&state_path)?;
+        let sysext = sysext::pin(&spec.kubernetes, existing_state.as_ref()).await?;
+        let spec = sysext.pinned_into(spec);
         let cloud = Arc::new(Cloud::connect(config).await?);
         let observed = Observed::collect(&cloud, &spec.name).await?;
         let actions = diff(&spec, &observed);
@@ -185,10 +230,15 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
         let image = inspection
             .image_id
             .ok_or_else(|| anyhow::anyhow!("no image to boot from"))?;
-        let state = StateDir::open_or_create(&state_path)?;
+        let state = match existing_state {
+            Some(state) => state,
+            None => StateDir::open_or_create(&state_path)?,
+        };
         let pki = ClusterPki::load_or_create(&state)?;
+        sysext::record(&state, &sysext)?;
         let progress = Progress::new();
         let say = |line: &str| progress.step(line);
+        say(&format!("Kubernetes {}: sysext {}", spec.kubernetes.version, sysext.describe()));
         if !args.provision_only && observed.count() > 0 {
             prepare_node_changes(&spec, &observed, &actions, &pki, &args.api, &say).await?;
         }

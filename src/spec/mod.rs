@@ -43,8 +43,8 @@ pub struct KubernetesSpec {
     /// Where nodes download the Kubernetes system extension image.
     pub sysext_url: String,
     /// Lowercase hex SHA-256 of that image; Ignition refuses any other content. `None` when
-    /// flatstack pins no digest for the release and the file gives none: rendering then stops
-    /// and says how to pin it.
+    /// the file gives none: `sysext::pin` then finds the recorded or published one, which is
+    /// set here before nodes are rendered.
     pub sysext_sha256: Option<String>,
     /// Directory holding `kubernetes-vX.Y.*` images and a `SHA256SUMS` index, which
     /// systemd-sysupdate on each node polls for patch releases; `None` turns patch updates off.
@@ -308,12 +308,12 @@ impl ClusterSpec {
     }
 }
 
-/// A minimal valid cluster (`demo`, Kubernetes 1.33.2, one control plane, no workers) with
+/// A minimal valid cluster (`demo`, Kubernetes 1.37.1, one control plane, no workers) with
 /// the TOML in `extra` appended: for unit tests of what is made from a spec.
 #[cfg(test)]
 pub(crate) fn test_spec(extra: &str) -> ClusterSpec {
     let text = format!(
-        "name = \"demo\"\ncloud = \"c\"\n[kubernetes]\nversion = \"1.33.2\"\nsysext_sha256 = \"{}\"\n[control_plane]\nflavor = \"m3.small\"\n{extra}",
+        "name = \"demo\"\ncloud = \"c\"\n[kubernetes]\nversion = \"1.37.1\"\nsysext_sha256 = \"{}\"\n[control_plane]\nflavor = \"m3.small\"\n{extra}",
         "a".repeat(64)
     );
     ClusterSpec::parse("cluster.toml", &text).expect("valid")

@@ -169,14 +169,16 @@ fn read_kubernetes(mut t: Table<'_, '_>, p: &mut Problems) -> Option<KubernetesS
         );
         return None;
     };
-    if version.major != 1 || !(pins::OLDEST_MINOR..=pins::NEWEST_MINOR).contains(&version.minor) {
+    if pins::supported_minor(version).is_none() {
         p.error(
             version_text.span(),
             format!("Kubernetes {version} is not supported"),
             format!(
-                "flatstack supports 1.{}.x to 1.{}.x (kubeadm config v1beta4)",
-                pins::OLDEST_MINOR,
-                pins::NEWEST_MINOR
+                "flatstack supports the minors upstream supports: {} (e.g. `version = \"{}\"`)",
+                pins::supported_minors_list(),
+                pins::default_kubernetes()
+                    .to_string()
+                    .trim_start_matches('v')
             ),
         );
         return None;
@@ -184,6 +186,18 @@ fn read_kubernetes(mut t: Table<'_, '_>, p: &mut Problems) -> Option<KubernetesS
 
     for url in [&sysext_url, &sysupdate_url].into_iter().flatten() {
         check_http_url(url, p);
+    }
+    if let Some(url) = &sysext_url
+        && url.get_ref().ends_with('/')
+    {
+        p.error(
+            url.span(),
+            format!(
+                "`kubernetes.sysext_url` `{}` names a directory, not an image file",
+                url.get_ref()
+            ),
+            "end it with the image's file name, e.g. `.../kubernetes-v1.37.1-x86-64.raw`",
+        );
     }
     let sha256 = match &sysext_sha256 {
         Some(sha) => {
@@ -200,23 +214,11 @@ fn read_kubernetes(mut t: Table<'_, '_>, p: &mut Problems) -> Option<KubernetesS
         }
         None => None,
     };
-    let (url, sha256) = match (&sysext_url, sha256) {
-        (Some(url), Some(sha)) => (url.get_ref().clone(), Some(sha)),
-        (Some(url), None) => {
-            p.error(
-                url.span(),
-                "`kubernetes.sysext_url` needs `kubernetes.sysext_sha256` beside it",
-                "nodes refuse an image they cannot verify: add the SHA-256 of the image",
-            );
-            return None;
-        }
-        (None, sha) => {
-            let url = format!("{}/{}", pins::SYSEXT_BAKERY, version.sysext_file_name());
-            (
-                url,
-                sha.or_else(|| pins::kubernetes_sysext_sha256(version).map(str::to_string)),
-            )
-        }
+    // Without a digest here, `plan`, `render` and `up` read it from the SHA256SUMS published
+    // beside the image, and record it for the cluster.
+    let url = match &sysext_url {
+        Some(url) => url.get_ref().clone(),
+        None => format!("{}/{}", pins::SYSEXT_BAKERY, version.sysext_file_name()),
     };
     let patch_updates = patch_updates.is_none_or(At::into_inner);
     let sysupdate_url = match (patch_updates, sysupdate_url, &sysext_url) {

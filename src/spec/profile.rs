@@ -1,6 +1,6 @@
 //! The commented cluster files `flatstack init` writes, one per cloud profile.
 
-use crate::pins;
+use crate::pins::{self, KubernetesVersion};
 
 /// Starting points for a cluster file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,20 +46,25 @@ fn choices(profile: Profile) -> Choices {
     }
 }
 
+/// The Kubernetes release a new cluster file names, and where its sysext comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct KubernetesChoice<'a> {
+    pub version: KubernetesVersion,
+    /// A mirror of the bakery's `extensions/` directory; `None` for the bakery itself.
+    pub mirror: Option<&'a str>,
+}
+
 /// The text of a new cluster file named `name`.
-pub fn cluster_file(profile: Profile, name: &str) -> String {
+pub fn cluster_file(profile: Profile, name: &str, choice: &KubernetesChoice<'_>) -> String {
     let c = choices(profile);
-    let version = pins::default_kubernetes();
+    let version = choice.version;
     let kubernetes = version.to_string().trim_start_matches('v').to_string();
-    let sha256_line = match pins::kubernetes_sysext_sha256(version) {
-        Some(_) => "# sysext_sha256 is pinned by flatstack for this release.".to_string(),
-        None => format!(
-            "# Nodes verify the sysext image by SHA-256. Pin it here (flatstack pins none for this\n\
-             # release): the bakery lists digests in {}/kubernetes/SHA256SUMS.\n\
-             # sysext_sha256 = \"<sha256 of {}>\"",
-            pins::SYSEXT_BAKERY,
+    let mirror = match choice.mirror {
+        Some(mirror) => format!(
+            "sysext_url = \"{mirror}/{}\"\nsysupdate_url = \"{mirror}/kubernetes\"\n",
             version.sysext_file_name()
         ),
+        None => String::new(),
     };
     format!(
         r#"# flatstack cluster file. Reference: the "Cluster file" section of the flatstack README.
@@ -73,13 +78,16 @@ name = "{name}"
 cloud = "{cloud}"
 
 [kubernetes]
-# Kubernetes release. Nodes boot the Flatcar sysext image of this release, pinned by SHA-256,
-# and take patch releases of the same minor automatically (see [updates]).
+# Kubernetes release ({supported} are supported). Nodes boot the Flatcar sysext image of
+# this release, verified by SHA-256, and take patch releases of the same minor automatically
+# (see [updates]).
 version = "{kubernetes}"
-{sha256_line}
-# A mirror or your own build of the sysext image (both keys together):
-# sysext_url = "https://mirror.example.org/extensions/kubernetes-v{kubernetes}-x86-64.raw"
+{mirror}# The image's SHA-256 is read from the SHA256SUMS published beside it the first time the
+# cluster needs it, and recorded in the cluster's state directory: every node of the cluster
+# boots the same bytes. To pin it yourself instead:
 # sysext_sha256 = "<sha256sum of the image>"
+# A mirror or your own build (SHA256SUMS beside it, or sysext_sha256 above):
+# sysext_url = "https://mirror.example.org/extensions/kubernetes-v{kubernetes}-x86-64.raw"
 # Directory systemd-sysupdate polls for patch releases (needs a SHA256SUMS index there):
 # sysupdate_url = "https://mirror.example.org/extensions/kubernetes"
 # patch_updates = true
@@ -160,6 +168,6 @@ timezone = "UTC"
         control_plane_flavor = c.control_plane_flavor,
         worker_flavor = c.worker_flavor,
         network_note = c.network_note,
-        sha256_line = sha256_line,
+        supported = pins::supported_minors_list(),
     )
 }

@@ -125,9 +125,10 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
     );
 
     let occm = chart("openstack-cloud-controller-manager");
+    // Chart 2.N is made for Kubernetes 1.N (the cluster runs 1.37).
     assert_eq!(
-        occm["spec"]["version"], "2.33.1",
-        "chart 2.33 for Kubernetes 1.33"
+        occm["spec"]["version"], "2.37.0",
+        "chart 2.37 for Kubernetes 1.37"
     );
     assert_eq!(occm["spec"]["bootstrap"], true);
     let occm_values = values(&occm);
@@ -237,7 +238,7 @@ fn node_table_reads_like_kubectl() {
     let cells: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
         &cells[1..5],
-        ["NotReady", "control-plane", "0s", "v1.33.2"],
+        ["NotReady", "control-plane", "0s", "v1.37.1"],
         "{table}"
     );
     assert_eq!(cells[5], "10.42.0.10");

@@ -9,8 +9,8 @@ fn base() -> String {
 cloud = "openstack"
 
 [kubernetes]
-version = "1.33.2"
-sysext_url = "https://mirror.example.org/kubernetes-v1.33.2-x86-64.raw"
+version = "1.37.1"
+sysext_url = "https://mirror.example.org/kubernetes-v1.37.1-x86-64.raw"
 sysext_sha256 = "{}"
 
 [control_plane]
@@ -139,13 +139,13 @@ fn invalid_files() -> Vec<(&'static str, String, &'static str, Option<usize>)> {
         ),
         (
             "two-part version",
-            with("version = \"1.33.2\"", "version = \"1.33\""),
+            with("version = \"1.37.1\"", "version = \"1.37\""),
             "not a Kubernetes release MAJOR.MINOR.PATCH",
             Some(5),
         ),
         (
             "old Kubernetes",
-            with("version = \"1.33.2\"", "version = \"1.27.3\""),
+            with("version = \"1.37.1\"", "version = \"1.27.3\""),
             "Kubernetes v1.27.3 is not supported",
             Some(5),
         ),
@@ -156,9 +156,21 @@ fn invalid_files() -> Vec<(&'static str, String, &'static str, Option<usize>)> {
             Some(7),
         ),
         (
-            "url without sha256",
-            with(&format!("sysext_sha256 = \"{}\"\n", "ab".repeat(32)), ""),
-            "needs `kubernetes.sysext_sha256` beside it",
+            "Kubernetes past its end of life",
+            with("version = \"1.37.1\"", "version = \"1.34.2\""),
+            "Kubernetes v1.34.2 is not supported",
+            Some(5),
+        ),
+        (
+            "Kubernetes newer than flatstack knows",
+            with("version = \"1.37.1\"", "version = \"1.38.0\""),
+            "supports the minors upstream supports: 1.35, 1.36, 1.37",
+            Some(5),
+        ),
+        (
+            "sysext url naming a directory",
+            with("kubernetes-v1.37.1-x86-64.raw\"", "\""),
+            "names a directory, not an image file",
             Some(6),
         ),
         (
@@ -469,7 +481,7 @@ fn a_valid_file_validates() {
     workspace.write_cluster(&base());
     let out = success(&workspace.flatstack(&["validate"]));
     assert!(
-        out.contains("cluster `demo` is valid: 3 node(s), Kubernetes v1.33.2"),
+        out.contains("cluster `demo` is valid: 3 node(s), Kubernetes v1.37.1"),
         "{out}"
     );
 }

@@ -115,10 +115,10 @@ fn assert_common_tree(root: &Path, sysext: &[u8]) {
     assert!(dropin.contains("/run/reboot-required"));
 
     let transfer =
-        std::fs::read_to_string(root.join("etc/sysupdate.kubernetes.d/kubernetes-v1.33.conf"))
+        std::fs::read_to_string(root.join("etc/sysupdate.kubernetes.d/kubernetes-v1.37.conf"))
             .expect("sysupdate transfer");
     assert!(
-        transfer.contains("MatchPattern=kubernetes-v1.33.@v-%a.raw"),
+        transfer.contains("MatchPattern=kubernetes-v1.37.@v-%a.raw"),
         "{transfer}"
     );
     assert!(transfer.contains("CurrentSymlink=/etc/extensions/kubernetes.raw"));

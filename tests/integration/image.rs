@@ -541,7 +541,7 @@ fn the_newest_image_of_the_channel_is_chosen() {
     std::fs::write(
         dir.path().join("cluster.toml"),
         format!(
-            "name = \"{tag}\"\ncloud = \"local-demo\"\n[kubernetes]\nversion = \"1.33.2\"\nsysext_sha256 = \"{}\"\n[flatcar]\nchannel = \"alpha\"\n[control_plane]\nflavor = \"m3.tiny\"\n",
+            "name = \"{tag}\"\ncloud = \"local-demo\"\n[kubernetes]\nversion = \"1.37.1\"\nsysext_sha256 = \"{}\"\n[flatcar]\nchannel = \"alpha\"\n[control_plane]\nflavor = \"m3.tiny\"\n",
             "ab".repeat(32)
         ),
     )

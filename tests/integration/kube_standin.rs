@@ -117,7 +117,7 @@ impl World {
                     address: format!("10.42.0.{}", 10 + self.nodes.len()),
                 }]),
                 node_info: Some(NodeSystemInfo {
-                    kubelet_version: "v1.33.2".into(),
+                    kubelet_version: "v1.37.1".into(),
                     os_image: "Flatcar Container Linux by Kinvolk 4230.2.3 (Oklo)".into(),
                     kernel_version: "6.6.95-flatcar".into(),
                     container_runtime_version: "containerd://1.7.23".into(),

@@ -643,7 +643,7 @@ async fn resources_are_created_tagged_and_deleted() {
 fn check_workspace(extra: &str) -> crate::support::Workspace {
     let workspace = crate::support::Workspace::new();
     workspace.write_cluster(&format!(
-        "name = \"check\"\ncloud = \"local-demo\"\n[kubernetes]\nversion = \"1.33.2\"\nsysext_sha256 = \"{}\"\n[control_plane]\nflavor = \"m3.small\"\n{extra}",
+        "name = \"check\"\ncloud = \"local-demo\"\n[kubernetes]\nversion = \"1.37.1\"\nsysext_sha256 = \"{}\"\n[control_plane]\nflavor = \"m3.small\"\n{extra}",
         "ab".repeat(32)
     ));
     workspace

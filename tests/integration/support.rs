@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
 
-pub const KUBERNETES_VERSION: &str = "1.33.2";
-pub const SYSEXT_NAME: &str = "kubernetes-v1.33.2-x86-64.raw";
+pub const KUBERNETES_VERSION: &str = "1.37.1";
+pub const SYSEXT_NAME: &str = "kubernetes-v1.37.1-x86-64.raw";
 pub const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ3TfW5bG1sUu2Y6QzYrQb4N8v0o0Hq1rj9bUqWqfG1c dev@example";
 

@@ -13,7 +13,7 @@ fn cluster(name: &str, workers: u32, extra: &str) -> String {
         r#"name = "{name}"
 cloud = "local-demo"
 [kubernetes]
-version = "1.33.2"
+version = "1.37.1"
 sysext_sha256 = "{sha}"
 [flatcar]
 image = "{image}"
