@@ -410,7 +410,7 @@ impl Publisher {
         tracing::info!("GET {url}");
         let mut response = match self.http.get(parsed).send().await {
             Ok(response) => response,
-            Err(e) => return Ok(Fetched::Failed(crate::kube::error_chain(&e))),
+            Err(e) => return Ok(Fetched::Failed(crate::kube::error_chain(&e.without_url()))),
         };
         let status = response.status();
         tracing::info!("GET {url} -> {}", status.as_u16());
@@ -432,7 +432,7 @@ impl Publisher {
                 }
                 Ok(Some(chunk)) => body.extend_from_slice(&chunk),
                 Ok(None) => break,
-                Err(e) => return Ok(Fetched::Failed(crate::kube::error_chain(&e))),
+                Err(e) => return Ok(Fetched::Failed(crate::kube::error_chain(&e.without_url()))),
             }
         }
         Ok(Fetched::Text(String::from_utf8_lossy(&body).into_owned()))

@@ -616,39 +616,29 @@ fn oversized_user_data_names_the_node_and_its_size() {
 }
 
 #[test]
-fn an_unpinned_sysext_stops_render_with_the_fix() {
+fn init_without_the_publisher_proposes_the_newest_supported_minor() {
     let workspace = Workspace::new();
-    success(&workspace.flatstack(&["init", "--name", "lab"]));
+    // Nothing listens there: init says so and proposes flatstack's own choice.
+    let out = success(&workspace.flatstack(&[
+        "init",
+        "--name",
+        "lab",
+        "--sysext-mirror",
+        "http://127.0.0.1:9/extensions",
+    ]));
+    assert!(
+        out.contains("could not ask http://127.0.0.1:9/extensions"),
+        "{out}"
+    );
+    assert!(out.contains("proposing Kubernetes v1.37.1"), "{out}");
     let text = std::fs::read_to_string(workspace.cluster_file()).expect("written");
-    if text.contains("# sysext_sha256 = ") {
-        let output = workspace.render(&[]);
-        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-        assert!(
-            stderr(&output).contains("no SHA-256 is pinned"),
-            "{}",
-            stderr(&output)
-        );
-        assert!(
-            stderr(&output).contains("SHA256SUMS"),
-            "{}",
-            stderr(&output)
-        );
-        assert!(!workspace.out_dir().exists());
-        let pinned = text
-            .replacen("# sysext_sha256 = ", "sysext_sha256 = ", 1)
-            .replacen(
-                &format!(
-                    "\"<sha256 of {}>\"",
-                    text.split("<sha256 of ")
-                        .nth(1)
-                        .and_then(|r| r.split('>').next())
-                        .unwrap_or_default()
-                ),
-                &format!("\"{}\"", "cd".repeat(32)),
-                1,
-            );
-        workspace.write_cluster(&pinned);
-    }
-    let out = success(&workspace.render(&[]));
-    assert!(out.contains("lab-control-plane-1"), "{out}");
+    assert!(text.contains("version = \"1.37.1\""), "{text}");
+    assert!(
+        text.contains(
+            "sysext_url = \"http://127.0.0.1:9/extensions/kubernetes-v1.37.1-x86-64.raw\""
+        ),
+        "{text}"
+    );
+    let out = success(&workspace.flatstack(&["validate"]));
+    assert!(out.contains("Kubernetes v1.37.1"), "{out}");
 }

@@ -11,5 +11,6 @@ mod kubeadm;
 mod openstack;
 mod pki;
 mod proxy;
+mod publisher;
 mod support;
 mod up;

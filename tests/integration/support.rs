@@ -157,8 +157,16 @@ pub struct FileServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Where a server sends a request instead of answering it: `/path` -> `Location` (302).
+pub type Redirects = fn(&str) -> Option<String>;
+
 impl FileServer {
     pub fn serve(files: BTreeMap<String, Vec<u8>>) -> FileServer {
+        FileServer::serve_with(files, |_| None)
+    }
+
+    /// Serves `files`, answering 302 where `redirects` gives a location.
+    pub fn serve_with(files: BTreeMap<String, Vec<u8>>, redirects: Redirects) -> FileServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let address = listener.local_addr().expect("address");
         let stop = Arc::new(AtomicBool::new(false));
@@ -176,7 +184,7 @@ impl FileServer {
                     }
                     if let Ok(stream) = stream {
                         requests.fetch_add(1, Ordering::SeqCst);
-                        let _ = answer(stream, &files, &seen, &drops);
+                        let _ = answer(stream, &files, redirects, &seen, &drops);
                     }
                 }
             })
@@ -217,6 +225,7 @@ impl Drop for FileServer {
 fn answer(
     stream: TcpStream,
     files: &BTreeMap<String, Vec<u8>>,
+    redirects: Redirects,
     seen: &Mutex<Vec<String>>,
     drops: &Mutex<BTreeMap<String, usize>>,
 ) -> std::io::Result<()> {
@@ -246,6 +255,13 @@ fn answer(
         });
     }
     let mut stream = stream;
+    if let Some(location) = redirects(&format!("/{path}")) {
+        write!(
+            stream,
+            "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        return stream.flush();
+    }
     match (files.get(&path), range_start) {
         (Some(body), Some(start)) if start < body.len() => {
             write!(
