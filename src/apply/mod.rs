@@ -160,7 +160,9 @@ pub async fn provision(
             (network, subnet)
         }
         NetworkMode::Reuse {
-            network, subnet, ..
+            network,
+            subnet,
+            router,
         } => {
             let mut found: Vec<Network> = cloud.list(Kind::Network, &[("name", network)]).await?;
             if found.is_empty() {
@@ -181,6 +183,7 @@ pub async fn provision(
             .ok_or_else(|| {
                 ApplyError::Missing(format!("network `{}` has no usable subnet", network.name))
             })?;
+            check_reused_router(cloud, &network, &subnet, router.as_deref(), &external.id).await?;
             (network, subnet)
         }
     };
@@ -380,6 +383,63 @@ pub async fn provision(
         servers,
         timings: watch.phases,
     })
+}
+
+/// On a network the cluster reuses, floating IPs reach the nodes only through a router with an
+/// interface on the subnet and a gateway on the external network. flatstack changes neither:
+/// it checks them, before anything is created.
+async fn check_reused_router(
+    cloud: &Cloud,
+    network: &Network,
+    subnet: &Subnet,
+    wanted: Option<&str>,
+    external_id: &str,
+) -> Result<(), ApplyError> {
+    let ports: Vec<Port> = cloud
+        .list(Kind::Port, &[("network_id", &network.id)])
+        .await?;
+    let on_subnet: Vec<&str> = ports
+        .iter()
+        .filter(|p| {
+            p.device_owner.starts_with("network:router_interface")
+                || p.device_owner == "network:ha_router_replicated_interface"
+        })
+        .filter(|p| p.fixed_ips.iter().any(|ip| ip.subnet_id == subnet.id))
+        .map(|p| p.device_id.as_str())
+        .collect();
+    let Some(wanted) = wanted else {
+        return match on_subnet.is_empty() {
+            true => Err(ApplyError::Missing(format!(
+                "subnet `{}` of network `{}` has no router, so a floating IP cannot reach the nodes\n  hint: add the subnet to a router with a gateway on the external network, and name it as `network.existing_router`",
+                subnet.name, network.name
+            ))),
+            false => Ok(()),
+        };
+    };
+    let mut routers: Vec<Router> = cloud.list(Kind::Router, &[("name", wanted)]).await?;
+    if routers.is_empty() {
+        routers = cloud.list(Kind::Router, &[("id", wanted)]).await?;
+    }
+    let router = routers
+        .pop()
+        .ok_or_else(|| ApplyError::Missing(format!("existing router `{wanted}` not found")))?;
+    if !on_subnet.contains(&router.id.as_str()) {
+        return Err(ApplyError::Missing(format!(
+            "router `{wanted}` has no interface on subnet `{}`; flatstack leaves routers it did not make as they are\n  hint: `openstack router add subnet {wanted} {}`",
+            subnet.name, subnet.id
+        )));
+    }
+    let gateway = router
+        .external_gateway_info
+        .as_ref()
+        .and_then(|g| g.get("network_id"))
+        .and_then(|id| id.as_str());
+    if gateway != Some(external_id) {
+        return Err(ApplyError::Missing(format!(
+            "router `{wanted}` has no gateway on the external network the floating IPs come from\n  hint: `openstack router set --external-gateway <external network> {wanted}`"
+        )));
+    }
+    Ok(())
 }
 
 /// A concurrent step that panicked or was cancelled: reported, never silently skipped.

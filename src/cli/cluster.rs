@@ -25,7 +25,7 @@ pub struct ClusterArgs {
     pub state_dir: Option<PathBuf>,
     /// Reach the Kubernetes API at HOST:PORT instead of the floating IP (an SSH tunnel, a
     /// port forward); the server must still prove itself with the cluster CA.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = super::up::parse_host_port)]
     pub api_address: Option<String>,
     /// Reach the ingress at HOST[:PORT] instead of the address flatstack finds.
     #[arg(long, value_name = "HOST[:PORT]")]
@@ -64,14 +64,7 @@ impl Cluster {
             || (args.ingress_address.is_none()
                 && spec.ingress.exposure == IngressExposure::ControlPlane);
         let api_floating_ip = if needs_cloud {
-            let cloud = Cloud::connect(cloud_config(cloud_flag, &spec)?).await?;
-            let observed = Observed::collect(&cloud, &spec.name).await?;
-            let names = Names::of(&spec.name);
-            observed
-                .floating_ips
-                .iter()
-                .find(|f| f.description == names.api_address)
-                .map(|f| f.floating_ip_address.clone())
+            api_floating_ip(&spec, cloud_flag).await?
         } else {
             None
         };
@@ -125,6 +118,21 @@ impl Cluster {
             }
         }
     }
+}
+
+/// The address of the cluster's API floating IP, if the cloud has one.
+pub(crate) async fn api_floating_ip(
+    spec: &ClusterSpec,
+    cloud_flag: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    let cloud = Cloud::connect(cloud_config(cloud_flag, spec)?).await?;
+    let observed = Observed::collect(&cloud, &spec.name).await?;
+    let names = Names::of(&spec.name);
+    Ok(observed
+        .floating_ips
+        .iter()
+        .find(|f| f.description == names.api_address)
+        .map(|f| f.floating_ip_address.clone()))
 }
 
 /// An address as the host part of a URL: IPv6 in brackets.

@@ -6,6 +6,7 @@ mod cluster;
 mod image;
 mod init;
 mod jupyterhub;
+mod kubeconfig;
 mod render;
 mod smoke;
 mod up;
@@ -58,6 +59,9 @@ pub enum Command {
     Status(up::StatusArgs),
     /// Delete everything the cluster owns, then check that nothing is left.
     Down(up::DownArgs),
+    /// Print the cluster's admin kubeconfig (made locally from its CA), or merge it into
+    /// ~/.kube/config with --merge.
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Inspect the OpenStack cloud.
     #[command(subcommand)]
     Cloud(CloudCommand),
@@ -122,6 +126,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::up(&cli.file, cli.cloud.as_deref(), &args),
         Command::Down(args) => up::down(&cli.file, cli.cloud.as_deref(), &args),
         Command::Status(args) => up::status(&cli.file, cli.cloud.as_deref(), &args),
+        Command::Kubeconfig(args) => kubeconfig::run(&cli.file, cli.cloud.as_deref(), &args),
         Command::Jupyterhub(command) => jupyterhub::run(&cli.file, cli.cloud.as_deref(), &command),
         Command::Smoke(args) => smoke::run(&cli.file, cli.cloud.as_deref(), &args),
     }

@@ -61,8 +61,41 @@ pub struct UpArgs {
 pub struct ApiArgs {
     /// Reach the Kubernetes API at HOST:PORT instead of the floating IP (an SSH tunnel, a
     /// port forward); the server must still prove itself with the cluster CA.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
     pub api_address: Option<String>,
+}
+
+/// `HOST:PORT` as `--api-address` takes it: a host name or address (IPv6 in brackets) and a
+/// port from 1 to 65535, no scheme.
+pub(crate) fn parse_host_port(text: &str) -> Result<String, String> {
+    if text.contains("://") {
+        return Err(format!(
+            "`{text}`: give HOST:PORT without a scheme, e.g. 127.0.0.1:6443"
+        ));
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{text}` has no port: give HOST:PORT, e.g. 127.0.0.1:6443"))?;
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let host_ok = match bare {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        }
+    };
+    if !host_ok {
+        return Err(format!(
+            "`{host}` is not a host name or address (IPv6 goes in brackets)"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(text.to_string()),
+        _ => Err(format!("`{port}` is not a port from 1 to 65535")),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -431,7 +464,7 @@ fn print_timings(timings: &mut [(&'static str, Duration)], started: Instant) {
 
 /// Merges `admin` into the user's kubeconfig: the first file of $KUBECONFIG, else
 /// ~/.kube/config. Returns the path written.
-fn merge_into_user_kubeconfig(admin: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn merge_into_user_kubeconfig(admin: &str) -> anyhow::Result<PathBuf> {
     let path = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
         Some(list) => std::env::split_paths(&list)
             .next()

@@ -150,6 +150,16 @@ impl ClusterPki {
         Ok(pki)
     }
 
+    /// Loads the PKI from the state directory; `None` when it has none.
+    pub fn load_existing(state: &StateDir) -> Result<Option<ClusterPki>, PkiError> {
+        let dir = state.join(PKI_DIR);
+        if dir.exists() {
+            ClusterPki::load(&dir).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Creates a new PKI in memory.
     pub fn generate() -> Result<ClusterPki, PkiError> {
         let ca = new_ca("kubernetes")?;

@@ -1024,3 +1024,267 @@ fn down_removes_the_cloud_controllers_load_balancers() {
         &["loadbalancer", "delete", "--cascade", "--wait", &theirs],
     );
 }
+
+/// Removes what a test made with the `openstack` CLI, passed or failed.
+struct CliCleanup(Vec<Vec<String>>);
+
+impl Drop for CliCleanup {
+    fn drop(&mut self) {
+        for args in &self.0 {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let _ = cli_raw("local-demo", &args);
+        }
+    }
+}
+
+/// The parts of a router flatstack must leave as they were: its gateway and interfaces.
+fn router_wiring(router: &str) -> (Value, Vec<String>) {
+    let shown = cli("local-demo", &["router", "show", router, "-f", "json"]);
+    let mut interfaces: Vec<String> = cli(
+        "local-demo",
+        &[
+            "port",
+            "list",
+            "--router",
+            router,
+            "-f",
+            "json",
+            "-c",
+            "ID",
+            "-c",
+            "Fixed IP Addresses",
+        ],
+    )
+    .as_array()
+    .into_iter()
+    .flatten()
+    .map(Value::to_string)
+    .collect();
+    interfaces.sort();
+    (shown["external_gateway_info"].clone(), interfaces)
+}
+
+#[test]
+fn up_on_an_existing_network_leaves_it_as_it_was_and_kubeconfig_points_at_the_cluster() {
+    let name = unique("byo");
+    let (net, subnet, router) = (
+        format!("{name}-own-net"),
+        format!("{name}-own-subnet"),
+        format!("{name}-own-router"),
+    );
+    // The project's network and router, made beforehand as a Jetstream2 user has them.
+    let _cleanup = CliCleanup(vec![
+        vec![
+            "router".into(),
+            "remove".into(),
+            "subnet".into(),
+            router.clone(),
+            subnet.clone(),
+        ],
+        vec!["router".into(), "delete".into(), router.clone()],
+        vec!["network".into(), "delete".into(), net.clone()],
+    ]);
+    cli("local-demo", &["network", "create", &net, "-f", "json"]);
+    cli(
+        "local-demo",
+        &[
+            "subnet",
+            "create",
+            &subnet,
+            "--network",
+            &net,
+            "--subnet-range",
+            "10.77.0.0/24",
+            "-f",
+            "json",
+        ],
+    );
+    cli(
+        "local-demo",
+        &[
+            "router",
+            "create",
+            &router,
+            "--external-gateway",
+            "public",
+            "-f",
+            "json",
+        ],
+    );
+    success_cli(&["router", "add", "subnet", &router, &subnet]);
+    let wiring = router_wiring(&router);
+    assert!(wiring.0.to_string().contains("network_id"), "{wiring:?}");
+
+    let workspace = Workspace::new();
+    let reuse = format!(
+        "[network]\nexisting_network = \"{net}\"\nexisting_subnet = \"{subnet}\"\nexisting_router = \"{router}\""
+    );
+    workspace.write_cluster(&cluster(&name, 1, &reuse));
+    let _teardown = Teardown(&workspace);
+
+    // No kubeconfig before there is a cluster: nothing to make it from.
+    let early = flatstack(&workspace, &["kubeconfig"]);
+    assert_eq!(early.status.code(), Some(2), "{}", stderr(&early));
+    assert!(
+        stderr(&early).contains("no PKI for cluster"),
+        "{}",
+        stderr(&early)
+    );
+
+    let out = success(&flatstack(&workspace, &["up", "--provision-only"]));
+    assert!(out.contains("provisioned"), "{out}");
+    // Nothing network-shaped was made; the nodes' ports are on the project's subnet.
+    for kind in ["network", "subnet", "router"] {
+        assert_eq!(tagged(kind, &name), Vec::<Value>::new(), "{kind} made");
+    }
+    let ports = tagged("port", &name);
+    assert_eq!(ports.len(), 2);
+    for port in &ports {
+        assert!(
+            port["Fixed IP Addresses"].to_string().contains("10.77.0."),
+            "{port}"
+        );
+    }
+    assert_eq!(router_wiring(&router), wiring, "the router was changed");
+    let fip = tagged("floating ip", &name)[0]["Floating IP Address"]
+        .as_str()
+        .expect("floating IP")
+        .to_string();
+    let again = success(&flatstack(&workspace, &["up", "--provision-only"]));
+    assert!(
+        again.contains("nothing to change (0 changes made)"),
+        "{again}"
+    );
+
+    // The admin kubeconfig, from the local PKI, at the floating IP or a tunnel.
+    let printed = success(&flatstack(&workspace, &["kubeconfig"]));
+    assert!(
+        printed.contains(&format!("server: https://{fip}:6443")),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!("name: {name}-admin")),
+        "{printed}"
+    );
+    let tunnel = success(&flatstack(
+        &workspace,
+        &["kubeconfig", "--api-address", "127.0.0.1:16443"],
+    ));
+    assert!(
+        tunnel.contains("server: https://127.0.0.1:16443"),
+        "{tunnel}"
+    );
+    let break_glass = success(&flatstack(&workspace, &["kubeconfig", "--super-admin"]));
+    assert!(
+        break_glass.contains(&format!("name: {name}-super-admin")),
+        "{break_glass}"
+    );
+    for bad in [
+        "",
+        "http://127.0.0.1:6443",
+        "127.0.0.1:99999",
+        "127.0.0.1",
+        "a b:1",
+    ] {
+        let refused = flatstack(&workspace, &["kubeconfig", "--api-address", bad]);
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            stderr(&refused)
+        );
+    }
+    let refused = flatstack(&workspace, &["kubeconfig", "--merge", "--super-admin"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    // --merge keeps what the user's kubeconfig had; kubectl reads the result.
+    let user_config = workspace.path("user-kubeconfig");
+    std::fs::write(
+        &user_config,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: other\n  cluster:\n    server: https://192.0.2.1:6443\ncontexts:\n- name: other\n  context:\n    cluster: other\n    user: other\ncurrent-context: other\nusers:\n- name: other\n  user:\n    token: abc\n",
+    )
+    .expect("user kubeconfig");
+    let merged = Command::new(env!("CARGO_BIN_EXE_flatstack"))
+        .current_dir(workspace.dir.path())
+        .env("OS_CLIENT_CONFIG_FILE", clouds_yaml())
+        .env_remove("OS_CLOUD")
+        .env("FLATSTACK_STATE_DIR", workspace.state_dir())
+        .env("KUBECONFIG", &user_config)
+        .args(["--file", workspace.cluster_file().to_str().expect("utf-8")])
+        .args(["kubeconfig", "--merge"])
+        .output()
+        .expect("run flatstack");
+    assert!(merged.status.success(), "{}", stderr(&merged));
+    let view = Command::new("kubectl")
+        .env("KUBECONFIG", &user_config)
+        .args(["config", "view", "-o", "json"])
+        .output()
+        .expect("kubectl");
+    let view: Value = serde_json::from_slice(&view.stdout).expect("kubectl json");
+    assert_eq!(view["current-context"], name.as_str());
+    let clusters: Vec<&str> = view["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(
+        clusters.contains(&"other") && clusters.contains(&name.as_str()),
+        "{view}"
+    );
+
+    // down removes what flatstack made and nothing of the project's.
+    let out = success(&flatstack(&workspace, &["down", "--yes"]));
+    assert!(out.contains("none left"), "{out}");
+    assert_nothing_left(&name);
+    assert_eq!(router_wiring(&router), wiring, "down changed the router");
+    cli("local-demo", &["network", "show", &net, "-f", "json"]);
+    cli("local-demo", &["subnet", "show", &subnet, "-f", "json"]);
+}
+
+#[test]
+fn a_reused_subnet_without_a_router_is_refused_before_anything_is_made() {
+    let name = unique("norouter");
+    let net = format!("{name}-own-net");
+    let _cleanup = CliCleanup(vec![vec!["network".into(), "delete".into(), net.clone()]]);
+    cli("local-demo", &["network", "create", &net, "-f", "json"]);
+    cli(
+        "local-demo",
+        &[
+            "subnet",
+            "create",
+            &format!("{name}-own-subnet"),
+            "--network",
+            &net,
+            "--subnet-range",
+            "10.78.0.0/24",
+            "-f",
+            "json",
+        ],
+    );
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(
+        &name,
+        1,
+        &format!("[network]\nexisting_network = \"{net}\""),
+    ));
+    let _teardown = Teardown(&workspace);
+    let output = flatstack(&workspace, &["up", "--provision-only"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("has no router"),
+        "{}",
+        stderr(&output)
+    );
+    for kind in ["port", "security group", "floating ip", "server"] {
+        assert_eq!(tagged(kind, &name), Vec::<Value>::new(), "{kind} made");
+    }
+}
+
+fn success_cli(args: &[&str]) {
+    let output = cli_raw("local-demo", args);
+    assert!(
+        output.status.success(),
+        "openstack {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
