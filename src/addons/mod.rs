@@ -190,6 +190,32 @@ pub fn for_cluster(
     })
 }
 
+/// What stands in `cloud.conf` where no credentials may go: `render`'s review copy of the
+/// objects `up` applies.
+pub const CREDENTIALS_MARKER: &str =
+    "<cloud.conf: written by `flatstack up` from the credentials it logs in with; never on disk>";
+
+/// The add-on objects of `spec`'s cluster as `up` applies them, with the credentials replaced
+/// by [`CREDENTIALS_MARKER`]: for review and audit, never for applying.
+pub fn for_review(spec: &ClusterSpec, digest_key: &[u8]) -> Result<AddonSet, AddonError> {
+    let marker = CloudConf {
+        text: crate::secret::Secret::new(CREDENTIALS_MARKER.to_string()),
+        ca_bundle: None,
+    };
+    for_cluster(spec, &marker, digest_key)
+}
+
+/// Every object of `set` in the order `up` applies them: the add-ons, what needs their CRDs,
+/// then the record of what was applied.
+pub fn in_apply_order(set: &AddonSet) -> Vec<Manifest> {
+    set.manifests
+        .iter()
+        .chain(&set.after_charts)
+        .cloned()
+        .chain(std::iter::once(record(&set.digest)))
+        .collect()
+}
+
 /// metrics-server: the pinned image, and kubelets reached by their internal address. kubeadm's
 /// kubelets serve certificates they sign themselves, which no cluster CA vouches for, so
 /// metrics-server does not verify them (`--kubelet-insecure-tls`); the kubelets still

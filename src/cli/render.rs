@@ -8,6 +8,8 @@ use anyhow::Context as _;
 
 use super::cloud::runtime;
 use super::{InvalidInput, load_spec};
+use crate::addons;
+use crate::kube::Manifest;
 use crate::node::{self, ApiEndpoint};
 use crate::pki::{self, ClusterPki, Kubeconfig, StateDir};
 use crate::spec::Role;
@@ -63,6 +65,10 @@ pub fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
     };
     let pki = ClusterPki::load_or_create(&state)?;
     let nodes = node::render_cluster(&spec, &pki, &endpoint)?;
+    let manifests = addons::in_apply_order(&addons::for_review(
+        &spec,
+        pki.ca.key_pem.expose().as_bytes(),
+    )?);
     sysext::record(&state, &sysext)?;
 
     std::fs::create_dir_all(&args.out)
@@ -79,6 +85,7 @@ pub fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
     let admin = pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::Admin)?;
     let super_admin = pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::SuperAdmin)?;
     pki::write_atomically(&args.out.join("kubeconfig"), admin.as_bytes(), 0o600)?;
+    write_manifests(&args.out.join("manifests"), &manifests)?;
     state.write("admin.kubeconfig", admin.as_bytes(), 0o600)?;
     state.write("super-admin.kubeconfig", super_admin.as_bytes(), 0o600)?;
 
@@ -96,12 +103,34 @@ pub fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "wrote {} Ignition config(s) and kubeconfig to {}; API endpoint {server}, join endpoint {internal}:6443",
+        "wrote {} Ignition config(s), kubeconfig and {} Kubernetes object(s) (manifests/, in the order `up` applies them, credentials replaced by a marker) to {}; API endpoint {server}, join endpoint {internal}:6443",
         nodes.len(),
+        manifests.len(),
         args.out.display()
     );
     println!("Kubernetes sysext: {}", sysext.describe());
     println!("state directory: {}", state.path().display());
+    Ok(())
+}
+
+/// Writes each object as `NN-<kind>-[<namespace>-]<name>.yaml` (kind in lowercase), numbered in apply order,
+/// replacing what an earlier render left there.
+fn write_manifests(dir: &Path, manifests: &[Manifest]) -> anyhow::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (index, manifest) in manifests.iter().enumerate() {
+        let kind = manifest.kind().to_ascii_lowercase();
+        let stem = match manifest.namespace() {
+            Some(ns) => format!("{kind}-{ns}-{}", manifest.name()),
+            None => format!("{kind}-{}", manifest.name()),
+        };
+        let file = dir.join(format!("{:02}-{stem}.yaml", index + 1));
+        let yaml = serde_saphyr::to_string(manifest.body())
+            .map_err(|e| anyhow::anyhow!("cannot write {} as YAML: {e}", manifest))?;
+        pki::write_atomically(&file, yaml.as_bytes(), 0o644)?;
+    }
     Ok(())
 }
 
