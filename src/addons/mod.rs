@@ -163,7 +163,7 @@ pub fn for_cluster(
             pins::KURED,
             NAMESPACE,
             false,
-            updates::kured_values(&spec.updates),
+            updates::kured_values(&spec.updates, &spec.worker_pools),
         )));
     }
     if spec.addons.metrics_server {

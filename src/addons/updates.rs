@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::CONTROL_PLANE_LABEL;
 use crate::pins;
-use crate::spec::UpdatesSpec;
+use crate::spec::{UpdatesSpec, WorkerPool};
 
 /// The sentinel file; `/var/run` is a link to `/run` on Flatcar.
 pub const REBOOT_SENTINEL: &str = "/run/reboot-required";
@@ -17,9 +17,28 @@ pub const KURED_METRICS_PORT: u16 = 8080;
 /// The label of kured's pods.
 pub const KURED_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "kured");
 
-/// kured's chart values for the cluster file's `[updates]`.
-pub fn kured_values(updates: &UpdatesSpec) -> serde_json::Value {
+/// kured's chart values for the cluster file's `[updates]`. kured must run on every node to
+/// reboot it, so it tolerates the control planes' taint, the cloud controller's, and every
+/// taint the file gives a worker pool.
+pub fn kured_values(updates: &UpdatesSpec, pools: &[WorkerPool]) -> serde_json::Value {
     let window = &updates.reboot_window;
+    let mut tolerations = vec![
+        json!({ "key": CONTROL_PLANE_LABEL, "operator": "Exists", "effect": "NoSchedule" }),
+        json!({ "key": "node.cloudprovider.kubernetes.io/uninitialized", "operator": "Exists", "effect": "NoSchedule" }),
+    ];
+    for taint in pools.iter().flat_map(|p| &p.taints) {
+        let toleration = match &taint.value {
+            Some(value) => json!({
+                "key": taint.key, "operator": "Equal", "value": value, "effect": taint.effect.as_str(),
+            }),
+            None => {
+                json!({ "key": taint.key, "operator": "Exists", "effect": taint.effect.as_str() })
+            }
+        };
+        if !tolerations.contains(&toleration) {
+            tolerations.push(toleration);
+        }
+    }
     json!({
         "image": { "tag": pins::KURED_IMAGE_TAG },
         "configuration": {
@@ -35,11 +54,8 @@ pub fn kured_values(updates: &UpdatesSpec) -> serde_json::Value {
             "metricsPort": KURED_METRICS_PORT,
             "drainTimeout": "30m",
         },
-        // Control planes reboot too, after their turn at the lock.
-        "tolerations": [
-            { "key": CONTROL_PLANE_LABEL, "operator": "Exists", "effect": "NoSchedule" },
-            { "key": "node.cloudprovider.kubernetes.io/uninitialized", "operator": "Exists", "effect": "NoSchedule" },
-        ],
+        // Control planes and tainted pools reboot too, each after its turn at the lock.
+        "tolerations": tolerations,
     })
 }
 
@@ -61,7 +77,7 @@ mod tests {
                 timezone: "America/Indiana/Indianapolis".into(),
             },
         };
-        let values = kured_values(&updates);
+        let values = kured_values(&updates, &[]);
         let config = &values["configuration"];
         assert_eq!(config["rebootDays"], json!(["sat", "sun"]));
         assert_eq!(config["startTime"], "02:00");
@@ -72,5 +88,21 @@ mod tests {
         assert_eq!(config["rebootSentinel"], "/run/reboot-required");
         assert_eq!(values["image"]["tag"], pins::KURED_IMAGE_TAG);
         assert_eq!(values["tolerations"][0]["key"], CONTROL_PLANE_LABEL);
+    }
+
+    #[test]
+    fn kured_tolerates_every_pools_taints_once() {
+        let spec = crate::spec::test_spec(
+            "[[worker_pools]]\nname = \"gpu\"\ncount = 1\nflavor = \"g3.small\"\ntaints = [\"nvidia.com/gpu=present:NoSchedule\", \"dedicated:NoExecute\"]\n[[worker_pools]]\nname = \"gpu2\"\ncount = 1\nflavor = \"g3.small\"\ntaints = [\"nvidia.com/gpu=present:NoSchedule\"]\n",
+        );
+        let values = kured_values(&spec.updates, &spec.worker_pools);
+        let tolerations = values["tolerations"].as_array().expect("list");
+        assert_eq!(tolerations.len(), 4, "{tolerations:?}");
+        assert!(tolerations.contains(&json!({
+            "key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"
+        })));
+        assert!(tolerations.contains(&json!({
+            "key": "dedicated", "operator": "Exists", "effect": "NoExecute"
+        })));
     }
 }

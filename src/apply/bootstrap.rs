@@ -106,7 +106,15 @@ pub async fn bootstrap(
     if current {
         say("add-ons are current");
     } else {
+        let mut charts_served = false;
         for manifest in &addons.manifests {
+            if manifest.kind() == "HelmChart" && !charts_served {
+                say("waiting for helm-controller to serve HelmCharts");
+                charts::wait_chart_kind_served(client, left())
+                    .await
+                    .map_err(|e| e.of_total(within))?;
+                charts_served = true;
+            }
             say(&format!("applying {manifest}"));
             if manifest.kind() == "HelmChart" {
                 let expect = charts::apply_chart(client, manifest).await?;

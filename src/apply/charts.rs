@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::addons::{HelmChart, HelmChartSpec, NAMESPACE};
+use crate::addons::{HelmChart, NAMESPACE};
 use crate::kube::{KubeClient, KubeError, Manifest, Waiting, poll};
 
 /// Failed attempts of a Helm Job before flatstack reports it rather than waiting on: Kubernetes
@@ -36,36 +36,98 @@ fn job_path(name: &str) -> String {
     format!("/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{name}")
 }
 
-/// What the wait after applying `chart` must look for, read before anything is applied:
-/// `inputs_changed` says whether something else the chart reads (a values Secret) changes too,
-/// which makes helm-controller replace the Job as a changed spec does.
-pub async fn expectation(
-    client: &KubeClient,
-    chart: &Manifest,
-    inputs_changed: bool,
-) -> Result<Expect, KubeError> {
-    let wanted: Option<HelmChartSpec> = serde_json::from_value(chart.body()["spec"].clone()).ok();
+/// A HelmChart as it was before flatstack applies it: read first, because what helm-controller
+/// does next (replace the install Job) can start the moment anything it reads changes.
+#[derive(Debug, Clone, Default)]
+pub struct BeforeApply {
+    exists: bool,
+    generation: Option<i64>,
+    /// The UID of its current install Job ("" when it has none).
+    job_uid: String,
+}
+
+/// Reads the HelmChart `chart` names, and its install Job, as they are now.
+pub async fn before_apply(client: &KubeClient, chart: &Manifest) -> Result<BeforeApply, KubeError> {
     let existing: Option<HelmChart> = client.get(chart.object_path()).await?;
-    Ok(match existing {
-        Some(have) if Some(&have.spec) == wanted.as_ref() && !inputs_changed => Expect::Current,
-        Some(have) if !have.status.job_name.is_empty() => {
-            let job: Option<Job> = client.get(&job_path(&have.status.job_name)).await?;
-            Expect::NewJob {
-                replacing: job.and_then(|j| j.metadata.uid).unwrap_or_default(),
-            }
-        }
-        _ => Expect::NewJob {
-            replacing: String::new(),
-        },
+    let Some(have) = existing else {
+        return Ok(BeforeApply::default());
+    };
+    let job_uid = if have.status.job_name.is_empty() {
+        String::new()
+    } else {
+        let job: Option<Job> = client.get(&job_path(&have.status.job_name)).await?;
+        job.and_then(|j| j.metadata.uid).unwrap_or_default()
+    };
+    Ok(BeforeApply {
+        exists: true,
+        generation: have.metadata.generation,
+        job_uid,
     })
 }
 
-/// Applies a HelmChart manifest, first reading what is there to know which Job to wait for.
-pub async fn apply_chart(client: &KubeClient, chart: &Manifest) -> Result<Expect, KubeError> {
-    let expect = expectation(client, chart, false).await?;
-    client.apply(chart).await?;
-    Ok(expect)
+/// Applies `chart` and says what the wait that follows must look for. The API server bumps
+/// `metadata.generation` exactly when the spec changes (the fields its CRD defaults, and
+/// metadata, do not count), and helm-controller replaces the install Job exactly then, or
+/// when a values Secret the chart reads changed (`inputs_changed`).
+pub async fn apply_after(
+    client: &KubeClient,
+    chart: &Manifest,
+    before: &BeforeApply,
+    inputs_changed: bool,
+) -> Result<Expect, KubeError> {
+    let applied = client.apply(chart).await?;
+    let generation = applied["metadata"]["generation"].as_i64();
+    let changed = !before.exists || inputs_changed || generation != before.generation;
+    Ok(if changed {
+        Expect::NewJob {
+            replacing: before.job_uid.clone(),
+        }
+    } else {
+        Expect::Current
+    })
 }
+
+/// Applies a HelmChart, first reading what is there to know which Job to wait for.
+pub async fn apply_chart(client: &KubeClient, chart: &Manifest) -> Result<Expect, KubeError> {
+    let before = before_apply(client, chart).await?;
+    apply_after(client, chart, &before, false).await
+}
+
+/// Waits until the API server serves HelmCharts: helm-controller creates their CRD itself when
+/// it starts (before its controllers run), so until its pod runs, HelmCharts are 404.
+pub async fn wait_chart_kind_served(
+    client: &KubeClient,
+    within: Duration,
+) -> Result<(), KubeError> {
+    let path = format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{HELM_CHART_CRD}");
+    poll(
+        "helm-controller's HelmChart resource being served",
+        within,
+        Duration::from_secs(2),
+        || async {
+            let crd: Option<serde_json::Value> = client.get(&path).await?;
+            let established = crd
+                .as_ref()
+                .and_then(|c| c["status"]["conditions"].as_array())
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Established" && c["status"] == "True");
+            Ok(match (crd, established) {
+                (_, true) => Waiting::Done(()),
+                (None, _) => Waiting::On(format!(
+                    "CustomResourceDefinition {HELM_CHART_CRD} does not exist yet (helm-controller creates it when it starts)"
+                )),
+                (Some(_), false) => {
+                    Waiting::On(format!("CustomResourceDefinition {HELM_CHART_CRD} is not established yet"))
+                }
+            })
+        },
+    )
+    .await
+}
+
+/// The CustomResourceDefinition of HelmCharts.
+pub const HELM_CHART_CRD: &str = "helmcharts.helm.cattle.io";
 
 /// Waits until the install Job of HelmChart `name` has succeeded (a Job other than the one
 /// `expect` names). A Job that gave up, a chart helm-controller marked Failed, or

@@ -57,14 +57,14 @@ pub async fn install(
     // replaces the Job, so it counts as a change, read before anything is written.
     let credentials_changed = credentials_differ(client, &release.credentials).await?;
     let chart = release.chart_manifest();
-    let expect = charts::expectation(client, &chart, credentials_changed).await?;
+    let before = charts::before_apply(client, &chart).await?;
     say("applying the hub's credentials");
     client.apply(&release.credentials).await?;
     say(&format!(
         "applying HelmChart {RELEASE} (chart {} {})",
         release.chart.spec.chart, release.chart.spec.version
     ));
-    client.apply(&chart).await?;
+    let expect = charts::apply_after(client, &chart, &before, credentials_changed).await?;
     let changed = expect != Expect::Current;
     say("waiting for Helm to install the chart");
     charts::wait_chart(client, RELEASE, &expect, left())

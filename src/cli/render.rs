@@ -117,7 +117,8 @@ pub fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
 /// replacing what an earlier render left there.
 fn write_manifests(dir: &Path, manifests: &[Manifest]) -> anyhow::Result<()> {
     if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("cannot replace {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (index, manifest) in manifests.iter().enumerate() {

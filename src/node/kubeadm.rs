@@ -176,7 +176,10 @@ pub fn init_config(
             name: NODE_NAME_PLACEHOLDER,
             cri_socket: CRI_SOCKET,
             kubelet_extra_args: kubelet_args(&[]),
-            taints: None,
+            // kubeadm taints control planes `NoSchedule` unless given a list; an empty one
+            // leaves them open to every pod, which a cluster needs when no worker is: the
+            // add-ons' Helm Jobs and pods would have nowhere to run.
+            taints: (!spec.has_general_workers()).then(Vec::new),
         },
         local_api_endpoint: LocalApiEndpoint { bind_port: 6443 },
     };

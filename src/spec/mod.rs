@@ -286,6 +286,18 @@ impl ClusterSpec {
         Ok(ClusterSpec::parse(&path.display().to_string(), &text)?)
     }
 
+    /// Whether some worker can take any pod: a pool with nodes and no taint that keeps pods
+    /// away (`NoSchedule`, `NoExecute`). Without one, the control planes take them.
+    pub fn has_general_workers(&self) -> bool {
+        self.worker_pools.iter().any(|pool| {
+            pool.count > 0
+                && pool
+                    .taints
+                    .iter()
+                    .all(|t| t.effect == TaintEffect::PreferNoSchedule)
+        })
+    }
+
     /// Every node of the cluster, control planes first, in a stable order.
     pub fn nodes(&self) -> Vec<NodeName> {
         let control_planes = (1..=self.control_plane.count).map(|n| NodeName {

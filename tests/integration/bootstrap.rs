@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use flatstack::addons;
-use flatstack::apply::bootstrap::bootstrap;
+use flatstack::apply::bootstrap::{Bootstrapped, bootstrap};
 use flatstack::kube::{KubeClient, drain_node};
 use flatstack::spec::ClusterSpec;
 use serde_json::Value;
@@ -419,4 +419,118 @@ fn drain_cordons_evicts_through_budgets_and_deletes_the_node() {
         ))
         .expect("nothing to drain");
     assert_eq!(again.evicted, 0);
+}
+
+/// The cluster of `cluster_text` with `pools` in place of its default pool.
+fn spec_with_pools(pools: &str) -> ClusterSpec {
+    let text = cluster_text("https://example.invalid", &"ab".repeat(32), 0);
+    let text = text
+        .split("[[worker_pools]]")
+        .next()
+        .expect("head")
+        .to_string();
+    ClusterSpec::parse("cluster.toml", &format!("{text}{pools}")).expect("valid cluster file")
+}
+
+fn boot(spec: &ClusterSpec, world: World) -> (StandIn, Result<Bootstrapped, String>) {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let server = stand_in(&pki, spec, world);
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let set = addons::for_cluster(spec, &conf(), b"key").expect("add-ons");
+    let booted = runtime()
+        .block_on(bootstrap(
+            &client,
+            spec,
+            &set,
+            Duration::from_secs(20),
+            &quiet,
+        ))
+        .map_err(|e| e.to_string());
+    (server, booted)
+}
+
+/// helm-controller gives only `bootstrap: true` charts' Jobs tolerations, and kubeadm taints
+/// control planes: with no worker that takes ordinary pods, the control planes must.
+#[test]
+fn a_cluster_without_general_workers_installs_every_add_on_on_its_control_plane() {
+    for pools in [
+        "",
+        "[[worker_pools]]\nname = \"gpu\"\ncount = 1\nflavor = \"m3.small\"\ntaints = [\"nvidia.com/gpu=present:NoSchedule\"]\n",
+    ] {
+        let spec = spec_with_pools(pools);
+        assert!(!spec.has_general_workers());
+        let (server, booted) = boot(&spec, World::default());
+        let booted = booted.unwrap_or_else(|e| panic!("{pools:?}: {e}"));
+        assert!(booted.nodes.iter().all(flatstack::kube::is_ready));
+        let world = server.world.lock().expect("world");
+        for chart in ["openstack-cinder-csi", "traefik", "kured", "metrics-server"] {
+            let job = &world.objects
+                [&format!("/apis/batch/v1/namespaces/kube-system/jobs/helm-install-{chart}")];
+            assert_eq!(job["status"]["succeeded"], 1, "{chart}");
+        }
+        let taints = world.nodes["demo-control-plane-1"]
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        assert!(
+            !taints
+                .iter()
+                .any(|t| t.key == "node-role.kubernetes.io/control-plane"),
+            "{taints:?}"
+        );
+    }
+    // With a worker for ordinary pods, control planes keep kubeadm's taint.
+    let spec =
+        spec_with_pools("[[worker_pools]]\nname = \"default\"\ncount = 1\nflavor = \"m3.small\"\n");
+    assert!(spec.has_general_workers());
+    let (server, booted) = boot(&spec, World::default());
+    booted.expect("bootstrap");
+    let world = server.world.lock().expect("world");
+    let taints = world.nodes["demo-control-plane-1"]
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    assert!(
+        taints
+            .iter()
+            .any(|t| t.key == "node-role.kubernetes.io/control-plane"),
+        "{taints:?}"
+    );
+}
+
+/// kured must run on every node to reboot it, tainted pools included.
+#[test]
+fn kured_runs_on_every_node_tainted_pools_included() {
+    let spec = spec_with_pools(
+        "[[worker_pools]]\nname = \"default\"\ncount = 1\nflavor = \"m3.small\"\n\
+         [[worker_pools]]\nname = \"gpu\"\ncount = 2\nflavor = \"m3.small\"\ntaints = [\"nvidia.com/gpu=present:NoSchedule\", \"dedicated:NoExecute\"]\n",
+    );
+    let (server, booted) = boot(&spec, World::default());
+    booted.expect("bootstrap");
+    let world = server.world.lock().expect("world");
+    let mut kured_nodes: Vec<String> = world
+        .pods
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/name"))
+                .is_some_and(|v| v == "kured")
+        })
+        .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+        .collect();
+    kured_nodes.sort();
+    assert_eq!(
+        kured_nodes,
+        [
+            "demo-control-plane-1",
+            "demo-default-1",
+            "demo-gpu-1",
+            "demo-gpu-2"
+        ]
+    );
 }

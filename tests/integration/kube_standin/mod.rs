@@ -9,6 +9,9 @@
 
 #![allow(dead_code)]
 
+mod schedule;
+mod store;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,9 @@ use serde_json::{Value, json};
 
 const UNINITIALIZED: &str = "node.cloudprovider.kubernetes.io/uninitialized";
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
+/// kubeadm's taint on control planes, unless its configuration gives other taints
+/// (`cmd/kubeadm/app/apis/kubeadm/v1beta4/defaults.go`, `SetDefaults_NodeRegistration`).
+const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
 
 /// One request as the stand-in saw it.
 #[derive(Debug, Clone)]
@@ -76,12 +82,56 @@ pub struct World {
     pub next_uid: usize,
     /// Per chart: the spec its current Job was made for, and requests since it changed.
     pub job_specs: BTreeMap<String, (Value, usize)>,
+    /// Field ownership of each stored object, by URL path.
+    pub ownership: BTreeMap<String, store::Ownership>,
+    /// Counters behind `metadata.uid` and `metadata.resourceVersion`.
+    pub next_object_uid: u64,
+    pub next_version: u64,
+    /// When helm-controller could first run: its process starts (and creates its CRDs) half
+    /// a second later, standing for its image pull and start.
+    pub controller_runnable_since: Option<std::time::Instant>,
+}
+
+/// Groups whose resources come from CustomResourceDefinitions in the modelled cluster.
+const CRD_GROUPS: [&str; 2] = ["helm.cattle.io", "cert-manager.io"];
+const CRD_PATH: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+/// helm-controller's HelmChart CRD at the pinned version: its schema (defaults included).
+const HELM_CHART_SCHEMA: &str =
+    include_str!("../../data/helm-controller-v0.17.7/helmchart-crd-schema.json");
+/// The tolerations helm-controller v0.17.7 gives the install Jobs of `bootstrap: true` charts
+/// (`pkg/controllers/chart/chart.go`, `job()`); other charts' Jobs get only the
+/// `JOB_TOLERATIONS` its Deployment is given.
+fn bootstrap_job_tolerations() -> Vec<Value> {
+    vec![
+        json!({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}),
+        json!({"key": "node.kubernetes.io/network-unavailable", "effect": "NoSchedule"}),
+        json!({"key": UNINITIALIZED, "operator": "Equal", "value": "true", "effect": "NoSchedule"}),
+        json!({"key": "CriticalAddonsOnly", "operator": "Exists"}),
+        json!({"key": "node-role.kubernetes.io/etcd", "operator": "Exists", "effect": "NoExecute"}),
+        json!({"key": CONTROL_PLANE_TAINT, "operator": "Exists", "effect": "NoSchedule"}),
+    ]
 }
 
 impl World {
-    /// Registers a node as kubelet would before any add-on runs: NotReady, tainted.
+    /// Registers a node as kubelet would before any add-on runs: NotReady, tainted, with
+    /// kubeadm's control-plane taint on control planes.
     pub fn register(&mut self, name: &str, control_plane: bool) {
-        let mut labels = BTreeMap::from([("kubernetes.io/hostname".to_string(), name.to_string())]);
+        let taints = if control_plane {
+            vec![taint(CONTROL_PLANE_TAINT, None, "NoSchedule")]
+        } else {
+            Vec::new()
+        };
+        self.register_with_taints(name, control_plane, taints);
+    }
+
+    /// Registers a node with the taints its kubeadm configuration registers it with, plus
+    /// the ones every new node has: NotReady (until the pod network runs) and uninitialized
+    /// (until the cloud controller has seen it; kubelet's `cloud-provider=external`).
+    pub fn register_with_taints(&mut self, name: &str, control_plane: bool, own: Vec<Taint>) {
+        let mut labels = BTreeMap::from([
+            ("kubernetes.io/hostname".to_string(), name.to_string()),
+            ("kubernetes.io/os".to_string(), "linux".to_string()),
+        ]);
         if control_plane {
             labels.insert(
                 "node-role.kubernetes.io/control-plane".into(),
@@ -96,10 +146,15 @@ impl World {
                 ..ObjectMeta::default()
             },
             spec: Some(NodeSpec {
-                taints: Some(vec![
-                    taint(UNINITIALIZED, Some("true"), "NoSchedule"),
-                    taint(NOT_READY, None, "NoSchedule"),
-                ]),
+                taints: Some(
+                    [
+                        taint(UNINITIALIZED, Some("true"), "NoSchedule"),
+                        taint(NOT_READY, None, "NoSchedule"),
+                    ]
+                    .into_iter()
+                    .chain(own)
+                    .collect(),
+                ),
                 ..NodeSpec::default()
             }),
             status: Some(NodeStatus {
@@ -193,6 +248,7 @@ impl World {
 
     /// What the cluster does on its own between requests.
     fn settle(&mut self) {
+        self.establish_crds();
         let network = self.chart_installed("flannel");
         let cloud = self.chart_installed("openstack-cloud-controller-manager");
         for node in self.nodes.values_mut() {
@@ -241,22 +297,124 @@ impl World {
         deployed && placed
     }
 
-    fn all_nodes_schedulable(&self) -> bool {
-        !self.nodes.is_empty()
-            && self.nodes.values().all(|n| {
-                flatstack::kube::is_ready(n)
-                    && !n
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.taints.as_ref())
-                        .is_some_and(|t| t.iter().any(|t| t.key == UNINITIALIZED))
-            })
+    /// Whether the install Job of `chart` has a node to run on, with what helm-controller
+    /// gives it: bootstrap Jobs select control planes (`node-role.kubernetes.io/control-plane:
+    /// "true"`) and get [`bootstrap_job_tolerations`]; every Job selects Linux nodes and gets
+    /// the `JOB_TOLERATIONS` of helm-controller's Deployment.
+    fn job_schedulable(&self, chart: &Value) -> bool {
+        let bootstrap = chart["spec"]["bootstrap"] == true;
+        let mut tolerations = if bootstrap {
+            bootstrap_job_tolerations()
+        } else {
+            Vec::new()
+        };
+        tolerations.extend(self.helm_controller_job_tolerations());
+        let mut selector = json!({"kubernetes.io/os": "linux"});
+        if bootstrap {
+            selector[CONTROL_PLANE_TAINT] = json!("true");
+        }
+        self.nodes
+            .values()
+            .any(|node| schedule::fits(node, &tolerations, &selector))
+    }
+
+    /// The `JOB_TOLERATIONS` (a JSON list) helm-controller's Deployment sets, if any.
+    fn helm_controller_job_tolerations(&self) -> Vec<Value> {
+        let deployment = &self
+            .objects
+            .get("/apis/apps/v1/namespaces/kube-system/deployments/helm-controller")
+            .cloned()
+            .unwrap_or(Value::Null);
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == "JOB_TOLERATIONS")
+            .and_then(|e| e["value"].as_str())
+            .and_then(|text| serde_json::from_str::<Vec<Value>>(text).ok())
+            .unwrap_or_default()
+    }
+
+    /// Creates the CustomResourceDefinitions `names` (plural.group) as the API server does:
+    /// names accepted at once, established on the next look (`establishing_controller.go`).
+    fn create_crds(&mut self, names: &[&str]) {
+        for name in names {
+            let path = format!("{CRD_PATH}/{name}");
+            if self.objects.contains_key(&path) {
+                continue;
+            }
+            let schema: Value = if *name == "helmcharts.helm.cattle.io" {
+                serde_json::from_str(HELM_CHART_SCHEMA).expect("helm-controller's CRD schema")
+            } else {
+                json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+            };
+            let (plural, group) = name.split_once('.').unwrap_or((name, ""));
+            self.objects.insert(
+                path,
+                json!({
+                    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                    "metadata": {"name": name},
+                    "spec": {"group": group, "names": {"plural": plural},
+                        "versions": [{"name": "v1", "served": true, "storage": true,
+                            "schema": {"openAPIV3Schema": schema}}]},
+                    "status": {"conditions": [
+                        {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts"},
+                        {"type": "Established", "status": "False", "reason": "Installing"},
+                    ]},
+                }),
+            );
+        }
+    }
+
+    /// CRDs whose names were accepted become established.
+    fn establish_crds(&mut self) {
+        let prefix = format!("{CRD_PATH}/");
+        for (path, crd) in self.objects.iter_mut() {
+            if path.starts_with(&prefix) {
+                crd["status"]["conditions"][1] = json!({"type": "Established", "status": "True", "reason": "InitialNamesAccepted"});
+            }
+        }
+    }
+
+    /// The CRD serving the resource at `path`, for groups made of CRDs: `Some(None)` when
+    /// that CRD does not exist, so the resource is not served.
+    fn crd_for(&self, path: &str) -> Option<Option<&Value>> {
+        let rest = path.strip_prefix("/apis/")?;
+        let mut parts = rest.split('/');
+        let group = parts.next()?;
+        if !CRD_GROUPS.contains(&group) {
+            return None;
+        }
+        let rest: Vec<&str> = parts.skip(1).collect();
+        let plural = match rest.as_slice() {
+            ["namespaces", _, plural, ..] => *plural,
+            [plural, ..] => *plural,
+            [] => return Some(None),
+        };
+        Some(self.objects.get(&format!("{CRD_PATH}/{plural}.{group}")))
     }
 
     /// Starts install Jobs for charts that have none, replaces the Job of a chart whose spec
     /// changed (after `replace_lag` reads of its Job), and runs uninstalls of deleted charts.
     fn run_helm_controller(&mut self) {
         if !self.helm_controller_runs() {
+            return;
+        }
+        // Its first act (`pkg/cmd/cmd.go`): create its CRDs, before any controller runs. Its pod
+        // takes a moment to start, an image pull at least.
+        if !self
+            .objects
+            .contains_key(&format!("{CRD_PATH}/helmcharts.helm.cattle.io"))
+        {
+            let since = *self
+                .controller_runnable_since
+                .get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= std::time::Duration::from_millis(500) {
+                self.create_crds(&[
+                    "helmcharts.helm.cattle.io",
+                    "helmchartconfigs.helm.cattle.io",
+                ]);
+            }
             return;
         }
         let charts: Vec<(String, Value)> = self
@@ -274,9 +432,8 @@ impl World {
                 self.run_uninstall(&path, &name, &chart);
                 continue;
             }
-            let bootstrap = chart["spec"]["bootstrap"] == true;
-            if !bootstrap && !self.all_nodes_schedulable() {
-                continue; // its Job's pod cannot be scheduled yet
+            if !self.job_schedulable(&chart) {
+                continue; // its Job's pod has no node to run on (yet)
             }
             let job = job_path(&name);
             let spec = self.chart_inputs(&chart);
@@ -386,6 +543,23 @@ impl World {
     fn release_installed(&mut self, chart_name: &str) {
         let chart_path =
             format!("/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/{chart_name}");
+        match chart_name {
+            // cert-manager's chart installs its CRDs (`crds.enabled`).
+            "cert-manager" => self.create_crds(&[
+                "clusterissuers.cert-manager.io",
+                "issuers.cert-manager.io",
+                "certificates.cert-manager.io",
+            ]),
+            "kured" => {
+                let chart = self
+                    .objects
+                    .get(&chart_path)
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                self.run_kured(&chart);
+            }
+            _ => {}
+        }
         let target = self
             .objects
             .get(&chart_path)
@@ -407,6 +581,42 @@ impl World {
                     "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1},
                 }),
             );
+        }
+    }
+
+    /// kured's DaemonSet (chart 6.1.0 `templates/daemonset.yaml`: the values' `tolerations`
+    /// and `nodeSelector`, `hostNetwork` false) gets a pod on every node it may run on, with
+    /// the tolerations the DaemonSet controller adds.
+    fn run_kured(&mut self, chart: &Value) {
+        let values: Value = chart["spec"]["valuesContent"]
+            .as_str()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or(Value::Null);
+        let mut tolerations: Vec<Value> = values["tolerations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        tolerations.extend(schedule::daemonset_tolerations(false));
+        let selector = match values.get("nodeSelector") {
+            Some(selector) => selector.clone(),
+            None => json!({"kubernetes.io/os": "linux"}),
+        };
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| schedule::fits(node, &tolerations, &selector))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for node in nodes {
+            let pod = format!("kured-{node}");
+            if !self
+                .pods
+                .iter()
+                .any(|p| p.metadata.name.as_deref() == Some(pod.as_str()))
+            {
+                self.run_pod("kube-system", &pod, &node, true);
+                self.label_pod(&pod, "app.kubernetes.io/name", "kured");
+            }
         }
     }
 
@@ -724,6 +934,12 @@ fn route(
     content_type: &str,
     body: &[u8],
 ) -> Answer {
+    if let Some(None) = world.crd_for(path) {
+        // No CRD serves it: the request reaches the API server's not-found handler.
+        let mut response = Response::new(Full::new(Bytes::from("404 page not found\n")));
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        return response;
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
         ("GET", ["readyz"]) => {
@@ -926,15 +1142,8 @@ fn route(
                 &format!("{path} not found"),
             ),
         },
-        ("PATCH", _)
-            if path.starts_with("/apis/cert-manager.io/")
-                && !world.chart_installed("cert-manager") =>
-        {
-            failure(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                "the server could not find the requested resource",
-            )
+        ("PATCH", _) if content_type == "application/merge-patch+json" => {
+            merge_patch(world, path, query, body)
         }
         ("PATCH", _) => server_side_apply(world, path, query, content_type, body),
         ("GET", _) => {
@@ -1040,10 +1249,107 @@ fn server_side_apply(
             "namespace does not match the URL",
         );
     }
-    let mut stored = object.clone();
-    // The API server keeps a Secret's stringData as base64 data, and answers with that.
+    let manager = query_value(query, "fieldManager").unwrap_or_default();
+    let force = query_value(query, "force").as_deref() == Some("true");
+    let applied = secret_string_data_as_data(object);
+    let current = world.objects.get(path).cloned().unwrap_or(Value::Null);
+    let mut ownership = world.ownership.remove(path).unwrap_or_default();
+    let result = ownership.apply(&without_managed_fields(&current), &applied, &manager, force);
+    let answer_for = match result {
+        Err(conflicts) => {
+            world.ownership.insert(path.to_string(), ownership);
+            return conflict(&conflicts);
+        }
+        Ok(object) => object,
+    };
+    store(world, path, answer_for, &current, ownership)
+}
+
+/// Stores `object` at `path` (replacing `previous`) as the API server would: the CRD's
+/// defaults filled in, server metadata stamped, managed fields recorded.
+fn store(
+    world: &mut World,
+    path: &str,
+    mut object: Value,
+    previous: &Value,
+    ownership: store::Ownership,
+) -> Answer {
+    let schema = world
+        .crd_for(path)
+        .flatten()
+        .map(|crd| crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone());
+    if let Some(schema) = schema {
+        store::apply_defaults(&mut object, &schema);
+    }
+    object["metadata"]["managedFields"] = ownership.managed_fields(&object["apiVersion"]);
+    let (mut uid, mut version) = (world.next_object_uid, world.next_version);
+    store::stamp(&mut object, previous, &mut uid, &mut version);
+    (world.next_object_uid, world.next_version) = (uid, version);
+    world.ownership.insert(path.to_string(), ownership);
+    world.objects.insert(path.to_string(), object.clone());
+    let status = if previous.is_null() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    answer(status, object)
+}
+
+/// A JSON merge patch of a stored object: an update, which takes over the fields it sets.
+fn merge_patch(world: &mut World, path: &str, query: &str, body: &[u8]) -> Answer {
+    let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+        return failure(StatusCode::BAD_REQUEST, "BadRequest", "patch is not JSON");
+    };
+    let Some(current) = world.objects.get(path).cloned() else {
+        return failure(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("{path} not found"),
+        );
+    };
+    let manager = query_value(query, "fieldManager").unwrap_or_else(|| "unknown".into());
+    let mut object = without_managed_fields(&current);
+    merge(&mut object, &patch);
+    let mut ownership = world.ownership.remove(path).unwrap_or_default();
+    ownership.update(&object, &patch, &manager);
+    store(world, path, object, &current, ownership)
+}
+
+/// The 409 of an apply that conflicts with other managers' fields.
+fn conflict(conflicts: &[store::Conflict]) -> Answer {
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": c.field}))
+        .collect();
+    answer(
+        StatusCode::CONFLICT,
+        json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409,
+            "reason": "Conflict", "message": store::conflict_message(conflicts),
+            "details": {"causes": causes},
+        }),
+    )
+}
+
+fn query_value(query: &str, key: &str) -> Option<String> {
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix(&format!("{key}=")))
+        .map(str::to_string)
+}
+
+fn without_managed_fields(object: &Value) -> Value {
+    let mut copy = object.clone();
+    if let Some(meta) = copy.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    copy
+}
+
+/// The API server keeps a Secret's `stringData` as base64 `data`, and answers with that.
+fn secret_string_data_as_data(mut object: Value) -> Value {
     if object["kind"] == "Secret"
-        && let Some(strings) = stored
+        && let Some(strings) = object
             .as_object_mut()
             .and_then(|o| o.remove("stringData"))
             .and_then(|v| v.as_object().cloned())
@@ -1052,14 +1358,10 @@ fn server_side_apply(
         for (key, value) in strings {
             let encoded = base64::engine::general_purpose::STANDARD
                 .encode(value.as_str().unwrap_or_default());
-            stored["data"][key] = json!(encoded);
+            object["data"][key] = json!(encoded);
         }
     }
-    if let Some(status) = world.objects.get(path).and_then(|p| p.get("status")) {
-        stored["status"] = status.clone();
-    }
-    world.objects.insert(path.to_string(), stored.clone());
-    answer(StatusCode::OK, stored)
+    object
 }
 
 /// JSON merge patch (RFC 7386).
@@ -1179,8 +1481,23 @@ pub fn stand_in(
     spec: &flatstack::spec::ClusterSpec,
     mut world: World,
 ) -> StandIn {
+    // Each node registers with the taints flatstack's kubeadm configuration gives it.
+    let endpoint = flatstack::node::ApiEndpoint {
+        internal: std::net::Ipv4Addr::new(10, 42, 0, 10),
+        public: None,
+    };
     for node in spec.nodes() {
-        world.register(&node.name, node.role == flatstack::spec::Role::ControlPlane);
+        let control_plane = node.role == flatstack::spec::Role::ControlPlane;
+        let config = match node.pool.and_then(|i| spec.worker_pools.get(i)) {
+            Some(pool) => flatstack::node::kubeadm::join_config(pool, pki, &endpoint),
+            None => flatstack::node::kubeadm::init_config(spec, pki, &endpoint),
+        }
+        .expect("kubeadm configuration");
+        world.register_with_taints(
+            &node.name,
+            control_plane,
+            kubeadm_taints(&config, control_plane),
+        );
     }
     StandIn::start(
         &pki.ca.cert_pem,
@@ -1188,6 +1505,33 @@ pub fn stand_in(
         &pki.ca.cert_pem,
         world,
     )
+}
+
+/// The taints kubeadm registers a node with: its configuration's `nodeRegistration.taints`;
+/// without that key, `node-role.kubernetes.io/control-plane:NoSchedule` on control planes
+/// and none on workers (kubeadm v1beta4 `SetDefaults_NodeRegistration` and
+/// `SetJoinControlPlaneDefaults`).
+fn kubeadm_taints(config: &str, control_plane: bool) -> Vec<Taint> {
+    let registration = config
+        .split("\n---\n")
+        .filter_map(|doc| serde_saphyr::from_str::<Value>(doc).ok())
+        .find(|doc| doc["kind"] == "InitConfiguration" || doc["kind"] == "JoinConfiguration")
+        .map(|doc| doc["nodeRegistration"].clone())
+        .unwrap_or(Value::Null);
+    match registration["taints"].as_array() {
+        Some(taints) => taints
+            .iter()
+            .map(|t| {
+                taint(
+                    t["key"].as_str().unwrap_or_default(),
+                    t["value"].as_str(),
+                    t["effect"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect(),
+        None if control_plane => vec![taint(CONTROL_PLANE_TAINT, None, "NoSchedule")],
+        None => Vec::new(),
+    }
 }
 
 /// A `cloud.conf` with a credential the tests look for (and must never find in chart values).
