@@ -1,14 +1,35 @@
 //! A loopback stand-in for a new cluster's Kubernetes API server, because no real one can run
 //! here. It speaks HTTPS with a serving certificate from the cluster's own CA, demands a client
 //! certificate from that CA, and answers with objects built from the k8s-openapi types. Behind
-//! it, a small model of what the cluster would do: nodes register NotReady and tainted; a
-//! HelmChart gets an install Job only once helm-controller is deployed and a control plane is
-//! labelled for it; non-bootstrap charts install only on Ready nodes; nodes turn Ready when the
-//! flannel chart is installed and lose the cloud-provider taint when the cloud controller's is;
-//! evictions can be refused (429) as a PodDisruptionBudget would.
+//! it, a model of what the cluster would do, made to behave as the real components do wherever
+//! flatstack depends on them. A model we wrote is not a witness: every behaviour below follows
+//! the upstream source named, and `behaviour.rs` checks the model itself against it.
+//!
+//! | behaviour | upstream source | tests relying on it |
+//! | --- | --- | --- |
+//! | custom resources 404 (plain text) until their CRD exists; names accepted at once, established next | apiextensions-apiserver `pkg/apiserver/customresource_handler.go`, `pkg/controller/establish/establishing_controller.go` | `behaviour::custom_resources_…`, `bootstrap::bootstrap_applies_…` (flatstack waits for the CRD), `day_one::up_installs_…` (ClusterIssuer after cert-manager) |
+//! | helm-controller creates the HelmChart CRDs when its process starts, before its controllers run (half a second after it can run) | k3s-io/helm-controller v0.17.7 `pkg/cmd/cmd.go` (`crd.BatchCreateCRDs` before `controllers.Register`) | `bootstrap::bootstrap_applies_…` |
+//! | CRD schema defaults filled in on write, returned on read (HelmChart: `failurePolicy: reinstall`) | apiextensions-apiserver `pkg/apiserver/schema/defaulting/algorithm.go`; helm-controller v0.17.7 CRD (`tests/data/helm-controller-v0.17.7`) | `behaviour::custom_resources_…`, `day_one::a_changed_chart_…` (an unchanged chart is not waited for) |
+//! | server-side apply: conflicts (409 unless forced), shared ownership, hand-over on force and on update, fields no longer applied removed | apiserver `pkg/endpoints/handlers/fieldmanager`, structured-merge-diff `merge/update.go`, `merge/conflict.go` | `behaviour::field_ownership_…`, `behaviour::fields_a_manager_…`; every flatstack apply (field manager `flatstack`, `force=true`) |
+//! | `uid` and `creationTimestamp` at creation; `resourceVersion` only on a write that changes the object; `generation` 1, bumped by changes outside metadata and status | apiserver `pkg/registry/rest/create.go`, `pkg/storage/etcd3/store.go` (`GuaranteedUpdate`), apiextensions `pkg/registry/customresource/strategy.go` | `behaviour::apply_sets_…`, `day_one::a_changed_chart_…`, `day_one::jupyterhub_install_upgrade_…` (upgrade with nothing changed) |
+//! | a Secret's `stringData` stored as base64 `data` | kubernetes `pkg/apis/core/v1/conversion.go` | `behaviour::a_secrets_…`, `day_one::a_rotated_github_secret_…` |
+//! | kubeadm registers control planes with `node-role.kubernetes.io/control-plane:NoSchedule` unless its configuration lists taints; workers with the taints listed | kubeadm `cmd/kubeadm/app/apis/kubeadm/v1beta4/defaults.go` | `bootstrap::a_cluster_without_general_workers_…` |
+//! | new nodes NotReady (`node.kubernetes.io/not-ready:NoSchedule`) until the pod network runs, `node.cloudprovider.kubernetes.io/uninitialized` until the cloud controller initializes them | kubelet with `--cloud-provider=external`, node lifecycle controller | `bootstrap::*`, `day_one::*` |
+//! | a pod fits a node when it tolerates every NoSchedule/NoExecute taint and matches its node selector; toleration matching | kube-scheduler `TaintToleration`, `NodeAffinity` plugins; `k8s.io/api/core/v1/toleration.go` (`ToleratesTaint`) | `behaviour::tolerations_…`, `behaviour::pods_fit_…` |
+//! | helm-controller's install Jobs: `bootstrap: true` charts select control planes (`…/control-plane: "true"`) and get six tolerations; others only `JOB_TOLERATIONS`; a Job runs only where its pod fits | helm-controller v0.17.7 `pkg/controllers/chart/chart.go` (`job()`, `setTolerations`), `pkg/app/app.go` | `bootstrap::a_cluster_without_general_workers_…`, `bootstrap::bootstrap_applies_…` |
+//! | DaemonSet pods get not-ready/unreachable (NoExecute) and disk/memory/pid-pressure/unschedulable (NoSchedule) tolerations, network-unavailable for host-network pods; kured's DaemonSet takes the chart's `tolerations` and `nodeSelector` | kubernetes `pkg/controller/daemon/util/daemonset_util.go` (`AddOrUpdateDaemonPodTolerations`); kubereboot/charts kured-6.1.0 `templates/daemonset.yaml` | `bootstrap::kured_runs_on_every_node_…` |
+//! | helm-controller replaces a chart's Job when its spec or a values Secret changes (after a lag), runs `helm-delete-` Jobs for deleted charts | helm-controller v0.17.7 `pkg/controllers/chart/chart.go` | `day_one::a_changed_chart_…`, `day_one::a_rotated_github_secret_…`, `day_one::jupyterhub_…` |
+//!
+//! Simplifications, each harmless for what flatstack does: lists are atomic in field
+//! ownership (flatstack always applies whole objects); nodes turn Ready when the flannel chart
+//! has run and are initialized when the cloud controller's has (no pod-level modelling of
+//! those two); `generation` counts annotations of Deployments no differently from other
+//! metadata (upstream bumps it for them); evictions can be refused (429) as a
+//! PodDisruptionBudget would.
 
 #![allow(dead_code)]
 
+mod behaviour;
 mod schedule;
 mod store;
 

@@ -1,0 +1,383 @@
+//! The stand-in's modelled behaviours, each checked against what upstream does (the sources are
+//! named in `store.rs`, `schedule.rs` and the table in `mod.rs`): a model that drifted from the
+//! real API server would let flatstack's tests pass for the wrong reason.
+
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+use super::schedule::{daemonset_tolerations, fits, tolerates};
+use super::{CONTROL_PLANE_TAINT, World, route, taint};
+
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/demo/deployments/web";
+const CHART: &str = "/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/demo";
+
+fn deployment(replicas: i64, labels: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "demo", "labels": labels},
+        "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "web", "image": "nginx"}]}}},
+    })
+}
+
+/// A request straight to the stand-in's router: status and JSON body (or text).
+fn call(
+    world: &mut World,
+    method: &str,
+    path: &str,
+    query: &str,
+    content_type: &str,
+    body: &Value,
+) -> (StatusCode, Value) {
+    let response = route(
+        world,
+        method,
+        path,
+        query,
+        content_type,
+        body.to_string().as_bytes(),
+    );
+    let status = response.status();
+    let bytes = futures_body(response);
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+fn futures_body(response: super::Answer) -> Vec<u8> {
+    use http_body_util::BodyExt as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    runtime
+        .block_on(response.into_body().collect())
+        .map(|c| c.to_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+fn apply(
+    world: &mut World,
+    path: &str,
+    manager: &str,
+    force: bool,
+    body: &Value,
+) -> (StatusCode, Value) {
+    let query = format!(
+        "fieldManager={manager}{}",
+        if force { "&force=true" } else { "" }
+    );
+    call(
+        world,
+        "PATCH",
+        path,
+        &query,
+        "application/apply-patch+yaml",
+        body,
+    )
+}
+
+fn owners(object: &Value) -> Vec<String> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["manager"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn apply_sets_uid_resource_version_and_generation_as_the_api_server_does() {
+    let mut world = World::default();
+    let (status, created) = apply(
+        &mut world,
+        DEPLOYMENT,
+        "flatstack",
+        true,
+        &deployment(1, json!({"a": "1"})),
+    );
+    assert_eq!(status, StatusCode::CREATED);
+    let uid = created["metadata"]["uid"].clone();
+    assert!(uid.as_str().is_some_and(|u| !u.is_empty()));
+    assert_eq!(created["metadata"]["generation"], 1);
+    let version = created["metadata"]["resourceVersion"].clone();
+
+    // The same apply again changes nothing: no new resourceVersion, no new generation.
+    let (status, same) = apply(
+        &mut world,
+        DEPLOYMENT,
+        "flatstack",
+        true,
+        &deployment(1, json!({"a": "1"})),
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(same["metadata"]["resourceVersion"], version);
+    assert_eq!(same["metadata"]["generation"], 1);
+    assert_eq!(same["metadata"]["uid"], uid);
+
+    // Metadata alone: a new resourceVersion, the same generation.
+    let (_, relabelled) = apply(
+        &mut world,
+        DEPLOYMENT,
+        "flatstack",
+        true,
+        &deployment(1, json!({"a": "2"})),
+    );
+    assert_ne!(relabelled["metadata"]["resourceVersion"], version);
+    assert_eq!(relabelled["metadata"]["generation"], 1);
+
+    // The spec: a new generation.
+    let (_, scaled) = apply(
+        &mut world,
+        DEPLOYMENT,
+        "flatstack",
+        true,
+        &deployment(3, json!({"a": "2"})),
+    );
+    assert_eq!(scaled["metadata"]["generation"], 2);
+    assert_eq!(scaled["metadata"]["uid"], uid);
+}
+
+#[test]
+fn field_ownership_conflicts_shares_and_hands_over_as_server_side_apply_does() {
+    let mut world = World::default();
+    apply(
+        &mut world,
+        DEPLOYMENT,
+        "flatstack",
+        false,
+        &deployment(1, json!({"a": "1"})),
+    );
+
+    // Another manager setting a field flatstack owns to another value: 409, nothing changes.
+    let (status, refused) = apply(
+        &mut world,
+        DEPLOYMENT,
+        "other",
+        false,
+        &deployment(2, json!({"a": "1"})),
+    );
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(refused["reason"], "Conflict");
+    assert_eq!(
+        refused["message"],
+        "Apply failed with 1 conflict: conflict with \"flatstack\": .spec.replicas"
+    );
+    assert_eq!(refused["details"]["causes"][0]["field"], ".spec.replicas");
+    assert_eq!(world.objects[DEPLOYMENT]["spec"]["replicas"], 1);
+
+    // The same values: shared ownership, no conflict.
+    let (status, shared) = apply(
+        &mut world,
+        DEPLOYMENT,
+        "other",
+        false,
+        &deployment(1, json!({"a": "1"})),
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(owners(&shared), ["flatstack", "other"]);
+
+    // Forced: the field changes hands, and the value with it.
+    let (status, forced) = apply(
+        &mut world,
+        DEPLOYMENT,
+        "other",
+        true,
+        &deployment(2, json!({"a": "1"})),
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(forced["spec"]["replicas"], 2);
+    let (status, back) = apply(
+        &mut world,
+        DEPLOYMENT,
+        "flatstack",
+        false,
+        &deployment(1, json!({"a": "1"})),
+    );
+    assert_eq!(status, StatusCode::CONFLICT, "{back}");
+    assert!(
+        back["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("conflict with \"other\": .spec.replicas")),
+        "{back}"
+    );
+
+    // An update (merge patch) takes fields over without conflict; its owner shows `using v1`.
+    let (status, _) = call(
+        &mut world,
+        "PATCH",
+        DEPLOYMENT,
+        "fieldManager=kubectl-edit",
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {"a": "9"}}}),
+    );
+    assert_eq!(status, StatusCode::OK);
+    let (status, refused) = apply(
+        &mut world,
+        DEPLOYMENT,
+        "flatstack",
+        false,
+        &deployment(2, json!({"a": "1"})),
+    );
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        refused["message"].as_str().is_some_and(
+            |m| m.contains("conflict with \"kubectl-edit\" using v1: .metadata.labels.a")
+        ),
+        "{refused}"
+    );
+}
+
+#[test]
+fn fields_a_manager_stops_applying_are_removed_unless_someone_else_owns_them() {
+    let mut world = World::default();
+    apply(
+        &mut world,
+        DEPLOYMENT,
+        "flatstack",
+        true,
+        &deployment(1, json!({"a": "1", "b": "1"})),
+    );
+    let (_, object) = apply(
+        &mut world,
+        DEPLOYMENT,
+        "flatstack",
+        true,
+        &deployment(1, json!({"a": "1"})),
+    );
+    assert_eq!(object["metadata"]["labels"], json!({"a": "1"}));
+    // A label another manager applied too survives flatstack dropping it.
+    apply(
+        &mut world,
+        DEPLOYMENT,
+        "flatstack",
+        true,
+        &deployment(1, json!({"a": "1", "c": "1"})),
+    );
+    apply(
+        &mut world,
+        DEPLOYMENT,
+        "other",
+        true,
+        &json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "demo", "labels": {"c": "1"}},
+        }),
+    );
+    let (_, object) = apply(
+        &mut world,
+        DEPLOYMENT,
+        "flatstack",
+        true,
+        &deployment(1, json!({"a": "1"})),
+    );
+    assert_eq!(object["metadata"]["labels"], json!({"a": "1", "c": "1"}));
+}
+
+#[test]
+fn custom_resources_are_served_once_their_crd_exists_with_its_defaults() {
+    let mut world = World::default();
+    let chart = json!({
+        "apiVersion": "helm.cattle.io/v1", "kind": "HelmChart",
+        "metadata": {"name": "demo", "namespace": "kube-system"},
+        "spec": {"chart": "demo", "repo": "https://charts.example.org", "version": "1.0.0"},
+    });
+    // No CRD: the API server's not-found handler answers, in plain text, for reads and writes.
+    let (status, body) = apply(&mut world, CHART, "flatstack", true, &chart);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, Value::String("404 page not found\n".into()));
+    let (status, _) = call(&mut world, "GET", CHART, "", "", &Value::Null);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    world.create_crds(&["helmcharts.helm.cattle.io"]);
+    let (status, stored) = apply(&mut world, CHART, "flatstack", true, &chart);
+    assert_eq!(status, StatusCode::CREATED, "{stored}");
+    // helm-controller v0.17.7's CRD defaults, filled in on write and returned on read.
+    assert_eq!(stored["spec"]["failurePolicy"], "reinstall");
+    assert_eq!(world.objects[CHART]["spec"]["failurePolicy"], "reinstall");
+    // Defaults are nobody's: re-applying what flatstack applied changes nothing.
+    let version = stored["metadata"]["resourceVersion"].clone();
+    let (_, again) = apply(&mut world, CHART, "flatstack", true, &chart);
+    assert_eq!(again["metadata"]["resourceVersion"], version);
+    assert_eq!(again["metadata"]["generation"], 1);
+}
+
+#[test]
+fn a_secrets_string_data_is_kept_as_base64_data() {
+    let mut world = World::default();
+    let path = "/api/v1/namespaces/kube-system/secrets/s";
+    let (_, stored) = apply(
+        &mut world,
+        path,
+        "flatstack",
+        true,
+        &json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "kube-system"},
+            "stringData": {"k": "value"},
+        }),
+    );
+    assert!(stored.get("stringData").is_none(), "{stored}");
+    assert_eq!(stored["data"]["k"], "dmFsdWU=");
+    assert!(stored["metadata"].get("generation").is_none());
+}
+
+#[test]
+fn tolerations_match_taints_as_core_v1_defines_it() {
+    let exists_all = json!({"operator": "Exists"});
+    assert!(tolerates(&exists_all, "any", Some("v"), "NoExecute"));
+    let exists_key = json!({"key": "k", "operator": "Exists", "effect": "NoSchedule"});
+    assert!(tolerates(&exists_key, "k", Some("v"), "NoSchedule"));
+    assert!(!tolerates(&exists_key, "k", Some("v"), "NoExecute"));
+    assert!(!tolerates(&exists_key, "other", None, "NoSchedule"));
+    // Equal is the default operator; an empty effect matches every effect.
+    let equal = json!({"key": "k", "value": "v"});
+    assert!(tolerates(&equal, "k", Some("v"), "NoExecute"));
+    assert!(!tolerates(&equal, "k", Some("w"), "NoSchedule"));
+    let no_value = json!({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"});
+    assert!(tolerates(
+        &no_value,
+        "node.kubernetes.io/not-ready",
+        None,
+        "NoSchedule"
+    ));
+}
+
+#[test]
+fn pods_fit_nodes_by_taints_and_selectors_and_daemonsets_get_their_tolerations() {
+    let mut world = World::default();
+    world.register("cp", true);
+    world.register_with_taints("gpu", false, vec![taint("gpu", Some("yes"), "NoSchedule")]);
+    let node = |name: &str| world.nodes[name].clone();
+    // New nodes are NotReady and uninitialized: only what tolerates both fits.
+    assert!(!fits(&node("gpu"), &[], &Value::Null));
+    let early = vec![
+        json!({"key": "node.kubernetes.io/not-ready", "operator": "Exists"}),
+        json!({"key": "node.cloudprovider.kubernetes.io/uninitialized", "operator": "Exists"}),
+    ];
+    assert!(
+        !fits(&node("gpu"), &early, &Value::Null),
+        "the pool's own taint"
+    );
+    assert!(
+        !fits(&node("cp"), &early, &Value::Null),
+        "kubeadm's control-plane taint"
+    );
+    let mut cp = early.clone();
+    cp.push(json!({"key": CONTROL_PLANE_TAINT, "operator": "Exists", "effect": "NoSchedule"}));
+    assert!(fits(
+        &node("cp"),
+        &cp,
+        &json!({"kubernetes.io/os": "linux"})
+    ));
+    assert!(!fits(&node("cp"), &cp, &json!({"disktype": "ssd"})));
+    // PreferNoSchedule never keeps a pod away.
+    world.register_with_taints("soft", false, vec![taint("soft", None, "PreferNoSchedule")]);
+    assert!(fits(&world.nodes["soft"], &early, &Value::Null));
+    // The DaemonSet controller's own tolerations cover a NotReady node, not an uninitialized one.
+    let added = daemonset_tolerations(false);
+    assert!(
+        added
+            .iter()
+            .any(|t| t["key"] == "node.kubernetes.io/not-ready" && t["effect"] == "NoExecute")
+    );
+    assert_eq!(added.len(), 6);
+    assert_eq!(daemonset_tolerations(true).len(), 7);
+}
