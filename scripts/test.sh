@@ -2,7 +2,8 @@
 # The project's whole test run, as CI runs it: formatting, lints, unit and integration tests.
 # Installs what the tests check against when it is missing: Debian's real Ignition
 # (ignition-validate and the ignition binary), openssl, kubectl, gpg, qemu-img and bzip2 (to
-# make signed Flatcar-like releases), and a real OpenStack on
+# make signed Flatcar-like releases), the upstream Kubernetes schemas (kubernetes-validate
+# from PyPI), and a real OpenStack on
 # 127.0.0.1 (scripts/local-openstack.sh, left running afterwards for the next run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,18 @@ if ((${#missing[@]})); then
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# The Kubernetes OpenAPI schemas of every supported minor as JSON schema (strict variants
+# too), bundled by the kubernetes-validate package on PyPI, for the schema checks of every
+# object flatstack applies.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+KUBERNETES_VALIDATE_VENV=/var/tmp/flatstack-kubernetes-validate
+if [[ $("$KUBERNETES_VALIDATE_VENV/bin/kubernetes-validate" --version 2>/dev/null) != "$KUBERNETES_VALIDATE_VERSION" ]]; then
+  echo "==> pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION into $KUBERNETES_VALIDATE_VENV"
+  python3 -m venv "$KUBERNETES_VALIDATE_VENV"
+  "$KUBERNETES_VALIDATE_VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+export FLATSTACK_KUBERNETES_VALIDATE=$KUBERNETES_VALIDATE_VENV/bin/kubernetes-validate
 
 echo "==> local OpenStack (scripts/local-openstack.sh up)"
 scripts/local-openstack.sh up

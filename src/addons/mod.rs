@@ -515,8 +515,8 @@ mod tests {
             .collect();
         let expected = [
             ("flannel", "kube-flannel", pins::FLANNEL.version),
-            ("openstack-cloud-controller-manager", NAMESPACE, "2.37.0"),
-            ("openstack-cinder-csi", NAMESPACE, "2.37.0"),
+            ("openstack-cloud-controller-manager", NAMESPACE, "2.36.0"),
+            ("openstack-cinder-csi", NAMESPACE, "2.36.0"),
             ("traefik", "traefik", pins::TRAEFIK.version),
             ("cert-manager", "cert-manager", pins::CERT_MANAGER.version),
             ("kured", NAMESPACE, pins::KURED.version),

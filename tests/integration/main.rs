@@ -12,5 +12,6 @@ mod openstack;
 mod pki;
 mod proxy;
 mod publisher;
+mod schemas;
 mod support;
 mod up;
