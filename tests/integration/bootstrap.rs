@@ -450,6 +450,19 @@ fn boot(spec: &ClusterSpec, world: World) -> (StandIn, Result<Bootstrapped, Stri
     (server, booted)
 }
 
+/// Whether the control plane carries kubeadm's `NoSchedule` taint in the stand-in.
+fn control_plane_tainted(world: &World) -> bool {
+    world.nodes["demo-control-plane-1"]
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|taints| {
+            taints
+                .iter()
+                .any(|t| t.key == "node-role.kubernetes.io/control-plane")
+        })
+}
+
 /// helm-controller gives only `bootstrap: true` charts' Jobs tolerations, and kubeadm taints
 /// control planes: with no worker that takes ordinary pods, the control planes must.
 #[test]
@@ -469,17 +482,7 @@ fn a_cluster_without_general_workers_installs_every_add_on_on_its_control_plane(
                 [&format!("/apis/batch/v1/namespaces/kube-system/jobs/helm-install-{chart}")];
             assert_eq!(job["status"]["succeeded"], 1, "{chart}");
         }
-        let taints = world.nodes["demo-control-plane-1"]
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.clone())
-            .unwrap_or_default();
-        assert!(
-            !taints
-                .iter()
-                .any(|t| t.key == "node-role.kubernetes.io/control-plane"),
-            "{taints:?}"
-        );
+        assert!(!control_plane_tainted(&world), "{pools:?}");
     }
     // With a worker for ordinary pods, control planes keep kubeadm's taint.
     let spec =
@@ -488,17 +491,7 @@ fn a_cluster_without_general_workers_installs_every_add_on_on_its_control_plane(
     let (server, booted) = boot(&spec, World::default());
     booted.expect("bootstrap");
     let world = server.world.lock().expect("world");
-    let taints = world.nodes["demo-control-plane-1"]
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.clone())
-        .unwrap_or_default();
-    assert!(
-        taints
-            .iter()
-            .any(|t| t.key == "node-role.kubernetes.io/control-plane"),
-        "{taints:?}"
-    );
+    assert!(control_plane_tainted(&world));
 }
 
 /// kured must run on every node to reboot it, tainted pools included.

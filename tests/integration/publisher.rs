@@ -8,11 +8,10 @@
 //! redirect and checks it against the digest flatstack read.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use crate::openstack::clouds_yaml;
 use crate::support::*;
+use crate::up::flatstack;
 
 /// The release-download server's base URL, for the redirect rules (set once per test binary
 /// run: each publisher below redirects to the download server made with it).
@@ -161,19 +160,6 @@ count = 1
 flavor = "m3.tiny"
 "#
     )
-}
-
-fn with_cloud(workspace: &Workspace, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flatstack"))
-        .current_dir(workspace.dir.path())
-        .env("OS_CLIENT_CONFIG_FILE", clouds_yaml())
-        .env_remove("OS_CLOUD")
-        .env("FLATSTACK_STATE_DIR", workspace.state_dir())
-        .arg("--file")
-        .arg(workspace.cluster_file())
-        .args(args)
-        .output()
-        .expect("run flatstack")
 }
 
 fn verification_hash(workspace: &Workspace, node: &str) -> String {
@@ -333,7 +319,7 @@ fn a_mirror_is_read_through_its_directory_sums_and_a_changed_digest_is_reported_
         &format!("{}/mirror", rebuilt.base_url()),
         "1.37.0",
     ));
-    let plan = with_cloud(&workspace, &["plan"]);
+    let plan = flatstack(&workspace, &["plan"]);
     let (out, err) = (success(&plan), stderr(&plan));
     assert!(
         out.contains(&format!("sha256:{recorded} (recorded for this cluster")),
@@ -345,7 +331,7 @@ fn a_mirror_is_read_through_its_directory_sums_and_a_changed_digest_is_reported_
         "{err}"
     );
     let json: serde_json::Value =
-        serde_json::from_slice(&with_cloud(&workspace, &["plan", "--output", "json"]).stdout)
+        serde_json::from_slice(&flatstack(&workspace, &["plan", "--output", "json"]).stdout)
             .expect("plan json");
     assert_eq!(json["sysext"]["sha256"], recorded.as_str());
     assert_eq!(json["sysext"]["origin"]["from"], "recorded");
@@ -368,7 +354,7 @@ fn an_unpublished_release_is_refused_with_the_published_ones_and_nothing_written
         vec!["plan"],
         vec!["up", "--provision-only"],
     ] {
-        let output = with_cloud(&workspace, &args);
+        let output = flatstack(&workspace, &args);
         let message = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {message}");
         assert!(
