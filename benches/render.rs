@@ -87,6 +87,24 @@ ssh_public_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ3TfW5bG1sUu2Y6QzYrQb4N
         worker as f64 * 100.0 / USER_DATA_LIMIT as f64
     );
     println!("  every config under the user_data limit: {under_limit}");
+
+    // Diagnostics stay linear in the number of problems: a file with 40,000 unknown keys.
+    let noisy: String = (0..40_000)
+        .map(|i| format!("unknown_key_{i} = {i}\n"))
+        .chain(std::iter::once(text.clone()))
+        .collect();
+    let started = Instant::now();
+    let report = match ClusterSpec::parse("noisy.toml", &noisy) {
+        Ok(_) => return Err("40,000 unknown keys were accepted".into()),
+        Err(invalid) => invalid.to_string(),
+    };
+    let diagnose = started.elapsed();
+    println!(
+        "  validate and report 40,000 unknown keys ({} KiB) {:>8.3} ms ({} lines of report)",
+        noisy.len() >> 10,
+        diagnose.as_secs_f64() * 1e3,
+        report.lines().count()
+    );
     if !under_limit {
         return Err("a node's user_data exceeds Nova's limit".into());
     }

@@ -13,11 +13,8 @@ use crate::spec::ClusterSpec;
 /// Which cloud to use: `--cloud`, else `OS_CLOUD`, else the cluster file's `cloud`.
 pub fn cloud_config(flag: Option<&str>, spec: &ClusterSpec) -> anyhow::Result<CloudConfig> {
     let from_env = std::env::var("OS_CLOUD").ok().filter(|c| !c.is_empty());
-    let name = flag
-        .map(str::to_string)
-        .or(from_env)
-        .unwrap_or_else(|| spec.cloud.clone());
-    CloudConfig::resolve(Some(&name)).map_err(|e| InvalidInput(e.to_string()).into())
+    let name = flag.map(str::to_string).or(from_env).or(spec.cloud.clone());
+    CloudConfig::resolve(name.as_deref()).map_err(|e| InvalidInput(e.to_string()).into())
 }
 
 /// A runtime for the commands that talk to the cloud.

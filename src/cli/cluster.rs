@@ -59,7 +59,12 @@ impl Cluster {
                 state_path.display()
             ))
         })?;
-        let pki = ClusterPki::load_or_create(&state)?;
+        let pki = ClusterPki::load_existing(&state)?.ok_or_else(|| {
+            InvalidInput(format!(
+                "no PKI in {}: the cluster's CA and admin key are not on this machine\n  hint: run this where `flatstack up` ran, or pass --state-dir",
+                state.path().display()
+            ))
+        })?;
         let needs_cloud = args.api_address.is_none()
             || (args.ingress_address.is_none()
                 && spec.ingress.exposure == IngressExposure::ControlPlane);

@@ -97,8 +97,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } else {
             tracing::Level::INFO
         };
+        // Colour only on a terminal, and never when NO_COLOR is set (no-color.org).
+        let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         tracing_subscriber::fmt()
             .with_max_level(level)
+            .with_ansi(colour)
             .with_writer(std::io::stderr)
             .with_target(false)
             .init();
@@ -156,13 +160,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                         | crate::node::NodeError::UnpinnedSysext { .. }
                 )
             )
-            || matches!(
-                cause.downcast_ref::<crate::pki::PkiError>(),
-                Some(
-                    crate::pki::PkiError::LoosePermissions { .. }
-                        | crate::pki::PkiError::NotADirectory(_)
-                )
-            )
+            || cause
+                .downcast_ref::<crate::pki::PkiError>()
+                .is_some_and(crate::pki::PkiError::is_invalid_input)
     });
     if invalid { EXIT_INVALID_INPUT } else { 1 }
 }

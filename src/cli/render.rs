@@ -47,6 +47,14 @@ pub fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
             .into());
         }
     };
+    if let Some(cidr) = spec.network.node_cidr
+        && !cidr.contains(&internal)
+    {
+        return Err(InvalidInput(format!(
+            "--internal-endpoint {internal} is not in `network.node_cidr` {cidr}, where the control plane's port is\n  hint: give an address of {cidr}"
+        ))
+        .into());
+    }
     let endpoint = ApiEndpoint {
         internal,
         public: args.endpoint,

@@ -107,7 +107,10 @@ pub struct StatusArgs {
     pub api: ApiArgs,
 }
 
-/// `90s`, `20m`, `1h`, or plain seconds.
+/// The longest wait any command accepts.
+const MAX_WAIT_SECONDS: u64 = 24 * 3600;
+
+/// `90s`, `20m`, `1h`, or plain seconds: from 1 s to 24 h.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),
@@ -116,13 +119,18 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let value: u64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a duration like 90s, 20m or 1h"))?;
-    let seconds = match unit {
-        "s" => value,
-        "m" => value * 60,
-        "h" => value * 3600,
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
         _ => return Err(format!("`{text}`: the unit must be s, m or h")),
     };
-    Ok(Duration::from_secs(seconds))
+    match value.checked_mul(scale) {
+        Some(seconds) if (1..=MAX_WAIT_SECONDS).contains(&seconds) => {
+            Ok(Duration::from_secs(seconds))
+        }
+        _ => Err(format!("`{text}`: give a duration from 1s to 24h")),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -263,11 +271,23 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
         let image = inspection
             .image_id
             .ok_or_else(|| anyhow::anyhow!("no image to boot from"))?;
+        // The PKI is the cluster's identity: nodes trust its CA. Never mint one for a cluster
+        // that exists in the cloud.
+        let existing_pki = match &existing_state {
+            Some(state) => ClusterPki::load_existing(state)?,
+            None => None,
+        };
+        if existing_pki.is_none() && observed.count() > 0 {
+            return Err(missing_pki(&spec.name, &state_path).into());
+        }
         let state = match existing_state {
             Some(state) => state,
             None => StateDir::open_or_create(&state_path)?,
         };
-        let pki = ClusterPki::load_or_create(&state)?;
+        let pki = match existing_pki {
+            Some(pki) => pki,
+            None => ClusterPki::load_or_create(&state)?,
+        };
         sysext::record(&state, &sysext)?;
         let progress = Progress::new();
         let say = |line: &str| progress.step(line);
@@ -369,6 +389,15 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
         }
         Ok(())
     })
+}
+
+/// The refusal for a cluster that exists in the cloud but whose PKI is not here.
+pub(crate) fn missing_pki(cluster: &str, state_path: &Path) -> InvalidInput {
+    InvalidInput(format!(
+        "cluster `{cluster}` exists in the cloud, but its PKI is not in {}: its nodes trust a CA only that state directory holds, and a new one would lock every later node out; nothing was changed\n  hint: copy the state directory from the machine that ran `flatstack up` first (or a backup) to {}, or pass --state-dir",
+        state_path.join("pki").display(),
+        state_path.display()
+    ))
 }
 
 fn state_path(spec: &crate::spec::ClusterSpec, flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
@@ -613,18 +642,19 @@ async fn print_nodes(
         return;
     };
     let pki = match StateDir::open_existing(state_path) {
-        Ok(Some(state)) => ClusterPki::load_or_create(&state),
+        Ok(Some(state)) => ClusterPki::load_existing(&state),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let pki = match pki {
+        Ok(Some(pki)) => pki,
         Ok(None) => {
             println!(
-                "no state directory at {}: the cluster's CA and admin key are not on this machine",
+                "no PKI in {}: the cluster's CA and admin key are not on this machine",
                 state_path.display()
             );
             return;
         }
-        Err(e) => Err(e),
-    };
-    let pki = match pki {
-        Ok(pki) => pki,
         Err(e) => {
             println!("cannot use the state directory: {e}");
             return;

@@ -183,8 +183,11 @@ impl CloudConfig {
                 }
             )));
         };
-        let entry: Entry = serde_json::from_value(entry.clone()).map_err(|e| {
-            CloudError::Config(format!("cloud `{name}` in {}: {e}", clouds_file.display()))
+        let entry: Entry = serde_json::from_value(scalars_as_strings(entry)).map_err(|_| {
+            CloudError::Config(format!(
+                "cloud `{name}` in {} has a value of the wrong type (values are not shown: they may be credentials)\n  hint: compare the entry with the one your cloud's dashboard wrote",
+                clouds_file.display()
+            ))
         })?;
         CloudConfig::from_entry(name, entry, &clouds_file.display().to_string())
     }
@@ -225,6 +228,13 @@ impl CloudConfig {
             |what: &str| CloudError::Config(format!("cloud `{name}` ({source}) has no {what}"));
         let auth = entry.auth;
         let auth_url = auth.auth_url.clone().ok_or_else(|| missing("auth_url"))?;
+        let url_ok = reqwest::Url::parse(&auth_url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if !url_ok {
+            return Err(CloudError::Config(format!(
+                "cloud `{name}` ({source}) has auth_url `{auth_url}`, which is not an http(s) URL\n  hint: Keystone's URL looks like https://keystone.example.org:5000/v3"
+            )));
+        }
         let default_domain = auth
             .domain_name
             .clone()
@@ -334,12 +344,35 @@ impl CloudConfig {
 fn read_clouds(path: &Path) -> Result<Value, CloudError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CloudError::Config(format!("cannot read {}: {e}", path.display())))?;
-    let document: Value = serde_saphyr::from_str(&text)
-        .map_err(|e| CloudError::Config(format!("{} is not valid YAML: {e}", path.display())))?;
+    // The parser's message would quote the lines around the problem: credentials, often.
+    let document: Value = serde_saphyr::from_str(&text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        CloudError::Config(format!(
+            "{} is not valid YAML{at} (its contents are not shown: they may be credentials)",
+            path.display()
+        ))
+    })?;
     Ok(document
         .get("clouds")
         .cloned()
         .unwrap_or(Value::Object(Default::default())))
+}
+
+/// An entry whose `auth` numbers and booleans are strings, as every `auth` value is: YAML reads
+/// `password: 8675309123` as a number, and the CLI takes it as the string it is.
+fn scalars_as_strings(entry: &Value) -> Value {
+    let mut entry = entry.clone();
+    if let Some(auth) = entry.get_mut("auth").and_then(Value::as_object_mut) {
+        for value in auth.values_mut() {
+            if value.is_number() || value.is_boolean() {
+                *value = Value::String(value.to_string());
+            }
+        }
+    }
+    entry
 }
 
 /// secure.yaml's values override and extend clouds.yaml's, key by key.

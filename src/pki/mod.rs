@@ -60,7 +60,7 @@ pub struct ClusterPki {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {source}{}", path.display(), io_hint(source))]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -90,6 +90,15 @@ pub enum PkiError {
         name: &'static str,
         detail: String,
     },
+    #[error(
+        "the PKI in {} is damaged: {name} {problem}\n  hint: restore the state directory from a backup; nodes already trust the PKI they were made with, so a new one would not do",
+        dir.display()
+    )]
+    Damaged {
+        dir: PathBuf,
+        name: &'static str,
+        problem: String,
+    },
     #[error("cannot create {what}: {source}")]
     Generate {
         what: &'static str,
@@ -99,6 +108,16 @@ pub enum PkiError {
     Serialize(String),
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
+}
+
+/// What to do when the state directory cannot be written.
+fn io_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            "\n  hint: flatstack keeps the cluster's PKI there; make the directory writable for you, or pass --state-dir (or FLATSTACK_STATE_DIR) to use another"
+        }
+        _ => "",
+    }
 }
 
 impl PkiError {
@@ -126,6 +145,20 @@ mod names {
     pub const ADMIN_KEY: &str = "admin.key";
     pub const SUPER_ADMIN_CRT: &str = "super-admin.crt";
     pub const SUPER_ADMIN_KEY: &str = "super-admin.key";
+}
+
+impl PkiError {
+    /// Whether the state directory is what must change (unsafe, incomplete or damaged), as
+    /// opposed to a failure while using it.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            PkiError::LoosePermissions { .. }
+                | PkiError::NotADirectory(_)
+                | PkiError::Incomplete { .. }
+                | PkiError::Damaged { .. }
+        ) || matches!(self, PkiError::Io { source, .. } if !io_hint(source).is_empty())
+    }
 }
 
 impl ClusterPki {
@@ -266,7 +299,7 @@ impl ClusterPki {
                     detail: "not a token of the form [a-z0-9]{6}.[a-z0-9]{16}".into(),
                 }
             })?;
-        Ok(ClusterPki {
+        let pki = ClusterPki {
             ca: pair(CA_CRT, CA_KEY)?,
             front_proxy_ca: pair(FRONT_PROXY_CA_CRT, FRONT_PROXY_CA_KEY)?,
             etcd_ca: pair(ETCD_CA_CRT, ETCD_CA_KEY)?,
@@ -277,7 +310,72 @@ impl ClusterPki {
             bootstrap_token,
             admin: pair(ADMIN_CRT, ADMIN_KEY)?,
             super_admin: pair(SUPER_ADMIN_CRT, SUPER_ADMIN_KEY)?,
+        };
+        pki.check_integrity(path)?;
+        Ok(pki)
+    }
+
+    /// Every certificate parses and holds its key's public half; the CAs sign themselves and
+    /// the administrators' certificates are signed by the cluster CA; `sa.pub` is `sa.key`'s.
+    /// A PKI that fails here would hand nodes a wrong CA hash or a CA they cannot use.
+    fn check_integrity(&self, dir: &Path) -> Result<(), PkiError> {
+        use names::*;
+        let damaged = |name: &'static str, problem: &str| PkiError::Damaged {
+            dir: dir.to_path_buf(),
+            name,
+            problem: problem.to_string(),
+        };
+        let ders: Vec<(&'static str, &'static str, Vec<u8>, &CertAndKey)> = [
+            (CA_CRT, CA_KEY, &self.ca),
+            (FRONT_PROXY_CA_CRT, FRONT_PROXY_CA_KEY, &self.front_proxy_ca),
+            (ETCD_CA_CRT, ETCD_CA_KEY, &self.etcd_ca),
+            (ADMIN_CRT, ADMIN_KEY, &self.admin),
+            (SUPER_ADMIN_CRT, SUPER_ADMIN_KEY, &self.super_admin),
+        ]
+        .into_iter()
+        .map(|(crt, key, pair)| {
+            x509_parser::pem::parse_x509_pem(pair.cert_pem.as_bytes())
+                .ok()
+                .filter(|(_, pem)| pem.label == "CERTIFICATE")
+                .map(|(_, pem)| (crt, key, pem.contents, pair))
+                .ok_or_else(|| damaged(crt, "is not a PEM certificate"))
         })
+        .collect::<Result<_, _>>()?;
+        let mut parsed = Vec::new();
+        for (crt, key, der, pair) in &ders {
+            let (_, cert) = x509_parser::parse_x509_certificate(der)
+                .map_err(|_| damaged(crt, "is not an X.509 certificate"))?;
+            let key_pair = KeyPair::from_pem(pair.key_pem.expose())
+                .map_err(|_| damaged(key, "is not a private key"))?;
+            if cert.public_key().subject_public_key.data.as_ref() != key_pair.public_key_raw() {
+                return Err(damaged(
+                    crt,
+                    &format!("does not hold the public half of {key}"),
+                ));
+            }
+            parsed.push((*crt, cert));
+        }
+        let ca = &parsed[0].1;
+        for (name, cert) in &parsed {
+            let issuer = if name.ends_with("ca.crt") { cert } else { ca };
+            if cert.verify_signature(Some(issuer.public_key())).is_err() {
+                let by = if name.ends_with("ca.crt") {
+                    "itself"
+                } else {
+                    CA_CRT
+                };
+                return Err(damaged(name, &format!("is not signed by {by}")));
+            }
+        }
+        let sa = KeyPair::from_pem(self.service_account.private_pem.expose())
+            .map_err(|_| damaged(SA_KEY, "is not a private key"))?;
+        if sa.public_key_pem().trim() != self.service_account.public_pem.trim() {
+            return Err(damaged(
+                SA_PUB,
+                &format!("is not the public half of {SA_KEY}"),
+            ));
+        }
+        Ok(())
     }
 
     /// kubeadm's `--discovery-token-ca-cert-hash`: SHA-256 over the cluster CA's

@@ -71,24 +71,67 @@ pub struct InvalidClusterFile {
 impl InvalidClusterFile {
     /// `(line, column)`, both counted from 1, of a byte offset; columns count characters.
     pub fn position(&self, offset: usize) -> (usize, usize) {
-        line_column(&self.text, offset)
+        LineIndex::of(&self.text).position(&self.text, offset)
+    }
+}
+
+/// Where each line of a text starts: made once, so placing every problem of a file with
+/// thousands of them stays linear.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn of(text: &str) -> LineIndex {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { starts }
+    }
+
+    fn position(&self, text: &str, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|&start| start <= offset);
+        let start = self.starts[line - 1];
+        (line, text[start..offset].chars().count() + 1)
+    }
+}
+
+/// Longest message shown whole: a file can hold a key or value of any length.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// `message`, cut to [`MAX_MESSAGE_CHARS`] with what was left out counted.
+fn shortened(message: &str) -> std::borrow::Cow<'_, str> {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        None => message.into(),
+        Some((cut, _)) => format!(
+            "{}… ({} more characters)",
+            &message[..cut],
+            message[cut..].chars().count()
+        )
+        .into(),
     }
 }
 
 impl fmt::Display for InvalidClusterFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines = LineIndex::of(&self.text);
         for (index, problem) in self.problems.iter().enumerate() {
             if index > 0 {
                 writeln!(f)?;
             }
-            let (line, column) = self.position(problem.span.start);
+            let (line, column) = lines.position(&self.text, problem.span.start);
             write!(
                 f,
                 "{}:{line}:{column}: error: {}",
-                self.path, problem.message
+                self.path,
+                shortened(&problem.message)
             )?;
             if let Some(hint) = &problem.hint {
-                write!(f, "\n  hint: {hint}")?;
+                write!(f, "\n  hint: {}", shortened(hint))?;
             }
         }
         let count = self.problems.len();
@@ -102,13 +145,9 @@ impl fmt::Display for InvalidClusterFile {
     }
 }
 
+#[cfg(test)]
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    (line, column)
+    LineIndex::of(text).position(text, offset)
 }
 
 #[cfg(test)]
@@ -122,6 +161,18 @@ mod tests {
         assert_eq!(line_column(text, 6), (2, 1));
         assert_eq!(line_column(text, 8), (2, 3));
         assert_eq!(line_column(text, 999), (3, 1));
+        // Columns count characters, and an offset inside one counts from its start.
+        assert_eq!(line_column("é = 1", 2), (1, 2));
+        assert_eq!(line_column("é = 1", 1), (1, 1));
+    }
+
+    #[test]
+    fn long_messages_are_cut_with_what_was_left_out() {
+        let key = "k".repeat(10_000);
+        let shown = shortened(&format!("unknown key `{key}`")).into_owned();
+        assert!(shown.len() < 400, "{}", shown.len());
+        assert!(shown.ends_with("(9714 more characters)"), "{shown}");
+        assert_eq!(shortened("short"), "short");
     }
 
     #[test]

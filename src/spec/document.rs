@@ -263,10 +263,13 @@ fn type_name(value: &DeValue<'_>) -> &'static str {
 
 /// The known key nearest to `name` by edit distance, if it is close enough to be a typo.
 fn closest<'k>(name: &str, known: &BTreeSet<&'k str>) -> Option<&'k str> {
+    let within = |k: &str| 2.max(k.len() / 4);
     known
         .iter()
+        // The distance is at least the difference in length: most keys need no computing.
+        .filter(|k| name.chars().count().abs_diff(k.len()) <= within(k))
         .map(|k| (edit_distance(name, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .filter(|(d, k)| *d <= within(k))
         .min()
         .map(|(_, k)| k)
 }

@@ -17,13 +17,17 @@ pub use parse::{NAME_RULE, is_valid_name};
 
 use crate::pins::KubernetesVersion;
 
+/// The largest cluster file flatstack reads.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
 /// A validated cluster file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterSpec {
     /// DNS-1123 label; prefixes every node and cloud resource name.
     pub name: String,
-    /// Entry in `clouds.yaml` (or `OS_CLOUD`) naming the OpenStack cloud.
-    pub cloud: String,
+    /// Entry in `clouds.yaml` naming the OpenStack cloud; `None` leaves the choice to
+    /// `--cloud`, `OS_CLOUD` or the `OS_*` variables of an openrc file.
+    pub cloud: Option<String>,
     pub kubernetes: KubernetesSpec,
     pub flatcar: FlatcarSpec,
     pub control_plane: ControlPlaneSpec,
@@ -277,12 +281,30 @@ impl ClusterSpec {
         })
     }
 
-    /// Reads and validates a cluster file.
+    /// Reads and validates a cluster file: a regular file of at most [`MAX_FILE_BYTES`] (a
+    /// FIFO would hang the read, a device would never end it).
     pub fn load(path: &Path) -> Result<ClusterSpec, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        use std::io::Read as _;
+        let failed = |source: std::io::Error| LoadError::Read {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let meta = std::fs::metadata(path).map_err(failed)?;
+        if !meta.is_file() {
+            return Err(failed(std::io::Error::other("not a regular file")));
+        }
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(failed)?
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(failed)?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(failed(std::io::Error::other(format!(
+                "larger than {} KiB; a cluster file is a few hundred lines",
+                MAX_FILE_BYTES >> 10
+            ))));
+        }
         Ok(ClusterSpec::parse(&path.display().to_string(), &text)?)
     }
 

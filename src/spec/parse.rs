@@ -18,6 +18,9 @@ use crate::pins::{self, KubernetesVersion};
 const MAX_NODE_NAME: usize = 63;
 /// Most workers one pool may ask for.
 const MAX_POOL_COUNT: i64 = 500;
+/// Most nodes of one cluster: the pod range, the servers created per run and the API's
+/// watch load are all sized for this.
+const MAX_NODES: usize = 1000;
 /// Smallest boot volume a Flatcar image fits on, in GB.
 const MIN_BOOT_VOLUME_GB: i64 = 10;
 /// The per-node pod range kube-controller-manager allocates by default (IPv4).
@@ -62,12 +65,8 @@ fn read_cluster(mut root: Table<'_, '_>, p: &mut Problems) -> Option<ClusterSpec
             "`cloud` is empty",
             "name an entry of your clouds.yaml, e.g. `cloud = \"openstack\"`",
         ),
-        Some(_) => {}
-        None => root.missing(
-            "cloud",
-            "name an entry of your clouds.yaml, e.g. `cloud = \"openstack\"`",
-            p,
-        ),
+        // Without `cloud`, the cloud comes from --cloud, OS_CLOUD or an openrc's OS_* variables.
+        _ => {}
     }
 
     let kubernetes = read_required(
@@ -111,7 +110,7 @@ fn read_cluster(mut root: Table<'_, '_>, p: &mut Problems) -> Option<ClusterSpec
 
     let spec = ClusterSpec {
         name: name?.into_inner(),
-        cloud: cloud?.into_inner(),
+        cloud: cloud.map(At::into_inner),
         kubernetes: kubernetes?,
         flatcar: flatcar?,
         control_plane: control_plane?,
@@ -484,6 +483,11 @@ fn read_network(t: Option<Table<'_, '_>>, p: &mut Problems) -> Option<NetworkSpe
     let mut dns = Vec::new();
     for server in &dns_servers {
         match server.get_ref().parse::<IpAddr>() {
+            Ok(ip) if dns.contains(&ip) => p.error(
+                server.span(),
+                format!("`{ip}` is listed twice in `network.dns_servers`"),
+                "Neutron refuses a subnet with a duplicate DNS server: list each once",
+            ),
             Ok(ip) => dns.push(ip),
             Err(_) => p.error(
                 server.span(),
@@ -1083,6 +1087,34 @@ fn check_cluster_wide(
     }
 
     let net = &spec.network;
+    // Ranges a node, pod or service address can never come from.
+    for (name, cidr) in net
+        .node_cidr
+        .map(|c| ("network.node_cidr", c))
+        .into_iter()
+        .chain([
+            ("network.pod_cidr", net.pod_cidr),
+            ("network.service_cidr", net.service_cidr),
+        ])
+    {
+        if let Some(why) = reserved_range(cidr) {
+            p.error(
+                network.clone(),
+                format!("`{name}` {cidr} lies in {why}"),
+                "use a private range (10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16)",
+            );
+        }
+    }
+    let total = spec.nodes().len();
+    if total > MAX_NODES {
+        p.error(
+            root.clone(),
+            format!(
+                "the cluster has {total} nodes; flatstack makes clusters of at most {MAX_NODES}"
+            ),
+            "lower the worker pools' counts, or split the work across clusters",
+        );
+    }
     let mut ranges = vec![
         ("network.pod_cidr", net.pod_cidr),
         ("network.service_cidr", net.service_cidr),
@@ -1128,6 +1160,30 @@ fn check_cluster_wide(
             "use a larger pod range, e.g. 10.244.0.0/16",
         );
     }
+}
+
+/// Why no cluster address may come from `cidr`: loopback, link-local (where the metadata
+/// service answers), multicast, "this network", broadcast or reserved space.
+fn reserved_range(cidr: Ipv4Net) -> Option<&'static str> {
+    let reserved: [(&str, [u8; 4], u8); 5] = [
+        ("\"this network\" (0.0.0.0/8)", [0, 0, 0, 0], 8),
+        ("loopback (127.0.0.0/8)", [127, 0, 0, 0], 8),
+        (
+            "link-local space (169.254.0.0/16, where the metadata service answers)",
+            [169, 254, 0, 0],
+            16,
+        ),
+        ("multicast (224.0.0.0/4)", [224, 0, 0, 0], 4),
+        (
+            "reserved space (240.0.0.0/4, broadcast included)",
+            [240, 0, 0, 0],
+            4,
+        ),
+    ];
+    reserved.into_iter().find_map(|(why, octets, prefix)| {
+        let range = Ipv4Net::new(octets.into(), prefix).ok()?;
+        (range.contains(&cidr) || cidr.contains(&range)).then_some(why)
+    })
 }
 
 fn check_dns_label(value: &At<String>, key: &str, p: &mut Problems) {

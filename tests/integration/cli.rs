@@ -84,10 +84,10 @@ fn invalid_files() -> Vec<(&'static str, String, &'static str, Option<usize>)> {
             Some(1),
         ),
         (
-            "missing cloud",
-            with("cloud = \"openstack\"\n", ""),
-            "missing required key `cloud`",
-            None,
+            "empty cloud",
+            with("cloud = \"openstack\"", "cloud = \" \""),
+            "`cloud` is empty",
+            Some(2),
         ),
         (
             "count of the wrong type",
@@ -408,7 +408,98 @@ fn invalid_files() -> Vec<(&'static str, String, &'static str, Option<usize>)> {
             "missing required key `name`",
             Some(1),
         ),
+        (
+            "node range in loopback",
+            appended("[network]\nnode_cidr = \"127.0.0.0/24\""),
+            "`network.node_cidr` 127.0.0.0/24 lies in loopback",
+            None,
+        ),
+        (
+            "pod range in link-local space",
+            appended("[network]\npod_cidr = \"169.254.0.0/16\""),
+            "`network.pod_cidr` 169.254.0.0/16 lies in link-local space",
+            None,
+        ),
+        (
+            "node range in multicast",
+            appended("[network]\nnode_cidr = \"224.1.0.0/24\""),
+            "lies in multicast",
+            None,
+        ),
+        (
+            "a DNS server twice",
+            appended("[network]\ndns_servers = [\"8.8.8.8\", \"8.8.8.8\"]"),
+            "`8.8.8.8` is listed twice in `network.dns_servers`",
+            None,
+        ),
+        (
+            "more nodes than a cluster takes",
+            appended(
+                "[network]\nnode_cidr = \"10.0.0.0/16\"\npod_cidr = \"10.128.0.0/9\"\n\
+                 [[worker_pools]]\nname = \"a\"\ncount = 500\nflavor = \"m3.small\"\n\
+                 [[worker_pools]]\nname = \"b\"\ncount = 500\nflavor = \"m3.small\"\n",
+            ),
+            "the cluster has 1003 nodes; flatstack makes clusters of at most 1000",
+            None,
+        ),
     ]
+}
+
+/// Files that are not regular files are refused at once: a FIFO would hang the read, a device
+/// would never end it; an oversized file is refused before it is parsed.
+#[test]
+fn special_and_oversized_cluster_files_are_refused() {
+    let workspace = Workspace::new();
+    let fifo = workspace.path("fifo.toml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let huge = workspace.path("huge.toml");
+    std::fs::write(&huge, format!("name = \"{}\"\n", "a".repeat(2 << 20))).expect("write");
+    for (file, fragment) in [
+        (fifo.to_str().expect("path"), "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+        (huge.to_str().expect("path"), "larger than 1024 KiB"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_flatstack"))
+            .args(["--file", file, "validate"])
+            .output()
+            .expect("run flatstack");
+        assert_eq!(output.status.code(), Some(2), "{file}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(fragment),
+            "{file}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+/// Arguments out of range are refused by the parser, before anything runs.
+#[test]
+fn bad_durations_and_endpoints_are_refused() {
+    let workspace = Workspace::new();
+    workspace.write_cluster(&base());
+    for timeout in ["0s", "25h", "99999999999999999h", "5d", "-1m"] {
+        let output = workspace.flatstack(&["up", "--timeout", timeout]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{timeout}: {}",
+            stderr(&output)
+        );
+    }
+    let output = workspace.render(&["--internal-endpoint", "192.168.1.10"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(
+            "--internal-endpoint 192.168.1.10 is not in `network.node_cidr` 10.42.0.0/24"
+        ),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!workspace.out_dir().exists());
 }
 
 #[test]

@@ -969,3 +969,101 @@ fn verbose_logs_name_calls_but_never_credentials() {
         );
     }
 }
+
+/// An openrc file's `OS_*` variables alone choose the cloud when the cluster file names none.
+#[test]
+fn an_openrc_alone_chooses_the_cloud_of_a_file_without_cloud() {
+    let workspace = check_workspace("");
+    let text = std::fs::read_to_string(workspace.cluster_file()).expect("file");
+    workspace.write_cluster(&text.replace("cloud = \"local-demo\"\n", ""));
+    let output = Command::new(env!("CARGO_BIN_EXE_flatstack"))
+        .current_dir(workspace.dir.path())
+        .env_remove("OS_CLIENT_CONFIG_FILE")
+        .env_remove("OS_CLOUD")
+        .env("HOME", workspace.dir.path())
+        .envs([
+            ("OS_AUTH_URL", "http://127.0.0.1:5000/v3"),
+            ("OS_USERNAME", "demo"),
+            ("OS_PASSWORD", "secret"),
+            ("OS_PROJECT_NAME", "demo"),
+            ("OS_USER_DOMAIN_NAME", "Default"),
+            ("OS_PROJECT_DOMAIN_NAME", "Default"),
+            ("OS_REGION_NAME", "RegionOne"),
+        ])
+        .args([
+            "--file",
+            workspace.cluster_file().to_str().expect("path"),
+            "cloud",
+            "check",
+        ])
+        .output()
+        .expect("run flatstack");
+    let shown = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        shown.contains("region     RegionOne"),
+        "{shown}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Credentials never reach an error message: not a password YAML reads as a number, not the
+/// lines around a syntax error in clouds.yaml or secure.yaml.
+#[test]
+fn credentials_in_broken_cloud_files_are_never_echoed() {
+    let workspace = check_workspace("");
+    let dir = workspace.path("openstack");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let clouds = dir.join("clouds.yaml");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_flatstack"))
+            .current_dir(workspace.dir.path())
+            .env("OS_CLIENT_CONFIG_FILE", &clouds)
+            .env_remove("OS_CLOUD")
+            .env("HOME", workspace.dir.path())
+            .args([
+                "--file",
+                workspace.cluster_file().to_str().expect("path"),
+                "cloud",
+                "check",
+            ])
+            .output()
+            .expect("run flatstack")
+    };
+    let entry = |password: &str| {
+        format!(
+            "clouds:\n  local-demo:\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      username: demo\n      password: {password}\n      project_name: demo\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n"
+        )
+    };
+    // A numeric password is the string it looks like: the login is attempted with it.
+    std::fs::write(&clouds, entry("8675309123")).expect("write");
+    let output = run();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!all.contains("8675309123"), "{all}");
+    assert!(!all.contains("invalid type"), "{all}");
+    // Syntax errors in clouds.yaml and in secure.yaml: where, never what.
+    for (file, text) in [
+        (
+            clouds.clone(),
+            format!("{}      broken: [unclosed\n", entry("hunter2-secret")),
+        ),
+        (
+            dir.join("secure.yaml"),
+            "clouds:\n  local-demo:\n    auth:\n      password: \"hunter2-secret\n      x: [\n"
+                .to_string(),
+        ),
+    ] {
+        if file.ends_with("secure.yaml") {
+            std::fs::write(&clouds, entry("placeholder")).expect("write");
+        }
+        std::fs::write(&file, text).expect("write");
+        let output = run();
+        let err = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{err}");
+        assert!(err.contains("is not valid YAML at line"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

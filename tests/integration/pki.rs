@@ -234,7 +234,7 @@ fn a_damaged_pki_is_reported_not_replaced() {
     let ca = std::fs::read(pki.join("ca.crt")).expect("ca");
     std::fs::remove_file(pki.join("etcd-ca.key")).expect("remove");
     let output = workspace.render(&[]);
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("etcd-ca.key is missing"),
         "{}",
@@ -245,6 +245,76 @@ fn a_damaged_pki_is_reported_not_replaced() {
         ca,
         "the CA must survive"
     );
+}
+
+/// Each kind of damage is refused naming the file, with exit 2, and nothing is written: a
+/// garbage certificate, a CA certificate that does not match its key, an administrator
+/// certificate from another CA, a `sa.pub` that is only a header.
+#[test]
+fn a_pki_that_does_not_hold_together_is_refused_naming_the_file() {
+    let other = rendered_workspace();
+    let other_pki = other.state_dir().join("pki");
+    type Damage<'a> = Box<dyn Fn(&std::path::Path) + 'a>;
+    let cases: [(&str, Damage, &str); 4] = [
+        (
+            "ca.crt",
+            Box::new(|pki| {
+                std::fs::write(
+                    pki.join("ca.crt"),
+                    "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+                )
+                .expect("write")
+            }),
+            "ca.crt is not a PEM certificate",
+        ),
+        (
+            "ca.crt",
+            Box::new(|pki| {
+                std::fs::copy(other_pki.join("ca.crt"), pki.join("ca.crt")).expect("copy");
+            }),
+            "ca.crt does not hold the public half of ca.key",
+        ),
+        (
+            "admin.crt",
+            Box::new(|pki| {
+                std::fs::copy(other_pki.join("admin.crt"), pki.join("admin.crt")).expect("copy");
+                std::fs::copy(other_pki.join("admin.key"), pki.join("admin.key")).expect("copy");
+            }),
+            "admin.crt is not signed by ca.crt",
+        ),
+        (
+            "sa.pub",
+            Box::new(|pki| {
+                std::fs::write(
+                    pki.join("sa.pub"),
+                    "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n",
+                )
+                .expect("write")
+            }),
+            "sa.pub is not the public half of sa.key",
+        ),
+    ];
+    for (file, damage, message) in cases {
+        let workspace = rendered_workspace();
+        std::fs::remove_dir_all(workspace.out_dir()).expect("clean");
+        let pki = workspace.state_dir().join("pki");
+        damage(&pki);
+        let before = std::fs::read(pki.join(file)).expect("damaged file");
+        let output = workspace.render(&[]);
+        assert_eq!(output.status.code(), Some(2), "{file}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(message),
+            "{file}: {}",
+            stderr(&output)
+        );
+        assert!(!workspace.out_dir().exists(), "{file}: configs written");
+        assert_eq!(
+            std::fs::read(pki.join(file)).expect("kept"),
+            before,
+            "{file} replaced"
+        );
+        assert!(!stderr(&output).contains("PRIVATE KEY"));
+    }
 }
 
 #[test]
