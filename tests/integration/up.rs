@@ -1242,6 +1242,29 @@ fn up_on_an_existing_network_leaves_it_as_it_was_and_kubeconfig_points_at_the_cl
         "{view}"
     );
 
+    // Without its state directory, the cluster's PKI is never minted anew: up refuses and
+    // status says what is missing, and neither writes anything.
+    let state = workspace.state_dir();
+    let away = workspace.path("state-away");
+    std::fs::rename(&state, &away).expect("move the state directory away");
+    let refused = flatstack(&workspace, &["up", "--provision-only"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("exists in the cloud, but its PKI is not in"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!state.exists(), "up wrote a state directory");
+    let status = success(&flatstack(&workspace, &["status"]));
+    assert!(status.contains("no PKI in"), "{status}");
+    std::fs::create_dir(&state).expect("empty state directory");
+    set_mode(&state, 0o700);
+    let status = success(&flatstack(&workspace, &["status"]));
+    assert!(status.contains("no PKI in"), "{status}");
+    assert!(!state.join("pki").exists(), "status minted a PKI");
+    std::fs::remove_dir(&state).expect("remove");
+    std::fs::rename(&away, &state).expect("restore the state directory");
+
     // down removes what flatstack made and nothing of the project's.
     let out = success(&flatstack(&workspace, &["down", "--yes"]));
     assert!(out.contains("none left"), "{out}");
