@@ -57,6 +57,7 @@ pub fn run(file: &Path, cloud_flag: Option<&str>, command: &HubCommand) -> anyho
             HubCommand::Uninstall(args) => {
                 let spec = super::load_spec(file)?;
                 let cluster = Cluster::connect(spec, cloud_flag, &args.cluster).await?;
+                let _lock = cluster.state.lock_for("jupyterhub uninstall")?;
                 let namespace = cluster.spec.jupyterhub.namespace.clone();
                 let say = |line: &str| println!("  {line}");
                 let kept = uninstall(&cluster.client, &namespace, args.delete_user_data, args.timeout, &say).await?;
@@ -84,6 +85,10 @@ async fn install_or_upgrade(
     check_prerequisites(&spec)?;
     let user_values = read_values_file(file, &spec)?;
     let cluster = Cluster::connect(spec, cloud_flag, &args.cluster).await?;
+    let _lock = cluster.state.lock_for(match action {
+        Action::Install => "jupyterhub install",
+        Action::Upgrade => "jupyterhub upgrade",
+    })?;
     let credentials = credentials(&cluster.spec, &cluster.state)?;
     let release = jupyterhub::release(&cluster.spec, &credentials, user_values.as_ref());
     let say = |line: &str| println!("  {line}");

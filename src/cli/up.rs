@@ -135,6 +135,10 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[derive(Debug, clap::Args)]
 pub struct DownArgs {
+    /// State directory of the cluster, whose lock `down` takes (default:
+    /// $XDG_DATA_HOME/flatstack/<name>).
+    #[arg(long, env = "FLATSTACK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
@@ -256,6 +260,9 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
         let existing_state = StateDir::open_existing(&state_path)?;
         let sysext = sysext::pin(&spec.kubernetes, existing_state.as_ref()).await?;
         let spec = sysext.pinned_into(spec);
+        let had_state = existing_state.is_some();
+        // One writer per cluster, from before the cloud is looked at until the run ends.
+        let (state, _lock) = StateDir::open_locked(&state_path, "up")?;
         let cloud = Arc::new(Cloud::connect(config).await?);
         let observed = Observed::collect(&cloud, &spec.name).await?;
         let actions = diff(&spec, &observed);
@@ -273,17 +280,14 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
             .ok_or_else(|| anyhow::anyhow!("no image to boot from"))?;
         // The PKI is the cluster's identity: nodes trust its CA. Never mint one for a cluster
         // that exists in the cloud.
-        let existing_pki = match &existing_state {
-            Some(state) => ClusterPki::load_existing(state)?,
-            None => None,
+        let existing_pki = if had_state {
+            ClusterPki::load_existing(&state)?
+        } else {
+            None
         };
         if existing_pki.is_none() && observed.count() > 0 {
             return Err(missing_pki(&spec.name, &state_path).into());
         }
-        let state = match existing_state {
-            Some(state) => state,
-            None => StateDir::open_or_create(&state_path)?,
-        };
         let pki = match existing_pki {
             Some(pki) => pki,
             None => ClusterPki::load_or_create(&state)?,
@@ -717,7 +721,14 @@ async fn print_updates(client: &KubeClient, nodes: &[k8s_openapi::api::core::v1:
 pub fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let config = cloud_config(cloud_flag, &spec)?;
+    let state_path = state_path(&spec, args.state_dir.as_ref())?;
     runtime()?.block_on(async {
+        // Not while another run changes the cluster (`down` of a cluster whose state
+        // directory is elsewhere takes no lock here: it needs none of its contents).
+        let _lock = match StateDir::open_existing(&state_path)? {
+            Some(state) => Some(state.lock_for("down")?),
+            None => None,
+        };
         let cloud = Arc::new(Cloud::connect(config).await?);
         let observed = Observed::collect(&cloud, &spec.name).await?;
         let volumes = crate::plan::resources::cluster_volumes(&cloud, &spec.name).await?;

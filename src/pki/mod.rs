@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
 pub use kubeconfig::{Kubeconfig, kubeconfig_yaml, merge_kubeconfig};
-pub use state_dir::{StateDir, write_atomically};
+pub use state_dir::{StateDir, WriterLock, write_atomically};
 pub use token::BootstrapToken;
 pub(crate) use token::random_chars;
 
@@ -80,6 +80,11 @@ pub enum PkiError {
     NotADirectory(PathBuf),
     #[error("neither XDG_DATA_HOME nor HOME is set; pass --state-dir")]
     NoHome,
+    #[error(
+        "another flatstack is changing this cluster right now ({holder}); nothing was changed\n  hint: wait for it to finish, then run this again (the lock is {} and goes with the process that holds it)",
+        path.display()
+    )]
+    Busy { path: PathBuf, holder: String },
     #[error(
         "the PKI in {} is incomplete: {name} is missing or unreadable ({detail})\n  hint: restore it from a backup; if no node was ever created with this PKI, delete {} to start afresh",
         dir.display(),
@@ -157,6 +162,7 @@ impl PkiError {
                 | PkiError::NotADirectory(_)
                 | PkiError::Incomplete { .. }
                 | PkiError::Damaged { .. }
+                | PkiError::Busy { .. }
         ) || matches!(self, PkiError::Io { source, .. } if !io_hint(source).is_empty())
     }
 }

@@ -98,6 +98,92 @@ impl StateDir {
     }
 }
 
+/// One writer per cluster on this machine: an exclusive lock on `lock` in the state
+/// directory, held by every command that changes the cluster and released with the process
+/// (the kernel drops it even when the process is killed).
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: File,
+    /// The state directory, when it was created for this lock: removed again on release if
+    /// nothing but the lock was written to it, so a command that refuses leaves nothing.
+    created: Option<PathBuf>,
+}
+
+impl Drop for WriterLock {
+    fn drop(&mut self) {
+        let Some(dir) = &self.created else {
+            return;
+        };
+        let only_the_lock = fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .all(|entry| entry.file_name() == "lock")
+        });
+        if only_the_lock {
+            let _ = fs::remove_file(dir.join("lock"));
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+impl StateDir {
+    /// Opens the state directory at `path`, creating it if needed, and takes the cluster's
+    /// writer lock for `command`.
+    pub fn open_locked(path: &Path, command: &str) -> Result<(StateDir, WriterLock), PkiError> {
+        let (dir, created) = match StateDir::open_existing(path)? {
+            Some(dir) => (dir, false),
+            None => (StateDir::open_or_create(path)?, true),
+        };
+        let mut lock = dir.lock_for(command)?;
+        lock.created = created.then(|| path.to_path_buf());
+        Ok((dir, lock))
+    }
+
+    /// Takes the cluster's writer lock for `command`, or says who holds it.
+    pub fn lock_for(&self, command: &str) -> Result<WriterLock, PkiError> {
+        use std::io::{Read, Seek};
+        let path = self.join("lock");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| PkiError::io("open", &path, source))?;
+        match file.try_lock() {
+            Ok(()) => {
+                let now = time::OffsetDateTime::now_utc();
+                let holder = format!(
+                    "pid {}, `flatstack {command}`, since {} {:02}:{:02}:{:02} UTC\n",
+                    std::process::id(),
+                    now.date(),
+                    now.hour(),
+                    now.minute(),
+                    now.second()
+                );
+                file.set_len(0)
+                    .and_then(|()| file.rewind())
+                    .and_then(|()| file.write_all(holder.as_bytes()))
+                    .map_err(|source| PkiError::io("write", &path, source))?;
+                Ok(WriterLock {
+                    _file: file,
+                    created: None,
+                })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                Err(PkiError::Busy {
+                    path,
+                    holder: holder.trim().to_string(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(source)) => Err(PkiError::io("lock", &path, source)),
+        }
+    }
+}
+
 /// Writes `contents` to `path` so that readers see the old file or the whole new one.
 pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
     let parent = path.parent().unwrap_or(Path::new("."));

@@ -1321,3 +1321,87 @@ fn success_cli(args: &[&str]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Waits until the cluster's lock names `command`: the run holding it has started.
+fn wait_for_lock(workspace: &Workspace, command: &str) {
+    let lock = workspace.state_dir().join("lock");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&lock)
+        .is_ok_and(|t| t.contains(&format!("`flatstack {command}`")))
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no lock by `{command}`"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn spawn(workspace: &Workspace, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_flatstack"))
+        .current_dir(workspace.dir.path())
+        .env("OS_CLIENT_CONFIG_FILE", clouds_yaml())
+        .env_remove("OS_CLOUD")
+        .env("FLATSTACK_STATE_DIR", workspace.state_dir())
+        .arg("--file")
+        .arg(workspace.cluster_file())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start flatstack")
+}
+
+/// One writer per cluster: a second `up`, or a `down`, while `up` runs is refused, and so is
+/// an `up` while `down` runs; the runs that hold the lock finish as if alone.
+#[test]
+fn one_writer_at_a_time() {
+    let name = unique("lock");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 1, ""));
+    let _teardown = Teardown(&workspace);
+
+    let first = spawn(&workspace, &["up", "--provision-only"]);
+    wait_for_lock(&workspace, "up");
+    for args in [&["up", "--provision-only"][..], &["down", "--yes"][..]] {
+        let refused = flatstack(&workspace, args);
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&refused)
+        );
+        assert!(
+            stderr(&refused).contains("another flatstack is changing this cluster right now (pid"),
+            "{}",
+            stderr(&refused)
+        );
+        assert!(
+            stderr(&refused).contains("`flatstack up`"),
+            "{}",
+            stderr(&refused)
+        );
+    }
+    let first = first.wait_with_output().expect("first up");
+    success(&first);
+    assert_eq!(
+        servers(&name),
+        [
+            format!("{name}-control-plane-1"),
+            format!("{name}-default-1")
+        ]
+    );
+    assert_eq!(tagged("network", &name).len(), 1);
+
+    let removing = spawn(&workspace, &["down", "--yes"]);
+    wait_for_lock(&workspace, "down");
+    let refused = flatstack(&workspace, &["up", "--provision-only"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("`flatstack down`"),
+        "{}",
+        stderr(&refused)
+    );
+    success(&removing.wait_with_output().expect("down"));
+    assert_nothing_left(&name);
+}
