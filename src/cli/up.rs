@@ -186,6 +186,7 @@ pub fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> anyhow::R
         }
         let cloud = Cloud::connect(config).await?;
         let observed = Observed::collect(&cloud, &spec.name).await?;
+        refuse_immutable_changes(&cloud, &spec, &observed).await?;
         let actions = diff(&spec, &observed);
         let flavors = cloud.flavors().await?;
         let (needs, _) = crate::plan::Needs::of(&spec, &flavors);
@@ -265,6 +266,7 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
         let (state, _lock) = StateDir::open_locked(&state_path, "up")?;
         let cloud = Arc::new(Cloud::connect(config).await?);
         let observed = Observed::collect(&cloud, &spec.name).await?;
+        refuse_immutable_changes(&cloud, &spec, &observed).await?;
         let actions = diff(&spec, &observed);
         // Preflight: everything checked before the first create; quotas only for a new cluster.
         let inspection = inspect(&cloud, &spec, observed.count() == 0).await?;
@@ -393,6 +395,34 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
         }
         Ok(())
     })
+}
+
+/// Refuses (exit 2) a file that changes what an existing cluster cannot change in place.
+async fn refuse_immutable_changes(
+    cloud: &Cloud,
+    spec: &crate::spec::ClusterSpec,
+    observed: &Observed,
+) -> anyhow::Result<()> {
+    if observed.count() == 0 {
+        return Ok(());
+    }
+    let external = cloud
+        .external_network(&spec.network.external_network)
+        .await?;
+    let changes = crate::plan::resources::immutable_changes(
+        spec,
+        observed,
+        external.as_ref().map(|n| n.id.as_str()),
+    );
+    if changes.is_empty() {
+        return Ok(());
+    }
+    Err(InvalidInput(format!(
+        "the cluster file changes what cluster `{}` cannot change in place; nothing was changed:\n  {}\n  hint: put the old value back, or make a new cluster with the new one and move to it (`flatstack down` removes this one)",
+        spec.name,
+        changes.join("\n  ")
+    ))
+    .into())
 }
 
 /// The refusal for a cluster that exists in the cloud but whose PKI is not here.

@@ -247,6 +247,52 @@ fn rule_changes(spec: &ClusterSpec, observed: &Observed, names: &Names) -> Vec<A
 }
 
 /// What it takes to go from `observed` to what `spec` asks for.
+/// What the cluster file changes that cannot change in place: the node range, the external
+/// network floating IPs come from, and whether the cluster has a network of its own. Each is a
+/// sentence for people; `external_network_id` is the ID the file's external network has now.
+pub fn immutable_changes(
+    spec: &ClusterSpec,
+    observed: &Observed,
+    external_network_id: Option<&str>,
+) -> Vec<String> {
+    let names = Names::of(&spec.name);
+    let mut changes = Vec::new();
+    let own_network = observed.networks.iter().any(|n| n.name == names.network);
+    match (&spec.network.mode, own_network) {
+        (NetworkMode::Create, false) if !observed.ports.is_empty() => changes.push(
+            "the cluster was made on an existing network, and the file no longer names one (`network.existing_network`)".to_string(),
+        ),
+        (NetworkMode::Reuse { network, .. }, true) => changes.push(format!(
+            "the cluster has a network of its own ({}), and the file now names an existing one (`{network}`)",
+            names.network
+        )),
+        _ => {}
+    }
+    if let (Some(wanted), Some(subnet)) = (
+        spec.network.node_cidr,
+        observed.subnets.iter().find(|s| s.name == names.subnet),
+    ) && subnet.cidr != wanted.to_string()
+    {
+        changes.push(format!(
+            "`network.node_cidr` is {wanted}, but the cluster's nodes are on {}",
+            subnet.cidr
+        ));
+    }
+    if let Some(external) = external_network_id {
+        let elsewhere = observed
+            .floating_ips
+            .iter()
+            .filter(|f| f.description == names.api_address && f.floating_network_id != external);
+        for floating in elsewhere {
+            changes.push(format!(
+                "`network.external_network` is `{}`, but the cluster's API address {} comes from another network",
+                spec.network.external_network, floating.floating_ip_address
+            ));
+        }
+    }
+    changes
+}
+
 pub fn diff(spec: &ClusterSpec, observed: &Observed) -> Vec<Action> {
     let names = Names::of(&spec.name);
     let mut actions = Vec::new();

@@ -257,6 +257,31 @@ fn up_converges_scales_and_down_removes_everything() {
         "{again}"
     );
 
+    // The node range cannot change in place: plan and up refuse, and nothing changes.
+    workspace.write_cluster(&cluster(
+        &name,
+        2,
+        "[network]\nnode_cidr = \"10.43.0.0/24\"",
+    ));
+    for args in [&["plan"][..], &["up", "--provision-only"][..]] {
+        let refused = flatstack(&workspace, args);
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&refused)
+        );
+        assert!(
+            stderr(&refused).contains(
+                "`network.node_cidr` is 10.43.0.0/24, but the cluster's nodes are on 10.42.0.0/24"
+            ),
+            "{}",
+            stderr(&refused)
+        );
+    }
+    assert_eq!(tagged("subnet", &name).len(), 1);
+    workspace.write_cluster(&cluster(&name, 2, ""));
+
     // Narrowing who may reach the ingress replaces its rules: nothing wider stays behind.
     workspace.write_cluster(&cluster(
         &name,
@@ -1165,6 +1190,17 @@ fn up_on_an_existing_network_leaves_it_as_it_was_and_kubeconfig_points_at_the_cl
         again.contains("nothing to change (0 changes made)"),
         "{again}"
     );
+    // Dropping the existing network from the file would need a new network: refused.
+    workspace.write_cluster(&cluster(&name, 1, ""));
+    let refused = flatstack(&workspace, &["up", "--provision-only"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("made on an existing network"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(tagged("network", &name), Vec::<Value>::new());
+    workspace.write_cluster(&cluster(&name, 1, &reuse));
 
     // The admin kubeconfig, from the local PKI, at the floating IP or a tunnel.
     let printed = success(&flatstack(&workspace, &["kubeconfig"]));
