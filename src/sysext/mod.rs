@@ -120,8 +120,10 @@ pub enum SysextError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("cannot make an HTTP client: {0}")]
+    #[error("cannot make an HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error("cannot record the sysext digest in the state directory")]
+    State(#[source] crate::pki::PkiError),
 }
 
 impl SysextError {
@@ -206,11 +208,7 @@ pub fn record(state: &StateDir, pinned: &PinnedSysext) -> Result<(), SysextError
     text.push('\n');
     state
         .write(RECORD_FILE, text.as_bytes(), 0o600)
-        .map_err(|e| SysextError::Record {
-            action: "write",
-            path: state.join(RECORD_FILE),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        .map_err(SysextError::State)?;
     Ok(())
 }
 

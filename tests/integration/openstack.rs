@@ -650,9 +650,18 @@ fn check_workspace(extra: &str) -> crate::support::Workspace {
 }
 
 fn cloud_check(workspace: &crate::support::Workspace) -> std::process::Output {
+    cloud_check_with(workspace, &clouds_yaml())
+}
+
+/// `flatstack cloud check` with the clouds.yaml at `clouds`.
+fn cloud_check_with(
+    workspace: &crate::support::Workspace,
+    clouds: &std::path::Path,
+) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_flatstack"))
         .current_dir(workspace.dir.path())
-        .env("OS_CLIENT_CONFIG_FILE", clouds_yaml())
+        .env("OS_CLIENT_CONFIG_FILE", clouds)
+        .env("HOME", workspace.dir.path())
         .env_remove("OS_CLOUD")
         .args([
             "--file",
@@ -1014,21 +1023,7 @@ fn credentials_in_broken_cloud_files_are_never_echoed() {
     let dir = workspace.path("openstack");
     std::fs::create_dir_all(&dir).expect("dir");
     let clouds = dir.join("clouds.yaml");
-    let run = || {
-        Command::new(env!("CARGO_BIN_EXE_flatstack"))
-            .current_dir(workspace.dir.path())
-            .env("OS_CLIENT_CONFIG_FILE", &clouds)
-            .env_remove("OS_CLOUD")
-            .env("HOME", workspace.dir.path())
-            .args([
-                "--file",
-                workspace.cluster_file().to_str().expect("path"),
-                "cloud",
-                "check",
-            ])
-            .output()
-            .expect("run flatstack")
-    };
+    let run = || cloud_check_with(&workspace, &clouds);
     let entry = |password: &str| {
         format!(
             "clouds:\n  local-demo:\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      username: demo\n      password: {password}\n      project_name: demo\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n"

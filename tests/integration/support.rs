@@ -89,6 +89,18 @@ pub fn stdout(output: &Output) -> String {
 }
 
 /// Asserts success and returns stdout.
+/// Asserts that `output` is a refusal of invalid input (exit 2) whose message holds
+/// `fragment`; returns the message.
+pub fn refused(output: &Output, fragment: &str) -> String {
+    let message = stderr(output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains(fragment),
+        "wanted `{fragment}` in:\n{message}"
+    );
+    message
+}
+
 pub fn success(output: &Output) -> String {
     assert!(
         output.status.success(),

@@ -264,19 +264,9 @@ fn up_converges_scales_and_down_removes_everything() {
         "[network]\nnode_cidr = \"10.43.0.0/24\"",
     ));
     for args in [&["plan"][..], &["up", "--provision-only"][..]] {
-        let refused = flatstack(&workspace, args);
-        assert_eq!(
-            refused.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            stderr(&refused)
-        );
-        assert!(
-            stderr(&refused).contains(
-                "`network.node_cidr` is 10.43.0.0/24, but the cluster's nodes are on 10.42.0.0/24"
-            ),
-            "{}",
-            stderr(&refused)
+        refused(
+            &flatstack(&workspace, args),
+            "`network.node_cidr` is 10.43.0.0/24, but the cluster's nodes are on 10.42.0.0/24",
         );
     }
     assert_eq!(tagged("subnet", &name).len(), 1);
@@ -1158,12 +1148,9 @@ fn up_on_an_existing_network_leaves_it_as_it_was_and_kubeconfig_points_at_the_cl
     let _teardown = Teardown(&workspace);
 
     // No kubeconfig before there is a cluster: nothing to make it from.
-    let early = flatstack(&workspace, &["kubeconfig"]);
-    assert_eq!(early.status.code(), Some(2), "{}", stderr(&early));
-    assert!(
-        stderr(&early).contains("no PKI for cluster"),
-        "{}",
-        stderr(&early)
+    refused(
+        &flatstack(&workspace, &["kubeconfig"]),
+        "no PKI for cluster",
     );
 
     let out = success(&flatstack(&workspace, &["up", "--provision-only"]));
@@ -1192,12 +1179,9 @@ fn up_on_an_existing_network_leaves_it_as_it_was_and_kubeconfig_points_at_the_cl
     );
     // Dropping the existing network from the file would need a new network: refused.
     workspace.write_cluster(&cluster(&name, 1, ""));
-    let refused = flatstack(&workspace, &["up", "--provision-only"]);
-    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
-    assert!(
-        stderr(&refused).contains("made on an existing network"),
-        "{}",
-        stderr(&refused)
+    refused(
+        &flatstack(&workspace, &["up", "--provision-only"]),
+        "made on an existing network",
     );
     assert_eq!(tagged("network", &name), Vec::<Value>::new());
     workspace.write_cluster(&cluster(&name, 1, &reuse));
@@ -1232,16 +1216,16 @@ fn up_on_an_existing_network_leaves_it_as_it_was_and_kubeconfig_points_at_the_cl
         "127.0.0.1",
         "a b:1",
     ] {
-        let refused = flatstack(&workspace, &["kubeconfig", "--api-address", bad]);
+        let output = flatstack(&workspace, &["kubeconfig", "--api-address", bad]);
         assert_eq!(
-            refused.status.code(),
+            output.status.code(),
             Some(2),
             "{bad:?}: {}",
-            stderr(&refused)
+            stderr(&output)
         );
     }
-    let refused = flatstack(&workspace, &["kubeconfig", "--merge", "--super-admin"]);
-    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    let output = flatstack(&workspace, &["kubeconfig", "--merge", "--super-admin"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     // --merge keeps what the user's kubeconfig had; kubectl reads the result.
     let user_config = workspace.path("user-kubeconfig");
     std::fs::write(
@@ -1283,12 +1267,9 @@ fn up_on_an_existing_network_leaves_it_as_it_was_and_kubeconfig_points_at_the_cl
     let state = workspace.state_dir();
     let away = workspace.path("state-away");
     std::fs::rename(&state, &away).expect("move the state directory away");
-    let refused = flatstack(&workspace, &["up", "--provision-only"]);
-    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
-    assert!(
-        stderr(&refused).contains("exists in the cloud, but its PKI is not in"),
-        "{}",
-        stderr(&refused)
+    refused(
+        &flatstack(&workspace, &["up", "--provision-only"]),
+        "exists in the cloud, but its PKI is not in",
     );
     assert!(!state.exists(), "up wrote a state directory");
     let status = success(&flatstack(&workspace, &["status"]));
@@ -1400,23 +1381,11 @@ fn one_writer_at_a_time() {
     let first = spawn(&workspace, &["up", "--provision-only"]);
     wait_for_lock(&workspace, "up");
     for args in [&["up", "--provision-only"][..], &["down", "--yes"][..]] {
-        let refused = flatstack(&workspace, args);
-        assert_eq!(
-            refused.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            stderr(&refused)
+        let message = refused(
+            &flatstack(&workspace, args),
+            "another flatstack is changing this cluster right now (pid",
         );
-        assert!(
-            stderr(&refused).contains("another flatstack is changing this cluster right now (pid"),
-            "{}",
-            stderr(&refused)
-        );
-        assert!(
-            stderr(&refused).contains("`flatstack up`"),
-            "{}",
-            stderr(&refused)
-        );
+        assert!(message.contains("`flatstack up`"), "{message}");
     }
     let first = first.wait_with_output().expect("first up");
     success(&first);
@@ -1431,12 +1400,9 @@ fn one_writer_at_a_time() {
 
     let removing = spawn(&workspace, &["down", "--yes"]);
     wait_for_lock(&workspace, "down");
-    let refused = flatstack(&workspace, &["up", "--provision-only"]);
-    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
-    assert!(
-        stderr(&refused).contains("`flatstack down`"),
-        "{}",
-        stderr(&refused)
+    refused(
+        &flatstack(&workspace, &["up", "--provision-only"]),
+        "`flatstack down`",
     );
     success(&removing.wait_with_output().expect("down"));
     assert_nothing_left(&name);
