@@ -128,17 +128,22 @@ struct BootstrapTokenDiscovery<'a> {
     ca_cert_hashes: Vec<String>,
 }
 
-fn kubelet_args(labels: &[(String, String)]) -> Vec<Arg> {
-    let mut args = vec![
-        Arg {
+/// The kubelet's flags. `cloud-provider=external` only when the cloud controller runs: with
+/// it, kubelets register every node with the `node.cloudprovider.kubernetes.io/uninitialized`
+/// taint and only the cloud controller removes it, so without one no ordinary pod would ever
+/// be scheduled.
+fn kubelet_args(spec: &ClusterSpec, labels: &[(String, String)]) -> Vec<Arg> {
+    let mut args = Vec::new();
+    if spec.addons.cloud_controller {
+        args.push(Arg {
             name: "cloud-provider".into(),
             value: "external".into(),
-        },
-        Arg {
-            name: "provider-id".into(),
-            value: format!("openstack:///{INSTANCE_UUID_PLACEHOLDER}"),
-        },
-    ];
+        });
+    }
+    args.push(Arg {
+        name: "provider-id".into(),
+        value: format!("openstack:///{INSTANCE_UUID_PLACEHOLDER}"),
+    });
     if !labels.is_empty() {
         let joined: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         args.push(Arg {
@@ -175,7 +180,7 @@ pub fn init_config(
         node_registration: NodeRegistration {
             name: NODE_NAME_PLACEHOLDER,
             cri_socket: CRI_SOCKET,
-            kubelet_extra_args: kubelet_args(&[]),
+            kubelet_extra_args: kubelet_args(spec, &[]),
             // kubeadm taints control planes `NoSchedule` unless given a list; an empty one
             // leaves them open to every pod, which a cluster needs when no worker is: the
             // add-ons' Helm Jobs and pods would have nowhere to run.
@@ -211,6 +216,7 @@ pub fn init_config(
 
 /// The Join configuration of a worker of `pool`.
 pub fn join_config(
+    spec: &ClusterSpec,
     pool: &WorkerPool,
     pki: &ClusterPki,
     endpoint: &ApiEndpoint,
@@ -243,7 +249,7 @@ pub fn join_config(
         node_registration: NodeRegistration {
             name: NODE_NAME_PLACEHOLDER,
             cri_socket: CRI_SOCKET,
-            kubelet_extra_args: kubelet_args(&labels),
+            kubelet_extra_args: kubelet_args(spec, &labels),
             taints,
         },
     };

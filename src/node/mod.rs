@@ -119,7 +119,7 @@ pub fn render_node(
             if let Some(pool) = pool {
                 config.secret_file(
                     KUBEADM_TEMPLATE,
-                    &kubeadm::join_config(pool, pki, endpoint)?,
+                    &kubeadm::join_config(spec, pool, pki, endpoint)?,
                 )?;
             }
         }

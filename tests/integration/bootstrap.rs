@@ -527,3 +527,22 @@ fn kured_runs_on_every_node_tainted_pools_included() {
         ]
     );
 }
+
+/// Without the cloud controller, kubelets must not run with `cloud-provider=external`: they
+/// would register every node uninitialized, a taint only the cloud controller removes, and no
+/// ordinary pod, an add-on's Helm Job included, would ever run.
+#[test]
+fn a_cluster_without_the_cloud_controller_still_schedules_its_add_ons() {
+    let spec = spec_with_pools(
+        "[[worker_pools]]\nname = \"default\"\ncount = 1\nflavor = \"m3.small\"\n\
+         [addons]\ncloud_controller = false\ncinder_csi = false\n",
+    );
+    let (server, booted) = boot(&spec, World::default());
+    booted.expect("bootstrap");
+    let world = server.world.lock().expect("world");
+    for chart in ["traefik", "kured", "metrics-server"] {
+        let job = &world.objects
+            [&format!("/apis/batch/v1/namespaces/kube-system/jobs/helm-install-{chart}")];
+        assert_eq!(job["status"]["succeeded"], 1, "{chart}");
+    }
+}

@@ -344,7 +344,12 @@ fn tolerations_match_taints_as_core_v1_defines_it() {
 fn pods_fit_nodes_by_taints_and_selectors_and_daemonsets_get_their_tolerations() {
     let mut world = World::default();
     world.register("cp", true);
-    world.register_with_taints("gpu", false, vec![taint("gpu", Some("yes"), "NoSchedule")]);
+    world.register_with_taints(
+        "gpu",
+        false,
+        vec![taint("gpu", Some("yes"), "NoSchedule")],
+        true,
+    );
     let node = |name: &str| world.nodes[name].clone();
     // New nodes are NotReady and uninitialized: only what tolerates both fits.
     assert!(!fits(&node("gpu"), &[], &Value::Null));
@@ -369,7 +374,12 @@ fn pods_fit_nodes_by_taints_and_selectors_and_daemonsets_get_their_tolerations()
     ));
     assert!(!fits(&node("cp"), &cp, &json!({"disktype": "ssd"})));
     // PreferNoSchedule never keeps a pod away.
-    world.register_with_taints("soft", false, vec![taint("soft", None, "PreferNoSchedule")]);
+    world.register_with_taints(
+        "soft",
+        false,
+        vec![taint("soft", None, "PreferNoSchedule")],
+        true,
+    );
     assert!(fits(&world.nodes["soft"], &early, &Value::Null));
     // The DaemonSet controller's own tolerations cover a NotReady node, not an uninitialized one.
     let added = daemonset_tolerations(false);

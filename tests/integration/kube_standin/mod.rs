@@ -14,7 +14,7 @@
 //! | `uid` and `creationTimestamp` at creation; `resourceVersion` only on a write that changes the object; `generation` 1, bumped by changes outside metadata and status | apiserver `pkg/registry/rest/create.go`, `pkg/storage/etcd3/store.go` (`GuaranteedUpdate`), apiextensions `pkg/registry/customresource/strategy.go` | `behaviour::apply_sets_…`, `day_one::a_changed_chart_…`, `day_one::jupyterhub_install_upgrade_…` (upgrade with nothing changed) |
 //! | a Secret's `stringData` stored as base64 `data` | kubernetes `pkg/apis/core/v1/conversion.go` | `behaviour::a_secrets_…`, `day_one::a_rotated_github_secret_…` |
 //! | kubeadm registers control planes with `node-role.kubernetes.io/control-plane:NoSchedule` unless its configuration lists taints; workers with the taints listed | kubeadm `cmd/kubeadm/app/apis/kubeadm/v1beta4/defaults.go` | `bootstrap::a_cluster_without_general_workers_…` |
-//! | new nodes NotReady (`node.kubernetes.io/not-ready:NoSchedule`) until the pod network runs, `node.cloudprovider.kubernetes.io/uninitialized` until the cloud controller initializes them | kubelet with `--cloud-provider=external`, node lifecycle controller | `bootstrap::*`, `day_one::*` |
+//! | new nodes NotReady (`node.kubernetes.io/not-ready:NoSchedule`) until the pod network runs; `node.cloudprovider.kubernetes.io/uninitialized` until the cloud controller initializes them, only when the kubelet runs with `cloud-provider=external` (read from the node's kubeadm configuration) | kubelet `pkg/kubelet/kubelet_node_status.go`, node lifecycle controller | `bootstrap::*`, `day_one::*`, `bootstrap::a_cluster_without_the_cloud_controller_…` |
 //! | a pod fits a node when it tolerates every NoSchedule/NoExecute taint and matches its node selector; toleration matching | kube-scheduler `TaintToleration`, `NodeAffinity` plugins; `k8s.io/api/core/v1/toleration.go` (`ToleratesTaint`) | `behaviour::tolerations_…`, `behaviour::pods_fit_…` |
 //! | helm-controller's install Jobs: `bootstrap: true` charts select control planes (`…/control-plane: "true"`) and get six tolerations; others only `JOB_TOLERATIONS`; a Job runs only where its pod fits | helm-controller v0.17.7 `pkg/controllers/chart/chart.go` (`job()`, `setTolerations`), `pkg/app/app.go` | `bootstrap::a_cluster_without_general_workers_…`, `bootstrap::bootstrap_applies_…` |
 //! | DaemonSet pods get not-ready/unreachable (NoExecute) and disk/memory/pid-pressure/unschedulable (NoSchedule) tolerations, network-unavailable for host-network pods; kured's DaemonSet takes the chart's `tolerations` and `nodeSelector` | kubernetes `pkg/controller/daemon/util/daemonset_util.go` (`AddOrUpdateDaemonPodTolerations`); kubereboot/charts kured-6.1.0 `templates/daemonset.yaml` | `bootstrap::kured_runs_on_every_node_…` |
@@ -142,13 +142,20 @@ impl World {
         } else {
             Vec::new()
         };
-        self.register_with_taints(name, control_plane, taints);
+        self.register_with_taints(name, control_plane, taints, true);
     }
 
     /// Registers a node with the taints its kubeadm configuration registers it with, plus
-    /// the ones every new node has: NotReady (until the pod network runs) and uninitialized
-    /// (until the cloud controller has seen it; kubelet's `cloud-provider=external`).
-    pub fn register_with_taints(&mut self, name: &str, control_plane: bool, own: Vec<Taint>) {
+    /// NotReady (until the pod network runs) and, when its kubelet runs with
+    /// `cloud-provider=external`, uninitialized (until the cloud controller has seen it:
+    /// kubelet `pkg/kubelet/kubelet_node_status.go`, `initialNode`).
+    pub fn register_with_taints(
+        &mut self,
+        name: &str,
+        control_plane: bool,
+        own: Vec<Taint>,
+        external_cloud: bool,
+    ) {
         let mut labels = BTreeMap::from([
             ("kubernetes.io/hostname".to_string(), name.to_string()),
             ("kubernetes.io/os".to_string(), "linux".to_string()),
@@ -168,13 +175,12 @@ impl World {
             },
             spec: Some(NodeSpec {
                 taints: Some(
-                    [
-                        taint(UNINITIALIZED, Some("true"), "NoSchedule"),
-                        taint(NOT_READY, None, "NoSchedule"),
-                    ]
-                    .into_iter()
-                    .chain(own)
-                    .collect(),
+                    external_cloud
+                        .then(|| taint(UNINITIALIZED, Some("true"), "NoSchedule"))
+                        .into_iter()
+                        .chain([taint(NOT_READY, None, "NoSchedule")])
+                        .chain(own)
+                        .collect(),
                 ),
                 ..NodeSpec::default()
             }),
@@ -1510,14 +1516,16 @@ pub fn stand_in(
     for node in spec.nodes() {
         let control_plane = node.role == flatstack::spec::Role::ControlPlane;
         let config = match node.pool.and_then(|i| spec.worker_pools.get(i)) {
-            Some(pool) => flatstack::node::kubeadm::join_config(pool, pki, &endpoint),
+            Some(pool) => flatstack::node::kubeadm::join_config(spec, pool, pki, &endpoint),
             None => flatstack::node::kubeadm::init_config(spec, pki, &endpoint),
         }
         .expect("kubeadm configuration");
+        let registration = kubeadm_registration(&config);
         world.register_with_taints(
             &node.name,
             control_plane,
-            kubeadm_taints(&config, control_plane),
+            kubeadm_taints(&registration, control_plane),
+            external_cloud_provider(&registration),
         );
     }
     StandIn::start(
@@ -1528,17 +1536,30 @@ pub fn stand_in(
     )
 }
 
-/// The taints kubeadm registers a node with: its configuration's `nodeRegistration.taints`;
-/// without that key, `node-role.kubernetes.io/control-plane:NoSchedule` on control planes
-/// and none on workers (kubeadm v1beta4 `SetDefaults_NodeRegistration` and
-/// `SetJoinControlPlaneDefaults`).
-fn kubeadm_taints(config: &str, control_plane: bool) -> Vec<Taint> {
-    let registration = config
+/// The `nodeRegistration` of a node's kubeadm Init or Join configuration.
+fn kubeadm_registration(config: &str) -> Value {
+    config
         .split("\n---\n")
         .filter_map(|doc| serde_saphyr::from_str::<Value>(doc).ok())
         .find(|doc| doc["kind"] == "InitConfiguration" || doc["kind"] == "JoinConfiguration")
         .map(|doc| doc["nodeRegistration"].clone())
-        .unwrap_or(Value::Null);
+        .unwrap_or(Value::Null)
+}
+
+/// Whether the node's kubelet runs with `cloud-provider=external` (its `kubeletExtraArgs`).
+fn external_cloud_provider(registration: &Value) -> bool {
+    registration["kubeletExtraArgs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|arg| arg["name"] == "cloud-provider" && arg["value"] == "external")
+}
+
+/// The taints kubeadm registers a node with: its configuration's `nodeRegistration.taints`;
+/// without that key, `node-role.kubernetes.io/control-plane:NoSchedule` on control planes
+/// and none on workers (kubeadm v1beta4 `SetDefaults_NodeRegistration` and
+/// `SetJoinControlPlaneDefaults`).
+fn kubeadm_taints(registration: &Value, control_plane: bool) -> Vec<Taint> {
     match registration["taints"].as_array() {
         Some(taints) => taints
             .iter()
