@@ -153,13 +153,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause
                 .downcast_ref::<crate::sysext::SysextError>()
                 .is_some_and(crate::sysext::SysextError::is_invalid_input)
-            || matches!(
-                cause.downcast_ref::<crate::node::NodeError>(),
-                Some(
-                    crate::node::NodeError::TooLarge { .. }
-                        | crate::node::NodeError::UnpinnedSysext { .. }
-                )
-            )
+            || cause
+                .downcast_ref::<crate::node::NodeError>()
+                .is_some_and(crate::node::NodeError::is_invalid_input)
             || cause
                 .downcast_ref::<crate::pki::PkiError>()
                 .is_some_and(crate::pki::PkiError::is_invalid_input)

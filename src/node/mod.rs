@@ -69,6 +69,16 @@ pub enum NodeError {
     Compress(std::io::Error),
 }
 
+impl NodeError {
+    /// Whether the cluster file is what must change (a config too large, no digest).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            NodeError::TooLarge { .. } | NodeError::UnpinnedSysext { .. }
+        )
+    }
+}
+
 /// Renders every node of the cluster, failing on the first node whose user_data is too large.
 pub fn render_cluster(
     spec: &ClusterSpec,
