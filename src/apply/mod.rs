@@ -145,16 +145,45 @@ pub async fn provision(
                         .await?
                 }
             };
-            if !observed.routers.iter().any(|r| r.name == names.router) {
-                say(&format!("creating router {}", names.router));
-                let router: Router = cloud
-                    .create_tagged(
-                        Kind::Router,
-                        &names.router,
-                        json!({ "external_gateway_info": { "network_id": external.id } }),
-                        &tags,
-                    )
-                    .await?;
+            let router: Router = match observed.routers.iter().find(|r| r.name == names.router) {
+                Some(router) => router.clone(),
+                None => {
+                    say(&format!("creating router {}", names.router));
+                    cloud
+                        .create_tagged(
+                            Kind::Router,
+                            &names.router,
+                            json!({ "external_gateway_info": { "network_id": external.id } }),
+                            &tags,
+                        )
+                        .await?
+                }
+            };
+            // Its postconditions, checked every run (a run stopped after the create, or a
+            // hand-made change, leaves a router without them): the gateway, the interface.
+            let gateway = router
+                .external_gateway_info
+                .as_ref()
+                .and_then(|g| g.get("network_id"))
+                .and_then(|id| id.as_str());
+            if gateway != Some(external.id.as_str()) {
+                say(&format!("setting the gateway of router {}", names.router));
+                cloud.set_router_gateway(&router.id, &external.id).await?;
+            }
+            let interfaces: Vec<Port> = cloud
+                .list(
+                    Kind::Port,
+                    &[("device_id", &router.id), ("network_id", &network.id)],
+                )
+                .await?;
+            let attached = interfaces
+                .iter()
+                .any(|p| p.fixed_ips.iter().any(|ip| ip.subnet_id == subnet.id));
+            if !attached {
+                say(&format!(
+                    "adding subnet {} to router {}",
+                    names.subnet, names.router
+                ));
                 cloud.add_router_interface(&router.id, &subnet.id).await?;
             }
             (network, subnet)
@@ -269,6 +298,14 @@ pub async fn provision(
         .iter()
         .find(|f| f.description == names.api_address)
     {
+        // Its postcondition, checked every run: it points at the first control plane.
+        Some(f) if f.port_id.as_deref() != Some(first.id.as_str()) => {
+            say(&format!(
+                "attaching the API floating IP {} to {} again",
+                f.floating_ip_address, first.name
+            ));
+            cloud.attach_floating_ip(&f.id, Some(&first.id)).await?
+        }
         Some(f) => f.clone(),
         None => {
             say("allocating the API floating IP");

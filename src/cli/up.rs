@@ -222,6 +222,7 @@ fn print_plan(report: &PlanReport<'_>, spec: &crate::spec::ClusterSpec) {
     for action in report.actions {
         let sign = match action.action {
             Verb::Create => '+',
+            Verb::Update => '~',
             Verb::Delete => '-',
         };
         println!(
@@ -229,16 +230,18 @@ fn print_plan(report: &PlanReport<'_>, spec: &crate::spec::ClusterSpec) {
             action.kind, action.name, action.detail
         );
     }
-    let creates = report
-        .actions
-        .iter()
-        .filter(|a| a.action == Verb::Create)
-        .count();
-    let deletes = report.actions.len() - creates;
+    let count = |verb: Verb| report.actions.iter().filter(|a| a.action == verb).count();
+    let (creates, updates, deletes) = (
+        count(Verb::Create),
+        count(Verb::Update),
+        count(Verb::Delete),
+    );
     if report.actions.is_empty() {
         println!("  nothing to change: the cloud matches the cluster file");
-    } else {
+    } else if updates == 0 {
         println!("  {creates} to create, {deletes} to delete");
+    } else {
+        println!("  {creates} to create, {updates} to repair, {deletes} to delete");
     }
     if spec.access.api_cidrs.iter().any(|c| c.prefix_len() == 0) {
         println!(

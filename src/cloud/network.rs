@@ -346,6 +346,18 @@ impl Cloud {
         }
     }
 
+    /// Sets the router's external gateway to `network_id`.
+    pub async fn set_router_gateway(
+        &self,
+        router_id: &str,
+        network_id: &str,
+    ) -> Result<(), CloudError> {
+        let body = json!({ "router": { "external_gateway_info": { "network_id": network_id } } });
+        self.put(Service::Network, &format!("/routers/{router_id}"), &body)
+            .await
+            .map(|_| ())
+    }
+
     /// Clears the router's external gateway (needed before deleting it on some clouds).
     pub async fn clear_router_gateway(&self, router_id: &str) -> Result<(), CloudError> {
         let body = json!({ "router": { "external_gateway_info": {} } });

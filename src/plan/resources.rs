@@ -193,6 +193,8 @@ pub struct Action {
 #[serde(rename_all = "lowercase")]
 pub enum Verb {
     Create,
+    /// Something that exists is put back as it should be (a detached floating IP).
+    Update,
     Delete,
 }
 
@@ -296,6 +298,7 @@ pub fn immutable_changes(
 pub fn diff(spec: &ClusterSpec, observed: &Observed) -> Vec<Action> {
     let names = Names::of(&spec.name);
     let mut actions = Vec::new();
+    let mut repairs = Vec::new();
     let mut create = |kind: &'static str, name: &str, detail: String| {
         actions.push(Action {
             action: Verb::Create,
@@ -338,16 +341,33 @@ pub fn diff(spec: &ClusterSpec, observed: &Observed) -> Vec<Action> {
             create("port", &node.name, String::new());
         }
     }
-    if !observed
+    let first_control_plane = wanted
+        .iter()
+        .find(|n| n.role == crate::spec::Role::ControlPlane)
+        .and_then(|n| observed.ports.iter().find(|p| p.name == n.name));
+    match observed
         .floating_ips
         .iter()
-        .any(|f| f.description == names.api_address)
+        .find(|f| f.description == names.api_address)
     {
-        create(
+        None => create(
             "floating IP",
             &names.api_address,
             format!("from {}", spec.network.external_network),
-        );
+        ),
+        // Detached, or moved to another port: it is pointed at the first control plane again.
+        Some(floating) => {
+            if let Some(port) = first_control_plane
+                && floating.port_id.as_deref() != Some(port.id.as_str())
+            {
+                repairs.push(Action {
+                    action: Verb::Update,
+                    kind: "floating IP",
+                    name: floating.floating_ip_address.clone(),
+                    detail: format!("attach to {}", port.name),
+                });
+            }
+        }
     }
     for node in &wanted {
         if !observed.servers.iter().any(|s| s.name == node.name) {
@@ -362,6 +382,7 @@ pub fn diff(spec: &ClusterSpec, observed: &Observed) -> Vec<Action> {
             create("server", &node.name, flavor);
         }
     }
+    actions.extend(repairs);
     actions.extend(rule_changes(spec, observed, &names));
     // Scaled down: servers (and their ports) the file no longer names.
     let wanted_names: BTreeSet<&str> = wanted.iter().map(|n| n.name.as_str()).collect();

@@ -272,6 +272,71 @@ fn up_converges_scales_and_down_removes_everything() {
     assert_eq!(tagged("subnet", &name).len(), 1);
     workspace.write_cluster(&cluster(&name, 2, ""));
 
+    // Drift is repaired: a detached floating IP (plan shows it), a router without its
+    // interface and gateway (checked on every run).
+    cli("local-demo", &["floating", "ip", "unset", "--port", &fip]);
+    let plan = success(&flatstack(&workspace, &["plan"]));
+    assert!(
+        plan.contains(&format!("~ floating IP     {fip}"))
+            && plan.contains(&format!("attach to {name}-control-plane-1"))
+            && plan.contains("0 to create, 1 to repair, 0 to delete"),
+        "{plan}"
+    );
+    let router = format!("{name}-router");
+    cli(
+        "local-demo",
+        &[
+            "router",
+            "remove",
+            "subnet",
+            &router,
+            &format!("{name}-subnet"),
+        ],
+    );
+    cli(
+        "local-demo",
+        &["router", "unset", "--external-gateway", &router],
+    );
+    let repaired = success(&flatstack(&workspace, &["up", "--provision-only"]));
+    for step in [
+        "attaching the API floating IP",
+        "setting the gateway of router",
+        "adding subnet",
+    ] {
+        assert!(repaired.contains(step), "{step} in\n{repaired}");
+    }
+    let port = cli(
+        "local-demo",
+        &[
+            "port",
+            "show",
+            &format!("{name}-control-plane-1"),
+            "-f",
+            "json",
+        ],
+    );
+    let floating = cli(
+        "local-demo",
+        &["floating", "ip", "show", &fip, "-f", "json"],
+    );
+    assert_eq!(floating["port_id"], port["id"]);
+    let shown = cli("local-demo", &["router", "show", &router, "-f", "json"]);
+    assert!(
+        shown["external_gateway_info"]
+            .to_string()
+            .contains("network_id"),
+        "{shown}"
+    );
+    assert!(
+        shown["interfaces_info"].to_string().contains("10.42.0."),
+        "{shown}"
+    );
+    let settled = success(&flatstack(&workspace, &["up", "--provision-only"]));
+    assert!(
+        settled.contains("nothing to change (0 changes made)"),
+        "{settled}"
+    );
+
     // Narrowing who may reach the ingress replaces its rules: nothing wider stays behind.
     workspace.write_cluster(&cluster(
         &name,
