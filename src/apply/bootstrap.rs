@@ -229,6 +229,12 @@ fn missing_nodes(nodes: &[Node], wanted: &[String]) -> Vec<String> {
 /// can join: the token in their user_data is the one from the state directory, which the
 /// first control plane registered with a limited lifetime.
 pub async fn refresh_join_token(client: &KubeClient, pki: &ClusterPki) -> Result<(), KubeError> {
+    client.apply(&join_token_secret(pki)).await.map(|_| ())
+}
+
+/// The bootstrap-token Secret kubeadm's joins authenticate with, valid for
+/// [`JOIN_TOKEN_HOURS`] from now.
+pub fn join_token_secret(pki: &ClusterPki) -> Manifest {
     let token = pki.bootstrap_token.expose();
     let (id, secret) = token.split_once('.').unwrap_or((token, ""));
     let now = crate::kube::now();
@@ -262,5 +268,5 @@ pub async fn refresh_join_token(client: &KubeClient, pki: &ClusterPki) -> Result
         string_data: Some(data),
         ..Secret::default()
     };
-    client.apply(&Manifest::of(&secret)).await.map(|_| ())
+    Manifest::of(&secret)
 }

@@ -260,7 +260,8 @@ fn read_yaml(path: &Path) -> Value {
     serde_saphyr::from_str(&std::fs::read_to_string(path).expect("manifest")).expect("YAML")
 }
 
-/// What `jupyterhub install` (both authenticators) and `smoke` apply, written as YAML files.
+/// What `jupyterhub install` (both authenticators), `smoke` and a scale-up's join token apply,
+/// written as YAML files.
 fn hub_and_smoke_manifests(version: KubernetesVersion, dir: &Path) -> Vec<PathBuf> {
     let text = cluster_text("https://example.invalid/ext", &"ab".repeat(32), 2)
         .replace(KUBERNETES_VERSION, &version.to_string()[1..]);
@@ -292,6 +293,13 @@ fn hub_and_smoke_manifests(version: KubernetesVersion, dir: &Path) -> Vec<PathBu
     }
     let smoke = flatstack::addons::smoke::Smoke::new("abc123");
     manifests.extend(smoke.manifests.iter().map(|m| m.body().clone()));
+    // What `up` applies before new workers join (not in `render`'s manifests: it holds the token).
+    let pki = flatstack::pki::ClusterPki::generate().expect("pki");
+    manifests.push(
+        flatstack::apply::bootstrap::join_token_secret(&pki)
+            .body()
+            .clone(),
+    );
     std::fs::create_dir_all(dir).expect("dir");
     manifests
         .iter()
