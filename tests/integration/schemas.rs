@@ -187,26 +187,11 @@ impl ChartKeys {
 
     /// The key paths of `values` the chart does not know.
     fn unknown(&self, values: &Value) -> Vec<String> {
-        let mut paths = Vec::new();
-        leaf_paths(values, &mut Vec::new(), &mut paths);
-        paths
-            .into_iter()
+        leaf_values(values)
+            .into_keys()
             .filter(|p| !self.knows(p))
             .map(|p| p.join("."))
             .collect()
-    }
-}
-
-fn leaf_paths(value: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
-    match value.as_object() {
-        Some(map) if !map.is_empty() => {
-            for (key, child) in map {
-                path.push(key.clone());
-                leaf_paths(child, path, out);
-                path.pop();
-            }
-        }
-        _ => out.push(path.clone()),
     }
 }
 

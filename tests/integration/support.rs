@@ -89,6 +89,32 @@ pub fn stdout(output: &Output) -> String {
 }
 
 /// Asserts success and returns stdout.
+/// Every leaf of a JSON object by its key path: scalars, lists and empty objects (lists are
+/// values, not descended into).
+pub fn leaf_values(value: &serde_json::Value) -> BTreeMap<Vec<String>, serde_json::Value> {
+    fn walk(
+        value: &serde_json::Value,
+        path: &mut Vec<String>,
+        out: &mut BTreeMap<Vec<String>, serde_json::Value>,
+    ) {
+        match value.as_object() {
+            Some(map) if !map.is_empty() => {
+                for (key, child) in map {
+                    path.push(key.clone());
+                    walk(child, path, out);
+                    path.pop();
+                }
+            }
+            _ => {
+                out.insert(path.clone(), value.clone());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(value, &mut Vec::new(), &mut out);
+    out
+}
+
 /// Asserts that `output` is a refusal of invalid input (exit 2) whose message holds
 /// `fragment`; returns the message.
 pub fn refused(output: &Output, fragment: &str) -> String {

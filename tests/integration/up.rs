@@ -305,16 +305,7 @@ fn up_converges_scales_and_down_removes_everything() {
     ] {
         assert!(repaired.contains(step), "{step} in\n{repaired}");
     }
-    let port = cli(
-        "local-demo",
-        &[
-            "port",
-            "show",
-            &format!("{name}-control-plane-1"),
-            "-f",
-            "json",
-        ],
-    );
+    // Back on the control plane's port read at the start: the same port, never replaced.
     let floating = cli(
         "local-demo",
         &["floating", "ip", "show", &fip, "-f", "json"],

@@ -90,25 +90,9 @@ pub fn conflict_message(conflicts: &[Conflict]) -> String {
 /// The fields an applied or patched object sets: every leaf (a scalar, a list, or an empty
 /// object), leaving out what identifies the object and what only the server writes.
 pub fn leaves(object: &Value) -> BTreeMap<FieldPath, Value> {
-    let mut out = BTreeMap::new();
-    collect(object, &mut Vec::new(), &mut out);
+    let mut out = crate::support::leaf_values(object);
     out.retain(|path, _| !identifying(path));
     out
-}
-
-fn collect(value: &Value, path: &mut FieldPath, out: &mut BTreeMap<FieldPath, Value>) {
-    match value.as_object() {
-        Some(map) if !map.is_empty() => {
-            for (key, child) in map {
-                path.push(key.clone());
-                collect(child, path, out);
-                path.pop();
-            }
-        }
-        _ => {
-            out.insert(path.clone(), value.clone());
-        }
-    }
 }
 
 fn identifying(path: &[String]) -> bool {
