@@ -116,6 +116,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "bench-net",
             json!({}),
             &["flatstack:bench".into()],
+            false,
         )
         .await?;
     let subnet: Subnet = cloud
@@ -124,6 +125,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "bench-subnet",
             json!({ "network_id": network.id, "cidr": "10.88.0.0/24", "ip_version": 4 }),
             &[],
+            false,
         )
         .await?;
 
@@ -143,6 +145,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     &name,
                     json!({ "network_id": network_id }),
                     &["flatstack:bench".into()],
+                    false,
                 )
                 .await?;
             let server = cloud

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::ApplyError;
 use super::charts::{self, Expect};
-use super::{ApplyError, Stopwatch};
 use crate::addons::{AddonSet, CONTROL_PLANE_LABEL, NAMESPACE, RECORD_CONFIGMAP};
 use crate::kube::{KubeClient, KubeError, Manifest, Waiting, is_ready, poll};
 use crate::pki::ClusterPki;
@@ -19,6 +19,27 @@ use crate::spec::{ClusterSpec, Role};
 
 /// How long a bootstrap token refreshed for new workers stays valid.
 const JOIN_TOKEN_HOURS: i64 = 4;
+
+/// Records how long each phase of a run takes.
+struct Stopwatch {
+    last: Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch {
+            last: Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.phases.push((phase, now - self.last));
+        self.last = now;
+    }
+}
 
 /// What the cluster side of `up` found and did.
 #[derive(Debug)]

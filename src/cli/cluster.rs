@@ -12,9 +12,10 @@ use super::InvalidInput;
 use super::cloud::cloud_config;
 use crate::addons::ingress::TRAEFIK_NAMESPACE;
 use crate::cloud::Cloud;
+use crate::cloud::network::{FloatingIp, Kind};
 use crate::kube::KubeClient;
 use crate::pki::{ClusterPki, StateDir};
-use crate::plan::resources::{Names, Observed};
+use crate::plan::resources::Names;
 use crate::spec::{ClusterSpec, IngressExposure};
 
 /// Where a running cluster is.
@@ -131,13 +132,10 @@ pub(crate) async fn api_floating_ip(
     cloud_flag: Option<&str>,
 ) -> anyhow::Result<Option<String>> {
     let cloud = Cloud::connect(cloud_config(cloud_flag, spec)?).await?;
-    let observed = Observed::collect(&cloud, &spec.name).await?;
     let names = Names::of(&spec.name);
-    Ok(observed
-        .floating_ips
-        .iter()
-        .find(|f| f.description == names.api_address)
-        .map(|f| f.floating_ip_address.clone()))
+    let described = [("description", names.api_address.as_str())];
+    let found: Vec<FloatingIp> = cloud.list(Kind::FloatingIp, &described).await?;
+    Ok(found.into_iter().next().map(|f| f.floating_ip_address))
 }
 
 /// An address as the host part of a URL: IPv6 in brackets.

@@ -8,14 +8,18 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::cloud::{cloud_config, inspect, runtime};
+use super::cloud::{cloud_config, runtime};
 use super::{InvalidInput, load_spec};
 use crate::addons;
-use crate::apply;
+use crate::apply::execute::{Context, Event};
+use crate::apply::observe::{Observation, cluster_resources, observe};
+use crate::apply::{self, preflight, timeline};
 use crate::cloud::Cloud;
 use crate::kube::KubeClient;
 use crate::pki::{ClusterPki, Kubeconfig, StateDir};
-use crate::plan::resources::{Action, Observed, Verb, diff};
+use crate::plan::planner::{self, Scope};
+use crate::plan::resources::{Names, Observed};
+use crate::plan::steps::{Plan, ShownStep, Verb};
 use crate::sysext::{self, PinnedSysext, PublisherCheck};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,6 +37,9 @@ pub struct PlanArgs {
     /// $XDG_DATA_HOME/flatstack/<name>).
     #[arg(long, env = "FLATSTACK_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Plan as `up --provision-only` runs: the cloud side only, no drains or join token.
+    #[arg(long)]
+    pub provision_only: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +61,10 @@ pub struct UpArgs {
     /// with a context named after the cluster, made current.
     #[arg(long)]
     pub merge_kubeconfig: bool,
+    /// `text` for people; `json` prints the steps run and the timeline as JSON on stdout
+    /// (progress goes to stderr).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
 }
 
 /// How to reach the cluster's Kubernetes API.
@@ -157,7 +168,8 @@ struct PlanReport<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     sysext_publisher_lists: Option<String>,
     warnings: Vec<String>,
-    actions: &'a [Action],
+    /// The steps `up` runs, in an order that respects their `needs`.
+    actions: &'a [ShownStep],
     vcpus: u64,
     su_per_hour: u64,
 }
@@ -185,11 +197,14 @@ pub fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> anyhow::R
             )),
         }
         let cloud = Cloud::connect(config).await?;
-        let observed = Observed::collect(&cloud, &spec.name).await?;
-        refuse_immutable_changes(&cloud, &spec, &observed).await?;
-        let actions = diff(&spec, &observed);
-        let flavors = cloud.flavors().await?;
-        let (needs, _) = crate::plan::Needs::of(&spec, &flavors);
+        let observation = observe(&cloud, &spec).await?;
+        refuse_immutable_changes(&spec, &observation)?;
+        let scope = Scope {
+            kubernetes: !args.provision_only,
+        };
+        let plan = planner::plan(&spec, &observation.observed, &observation.facts, scope)?;
+        let actions = plan.shown();
+        let (needs, _) = crate::plan::Needs::of(&spec, &observation.facts.flavors);
         let report = PlanReport {
             cluster: &spec.name,
             cloud: &cloud.config().name,
@@ -220,28 +235,26 @@ fn print_plan(report: &PlanReport<'_>, spec: &crate::spec::ClusterSpec) {
         report.sysext.describe()
     );
     for action in report.actions {
-        let sign = match action.action {
-            Verb::Create => '+',
-            Verb::Update => '~',
-            Verb::Delete => '-',
-        };
         println!(
-            "  {sign} {:<15} {:<40} {}",
-            action.kind, action.name, action.detail
+            "  {} {:<15} {:<40} {}",
+            action.action.sign(),
+            action.kind,
+            action.name,
+            action.detail
         );
     }
     let count = |verb: Verb| report.actions.iter().filter(|a| a.action == verb).count();
-    let (creates, updates, deletes) = (
-        count(Verb::Create),
-        count(Verb::Update),
-        count(Verb::Delete),
-    );
     if report.actions.is_empty() {
         println!("  nothing to change: the cloud matches the cluster file");
-    } else if updates == 0 {
-        println!("  {creates} to create, {deletes} to delete");
     } else {
-        println!("  {creates} to create, {updates} to repair, {deletes} to delete");
+        println!(
+            "  {}",
+            summary(
+                count(Verb::Create),
+                count(Verb::Update),
+                count(Verb::Delete)
+            )
+        );
     }
     if spec.access.api_cidrs.iter().any(|c| c.prefix_len() == 0) {
         println!(
@@ -254,12 +267,25 @@ fn print_plan(report: &PlanReport<'_>, spec: &crate::spec::ClusterSpec) {
     );
 }
 
+/// What `up --output json` prints.
+#[derive(Serialize)]
+struct UpReport<'a> {
+    cluster: &'a str,
+    /// The steps run: exactly the plan made from this run's observation.
+    steps: Vec<ShownStep>,
+    api_calls: u64,
+    mutating_calls: u64,
+    timeline: &'a timeline::Timeline,
+}
+
 pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let config = cloud_config(cloud_flag, &spec)?;
     let state_path = state_path(&spec, args.state_dir.as_ref())?;
+    let json = args.output == Output::Json;
     runtime()?.block_on(async {
         let started = Instant::now();
+        let at = || started.elapsed().as_secs_f64();
         // The sysext digest first: an unpublished release stops here, before anything exists.
         let existing_state = StateDir::open_existing(&state_path)?;
         let sysext = sysext::pin(&spec.kubernetes, existing_state.as_ref()).await?;
@@ -268,21 +294,24 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
         // One writer per cluster, from before the cloud is looked at until the run ends.
         let (state, _lock) = StateDir::open_locked(&state_path, "up")?;
         let cloud = Arc::new(Cloud::connect(config).await?);
-        let observed = Observed::collect(&cloud, &spec.name).await?;
-        refuse_immutable_changes(&cloud, &spec, &observed).await?;
-        let actions = diff(&spec, &observed);
+        let connected = at();
+        let observation = observe(&cloud, &spec).await?;
+        let observed_at = at();
+        let observed = &observation.observed;
+        refuse_immutable_changes(&spec, &observation)?;
         // Preflight: everything checked before the first create; quotas only for a new cluster.
-        let inspection = inspect(&cloud, &spec, observed.count() == 0).await?;
-        let problems = inspection.problems();
+        let (needs, _) = crate::plan::Needs::of(&spec, &observation.facts.flavors);
+        let quotas = match observed.count() {
+            0 => preflight::quotas(&cloud, &needs).await?,
+            _ => Vec::new(),
+        };
+        let problems = preflight::inspect(&spec, &observation, quotas).problems();
         if !problems.is_empty() {
             anyhow::bail!(
                 "preflight failed, nothing was created; {}\n  hint: `flatstack cloud check` shows the details",
                 problems.join("; ")
             );
         }
-        let image = inspection
-            .image_id
-            .ok_or_else(|| anyhow::anyhow!("no image to boot from"))?;
         // The PKI is the cluster's identity: nodes trust its CA. Never mint one for a cluster
         // that exists in the cloud.
         let existing_pki = if had_state {
@@ -298,13 +327,27 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
             None => ClusterPki::load_or_create(&state)?,
         };
         sysext::record(&state, &sysext)?;
-        let progress = Progress::new();
+        let scope = Scope {
+            kubernetes: !args.provision_only,
+        };
+        let plan = planner::plan(&spec, observed, &observation.facts, scope)?;
+        let planned_at = at();
+        let progress = Progress::new(json);
         let say = |line: &str| progress.step(line);
         say(&format!("Kubernetes {}: sysext {}", spec.kubernetes.version, sysext.describe()));
-        if !args.provision_only && observed.count() > 0 {
-            prepare_node_changes(&spec, &observed, &actions, &pki, &args.api, &say).await?;
-        }
-        let provisioned = apply::provision(&cloud, &spec, &pki, &image, &say).await;
+        let kube = match scope.kubernetes {
+            true => cluster_api(&spec, observed, &plan, &pki, &args.api, &say).await?,
+            false => None,
+        };
+        let context = Arc::new(Context {
+            cloud: cloud.clone(),
+            spec: spec.clone(),
+            pki: pki.clone(),
+            kube,
+            tag_on_create: observation.tag_on_create,
+        });
+        let provisioned =
+            apply::provision(context, &observation, &plan, started, &|e| progress.event(e)).await;
         let provisioned = match provisioned {
             Ok(p) => p,
             Err(e) => {
@@ -312,6 +355,7 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
                 return Err(e.into());
             }
         };
+        let provisioned_at = at();
         let cloud_changes = cloud.counter.mutating();
         let server = match provisioned.endpoint.public {
             Some(ip) => format!("https://{ip}:6443"),
@@ -321,23 +365,47 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
         state.write("admin.kubeconfig", admin.as_bytes(), 0o600)?;
         let super_admin = crate::pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::SuperAdmin)?;
         state.write("super-admin.kubeconfig", super_admin.as_bytes(), 0o600)?;
-        let mut timings = provisioned.timings.clone();
+        let before = [
+            ("log in".to_string(), 0.0, connected),
+            ("observe".to_string(), connected, observed_at),
+            ("preflight, plan".to_string(), observed_at, planned_at),
+        ];
+        let report = |after: &[(String, f64, f64)]| {
+            let timeline = timeline::build(&plan, &provisioned.runs, &before, after, at());
+            if json {
+                let report = UpReport {
+                    cluster: &spec.name,
+                    steps: plan.shown(),
+                    api_calls: cloud.counter.calls(),
+                    mutating_calls: cloud.counter.mutating(),
+                    timeline: &timeline,
+                };
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print!("{}", timeline::render(&timeline, 50));
+            }
+        };
 
         if args.provision_only {
             progress.finish();
+            if json {
+                report(&[]);
+                return Ok(());
+            }
             println!("{:<44} {:<10} ID", "SERVER", "STATUS");
             for server in &provisioned.servers {
                 println!("{:<44} {:<10} {}", server.name, server.status, server.id);
             }
-            print_timings(&mut timings, started);
-            if actions.is_empty() && cloud_changes == 0 {
+            report(&[]);
+            if plan.is_empty() && cloud_changes == 0 {
                 println!("cluster `{}` is up to date: nothing to change (0 changes made)", spec.name);
             } else {
                 println!(
-                    "cluster `{}` provisioned in {:.1} s with {} API calls; API endpoint {server}; kubeconfig {}",
+                    "cluster `{}` provisioned in {:.1} s with {} API calls ({} steps); API endpoint {server}; kubeconfig {}",
                     spec.name,
                     started.elapsed().as_secs_f64(),
                     cloud.counter.calls(),
+                    plan.steps.len(),
                     state.join("admin.kubeconfig").display()
                 );
             }
@@ -362,14 +430,23 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
                 "{e}\n  the cloud side is done; run `flatstack up` again to carry on, or `flatstack status` to look"
             )
         })?;
-        timings.extend(booted.timings.iter().copied());
+        let mut after = Vec::new();
+        let mut clock = provisioned_at;
+        for (phase, took) in &booted.timings {
+            after.push((phase.to_string(), clock, clock + took.as_secs_f64()));
+            clock += took.as_secs_f64();
+        }
         if args.merge_kubeconfig {
             let path = merge_into_user_kubeconfig(&admin)?;
             println!("merged context `{}` into {} and made it current", spec.name, path.display());
         }
+        if json {
+            report(&after);
+            return Ok(());
+        }
         crate::kube::print_node_table(&booted.nodes);
-        print_timings(&mut timings, started);
-        if actions.is_empty() && cloud_changes == 0 && booted.changes == 0 {
+        report(&after);
+        if plan.is_empty() && cloud_changes == 0 && booted.changes == 0 {
             println!("cluster `{}` is up to date: nothing to change (0 changes made)", spec.name);
         } else {
             println!(
@@ -400,23 +477,72 @@ pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Resul
     })
 }
 
-/// Refuses (exit 2) a file that changes what an existing cluster cannot change in place.
-async fn refuse_immutable_changes(
-    cloud: &Cloud,
+/// The running cluster's API, when the plan drains nodes or lets new ones join, and it
+/// answers. When it does not, say what that means: the cloud side goes on regardless.
+async fn cluster_api(
     spec: &crate::spec::ClusterSpec,
     observed: &Observed,
+    plan: &Plan,
+    pki: &ClusterPki,
+    api: &ApiArgs,
+    say: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<Option<KubeClient>> {
+    let needs_api = plan.steps.iter().any(|s| {
+        matches!(
+            s.action,
+            crate::plan::steps::Action::Drain { .. } | crate::plan::steps::Action::RefreshJoinToken
+        )
+    });
+    if !needs_api {
+        return Ok(None);
+    }
+    let names = Names::of(&spec.name);
+    let Some(address) = observed
+        .floating_ips
+        .iter()
+        .find(|f| f.description == names.api_address)
+        .map(|f| format!("https://{}:6443", f.floating_ip_address))
+        .or_else(|| api.api_address.as_ref().map(|a| format!("https://{a}")))
+    else {
+        return Ok(None);
+    };
+    let client = KubeClient::new(pki, &api_url(api, &address))?;
+    match client.readyz().await {
+        Ok(()) => Ok(Some(client)),
+        Err(e) => {
+            say(&format!("the Kubernetes API does not answer ({e})"));
+            let (_, leaving) = plan.servers();
+            if !leaving.is_empty() {
+                say(&format!(
+                    "{} will be deleted without draining",
+                    leaving.join(", ")
+                ));
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// "2 to create, 1 to repair, 0 to delete" (repairs only when there are some).
+fn summary(creates: usize, updates: usize, deletes: usize) -> String {
+    match updates {
+        0 => format!("{creates} to create, {deletes} to delete"),
+        _ => format!("{creates} to create, {updates} to repair, {deletes} to delete"),
+    }
+}
+
+/// Refuses (exit 2) a file that changes what an existing cluster cannot change in place.
+fn refuse_immutable_changes(
+    spec: &crate::spec::ClusterSpec,
+    observation: &Observation,
 ) -> anyhow::Result<()> {
+    let observed = &observation.observed;
     if observed.count() == 0 {
         return Ok(());
     }
-    let external = cloud
-        .external_network(&spec.network.external_network)
-        .await?;
-    let changes = crate::plan::resources::immutable_changes(
-        spec,
-        observed,
-        external.as_ref().map(|n| n.id.as_str()),
-    );
+    let external = observation.facts.external_network.as_ref();
+    let changes =
+        crate::plan::resources::immutable_changes(spec, observed, external.map(|n| n.id.as_str()));
     if changes.is_empty() {
         return Ok(());
     }
@@ -450,82 +576,6 @@ fn api_url(api: &ApiArgs, server: &str) -> String {
         Some(address) => format!("https://{address}"),
         None => server.to_string(),
     }
-}
-
-/// Before servers come or go in a running cluster: new workers need a valid join token, and
-/// workers about to be deleted are drained first. Both need the API; when it does not answer,
-/// say what that means and carry on with the cloud side.
-async fn prepare_node_changes(
-    spec: &crate::spec::ClusterSpec,
-    observed: &Observed,
-    actions: &[Action],
-    pki: &ClusterPki,
-    api: &ApiArgs,
-    say: &(dyn Fn(&str) + Sync),
-) -> anyhow::Result<()> {
-    let servers = |verb: Verb| -> Vec<&str> {
-        actions
-            .iter()
-            .filter(|a| a.kind == "server" && a.action == verb)
-            .map(|a| a.name.as_str())
-            .collect()
-    };
-    let (joining, leaving) = (servers(Verb::Create), servers(Verb::Delete));
-    if joining.is_empty() && leaving.is_empty() {
-        return Ok(());
-    }
-    let names = crate::plan::resources::Names::of(&spec.name);
-    let Some(address) = observed
-        .floating_ips
-        .iter()
-        .find(|f| f.description == names.api_address)
-        .map(|f| format!("https://{}:6443", f.floating_ip_address))
-        .or_else(|| api.api_address.as_ref().map(|a| format!("https://{a}")))
-    else {
-        return Ok(());
-    };
-    let client = KubeClient::new(pki, &api_url(api, &address))?;
-    if let Err(e) = client.readyz().await {
-        say(&format!("the Kubernetes API does not answer ({e})"));
-        if !leaving.is_empty() {
-            say(&format!(
-                "{} will be deleted without draining",
-                leaving.join(", ")
-            ));
-        }
-        return Ok(());
-    }
-    if !joining.is_empty() {
-        say("refreshing the join token for new nodes");
-        apply::bootstrap::refresh_join_token(&client, pki).await?;
-    }
-    for node in leaving {
-        say(&format!("draining {node}"));
-        let report = crate::kube::drain_node(&client, node, DRAIN_TIMEOUT)
-            .await
-            .map_err(|e| anyhow::anyhow!("draining {node} failed, nothing was deleted: {e}"))?;
-        say(&format!(
-            "drained {node}: {} pod(s) evicted, {} DaemonSet or static pod(s) left",
-            report.evicted, report.left
-        ));
-    }
-    Ok(())
-}
-
-/// Longest a worker's pods get to leave before `up` gives up on scaling down.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn print_timings(timings: &mut [(&'static str, Duration)], started: Instant) {
-    timings.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
-    println!("timing, longest first:");
-    for (phase, took) in timings.iter() {
-        println!("  {:<32} {:>7.2} s", phase, took.as_secs_f64());
-    }
-    println!(
-        "  {:<32} {:>7.2} s",
-        "total",
-        started.elapsed().as_secs_f64()
-    );
 }
 
 /// Merges `admin` into the user's kubeconfig: the first file of $KUBECONFIG, else
@@ -562,7 +612,8 @@ pub fn status(file: &Path, cloud_flag: Option<&str>, args: &StatusArgs) -> anyho
     let state_path = state_path(&spec, args.state_dir.as_ref())?;
     runtime()?.block_on(async {
         let cloud = Cloud::connect(config).await?;
-        let observed = Observed::collect(&cloud, &spec.name).await?;
+        let observation = observe(&cloud, &spec).await?;
+        let observed = &observation.observed;
         println!("cluster `{}` on cloud `{}`", spec.name, cloud.config().name);
         if observed.count() == 0 {
             println!("  nothing in the cloud: run `flatstack up`");
@@ -641,14 +692,16 @@ pub fn status(file: &Path, cloud_flag: Option<&str>, args: &StatusArgs) -> anyho
             }
             row("server", &server.name, &server.status, &detail);
         }
-        let missing = diff(&spec, &observed);
-        if !missing.is_empty() {
-            println!(
-                "{} change(s) pending: run `flatstack plan` to see them",
-                missing.len()
-            );
+        let scope = Scope { kubernetes: true };
+        match planner::plan(&spec, observed, &observation.facts, scope) {
+            Ok(plan) if plan.is_empty() => {}
+            Ok(plan) => println!(
+                "{} step(s) pending: run `flatstack plan` to see them",
+                plan.steps.len()
+            ),
+            Err(e) => println!("cannot plan: {e}"),
         }
-        print_nodes(&spec, &observed, &state_path, &args.api).await;
+        print_nodes(&spec, observed, &state_path, &args.api).await;
         if !failed.is_empty() {
             anyhow::bail!("server(s) in ERROR: {}", failed.join(", "));
         }
@@ -663,7 +716,7 @@ async fn print_nodes(
     state_path: &Path,
     api: &ApiArgs,
 ) {
-    let names = crate::plan::resources::Names::of(&spec.name);
+    let names = Names::of(&spec.name);
     let endpoint = observed
         .floating_ips
         .iter()
@@ -763,8 +816,10 @@ pub fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> anyhow::R
             None => None,
         };
         let cloud = Arc::new(Cloud::connect(config).await?);
-        let observed = Observed::collect(&cloud, &spec.name).await?;
-        let volumes = crate::plan::resources::cluster_volumes(&cloud, &spec.name).await?;
+        let (observed, volumes) = tokio::try_join!(
+            cluster_resources(&cloud, &spec.name),
+            apply::cluster_volumes(&cloud, &spec.name),
+        )?;
         if observed.count() == 0 && (volumes.is_empty() || !args.delete_volumes) {
             println!("cluster `{}` has nothing in the cloud", spec.name);
             for volume in &volumes {
@@ -778,7 +833,7 @@ pub fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> anyhow::R
         if !args.yes {
             confirm(&spec.name, &observed)?;
         }
-        let progress = Progress::new();
+        let progress = Progress::new(false);
         let say = |line: &str| progress.step(line);
         let removed = apply::teardown(&cloud, &spec.name, args.delete_volumes, &say).await;
         progress.finish();
@@ -814,28 +869,56 @@ fn confirm(cluster: &str, observed: &Observed) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Step lines of a run: a spinner with the current step on a terminal, plain lines otherwise.
+/// Step lines of a run: a spinner with the current step on a terminal, plain lines otherwise
+/// (on stderr when stdout carries JSON).
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    to_stderr: bool,
 }
 
 impl Progress {
-    fn new() -> Progress {
-        let bar = std::io::stdout().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new_spinner();
+    fn new(to_stderr: bool) -> Progress {
+        let terminal = match to_stderr {
+            true => std::io::stderr().is_terminal(),
+            false => std::io::stdout().is_terminal(),
+        };
+        let bar = terminal.then(|| {
+            let bar = match to_stderr {
+                true => indicatif::ProgressBar::with_draw_target(
+                    None,
+                    indicatif::ProgressDrawTarget::stderr(),
+                ),
+                false => indicatif::ProgressBar::new_spinner(),
+            };
+            bar.set_style(indicatif::ProgressStyle::default_spinner());
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
             bar
         });
-        Progress { bar }
+        Progress { bar, to_stderr }
     }
 
     fn step(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => {
+        match (&self.bar, self.to_stderr) {
+            (Some(bar), _) => {
                 bar.println(format!("  {line}"));
                 bar.set_message(line.to_string());
             }
-            None => println!("  {line}"),
+            (None, true) => eprintln!("  {line}"),
+            (None, false) => println!("  {line}"),
+        }
+    }
+
+    /// An engine event: a step's line, or a count on the spinner (and as a line without one).
+    fn event(&self, event: Event) {
+        match event {
+            Event::Started { line, .. } => self.step(&line),
+            Event::Count { what, done, total } => match &self.bar {
+                Some(bar) => bar.set_message(format!(
+                    "servers {done}/{total} {}",
+                    what.trim_start_matches("servers ")
+                )),
+                None => self.step(&format!("{done}/{total} {what}")),
+            },
         }
     }
 

@@ -1,8 +1,10 @@
 //! Neutron: networks, subnets, routers (gateway and interfaces), ports with fixed IPs,
 //! security groups and rules, floating IPs, tags and the project's network quotas.
 //!
-//! Tags are set with the tags API after each create: some Neutron deployments silently drop
-//! `tags` in a POST body. A create that must be retried is first looked up by name.
+//! Tags go in the create itself where Neutron offers the `tag-creation` extension, so a
+//! resource is the cluster's from the moment it exists; elsewhere they are set with the tags
+//! API right after (a run stopped in between leaves a resource the engine adopts by its exact
+//! name). A create that must be retried is first looked up by name.
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -200,15 +202,33 @@ impl Cloud {
         self.list(kind, &[("tags", &joined)]).await
     }
 
-    /// Creates a named resource, then tags it. `attributes` is the body inside the envelope.
+    /// Whether Neutron offers the extension `alias` (e.g. `tag-creation`).
+    pub async fn network_extension(&self, alias: &str) -> Result<bool, CloudError> {
+        match self
+            .get::<Value>(Service::Network, &format!("/extensions/{alias}"))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a named, tagged resource: with `tag_on_create` the tags are part of the create
+    /// (Neutron's `tag-creation`), otherwise set right after. `attributes` is the body inside
+    /// the envelope.
     pub async fn create_tagged<T: DeserializeOwned + HasId>(
         &self,
         kind: Kind,
         name: &str,
         mut attributes: Value,
         tags: &[String],
+        tag_on_create: bool,
     ) -> Result<T, CloudError> {
         attributes["name"] = json!(name);
+        if tag_on_create && !tags.is_empty() {
+            attributes["tags"] = json!(tags);
+        }
         let body = json!({ kind.singular(): attributes });
         let (path, _) = kind.collection();
         let created: T = self
@@ -223,6 +243,9 @@ impl Cloud {
                 },
             )
             .await?;
+        if tag_on_create {
+            return Ok(created);
+        }
         if !tags.is_empty() {
             self.set_tags(kind, created.id(), tags).await?;
         }
@@ -275,12 +298,16 @@ impl Cloud {
         description: &str,
         port_id: Option<&str>,
         tags: &[String],
+        tag_on_create: bool,
     ) -> Result<FloatingIp, CloudError> {
-        let body = json!({ "floatingip": {
+        let mut body = json!({ "floatingip": {
             "floating_network_id": floating_network_id,
             "description": description,
             "port_id": port_id,
         } });
+        if tag_on_create && !tags.is_empty() {
+            body["floatingip"]["tags"] = json!(tags);
+        }
         let created: FloatingIp = self
             .create(
                 Service::Network,
@@ -295,6 +322,9 @@ impl Cloud {
                 },
             )
             .await?;
+        if tag_on_create {
+            return Ok(created);
+        }
         if !tags.is_empty() {
             self.set_tags(Kind::FloatingIp, &created.id, tags).await?;
         }
@@ -486,7 +516,21 @@ pub trait HasId {
     fn id(&self) -> &str;
 }
 
+/// Named resources that carry tags.
+pub trait HasTags: HasId {
+    fn name(&self) -> &str;
+    fn tags(&self) -> &[String];
+}
+
 macro_rules! has_id {
     ($($t:ty),*) => { $(impl HasId for $t { fn id(&self) -> &str { &self.id } })* };
 }
 has_id!(Network, Subnet, Router, Port, SecurityGroup, FloatingIp);
+
+macro_rules! has_tags {
+    ($($t:ty),*) => { $(impl HasTags for $t {
+        fn name(&self) -> &str { &self.name }
+        fn tags(&self) -> &[String] { &self.tags }
+    })* };
+}
+has_tags!(Network, Subnet, Router, Port, SecurityGroup);

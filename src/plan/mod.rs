@@ -1,8 +1,12 @@
-//! What a cluster file asks of a cloud: instances, cores, memory, volumes, addresses and
-//! network objects, computed from the spec and the cloud's flavors, for the quota preflight.
+//! Planning, pure: what a cluster file asks of a cloud ([`Needs`], for the quota preflight),
+//! the cluster's resource names and what the cloud holds of them ([`resources`]), the wanted
+//! security-group rules ([`rules`]), and the typed steps ([`steps`]) that the [`planner`]
+//! derives from an observation. Nothing here does I/O.
 
+pub mod planner;
 pub mod resources;
 pub mod rules;
+pub mod steps;
 
 use std::collections::BTreeSet;
 

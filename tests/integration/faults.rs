@@ -55,7 +55,13 @@ async fn creates_survive_503_bursts_and_dropped_answers_without_duplicates() {
     proxy.inject("POST", "/v2.0/networks", Fault::Status(503, None), 3);
     proxy.inject("POST", "/v2.0/networks", Fault::DropAfter, 1);
     let network: Network = cloud
-        .create_tagged(Kind::Network, &format!("{cluster}-net"), json!({}), &tags)
+        .create_tagged(
+            Kind::Network,
+            &format!("{cluster}-net"),
+            json!({}),
+            &tags,
+            false,
+        )
         .await
         .expect("network despite the faults");
     assert_eq!(proxy.injected(), 4);
@@ -71,7 +77,7 @@ async fn creates_survive_503_bursts_and_dropped_answers_without_duplicates() {
         .expect("public");
     proxy.inject("POST", "/v2.0/floatingips", Fault::DropAfter, 1);
     let floating: FloatingIp = cloud
-        .create_floating_ip(&public.id, &format!("{cluster}-api"), None, &tags)
+        .create_floating_ip(&public.id, &format!("{cluster}-api"), None, &tags, false)
         .await
         .expect("floating ip despite the faults");
     assert_eq!(

@@ -118,7 +118,13 @@ impl ServerNetwork {
     pub(crate) async fn create(cloud: &Cloud, name: &str, tag: &str, cidr: &str) -> ServerNetwork {
         let tags = [tag.to_string()];
         let network: Network = cloud
-            .create_tagged(Kind::Network, &format!("{name}-net"), json!({}), &tags)
+            .create_tagged(
+                Kind::Network,
+                &format!("{name}-net"),
+                json!({}),
+                &tags,
+                false,
+            )
             .await
             .expect("network");
         let _subnet: Subnet = cloud
@@ -127,6 +133,7 @@ impl ServerNetwork {
                 &format!("{name}-subnet"),
                 json!({ "network_id": network.id, "cidr": cidr, "ip_version": 4 }),
                 &tags,
+                false,
             )
             .await
             .expect("subnet");
@@ -136,6 +143,7 @@ impl ServerNetwork {
                 &format!("{name}-port"),
                 json!({ "network_id": network.id }),
                 &tags,
+                false,
             )
             .await
             .expect("port");
@@ -372,7 +380,13 @@ async fn resources_are_created_tagged_and_deleted() {
     let tags = vec![tag.clone()];
 
     let network: Network = cloud
-        .create_tagged(Kind::Network, &format!("{cluster}-net"), json!({}), &tags)
+        .create_tagged(
+            Kind::Network,
+            &format!("{cluster}-net"),
+            json!({}),
+            &tags,
+            true,
+        )
         .await
         .expect("network");
     assert_eq!(network.tags, tags);
@@ -381,7 +395,7 @@ async fn resources_are_created_tagged_and_deleted() {
             Kind::Subnet,
             &format!("{cluster}-subnet"),
             json!({ "network_id": network.id, "cidr": "10.42.0.0/24", "ip_version": 4, "dns_nameservers": ["192.0.2.53"] }),
-            &tags,
+            &tags, true
         )
         .await
         .expect("subnet");
@@ -396,6 +410,7 @@ async fn resources_are_created_tagged_and_deleted() {
             &format!("{cluster}-router"),
             json!({ "external_gateway_info": { "network_id": public.id } }),
             &tags,
+            true,
         )
         .await
         .expect("router");
@@ -413,6 +428,7 @@ async fn resources_are_created_tagged_and_deleted() {
             &format!("{cluster}-nodes"),
             json!({ "description": "test" }),
             &tags,
+            true,
         )
         .await
         .expect("security group");
@@ -437,13 +453,19 @@ async fn resources_are_created_tagged_and_deleted() {
             Kind::Port,
             &format!("{cluster}-control-plane-1"),
             json!({ "network_id": network.id, "fixed_ips": [{ "subnet_id": subnet.id, "ip_address": "10.42.0.10" }], "security_groups": [group.id] }),
-            &tags,
+            &tags, true
         )
         .await
         .expect("port");
     assert_eq!(port.fixed_ips[0].ip_address, "10.42.0.10");
     let floating: FloatingIp = cloud
-        .create_floating_ip(&public.id, &format!("{cluster}-api"), Some(&port.id), &tags)
+        .create_floating_ip(
+            &public.id,
+            &format!("{cluster}-api"),
+            Some(&port.id),
+            &tags,
+            true,
+        )
         .await
         .expect("floating ip");
     assert_eq!(floating.port_id.as_deref(), Some(port.id.as_str()));

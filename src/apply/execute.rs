@@ -1,0 +1,481 @@
+//! The executor: runs a [`Plan`] as a dependency graph. A step starts as soon as every step it
+//! needs is done, within a bound per service; each step's inputs made by earlier steps are
+//! filled in as it starts. On a failure no new step starts, the running ones finish, and the
+//! error names the step. Every step records when it ran, for the timeline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use super::ApplyError;
+use crate::cloud::Cloud;
+use crate::cloud::compute::ServerRequest;
+use crate::cloud::network::{FloatingIp, Kind, Network, Port, Router, SecurityGroup, Subnet};
+use crate::kube::KubeClient;
+use crate::node::{self, ApiEndpoint};
+use crate::pki::ClusterPki;
+use crate::plan::resources::cluster_tag;
+use crate::plan::steps::{Action, Made, Plan, Ref, Service, StepId};
+use crate::spec::ClusterSpec;
+
+/// Calls in flight at once per service: Nova and Neutron take concurrent requests well, but
+/// not hundreds.
+const CONCURRENT_CALLS: usize = 8;
+const SERVER_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest a worker's pods get to leave before `up` gives up on scaling down.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What the steps work with.
+pub struct Context {
+    pub cloud: Arc<Cloud>,
+    pub spec: ClusterSpec,
+    pub pki: ClusterPki,
+    /// The cluster's API, for drains and the join token: none with `--provision-only` or when
+    /// it does not answer (nodes are then deleted without draining).
+    pub kube: Option<KubeClient>,
+    pub tag_on_create: bool,
+}
+
+/// What the engine tells whoever runs it, as it happens.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A step started; `line` says what it does.
+    Started { step: StepId, line: String },
+    /// How far a group of steps has come: `servers 37/50 ACTIVE`.
+    Count {
+        what: &'static str,
+        done: usize,
+        total: usize,
+    },
+}
+
+/// When a step ran, in seconds since the run started.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepRun {
+    pub step: StepId,
+    pub group: &'static str,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// What running a plan produced.
+#[derive(Debug, Default)]
+pub struct Executed {
+    /// Per step: what it made.
+    pub made: Vec<Option<Made>>,
+    pub runs: Vec<StepRun>,
+}
+
+/// A step that failed, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}")]
+pub struct StepFailed {
+    pub step: String,
+    #[source]
+    pub source: Box<ApplyError>,
+}
+
+/// Runs every step of `plan`; `started` is when the run began (the timeline's zero).
+pub async fn execute(
+    plan: &Plan,
+    context: Arc<Context>,
+    started: Instant,
+    events: &(dyn Fn(Event) + Sync),
+) -> Result<Executed, StepFailed> {
+    let count = plan.steps.len();
+    let mut waiting_on: Vec<usize> = plan.steps.iter().map(|s| s.needs.len()).collect();
+    let mut dependents: Vec<Vec<StepId>> = vec![Vec::new(); count];
+    for step in &plan.steps {
+        for need in &step.needs {
+            dependents[*need].push(step.id);
+        }
+    }
+    let limits: HashMap<Service, Arc<Semaphore>> =
+        [Service::Network, Service::Compute, Service::Kubernetes]
+            .into_iter()
+            .map(|s| (s, Arc::new(Semaphore::new(CONCURRENT_CALLS))))
+            .collect();
+    let mut executed = Executed {
+        made: vec![None; count],
+        runs: Vec::new(),
+    };
+    let configs: Arc<std::sync::Mutex<BTreeMap<String, String>>> = Arc::default();
+    let waits = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.action, Action::WaitActive { .. }))
+        .count();
+    let mut active = 0;
+    let mut ready: Vec<StepId> = (0..count).filter(|i| waiting_on[*i] == 0).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut failure: Option<StepFailed> = None;
+    loop {
+        if failure.is_none() {
+            for id in ready.drain(..) {
+                let step = &plan.steps[id];
+                let action = resolve(&step.action, &executed.made);
+                let limit = limits.get(&step.action.service()).cloned();
+                let context = context.clone();
+                let configs = configs.clone();
+                let line = step.action.progress_line();
+                events(Event::Started { step: id, line });
+                tasks.spawn(async move {
+                    let _permit = match limit {
+                        Some(limit) => limit.acquire_owned().await.ok(),
+                        None => None,
+                    };
+                    let start = started.elapsed().as_secs_f64();
+                    let result = run(&action, &context, &configs).await;
+                    (id, start, started.elapsed().as_secs_f64(), result)
+                });
+            }
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (id, start, end, result) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                failure.get_or_insert(StepFailed {
+                    step: "a step".into(),
+                    source: Box::new(ApplyError::Missing(format!(
+                        "a concurrent step stopped unexpectedly: {e}"
+                    ))),
+                });
+                continue;
+            }
+        };
+        let step = &plan.steps[id];
+        match result {
+            Ok(made) => {
+                executed.made[id] = Some(made);
+                executed.runs.push(StepRun {
+                    step: id,
+                    group: step.action.group(),
+                    start,
+                    end,
+                });
+                if let Action::WaitActive { .. } = &step.action {
+                    active += 1;
+                    events(Event::Count {
+                        what: "servers ACTIVE",
+                        done: active,
+                        total: waits,
+                    });
+                }
+                for next in &dependents[id] {
+                    waiting_on[*next] -= 1;
+                    if waiting_on[*next] == 0 {
+                        ready.push(*next);
+                    }
+                }
+            }
+            Err(source) => {
+                failure.get_or_insert(StepFailed {
+                    step: step.action.progress_line(),
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+    match failure {
+        Some(failed) => Err(failed),
+        None => Ok(executed),
+    }
+}
+
+/// The action with every input an earlier step made filled in as known.
+fn resolve(action: &Action, made: &[Option<Made>]) -> Action {
+    let fill = |r: &Ref| match r {
+        Ref::After(step) => made
+            .get(*step)
+            .cloned()
+            .flatten()
+            .map_or_else(|| r.clone(), Ref::Known),
+        Ref::Known(_) => r.clone(),
+    };
+    let mut action = action.clone();
+    match &mut action {
+        Action::CreateSubnet(s) => s.network = fill(&s.network),
+        Action::SetRouterGateway { router, .. } => *router = fill(router),
+        Action::AddRouterInterface { router, subnet, .. } => {
+            *router = fill(router);
+            *subnet = fill(subnet);
+        }
+        Action::AddRule(r) => {
+            r.group = fill(&r.group);
+            r.remote_group = r.remote_group.as_ref().map(fill);
+        }
+        Action::CreatePort(p) => {
+            p.network = fill(&p.network);
+            p.subnet = fill(&p.subnet);
+            p.security_groups = p.security_groups.iter().map(fill).collect();
+        }
+        Action::CreateFloatingIp { port, .. } | Action::AttachFloatingIp { port, .. } => {
+            *port = fill(port);
+        }
+        Action::RenderIgnition {
+            internal, public, ..
+        } => {
+            *internal = fill(internal);
+            *public = fill(public);
+        }
+        Action::CreateServer(s) => {
+            s.port = fill(&s.port);
+            s.server_group = s.server_group.as_ref().map(fill);
+        }
+        Action::WaitActive { server, .. } => *server = fill(server),
+        _ => {}
+    }
+    action
+}
+
+/// A resolved input; every input is known once the steps it comes from are done.
+fn known(r: &Ref) -> Result<&Made, ApplyError> {
+    match r {
+        Ref::Known(made) => Ok(made),
+        Ref::After(step) => Err(ApplyError::Missing(format!(
+            "step {step} made nothing this step could use"
+        ))),
+    }
+}
+
+fn id_of<T: crate::cloud::network::HasId>(resource: &T) -> Made {
+    Made::id(resource.id())
+}
+
+/// Runs one step.
+async fn run(
+    action: &Action,
+    context: &Context,
+    configs: &std::sync::Mutex<BTreeMap<String, String>>,
+) -> Result<Made, ApplyError> {
+    let cloud = &context.cloud;
+    let tags = vec![cluster_tag(&context.spec.name)];
+    let tag_on_create = context.tag_on_create;
+    Ok(match action {
+        Action::CreateNetwork { name } => id_of(
+            &cloud
+                .create_tagged::<Network>(Kind::Network, name, json!({}), &tags, tag_on_create)
+                .await?,
+        ),
+        Action::CreateSubnet(s) => {
+            let dns: Vec<String> = s.dns_nameservers.iter().map(|d| d.to_string()).collect();
+            let body = json!({
+                "network_id": known(&s.network)?.id,
+                "cidr": s.cidr.to_string(),
+                "ip_version": 4,
+                "dns_nameservers": dns,
+            });
+            id_of(
+                &cloud
+                    .create_tagged::<Subnet>(Kind::Subnet, &s.name, body, &tags, tag_on_create)
+                    .await?,
+            )
+        }
+        Action::CreateRouter {
+            name,
+            external_network_id,
+            ..
+        } => {
+            let body = json!({ "external_gateway_info": { "network_id": external_network_id } });
+            id_of(
+                &cloud
+                    .create_tagged::<Router>(Kind::Router, name, body, &tags, tag_on_create)
+                    .await?,
+            )
+        }
+        Action::SetRouterGateway {
+            router,
+            external_network_id,
+            ..
+        } => {
+            let router = known(router)?;
+            cloud
+                .set_router_gateway(&router.id, external_network_id)
+                .await?;
+            router.clone()
+        }
+        Action::AddRouterInterface { router, subnet, .. } => {
+            let router = known(router)?;
+            cloud
+                .add_router_interface(&router.id, &known(subnet)?.id)
+                .await?;
+            router.clone()
+        }
+        Action::CreateSecurityGroup { name } => {
+            let body = json!({ "description": "flatstack cluster nodes" });
+            id_of(
+                &cloud
+                    .create_tagged::<SecurityGroup>(
+                        Kind::SecurityGroup,
+                        name,
+                        body,
+                        &tags,
+                        tag_on_create,
+                    )
+                    .await?,
+            )
+        }
+        Action::AddRule(r) => {
+            let group = known(&r.group)?;
+            let mut rule = r.rule.clone();
+            if let Some(remote) = &r.remote_group {
+                rule.remote_group_id = Some(known(remote)?.id.clone());
+            }
+            cloud.add_security_group_rule(&group.id, &rule).await?;
+            group.clone()
+        }
+        Action::RemoveRule { rule, .. } => {
+            cloud.delete_security_group_rule(&rule.id).await?;
+            Made::id(&rule.id)
+        }
+        Action::CreateServerGroup { name, policy } => {
+            Made::id(&cloud.create_server_group(name, policy).await?.id)
+        }
+        Action::CreatePort(p) => {
+            let mut fixed = json!({ "subnet_id": known(&p.subnet)?.id });
+            if let Some(address) = p.fixed_ip {
+                fixed["ip_address"] = json!(address.to_string());
+            }
+            let groups = p
+                .security_groups
+                .iter()
+                .map(|g| known(g).map(|m| m.id.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let body = json!({
+                "network_id": known(&p.network)?.id,
+                "fixed_ips": [fixed],
+                "security_groups": groups,
+            });
+            let port: Port = cloud
+                .create_tagged(Kind::Port, &p.name, body, &tags, tag_on_create)
+                .await?;
+            Made {
+                id: port.id.clone(),
+                address: port.fixed_ips.first().map(|ip| ip.ip_address.clone()),
+            }
+        }
+        Action::CreateFloatingIp {
+            description,
+            external_network_id,
+            port,
+            ..
+        } => floating_made(
+            &cloud
+                .create_floating_ip(
+                    external_network_id,
+                    description,
+                    Some(&known(port)?.id),
+                    &tags,
+                    tag_on_create,
+                )
+                .await?,
+        ),
+        Action::AttachFloatingIp { id, port, .. } => {
+            floating_made(&cloud.attach_floating_ip(id, Some(&known(port)?.id)).await?)
+        }
+        Action::Adopt { kind, id, .. } => {
+            cloud.set_tags(*kind, id, &tags).await?;
+            Made::id(id)
+        }
+        Action::RefreshJoinToken => {
+            if let Some(kube) = &context.kube {
+                super::bootstrap::refresh_join_token(kube, &context.pki).await?;
+            }
+            Made::default()
+        }
+        Action::RenderIgnition {
+            nodes,
+            internal,
+            public,
+        } => {
+            let internal = known(internal)?;
+            let endpoint = ApiEndpoint {
+                internal: internal
+                    .address
+                    .as_deref()
+                    .and_then(|a| a.parse().ok())
+                    .ok_or_else(|| {
+                        ApplyError::Missing(format!("port {} has no IPv4 address", internal.id))
+                    })?,
+                public: known(public)?
+                    .address
+                    .as_deref()
+                    .and_then(|a| a.parse().ok()),
+            };
+            let mut rendered = BTreeMap::new();
+            for node in context
+                .spec
+                .nodes()
+                .iter()
+                .filter(|n| nodes.contains(&n.name))
+            {
+                let config = node::render_node(&context.spec, &context.pki, &endpoint, node)?;
+                rendered.insert(node.name.clone(), config.ignition);
+            }
+            configs
+                .lock()
+                .map_err(|_| ApplyError::Missing("the rendered configs were lost".into()))?
+                .extend(rendered);
+            Made::default()
+        }
+        Action::CreateServer(s) => {
+            let user_data = configs
+                .lock()
+                .map_err(|_| ApplyError::Missing("the rendered configs were lost".into()))?
+                .get(&s.name)
+                .cloned();
+            let request = ServerRequest {
+                name: s.name.clone(),
+                flavor_id: s.flavor_id.clone(),
+                image_id: s.image_id.clone(),
+                port_ids: vec![known(&s.port)?.id.clone()],
+                key_name: s.key_name.clone(),
+                user_data,
+                tags: s.tags.clone(),
+                metadata: s.metadata.clone(),
+                server_group_id: match &s.server_group {
+                    Some(g) => Some(known(g)?.id.clone()),
+                    None => None,
+                },
+                boot_volume_gb: s.boot_volume_gb,
+            };
+            Made::id(&cloud.create_server(&request).await?.id)
+        }
+        Action::WaitActive { server, .. } => {
+            let id = &known(server)?.id;
+            Made::id(&cloud.wait_server_active(id, SERVER_TIMEOUT).await?.id)
+        }
+        Action::Drain { node } => {
+            if let Some(kube) = &context.kube {
+                crate::kube::drain_node(kube, node, DRAIN_TIMEOUT)
+                    .await
+                    .map_err(|source| ApplyError::Drain {
+                        node: node.clone(),
+                        source,
+                    })?;
+            }
+            Made::default()
+        }
+        Action::DeleteServer { id, .. } => {
+            cloud.delete_server(id).await?;
+            cloud.wait_server_deleted(id, SERVER_TIMEOUT).await?;
+            Made::id(id)
+        }
+        Action::DeletePort { id, .. } => {
+            cloud.delete_resource(Kind::Port, id).await?;
+            Made::id(id)
+        }
+    })
+}
+
+fn floating_made(floating: &FloatingIp) -> Made {
+    Made {
+        id: floating.id.clone(),
+        address: Some(floating.floating_ip_address.clone()),
+    }
+}

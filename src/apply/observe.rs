@@ -1,0 +1,320 @@
+//! Observing the cloud: everything the planner and the preflight read, in one concurrent
+//! round of reads (two on a reused network): the cluster's resources by tag, those of its
+//! exact names that lack the tag, router interfaces, the external network, flavors, images,
+//! the keypair, and whether Neutron takes tags in a create.
+
+use crate::cloud::compute::Keypair;
+use crate::cloud::image::Image;
+use crate::cloud::load_balancer::is_service_floating_ip;
+use crate::cloud::network::{FloatingIp, HasTags, Kind, Network, Port, Router, Subnet};
+use crate::cloud::{Cloud, CloudError};
+use crate::plan::planner::CloudFacts;
+use crate::plan::resources::{Names, Observed, Untagged, cluster_tag};
+use crate::spec::{ClusterSpec, NetworkMode};
+
+use super::ApplyError;
+
+/// What one observation found.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub observed: Observed,
+    pub facts: CloudFacts,
+    /// The images the file's image choice looked at, and the keypairs when the file names one.
+    pub images: Vec<Image>,
+    pub keypairs: Option<Vec<Keypair>>,
+    /// Neutron's `tag-creation` extension: tags go in the create itself.
+    pub tag_on_create: bool,
+}
+
+/// Device owners of a router's interface ports (legacy, distributed and HA routers).
+const ROUTER_INTERFACE_OWNERS: [&str; 3] = [
+    "network:router_interface",
+    "network:router_interface_distributed",
+    "network:ha_router_replicated_interface",
+];
+
+/// Reads everything `plan` and `up` need, concurrently.
+pub async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, ApplyError> {
+    let (observed, externals, flavors, images, keypairs, tag_on_create) = tokio::try_join!(
+        cluster_resources(cloud, &spec.name),
+        cloud.list::<Network>(Kind::Network, &[("router:external", "true")]),
+        cloud.flavors(),
+        images_for(cloud, spec),
+        async {
+            match &spec.access.keypair {
+                Some(_) => cloud.keypairs().await.map(Some),
+                None => Ok(None),
+            }
+        },
+        cloud.network_extension("tag-creation"),
+    )?;
+    let external_network = externals
+        .into_iter()
+        .find(|n| n.name == spec.network.external_network || n.id == spec.network.external_network);
+    let reused = match &spec.network.mode {
+        NetworkMode::Create => None,
+        NetworkMode::Reuse {
+            network,
+            subnet,
+            router,
+        } => {
+            let external_id = external_network
+                .as_ref()
+                .map(|n| n.id.as_str())
+                .unwrap_or_default();
+            Some(
+                reused_network(
+                    cloud,
+                    network,
+                    subnet.as_deref(),
+                    router.as_deref(),
+                    external_id,
+                )
+                .await?,
+            )
+        }
+    };
+    let image_id = super::preflight::choose_image(spec, &images).map(|i| i.id.clone());
+    Ok(Observation {
+        observed,
+        facts: CloudFacts {
+            external_network,
+            flavors,
+            image_id,
+            reused,
+        },
+        images,
+        keypairs,
+        tag_on_create,
+    })
+}
+
+/// Everything the cluster owns, concurrently: by tag; the shared resources and the API's
+/// floating IP also by their exact names when untagged (to adopt); server groups (which
+/// cannot be tagged) by name; the router interfaces of the project; and what the cloud
+/// controller made by its own naming.
+pub async fn cluster_resources(cloud: &Cloud, cluster: &str) -> Result<Observed, CloudError> {
+    let tag = cluster_tag(cluster);
+    let tags = [tag.as_str()];
+    let names = Names::of(cluster);
+    let owners: Vec<(&str, &str)> = ROUTER_INTERFACE_OWNERS
+        .iter()
+        .map(|o| ("device_owner", *o))
+        .collect();
+    let network_named = [("name", names.network.as_str())];
+    let subnet_named = [("name", names.subnet.as_str())];
+    let router_named = [("name", names.router.as_str())];
+    let groups_by_name = [
+        ("name", names.nodes_group.as_str()),
+        ("name", names.control_plane_group.as_str()),
+    ];
+    let (
+        (networks, subnets, routers, security_groups, ports, floating_ips, servers, groups),
+        (load_balancers, all_floating_ips, router_interfaces),
+        (named_networks, named_subnets, named_routers, named_groups),
+    ) = tokio::try_join!(
+        async {
+            tokio::try_join!(
+                cloud.list_tagged(Kind::Network, &tags),
+                cloud.list_tagged(Kind::Subnet, &tags),
+                cloud.list_tagged::<Router>(Kind::Router, &tags),
+                cloud.list_tagged(Kind::SecurityGroup, &tags),
+                cloud.list_tagged(Kind::Port, &tags),
+                cloud.list_tagged(Kind::FloatingIp, &tags),
+                cloud.servers_tagged(&tags),
+                cloud.server_groups(),
+            )
+        },
+        async {
+            tokio::try_join!(
+                cloud.cluster_load_balancers(cluster),
+                cloud.list::<FloatingIp>(Kind::FloatingIp, &[]),
+                cloud.list::<Port>(Kind::Port, &owners),
+            )
+        },
+        async {
+            tokio::try_join!(
+                cloud.list::<Network>(Kind::Network, &network_named),
+                cloud.list::<Subnet>(Kind::Subnet, &subnet_named),
+                cloud.list::<Router>(Kind::Router, &router_named),
+                cloud.list(Kind::SecurityGroup, &groups_by_name),
+            )
+        },
+    )?;
+    let mut observed = Observed {
+        networks,
+        subnets,
+        routers,
+        security_groups,
+        ports,
+        floating_ips,
+        servers,
+        server_groups: groups
+            .into_iter()
+            .filter(|g| g.name == names.server_group)
+            .collect(),
+        load_balancers,
+        service_floating_ips: Vec::new(),
+        router_interfaces,
+        adopt: Vec::new(),
+    };
+    // What a run stopped between a create and its tag left: the cluster's by its exact name.
+    adopt(
+        &mut observed.adopt,
+        &mut observed.networks,
+        named_networks,
+        Kind::Network,
+    );
+    adopt(
+        &mut observed.adopt,
+        &mut observed.subnets,
+        named_subnets,
+        Kind::Subnet,
+    );
+    adopt(
+        &mut observed.adopt,
+        &mut observed.routers,
+        named_routers,
+        Kind::Router,
+    );
+    adopt(
+        &mut observed.adopt,
+        &mut observed.security_groups,
+        named_groups,
+        Kind::SecurityGroup,
+    );
+    for floating in all_floating_ips {
+        if is_service_floating_ip(&floating.description, cluster) {
+            observed.service_floating_ips.push(floating);
+        } else if floating.description == names.api_address
+            && !observed.floating_ips.iter().any(|f| f.id == floating.id)
+            && !floating.tags.iter().any(|t| t.starts_with(TAG_PREFIX))
+        {
+            observed.adopt.push(Untagged {
+                kind: Kind::FloatingIp,
+                id: floating.id.clone(),
+                name: floating.floating_ip_address.clone(),
+            });
+            observed.floating_ips.push(floating);
+        }
+    }
+    Ok(observed)
+}
+
+/// The prefix of every flatstack cluster tag.
+const TAG_PREFIX: &str = "flatstack:cluster=";
+
+/// Moves the resources of `named` that carry no flatstack tag into `found`, to be tagged.
+/// One tagged with another cluster's tag is never taken.
+fn adopt<T: HasTags>(adopt: &mut Vec<Untagged>, found: &mut Vec<T>, named: Vec<T>, kind: Kind) {
+    for resource in named {
+        if resource.tags().iter().any(|t| t.starts_with(TAG_PREFIX)) {
+            continue;
+        }
+        adopt.push(Untagged {
+            kind,
+            id: resource.id().to_string(),
+            name: resource.name().to_string(),
+        });
+        found.push(resource);
+    }
+}
+
+/// The images the file's choice looks at: by name, or Flatcar's of the version or channel.
+async fn images_for(cloud: &Cloud, spec: &ClusterSpec) -> Result<Vec<Image>, CloudError> {
+    match &spec.flatcar.image {
+        Some(name) => cloud.images(&[("name", name)]).await,
+        None => {
+            let mut filters = vec![("os_distro", "flatcar")];
+            if let Some(version) = &spec.flatcar.version {
+                filters.push(("os_version", version));
+            }
+            cloud.images(&filters).await
+        }
+    }
+}
+
+/// The existing network and subnet a cluster reuses. Floating IPs reach its nodes only through
+/// a router with an interface on the subnet and a gateway on the external network; flatstack
+/// changes neither: it checks them, before anything is created.
+async fn reused_network(
+    cloud: &Cloud,
+    network: &str,
+    subnet: Option<&str>,
+    router: Option<&str>,
+    external_id: &str,
+) -> Result<(Network, Subnet), ApplyError> {
+    let (named, with_id) = ([("name", network)], [("id", network)]);
+    let (by_name, by_id) = tokio::try_join!(
+        cloud.list::<Network>(Kind::Network, &named),
+        cloud.list::<Network>(Kind::Network, &with_id),
+    )?;
+    let found =
+        by_name.into_iter().chain(by_id).next().ok_or_else(|| {
+            ApplyError::Missing(format!("existing network `{network}` not found"))
+        })?;
+    let on_network = [("network_id", found.id.as_str())];
+    let (subnets, ports, routers) = tokio::try_join!(
+        cloud.list::<Subnet>(Kind::Subnet, &on_network),
+        cloud.list::<Port>(Kind::Port, &on_network),
+        async {
+            match router {
+                Some(wanted) => {
+                    let (named, with_id) = ([("name", wanted)], [("id", wanted)]);
+                    let (named, by_id) = tokio::try_join!(
+                        cloud.list::<Router>(Kind::Router, &named),
+                        cloud.list::<Router>(Kind::Router, &with_id),
+                    )?;
+                    Ok(named
+                        .into_iter()
+                        .chain(by_id)
+                        .next()
+                        .map(Some)
+                        .unwrap_or(None))
+                }
+                None => Ok(None),
+            }
+        },
+    )?;
+    let subnet = match subnet {
+        Some(wanted) => subnets
+            .into_iter()
+            .find(|s| s.name == wanted || s.id == wanted),
+        None => subnets.into_iter().next(),
+    }
+    .ok_or_else(|| ApplyError::Missing(format!("network `{}` has no usable subnet", found.name)))?;
+    let on_subnet: Vec<&str> = ports
+        .iter()
+        .filter(|p| ROUTER_INTERFACE_OWNERS.contains(&p.device_owner.as_str()))
+        .filter(|p| p.fixed_ips.iter().any(|ip| ip.subnet_id == subnet.id))
+        .map(|p| p.device_id.as_str())
+        .collect();
+    let Some(wanted) = router else {
+        if on_subnet.is_empty() {
+            return Err(ApplyError::Missing(format!(
+                "subnet `{}` of network `{}` has no router, so a floating IP cannot reach the nodes\n  hint: add the subnet to a router with a gateway on the external network, and name it as `network.existing_router`",
+                subnet.name, found.name
+            )));
+        }
+        return Ok((found, subnet));
+    };
+    let router = routers
+        .ok_or_else(|| ApplyError::Missing(format!("existing router `{wanted}` not found")))?;
+    if !on_subnet.contains(&router.id.as_str()) {
+        return Err(ApplyError::Missing(format!(
+            "router `{wanted}` has no interface on subnet `{}`; flatstack leaves routers it did not make as they are\n  hint: `openstack router add subnet {wanted} {}`",
+            subnet.name, subnet.id
+        )));
+    }
+    let gateway = router
+        .external_gateway_info
+        .as_ref()
+        .and_then(|g| g.get("network_id"))
+        .and_then(|id| id.as_str());
+    if gateway != Some(external_id) {
+        return Err(ApplyError::Missing(format!(
+            "router `{wanted}` has no gateway on the external network the floating IPs come from\n  hint: `openstack router set --external-gateway <external network> {wanted}`"
+        )));
+    }
+    Ok((found, subnet))
+}

@@ -1,0 +1,775 @@
+//! The planner: from the cluster file, what the cloud holds of the cluster and a few facts
+//! about the cloud, the typed steps that make the cloud match the file. Pure: it reads
+//! nothing and calls nothing, so `plan` and `up` get the same steps from the same observation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+
+use super::resources::{Names, Observed, cluster_tag};
+use super::rules::{rule_diff, wanted_rules};
+use super::steps::{
+    Action, Made, Plan, PortRequest, Ref, RuleRequest, ServerPlan, StepId, SubnetRequest,
+};
+use crate::cloud::compute::Flavor;
+use crate::cloud::network::{Network, Port, Subnet};
+use crate::spec::{ClusterSpec, NetworkMode, Role};
+
+/// What the planner needs to know of the cloud beyond the cluster's own resources.
+#[derive(Debug, Clone, Default)]
+pub struct CloudFacts {
+    /// The external network the file names, when the cloud has it.
+    pub external_network: Option<Network>,
+    pub flavors: Vec<Flavor>,
+    /// The image servers boot from, when one was found.
+    pub image_id: Option<String>,
+    /// On a network the cluster reuses: that network and the subnet nodes go on.
+    pub reused: Option<(Network, Subnet)>,
+}
+
+/// What the plan covers besides the cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    /// Drain leaving nodes and refresh the join token for new ones through the cluster's API
+    /// (left out with `--provision-only`).
+    pub kubernetes: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error(
+        "external network `{0}` not found\n  hint: `flatstack cloud check` lists what the cloud has"
+    )]
+    ExternalNetwork(String),
+    #[error("flavor `{0}` not found\n  hint: `flatstack cloud check` lists the cloud's flavors")]
+    Flavor(String),
+    #[error(
+        "no image to boot from\n  hint: `flatstack image ensure` uploads a verified Flatcar image"
+    )]
+    Image,
+    #[error("the existing network the file names was not found")]
+    ReusedNetwork,
+    #[error("`network.node_cidr` is needed for a network flatstack creates")]
+    NodeCidr,
+}
+
+impl PlanError {
+    /// Every planning error is a file that does not fit the cloud: exit code 2.
+    pub fn is_invalid_input(&self) -> bool {
+        true
+    }
+}
+
+/// The steps from `observed` to what `spec` asks for.
+pub fn plan(
+    spec: &ClusterSpec,
+    observed: &Observed,
+    facts: &CloudFacts,
+    scope: Scope,
+) -> Result<Plan, PlanError> {
+    let names = Names::of(&spec.name);
+    let external = facts
+        .external_network
+        .as_ref()
+        .ok_or_else(|| PlanError::ExternalNetwork(spec.network.external_network.clone()))?;
+    let mut plan = Plan::default();
+    for untagged in &observed.adopt {
+        plan.push(
+            Action::Adopt {
+                kind: untagged.kind,
+                id: untagged.id.clone(),
+                name: untagged.name.clone(),
+            },
+            &[],
+        );
+    }
+    let chain = network_chain(spec, observed, facts, external, &mut plan)?;
+
+    // Security groups: one for every node, one for control planes, with their rules.
+    let group = |plan: &mut Plan, name: &str| match observed
+        .security_groups
+        .iter()
+        .find(|g| g.name == name)
+    {
+        Some(g) => (Ref::Known(Made::id(&g.id)), g.security_group_rules.clone()),
+        None => {
+            let id = plan.push(
+                Action::CreateSecurityGroup {
+                    name: name.to_string(),
+                },
+                &[],
+            );
+            (Ref::After(id), Vec::new())
+        }
+    };
+    let (nodes_group, nodes_rules) = group(&mut plan, &names.nodes_group);
+    let (control_group, control_rules) = group(&mut plan, &names.control_plane_group);
+    let nodes_group_id = match &nodes_group {
+        Ref::Known(made) => made.id.clone(),
+        Ref::After(_) => String::new(),
+    };
+    let wanted = wanted_rules(spec, &nodes_group_id, chain.subnet_cidr);
+    for (group, group_name, have, want) in [
+        (
+            &nodes_group,
+            &names.nodes_group,
+            &nodes_rules,
+            &wanted.nodes,
+        ),
+        (
+            &control_group,
+            &names.control_plane_group,
+            &control_rules,
+            &wanted.control_planes,
+        ),
+    ] {
+        let (missing, stale) = rule_diff(have, want);
+        for rule in missing {
+            let mut rule = rule.clone();
+            let remote_group = rule.remote_group_id.take().map(|_| nodes_group.clone());
+            plan.push(
+                Action::AddRule(RuleRequest {
+                    group: group.clone(),
+                    group_name: group_name.clone(),
+                    rule,
+                    remote_group,
+                }),
+                &[],
+            );
+        }
+        for rule in stale {
+            plan.push(
+                Action::RemoveRule {
+                    group_name: group_name.clone(),
+                    rule: rule.clone(),
+                },
+                &[],
+            );
+        }
+    }
+    let server_group = match observed.server_groups.first() {
+        Some(g) => Ref::Known(Made::id(&g.id)),
+        None => Ref::After(plan.push(
+            Action::CreateServerGroup {
+                name: names.server_group.clone(),
+                policy: "anti-affinity".into(),
+            },
+            &[],
+        )),
+    };
+
+    // Ports first: the first control plane's address goes into every Ignition config.
+    let nodes = spec.nodes();
+    let api_address = spec.network.default_api_address();
+    let mut ports: BTreeMap<&str, Ref> = BTreeMap::new();
+    for (index, node) in nodes.iter().enumerate() {
+        let port = match observed.ports.iter().find(|p| p.name == node.name) {
+            Some(port) => Ref::Known(port_made(port)),
+            None => {
+                let mut security_groups = vec![nodes_group.clone()];
+                let mut fixed_ip = None;
+                if node.role == Role::ControlPlane {
+                    security_groups.push(control_group.clone());
+                    if index == 0 {
+                        fixed_ip = api_address;
+                    }
+                }
+                Ref::After(plan.push(
+                    Action::CreatePort(PortRequest {
+                        name: node.name.clone(),
+                        network: chain.network.clone(),
+                        subnet: chain.subnet.clone(),
+                        fixed_ip,
+                        security_groups,
+                    }),
+                    &[],
+                ))
+            }
+        };
+        ports.insert(node.name.as_str(), port);
+    }
+    let first = nodes
+        .iter()
+        .find(|n| n.role == Role::ControlPlane)
+        .map(|n| n.name.as_str())
+        .unwrap_or_default();
+    let first_port = ports.get(first).cloned().unwrap_or(Ref::After(0));
+
+    // The API's floating IP, pointed at the first control plane (checked every run).
+    let public = match observed
+        .floating_ips
+        .iter()
+        .find(|f| f.description == names.api_address)
+    {
+        None => Ref::After(plan.push(
+            Action::CreateFloatingIp {
+                description: names.api_address.clone(),
+                external_network: spec.network.external_network.clone(),
+                external_network_id: external.id.clone(),
+                port: first_port.clone(),
+            },
+            &chain.reachable_after,
+        )),
+        Some(floating) => {
+            let attached = match &first_port {
+                Ref::Known(port) => floating.port_id.as_deref() == Some(port.id.as_str()),
+                Ref::After(_) => false,
+            };
+            if !attached {
+                plan.push(
+                    Action::AttachFloatingIp {
+                        id: floating.id.clone(),
+                        address: floating.floating_ip_address.clone(),
+                        port: first_port.clone(),
+                        port_name: first.to_string(),
+                    },
+                    &chain.reachable_after,
+                );
+            }
+            Ref::Known(Made {
+                id: floating.id.clone(),
+                address: Some(floating.floating_ip_address.clone()),
+            })
+        }
+    };
+
+    // Servers: every one missing, once its config is rendered.
+    let missing: Vec<_> = nodes
+        .iter()
+        .filter(|n| !observed.servers.iter().any(|s| s.name == n.name))
+        .collect();
+    let running = !observed.servers.is_empty();
+    if !missing.is_empty() {
+        let image_id = facts.image_id.clone().ok_or(PlanError::Image)?;
+        let mut before = vec![plan.push(
+            Action::RenderIgnition {
+                nodes: missing.iter().map(|n| n.name.clone()).collect(),
+                internal: first_port.clone(),
+                public: public.clone(),
+            },
+            &[],
+        )];
+        if scope.kubernetes && running {
+            before.push(plan.push(Action::RefreshJoinToken, &[]));
+        }
+        for node in missing {
+            let (flavor_name, boot_volume_gb, role) =
+                match node.pool.and_then(|i| spec.worker_pools.get(i)) {
+                    Some(pool) => (&pool.flavor, pool.boot_volume_gb, "worker"),
+                    None => (
+                        &spec.control_plane.flavor,
+                        spec.control_plane.boot_volume_gb,
+                        "control-plane",
+                    ),
+                };
+            let flavor = facts
+                .flavors
+                .iter()
+                .find(|f| &f.name == flavor_name || &f.id == flavor_name)
+                .ok_or_else(|| PlanError::Flavor(flavor_name.clone()))?;
+            let metadata = BTreeMap::from([
+                ("flatstack-cluster".to_string(), spec.name.clone()),
+                ("flatstack-role".to_string(), role.to_string()),
+            ]);
+            let create = plan.push(
+                Action::CreateServer(ServerPlan {
+                    name: node.name.clone(),
+                    flavor_id: flavor.id.clone(),
+                    flavor_name: flavor.name.clone(),
+                    image_id: image_id.clone(),
+                    port: ports
+                        .get(node.name.as_str())
+                        .cloned()
+                        .unwrap_or(Ref::After(0)),
+                    key_name: spec.access.keypair.clone(),
+                    tags: vec![cluster_tag(&spec.name), format!("flatstack:role={role}")],
+                    metadata,
+                    server_group: (node.role == Role::ControlPlane).then(|| server_group.clone()),
+                    boot_volume_gb,
+                }),
+                &before,
+            );
+            plan.push(
+                Action::WaitActive {
+                    server: Ref::After(create),
+                    name: node.name.clone(),
+                },
+                &[],
+            );
+        }
+    }
+    let wanted: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    // Servers a previous run left building: waited for (an ERROR is reported with its fault).
+    for server in observed
+        .servers
+        .iter()
+        .filter(|s| wanted.contains(s.name.as_str()) && s.status != "ACTIVE")
+    {
+        plan.push(
+            Action::WaitActive {
+                server: Ref::Known(Made::id(&server.id)),
+                name: server.name.clone(),
+            },
+            &[],
+        );
+    }
+
+    // Scaled down: servers the file no longer names are drained, then deleted with their ports.
+    let mut deleted: BTreeMap<&str, StepId> = BTreeMap::new();
+    for server in observed
+        .servers
+        .iter()
+        .filter(|s| !wanted.contains(s.name.as_str()))
+    {
+        let drained: Vec<StepId> = if scope.kubernetes {
+            vec![plan.push(
+                Action::Drain {
+                    node: server.name.clone(),
+                },
+                &[],
+            )]
+        } else {
+            Vec::new()
+        };
+        let id = plan.push(
+            Action::DeleteServer {
+                id: server.id.clone(),
+                name: server.name.clone(),
+            },
+            &drained,
+        );
+        deleted.insert(server.name.as_str(), id);
+    }
+    for port in observed
+        .ports
+        .iter()
+        .filter(|p| !wanted.contains(p.name.as_str()))
+    {
+        let after: Vec<StepId> = deleted
+            .get(port.name.as_str())
+            .copied()
+            .into_iter()
+            .collect();
+        plan.push(
+            Action::DeletePort {
+                id: port.id.clone(),
+                name: port.name.clone(),
+            },
+            &after,
+        );
+    }
+    Ok(plan)
+}
+
+/// A port as a step's input: its ID and first address.
+fn port_made(port: &Port) -> Made {
+    Made {
+        id: port.id.clone(),
+        address: port.fixed_ips.first().map(|ip| ip.ip_address.clone()),
+    }
+}
+
+/// Where the nodes go: the network and subnet, their range, and the steps after which a
+/// floating IP on that subnet can reach the external network (router, gateway, interface).
+struct Chain {
+    network: Ref,
+    subnet: Ref,
+    subnet_cidr: Option<IpNet>,
+    reachable_after: Vec<StepId>,
+}
+
+fn network_chain(
+    spec: &ClusterSpec,
+    observed: &Observed,
+    facts: &CloudFacts,
+    external: &Network,
+    plan: &mut Plan,
+) -> Result<Chain, PlanError> {
+    let names = Names::of(&spec.name);
+    if let NetworkMode::Reuse { .. } = spec.network.mode {
+        let (network, subnet) = facts.reused.as_ref().ok_or(PlanError::ReusedNetwork)?;
+        return Ok(Chain {
+            network: Ref::Known(Made::id(&network.id)),
+            subnet: Ref::Known(Made::id(&subnet.id)),
+            subnet_cidr: subnet.cidr.parse().ok(),
+            reachable_after: Vec::new(),
+        });
+    }
+    let cidr = spec.network.node_cidr.ok_or(PlanError::NodeCidr)?;
+    let network = match observed.networks.iter().find(|n| n.name == names.network) {
+        Some(n) => Ref::Known(Made::id(&n.id)),
+        None => Ref::After(plan.push(
+            Action::CreateNetwork {
+                name: names.network.clone(),
+            },
+            &[],
+        )),
+    };
+    let existing_subnet = observed.subnets.iter().find(|s| s.name == names.subnet);
+    let subnet = match existing_subnet {
+        Some(s) => Ref::Known(Made::id(&s.id)),
+        None => Ref::After(plan.push(
+            Action::CreateSubnet(SubnetRequest {
+                name: names.subnet.clone(),
+                network: network.clone(),
+                cidr,
+                dns_nameservers: spec.network.dns_servers.clone(),
+            }),
+            &[],
+        )),
+    };
+    let mut reachable_after = Vec::new();
+    let router = match observed.routers.iter().find(|r| r.name == names.router) {
+        Some(router) => {
+            let gateway = router
+                .external_gateway_info
+                .as_ref()
+                .and_then(|g| g.get("network_id"))
+                .and_then(|id| id.as_str());
+            if gateway != Some(external.id.as_str()) {
+                reachable_after.push(plan.push(
+                    Action::SetRouterGateway {
+                        router: Ref::Known(Made::id(&router.id)),
+                        router_name: router.name.clone(),
+                        external_network_id: external.id.clone(),
+                    },
+                    &[],
+                ));
+            }
+            Ref::Known(Made::id(&router.id))
+        }
+        None => {
+            let id = plan.push(
+                Action::CreateRouter {
+                    name: names.router.clone(),
+                    external_network: spec.network.external_network.clone(),
+                    external_network_id: external.id.clone(),
+                },
+                &[],
+            );
+            reachable_after.push(id);
+            Ref::After(id)
+        }
+    };
+    // The interface, checked every run: a run stopped after the router's create, or a hand-made
+    // change, leaves a router without it.
+    let attached = match (&router, existing_subnet) {
+        (Ref::Known(r), Some(s)) => observed
+            .router_interfaces
+            .iter()
+            .any(|p| p.device_id == r.id && p.fixed_ips.iter().any(|ip| ip.subnet_id == s.id)),
+        _ => false,
+    };
+    if !attached {
+        reachable_after.push(plan.push(
+            Action::AddRouterInterface {
+                router,
+                router_name: names.router.clone(),
+                subnet: subnet.clone(),
+                subnet_name: names.subnet.clone(),
+            },
+            &[],
+        ));
+    }
+    Ok(Chain {
+        network,
+        subnet,
+        subnet_cidr: Some(IpNet::V4(
+            existing_subnet
+                .and_then(|s| s.cidr.parse().ok())
+                .unwrap_or(cidr),
+        )),
+        reachable_after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::compute::Server;
+    use crate::cloud::network::{FixedIp, FloatingIp, Router, SecurityGroup};
+    use crate::plan::steps::Verb;
+    use crate::spec::test_spec;
+
+    fn facts() -> CloudFacts {
+        CloudFacts {
+            external_network: Some(Network {
+                id: "ext".into(),
+                name: "public".into(),
+                tags: vec![],
+                subnets: vec![],
+                external: true,
+                status: "ACTIVE".into(),
+            }),
+            flavors: vec![Flavor {
+                id: "f1".into(),
+                name: "m3.small".into(),
+                vcpus: 2,
+                ram: 6144,
+                disk: 20,
+            }],
+            image_id: Some("img".into()),
+            reused: None,
+        }
+    }
+
+    fn shown(plan: &Plan) -> Vec<String> {
+        plan.shown()
+            .iter()
+            .map(|s| format!("{} {} {}", s.action.sign(), s.kind, s.name))
+            .collect()
+    }
+
+    const K8S: Scope = Scope { kubernetes: true };
+
+    fn with_workers(count: u32) -> ClusterSpec {
+        test_spec(&format!(
+            "[[worker_pools]]\nname = \"default\"\ncount = {count}\nflavor = \"m3.small\"\n"
+        ))
+    }
+
+    /// Everything a converged cluster of `spec` holds, as the planner would make it.
+    fn converged(spec: &ClusterSpec) -> Observed {
+        let names = Names::of(&spec.name);
+        let port = |name: &str, ip: &str| Port {
+            id: format!("p-{name}"),
+            name: name.into(),
+            network_id: "n".into(),
+            fixed_ips: vec![FixedIp {
+                subnet_id: "s".into(),
+                ip_address: ip.into(),
+            }],
+            tags: vec![],
+            device_id: String::new(),
+            device_owner: String::new(),
+            status: "ACTIVE".into(),
+        };
+        let nodes = spec.nodes();
+        let wanted = wanted_rules(spec, "g-nodes", spec.network.node_cidr.map(IpNet::V4));
+        let rules = |rules: &[crate::cloud::network::SecurityGroupRule]| {
+            rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| crate::cloud::network::SecurityGroupRule {
+                    id: format!("r{i}"),
+                    ..r.clone()
+                })
+                .collect()
+        };
+        let mut interface = port("", "10.42.0.1");
+        interface.device_id = "r".into();
+        Observed {
+            networks: vec![Network {
+                id: "n".into(),
+                name: names.network.clone(),
+                tags: vec![],
+                subnets: vec![],
+                external: false,
+                status: "ACTIVE".into(),
+            }],
+            subnets: vec![Subnet {
+                id: "s".into(),
+                name: names.subnet.clone(),
+                network_id: "n".into(),
+                cidr: "10.42.0.0/24".into(),
+                tags: vec![],
+            }],
+            routers: vec![Router {
+                id: "r".into(),
+                name: names.router.clone(),
+                status: "ACTIVE".into(),
+                tags: vec![],
+                external_gateway_info: Some(serde_json::json!({ "network_id": "ext" })),
+            }],
+            router_interfaces: vec![interface],
+            security_groups: vec![
+                SecurityGroup {
+                    id: "g-nodes".into(),
+                    name: names.nodes_group.clone(),
+                    tags: vec![],
+                    security_group_rules: rules(&wanted.nodes),
+                },
+                SecurityGroup {
+                    id: "g-cp".into(),
+                    name: names.control_plane_group.clone(),
+                    tags: vec![],
+                    security_group_rules: rules(&wanted.control_planes),
+                },
+            ],
+            ports: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| port(&n.name, &format!("10.42.0.{}", 10 + i)))
+                .collect(),
+            floating_ips: vec![FloatingIp {
+                id: "fip".into(),
+                floating_ip_address: "203.0.113.5".into(),
+                floating_network_id: "ext".into(),
+                port_id: Some(format!("p-{}", nodes[0].name)),
+                tags: vec![],
+                description: names.api_address.clone(),
+                status: "ACTIVE".into(),
+            }],
+            servers: nodes
+                .iter()
+                .map(|n| Server {
+                    id: format!("s-{}", n.name),
+                    name: n.name.clone(),
+                    status: "ACTIVE".into(),
+                    tags: vec![],
+                    metadata: BTreeMap::new(),
+                    fault: None,
+                    addresses: BTreeMap::new(),
+                    flavor: serde_json::Value::Null,
+                })
+                .collect(),
+            server_groups: vec![crate::cloud::compute::ServerGroup {
+                id: "sg".into(),
+                name: names.server_group.clone(),
+                policy: None,
+                members: vec![],
+            }],
+            ..Observed::default()
+        }
+    }
+
+    #[test]
+    fn a_new_cluster_is_planned_in_dependency_order() {
+        let spec = with_workers(2);
+        let plan = plan(&spec, &Observed::default(), &facts(), K8S).expect("plan");
+        let lines = shown(&plan);
+        for line in [
+            "+ network demo-net",
+            "+ subnet demo-subnet",
+            "+ router demo-router",
+            "+ router interface demo-router",
+            "+ security group demo-nodes",
+            "+ server group demo-control-plane",
+            "+ port demo-control-plane-1",
+            "+ floating IP demo-api",
+            "> ignition 3 config(s)",
+            "+ server demo-default-2",
+            "> wait demo-default-2",
+        ] {
+            assert!(lines.contains(&line.to_string()), "{line} in {lines:#?}");
+        }
+        // No join token on a new cluster: the first control plane makes it.
+        assert!(
+            !lines.iter().any(|l| l.contains("join token")),
+            "{lines:#?}"
+        );
+        // Every need points backwards: the list is already in an order that can run.
+        for step in &plan.steps {
+            assert!(step.needs.iter().all(|n| *n < step.id), "{step:?}");
+        }
+        // The floating IP waits for the router's interface; servers for the configs.
+        let find = |kind: &str, name: &str| {
+            plan.shown()
+                .into_iter()
+                .find(|s| s.kind == kind && s.name == name)
+                .expect(name)
+        };
+        let interface = find("router interface", "demo-router").id;
+        assert!(find("floating IP", "demo-api").needs.contains(&interface));
+        let render = find("ignition", "3 config(s)").id;
+        assert!(find("server", "demo-default-1").needs.contains(&render));
+        // The first control plane's port has the fixed API address, the render shows it
+        // as known only after apply.
+        let port = find("port", "demo-control-plane-1");
+        assert_eq!(port.detail, "10.42.0.10");
+        assert!(
+            find("ignition", "3 config(s)")
+                .detail
+                .contains("(known after apply)")
+        );
+    }
+
+    #[test]
+    fn a_converged_cluster_plans_nothing() {
+        let spec = with_workers(2);
+        let plan = plan(&spec, &converged(&spec), &facts(), K8S).expect("plan");
+        assert_eq!(shown(&plan), Vec::<String>::new());
+    }
+
+    #[test]
+    fn drift_is_planned_as_repairs() {
+        let spec = with_workers(2);
+        let mut observed = converged(&spec);
+        observed.floating_ips[0].port_id = None;
+        observed.router_interfaces.clear();
+        observed.routers[0].external_gateway_info = None;
+        observed.security_groups[1].security_group_rules.remove(0);
+        let plan = plan(&spec, &observed, &facts(), K8S).expect("plan");
+        assert_eq!(
+            shown(&plan),
+            [
+                "~ router demo-router",
+                "+ router interface demo-router",
+                "+ rule demo-control-plane",
+                "~ floating IP 203.0.113.5"
+            ]
+        );
+        assert_eq!(plan.count(Verb::Update), 2);
+    }
+
+    #[test]
+    fn scaling_up_refreshes_the_token_and_scaling_down_drains_first() {
+        let spec = with_workers(2);
+        let mut observed = converged(&spec);
+        observed.servers.pop();
+        let grown = plan(&spec, &observed, &facts(), K8S).expect("plan");
+        assert_eq!(
+            shown(&grown),
+            [
+                "> ignition 1 config(s)",
+                "> join token bootstrap token",
+                "+ server demo-default-2",
+                "> wait demo-default-2"
+            ]
+        );
+        let server = &grown.steps[2];
+        assert_eq!(server.needs, [0, 1]);
+        // The render knows the addresses already: the cluster exists.
+        assert!(grown.steps[0].shown().detail.contains("203.0.113.5"));
+
+        let smaller = with_workers(1);
+        let shrunk = plan(&smaller, &converged(&spec), &facts(), K8S).expect("plan");
+        assert_eq!(
+            shown(&shrunk),
+            [
+                "> drain demo-default-2",
+                "- server demo-default-2",
+                "- port demo-default-2"
+            ]
+        );
+        assert_eq!(shrunk.steps[1].needs, [0]);
+        assert_eq!(shrunk.steps[2].needs, [1]);
+        let provision_only = plan(
+            &smaller,
+            &converged(&spec),
+            &facts(),
+            Scope { kubernetes: false },
+        )
+        .expect("plan");
+        assert_eq!(
+            shown(&provision_only),
+            ["- server demo-default-2", "- port demo-default-2"]
+        );
+    }
+
+    #[test]
+    fn missing_cloud_facts_are_named() {
+        let spec = with_workers(2);
+        let mut without = facts();
+        without.flavors.clear();
+        assert_eq!(
+            plan(&spec, &Observed::default(), &without, K8S),
+            Err(PlanError::Flavor("m3.small".into()))
+        );
+        without.external_network = None;
+        assert_eq!(
+            plan(&spec, &Observed::default(), &without, K8S),
+            Err(PlanError::ExternalNetwork("public".into()))
+        );
+    }
+}

@@ -1,0 +1,533 @@
+//! The typed steps of a plan: each carries every input it needs, either known now or made by
+//! an earlier step ([`Ref::After`]), and the steps it waits for. `flatstack plan` prints these
+//! steps and `flatstack up` runs exactly them.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use super::rules;
+use crate::cloud::network::{Kind, SecurityGroupRule};
+
+/// A step's index in its [`Plan`].
+pub type StepId = usize;
+
+/// What a step made, or what exists already: an ID, and the address of a port or floating IP.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Made {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+impl Made {
+    pub fn id(id: &str) -> Made {
+        Made {
+            id: id.to_string(),
+            address: None,
+        }
+    }
+}
+
+/// A value a step needs: known at planning time, or made by another step of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ref {
+    Known(Made),
+    After(StepId),
+}
+
+impl Ref {
+    /// The address when it is known now; "known after apply" otherwise.
+    fn address(&self) -> String {
+        match self {
+            Ref::Known(Made {
+                address: Some(a), ..
+            }) => a.clone(),
+            _ => KNOWN_AFTER_APPLY.to_string(),
+        }
+    }
+}
+
+/// How `plan` shows a value that exists only once `up` has run.
+pub const KNOWN_AFTER_APPLY: &str = "(known after apply)";
+
+/// A Neutron subnet to create on `network`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubnetRequest {
+    pub name: String,
+    pub network: Ref,
+    pub cidr: Ipv4Net,
+    pub dns_nameservers: Vec<IpAddr>,
+}
+
+/// A port with a fixed address on the subnet (the first control plane's is chosen, the others
+/// are Neutron's), in the given security groups.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortRequest {
+    pub name: String,
+    pub network: Ref,
+    pub subnet: Ref,
+    pub fixed_ip: Option<Ipv4Addr>,
+    pub security_groups: Vec<Ref>,
+}
+
+/// An ingress rule of one of the cluster's groups; `remote_group` replaces the rule's
+/// `remote_group_id` when the rule admits a group's members.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleRequest {
+    pub group: Ref,
+    pub group_name: String,
+    pub rule: SecurityGroupRule,
+    pub remote_group: Option<Ref>,
+}
+
+/// A server to create: everything Nova's request needs but its user_data, which the
+/// [`Action::RenderIgnition`] step it waits for renders once the API address is known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerPlan {
+    pub name: String,
+    pub flavor_id: String,
+    pub flavor_name: String,
+    pub image_id: String,
+    pub port: Ref,
+    pub key_name: Option<String>,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub server_group: Option<Ref>,
+    pub boot_volume_gb: Option<u32>,
+}
+
+/// One thing `up` does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    CreateNetwork {
+        name: String,
+    },
+    CreateSubnet(SubnetRequest),
+    /// A router with its gateway on the external network, given in the create.
+    CreateRouter {
+        name: String,
+        external_network: String,
+        external_network_id: String,
+    },
+    SetRouterGateway {
+        router: Ref,
+        router_name: String,
+        external_network_id: String,
+    },
+    AddRouterInterface {
+        router: Ref,
+        router_name: String,
+        subnet: Ref,
+        subnet_name: String,
+    },
+    CreateSecurityGroup {
+        name: String,
+    },
+    AddRule(RuleRequest),
+    RemoveRule {
+        group_name: String,
+        rule: SecurityGroupRule,
+    },
+    CreateServerGroup {
+        name: String,
+        policy: String,
+    },
+    CreatePort(PortRequest),
+    CreateFloatingIp {
+        description: String,
+        external_network: String,
+        external_network_id: String,
+        port: Ref,
+    },
+    AttachFloatingIp {
+        id: String,
+        address: String,
+        port: Ref,
+        port_name: String,
+    },
+    /// A resource of the cluster's exact name without its tag (a run stopped between the
+    /// create and the tag, on a cloud that cannot tag in the create): taken as the cluster's.
+    Adopt {
+        kind: Kind,
+        id: String,
+        name: String,
+    },
+    /// Make the bootstrap token valid again before new nodes join with it.
+    RefreshJoinToken,
+    /// The Ignition configs of the servers to create, with the API's addresses.
+    RenderIgnition {
+        nodes: Vec<String>,
+        internal: Ref,
+        public: Ref,
+    },
+    CreateServer(ServerPlan),
+    WaitActive {
+        server: Ref,
+        name: String,
+    },
+    Drain {
+        node: String,
+    },
+    /// Delete and wait until Nova has removed it.
+    DeleteServer {
+        id: String,
+        name: String,
+    },
+    DeletePort {
+        id: String,
+        name: String,
+    },
+}
+
+/// How a step is counted: what it changes in the cloud, or a step that changes nothing there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verb {
+    Create,
+    /// Something that exists is put back as it should be.
+    Update,
+    Delete,
+    /// Work that changes no cloud resource: render, wait, drain.
+    Run,
+}
+
+impl Verb {
+    pub fn sign(self) -> char {
+        match self {
+            Verb::Create => '+',
+            Verb::Update => '~',
+            Verb::Delete => '-',
+            Verb::Run => '>',
+        }
+    }
+}
+
+/// Which API a step calls, for the executor's per-service concurrency bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Network,
+    Compute,
+    /// Polls or local work: bounded by the steps it waits for, not by a service.
+    Unbounded,
+    Kubernetes,
+}
+
+impl Action {
+    /// The step as people read it: verb, kind, name and detail.
+    pub fn describe(&self) -> (Verb, &'static str, String, String) {
+        use Action::*;
+        match self {
+            CreateNetwork { name } => (Verb::Create, "network", name.clone(), String::new()),
+            CreateSubnet(s) => (Verb::Create, "subnet", s.name.clone(), s.cidr.to_string()),
+            CreateRouter {
+                name,
+                external_network,
+                ..
+            } => (
+                Verb::Create,
+                "router",
+                name.clone(),
+                format!("gateway on {external_network}"),
+            ),
+            SetRouterGateway { router_name, .. } => (
+                Verb::Update,
+                "router",
+                router_name.clone(),
+                "set its gateway on the external network".into(),
+            ),
+            AddRouterInterface {
+                router_name,
+                subnet_name,
+                ..
+            } => (
+                Verb::Create,
+                "router interface",
+                router_name.clone(),
+                format!("on {subnet_name}"),
+            ),
+            CreateSecurityGroup { name } => {
+                (Verb::Create, "security group", name.clone(), String::new())
+            }
+            AddRule(r) => (
+                Verb::Create,
+                "rule",
+                r.group_name.clone(),
+                rules::describe(&r.rule),
+            ),
+            RemoveRule { group_name, rule } => (
+                Verb::Delete,
+                "rule",
+                group_name.clone(),
+                rules::describe(rule),
+            ),
+            CreateServerGroup { name, policy } => {
+                (Verb::Create, "server group", name.clone(), policy.clone())
+            }
+            CreatePort(p) => (
+                Verb::Create,
+                "port",
+                p.name.clone(),
+                p.fixed_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            ),
+            CreateFloatingIp {
+                description,
+                external_network,
+                ..
+            } => (
+                Verb::Create,
+                "floating IP",
+                description.clone(),
+                format!("from {external_network}"),
+            ),
+            AttachFloatingIp {
+                address, port_name, ..
+            } => (
+                Verb::Update,
+                "floating IP",
+                address.clone(),
+                format!("attach to {port_name}"),
+            ),
+            Adopt { kind, name, .. } => (
+                Verb::Update,
+                kind_name(*kind),
+                name.clone(),
+                "untagged: tag it as the cluster's".into(),
+            ),
+            RefreshJoinToken => (
+                Verb::Run,
+                "join token",
+                "bootstrap token".into(),
+                "valid again for new nodes".into(),
+            ),
+            RenderIgnition {
+                nodes,
+                internal,
+                public,
+            } => (
+                Verb::Run,
+                "ignition",
+                format!("{} config(s)", nodes.len()),
+                format!("API at {} and {}", internal.address(), public.address()),
+            ),
+            CreateServer(s) => (
+                Verb::Create,
+                "server",
+                s.name.clone(),
+                s.flavor_name.clone(),
+            ),
+            WaitActive { name, .. } => (Verb::Run, "wait", name.clone(), "until ACTIVE".into()),
+            Drain { node } => (Verb::Run, "drain", node.clone(), "evict its pods".into()),
+            DeleteServer { name, .. } => (Verb::Delete, "server", name.clone(), String::new()),
+            DeletePort { name, .. } => (Verb::Delete, "port", name.clone(), String::new()),
+        }
+    }
+
+    /// The line `up` prints when the step starts.
+    pub fn progress_line(&self) -> String {
+        use Action::*;
+        match self {
+            CreateNetwork { name } => format!("creating network {name}"),
+            CreateSubnet(s) => format!("creating subnet {}", s.name),
+            CreateRouter { name, .. } => format!("creating router {name}"),
+            SetRouterGateway { router_name, .. } => {
+                format!("setting the gateway of router {router_name}")
+            }
+            AddRouterInterface {
+                router_name,
+                subnet_name,
+                ..
+            } => format!("adding subnet {subnet_name} to router {router_name}"),
+            CreateSecurityGroup { name } => format!("creating security group {name}"),
+            AddRule(r) => format!(
+                "adding rule {} to {}",
+                rules::describe(&r.rule),
+                r.group_name
+            ),
+            RemoveRule { group_name, rule } => {
+                format!("removing rule {} on {group_name}", rules::describe(rule))
+            }
+            CreateServerGroup { name, .. } => format!("creating server group {name}"),
+            CreatePort(p) => format!("creating port {}", p.name),
+            CreateFloatingIp { .. } => "allocating the API floating IP".into(),
+            AttachFloatingIp {
+                address, port_name, ..
+            } => format!("attaching the API floating IP {address} to {port_name} again"),
+            Adopt { kind, name, .. } => {
+                format!(
+                    "tagging untagged {} {name} as the cluster's",
+                    kind_name(*kind)
+                )
+            }
+            RefreshJoinToken => "refreshing the join token for new nodes".into(),
+            RenderIgnition { nodes, .. } => {
+                format!("rendering the Ignition configs of {} node(s)", nodes.len())
+            }
+            CreateServer(s) => format!("creating server {}", s.name),
+            WaitActive { name, .. } => format!("waiting for server {name} to be ACTIVE"),
+            Drain { node } => format!("draining {node}"),
+            DeleteServer { name, .. } => format!("deleting server {name}"),
+            DeletePort { name, .. } => format!("deleting port {name}"),
+        }
+    }
+
+    /// The group a step belongs to on the timeline.
+    pub fn group(&self) -> &'static str {
+        use Action::*;
+        match self {
+            CreateNetwork { .. } | CreateSubnet(_) => "network, subnet",
+            CreateRouter { .. } | SetRouterGateway { .. } | AddRouterInterface { .. } => "router",
+            CreateSecurityGroup { .. } | CreateServerGroup { .. } => "groups",
+            AddRule(_) | RemoveRule { .. } => "rules",
+            CreatePort(_) => "ports",
+            CreateFloatingIp { .. } | AttachFloatingIp { .. } => "floating IP",
+            Adopt { .. } => "adopt untagged",
+            RefreshJoinToken | Drain { .. } => "kubernetes",
+            RenderIgnition { .. } => "render Ignition",
+            CreateServer(_) => "create servers",
+            WaitActive { .. } => "servers ACTIVE",
+            DeleteServer { .. } | DeletePort { .. } => "delete servers",
+        }
+    }
+
+    pub fn service(&self) -> Service {
+        use Action::*;
+        match self {
+            CreateServerGroup { .. } | CreateServer(_) | DeleteServer { .. } => Service::Compute,
+            WaitActive { .. } | RenderIgnition { .. } => Service::Unbounded,
+            RefreshJoinToken | Drain { .. } => Service::Kubernetes,
+            _ => Service::Network,
+        }
+    }
+
+    /// Every value this step takes from other steps.
+    pub fn refs(&self) -> Vec<&Ref> {
+        use Action::*;
+        match self {
+            CreateSubnet(s) => vec![&s.network],
+            SetRouterGateway { router, .. } => vec![router],
+            AddRouterInterface { router, subnet, .. } => vec![router, subnet],
+            AddRule(r) => std::iter::once(&r.group)
+                .chain(r.remote_group.as_ref())
+                .collect(),
+            CreatePort(p) => [&p.network, &p.subnet]
+                .into_iter()
+                .chain(&p.security_groups)
+                .collect(),
+            CreateFloatingIp { port, .. } | AttachFloatingIp { port, .. } => vec![port],
+            RenderIgnition {
+                internal, public, ..
+            } => vec![internal, public],
+            CreateServer(s) => std::iter::once(&s.port)
+                .chain(s.server_group.as_ref())
+                .collect(),
+            WaitActive { server, .. } => vec![server],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// How people call a Neutron kind.
+pub fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Network => "network",
+        Kind::Subnet => "subnet",
+        Kind::Router => "router",
+        Kind::Port => "port",
+        Kind::SecurityGroup => "security group",
+        Kind::FloatingIp => "floating IP",
+    }
+}
+
+/// A step and the steps it waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub id: StepId,
+    pub action: Action,
+    pub needs: Vec<StepId>,
+}
+
+/// Everything `up` will do, in an order that respects every step's needs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+/// One step as `plan --output json` and `up --output json` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShownStep {
+    pub id: StepId,
+    pub action: Verb,
+    pub kind: &'static str,
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<StepId>,
+}
+
+impl Plan {
+    /// Adds a step that waits for every step its inputs come from, and for `also`.
+    pub fn push(&mut self, action: Action, also: &[StepId]) -> StepId {
+        let id = self.steps.len();
+        let mut needs: Vec<StepId> = action
+            .refs()
+            .into_iter()
+            .filter_map(|r| match r {
+                Ref::After(step) => Some(*step),
+                Ref::Known(_) => None,
+            })
+            .chain(also.iter().copied())
+            .collect();
+        needs.sort_unstable();
+        needs.dedup();
+        self.steps.push(Step { id, action, needs });
+        id
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    pub fn shown(&self) -> Vec<ShownStep> {
+        self.steps.iter().map(Step::shown).collect()
+    }
+
+    /// Steps of each verb.
+    pub fn count(&self, verb: Verb) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| s.action.describe().0 == verb)
+            .count()
+    }
+
+    /// The servers the plan creates and deletes, by name.
+    pub fn servers(&self) -> (Vec<&str>, Vec<&str>) {
+        let mut created = Vec::new();
+        let mut deleted = Vec::new();
+        for step in &self.steps {
+            match &step.action {
+                Action::CreateServer(s) => created.push(s.name.as_str()),
+                Action::DeleteServer { name, .. } => deleted.push(name.as_str()),
+                _ => {}
+            }
+        }
+        (created, deleted)
+    }
+}
+
+impl Step {
+    pub fn shown(&self) -> ShownStep {
+        let (action, kind, name, detail) = self.action.describe();
+        ShownStep {
+            id: self.id,
+            action,
+            kind,
+            name,
+            detail,
+            needs: self.needs.clone(),
+        }
+    }
+}
