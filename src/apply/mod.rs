@@ -157,11 +157,12 @@ pub async fn provision(
 /// Deletes everything the cluster owns, in dependency order, then checks nothing is left.
 pub async fn teardown(
     cloud: &Arc<Cloud>,
-    cluster: &str,
+    spec: &crate::spec::ClusterSpec,
     delete_volumes: bool,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<(), ApplyError> {
-    let observed = observe::cluster_resources(cloud, cluster).await?;
+    let cluster = spec.name.as_str();
+    let observed = observe::cluster_resources(cloud, spec).await?;
     // What the cloud controller made for LoadBalancer Services goes first: the load balancers'
     // addresses are on the cluster's subnet and their members are its nodes.
     for floating in &observed.service_floating_ips {
@@ -246,7 +247,7 @@ pub async fn teardown(
     for group in &observed.server_groups {
         cloud.delete_server_group(&group.id).await?;
     }
-    let left = observe::cluster_resources(cloud, cluster).await?;
+    let left = observe::cluster_resources(cloud, spec).await?;
     let mut remaining = left.describe();
     if delete_volumes {
         for volume in &volumes {

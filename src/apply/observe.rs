@@ -36,7 +36,7 @@ const ROUTER_INTERFACE_OWNERS: [&str; 3] = [
 /// Reads everything `plan` and `up` need, concurrently.
 pub async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, ApplyError> {
     let (observed, externals, flavors, images, keypairs, tag_on_create) = tokio::try_join!(
-        cluster_resources(cloud, &spec.name),
+        cluster_resources(cloud, spec),
         cloud.list::<Network>(Kind::Network, &[("router:external", "true")]),
         cloud.flavors(),
         images_for(cloud, spec),
@@ -93,7 +93,9 @@ pub async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, A
 /// floating IP also by their exact names when untagged (to adopt); server groups (which
 /// cannot be tagged) by name; the router interfaces of the project; and what the cloud
 /// controller made by its own naming.
-pub async fn cluster_resources(cloud: &Cloud, cluster: &str) -> Result<Observed, CloudError> {
+pub async fn cluster_resources(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observed, CloudError> {
+    let cluster = spec.name.as_str();
+    let node_names: Vec<String> = spec.nodes().into_iter().map(|n| n.name).collect();
     let tag = cluster_tag(cluster);
     let tags = [tag.as_str()];
     let names = Names::of(cluster);
@@ -111,7 +113,7 @@ pub async fn cluster_resources(cloud: &Cloud, cluster: &str) -> Result<Observed,
     let (
         (networks, subnets, routers, security_groups, ports, floating_ips, servers, groups),
         (load_balancers, all_floating_ips, router_interfaces),
-        (named_networks, named_subnets, named_routers, named_groups),
+        (named_networks, named_subnets, named_routers, named_groups, named_ports),
     ) = tokio::try_join!(
         async {
             tokio::try_join!(
@@ -138,6 +140,7 @@ pub async fn cluster_resources(cloud: &Cloud, cluster: &str) -> Result<Observed,
                 cloud.list::<Subnet>(Kind::Subnet, &subnet_named),
                 cloud.list::<Router>(Kind::Router, &router_named),
                 cloud.list(Kind::SecurityGroup, &groups_by_name),
+                ports_named(cloud, &node_names),
             )
         },
     )?;
@@ -183,6 +186,12 @@ pub async fn cluster_resources(cloud: &Cloud, cluster: &str) -> Result<Observed,
         named_groups,
         Kind::SecurityGroup,
     );
+    adopt(
+        &mut observed.adopt,
+        &mut observed.ports,
+        named_ports,
+        Kind::Port,
+    );
     for floating in all_floating_ips {
         if is_service_floating_ip(&floating.description, cluster) {
             observed.service_floating_ips.push(floating);
@@ -199,6 +208,17 @@ pub async fn cluster_resources(cloud: &Cloud, cluster: &str) -> Result<Observed,
         }
     }
     Ok(observed)
+}
+
+/// Ports with any of `names`, a few dozen names to a request (Neutron takes a repeated `name`
+/// filter as "any of").
+async fn ports_named(cloud: &Cloud, names: &[String]) -> Result<Vec<Port>, CloudError> {
+    let mut ports = Vec::new();
+    for chunk in names.chunks(60) {
+        let filters: Vec<(&str, &str)> = chunk.iter().map(|n| ("name", n.as_str())).collect();
+        ports.extend(cloud.list::<Port>(Kind::Port, &filters).await?);
+    }
+    Ok(ports)
 }
 
 /// The prefix of every flatstack cluster tag.

@@ -817,7 +817,7 @@ pub fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> anyhow::R
         };
         let cloud = Arc::new(Cloud::connect(config).await?);
         let (observed, volumes) = tokio::try_join!(
-            cluster_resources(&cloud, &spec.name),
+            cluster_resources(&cloud, &spec),
             apply::cluster_volumes(&cloud, &spec.name),
         )?;
         if observed.count() == 0 && (volumes.is_empty() || !args.delete_volumes) {
@@ -835,7 +835,7 @@ pub fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> anyhow::R
         }
         let progress = Progress::new(false);
         let say = |line: &str| progress.step(line);
-        let removed = apply::teardown(&cloud, &spec.name, args.delete_volumes, &say).await;
+        let removed = apply::teardown(&cloud, &spec, args.delete_volumes, &say).await;
         progress.finish();
         removed?;
         println!(

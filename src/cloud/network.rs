@@ -215,9 +215,10 @@ impl Cloud {
     }
 
     /// Creates a named, tagged resource: with `tag_on_create` the tags are part of the create
-    /// (Neutron's `tag-creation`), otherwise set right after. `attributes` is the body inside
-    /// the envelope.
-    pub async fn create_tagged<T: DeserializeOwned + HasId>(
+    /// (Neutron's `tag-creation`; security groups, which it does not cover, and any kind a
+    /// deployment refuses tags for in a POST are tagged right after). `attributes` is the body
+    /// inside the envelope.
+    pub async fn create_tagged<T: DeserializeOwned + HasTags>(
         &self,
         kind: Kind,
         name: &str,
@@ -226,13 +227,10 @@ impl Cloud {
         tag_on_create: bool,
     ) -> Result<T, CloudError> {
         attributes["name"] = json!(name);
-        if tag_on_create && !tags.is_empty() {
-            attributes["tags"] = json!(tags);
-        }
-        let body = json!({ kind.singular(): attributes });
         let (path, _) = kind.collection();
-        let created: T = self
-            .create(
+        let post = |attributes: Value| async move {
+            let body = json!({ kind.singular(): attributes });
+            self.create::<T, _, _>(
                 Service::Network,
                 &format!("/{path}"),
                 &body,
@@ -242,10 +240,40 @@ impl Cloud {
                     Ok(if found.len() == 1 { found.pop() } else { None })
                 },
             )
-            .await?;
-        if tag_on_create {
-            return Ok(created);
+            .await
+        };
+        if tag_on_create
+            && !self
+                .tags_refused_in_create
+                .load(std::sync::atomic::Ordering::Relaxed)
+            && !tags.is_empty()
+            && kind != Kind::SecurityGroup
+        {
+            let mut tagged = attributes.clone();
+            tagged["tags"] = json!(tags);
+            match post(tagged).await {
+                Err(CloudError::Api {
+                    status: 400,
+                    message,
+                    ..
+                }) if message.contains("'tags' not allowed") => {
+                    self.tags_refused_in_create
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(created) if tags.iter().all(|t| created.tags().contains(t)) => {
+                    return Ok(created);
+                }
+                // Accepted, but the tags were dropped: tag it now, and from now on.
+                Ok(created) => {
+                    self.tags_refused_in_create
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.set_tags(kind, created.id(), tags).await?;
+                    return self.get_one(kind, created.id()).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
+        let created = post(attributes).await?;
         if !tags.is_empty() {
             self.set_tags(kind, created.id(), tags).await?;
         }
@@ -291,7 +319,8 @@ impl Cloud {
             .await
     }
 
-    /// Allocates a floating IP, identified by its `description` (floating IPs have no name).
+    /// Allocates a floating IP, identified by its `description` (floating IPs have no name);
+    /// tagged as [`Cloud::create_tagged`] tags.
     pub async fn create_floating_ip(
         &self,
         floating_network_id: &str,
@@ -300,16 +329,14 @@ impl Cloud {
         tags: &[String],
         tag_on_create: bool,
     ) -> Result<FloatingIp, CloudError> {
-        let mut body = json!({ "floatingip": {
+        let attributes = json!({
             "floating_network_id": floating_network_id,
             "description": description,
             "port_id": port_id,
-        } });
-        if tag_on_create && !tags.is_empty() {
-            body["floatingip"]["tags"] = json!(tags);
-        }
-        let created: FloatingIp = self
-            .create(
+        });
+        let post = |attributes: Value| async move {
+            let body = json!({ "floatingip": attributes });
+            self.create::<FloatingIp, _, _>(
                 Service::Network,
                 "/floatingips",
                 &body,
@@ -321,10 +348,38 @@ impl Cloud {
                     Ok(if found.len() == 1 { found.pop() } else { None })
                 },
             )
-            .await?;
-        if tag_on_create {
-            return Ok(created);
+            .await
+        };
+        if tag_on_create
+            && !self
+                .tags_refused_in_create
+                .load(std::sync::atomic::Ordering::Relaxed)
+            && !tags.is_empty()
+        {
+            let mut tagged = attributes.clone();
+            tagged["tags"] = json!(tags);
+            match post(tagged).await {
+                Err(CloudError::Api {
+                    status: 400,
+                    message,
+                    ..
+                }) if message.contains("'tags' not allowed") => {
+                    self.tags_refused_in_create
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(created) if tags.iter().all(|t| created.tags.contains(t)) => {
+                    return Ok(created);
+                }
+                Ok(created) => {
+                    self.tags_refused_in_create
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.set_tags(Kind::FloatingIp, &created.id, tags).await?;
+                    return self.get_one(Kind::FloatingIp, &created.id).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
+        let created = post(attributes).await?;
         if !tags.is_empty() {
             self.set_tags(Kind::FloatingIp, &created.id, tags).await?;
         }

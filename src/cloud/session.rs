@@ -82,6 +82,9 @@ pub struct Cloud {
     login: RwLock<Login>,
     policy: RetryPolicy,
     pub counter: CallCounter,
+    /// Set once Neutron has refused `tags` in a create (some deployments do, even with the
+    /// `tag-creation` extension listed): later creates tag in a second call right away.
+    pub(crate) tags_refused_in_create: std::sync::atomic::AtomicBool,
 }
 
 /// A response that was not an error.
@@ -148,6 +151,7 @@ impl Cloud {
             login: RwLock::new(login),
             policy,
             counter: CallCounter::default(),
+            tags_refused_in_create: Default::default(),
         })
     }
 

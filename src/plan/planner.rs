@@ -125,8 +125,8 @@ pub fn plan(
     ] {
         let (missing, stale) = rule_diff(have, want);
         for rule in missing {
-            let mut rule = rule.clone();
-            let remote_group = rule.remote_group_id.take().map(|_| nodes_group.clone());
+            let rule = rule.clone();
+            let remote_group = rule.remote_group_id.as_ref().map(|_| nodes_group.clone());
             plan.push(
                 Action::AddRule(RuleRequest {
                     group: group.clone(),

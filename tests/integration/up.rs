@@ -137,8 +137,31 @@ fn up_converges_scales_and_down_removes_everything() {
     let plan: Value =
         serde_json::from_slice(&flatstack(&workspace, &["plan", "--output", "json"]).stdout)
             .expect("plan json");
-    let creates = plan["actions"].as_array().expect("actions").len();
-    assert_eq!(creates, 13, "{plan}");
+    let steps = plan["actions"].as_array().expect("actions");
+    let count = |verb: &str, kind: &str| {
+        steps
+            .iter()
+            .filter(|s| s["action"] == verb && s["kind"] == kind)
+            .count()
+    };
+    for (verb, kind, wanted) in [
+        ("create", "network", 1),
+        ("create", "subnet", 1),
+        ("create", "router", 1),
+        ("create", "router interface", 1),
+        ("create", "security group", 2),
+        ("create", "server group", 1),
+        ("create", "port", 3),
+        ("create", "floating IP", 1),
+        ("run", "ignition", 1),
+        ("create", "server", 3),
+        ("run", "wait", 3),
+        // Nodes to each other (IPv4, IPv6), the API, Traefik's 80 and 443.
+        ("create", "rule", 5),
+    ] {
+        assert_eq!(count(verb, kind), wanted, "{verb} {kind} in {plan}");
+    }
+    assert_eq!(steps.len(), 23, "{plan}");
     assert_eq!(plan["su_per_hour"], 3);
     assert_nothing_left(&name);
 
