@@ -44,6 +44,8 @@ pub struct Context {
 pub enum Event {
     /// A step started; `line` says what it does.
     Started { step: StepId, line: String },
+    /// A step finished with something to report (`drained demo-default-2: 3 pod(s) evicted`).
+    Finished { step: StepId, line: String },
     /// How far a group of steps has come: `servers 37/50 ACTIVE`.
     Count {
         what: &'static str,
@@ -150,7 +152,10 @@ pub async fn execute(
         };
         let step = &plan.steps[id];
         match result {
-            Ok(made) => {
+            Ok((made, report)) => {
+                if let Some(line) = report {
+                    events(Event::Finished { step: id, line });
+                }
                 executed.made[id] = Some(made);
                 executed.runs.push(StepRun {
                     step: id,
@@ -228,6 +233,7 @@ fn resolve(action: &Action, made: &[Option<Made>]) -> Action {
             s.server_group = s.server_group.as_ref().map(fill);
         }
         Action::WaitActive { server, .. } => *server = fill(server),
+        Action::AttachPort { port, .. } => *port = fill(port),
         _ => {}
     }
     action
@@ -247,8 +253,35 @@ fn id_of<T: crate::cloud::network::HasId>(resource: &T) -> Made {
     Made::id(resource.id())
 }
 
-/// Runs one step.
+/// Runs one step: what it made, and a line to report when there is one.
 async fn run(
+    action: &Action,
+    context: &Context,
+    configs: &std::sync::Mutex<BTreeMap<String, String>>,
+) -> Result<(Made, Option<String>), ApplyError> {
+    if let Action::Drain { node } = action {
+        let Some(kube) = &context.kube else {
+            return Ok((Made::default(), None));
+        };
+        let report = crate::kube::drain_node(kube, node, DRAIN_TIMEOUT)
+            .await
+            .map_err(|source| ApplyError::Drain {
+                node: node.clone(),
+                source,
+            })?;
+        let line = format!(
+            "drained {node}: {} pod(s) evicted, {} DaemonSet or static pod(s) left",
+            report.evicted, report.left
+        );
+        return Ok((Made::default(), Some(line)));
+    }
+    run_on_cloud(action, context, configs)
+        .await
+        .map(|made| (made, None))
+}
+
+/// Runs one step that reports nothing but what it made.
+async fn run_on_cloud(
     action: &Action,
     context: &Context,
     configs: &std::sync::Mutex<BTreeMap<String, String>>,
@@ -446,21 +479,18 @@ async fn run(
             };
             Made::id(&cloud.create_server(&request).await?.id)
         }
+        Action::AttachPort {
+            server_id, port, ..
+        } => {
+            cloud.attach_port(server_id, &known(port)?.id).await?;
+            Made::id(server_id)
+        }
         Action::WaitActive { server, .. } => {
             let id = &known(server)?.id;
             Made::id(&cloud.wait_server_active(id, SERVER_TIMEOUT).await?.id)
         }
-        Action::Drain { node } => {
-            if let Some(kube) = &context.kube {
-                crate::kube::drain_node(kube, node, DRAIN_TIMEOUT)
-                    .await
-                    .map_err(|source| ApplyError::Drain {
-                        node: node.clone(),
-                        source,
-                    })?;
-            }
-            Made::default()
-        }
+        // Drains report what they evicted: run above.
+        Action::Drain { .. } => Made::default(),
         Action::DeleteServer { id, .. } => {
             cloud.delete_server(id).await?;
             cloud.wait_server_deleted(id, SERVER_TIMEOUT).await?;

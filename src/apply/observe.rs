@@ -48,9 +48,20 @@ pub async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, A
         },
         cloud.network_extension("tag-creation"),
     )?;
-    let external_network = externals
+    let wanted = spec.network.external_network.as_str();
+    let mut external_network = externals
         .into_iter()
-        .find(|n| n.name == spec.network.external_network || n.id == spec.network.external_network);
+        .find(|n| n.name == wanted || n.id == wanted);
+    // Not among the external networks listed: asked for by name and ID, in case the listing
+    // left it out; it must still be external.
+    if external_network.is_none() {
+        let (named, with_id) = ([("name", wanted)], [("id", wanted)]);
+        let (by_name, by_id) = tokio::try_join!(
+            cloud.list::<Network>(Kind::Network, &named),
+            cloud.list::<Network>(Kind::Network, &with_id),
+        )?;
+        external_network = by_name.into_iter().chain(by_id).find(|n| n.external);
+    }
     let reused = match &spec.network.mode {
         NetworkMode::Create => None,
         NetworkMode::Reuse {

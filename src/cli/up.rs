@@ -205,6 +205,15 @@ pub fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> anyhow::R
         let plan = planner::plan(&spec, &observation.observed, &observation.facts, scope)?;
         let actions = plan.shown();
         let (needs, _) = crate::plan::Needs::of(&spec, &observation.facts.flavors);
+        let quotas = match observation.observed.count() {
+            0 => preflight::quotas(&cloud, &needs).await?,
+            _ => Vec::new(),
+        };
+        for problem in preflight::inspect(&spec, &observation, quotas).problems() {
+            warnings.push(format!(
+                "`up` would stop before creating anything: {problem}\n  hint: `flatstack cloud check` shows the details"
+            ));
+        }
         let report = PlanReport {
             cluster: &spec.name,
             cloud: &cloud.config().name,
@@ -911,7 +920,7 @@ impl Progress {
     /// An engine event: a step's line, or a count on the spinner (and as a line without one).
     fn event(&self, event: Event) {
         match event {
-            Event::Started { line, .. } => self.step(&line),
+            Event::Started { line, .. } | Event::Finished { line, .. } => self.step(&line),
             Event::Count { what, done, total } => match &self.bar {
                 Some(bar) => bar.set_message(format!(
                     "servers {done}/{total} {}",

@@ -295,6 +295,19 @@ impl Cloud {
         self.server(&created.id).await
     }
 
+    /// Attaches an existing port to a server (a port deleted by hand, made again).
+    pub async fn attach_port(&self, server_id: &str, port_id: &str) -> Result<(), CloudError> {
+        let body = json!({ "interfaceAttachment": { "port_id": port_id } });
+        self.request(
+            Service::Compute,
+            reqwest::Method::POST,
+            &format!("/servers/{server_id}/os-interface"),
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
     pub async fn delete_server(&self, id: &str) -> Result<(), CloudError> {
         self.delete(Service::Compute, &format!("/servers/{id}"))
             .await

@@ -35,18 +35,13 @@ pub struct Scope {
     pub kubernetes: bool,
 }
 
+/// What stands in for a fact the cloud lacks (an external network, flavor or image the file
+/// names): `plan` shows the steps with it, and the preflight, which runs before `up` executes
+/// anything, names what is missing.
+pub const MISSING: &str = "(missing)";
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
-    #[error(
-        "external network `{0}` not found\n  hint: `flatstack cloud check` lists what the cloud has"
-    )]
-    ExternalNetwork(String),
-    #[error("flavor `{0}` not found\n  hint: `flatstack cloud check` lists the cloud's flavors")]
-    Flavor(String),
-    #[error(
-        "no image to boot from\n  hint: `flatstack image ensure` uploads a verified Flatcar image"
-    )]
-    Image,
     #[error("the existing network the file names was not found")]
     ReusedNetwork,
     #[error("`network.node_cidr` is needed for a network flatstack creates")]
@@ -68,10 +63,10 @@ pub fn plan(
     scope: Scope,
 ) -> Result<Plan, PlanError> {
     let names = Names::of(&spec.name);
-    let external = facts
+    let external_id = facts
         .external_network
         .as_ref()
-        .ok_or_else(|| PlanError::ExternalNetwork(spec.network.external_network.clone()))?;
+        .map_or(MISSING, |n| n.id.as_str());
     let mut plan = Plan::default();
     for untagged in &observed.adopt {
         plan.push(
@@ -83,7 +78,7 @@ pub fn plan(
             &[],
         );
     }
-    let chain = network_chain(spec, observed, facts, external, &mut plan)?;
+    let chain = network_chain(spec, observed, facts, external_id, &mut plan)?;
 
     // Security groups: one for every node, one for control planes, with their rules.
     let group = |plan: &mut Plan, name: &str| match observed
@@ -205,7 +200,7 @@ pub fn plan(
             Action::CreateFloatingIp {
                 description: names.api_address.clone(),
                 external_network: spec.network.external_network.clone(),
-                external_network_id: external.id.clone(),
+                external_network_id: external_id.to_string(),
                 port: first_port.clone(),
             },
             &chain.reachable_after,
@@ -240,7 +235,7 @@ pub fn plan(
         .collect();
     let running = !observed.servers.is_empty();
     if !missing.is_empty() {
-        let image_id = facts.image_id.clone().ok_or(PlanError::Image)?;
+        let image_id = facts.image_id.clone().unwrap_or_else(|| MISSING.into());
         let mut before = vec![plan.push(
             Action::RenderIgnition {
                 nodes: missing.iter().map(|n| n.name.clone()).collect(),
@@ -262,11 +257,11 @@ pub fn plan(
                         "control-plane",
                     ),
                 };
-            let flavor = facts
+            let flavor_id = facts
                 .flavors
                 .iter()
                 .find(|f| &f.name == flavor_name || &f.id == flavor_name)
-                .ok_or_else(|| PlanError::Flavor(flavor_name.clone()))?;
+                .map_or(MISSING, |f| f.id.as_str());
             let metadata = BTreeMap::from([
                 ("flatstack-cluster".to_string(), spec.name.clone()),
                 ("flatstack-role".to_string(), role.to_string()),
@@ -274,8 +269,8 @@ pub fn plan(
             let create = plan.push(
                 Action::CreateServer(ServerPlan {
                     name: node.name.clone(),
-                    flavor_id: flavor.id.clone(),
-                    flavor_name: flavor.name.clone(),
+                    flavor_id: flavor_id.to_string(),
+                    flavor_name: flavor_name.clone(),
                     image_id: image_id.clone(),
                     port: ports
                         .get(node.name.as_str())
@@ -293,6 +288,19 @@ pub fn plan(
                 Action::WaitActive {
                     server: Ref::After(create),
                     name: node.name.clone(),
+                },
+                &[],
+            );
+        }
+    }
+    // Running servers whose port was deleted: the new port is attached.
+    for server in &observed.servers {
+        if let Some(port @ Ref::After(_)) = ports.get(server.name.as_str()) {
+            plan.push(
+                Action::AttachPort {
+                    server_id: server.id.clone(),
+                    server_name: server.name.clone(),
+                    port: port.clone(),
                 },
                 &[],
             );
@@ -382,7 +390,7 @@ fn network_chain(
     spec: &ClusterSpec,
     observed: &Observed,
     facts: &CloudFacts,
-    external: &Network,
+    external_id: &str,
     plan: &mut Plan,
 ) -> Result<Chain, PlanError> {
     let names = Names::of(&spec.name);
@@ -426,12 +434,12 @@ fn network_chain(
                 .as_ref()
                 .and_then(|g| g.get("network_id"))
                 .and_then(|id| id.as_str());
-            if gateway != Some(external.id.as_str()) {
+            if gateway != Some(external_id) {
                 reachable_after.push(plan.push(
                     Action::SetRouterGateway {
                         router: Ref::Known(Made::id(&router.id)),
                         router_name: router.name.clone(),
-                        external_network_id: external.id.clone(),
+                        external_network_id: external_id.to_string(),
                     },
                     &[],
                 ));
@@ -443,7 +451,7 @@ fn network_chain(
                 Action::CreateRouter {
                     name: names.router.clone(),
                     external_network: spec.network.external_network.clone(),
-                    external_network_id: external.id.clone(),
+                    external_network_id: external_id.to_string(),
                 },
                 &[],
             );
@@ -758,18 +766,38 @@ mod tests {
     }
 
     #[test]
-    fn missing_cloud_facts_are_named() {
+    fn a_deleted_port_of_a_running_server_is_made_again_and_attached() {
         let spec = with_workers(2);
+        let mut observed = converged(&spec);
+        observed.ports.retain(|p| p.name != "demo-default-1");
+        let plan = plan(&spec, &observed, &facts(), K8S).expect("plan");
+        assert_eq!(
+            shown(&plan),
+            ["+ port demo-default-1", "~ server demo-default-1"]
+        );
+        assert_eq!(plan.steps[1].needs, [0]);
+    }
+
+    #[test]
+    fn missing_cloud_facts_show_as_missing() {
+        let spec = with_workers(1);
         let mut without = facts();
         without.flavors.clear();
-        assert_eq!(
-            plan(&spec, &Observed::default(), &without, K8S),
-            Err(PlanError::Flavor("m3.small".into()))
-        );
         without.external_network = None;
+        without.image_id = None;
+        let plan = plan(&spec, &Observed::default(), &without, K8S).expect("plan");
+        let server = plan
+            .steps
+            .iter()
+            .find_map(|s| match &s.action {
+                Action::CreateServer(server) => Some(server),
+                _ => None,
+            })
+            .expect("a server");
         assert_eq!(
-            plan(&spec, &Observed::default(), &without, K8S),
-            Err(PlanError::ExternalNetwork("public".into()))
+            (server.flavor_id.as_str(), server.image_id.as_str()),
+            (MISSING, MISSING)
         );
+        assert_eq!(server.flavor_name, "m3.small");
     }
 }

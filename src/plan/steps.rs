@@ -164,6 +164,12 @@ pub enum Action {
         public: Ref,
     },
     CreateServer(ServerPlan),
+    /// A running server whose port was deleted gets its new one.
+    AttachPort {
+        server_id: String,
+        server_name: String,
+        port: Ref,
+    },
     WaitActive {
         server: Ref,
         name: String,
@@ -318,6 +324,12 @@ impl Action {
                 s.name.clone(),
                 s.flavor_name.clone(),
             ),
+            AttachPort { server_name, .. } => (
+                Verb::Update,
+                "server",
+                server_name.clone(),
+                "attach its port again".into(),
+            ),
             WaitActive { name, .. } => (Verb::Run, "wait", name.clone(), "until ACTIVE".into()),
             Drain { node } => (Verb::Run, "drain", node.clone(), "evict its pods".into()),
             DeleteServer { name, .. } => (Verb::Delete, "server", name.clone(), String::new()),
@@ -366,6 +378,9 @@ impl Action {
                 format!("rendering the Ignition configs of {} node(s)", nodes.len())
             }
             CreateServer(s) => format!("creating server {}", s.name),
+            AttachPort { server_name, .. } => {
+                format!("attaching server {server_name} to its new port")
+            }
             WaitActive { name, .. } => format!("waiting for server {name} to be ACTIVE"),
             Drain { node } => format!("draining {node}"),
             DeleteServer { name, .. } => format!("deleting server {name}"),
@@ -386,7 +401,7 @@ impl Action {
             Adopt { .. } => "adopt untagged",
             RefreshJoinToken | Drain { .. } => "kubernetes",
             RenderIgnition { .. } => "render Ignition",
-            CreateServer(_) => "create servers",
+            CreateServer(_) | AttachPort { .. } => "create servers",
             WaitActive { .. } => "servers ACTIVE",
             DeleteServer { .. } | DeletePort { .. } => "delete servers",
         }
@@ -395,7 +410,10 @@ impl Action {
     pub fn service(&self) -> Service {
         use Action::*;
         match self {
-            CreateServerGroup { .. } | CreateServer(_) | DeleteServer { .. } => Service::Compute,
+            CreateServerGroup { .. }
+            | CreateServer(_)
+            | AttachPort { .. }
+            | DeleteServer { .. } => Service::Compute,
             WaitActive { .. } | RenderIgnition { .. } => Service::Unbounded,
             RefreshJoinToken | Drain { .. } => Service::Kubernetes,
             _ => Service::Network,
@@ -424,6 +442,7 @@ impl Action {
                 .chain(s.server_group.as_ref())
                 .collect(),
             WaitActive { server, .. } => vec![server],
+            AttachPort { port, .. } => vec![port],
             _ => Vec::new(),
         }
     }

@@ -3,6 +3,7 @@
 mod bootstrap;
 mod cli;
 mod day_one;
+mod engine;
 mod faults;
 mod ignition;
 mod image;

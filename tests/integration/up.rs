@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::openstack::{cli, cli_raw, clouds_yaml, unique};
 use crate::support::*;
 
-fn cluster(name: &str, workers: u32, extra: &str) -> String {
+pub(crate) fn cluster(name: &str, workers: u32, extra: &str) -> String {
     format!(
         r#"name = "{name}"
 cloud = "local-demo"
@@ -44,7 +44,7 @@ pub(crate) fn flatstack(workspace: &Workspace, args: &[&str]) -> Output {
         .expect("run flatstack")
 }
 
-fn tagged(kind: &str, name: &str) -> Vec<Value> {
+pub(crate) fn tagged(kind: &str, name: &str) -> Vec<Value> {
     let tag = format!("flatstack:cluster={name}");
     let mut args: Vec<&str> = kind.split(' ').collect();
     args.extend(["list", "--tags", tag.as_str(), "-f", "json"]);
@@ -91,7 +91,7 @@ fn servers(name: &str) -> Vec<String> {
     names
 }
 
-fn assert_nothing_left(name: &str) {
+pub(crate) fn assert_nothing_left(name: &str) {
     for kind in [
         "server",
         "network",
@@ -118,7 +118,7 @@ fn assert_nothing_left(name: &str) {
 
 /// Runs `flatstack down --yes` when a test ends, passed or failed, so no run leaks resources
 /// into the shared local cloud.
-struct Teardown<'a>(&'a Workspace);
+pub(crate) struct Teardown<'a>(pub(crate) &'a Workspace);
 
 impl Drop for Teardown<'_> {
     fn drop(&mut self) {

@@ -1,0 +1,307 @@
+//! The engine on the local OpenStack: `up` runs exactly the steps `plan` shows, for every
+//! kind of change, and converges after being killed the moment any kind of create or delete
+//! was answered (watched in `-v`'s call log, never by timing).
+
+use std::io::BufRead;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+use crate::openstack::{cli, unique};
+use crate::support::*;
+use crate::up::{Teardown, assert_nothing_left, cluster, flatstack, tagged};
+
+fn json(output: &Output) -> Value {
+    let text = success(output);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// `plan --output json`, then `up --output json`: the same steps; then a plan with none.
+fn up_runs_the_plan(workspace: &Workspace, change: &str) -> Vec<Value> {
+    let planned = json(&flatstack(
+        workspace,
+        &["plan", "--provision-only", "--output", "json"],
+    ))["actions"]
+        .clone();
+    let ran = json(&flatstack(
+        workspace,
+        &["up", "--provision-only", "--output", "json"],
+    ));
+    assert_eq!(
+        planned, ran["steps"],
+        "{change}: planned\n{planned:#}\nran\n{ran:#}"
+    );
+    let after = json(&flatstack(
+        workspace,
+        &["plan", "--provision-only", "--output", "json"],
+    ));
+    assert_eq!(after["actions"], Value::Array(vec![]), "{change}: after up");
+    planned.as_array().cloned().unwrap_or_default()
+}
+
+/// `kind name` of every step, with its sign.
+fn described(steps: &[Value]) -> Vec<String> {
+    steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {}",
+                s["action"].as_str().unwrap_or(""),
+                s["kind"].as_str().unwrap_or(""),
+                s["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn up_runs_exactly_the_planned_steps_for_every_kind_of_change() {
+    let name = unique("exact");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 1, ""));
+    let _teardown = Teardown(&workspace);
+
+    let created = up_runs_the_plan(&workspace, "new cluster");
+    assert!(created.len() > 15, "{created:#?}");
+
+    workspace.write_cluster(&cluster(&name, 3, ""));
+    let grown = described(&up_runs_the_plan(&workspace, "scale up"));
+    for step in [
+        format!("create port {name}-default-3"),
+        format!("create server {name}-default-2"),
+        format!("run wait {name}-default-3"),
+    ] {
+        assert!(grown.contains(&step), "{step} in {grown:#?}");
+    }
+
+    // A rule deleted by hand.
+    let group = format!("{name}-control-plane");
+    let rules = cli(
+        "local-demo",
+        &["security", "group", "rule", "list", &group, "-f", "json"],
+    );
+    let api_rule = rules
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["Port Range"] == "6443:6443"))
+        .and_then(|r| r["ID"].as_str())
+        .expect("the API rule")
+        .to_string();
+    cli(
+        "local-demo",
+        &["security", "group", "rule", "delete", &api_rule],
+    );
+    let repaired = up_runs_the_plan(&workspace, "rule drift");
+    assert_eq!(described(&repaired), [format!("create rule {group}")]);
+    assert_eq!(repaired[0]["detail"], "tcp 6443 from 0.0.0.0/0 (IPv4)");
+
+    // A narrowed CIDR: new rules in, the wider ones out.
+    workspace.write_cluster(&cluster(
+        &name,
+        3,
+        "[ingress]\nhttp_cidrs = [\"198.51.100.0/24\"]",
+    ));
+    let narrowed = described(&up_runs_the_plan(&workspace, "narrowed CIDR"));
+    assert_eq!(narrowed.len(), 4, "{narrowed:#?}");
+
+    // The port of a running server deleted by hand: made again, attached.
+    cli(
+        "local-demo",
+        &["port", "delete", &format!("{name}-default-2")],
+    );
+    let ported = described(&up_runs_the_plan(&workspace, "deleted port"));
+    assert_eq!(
+        ported,
+        [
+            format!("create port {name}-default-2"),
+            format!("update server {name}-default-2")
+        ]
+    );
+    let interfaces = cli(
+        "local-demo",
+        &[
+            "port",
+            "list",
+            "--server",
+            &format!("{name}-default-2"),
+            "-f",
+            "json",
+        ],
+    );
+    assert_eq!(interfaces.as_array().map(Vec::len), Some(1), "{interfaces}");
+
+    // A detached floating IP.
+    let fip = tagged("floating ip", &name)[0]["Floating IP Address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    cli("local-demo", &["floating", "ip", "unset", "--port", &fip]);
+    let attached = described(&up_runs_the_plan(&workspace, "detached floating IP"));
+    assert_eq!(attached, [format!("update floating IP {fip}")]);
+
+    workspace.write_cluster(&cluster(
+        &name,
+        1,
+        "[ingress]\nhttp_cidrs = [\"198.51.100.0/24\"]",
+    ));
+    let shrunk = described(&up_runs_the_plan(&workspace, "scale down"));
+    assert_eq!(shrunk.len(), 4, "{shrunk:#?}");
+
+    success(&flatstack(&workspace, &["down", "--yes"]));
+    assert_nothing_left(&name);
+}
+
+/// Runs `up -v` (or `down -v`) and SIGKILLs it the moment a call matching `call` is answered
+/// with success. Returns whether the call was seen.
+fn kill_when_answered(workspace: &Workspace, args: &[&str], call: &(&str, &str)) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flatstack"))
+        .current_dir(workspace.dir.path())
+        .env("OS_CLIENT_CONFIG_FILE", crate::openstack::clouds_yaml())
+        .env_remove("OS_CLOUD")
+        .env("FLATSTACK_STATE_DIR", workspace.state_dir())
+        .env("NO_COLOR", "1")
+        .arg("--file")
+        .arg(workspace.cluster_file())
+        .arg("-v")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flatstack");
+    let stderr = child.stderr.take().expect("stderr");
+    let (method, path) = call;
+    let mut seen = false;
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        let answered =
+            line.contains(&format!(" {method} ")) && line.contains(path) && line.contains("-> 2");
+        if answered {
+            let _ = child.kill();
+            seen = true;
+            break;
+        }
+    }
+    let _ = child.wait();
+    seen
+}
+
+/// Every create `up` makes, as it shows in the call log.
+const CREATES: [(&str, &str); 11] = [
+    ("POST", "/networks ->"),
+    ("POST", "/subnets ->"),
+    ("POST", "/routers ->"),
+    ("PUT", "/tags ->"),
+    ("PUT", "/add_router_interface ->"),
+    ("POST", "/security-groups ->"),
+    ("POST", "/security-group-rules ->"),
+    ("POST", "/os-server-groups ->"),
+    ("POST", "/ports ->"),
+    ("POST", "/floatingips ->"),
+    ("POST", "/servers ->"),
+];
+
+/// Exactly one of every resource of a 1+1 cluster, each tagged where taggable.
+fn assert_one_of_everything(name: &str, at: &str) {
+    for (kind, wanted) in [
+        ("network", 1),
+        ("subnet", 1),
+        ("router", 1),
+        ("security group", 2),
+        ("port", 2),
+        ("floating ip", 1),
+        ("server", 2),
+    ] {
+        assert_eq!(
+            tagged(kind, name).len(),
+            wanted,
+            "{kind} after a kill at {at}"
+        );
+    }
+    // Nothing of the cluster's names without its tag.
+    let ports = cli("local-demo", &["port", "list", "-f", "json", "-c", "Name"]);
+    let named = ports
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter(|p| p["Name"].as_str().is_some_and(|n| n.starts_with(name)))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(named, 2, "ports named {name}-* after a kill at {at}");
+    let networks = cli("local-demo", &["network", "list", "-f", "json"]);
+    let named = networks
+        .as_array()
+        .map(|n| {
+            n.iter()
+                .filter(|n| n["Name"] == format!("{name}-net").as_str())
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(named, 1, "networks after a kill at {at}");
+    let groups = cli("local-demo", &["server", "group", "list", "-f", "json"]);
+    let named = groups
+        .as_array()
+        .map(|g| {
+            g.iter()
+                .filter(|g| g["Name"] == format!("{name}-control-plane").as_str())
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(named, 1, "server groups after a kill at {at}");
+}
+
+#[test]
+fn up_killed_the_moment_any_create_is_answered_converges_with_one_of_everything() {
+    for call in CREATES {
+        let name = unique("kill");
+        let workspace = Workspace::new();
+        workspace.write_cluster(&cluster(&name, 1, ""));
+        let _teardown = Teardown(&workspace);
+        let at = format!("{} {}", call.0, call.1.trim_end_matches(" ->"));
+        assert!(
+            kill_when_answered(&workspace, &["up", "--provision-only"], &call),
+            "{at} never happened"
+        );
+        success(&flatstack(&workspace, &["up", "--provision-only"]));
+        assert_one_of_everything(&name, &at);
+        let plan = success(&flatstack(&workspace, &["plan", "--provision-only"]));
+        assert!(
+            plan.contains("nothing to change"),
+            "after a kill at {at}:\n{plan}"
+        );
+        success(&flatstack(&workspace, &["down", "--yes"]));
+        assert_nothing_left(&name);
+    }
+}
+
+/// Every kind of delete `down` makes.
+const DELETES: [(&str, &str); 9] = [
+    ("DELETE", "/servers/"),
+    ("DELETE", "/floatingips/"),
+    ("DELETE", "/ports/"),
+    ("PUT", "/remove_router_interface ->"),
+    ("DELETE", "/routers/"),
+    ("DELETE", "/subnets/"),
+    ("DELETE", "/networks/"),
+    ("DELETE", "/security-groups/"),
+    ("DELETE", "/os-server-groups/"),
+];
+
+#[test]
+fn down_killed_the_moment_any_delete_is_answered_finishes_when_run_again() {
+    for call in DELETES {
+        let name = unique("undo");
+        let workspace = Workspace::new();
+        workspace.write_cluster(&cluster(&name, 1, ""));
+        let _teardown = Teardown(&workspace);
+        success(&flatstack(&workspace, &["up", "--provision-only"]));
+        let at = format!("{} {}", call.0, call.1);
+        assert!(
+            kill_when_answered(&workspace, &["down", "--yes"], &call),
+            "{at} never happened"
+        );
+        success(&flatstack(&workspace, &["down", "--yes"]));
+        assert_nothing_left(&name);
+    }
+}
