@@ -218,6 +218,20 @@ pub async fn cluster_resources(cloud: &Cloud, spec: &ClusterSpec) -> Result<Obse
             observed.floating_ips.push(floating);
         }
     }
+    // The cloud lists in no promised order: sorted, two observations of the same cloud are
+    // equal, and so are the plans made from them.
+    observed.networks.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    observed.subnets.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    observed.routers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    observed.ports.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    observed.servers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    observed.server_groups.sort_by(|a, b| a.id.cmp(&b.id));
+    observed.floating_ips.sort_by(|a, b| a.id.cmp(&b.id));
+    observed.router_interfaces.sort_by(|a, b| a.id.cmp(&b.id));
+    observed.security_groups.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    for group in &mut observed.security_groups {
+        group.security_group_rules.sort_by(|a, b| a.id.cmp(&b.id));
+    }
     Ok(observed)
 }
 

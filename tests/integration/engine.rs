@@ -103,10 +103,15 @@ fn up_runs_exactly_the_planned_steps_for_every_kind_of_change() {
     let narrowed = described(&up_runs_the_plan(&workspace, "narrowed CIDR"));
     assert_eq!(narrowed.len(), 4, "{narrowed:#?}");
 
-    // The port of a running server deleted by hand: made again, attached.
-    cli(
+    // The port of a running server deleted by hand (Neutron's policy leaves that to an
+    // admin): made again, attached.
+    let port = cli(
         "local-demo",
-        &["port", "delete", &format!("{name}-default-2")],
+        &["port", "show", &format!("{name}-default-2"), "-f", "json"],
+    );
+    cli(
+        "local-admin",
+        &["port", "delete", port["id"].as_str().expect("port id")],
     );
     let ported = described(&up_runs_the_plan(&workspace, "deleted port"));
     assert_eq!(
