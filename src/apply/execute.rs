@@ -46,6 +46,8 @@ pub enum Event {
     Started { step: StepId, line: String },
     /// A step finished with something to report (`drained demo-default-2: 3 pod(s) evicted`).
     Finished { step: StepId, line: String },
+    /// A line from outside the plan (the sysext, the bootstrap's phases).
+    Say(String),
     /// How far a group of steps has come: `servers 37/50 ACTIVE`.
     Count {
         what: &'static str,

@@ -10,8 +10,10 @@ pub mod execute;
 pub mod jupyterhub;
 pub mod observe;
 pub mod preflight;
+pub mod ranges;
 pub mod smoke;
 pub mod timeline;
+pub mod up;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

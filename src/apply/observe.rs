@@ -6,7 +6,9 @@
 use crate::cloud::compute::Keypair;
 use crate::cloud::image::Image;
 use crate::cloud::load_balancer::is_service_floating_ip;
-use crate::cloud::network::{FloatingIp, HasTags, Kind, Network, Port, Router, Subnet};
+use crate::cloud::network::{
+    FloatingIp, HasTags, Kind, Network, Port, Router, SecurityGroup, Subnet,
+};
 use crate::cloud::{Cloud, CloudError};
 use crate::plan::planner::CloudFacts;
 use crate::plan::resources::{Names, Observed, Untagged, cluster_tag};
@@ -22,8 +24,6 @@ pub struct Observation {
     /// The images the file's image choice looked at, and the keypairs when the file names one.
     pub images: Vec<Image>,
     pub keypairs: Option<Vec<Keypair>>,
-    /// Neutron's `tag-creation` extension: tags go in the create itself.
-    pub tag_on_create: bool,
 }
 
 /// Device owners of a router's interface ports (legacy, distributed and HA routers).
@@ -35,7 +35,7 @@ const ROUTER_INTERFACE_OWNERS: [&str; 3] = [
 
 /// Reads everything `plan` and `up` need, concurrently.
 pub async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, ApplyError> {
-    let (observed, externals, flavors, images, keypairs, tag_on_create) = tokio::try_join!(
+    let (observed, externals, flavors, images, keypairs) = tokio::try_join!(
         cluster_resources(cloud, spec),
         cloud.list::<Network>(Kind::Network, &[("router:external", "true")]),
         cloud.flavors(),
@@ -46,7 +46,6 @@ pub async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, A
                 None => Ok(None),
             }
         },
-        cloud.network_extension("tag-creation"),
     )?;
     let wanted = spec.network.external_network.as_str();
     let mut external_network = externals
@@ -96,7 +95,6 @@ pub async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, A
         },
         images,
         keypairs,
-        tag_on_create,
     })
 }
 
@@ -114,17 +112,9 @@ pub async fn cluster_resources(cloud: &Cloud, spec: &ClusterSpec) -> Result<Obse
         .iter()
         .map(|o| ("device_owner", *o))
         .collect();
-    let network_named = [("name", names.network.as_str())];
-    let subnet_named = [("name", names.subnet.as_str())];
-    let router_named = [("name", names.router.as_str())];
-    let groups_by_name = [
-        ("name", names.nodes_group.as_str()),
-        ("name", names.control_plane_group.as_str()),
-    ];
     let (
-        (networks, subnets, routers, security_groups, ports, floating_ips, servers, groups),
+        (networks, subnets, routers, security_groups, ports, servers, groups),
         (load_balancers, all_floating_ips, router_interfaces),
-        (named_networks, named_subnets, named_routers, named_groups, named_ports),
     ) = tokio::try_join!(
         async {
             tokio::try_join!(
@@ -133,7 +123,6 @@ pub async fn cluster_resources(cloud: &Cloud, spec: &ClusterSpec) -> Result<Obse
                 cloud.list_tagged::<Router>(Kind::Router, &tags),
                 cloud.list_tagged(Kind::SecurityGroup, &tags),
                 cloud.list_tagged(Kind::Port, &tags),
-                cloud.list_tagged(Kind::FloatingIp, &tags),
                 cloud.servers_tagged(&tags),
                 cloud.server_groups(),
             )
@@ -145,16 +134,39 @@ pub async fn cluster_resources(cloud: &Cloud, spec: &ClusterSpec) -> Result<Obse
                 cloud.list::<Port>(Kind::Port, &owners),
             )
         },
-        async {
-            tokio::try_join!(
-                cloud.list::<Network>(Kind::Network, &network_named),
-                cloud.list::<Subnet>(Kind::Subnet, &subnet_named),
-                cloud.list::<Router>(Kind::Router, &router_named),
-                cloud.list(Kind::SecurityGroup, &groups_by_name),
-                ports_named(cloud, &node_names),
-            )
-        },
     )?;
+    // The cluster's names that no tagged resource has: looked up by name, to adopt what a run
+    // stopped between a create and its tag left (a converged cluster needs no look-up).
+    let node_refs: Vec<&str> = node_names.iter().map(String::as_str).collect();
+    let missing_networks = missing_names(
+        networks.iter().map(|n: &Network| n.name.as_str()),
+        &[&names.network],
+    );
+    let missing_subnets = missing_names(
+        subnets.iter().map(|n: &Subnet| n.name.as_str()),
+        &[&names.subnet],
+    );
+    let missing_routers = missing_names(
+        routers.iter().map(|n: &Router| n.name.as_str()),
+        &[&names.router],
+    );
+    let missing_groups = missing_names(
+        security_groups
+            .iter()
+            .map(|n: &SecurityGroup| n.name.as_str()),
+        &[&names.nodes_group, &names.control_plane_group],
+    );
+    let missing_ports = missing_names(ports.iter().map(|n: &Port| n.name.as_str()), &node_refs);
+    let (named_networks, named_subnets, named_routers, named_groups, named_ports) = tokio::try_join!(
+        list_named::<Network>(cloud, Kind::Network, &missing_networks),
+        list_named::<Subnet>(cloud, Kind::Subnet, &missing_subnets),
+        list_named::<Router>(cloud, Kind::Router, &missing_routers),
+        list_named::<SecurityGroup>(cloud, Kind::SecurityGroup, &missing_groups),
+        list_named::<Port>(cloud, Kind::Port, &missing_ports),
+    )?;
+    let (floating_ips, all_floating_ips): (Vec<FloatingIp>, Vec<FloatingIp>) = all_floating_ips
+        .into_iter()
+        .partition(|f| f.tags.contains(&tag));
     let mut observed = Observed {
         networks,
         subnets,
@@ -220,30 +232,56 @@ pub async fn cluster_resources(cloud: &Cloud, spec: &ClusterSpec) -> Result<Obse
     }
     // The cloud lists in no promised order: sorted, two observations of the same cloud are
     // equal, and so are the plans made from them.
-    observed.networks.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-    observed.subnets.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-    observed.routers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-    observed.ports.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-    observed.servers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    observed
+        .networks
+        .sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    observed
+        .subnets
+        .sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    observed
+        .routers
+        .sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    observed
+        .ports
+        .sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    observed
+        .servers
+        .sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
     observed.server_groups.sort_by(|a, b| a.id.cmp(&b.id));
     observed.floating_ips.sort_by(|a, b| a.id.cmp(&b.id));
     observed.router_interfaces.sort_by(|a, b| a.id.cmp(&b.id));
-    observed.security_groups.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    observed
+        .security_groups
+        .sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
     for group in &mut observed.security_groups {
         group.security_group_rules.sort_by(|a, b| a.id.cmp(&b.id));
     }
     Ok(observed)
 }
 
-/// Ports with any of `names`, a few dozen names to a request (Neutron takes a repeated `name`
-/// filter as "any of").
-async fn ports_named(cloud: &Cloud, names: &[String]) -> Result<Vec<Port>, CloudError> {
-    let mut ports = Vec::new();
+/// The names of `wanted` that `found` lacks.
+fn missing_names<'a>(found: impl Iterator<Item = &'a str>, wanted: &[&str]) -> Vec<String> {
+    let found: Vec<&str> = found.collect();
+    wanted
+        .iter()
+        .filter(|w| !found.contains(w))
+        .map(|w| w.to_string())
+        .collect()
+}
+
+/// Resources with any of `names`, a few dozen names to a request (Neutron takes a repeated
+/// `name` filter as "any of"); no request for no names.
+async fn list_named<T: serde::de::DeserializeOwned>(
+    cloud: &Cloud,
+    kind: Kind,
+    names: &[String],
+) -> Result<Vec<T>, CloudError> {
+    let mut found = Vec::new();
     for chunk in names.chunks(60) {
         let filters: Vec<(&str, &str)> = chunk.iter().map(|n| ("name", n.as_str())).collect();
-        ports.extend(cloud.list::<Port>(Kind::Port, &filters).await?);
+        found.extend(cloud.list::<T>(kind, &filters).await?);
     }
-    Ok(ports)
+    Ok(found)
 }
 
 /// The prefix of every flatstack cluster tag.

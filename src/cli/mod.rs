@@ -159,6 +159,13 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause
                 .downcast_ref::<crate::pki::PkiError>()
                 .is_some_and(crate::pki::PkiError::is_invalid_input)
+            || cause.is::<crate::apply::ranges::RecordError>()
+            || cause
+                .downcast_ref::<crate::apply::up::UpError>()
+                .is_some_and(crate::apply::up::UpError::is_invalid_input)
+            || cause
+                .downcast_ref::<crate::plan::planner::PlanError>()
+                .is_some_and(crate::plan::planner::PlanError::is_invalid_input)
     });
     if invalid { EXIT_INVALID_INPUT } else { 1 }
 }

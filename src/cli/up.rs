@@ -4,22 +4,22 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use super::cloud::{cloud_config, runtime};
 use super::{InvalidInput, load_spec};
-use crate::addons;
-use crate::apply::execute::{Context, Event};
-use crate::apply::observe::{Observation, cluster_resources, observe};
+use crate::apply::execute::Event;
+use crate::apply::observe::{cluster_resources, observe};
+use crate::apply::up::{UpReport, UpRequest};
 use crate::apply::{self, preflight, timeline};
 use crate::cloud::Cloud;
 use crate::kube::KubeClient;
-use crate::pki::{ClusterPki, Kubeconfig, StateDir};
+use crate::pki::{ClusterPki, StateDir};
 use crate::plan::planner::{self, Scope};
 use crate::plan::resources::{Names, Observed};
-use crate::plan::steps::{Plan, ShownStep, Verb};
+use crate::plan::steps::{ShownStep, Verb};
 use crate::sysext::{self, PinnedSysext, PublisherCheck};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -198,7 +198,8 @@ pub fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> anyhow::R
         }
         let cloud = Cloud::connect(config).await?;
         let observation = observe(&cloud, &spec).await?;
-        refuse_immutable_changes(&spec, &observation)?;
+        let ranges = apply::ranges::recorded(state.as_ref())?;
+        apply::up::refuse_immutable_changes(&spec, &observation, ranges)?;
         let scope = Scope {
             kubernetes: !args.provision_only,
         };
@@ -278,7 +279,7 @@ fn print_plan(report: &PlanReport<'_>, spec: &crate::spec::ClusterSpec) {
 
 /// What `up --output json` prints.
 #[derive(Serialize)]
-struct UpReport<'a> {
+struct UpJson<'a> {
     cluster: &'a str,
     /// The steps run: exactly the plan made from this run's observation.
     steps: Vec<ShownStep>,
@@ -289,245 +290,89 @@ struct UpReport<'a> {
 
 pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
-    let config = cloud_config(cloud_flag, &spec)?;
-    let state_path = state_path(&spec, args.state_dir.as_ref())?;
+    let request = UpRequest {
+        cloud: cloud_config(cloud_flag, &spec)?,
+        state_path: state_path(&spec, args.state_dir.as_ref())?,
+        spec,
+        provision_only: args.provision_only,
+        api_address: args.api.api_address.clone(),
+        timeout: args.timeout,
+    };
     let json = args.output == Output::Json;
-    runtime()?.block_on(async {
-        let started = Instant::now();
-        let at = || started.elapsed().as_secs_f64();
-        // The sysext digest first: an unpublished release stops here, before anything exists.
-        let existing_state = StateDir::open_existing(&state_path)?;
-        let sysext = sysext::pin(&spec.kubernetes, existing_state.as_ref()).await?;
-        let spec = sysext.pinned_into(spec);
-        let had_state = existing_state.is_some();
-        // One writer per cluster, from before the cloud is looked at until the run ends.
-        let (state, _lock) = StateDir::open_locked(&state_path, "up")?;
-        let cloud = Arc::new(Cloud::connect(config).await?);
-        let connected = at();
-        let observation = observe(&cloud, &spec).await?;
-        let observed_at = at();
-        let observed = &observation.observed;
-        refuse_immutable_changes(&spec, &observation)?;
-        // Preflight: everything checked before the first create; quotas only for a new cluster.
-        let (needs, _) = crate::plan::Needs::of(&spec, &observation.facts.flavors);
-        let quotas = match observed.count() {
-            0 => preflight::quotas(&cloud, &needs).await?,
-            _ => Vec::new(),
-        };
-        let problems = preflight::inspect(&spec, &observation, quotas).problems();
-        if !problems.is_empty() {
-            anyhow::bail!(
-                "preflight failed, nothing was created; {}\n  hint: `flatstack cloud check` shows the details",
-                problems.join("; ")
-            );
-        }
-        // The PKI is the cluster's identity: nodes trust its CA. Never mint one for a cluster
-        // that exists in the cloud.
-        let existing_pki = if had_state {
-            ClusterPki::load_existing(&state)?
-        } else {
-            None
-        };
-        if existing_pki.is_none() && observed.count() > 0 {
-            return Err(missing_pki(&spec.name, &state_path).into());
-        }
-        let pki = match existing_pki {
-            Some(pki) => pki,
-            None => ClusterPki::load_or_create(&state)?,
-        };
-        sysext::record(&state, &sysext)?;
-        let scope = Scope {
-            kubernetes: !args.provision_only,
-        };
-        let plan = planner::plan(&spec, observed, &observation.facts, scope)?;
-        let planned_at = at();
-        let progress = Progress::new(json);
-        let say = |line: &str| progress.step(line);
-        say(&format!("Kubernetes {}: sysext {}", spec.kubernetes.version, sysext.describe()));
-        let kube = match scope.kubernetes {
-            true => cluster_api(&spec, observed, &plan, &pki, &args.api, &say).await?,
-            false => None,
-        };
-        let context = Arc::new(Context {
-            cloud: cloud.clone(),
-            spec: spec.clone(),
-            pki: pki.clone(),
-            kube,
-            tag_on_create: observation.tag_on_create,
-        });
-        let provisioned =
-            apply::provision(context, &observation, &plan, started, &|e| progress.event(e)).await;
-        let provisioned = match provisioned {
-            Ok(p) => p,
-            Err(e) => {
-                progress.finish();
-                return Err(e.into());
-            }
-        };
-        let provisioned_at = at();
-        let cloud_changes = cloud.counter.mutating();
-        let server = match provisioned.endpoint.public {
-            Some(ip) => format!("https://{ip}:6443"),
-            None => format!("https://{}:6443", provisioned.endpoint.internal),
-        };
-        let admin = crate::pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::Admin)?;
-        state.write("admin.kubeconfig", admin.as_bytes(), 0o600)?;
-        let super_admin = crate::pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::SuperAdmin)?;
-        state.write("super-admin.kubeconfig", super_admin.as_bytes(), 0o600)?;
-        let before = [
-            ("log in".to_string(), 0.0, connected),
-            ("observe".to_string(), connected, observed_at),
-            ("preflight, plan".to_string(), observed_at, planned_at),
-        ];
-        let report = |after: &[(String, f64, f64)]| {
-            let timeline = timeline::build(&plan, &provisioned.runs, &before, after, at());
-            if json {
-                let report = UpReport {
-                    cluster: &spec.name,
-                    steps: plan.shown(),
-                    api_calls: cloud.counter.calls(),
-                    mutating_calls: cloud.counter.mutating(),
-                    timeline: &timeline,
-                };
-                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-            } else {
-                print!("{}", timeline::render(&timeline, 50));
-            }
-        };
-
-        if args.provision_only {
-            progress.finish();
-            if json {
-                report(&[]);
-                return Ok(());
-            }
-            println!("{:<44} {:<10} ID", "SERVER", "STATUS");
-            for server in &provisioned.servers {
-                println!("{:<44} {:<10} {}", server.name, server.status, server.id);
-            }
-            report(&[]);
-            if plan.is_empty() && cloud_changes == 0 {
-                println!("cluster `{}` is up to date: nothing to change (0 changes made)", spec.name);
-            } else {
-                println!(
-                    "cluster `{}` provisioned in {:.1} s with {} API calls ({} steps); API endpoint {server}; kubeconfig {}",
-                    spec.name,
-                    started.elapsed().as_secs_f64(),
-                    cloud.counter.calls(),
-                    plan.steps.len(),
-                    state.join("admin.kubeconfig").display()
-                );
-            }
-            return Ok(());
-        }
-
-        let api = api_url(&args.api, &server);
-        let client = KubeClient::new(&pki, &api)?;
-        let project_id = cloud.project_id().await;
-        let cloud_conf = addons::cloud_conf(&addons::CloudConfInputs {
-            config: cloud.config(),
-            project_id: project_id.as_deref(),
-            external_network_id: &provisioned.external_network_id,
-            subnet_id: &provisioned.subnet_id,
-        })
-        .map_err(|e| anyhow::anyhow!("cannot read the cloud's CA bundle for cloud.conf: {e}"))?;
-        let addon_set = addons::for_cluster(&spec, &cloud_conf, pki.ca.key_pem.expose().as_bytes())?;
-        let booted = apply::bootstrap::bootstrap(&client, &spec, &addon_set, args.timeout, &say).await;
-        progress.finish();
-        let booted = booted.map_err(|e| {
-            anyhow::anyhow!(
-                "{e}\n  the cloud side is done; run `flatstack up` again to carry on, or `flatstack status` to look"
-            )
-        })?;
-        let mut after = Vec::new();
-        let mut clock = provisioned_at;
-        for (phase, took) in &booted.timings {
-            after.push((phase.to_string(), clock, clock + took.as_secs_f64()));
-            clock += took.as_secs_f64();
-        }
-        if args.merge_kubeconfig {
-            let path = merge_into_user_kubeconfig(&admin)?;
-            println!("merged context `{}` into {} and made it current", spec.name, path.display());
-        }
-        if json {
-            report(&after);
-            return Ok(());
-        }
-        crate::kube::print_node_table(&booted.nodes);
-        report(&after);
-        if plan.is_empty() && cloud_changes == 0 && booted.changes == 0 {
-            println!("cluster `{}` is up to date: nothing to change (0 changes made)", spec.name);
-        } else {
-            println!(
-                "cluster `{}` is up: {} node(s) Ready in {:.1} s ({} cloud API calls, {} Kubernetes objects applied)",
-                spec.name,
-                booted.nodes.len(),
-                started.elapsed().as_secs_f64(),
-                cloud.counter.calls(),
-                booted.changes
-            );
-        }
+    let progress = Progress::new(json);
+    let report = runtime()?.block_on(apply::up::up(request, &|e| progress.event(e)));
+    progress.finish();
+    let report = report?;
+    if args.merge_kubeconfig {
+        let path = merge_into_user_kubeconfig(&report.admin_kubeconfig)?;
         println!(
-            "API {api}; kubeconfig {} (`export KUBECONFIG={}`)",
-            state.join("admin.kubeconfig").display(),
-            state.join("admin.kubeconfig").display()
+            "merged context `{}` into {} and made it current",
+            report.spec.name,
+            path.display()
         );
-        if spec.addons.ingress {
-            match (spec.ingress.exposure, provisioned.endpoint.public) {
-                (crate::spec::IngressExposure::ControlPlane, Some(ip)) => println!(
-                    "ingress: http://{ip}/ (Traefik on the control planes); `flatstack smoke` checks it"
-                ),
-                _ => println!(
-                    "ingress: behind the load balancer the cloud controller makes; `flatstack smoke` finds and checks it"
-                ),
-            }
-        }
-        Ok(())
-    })
+    }
+    if json {
+        let shown = UpJson {
+            cluster: &report.spec.name,
+            steps: report.plan.shown(),
+            api_calls: report.api_calls,
+            mutating_calls: report.mutating_calls,
+            timeline: &report.timeline,
+        };
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(());
+    }
+    print_up(&report);
+    Ok(())
 }
 
-/// The running cluster's API, when the plan drains nodes or lets new ones join, and it
-/// answers. When it does not, say what that means: the cloud side goes on regardless.
-async fn cluster_api(
-    spec: &crate::spec::ClusterSpec,
-    observed: &Observed,
-    plan: &Plan,
-    pki: &ClusterPki,
-    api: &ApiArgs,
-    say: &(dyn Fn(&str) + Sync),
-) -> anyhow::Result<Option<KubeClient>> {
-    let needs_api = plan.steps.iter().any(|s| {
-        matches!(
-            s.action,
-            crate::plan::steps::Action::Drain { .. } | crate::plan::steps::Action::RefreshJoinToken
-        )
-    });
-    if !needs_api {
-        return Ok(None);
-    }
-    let names = Names::of(&spec.name);
-    let Some(address) = observed
-        .floating_ips
-        .iter()
-        .find(|f| f.description == names.api_address)
-        .map(|f| format!("https://{}:6443", f.floating_ip_address))
-        .or_else(|| api.api_address.as_ref().map(|a| format!("https://{a}")))
-    else {
-        return Ok(None);
-    };
-    let client = KubeClient::new(pki, &api_url(api, &address))?;
-    match client.readyz().await {
-        Ok(()) => Ok(Some(client)),
-        Err(e) => {
-            say(&format!("the Kubernetes API does not answer ({e})"));
-            let (_, leaving) = plan.servers();
-            if !leaving.is_empty() {
-                say(&format!(
-                    "{} will be deleted without draining",
-                    leaving.join(", ")
-                ));
+fn print_up(report: &UpReport) {
+    let name = &report.spec.name;
+    let kubeconfig = report.admin_kubeconfig_path.display();
+    match &report.booted {
+        None => {
+            println!("{:<44} {:<10} ID", "SERVER", "STATUS");
+            for server in &report.provisioned.servers {
+                println!("{:<44} {:<10} {}", server.name, server.status, server.id);
             }
-            Ok(None)
+        }
+        Some(booted) => crate::kube::print_node_table(&booted.nodes),
+    }
+    print!("{}", timeline::render(&report.timeline, 50));
+    let took = report.timeline.total_seconds;
+    match &report.booted {
+        _ if report.unchanged() => {
+            println!("cluster `{name}` is up to date: nothing to change (0 changes made)")
+        }
+        None => println!(
+            "cluster `{name}` provisioned in {took:.1} s with {} API calls ({} steps); API endpoint {}; kubeconfig {kubeconfig}",
+            report.api_calls,
+            report.plan.steps.len(),
+            report.api
+        ),
+        Some(booted) => println!(
+            "cluster `{name}` is up: {} node(s) Ready in {took:.1} s ({} cloud API calls, {} Kubernetes objects applied)",
+            booted.nodes.len(),
+            report.api_calls,
+            booted.changes
+        ),
+    }
+    if report.booted.is_none() {
+        return;
+    }
+    println!(
+        "API {}; kubeconfig {kubeconfig} (`export KUBECONFIG={kubeconfig}`)",
+        report.api
+    );
+    let spec = &report.spec;
+    if spec.addons.ingress {
+        match (spec.ingress.exposure, report.provisioned.endpoint.public) {
+            (crate::spec::IngressExposure::ControlPlane, Some(ip)) => println!(
+                "ingress: http://{ip}/ (Traefik on the control planes); `flatstack smoke` checks it"
+            ),
+            _ => println!(
+                "ingress: behind the load balancer the cloud controller makes; `flatstack smoke` finds and checks it"
+            ),
         }
     }
 }
@@ -540,51 +385,11 @@ fn summary(creates: usize, updates: usize, deletes: usize) -> String {
     }
 }
 
-/// Refuses (exit 2) a file that changes what an existing cluster cannot change in place.
-fn refuse_immutable_changes(
-    spec: &crate::spec::ClusterSpec,
-    observation: &Observation,
-) -> anyhow::Result<()> {
-    let observed = &observation.observed;
-    if observed.count() == 0 {
-        return Ok(());
-    }
-    let external = observation.facts.external_network.as_ref();
-    let changes =
-        crate::plan::resources::immutable_changes(spec, observed, external.map(|n| n.id.as_str()));
-    if changes.is_empty() {
-        return Ok(());
-    }
-    Err(InvalidInput(format!(
-        "the cluster file changes what cluster `{}` cannot change in place; nothing was changed:\n  {}\n  hint: put the old value back, or make a new cluster with the new one and move to it (`flatstack down` removes this one)",
-        spec.name,
-        changes.join("\n  ")
-    ))
-    .into())
-}
-
-/// The refusal for a cluster that exists in the cloud but whose PKI is not here.
-pub(crate) fn missing_pki(cluster: &str, state_path: &Path) -> InvalidInput {
-    InvalidInput(format!(
-        "cluster `{cluster}` exists in the cloud, but its PKI is not in {}: its nodes trust a CA only that state directory holds, and a new one would lock every later node out; nothing was changed\n  hint: copy the state directory from the machine that ran `flatstack up` first (or a backup) to {}, or pass --state-dir",
-        state_path.join("pki").display(),
-        state_path.display()
-    ))
-}
-
 fn state_path(spec: &crate::spec::ClusterSpec, flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(match flag {
         Some(dir) => dir.clone(),
         None => StateDir::default_path(&spec.name)?,
     })
-}
-
-/// The API's URL: `--api-address` when given, else the endpoint from the cloud.
-fn api_url(api: &ApiArgs, server: &str) -> String {
-    match &api.api_address {
-        Some(address) => format!("https://{address}"),
-        None => server.to_string(),
-    }
 }
 
 /// Merges `admin` into the user's kubeconfig: the first file of $KUBECONFIG, else
@@ -920,7 +725,9 @@ impl Progress {
     /// An engine event: a step's line, or a count on the spinner (and as a line without one).
     fn event(&self, event: Event) {
         match event {
-            Event::Started { line, .. } | Event::Finished { line, .. } => self.step(&line),
+            Event::Started { line, .. } | Event::Finished { line, .. } | Event::Say(line) => {
+                self.step(&line)
+            }
             Event::Count { what, done, total } => match &self.bar {
                 Some(bar) => bar.set_message(format!(
                     "servers {done}/{total} {}",

@@ -202,18 +202,6 @@ impl Cloud {
         self.list(kind, &[("tags", &joined)]).await
     }
 
-    /// Whether Neutron offers the extension `alias` (e.g. `tag-creation`).
-    pub async fn network_extension(&self, alias: &str) -> Result<bool, CloudError> {
-        match self
-            .get::<Value>(Service::Network, &format!("/extensions/{alias}"))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Creates a named, tagged resource: with `tag_on_create` the tags are part of the create
     /// (Neutron's `tag-creation`; security groups, which it does not cover, and any kind a
     /// deployment refuses tags for in a POST are tagged right after). `attributes` is the body

@@ -2,7 +2,7 @@
 //! holds of them ([`Observed`], filled by the engine), and the changes that cannot be made in
 //! place.
 
-use crate::cloud::compute::Server;
+use crate::cloud::compute::{Flavor, Server};
 use crate::cloud::load_balancer::LoadBalancer;
 use crate::cloud::network::Kind;
 use crate::cloud::network::{FloatingIp, Network, Port, Router, SecurityGroup, Subnet};
@@ -133,9 +133,32 @@ pub fn immutable_changes(
     spec: &ClusterSpec,
     observed: &Observed,
     external_network_id: Option<&str>,
+    flavors: &[Flavor],
 ) -> Vec<String> {
     let names = Names::of(&spec.name);
     let mut changes = Vec::new();
+    // A server's flavor cannot change in place: it would be a new server.
+    for node in spec.nodes() {
+        let (wanted, pool) = match node.pool.and_then(|i| spec.worker_pools.get(i)) {
+            Some(pool) => (&pool.flavor, format!("worker_pools `{}`", pool.name)),
+            None => (&spec.control_plane.flavor, "control_plane".to_string()),
+        };
+        let wanted_name = flavors
+            .iter()
+            .find(|f| &f.id == wanted || &f.name == wanted)
+            .map_or(wanted.as_str(), |f| f.name.as_str());
+        let Some(server) = observed.servers.iter().find(|s| s.name == node.name) else {
+            continue;
+        };
+        if let Some(running) = server.flavor.get("original_name").and_then(|n| n.as_str())
+            && running != wanted_name
+        {
+            changes.push(format!(
+                "{pool} asks for flavor `{wanted_name}`, but {} runs `{running}`; servers cannot change flavor in place (to move a pool, add one with the new flavor, then set the old one's count to 0)",
+                node.name
+            ));
+        }
+    }
     let own_network = observed.networks.iter().any(|n| n.name == names.network);
     match (&spec.network.mode, own_network) {
         (NetworkMode::Create, false) if !observed.ports.is_empty() => changes.push(

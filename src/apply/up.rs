@@ -1,0 +1,326 @@
+//! `up` as one function of the engine: pin the sysext, take the writer lock, observe, refuse
+//! what cannot change in place, run the preflight, load (or, for a new cluster only, make) the
+//! PKI, plan, run the plan, write the kubeconfigs, and bootstrap the cluster through its API.
+//! Progress goes out as [`Event`]s; the result is an [`UpReport`] for the CLI to print.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::bootstrap::{self, Bootstrapped};
+use super::execute::{Context, Event};
+use super::observe::{Observation, observe};
+use super::timeline::{self, Timeline};
+use super::{ApplyError, Provisioned, preflight, ranges};
+use crate::addons;
+use crate::cloud::{Cloud, CloudConfig, CloudError};
+use crate::kube::KubeClient;
+use crate::pki::{ClusterPki, Kubeconfig, PkiError, StateDir};
+use crate::plan::planner::{self, PlanError, Scope};
+use crate::plan::resources::{Names, Observed};
+use crate::plan::steps::{Action, Plan};
+use crate::spec::ClusterSpec;
+use crate::sysext::{self, SysextError};
+
+/// What `up` is asked to do.
+pub struct UpRequest {
+    pub spec: ClusterSpec,
+    pub cloud: CloudConfig,
+    pub state_path: PathBuf,
+    /// Stop once the cloud side is done.
+    pub provision_only: bool,
+    /// Reach the API at this HOST:PORT instead of the floating IP.
+    pub api_address: Option<String>,
+    /// How long the cluster gets to come up.
+    pub timeout: Duration,
+}
+
+/// What `up` did.
+pub struct UpReport {
+    pub spec: ClusterSpec,
+    pub plan: Plan,
+    pub provisioned: Provisioned,
+    pub timeline: Timeline,
+    pub api_calls: u64,
+    pub mutating_calls: u64,
+    /// The API's URL as clients reach it, and the admin kubeconfig written for it.
+    pub api: String,
+    pub admin_kubeconfig: String,
+    pub admin_kubeconfig_path: PathBuf,
+    /// The cluster side, unless `provision_only`.
+    pub booted: Option<Bootstrapped>,
+}
+
+impl UpReport {
+    /// Whether the run changed nothing, in the cloud or through the API.
+    pub fn unchanged(&self) -> bool {
+        self.plan.is_empty()
+            && self.mutating_calls == 0
+            && self.booted.as_ref().is_none_or(|b| b.changes == 0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// The file asks for what cannot be done: exit code 2, nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    #[error(
+        "preflight failed, nothing was created; {0}\n  hint: `flatstack cloud check` shows the details"
+    )]
+    Preflight(String),
+    #[error(transparent)]
+    Sysext(#[from] SysextError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Ranges(#[from] ranges::RecordError),
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Kube(#[from] crate::kube::KubeError),
+    #[error(transparent)]
+    Addons(#[from] crate::addons::AddonError),
+    #[error("cannot read the cloud's CA bundle for cloud.conf: {0}")]
+    CloudConf(String),
+    #[error(
+        "the cluster side failed\n  the cloud side is done; run `flatstack up` again to carry on, or `flatstack status` to look"
+    )]
+    Bootstrap(#[source] ApplyError),
+}
+
+impl UpError {
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            UpError::Refused(_) => true,
+            UpError::Sysext(e) => e.is_invalid_input(),
+            UpError::Pki(e) => e.is_invalid_input(),
+            UpError::Ranges(_) => true,
+            UpError::Plan(e) => e.is_invalid_input(),
+            _ => false,
+        }
+    }
+}
+
+/// Runs `up`; `events` hears of every step as it starts.
+pub async fn up(request: UpRequest, events: &(dyn Fn(Event) + Sync)) -> Result<UpReport, UpError> {
+    let started = Instant::now();
+    let at = || started.elapsed().as_secs_f64();
+    let say = |line: &str| events(Event::Say(line.to_string()));
+    let UpRequest {
+        spec,
+        cloud: config,
+        state_path,
+        provision_only,
+        api_address,
+        timeout,
+    } = request;
+    // The sysext digest first: an unpublished release stops here, before anything exists.
+    let existing_state = StateDir::open_existing(&state_path)?;
+    let sysext = sysext::pin(&spec.kubernetes, existing_state.as_ref()).await?;
+    let spec = sysext.pinned_into(spec);
+    let had_state = existing_state.is_some();
+    // One writer per cluster, from before the cloud is looked at until the run ends.
+    let (state, _lock) = StateDir::open_locked(&state_path, "up")?;
+    let cloud = Arc::new(Cloud::connect(config).await?);
+    let connected = at();
+    let observation = observe(&cloud, &spec).await?;
+    let observed_at = at();
+    let observed = &observation.observed;
+    let recorded_ranges = ranges::recorded(Some(&state))?;
+    refuse_immutable_changes(&spec, &observation, recorded_ranges)?;
+    // Preflight: everything checked before the first create; quotas only for a new cluster.
+    let (needs, _) = crate::plan::Needs::of(&spec, &observation.facts.flavors);
+    let quotas = match observed.count() {
+        0 => preflight::quotas(&cloud, &needs).await?,
+        _ => Vec::new(),
+    };
+    let problems = preflight::inspect(&spec, &observation, quotas).problems();
+    if !problems.is_empty() {
+        return Err(UpError::Preflight(problems.join("; ")));
+    }
+    // The PKI is the cluster's identity: nodes trust its CA. Never mint one for a cluster that
+    // exists in the cloud.
+    let existing_pki = match had_state {
+        true => ClusterPki::load_existing(&state)?,
+        false => None,
+    };
+    if existing_pki.is_none() && observed.count() > 0 {
+        return Err(UpError::Refused(missing_pki(&spec.name, &state_path)));
+    }
+    let pki = match existing_pki {
+        Some(pki) => pki,
+        None => ClusterPki::load_or_create(&state)?,
+    };
+    sysext::record(&state, &sysext)?;
+    if recorded_ranges.is_none() {
+        ranges::record(&state, &spec)?;
+    }
+    let scope = Scope {
+        kubernetes: !provision_only,
+    };
+    let plan = planner::plan(&spec, observed, &observation.facts, scope)?;
+    let planned_at = at();
+    say(&format!(
+        "Kubernetes {}: sysext {}",
+        spec.kubernetes.version,
+        sysext.describe()
+    ));
+    let kube = match scope.kubernetes {
+        true => cluster_api(&spec, observed, &plan, &pki, api_address.as_deref(), &say).await?,
+        false => None,
+    };
+    let context = Arc::new(Context {
+        cloud: cloud.clone(),
+        spec: spec.clone(),
+        pki: pki.clone(),
+        kube,
+        // Tags go in each create; the session falls back to a second call where a cloud
+        // refuses or drops them there.
+        tag_on_create: true,
+    });
+    let provisioned = super::provision(context, &observation, &plan, started, events).await?;
+    let provisioned_at = at();
+    let mutating_calls = cloud.counter.mutating();
+    let server = match provisioned.endpoint.public {
+        Some(ip) => format!("https://{ip}:6443"),
+        None => format!("https://{}:6443", provisioned.endpoint.internal),
+    };
+    let admin = crate::pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::Admin)?;
+    let admin_kubeconfig_path = state.write("admin.kubeconfig", admin.as_bytes(), 0o600)?;
+    let super_admin =
+        crate::pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::SuperAdmin)?;
+    state.write("super-admin.kubeconfig", super_admin.as_bytes(), 0o600)?;
+    let api = match &api_address {
+        Some(address) => format!("https://{address}"),
+        None => server.clone(),
+    };
+    let before = [
+        ("log in".to_string(), 0.0, connected),
+        ("observe".to_string(), connected, observed_at),
+        ("preflight, plan".to_string(), observed_at, planned_at),
+    ];
+    let mut after = Vec::new();
+    let booted = match provision_only {
+        true => None,
+        false => {
+            let client = KubeClient::new(&pki, &api)?;
+            let project_id = cloud.project_id().await;
+            let cloud_conf = addons::cloud_conf(&addons::CloudConfInputs {
+                config: cloud.config(),
+                project_id: project_id.as_deref(),
+                external_network_id: &provisioned.external_network_id,
+                subnet_id: &provisioned.subnet_id,
+            })
+            .map_err(|e| UpError::CloudConf(e.to_string()))?;
+            let addon_set =
+                addons::for_cluster(&spec, &cloud_conf, pki.ca.key_pem.expose().as_bytes())?;
+            let booted = bootstrap::bootstrap(&client, &spec, &addon_set, timeout, &say)
+                .await
+                .map_err(UpError::Bootstrap)?;
+            let mut clock = provisioned_at;
+            for (phase, took) in &booted.timings {
+                after.push((phase.to_string(), clock, clock + took.as_secs_f64()));
+                clock += took.as_secs_f64();
+            }
+            Some(booted)
+        }
+    };
+    let timeline = timeline::build(&plan, &provisioned.runs, &before, &after, at());
+    Ok(UpReport {
+        spec,
+        plan,
+        provisioned,
+        timeline,
+        api_calls: cloud.counter.calls(),
+        mutating_calls,
+        api,
+        admin_kubeconfig: admin,
+        admin_kubeconfig_path,
+        booted,
+    })
+}
+
+/// Refuses a file that changes what an existing cluster cannot change in place.
+pub fn refuse_immutable_changes(
+    spec: &ClusterSpec,
+    observation: &Observation,
+    ranges: Option<ranges::Ranges>,
+) -> Result<(), UpError> {
+    let observed = &observation.observed;
+    if observed.count() == 0 {
+        return Ok(());
+    }
+    let external = observation.facts.external_network.as_ref();
+    let mut changes = crate::plan::resources::immutable_changes(
+        spec,
+        observed,
+        external.map(|n| n.id.as_str()),
+        &observation.facts.flavors,
+    );
+    changes.extend(ranges::changes(ranges, spec));
+    if changes.is_empty() {
+        return Ok(());
+    }
+    Err(UpError::Refused(format!(
+        "the cluster file changes what cluster `{}` cannot change in place; nothing was changed:\n  {}\n  hint: put the old value back, or make a new cluster with the new one and move to it (`flatstack down` removes this one)",
+        spec.name,
+        changes.join("\n  ")
+    )))
+}
+
+/// The refusal for a cluster that exists in the cloud but whose PKI is not here.
+pub fn missing_pki(cluster: &str, state_path: &std::path::Path) -> String {
+    format!(
+        "cluster `{cluster}` exists in the cloud, but its PKI is not in {}: its nodes trust a CA only that state directory holds, and a new one would lock every later node out; nothing was changed\n  hint: copy the state directory from the machine that ran `flatstack up` first (or a backup) to {}, or pass --state-dir",
+        state_path.join("pki").display(),
+        state_path.display()
+    )
+}
+
+/// The running cluster's API, when the plan drains nodes or lets new ones join, and it
+/// answers. When it does not, say what that means: the cloud side goes on regardless.
+async fn cluster_api(
+    spec: &ClusterSpec,
+    observed: &Observed,
+    plan: &Plan,
+    pki: &ClusterPki,
+    api_address: Option<&str>,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<Option<KubeClient>, UpError> {
+    let needs_api = plan
+        .steps
+        .iter()
+        .any(|s| matches!(s.action, Action::Drain { .. } | Action::RefreshJoinToken));
+    if !needs_api {
+        return Ok(None);
+    }
+    let names = Names::of(&spec.name);
+    let floating = observed
+        .floating_ips
+        .iter()
+        .find(|f| f.description == names.api_address)
+        .map(|f| format!("{}:6443", f.floating_ip_address));
+    let Some(address) = api_address.map(str::to_string).or(floating) else {
+        return Ok(None);
+    };
+    let client = KubeClient::new(pki, &format!("https://{address}"))?;
+    match client.readyz().await {
+        Ok(()) => Ok(Some(client)),
+        Err(e) => {
+            say(&format!("the Kubernetes API does not answer ({e})"));
+            let (_, leaving) = plan.servers();
+            if !leaving.is_empty() {
+                say(&format!(
+                    "{} will be deleted without draining",
+                    leaving.join(", ")
+                ));
+            }
+            Ok(None)
+        }
+    }
+}
