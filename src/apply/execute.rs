@@ -221,7 +221,8 @@ fn resolve(action: &Action, made: &[Option<Made>]) -> Action {
             p.subnet = fill(&p.subnet);
             p.security_groups = p.security_groups.iter().map(fill).collect();
         }
-        Action::CreateFloatingIp { port, .. } | Action::AttachFloatingIp { port, .. } => {
+        Action::AttachFloatingIp { floating, port, .. } => {
+            *floating = fill(floating);
             *port = fill(port);
         }
         Action::RenderIgnition {
@@ -397,22 +398,17 @@ async fn run_on_cloud(
         Action::CreateFloatingIp {
             description,
             external_network_id,
-            port,
             ..
         } => floating_made(
             &cloud
-                .create_floating_ip(
-                    external_network_id,
-                    description,
-                    Some(&known(port)?.id),
-                    &tags,
-                    tag_on_create,
-                )
+                .create_floating_ip(external_network_id, description, None, &tags, tag_on_create)
                 .await?,
         ),
-        Action::AttachFloatingIp { id, port, .. } => {
-            floating_made(&cloud.attach_floating_ip(id, Some(&known(port)?.id)).await?)
-        }
+        Action::AttachFloatingIp { floating, port, .. } => floating_made(
+            &cloud
+                .attach_floating_ip(&known(floating)?.id, Some(&known(port)?.id))
+                .await?,
+        ),
         Action::Adopt { kind, id, .. } => {
             cloud.set_tags(*kind, id, &tags).await?;
             Made::id(id)
@@ -501,6 +497,35 @@ async fn run_on_cloud(
         Action::DeletePort { id, .. } => {
             cloud.delete_resource(Kind::Port, id).await?;
             Made::id(id)
+        }
+        Action::DeleteDuplicate(duplicate) => {
+            use crate::plan::steps::Duplicate;
+            match duplicate {
+                Duplicate::FloatingIp { id, .. } => {
+                    cloud.delete_resource(Kind::FloatingIp, id).await?;
+                }
+                Duplicate::Router { id, subnets, .. } => {
+                    for subnet in subnets {
+                        cloud.remove_router_interface(id, subnet).await?;
+                    }
+                    cloud.clear_router_gateway(id).await?;
+                    cloud.delete_resource(Kind::Router, id).await?;
+                }
+                Duplicate::Subnet { id, routers, .. } => {
+                    for router in routers {
+                        cloud.remove_router_interface(router, id).await?;
+                    }
+                    cloud.delete_resource(Kind::Subnet, id).await?;
+                }
+                Duplicate::Network { id, .. } => {
+                    cloud.delete_resource(Kind::Network, id).await?;
+                }
+                Duplicate::SecurityGroup { id, .. } => {
+                    cloud.delete_resource(Kind::SecurityGroup, id).await?;
+                }
+                Duplicate::ServerGroup { id, .. } => cloud.delete_server_group(id).await?,
+            }
+            Made::default()
         }
     })
 }

@@ -101,6 +101,8 @@ pub struct Port {
     pub device_owner: String,
     #[serde(default)]
     pub status: String,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -568,7 +570,16 @@ pub trait HasTags: HasId {
 macro_rules! has_id {
     ($($t:ty),*) => { $(impl HasId for $t { fn id(&self) -> &str { &self.id } })* };
 }
-has_id!(Network, Subnet, Router, Port, SecurityGroup, FloatingIp);
+has_id!(
+    Network,
+    Subnet,
+    Router,
+    Port,
+    SecurityGroup,
+    FloatingIp,
+    super::compute::Server,
+    super::compute::ServerGroup
+);
 
 macro_rules! has_tags {
     ($($t:ty),*) => { $(impl HasTags for $t {

@@ -3,6 +3,7 @@
 //! security-group rules ([`rules`]), and the typed steps ([`steps`]) that the [`planner`]
 //! derives from an observation. Nothing here does I/O.
 
+pub mod duplicates;
 pub mod planner;
 pub mod resources;
 pub mod rules;

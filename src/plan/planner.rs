@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
+use super::duplicates::Extras;
 use super::resources::{Names, Observed, cluster_tag};
 use super::rules::{rule_diff, wanted_rules};
 use super::steps::{
-    Action, Made, Plan, PortRequest, Ref, RuleRequest, ServerPlan, StepId, SubnetRequest,
+    Action, Duplicate, Made, Plan, PortRequest, Ref, RuleRequest, ServerPlan, StepId, SubnetRequest,
 };
 use crate::cloud::compute::Flavor;
 use crate::cloud::network::{Network, Port, Subnet};
@@ -68,6 +69,9 @@ pub fn plan(
         .as_ref()
         .map_or(MISSING, |n| n.id.as_str());
     let mut plan = Plan::default();
+    // Two of one name (two writers at once): keep one, remove the others at the end.
+    let (kept, extras) = super::duplicates::split(spec, observed);
+    let observed = &kept;
     for untagged in &observed.adopt {
         plan.push(
             Action::Adopt {
@@ -196,15 +200,27 @@ pub fn plan(
         .iter()
         .find(|f| f.description == names.api_address)
     {
-        None => Ref::After(plan.push(
-            Action::CreateFloatingIp {
-                description: names.api_address.clone(),
-                external_network: spec.network.external_network.clone(),
-                external_network_id: external_id.to_string(),
-                port: first_port.clone(),
-            },
-            &chain.reachable_after,
-        )),
+        None => {
+            let created = plan.push(
+                Action::CreateFloatingIp {
+                    description: names.api_address.clone(),
+                    external_network: spec.network.external_network.clone(),
+                    external_network_id: external_id.to_string(),
+                },
+                &[],
+            );
+            plan.push(
+                Action::AttachFloatingIp {
+                    floating: Ref::After(created),
+                    label: names.api_address.clone(),
+                    port: first_port.clone(),
+                    port_name: first.to_string(),
+                    repair: false,
+                },
+                &chain.reachable_after,
+            );
+            Ref::After(created)
+        }
         Some(floating) => {
             let attached = match &first_port {
                 Ref::Known(port) => floating.port_id.as_deref() == Some(port.id.as_str()),
@@ -213,10 +229,11 @@ pub fn plan(
             if !attached {
                 plan.push(
                     Action::AttachFloatingIp {
-                        id: floating.id.clone(),
-                        address: floating.floating_ip_address.clone(),
+                        floating: Ref::Known(Made::id(&floating.id)),
+                        label: floating.floating_ip_address.clone(),
                         port: first_port.clone(),
                         port_name: first.to_string(),
+                        repair: true,
                     },
                     &chain.reachable_after,
                 );
@@ -366,7 +383,124 @@ pub fn plan(
             &after,
         );
     }
+    remove_extras(&mut plan, &extras, observed);
     Ok(plan)
+}
+
+/// Steps that remove duplicates, each after what stands in its way.
+fn remove_extras(plan: &mut Plan, extras: &Extras, observed: &Observed) {
+    let servers: Vec<StepId> = extras
+        .servers
+        .iter()
+        .map(|s| {
+            plan.push(
+                Action::DeleteServer {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                },
+                &[],
+            )
+        })
+        .collect();
+    let mut before_network_parts: Vec<StepId> = extras
+        .floating_ips
+        .iter()
+        .map(|f| {
+            plan.push(
+                Action::DeleteDuplicate(Duplicate::FloatingIp {
+                    id: f.id.clone(),
+                    address: f.floating_ip_address.clone(),
+                }),
+                &[],
+            )
+        })
+        .collect();
+    let ports: Vec<StepId> = extras
+        .ports
+        .iter()
+        .map(|p| {
+            plan.push(
+                Action::DeletePort {
+                    id: p.id.clone(),
+                    name: p.name.clone(),
+                },
+                &servers,
+            )
+        })
+        .collect();
+    before_network_parts.extend(&ports);
+    let interfaces_of = |router: &str| -> Vec<String> {
+        observed
+            .router_interfaces
+            .iter()
+            .filter(|p| p.device_id == router)
+            .flat_map(|p| p.fixed_ips.iter().map(|ip| ip.subnet_id.clone()))
+            .collect()
+    };
+    let routers: Vec<StepId> = extras
+        .routers
+        .iter()
+        .map(|r| {
+            plan.push(
+                Action::DeleteDuplicate(Duplicate::Router {
+                    id: r.id.clone(),
+                    name: r.name.clone(),
+                    subnets: interfaces_of(&r.id),
+                }),
+                &before_network_parts,
+            )
+        })
+        .collect();
+    before_network_parts.extend(&routers);
+    let subnets: Vec<StepId> = extras
+        .subnets
+        .iter()
+        .map(|s| {
+            let routers = observed
+                .router_interfaces
+                .iter()
+                .filter(|p| p.fixed_ips.iter().any(|ip| ip.subnet_id == s.id))
+                .map(|p| p.device_id.clone())
+                .filter(|r| !extras.routers.iter().any(|x| &x.id == r))
+                .collect();
+            plan.push(
+                Action::DeleteDuplicate(Duplicate::Subnet {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    routers,
+                }),
+                &before_network_parts,
+            )
+        })
+        .collect();
+    before_network_parts.extend(&subnets);
+    for network in &extras.networks {
+        plan.push(
+            Action::DeleteDuplicate(Duplicate::Network {
+                id: network.id.clone(),
+                name: network.name.clone(),
+            }),
+            &before_network_parts,
+        );
+    }
+    for group in &extras.security_groups {
+        plan.push(
+            Action::DeleteDuplicate(Duplicate::SecurityGroup {
+                id: group.id.clone(),
+                name: group.name.clone(),
+            }),
+            &ports,
+        );
+    }
+    for group in &extras.server_groups {
+        plan.push(
+            Action::DeleteDuplicate(Duplicate::ServerGroup {
+                id: group.id.clone(),
+                name: group.name.clone(),
+            }),
+            &servers,
+        );
+    }
 }
 
 /// A port as a step's input: its ID and first address.
@@ -551,6 +685,7 @@ mod tests {
             device_id: String::new(),
             device_owner: String::new(),
             status: "ACTIVE".into(),
+            security_groups: vec![],
         };
         let nodes = spec.nodes();
         let wanted = wanted_rules(spec, "g-nodes", spec.network.node_cidr.map(IpNet::V4));
@@ -678,7 +813,9 @@ mod tests {
                 .expect(name)
         };
         let interface = find("router interface", "demo-router").id;
-        assert!(find("floating IP", "demo-api").needs.contains(&interface));
+        assert!(find("attachment", "demo-api").needs.contains(&interface));
+        // The address is allocated at once: the configs do not wait for the router.
+        assert!(find("floating IP", "demo-api").needs.is_empty());
         let render = find("ignition", "3 config(s)").id;
         assert!(find("server", "demo-default-1").needs.contains(&render));
         // The first control plane's port has the fixed API address, the render shows it
@@ -776,6 +913,76 @@ mod tests {
             ["+ port demo-default-1", "~ server demo-default-1"]
         );
         assert_eq!(plan.steps[1].needs, [0]);
+    }
+
+    #[test]
+    fn a_second_writers_duplicates_are_removed_keeping_the_side_the_api_address_uses() {
+        let spec = with_workers(1);
+        let mut observed = converged(&spec);
+        // A second `up` made its own network chain, groups, ports and servers.
+        let mut twin = converged(&spec);
+        let rename = |id: &mut String| *id = format!("{id}-twin");
+        twin.networks.iter_mut().for_each(|n| rename(&mut n.id));
+        twin.subnets.iter_mut().for_each(|s| {
+            rename(&mut s.id);
+            s.network_id = "n-twin".into();
+        });
+        twin.routers.iter_mut().for_each(|r| rename(&mut r.id));
+        twin.security_groups
+            .iter_mut()
+            .for_each(|g| rename(&mut g.id));
+        twin.ports.iter_mut().for_each(|p| {
+            rename(&mut p.id);
+            p.network_id = "n-twin".into();
+        });
+        twin.servers.iter_mut().for_each(|s| rename(&mut s.id));
+        twin.floating_ips.iter_mut().for_each(|f| {
+            rename(&mut f.id);
+            f.port_id = None;
+        });
+        observed.networks.extend(twin.networks);
+        observed.subnets.extend(twin.subnets);
+        observed.routers.extend(twin.routers);
+        observed.security_groups.extend(twin.security_groups);
+        observed.ports.extend(twin.ports);
+        observed.servers.extend(twin.servers);
+        observed.floating_ips.extend(twin.floating_ips);
+        for port in observed.ports.iter_mut() {
+            port.device_owner = "compute:nova".into();
+            port.device_id = format!("s-{}", port.name);
+            if port.id.ends_with("-twin") {
+                port.device_id.push_str("-twin");
+            }
+        }
+        let plan = plan(&spec, &observed, &facts(), K8S).expect("plan");
+        let mut lines = shown(&plan);
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "- floating IP 203.0.113.5",
+                "- network demo-net",
+                "- port demo-control-plane-1",
+                "- port demo-default-1",
+                "- router demo-router",
+                "- security group demo-control-plane",
+                "- security group demo-nodes",
+                "- server demo-control-plane-1",
+                "- server demo-default-1",
+                "- subnet demo-subnet",
+            ]
+        );
+        // Only the twin's resources go, and the network after everything on it.
+        let network = plan
+            .steps
+            .iter()
+            .find(|s| matches!(&s.action, Action::DeleteDuplicate(Duplicate::Network { id, .. }) if id == "n-twin"))
+            .expect("the twin network goes");
+        assert!(network.needs.len() >= 5, "{network:?}");
+        for step in &plan.steps {
+            let text = format!("{:?}", step.action);
+            assert!(text.contains("-twin"), "{text}");
+        }
     }
 
     #[test]

@@ -136,17 +136,22 @@ pub enum Action {
         policy: String,
     },
     CreatePort(PortRequest),
+    /// Allocated unattached, so its address (which goes into every Ignition config) is known
+    /// without waiting for the router; attached by [`Action::AttachFloatingIp`].
     CreateFloatingIp {
         description: String,
         external_network: String,
         external_network_id: String,
-        port: Ref,
     },
+    /// Points the API's floating IP at the first control plane: once for a new one, as a repair
+    /// for one that was detached or moved.
     AttachFloatingIp {
-        id: String,
-        address: String,
+        floating: Ref,
+        /// Its address when it exists, else its description.
+        label: String,
         port: Ref,
         port_name: String,
+        repair: bool,
     },
     /// A resource of the cluster's exact name without its tag (a run stopped between the
     /// create and the tag, on a cloud that cannot tag in the create): taken as the cluster's.
@@ -186,6 +191,54 @@ pub enum Action {
         id: String,
         name: String,
     },
+    /// A duplicate left by a second writer (see [`super::duplicates`]).
+    DeleteDuplicate(Duplicate),
+}
+
+/// A resource of which the cluster has two, and keeps the other.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Duplicate {
+    FloatingIp {
+        id: String,
+        address: String,
+    },
+    /// Its interfaces on `subnets` are removed and its gateway cleared first.
+    Router {
+        id: String,
+        name: String,
+        subnets: Vec<String>,
+    },
+    /// The interfaces `routers` have on it are removed first.
+    Subnet {
+        id: String,
+        name: String,
+        routers: Vec<String>,
+    },
+    Network {
+        id: String,
+        name: String,
+    },
+    SecurityGroup {
+        id: String,
+        name: String,
+    },
+    ServerGroup {
+        id: String,
+        name: String,
+    },
+}
+
+impl Duplicate {
+    fn kind_and_name(&self) -> (&'static str, &str) {
+        match self {
+            Duplicate::FloatingIp { address, .. } => ("floating IP", address),
+            Duplicate::Router { name, .. } => ("router", name),
+            Duplicate::Subnet { name, .. } => ("subnet", name),
+            Duplicate::Network { name, .. } => ("network", name),
+            Duplicate::SecurityGroup { name, .. } => ("security group", name),
+            Duplicate::ServerGroup { name, .. } => ("server group", name),
+        }
+    }
 }
 
 /// How a step is counted: what it changes in the cloud, or a step that changes nothing there.
@@ -289,12 +342,23 @@ impl Action {
                 format!("from {external_network}"),
             ),
             AttachFloatingIp {
-                address, port_name, ..
+                label,
+                port_name,
+                repair: true,
+                ..
             } => (
                 Verb::Update,
                 "floating IP",
-                address.clone(),
+                label.clone(),
                 format!("attach to {port_name}"),
+            ),
+            AttachFloatingIp {
+                label, port_name, ..
+            } => (
+                Verb::Create,
+                "attachment",
+                label.clone(),
+                format!("floating IP to {port_name}"),
             ),
             Adopt { kind, name, .. } => (
                 Verb::Update,
@@ -334,6 +398,10 @@ impl Action {
             Drain { node } => (Verb::Run, "drain", node.clone(), "evict its pods".into()),
             DeleteServer { name, .. } => (Verb::Delete, "server", name.clone(), String::new()),
             DeletePort { name, .. } => (Verb::Delete, "port", name.clone(), String::new()),
+            DeleteDuplicate(d) => {
+                let (kind, name) = d.kind_and_name();
+                (Verb::Delete, kind, name.to_string(), "duplicate".into())
+            }
         }
     }
 
@@ -365,8 +433,14 @@ impl Action {
             CreatePort(p) => format!("creating port {}", p.name),
             CreateFloatingIp { .. } => "allocating the API floating IP".into(),
             AttachFloatingIp {
-                address, port_name, ..
-            } => format!("attaching the API floating IP {address} to {port_name} again"),
+                label,
+                port_name,
+                repair,
+                ..
+            } => match repair {
+                true => format!("attaching the API floating IP {label} to {port_name} again"),
+                false => format!("attaching the API floating IP to {port_name}"),
+            },
             Adopt { kind, name, .. } => {
                 format!(
                     "tagging untagged {} {name} as the cluster's",
@@ -385,6 +459,10 @@ impl Action {
             Drain { node } => format!("draining {node}"),
             DeleteServer { name, .. } => format!("deleting server {name}"),
             DeletePort { name, .. } => format!("deleting port {name}"),
+            DeleteDuplicate(d) => {
+                let (kind, name) = d.kind_and_name();
+                format!("removing duplicate {kind} {name}")
+            }
         }
     }
 
@@ -404,6 +482,7 @@ impl Action {
             CreateServer(_) | AttachPort { .. } => "create servers",
             WaitActive { .. } => "servers ACTIVE",
             DeleteServer { .. } | DeletePort { .. } => "delete servers",
+            DeleteDuplicate(_) => "remove duplicates",
         }
     }
 
@@ -413,7 +492,8 @@ impl Action {
             CreateServerGroup { .. }
             | CreateServer(_)
             | AttachPort { .. }
-            | DeleteServer { .. } => Service::Compute,
+            | DeleteServer { .. }
+            | DeleteDuplicate(Duplicate::ServerGroup { .. }) => Service::Compute,
             WaitActive { .. } | RenderIgnition { .. } => Service::Unbounded,
             RefreshJoinToken | Drain { .. } => Service::Kubernetes,
             _ => Service::Network,
@@ -434,7 +514,7 @@ impl Action {
                 .into_iter()
                 .chain(&p.security_groups)
                 .collect(),
-            CreateFloatingIp { port, .. } | AttachFloatingIp { port, .. } => vec![port],
+            AttachFloatingIp { floating, port, .. } => vec![floating, port],
             RenderIgnition {
                 internal, public, ..
             } => vec![internal, public],

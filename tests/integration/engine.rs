@@ -310,3 +310,72 @@ fn down_killed_the_moment_any_delete_is_answered_finishes_when_run_again() {
         assert_nothing_left(&name);
     }
 }
+
+/// Copies a state directory, modes included.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create");
+    for entry in std::fs::read_dir(from).expect("read") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != "lock" {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+    let mode = std::fs::metadata(from).expect("mode").permissions();
+    std::fs::set_permissions(to, mode).expect("set mode");
+}
+
+/// Two workstations with copies of one state directory run `up` at the same moment: each
+/// holds only its own lock, and both build the cluster. The next `up` keeps the side the API
+/// address uses and removes every duplicate.
+#[test]
+fn duplicates_of_two_writers_at_once_are_removed_by_the_next_up() {
+    let name = unique("twin");
+    let first = Workspace::new();
+    first.write_cluster(&cluster(&name, 1, ""));
+    let _teardown = Teardown(&first);
+    success(&first.render(&["--endpoint", "203.0.113.9"]));
+    let second = Workspace::new();
+    second.write_cluster(&cluster(&name, 1, ""));
+    copy_dir(&first.state_dir(), &second.state_dir());
+
+    let start = |workspace: &Workspace| {
+        Command::new(env!("CARGO_BIN_EXE_flatstack"))
+            .current_dir(workspace.dir.path())
+            .env("OS_CLIENT_CONFIG_FILE", crate::openstack::clouds_yaml())
+            .env_remove("OS_CLOUD")
+            .env("FLATSTACK_STATE_DIR", workspace.state_dir())
+            .arg("--file")
+            .arg(workspace.cluster_file())
+            .args(["up", "--provision-only"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flatstack")
+    };
+    let (one, two) = (start(&first), start(&second));
+    let (one, two) = (
+        one.wait_with_output().expect("first up"),
+        two.wait_with_output().expect("second up"),
+    );
+    // Whatever each run made of the race, at least the servers exist twice.
+    let servers = tagged("server", &name).len();
+    assert!(
+        servers > 2,
+        "no duplicates to remove ({servers} servers):\n{}{}\n{}{}",
+        stdout(&one),
+        stderr(&one),
+        stdout(&two),
+        stderr(&two)
+    );
+    let plan = success(&flatstack(&first, &["plan", "--provision-only"]));
+    assert!(plan.contains("duplicate"), "{plan}");
+    success(&flatstack(&first, &["up", "--provision-only"]));
+    assert_one_of_everything(&name, "two writers at once");
+    let settled = success(&flatstack(&first, &["plan", "--provision-only"]));
+    assert!(settled.contains("nothing to change"), "{settled}");
+    success(&flatstack(&first, &["down", "--yes"]));
+    assert_nothing_left(&name);
+}

@@ -153,6 +153,7 @@ fn up_converges_scales_and_down_removes_everything() {
         ("create", "server group", 1),
         ("create", "port", 3),
         ("create", "floating IP", 1),
+        ("create", "attachment", 1),
         ("run", "ignition", 1),
         ("create", "server", 3),
         ("run", "wait", 3),
@@ -161,7 +162,7 @@ fn up_converges_scales_and_down_removes_everything() {
     ] {
         assert_eq!(count(verb, kind), wanted, "{verb} {kind} in {plan}");
     }
-    assert_eq!(steps.len(), 23, "{plan}");
+    assert_eq!(steps.len(), 24, "{plan}");
     assert_eq!(plan["su_per_hour"], 3);
     assert_nothing_left(&name);
 
