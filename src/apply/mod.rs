@@ -6,6 +6,7 @@
 
 pub mod bootstrap;
 pub mod charts;
+pub mod down;
 pub mod execute;
 pub mod jupyterhub;
 pub mod observe;

@@ -312,7 +312,8 @@ async fn cluster_api(
     match client.readyz().await {
         Ok(()) => Ok(Some(client)),
         Err(e) => {
-            say(&format!("the Kubernetes API does not answer ({e})"));
+            let why = crate::kube::error_chain(&e);
+            say(&format!("the Kubernetes API does not answer ({why})"));
             let (_, leaving) = plan.servers();
             if !leaving.is_empty() {
                 say(&format!(
@@ -323,4 +324,77 @@ async fn cluster_api(
             Ok(None)
         }
     }
+}
+
+/// What `plan` reports: the steps `up` would run and what stands around them.
+#[derive(Debug, serde::Serialize)]
+pub struct PlanReport {
+    pub cluster: String,
+    pub cloud: String,
+    pub kubernetes: String,
+    pub sysext: sysext::PinnedSysext,
+    /// Another digest the publisher lists today for a recorded one (kept, never followed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sysext_publisher_lists: Option<String>,
+    pub warnings: Vec<String>,
+    /// The steps `up` runs, in an order that respects their `needs`.
+    pub actions: Vec<crate::plan::steps::ShownStep>,
+    pub vcpus: u64,
+    pub su_per_hour: u64,
+}
+
+/// Plans as `up` would, touching nothing: the same observation, refusals and planner, plus the
+/// preflight's problems and the publisher's view of the sysext digest as warnings.
+pub async fn plan(
+    spec: ClusterSpec,
+    config: CloudConfig,
+    state_path: PathBuf,
+    provision_only: bool,
+    mut warnings: Vec<String>,
+) -> Result<PlanReport, UpError> {
+    let state = StateDir::open_existing(&state_path)?;
+    let sysext = sysext::pin(&spec.kubernetes, state.as_ref()).await?;
+    let mut sysext_publisher_lists = None;
+    match sysext::check_publisher(&spec.kubernetes, &sysext).await {
+        sysext::PublisherCheck::Same => {}
+        sysext::PublisherCheck::Changed { url, listed } => {
+            warnings.push(format!(
+                "{url} now lists sha256:{listed} for {}, not the sha256:{} recorded for this cluster; flatstack keeps the recorded one, so every node boots the same bytes\n  hint: if the publisher rebuilt the image on purpose and you trust it, set `kubernetes.sysext_sha256 = \"{listed}\"` in the cluster file",
+                sysext.file, sysext.sha256
+            ));
+            sysext_publisher_lists = Some(listed);
+        }
+        sysext::PublisherCheck::Unknown(why) => warnings.push(format!(
+            "could not compare the recorded sysext digest with the publisher's: {why}"
+        )),
+    }
+    let cloud = Cloud::connect(config).await?;
+    let observation = observe(&cloud, &spec).await?;
+    let recorded_ranges = ranges::recorded(state.as_ref())?;
+    refuse_immutable_changes(&spec, &observation, recorded_ranges)?;
+    let scope = Scope {
+        kubernetes: !provision_only,
+    };
+    let plan = planner::plan(&spec, &observation.observed, &observation.facts, scope)?;
+    let (needs, _) = crate::plan::Needs::of(&spec, &observation.facts.flavors);
+    let quotas = match observation.observed.count() {
+        0 => preflight::quotas(&cloud, &needs).await?,
+        _ => Vec::new(),
+    };
+    for problem in preflight::inspect(&spec, &observation, quotas).problems() {
+        warnings.push(format!(
+            "`up` would stop before creating anything: {problem}\n  hint: `flatstack cloud check` shows the details"
+        ));
+    }
+    Ok(PlanReport {
+        cluster: spec.name.clone(),
+        cloud: cloud.config().name.clone(),
+        kubernetes: spec.kubernetes.version.to_string(),
+        sysext,
+        sysext_publisher_lists,
+        warnings,
+        actions: plan.shown(),
+        vcpus: needs.cores,
+        su_per_hour: needs.vcpu_hours_per_hour(),
+    })
 }

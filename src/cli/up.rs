@@ -3,24 +3,23 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use super::cloud::{cloud_config, runtime};
 use super::{InvalidInput, load_spec};
+use crate::apply::down::Down;
 use crate::apply::execute::Event;
-use crate::apply::observe::{cluster_resources, observe};
-use crate::apply::up::{UpReport, UpRequest};
-use crate::apply::{self, preflight, timeline};
+use crate::apply::observe::observe;
+use crate::apply::up::{PlanReport, UpReport, UpRequest};
+use crate::apply::{self, timeline};
 use crate::cloud::Cloud;
 use crate::kube::KubeClient;
 use crate::pki::{ClusterPki, StateDir};
 use crate::plan::planner::{self, Scope};
 use crate::plan::resources::{Names, Observed};
 use crate::plan::steps::{ShownStep, Verb};
-use crate::sysext::{self, PinnedSysext, PublisherCheck};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -158,83 +157,27 @@ pub struct DownArgs {
     pub delete_volumes: bool,
 }
 
-#[derive(Serialize)]
-struct PlanReport<'a> {
-    cluster: &'a str,
-    cloud: &'a str,
-    kubernetes: String,
-    sysext: &'a PinnedSysext,
-    /// Another digest the publisher lists today for a recorded one (kept, never followed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sysext_publisher_lists: Option<String>,
-    warnings: Vec<String>,
-    /// The steps `up` runs, in an order that respects their `needs`.
-    actions: &'a [ShownStep],
-    vcpus: u64,
-    su_per_hour: u64,
-}
-
 pub fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let config = cloud_config(cloud_flag, &spec)?;
     let state_path = state_path(&spec, args.state_dir.as_ref())?;
-    runtime()?.block_on(async {
-        let state = StateDir::open_existing(&state_path)?;
-        let sysext = sysext::pin(&spec.kubernetes, state.as_ref()).await?;
-        let mut warnings: Vec<String> = super::end_of_life_warning(&spec).into_iter().collect();
-        let mut sysext_publisher_lists = None;
-        match sysext::check_publisher(&spec.kubernetes, &sysext).await {
-            PublisherCheck::Same => {}
-            PublisherCheck::Changed { url, listed } => {
-                warnings.push(format!(
-                    "{url} now lists sha256:{listed} for {}, not the sha256:{} recorded for this cluster; flatstack keeps the recorded one, so every node boots the same bytes\n  hint: if the publisher rebuilt the image on purpose and you trust it, set `kubernetes.sysext_sha256 = \"{listed}\"` in the cluster file",
-                    sysext.file, sysext.sha256
-                ));
-                sysext_publisher_lists = Some(listed);
-            }
-            PublisherCheck::Unknown(why) => warnings.push(format!(
-                "could not compare the recorded sysext digest with the publisher's: {why}"
-            )),
-        }
-        let cloud = Cloud::connect(config).await?;
-        let observation = observe(&cloud, &spec).await?;
-        let ranges = apply::ranges::recorded(state.as_ref())?;
-        apply::up::refuse_immutable_changes(&spec, &observation, ranges)?;
-        let scope = Scope {
-            kubernetes: !args.provision_only,
-        };
-        let plan = planner::plan(&spec, &observation.observed, &observation.facts, scope)?;
-        let actions = plan.shown();
-        let (needs, _) = crate::plan::Needs::of(&spec, &observation.facts.flavors);
-        let quotas = match observation.observed.count() {
-            0 => preflight::quotas(&cloud, &needs).await?,
-            _ => Vec::new(),
-        };
-        for problem in preflight::inspect(&spec, &observation, quotas).problems() {
-            warnings.push(format!(
-                "`up` would stop before creating anything: {problem}\n  hint: `flatstack cloud check` shows the details"
-            ));
-        }
-        let report = PlanReport {
-            cluster: &spec.name,
-            cloud: &cloud.config().name,
-            kubernetes: spec.kubernetes.version.to_string(),
-            sysext: &sysext,
-            sysext_publisher_lists,
-            warnings,
-            actions: &actions,
-            vcpus: needs.cores,
-            su_per_hour: needs.vcpu_hours_per_hour(),
-        };
-        match args.output {
-            Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-            Output::Text => print_plan(&report, &spec),
-        }
-        Ok(())
-    })
+    let warnings = super::end_of_life_warning(&spec).into_iter().collect();
+    let open_api = spec.access.api_cidrs.iter().any(|c| c.prefix_len() == 0);
+    let report = runtime()?.block_on(apply::up::plan(
+        spec,
+        config,
+        state_path,
+        args.provision_only,
+        warnings,
+    ))?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Text => print_plan(&report, open_api),
+    }
+    Ok(())
 }
 
-fn print_plan(report: &PlanReport<'_>, spec: &crate::spec::ClusterSpec) {
+fn print_plan(report: &PlanReport, open_api: bool) {
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
     }
@@ -244,7 +187,7 @@ fn print_plan(report: &PlanReport<'_>, spec: &crate::spec::ClusterSpec) {
         report.kubernetes,
         report.sysext.describe()
     );
-    for action in report.actions {
+    for action in &report.actions {
         println!(
             "  {} {:<15} {:<40} {}",
             action.action.sign(),
@@ -266,7 +209,7 @@ fn print_plan(report: &PlanReport<'_>, spec: &crate::spec::ClusterSpec) {
             )
         );
     }
-    if spec.access.api_cidrs.iter().any(|c| c.prefix_len() == 0) {
+    if open_api {
         println!(
             "note: the Kubernetes API (6443) is open to any address; it demands client certificates"
         );
@@ -578,7 +521,10 @@ async fn print_nodes(
             print_updates(&client, &nodes).await;
             print_addons(&client).await;
         }
-        Err(e) => println!("the Kubernetes API at {server} does not answer: {e}"),
+        Err(e) => println!(
+            "the Kubernetes API at {server} does not answer: {}",
+            crate::kube::error_chain(&e)
+        ),
     }
 }
 
@@ -620,23 +566,14 @@ async fn print_updates(client: &KubeClient, nodes: &[k8s_openapi::api::core::v1:
 
 pub fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
+    let name = spec.name.clone();
     let config = cloud_config(cloud_flag, &spec)?;
     let state_path = state_path(&spec, args.state_dir.as_ref())?;
     runtime()?.block_on(async {
-        // Not while another run changes the cluster (`down` of a cluster whose state
-        // directory is elsewhere takes no lock here: it needs none of its contents).
-        let _lock = match StateDir::open_existing(&state_path)? {
-            Some(state) => Some(state.lock_for("down")?),
-            None => None,
-        };
-        let cloud = Arc::new(Cloud::connect(config).await?);
-        let (observed, volumes) = tokio::try_join!(
-            cluster_resources(&cloud, &spec),
-            apply::cluster_volumes(&cloud, &spec.name),
-        )?;
-        if observed.count() == 0 && (volumes.is_empty() || !args.delete_volumes) {
-            println!("cluster `{}` has nothing in the cloud", spec.name);
-            for volume in &volumes {
+        let down = Down::open(spec, config, &state_path).await?;
+        if down.is_empty(args.delete_volumes) {
+            println!("cluster `{name}` has nothing in the cloud");
+            for volume in &down.volumes {
                 println!(
                     "  its volume {} ({} GB) is kept; `down --delete-volumes` removes it",
                     volume.id, volume.size
@@ -645,17 +582,16 @@ pub fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> anyhow::R
             return Ok(());
         }
         if !args.yes {
-            confirm(&spec.name, &observed)?;
+            confirm(&name, &down.observed)?;
         }
         let progress = Progress::new(false);
-        let say = |line: &str| progress.step(line);
-        let removed = apply::teardown(&cloud, &spec, args.delete_volumes, &say).await;
+        let removed = down
+            .run(args.delete_volumes, &|line| progress.step(line))
+            .await;
         progress.finish();
-        removed?;
         println!(
-            "cluster `{}` removed: {} resource(s) deleted, none left",
-            spec.name,
-            observed.count()
+            "cluster `{name}` removed: {} resource(s) deleted, none left",
+            removed?
         );
         Ok(())
     })

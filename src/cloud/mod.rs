@@ -108,11 +108,12 @@ pub enum CloudError {
         "cloud `{cloud}` refused the credentials: {message}\n  hint: check the password or application credential (it may have expired or been deleted)"
     )]
     Auth { cloud: String, message: String },
-    #[error("cannot reach the {service} API at {url}: {detail}")]
+    #[error("cannot reach the {service} API at {url}")]
     Unreachable {
         service: &'static str,
         url: String,
-        detail: String,
+        #[source]
+        source: reqwest::Error,
     },
     #[error("the {service} API answered {status} to {call}: {message}{}", request_id.as_ref().map(|r| format!(" (request {r})")).unwrap_or_default())]
     Api {
@@ -141,11 +142,12 @@ pub enum CloudError {
         interface: String,
         available: String,
     },
-    #[error("the {service} API's answer to {call} was not understood: {detail}")]
+    #[error("the {service} API's answer to {call} was not understood")]
     Decode {
         service: &'static str,
         call: String,
-        detail: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{what} did not reach {wanted} within {waited:?}; it is {state}")]
     Timeout {

@@ -189,7 +189,7 @@ impl Cloud {
             |e| CloudError::Decode {
                 service: "network",
                 call: format!("GET {url}"),
-                detail: e.to_string(),
+                source: e.into(),
             },
         )
     }
@@ -287,7 +287,7 @@ impl Cloud {
         .map_err(|e| CloudError::Decode {
             service: "network",
             call: format!("GET /{path}/{id}"),
-            detail: e.to_string(),
+            source: e.into(),
         })
     }
 

@@ -100,7 +100,7 @@ impl Reply {
         serde_json::from_slice(&self.body).map_err(|e| CloudError::Decode {
             service: service.name(),
             call: call.to_string(),
-            detail: e.to_string(),
+            source: e.into(),
         })
     }
 }
@@ -294,7 +294,7 @@ impl Cloud {
             error: CloudError::Unreachable {
                 service: service.name(),
                 url: url.clone(),
-                detail: error_chain(&e),
+                source: e,
             },
             retry_after: None,
         })?;
@@ -304,10 +304,7 @@ impl Cloud {
             error: CloudError::Unreachable {
                 service: service.name(),
                 url: url.clone(),
-                detail: format!(
-                    "the connection dropped while reading the answer: {}",
-                    error_chain(&e)
-                ),
+                source: e,
             },
             retry_after: None,
         })?;
@@ -381,7 +378,7 @@ impl Cloud {
         let response = request.send().await.map_err(|e| CloudError::Unreachable {
             service: service.name(),
             url: url.clone(),
-            detail: error_chain(&e),
+            source: e,
         })?;
         let status = response.status();
         let headers = response.headers().clone();
@@ -391,7 +388,7 @@ impl Cloud {
             .map_err(|e| CloudError::Unreachable {
                 service: service.name(),
                 url,
-                detail: error_chain(&e),
+                source: e,
             })?;
         if status.is_success() {
             return Ok(Reply {
@@ -489,7 +486,7 @@ impl Cloud {
                     return serde_json::from_value(inner).map_err(|e| CloudError::Decode {
                         service: service.name(),
                         call: format!("POST {path}"),
-                        detail: e.to_string(),
+                        source: e.into(),
                     });
                 }
                 Err(e) if e.is_transient() && attempt < self.policy.attempts => {
@@ -561,17 +558,6 @@ pub fn cloud_message(body: &[u8]) -> String {
     } else {
         text.chars().take(400).collect()
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[derive(Serialize)]
@@ -658,7 +644,7 @@ async fn authenticate(
                 return Err(CloudError::Unreachable {
                     service: "identity",
                     url: url.clone(),
-                    detail: error_chain(&e),
+                    source: e,
                 });
             }
             Err(_) => {}
@@ -677,7 +663,7 @@ async fn authenticate(
         .map_err(|e| CloudError::Unreachable {
             service: "identity",
             url: url.clone(),
-            detail: error_chain(&e),
+            source: e,
         })?;
     if status == StatusCode::UNAUTHORIZED
         || status == StatusCode::FORBIDDEN
@@ -705,12 +691,12 @@ async fn authenticate(
     let token = token.ok_or_else(|| CloudError::Decode {
         service: "identity",
         call: "POST /auth/tokens".into(),
-        detail: "no X-Subject-Token header".into(),
+        source: "no X-Subject-Token header".into(),
     })?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| CloudError::Decode {
         service: "identity",
         call: "POST /auth/tokens".into(),
-        detail: e.to_string(),
+        source: e.into(),
     })?;
     let services = value["token"]["catalog"]
         .as_array()

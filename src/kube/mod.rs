@@ -31,11 +31,12 @@ pub const FIELD_MANAGER: &str = "flatstack";
 pub enum KubeError {
     #[error("cannot use the cluster's certificates: {0}")]
     Certificates(String),
-    #[error("{method} {url}: {detail}")]
+    #[error("{method} {url}")]
     Transport {
         method: &'static str,
         url: String,
-        detail: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{method} {url} answered {status}: {message}")]
     Api {
@@ -44,11 +45,12 @@ pub enum KubeError {
         status: u16,
         message: String,
     },
-    #[error("cannot read the answer to {method} {url}: {detail}")]
+    #[error("cannot read the answer to {method} {url}")]
     Decode {
         method: &'static str,
         url: String,
-        detail: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{what} did not happen within {} s; last seen: {last}", waited.as_secs())]
     Timeout {
@@ -160,7 +162,7 @@ impl KubeClient {
             || async {
                 Ok(match self.readyz().await {
                     Ok(()) => Waiting::Done(()),
-                    Err(e) => Waiting::On(e.to_string()),
+                    Err(e) => Waiting::On(error_chain(&e)),
                 })
             },
         )
@@ -267,14 +269,14 @@ impl KubeClient {
                 return Err(KubeError::Transport {
                     method,
                     url,
-                    detail: "request cannot be repeated".into(),
+                    source: "request cannot be repeated".into(),
                 });
             };
             let result = match this_try.send().await {
                 Err(e) => Err(KubeError::Transport {
                     method,
                     url: url.clone(),
-                    detail: error_chain(&e),
+                    source: e.into(),
                 }),
                 Ok(response) => {
                     let status = response.status();
@@ -282,7 +284,7 @@ impl KubeClient {
                     let body = response.bytes().await.map_err(|e| KubeError::Transport {
                         method,
                         url: url.clone(),
-                        detail: error_chain(&e),
+                        source: e.into(),
                     })?;
                     if status.is_success() {
                         Ok(body)
@@ -362,7 +364,7 @@ fn decode<T: DeserializeOwned>(
     serde_json::from_slice(body).map_err(|e| KubeError::Decode {
         method,
         url: url.to_string(),
-        detail: e.to_string(),
+        source: e.into(),
     })
 }
 
