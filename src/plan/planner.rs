@@ -72,7 +72,16 @@ pub fn plan(
     // Two of one name (two writers at once): keep one, remove the others at the end.
     let (kept, extras) = super::duplicates::split(spec, observed);
     let observed = &kept;
-    for untagged in &observed.adopt {
+    // Untagged resources are adopted only when kept; a duplicate goes whether tagged or not.
+    let is_extra = |id: &str| {
+        extras.floating_ips.iter().any(|f| f.id == id)
+            || extras.networks.iter().any(|n| n.id == id)
+            || extras.subnets.iter().any(|s| s.id == id)
+            || extras.routers.iter().any(|r| r.id == id)
+            || extras.ports.iter().any(|p| p.id == id)
+            || extras.security_groups.iter().any(|g| g.id == id)
+    };
+    for untagged in observed.adopt.iter().filter(|u| !is_extra(&u.id)) {
         plan.push(
             Action::Adopt {
                 kind: untagged.kind,

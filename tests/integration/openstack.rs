@@ -13,6 +13,8 @@ use flatstack::cloud::network::{
 use flatstack::cloud::{Cloud, CloudConfig, CloudError};
 use serde_json::{Value, json};
 
+use crate::support::chain;
+
 /// Where scripts/local-openstack.sh keeps the cloud.
 fn openstack_dir() -> PathBuf {
     PathBuf::from(
@@ -264,7 +266,7 @@ async fn application_credential_login() {
     let config = CloudConfig::from_clouds_yaml(&file, "appcred").expect("config");
     let error = Cloud::connect(config).await.err().expect("refused");
     assert!(matches!(error, CloudError::Auth { .. }), "{error}");
-    assert!(!error.to_string().contains(&secret));
+    assert!(!chain(&error).contains(&secret));
 }
 
 #[tokio::test]
