@@ -33,7 +33,7 @@ use crate::pins::{self, Chart};
 use crate::spec::ClusterSpec;
 
 /// Where flatstack's own objects and the helm-controller live.
-pub const NAMESPACE: &str = "kube-system";
+pub(crate) const NAMESPACE: &str = "kube-system";
 /// The Secret with `cloud.conf` that the cloud controller and Cinder CSI mount.
 pub const CLOUD_CONFIG_SECRET: &str = "cloud-config";
 /// The ConfigMap recording what flatstack last applied (a keyed digest, no content).
@@ -235,7 +235,7 @@ fn metrics_server_values() -> serde_json::Value {
 
 /// One replica of `pod` as Deployment `namespace/name`, its pods labelled and selected by
 /// `app.kubernetes.io/name=<name>`.
-pub(crate) fn deployment(name: &str, namespace: &str, pod: PodSpec) -> Deployment {
+pub fn deployment(name: &str, namespace: &str, pod: PodSpec) -> Deployment {
     let app = labels(&[("app.kubernetes.io/name", name)]);
     Deployment {
         metadata: meta(name, Some(namespace)),
@@ -259,7 +259,7 @@ pub(crate) fn deployment(name: &str, namespace: &str, pod: PodSpec) -> Deploymen
 }
 
 /// A namespace whose pods are held to a Pod Security Standard level.
-pub(crate) fn namespace(name: &str, level: &str) -> Manifest {
+pub fn namespace(name: &str, level: &str) -> Manifest {
     let mut meta = meta(name, None);
     if let Some(labels) = meta.labels.as_mut() {
         labels.insert("pod-security.kubernetes.io/enforce".into(), level.into());
@@ -416,7 +416,7 @@ fn cinder_csi_values(spec: &ClusterSpec) -> serde_json::Value {
     })
 }
 
-pub(crate) fn chart(
+pub fn chart(
     name: &str,
     pinned: Chart,
     target_namespace: &str,
@@ -441,7 +441,7 @@ pub(crate) fn chart(
     }
 }
 
-pub(crate) fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+pub fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
         namespace: namespace.map(Into::into),
@@ -450,7 +450,7 @@ pub(crate) fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     }
 }
 
-pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -13,9 +13,9 @@ use crate::spec::{UpdatesSpec, WorkerPool};
 pub const REBOOT_SENTINEL: &str = "/run/reboot-required";
 /// The port of kured's Prometheus metrics, where `kured_reboot_required` tells whether a node
 /// waits for a reboot.
-pub const KURED_METRICS_PORT: u16 = 8080;
+pub(crate) const KURED_METRICS_PORT: u16 = 8080;
 /// The label of kured's pods.
-pub const KURED_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "kured");
+pub(crate) const KURED_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "kured");
 
 /// kured's chart values for the cluster file's `[updates]`. kured must run on every node to
 /// reboot it, so it tolerates the control planes' taint, the cloud controller's, and every

@@ -127,7 +127,7 @@ impl Cluster {
 }
 
 /// The address of the cluster's API floating IP, if the cloud has one.
-pub(crate) async fn api_floating_ip(
+pub async fn api_floating_ip(
     spec: &ClusterSpec,
     cloud_flag: Option<&str>,
 ) -> anyhow::Result<Option<String>> {

@@ -171,12 +171,12 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 }
 
 /// A warning when the cluster's Kubernetes minor is past its end of life today.
-pub(crate) fn end_of_life_warning(spec: &ClusterSpec) -> Option<String> {
+pub fn end_of_life_warning(spec: &ClusterSpec) -> Option<String> {
     let today = time::OffsetDateTime::now_utc().date().to_string();
     crate::pins::end_of_life_warning(spec.kubernetes.version, &today)
 }
 
-pub(crate) fn load_spec(path: &std::path::Path) -> anyhow::Result<ClusterSpec> {
+pub fn load_spec(path: &std::path::Path) -> anyhow::Result<ClusterSpec> {
     match ClusterSpec::load(path) {
         Ok(spec) => Ok(spec),
         Err(crate::spec::LoadError::Invalid(invalid)) => Err(invalid.into()),

@@ -337,7 +337,7 @@ fn state_path(spec: &crate::spec::ClusterSpec, flag: Option<&PathBuf>) -> anyhow
 
 /// Merges `admin` into the user's kubeconfig: the first file of $KUBECONFIG, else
 /// ~/.kube/config. Returns the path written.
-pub(crate) fn merge_into_user_kubeconfig(admin: &str) -> anyhow::Result<PathBuf> {
+pub fn merge_into_user_kubeconfig(admin: &str) -> anyhow::Result<PathBuf> {
     let path = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
         Some(list) => std::env::split_paths(&list)
             .next()

@@ -134,7 +134,7 @@ impl Cloud {
             .flavors)
     }
 
-    pub async fn keypairs(&self) -> Result<Vec<Keypair>, CloudError> {
+    pub(crate) async fn keypairs(&self) -> Result<Vec<Keypair>, CloudError> {
         #[derive(Deserialize)]
         struct Item {
             keypair: Keypair,
@@ -171,7 +171,7 @@ impl Cloud {
         .await
     }
 
-    pub async fn server_groups(&self) -> Result<Vec<ServerGroup>, CloudError> {
+    pub(crate) async fn server_groups(&self) -> Result<Vec<ServerGroup>, CloudError> {
         #[derive(Deserialize)]
         struct List {
             server_groups: Vec<ServerGroup>,
@@ -233,7 +233,7 @@ impl Cloud {
     }
 
     /// Servers whose name matches exactly.
-    pub async fn servers_named(&self, name: &str) -> Result<Vec<Server>, CloudError> {
+    pub(crate) async fn servers_named(&self, name: &str) -> Result<Vec<Server>, CloudError> {
         #[derive(Deserialize)]
         struct List {
             servers: Vec<Server>,
@@ -296,7 +296,11 @@ impl Cloud {
     }
 
     /// Attaches an existing port to a server (a port deleted by hand, made again).
-    pub async fn attach_port(&self, server_id: &str, port_id: &str) -> Result<(), CloudError> {
+    pub(crate) async fn attach_port(
+        &self,
+        server_id: &str,
+        port_id: &str,
+    ) -> Result<(), CloudError> {
         let body = json!({ "interfaceAttachment": { "port_id": port_id } });
         self.request(
             Service::Compute,

@@ -88,7 +88,7 @@ impl Service {
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).
-pub(crate) fn query_escape(text: &str) -> String {
+pub fn query_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {

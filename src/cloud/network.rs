@@ -271,7 +271,7 @@ impl Cloud {
         self.get_one(kind, created.id()).await
     }
 
-    pub async fn get_one<T: DeserializeOwned>(
+    pub(crate) async fn get_one<T: DeserializeOwned>(
         &self,
         kind: Kind,
         id: &str,
@@ -292,7 +292,12 @@ impl Cloud {
     }
 
     /// Replaces the resource's tags.
-    pub async fn set_tags(&self, kind: Kind, id: &str, tags: &[String]) -> Result<(), CloudError> {
+    pub(crate) async fn set_tags(
+        &self,
+        kind: Kind,
+        id: &str,
+        tags: &[String],
+    ) -> Result<(), CloudError> {
         let (path, _) = kind.collection();
         self.put(
             Service::Network,
@@ -422,7 +427,7 @@ impl Cloud {
     }
 
     /// Sets the router's external gateway to `network_id`.
-    pub async fn set_router_gateway(
+    pub(crate) async fn set_router_gateway(
         &self,
         router_id: &str,
         network_id: &str,
@@ -500,7 +505,7 @@ impl Cloud {
     }
 
     /// Removes a rule; one already gone counts as removed.
-    pub async fn delete_security_group_rule(&self, rule_id: &str) -> Result<(), CloudError> {
+    pub(crate) async fn delete_security_group_rule(&self, rule_id: &str) -> Result<(), CloudError> {
         self.delete(
             Service::Network,
             &format!("/security-group-rules/{rule_id}"),
@@ -509,7 +514,7 @@ impl Cloud {
     }
 
     /// Points a floating IP at a port (or detaches it with `None`).
-    pub async fn attach_floating_ip(
+    pub(crate) async fn attach_floating_ip(
         &self,
         floating_ip_id: &str,
         port_id: Option<&str>,

@@ -155,7 +155,7 @@ impl Cloud {
         })
     }
 
-    pub fn config(&self) -> &CloudConfig {
+    pub(crate) fn config(&self) -> &CloudConfig {
         &self.config
     }
 
@@ -170,7 +170,7 @@ impl Cloud {
     }
 
     /// Whether the cloud offers `service` (in its catalog, or by an endpoint override).
-    pub async fn offers(&self, service: Service) -> bool {
+    pub(crate) async fn offers(&self, service: Service) -> bool {
         self.endpoint(service).await.is_ok()
     }
 
@@ -193,7 +193,7 @@ impl Cloud {
 
     /// Sends one request, retrying what is safe to retry. `path` is relative to the service's
     /// versioned endpoint, e.g. `/servers/detail`.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         service: Service,
         method: Method,
@@ -354,7 +354,7 @@ impl Cloud {
     /// Streams `body` to `path` with PUT (Glance image data). Sent once: a stream cannot be
     /// replayed, so the caller decides whether to start over. No overall timeout applies, only
     /// the connect timeout, since large uploads take as long as they take.
-    pub async fn upload(
+    pub(crate) async fn upload(
         &self,
         service: Service,
         path: &str,
@@ -418,7 +418,7 @@ impl Cloud {
     }
 
     /// PUT (idempotent) with a JSON body; the answer is returned undecoded.
-    pub async fn put(
+    pub(crate) async fn put(
         &self,
         service: Service,
         path: &str,
@@ -428,7 +428,7 @@ impl Cloud {
     }
 
     /// DELETE; a resource that is already gone counts as deleted.
-    pub async fn delete(&self, service: Service, path: &str) -> Result<(), CloudError> {
+    pub(crate) async fn delete(&self, service: Service, path: &str) -> Result<(), CloudError> {
         match self.request(service, Method::DELETE, path, None).await {
             Ok(_) => Ok(()),
             Err(CloudError::Api { status: 404, .. }) => Ok(()),
@@ -460,7 +460,7 @@ impl Cloud {
     /// Creates a resource by POST. When the POST fails in a way that leaves it unknown whether
     /// the cloud acted on it (dropped connection, 5xx, 409, 429), `find` looks for the resource
     /// (by its unique name or tag) before the POST is sent again.
-    pub async fn create<T, F, Fut>(
+    pub(crate) async fn create<T, F, Fut>(
         &self,
         service: Service,
         path: &str,

@@ -96,7 +96,7 @@ pub struct EnsureOptions {
 }
 
 /// The default Glance name.
-pub const NAME_PATTERN: &str = "flatcar-{channel}-{version}";
+pub(crate) const NAME_PATTERN: &str = "flatcar-{channel}-{version}";
 
 /// What `ensure` did.
 #[derive(Debug, Clone)]

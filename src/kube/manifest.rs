@@ -51,7 +51,7 @@ impl Manifest {
 
     /// The manifest of an object of a custom resource (a CRD installed by a chart), which has
     /// no k8s-openapi type: `plural` is its URL segment, `body` its apiVersion/kind/metadata/spec.
-    pub fn custom(
+    pub(crate) fn custom(
         api_version: &str,
         kind: &'static str,
         plural: &str,
@@ -81,7 +81,7 @@ impl Manifest {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         self.kind
     }
 
@@ -94,7 +94,7 @@ impl Manifest {
     }
 
     /// The object's URL path, e.g. `/api/v1/namespaces/kube-system/secrets/cloud-config`.
-    pub fn object_path(&self) -> &str {
+    pub(crate) fn object_path(&self) -> &str {
         &self.path
     }
 

@@ -194,7 +194,7 @@ impl KubeClient {
     }
 
     /// `GET path` as text (pod logs, metrics through the API server's proxy); `Ok(None)` on 404.
-    pub async fn get_text(&self, path: &str) -> Result<Option<String>, KubeError> {
+    pub(crate) async fn get_text(&self, path: &str) -> Result<Option<String>, KubeError> {
         match self.send("GET", path, self.http.get(self.url(path))).await {
             Ok(reply) => Ok(Some(String::from_utf8_lossy(&reply).into_owned())),
             Err(e) if e.is_not_found() => Ok(None),
@@ -216,7 +216,7 @@ impl KubeClient {
     }
 
     /// A JSON merge patch of the object at `path`.
-    pub async fn merge_patch(
+    pub(crate) async fn merge_patch(
         &self,
         path: &str,
         patch: &serde_json::Value,
@@ -230,7 +230,7 @@ impl KubeClient {
     }
 
     /// `POST path` with a JSON body.
-    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<(), KubeError> {
+    pub(crate) async fn post(&self, path: &str, body: &serde_json::Value) -> Result<(), KubeError> {
         let request = self
             .http
             .post(self.url(path))
@@ -240,7 +240,7 @@ impl KubeClient {
     }
 
     /// `DELETE path`; an object already gone counts as deleted.
-    pub async fn delete(&self, path: &str) -> Result<(), KubeError> {
+    pub(crate) async fn delete(&self, path: &str) -> Result<(), KubeError> {
         match self
             .send("DELETE", path, self.http.delete(self.url(path)))
             .await
@@ -319,7 +319,7 @@ pub fn now() -> k8s_openapi::jiff::Timestamp {
 }
 
 /// One look at something being waited for.
-pub enum Waiting<T> {
+pub(crate) enum Waiting<T> {
     Done(T),
     /// Not yet, and why (shown if the wait times out).
     On(String),
@@ -327,7 +327,7 @@ pub enum Waiting<T> {
 
 /// Calls `check` every `interval` until it is done or `within` has passed; an error from
 /// `check` ends the wait at once.
-pub async fn poll<T, F, Fut>(
+pub(crate) async fn poll<T, F, Fut>(
     what: &str,
     within: Duration,
     interval: Duration,
@@ -384,7 +384,7 @@ fn status_message(body: &[u8]) -> String {
 }
 
 /// An error with all its causes, `: `-separated.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -20,7 +20,7 @@ const GROUP_OR_OTHER: u32 = 0o077;
 
 impl StateDir {
     /// The default location: `$XDG_DATA_HOME/flatstack/<cluster>` (or `~/.local/share/...`).
-    pub fn default_path(cluster: &str) -> Result<PathBuf, PkiError> {
+    pub(crate) fn default_path(cluster: &str) -> Result<PathBuf, PkiError> {
         let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
             Some(dir) => PathBuf::from(dir),
             None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
@@ -32,7 +32,7 @@ impl StateDir {
     }
 
     /// Opens the directory if it exists with safe permissions.
-    pub fn open_existing(path: &Path) -> Result<Option<StateDir>, PkiError> {
+    pub(crate) fn open_existing(path: &Path) -> Result<Option<StateDir>, PkiError> {
         match fs::metadata(path) {
             Ok(meta) => {
                 check_private_dir(path, &meta)?;
@@ -63,16 +63,16 @@ impl StateDir {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn join(&self, name: &str) -> PathBuf {
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
 
     /// Reads a secret file, refusing one that others could read.
-    pub fn read_secret(&self, name: &str) -> Result<String, PkiError> {
+    pub(crate) fn read_secret(&self, name: &str) -> Result<String, PkiError> {
         let path = self.join(name);
         let meta = fs::metadata(&path).map_err(|source| PkiError::io("read", &path, source))?;
         if meta.mode() & GROUP_OR_OTHER != 0 {
@@ -86,7 +86,7 @@ impl StateDir {
     }
 
     /// Reads a public file (certificates).
-    pub fn read_public(&self, name: &str) -> Result<String, PkiError> {
+    pub(crate) fn read_public(&self, name: &str) -> Result<String, PkiError> {
         let path = self.join(name);
         fs::read_to_string(&path).map_err(|source| PkiError::io("read", &path, source))
     }

@@ -52,7 +52,7 @@ impl fmt::Debug for BootstrapToken {
 }
 
 /// Uniformly random characters of [`ALPHABET`], by rejection sampling.
-pub(crate) fn random_chars(len: usize) -> Result<String, PkiError> {
+pub fn random_chars(len: usize) -> Result<String, PkiError> {
     // The largest multiple of 36 that fits a byte; bytes above it would bias the draw.
     const LIMIT: u8 = 252;
     let mut out = String::with_capacity(len);

@@ -26,7 +26,7 @@ pub struct Table<'a, 'i> {
 
 impl<'a, 'i> Table<'a, 'i> {
     /// The document's top-level table.
-    pub fn root(document: &'a Spanned<DeTable<'i>>) -> Self {
+    pub(crate) fn root(document: &'a Spanned<DeTable<'i>>) -> Self {
         Table {
             entries: document.get_ref(),
             span: 0..0,
@@ -36,7 +36,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// The dotted path of a key in this table, as the user would write it.
-    pub fn key_path(&self, key: &str) -> String {
+    pub(crate) fn key_path(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_string()
         } else {
@@ -45,12 +45,12 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// Where this table starts (the file's start for the root table).
-    pub fn span(&self) -> Range<usize> {
+    pub(crate) fn span(&self) -> Range<usize> {
         self.span.clone()
     }
 
     /// Whether the key is present, whatever its type.
-    pub fn has_key(&self, key: &str) -> bool {
+    pub(crate) fn has_key(&self, key: &str) -> bool {
         self.entries.get(key).is_some()
     }
 
@@ -90,7 +90,7 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// Reports a required key that is absent (a present value of the wrong type has been
     /// reported already, by the accessor that read it).
-    pub fn missing(&self, key: &str, hint: &str, p: &mut Problems) {
+    pub(crate) fn missing(&self, key: &str, hint: &str, p: &mut Problems) {
         if self.has_key(key) {
             return;
         }
@@ -104,7 +104,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A string value, if present and a string.
-    pub fn string(&mut self, key: &'static str, p: &mut Problems) -> Option<At<String>> {
+    pub(crate) fn string(&mut self, key: &'static str, p: &mut Problems) -> Option<At<String>> {
         let value = self.entry(key)?;
         match value.get_ref().as_str() {
             Some(s) => Some(Spanned::new(value.span(), s.to_string())),
@@ -116,7 +116,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// An integer value, if present and an integer.
-    pub fn integer(&mut self, key: &'static str, p: &mut Problems) -> Option<At<i64>> {
+    pub(crate) fn integer(&mut self, key: &'static str, p: &mut Problems) -> Option<At<i64>> {
         let value = self.entry(key)?;
         let parsed = value
             .get_ref()
@@ -132,7 +132,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A boolean value, if present and a boolean.
-    pub fn boolean(&mut self, key: &'static str, p: &mut Problems) -> Option<At<bool>> {
+    pub(crate) fn boolean(&mut self, key: &'static str, p: &mut Problems) -> Option<At<bool>> {
         let value = self.entry(key)?;
         match value.get_ref().as_bool() {
             Some(b) => Some(Spanned::new(value.span(), b)),
@@ -144,7 +144,11 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// An array of strings, if present; elements of another type are reported and skipped.
-    pub fn strings(&mut self, key: &'static str, p: &mut Problems) -> Option<Vec<At<String>>> {
+    pub(crate) fn strings(
+        &mut self,
+        key: &'static str,
+        p: &mut Problems,
+    ) -> Option<Vec<At<String>>> {
         let value = self.entry(key)?;
         let DeValue::Array(items) = value.get_ref() else {
             self.wrong_type(key, value, "an array of strings", p);
@@ -161,7 +165,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A sub-table (`[a.b]` or `b = { ... }`), if present and a table.
-    pub fn table(&mut self, key: &'static str, p: &mut Problems) -> Option<Table<'a, 'i>> {
+    pub(crate) fn table(&mut self, key: &'static str, p: &mut Problems) -> Option<Table<'a, 'i>> {
         let value = self.entry(key)?;
         match value.get_ref() {
             DeValue::Table(entries) => Some(self.child(key, entries, value.span())),
@@ -173,7 +177,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// An array of tables (`[[key]]`), empty when absent.
-    pub fn tables(&mut self, key: &'static str, p: &mut Problems) -> Vec<Table<'a, 'i>> {
+    pub(crate) fn tables(&mut self, key: &'static str, p: &mut Problems) -> Vec<Table<'a, 'i>> {
         let Some(value) = self.entry(key) else {
             return Vec::new();
         };
@@ -196,7 +200,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A table of string values with free-form keys (labels, for example).
-    pub fn string_map(
+    pub(crate) fn string_map(
         &mut self,
         key: &'static str,
         p: &mut Problems,

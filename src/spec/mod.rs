@@ -65,7 +65,8 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub const ALL: [Channel; 4] = [Channel::Stable, Channel::Beta, Channel::Alpha, Channel::Lts];
+    pub(crate) const ALL: [Channel; 4] =
+        [Channel::Stable, Channel::Beta, Channel::Alpha, Channel::Lts];
 
     pub fn as_str(self) -> &'static str {
         match self {

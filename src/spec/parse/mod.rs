@@ -368,7 +368,7 @@ pub(super) mod testing {
     }
 
     /// The problems of the base file with `extra`, which must have some.
-    pub(crate) fn problems(extra: &str) -> Vec<String> {
+    pub fn problems(extra: &str) -> Vec<String> {
         match with(extra) {
             Ok(_) => panic!("accepted: {extra}"),
             Err(problems) => problems,
