@@ -1004,6 +1004,19 @@ fn up_converges_after_nova_api_and_neutron_server_are_killed() {
         "{}",
         shown(&fourth)
     );
+    // Removed through the same API processes (the shared Teardown knows only local-demo).
+    let down = Command::new(env!("CARGO_BIN_EXE_flatstack"))
+        .current_dir(workspace.dir.path())
+        .env("OS_CLIENT_CONFIG_FILE", &clouds)
+        .env_remove("OS_CLOUD")
+        .env("FLATSTACK_STATE_DIR", workspace.state_dir())
+        .args(["--file"])
+        .arg(workspace.cluster_file())
+        .args(["down", "--yes"])
+        .output()
+        .expect("down");
+    assert!(down.status.success(), "{}", shown(&down));
+    assert_nothing_left(&name);
 }
 
 /// Load balancers the cloud controller made for `LoadBalancer` Services (made here through
