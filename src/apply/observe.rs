@@ -389,12 +389,7 @@ async fn reused_network(
             subnet.name, subnet.id
         )));
     }
-    let gateway = router
-        .external_gateway_info
-        .as_ref()
-        .and_then(|g| g.get("network_id"))
-        .and_then(|id| id.as_str());
-    if gateway != Some(external_id) {
+    if router.gateway_network_id() != Some(external_id) {
         return Err(ApplyError::Missing(format!(
             "router `{wanted}` has no gateway on the external network the floating IPs come from\n  hint: `openstack router set --external-gateway <external network> {wanted}`"
         )));

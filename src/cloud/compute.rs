@@ -350,7 +350,8 @@ impl Cloud {
                 _ => {}
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(3));
+            // At most a second between looks: the wait ends at most a second late.
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 

@@ -86,6 +86,16 @@ pub struct Router {
     pub external_gateway_info: Option<Value>,
 }
 
+impl Router {
+    /// The network its external gateway is on, if it has one.
+    pub fn gateway_network_id(&self) -> Option<&str> {
+        self.external_gateway_info
+            .as_ref()
+            .and_then(|g| g.get("network_id"))
+            .and_then(|id| id.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Port {
     pub id: String,
@@ -204,10 +214,8 @@ impl Cloud {
         self.list(kind, &[("tags", &joined)]).await
     }
 
-    /// Creates a named, tagged resource: with `tag_on_create` the tags are part of the create
-    /// (Neutron's `tag-creation`; security groups, which it does not cover, and any kind a
-    /// deployment refuses tags for in a POST are tagged right after). `attributes` is the body
-    /// inside the envelope.
+    /// Creates a named, tagged resource (see [`Cloud::post_tagged`] for how it is tagged).
+    /// `attributes` is the body inside the envelope.
     pub async fn create_tagged<T: DeserializeOwned + HasTags>(
         &self,
         kind: Kind,
@@ -232,80 +240,79 @@ impl Cloud {
             )
             .await
         };
-        if tag_on_create
-            && !self
-                .tags_refused_in_create
-                .load(std::sync::atomic::Ordering::Relaxed)
-            && !tags.is_empty()
-            && kind != Kind::SecurityGroup
-        {
-            let mut tagged = attributes.clone();
-            tagged["tags"] = json!(tags);
-            match post(tagged).await {
-                Err(CloudError::Api {
-                    status: 400,
-                    message,
-                    ..
-                }) if message.contains("'tags' not allowed") => {
-                    self.tags_refused_in_create
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                Ok(created) if tags.iter().all(|t| created.tags().contains(t)) => {
-                    return Ok(created);
-                }
-                // Accepted, but the tags were dropped: tag it now, and from now on.
-                Ok(created) => {
-                    self.tags_refused_in_create
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    self.set_tags(kind, created.id(), tags).await?;
-                    return self.get_one(kind, created.id()).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let created = post(attributes).await?;
-        if !tags.is_empty() {
-            self.set_tags(kind, created.id(), tags).await?;
-        }
-        // Read back so the caller sees the tags as stored.
-        self.get_one(kind, created.id()).await
+        self.post_tagged(kind, attributes, tags, tag_on_create, post)
+            .await
     }
 
-    pub(crate) async fn get_one<T: DeserializeOwned>(
+    /// Creates through `post` and tags the result: in the create where the cloud keeps tags
+    /// there (checked on its answer), else in a second call right after. A cloud that refuses
+    /// or drops them is not asked again in this session.
+    async fn post_tagged<T, F, Fut>(
         &self,
         kind: Kind,
-        id: &str,
-    ) -> Result<T, CloudError> {
-        let (path, _) = kind.collection();
-        let mut value: Value = self.get(Service::Network, &format!("/{path}/{id}")).await?;
-        serde_json::from_value(
-            value
-                .get_mut(kind.singular())
-                .map(Value::take)
-                .unwrap_or(Value::Null),
-        )
-        .map_err(|e| CloudError::Decode {
-            service: "network",
-            call: format!("GET /{path}/{id}"),
-            source: e.into(),
-        })
+        attributes: Value,
+        tags: &[String],
+        tag_on_create: bool,
+        post: F,
+    ) -> Result<T, CloudError>
+    where
+        T: DeserializeOwned + HasTags,
+        F: Fn(Value) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CloudError>>,
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let in_create =
+            tag_on_create && !tags.is_empty() && !self.tags_refused_in_create.load(Relaxed);
+        let mut created = match in_create {
+            false => post(attributes).await?,
+            true => {
+                let mut tagged = attributes.clone();
+                tagged["tags"] = json!(tags);
+                match post(tagged).await {
+                    Ok(created) if tags.iter().all(|t| created.tags().contains(t)) => {
+                        return Ok(created);
+                    }
+                    // Accepted, but the tags were dropped: tagged below.
+                    Ok(created) => {
+                        self.tags_refused_in_create.store(true, Relaxed);
+                        created
+                    }
+                    Err(CloudError::Api {
+                        status: 400,
+                        message,
+                        ..
+                    }) if message.contains("'tags' not allowed") => {
+                        self.tags_refused_in_create.store(true, Relaxed);
+                        post(attributes).await?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if !tags.is_empty() {
+            // The tags API answers with the tags as stored: no read-back needed.
+            *created.tags_mut() = self.set_tags(kind, created.id(), tags).await?;
+        }
+        Ok(created)
     }
 
-    /// Replaces the resource's tags.
+    /// Replaces the resource's tags; returns them as stored.
     pub(crate) async fn set_tags(
         &self,
         kind: Kind,
         id: &str,
         tags: &[String],
-    ) -> Result<(), CloudError> {
+    ) -> Result<Vec<String>, CloudError> {
+        #[derive(Deserialize)]
+        struct Tags {
+            tags: Vec<String>,
+        }
         let (path, _) = kind.collection();
-        self.put(
-            Service::Network,
-            &format!("/{path}/{id}/tags"),
-            &json!({ "tags": tags }),
-        )
-        .await
-        .map(|_| ())
+        let call = format!("/{path}/{id}/tags");
+        self.put(Service::Network, &call, &json!({ "tags": tags }))
+            .await?
+            .json::<Tags>(Service::Network, &format!("PUT {call}"))
+            .map(|t| t.tags)
     }
 
     pub async fn delete_resource(&self, kind: Kind, id: &str) -> Result<(), CloudError> {
@@ -345,40 +352,8 @@ impl Cloud {
             )
             .await
         };
-        if tag_on_create
-            && !self
-                .tags_refused_in_create
-                .load(std::sync::atomic::Ordering::Relaxed)
-            && !tags.is_empty()
-        {
-            let mut tagged = attributes.clone();
-            tagged["tags"] = json!(tags);
-            match post(tagged).await {
-                Err(CloudError::Api {
-                    status: 400,
-                    message,
-                    ..
-                }) if message.contains("'tags' not allowed") => {
-                    self.tags_refused_in_create
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                Ok(created) if tags.iter().all(|t| created.tags.contains(t)) => {
-                    return Ok(created);
-                }
-                Ok(created) => {
-                    self.tags_refused_in_create
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    self.set_tags(Kind::FloatingIp, &created.id, tags).await?;
-                    return self.get_one(Kind::FloatingIp, &created.id).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let created = post(attributes).await?;
-        if !tags.is_empty() {
-            self.set_tags(Kind::FloatingIp, &created.id, tags).await?;
-        }
-        self.get_one(Kind::FloatingIp, &created.id).await
+        self.post_tagged(Kind::FloatingIp, attributes, tags, tag_on_create, post)
+            .await
     }
 
     /// The external network called (or with the ID) `name`.
@@ -570,6 +545,7 @@ pub trait HasId {
 pub trait HasTags: HasId {
     fn name(&self) -> &str;
     fn tags(&self) -> &[String];
+    fn tags_mut(&mut self) -> &mut Vec<String>;
 }
 
 macro_rules! has_id {
@@ -590,6 +566,20 @@ macro_rules! has_tags {
     ($($t:ty),*) => { $(impl HasTags for $t {
         fn name(&self) -> &str { &self.name }
         fn tags(&self) -> &[String] { &self.tags }
+        fn tags_mut(&mut self) -> &mut Vec<String> { &mut self.tags }
     })* };
 }
 has_tags!(Network, Subnet, Router, Port, SecurityGroup);
+
+/// A floating IP is known by its description, having no name.
+impl HasTags for FloatingIp {
+    fn name(&self) -> &str {
+        &self.description
+    }
+    fn tags(&self) -> &[String] {
+        &self.tags
+    }
+    fn tags_mut(&mut self) -> &mut Vec<String> {
+        &mut self.tags
+    }
+}

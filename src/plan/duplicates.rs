@@ -3,67 +3,19 @@
 //! each — the side the cluster's API address uses — and removes the rest.
 
 use super::resources::{Names, Observed};
-use crate::cloud::compute::{Server, ServerGroup};
-use crate::cloud::network::{FloatingIp, Network, Port, Router, SecurityGroup, Subnet};
+use crate::cloud::compute::Server;
+use crate::cloud::network::{FloatingIp, Network, Port, SecurityGroup};
 use crate::spec::ClusterSpec;
 
-/// What is left over next to what the cluster keeps.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Extras {
-    pub servers: Vec<Server>,
-    pub ports: Vec<Port>,
-    pub floating_ips: Vec<FloatingIp>,
-    pub routers: Vec<Router>,
-    pub subnets: Vec<Subnet>,
-    pub networks: Vec<Network>,
-    pub security_groups: Vec<SecurityGroup>,
-    pub server_groups: Vec<ServerGroup>,
-}
-
-impl Extras {
-    pub fn is_empty(&self) -> bool {
-        self == &Extras::default()
-    }
-
-    /// One line per duplicate: `network demo-net (id)`.
-    pub fn describe(&self) -> Vec<String> {
-        let mut lines = Vec::new();
-        let mut add =
-            |kind: &str, name: &str, id: &str| lines.push(format!("{kind} {name} ({id})"));
-        self.servers
-            .iter()
-            .for_each(|s| add("server", &s.name, &s.id));
-        self.ports.iter().for_each(|p| add("port", &p.name, &p.id));
-        self.floating_ips
-            .iter()
-            .for_each(|f| add("floating IP", &f.floating_ip_address, &f.id));
-        self.routers
-            .iter()
-            .for_each(|r| add("router", &r.name, &r.id));
-        self.subnets
-            .iter()
-            .for_each(|s| add("subnet", &s.name, &s.id));
-        self.networks
-            .iter()
-            .for_each(|n| add("network", &n.name, &n.id));
-        self.security_groups
-            .iter()
-            .for_each(|g| add("security group", &g.name, &g.id));
-        self.server_groups
-            .iter()
-            .for_each(|g| add("server group", &g.name, &g.id));
-        lines
-    }
-}
-
-/// Splits `observed` into what the cluster keeps (at most one of each name) and the extras.
+/// Splits `observed` into what the cluster keeps (at most one of each name) and the extras
+/// (the other resources of its names, in an [`Observed`] of their own).
 /// The kept side is the one the API's floating IP points into: its port's network, that
 /// network's subnet, the router with an interface there, the groups and server group the kept
 /// ports and servers use. Observations are sorted, so the choice is the same every time.
-pub fn split(spec: &ClusterSpec, observed: &Observed) -> (Observed, Extras) {
+pub fn split(spec: &ClusterSpec, observed: &Observed) -> (Observed, Observed) {
     let names = Names::of(&spec.name);
     let mut kept = observed.clone();
-    let mut extras = Extras::default();
+    let mut extras = Observed::default();
     let port_of = |id: Option<&str>| observed.ports.iter().find(|p| Some(p.id.as_str()) == id);
 
     // The API address: the one attached to a port, else the first.

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
-use super::duplicates::Extras;
 use super::resources::{Names, Observed, cluster_tag};
 use super::rules::{rule_diff, wanted_rules};
 use super::steps::{
@@ -397,7 +396,7 @@ pub fn plan(
 }
 
 /// Steps that remove duplicates, each after what stands in its way.
-fn remove_extras(plan: &mut Plan, extras: &Extras, observed: &Observed) {
+fn remove_extras(plan: &mut Plan, extras: &Observed, observed: &Observed) {
     let servers: Vec<StepId> = extras
         .servers
         .iter()
@@ -572,12 +571,7 @@ fn network_chain(
     let mut reachable_after = Vec::new();
     let router = match observed.routers.iter().find(|r| r.name == names.router) {
         Some(router) => {
-            let gateway = router
-                .external_gateway_info
-                .as_ref()
-                .and_then(|g| g.get("network_id"))
-                .and_then(|id| id.as_str());
-            if gateway != Some(external_id) {
+            if router.gateway_network_id() != Some(external_id) {
                 reachable_after.push(plan.push(
                     Action::SetRouterGateway {
                         router: Ref::Known(Made::id(&router.id)),
