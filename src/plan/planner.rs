@@ -989,6 +989,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_whose_servers_run_another_flavor_is_a_change_that_cannot_be_made_in_place() {
+        let spec = with_workers(1);
+        let mut observed = converged(&spec);
+        for server in &mut observed.servers {
+            server.flavor = serde_json::json!({ "original_name": "m3.small" });
+        }
+        let changes = crate::plan::resources::immutable_changes(
+            &spec,
+            &observed,
+            Some("ext"),
+            &facts().flavors,
+        );
+        assert!(changes.is_empty(), "{changes:?}");
+        observed.servers[1].flavor = serde_json::json!({ "original_name": "m3.tiny" });
+        let changes = crate::plan::resources::immutable_changes(
+            &spec,
+            &observed,
+            Some("ext"),
+            &facts().flavors,
+        );
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(
+            changes[0].starts_with("worker_pools `default` asks for flavor `m3.small`, but demo-default-1 runs `m3.tiny`"),
+            "{changes:?}"
+        );
+    }
+
+    #[test]
     fn missing_cloud_facts_show_as_missing() {
         let spec = with_workers(1);
         let mut without = facts();
