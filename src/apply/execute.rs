@@ -36,8 +36,11 @@ pub struct Context {
     /// The cluster's API, for drains and the join token: none with `--provision-only` or when
     /// it does not answer (nodes are then deleted without draining).
     pub kube: Option<KubeClient>,
-    pub tag_on_create: bool,
 }
+
+/// Tags go in every create; the session falls back to a second call where a cloud refuses or
+/// drops them there (see `Cloud::create_tagged`).
+const TAG_ON_CREATE: bool = true;
 
 /// What the engine tells whoever runs it, as it happens.
 #[derive(Debug, Clone)]
@@ -48,12 +51,8 @@ pub enum Event {
     Finished { step: StepId, line: String },
     /// A line from outside the plan (the sysext, the bootstrap's phases).
     Say(String),
-    /// How far a group of steps has come: `servers 37/50 ACTIVE`.
-    Count {
-        what: &'static str,
-        done: usize,
-        total: usize,
-    },
+    /// How many of the servers waited for are ACTIVE: `servers 37/50 ACTIVE`.
+    ServersActive { done: usize, total: usize },
 }
 
 /// When a step ran, in seconds since the run started.
@@ -167,8 +166,7 @@ pub async fn execute(
                 });
                 if let Action::WaitActive { .. } = &step.action {
                     active += 1;
-                    events(Event::Count {
-                        what: "servers ACTIVE",
+                    events(Event::ServersActive {
                         done: active,
                         total: waits,
                     });
@@ -196,48 +194,13 @@ pub async fn execute(
 
 /// The action with every input an earlier step made filled in as known.
 fn resolve(action: &Action, made: &[Option<Made>]) -> Action {
-    let fill = |r: &Ref| match r {
-        Ref::After(step) => made
-            .get(*step)
-            .cloned()
-            .flatten()
-            .map_or_else(|| r.clone(), Ref::Known),
-        Ref::Known(_) => r.clone(),
-    };
     let mut action = action.clone();
-    match &mut action {
-        Action::CreateSubnet(s) => s.network = fill(&s.network),
-        Action::SetRouterGateway { router, .. } => *router = fill(router),
-        Action::AddRouterInterface { router, subnet, .. } => {
-            *router = fill(router);
-            *subnet = fill(subnet);
+    for input in action.refs_mut() {
+        if let Ref::After(step) = input
+            && let Some(Some(done)) = made.get(*step)
+        {
+            *input = Ref::Known(done.clone());
         }
-        Action::AddRule(r) => {
-            r.group = fill(&r.group);
-            r.remote_group = r.remote_group.as_ref().map(fill);
-        }
-        Action::CreatePort(p) => {
-            p.network = fill(&p.network);
-            p.subnet = fill(&p.subnet);
-            p.security_groups = p.security_groups.iter().map(fill).collect();
-        }
-        Action::AttachFloatingIp { floating, port, .. } => {
-            *floating = fill(floating);
-            *port = fill(port);
-        }
-        Action::RenderIgnition {
-            internal, public, ..
-        } => {
-            *internal = fill(internal);
-            *public = fill(public);
-        }
-        Action::CreateServer(s) => {
-            s.port = fill(&s.port);
-            s.server_group = s.server_group.as_ref().map(fill);
-        }
-        Action::WaitActive { server, .. } => *server = fill(server),
-        Action::AttachPort { port, .. } => *port = fill(port),
-        _ => {}
     }
     action
 }
@@ -291,11 +254,10 @@ async fn run_on_cloud(
 ) -> Result<Made, ApplyError> {
     let cloud = &context.cloud;
     let tags = vec![cluster_tag(&context.spec.name)];
-    let tag_on_create = context.tag_on_create;
     Ok(match action {
         Action::CreateNetwork { name } => id_of(
             &cloud
-                .create_tagged::<Network>(Kind::Network, name, json!({}), &tags, tag_on_create)
+                .create_tagged::<Network>(Kind::Network, name, json!({}), &tags, TAG_ON_CREATE)
                 .await?,
         ),
         Action::CreateSubnet(s) => {
@@ -308,7 +270,7 @@ async fn run_on_cloud(
             });
             id_of(
                 &cloud
-                    .create_tagged::<Subnet>(Kind::Subnet, &s.name, body, &tags, tag_on_create)
+                    .create_tagged::<Subnet>(Kind::Subnet, &s.name, body, &tags, TAG_ON_CREATE)
                     .await?,
             )
         }
@@ -320,7 +282,7 @@ async fn run_on_cloud(
             let body = json!({ "external_gateway_info": { "network_id": external_network_id } });
             id_of(
                 &cloud
-                    .create_tagged::<Router>(Kind::Router, name, body, &tags, tag_on_create)
+                    .create_tagged::<Router>(Kind::Router, name, body, &tags, TAG_ON_CREATE)
                     .await?,
             )
         }
@@ -351,7 +313,7 @@ async fn run_on_cloud(
                         name,
                         body,
                         &tags,
-                        tag_on_create,
+                        TAG_ON_CREATE,
                     )
                     .await?,
             )
@@ -388,7 +350,7 @@ async fn run_on_cloud(
                 "security_groups": groups,
             });
             let port: Port = cloud
-                .create_tagged(Kind::Port, &p.name, body, &tags, tag_on_create)
+                .create_tagged(Kind::Port, &p.name, body, &tags, TAG_ON_CREATE)
                 .await?;
             Made {
                 id: port.id.clone(),
@@ -401,7 +363,7 @@ async fn run_on_cloud(
             ..
         } => floating_made(
             &cloud
-                .create_floating_ip(external_network_id, description, None, &tags, tag_on_create)
+                .create_floating_ip(external_network_id, description, None, &tags, TAG_ON_CREATE)
                 .await?,
         ),
         Action::AttachFloatingIp { floating, port, .. } => floating_made(

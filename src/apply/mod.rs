@@ -115,9 +115,7 @@ pub async fn provision(
         .and_then(|m| m.address)
         .or_else(|| {
             observed
-                .floating_ips
-                .iter()
-                .find(|f| f.description == names.api_address)
+                .api_floating_ip(&spec.name)
                 .map(|f| f.floating_ip_address.clone())
         })
         .and_then(|a| a.parse().ok());

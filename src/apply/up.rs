@@ -17,7 +17,7 @@ use crate::cloud::{Cloud, CloudConfig, CloudError};
 use crate::kube::KubeClient;
 use crate::pki::{ClusterPki, Kubeconfig, PkiError, StateDir};
 use crate::plan::planner::{self, PlanError, Scope};
-use crate::plan::resources::{Names, Observed};
+use crate::plan::resources::Observed;
 use crate::plan::steps::{Action, Plan};
 use crate::spec::ClusterSpec;
 use crate::sysext::{self, SysextError};
@@ -128,18 +128,10 @@ pub async fn up(request: UpRequest, events: &(dyn Fn(Event) + Sync)) -> Result<U
     let (state, _lock) = StateDir::open_locked(&state_path, "up")?;
     let cloud = Arc::new(Cloud::connect(config).await?);
     let connected = at();
-    let observation = observe(&cloud, &spec).await?;
+    let recorded_ranges = ranges::recorded(Some(&state))?;
+    let (observation, _, problems) = observe_checked(&cloud, &spec, recorded_ranges).await?;
     let observed_at = at();
     let observed = &observation.observed;
-    let recorded_ranges = ranges::recorded(Some(&state))?;
-    refuse_immutable_changes(&spec, &observation, recorded_ranges)?;
-    // Preflight: everything checked before the first create; quotas only for a new cluster.
-    let (needs, _) = crate::plan::Needs::of(&spec, &observation.facts.flavors);
-    let quotas = match observed.count() {
-        0 => preflight::quotas(&cloud, &needs).await?,
-        _ => Vec::new(),
-    };
-    let problems = preflight::inspect(&spec, &observation, quotas).problems();
     if !problems.is_empty() {
         return Err(UpError::Preflight(problems.join("; ")));
     }
@@ -179,9 +171,6 @@ pub async fn up(request: UpRequest, events: &(dyn Fn(Event) + Sync)) -> Result<U
         spec: spec.clone(),
         pki: pki.clone(),
         kube,
-        // Tags go in each create; the session falls back to a second call where a cloud
-        // refuses or drops them there.
-        tag_on_create: true,
     });
     let provisioned = super::provision(context, &observation, &plan, started, events).await?;
     let provisioned_at = at();
@@ -201,8 +190,8 @@ pub async fn up(request: UpRequest, events: &(dyn Fn(Event) + Sync)) -> Result<U
     };
     let before = [
         ("log in".to_string(), 0.0, connected),
-        ("observe".to_string(), connected, observed_at),
-        ("preflight, plan".to_string(), observed_at, planned_at),
+        ("observe, preflight".to_string(), connected, observed_at),
+        ("PKI, plan".to_string(), observed_at, planned_at),
     ];
     let mut after = Vec::new();
     let booted = match provision_only {
@@ -243,6 +232,26 @@ pub async fn up(request: UpRequest, events: &(dyn Fn(Event) + Sync)) -> Result<U
         admin_kubeconfig_path,
         booted,
     })
+}
+
+/// One observation of the cloud for `spec`, checked as `up` checks it before anything is made:
+/// what cannot change in place is refused; the preflight's problems are returned (quotas are
+/// asked for a new cluster only, since an existing one already uses some), with what the
+/// cluster needs.
+async fn observe_checked(
+    cloud: &Cloud,
+    spec: &ClusterSpec,
+    recorded_ranges: Option<ranges::Ranges>,
+) -> Result<(Observation, crate::plan::Needs, Vec<String>), UpError> {
+    let observation = observe(cloud, spec).await?;
+    refuse_immutable_changes(spec, &observation, recorded_ranges)?;
+    let (needs, _) = crate::plan::Needs::of(spec, &observation.facts.flavors);
+    let quotas = match observation.observed.count() {
+        0 => preflight::quotas(cloud, &needs).await?,
+        _ => Vec::new(),
+    };
+    let problems = preflight::inspect(spec, &observation, quotas).problems();
+    Ok((observation, needs, problems))
 }
 
 /// Refuses a file that changes what an existing cluster cannot change in place.
@@ -299,11 +308,8 @@ async fn cluster_api(
     if !needs_api {
         return Ok(None);
     }
-    let names = Names::of(&spec.name);
     let floating = observed
-        .floating_ips
-        .iter()
-        .find(|f| f.description == names.api_address)
+        .api_floating_ip(&spec.name)
         .map(|f| format!("{}:6443", f.floating_ip_address));
     let Some(address) = api_address.map(str::to_string).or(floating) else {
         return Ok(None);
@@ -369,19 +375,13 @@ pub async fn plan(
         )),
     }
     let cloud = Cloud::connect(config).await?;
-    let observation = observe(&cloud, &spec).await?;
     let recorded_ranges = ranges::recorded(state.as_ref())?;
-    refuse_immutable_changes(&spec, &observation, recorded_ranges)?;
+    let (observation, needs, problems) = observe_checked(&cloud, &spec, recorded_ranges).await?;
     let scope = Scope {
         kubernetes: !provision_only,
     };
     let plan = planner::plan(&spec, &observation.observed, &observation.facts, scope)?;
-    let (needs, _) = crate::plan::Needs::of(&spec, &observation.facts.flavors);
-    let quotas = match observation.observed.count() {
-        0 => preflight::quotas(&cloud, &needs).await?,
-        _ => Vec::new(),
-    };
-    for problem in preflight::inspect(&spec, &observation, quotas).problems() {
+    for problem in problems {
         warnings.push(format!(
             "`up` would stop before creating anything: {problem}\n  hint: `flatstack cloud check` shows the details"
         ));

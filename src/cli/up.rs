@@ -18,7 +18,7 @@ use crate::cloud::Cloud;
 use crate::kube::KubeClient;
 use crate::pki::{ClusterPki, StateDir};
 use crate::plan::planner::{self, Scope};
-use crate::plan::resources::{Names, Observed};
+use crate::plan::resources::Observed;
 use crate::plan::steps::{ShownStep, Verb};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -473,11 +473,8 @@ async fn print_nodes(
     state_path: &Path,
     api: &ApiArgs,
 ) {
-    let names = Names::of(&spec.name);
     let endpoint = observed
-        .floating_ips
-        .iter()
-        .find(|f| f.description == names.api_address)
+        .api_floating_ip(&spec.name)
         .map(|f| format!("https://{}:6443", f.floating_ip_address));
     let Some(server) = api
         .api_address
@@ -664,12 +661,9 @@ impl Progress {
             Event::Started { line, .. } | Event::Finished { line, .. } | Event::Say(line) => {
                 self.step(&line)
             }
-            Event::Count { what, done, total } => match &self.bar {
-                Some(bar) => bar.set_message(format!(
-                    "servers {done}/{total} {}",
-                    what.trim_start_matches("servers ")
-                )),
-                None => self.step(&format!("{done}/{total} {what}")),
+            Event::ServersActive { done, total } => match &self.bar {
+                Some(bar) => bar.set_message(format!("servers {done}/{total} ACTIVE")),
+                None => self.step(&format!("{done}/{total} servers ACTIVE")),
             },
         }
     }

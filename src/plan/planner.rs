@@ -203,11 +203,7 @@ pub fn plan(
     let first_port = ports.get(first).cloned().unwrap_or(Ref::After(0));
 
     // The API's floating IP, pointed at the first control plane (checked every run).
-    let public = match observed
-        .floating_ips
-        .iter()
-        .find(|f| f.description == names.api_address)
-    {
+    let public = match observed.api_floating_ip(&spec.name) {
         None => {
             let created = plan.push(
                 Action::CreateFloatingIp {

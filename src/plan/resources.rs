@@ -75,6 +75,14 @@ pub struct Untagged {
 }
 
 impl Observed {
+    /// The API's floating IP of `cluster`, found by its description.
+    pub fn api_floating_ip(&self, cluster: &str) -> Option<&FloatingIp> {
+        let description = Names::of(cluster).api_address;
+        self.floating_ips
+            .iter()
+            .find(|f| f.description == description)
+    }
+
     /// How many resources of the cluster exist, of every kind.
     pub fn count(&self) -> usize {
         self.networks.len()

@@ -500,26 +500,27 @@ impl Action {
         }
     }
 
-    /// Every value this step takes from other steps.
-    pub fn refs(&self) -> Vec<&Ref> {
+    /// Every value this step takes, known or from other steps: the one list the planner reads
+    /// the needs from and the executor fills in.
+    pub fn refs_mut(&mut self) -> Vec<&mut Ref> {
         use Action::*;
         match self {
-            CreateSubnet(s) => vec![&s.network],
+            CreateSubnet(s) => vec![&mut s.network],
             SetRouterGateway { router, .. } => vec![router],
             AddRouterInterface { router, subnet, .. } => vec![router, subnet],
-            AddRule(r) => std::iter::once(&r.group)
-                .chain(r.remote_group.as_ref())
+            AddRule(r) => std::iter::once(&mut r.group)
+                .chain(r.remote_group.as_mut())
                 .collect(),
-            CreatePort(p) => [&p.network, &p.subnet]
+            CreatePort(p) => [&mut p.network, &mut p.subnet]
                 .into_iter()
-                .chain(&p.security_groups)
+                .chain(&mut p.security_groups)
                 .collect(),
             AttachFloatingIp { floating, port, .. } => vec![floating, port],
             RenderIgnition {
                 internal, public, ..
             } => vec![internal, public],
-            CreateServer(s) => std::iter::once(&s.port)
-                .chain(s.server_group.as_ref())
+            CreateServer(s) => std::iter::once(&mut s.port)
+                .chain(s.server_group.as_mut())
                 .collect(),
             WaitActive { server, .. } => vec![server],
             AttachPort { port, .. } => vec![port],
@@ -569,10 +570,10 @@ pub struct ShownStep {
 
 impl Plan {
     /// Adds a step that waits for every step its inputs come from, and for `also`.
-    pub fn push(&mut self, action: Action, also: &[StepId]) -> StepId {
+    pub fn push(&mut self, mut action: Action, also: &[StepId]) -> StepId {
         let id = self.steps.len();
         let mut needs: Vec<StepId> = action
-            .refs()
+            .refs_mut()
             .into_iter()
             .filter_map(|r| match r {
                 Ref::After(step) => Some(*step),
