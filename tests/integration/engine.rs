@@ -3,13 +3,13 @@
 //! was answered (watched in `-v`'s call log, never by timing).
 
 use std::io::BufRead;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use serde_json::Value;
 
 use crate::openstack::{cli, unique};
 use crate::support::*;
-use crate::up::{Teardown, assert_nothing_left, cluster, flatstack, tagged};
+use crate::up::{Teardown, assert_nothing_left, cluster, command, flatstack, spawn, tagged};
 
 fn json(output: &Output) -> Value {
     let text = success(output);
@@ -158,16 +158,9 @@ fn up_runs_exactly_the_planned_steps_for_every_kind_of_change() {
 /// Runs `up -v` (or `down -v`) and SIGKILLs it the moment a call matching `call` is answered
 /// with success. Returns whether the call was seen.
 fn kill_when_answered(workspace: &Workspace, args: &[&str], call: &(&str, &str)) -> bool {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flatstack"))
-        .current_dir(workspace.dir.path())
-        .env("OS_CLIENT_CONFIG_FILE", crate::openstack::clouds_yaml())
-        .env_remove("OS_CLOUD")
-        .env("FLATSTACK_STATE_DIR", workspace.state_dir())
+    let verbose: Vec<&str> = std::iter::once("-v").chain(args.iter().copied()).collect();
+    let mut child = command(workspace, &verbose)
         .env("NO_COLOR", "1")
-        .arg("--file")
-        .arg(workspace.cluster_file())
-        .arg("-v")
-        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -345,20 +338,7 @@ fn duplicates_of_two_writers_at_once_are_removed_by_the_next_up() {
     second.write_cluster(&cluster(&name, 1, ""));
     copy_dir(&first.state_dir(), &second.state_dir());
 
-    let start = |workspace: &Workspace| {
-        Command::new(env!("CARGO_BIN_EXE_flatstack"))
-            .current_dir(workspace.dir.path())
-            .env("OS_CLIENT_CONFIG_FILE", crate::openstack::clouds_yaml())
-            .env_remove("OS_CLOUD")
-            .env("FLATSTACK_STATE_DIR", workspace.state_dir())
-            .arg("--file")
-            .arg(workspace.cluster_file())
-            .args(["up", "--provision-only"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flatstack")
-    };
+    let start = |workspace: &Workspace| spawn(workspace, &["up", "--provision-only"]);
     let (one, two) = (start(&first), start(&second));
     let (one, two) = (
         one.wait_with_output().expect("first up"),

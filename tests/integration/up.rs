@@ -30,18 +30,23 @@ flavor = "m3.tiny"
     )
 }
 
-/// Runs flatstack in `workspace` against the local OpenStack (`local-demo`).
-pub(crate) fn flatstack(workspace: &Workspace, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flatstack"))
+/// flatstack with `args` in `workspace`, against the local OpenStack (`local-demo`).
+pub(crate) fn command(workspace: &Workspace, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flatstack"));
+    command
         .current_dir(workspace.dir.path())
         .env("OS_CLIENT_CONFIG_FILE", clouds_yaml())
         .env_remove("OS_CLOUD")
         .env("FLATSTACK_STATE_DIR", workspace.state_dir())
         .arg("--file")
         .arg(workspace.cluster_file())
-        .args(args)
-        .output()
-        .expect("run flatstack")
+        .args(args);
+    command
+}
+
+/// Runs flatstack in `workspace` against the local OpenStack (`local-demo`).
+pub(crate) fn flatstack(workspace: &Workspace, args: &[&str]) -> Output {
+    command(workspace, args).output().expect("run flatstack")
 }
 
 pub(crate) fn tagged(kind: &str, name: &str) -> Vec<Value> {
@@ -904,19 +909,17 @@ fn up_converges_after_nova_api_and_neutron_server_are_killed() {
     .expect("clouds.yaml");
     workspace.write_cluster(&cluster(&name, 3, "").replace("local-demo", "outage"));
     let _teardown = Teardown(&workspace);
+    // Through the API processes above, which only this clouds.yaml names.
+    let through_them = |args: &[&str]| {
+        let mut command = command(&workspace, args);
+        command.env("OS_CLIENT_CONFIG_FILE", &clouds);
+        command
+    };
     let run = || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_flatstack"));
-        command
-            .current_dir(workspace.dir.path())
-            .env("OS_CLIENT_CONFIG_FILE", &clouds)
-            .env_remove("OS_CLOUD")
-            .env("FLATSTACK_STATE_DIR", workspace.state_dir())
-            .args(["--file"])
-            .arg(workspace.cluster_file())
-            .args(["up", "--provision-only"])
-            .stdout(std::process::Stdio::piped())
+        let mut up = through_them(&["up", "--provision-only"]);
+        up.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        command
+        up
     };
     // Runs `up` and calls `when` once a line containing `marker` is printed, mid-apply.
     let run_until = |marker: &str, when: &mut dyn FnMut()| -> (Output, String) {
@@ -1005,16 +1008,7 @@ fn up_converges_after_nova_api_and_neutron_server_are_killed() {
         shown(&fourth)
     );
     // Removed through the same API processes (the shared Teardown knows only local-demo).
-    let down = Command::new(env!("CARGO_BIN_EXE_flatstack"))
-        .current_dir(workspace.dir.path())
-        .env("OS_CLIENT_CONFIG_FILE", &clouds)
-        .env_remove("OS_CLOUD")
-        .env("FLATSTACK_STATE_DIR", workspace.state_dir())
-        .args(["--file"])
-        .arg(workspace.cluster_file())
-        .args(["down", "--yes"])
-        .output()
-        .expect("down");
+    let down = through_them(&["down", "--yes"]).output().expect("down");
     assert!(down.status.success(), "{}", shown(&down));
     assert_nothing_left(&name);
 }
@@ -1447,15 +1441,9 @@ fn wait_for_lock(workspace: &Workspace, command: &str) {
     }
 }
 
-fn spawn(workspace: &Workspace, args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_flatstack"))
-        .current_dir(workspace.dir.path())
-        .env("OS_CLIENT_CONFIG_FILE", clouds_yaml())
-        .env_remove("OS_CLOUD")
-        .env("FLATSTACK_STATE_DIR", workspace.state_dir())
-        .arg("--file")
-        .arg(workspace.cluster_file())
-        .args(args)
+/// flatstack started with `args`, its output piped.
+pub(crate) fn spawn(workspace: &Workspace, args: &[&str]) -> std::process::Child {
+    command(workspace, args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
