@@ -262,12 +262,15 @@ async fn run_on_cloud(
         ),
         Action::CreateSubnet(s) => {
             let dns: Vec<String> = s.dns_nameservers.iter().map(|d| d.to_string()).collect();
-            let body = json!({
+            let mut body = json!({
                 "network_id": known(&s.network)?.id,
                 "cidr": s.cidr.to_string(),
                 "ip_version": 4,
                 "dns_nameservers": dns,
             });
+            if let Some((start, end)) = s.allocation_pool {
+                body["allocation_pools"] = json!([{ "start": start, "end": end }]);
+            }
             id_of(
                 &cloud
                     .create_tagged::<Subnet>(Kind::Subnet, &s.name, body, &tags, TAG_ON_CREATE)

@@ -559,6 +559,7 @@ fn network_chain(
                 name: names.subnet.clone(),
                 network: network.clone(),
                 cidr,
+                allocation_pool: spec.network.node_address_pool(),
                 dns_nameservers: spec.network.dns_servers.clone(),
             }),
             &[],

@@ -59,6 +59,8 @@ pub struct SubnetRequest {
     pub name: String,
     pub network: Ref,
     pub cidr: Ipv4Net,
+    /// The addresses Neutron may hand out; the ones before it are kept for fixed addresses.
+    pub allocation_pool: Option<(Ipv4Addr, Ipv4Addr)>,
     pub dns_nameservers: Vec<IpAddr>,
 }
 

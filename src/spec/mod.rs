@@ -158,11 +158,29 @@ pub struct NetworkSpec {
     pub dns_servers: Vec<IpAddr>,
 }
 
+/// On a network flatstack creates, the first this many host addresses of `node_cidr` are kept
+/// out of Neutron's allocation pool: the gateway (the first), the API address (the tenth) and
+/// room for more fixed addresses. Neutron hands out pool addresses in random order, so a
+/// worker's or DHCP port could otherwise take the API address before its port exists.
+pub const FIXED_NODE_ADDRESSES: usize = 16;
+
 impl NetworkSpec {
     /// The fixed address flatstack gives the first control plane on a network it creates.
     pub fn default_api_address(&self) -> Option<Ipv4Addr> {
         match (&self.mode, self.node_cidr) {
             (NetworkMode::Create, Some(cidr)) => cidr.hosts().nth(9),
+            _ => None,
+        }
+    }
+
+    /// The first and last address Neutron may give ports on the subnet flatstack creates:
+    /// every host address after the fixed ones.
+    pub fn node_address_pool(&self) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        match (&self.mode, self.node_cidr) {
+            (NetworkMode::Create, Some(cidr)) => Some((
+                cidr.hosts().nth(FIXED_NODE_ADDRESSES)?,
+                cidr.hosts().last()?,
+            )),
             _ => None,
         }
     }

@@ -221,6 +221,28 @@ fn up_converges_scales_and_down_removes_everything() {
         "{}",
         port["fixed_ips"]
     );
+    // Neutron picks pool addresses at random (neutron/ipam/drivers/neutrondb_ipam/driver.py),
+    // so the pool leaves out the fixed addresses; every worker's address is drawn from it.
+    let subnet = cli(
+        "local-demo",
+        &["subnet", "show", &format!("{name}-subnet"), "-f", "json"],
+    );
+    assert_eq!(
+        subnet["allocation_pools"],
+        serde_json::json!([{ "start": "10.42.0.17", "end": "10.42.0.254" }]),
+        "{subnet}"
+    );
+    for worker in ["default-1", "default-2"] {
+        let port = cli(
+            "local-demo",
+            &["port", "show", &format!("{name}-{worker}"), "-f", "json"],
+        );
+        let address: std::net::Ipv4Addr = port["fixed_ips"][0]["ip_address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("worker address");
+        assert!(address.octets()[3] >= 17, "{worker}: {address}");
+    }
 
     // Each server's user_data is exactly what `render` writes for it with the same endpoint.
     success(&workspace.render(&["--endpoint", &fip]));

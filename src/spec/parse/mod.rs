@@ -48,8 +48,8 @@ pub(super) const MIN_BOOT_VOLUME_GB: i64 = 10;
 /// The per-node pod range kube-controller-manager allocates by default (IPv4).
 pub(super) const NODE_POD_PREFIX: u8 = 24;
 
-/// Addresses of the node subnet that flatstack leaves for routers, DHCP and DNS.
-pub(super) const RESERVED_NODE_ADDRESSES: u64 = 10;
+/// Pool addresses of the node subnet left over for Neutron's DHCP ports beyond one per node.
+pub(super) const SPARE_POOL_ADDRESSES: u64 = 4;
 
 pub(super) const WEEKDAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
@@ -274,11 +274,17 @@ pub(super) fn check_cluster_wide(
     let total_nodes = spec.nodes().len() as u64;
     if let Some(node) = net.node_cidr {
         let usable = node.hosts().count() as u64;
-        if usable < total_nodes + RESERVED_NODE_ADDRESSES {
+        let fixed = match net.mode {
+            NetworkMode::Create => super::FIXED_NODE_ADDRESSES as u64,
+            NetworkMode::Reuse { .. } => 0,
+        };
+        if usable < total_nodes + fixed + SPARE_POOL_ADDRESSES {
             p.error(
                 network.clone(),
                 format!("`network.node_cidr` {node} has {usable} addresses for {total_nodes} nodes"),
-                format!("flatstack keeps {RESERVED_NODE_ADDRESSES} addresses free; use a larger range such as /24"),
+                format!(
+                    "flatstack keeps the first {fixed} for the gateway and fixed addresses and {SPARE_POOL_ADDRESSES} for DHCP; use a larger range such as /24"
+                ),
             );
         }
     }
