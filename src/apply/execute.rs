@@ -300,6 +300,15 @@ async fn run_on_cloud(
                 .await?;
             router.clone()
         }
+        Action::SetAllocationPool {
+            subnet,
+            pool: (start, end),
+            ..
+        } => {
+            let subnet = known(subnet)?;
+            cloud.set_allocation_pool(&subnet.id, *start, *end).await?;
+            subnet.clone()
+        }
         Action::AddRouterInterface { router, subnet, .. } => {
             let router = known(router)?;
             cloud

@@ -6,6 +6,8 @@
 //! API right after (a run stopped in between leaves a resource the engine adopts by its exact
 //! name). A create that must be retried is first looked up by name.
 
+use std::net::Ipv4Addr;
+
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -71,7 +73,16 @@ pub struct Subnet {
     pub network_id: String,
     pub cidr: String,
     #[serde(default)]
+    pub allocation_pools: Vec<AllocationPool>,
+    #[serde(default)]
     pub tags: Vec<String>,
+}
+
+/// A range of a subnet's addresses Neutron hands out to ports without a fixed address.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct AllocationPool {
+    pub start: String,
+    pub end: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -409,6 +420,19 @@ impl Cloud {
     ) -> Result<(), CloudError> {
         let body = json!({ "router": { "external_gateway_info": { "network_id": network_id } } });
         self.put(Service::Network, &format!("/routers/{router_id}"), &body)
+            .await
+            .map(|_| ())
+    }
+
+    /// Sets the addresses Neutron hands out on the subnet; addresses already given stay.
+    pub(crate) async fn set_allocation_pool(
+        &self,
+        subnet_id: &str,
+        start: Ipv4Addr,
+        end: Ipv4Addr,
+    ) -> Result<(), CloudError> {
+        let body = json!({ "subnet": { "allocation_pools": [{ "start": start, "end": end }] } });
+        self.put(Service::Network, &format!("/subnets/{subnet_id}"), &body)
             .await
             .map(|_| ())
     }

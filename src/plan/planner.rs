@@ -3,6 +3,7 @@
 //! nothing and calls nothing, so `plan` and `up` get the same steps from the same observation.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use ipnet::IpNet;
 
@@ -12,7 +13,7 @@ use super::steps::{
     Action, Duplicate, Made, Plan, PortRequest, Ref, RuleRequest, ServerPlan, StepId, SubnetRequest,
 };
 use crate::cloud::compute::Flavor;
-use crate::cloud::network::{Network, Port, Subnet};
+use crate::cloud::network::{AllocationPool, Network, Port, Subnet};
 use crate::spec::{ClusterSpec, NetworkMode, Role};
 
 /// What the planner needs to know of the cloud beyond the cluster's own resources.
@@ -508,6 +509,11 @@ fn remove_extras(plan: &mut Plan, extras: &Observed, observed: &Observed) {
 }
 
 /// A port as a step's input: its ID and first address.
+/// Whether the subnet hands out exactly the addresses of `pool`.
+fn pool_is(pools: &[AllocationPool], (start, end): (Ipv4Addr, Ipv4Addr)) -> bool {
+    matches!(pools, [only] if only.start == start.to_string() && only.end == end.to_string())
+}
+
 fn port_made(port: &Port) -> Made {
     Made {
         id: port.id.clone(),
@@ -553,7 +559,18 @@ fn network_chain(
     };
     let existing_subnet = observed.subnets.iter().find(|s| s.name == names.subnet);
     let subnet = match existing_subnet {
-        Some(s) => Ref::Known(Made::id(&s.id)),
+        Some(s) => match spec.network.node_address_pool() {
+            // Ports wait for the pool, so a fixed address is never handed to another port.
+            Some(pool) if !pool_is(&s.allocation_pools, pool) => Ref::After(plan.push(
+                Action::SetAllocationPool {
+                    subnet: Ref::Known(Made::id(&s.id)),
+                    subnet_name: s.name.clone(),
+                    pool,
+                },
+                &[],
+            )),
+            _ => Ref::Known(Made::id(&s.id)),
+        },
         None => Ref::After(plan.push(
             Action::CreateSubnet(SubnetRequest {
                 name: names.subnet.clone(),
@@ -715,6 +732,10 @@ mod tests {
                 name: names.subnet.clone(),
                 network_id: "n".into(),
                 cidr: "10.42.0.0/24".into(),
+                allocation_pools: vec![AllocationPool {
+                    start: "10.42.0.17".into(),
+                    end: "10.42.0.254".into(),
+                }],
                 tags: vec![],
             }],
             routers: vec![Router {
@@ -855,6 +876,27 @@ mod tests {
             ]
         );
         assert_eq!(plan.count(Verb::Update), 2);
+    }
+
+    #[test]
+    fn a_subnet_handing_out_every_address_is_narrowed_before_any_port_is_made() {
+        let spec = with_workers(2);
+        let mut observed = converged(&spec);
+        observed.subnets[0].allocation_pools[0].start = "10.42.0.2".into();
+        observed.ports.retain(|p| p.name != "demo-control-plane-1");
+        let plan = plan(&spec, &observed, &facts(), K8S).expect("plan");
+        let pool = plan
+            .steps
+            .iter()
+            .find(|s| matches!(s.action, Action::SetAllocationPool { .. }))
+            .expect("pool step");
+        assert_eq!(pool.shown().detail, "hand out only 10.42.0.17-10.42.0.254");
+        let port = plan
+            .steps
+            .iter()
+            .find(|s| matches!(s.action, Action::CreatePort(_)))
+            .expect("port step");
+        assert!(port.needs.contains(&pool.id), "{:?}", port.needs);
     }
 
     #[test]

@@ -119,6 +119,12 @@ pub enum Action {
         router_name: String,
         external_network_id: String,
     },
+    /// Keeps the fixed addresses out of the pool of a subnet made before flatstack did so.
+    SetAllocationPool {
+        subnet: Ref,
+        subnet_name: String,
+        pool: (Ipv4Addr, Ipv4Addr),
+    },
     AddRouterInterface {
         router: Ref,
         router_name: String,
@@ -299,6 +305,16 @@ impl Action {
                 router_name.clone(),
                 "set its gateway on the external network".into(),
             ),
+            SetAllocationPool {
+                subnet_name,
+                pool: (start, end),
+                ..
+            } => (
+                Verb::Update,
+                "subnet",
+                subnet_name.clone(),
+                format!("hand out only {start}-{end}"),
+            ),
             AddRouterInterface {
                 router_name,
                 subnet_name,
@@ -417,6 +433,9 @@ impl Action {
             SetRouterGateway { router_name, .. } => {
                 format!("setting the gateway of router {router_name}")
             }
+            SetAllocationPool { subnet_name, .. } => {
+                format!("setting the allocation pool of subnet {subnet_name}")
+            }
             AddRouterInterface {
                 router_name,
                 subnet_name,
@@ -472,7 +491,7 @@ impl Action {
     pub fn group(&self) -> &'static str {
         use Action::*;
         match self {
-            CreateNetwork { .. } | CreateSubnet(_) => "network, subnet",
+            CreateNetwork { .. } | CreateSubnet(_) | SetAllocationPool { .. } => "network, subnet",
             CreateRouter { .. } | SetRouterGateway { .. } | AddRouterInterface { .. } => "router",
             CreateSecurityGroup { .. } | CreateServerGroup { .. } => "groups",
             AddRule(_) | RemoveRule { .. } => "rules",
@@ -509,6 +528,7 @@ impl Action {
         match self {
             CreateSubnet(s) => vec![&mut s.network],
             SetRouterGateway { router, .. } => vec![router],
+            SetAllocationPool { subnet, .. } => vec![subnet],
             AddRouterInterface { router, subnet, .. } => vec![router, subnet],
             AddRule(r) => std::iter::once(&mut r.group)
                 .chain(r.remote_group.as_mut())

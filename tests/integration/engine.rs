@@ -7,7 +7,7 @@ use std::process::{Output, Stdio};
 
 use serde_json::Value;
 
-use crate::openstack::{cli, unique};
+use crate::openstack::{cli, cli_raw, unique};
 use crate::support::*;
 use crate::up::{Teardown, assert_nothing_left, cluster, command, flatstack, spawn, tagged};
 
@@ -133,6 +133,33 @@ fn up_runs_exactly_the_planned_steps_for_every_kind_of_change() {
         ],
     );
     assert_eq!(interfaces.as_array().map(Vec::len), Some(1), "{interfaces}");
+
+    // A subnet that hands out every address, as flatstack made them before it kept the fixed
+    // ones out: narrowed in place, though nodes already hold addresses on it.
+    let subnet = format!("{name}-subnet");
+    let set = cli_raw(
+        "local-demo",
+        &[
+            "subnet",
+            "set",
+            "--no-allocation-pool",
+            "--allocation-pool",
+            "start=10.42.0.2,end=10.42.0.254",
+            &subnet,
+        ],
+    );
+    assert!(set.status.success(), "{set:?}");
+    let narrowed_pool = up_runs_the_plan(&workspace, "subnet pool");
+    assert_eq!(
+        described(&narrowed_pool),
+        [format!("update subnet {subnet}")]
+    );
+    let shown = cli("local-demo", &["subnet", "show", &subnet, "-f", "json"]);
+    assert_eq!(
+        shown["allocation_pools"],
+        serde_json::json!([{ "start": "10.42.0.17", "end": "10.42.0.254" }]),
+        "{shown}"
+    );
 
     // A detached floating IP.
     let fip = tagged("floating ip", &name)[0]["Floating IP Address"]
