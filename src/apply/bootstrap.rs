@@ -15,7 +15,7 @@ use super::charts::{self, Expect};
 use crate::addons::{AddonSet, CONTROL_PLANE_LABEL, NAMESPACE, RECORD_CONFIGMAP};
 use crate::kube::{KubeClient, KubeError, Manifest, Waiting, is_ready, poll};
 use crate::pki::ClusterPki;
-use crate::spec::{ClusterSpec, Role};
+use crate::spec::{NodeName, Role};
 
 /// How long a bootstrap token refreshed for new workers stays valid.
 const JOIN_TOKEN_HOURS: i64 = 4;
@@ -51,9 +51,10 @@ pub struct Bootstrapped {
 }
 
 /// Brings the cluster's API side to the cluster file: everything within `within`.
+/// `members` are the nodes the cluster has (the plan's roster): each must be Ready.
 pub async fn bootstrap(
     client: &KubeClient,
-    spec: &ClusterSpec,
+    members: &[NodeName],
     addons: &AddonSet,
     within: Duration,
     say: &(dyn Fn(&str) + Sync),
@@ -69,11 +70,10 @@ pub async fn bootstrap(
         .map_err(|e| e.of_total(within))?;
     watch.lap("API ready");
 
-    let control_planes: Vec<String> = spec
-        .nodes()
-        .into_iter()
+    let control_planes: Vec<String> = members
+        .iter()
         .filter(|n| n.role == Role::ControlPlane)
-        .map(|n| n.name)
+        .map(|n| n.name.clone())
         .collect();
     say("waiting for the control planes to register");
     let nodes = poll(
@@ -168,7 +168,7 @@ pub async fn bootstrap(
     }
     watch.lap("add-ons installed");
 
-    let wanted: Vec<String> = spec.nodes().into_iter().map(|n| n.name).collect();
+    let wanted: Vec<String> = members.iter().map(|n| n.name.clone()).collect();
     say(&format!("waiting for {} node(s) to be Ready", wanted.len()));
     let last_ready = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let nodes = poll(

@@ -33,7 +33,7 @@ impl Down {
             None => None,
         };
         let cloud = Arc::new(Cloud::connect(config).await?);
-        let (observed, volumes) = tokio::try_join!(
+        let ((observed, _), volumes) = tokio::try_join!(
             cluster_resources(&cloud, &spec),
             cluster_volumes(&cloud, &spec.name),
         )?;

@@ -36,6 +36,9 @@ pub struct Context {
     /// The cluster's API, for drains and the join token: none with `--provision-only` or when
     /// it does not answer (nodes are then deleted without draining).
     pub kube: Option<KubeClient>,
+    /// How long a replacement node may take from ACTIVE to `Ready` (booting, Ignition,
+    /// joining): `up --timeout`.
+    pub node_ready_within: Duration,
 }
 
 /// Tags go in every create; the session falls back to a second call where a cloud refuses or
@@ -225,6 +228,18 @@ async fn run(
     context: &Context,
     configs: &std::sync::Mutex<BTreeMap<String, String>>,
 ) -> Result<(Made, Option<String>), ApplyError> {
+    if let Action::WaitReady { node } = action {
+        // Without the API, nobody can tell whether the replacement joined: the node it
+        // replaces is kept.
+        let kube = context.kube.as_ref().ok_or_else(|| {
+            ApplyError::Missing(format!(
+                "cannot tell whether {node} joined the cluster: its API does not answer, so the node it replaces is kept; run `flatstack up` again once the API answers"
+            ))
+        })?;
+        kube.wait_node_ready(node, context.node_ready_within)
+            .await?;
+        return Ok((Made::default(), Some(format!("{node} is Ready"))));
+    }
     if let Action::Drain { node } = action {
         let Some(kube) = &context.kube else {
             return Ok((Made::default(), None));
@@ -413,12 +428,7 @@ async fn run_on_cloud(
                     .and_then(|a| a.parse().ok()),
             };
             let mut rendered = BTreeMap::new();
-            for node in context
-                .spec
-                .nodes()
-                .iter()
-                .filter(|n| nodes.contains(&n.name))
-            {
+            for node in nodes {
                 let config = node::render_node(&context.spec, &context.pki, &endpoint, node)?;
                 rendered.insert(node.name.clone(), config.ignition);
             }
@@ -461,8 +471,8 @@ async fn run_on_cloud(
             let id = &known(server)?.id;
             Made::id(&cloud.wait_server_active(id, SERVER_TIMEOUT).await?.id)
         }
-        // Drains report what they evicted: run above.
-        Action::Drain { .. } => Made::default(),
+        // Readiness and drains report what they saw: run above.
+        Action::WaitReady { .. } | Action::Drain { .. } => Made::default(),
         Action::DeleteServer { id, .. } => {
             cloud.delete_server(id).await?;
             cloud.wait_server_deleted(id, SERVER_TIMEOUT).await?;

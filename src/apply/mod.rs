@@ -163,7 +163,7 @@ pub async fn teardown(
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<(), ApplyError> {
     let cluster = spec.name.as_str();
-    let observed = observe::cluster_resources(cloud, spec).await?;
+    let (observed, _) = observe::cluster_resources(cloud, spec).await?;
     // What the cloud controller made for LoadBalancer Services goes first: the load balancers'
     // addresses are on the cluster's subnet and their members are its nodes.
     for floating in &observed.service_floating_ips {
@@ -248,7 +248,7 @@ pub async fn teardown(
     for group in &observed.server_groups {
         cloud.delete_server_group(&group.id).await?;
     }
-    let left = observe::cluster_resources(cloud, spec).await?;
+    let (left, _) = observe::cluster_resources(cloud, spec).await?;
     let mut remaining = left.describe();
     if delete_volumes {
         for volume in &volumes {

@@ -3,15 +3,19 @@
 //! exact names that lack the tag, router interfaces, the external network, flavors, images,
 //! the keypair, and whether Neutron takes tags in a create.
 
-use crate::cloud::compute::Keypair;
+use std::collections::BTreeMap;
+
+use crate::cloud::compute::{Flavor, Keypair, Server};
 use crate::cloud::image::Image;
 use crate::cloud::load_balancer::is_service_floating_ip;
 use crate::cloud::network::{
     FloatingIp, HasTags, Kind, Network, Port, Router, SecurityGroup, Subnet,
 };
+use crate::cloud::volume::Volume;
 use crate::cloud::{Cloud, CloudError};
 use crate::plan::planner::CloudFacts;
 use crate::plan::resources::{Names, Observed, Untagged, cluster_tag};
+use crate::plan::roster::{ServerFacts, roster};
 use crate::spec::{ClusterSpec, NetworkMode};
 
 use super::ApplyError;
@@ -35,10 +39,9 @@ const ROUTER_INTERFACE_OWNERS: [&str; 3] = [
 
 /// Reads everything `plan` and `up` need, concurrently.
 pub async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, ApplyError> {
-    let (observed, externals, flavors, images, keypairs) = tokio::try_join!(
+    let ((observed, flavors), externals, images, keypairs) = tokio::try_join!(
         cluster_resources(cloud, spec),
         cloud.list::<Network>(Kind::Network, &[("router:external", "true")]),
-        cloud.flavors(),
         images_for(cloud, spec),
         async {
             match &spec.access.keypair {
@@ -98,13 +101,16 @@ pub async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, A
     })
 }
 
-/// Everything the cluster owns, concurrently: by tag; the shared resources and the API's
-/// floating IP also by their exact names when untagged (to adopt); server groups (which
-/// cannot be tagged) by name; the router interfaces of the project; and what the cloud
-/// controller made by its own naming.
-pub async fn cluster_resources(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observed, CloudError> {
+/// Everything the cluster owns, concurrently: by tag; the shared resources, the nodes' ports
+/// and the API's floating IP also by their exact names when untagged (to adopt); server
+/// groups (which cannot be tagged) by name; the router interfaces of the project; the boot
+/// volumes of volume-booted servers; and what the cloud controller made by its own naming.
+/// With the cloud's flavors, which tell whether a server runs what its pool asks for.
+pub async fn cluster_resources(
+    cloud: &Cloud,
+    spec: &ClusterSpec,
+) -> Result<(Observed, Vec<Flavor>), CloudError> {
     let cluster = spec.name.as_str();
-    let node_names: Vec<String> = spec.nodes().into_iter().map(|n| n.name).collect();
     let tag = cluster_tag(cluster);
     let tags = [tag.as_str()];
     let names = Names::of(cluster);
@@ -114,7 +120,7 @@ pub async fn cluster_resources(cloud: &Cloud, spec: &ClusterSpec) -> Result<Obse
         .collect();
     let (
         (networks, subnets, routers, security_groups, ports, servers, groups),
-        (load_balancers, all_floating_ips, router_interfaces),
+        (load_balancers, all_floating_ips, router_interfaces, flavors),
     ) = tokio::try_join!(
         async {
             tokio::try_join!(
@@ -132,9 +138,28 @@ pub async fn cluster_resources(cloud: &Cloud, spec: &ClusterSpec) -> Result<Obse
                 cloud.cluster_load_balancers(cluster),
                 cloud.list::<FloatingIp>(Kind::FloatingIp, &[]),
                 cloud.list::<Port>(Kind::Port, &owners),
+                cloud.flavors(),
             )
         },
     )?;
+    let servers: Vec<Server> = servers;
+    let boot_volumes = match servers.iter().any(Server::boots_from_volume) {
+        true => boot_volume_sizes(&cloud.volumes().await?),
+        false => BTreeMap::new(),
+    };
+    // The nodes the plan will have, kept or new: their ports are looked up by name.
+    let node_names: Vec<String> = {
+        let facts = ServerFacts {
+            servers: &servers,
+            flavors: &flavors,
+            boot_volumes: &boot_volumes,
+        };
+        roster(spec, facts)
+            .nodes
+            .into_iter()
+            .map(|n| n.name)
+            .collect()
+    };
     // The cluster's names that no tagged resource has: looked up by name, to adopt what a run
     // stopped between a create and its tag left (a converged cluster needs no look-up).
     let node_refs: Vec<&str> = node_names.iter().map(String::as_str).collect();
@@ -182,6 +207,7 @@ pub async fn cluster_resources(cloud: &Cloud, spec: &ClusterSpec) -> Result<Obse
         load_balancers,
         service_floating_ips: Vec::new(),
         router_interfaces,
+        boot_volumes,
         adopt: Vec::new(),
     };
     // What a run stopped between a create and its tag left: the cluster's by its exact name.
@@ -256,7 +282,24 @@ pub async fn cluster_resources(cloud: &Cloud, spec: &ClusterSpec) -> Result<Obse
     for group in &mut observed.security_groups {
         group.security_group_rules.sort_by(|a, b| a.id.cmp(&b.id));
     }
-    Ok(observed)
+    Ok((observed, flavors))
+}
+
+/// The size of each server's boot volume, by server ID: the bootable volume attached to it
+/// (the first by device name, should a server have several).
+fn boot_volume_sizes(volumes: &[Volume]) -> BTreeMap<String, u64> {
+    let mut boot: BTreeMap<String, (&str, u64)> = BTreeMap::new();
+    for volume in volumes.iter().filter(|v| v.bootable == "true") {
+        for attachment in &volume.attachments {
+            let entry = boot
+                .entry(attachment.server_id.clone())
+                .or_insert((&attachment.device, volume.size));
+            if attachment.device.as_str() < entry.0 {
+                *entry = (&attachment.device, volume.size);
+            }
+        }
+    }
+    boot.into_iter().map(|(id, (_, size))| (id, size)).collect()
 }
 
 /// The names of `wanted` that `found` lacks.

@@ -171,6 +171,7 @@ pub async fn up(request: UpRequest, events: &(dyn Fn(Event) + Sync)) -> Result<U
         spec: spec.clone(),
         pki: pki.clone(),
         kube,
+        node_ready_within: timeout,
     });
     let provisioned = super::provision(context, &observation, &plan, started, events).await?;
     let provisioned_at = at();
@@ -208,7 +209,7 @@ pub async fn up(request: UpRequest, events: &(dyn Fn(Event) + Sync)) -> Result<U
             .map_err(|e| UpError::CloudConf(e.to_string()))?;
             let addon_set =
                 addons::for_cluster(&spec, &cloud_conf, pki.ca.key_pem.expose().as_bytes())?;
-            let booted = bootstrap::bootstrap(&client, &spec, &addon_set, timeout, &say)
+            let booted = bootstrap::bootstrap(&client, &plan.nodes, &addon_set, timeout, &say)
                 .await
                 .map_err(UpError::Bootstrap)?;
             let mut clock = provisioned_at;
@@ -301,10 +302,12 @@ async fn cluster_api(
     api_address: Option<&str>,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<Option<KubeClient>, UpError> {
-    let needs_api = plan
-        .steps
-        .iter()
-        .any(|s| matches!(s.action, Action::Drain { .. } | Action::RefreshJoinToken));
+    let needs_api = plan.steps.iter().any(|s| {
+        matches!(
+            s.action,
+            Action::Drain { .. } | Action::WaitReady { .. } | Action::RefreshJoinToken
+        )
+    });
     if !needs_api {
         return Ok(None);
     }

@@ -54,6 +54,21 @@ pub struct Server {
     pub addresses: BTreeMap<String, Vec<Address>>,
     #[serde(default)]
     pub flavor: Value,
+    /// The image it booted from, or `""` when it boots from a volume.
+    #[serde(default)]
+    pub image: Value,
+}
+
+impl Server {
+    /// The name of the flavor it runs (microversion 2.47 and later embed the flavor).
+    pub fn flavor_name(&self) -> Option<&str> {
+        self.flavor.get("original_name").and_then(Value::as_str)
+    }
+
+    /// Whether it boots from a volume: Nova shows such a server's image as `""`.
+    pub fn boots_from_volume(&self) -> bool {
+        self.image.as_str() == Some("")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

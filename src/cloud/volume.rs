@@ -15,6 +15,19 @@ pub struct Volume {
     pub size: u64,
     #[serde(default)]
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// `"true"` for a volume made from an image (Cinder answers with a string).
+    #[serde(default)]
+    pub bootable: String,
+    #[serde(default)]
+    pub attachments: Vec<VolumeAttachment>,
+}
+
+/// Where a volume is attached.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct VolumeAttachment {
+    pub server_id: String,
+    #[serde(default)]
+    pub device: String,
 }
 
 /// The project's block-storage quotas and usage.

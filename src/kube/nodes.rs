@@ -4,12 +4,28 @@
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 
-use super::{KubeClient, KubeError};
+use std::time::Duration;
+
+use super::{KubeClient, KubeError, Waiting, poll};
 
 impl KubeClient {
     /// Every node the API knows.
     pub async fn nodes(&self) -> Result<Vec<Node>, KubeError> {
         self.list("/api/v1/nodes").await
+    }
+
+    /// Waits until node `name` has registered and is `Ready`.
+    pub async fn wait_node_ready(&self, name: &str, within: Duration) -> Result<(), KubeError> {
+        let what = format!("node {name} Ready");
+        let path = format!("/api/v1/nodes/{name}");
+        poll(&what, within, Duration::from_secs(3), || async {
+            Ok(match self.get::<Node>(&path).await? {
+                Some(node) if is_ready(&node) => Waiting::Done(()),
+                Some(_) => Waiting::On(format!("{name} is NotReady")),
+                None => Waiting::On(format!("{name} has not registered")),
+            })
+        })
+        .await
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod duplicates;
 pub mod planner;
 pub mod resources;
+pub mod roster;
 pub mod rules;
 pub mod steps;
 

@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use ipnet::IpNet;
 
 use super::resources::{Names, Observed, cluster_tag};
+use super::roster::{Replacement, ServerFacts, roster};
 use super::rules::{rule_diff, wanted_rules};
 use super::steps::{
     Action, Duplicate, Made, Plan, PortRequest, Ref, RuleRequest, ServerPlan, StepId, SubnetRequest,
@@ -167,7 +168,8 @@ pub fn plan(
     };
 
     // Ports first: the first control plane's address goes into every Ignition config.
-    let nodes = spec.nodes();
+    let roster = roster(spec, ServerFacts::of(observed, &facts.flavors));
+    let nodes = &roster.nodes;
     let api_address = spec.network.default_api_address();
     let mut ports: BTreeMap<&str, Ref> = BTreeMap::new();
     for (index, node) in nodes.iter().enumerate() {
@@ -250,17 +252,32 @@ pub fn plan(
         }
     };
 
-    // Servers: every one missing, once its config is rendered.
-    let missing: Vec<_> = nodes
+    // Servers: every one missing, once its config is rendered; a replacement only once the
+    // server it replaces before it is gone (one extra server at a time).
+    let replacing: BTreeMap<&str, &Replacement> = roster
+        .replacements
+        .iter()
+        .map(|r| (r.new.as_str(), r))
+        .collect();
+    let mut missing: Vec<_> = nodes
         .iter()
         .filter(|n| !observed.servers.iter().any(|s| s.name == n.name))
         .collect();
+    // Additions first, then the replacements in their order.
+    missing.sort_by_key(|n| {
+        roster
+            .replacements
+            .iter()
+            .position(|r| r.new == n.name)
+            .map_or(0, |i| i + 1)
+    });
     let running = !observed.servers.is_empty();
+    let mut deleted: BTreeMap<&str, StepId> = BTreeMap::new();
     if !missing.is_empty() {
         let image_id = facts.image_id.clone().unwrap_or_else(|| MISSING.into());
         let mut before = vec![plan.push(
             Action::RenderIgnition {
-                nodes: missing.iter().map(|n| n.name.clone()).collect(),
+                nodes: missing.iter().map(|n| (*n).clone()).collect(),
                 internal: first_port.clone(),
                 public: public.clone(),
             },
@@ -269,6 +286,7 @@ pub fn plan(
         if scope.kubernetes && running {
             before.push(plan.push(Action::RefreshJoinToken, &[]));
         }
+        let mut previous_replaced: Option<StepId> = None;
         for node in missing {
             let (flavor_name, boot_volume_gb, role) =
                 match node.pool.and_then(|i| spec.worker_pools.get(i)) {
@@ -304,15 +322,50 @@ pub fn plan(
                     server_group: (node.role == Role::ControlPlane).then(|| server_group.clone()),
                     boot_volume_gb,
                 }),
-                &before,
+                &before
+                    .iter()
+                    .copied()
+                    .chain(previous_replaced)
+                    .collect::<Vec<_>>(),
             );
-            plan.push(
+            let active = plan.push(
                 Action::WaitActive {
                     server: Ref::After(create),
                     name: node.name.clone(),
                 },
                 &[],
             );
+            let Some(replacement) = replacing.get(node.name.as_str()) else {
+                continue;
+            };
+            let Some(old) = observed.servers.iter().find(|s| s.name == replacement.old) else {
+                continue;
+            };
+            // New node first: Ready in the cluster, then the old one drained and deleted.
+            let mut ready = vec![active];
+            if scope.kubernetes {
+                let joined = plan.push(
+                    Action::WaitReady {
+                        node: node.name.clone(),
+                    },
+                    &ready,
+                );
+                ready = vec![plan.push(
+                    Action::Drain {
+                        node: old.name.clone(),
+                    },
+                    &[joined],
+                )];
+            }
+            let gone = plan.push(
+                Action::DeleteServer {
+                    id: old.id.clone(),
+                    name: old.name.clone(),
+                },
+                &ready,
+            );
+            deleted.insert(old.name.as_str(), gone);
+            previous_replaced = Some(gone);
         }
     }
     // Running servers whose port was deleted: the new port is attached.
@@ -345,11 +398,11 @@ pub fn plan(
     }
 
     // Scaled down: servers the file no longer names are drained, then deleted with their ports.
-    let mut deleted: BTreeMap<&str, StepId> = BTreeMap::new();
+    let replaced: BTreeSet<&str> = deleted.keys().copied().collect();
     for server in observed
         .servers
         .iter()
-        .filter(|s| !wanted.contains(s.name.as_str()))
+        .filter(|s| !wanted.contains(s.name.as_str()) && !replaced.contains(s.name.as_str()))
     {
         let drained: Vec<StepId> = if scope.kubernetes {
             vec![plan.push(
@@ -389,6 +442,7 @@ pub fn plan(
         );
     }
     remove_extras(&mut plan, &extras, observed);
+    plan.nodes = roster.nodes;
     Ok(plan)
 }
 
@@ -784,7 +838,8 @@ mod tests {
                     metadata: BTreeMap::new(),
                     fault: None,
                     addresses: BTreeMap::new(),
-                    flavor: serde_json::Value::Null,
+                    flavor: serde_json::json!({ "original_name": "m3.small" }),
+                    image: serde_json::json!({ "id": "flatcar" }),
                 })
                 .collect(),
             server_groups: vec![crate::cloud::compute::ServerGroup {
@@ -897,6 +952,76 @@ mod tests {
             .find(|s| matches!(s.action, Action::CreatePort(_)))
             .expect("port step");
         assert!(port.needs.contains(&pool.id), "{:?}", port.needs);
+    }
+
+    #[test]
+    fn a_pool_with_a_new_flavor_is_replaced_one_node_at_a_time_new_node_first() {
+        let spec =
+            test_spec("[[worker_pools]]\nname = \"default\"\ncount = 2\nflavor = \"m3.medium\"\n");
+        let observed = converged(&with_workers(2));
+        let plan = plan(&spec, &observed, &facts(), K8S).expect("plan");
+        let step = |kind: &str, name: &str| {
+            plan.steps
+                .iter()
+                .find(|s| {
+                    let shown = s.shown();
+                    shown.kind == kind && shown.name == name
+                })
+                .unwrap_or_else(|| panic!("{kind} {name} in {:#?}", plan.shown()))
+        };
+        let needs = |kind: &str, name: &str, other: (&str, &str)| {
+            step(kind, name).needs.contains(&step(other.0, other.1).id)
+        };
+        // demo-default-3 replaces demo-default-1: ACTIVE, Ready, then the old one drained,
+        // deleted, its port after it; only then demo-default-4 is made, for demo-default-2.
+        let ready = plan
+            .steps
+            .iter()
+            .find(|s| matches!(&s.action, Action::WaitReady { node } if node == "demo-default-3"))
+            .expect("Ready wait");
+        let drain = plan
+            .steps
+            .iter()
+            .find(|s| matches!(&s.action, Action::Drain { node } if node == "demo-default-1"))
+            .expect("drain");
+        assert!(drain.needs.contains(&ready.id));
+        assert!(needs(
+            "server",
+            "demo-default-1",
+            ("drain", "demo-default-1")
+        ));
+        assert!(needs(
+            "port",
+            "demo-default-1",
+            ("server", "demo-default-1")
+        ));
+        let second = plan
+            .steps
+            .iter()
+            .find(|s| matches!(&s.action, Action::CreateServer(p) if p.name == "demo-default-4"))
+            .expect("second new server");
+        let first_gone = plan
+            .steps
+            .iter()
+            .find(|s| {
+                matches!(&s.action, Action::DeleteServer { name, .. } if name == "demo-default-1")
+            })
+            .expect("first deletion");
+        assert!(second.needs.contains(&first_gone.id), "{:?}", second.needs);
+        let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["demo-control-plane-1", "demo-default-3", "demo-default-4"]
+        );
+        // Without the cluster's API (`--provision-only`): ACTIVE is all that is waited for.
+        let provision_only =
+            super::plan(&spec, &observed, &facts(), Scope { kubernetes: false }).expect("plan");
+        assert!(
+            !provision_only
+                .steps
+                .iter()
+                .any(|s| matches!(s.action, Action::WaitReady { .. } | Action::Drain { .. }))
+        );
     }
 
     #[test]
@@ -1028,30 +1153,34 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_whose_servers_run_another_flavor_is_a_change_that_cannot_be_made_in_place() {
+    fn only_the_control_planes_flavor_or_boot_disk_is_a_change_that_cannot_be_made_in_place() {
         let spec = with_workers(1);
         let mut observed = converged(&spec);
-        for server in &mut observed.servers {
-            server.flavor = serde_json::json!({ "original_name": "m3.small" });
-        }
-        let changes = crate::plan::resources::immutable_changes(
-            &spec,
-            &observed,
-            Some("ext"),
-            &facts().flavors,
-        );
-        assert!(changes.is_empty(), "{changes:?}");
+        let changes = |observed: &Observed| {
+            crate::plan::resources::immutable_changes(
+                &spec,
+                observed,
+                Some("ext"),
+                &facts().flavors,
+            )
+        };
+        assert!(changes(&observed).is_empty());
+        // A worker on another flavor is replaced (see the roster), not refused.
         observed.servers[1].flavor = serde_json::json!({ "original_name": "m3.tiny" });
-        let changes = crate::plan::resources::immutable_changes(
-            &spec,
-            &observed,
-            Some("ext"),
-            &facts().flavors,
-        );
-        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(changes(&observed).is_empty());
+        observed.servers[0].flavor = serde_json::json!({ "original_name": "m3.tiny" });
+        let refused = changes(&observed);
+        assert_eq!(refused.len(), 1, "{refused:?}");
         assert!(
-            changes[0].starts_with("worker_pools `default` asks for flavor `m3.small`, but demo-default-1 runs `m3.tiny`"),
-            "{changes:?}"
+            refused[0].starts_with("demo-control-plane-1 runs flavor m3.tiny, the file asks for m3.small; the only control plane holds the cluster's etcd"),
+            "{refused:?}"
+        );
+        observed.servers[0].flavor = serde_json::json!({ "original_name": "m3.small" });
+        observed.servers[0].image = serde_json::json!("");
+        let refused = changes(&observed);
+        assert!(
+            refused[0].contains("boots from a volume, the file asks for the flavor's disk"),
+            "{refused:?}"
         );
     }
 

@@ -2,11 +2,14 @@
 //! holds of them ([`Observed`], filled by the engine), and the changes that cannot be made in
 //! place.
 
+use std::collections::BTreeMap;
+
+use super::roster::{ServerFacts, outdated_because};
 use crate::cloud::compute::{Flavor, Server};
 use crate::cloud::load_balancer::LoadBalancer;
 use crate::cloud::network::Kind;
 use crate::cloud::network::{FloatingIp, Network, Port, Router, SecurityGroup, Subnet};
-use crate::spec::{ClusterSpec, NetworkMode};
+use crate::spec::{ClusterSpec, NetworkMode, Role};
 
 /// The tag every resource of cluster `name` carries.
 pub fn cluster_tag(name: &str) -> String {
@@ -60,6 +63,8 @@ pub struct Observed {
     pub service_floating_ips: Vec<FloatingIp>,
     /// Router interface ports of the project: how the router's interface is checked.
     pub router_interfaces: Vec<Port>,
+    /// The size in GB of each volume-booted server's boot volume, by server ID.
+    pub boot_volumes: BTreeMap<String, u64>,
     /// Resources with the cluster's exact names but no flatstack tag (also in the lists
     /// above): a run stopped between a create and its tag on a cloud that cannot tag in the
     /// create. `up` tags them.
@@ -145,24 +150,17 @@ pub fn immutable_changes(
 ) -> Vec<String> {
     let names = Names::of(&spec.name);
     let mut changes = Vec::new();
-    // A server's flavor cannot change in place: it would be a new server.
-    for node in spec.nodes() {
-        let (wanted, pool) = match node.pool.and_then(|i| spec.worker_pools.get(i)) {
-            Some(pool) => (&pool.flavor, format!("worker_pools `{}`", pool.name)),
-            None => (&spec.control_plane.flavor, "control_plane".to_string()),
-        };
-        let wanted_name = flavors
-            .iter()
-            .find(|f| &f.id == wanted || &f.name == wanted)
-            .map_or(wanted.as_str(), |f| f.name.as_str());
+    // Worker pools are replaced node by node (see `roster`); the only control plane holds
+    // etcd, so it cannot be until control planes can be highly available.
+    let facts = ServerFacts::of(observed, flavors);
+    for node in spec.nodes().iter().filter(|n| n.role == Role::ControlPlane) {
         let Some(server) = observed.servers.iter().find(|s| s.name == node.name) else {
             continue;
         };
-        if let Some(running) = server.flavor.get("original_name").and_then(|n| n.as_str())
-            && running != wanted_name
-        {
+        let plane = &spec.control_plane;
+        if let Some(why) = outdated_because(&plane.flavor, plane.boot_volume_gb, server, facts) {
             changes.push(format!(
-                "{pool} asks for flavor `{wanted_name}`, but {} runs `{running}`; servers cannot change flavor in place (to move a pool, add one with the new flavor, then set the old one's count to 0)",
+                "{} {why}; the only control plane holds the cluster's etcd and cannot be replaced (set `control_plane.flavor` and `boot_volume_gb` back to what it runs)",
                 node.name
             ));
         }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::rules;
 use crate::cloud::network::{Kind, SecurityGroupRule};
+use crate::spec::NodeName;
 
 /// A step's index in its [`Plan`].
 pub type StepId = usize;
@@ -172,7 +173,7 @@ pub enum Action {
     RefreshJoinToken,
     /// The Ignition configs of the servers to create, with the API's addresses.
     RenderIgnition {
-        nodes: Vec<String>,
+        nodes: Vec<NodeName>,
         internal: Ref,
         public: Ref,
     },
@@ -186,6 +187,11 @@ pub enum Action {
     WaitActive {
         server: Ref,
         name: String,
+    },
+    /// Wait until the node is `Ready` in the cluster: a replacement has joined before the
+    /// node it replaces is drained.
+    WaitReady {
+        node: String,
     },
     Drain {
         node: String,
@@ -413,6 +419,7 @@ impl Action {
                 "attach its port again".into(),
             ),
             WaitActive { name, .. } => (Verb::Run, "wait", name.clone(), "until ACTIVE".into()),
+            WaitReady { node } => (Verb::Run, "wait", node.clone(), "until Ready".into()),
             Drain { node } => (Verb::Run, "drain", node.clone(), "evict its pods".into()),
             DeleteServer { name, .. } => (Verb::Delete, "server", name.clone(), String::new()),
             DeletePort { name, .. } => (Verb::Delete, "port", name.clone(), String::new()),
@@ -477,6 +484,7 @@ impl Action {
                 format!("attaching server {server_name} to its new port")
             }
             WaitActive { name, .. } => format!("waiting for server {name} to be ACTIVE"),
+            WaitReady { node } => format!("waiting for node {node} to be Ready"),
             Drain { node } => format!("draining {node}"),
             DeleteServer { name, .. } => format!("deleting server {name}"),
             DeletePort { name, .. } => format!("deleting port {name}"),
@@ -498,7 +506,7 @@ impl Action {
             CreatePort(_) => "ports",
             CreateFloatingIp { .. } | AttachFloatingIp { .. } => "floating IP",
             Adopt { .. } => "adopt untagged",
-            RefreshJoinToken | Drain { .. } => "kubernetes",
+            RefreshJoinToken | WaitReady { .. } | Drain { .. } => "kubernetes",
             RenderIgnition { .. } => "render Ignition",
             CreateServer(_) | AttachPort { .. } => "create servers",
             WaitActive { .. } => "servers ACTIVE",
@@ -516,7 +524,7 @@ impl Action {
             | DeleteServer { .. }
             | DeleteDuplicate(Duplicate::ServerGroup { .. }) => Service::Compute,
             WaitActive { .. } | RenderIgnition { .. } => Service::Unbounded,
-            RefreshJoinToken | Drain { .. } => Service::Kubernetes,
+            RefreshJoinToken | WaitReady { .. } | Drain { .. } => Service::Kubernetes,
             _ => Service::Network,
         }
     }
@@ -575,6 +583,8 @@ pub struct Step {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub steps: Vec<Step>,
+    /// The cluster's nodes once the steps ran (see `roster`).
+    pub nodes: Vec<NodeName>,
 }
 
 /// One step as `plan --output json` and `up --output json` show it.

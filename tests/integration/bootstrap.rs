@@ -39,7 +39,7 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
     let booted = runtime()
         .block_on(bootstrap(
             &client,
-            &spec,
+            &spec.nodes(),
             &set,
             Duration::from_secs(120),
             &quiet,
@@ -184,7 +184,7 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
     let again = runtime()
         .block_on(bootstrap(
             &client,
-            &spec,
+            &spec.nodes(),
             &set,
             Duration::from_secs(60),
             &quiet,
@@ -198,7 +198,7 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
     let third = runtime()
         .block_on(bootstrap(
             &client,
-            &spec,
+            &spec.nodes(),
             &changed,
             Duration::from_secs(60),
             &quiet,
@@ -270,7 +270,7 @@ fn a_failed_chart_is_reported_with_its_reason() {
     let error = runtime()
         .block_on(bootstrap(
             &client,
-            &spec,
+            &spec.nodes(),
             &set,
             Duration::from_secs(60),
             &quiet,
@@ -302,7 +302,7 @@ fn a_cluster_that_never_gets_ready_times_out_saying_what_it_waits_for() {
     let error = runtime()
         .block_on(bootstrap(
             &client,
-            &spec,
+            &spec.nodes(),
             &set,
             Duration::from_secs(8),
             &quiet,
@@ -442,7 +442,7 @@ fn boot(spec: &ClusterSpec, world: World) -> (StandIn, Result<Bootstrapped, Stri
     let booted = runtime()
         .block_on(bootstrap(
             &client,
-            spec,
+            &spec.nodes(),
             &set,
             Duration::from_secs(20),
             &quiet,

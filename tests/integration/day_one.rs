@@ -48,7 +48,7 @@ fn booted(pki: &ClusterPki, spec: &ClusterSpec, world: World) -> StandIn {
     runtime()
         .block_on(bootstrap(
             &client,
-            spec,
+            &spec.nodes(),
             &set,
             Duration::from_secs(120),
             &quiet,
@@ -203,7 +203,7 @@ fn a_changed_chart_is_waited_for_until_its_new_job_succeeds() {
     runtime()
         .block_on(bootstrap(
             &client,
-            &changed,
+            &changed.nodes(),
             &set,
             Duration::from_secs(120),
             &say,
@@ -265,7 +265,7 @@ fn a_failing_chart_reports_helms_own_output() {
     let error = runtime()
         .block_on(bootstrap(
             &client,
-            &spec,
+            &spec.nodes(),
             &set,
             Duration::from_secs(60),
             &quiet,

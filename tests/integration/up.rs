@@ -846,6 +846,178 @@ fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
     );
 }
 
+/// A pool whose flavor changed is replaced node by node on the local OpenStack, each new node
+/// `Ready` in the cluster before the node it replaces is drained and deleted. Nodes register
+/// with the Kubernetes API stand-in as a kubelet would: once their server is ACTIVE (a
+/// background watcher lists the cluster's servers with the openstack CLI). A replacement that
+/// never joins leaves the node it replaces in place.
+#[test]
+fn a_pool_with_a_new_flavor_is_replaced_node_by_node_new_node_ready_first() {
+    use crate::kube_standin::{StandIn, World};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let name = unique("roll");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 2, ""));
+    let _teardown = Teardown(&workspace);
+    let pki = crate::kube_standin::pki(&workspace);
+    let node = |n: &str| format!("{name}-{n}");
+    let mut world = World::default();
+    world.register(&node("control-plane-1"), true);
+    world.register(&node("default-1"), false);
+    world.register(&node("default-2"), false);
+    let server = StandIn::start(
+        &pki.ca.cert_pem,
+        pki.ca.key_pem.expose(),
+        &pki.ca.cert_pem,
+        world,
+    );
+    // The kubelets: a server's node registers once the server is ACTIVE, unless kept out.
+    let never: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let joiner = {
+        let (world, never, stop, name) = (
+            server.world.clone(),
+            never.clone(),
+            stop.clone(),
+            name.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut joined: Vec<String> = ["control-plane-1", "default-1", "default-2"]
+                .map(|n| format!("{name}-{n}"))
+                .to_vec();
+            while !stop.load(Ordering::Relaxed) {
+                for s in tagged("server", &name) {
+                    let server_name = s["Name"].as_str().unwrap_or_default().to_string();
+                    let kept_out = never.lock().expect("never").contains(&server_name);
+                    if s["Status"] == "ACTIVE" && !kept_out && !joined.contains(&server_name) {
+                        world.lock().expect("world").register(&server_name, false);
+                        eprintln!("kubelet: {server_name} registered");
+                        joined.push(server_name);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        })
+    };
+    let api = server.address.to_string();
+    let up = |timeout: &str| {
+        flatstack(
+            &workspace,
+            &["up", "--api-address", api.as_str(), "--timeout", timeout],
+        )
+    };
+    success(&up("3m"));
+    assert_eq!(
+        servers(&name),
+        [
+            node("control-plane-1"),
+            node("default-1"),
+            node("default-2")
+        ]
+    );
+
+    // The pool's flavor changes: `plan` shows the replacements, `up` makes them.
+    workspace.write_cluster(&cluster(&name, 2, "").replace(
+        "count = 2\nflavor = \"m3.tiny\"",
+        "count = 2\nflavor = \"m3.small\"",
+    ));
+    let plan: Value =
+        serde_json::from_slice(&flatstack(&workspace, &["plan", "--output", "json"]).stdout)
+            .expect("plan json");
+    let steps: Vec<String> = plan["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .map(|s| format!("{} {} {}", s["action"], s["kind"], s["name"]).replace('"', ""))
+        .collect();
+    for step in [
+        format!("create server {}", node("default-3")),
+        format!("run wait {}", node("default-3")),
+        format!("run drain {}", node("default-1")),
+        format!("delete server {}", node("default-1")),
+        format!("create server {}", node("default-4")),
+        format!("run drain {}", node("default-2")),
+        format!("delete server {}", node("default-2")),
+    ] {
+        assert!(steps.contains(&step), "{step} in {steps:#?}");
+    }
+    let output = up("3m");
+    let out = format!("{}{}", success(&output), stderr(&output));
+    let at = |line: &str| {
+        out.find(line)
+            .unwrap_or_else(|| panic!("`{line}` in\n{out}"))
+    };
+    // Each new node Ready before the old one is drained; the next new server only after the
+    // old one is gone (one extra server at a time).
+    assert!(
+        at(&format!("{} is Ready", node("default-3")))
+            < at(&format!("drained {}", node("default-1")))
+    );
+    assert!(
+        at(&format!("drained {}", node("default-1")))
+            < at(&format!("creating server {}", node("default-4")))
+    );
+    assert!(
+        at(&format!("{} is Ready", node("default-4")))
+            < at(&format!("drained {}", node("default-2")))
+    );
+    assert_eq!(
+        servers(&name),
+        [
+            node("control-plane-1"),
+            node("default-3"),
+            node("default-4")
+        ]
+    );
+    for new in ["default-3", "default-4"] {
+        let shown = cli("local-demo", &["server", "show", &node(new), "-f", "json"]);
+        assert_eq!(shown["flavor"]["name"], "m3.small", "{shown}");
+    }
+    {
+        let world = server.world.lock().expect("world");
+        for old in ["default-1", "default-2"] {
+            assert!(
+                !world.nodes.contains_key(&node(old)),
+                "{old} Node object deleted"
+            );
+        }
+    }
+    let again = success(&flatstack(&workspace, &["plan"]));
+    assert!(again.contains("nothing to change"), "{again}");
+
+    // Back to the old flavor, but the first replacement never joins: `up` fails and the node
+    // it was to replace stays, undrained.
+    never.lock().expect("never").push(node("default-1"));
+    workspace.write_cluster(&cluster(&name, 2, ""));
+    let failed = up("20s");
+    assert!(!failed.status.success());
+    let message = stderr(&failed);
+    assert!(
+        message.contains(&format!("node {} Ready did not happen", node("default-1"))),
+        "{message}"
+    );
+    assert_eq!(
+        servers(&name),
+        [
+            node("control-plane-1"),
+            node("default-1"),
+            node("default-3"),
+            node("default-4")
+        ]
+    );
+    {
+        let world = server.world.lock().expect("world");
+        let unschedulable = world.nodes[&node("default-3")]
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable);
+        assert_ne!(unschedulable, Some(true), "default-3 was not cordoned");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = joiner.join();
+}
+
 /// A Nova or Neutron API server of the local cloud running on a port of its own, so this test
 /// can kill it (SIGKILL to its whole process group) and start it again without disturbing the
 /// cloud the other tests use.

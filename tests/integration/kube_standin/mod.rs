@@ -990,6 +990,16 @@ fn route(
                 serde_json::to_value(list).expect("node list"),
             )
         }
+        // A named resource is read at its own path; 404 NotFound when absent (apiserver
+        // `pkg/endpoints/handlers/get.go`).
+        ("GET", ["api", "v1", "nodes", name]) => match world.nodes.get(*name) {
+            Some(node) => answer(StatusCode::OK, serde_json::to_value(node).expect("node")),
+            None => failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("nodes \"{name}\" not found"),
+            ),
+        },
         ("PATCH", ["api", "v1", "nodes", name]) => {
             if content_type != "application/merge-patch+json" {
                 return failure(
