@@ -273,6 +273,37 @@ pub fn plan(
     });
     let running = !observed.servers.is_empty();
     let mut deleted: BTreeMap<&str, StepId> = BTreeMap::new();
+    // A pool's outdated servers are drained only once its up-to-date servers are all Ready
+    // (a run stopped half-way may have left a new one still joining).
+    let mut pool_ready: BTreeMap<usize, Vec<StepId>> = BTreeMap::new();
+    if scope.kubernetes {
+        let pools: BTreeSet<usize> = roster.outdated.values().copied().collect();
+        for node in nodes
+            .iter()
+            .filter(|n| n.pool.is_some_and(|p| pools.contains(&p)))
+        {
+            if observed.servers.iter().any(|s| s.name == node.name) {
+                let ready = plan.push(
+                    Action::WaitReady {
+                        node: node.name.clone(),
+                    },
+                    &[],
+                );
+                pool_ready
+                    .entry(node.pool.unwrap_or_default())
+                    .or_default()
+                    .push(ready);
+            }
+        }
+    }
+    let ready_before_drain = |server: &str| -> Vec<StepId> {
+        roster
+            .outdated
+            .get(server)
+            .and_then(|pool| pool_ready.get(pool))
+            .cloned()
+            .unwrap_or_default()
+    };
     if !missing.is_empty() {
         let image_id = facts.image_id.clone().unwrap_or_else(|| MISSING.into());
         let mut before = vec![plan.push(
@@ -350,11 +381,13 @@ pub fn plan(
                     },
                     &ready,
                 );
+                let mut before_drain = ready_before_drain(&old.name);
+                before_drain.push(joined);
                 ready = vec![plan.push(
                     Action::Drain {
                         node: old.name.clone(),
                     },
-                    &[joined],
+                    &before_drain,
                 )];
             }
             let gone = plan.push(
@@ -409,7 +442,7 @@ pub fn plan(
                 Action::Drain {
                     node: server.name.clone(),
                 },
-                &[],
+                &ready_before_drain(&server.name),
             )]
         } else {
             Vec::new()
@@ -1022,6 +1055,30 @@ mod tests {
                 .iter()
                 .any(|s| matches!(s.action, Action::WaitReady { .. } | Action::Drain { .. }))
         );
+    }
+
+    #[test]
+    fn an_outdated_node_is_drained_only_once_its_pools_up_to_date_nodes_are_ready() {
+        let spec =
+            test_spec("[[worker_pools]]\nname = \"default\"\ncount = 2\nflavor = \"m3.medium\"\n");
+        // Half-way through a replacement: demo-default-1 is new, demo-default-2 is not.
+        let mut observed = converged(&with_workers(2));
+        observed.servers[1].flavor = serde_json::json!({ "original_name": "m3.medium" });
+        let plan = plan(&spec, &observed, &facts(), K8S).expect("plan");
+        let ready = |node: &str| {
+            plan.steps
+                .iter()
+                .find(|s| matches!(&s.action, Action::WaitReady { node: n } if n == node))
+                .map(|s| s.id)
+                .unwrap_or_else(|| panic!("Ready wait of {node}"))
+        };
+        let drain = plan
+            .steps
+            .iter()
+            .find(|s| matches!(&s.action, Action::Drain { node } if node == "demo-default-2"))
+            .expect("drain");
+        assert!(drain.needs.contains(&ready("demo-default-1")));
+        assert!(drain.needs.contains(&ready("demo-default-3")));
     }
 
     #[test]

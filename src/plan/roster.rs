@@ -17,6 +17,8 @@ pub struct Roster {
     pub nodes: Vec<NodeName>,
     /// Outdated servers, each replaced by a new node of its pool, in the order they go.
     pub replacements: Vec<Replacement>,
+    /// Every outdated server (replaced or just removed), with its pool's index.
+    pub outdated: BTreeMap<String, usize>,
 }
 
 /// An outdated server and the new node that takes its place.
@@ -78,6 +80,11 @@ pub fn roster(spec: &ClusterSpec, facts: ServerFacts) -> Roster {
         taken.extend(&added);
         // The first outdated members are replaced one for one by the new nodes; the new
         // nodes beyond them are plain additions, the outdated beyond them plain removals.
+        roster.outdated.extend(
+            outdated
+                .iter()
+                .map(|(n, _)| (format!("{prefix}{n}"), index)),
+        );
         for ((old, why), new) in outdated.into_iter().zip(&added) {
             roster.replacements.push(Replacement {
                 old: format!("{prefix}{old}"),
