@@ -17,6 +17,7 @@ use crate::cloud::network::{FloatingIp, Kind, Network, Port, Router, SecurityGro
 use crate::kube::KubeClient;
 use crate::node::{self, ApiEndpoint};
 use crate::pki::ClusterPki;
+use super::watch::ServerWatch;
 use crate::plan::resources::cluster_tag;
 use crate::plan::steps::{Action, Made, Plan, Ref, Service, StepId};
 use crate::spec::ClusterSpec;
@@ -84,6 +85,13 @@ pub struct StepFailed {
     pub source: Box<ApplyError>,
 }
 
+/// What the steps of one run share: the rendered Ignition configs by node, and the watcher
+/// of the servers being waited for.
+struct Shared {
+    configs: std::sync::Mutex<BTreeMap<String, String>>,
+    servers: ServerWatch,
+}
+
 /// Runs every step of `plan`; `started` is when the run began (the timeline's zero).
 pub async fn execute(
     plan: &Plan,
@@ -108,7 +116,10 @@ pub async fn execute(
         made: vec![None; count],
         runs: Vec::new(),
     };
-    let configs: Arc<std::sync::Mutex<BTreeMap<String, String>>> = Arc::default();
+    let shared = Arc::new(Shared {
+        configs: std::sync::Mutex::default(),
+        servers: ServerWatch::start(context.cloud.clone(), cluster_tag(&context.spec.name)),
+    });
     let waits = plan
         .steps
         .iter()
@@ -125,7 +136,7 @@ pub async fn execute(
                 let action = resolve(&step.action, &executed.made);
                 let limit = limits.get(&step.action.service()).cloned();
                 let context = context.clone();
-                let configs = configs.clone();
+                let shared = shared.clone();
                 let line = step.action.progress_line();
                 events(Event::Started { step: id, line });
                 tasks.spawn(async move {
@@ -134,7 +145,7 @@ pub async fn execute(
                         None => None,
                     };
                     let start = started.elapsed().as_secs_f64();
-                    let result = run(&action, &context, &configs).await;
+                    let result = run(&action, &context, &shared).await;
                     (id, start, started.elapsed().as_secs_f64(), result)
                 });
             }
@@ -226,7 +237,7 @@ fn id_of<T: crate::cloud::network::HasId>(resource: &T) -> Made {
 async fn run(
     action: &Action,
     context: &Context,
-    configs: &std::sync::Mutex<BTreeMap<String, String>>,
+    shared: &Shared,
 ) -> Result<(Made, Option<String>), ApplyError> {
     if let Action::WaitReady { node } = action {
         // Without the API, nobody can tell whether the replacement joined: the node it
@@ -256,7 +267,7 @@ async fn run(
         );
         return Ok((Made::default(), Some(line)));
     }
-    run_on_cloud(action, context, configs)
+    run_on_cloud(action, context, shared)
         .await
         .map(|made| (made, None))
 }
@@ -265,7 +276,7 @@ async fn run(
 async fn run_on_cloud(
     action: &Action,
     context: &Context,
-    configs: &std::sync::Mutex<BTreeMap<String, String>>,
+    shared: &Shared,
 ) -> Result<Made, ApplyError> {
     let cloud = &context.cloud;
     let tags = vec![cluster_tag(&context.spec.name)];
@@ -432,14 +443,16 @@ async fn run_on_cloud(
                 let config = node::render_node(&context.spec, &context.pki, &endpoint, node)?;
                 rendered.insert(node.name.clone(), config.ignition);
             }
-            configs
+            shared
+                .configs
                 .lock()
                 .map_err(|_| ApplyError::Missing("the rendered configs were lost".into()))?
                 .extend(rendered);
             Made::default()
         }
         Action::CreateServer(s) => {
-            let user_data = configs
+            let user_data = shared
+                .configs
                 .lock()
                 .map_err(|_| ApplyError::Missing("the rendered configs were lost".into()))?
                 .get(&s.name)
@@ -469,7 +482,8 @@ async fn run_on_cloud(
         }
         Action::WaitActive { server, .. } => {
             let id = &known(server)?.id;
-            Made::id(&cloud.wait_server_active(id, SERVER_TIMEOUT).await?.id)
+            shared.servers.until_active(id, SERVER_TIMEOUT).await?;
+            Made::id(id)
         }
         // Readiness and drains report what they saw: run above.
         Action::WaitReady { .. } | Action::Drain { .. } => Made::default(),

@@ -15,6 +15,7 @@ pub mod ranges;
 pub mod smoke;
 pub mod timeline;
 pub mod up;
+mod watch;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
