@@ -11,13 +11,13 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::ApplyError;
+use super::watch::ServerWatch;
 use crate::cloud::Cloud;
 use crate::cloud::compute::ServerRequest;
 use crate::cloud::network::{FloatingIp, Kind, Network, Port, Router, SecurityGroup, Subnet};
 use crate::kube::KubeClient;
 use crate::node::{self, ApiEndpoint};
 use crate::pki::ClusterPki;
-use super::watch::ServerWatch;
 use crate::plan::resources::cluster_tag;
 use crate::plan::steps::{Action, Made, Plan, Ref, Service, StepId};
 use crate::spec::ClusterSpec;
