@@ -252,8 +252,8 @@ pub fn plan(
         }
     };
 
-    // Servers: every one missing, once its config is rendered; a replacement only once the
-    // server it replaces before it is gone (one extra server at a time).
+    // Servers: every one missing, once its config is rendered; a pool's replacements
+    // `max_surge` at a time: each new server once an earlier replacement's old one is gone.
     let replacing: BTreeMap<&str, &Replacement> = roster
         .replacements
         .iter()
@@ -317,8 +317,16 @@ pub fn plan(
         if scope.kubernetes && running {
             before.push(plan.push(Action::RefreshJoinToken, &[]));
         }
-        let mut previous_replaced: Option<StepId> = None;
+        // Per pool, the deletions of the servers replaced so far, in order.
+        let mut replaced_so_far: BTreeMap<usize, Vec<StepId>> = BTreeMap::new();
         for node in missing {
+            let pool = node.pool.unwrap_or_default();
+            let surge = spec.worker_pools.get(pool).map_or(1, |p| p.max_surge) as usize;
+            let earlier = replaced_so_far.get(&pool).map_or(&[][..], Vec::as_slice);
+            let slot_free = match replacing.contains_key(node.name.as_str()) {
+                true => earlier.len().checked_sub(surge).map(|k| earlier[k]),
+                false => None,
+            };
             let (flavor_name, boot_volume_gb, role) =
                 match node.pool.and_then(|i| spec.worker_pools.get(i)) {
                     Some(pool) => (&pool.flavor, pool.boot_volume_gb, "worker"),
@@ -353,11 +361,7 @@ pub fn plan(
                     server_group: (node.role == Role::ControlPlane).then(|| server_group.clone()),
                     boot_volume_gb,
                 }),
-                &before
-                    .iter()
-                    .copied()
-                    .chain(previous_replaced)
-                    .collect::<Vec<_>>(),
+                &before.iter().copied().chain(slot_free).collect::<Vec<_>>(),
             );
             let active = plan.push(
                 Action::WaitActive {
@@ -398,7 +402,7 @@ pub fn plan(
                 &ready,
             );
             deleted.insert(old.name.as_str(), gone);
-            previous_replaced = Some(gone);
+            replaced_so_far.entry(pool).or_default().push(gone);
         }
     }
     // Running servers whose port was deleted: the new port is attached.
@@ -1055,6 +1059,42 @@ mod tests {
                 .iter()
                 .any(|s| matches!(s.action, Action::WaitReady { .. } | Action::Drain { .. }))
         );
+    }
+
+    #[test]
+    fn max_surge_replaces_that_many_nodes_at_once() {
+        let spec = test_spec(
+            "[[worker_pools]]\nname = \"default\"\ncount = 4\nflavor = \"m3.medium\"\nmax_surge = 2\n",
+        );
+        let plan = plan(&spec, &converged(&with_workers(4)), &facts(), K8S).expect("plan");
+        let id = |wanted: &dyn Fn(&Action) -> bool| {
+            plan.steps
+                .iter()
+                .find(|s| wanted(&s.action))
+                .map(|s| (s.id, s.needs.clone()))
+                .expect("step")
+        };
+        let create = |name: &str| {
+            let name = name.to_string();
+            id(&move |a| matches!(a, Action::CreateServer(p) if p.name == name))
+        };
+        let delete = |name: &str| {
+            let name = name.to_string();
+            id(&move |a| matches!(a, Action::DeleteServer { name: n, .. } if *n == name)).0
+        };
+        let deletions = [1, 2, 3, 4].map(|n| delete(&format!("demo-default-{n}")));
+        // The first two new servers start at once; the third waits for the first old one to
+        // be gone, the fourth for the second.
+        for (new, waits_for) in [(5, None), (6, None), (7, Some(0)), (8, Some(1))] {
+            let (_, needs) = create(&format!("demo-default-{new}"));
+            for (i, deletion) in deletions.iter().enumerate() {
+                assert_eq!(
+                    needs.contains(deletion),
+                    waits_for == Some(i),
+                    "demo-default-{new} needs {needs:?}"
+                );
+            }
+        }
     }
 
     #[test]

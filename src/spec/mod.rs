@@ -105,6 +105,8 @@ pub struct WorkerPool {
     pub count: u32,
     pub flavor: String,
     pub boot_volume_gb: Option<u32>,
+    /// How many nodes a rolling replacement makes before the nodes they replace are gone.
+    pub max_surge: u32,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
 }

@@ -110,6 +110,7 @@ name = "default"
 count = 2
 flavor = "{worker_flavor}"
 # boot_volume_gb = 60
+# max_surge = 1                 # new nodes at a time when a changed flavor replaces the pool
 # labels = {{ "example.org/role" = "general" }}
 # taints = ["example.org/dedicated=gpu:NoSchedule"]
 

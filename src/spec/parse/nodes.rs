@@ -84,6 +84,18 @@ pub(super) fn read_worker_pool(mut t: Table<'_, '_>, p: &mut Problems) -> Option
     let boot_volume_gb = read_boot_volume(&mut t, p);
     let labels = t.string_map("labels", p).unwrap_or_default();
     let taints = t.strings("taints", p).unwrap_or_default();
+    let max_surge = match t.integer("max_surge", p) {
+        None => Some(1),
+        Some(s) if (1..=MAX_POOL_COUNT).contains(s.get_ref()) => u32::try_from(*s.get_ref()).ok(),
+        Some(s) => {
+            p.error(
+                s.span(),
+                format!("`{}` is {}", t.key_path("max_surge"), s.get_ref()),
+                format!("a replacement makes 1 to {MAX_POOL_COUNT} new nodes at a time"),
+            );
+            None
+        }
+    };
     let label_path = t.key_path("labels");
     let taint_path = t.key_path("taints");
     match &name {
@@ -122,6 +134,7 @@ pub(super) fn read_worker_pool(mut t: Table<'_, '_>, p: &mut Problems) -> Option
         count: count?,
         flavor: flavor?,
         boot_volume_gb: boot_volume_gb?,
+        max_surge: max_surge?,
         labels: label_map,
         taints,
     })
@@ -259,5 +272,15 @@ mod tests {
             "[[worker_pools]]\nname = \"w\"\ncount = 1\nflavor = \"f\"\nlabels = { \"-bad\" = \"x\" }\n",
         );
         assert!(label[0].contains("is not a valid label key"), "{label:?}");
+    }
+
+    #[test]
+    fn max_surge_is_one_unless_given_and_at_least_one() {
+        let pool = "[[worker_pools]]\nname = \"w\"\ncount = 3\nflavor = \"f\"\n";
+        assert_eq!(with(pool).expect("valid").worker_pools[0].max_surge, 1);
+        let three = with(&format!("{pool}max_surge = 3\n")).expect("valid");
+        assert_eq!(three.worker_pools[0].max_surge, 3);
+        let zero = problems(&format!("{pool}max_surge = 0\n"));
+        assert!(zero[0].contains("max_surge` is 0"), "{zero:?}");
     }
 }
