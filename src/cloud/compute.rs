@@ -57,12 +57,22 @@ pub struct Server {
     /// The image it booted from, or `""` when it boots from a volume.
     #[serde(default)]
     pub image: Value,
+    /// When its guest first started (Nova's `OS-SRV-USG:launched_at`); `None` while it builds
+    /// and for a build that failed before the guest ever ran.
+    #[serde(default, rename = "OS-SRV-USG:launched_at")]
+    pub launched_at: Option<String>,
 }
 
 impl Server {
     /// The name of the flavor it runs (microversion 2.47 and later embed the flavor).
     pub fn flavor_name(&self) -> Option<&str> {
         self.flavor.get("original_name").and_then(Value::as_str)
+    }
+
+    /// Whether its build failed before the guest ever ran: in ERROR without a launch time. Such
+    /// a server holds nothing (no disk written, no node joined), so it can be rebuilt.
+    pub fn failed_build(&self) -> bool {
+        self.status == "ERROR" && self.launched_at.is_none()
     }
 
     /// Whether it boots from a volume: Nova shows such a server's image as `""`.
@@ -347,6 +357,11 @@ impl Cloud {
                 "ERROR" => {
                     return Err(CloudError::Failed {
                         what: format!("server {} ({id})", server.name),
+                        next: server.failed_build().then_some(
+                            "its guest never started, so the next `up` deletes it and builds it \
+                             again; if the fault is one you can fix (quota, flavor, image, \
+                             volume), fix it first",
+                        ),
                         fault: server
                             .fault
                             .map(|f| f.message)

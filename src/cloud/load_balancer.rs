@@ -87,6 +87,7 @@ impl Cloud {
                 return Err(CloudError::Failed {
                     what: format!("load balancer {id}"),
                     fault: "Octavia set it to ERROR while deleting it".into(),
+                    next: None,
                 });
             }
             if started.elapsed() >= timeout {

@@ -156,8 +156,13 @@ pub enum CloudError {
         state: String,
         waited: Duration,
     },
-    #[error("{what} went to ERROR: {fault}")]
-    Failed { what: String, fault: String },
+    #[error("{what} went to ERROR: {fault}{}", next.map(|n| format!("\n  hint: {n}")).unwrap_or_default())]
+    Failed {
+        what: String,
+        fault: String,
+        /// What happens to it next, when flatstack knows.
+        next: Option<&'static str>,
+    },
 }
 
 impl CloudError {

@@ -92,6 +92,7 @@ impl Cloud {
                 return Err(CloudError::Failed {
                     what: format!("volume {id}"),
                     fault: "Cinder set it to error; see the volume service's log".into(),
+                    next: None,
                 });
             }
             if started.elapsed() >= timeout {

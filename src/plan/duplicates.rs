@@ -109,10 +109,16 @@ pub fn split(spec: &ClusterSpec, observed: &Observed) -> (Observed, Observed) {
             .iter()
             .filter(|s| s.name == server.name)
             .collect();
-        let chosen = same
-            .iter()
-            .find(|s| on_kept_port(s))
-            .or_else(|| same.iter().find(|s| !on_extra_port(s)))
+        // A failed build only if nothing better has the name: it is rebuilt anyway.
+        let chosen = [true, false]
+            .into_iter()
+            .find_map(|healthy_only| {
+                let healthy = |s: &&&Server| !healthy_only || !s.failed_build();
+                same.iter()
+                    .filter(healthy)
+                    .find(|s| on_kept_port(s))
+                    .or_else(|| same.iter().filter(healthy).find(|s| !on_extra_port(s)))
+            })
             .map(|s| s.id.clone());
         for candidate in same {
             match Some(&candidate.id) == chosen.as_ref() {
@@ -203,4 +209,46 @@ fn retain_one<T: Clone>(
     let (stay, go): (Vec<T>, Vec<T>) = kept.drain(..).partition(|r| !named(r) || chosen(r));
     *kept = stay;
     extras.extend(go);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::test_spec;
+
+    fn server(id: &str, status: &str, launched: bool) -> Server {
+        serde_json::from_value(serde_json::json!({
+            "id": id,
+            "name": "demo-control-plane-1",
+            "status": status,
+            "OS-SRV-USG:launched_at": launched.then_some("2026-12-03T06:00:00.000000"),
+        }))
+        .expect("server")
+    }
+
+    #[test]
+    fn of_two_servers_of_one_name_a_failed_build_is_the_one_that_goes() {
+        let spec = test_spec("");
+        for (first, second) in [
+            (server("a", "ERROR", false), server("b", "ACTIVE", true)),
+            (server("b", "ACTIVE", true), server("a", "ERROR", false)),
+        ] {
+            let observed = Observed {
+                servers: vec![first, second],
+                ..Observed::default()
+            };
+            let (kept, extras) = split(&spec, &observed);
+            let ids = |o: &Observed| o.servers.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+            assert_eq!(
+                (ids(&kept), ids(&extras)),
+                (vec!["b".into()], vec!["a".into()])
+            );
+        }
+        // A server that ran and then broke is not a failed build: the first is kept.
+        let observed = Observed {
+            servers: vec![server("a", "ERROR", true), server("b", "ACTIVE", true)],
+            ..Observed::default()
+        };
+        assert_eq!(split(&spec, &observed).0.servers[0].id, "a");
+    }
 }

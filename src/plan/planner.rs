@@ -57,6 +57,20 @@ impl PlanError {
     }
 }
 
+/// The first sentence of Nova's fault message, cut at a word past 160 characters, for one
+/// line of a plan (`status` shows the whole message).
+fn first_sentence(message: &str) -> String {
+    let line = message.lines().next().unwrap_or_default();
+    let sentence = &line[..line.find(". ").map_or(line.len(), |i| i + 1)];
+    match sentence.char_indices().nth(160) {
+        None => sentence.to_string(),
+        Some((cut, _)) => {
+            let head = &sentence[..cut];
+            format!("{}…", &head[..head.rfind(' ').unwrap_or(cut)])
+        }
+    }
+}
+
 /// The steps from `observed` to what `spec` asks for.
 pub fn plan(
     spec: &ClusterSpec,
@@ -259,9 +273,37 @@ pub fn plan(
         .iter()
         .map(|r| (r.new.as_str(), r))
         .collect();
+    // A server whose build failed before its guest ran holds nothing (no disk written, no
+    // node joined): it is deleted and built again in its place, with its port.
+    let mut rebuilt: BTreeMap<&str, StepId> = BTreeMap::new();
+    for server in observed
+        .servers
+        .iter()
+        .filter(|s| s.failed_build() && nodes.iter().any(|n| n.name == s.name))
+    {
+        let fault = server
+            .fault
+            .as_ref()
+            .map_or("no fault given", |f| f.message.as_str());
+        let gone = plan.push(
+            Action::DeleteServer {
+                id: server.id.clone(),
+                name: server.name.clone(),
+                because: Some(format!(
+                    "its build failed ({}): built again",
+                    first_sentence(fault)
+                )),
+            },
+            &[],
+        );
+        rebuilt.insert(server.name.as_str(), gone);
+    }
     let mut missing: Vec<_> = nodes
         .iter()
-        .filter(|n| !observed.servers.iter().any(|s| s.name == n.name))
+        .filter(|n| {
+            rebuilt.contains_key(n.name.as_str())
+                || !observed.servers.iter().any(|s| s.name == n.name)
+        })
         .collect();
     // Additions first, then the replacements in their order.
     missing.sort_by_key(|n| {
@@ -271,7 +313,7 @@ pub fn plan(
             .position(|r| r.new == n.name)
             .map_or(0, |i| i + 1)
     });
-    let running = !observed.servers.is_empty();
+    let running = observed.servers.iter().any(|s| !s.failed_build());
     let mut deleted: BTreeMap<&str, StepId> = BTreeMap::new();
     // A pool's outdated servers are drained only once its up-to-date servers are all Ready
     // (a run stopped half-way may have left a new one still joining).
@@ -361,7 +403,12 @@ pub fn plan(
                     server_group: (node.role == Role::ControlPlane).then(|| server_group.clone()),
                     boot_volume_gb,
                 }),
-                &before.iter().copied().chain(slot_free).collect::<Vec<_>>(),
+                &before
+                    .iter()
+                    .copied()
+                    .chain(slot_free)
+                    .chain(rebuilt.get(node.name.as_str()).copied())
+                    .collect::<Vec<_>>(),
             );
             let active = plan.push(
                 Action::WaitActive {
@@ -398,6 +445,7 @@ pub fn plan(
                 Action::DeleteServer {
                     id: old.id.clone(),
                     name: old.name.clone(),
+                    because: None,
                 },
                 &ready,
             );
@@ -406,7 +454,7 @@ pub fn plan(
         }
     }
     // Running servers whose port was deleted: the new port is attached.
-    for server in &observed.servers {
+    for server in observed.servers.iter().filter(|s| !s.failed_build()) {
         if let Some(port @ Ref::After(_)) = ports.get(server.name.as_str()) {
             plan.push(
                 Action::AttachPort {
@@ -423,7 +471,7 @@ pub fn plan(
     for server in observed
         .servers
         .iter()
-        .filter(|s| wanted.contains(s.name.as_str()) && s.status != "ACTIVE")
+        .filter(|s| wanted.contains(s.name.as_str()) && s.status != "ACTIVE" && !s.failed_build())
     {
         plan.push(
             Action::WaitActive {
@@ -441,7 +489,7 @@ pub fn plan(
         .iter()
         .filter(|s| !wanted.contains(s.name.as_str()) && !replaced.contains(s.name.as_str()))
     {
-        let drained: Vec<StepId> = if scope.kubernetes {
+        let drained: Vec<StepId> = if scope.kubernetes && !server.failed_build() {
             vec![plan.push(
                 Action::Drain {
                     node: server.name.clone(),
@@ -455,6 +503,7 @@ pub fn plan(
             Action::DeleteServer {
                 id: server.id.clone(),
                 name: server.name.clone(),
+                because: None,
             },
             &drained,
         );
@@ -493,6 +542,7 @@ fn remove_extras(plan: &mut Plan, extras: &Observed, observed: &Observed) {
                 Action::DeleteServer {
                     id: s.id.clone(),
                     name: s.name.clone(),
+                    because: Some("a duplicate".into()),
                 },
                 &[],
             )
@@ -877,6 +927,7 @@ mod tests {
                     addresses: BTreeMap::new(),
                     flavor: serde_json::json!({ "original_name": "m3.small" }),
                     image: serde_json::json!({ "id": "flatcar" }),
+                    launched_at: Some("2026-12-03T00:00:00.000000".into()),
                 })
                 .collect(),
             server_groups: vec![crate::cloud::compute::ServerGroup {
@@ -1164,6 +1215,66 @@ mod tests {
             shown(&provision_only),
             ["- server demo-default-2", "- port demo-default-2"]
         );
+    }
+
+    #[test]
+    fn a_server_whose_build_failed_is_deleted_and_built_again_on_its_port() {
+        let spec = with_workers(2);
+        let mut observed = converged(&spec);
+        let broken = observed
+            .servers
+            .iter_mut()
+            .find(|s| s.name == "demo-default-2")
+            .expect("worker");
+        broken.status = "ERROR".into();
+        broken.launched_at = None;
+        broken.fault = Some(crate::cloud::compute::Fault {
+            message: "Exceeded maximum number of retries. Exhausted all hosts available.".into(),
+            code: Some(500),
+        });
+        let plan = plan(&spec, &observed, &facts(), K8S).expect("plan");
+        assert_eq!(
+            shown(&plan),
+            [
+                "- server demo-default-2",
+                "> ignition 1 config(s)",
+                "> join token bootstrap token",
+                "+ server demo-default-2",
+                "> wait demo-default-2",
+            ],
+            "{:#?}",
+            plan.shown()
+        );
+        assert_eq!(
+            plan.steps[0].shown().detail,
+            "its build failed (Exceeded maximum number of retries.): built again"
+        );
+        let create = plan
+            .steps
+            .iter()
+            .find(|s| matches!(s.action, Action::CreateServer(_)))
+            .expect("create");
+        assert!(create.needs.contains(&0), "after the deletion");
+        let Action::CreateServer(server) = &create.action else {
+            unreachable!()
+        };
+        assert!(
+            matches!(&server.port, Ref::Known(port) if port.id == "p-demo-default-2"),
+            "on the port it had: {:?}",
+            server.port
+        );
+        // Never drained: it never ran. A server in ERROR that did run is not rebuilt.
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s.action, Action::Drain { .. }))
+        );
+        let mut ran = observed.clone();
+        let crashed = ran.servers.iter_mut().find(|s| s.status == "ERROR");
+        crashed.expect("broken").launched_at = Some("2026-12-01T10:00:00.000000".into());
+        let waited = super::plan(&spec, &ran, &facts(), K8S).expect("plan");
+        assert_eq!(shown(&waited), ["> wait demo-default-2"]);
     }
 
     #[test]

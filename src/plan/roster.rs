@@ -68,7 +68,11 @@ pub fn roster(spec: &ClusterSpec, facts: ServerFacts) -> Roster {
         let (current, outdated): (Vec<_>, Vec<_>) = members
             .iter()
             .map(|(n, s)| {
-                let why = outdated_because(&pool.flavor, pool.boot_volume_gb, s, facts);
+                // A failed build is rebuilt as the pool now asks, in its own place.
+                let why = match s.failed_build() {
+                    true => None,
+                    false => outdated_because(&pool.flavor, pool.boot_volume_gb, s, facts),
+                };
                 (*n, why)
             })
             .partition(|(_, why)| why.is_none());

@@ -200,6 +200,8 @@ pub enum Action {
     DeleteServer {
         id: String,
         name: String,
+        /// Why, when the plan does more than remove it (a failed build rebuilt in its place).
+        because: Option<String>,
     },
     DeletePort {
         id: String,
@@ -421,7 +423,12 @@ impl Action {
             WaitActive { name, .. } => (Verb::Run, "wait", name.clone(), "until ACTIVE".into()),
             WaitReady { node } => (Verb::Run, "wait", node.clone(), "until Ready".into()),
             Drain { node } => (Verb::Run, "drain", node.clone(), "evict its pods".into()),
-            DeleteServer { name, .. } => (Verb::Delete, "server", name.clone(), String::new()),
+            DeleteServer { name, because, .. } => (
+                Verb::Delete,
+                "server",
+                name.clone(),
+                because.clone().unwrap_or_default(),
+            ),
             DeletePort { name, .. } => (Verb::Delete, "port", name.clone(), String::new()),
             DeleteDuplicate(d) => {
                 let (kind, name) = d.kind_and_name();
@@ -486,7 +493,10 @@ impl Action {
             WaitActive { name, .. } => format!("waiting for server {name} to be ACTIVE"),
             WaitReady { node } => format!("waiting for node {node} to be Ready"),
             Drain { node } => format!("draining {node}"),
-            DeleteServer { name, .. } => format!("deleting server {name}"),
+            DeleteServer { name, because, .. } => match because {
+                Some(why) => format!("deleting server {name}: {why}"),
+                None => format!("deleting server {name}"),
+            },
             DeletePort { name, .. } => format!("deleting port {name}"),
             DeleteDuplicate(d) => {
                 let (kind, name) = d.kind_and_name();

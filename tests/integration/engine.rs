@@ -381,6 +381,17 @@ fn duplicates_of_two_writers_at_once_are_removed_by_the_next_up() {
         stdout(&two),
         stderr(&two)
     );
+    // Both writers may have given one port to their servers: Nova binds it to one, and the
+    // other's build fails and is retried for a while before it settles in ERROR. Once
+    // settled, such a failed build is rebuilt by the next `up` like any other.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while tagged("server", &name)
+        .iter()
+        .any(|s| s["Status"] == "BUILD")
+    {
+        assert!(std::time::Instant::now() < deadline, "builds never settled");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
     let plan = success(&flatstack(&first, &["plan", "--provision-only"]));
     assert!(plan.contains("duplicate"), "{plan}");
     success(&flatstack(&first, &["up", "--provision-only"]));

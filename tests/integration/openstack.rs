@@ -68,14 +68,25 @@ pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", hex::encode(bytes))
 }
 
-/// A small raw image servers can boot from (the fake driver never reads it).
+/// The name of a small raw image servers can boot from (the fake driver never reads it),
+/// uploaded before the name is first handed out: a test must not depend on another test
+/// having run first.
 pub(crate) fn test_image_name() -> &'static str {
-    "flatstack-test-image"
+    test_image();
+    TEST_IMAGE
 }
 
-/// The ID of [`test_image_name`], uploading it the first time.
+const TEST_IMAGE: &str = "flatstack-test-image";
+
+/// The ID of [`test_image_name`], uploading it the first time (once per test process, so
+/// tests running side by side do not upload two images of one name).
 pub(crate) fn test_image() -> String {
-    const NAME: &str = "flatstack-test-image";
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(find_or_upload_test_image).clone()
+}
+
+fn find_or_upload_test_image() -> String {
+    const NAME: &str = TEST_IMAGE;
     let found = cli(
         "local-demo",
         &["image", "list", "--name", NAME, "-f", "json"],

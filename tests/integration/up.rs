@@ -589,7 +589,8 @@ async fn up_converges_through_faults_and_after_being_killed() {
     assert_nothing_left(&name);
 }
 
-/// A server that fails to build is reported with Nova's fault by `up` and `status`.
+/// A server that fails to build is reported with Nova's fault by `up` and `status`, and
+/// rebuilt by the next `up` (its guest never ran).
 #[test]
 fn a_failed_build_is_reported_by_up_and_status() {
     let name = unique("broken");
@@ -629,6 +630,53 @@ fn a_failed_build_is_reported_by_up_and_status() {
         "{}",
         stderr(&status)
     );
+    assert!(
+        message.contains("the next `up` deletes it and builds it again"),
+        "{message}"
+    );
+    // Its guest never started (Nova gives it no launch time), so the next run rebuilds it on
+    // the same port; the cause is still there, so the new one fails the same way.
+    let server_id = |of: &str| -> Vec<String> {
+        tagged("server", &name)
+            .iter()
+            .map(|s| {
+                s["ID"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{of}: {s}"))
+                    .to_string()
+            })
+            .collect()
+    };
+    let first = server_id("first build");
+    assert_eq!(first.len(), 1);
+    let shown = cli("local-demo", &["server", "show", &first[0], "-f", "json"]);
+    assert!(
+        shown["OS-SRV-USG:launched_at"].is_null(),
+        "Nova's witness: never launched: {shown}"
+    );
+    let plan = success(&flatstack(&workspace, &["plan", "--provision-only"]));
+    assert!(
+        plan.lines().any(|l| l.trim_start().starts_with("- server")
+            && l.contains(&format!("{name}-control-plane-1"))
+            && l.contains("its build failed (Build of instance")),
+        "{plan}"
+    );
+    let again = flatstack(&workspace, &["up", "--provision-only"]);
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("went to ERROR"),
+        "{}",
+        stderr(&again)
+    );
+    let second = server_id("rebuild");
+    assert_eq!(second.len(), 1, "the failed build is gone: {second:?}");
+    assert_ne!(second, first, "a new server was built");
+    let port = format!("{name}-control-plane-1");
+    let ports = cli(
+        "local-demo",
+        &["port", "list", "--name", &port, "-f", "json"],
+    );
+    assert_eq!(ports.as_array().map(Vec::len), Some(1), "one port: {ports}");
     success(&flatstack(&workspace, &["down", "--yes"]));
     assert_nothing_left(&name);
 }
