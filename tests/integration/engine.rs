@@ -401,3 +401,84 @@ fn duplicates_of_two_writers_at_once_are_removed_by_the_next_up() {
     success(&flatstack(&first, &["down", "--yes"]));
     assert_nothing_left(&name);
 }
+
+/// The names and flavors of the cluster's servers, sorted by name.
+fn server_flavors(name: &str) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = tagged("server", name)
+        .iter()
+        .map(|s| {
+            let field = |key: &str| s[key].as_str().unwrap_or_default().to_string();
+            (field("Name"), field("Flavor"))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// A pool's rolling replacement killed the moment a new server, an old server's deletion or
+/// an old port's deletion was answered: the next `up` finishes it, with the pool at its
+/// count, every worker on the new flavor, one port per server, and nothing left to plan.
+#[test]
+fn a_rolling_replacement_killed_at_each_kind_of_step_is_finished_by_the_next_up() {
+    let name = unique("rekill");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 2, ""));
+    let _teardown = Teardown(&workspace);
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+    // Each round changes the pool's flavor back or forth and kills at one kind of step.
+    for (round, call) in [
+        ("POST", "/servers ->"),
+        ("DELETE", "/servers/"),
+        ("DELETE", "/ports/"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let flavor = ["m3.small", "m3.tiny"][round % 2];
+        workspace.write_cluster(&cluster(&name, 2, "").replace(
+            "count = 2\nflavor = \"m3.tiny\"",
+            &format!("count = 2\nflavor = \"{flavor}\""),
+        ));
+        let at = format!(
+            "{} {} (to {flavor})",
+            call.0,
+            call.1.trim_end_matches(" ->")
+        );
+        assert!(
+            kill_when_answered(&workspace, &["up", "--provision-only"], call),
+            "{at} never happened"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        success(&flatstack(&workspace, &["up", "--provision-only"]));
+        let servers = server_flavors(&name);
+        let workers: Vec<&(String, String)> = servers
+            .iter()
+            .filter(|(n, _)| n.starts_with(&format!("{name}-default-")))
+            .collect();
+        assert_eq!(servers.len(), 3, "after a kill at {at}: {servers:?}");
+        assert_eq!(workers.len(), 2, "after a kill at {at}: {servers:?}");
+        assert!(
+            workers.iter().all(|(_, f)| f == flavor),
+            "after a kill at {at}: {servers:?}"
+        );
+        let ports: Vec<String> = tagged("port", &name)
+            .iter()
+            .map(|p| p["Name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        let mut names: Vec<String> = servers.iter().map(|(n, _)| n.clone()).collect();
+        let mut port_names = ports.clone();
+        names.sort();
+        port_names.sort();
+        assert_eq!(
+            port_names, names,
+            "one port per server after a kill at {at}"
+        );
+        let plan = success(&flatstack(&workspace, &["plan", "--provision-only"]));
+        assert!(
+            plan.contains("nothing to change"),
+            "after a kill at {at}:\n{plan}"
+        );
+    }
+    success(&flatstack(&workspace, &["down", "--yes"]));
+    assert_nothing_left(&name);
+}
