@@ -13,6 +13,7 @@ pub mod observe;
 pub mod preflight;
 pub mod ranges;
 pub mod smoke;
+pub mod status;
 pub mod timeline;
 pub mod up;
 mod watch;

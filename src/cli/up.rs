@@ -9,15 +9,14 @@ use serde::Serialize;
 
 use super::cloud::{cloud_config, runtime};
 use super::{InvalidInput, load_spec};
+use crate::apply::charts::ChartState;
 use crate::apply::down::Down;
 use crate::apply::execute::Event;
-use crate::apply::observe::observe;
+use crate::apply::status::{KubernetesStatus, StatusRequest};
 use crate::apply::up::{PlanReport, UpReport, UpRequest};
 use crate::apply::{self, timeline};
-use crate::cloud::Cloud;
-use crate::kube::KubeClient;
-use crate::pki::{ClusterPki, StateDir};
-use crate::plan::planner::{self, Scope};
+use crate::kube::RebootState;
+use crate::pki::StateDir;
 use crate::plan::resources::Observed;
 use crate::plan::steps::{ShownStep, Verb};
 
@@ -365,169 +364,114 @@ pub fn merge_into_user_kubeconfig(admin: &str) -> anyhow::Result<PathBuf> {
 
 pub fn status(file: &Path, cloud_flag: Option<&str>, args: &StatusArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
-    let config = cloud_config(cloud_flag, &spec)?;
+    let cloud = cloud_config(cloud_flag, &spec)?;
     let state_path = state_path(&spec, args.state_dir.as_ref())?;
-    runtime()?.block_on(async {
-        let cloud = Cloud::connect(config).await?;
-        let observation = observe(&cloud, &spec).await?;
-        let observed = &observation.observed;
-        println!("cluster `{}` on cloud `{}`", spec.name, cloud.config().name);
-        if observed.count() == 0 {
-            println!("  nothing in the cloud: run `flatstack up`");
-            return Ok(());
+    let report = runtime()?.block_on(apply::status::status(StatusRequest {
+        spec,
+        cloud,
+        state_path,
+        api_address: args.api.api_address.clone(),
+    }))?;
+    println!("cluster `{}` on cloud `{}`", report.cluster, report.cloud);
+    if report.observed.count() == 0 {
+        println!("  nothing in the cloud: run `flatstack up`");
+        return Ok(());
+    }
+    print_resources(&report.observed);
+    match &report.pending {
+        Ok(0) => {}
+        Ok(steps) => println!("{steps} step(s) pending: run `flatstack plan` to see them"),
+        Err(why) => println!("cannot plan: {why}"),
+    }
+    match &report.kubernetes {
+        KubernetesStatus::Unavailable(why) => println!("{why}"),
+        KubernetesStatus::Answered {
+            nodes,
+            reboots,
+            addons,
+        } => {
+            println!();
+            crate::kube::print_node_table(nodes);
+            print_updates(nodes, reboots);
+            print_addons(addons);
         }
-        println!("{:<16} {:<40} {:<8} detail", "KIND", "NAME", "STATE");
-        let row = |kind: &str, name: &str, state: &str, detail: &str| {
-            println!("{kind:<16} {name:<40} {state:<8} {detail}");
-        };
-        for n in &observed.networks {
-            row("network", &n.name, &n.status, &n.id);
-        }
-        for s in &observed.subnets {
-            row("subnet", &s.name, "", &s.cidr);
-        }
-        for r in &observed.routers {
-            row("router", &r.name, &r.status, &r.id);
-        }
-        for g in &observed.security_groups {
-            row(
-                "security group",
-                &g.name,
-                "",
-                &format!("{} rules", g.security_group_rules.len()),
-            );
-        }
-        for g in &observed.server_groups {
-            row(
-                "server group",
-                &g.name,
-                "",
-                &format!("{} member(s)", g.members.len()),
-            );
-        }
-        for p in &observed.ports {
-            let addresses: Vec<&str> = p
-                .fixed_ips
-                .iter()
-                .map(|ip| ip.ip_address.as_str())
-                .collect();
-            row("port", &p.name, &p.status, &addresses.join(", "));
-        }
-        for f in &observed.floating_ips {
-            let target = observed
-                .ports
-                .iter()
-                .find(|p| Some(&p.id) == f.port_id.as_ref())
-                .map_or("not attached".to_string(), |p| format!("-> {}", p.name));
-            row("floating IP", &f.floating_ip_address, &f.status, &target);
-        }
-        for balancer in &observed.load_balancers {
-            let vip = balancer.vip_address.as_deref().unwrap_or("no address");
-            row(
-                "load balancer",
-                &balancer.name,
-                &balancer.provisioning_status,
-                &format!("VIP {vip} (made by the cloud controller)"),
-            );
-        }
-        for f in &observed.service_floating_ips {
-            row(
-                "floating IP",
-                &f.floating_ip_address,
-                &f.status,
-                &f.description,
-            );
-        }
-        let mut failed = Vec::new();
-        for server in &observed.servers {
-            let detail = match &server.fault {
-                Some(fault) if server.status == "ERROR" => format!("fault: {}", fault.message),
-                _ => server.id.clone(),
-            };
-            if server.status == "ERROR" {
-                failed.push(server.name.clone());
-            }
-            row("server", &server.name, &server.status, &detail);
-        }
-        let scope = Scope { kubernetes: true };
-        match planner::plan(&spec, observed, &observation.facts, scope) {
-            Ok(plan) if plan.is_empty() => {}
-            Ok(plan) => println!(
-                "{} step(s) pending: run `flatstack plan` to see them",
-                plan.steps.len()
-            ),
-            Err(e) => println!("cannot plan: {e}"),
-        }
-        print_nodes(&spec, observed, &state_path, &args.api).await;
-        if !failed.is_empty() {
-            anyhow::bail!("server(s) in ERROR: {}", failed.join(", "));
-        }
-        Ok(())
-    })
+    }
+    let failed = report.failed_servers();
+    if !failed.is_empty() {
+        anyhow::bail!("server(s) in ERROR: {}", failed.join(", "));
+    }
+    Ok(())
 }
 
-/// The node table when the API answers; otherwise why not. Never fails `status`.
-async fn print_nodes(
-    spec: &crate::spec::ClusterSpec,
-    observed: &Observed,
-    state_path: &Path,
-    api: &ApiArgs,
-) {
-    let endpoint = observed
-        .api_floating_ip(&spec.name)
-        .map(|f| format!("https://{}:6443", f.floating_ip_address));
-    let Some(server) = api
-        .api_address
-        .as_ref()
-        .map(|a| format!("https://{a}"))
-        .or(endpoint)
-    else {
-        println!("no API floating IP: the Kubernetes API cannot be asked");
-        return;
+/// One row per resource of the cluster's in the cloud.
+fn print_resources(observed: &Observed) {
+    println!("{:<16} {:<40} {:<8} detail", "KIND", "NAME", "STATE");
+    let row = |kind: &str, name: &str, state: &str, detail: &str| {
+        println!("{kind:<16} {name:<40} {state:<8} {detail}");
     };
-    let pki = match StateDir::open_existing(state_path) {
-        Ok(Some(state)) => ClusterPki::load_existing(&state),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e),
-    };
-    let pki = match pki {
-        Ok(Some(pki)) => pki,
-        Ok(None) => {
-            println!(
-                "no PKI in {}: the cluster's CA and admin key are not on this machine",
-                state_path.display()
-            );
-            return;
-        }
-        Err(e) => {
-            println!("cannot use the state directory: {e}");
-            return;
-        }
-    };
-    let client = match KubeClient::new(&pki, &server) {
-        Ok(client) => client,
-        Err(e) => {
-            println!("cannot make a client for the Kubernetes API at {server}: {e}");
-            return;
-        }
-    };
-    match client.nodes().await {
-        Ok(nodes) => {
-            println!();
-            crate::kube::print_node_table(&nodes);
-            print_updates(&client, &nodes).await;
-            print_addons(&client).await;
-        }
-        Err(e) => println!(
-            "the Kubernetes API at {server} does not answer: {}",
-            crate::kube::error_chain(&e)
-        ),
+    for n in &observed.networks {
+        row("network", &n.name, &n.status, &n.id);
+    }
+    for s in &observed.subnets {
+        row("subnet", &s.name, "", &s.cidr);
+    }
+    for r in &observed.routers {
+        row("router", &r.name, &r.status, &r.id);
+    }
+    for g in &observed.security_groups {
+        let rules = format!("{} rules", g.security_group_rules.len());
+        row("security group", &g.name, "", &rules);
+    }
+    for g in &observed.server_groups {
+        let members = format!("{} member(s)", g.members.len());
+        row("server group", &g.name, "", &members);
+    }
+    for p in &observed.ports {
+        let addresses: Vec<&str> = p
+            .fixed_ips
+            .iter()
+            .map(|ip| ip.ip_address.as_str())
+            .collect();
+        row("port", &p.name, &p.status, &addresses.join(", "));
+    }
+    for f in &observed.floating_ips {
+        let target = observed
+            .ports
+            .iter()
+            .find(|p| Some(&p.id) == f.port_id.as_ref())
+            .map_or("not attached".to_string(), |p| format!("-> {}", p.name));
+        row("floating IP", &f.floating_ip_address, &f.status, &target);
+    }
+    for balancer in &observed.load_balancers {
+        let vip = balancer.vip_address.as_deref().unwrap_or("no address");
+        let detail = format!("VIP {vip} (made by the cloud controller)");
+        row(
+            "load balancer",
+            &balancer.name,
+            &balancer.provisioning_status,
+            &detail,
+        );
+    }
+    for f in &observed.service_floating_ips {
+        row(
+            "floating IP",
+            &f.floating_ip_address,
+            &f.status,
+            &f.description,
+        );
+    }
+    for server in &observed.servers {
+        let detail = match &server.fault {
+            Some(fault) if server.status == "ERROR" => format!("fault: {}", fault.message),
+            _ => server.id.clone(),
+        };
+        row("server", &server.name, &server.status, &detail);
     }
 }
 
 /// Each add-on's chart, version and the state of its Helm Job.
-async fn print_addons(client: &KubeClient) {
-    match apply::charts::chart_states(client).await {
+fn print_addons(addons: &Result<Vec<ChartState>, String>) {
+    match addons {
         Ok(charts) if !charts.is_empty() => {
             println!();
             println!("{:<36} {:<36} {:<10} STATE", "ADD-ON", "CHART", "VERSION");
@@ -544,19 +488,16 @@ async fn print_addons(client: &KubeClient) {
 }
 
 /// Each node's Flatcar release and whether it waits for kured to reboot it.
-async fn print_updates(client: &KubeClient, nodes: &[k8s_openapi::api::core::v1::Node]) {
-    let states = crate::kube::reboot_states(client, nodes)
-        .await
-        .unwrap_or_default();
+fn print_updates(
+    nodes: &[k8s_openapi::api::core::v1::Node],
+    reboots: &std::collections::BTreeMap<String, RebootState>,
+) {
     println!();
     println!("{:<40} {:<12} REBOOT", "NODE", "FLATCAR");
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
         let version = crate::kube::flatcar_version(node).unwrap_or_else(|| "-".into());
-        let state = states
-            .get(&name)
-            .copied()
-            .unwrap_or(crate::kube::RebootState::Unknown);
+        let state = reboots.get(&name).copied().unwrap_or(RebootState::Unknown);
         println!("{name:<40} {version:<12} {}", state.as_str());
     }
 }

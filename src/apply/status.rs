@@ -1,0 +1,148 @@
+//! `status`: what the cluster has in the cloud, whether `up` has anything left to do, and —
+//! when its API answers — its nodes, their Flatcar releases and pending reboots, and its
+//! add-ons. It only reads: nothing is created, not even a state directory.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::Node;
+
+use super::ApplyError;
+use super::charts::{ChartState, chart_states};
+use super::observe::observe;
+use crate::cloud::Cloud;
+use crate::cloud::config::CloudConfig;
+use crate::kube::{KubeClient, RebootState, error_chain, reboot_states};
+use crate::pki::{ClusterPki, StateDir};
+use crate::plan::planner::{self, Scope};
+use crate::plan::resources::Observed;
+use crate::spec::ClusterSpec;
+
+pub struct StatusRequest {
+    pub spec: ClusterSpec,
+    pub cloud: CloudConfig,
+    pub state_path: PathBuf,
+    /// Reach the API at this HOST:PORT instead of the floating IP.
+    pub api_address: Option<String>,
+}
+
+/// What `status` found.
+pub struct StatusReport {
+    pub cluster: String,
+    pub cloud: String,
+    /// Everything of the cluster's in the cloud.
+    pub observed: Observed,
+    /// How many steps `up` would run, or why no plan could be made.
+    pub pending: Result<usize, String>,
+    pub kubernetes: KubernetesStatus,
+}
+
+impl StatusReport {
+    /// The cluster's servers Nova has in ERROR.
+    pub fn failed_servers(&self) -> Vec<&str> {
+        self.observed
+            .servers
+            .iter()
+            .filter(|s| s.status == "ERROR")
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+}
+
+/// What the cluster's Kubernetes API said.
+pub enum KubernetesStatus {
+    /// Not asked, or no answer: why, in a sentence.
+    Unavailable(String),
+    Answered {
+        nodes: Vec<Node>,
+        /// Each node's reboot state, by node name (empty when kured's pods could not be read).
+        reboots: BTreeMap<String, RebootState>,
+        /// The add-ons' charts and the state of their Helm Jobs, or why they could not be read.
+        addons: Result<Vec<ChartState>, String>,
+    },
+}
+
+/// Observes the cluster and, when the cloud has anything of it, asks its API.
+/// Fails only when the cloud cannot be observed; a silent API is part of the report.
+pub async fn status(request: StatusRequest) -> Result<StatusReport, ApplyError> {
+    let StatusRequest {
+        spec,
+        cloud,
+        state_path,
+        api_address,
+    } = request;
+    let cloud = Cloud::connect(cloud).await?;
+    let observation = observe(&cloud, &spec).await?;
+    let observed = observation.observed;
+    let mut report = StatusReport {
+        cluster: spec.name.clone(),
+        cloud: cloud.config().name.clone(),
+        pending: Ok(0),
+        kubernetes: KubernetesStatus::Unavailable("nothing in the cloud".into()),
+        observed: Observed::default(),
+    };
+    if observed.count() == 0 {
+        return Ok(report);
+    }
+    let scope = Scope { kubernetes: true };
+    report.pending = planner::plan(&spec, &observed, &observation.facts, scope)
+        .map(|plan| plan.steps.len())
+        .map_err(|e| e.to_string());
+    report.kubernetes = kubernetes(&spec, &observed, &state_path, api_address).await;
+    report.observed = observed;
+    Ok(report)
+}
+
+/// The API's answers, or why it could not be asked or did not answer.
+async fn kubernetes(
+    spec: &ClusterSpec,
+    observed: &Observed,
+    state_path: &std::path::Path,
+    api_address: Option<String>,
+) -> KubernetesStatus {
+    use KubernetesStatus::Unavailable;
+    let endpoint = observed
+        .api_floating_ip(&spec.name)
+        .map(|f| format!("{}:6443", f.floating_ip_address));
+    let Some(server) = api_address.or(endpoint).map(|a| format!("https://{a}")) else {
+        return Unavailable("no API floating IP: the Kubernetes API cannot be asked".into());
+    };
+    let pki = match StateDir::open_existing(state_path) {
+        Ok(Some(state)) => ClusterPki::load_existing(&state),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let pki = match pki {
+        Ok(Some(pki)) => pki,
+        Ok(None) => {
+            return Unavailable(format!(
+                "no PKI in {}: the cluster's CA and admin key are not on this machine",
+                state_path.display()
+            ));
+        }
+        Err(e) => return Unavailable(format!("cannot use the state directory: {e}")),
+    };
+    let client = match KubeClient::new(&pki, &server) {
+        Ok(client) => client,
+        Err(e) => {
+            return Unavailable(format!(
+                "cannot make a client for the Kubernetes API at {server}: {e}"
+            ));
+        }
+    };
+    let nodes = match client.nodes().await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            return Unavailable(format!(
+                "the Kubernetes API at {server} does not answer: {}",
+                error_chain(&e)
+            ));
+        }
+    };
+    let (reboots, addons) = tokio::join!(reboot_states(&client, &nodes), chart_states(&client));
+    KubernetesStatus::Answered {
+        reboots: reboots.unwrap_or_default(),
+        addons: addons.map_err(|e| e.to_string()),
+        nodes,
+    }
+}
