@@ -8,21 +8,21 @@ use std::fmt;
 /// Where the Flatcar sysext-bakery publishes its images and sysupdate indexes. Digests are
 /// not pinned here: the bakery rebuilds images per release, so each cluster reads the digest
 /// from the published `SHA256SUMS` once and records it (see `sysext`).
-pub const SYSEXT_BAKERY: &str = "https://extensions.flatcar.org/extensions";
+pub(crate) const SYSEXT_BAKERY: &str = "https://extensions.flatcar.org/extensions";
 
 /// A Kubernetes minor flatstack supports, and every pin that depends on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SupportedMinor {
     pub minor: u32,
     /// The last day upstream supports the minor (YYYY-MM-DD), from kubernetes.io/releases.
-    pub end_of_life: &'static str,
+    pub(crate) end_of_life: &'static str,
     /// A patch release of the minor that `flatstack init` proposes.
     pub proposed_patch: u32,
     /// openstack-cloud-controller-manager chart: the project releases chart `2.N` for
     /// Kubernetes `1.N` and supports that pairing only.
-    pub cloud_controller_chart: &'static str,
+    pub(crate) cloud_controller_chart: &'static str,
     /// openstack-cinder-csi chart, released in step with the cloud controller's.
-    pub cinder_csi_chart: &'static str,
+    pub(crate) cinder_csi_chart: &'static str,
 }
 
 /// The minors upstream supports on 2026-12-02 (kubernetes.io/releases: 1.35, 1.36 and 1.37;
@@ -63,14 +63,14 @@ pub const SUPPORTED_MINORS: &[SupportedMinor] = &[
 ];
 
 /// What flatstack pins for `version`'s minor, if it supports it.
-pub fn supported_minor(version: KubernetesVersion) -> Option<&'static SupportedMinor> {
+pub(crate) fn supported_minor(version: KubernetesVersion) -> Option<&'static SupportedMinor> {
     SUPPORTED_MINORS
         .iter()
         .find(|m| version.major == 1 && m.minor == version.minor)
 }
 
 /// The supported minors for messages: `1.35, 1.36, 1.37`.
-pub fn supported_minors_list() -> String {
+pub(crate) fn supported_minors_list() -> String {
     SUPPORTED_MINORS
         .iter()
         .map(|m| format!("1.{}", m.minor))
@@ -88,7 +88,7 @@ pub fn default_kubernetes() -> KubernetesVersion {
 }
 
 /// A warning when `version`'s minor is past its end of life on `today` (YYYY-MM-DD).
-pub fn end_of_life_warning(version: KubernetesVersion, today: &str) -> Option<String> {
+pub(crate) fn end_of_life_warning(version: KubernetesVersion, today: &str) -> Option<String> {
     let minor = supported_minor(version)?;
     (today > minor.end_of_life).then(|| {
         format!(
@@ -104,13 +104,13 @@ pub fn end_of_life_warning(version: KubernetesVersion, today: &str) -> Option<St
 /// Helm install Jobs (the same engine k3s and RKE2 ship). Tags from the project's releases.
 pub const HELM_CONTROLLER_IMAGE: &str = "ghcr.io/k3s-io/helm-controller:v0.17.7";
 /// The image those Jobs run Helm in, as helm-controller v0.17.7's own manifest names it.
-pub const HELM_JOB_IMAGE: &str = "ghcr.io/k3s-io/klipper-helm:v0.9.10-build20251111";
+pub(crate) const HELM_JOB_IMAGE: &str = "ghcr.io/k3s-io/klipper-helm:v0.9.10-build20251111";
 
 /// A Helm chart from a repository, at an exact version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chart {
     pub repo: &'static str,
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     pub version: &'static str,
 }
 
@@ -125,7 +125,7 @@ pub const FLANNEL: Chart = Chart {
 const CLOUD_PROVIDER_OPENSTACK: &str = "https://kubernetes.github.io/cloud-provider-openstack";
 
 /// The cloud controller chart made for `version`'s minor.
-pub fn cloud_controller_chart(version: KubernetesVersion) -> Option<Chart> {
+pub(crate) fn cloud_controller_chart(version: KubernetesVersion) -> Option<Chart> {
     supported_minor(version).map(|m| Chart {
         repo: CLOUD_PROVIDER_OPENSTACK,
         name: "openstack-cloud-controller-manager",
@@ -134,7 +134,7 @@ pub fn cloud_controller_chart(version: KubernetesVersion) -> Option<Chart> {
 }
 
 /// The Cinder CSI chart made for `version`'s minor.
-pub fn cinder_csi_chart(version: KubernetesVersion) -> Option<Chart> {
+pub(crate) fn cinder_csi_chart(version: KubernetesVersion) -> Option<Chart> {
     supported_minor(version).map(|m| Chart {
         repo: CLOUD_PROVIDER_OPENSTACK,
         name: "openstack-cinder-csi",
@@ -149,7 +149,7 @@ pub const TRAEFIK: Chart = Chart {
     name: "traefik",
     version: "41.3.0",
 };
-pub const TRAEFIK_IMAGE_TAG: &str = "v3.7.11";
+pub(crate) const TRAEFIK_IMAGE_TAG: &str = "v3.7.11";
 
 /// cert-manager, which gets certificates from Let's Encrypt for the ingress. Its chart
 /// versions keep the leading `v`; controller, webhook, cainjector and startupapicheck images
@@ -159,7 +159,7 @@ pub const CERT_MANAGER: Chart = Chart {
     name: "cert-manager",
     version: "v1.21.1",
 };
-pub const CERT_MANAGER_IMAGE_TAG: &str = "v1.21.1";
+pub(crate) const CERT_MANAGER_IMAGE_TAG: &str = "v1.21.1";
 
 /// kured, which drains and reboots one node at a time after Flatcar or Kubernetes sysext
 /// updates. Chart 6.1.0 deploys kured 1.23.0.
@@ -168,7 +168,7 @@ pub const KURED: Chart = Chart {
     name: "kured",
     version: "6.1.0",
 };
-pub const KURED_IMAGE_TAG: &str = "1.23.0";
+pub(crate) const KURED_IMAGE_TAG: &str = "1.23.0";
 
 /// metrics-server, for `kubectl top` and autoscalers. Chart 3.13.1 deploys v0.8.1.
 pub const METRICS_SERVER: Chart = Chart {
@@ -176,7 +176,7 @@ pub const METRICS_SERVER: Chart = Chart {
     name: "metrics-server",
     version: "3.13.1",
 };
-pub const METRICS_SERVER_IMAGE_TAG: &str = "v0.8.1";
+pub(crate) const METRICS_SERVER_IMAGE_TAG: &str = "v0.8.1";
 
 /// JupyterHub's zero-to-jupyterhub chart 4.4.0 (JupyterHub 5.5.0); its images are tagged with
 /// the chart version. `tests/data/z2jh-4.4.0` holds its values schema and defaults.
@@ -192,9 +192,9 @@ pub const SMOKE_IMAGE: &str = "docker.io/library/nginx:1.30.0-alpine";
 /// A Kubernetes release `MAJOR.MINOR.PATCH`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KubernetesVersion {
-    pub major: u32,
+    pub(crate) major: u32,
     pub minor: u32,
-    pub patch: u32,
+    pub(crate) patch: u32,
 }
 
 impl KubernetesVersion {
@@ -207,7 +207,7 @@ impl KubernetesVersion {
     }
 
     /// Accepts `1.33.2` and `v1.33.2`; pre-releases are not accepted.
-    pub fn parse(text: &str) -> Option<KubernetesVersion> {
+    pub(crate) fn parse(text: &str) -> Option<KubernetesVersion> {
         let digits = text.strip_prefix('v').unwrap_or(text);
         let mut parts = digits.split('.').map(|part| {
             let numeric = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
@@ -223,7 +223,7 @@ impl KubernetesVersion {
     }
 
     /// The `X.Y` of this release, as sysupdate names its transfer files.
-    pub fn minor_series(&self) -> String {
+    pub(crate) fn minor_series(&self) -> String {
         format!("{}.{}", self.major, self.minor)
     }
 

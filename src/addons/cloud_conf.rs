@@ -12,11 +12,11 @@ const MOUNT: &str = "/etc/config";
 /// What `cloud.conf` needs besides the credentials.
 #[derive(Debug, Clone)]
 pub struct CloudConfInputs<'a> {
-    pub config: &'a CloudConfig,
+    pub(crate) config: &'a CloudConfig,
     /// The project the credentials are scoped to, as Keystone reported it at login.
-    pub project_id: Option<&'a str>,
-    pub external_network_id: &'a str,
-    pub subnet_id: &'a str,
+    pub(crate) project_id: Option<&'a str>,
+    pub(crate) external_network_id: &'a str,
+    pub(crate) subnet_id: &'a str,
 }
 
 /// The files of the `cloud-config` Secret: `cloud.conf`, and `ca.crt` when the cloud has a

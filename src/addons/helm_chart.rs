@@ -7,68 +7,68 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct HelmChart {
-    pub metadata: ObjectMeta,
+    pub(crate) metadata: ObjectMeta,
     #[serde(default)]
     pub spec: HelmChartSpec,
     #[serde(default)]
-    pub status: HelmChartStatus,
+    pub(crate) status: HelmChartStatus,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HelmChartSpec {
-    pub chart: String,
-    pub repo: String,
-    pub version: String,
-    pub target_namespace: String,
+    pub(crate) chart: String,
+    pub(crate) repo: String,
+    pub(crate) version: String,
+    pub(crate) target_namespace: String,
     #[serde(default)]
-    pub create_namespace: bool,
+    pub(crate) create_namespace: bool,
     /// Run the install Job on a control plane's host network, tolerating nodes that are not
     /// ready or not yet initialized by the cloud controller: how the pod network and the cloud
     /// controller itself get installed.
     #[serde(default)]
-    pub bootstrap: bool,
+    pub(crate) bootstrap: bool,
     /// The chart's values, as YAML (flatstack writes JSON, which is YAML).
     #[serde(default)]
     pub values_content: String,
     /// More values from Secrets in the HelmChart's own namespace, applied after `values_content`:
     /// where credentials go, so they are never part of the HelmChart itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub values_secrets: Vec<ValuesSecret>,
+    pub(crate) values_secrets: Vec<ValuesSecret>,
     /// How long Helm may take, hooks included (`10m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    pub(crate) timeout: Option<String>,
     /// What helm-controller does with a failed release: `reinstall` (its default: uninstall,
     /// then install — which deletes what the release owns), `retry` or `abort`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_policy: Option<String>,
+    pub(crate) failure_policy: Option<String>,
 }
 
 /// A Secret holding values files, and which of its keys to read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ValuesSecret {
-    pub name: String,
-    pub keys: Vec<String>,
+pub(crate) struct ValuesSecret {
+    pub(crate) name: String,
+    pub(crate) keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct HelmChartStatus {
+pub(crate) struct HelmChartStatus {
     #[serde(default)]
-    pub job_name: String,
+    pub(crate) job_name: String,
     #[serde(default)]
-    pub conditions: Vec<HelmChartCondition>,
+    pub(crate) conditions: Vec<HelmChartCondition>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HelmChartCondition {
+pub(crate) struct HelmChartCondition {
     #[serde(rename = "type")]
-    pub type_: String,
-    pub status: String,
+    pub(crate) type_: String,
+    pub(crate) status: String,
     #[serde(default)]
-    pub reason: String,
+    pub(crate) reason: String,
     #[serde(default)]
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl k8s_openapi::Resource for HelmChart {

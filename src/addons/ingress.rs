@@ -11,15 +11,15 @@ use crate::pins;
 use crate::spec::{AcmeSpec, IngressExposure, IngressSpec};
 
 /// The IngressClass Traefik serves; JupyterHub and `flatstack smoke` use it.
-pub const INGRESS_CLASS: &str = "traefik";
+pub(crate) const INGRESS_CLASS: &str = "traefik";
 /// Where Traefik runs.
-pub const TRAEFIK_NAMESPACE: &str = "traefik";
+pub(crate) const TRAEFIK_NAMESPACE: &str = "traefik";
 /// The ClusterIssuer that Ingresses name in `cert-manager.io/cluster-issuer`.
-pub const CLUSTER_ISSUER: &str = "letsencrypt";
-pub const CERT_MANAGER_NAMESPACE: &str = "cert-manager";
+pub(crate) const CLUSTER_ISSUER: &str = "letsencrypt";
+pub(crate) const CERT_MANAGER_NAMESPACE: &str = "cert-manager";
 
 /// The Pod Security Standard of Traefik's namespace: host ports need `privileged`.
-pub fn traefik_pod_security(ingress: &IngressSpec) -> &'static str {
+pub(crate) fn traefik_pod_security(ingress: &IngressSpec) -> &'static str {
     match ingress.exposure {
         IngressExposure::ControlPlane => "privileged",
         IngressExposure::LoadBalancer => "baseline",
@@ -102,7 +102,7 @@ pub fn cert_manager_values() -> serde_json::Value {
 
 /// The Let's Encrypt ClusterIssuer: an ACME account for `acme.email`, HTTP-01 challenges
 /// answered through Traefik's IngressClass.
-pub fn cluster_issuer(acme: &AcmeSpec) -> Manifest {
+pub(crate) fn cluster_issuer(acme: &AcmeSpec) -> Manifest {
     Manifest::custom(
         "cert-manager.io/v1",
         "ClusterIssuer",

@@ -18,15 +18,15 @@ use crate::secret::Secret;
 use crate::spec::{Authenticator, ClusterSpec};
 
 /// The HelmChart (in [`NAMESPACE`]) and so the Helm release.
-pub const RELEASE: &str = "jupyterhub";
+pub(crate) const RELEASE: &str = "jupyterhub";
 /// The Secret (in [`NAMESPACE`]) holding the credential values.
-pub const CREDENTIALS_SECRET: &str = "jupyterhub-credentials";
+pub(crate) const CREDENTIALS_SECRET: &str = "jupyterhub-credentials";
 const CREDENTIALS_KEY: &str = "values.yaml";
 /// The default StorageClass of flatstack's Cinder CSI.
-pub const STORAGE_CLASS: &str = "csi-cinder-sc-delete";
+pub(crate) const STORAGE_CLASS: &str = "csi-cinder-sc-delete";
 /// The Secret cert-manager writes the hub's certificate to, and so the name of the
 /// Certificate it makes from the hub's Ingress.
-pub const TLS_SECRET: &str = "jupyterhub-tls";
+pub(crate) const TLS_SECRET: &str = "jupyterhub-tls";
 
 /// The secrets of the configured authenticator.
 #[derive(Debug, Clone)]
@@ -49,7 +49,10 @@ impl HubRelease {
 }
 
 /// flatstack's values for the hub, without credentials, with `user_values` merged over them.
-pub fn values(spec: &ClusterSpec, user_values: Option<&serde_json::Value>) -> serde_json::Value {
+pub(crate) fn values(
+    spec: &ClusterSpec,
+    user_values: Option<&serde_json::Value>,
+) -> serde_json::Value {
     let hub = &spec.jupyterhub;
     let mut config = json!({});
     match &hub.authenticator {
@@ -186,7 +189,7 @@ pub fn release(
 
 /// Where users reach the hub: HTTPS on the cluster file's host, else plain HTTP on the
 /// ingress address.
-pub fn url(spec: &ClusterSpec, ingress_address: &str) -> String {
+pub(crate) fn url(spec: &ClusterSpec, ingress_address: &str) -> String {
     match &spec.ingress.hostname {
         Some(host) => format!("https://{host}/"),
         None => format!("http://{ingress_address}/"),

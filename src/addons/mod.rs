@@ -11,7 +11,7 @@ mod helm_chart;
 pub mod ingress;
 pub mod jupyterhub;
 pub mod smoke;
-pub mod updates;
+pub(crate) mod updates;
 
 use std::collections::BTreeMap;
 
@@ -26,7 +26,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 pub use cloud_conf::{CloudConf, CloudConfInputs, cloud_conf};
-pub use helm_chart::{HelmChart, HelmChartCondition, HelmChartSpec, HelmChartStatus, ValuesSecret};
+pub(crate) use helm_chart::{HelmChart, HelmChartSpec, HelmChartStatus, ValuesSecret};
 
 use crate::kube::Manifest;
 use crate::pins::{self, Chart};
@@ -35,12 +35,12 @@ use crate::spec::ClusterSpec;
 /// Where flatstack's own objects and the helm-controller live.
 pub(crate) const NAMESPACE: &str = "kube-system";
 /// The Secret with `cloud.conf` that the cloud controller and Cinder CSI mount.
-pub const CLOUD_CONFIG_SECRET: &str = "cloud-config";
+pub(crate) const CLOUD_CONFIG_SECRET: &str = "cloud-config";
 /// The ConfigMap recording what flatstack last applied (a keyed digest, no content).
-pub const RECORD_CONFIGMAP: &str = "flatstack";
+pub(crate) const RECORD_CONFIGMAP: &str = "flatstack";
 /// helm-controller's bootstrap Jobs select control planes by this label with value `true` (as
 /// k3s and RKE2 set it); kubeadm sets it with an empty value, so flatstack sets `true`.
-pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+pub(crate) const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AddonError {
@@ -59,7 +59,7 @@ pub struct AddonSet {
     pub charts: Vec<String>,
     /// Objects of kinds a chart installs (cert-manager's ClusterIssuer): applied once the
     /// charts are in.
-    pub after_charts: Vec<Manifest>,
+    pub(crate) after_charts: Vec<Manifest>,
     /// Keyed digest of every manifest: equal digests mean nothing to apply.
     pub digest: String,
 }
@@ -192,12 +192,12 @@ pub fn for_cluster(
 
 /// What stands in `cloud.conf` where no credentials may go: `render`'s review copy of the
 /// objects `up` applies.
-pub const CREDENTIALS_MARKER: &str =
+pub(crate) const CREDENTIALS_MARKER: &str =
     "<cloud.conf: written by `flatstack up` from the credentials it logs in with; never on disk>";
 
 /// The add-on objects of `spec`'s cluster as `up` applies them, with the credentials replaced
 /// by [`CREDENTIALS_MARKER`]: for review and audit, never for applying.
-pub fn for_review(spec: &ClusterSpec, digest_key: &[u8]) -> Result<AddonSet, AddonError> {
+pub(crate) fn for_review(spec: &ClusterSpec, digest_key: &[u8]) -> Result<AddonSet, AddonError> {
     let marker = CloudConf {
         text: crate::secret::Secret::new(CREDENTIALS_MARKER.to_string()),
         ca_bundle: None,
@@ -207,7 +207,7 @@ pub fn for_review(spec: &ClusterSpec, digest_key: &[u8]) -> Result<AddonSet, Add
 
 /// Every object of `set` in the order `up` applies them: the add-ons, what needs their CRDs,
 /// then the record of what was applied.
-pub fn in_apply_order(set: &AddonSet) -> Vec<Manifest> {
+pub(crate) fn in_apply_order(set: &AddonSet) -> Vec<Manifest> {
     set.manifests
         .iter()
         .chain(&set.after_charts)
@@ -235,7 +235,7 @@ fn metrics_server_values() -> serde_json::Value {
 
 /// One replica of `pod` as Deployment `namespace/name`, its pods labelled and selected by
 /// `app.kubernetes.io/name=<name>`.
-pub fn deployment(name: &str, namespace: &str, pod: PodSpec) -> Deployment {
+pub(crate) fn deployment(name: &str, namespace: &str, pod: PodSpec) -> Deployment {
     let app = labels(&[("app.kubernetes.io/name", name)]);
     Deployment {
         metadata: meta(name, Some(namespace)),
@@ -259,7 +259,7 @@ pub fn deployment(name: &str, namespace: &str, pod: PodSpec) -> Deployment {
 }
 
 /// A namespace whose pods are held to a Pod Security Standard level.
-pub fn namespace(name: &str, level: &str) -> Manifest {
+pub(crate) fn namespace(name: &str, level: &str) -> Manifest {
     let mut meta = meta(name, None);
     if let Some(labels) = meta.labels.as_mut() {
         labels.insert("pod-security.kubernetes.io/enforce".into(), level.into());
@@ -285,7 +285,7 @@ pub fn merge_values(base: &mut serde_json::Value, overlay: &serde_json::Value) {
 }
 
 /// The ConfigMap recording `digest` as applied; written after everything else succeeded.
-pub fn record(digest: &str) -> Manifest {
+pub(crate) fn record(digest: &str) -> Manifest {
     Manifest::of(&ConfigMap {
         metadata: meta(RECORD_CONFIGMAP, Some(NAMESPACE)),
         data: Some(BTreeMap::from([
@@ -416,7 +416,7 @@ fn cinder_csi_values(spec: &ClusterSpec) -> serde_json::Value {
     })
 }
 
-pub fn chart(
+pub(crate) fn chart(
     name: &str,
     pinned: Chart,
     target_namespace: &str,
@@ -441,7 +441,7 @@ pub fn chart(
     }
 }
 
-pub fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+pub(crate) fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
         namespace: namespace.map(Into::into),
@@ -450,7 +450,7 @@ pub fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     }
 }
 
-pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -22,17 +22,17 @@ use crate::kube::Manifest;
 use crate::pins;
 
 /// Prefix of the namespaces `smoke` makes (and removes).
-pub const NAMESPACE_PREFIX: &str = "flatstack-smoke-";
+pub(crate) const NAMESPACE_PREFIX: &str = "flatstack-smoke-";
 const NAME: &str = "web";
 
 /// One smoke run's objects.
 #[derive(Debug, Clone)]
 pub struct Smoke {
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// What the page must contain.
-    pub token: String,
+    pub(crate) token: String,
     /// The URL path the page is served at, e.g. `/flatstack-smoke-abc123/`.
-    pub path: String,
+    pub(crate) path: String,
     pub manifests: Vec<Manifest>,
 }
 
@@ -142,21 +142,13 @@ impl Smoke {
         }
     }
 
-    /// The Deployment whose pod must be ready.
-    pub fn deployment_path(&self) -> String {
-        format!(
-            "/apis/apps/v1/namespaces/{}/deployments/{NAME}",
-            self.namespace
-        )
-    }
-
     /// The namespace, whose deletion removes everything else.
-    pub fn namespace_path(&self) -> String {
+    pub(crate) fn namespace_path(&self) -> String {
         format!("/api/v1/namespaces/{}", self.namespace)
     }
 
     /// Pods of the Deployment, to say why they are not ready.
-    pub fn pods_path(&self) -> String {
+    pub(crate) fn pods_path(&self) -> String {
         format!(
             "/api/v1/namespaces/{}/pods?labelSelector=app.kubernetes.io%2Fname%3D{NAME}",
             self.namespace

@@ -10,7 +10,7 @@ use crate::pins;
 use crate::spec::{UpdatesSpec, WorkerPool};
 
 /// The sentinel file; `/var/run` is a link to `/run` on Flatcar.
-pub const REBOOT_SENTINEL: &str = "/run/reboot-required";
+pub(crate) const REBOOT_SENTINEL: &str = "/run/reboot-required";
 /// The port of kured's Prometheus metrics, where `kured_reboot_required` tells whether a node
 /// waits for a reboot.
 pub(crate) const KURED_METRICS_PORT: u16 = 8080;
@@ -20,7 +20,7 @@ pub(crate) const KURED_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "kur
 /// kured's chart values for the cluster file's `[updates]`. kured must run on every node to
 /// reboot it, so it tolerates the control planes' taint, the cloud controller's, and every
 /// taint the file gives a worker pool.
-pub fn kured_values(updates: &UpdatesSpec, pools: &[WorkerPool]) -> serde_json::Value {
+pub(crate) fn kured_values(updates: &UpdatesSpec, pools: &[WorkerPool]) -> serde_json::Value {
     let window = &updates.reboot_window;
     let mut tolerations = vec![
         json!({ "key": CONTROL_PLANE_LABEL, "operator": "Exists", "effect": "NoSchedule" }),

@@ -47,7 +47,7 @@ pub struct Bootstrapped {
     pub nodes: Vec<Node>,
     /// Writes made through the API (labels, applied objects); 0 on a converged cluster.
     pub changes: usize,
-    pub timings: Vec<(&'static str, Duration)>,
+    pub(crate) timings: Vec<(&'static str, Duration)>,
 }
 
 /// Brings the cluster's API side to the cluster file: everything within `within`.
@@ -249,7 +249,10 @@ fn missing_nodes(nodes: &[Node], wanted: &[String]) -> Vec<String> {
 /// Makes the cluster's bootstrap token valid for another few hours, so workers created now
 /// can join: the token in their user_data is the one from the state directory, which the
 /// first control plane registered with a limited lifetime.
-pub async fn refresh_join_token(client: &KubeClient, pki: &ClusterPki) -> Result<(), KubeError> {
+pub(crate) async fn refresh_join_token(
+    client: &KubeClient,
+    pki: &ClusterPki,
+) -> Result<(), KubeError> {
     client.apply(&join_token_secret(pki)).await.map(|_| ())
 }
 

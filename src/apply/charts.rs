@@ -21,14 +21,14 @@ const LOG_LINES: u32 = 15;
 
 /// What an apply of a HelmChart means for the wait that follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expect {
+pub(crate) enum Expect {
     /// The chart was already as wanted: its current Job tells.
     Current,
     /// The chart is new or changed: wait for a Job other than this one (empty: none before).
     NewJob { replacing: String },
 }
 
-pub fn chart_path(name: &str) -> String {
+pub(crate) fn chart_path(name: &str) -> String {
     format!("/apis/helm.cattle.io/v1/namespaces/{NAMESPACE}/helmcharts/{name}")
 }
 
@@ -39,7 +39,7 @@ fn job_path(name: &str) -> String {
 /// A HelmChart as it was before flatstack applies it: read first, because what helm-controller
 /// does next (replace the install Job) can start the moment anything it reads changes.
 #[derive(Debug, Clone, Default)]
-pub struct BeforeApply {
+pub(crate) struct BeforeApply {
     exists: bool,
     generation: Option<i64>,
     /// The UID of its current install Job ("" when it has none).
@@ -47,7 +47,10 @@ pub struct BeforeApply {
 }
 
 /// Reads the HelmChart `chart` names, and its install Job, as they are now.
-pub async fn before_apply(client: &KubeClient, chart: &Manifest) -> Result<BeforeApply, KubeError> {
+pub(crate) async fn before_apply(
+    client: &KubeClient,
+    chart: &Manifest,
+) -> Result<BeforeApply, KubeError> {
     let existing: Option<HelmChart> = client.get(chart.object_path()).await?;
     let Some(have) = existing else {
         return Ok(BeforeApply::default());
@@ -69,7 +72,7 @@ pub async fn before_apply(client: &KubeClient, chart: &Manifest) -> Result<Befor
 /// `metadata.generation` exactly when the spec changes (the fields its CRD defaults, and
 /// metadata, do not count), and helm-controller replaces the install Job exactly then, or
 /// when a values Secret the chart reads changed (`inputs_changed`).
-pub async fn apply_after(
+pub(crate) async fn apply_after(
     client: &KubeClient,
     chart: &Manifest,
     before: &BeforeApply,
@@ -88,14 +91,17 @@ pub async fn apply_after(
 }
 
 /// Applies a HelmChart, first reading what is there to know which Job to wait for.
-pub async fn apply_chart(client: &KubeClient, chart: &Manifest) -> Result<Expect, KubeError> {
+pub(crate) async fn apply_chart(
+    client: &KubeClient,
+    chart: &Manifest,
+) -> Result<Expect, KubeError> {
     let before = before_apply(client, chart).await?;
     apply_after(client, chart, &before, false).await
 }
 
 /// Waits until the API server serves HelmCharts: helm-controller creates their CRD itself when
 /// it starts (before its controllers run), so until its pod runs, HelmCharts are 404.
-pub async fn wait_chart_kind_served(
+pub(crate) async fn wait_chart_kind_served(
     client: &KubeClient,
     within: Duration,
 ) -> Result<(), KubeError> {
@@ -127,13 +133,13 @@ pub async fn wait_chart_kind_served(
 }
 
 /// The CustomResourceDefinition of HelmCharts.
-pub const HELM_CHART_CRD: &str = "helmcharts.helm.cattle.io";
+pub(crate) const HELM_CHART_CRD: &str = "helmcharts.helm.cattle.io";
 
 /// Waits until the install Job of HelmChart `name` has succeeded (a Job other than the one
 /// `expect` names). A Job that gave up, a chart helm-controller marked Failed, or
 /// [`FAILED_ATTEMPTS`] failures during this wait end it with Helm's output; failures from
 /// before the wait (a Job left failing by an earlier run) do not count.
-pub async fn wait_chart(
+pub(crate) async fn wait_chart(
     client: &KubeClient,
     name: &str,
     expect: &Expect,
@@ -223,7 +229,7 @@ fn job_failure(status: &JobStatus) -> Option<String> {
 
 /// Deletes HelmChart `name` and waits until helm-controller has uninstalled the release and
 /// let the HelmChart go.
-pub async fn uninstall_chart(
+pub(crate) async fn uninstall_chart(
     client: &KubeClient,
     name: &str,
     within: Duration,
@@ -294,8 +300,8 @@ async fn helm_output(client: &KubeClient, job: &str) -> Option<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChartState {
     pub name: String,
-    pub chart: String,
-    pub version: String,
+    pub(crate) chart: String,
+    pub(crate) version: String,
     /// `installed`, `installing (N failed attempts)`, `failed: <why>`, `uninstalling`, ...
     pub state: String,
 }

@@ -12,18 +12,18 @@ use crate::plan::resources::Observed;
 use crate::spec::ClusterSpec;
 
 /// What `down` found, holding the lock until it has run.
-pub struct Down {
+pub(crate) struct Down {
     spec: ClusterSpec,
     cloud: Arc<Cloud>,
     _lock: Option<WriterLock>,
-    pub observed: Observed,
-    pub volumes: Vec<Volume>,
+    pub(crate) observed: Observed,
+    pub(crate) volumes: Vec<Volume>,
 }
 
 impl Down {
     /// Locks the cluster (when its state directory is here: `down` needs none of its contents)
     /// and observes what it owns.
-    pub async fn open(
+    pub(crate) async fn open(
         spec: ClusterSpec,
         config: CloudConfig,
         state_path: &Path,
@@ -47,12 +47,12 @@ impl Down {
     }
 
     /// Whether there is anything to delete.
-    pub fn is_empty(&self, delete_volumes: bool) -> bool {
+    pub(crate) fn is_empty(&self, delete_volumes: bool) -> bool {
         self.observed.count() == 0 && (self.volumes.is_empty() || !delete_volumes)
     }
 
     /// Deletes everything, then checks nothing is left.
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         delete_volumes: bool,
         say: &(dyn Fn(&str) + Sync),

@@ -30,16 +30,16 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(600);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What the steps work with.
-pub struct Context {
-    pub cloud: Arc<Cloud>,
-    pub spec: ClusterSpec,
-    pub pki: ClusterPki,
+pub(crate) struct Context {
+    pub(crate) cloud: Arc<Cloud>,
+    pub(crate) spec: ClusterSpec,
+    pub(crate) pki: ClusterPki,
     /// The cluster's API, for drains and the join token: none with `--provision-only` or when
     /// it does not answer (nodes are then deleted without draining).
-    pub kube: Option<KubeClient>,
+    pub(crate) kube: Option<KubeClient>,
     /// How long a replacement node may take from ACTIVE to `Ready` (booting, Ignition,
     /// joining): `up --timeout`.
-    pub node_ready_within: Duration,
+    pub(crate) node_ready_within: Duration,
 }
 
 /// Tags go in every create; the session falls back to a second call where a cloud refuses or
@@ -48,11 +48,11 @@ const TAG_ON_CREATE: bool = true;
 
 /// What the engine tells whoever runs it, as it happens.
 #[derive(Debug, Clone)]
-pub enum Event {
+pub(crate) enum Event {
     /// A step started; `line` says what it does.
-    Started { step: StepId, line: String },
+    Started { line: String },
     /// A step finished with something to report (`drained demo-default-2: 3 pod(s) evicted`).
-    Finished { step: StepId, line: String },
+    Finished { line: String },
     /// A line from outside the plan (the sysext, the bootstrap's phases).
     Say(String),
     /// How many of the servers waited for are ACTIVE: `servers 37/50 ACTIVE`.
@@ -61,28 +61,28 @@ pub enum Event {
 
 /// When a step ran, in seconds since the run started.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct StepRun {
-    pub step: StepId,
-    pub group: &'static str,
-    pub start: f64,
-    pub end: f64,
+pub(crate) struct StepRun {
+    pub(crate) step: StepId,
+    pub(crate) group: &'static str,
+    pub(crate) start: f64,
+    pub(crate) end: f64,
 }
 
 /// What running a plan produced.
 #[derive(Debug, Default)]
-pub struct Executed {
+pub(crate) struct Executed {
     /// Per step: what it made.
-    pub made: Vec<Option<Made>>,
-    pub runs: Vec<StepRun>,
+    pub(crate) made: Vec<Option<Made>>,
+    pub(crate) runs: Vec<StepRun>,
 }
 
 /// A step that failed, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{step}")]
 pub struct StepFailed {
-    pub step: String,
+    pub(crate) step: String,
     #[source]
-    pub source: Box<ApplyError>,
+    pub(crate) source: Box<ApplyError>,
 }
 
 /// What the steps of one run share: the rendered Ignition configs by node, and the watcher
@@ -93,7 +93,7 @@ struct Shared {
 }
 
 /// Runs every step of `plan`; `started` is when the run began (the timeline's zero).
-pub async fn execute(
+pub(crate) async fn execute(
     plan: &Plan,
     context: Arc<Context>,
     started: Instant,
@@ -138,7 +138,7 @@ pub async fn execute(
                 let context = context.clone();
                 let shared = shared.clone();
                 let line = step.action.progress_line();
-                events(Event::Started { step: id, line });
+                events(Event::Started { line });
                 tasks.spawn(async move {
                     let _permit = match limit {
                         Some(limit) => limit.acquire_owned().await.ok(),
@@ -169,7 +169,7 @@ pub async fn execute(
         match result {
             Ok((made, report)) => {
                 if let Some(line) = report {
-                    events(Event::Finished { step: id, line });
+                    events(Event::Finished { line });
                 }
                 executed.made[id] = Some(made);
                 executed.runs.push(StepRun {

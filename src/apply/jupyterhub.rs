@@ -13,7 +13,7 @@ use crate::addons::jupyterhub::{CREDENTIALS_SECRET, HubRelease, RELEASE};
 use crate::kube::{KubeClient, KubeError, Manifest, Waiting, poll, wait_deployment};
 
 #[derive(Debug, thiserror::Error)]
-pub enum HubError {
+pub(crate) enum HubError {
     #[error(
         "JupyterHub is already installed\n  hint: `flatstack jupyterhub upgrade` applies new settings or a new chart version"
     )]
@@ -25,20 +25,20 @@ pub enum HubError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Install,
     Upgrade,
 }
 
 /// Whether anything changed, and how long it took.
 #[derive(Debug)]
-pub struct HubOutcome {
-    pub changed: bool,
-    pub took: Duration,
+pub(crate) struct HubOutcome {
+    pub(crate) changed: bool,
+    pub(crate) took: Duration,
 }
 
 /// Installs or upgrades the hub and waits until it serves.
-pub async fn install(
+pub(crate) async fn install(
     client: &KubeClient,
     release: &HubRelease,
     action: Action,
@@ -103,7 +103,7 @@ async fn credentials_differ(client: &KubeClient, wanted: &Manifest) -> Result<bo
 /// Removes the release and its credentials. User volumes (`claim-*` claims made by the
 /// spawner, not by Helm) stay unless `delete_user_data`, which deletes the whole namespace.
 /// Returns the claims kept.
-pub async fn uninstall(
+pub(crate) async fn uninstall(
     client: &KubeClient,
     namespace: &str,
     delete_user_data: bool,
@@ -161,7 +161,10 @@ pub async fn uninstall(
 /// Where the hub's Let's Encrypt certificate stands, in cert-manager's words: issued (until
 /// when), or pending and why. Not waited for: a new DNS name can take an hour to resolve, and
 /// cert-manager keeps trying on its own.
-pub async fn certificate_state(client: &KubeClient, namespace: &str) -> Result<String, KubeError> {
+pub(crate) async fn certificate_state(
+    client: &KubeClient,
+    namespace: &str,
+) -> Result<String, KubeError> {
     let path = format!(
         "/apis/cert-manager.io/v1/namespaces/{namespace}/certificates/{}",
         crate::addons::jupyterhub::TLS_SECRET

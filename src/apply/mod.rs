@@ -6,16 +6,16 @@
 
 pub mod bootstrap;
 pub mod charts;
-pub mod down;
-pub mod execute;
-pub mod jupyterhub;
-pub mod observe;
-pub mod preflight;
-pub mod ranges;
-pub mod smoke;
-pub mod status;
-pub mod timeline;
-pub mod up;
+pub(crate) mod down;
+pub(crate) mod execute;
+pub(crate) mod jupyterhub;
+pub(crate) mod observe;
+pub(crate) mod preflight;
+pub(crate) mod ranges;
+pub(crate) mod smoke;
+pub(crate) mod status;
+pub(crate) mod timeline;
+pub(crate) mod up;
 mod watch;
 
 use std::sync::Arc;
@@ -65,20 +65,20 @@ pub enum ApplyError {
 
 /// What provisioning produced.
 #[derive(Debug)]
-pub struct Provisioned {
-    pub endpoint: ApiEndpoint,
+pub(crate) struct Provisioned {
+    pub(crate) endpoint: ApiEndpoint,
     /// The subnet the nodes are on, and the external network floating IPs come from: what
     /// the cloud controller's load balancers need.
-    pub subnet_id: String,
-    pub external_network_id: String,
-    pub servers: Vec<Server>,
+    pub(crate) subnet_id: String,
+    pub(crate) external_network_id: String,
+    pub(crate) servers: Vec<Server>,
     /// When each step ran.
-    pub runs: Vec<StepRun>,
+    pub(crate) runs: Vec<StepRun>,
 }
 
 /// Runs `plan` (made from `observation`) and returns what the cloud side is then: the API's
 /// addresses, the subnet and external network, and every server.
-pub async fn provision(
+pub(crate) async fn provision(
     context: Arc<Context>,
     observation: &Observation,
     plan: &Plan,
@@ -158,7 +158,7 @@ pub async fn provision(
 }
 
 /// Deletes everything the cluster owns, in dependency order, then checks nothing is left.
-pub async fn teardown(
+pub(crate) async fn teardown(
     cloud: &Arc<Cloud>,
     spec: &crate::spec::ClusterSpec,
     delete_volumes: bool,
@@ -270,7 +270,7 @@ pub async fn teardown(
 }
 
 /// Volumes the cluster's Cinder CSI driver created (persistent volumes), by their metadata.
-pub async fn cluster_volumes(
+pub(crate) async fn cluster_volumes(
     cloud: &Cloud,
     cluster: &str,
 ) -> Result<Vec<crate::cloud::volume::Volume>, CloudError> {

@@ -22,12 +22,12 @@ use super::ApplyError;
 
 /// What one observation found.
 #[derive(Debug, Clone)]
-pub struct Observation {
-    pub observed: Observed,
-    pub facts: CloudFacts,
+pub(crate) struct Observation {
+    pub(crate) observed: Observed,
+    pub(crate) facts: CloudFacts,
     /// The images the file's image choice looked at, and the keypairs when the file names one.
-    pub images: Vec<Image>,
-    pub keypairs: Option<Vec<Keypair>>,
+    pub(crate) images: Vec<Image>,
+    pub(crate) keypairs: Option<Vec<Keypair>>,
 }
 
 /// Device owners of a router's interface ports (legacy, distributed and HA routers).
@@ -38,7 +38,7 @@ const ROUTER_INTERFACE_OWNERS: [&str; 3] = [
 ];
 
 /// Reads everything `plan` and `up` need, concurrently.
-pub async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, ApplyError> {
+pub(crate) async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, ApplyError> {
     let ((observed, flavors), externals, images, keypairs) = tokio::try_join!(
         cluster_resources(cloud, spec),
         cloud.list::<Network>(Kind::Network, &[("router:external", "true")]),
@@ -106,7 +106,7 @@ pub async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, A
 /// groups (which cannot be tagged) by name; the router interfaces of the project; the boot
 /// volumes of volume-booted servers; and what the cloud controller made by its own naming.
 /// With the cloud's flavors, which tell whether a server runs what its pool asks for.
-pub async fn cluster_resources(
+pub(crate) async fn cluster_resources(
     cloud: &Cloud,
     spec: &ClusterSpec,
 ) -> Result<(Observed, Vec<Flavor>), CloudError> {

@@ -12,22 +12,22 @@ use crate::spec::ClusterSpec;
 use super::observe::Observation;
 
 /// One line of the report.
-pub struct Check {
-    pub what: String,
-    pub ok: bool,
-    pub detail: String,
+pub(crate) struct Check {
+    pub(crate) what: String,
+    pub(crate) ok: bool,
+    pub(crate) detail: String,
 }
 
 /// What the cloud has against what the cluster needs.
-pub struct Inspection {
-    pub checks: Vec<Check>,
-    pub quotas: Vec<(&'static str, u64, Usage)>,
-    pub needs: Needs,
+pub(crate) struct Inspection {
+    pub(crate) checks: Vec<Check>,
+    pub(crate) quotas: Vec<(&'static str, u64, Usage)>,
+    pub(crate) needs: Needs,
 }
 
 impl Inspection {
     /// Everything that would stop `up`, one phrase each.
-    pub fn problems(&self) -> Vec<String> {
+    pub(crate) fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let missing: Vec<&str> = self
             .checks
@@ -56,7 +56,7 @@ impl Inspection {
 /// The image servers boot from: the newest release of the cluster's channel when images say
 /// theirs (as `image ensure` records it), on the architecture nodes run (or unstated), newest
 /// upload last.
-pub fn choose_image<'a>(spec: &ClusterSpec, images: &'a [Image]) -> Option<&'a Image> {
+pub(crate) fn choose_image<'a>(spec: &ClusterSpec, images: &'a [Image]) -> Option<&'a Image> {
     let channel = spec.flatcar.channel.as_str();
     let usable: Vec<&Image> = images
         .iter()
@@ -82,7 +82,7 @@ pub fn choose_image<'a>(spec: &ClusterSpec, images: &'a [Image]) -> Option<&'a I
 
 /// Compares what `observation` found with what `spec` needs; `quotas` are the project's
 /// limits when the whole cluster is to be made (see [`quotas`]).
-pub fn inspect(
+pub(crate) fn inspect(
     spec: &ClusterSpec,
     observation: &Observation,
     quotas: Vec<(&'static str, u64, Usage)>,
@@ -157,7 +157,7 @@ pub fn inspect(
 }
 
 /// The project's quotas against what the whole cluster needs, read concurrently.
-pub async fn quotas(
+pub(crate) async fn quotas(
     cloud: &Cloud,
     needs: &Needs,
 ) -> Result<Vec<(&'static str, u64, Usage)>, CloudError> {

@@ -14,15 +14,15 @@ const FILE: &str = "ranges.json";
 /// A record that cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot use the cluster's recorded ranges in {}: {why}\n  hint: restore the state directory from a backup, or delete the file to take the cluster file's ranges as the cluster's", path.display())]
-pub struct RecordError {
-    pub path: std::path::PathBuf,
-    pub why: String,
+pub(crate) struct RecordError {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) why: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ranges {
-    pub pod_cidr: Ipv4Net,
-    pub service_cidr: Ipv4Net,
+pub(crate) struct Ranges {
+    pub(crate) pod_cidr: Ipv4Net,
+    pub(crate) service_cidr: Ipv4Net,
 }
 
 /// The file's form.
@@ -33,7 +33,7 @@ struct Record {
 }
 
 impl Ranges {
-    pub fn of(spec: &ClusterSpec) -> Ranges {
+    pub(crate) fn of(spec: &ClusterSpec) -> Ranges {
         Ranges {
             pod_cidr: spec.network.pod_cidr,
             service_cidr: spec.network.service_cidr,
@@ -42,7 +42,7 @@ impl Ranges {
 }
 
 /// The recorded ranges, if any. A record that cannot be read is an error naming the file.
-pub fn recorded(state: Option<&StateDir>) -> Result<Option<Ranges>, RecordError> {
+pub(crate) fn recorded(state: Option<&StateDir>) -> Result<Option<Ranges>, RecordError> {
     let Some(state) = state else {
         return Ok(None);
     };
@@ -75,7 +75,7 @@ pub fn recorded(state: Option<&StateDir>) -> Result<Option<Ranges>, RecordError>
 }
 
 /// Records the file's ranges (the first `up` of a cluster, or one made before the record).
-pub fn record(state: &StateDir, spec: &ClusterSpec) -> Result<(), PkiError> {
+pub(crate) fn record(state: &StateDir, spec: &ClusterSpec) -> Result<(), PkiError> {
     let record = Record {
         pod_cidr: spec.network.pod_cidr.to_string(),
         service_cidr: spec.network.service_cidr.to_string(),
@@ -86,7 +86,7 @@ pub fn record(state: &StateDir, spec: &ClusterSpec) -> Result<(), PkiError> {
 }
 
 /// What differs between the recorded ranges and the file's, one sentence each.
-pub fn changes(recorded: Option<Ranges>, spec: &ClusterSpec) -> Vec<String> {
+pub(crate) fn changes(recorded: Option<Ranges>, spec: &ClusterSpec) -> Vec<String> {
     let Some(recorded) = recorded else {
         return Vec::new();
     };

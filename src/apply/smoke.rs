@@ -11,7 +11,7 @@ use crate::addons::smoke::Smoke;
 use crate::kube::{KubeClient, KubeError, Waiting, poll, wait_deployment};
 
 #[derive(Debug, thiserror::Error)]
-pub enum SmokeError {
+pub(crate) enum SmokeError {
     #[error("the smoke pod never became ready: {reason}")]
     PodNotReady { reason: String },
     #[error(
@@ -24,14 +24,14 @@ pub enum SmokeError {
 
 /// What a passing run saw.
 #[derive(Debug)]
-pub struct SmokeReport {
-    pub url: String,
-    pub pod_ready_after: Duration,
-    pub served_after: Duration,
+pub(crate) struct SmokeReport {
+    pub(crate) url: String,
+    pub(crate) pod_ready_after: Duration,
+    pub(crate) served_after: Duration,
 }
 
 /// Runs the smoke test against the ingress at `ingress_base` (`http://ADDRESS[:PORT]`).
-pub async fn smoke(
+pub(crate) async fn smoke(
     client: &KubeClient,
     smoke: &Smoke,
     ingress_base: &str,

@@ -18,28 +18,28 @@ use crate::plan::planner::{self, Scope};
 use crate::plan::resources::Observed;
 use crate::spec::ClusterSpec;
 
-pub struct StatusRequest {
-    pub spec: ClusterSpec,
-    pub cloud: CloudConfig,
-    pub state_path: PathBuf,
+pub(crate) struct StatusRequest {
+    pub(crate) spec: ClusterSpec,
+    pub(crate) cloud: CloudConfig,
+    pub(crate) state_path: PathBuf,
     /// Reach the API at this HOST:PORT instead of the floating IP.
-    pub api_address: Option<String>,
+    pub(crate) api_address: Option<String>,
 }
 
 /// What `status` found.
-pub struct StatusReport {
-    pub cluster: String,
-    pub cloud: String,
+pub(crate) struct StatusReport {
+    pub(crate) cluster: String,
+    pub(crate) cloud: String,
     /// Everything of the cluster's in the cloud.
-    pub observed: Observed,
+    pub(crate) observed: Observed,
     /// How many steps `up` would run, or why no plan could be made.
-    pub pending: Result<usize, String>,
-    pub kubernetes: KubernetesStatus,
+    pub(crate) pending: Result<usize, String>,
+    pub(crate) kubernetes: KubernetesStatus,
 }
 
 impl StatusReport {
     /// The cluster's servers Nova has in ERROR.
-    pub fn failed_servers(&self) -> Vec<&str> {
+    pub(crate) fn failed_servers(&self) -> Vec<&str> {
         self.observed
             .servers
             .iter()
@@ -50,7 +50,7 @@ impl StatusReport {
 }
 
 /// What the cluster's Kubernetes API said.
-pub enum KubernetesStatus {
+pub(crate) enum KubernetesStatus {
     /// Not asked, or no answer: why, in a sentence.
     Unavailable(String),
     Answered {
@@ -64,7 +64,7 @@ pub enum KubernetesStatus {
 
 /// Observes the cluster and, when the cloud has anything of it, asks its API.
 /// Fails only when the cloud cannot be observed; a silent API is part of the report.
-pub async fn status(request: StatusRequest) -> Result<StatusReport, ApplyError> {
+pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, ApplyError> {
     let StatusRequest {
         spec,
         cloud,

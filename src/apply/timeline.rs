@@ -10,31 +10,31 @@ use crate::plan::steps::{Plan, StepId};
 
 /// A bar of the chart: a phase, or the steps of one group.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Bar {
-    pub name: String,
+pub(crate) struct Bar {
+    pub(crate) name: String,
     /// Seconds since the run started.
-    pub start: f64,
-    pub end: f64,
+    pub(crate) start: f64,
+    pub(crate) end: f64,
     /// Steps in the group (0 for a phase).
-    pub steps: usize,
+    pub(crate) steps: usize,
     /// Whether a step of the critical path is in it.
-    pub critical: bool,
+    pub(crate) critical: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Timeline {
-    pub total_seconds: f64,
-    pub bars: Vec<Bar>,
+pub(crate) struct Timeline {
+    pub(crate) total_seconds: f64,
+    pub(crate) bars: Vec<Bar>,
     /// The steps of the critical path, first to last.
-    pub critical_path: Vec<StepId>,
+    pub(crate) critical_path: Vec<StepId>,
     /// The phases before the plan ran plus the critical path's summed durations: the shortest
     /// time any executor could take for this plan with these call latencies.
-    pub bound_seconds: f64,
+    pub(crate) bound_seconds: f64,
 }
 
 /// The timeline of a run: `before` are the phases before the plan ran (login, observe),
 /// `after` those after it (bootstrap), each as `(name, start, end)`.
-pub fn build(
+pub(crate) fn build(
     plan: &Plan,
     runs: &[StepRun],
     before: &[(String, f64, f64)],
@@ -134,7 +134,7 @@ fn phase(name: &str, start: f64, end: f64) -> Bar {
 
 /// The chart as text, `width` columns for the bars: one line per bar, `*` marking the critical
 /// path, then the bound.
-pub fn render(timeline: &Timeline, width: usize) -> String {
+pub(crate) fn render(timeline: &Timeline, width: usize) -> String {
     let total = timeline.total_seconds.max(f64::EPSILON);
     let column = |t: f64| {
         ((t / total) * width as f64)

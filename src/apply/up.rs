@@ -23,37 +23,37 @@ use crate::spec::ClusterSpec;
 use crate::sysext::{self, SysextError};
 
 /// What `up` is asked to do.
-pub struct UpRequest {
-    pub spec: ClusterSpec,
-    pub cloud: CloudConfig,
-    pub state_path: PathBuf,
+pub(crate) struct UpRequest {
+    pub(crate) spec: ClusterSpec,
+    pub(crate) cloud: CloudConfig,
+    pub(crate) state_path: PathBuf,
     /// Stop once the cloud side is done.
-    pub provision_only: bool,
+    pub(crate) provision_only: bool,
     /// Reach the API at this HOST:PORT instead of the floating IP.
-    pub api_address: Option<String>,
+    pub(crate) api_address: Option<String>,
     /// How long the cluster gets to come up.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// What `up` did.
-pub struct UpReport {
-    pub spec: ClusterSpec,
-    pub plan: Plan,
-    pub provisioned: Provisioned,
-    pub timeline: Timeline,
-    pub api_calls: u64,
-    pub mutating_calls: u64,
+pub(crate) struct UpReport {
+    pub(crate) spec: ClusterSpec,
+    pub(crate) plan: Plan,
+    pub(crate) provisioned: Provisioned,
+    pub(crate) timeline: Timeline,
+    pub(crate) api_calls: u64,
+    pub(crate) mutating_calls: u64,
     /// The API's URL as clients reach it, and the admin kubeconfig written for it.
-    pub api: String,
-    pub admin_kubeconfig: String,
-    pub admin_kubeconfig_path: PathBuf,
+    pub(crate) api: String,
+    pub(crate) admin_kubeconfig: String,
+    pub(crate) admin_kubeconfig_path: PathBuf,
     /// The cluster side, unless `provision_only`.
-    pub booted: Option<Bootstrapped>,
+    pub(crate) booted: Option<Bootstrapped>,
 }
 
 impl UpReport {
     /// Whether the run changed nothing, in the cloud or through the API.
-    pub fn unchanged(&self) -> bool {
+    pub(crate) fn unchanged(&self) -> bool {
         self.plan.is_empty()
             && self.mutating_calls == 0
             && self.booted.as_ref().is_none_or(|b| b.changes == 0)
@@ -61,7 +61,7 @@ impl UpReport {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum UpError {
+pub(crate) enum UpError {
     /// The file asks for what cannot be done: exit code 2, nothing changed.
     #[error("{0}")]
     Refused(String),
@@ -94,7 +94,7 @@ pub enum UpError {
 }
 
 impl UpError {
-    pub fn is_invalid_input(&self) -> bool {
+    pub(crate) fn is_invalid_input(&self) -> bool {
         match self {
             UpError::Refused(_) => true,
             UpError::Sysext(e) => e.is_invalid_input(),
@@ -107,7 +107,10 @@ impl UpError {
 }
 
 /// Runs `up`; `events` hears of every step as it starts.
-pub async fn up(request: UpRequest, events: &(dyn Fn(Event) + Sync)) -> Result<UpReport, UpError> {
+pub(crate) async fn up(
+    request: UpRequest,
+    events: &(dyn Fn(Event) + Sync),
+) -> Result<UpReport, UpError> {
     let started = Instant::now();
     let at = || started.elapsed().as_secs_f64();
     let say = |line: &str| events(Event::Say(line.to_string()));
@@ -256,7 +259,7 @@ async fn observe_checked(
 }
 
 /// Refuses a file that changes what an existing cluster cannot change in place.
-pub fn refuse_immutable_changes(
+pub(crate) fn refuse_immutable_changes(
     spec: &ClusterSpec,
     observation: &Observation,
     ranges: Option<ranges::Ranges>,
@@ -284,7 +287,7 @@ pub fn refuse_immutable_changes(
 }
 
 /// The refusal for a cluster that exists in the cloud but whose PKI is not here.
-pub fn missing_pki(cluster: &str, state_path: &std::path::Path) -> String {
+pub(crate) fn missing_pki(cluster: &str, state_path: &std::path::Path) -> String {
     format!(
         "cluster `{cluster}` exists in the cloud, but its PKI is not in {}: its nodes trust a CA only that state directory holds, and a new one would lock every later node out; nothing was changed\n  hint: copy the state directory from the machine that ran `flatstack up` first (or a backup) to {}, or pass --state-dir",
         state_path.join("pki").display(),
@@ -337,24 +340,24 @@ async fn cluster_api(
 
 /// What `plan` reports: the steps `up` would run and what stands around them.
 #[derive(Debug, serde::Serialize)]
-pub struct PlanReport {
-    pub cluster: String,
-    pub cloud: String,
-    pub kubernetes: String,
-    pub sysext: sysext::PinnedSysext,
+pub(crate) struct PlanReport {
+    pub(crate) cluster: String,
+    pub(crate) cloud: String,
+    pub(crate) kubernetes: String,
+    pub(crate) sysext: sysext::PinnedSysext,
     /// Another digest the publisher lists today for a recorded one (kept, never followed).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sysext_publisher_lists: Option<String>,
-    pub warnings: Vec<String>,
+    pub(crate) sysext_publisher_lists: Option<String>,
+    pub(crate) warnings: Vec<String>,
     /// The steps `up` runs, in an order that respects their `needs`.
-    pub actions: Vec<crate::plan::steps::ShownStep>,
-    pub vcpus: u64,
-    pub su_per_hour: u64,
+    pub(crate) actions: Vec<crate::plan::steps::ShownStep>,
+    pub(crate) vcpus: u64,
+    pub(crate) su_per_hour: u64,
 }
 
 /// Plans as `up` would, touching nothing: the same observation, refusals and planner, plus the
 /// preflight's problems and the publisher's view of the sysext digest as warnings.
-pub async fn plan(
+pub(crate) async fn plan(
     spec: ClusterSpec,
     config: CloudConfig,
     state_path: PathBuf,

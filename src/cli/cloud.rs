@@ -12,21 +12,21 @@ use crate::plan::Needs;
 use crate::spec::ClusterSpec;
 
 /// Which cloud to use: `--cloud`, else `OS_CLOUD`, else the cluster file's `cloud`.
-pub fn cloud_config(flag: Option<&str>, spec: &ClusterSpec) -> anyhow::Result<CloudConfig> {
+pub(crate) fn cloud_config(flag: Option<&str>, spec: &ClusterSpec) -> anyhow::Result<CloudConfig> {
     let from_env = std::env::var("OS_CLOUD").ok().filter(|c| !c.is_empty());
     let name = flag.map(str::to_string).or(from_env).or(spec.cloud.clone());
     CloudConfig::resolve(name.as_deref()).map_err(|e| InvalidInput(e.to_string()).into())
 }
 
 /// A runtime for the commands that talk to the cloud.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?)
 }
 
-pub fn check(file: &Path, cloud_flag: Option<&str>) -> anyhow::Result<()> {
+pub(crate) fn check(file: &Path, cloud_flag: Option<&str>) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let config = cloud_config(cloud_flag, &spec)?;
     runtime()?.block_on(async {

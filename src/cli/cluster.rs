@@ -20,24 +20,24 @@ use crate::spec::{ClusterSpec, IngressExposure};
 
 /// Where a running cluster is.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ClusterArgs {
+pub(crate) struct ClusterArgs {
     /// State directory holding the cluster's PKI (default: $XDG_DATA_HOME/flatstack/<name>).
     #[arg(long, env = "FLATSTACK_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     /// Reach the Kubernetes API at HOST:PORT instead of the floating IP (an SSH tunnel, a
     /// port forward); the server must still prove itself with the cluster CA.
     #[arg(long, value_name = "HOST:PORT", value_parser = super::up::parse_host_port)]
-    pub api_address: Option<String>,
+    pub(crate) api_address: Option<String>,
     /// Reach the ingress at HOST[:PORT] instead of the address flatstack finds.
     #[arg(long, value_name = "HOST[:PORT]")]
-    pub ingress_address: Option<String>,
+    pub(crate) ingress_address: Option<String>,
 }
 
 /// A connection to the cluster of a cluster file.
-pub struct Cluster {
-    pub spec: ClusterSpec,
-    pub state: StateDir,
-    pub client: KubeClient,
+pub(crate) struct Cluster {
+    pub(crate) spec: ClusterSpec,
+    pub(crate) state: StateDir,
+    pub(crate) client: KubeClient,
     /// The API's floating IP, when the cloud was asked.
     api_floating_ip: Option<String>,
     ingress_flag: Option<String>,
@@ -45,7 +45,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects to the cluster of `spec` (the cluster file, already read and valid).
-    pub async fn connect(
+    pub(crate) async fn connect(
         spec: ClusterSpec,
         cloud_flag: Option<&str>,
         args: &ClusterArgs,
@@ -94,7 +94,7 @@ impl Cluster {
 
     /// The ingress's address as HOST[:PORT]: the flag, the API's floating IP (Traefik on the
     /// control planes), or the load balancer address in Traefik's Service status.
-    pub async fn ingress_address(&self) -> anyhow::Result<String> {
+    pub(crate) async fn ingress_address(&self) -> anyhow::Result<String> {
         if let Some(address) = &self.ingress_flag {
             return Ok(address.clone());
         }
@@ -127,7 +127,7 @@ impl Cluster {
 }
 
 /// The address of the cluster's API floating IP, if the cloud has one.
-pub async fn api_floating_ip(
+pub(crate) async fn api_floating_ip(
     spec: &ClusterSpec,
     cloud_flag: Option<&str>,
 ) -> anyhow::Result<Option<String>> {

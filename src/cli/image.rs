@@ -11,7 +11,7 @@ use crate::image::{self, Arch, EnsureOptions, Visibility};
 use crate::spec::{Channel, ClusterSpec};
 
 #[derive(Debug, clap::Subcommand)]
-pub enum ImageCommand {
+pub(crate) enum ImageCommand {
     /// Make sure Glance has a verified Flatcar image: reuse an active one of the same version
     /// and architecture, or stream the release through SHA-512, OpenPGP and bzip2 into Glance.
     Ensure(EnsureArgs),
@@ -20,31 +20,31 @@ pub enum ImageCommand {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct EnsureArgs {
+pub(crate) struct EnsureArgs {
     /// stable, beta, alpha or lts (default: the cluster file's, else stable).
     #[arg(long, value_parser = parse_channel)]
-    pub channel: Option<Channel>,
+    pub(crate) channel: Option<Channel>,
     /// An exact release such as 4230.2.3 (default: the cluster file's, else the channel's current).
     #[arg(long)]
-    pub version: Option<String>,
+    pub(crate) version: Option<String>,
     /// The nodes' CPU architecture.
     #[arg(long, value_enum, default_value = "amd64")]
-    pub arch: Arch,
+    pub(crate) arch: Arch,
     /// A mirror laid out like the release servers: <URL>/<arch>-usr/<version>/<file>.
     #[arg(long, value_name = "URL")]
-    pub base_url: Option<String>,
+    pub(crate) base_url: Option<String>,
     /// The release's .img.bz2 already on disk, with its .sig and .DIGESTS files beside it.
     #[arg(long, value_name = "FILE")]
-    pub from_file: Option<PathBuf>,
+    pub(crate) from_file: Option<PathBuf>,
     /// Verify with the keys in this file instead of Flatcar's key shipped in flatstack.
     #[arg(long, value_name = "FILE")]
-    pub signing_key: Option<PathBuf>,
+    pub(crate) signing_key: Option<PathBuf>,
     /// Glance name; {channel}, {version} and {arch} are filled in.
     #[arg(long, default_value = image::NAME_PATTERN)]
-    pub name: String,
+    pub(crate) name: String,
     /// Who may see the image in Glance.
     #[arg(long, value_enum, default_value = "private")]
-    pub visibility: Visibility,
+    pub(crate) visibility: Visibility,
 }
 
 fn parse_channel(text: &str) -> Result<Channel, String> {
@@ -73,7 +73,11 @@ fn cloud_for(flag: Option<&str>, spec: Option<&ClusterSpec>) -> anyhow::Result<C
     }
 }
 
-pub fn run(file: &Path, cloud_flag: Option<&str>, command: &ImageCommand) -> anyhow::Result<()> {
+pub(crate) fn run(
+    file: &Path,
+    cloud_flag: Option<&str>,
+    command: &ImageCommand,
+) -> anyhow::Result<()> {
     let spec = optional_spec(file)?;
     let config = cloud_for(cloud_flag, spec.as_ref())?;
     match command {

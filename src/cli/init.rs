@@ -13,23 +13,23 @@ use crate::spec::profile::{KubernetesChoice, Profile, cluster_file};
 use crate::sysext;
 
 #[derive(Debug, clap::Args)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// The cloud the file is tuned for.
     #[arg(long, value_enum, default_value = "jetstream2")]
-    pub profile: Profile,
+    pub(crate) profile: Profile,
     /// Cluster name (default: the current directory's name, if it is a valid one).
     #[arg(long)]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Replace an existing file.
     #[arg(long)]
-    pub force: bool,
+    pub(crate) force: bool,
     /// Take the Kubernetes sysext from this mirror of the bakery's `extensions/` directory
     /// (images and `SHA256SUMS` files laid out as the bakery serves them) instead of the bakery.
     #[arg(long, value_name = "URL")]
-    pub sysext_mirror: Option<String>,
+    pub(crate) sysext_mirror: Option<String>,
 }
 
-pub fn run(path: &Path, args: &InitArgs) -> anyhow::Result<()> {
+pub(crate) fn run(path: &Path, args: &InitArgs) -> anyhow::Result<()> {
     let name = match &args.name {
         Some(name) => name.clone(),
         None => default_name(),

@@ -20,7 +20,7 @@ const USER_PASSWORD_FILE: &str = "jupyterhub-user-password";
 const ADMIN_PASSWORD_FILE: &str = "jupyterhub-admin-password";
 
 #[derive(Debug, clap::Subcommand)]
-pub enum HubCommand {
+pub(crate) enum HubCommand {
     /// Install JupyterHub (pinned zero-to-jupyterhub chart) and wait until it serves.
     Install(HubArgs),
     /// Apply changed settings, values file or chart version to the installed hub.
@@ -30,26 +30,30 @@ pub enum HubCommand {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct HubArgs {
+pub(crate) struct HubArgs {
     #[command(flatten)]
-    pub cluster: ClusterArgs,
+    pub(crate) cluster: ClusterArgs,
     /// How long to wait for Helm and the hub (`90s`, `20m`).
     #[arg(long, default_value = "20m", value_parser = parse_duration)]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct UninstallArgs {
+pub(crate) struct UninstallArgs {
     #[command(flatten)]
-    pub cluster: ClusterArgs,
+    pub(crate) cluster: ClusterArgs,
     /// Also delete the hub's namespace with every user's home directory volume.
     #[arg(long)]
-    pub delete_user_data: bool,
+    pub(crate) delete_user_data: bool,
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
-pub fn run(file: &Path, cloud_flag: Option<&str>, command: &HubCommand) -> anyhow::Result<()> {
+pub(crate) fn run(
+    file: &Path,
+    cloud_flag: Option<&str>,
+    command: &HubCommand,
+) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         match command {
             HubCommand::Install(args) => install_or_upgrade(file, cloud_flag, args, Action::Install).await,

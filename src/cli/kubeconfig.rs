@@ -11,25 +11,29 @@ use super::{InvalidInput, load_spec};
 use crate::pki::{ClusterPki, Kubeconfig, StateDir, kubeconfig_yaml};
 
 #[derive(Debug, clap::Args)]
-pub struct KubeconfigArgs {
+pub(crate) struct KubeconfigArgs {
     /// The break-glass kubeconfig (group `system:masters`, which no RBAC rule can restrict)
     /// instead of the admin one; printed only, never merged.
     #[arg(long)]
-    pub super_admin: bool,
+    pub(crate) super_admin: bool,
     /// Merge the admin kubeconfig into ~/.kube/config (or the first file of $KUBECONFIG) with
     /// a context named after the cluster, made current, instead of printing it.
     #[arg(long, conflicts_with = "super_admin")]
-    pub merge: bool,
+    pub(crate) merge: bool,
     /// Point the kubeconfig at HOST:PORT (a tunnel, a port forward) instead of the floating IP;
     /// the API server's certificate carries 127.0.0.1 and localhost for this.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
-    pub api_address: Option<String>,
+    pub(crate) api_address: Option<String>,
     /// State directory holding the cluster's PKI (default: $XDG_DATA_HOME/flatstack/<name>).
     #[arg(long, env = "FLATSTACK_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
 }
 
-pub fn run(file: &Path, cloud_flag: Option<&str>, args: &KubeconfigArgs) -> anyhow::Result<()> {
+pub(crate) fn run(
+    file: &Path,
+    cloud_flag: Option<&str>,
+    args: &KubeconfigArgs,
+) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let state_path = match &args.state_dir {
         Some(dir) => dir.clone(),

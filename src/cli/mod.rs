@@ -29,19 +29,19 @@ pub struct Cli {
         env = "FLATSTACK_FILE",
         default_value = "cluster.toml"
     )]
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// The clouds.yaml entry to use instead of the cluster file's `cloud` (like OS_CLOUD).
     #[arg(long, global = true)]
-    pub cloud: Option<String>,
+    pub(crate) cloud: Option<String>,
     /// Log every API call (-v) and retries; -vv for more. Never logs credentials or tokens.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    pub(crate) verbose: u8,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Write a commented cluster file to start from.
     Init(init::InitArgs),
     /// Check the cluster file and report every problem in it.
@@ -76,19 +76,19 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum CloudCommand {
+pub(crate) enum CloudCommand {
     /// Log in, show region and endpoints, and check flavors, image, external network,
     /// keypair and quotas against what the cluster file needs.
     Check,
 }
 
 /// Exit code for invalid input: cluster files, arguments, unsafe state directories.
-pub const EXIT_INVALID_INPUT: u8 = 2;
+pub(crate) const EXIT_INVALID_INPUT: u8 = 2;
 
 /// An error in what the user gave us, as opposed to a failure while acting on it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct InvalidInput(pub String);
+pub(crate) struct InvalidInput(pub String);
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.verbose > 0 {
@@ -171,12 +171,12 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 }
 
 /// A warning when the cluster's Kubernetes minor is past its end of life today.
-pub fn end_of_life_warning(spec: &ClusterSpec) -> Option<String> {
+pub(crate) fn end_of_life_warning(spec: &ClusterSpec) -> Option<String> {
     let today = time::OffsetDateTime::now_utc().date().to_string();
     crate::pins::end_of_life_warning(spec.kubernetes.version, &today)
 }
 
-pub fn load_spec(path: &std::path::Path) -> anyhow::Result<ClusterSpec> {
+pub(crate) fn load_spec(path: &std::path::Path) -> anyhow::Result<ClusterSpec> {
     match ClusterSpec::load(path) {
         Ok(spec) => Ok(spec),
         Err(crate::spec::LoadError::Invalid(invalid)) => Err(invalid.into()),

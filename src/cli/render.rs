@@ -16,24 +16,24 @@ use crate::spec::Role;
 use crate::sysext;
 
 #[derive(Debug, clap::Args)]
-pub struct RenderArgs {
+pub(crate) struct RenderArgs {
     /// Directory for `<node>.ign` files and `kubeconfig`.
     #[arg(long)]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// The control plane's public address (floating IP): added to the API certificate and
     /// used in the kubeconfig.
     #[arg(long, value_name = "IP")]
-    pub endpoint: Option<IpAddr>,
+    pub(crate) endpoint: Option<IpAddr>,
     /// The control plane's private address, which nodes join through. Defaults to the 10th
     /// address of `network.node_cidr` when flatstack creates the network.
     #[arg(long, value_name = "IP")]
-    pub internal_endpoint: Option<Ipv4Addr>,
+    pub(crate) internal_endpoint: Option<Ipv4Addr>,
     /// State directory holding the cluster's PKI (default: $XDG_DATA_HOME/flatstack/<name>).
     #[arg(long, env = "FLATSTACK_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
 }
 
-pub fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
+pub(crate) fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let internal = match args
         .internal_endpoint

@@ -9,15 +9,15 @@ use super::up::parse_duration;
 use crate::addons::smoke::Smoke;
 
 #[derive(Debug, clap::Args)]
-pub struct SmokeArgs {
+pub(crate) struct SmokeArgs {
     #[command(flatten)]
-    pub cluster: ClusterArgs,
+    pub(crate) cluster: ClusterArgs,
     /// How long the pod and the ingress may take (`90s`, `5m`).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
-pub fn run(file: &Path, cloud_flag: Option<&str>, args: &SmokeArgs) -> anyhow::Result<()> {
+pub(crate) fn run(file: &Path, cloud_flag: Option<&str>, args: &SmokeArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let spec = super::load_spec(file)?;
         let cluster = Cluster::connect(spec, cloud_flag, &args.cluster).await?;

@@ -21,57 +21,57 @@ use crate::plan::resources::Observed;
 use crate::plan::steps::{ShownStep, Verb};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
+pub(crate) enum Output {
     Text,
     Json,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct PlanArgs {
+pub(crate) struct PlanArgs {
     /// `text` for people, `json` for programs.
     #[arg(long, value_enum, default_value = "text")]
-    pub output: Output,
+    pub(crate) output: Output,
     /// State directory holding the cluster's PKI and recorded sysext digest (default:
     /// $XDG_DATA_HOME/flatstack/<name>).
     #[arg(long, env = "FLATSTACK_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     /// Plan as `up --provision-only` runs: the cloud side only, no drains or join token.
     #[arg(long)]
-    pub provision_only: bool,
+    pub(crate) provision_only: bool,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct UpArgs {
+pub(crate) struct UpArgs {
     /// Stop once the cloud side is done (servers ACTIVE, floating IP attached): for clouds whose
     /// servers never boot, like the local test OpenStack.
     #[arg(long)]
-    pub provision_only: bool,
+    pub(crate) provision_only: bool,
     /// State directory holding the cluster's PKI (default: $XDG_DATA_HOME/flatstack/<name>).
     #[arg(long, env = "FLATSTACK_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     #[command(flatten)]
-    pub api: ApiArgs,
+    pub(crate) api: ApiArgs,
     /// How long to wait for the cluster to come up: API, add-ons and every node Ready
     /// (`90s`, `20m`, `1h`).
     #[arg(long, default_value = "20m", value_parser = parse_duration)]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Also merge the admin kubeconfig into ~/.kube/config (or the first file in $KUBECONFIG),
     /// with a context named after the cluster, made current.
     #[arg(long)]
-    pub merge_kubeconfig: bool,
+    pub(crate) merge_kubeconfig: bool,
     /// `text` for people; `json` prints the steps run and the timeline as JSON on stdout
     /// (progress goes to stderr).
     #[arg(long, value_enum, default_value = "text")]
-    pub output: Output,
+    pub(crate) output: Output,
 }
 
 /// How to reach the cluster's Kubernetes API.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ApiArgs {
+pub(crate) struct ApiArgs {
     /// Reach the Kubernetes API at HOST:PORT instead of the floating IP (an SSH tunnel, a
     /// port forward); the server must still prove itself with the cluster CA.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
-    pub api_address: Option<String>,
+    pub(crate) api_address: Option<String>,
 }
 
 /// `HOST:PORT` as `--api-address` takes it: a host name or address (IPv6 in brackets) and a
@@ -108,12 +108,12 @@ pub(crate) fn parse_host_port(text: &str) -> Result<String, String> {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// State directory holding the cluster's PKI (default: $XDG_DATA_HOME/flatstack/<name>).
     #[arg(long, env = "FLATSTACK_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     #[command(flatten)]
-    pub api: ApiArgs,
+    pub(crate) api: ApiArgs,
 }
 
 /// The longest wait any command accepts.
@@ -143,20 +143,20 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct DownArgs {
+pub(crate) struct DownArgs {
     /// State directory of the cluster, whose lock `down` takes (default:
     /// $XDG_DATA_HOME/flatstack/<name>).
     #[arg(long, env = "FLATSTACK_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     /// Do not ask for confirmation.
     #[arg(long)]
-    pub yes: bool,
+    pub(crate) yes: bool,
     /// Also delete the persistent volumes the cluster's Cinder CSI driver created.
     #[arg(long)]
-    pub delete_volumes: bool,
+    pub(crate) delete_volumes: bool,
 }
 
-pub fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> anyhow::Result<()> {
+pub(crate) fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let config = cloud_config(cloud_flag, &spec)?;
     let state_path = state_path(&spec, args.state_dir.as_ref())?;
@@ -230,7 +230,7 @@ struct UpJson<'a> {
     timeline: &'a timeline::Timeline,
 }
 
-pub fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Result<()> {
+pub(crate) fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let request = UpRequest {
         cloud: cloud_config(cloud_flag, &spec)?,
@@ -336,7 +336,7 @@ fn state_path(spec: &crate::spec::ClusterSpec, flag: Option<&PathBuf>) -> anyhow
 
 /// Merges `admin` into the user's kubeconfig: the first file of $KUBECONFIG, else
 /// ~/.kube/config. Returns the path written.
-pub fn merge_into_user_kubeconfig(admin: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn merge_into_user_kubeconfig(admin: &str) -> anyhow::Result<PathBuf> {
     let path = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
         Some(list) => std::env::split_paths(&list)
             .next()
@@ -362,7 +362,11 @@ pub fn merge_into_user_kubeconfig(admin: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-pub fn status(file: &Path, cloud_flag: Option<&str>, args: &StatusArgs) -> anyhow::Result<()> {
+pub(crate) fn status(
+    file: &Path,
+    cloud_flag: Option<&str>,
+    args: &StatusArgs,
+) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let cloud = cloud_config(cloud_flag, &spec)?;
     let state_path = state_path(&spec, args.state_dir.as_ref())?;
@@ -502,7 +506,7 @@ fn print_updates(
     }
 }
 
-pub fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> anyhow::Result<()> {
+pub(crate) fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let name = spec.name.clone();
     let config = cloud_config(cloud_flag, &spec)?;

@@ -24,9 +24,9 @@ pub struct Flavor {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Keypair {
     pub name: String,
-    pub public_key: String,
+    pub(crate) public_key: String,
     #[serde(default)]
-    pub fingerprint: Option<String>,
+    pub(crate) fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -34,66 +34,66 @@ pub struct ServerGroup {
     pub id: String,
     pub name: String,
     #[serde(default)]
-    pub policy: Option<String>,
+    pub(crate) policy: Option<String>,
     #[serde(default)]
-    pub members: Vec<String>,
+    pub(crate) members: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Server {
     pub id: String,
     pub name: String,
-    pub status: String,
+    pub(crate) status: String,
     #[serde(default)]
     pub tags: Vec<String>,
     #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
+    pub(crate) metadata: BTreeMap<String, String>,
     #[serde(default)]
-    pub fault: Option<Fault>,
+    pub(crate) fault: Option<Fault>,
     #[serde(default)]
-    pub addresses: BTreeMap<String, Vec<Address>>,
+    pub(crate) addresses: BTreeMap<String, Vec<Address>>,
     #[serde(default)]
-    pub flavor: Value,
+    pub(crate) flavor: Value,
     /// The image it booted from, or `""` when it boots from a volume.
     #[serde(default)]
-    pub image: Value,
+    pub(crate) image: Value,
     /// When its guest first started (Nova's `OS-SRV-USG:launched_at`); `None` while it builds
     /// and for a build that failed before the guest ever ran.
     #[serde(default, rename = "OS-SRV-USG:launched_at")]
-    pub launched_at: Option<String>,
+    pub(crate) launched_at: Option<String>,
 }
 
 impl Server {
     /// The name of the flavor it runs (microversion 2.47 and later embed the flavor).
-    pub fn flavor_name(&self) -> Option<&str> {
+    pub(crate) fn flavor_name(&self) -> Option<&str> {
         self.flavor.get("original_name").and_then(Value::as_str)
     }
 
     /// Whether its build failed before the guest ever ran: in ERROR without a launch time. Such
     /// a server holds nothing (no disk written, no node joined), so it can be rebuilt.
-    pub fn failed_build(&self) -> bool {
+    pub(crate) fn failed_build(&self) -> bool {
         self.status == "ERROR" && self.launched_at.is_none()
     }
 
     /// Whether it boots from a volume: Nova shows such a server's image as `""`.
-    pub fn boots_from_volume(&self) -> bool {
+    pub(crate) fn boots_from_volume(&self) -> bool {
         self.image.as_str() == Some("")
     }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Fault {
+pub(crate) struct Fault {
     #[serde(default)]
-    pub message: String,
+    pub(crate) message: String,
     #[serde(default)]
-    pub code: Option<u16>,
+    pub(crate) code: Option<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Address {
-    pub addr: String,
+pub(crate) struct Address {
+    pub(crate) addr: String,
     #[serde(rename = "OS-EXT-IPS:type", default)]
-    pub kind: Option<String>,
+    pub(crate) kind: Option<String>,
 }
 
 /// What a new server is made of.
@@ -118,11 +118,11 @@ pub struct ServerRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ComputeLimits {
     pub instances: Usage,
-    pub cores: Usage,
+    pub(crate) cores: Usage,
     /// MiB.
-    pub ram_mib: Usage,
-    pub server_groups: Usage,
-    pub keypairs: Usage,
+    pub(crate) ram_mib: Usage,
+    pub(crate) server_groups: Usage,
+    pub(crate) keypairs: Usage,
 }
 
 /// A quota and how much of it is used; `limit` of `None` means unlimited.
@@ -142,7 +142,7 @@ impl Usage {
     }
 
     /// What is left, `None` when unlimited.
-    pub fn left(&self) -> Option<u64> {
+    pub(crate) fn left(&self) -> Option<u64> {
         self.limit.map(|l| l.saturating_sub(self.used))
     }
 }
@@ -235,7 +235,7 @@ impl Cloud {
             .await
     }
 
-    pub async fn server(&self, id: &str) -> Result<Server, CloudError> {
+    pub(crate) async fn server(&self, id: &str) -> Result<Server, CloudError> {
         #[derive(Deserialize)]
         struct One {
             server: Server,

@@ -15,19 +15,19 @@ use crate::secret::Secret;
 #[derive(Debug, Clone)]
 pub struct CloudConfig {
     /// The clouds.yaml entry, or `OS_* variables`.
-    pub name: String,
-    pub auth_url: String,
-    pub credentials: Credentials,
-    pub region: Option<String>,
+    pub(crate) name: String,
+    pub(crate) auth_url: String,
+    pub(crate) credentials: Credentials,
+    pub(crate) region: Option<String>,
     /// Endpoint interface: `public` (default), `internal` or `admin`.
-    pub interface: String,
+    pub(crate) interface: String,
     /// Extra CA bundle (PEM) for clouds with a private CA.
-    pub cacert: Option<PathBuf>,
+    pub(crate) cacert: Option<PathBuf>,
     /// `verify: false` in clouds.yaml: accept any server certificate.
-    pub insecure: bool,
+    pub(crate) insecure: bool,
     /// Endpoints used instead of the catalog's, by service (`compute`, `network`, `image`,
     /// `block-storage`), from clouds.yaml's `<service>_endpoint_override` keys.
-    pub endpoint_overrides: BTreeMap<String, String>,
+    pub(crate) endpoint_overrides: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,7 +96,7 @@ struct Auth {
 }
 
 /// Where clouds.yaml and secure.yaml are looked for, in order, as the openstack CLI does.
-pub fn search_dirs() -> Vec<PathBuf> {
+pub(crate) fn search_dirs() -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::from(".")];
     match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
         Some(config) => dirs.push(PathBuf::from(config).join("openstack")),
@@ -113,7 +113,7 @@ pub fn search_dirs() -> Vec<PathBuf> {
 impl CloudConfig {
     /// Resolves the cloud: the clouds.yaml entry `wanted`, else the one `OS_CLOUD` names, else
     /// the `OS_*` variables of an openrc file.
-    pub fn resolve(wanted: Option<&str>) -> Result<CloudConfig, CloudError> {
+    pub(crate) fn resolve(wanted: Option<&str>) -> Result<CloudConfig, CloudError> {
         let env: BTreeMap<String, String> = std::env::vars()
             .filter(|(k, _)| k.starts_with("OS_"))
             .collect();

@@ -12,29 +12,29 @@ use super::{Cloud, CloudError, Service, query_escape};
 pub struct Image {
     pub id: String,
     #[serde(default)]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     pub status: String,
     #[serde(default)]
-    pub visibility: String,
+    pub(crate) visibility: String,
     #[serde(default)]
-    pub checksum: Option<String>,
+    pub(crate) checksum: Option<String>,
     #[serde(default)]
-    pub size: Option<u64>,
+    pub(crate) size: Option<u64>,
     #[serde(default)]
-    pub os_version: Option<String>,
+    pub(crate) os_version: Option<String>,
     #[serde(default)]
-    pub os_distro: Option<String>,
+    pub(crate) os_distro: Option<String>,
     #[serde(default)]
-    pub architecture: Option<String>,
+    pub(crate) architecture: Option<String>,
     #[serde(default)]
-    pub created_at: Option<String>,
+    pub(crate) created_at: Option<String>,
     #[serde(default)]
     pub os_hash_algo: Option<String>,
     #[serde(default)]
     pub os_hash_value: Option<String>,
     /// Every other property (hw_disk_bus, ...), as Glance returns them.
     #[serde(flatten)]
-    pub properties: BTreeMap<String, Value>,
+    pub(crate) properties: BTreeMap<String, Value>,
 }
 
 impl Cloud {

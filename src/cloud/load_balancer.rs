@@ -11,32 +11,32 @@ use serde::Deserialize;
 use super::{Cloud, CloudError, Service};
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct LoadBalancer {
-    pub id: String,
+pub(crate) struct LoadBalancer {
+    pub(crate) id: String,
     #[serde(default)]
-    pub name: String,
-    pub provisioning_status: String,
+    pub(crate) name: String,
+    pub(crate) provisioning_status: String,
     #[serde(default)]
-    pub vip_address: Option<String>,
+    pub(crate) vip_address: Option<String>,
     #[serde(default)]
-    pub vip_port_id: Option<String>,
+    pub(crate) vip_port_id: Option<String>,
 }
 
 /// The name prefix of the load balancers the cloud controller makes for `cluster`. Cluster names
 /// have no `_`, so no other cluster's load balancers share it.
-pub fn service_prefix(cluster: &str) -> String {
+pub(crate) fn service_prefix(cluster: &str) -> String {
     format!("kube_service_{cluster}_")
 }
 
 /// Whether a floating IP's description says the cloud controller made it for `cluster`.
-pub fn is_service_floating_ip(description: &str, cluster: &str) -> bool {
+pub(crate) fn is_service_floating_ip(description: &str, cluster: &str) -> bool {
     description.starts_with("Floating IP for Kubernetes external service ")
         && description.ends_with(&format!(" from cluster {cluster}"))
 }
 
 impl Cloud {
     /// The cluster's load balancers; none when the cloud has no load-balancer service.
-    pub async fn cluster_load_balancers(
+    pub(crate) async fn cluster_load_balancers(
         &self,
         cluster: &str,
     ) -> Result<Vec<LoadBalancer>, CloudError> {
@@ -61,7 +61,7 @@ impl Cloud {
     /// Deletes a load balancer with its listeners, pools and members, and waits until Octavia
     /// has removed it. A load balancer that is still changing (PENDING_*) is refused with 409 by
     /// Octavia; the session retries that.
-    pub async fn delete_load_balancer(
+    pub(crate) async fn delete_load_balancer(
         &self,
         id: &str,
         timeout: Duration,

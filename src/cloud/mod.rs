@@ -5,29 +5,24 @@
 //! needs are few, and owning them gives us the retry and idempotency rules, error messages
 //! and build time we want (see the README, "OpenStack access").
 
-pub mod config;
+pub(crate) mod config;
 
 mod session;
 
 pub mod compute;
-pub mod image;
-pub mod load_balancer;
+pub(crate) mod image;
+pub(crate) mod load_balancer;
 pub mod network;
-pub mod volume;
+pub(crate) mod volume;
 
 pub use config::{CloudConfig, Credentials};
 pub use session::{CallCounter, CatalogEntry, Cloud, Reply, RetryPolicy, cloud_message};
 
 use std::time::Duration;
 
-/// The compute API microversion flatstack speaks: server tags at create (2.52), server group
-/// `policy` (2.64), boot volumes with `delete_on_termination` everywhere (2.79).
-pub const COMPUTE_MICROVERSION: &str = "2.79";
-
 /// The OpenStack services flatstack talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    Identity,
+pub(crate) enum Service {
     Compute,
     Network,
     Image,
@@ -36,9 +31,8 @@ pub enum Service {
 }
 
 impl Service {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
-            Service::Identity => "identity",
             Service::Compute => "compute",
             Service::Network => "network",
             Service::Image => "image",
@@ -50,7 +44,6 @@ impl Service {
     /// Catalog types that mean this service (block storage has had several names).
     fn catalog_types(self) -> &'static [&'static str] {
         match self {
-            Service::Identity => &["identity"],
             Service::Compute => &["compute"],
             Service::Network => &["network"],
             Service::Image => &["image"],
@@ -64,7 +57,6 @@ impl Service {
         let suffix = match self {
             Service::Network => "/v2.0",
             Service::Image => "/v2",
-            Service::Identity => "/v3",
             Service::LoadBalancer => "/v2",
             Service::Compute | Service::Volume => return url.to_string(),
         };
@@ -77,6 +69,8 @@ impl Service {
 
     fn version_headers(self) -> &'static [(&'static str, &'static str)] {
         match self {
+            // The compute microversion flatstack speaks: server tags at create (2.52), server
+            // group `policy` (2.64), boot volumes with `delete_on_termination` everywhere (2.79).
             Service::Compute => &[
                 ("OpenStack-API-Version", "compute 2.79"),
                 ("X-OpenStack-Nova-API-Version", "2.79"),
@@ -88,7 +82,7 @@ impl Service {
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).
-pub fn query_escape(text: &str) -> String {
+pub(crate) fn query_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
@@ -167,7 +161,7 @@ pub enum CloudError {
 
 impl CloudError {
     /// Whether trying again later may succeed (dropped connections, 409, 429, 5xx).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             CloudError::Unreachable { .. } => true,
             CloudError::Api { status, .. } => *status == 409 || *status == 429 || *status >= 500,
@@ -176,14 +170,14 @@ impl CloudError {
     }
 
     /// How long the cloud asked us to wait before trying again.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             CloudError::Api { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
 
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(self, CloudError::Api { status: 404, .. })
     }
 }

@@ -28,7 +28,7 @@ pub enum Kind {
 
 impl Kind {
     /// Singular JSON key, e.g. `security_group`.
-    pub fn singular(self) -> &'static str {
+    pub(crate) fn singular(self) -> &'static str {
         match self {
             Kind::Network => "network",
             Kind::Subnet => "subnet",
@@ -55,51 +55,51 @@ impl Kind {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Network {
     pub id: String,
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
     pub tags: Vec<String>,
     #[serde(default)]
-    pub subnets: Vec<String>,
+    pub(crate) subnets: Vec<String>,
     #[serde(rename = "router:external", default)]
-    pub external: bool,
+    pub(crate) external: bool,
     #[serde(default)]
-    pub status: String,
+    pub(crate) status: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Subnet {
     pub id: String,
-    pub name: String,
-    pub network_id: String,
-    pub cidr: String,
+    pub(crate) name: String,
+    pub(crate) network_id: String,
+    pub(crate) cidr: String,
     #[serde(default)]
-    pub allocation_pools: Vec<AllocationPool>,
+    pub(crate) allocation_pools: Vec<AllocationPool>,
     #[serde(default)]
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
 }
 
 /// A range of a subnet's addresses Neutron hands out to ports without a fixed address.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct AllocationPool {
-    pub start: String,
-    pub end: String,
+pub(crate) struct AllocationPool {
+    pub(crate) start: String,
+    pub(crate) end: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Router {
     pub id: String,
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub status: String,
+    pub(crate) status: String,
     #[serde(default)]
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
     #[serde(default)]
-    pub external_gateway_info: Option<Value>,
+    pub(crate) external_gateway_info: Option<Value>,
 }
 
 impl Router {
     /// The network its external gateway is on, if it has one.
-    pub fn gateway_network_id(&self) -> Option<&str> {
+    pub(crate) fn gateway_network_id(&self) -> Option<&str> {
         self.external_gateway_info
             .as_ref()
             .and_then(|g| g.get("network_id"))
@@ -110,36 +110,36 @@ impl Router {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Port {
     pub id: String,
-    pub name: String,
-    pub network_id: String,
+    pub(crate) name: String,
+    pub(crate) network_id: String,
     #[serde(default)]
     pub fixed_ips: Vec<FixedIp>,
     #[serde(default)]
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
     #[serde(default)]
-    pub device_id: String,
+    pub(crate) device_id: String,
     #[serde(default)]
-    pub device_owner: String,
+    pub(crate) device_owner: String,
     #[serde(default)]
-    pub status: String,
+    pub(crate) status: String,
     #[serde(default)]
-    pub security_groups: Vec<String>,
+    pub(crate) security_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct FixedIp {
-    pub subnet_id: String,
+    pub(crate) subnet_id: String,
     pub ip_address: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct SecurityGroup {
     pub id: String,
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
     #[serde(default)]
-    pub security_group_rules: Vec<SecurityGroupRule>,
+    pub(crate) security_group_rules: Vec<SecurityGroupRule>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -164,28 +164,28 @@ pub struct SecurityGroupRule {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct FloatingIp {
     pub id: String,
-    pub floating_ip_address: String,
-    pub floating_network_id: String,
+    pub(crate) floating_ip_address: String,
+    pub(crate) floating_network_id: String,
     #[serde(default)]
     pub port_id: Option<String>,
     #[serde(default)]
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
     #[serde(default)]
-    pub description: String,
+    pub(crate) description: String,
     #[serde(default)]
-    pub status: String,
+    pub(crate) status: String,
 }
 
 /// The project's network quotas and usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NetworkLimits {
-    pub networks: Usage,
-    pub subnets: Usage,
-    pub routers: Usage,
-    pub ports: Usage,
+    pub(crate) networks: Usage,
+    pub(crate) subnets: Usage,
+    pub(crate) routers: Usage,
+    pub(crate) ports: Usage,
     pub floating_ips: Usage,
-    pub security_groups: Usage,
-    pub security_group_rules: Usage,
+    pub(crate) security_groups: Usage,
+    pub(crate) security_group_rules: Usage,
 }
 
 impl Cloud {

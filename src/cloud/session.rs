@@ -54,7 +54,7 @@ impl CallCounter {
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
     }
-    pub fn mutating(&self) -> u64 {
+    pub(crate) fn mutating(&self) -> u64 {
         self.mutating.load(Ordering::Relaxed)
     }
     pub fn retries(&self) -> u64 {
@@ -72,7 +72,7 @@ struct Login {
 #[derive(Debug, Clone)]
 pub struct CatalogEntry {
     pub service_type: String,
-    pub url: String,
+    pub(crate) url: String,
 }
 
 /// An authenticated session. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -90,13 +90,15 @@ pub struct Cloud {
 /// A response that was not an error.
 #[derive(Debug)]
 pub struct Reply {
-    pub status: StatusCode,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: bytes::Bytes,
+    pub(crate) body: bytes::Bytes,
 }
 
 impl Reply {
-    pub fn json<T: DeserializeOwned>(&self, service: Service, call: &str) -> Result<T, CloudError> {
+    pub(crate) fn json<T: DeserializeOwned>(
+        &self,
+        service: Service,
+        call: &str,
+    ) -> Result<T, CloudError> {
         serde_json::from_slice(&self.body).map_err(|e| CloudError::Decode {
             service: service.name(),
             call: call.to_string(),
@@ -309,11 +311,7 @@ impl Cloud {
             retry_after: None,
         })?;
         if status.is_success() {
-            return Ok(Reply {
-                status,
-                headers,
-                body,
-            });
+            return Ok(Reply { body });
         }
         if status == StatusCode::UNAUTHORIZED {
             return Err(Attempt::Unauthorized);
@@ -391,11 +389,7 @@ impl Cloud {
                 source: e,
             })?;
         if status.is_success() {
-            return Ok(Reply {
-                status,
-                headers,
-                body,
-            });
+            return Ok(Reply { body });
         }
         Err(api_error(
             service,
@@ -407,7 +401,7 @@ impl Cloud {
     }
 
     /// GET and decode.
-    pub async fn get<T: DeserializeOwned>(
+    pub(crate) async fn get<T: DeserializeOwned>(
         &self,
         service: Service,
         path: &str,
@@ -437,7 +431,7 @@ impl Cloud {
     }
 
     /// POST a non-creating action (idempotent by nature, e.g. `os-getConsoleOutput`).
-    pub async fn action<T: DeserializeOwned>(
+    pub(crate) async fn action<T: DeserializeOwned>(
         &self,
         service: Service,
         path: &str,

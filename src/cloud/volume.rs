@@ -10,35 +10,35 @@ use super::{Cloud, CloudError, Service};
 pub struct Volume {
     pub id: String,
     #[serde(default)]
-    pub name: Option<String>,
-    pub status: String,
+    pub(crate) name: Option<String>,
+    pub(crate) status: String,
     pub size: u64,
     #[serde(default)]
-    pub metadata: std::collections::BTreeMap<String, String>,
+    pub(crate) metadata: std::collections::BTreeMap<String, String>,
     /// `"true"` for a volume made from an image (Cinder answers with a string).
     #[serde(default)]
-    pub bootable: String,
+    pub(crate) bootable: String,
     #[serde(default)]
-    pub attachments: Vec<VolumeAttachment>,
+    pub(crate) attachments: Vec<VolumeAttachment>,
 }
 
 /// Where a volume is attached.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct VolumeAttachment {
-    pub server_id: String,
+pub(crate) struct VolumeAttachment {
+    pub(crate) server_id: String,
     #[serde(default)]
-    pub device: String,
+    pub(crate) device: String,
 }
 
 /// The project's block-storage quotas and usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VolumeLimits {
     pub volumes: Usage,
-    pub gigabytes: Usage,
+    pub(crate) gigabytes: Usage,
 }
 
 impl Cloud {
-    pub async fn volumes(&self) -> Result<Vec<Volume>, CloudError> {
+    pub(crate) async fn volumes(&self) -> Result<Vec<Volume>, CloudError> {
         #[derive(Deserialize)]
         struct List {
             volumes: Vec<Volume>,
@@ -49,7 +49,7 @@ impl Cloud {
             .volumes)
     }
 
-    pub async fn volume(&self, id: &str) -> Result<Volume, CloudError> {
+    pub(crate) async fn volume(&self, id: &str) -> Result<Volume, CloudError> {
         #[derive(Deserialize)]
         struct One {
             volume: Volume,

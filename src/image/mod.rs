@@ -5,14 +5,14 @@
 //! and no queued one is left behind.
 
 mod pipeline;
-pub mod release;
-pub mod signature;
+pub(crate) mod release;
+pub(crate) mod signature;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use pipeline::{Input, Progress, Streamed};
-pub use release::{Arch, IMAGE_FILE};
+pub(crate) use pipeline::{Input, Progress, Streamed};
+pub(crate) use release::{Arch, IMAGE_FILE};
 
 use crate::cloud::image::Image;
 use crate::cloud::{Cloud, CloudError};
@@ -20,7 +20,7 @@ use crate::spec::Channel;
 use signature::{Keyring, SignatureError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ImageError {
+pub(crate) enum ImageError {
     #[error(transparent)]
     Cloud(#[from] CloudError),
     #[error(transparent)]
@@ -59,7 +59,7 @@ pub enum ImageError {
 
 /// Who may see the image in Glance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Visibility {
+pub(crate) enum Visibility {
     Private,
     Shared,
     Community,
@@ -67,7 +67,7 @@ pub enum Visibility {
 }
 
 impl Visibility {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Visibility::Private => "private",
             Visibility::Shared => "shared",
@@ -79,20 +79,20 @@ impl Visibility {
 
 /// What `image ensure` is asked for.
 #[derive(Debug, Clone)]
-pub struct EnsureOptions {
-    pub channel: Channel,
+pub(crate) struct EnsureOptions {
+    pub(crate) channel: Channel,
     /// An exact release; `None` means the channel's current one.
-    pub version: Option<String>,
-    pub arch: Arch,
+    pub(crate) version: Option<String>,
+    pub(crate) arch: Arch,
     /// A mirror laid out like the release servers (`<base>/<arch>-usr/<version>/...`).
-    pub base_url: Option<String>,
+    pub(crate) base_url: Option<String>,
     /// The compressed image already on disk, with `<file>.sig` and `<file>.DIGESTS` beside it.
-    pub from_file: Option<PathBuf>,
+    pub(crate) from_file: Option<PathBuf>,
     /// A key file to verify with instead of the shipped Flatcar key.
-    pub signing_key: Option<PathBuf>,
+    pub(crate) signing_key: Option<PathBuf>,
     /// Glance name; `{channel}`, `{version}` and `{arch}` are filled in.
-    pub name_pattern: String,
-    pub visibility: Visibility,
+    pub(crate) name_pattern: String,
+    pub(crate) visibility: Visibility,
 }
 
 /// The default Glance name.
@@ -100,17 +100,17 @@ pub(crate) const NAME_PATTERN: &str = "flatcar-{channel}-{version}";
 
 /// What `ensure` did.
 #[derive(Debug, Clone)]
-pub struct Ensured {
-    pub image: Image,
-    pub version: String,
+pub(crate) struct Ensured {
+    pub(crate) image: Image,
+    pub(crate) version: String,
     /// `None` when an active image was reused.
-    pub streamed: Option<Streamed>,
+    pub(crate) streamed: Option<Streamed>,
     /// Fingerprint of the key that signed the image.
-    pub signed_by: Option<String>,
+    pub(crate) signed_by: Option<String>,
 }
 
 /// Makes sure Glance has the Flatcar image `options` ask for.
-pub async fn ensure(
+pub(crate) async fn ensure(
     cloud: &Cloud,
     options: &EnsureOptions,
     progress: &dyn Progress,
@@ -303,7 +303,7 @@ pub async fn ensure(
 }
 
 /// The Flatcar images of the cloud (`os_distro=flatcar`), newest version first.
-pub async fn list(cloud: &Cloud) -> Result<Vec<Image>, ImageError> {
+pub(crate) async fn list(cloud: &Cloud) -> Result<Vec<Image>, ImageError> {
     let mut images = cloud.images(&[("os_distro", "flatcar")]).await?;
     images.sort_by(|a, b| {
         version_key(b.os_version.as_deref()).cmp(&version_key(a.os_version.as_deref()))
@@ -312,7 +312,7 @@ pub async fn list(cloud: &Cloud) -> Result<Vec<Image>, ImageError> {
 }
 
 /// Orders Flatcar versions numerically (`4230.2.3` after `4081.3.10`).
-pub fn version_key(version: Option<&str>) -> Vec<u64> {
+pub(crate) fn version_key(version: Option<&str>) -> Vec<u64> {
     version
         .unwrap_or_default()
         .split('.')

@@ -21,24 +21,24 @@ use crate::cloud::Cloud;
 
 /// Where the compressed image comes from.
 #[derive(Debug, Clone)]
-pub enum Input {
+pub(crate) enum Input {
     Url(String),
     File(PathBuf),
 }
 
 /// What the pass measured.
 #[derive(Debug, Clone)]
-pub struct Streamed {
-    pub compressed_bytes: u64,
-    pub image_bytes: u64,
+pub(crate) struct Streamed {
+    pub(crate) compressed_bytes: u64,
+    pub(crate) image_bytes: u64,
     /// SHA-512 of the decoded image, which Glance must report too.
-    pub image_sha512: String,
+    pub(crate) image_sha512: String,
     /// Times the download was resumed after a dropped connection.
-    pub resumed: u32,
+    pub(crate) resumed: u32,
 }
 
 /// Progress reports: compressed bytes read (of `total`, if known) and image bytes uploaded.
-pub trait Progress: Send + Sync {
+pub(crate) trait Progress: Send + Sync {
     fn update(&self, read: u64, total: Option<u64>, uploaded: u64);
 }
 
@@ -50,7 +50,7 @@ const DOWNLOAD_ATTEMPTS: u32 = 6;
 /// (from DIGESTS) and, when given, a signature and the key that made it. `file` names the
 /// input in messages.
 #[allow(clippy::too_many_arguments)]
-pub async fn stream_into_glance(
+pub(crate) async fn stream_into_glance(
     cloud: &Cloud,
     http: &reqwest::Client,
     image_id: &str,

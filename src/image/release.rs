@@ -4,18 +4,18 @@
 use crate::spec::Channel;
 
 /// The OpenStack image of a release (qcow2 inside bzip2).
-pub const IMAGE_FILE: &str = "flatcar_production_openstack_image.img.bz2";
+pub(crate) const IMAGE_FILE: &str = "flatcar_production_openstack_image.img.bz2";
 
 /// A CPU architecture Flatcar is built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Arch {
+pub(crate) enum Arch {
     Amd64,
     Arm64,
 }
 
 impl Arch {
     /// The release directory's name.
-    pub fn directory(self) -> &'static str {
+    pub(crate) fn directory(self) -> &'static str {
         match self {
             Arch::Amd64 => "amd64-usr",
             Arch::Arm64 => "arm64-usr",
@@ -23,7 +23,7 @@ impl Arch {
     }
 
     /// Glance's `architecture` property.
-    pub fn glance(self) -> &'static str {
+    pub(crate) fn glance(self) -> &'static str {
         match self {
             Arch::Amd64 => "x86_64",
             Arch::Arm64 => "aarch64",
@@ -33,7 +33,7 @@ impl Arch {
 
 /// The server of a channel's releases, e.g. `https://stable.release.flatcar-linux.net`, or a
 /// mirror that lays files out the same way.
-pub fn channel_url(channel: Channel, mirror: Option<&str>) -> String {
+pub(crate) fn channel_url(channel: Channel, mirror: Option<&str>) -> String {
     match mirror {
         Some(base) => base.trim_end_matches('/').to_string(),
         None => format!("https://{}.release.flatcar-linux.net", channel.as_str()),
@@ -41,12 +41,12 @@ pub fn channel_url(channel: Channel, mirror: Option<&str>) -> String {
 }
 
 /// The directory of `release` (a version, or `current`).
-pub fn release_url(base: &str, arch: Arch, release: &str) -> String {
+pub(crate) fn release_url(base: &str, arch: Arch, release: &str) -> String {
     format!("{base}/{}/{release}", arch.directory())
 }
 
 /// `FLATCAR_VERSION` from a `version.txt`.
-pub fn parse_version_txt(text: &str) -> Option<String> {
+pub(crate) fn parse_version_txt(text: &str) -> Option<String> {
     text.lines()
         .find_map(|line| line.trim().strip_prefix("FLATCAR_VERSION="))
         .map(|v| v.trim().trim_matches('"').to_string())
@@ -54,7 +54,7 @@ pub fn parse_version_txt(text: &str) -> Option<String> {
 }
 
 /// A Flatcar version: `BUILD.BRANCH.PATCH`, digits only.
-pub fn is_version(text: &str) -> bool {
+pub(crate) fn is_version(text: &str) -> bool {
     let parts: Vec<&str> = text.split('.').collect();
     parts.len() == 3
         && parts
@@ -64,7 +64,7 @@ pub fn is_version(text: &str) -> bool {
 
 /// The SHA-512 (lowercase hex) a `DIGESTS` file gives for `file`: the line `<hex>  <file>` in
 /// the section after `# SHA512 HASH`.
-pub fn sha512_from_digests(text: &str, file: &str) -> Option<String> {
+pub(crate) fn sha512_from_digests(text: &str, file: &str) -> Option<String> {
     let mut in_sha512 = false;
     for line in text.lines() {
         let line = line.trim();

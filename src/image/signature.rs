@@ -17,10 +17,10 @@ use pgp::types::{KeyDetails, Timestamp};
 const FLATCAR_KEY: &str = include_str!("flatcar-image-signing-key.asc");
 
 /// The fingerprint of Flatcar's primary image signing key.
-pub const FLATCAR_PRIMARY: &str = "F88CFEDEFF29A5B4D9523864E25D9AED0593B34A";
+pub(crate) const FLATCAR_PRIMARY: &str = "F88CFEDEFF29A5B4D9523864E25D9AED0593B34A";
 
 #[derive(Debug, thiserror::Error)]
-pub enum SignatureError {
+pub(crate) enum SignatureError {
     #[error("cannot read the signing key {source_name}: {detail}")]
     Key { source_name: String, detail: String },
     #[error("{file} is not an OpenPGP signature: {detail}")]
@@ -46,18 +46,18 @@ pub enum SignatureError {
 }
 
 /// The keys signatures are checked against.
-pub struct Keyring {
+pub(crate) struct Keyring {
     keys: Vec<SignedPublicKey>,
     /// Where the keys came from, for messages.
     name: String,
 }
 
 /// A key found fit to have made a signature.
-pub struct Signer {
+pub(crate) struct Signer {
     /// Fingerprint of the key that signed (a subkey, or the primary).
-    pub fingerprint: String,
+    pub(crate) fingerprint: String,
     /// Fingerprint of its primary key.
-    pub primary: String,
+    pub(crate) primary: String,
     key: SignerKey,
 }
 
@@ -67,8 +67,17 @@ enum SignerKey {
 }
 
 impl Keyring {
+    /// Fingerprints of the primary keys.
+    #[cfg(test)]
+    fn primaries(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|k| hex_upper(k.primary_key.fingerprint().as_bytes()))
+            .collect()
+    }
+
     /// Flatcar's image signing key, shipped in the binary.
-    pub fn flatcar() -> Result<Keyring, SignatureError> {
+    pub(crate) fn flatcar() -> Result<Keyring, SignatureError> {
         Keyring::parse(
             FLATCAR_KEY.as_bytes(),
             &format!("Flatcar's image signing key {FLATCAR_PRIMARY}"),
@@ -76,7 +85,7 @@ impl Keyring {
     }
 
     /// The keys in an OpenPGP key file (armored or binary).
-    pub fn from_file(path: &std::path::Path) -> Result<Keyring, SignatureError> {
+    pub(crate) fn from_file(path: &std::path::Path) -> Result<Keyring, SignatureError> {
         let bytes = std::fs::read(path).map_err(|e| SignatureError::Key {
             source_name: path.display().to_string(),
             detail: e.to_string(),
@@ -103,16 +112,11 @@ impl Keyring {
         })
     }
 
-    /// Fingerprints of the primary keys.
-    pub fn primaries(&self) -> Vec<String> {
-        self.keys
-            .iter()
-            .map(|k| hex_upper(k.primary_key.fingerprint().as_bytes()))
-            .collect()
-    }
-
     /// Reads a detached signature (binary or armored) of `file`.
-    pub fn read_signature(bytes: &[u8], file: &str) -> Result<DetachedSignature, SignatureError> {
+    pub(crate) fn read_signature(
+        bytes: &[u8],
+        file: &str,
+    ) -> Result<DetachedSignature, SignatureError> {
         DetachedSignature::from_reader_single(bytes)
             .map(|(signature, _)| signature)
             .map_err(|e| SignatureError::Unreadable {
@@ -122,7 +126,11 @@ impl Keyring {
     }
 
     /// The key of this keyring that made `signature` of `file`, if it may sign now.
-    pub fn signer(&self, signature: &Signature, file: &str) -> Result<Signer, SignatureError> {
+    pub(crate) fn signer(
+        &self,
+        signature: &Signature,
+        file: &str,
+    ) -> Result<Signer, SignatureError> {
         let now = Timestamp::now();
         let issuers: Vec<String> = signature
             .issuer_fingerprint()
@@ -200,7 +208,7 @@ impl Keyring {
 
 impl Signer {
     /// Checks `signature` over everything `data` yields (streamed, never held in memory).
-    pub fn verify(
+    pub(crate) fn verify(
         &self,
         signature: &Signature,
         data: impl Read,

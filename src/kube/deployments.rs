@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use super::{KubeClient, KubeError, Waiting, poll};
 
 /// Waits until Deployment `namespace/name` has its current generation rolled out and ready.
-pub async fn wait_deployment(
+pub(crate) async fn wait_deployment(
     client: &KubeClient,
     namespace: &str,
     name: &str,
@@ -39,7 +39,7 @@ pub async fn wait_deployment(
 }
 
 /// The Deployment's controller has seen its latest spec and every wanted replica is ready.
-pub fn deployment_ready(deployment: &Deployment) -> bool {
+pub(crate) fn deployment_ready(deployment: &Deployment) -> bool {
     let wanted = deployment
         .spec
         .as_ref()

@@ -20,7 +20,7 @@ pub struct Manifest {
 impl Manifest {
     /// The manifest of `object`, which must have a name (and a namespace when the kind is
     /// namespaced).
-    pub fn of<K>(object: &K) -> Manifest
+    pub(crate) fn of<K>(object: &K) -> Manifest
     where
         K: Resource + Metadata<Ty = ObjectMeta> + Serialize,
     {
@@ -89,7 +89,7 @@ impl Manifest {
         &self.name
     }
 
-    pub fn namespace(&self) -> Option<&str> {
+    pub(crate) fn namespace(&self) -> Option<&str> {
         self.namespace.as_deref()
     }
 

@@ -16,16 +16,16 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
-pub use deployments::{deployment_ready, wait_deployment};
+pub(crate) use deployments::wait_deployment;
 pub use drain::{DrainReport, drain_node};
-pub use manifest::Manifest;
+pub(crate) use manifest::Manifest;
 pub use nodes::{NodeRow, is_ready, node_table, print_node_table};
 pub use reboots::{RebootState, flatcar_version, reboot_required, reboot_states};
 
 use crate::pki::ClusterPki;
 
 /// The name flatstack's fields are owned under in server-side apply.
-pub const FIELD_MANAGER: &str = "flatstack";
+pub(crate) const FIELD_MANAGER: &str = "flatstack";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -62,13 +62,13 @@ pub enum KubeError {
 
 impl KubeError {
     /// The API's answer was 404 Not Found.
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(self, KubeError::Api { status: 404, .. })
     }
 
     /// A timeout reported against the whole time allowed (`total`), not what was left of it
     /// when this wait began.
-    pub fn of_total(self, total: Duration) -> KubeError {
+    pub(crate) fn of_total(self, total: Duration) -> KubeError {
         match self {
             KubeError::Timeout { what, last, .. } => KubeError::Timeout {
                 what,
@@ -142,7 +142,7 @@ impl KubeClient {
     }
 
     /// The API server's URL.
-    pub fn server(&self) -> &str {
+    pub(crate) fn server(&self) -> &str {
         &self.base
     }
 
@@ -154,7 +154,7 @@ impl KubeClient {
     }
 
     /// Polls `/readyz` until it answers `ok`, for at most `within`.
-    pub async fn wait_ready(&self, within: Duration) -> Result<(), KubeError> {
+    pub(crate) async fn wait_ready(&self, within: Duration) -> Result<(), KubeError> {
         poll(
             "the Kubernetes API answering /readyz",
             within,
@@ -170,7 +170,7 @@ impl KubeClient {
     }
 
     /// Server-side apply of `manifest`, taking over fields other managers set (`force`).
-    pub async fn apply(&self, manifest: &Manifest) -> Result<serde_json::Value, KubeError> {
+    pub(crate) async fn apply(&self, manifest: &Manifest) -> Result<serde_json::Value, KubeError> {
         let path = format!(
             "{}?fieldManager={FIELD_MANAGER}&force=true",
             manifest.object_path()
@@ -185,7 +185,10 @@ impl KubeClient {
     }
 
     /// `GET path`, decoded; `Ok(None)` on 404.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, KubeError> {
+    pub(crate) async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, KubeError> {
         match self.send("GET", path, self.http.get(self.url(path))).await {
             Ok(reply) => decode("GET", &self.url(path), &reply).map(Some),
             Err(e) if e.is_not_found() => Ok(None),
@@ -203,7 +206,7 @@ impl KubeClient {
     }
 
     /// The items of the list at `path` (e.g. `/api/v1/namespaces/x/pods?labelSelector=...`).
-    pub async fn list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, KubeError> {
+    pub(crate) async fn list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, KubeError> {
         #[derive(serde::Deserialize)]
         struct List<T> {
             #[serde(default = "Vec::new")]
@@ -384,7 +387,7 @@ fn status_message(body: &[u8]) -> String {
 }
 
 /// An error with all its causes, `: `-separated.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

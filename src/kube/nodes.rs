@@ -15,7 +15,11 @@ impl KubeClient {
     }
 
     /// Waits until node `name` has registered and is `Ready`.
-    pub async fn wait_node_ready(&self, name: &str, within: Duration) -> Result<(), KubeError> {
+    pub(crate) async fn wait_node_ready(
+        &self,
+        name: &str,
+        within: Duration,
+    ) -> Result<(), KubeError> {
         let what = format!("node {name} Ready");
         let path = format!("/api/v1/nodes/{name}");
         poll(&what, within, Duration::from_secs(3), || async {
@@ -44,16 +48,16 @@ pub fn is_ready(node: &Node) -> bool {
 /// One line of the node table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRow {
-    pub name: String,
-    pub status: String,
-    pub roles: String,
-    pub age: String,
-    pub version: String,
-    pub internal_ip: String,
-    pub external_ip: String,
-    pub os_image: String,
-    pub kernel_version: String,
-    pub container_runtime: String,
+    pub(crate) name: String,
+    pub(crate) status: String,
+    pub(crate) roles: String,
+    pub(crate) age: String,
+    pub(crate) version: String,
+    pub(crate) internal_ip: String,
+    pub(crate) external_ip: String,
+    pub(crate) os_image: String,
+    pub(crate) kernel_version: String,
+    pub(crate) container_runtime: String,
 }
 
 const HEADERS: [&str; 10] = [
@@ -70,7 +74,7 @@ const HEADERS: [&str; 10] = [
 ];
 
 impl NodeRow {
-    pub fn of(node: &Node, now: Timestamp) -> NodeRow {
+    pub(crate) fn of(node: &Node, now: Timestamp) -> NodeRow {
         let meta = &node.metadata;
         let status = node.status.as_ref();
         let info = status.and_then(|s| s.node_info.as_ref());

@@ -25,7 +25,7 @@ pub enum RebootState {
 }
 
 impl RebootState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RebootState::Pending => "reboot pending",
             RebootState::Rebooting => "rebooting",

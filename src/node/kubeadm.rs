@@ -12,14 +12,14 @@ use crate::spec::{ClusterSpec, WorkerPool};
 use super::{ApiEndpoint, NodeError};
 
 /// Replaced by the node's name (its Nova server name) before kubeadm runs.
-pub const NODE_NAME_PLACEHOLDER: &str = "@NODE_NAME@";
+pub(crate) const NODE_NAME_PLACEHOLDER: &str = "@NODE_NAME@";
 /// Replaced by the node's Nova instance UUID before kubeadm runs.
-pub const INSTANCE_UUID_PLACEHOLDER: &str = "@INSTANCE_UUID@";
+pub(crate) const INSTANCE_UUID_PLACEHOLDER: &str = "@INSTANCE_UUID@";
 
 const API_VERSION: &str = "kubeadm.k8s.io/v1beta4";
 const CRI_SOCKET: &str = "unix:///run/containerd/containerd.sock";
 /// Where kubeadm looks for (and, finding them, reuses) the CAs flatstack made.
-pub const CERTIFICATES_DIR: &str = "/etc/kubernetes/pki";
+pub(crate) const CERTIFICATES_DIR: &str = "/etc/kubernetes/pki";
 /// How long the bootstrap token in user_data stays valid. It is readable from the metadata
 /// service for the node's lifetime, so it is short; later joins get a fresh token.
 const BOOTSTRAP_TOKEN_TTL: &str = "4h0m0s";

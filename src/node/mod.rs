@@ -3,7 +3,7 @@
 //! Control planes get the CAs; workers get only the bootstrap token and the CA's hash.
 
 pub mod kubeadm;
-pub mod units;
+pub(crate) mod units;
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -35,10 +35,10 @@ pub struct ApiEndpoint {
 /// One node's rendered configuration.
 #[derive(Debug, Clone)]
 pub struct RenderedNode {
-    pub name: String,
+    pub(crate) name: String,
     pub role: Role,
     /// Ignition JSON, as given to Nova as user_data.
-    pub ignition: String,
+    pub(crate) ignition: String,
 }
 
 impl RenderedNode {
@@ -71,7 +71,7 @@ pub enum NodeError {
 
 impl NodeError {
     /// Whether the cluster file is what must change (a config too large, no digest).
-    pub fn is_invalid_input(&self) -> bool {
+    pub(crate) fn is_invalid_input(&self) -> bool {
         matches!(
             self,
             NodeError::TooLarge { .. } | NodeError::UnpinnedSysext { .. }
@@ -92,7 +92,7 @@ pub fn render_cluster(
 }
 
 /// Renders one node's Ignition config and checks it fits Nova's user_data limit.
-pub fn render_node(
+pub(crate) fn render_node(
     spec: &ClusterSpec,
     pki: &ClusterPki,
     endpoint: &ApiEndpoint,

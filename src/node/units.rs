@@ -6,21 +6,21 @@ use crate::spec::{ClusterSpec, Role};
 use super::kubeadm::{CERTIFICATES_DIR, INSTANCE_UUID_PLACEHOLDER, NODE_NAME_PLACEHOLDER};
 
 /// Where flatstack keeps its files on a node.
-pub const CONFIG_DIR: &str = "/etc/flatstack";
+pub(crate) const CONFIG_DIR: &str = "/etc/flatstack";
 /// The kubeadm configuration with placeholders, as rendered on the workstation.
-pub const KUBEADM_TEMPLATE: &str = "/etc/flatstack/kubeadm.yaml.in";
+pub(crate) const KUBEADM_TEMPLATE: &str = "/etc/flatstack/kubeadm.yaml.in";
 /// Pristine copies of the CAs and service-account key on control planes; copied into
 /// kubeadm's certificates directory before every `kubeadm init` attempt, so a reset after a
 /// failed attempt can never make kubeadm mint a CA of its own.
-pub const PKI_SOURCE_DIR: &str = "/etc/flatstack/pki";
-pub const BOOTSTRAP_SCRIPT: &str = "/opt/flatstack/bin/flatstack-bootstrap";
-pub const KUBEADM_UNIT: &str = "kubeadm.service";
+pub(crate) const PKI_SOURCE_DIR: &str = "/etc/flatstack/pki";
+pub(crate) const BOOTSTRAP_SCRIPT: &str = "/opt/flatstack/bin/flatstack-bootstrap";
+pub(crate) const KUBEADM_UNIT: &str = "kubeadm.service";
 /// Directory of the Kubernetes sysext images, and the symlink systemd-sysext merges.
-pub const SYSEXT_DIR: &str = "/opt/extensions/kubernetes";
-pub const SYSEXT_LINK: &str = "/etc/extensions/kubernetes.raw";
+pub(crate) const SYSEXT_DIR: &str = "/opt/extensions/kubernetes";
+pub(crate) const SYSEXT_LINK: &str = "/etc/extensions/kubernetes.raw";
 
 /// The script `kubeadm.service` runs: fill in the node's identity, run kubeadm.
-pub fn bootstrap_script() -> String {
+pub(crate) fn bootstrap_script() -> String {
     format!(
         r#"#!/bin/bash
 # flatstack node bootstrap: learns this node's name and instance UUID from Afterburn's
@@ -82,7 +82,7 @@ fi
 }
 
 /// The oneshot unit that bootstraps the node, once: kubelet.conf exists afterwards.
-pub fn kubeadm_unit(role: Role) -> String {
+pub(crate) fn kubeadm_unit(role: Role) -> String {
     let role = match role {
         Role::ControlPlane => "control-plane",
         Role::Worker => "worker",
@@ -112,7 +112,7 @@ WantedBy=multi-user.target
 }
 
 /// `/etc/flatcar/update.conf`: update group and server; locksmithd never reboots on its own.
-pub fn update_conf(spec: &ClusterSpec) -> String {
+pub(crate) fn update_conf(spec: &ClusterSpec) -> String {
     let updates = &spec.updates;
     let mut text = format!(
         "# flatstack: Flatcar updates. Reboots are coordinated in the cluster (kured), one node\n\
@@ -133,7 +133,7 @@ pub fn update_conf(spec: &ClusterSpec) -> String {
 }
 
 /// The sysupdate transfer that fetches patch releases of the pinned Kubernetes minor.
-pub fn sysupdate_transfer(spec: &ClusterSpec, source_dir: &str) -> String {
+pub(crate) fn sysupdate_transfer(spec: &ClusterSpec, source_dir: &str) -> String {
     let series = spec.kubernetes.version.minor_series();
     format!(
         r#"# flatstack: patch releases of Kubernetes {series} for systemd-sysupdate.
@@ -155,7 +155,7 @@ CurrentSymlink={SYSEXT_LINK}
 }
 
 /// A transfer that never matches, so the default `systemd-sysupdate` run has one to read.
-pub const SYSUPDATE_NOOP: &str = r#"# flatstack: placeholder transfer; the Flatcar OS itself updates through update-engine.
+pub(crate) const SYSUPDATE_NOOP: &str = r#"# flatstack: placeholder transfer; the Flatcar OS itself updates through update-engine.
 [Source]
 Type=regular-file
 Path=/
@@ -168,7 +168,7 @@ Path=/
 
 /// Drop-in for `systemd-sysupdate.service`: update the Kubernetes sysext, and when the active
 /// image changed, ask kured for a reboot.
-pub fn sysupdate_dropin() -> String {
+pub(crate) fn sysupdate_dropin() -> String {
     format!(
         r#"[Service]
 ExecStartPre=/usr/bin/sh -c 'readlink -f {SYSEXT_LINK} > /run/flatstack-kubernetes-sysext'

@@ -9,7 +9,7 @@ use super::{CertAndKey, ClusterPki, PkiError};
 
 /// Which identity a kubeconfig carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kubeconfig {
+pub(crate) enum Kubeconfig {
     /// `kubeadm:cluster-admins`: the everyday administrator, revocable through RBAC.
     Admin,
     /// `system:masters`: bypasses RBAC; for repairs when RBAC itself is broken.
@@ -71,7 +71,7 @@ struct ContextEntry<'a> {
 
 /// A kubeconfig for `cluster` at `server` (e.g. `https://203.0.113.7:6443`), with the
 /// context named after the cluster.
-pub fn kubeconfig_yaml(
+pub(crate) fn kubeconfig_yaml(
     pki: &ClusterPki,
     cluster: &str,
     server: &str,
@@ -122,7 +122,7 @@ pub fn kubeconfig_yaml(
 
 /// Merges the kubeconfig `ours` into `existing` (a user's `~/.kube/config`, if any): entries of
 /// the same names are replaced, everything else is kept, and `ours`' context becomes current.
-pub fn merge_kubeconfig(existing: Option<&str>, ours: &str) -> Result<String, PkiError> {
+pub(crate) fn merge_kubeconfig(existing: Option<&str>, ours: &str) -> Result<String, PkiError> {
     let parse = |text: &str, what: &str| {
         serde_saphyr::from_str::<serde_json::Value>(text)
             .map_err(|e| PkiError::Serialize(format!("{what} is not a kubeconfig: {e}")))

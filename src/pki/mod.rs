@@ -16,12 +16,12 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
-pub use kubeconfig::{Kubeconfig, kubeconfig_yaml, merge_kubeconfig};
+pub(crate) use kubeconfig::{Kubeconfig, kubeconfig_yaml, merge_kubeconfig};
 pub use state_dir::{StateDir, WriterLock, write_atomically};
-pub use token::BootstrapToken;
+pub(crate) use token::BootstrapToken;
 pub(crate) use token::random_chars;
 
-pub use crate::secret::Secret;
+pub(crate) use crate::secret::Secret;
 
 /// Directory of the PKI inside the state directory.
 const PKI_DIR: &str = "pki";
@@ -39,23 +39,23 @@ pub struct CertAndKey {
 
 /// The service-account signing key pair (kubeadm's `sa.key` / `sa.pub`).
 #[derive(Debug, Clone)]
-pub struct ServiceAccountKey {
-    pub public_pem: String,
-    pub private_pem: Secret,
+pub(crate) struct ServiceAccountKey {
+    pub(crate) public_pem: String,
+    pub(crate) private_pem: Secret,
 }
 
 /// Everything the cluster's trust is made of.
 #[derive(Debug, Clone)]
 pub struct ClusterPki {
     pub ca: CertAndKey,
-    pub front_proxy_ca: CertAndKey,
-    pub etcd_ca: CertAndKey,
-    pub service_account: ServiceAccountKey,
+    pub(crate) front_proxy_ca: CertAndKey,
+    pub(crate) etcd_ca: CertAndKey,
+    pub(crate) service_account: ServiceAccountKey,
     pub bootstrap_token: BootstrapToken,
     /// Client certificate in `kubeadm:cluster-admins`, bound to cluster-admin by kubeadm.
-    pub admin: CertAndKey,
+    pub(crate) admin: CertAndKey,
     /// Break-glass client certificate in `system:masters`; never leaves the workstation.
-    pub super_admin: CertAndKey,
+    pub(crate) super_admin: CertAndKey,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,25 +137,25 @@ impl PkiError {
 
 /// File names of every PKI item, in the state directory's `pki/`.
 mod names {
-    pub const CA_CRT: &str = "ca.crt";
-    pub const CA_KEY: &str = "ca.key";
-    pub const FRONT_PROXY_CA_CRT: &str = "front-proxy-ca.crt";
-    pub const FRONT_PROXY_CA_KEY: &str = "front-proxy-ca.key";
-    pub const ETCD_CA_CRT: &str = "etcd-ca.crt";
-    pub const ETCD_CA_KEY: &str = "etcd-ca.key";
-    pub const SA_PUB: &str = "sa.pub";
-    pub const SA_KEY: &str = "sa.key";
-    pub const BOOTSTRAP_TOKEN: &str = "bootstrap-token";
-    pub const ADMIN_CRT: &str = "admin.crt";
-    pub const ADMIN_KEY: &str = "admin.key";
-    pub const SUPER_ADMIN_CRT: &str = "super-admin.crt";
-    pub const SUPER_ADMIN_KEY: &str = "super-admin.key";
+    pub(crate) const CA_CRT: &str = "ca.crt";
+    pub(crate) const CA_KEY: &str = "ca.key";
+    pub(crate) const FRONT_PROXY_CA_CRT: &str = "front-proxy-ca.crt";
+    pub(crate) const FRONT_PROXY_CA_KEY: &str = "front-proxy-ca.key";
+    pub(crate) const ETCD_CA_CRT: &str = "etcd-ca.crt";
+    pub(crate) const ETCD_CA_KEY: &str = "etcd-ca.key";
+    pub(crate) const SA_PUB: &str = "sa.pub";
+    pub(crate) const SA_KEY: &str = "sa.key";
+    pub(crate) const BOOTSTRAP_TOKEN: &str = "bootstrap-token";
+    pub(crate) const ADMIN_CRT: &str = "admin.crt";
+    pub(crate) const ADMIN_KEY: &str = "admin.key";
+    pub(crate) const SUPER_ADMIN_CRT: &str = "super-admin.crt";
+    pub(crate) const SUPER_ADMIN_KEY: &str = "super-admin.key";
 }
 
 impl PkiError {
     /// Whether the state directory is what must change (unsafe, incomplete or damaged), as
     /// opposed to a failure while using it.
-    pub fn is_invalid_input(&self) -> bool {
+    pub(crate) fn is_invalid_input(&self) -> bool {
         matches!(
             self,
             PkiError::LoosePermissions { .. }
@@ -190,7 +190,7 @@ impl ClusterPki {
     }
 
     /// Loads the PKI from the state directory; `None` when it has none.
-    pub fn load_existing(state: &StateDir) -> Result<Option<ClusterPki>, PkiError> {
+    pub(crate) fn load_existing(state: &StateDir) -> Result<Option<ClusterPki>, PkiError> {
         let dir = state.join(PKI_DIR);
         if dir.exists() {
             ClusterPki::load(&dir).map(Some)
@@ -386,13 +386,13 @@ impl ClusterPki {
 
     /// kubeadm's `--discovery-token-ca-cert-hash`: SHA-256 over the cluster CA's
     /// SubjectPublicKeyInfo, exactly as it is encoded in the certificate.
-    pub fn discovery_hash(&self) -> String {
+    pub(crate) fn discovery_hash(&self) -> String {
         discovery_hash(&self.ca.cert_pem).unwrap_or_default()
     }
 }
 
 /// The discovery hash of a PEM certificate, `sha256:<hex>`; `None` if it does not parse.
-pub fn discovery_hash(cert_pem: &str) -> Option<String> {
+pub(crate) fn discovery_hash(cert_pem: &str) -> Option<String> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
     let cert = pem.parse_x509().ok()?;
     let digest = Sha256::digest(cert.tbs_certificate.subject_pki.raw);

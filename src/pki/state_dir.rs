@@ -92,7 +92,12 @@ impl StateDir {
     }
 
     /// Writes a file atomically (temporary file, fsync, rename) with the given mode.
-    pub fn write(&self, name: &str, contents: &[u8], mode: u32) -> Result<PathBuf, PkiError> {
+    pub(crate) fn write(
+        &self,
+        name: &str,
+        contents: &[u8],
+        mode: u32,
+    ) -> Result<PathBuf, PkiError> {
         write_atomically(&self.join(name), contents, mode)?;
         Ok(self.join(name))
     }
@@ -129,7 +134,10 @@ impl Drop for WriterLock {
 impl StateDir {
     /// Opens the state directory at `path`, creating it if needed, and takes the cluster's
     /// writer lock for `command`.
-    pub fn open_locked(path: &Path, command: &str) -> Result<(StateDir, WriterLock), PkiError> {
+    pub(crate) fn open_locked(
+        path: &Path,
+        command: &str,
+    ) -> Result<(StateDir, WriterLock), PkiError> {
         let (dir, created) = match StateDir::open_existing(path)? {
             Some(dir) => (dir, false),
             None => (StateDir::open_or_create(path)?, true),
@@ -140,7 +148,7 @@ impl StateDir {
     }
 
     /// Takes the cluster's writer lock for `command`, or says who holds it.
-    pub fn lock_for(&self, command: &str) -> Result<WriterLock, PkiError> {
+    pub(crate) fn lock_for(&self, command: &str) -> Result<WriterLock, PkiError> {
         use std::io::{Read, Seek};
         let path = self.join("lock");
         let mut file = OpenOptions::new()

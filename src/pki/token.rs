@@ -16,7 +16,7 @@ pub struct BootstrapToken {
 }
 
 impl BootstrapToken {
-    pub fn generate() -> Result<BootstrapToken, PkiError> {
+    pub(crate) fn generate() -> Result<BootstrapToken, PkiError> {
         let id = random_chars(ID_LEN)?;
         let secret = random_chars(SECRET_LEN)?;
         Ok(BootstrapToken {
@@ -25,7 +25,7 @@ impl BootstrapToken {
     }
 
     /// Accepts exactly `[a-z0-9]{6}.[a-z0-9]{16}`.
-    pub fn parse(text: &str) -> Option<BootstrapToken> {
+    pub(crate) fn parse(text: &str) -> Option<BootstrapToken> {
         let (id, secret) = text.split_once('.')?;
         let valid =
             |s: &str, len: usize| s.len() == len && s.bytes().all(|b| ALPHABET.contains(&b));
@@ -40,7 +40,7 @@ impl BootstrapToken {
     }
 
     /// The whole token, for node configs and the state directory only.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.token
     }
 }
@@ -52,7 +52,7 @@ impl fmt::Debug for BootstrapToken {
 }
 
 /// Uniformly random characters of [`ALPHABET`], by rejection sampling.
-pub fn random_chars(len: usize) -> Result<String, PkiError> {
+pub(crate) fn random_chars(len: usize) -> Result<String, PkiError> {
     // The largest multiple of 36 that fits a byte; bytes above it would bias the draw.
     const LIMIT: u8 = 252;
     let mut out = String::with_capacity(len);

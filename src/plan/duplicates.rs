@@ -12,7 +12,7 @@ use crate::spec::ClusterSpec;
 /// The kept side is the one the API's floating IP points into: its port's network, that
 /// network's subnet, the router with an interface there, the groups and server group the kept
 /// ports and servers use. Observations are sorted, so the choice is the same every time.
-pub fn split(spec: &ClusterSpec, observed: &Observed) -> (Observed, Observed) {
+pub(crate) fn split(spec: &ClusterSpec, observed: &Observed) -> (Observed, Observed) {
     let names = Names::of(&spec.name);
     let mut kept = observed.clone();
     let mut extras = Observed::default();

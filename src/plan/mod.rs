@@ -3,12 +3,12 @@
 //! security-group rules ([`rules`]), and the typed steps ([`steps`]) that the [`planner`]
 //! derives from an observation. Nothing here does I/O.
 
-pub mod duplicates;
-pub mod planner;
-pub mod resources;
-pub mod roster;
-pub mod rules;
-pub mod steps;
+pub(crate) mod duplicates;
+pub(crate) mod planner;
+pub(crate) mod resources;
+pub(crate) mod roster;
+pub(crate) mod rules;
+pub(crate) mod steps;
 
 use std::collections::BTreeSet;
 
@@ -17,29 +17,29 @@ use crate::spec::{ClusterSpec, NetworkMode};
 
 /// Resources a cluster consumes from the project's quotas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Needs {
-    pub instances: u64,
-    pub cores: u64,
-    pub ram_mib: u64,
-    pub volumes: u64,
-    pub volume_gb: u64,
-    pub floating_ips: u64,
-    pub networks: u64,
-    pub subnets: u64,
-    pub routers: u64,
-    pub ports: u64,
-    pub security_groups: u64,
-    pub security_group_rules: u64,
-    pub server_groups: u64,
+pub(crate) struct Needs {
+    pub(crate) instances: u64,
+    pub(crate) cores: u64,
+    pub(crate) ram_mib: u64,
+    pub(crate) volumes: u64,
+    pub(crate) volume_gb: u64,
+    pub(crate) floating_ips: u64,
+    pub(crate) networks: u64,
+    pub(crate) subnets: u64,
+    pub(crate) routers: u64,
+    pub(crate) ports: u64,
+    pub(crate) security_groups: u64,
+    pub(crate) security_group_rules: u64,
+    pub(crate) server_groups: u64,
 }
 
 /// Security groups flatstack makes: one for every node, one for control planes.
-pub const SECURITY_GROUPS: u64 = 2;
+pub(crate) const SECURITY_GROUPS: u64 = 2;
 
 impl Needs {
     /// The needs of `spec`, and the flavors it names that `flavors` lacks (whose servers are
     /// then left out of the counts).
-    pub fn of(spec: &ClusterSpec, flavors: &[Flavor]) -> (Needs, BTreeSet<String>) {
+    pub(crate) fn of(spec: &ClusterSpec, flavors: &[Flavor]) -> (Needs, BTreeSet<String>) {
         let mut missing = BTreeSet::new();
         let mut needs = Needs::default();
         let groups = std::iter::once((
@@ -91,7 +91,7 @@ impl Needs {
     }
 
     /// vCPU-hours per hour: Jetstream2 bills allocations in SUs, 1 vCPU-hour = 1 SU.
-    pub fn vcpu_hours_per_hour(&self) -> u64 {
+    pub(crate) fn vcpu_hours_per_hour(&self) -> u64 {
         self.cores
     }
 }

@@ -19,28 +19,28 @@ use crate::spec::{ClusterSpec, NetworkMode, Role};
 
 /// What the planner needs to know of the cloud beyond the cluster's own resources.
 #[derive(Debug, Clone, Default)]
-pub struct CloudFacts {
+pub(crate) struct CloudFacts {
     /// The external network the file names, when the cloud has it.
-    pub external_network: Option<Network>,
-    pub flavors: Vec<Flavor>,
+    pub(crate) external_network: Option<Network>,
+    pub(crate) flavors: Vec<Flavor>,
     /// The image servers boot from, when one was found.
-    pub image_id: Option<String>,
+    pub(crate) image_id: Option<String>,
     /// On a network the cluster reuses: that network and the subnet nodes go on.
-    pub reused: Option<(Network, Subnet)>,
+    pub(crate) reused: Option<(Network, Subnet)>,
 }
 
 /// What the plan covers besides the cloud.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scope {
+pub(crate) struct Scope {
     /// Drain leaving nodes and refresh the join token for new ones through the cluster's API
     /// (left out with `--provision-only`).
-    pub kubernetes: bool,
+    pub(crate) kubernetes: bool,
 }
 
 /// What stands in for a fact the cloud lacks (an external network, flavor or image the file
 /// names): `plan` shows the steps with it, and the preflight, which runs before `up` executes
 /// anything, names what is missing.
-pub const MISSING: &str = "(missing)";
+pub(crate) const MISSING: &str = "(missing)";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -52,7 +52,7 @@ pub enum PlanError {
 
 impl PlanError {
     /// Every planning error is a file that does not fit the cloud: exit code 2.
-    pub fn is_invalid_input(&self) -> bool {
+    pub(crate) fn is_invalid_input(&self) -> bool {
         true
     }
 }
@@ -72,7 +72,7 @@ fn first_sentence(message: &str) -> String {
 }
 
 /// The steps from `observed` to what `spec` asks for.
-pub fn plan(
+pub(crate) fn plan(
     spec: &ClusterSpec,
     observed: &Observed,
     facts: &CloudFacts,

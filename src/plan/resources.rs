@@ -12,28 +12,28 @@ use crate::cloud::network::{FloatingIp, Network, Port, Router, SecurityGroup, Su
 use crate::spec::{ClusterSpec, NetworkMode, Role};
 
 /// The tag every resource of cluster `name` carries.
-pub fn cluster_tag(name: &str) -> String {
+pub(crate) fn cluster_tag(name: &str) -> String {
     format!("flatstack:cluster={name}")
 }
 
 /// Volume metadata the Cinder CSI driver sets to its `--cluster` name, which flatstack sets to
 /// the cluster's name: how `down --delete-volumes` finds the volumes the cluster made.
-pub const CSI_CLUSTER_KEY: &str = "cinder.csi.openstack.org/cluster";
+pub(crate) const CSI_CLUSTER_KEY: &str = "cinder.csi.openstack.org/cluster";
 
 /// Names of the cluster's shared resources.
-pub struct Names {
-    pub network: String,
-    pub subnet: String,
-    pub router: String,
-    pub nodes_group: String,
-    pub control_plane_group: String,
-    pub server_group: String,
+pub(crate) struct Names {
+    pub(crate) network: String,
+    pub(crate) subnet: String,
+    pub(crate) router: String,
+    pub(crate) nodes_group: String,
+    pub(crate) control_plane_group: String,
+    pub(crate) server_group: String,
     /// Floating IPs have no name: the API address is found by this description.
-    pub api_address: String,
+    pub(crate) api_address: String,
 }
 
 impl Names {
-    pub fn of(cluster: &str) -> Names {
+    pub(crate) fn of(cluster: &str) -> Names {
         Names {
             network: format!("{cluster}-net"),
             subnet: format!("{cluster}-subnet"),
@@ -48,40 +48,40 @@ impl Names {
 
 /// What the cloud holds of the cluster, found by its tag.
 #[derive(Debug, Default, Clone)]
-pub struct Observed {
-    pub networks: Vec<Network>,
-    pub subnets: Vec<Subnet>,
-    pub routers: Vec<Router>,
-    pub security_groups: Vec<SecurityGroup>,
-    pub ports: Vec<Port>,
-    pub floating_ips: Vec<FloatingIp>,
-    pub servers: Vec<Server>,
-    pub server_groups: Vec<crate::cloud::compute::ServerGroup>,
+pub(crate) struct Observed {
+    pub(crate) networks: Vec<Network>,
+    pub(crate) subnets: Vec<Subnet>,
+    pub(crate) routers: Vec<Router>,
+    pub(crate) security_groups: Vec<SecurityGroup>,
+    pub(crate) ports: Vec<Port>,
+    pub(crate) floating_ips: Vec<FloatingIp>,
+    pub(crate) servers: Vec<Server>,
+    pub(crate) server_groups: Vec<crate::cloud::compute::ServerGroup>,
     /// Made by the cluster's cloud controller for `LoadBalancer` Services, found by name.
-    pub load_balancers: Vec<LoadBalancer>,
+    pub(crate) load_balancers: Vec<LoadBalancer>,
     /// The floating IPs the cloud controller gave those load balancers, found by description.
-    pub service_floating_ips: Vec<FloatingIp>,
+    pub(crate) service_floating_ips: Vec<FloatingIp>,
     /// Router interface ports of the project: how the router's interface is checked.
-    pub router_interfaces: Vec<Port>,
+    pub(crate) router_interfaces: Vec<Port>,
     /// The size in GB of each volume-booted server's boot volume, by server ID.
-    pub boot_volumes: BTreeMap<String, u64>,
+    pub(crate) boot_volumes: BTreeMap<String, u64>,
     /// Resources with the cluster's exact names but no flatstack tag (also in the lists
     /// above): a run stopped between a create and its tag on a cloud that cannot tag in the
     /// create. `up` tags them.
-    pub adopt: Vec<Untagged>,
+    pub(crate) adopt: Vec<Untagged>,
 }
 
 /// A resource of the cluster's exact name that carries no flatstack tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Untagged {
-    pub kind: Kind,
-    pub id: String,
-    pub name: String,
+pub(crate) struct Untagged {
+    pub(crate) kind: Kind,
+    pub(crate) id: String,
+    pub(crate) name: String,
 }
 
 impl Observed {
     /// The API's floating IP of `cluster`, found by its description.
-    pub fn api_floating_ip(&self, cluster: &str) -> Option<&FloatingIp> {
+    pub(crate) fn api_floating_ip(&self, cluster: &str) -> Option<&FloatingIp> {
         let description = Names::of(cluster).api_address;
         self.floating_ips
             .iter()
@@ -89,7 +89,7 @@ impl Observed {
     }
 
     /// How many resources of the cluster exist, of every kind.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.networks.len()
             + self.subnets.len()
             + self.routers.len()
@@ -103,7 +103,7 @@ impl Observed {
     }
 
     /// One line per resource: `kind name (id)`.
-    pub fn describe(&self) -> Vec<String> {
+    pub(crate) fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
         let mut add =
             |kind: &str, name: &str, id: &str| lines.push(format!("{kind} {name} ({id})"));
@@ -142,7 +142,7 @@ impl Observed {
 /// What the cluster file changes that cannot change in place: the node range, the external
 /// network floating IPs come from, and whether the cluster has a network of its own. Each is a
 /// sentence for people; `external_network_id` is the ID the file's external network has now.
-pub fn immutable_changes(
+pub(crate) fn immutable_changes(
     spec: &ClusterSpec,
     observed: &Observed,
     external_network_id: Option<&str>,

@@ -12,35 +12,35 @@ use crate::spec::{ClusterSpec, NodeName, Role};
 
 /// The cluster's nodes once the plan ran, and how it gets there.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Roster {
+pub(crate) struct Roster {
     /// Every node, kept or new: the control planes, then each pool's by number.
-    pub nodes: Vec<NodeName>,
+    pub(crate) nodes: Vec<NodeName>,
     /// Outdated servers, each replaced by a new node of its pool, in the order they go.
-    pub replacements: Vec<Replacement>,
+    pub(crate) replacements: Vec<Replacement>,
     /// Every outdated server (replaced or just removed), with its pool's index.
-    pub outdated: BTreeMap<String, usize>,
+    pub(crate) outdated: BTreeMap<String, usize>,
 }
 
 /// An outdated server and the new node that takes its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replacement {
-    pub old: String,
-    pub new: String,
+pub(crate) struct Replacement {
+    pub(crate) old: String,
+    pub(crate) new: String,
     /// What differs, for people: `runs flavor m3.small, the file asks for m3.medium`.
-    pub why: String,
+    pub(crate) why: String,
 }
 
 /// What the cloud says of the cluster's servers that the roster reads.
 #[derive(Debug, Clone, Copy)]
-pub struct ServerFacts<'a> {
-    pub servers: &'a [Server],
-    pub flavors: &'a [Flavor],
+pub(crate) struct ServerFacts<'a> {
+    pub(crate) servers: &'a [Server],
+    pub(crate) flavors: &'a [Flavor],
     /// The size in GB of each volume-booted server's boot volume, by server ID.
-    pub boot_volumes: &'a BTreeMap<String, u64>,
+    pub(crate) boot_volumes: &'a BTreeMap<String, u64>,
 }
 
 impl<'a> ServerFacts<'a> {
-    pub fn of(observed: &'a Observed, flavors: &'a [Flavor]) -> ServerFacts<'a> {
+    pub(crate) fn of(observed: &'a Observed, flavors: &'a [Flavor]) -> ServerFacts<'a> {
         ServerFacts {
             servers: &observed.servers,
             flavors,
@@ -50,7 +50,7 @@ impl<'a> ServerFacts<'a> {
 }
 
 /// The roster of `spec` given the servers the cluster has.
-pub fn roster(spec: &ClusterSpec, facts: ServerFacts) -> Roster {
+pub(crate) fn roster(spec: &ClusterSpec, facts: ServerFacts) -> Roster {
     let mut roster = Roster::default();
     roster.nodes.extend(
         spec.nodes()
@@ -118,7 +118,7 @@ fn member_number(name: &str, prefix: &str) -> Option<u32> {
 }
 
 /// Why `server` does not run the flavor (by name or ID) and boot disk asked for, if it does not.
-pub fn outdated_because(
+pub(crate) fn outdated_because(
     flavor: &str,
     boot_volume_gb: Option<u32>,
     server: &Server,
@@ -148,7 +148,7 @@ pub fn outdated_because(
 }
 
 /// The name of the flavor a pool asks for by name or ID (as given when the cloud lacks it).
-pub fn wanted_flavor_name<'a>(wanted: &'a str, flavors: &'a [Flavor]) -> &'a str {
+pub(crate) fn wanted_flavor_name<'a>(wanted: &'a str, flavors: &'a [Flavor]) -> &'a str {
     flavors
         .iter()
         .find(|f| f.id == wanted || f.name == wanted)

@@ -10,18 +10,18 @@ use crate::cloud::network::SecurityGroupRule;
 use crate::spec::{ClusterSpec, IngressExposure};
 
 /// Kubernetes' default NodePort range.
-pub const NODE_PORTS: (u16, u16) = (30000, 32767);
+pub(crate) const NODE_PORTS: (u16, u16) = (30000, 32767);
 
 /// The rules each group should hold.
 #[derive(Debug, Clone, Default)]
-pub struct WantedRules {
-    pub nodes: Vec<SecurityGroupRule>,
-    pub control_planes: Vec<SecurityGroupRule>,
+pub(crate) struct WantedRules {
+    pub(crate) nodes: Vec<SecurityGroupRule>,
+    pub(crate) control_planes: Vec<SecurityGroupRule>,
 }
 
 /// The rules for `spec`; `nodes_group_id` is the nodes' group (its members reach each other),
 /// `subnet_cidr` the nodes' subnet, where a load balancer's health checks and traffic come from.
-pub fn wanted_rules(
+pub(crate) fn wanted_rules(
     spec: &ClusterSpec,
     nodes_group_id: &str,
     subnet_cidr: Option<IpNet>,
@@ -70,7 +70,7 @@ pub fn wanted_rules(
     }
 }
 
-pub fn tcp_rule(min: u16, max: u16, cidr: &IpNet) -> SecurityGroupRule {
+pub(crate) fn tcp_rule(min: u16, max: u16, cidr: &IpNet) -> SecurityGroupRule {
     SecurityGroupRule {
         direction: "ingress".into(),
         ethertype: if cidr.addr().is_ipv4() {
@@ -101,7 +101,7 @@ fn same_rule(have: &SecurityGroupRule, want: &SecurityGroupRule) -> bool {
 /// What separates a group's rules from the wanted ones: the wanted rules it lacks, and the
 /// ingress rules it holds that are not wanted (every ingress rule of flatstack's groups is
 /// flatstack's; egress rules are Neutron's defaults and stay).
-pub fn rule_diff<'a>(
+pub(crate) fn rule_diff<'a>(
     have: &'a [SecurityGroupRule],
     want: &'a [SecurityGroupRule],
 ) -> (Vec<&'a SecurityGroupRule>, Vec<&'a SecurityGroupRule>) {
@@ -117,7 +117,7 @@ pub fn rule_diff<'a>(
 }
 
 /// A rule in a few words: `tcp 80 from 0.0.0.0/0`, `any from the group`.
-pub fn describe(rule: &SecurityGroupRule) -> String {
+pub(crate) fn describe(rule: &SecurityGroupRule) -> String {
     let protocol = rule.protocol.as_deref().unwrap_or("any");
     let ports = match (rule.port_range_min, rule.port_range_max) {
         (Some(min), Some(max)) if min == max => format!(" {min}"),

@@ -13,18 +13,18 @@ use crate::cloud::network::{Kind, SecurityGroupRule};
 use crate::spec::NodeName;
 
 /// A step's index in its [`Plan`].
-pub type StepId = usize;
+pub(crate) type StepId = usize;
 
 /// What a step made, or what exists already: an ID, and the address of a port or floating IP.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
-pub struct Made {
-    pub id: String,
+pub(crate) struct Made {
+    pub(crate) id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
+    pub(crate) address: Option<String>,
 }
 
 impl Made {
-    pub fn id(id: &str) -> Made {
+    pub(crate) fn id(id: &str) -> Made {
         Made {
             id: id.to_string(),
             address: None,
@@ -34,7 +34,7 @@ impl Made {
 
 /// A value a step needs: known at planning time, or made by another step of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ref {
+pub(crate) enum Ref {
     Known(Made),
     After(StepId),
 }
@@ -52,59 +52,59 @@ impl Ref {
 }
 
 /// How `plan` shows a value that exists only once `up` has run.
-pub const KNOWN_AFTER_APPLY: &str = "(known after apply)";
+pub(crate) const KNOWN_AFTER_APPLY: &str = "(known after apply)";
 
 /// A Neutron subnet to create on `network`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SubnetRequest {
-    pub name: String,
-    pub network: Ref,
-    pub cidr: Ipv4Net,
+pub(crate) struct SubnetRequest {
+    pub(crate) name: String,
+    pub(crate) network: Ref,
+    pub(crate) cidr: Ipv4Net,
     /// The addresses Neutron may hand out; the ones before it are kept for fixed addresses.
-    pub allocation_pool: Option<(Ipv4Addr, Ipv4Addr)>,
-    pub dns_nameservers: Vec<IpAddr>,
+    pub(crate) allocation_pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub(crate) dns_nameservers: Vec<IpAddr>,
 }
 
 /// A port with a fixed address on the subnet (the first control plane's is chosen, the others
 /// are Neutron's), in the given security groups.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PortRequest {
-    pub name: String,
-    pub network: Ref,
-    pub subnet: Ref,
-    pub fixed_ip: Option<Ipv4Addr>,
-    pub security_groups: Vec<Ref>,
+pub(crate) struct PortRequest {
+    pub(crate) name: String,
+    pub(crate) network: Ref,
+    pub(crate) subnet: Ref,
+    pub(crate) fixed_ip: Option<Ipv4Addr>,
+    pub(crate) security_groups: Vec<Ref>,
 }
 
 /// An ingress rule of one of the cluster's groups; `remote_group` replaces the rule's
 /// `remote_group_id` when the rule admits a group's members.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RuleRequest {
-    pub group: Ref,
-    pub group_name: String,
-    pub rule: SecurityGroupRule,
-    pub remote_group: Option<Ref>,
+pub(crate) struct RuleRequest {
+    pub(crate) group: Ref,
+    pub(crate) group_name: String,
+    pub(crate) rule: SecurityGroupRule,
+    pub(crate) remote_group: Option<Ref>,
 }
 
 /// A server to create: everything Nova's request needs but its user_data, which the
 /// [`Action::RenderIgnition`] step it waits for renders once the API address is known.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ServerPlan {
-    pub name: String,
-    pub flavor_id: String,
-    pub flavor_name: String,
-    pub image_id: String,
-    pub port: Ref,
-    pub key_name: Option<String>,
-    pub tags: Vec<String>,
-    pub metadata: BTreeMap<String, String>,
-    pub server_group: Option<Ref>,
-    pub boot_volume_gb: Option<u32>,
+pub(crate) struct ServerPlan {
+    pub(crate) name: String,
+    pub(crate) flavor_id: String,
+    pub(crate) flavor_name: String,
+    pub(crate) image_id: String,
+    pub(crate) port: Ref,
+    pub(crate) key_name: Option<String>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) server_group: Option<Ref>,
+    pub(crate) boot_volume_gb: Option<u32>,
 }
 
 /// One thing `up` does.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
+pub(crate) enum Action {
     CreateNetwork {
         name: String,
     },
@@ -213,7 +213,7 @@ pub enum Action {
 
 /// A resource of which the cluster has two, and keeps the other.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Duplicate {
+pub(crate) enum Duplicate {
     FloatingIp {
         id: String,
         address: String,
@@ -260,7 +260,7 @@ impl Duplicate {
 /// How a step is counted: what it changes in the cloud, or a step that changes nothing there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Verb {
+pub(crate) enum Verb {
     Create,
     /// Something that exists is put back as it should be.
     Update,
@@ -270,7 +270,7 @@ pub enum Verb {
 }
 
 impl Verb {
-    pub fn sign(self) -> char {
+    pub(crate) fn sign(self) -> char {
         match self {
             Verb::Create => '+',
             Verb::Update => '~',
@@ -282,7 +282,7 @@ impl Verb {
 
 /// Which API a step calls, for the executor's per-service concurrency bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Service {
+pub(crate) enum Service {
     Network,
     Compute,
     /// Polls or local work: bounded by the steps it waits for, not by a service.
@@ -292,7 +292,7 @@ pub enum Service {
 
 impl Action {
     /// The step as people read it: verb, kind, name and detail.
-    pub fn describe(&self) -> (Verb, &'static str, String, String) {
+    pub(crate) fn describe(&self) -> (Verb, &'static str, String, String) {
         use Action::*;
         match self {
             CreateNetwork { name } => (Verb::Create, "network", name.clone(), String::new()),
@@ -438,7 +438,7 @@ impl Action {
     }
 
     /// The line `up` prints when the step starts.
-    pub fn progress_line(&self) -> String {
+    pub(crate) fn progress_line(&self) -> String {
         use Action::*;
         match self {
             CreateNetwork { name } => format!("creating network {name}"),
@@ -506,7 +506,7 @@ impl Action {
     }
 
     /// The group a step belongs to on the timeline.
-    pub fn group(&self) -> &'static str {
+    pub(crate) fn group(&self) -> &'static str {
         use Action::*;
         match self {
             CreateNetwork { .. } | CreateSubnet(_) | SetAllocationPool { .. } => "network, subnet",
@@ -525,7 +525,7 @@ impl Action {
         }
     }
 
-    pub fn service(&self) -> Service {
+    pub(crate) fn service(&self) -> Service {
         use Action::*;
         match self {
             CreateServerGroup { .. }
@@ -541,7 +541,7 @@ impl Action {
 
     /// Every value this step takes, known or from other steps: the one list the planner reads
     /// the needs from and the executor fills in.
-    pub fn refs_mut(&mut self) -> Vec<&mut Ref> {
+    pub(crate) fn refs_mut(&mut self) -> Vec<&mut Ref> {
         use Action::*;
         match self {
             CreateSubnet(s) => vec![&mut s.network],
@@ -570,7 +570,7 @@ impl Action {
 }
 
 /// How people call a Neutron kind.
-pub fn kind_name(kind: Kind) -> &'static str {
+pub(crate) fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Network => "network",
         Kind::Subnet => "subnet",
@@ -583,36 +583,45 @@ pub fn kind_name(kind: Kind) -> &'static str {
 
 /// A step and the steps it waits for.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Step {
-    pub id: StepId,
-    pub action: Action,
-    pub needs: Vec<StepId>,
+pub(crate) struct Step {
+    pub(crate) id: StepId,
+    pub(crate) action: Action,
+    pub(crate) needs: Vec<StepId>,
 }
 
 /// Everything `up` will do, in an order that respects every step's needs.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Plan {
-    pub steps: Vec<Step>,
+pub(crate) struct Plan {
+    pub(crate) steps: Vec<Step>,
     /// The cluster's nodes once the steps ran (see `roster`).
-    pub nodes: Vec<NodeName>,
+    pub(crate) nodes: Vec<NodeName>,
 }
 
 /// One step as `plan --output json` and `up --output json` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ShownStep {
-    pub id: StepId,
-    pub action: Verb,
-    pub kind: &'static str,
-    pub name: String,
+pub(crate) struct ShownStep {
+    pub(crate) id: StepId,
+    pub(crate) action: Verb,
+    pub(crate) kind: &'static str,
+    pub(crate) name: String,
     #[serde(skip_serializing_if = "String::is_empty")]
-    pub detail: String,
+    pub(crate) detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub needs: Vec<StepId>,
+    pub(crate) needs: Vec<StepId>,
 }
 
 impl Plan {
+    /// Steps of each verb.
+    #[cfg(test)]
+    pub(crate) fn count(&self, verb: Verb) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| s.action.describe().0 == verb)
+            .count()
+    }
+
     /// Adds a step that waits for every step its inputs come from, and for `also`.
-    pub fn push(&mut self, mut action: Action, also: &[StepId]) -> StepId {
+    pub(crate) fn push(&mut self, mut action: Action, also: &[StepId]) -> StepId {
         let id = self.steps.len();
         let mut needs: Vec<StepId> = action
             .refs_mut()
@@ -629,24 +638,16 @@ impl Plan {
         id
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }
 
-    pub fn shown(&self) -> Vec<ShownStep> {
+    pub(crate) fn shown(&self) -> Vec<ShownStep> {
         self.steps.iter().map(Step::shown).collect()
     }
 
-    /// Steps of each verb.
-    pub fn count(&self, verb: Verb) -> usize {
-        self.steps
-            .iter()
-            .filter(|s| s.action.describe().0 == verb)
-            .count()
-    }
-
     /// The servers the plan creates and deletes, by name.
-    pub fn servers(&self) -> (Vec<&str>, Vec<&str>) {
+    pub(crate) fn servers(&self) -> (Vec<&str>, Vec<&str>) {
         let mut created = Vec::new();
         let mut deleted = Vec::new();
         for step in &self.steps {
@@ -661,7 +662,7 @@ impl Plan {
 }
 
 impl Step {
-    pub fn shown(&self) -> ShownStep {
+    pub(crate) fn shown(&self) -> ShownStep {
         let (action, kind, name, detail) = self.action.describe();
         ShownStep {
             id: self.id,

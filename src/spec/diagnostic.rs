@@ -6,14 +6,19 @@ use std::ops::Range;
 
 /// One problem in a cluster file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
+pub(crate) struct Diagnostic {
     span: Range<usize>,
     message: String,
     hint: Option<String>,
 }
 
 impl Diagnostic {
-    pub fn new(span: Range<usize>, message: impl Into<String>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn new(span: Range<usize>, message: impl Into<String>) -> Self {
         Diagnostic {
             span,
             message: message.into(),
@@ -21,28 +26,24 @@ impl Diagnostic {
         }
     }
 
-    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
-    }
-
-    pub fn message(&self) -> &str {
-        &self.message
     }
 }
 
 /// Every problem found in one pass over a file.
 #[derive(Debug, Default)]
-pub struct Problems {
+pub(crate) struct Problems {
     list: Vec<Diagnostic>,
 }
 
 impl Problems {
-    pub fn push(&mut self, diagnostic: Diagnostic) {
+    pub(crate) fn push(&mut self, diagnostic: Diagnostic) {
         self.list.push(diagnostic);
     }
 
-    pub fn error(
+    pub(crate) fn error(
         &mut self,
         span: Range<usize>,
         message: impl Into<String>,
@@ -51,11 +52,11 @@ impl Problems {
         self.push(Diagnostic::new(span, message).hint(hint));
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
-    pub fn into_vec(self) -> Vec<Diagnostic> {
+    pub(crate) fn into_vec(self) -> Vec<Diagnostic> {
         self.list
     }
 }
@@ -63,17 +64,12 @@ impl Problems {
 /// A cluster file that could not be accepted, with every problem found in it.
 #[derive(Debug, thiserror::Error)]
 pub struct InvalidClusterFile {
-    pub path: String,
-    pub text: String,
-    pub problems: Vec<Diagnostic>,
+    pub(crate) path: String,
+    pub(crate) text: String,
+    pub(crate) problems: Vec<Diagnostic>,
 }
 
-impl InvalidClusterFile {
-    /// `(line, column)`, both counted from 1, of a byte offset; columns count characters.
-    pub fn position(&self, offset: usize) -> (usize, usize) {
-        LineIndex::of(&self.text).position(&self.text, offset)
-    }
-}
+impl InvalidClusterFile {}
 
 /// Where each line of a text starts: made once, so placing every problem of a file with
 /// thousands of them stays linear.

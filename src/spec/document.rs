@@ -11,13 +11,13 @@ use toml::de::{DeTable, DeValue};
 use super::diagnostic::{Diagnostic, Problems};
 
 /// A value together with the byte range it came from.
-pub type At<T> = Spanned<T>;
+pub(crate) type At<T> = Spanned<T>;
 
 /// Reads the keys of one TOML table, checking types as it goes.
 ///
 /// Every key a caller asks for, present or not, counts as known; [`Table::finish`] reports
 /// the rest as unknown keys, with the nearest known key as a hint.
-pub struct Table<'a, 'i> {
+pub(crate) struct Table<'a, 'i> {
     entries: &'a DeTable<'i>,
     span: Range<usize>,
     path: String,
@@ -233,7 +233,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// Reports every key of this table that no caller asked for.
-    pub fn finish(self, p: &mut Problems) {
+    pub(crate) fn finish(self, p: &mut Problems) {
         for (key, _) in self.entries.iter() {
             let name = key.get_ref().as_ref();
             if self.known.contains(name) {

@@ -4,7 +4,7 @@
 mod diagnostic;
 mod document;
 mod parse;
-pub mod profile;
+pub(crate) mod profile;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -12,52 +12,52 @@ use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net};
 
-pub use diagnostic::{Diagnostic, InvalidClusterFile};
-pub use parse::{NAME_RULE, is_valid_name};
+pub(crate) use diagnostic::InvalidClusterFile;
+pub(crate) use parse::{NAME_RULE, is_valid_name};
 
 use crate::pins::KubernetesVersion;
 
 /// The largest cluster file flatstack reads.
-pub const MAX_FILE_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// A validated cluster file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterSpec {
     /// DNS-1123 label; prefixes every node and cloud resource name.
-    pub name: String,
+    pub(crate) name: String,
     /// Entry in `clouds.yaml` naming the OpenStack cloud; `None` leaves the choice to
     /// `--cloud`, `OS_CLOUD` or the `OS_*` variables of an openrc file.
-    pub cloud: Option<String>,
-    pub kubernetes: KubernetesSpec,
-    pub flatcar: FlatcarSpec,
-    pub control_plane: ControlPlaneSpec,
+    pub(crate) cloud: Option<String>,
+    pub(crate) kubernetes: KubernetesSpec,
+    pub(crate) flatcar: FlatcarSpec,
+    pub(crate) control_plane: ControlPlaneSpec,
     pub worker_pools: Vec<WorkerPool>,
     pub network: NetworkSpec,
-    pub access: AccessSpec,
-    pub addons: AddonsSpec,
+    pub(crate) access: AccessSpec,
+    pub(crate) addons: AddonsSpec,
     pub ingress: IngressSpec,
-    pub updates: UpdatesSpec,
+    pub(crate) updates: UpdatesSpec,
     /// Settings for `flatstack jupyterhub`; defaults when the file has no `[jupyterhub]`.
-    pub jupyterhub: JupyterHubSpec,
+    pub(crate) jupyterhub: JupyterHubSpec,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct KubernetesSpec {
-    pub version: KubernetesVersion,
+pub(crate) struct KubernetesSpec {
+    pub(crate) version: KubernetesVersion,
     /// Where nodes download the Kubernetes system extension image.
-    pub sysext_url: String,
+    pub(crate) sysext_url: String,
     /// Lowercase hex SHA-256 of that image; Ignition refuses any other content. `None` when
     /// the file gives none: `sysext::pin` then finds the recorded or published one, which is
     /// set here before nodes are rendered.
-    pub sysext_sha256: Option<String>,
+    pub(crate) sysext_sha256: Option<String>,
     /// Directory holding `kubernetes-vX.Y.*` images and a `SHA256SUMS` index, which
     /// systemd-sysupdate on each node polls for patch releases; `None` turns patch updates off.
-    pub sysupdate_url: Option<String>,
+    pub(crate) sysupdate_url: Option<String>,
 }
 
 /// Flatcar release channels, which are also the default update groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
+pub(crate) enum Channel {
     Stable,
     Beta,
     Alpha,
@@ -68,7 +68,7 @@ impl Channel {
     pub(crate) const ALL: [Channel; 4] =
         [Channel::Stable, Channel::Beta, Channel::Alpha, Channel::Lts];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Channel::Stable => "stable",
             Channel::Beta => "beta",
@@ -77,56 +77,56 @@ impl Channel {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Channel> {
+    pub(crate) fn parse(s: &str) -> Option<Channel> {
         Channel::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct FlatcarSpec {
-    pub channel: Channel,
+pub(crate) struct FlatcarSpec {
+    pub(crate) channel: Channel,
     /// An exact release such as `4230.2.3`; `None` means the newest of the channel.
-    pub version: Option<String>,
+    pub(crate) version: Option<String>,
     /// A Glance image to boot instead of the one `flatstack image ensure` uploads.
-    pub image: Option<String>,
+    pub(crate) image: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ControlPlaneSpec {
-    pub count: u32,
-    pub flavor: String,
+pub(crate) struct ControlPlaneSpec {
+    pub(crate) count: u32,
+    pub(crate) flavor: String,
     /// Boot from a Cinder volume of this size instead of the flavor's root disk.
-    pub boot_volume_gb: Option<u32>,
+    pub(crate) boot_volume_gb: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerPool {
-    pub name: String,
-    pub count: u32,
-    pub flavor: String,
-    pub boot_volume_gb: Option<u32>,
+    pub(crate) name: String,
+    pub(crate) count: u32,
+    pub(crate) flavor: String,
+    pub(crate) boot_volume_gb: Option<u32>,
     /// How many nodes a rolling replacement makes before the nodes they replace are gone.
-    pub max_surge: u32,
-    pub labels: BTreeMap<String, String>,
-    pub taints: Vec<Taint>,
+    pub(crate) max_surge: u32,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) taints: Vec<Taint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Taint {
-    pub key: String,
-    pub value: Option<String>,
-    pub effect: TaintEffect,
+pub(crate) struct Taint {
+    pub(crate) key: String,
+    pub(crate) value: Option<String>,
+    pub(crate) effect: TaintEffect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaintEffect {
+pub(crate) enum TaintEffect {
     NoSchedule,
     PreferNoSchedule,
     NoExecute,
 }
 
 impl TaintEffect {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TaintEffect::NoSchedule => "NoSchedule",
             TaintEffect::PreferNoSchedule => "PreferNoSchedule",
@@ -137,7 +137,7 @@ impl TaintEffect {
 
 /// Whether the cluster brings its own network or joins one that exists.
 #[derive(Debug, Clone, PartialEq)]
-pub enum NetworkMode {
+pub(crate) enum NetworkMode {
     /// flatstack creates a network, a subnet with `node_cidr` and a router to the external network.
     Create,
     /// flatstack attaches the nodes to existing resources, found by name or ID.
@@ -150,25 +150,25 @@ pub enum NetworkMode {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkSpec {
-    pub mode: NetworkMode,
+    pub(crate) mode: NetworkMode,
     /// The external network floating IPs come from.
-    pub external_network: String,
+    pub(crate) external_network: String,
     /// Node addresses; always set when flatstack creates the network.
-    pub node_cidr: Option<Ipv4Net>,
+    pub(crate) node_cidr: Option<Ipv4Net>,
     pub pod_cidr: Ipv4Net,
-    pub service_cidr: Ipv4Net,
-    pub dns_servers: Vec<IpAddr>,
+    pub(crate) service_cidr: Ipv4Net,
+    pub(crate) dns_servers: Vec<IpAddr>,
 }
 
 /// On a network flatstack creates, the first this many host addresses of `node_cidr` are kept
 /// out of Neutron's allocation pool: the gateway (the first), the API address (the tenth) and
 /// room for more fixed addresses. Neutron hands out pool addresses in random order, so a
 /// worker's or DHCP port could otherwise take the API address before its port exists.
-pub const FIXED_NODE_ADDRESSES: usize = 16;
+pub(crate) const FIXED_NODE_ADDRESSES: usize = 16;
 
 impl NetworkSpec {
     /// The fixed address flatstack gives the first control plane on a network it creates.
-    pub fn default_api_address(&self) -> Option<Ipv4Addr> {
+    pub(crate) fn default_api_address(&self) -> Option<Ipv4Addr> {
         match (&self.mode, self.node_cidr) {
             (NetworkMode::Create, Some(cidr)) => cidr.hosts().nth(9),
             _ => None,
@@ -177,7 +177,7 @@ impl NetworkSpec {
 
     /// The first and last address Neutron may give ports on the subnet flatstack creates:
     /// every host address after the fixed ones.
-    pub fn node_address_pool(&self) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    pub(crate) fn node_address_pool(&self) -> Option<(Ipv4Addr, Ipv4Addr)> {
         match (&self.mode, self.node_cidr) {
             (NetworkMode::Create, Some(cidr)) => Some((
                 cidr.hosts().nth(FIXED_NODE_ADDRESSES)?,
@@ -189,29 +189,29 @@ impl NetworkSpec {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct AccessSpec {
+pub(crate) struct AccessSpec {
     /// Keys installed for the `core` user through Ignition.
-    pub ssh_public_keys: Vec<String>,
+    pub(crate) ssh_public_keys: Vec<String>,
     /// A Nova keypair whose key Afterburn installs for `core` as well.
-    pub keypair: Option<String>,
+    pub(crate) keypair: Option<String>,
     /// Who may reach the Kubernetes API (6443); the API demands client certificates.
-    pub api_cidrs: Vec<IpNet>,
+    pub(crate) api_cidrs: Vec<IpNet>,
     /// Who may reach SSH (22); empty keeps SSH closed.
-    pub ssh_cidrs: Vec<IpNet>,
+    pub(crate) ssh_cidrs: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AddonsSpec {
-    pub cloud_controller: bool,
-    pub cinder_csi: bool,
-    pub ingress: bool,
-    pub metrics_server: bool,
-    pub kured: bool,
+pub(crate) struct AddonsSpec {
+    pub(crate) cloud_controller: bool,
+    pub(crate) cinder_csi: bool,
+    pub(crate) ingress: bool,
+    pub(crate) metrics_server: bool,
+    pub(crate) kured: bool,
 }
 
 /// How the ingress controller is reached from outside the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IngressExposure {
+pub(crate) enum IngressExposure {
     /// Traefik on the control planes' host network: ports 80 and 443 of the API's floating IP.
     ControlPlane,
     /// A Service of type LoadBalancer: the cloud controller makes an Octavia load balancer
@@ -221,30 +221,30 @@ pub enum IngressExposure {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngressSpec {
-    pub exposure: IngressExposure,
+    pub(crate) exposure: IngressExposure,
     /// Who may reach ports 80 and 443 of the control planes (control-plane exposure).
-    pub http_cidrs: Vec<IpNet>,
+    pub(crate) http_cidrs: Vec<IpNet>,
     /// The DNS name pointing at the ingress, e.g. `hub.<project>.projects.jetstream-cloud.org`.
-    pub hostname: Option<String>,
+    pub(crate) hostname: Option<String>,
     /// Let's Encrypt through cert-manager; set exactly when `hostname` is.
-    pub acme: Option<AcmeSpec>,
+    pub(crate) acme: Option<AcmeSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcmeSpec {
+pub(crate) struct AcmeSpec {
     /// The ACME account's contact address.
-    pub email: String,
+    pub(crate) email: String,
     /// The ACME directory URL (Let's Encrypt production unless the file says otherwise).
-    pub server: String,
+    pub(crate) server: String,
 }
 
 /// Let's Encrypt's ACME directories.
-pub const LETSENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub(crate) const LETSENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
 /// Who may log in to JupyterHub.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Authenticator {
+pub(crate) enum Authenticator {
     /// Any user name with one shared password that flatstack generates and keeps in the state
     /// directory (JupyterHub's shared-password authenticator): for trials only.
     SharedPassword,
@@ -258,38 +258,38 @@ pub enum Authenticator {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JupyterHubSpec {
-    pub namespace: String,
-    pub authenticator: Authenticator,
-    pub admin_users: Vec<String>,
+pub(crate) struct JupyterHubSpec {
+    pub(crate) namespace: String,
+    pub(crate) authenticator: Authenticator,
+    pub(crate) admin_users: Vec<String>,
     /// Empty: everyone the authenticator lets in (GitHub: members of the allowed organizations).
-    pub allowed_users: Vec<String>,
+    pub(crate) allowed_users: Vec<String>,
     /// Each user's persistent home directory, a Cinder volume.
-    pub user_storage_gb: u32,
+    pub(crate) user_storage_gb: u32,
     /// A YAML file of chart values merged over flatstack's (relative to the cluster file).
-    pub values_file: Option<std::path::PathBuf>,
+    pub(crate) values_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpdatesSpec {
+pub(crate) struct UpdatesSpec {
     /// Whether update-engine downloads new Flatcar releases.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// The update group (`stable`, `beta`, ... or a Nebraska group).
-    pub group: String,
+    pub(crate) group: String,
     /// A custom Omaha update server (Nebraska), if any.
-    pub server: Option<String>,
-    pub reboot_window: RebootWindow,
+    pub(crate) server: Option<String>,
+    pub(crate) reboot_window: RebootWindow,
 }
 
 /// When kured may reboot nodes, one at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RebootWindow {
-    pub days: Vec<String>,
+pub(crate) struct RebootWindow {
+    pub(crate) days: Vec<String>,
     /// `HH:MM`, 24-hour clock.
-    pub start: String,
-    pub end: String,
+    pub(crate) start: String,
+    pub(crate) end: String,
     /// An IANA time zone such as `UTC` or `America/Indiana/Indianapolis`.
-    pub timezone: String,
+    pub(crate) timezone: String,
 }
 
 impl ClusterSpec {
@@ -304,7 +304,7 @@ impl ClusterSpec {
 
     /// Reads and validates a cluster file: a regular file of at most [`MAX_FILE_BYTES`] (a
     /// FIFO would hang the read, a device would never end it).
-    pub fn load(path: &Path) -> Result<ClusterSpec, LoadError> {
+    pub(crate) fn load(path: &Path) -> Result<ClusterSpec, LoadError> {
         use std::io::Read as _;
         let failed = |source: std::io::Error| LoadError::Read {
             path: path.display().to_string(),
@@ -390,7 +390,7 @@ pub enum Role {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     #[error("cannot read cluster file {path}: {source}")]
     Read {
         path: String,

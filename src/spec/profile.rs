@@ -4,7 +4,7 @@ use crate::pins::{self, KubernetesVersion};
 
 /// Starting points for a cluster file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Profile {
+pub(crate) enum Profile {
     /// Jetstream2 (Indiana University): m3.* flavors, external network `public`,
     /// application credentials, allocations billed in SUs.
     Jetstream2,
@@ -48,14 +48,14 @@ fn choices(profile: Profile) -> Choices {
 
 /// The Kubernetes release a new cluster file names, and where its sysext comes from.
 #[derive(Debug, Clone, Copy)]
-pub struct KubernetesChoice<'a> {
-    pub version: KubernetesVersion,
+pub(crate) struct KubernetesChoice<'a> {
+    pub(crate) version: KubernetesVersion,
     /// A mirror of the bakery's `extensions/` directory; `None` for the bakery itself.
-    pub mirror: Option<&'a str>,
+    pub(crate) mirror: Option<&'a str>,
 }
 
 /// The text of a new cluster file named `name`.
-pub fn cluster_file(profile: Profile, name: &str, choice: &KubernetesChoice<'_>) -> String {
+pub(crate) fn cluster_file(profile: Profile, name: &str, choice: &KubernetesChoice<'_>) -> String {
     let c = choices(profile);
     let version = choice.version;
     let kubernetes = version.to_string().trim_start_matches('v').to_string();

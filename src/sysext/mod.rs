@@ -30,7 +30,7 @@ const INIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where a digest came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "from", rename_all = "snake_case")]
-pub enum Origin {
+pub(crate) enum Origin {
     /// `kubernetes.sysext_sha256` in the cluster file.
     ClusterFile,
     /// Read earlier from `url` on `read_on` (YYYY-MM-DD) and recorded in the state directory.
@@ -41,22 +41,22 @@ pub enum Origin {
 
 /// The sysext image of a cluster and the digest its nodes verify.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PinnedSysext {
+pub(crate) struct PinnedSysext {
     /// The image's file name, e.g. `kubernetes-v1.37.1-x86-64.raw`.
-    pub file: String,
-    pub sha256: String,
-    pub origin: Origin,
+    pub(crate) file: String,
+    pub(crate) sha256: String,
+    pub(crate) origin: Origin,
 }
 
 impl PinnedSysext {
     /// The spec with this digest as the one nodes verify.
-    pub fn pinned_into(&self, mut spec: ClusterSpec) -> ClusterSpec {
+    pub(crate) fn pinned_into(&self, mut spec: ClusterSpec) -> ClusterSpec {
         spec.kubernetes.sysext_sha256 = Some(self.sha256.clone());
         spec
     }
 
     /// One line for people: the digest and where it came from.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let from = match &self.origin {
             Origin::ClusterFile => "given in the cluster file".to_string(),
             Origin::Recorded { url, read_on } => {
@@ -70,7 +70,7 @@ impl PinnedSysext {
 
 /// What the publisher lists today for a digest recorded earlier.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublisherCheck {
+pub(crate) enum PublisherCheck {
     /// The publisher lists the recorded digest.
     Same,
     /// The publisher now lists another digest for the same file; the recorded one stays.
@@ -80,7 +80,7 @@ pub enum PublisherCheck {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SysextError {
+pub(crate) enum SysextError {
     #[error(
         "cannot read the SHA-256 of {file} from its publisher:{}\n  hint: check this machine's network, or give `kubernetes.sysext_sha256` in the cluster file",
         attempts.iter().map(|(url, why)| format!("\n  {url}: {why}")).collect::<String>()
@@ -128,7 +128,7 @@ pub enum SysextError {
 
 impl SysextError {
     /// Whether the cluster file (its version or URL) is what must change.
-    pub fn is_invalid_input(&self) -> bool {
+    pub(crate) fn is_invalid_input(&self) -> bool {
         matches!(
             self,
             SysextError::NotPublished { .. }
@@ -154,7 +154,7 @@ fn published_line(version: KubernetesVersion, published: &[KubernetesVersion]) -
 /// The digest nodes of this cluster verify the sysext image with: the cluster file's, the
 /// one recorded in `state` for the same image file, or the publisher's (read now, to be
 /// recorded with [`record`]).
-pub async fn pin(
+pub(crate) async fn pin(
     kubernetes: &KubernetesSpec,
     state: Option<&StateDir>,
 ) -> Result<PinnedSysext, SysextError> {
@@ -187,7 +187,7 @@ pub async fn pin(
 }
 
 /// Records a digest read from the publisher in the state directory (others need no record).
-pub fn record(state: &StateDir, pinned: &PinnedSysext) -> Result<(), SysextError> {
+pub(crate) fn record(state: &StateDir, pinned: &PinnedSysext) -> Result<(), SysextError> {
     let Origin::Publisher { url } = &pinned.origin else {
         return Ok(());
     };
@@ -213,7 +213,10 @@ pub fn record(state: &StateDir, pinned: &PinnedSysext) -> Result<(), SysextError
 }
 
 /// Compares a recorded digest with what the publisher lists today.
-pub async fn check_publisher(kubernetes: &KubernetesSpec, pinned: &PinnedSysext) -> PublisherCheck {
+pub(crate) async fn check_publisher(
+    kubernetes: &KubernetesSpec,
+    pinned: &PinnedSysext,
+) -> PublisherCheck {
     if !matches!(pinned.origin, Origin::Recorded { .. }) {
         return PublisherCheck::Same;
     }
@@ -226,7 +229,7 @@ pub async fn check_publisher(kubernetes: &KubernetesSpec, pinned: &PinnedSysext)
 
 /// The newest Kubernetes release of a supported minor that the publisher at `base` (a
 /// directory laid out like the bakery's `extensions/`) lists, for `flatstack init`.
-pub async fn newest_published(base: &str) -> Result<Option<KubernetesVersion>, String> {
+pub(crate) async fn newest_published(base: &str) -> Result<Option<KubernetesVersion>, String> {
     let base = base.trim_end_matches('/');
     let publisher = Publisher::new(INIT_TIMEOUT).map_err(|e| e.to_string())?;
     let mut reasons = Vec::new();

@@ -5,15 +5,15 @@ use crate::pins::KubernetesVersion;
 
 /// One line of a `SHA256SUMS` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SumLine<'a> {
+pub(crate) struct SumLine<'a> {
     /// Lowercase hex.
-    pub sha256: String,
+    pub(crate) sha256: String,
     /// The file name, without any directory part.
-    pub file: &'a str,
+    pub(crate) file: &'a str,
 }
 
 /// Every well-formed line of `text`; other lines (comments, blank lines) are skipped.
-pub fn lines(text: &str) -> impl Iterator<Item = SumLine<'_>> {
+pub(crate) fn lines(text: &str) -> impl Iterator<Item = SumLine<'_>> {
     text.lines().filter_map(|line| {
         let mut fields = line.split_whitespace();
         let sha256 = fields.next()?;
@@ -28,12 +28,12 @@ pub fn lines(text: &str) -> impl Iterator<Item = SumLine<'_>> {
 }
 
 /// The digest `text` lists for exactly `file`, if any.
-pub fn digest_of(text: &str, file: &str) -> Option<String> {
+pub(crate) fn digest_of(text: &str, file: &str) -> Option<String> {
     lines(text).find(|l| l.file == file).map(|l| l.sha256)
 }
 
 /// The x86-64 Kubernetes releases of `minor` that `text` lists, newest first, each once.
-pub fn published_patches(texts: &[&str], major: u32, minor: u32) -> Vec<KubernetesVersion> {
+pub(crate) fn published_patches(texts: &[&str], major: u32, minor: u32) -> Vec<KubernetesVersion> {
     let mut versions: Vec<KubernetesVersion> = texts
         .iter()
         .flat_map(|text| lines(text))

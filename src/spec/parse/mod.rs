@@ -317,10 +317,10 @@ pub(super) fn check_dns_label(value: &At<String>, key: &str, p: &mut Problems) {
 }
 
 /// What cluster and pool names may look like; they become part of DNS names.
-pub const NAME_RULE: &str = "use 1 to 40 lowercase letters, digits and '-', starting with a letter and not ending with '-' (it becomes part of DNS names)";
+pub(crate) const NAME_RULE: &str = "use 1 to 40 lowercase letters, digits and '-', starting with a letter and not ending with '-' (it becomes part of DNS names)";
 
 /// Whether `s` may name a cluster or a worker pool (see [`NAME_RULE`]).
-pub fn is_valid_name(s: &str) -> bool {
+pub(crate) fn is_valid_name(s: &str) -> bool {
     let valid_chars = s
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
@@ -374,7 +374,7 @@ pub(super) mod testing {
     }
 
     /// The problems of the base file with `extra`, which must have some.
-    pub fn problems(extra: &str) -> Vec<String> {
+    pub(crate) fn problems(extra: &str) -> Vec<String> {
         match with(extra) {
             Ok(_) => panic!("accepted: {extra}"),
             Err(problems) => problems,
