@@ -2,15 +2,20 @@
 //! HelmChart and credentials applied, Helm's Job waited for, then the hub and proxy
 //! Deployments; on uninstall the release removed and, only on request, the users' volumes.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 
 use super::charts::{self, Expect};
+use super::cluster::{Cluster, ClusterError, Reach};
 use crate::addons::HelmChart;
 use crate::addons::NAMESPACE;
-use crate::addons::jupyterhub::{CREDENTIALS_SECRET, HubRelease, RELEASE};
+use crate::addons::jupyterhub::{self, CREDENTIALS_SECRET, HubCredentials, HubRelease, RELEASE};
+use crate::cloud::CloudConfig;
 use crate::kube::{KubeClient, KubeError, Manifest, Waiting, poll, wait_deployment};
+use crate::pki::{PkiError, StateDir};
+use crate::spec::{Authenticator, ClusterSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HubError {
@@ -20,8 +25,234 @@ pub(crate) enum HubError {
     AlreadyInstalled,
     #[error("JupyterHub is not installed\n  hint: `flatstack jupyterhub install` installs it")]
     NotInstalled,
+    #[error(
+        "JupyterHub needs {0}\n  hint: set them in the cluster file and run `flatstack up` first"
+    )]
+    Prerequisites(String),
+    #[error("cannot read `jupyterhub.values_file` {}", .path.display())]
+    ValuesFileUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not valid YAML: {detail}", .path.display())]
+    ValuesFileInvalid { path: PathBuf, detail: String },
+    #[error(
+        "{} must hold a mapping of chart values (like `singleuser:` at the top level)",
+        .0.display()
+    )]
+    ValuesFileNotMapping(PathBuf),
+    #[error(
+        "environment variable {0} is not set: it must hold the GitHub OAuth app's client secret\n  hint: `export {0}=...` (flatstack never reads it from the cluster file)"
+    )]
+    ClientSecretMissing(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    State(#[from] PkiError),
     #[error(transparent)]
     Kube(#[from] KubeError),
+}
+
+impl HubError {
+    pub(crate) fn is_invalid_input(&self) -> bool {
+        match self {
+            HubError::Prerequisites(_)
+            | HubError::ValuesFileUnreadable { .. }
+            | HubError::ValuesFileInvalid { .. }
+            | HubError::ValuesFileNotMapping(_)
+            | HubError::ClientSecretMissing(_) => true,
+            HubError::Cluster(e) => e.is_invalid_input(),
+            HubError::State(e) => e.is_invalid_input(),
+            _ => false,
+        }
+    }
+}
+
+const USER_PASSWORD_FILE: &str = "jupyterhub-user-password";
+const ADMIN_PASSWORD_FILE: &str = "jupyterhub-admin-password";
+
+/// What `jupyterhub install|upgrade` is asked to do.
+pub(crate) struct HubRequest {
+    pub(crate) spec: ClusterSpec,
+    /// The cluster file, which `jupyterhub.values_file` is relative to.
+    pub(crate) cluster_file: PathBuf,
+    pub(crate) reach: Reach,
+    /// Needed when [`Reach::needs_cloud`] says so.
+    pub(crate) cloud: Option<CloudConfig>,
+    pub(crate) action: Action,
+    pub(crate) timeout: Duration,
+}
+
+/// What `jupyterhub install|upgrade` did, and where the hub is.
+pub(crate) struct HubReport {
+    pub(crate) outcome: HubOutcome,
+    pub(crate) chart: String,
+    pub(crate) version: String,
+    pub(crate) namespace: String,
+    pub(crate) url: String,
+    /// The ingress's address, which the hub's hostname must resolve to.
+    pub(crate) address: String,
+    /// With `ingress.hostname`: the hostname and the HTTPS certificate's state, or why it
+    /// could not be read.
+    pub(crate) https: Option<(String, Result<String, KubeError>)>,
+    /// With shared passwords: the files holding the users' and the admins' password.
+    pub(crate) password_files: Option<(PathBuf, PathBuf)>,
+}
+
+/// Installs or upgrades the hub of the cluster `request` names, with its credentials (made
+/// once and kept in the state directory, or read from the environment), and waits until it
+/// serves. Holds the state directory's writer lock throughout.
+pub(crate) async fn install_or_upgrade(
+    request: HubRequest,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<HubReport, HubError> {
+    let HubRequest {
+        spec,
+        cluster_file,
+        reach,
+        cloud,
+        action,
+        timeout,
+    } = request;
+    check_prerequisites(&spec)?;
+    let user_values = read_values_file(&cluster_file, &spec)?;
+    let cluster = Cluster::connect(spec, reach, cloud).await?;
+    let _lock = cluster.state.lock_for(match action {
+        Action::Install => "jupyterhub install",
+        Action::Upgrade => "jupyterhub upgrade",
+    })?;
+    let credentials = credentials(&cluster.spec, &cluster.state)?;
+    let release = jupyterhub::release(&cluster.spec, &credentials, user_values.as_ref());
+    let outcome = install(&cluster.client, &release, action, timeout, say).await?;
+    let address = cluster.ingress_address().await?;
+    let namespace = release.chart.spec.target_namespace.clone();
+    let https = match &cluster.spec.ingress.hostname {
+        Some(host) => Some((
+            host.clone(),
+            certificate_state(&cluster.client, &namespace).await,
+        )),
+        None => None,
+    };
+    let password_files = matches!(
+        cluster.spec.jupyterhub.authenticator,
+        Authenticator::SharedPassword
+    )
+    .then(|| {
+        (
+            cluster.state.join(USER_PASSWORD_FILE),
+            cluster.state.join(ADMIN_PASSWORD_FILE),
+        )
+    });
+    Ok(HubReport {
+        outcome,
+        chart: release.chart.spec.chart.clone(),
+        version: release.chart.spec.version.clone(),
+        namespace,
+        url: jupyterhub::url(&cluster.spec, &address),
+        address,
+        https,
+        password_files,
+    })
+}
+
+/// Removes the hub of the cluster `spec` names; returns the users' volume claims kept.
+pub(crate) async fn remove(
+    spec: ClusterSpec,
+    reach: Reach,
+    cloud: Option<CloudConfig>,
+    delete_user_data: bool,
+    timeout: Duration,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<String>, HubError> {
+    let cluster = Cluster::connect(spec, reach, cloud).await?;
+    let _lock = cluster.state.lock_for("jupyterhub uninstall")?;
+    let namespace = cluster.spec.jupyterhub.namespace.clone();
+    uninstall(&cluster.client, &namespace, delete_user_data, timeout, say).await
+}
+
+/// The hub is reached through the ingress and keeps its data on Cinder volumes.
+fn check_prerequisites(spec: &ClusterSpec) -> Result<(), HubError> {
+    let mut missing = Vec::new();
+    if !spec.addons.ingress {
+        missing.push("`addons.ingress = true` (users reach the hub through it)");
+    }
+    if !spec.addons.cinder_csi {
+        missing.push(
+            "`addons.cinder_csi = true` (the hub's database and home directories are Cinder volumes)",
+        );
+    }
+    match missing.is_empty() {
+        true => Ok(()),
+        false => Err(HubError::Prerequisites(missing.join(" and "))),
+    }
+}
+
+/// The user's values file, relative to the cluster file, as JSON; it must be a mapping.
+fn read_values_file(
+    cluster_file: &Path,
+    spec: &ClusterSpec,
+) -> Result<Option<serde_json::Value>, HubError> {
+    let Some(relative) = &spec.jupyterhub.values_file else {
+        return Ok(None);
+    };
+    let path = match cluster_file.parent() {
+        Some(dir) if relative.is_relative() => dir.join(relative),
+        _ => relative.clone(),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| HubError::ValuesFileUnreadable {
+        path: path.clone(),
+        source,
+    })?;
+    let values: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(|e| HubError::ValuesFileInvalid {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+    match values {
+        serde_json::Value::Object(_) => Ok(Some(values)),
+        serde_json::Value::Null => Ok(None),
+        _ => Err(HubError::ValuesFileNotMapping(path)),
+    }
+}
+
+/// The authenticator's secrets: shared passwords made once and kept in the state directory,
+/// or GitHub's client secret from the environment.
+fn credentials(spec: &ClusterSpec, state: &StateDir) -> Result<HubCredentials, HubError> {
+    match &spec.jupyterhub.authenticator {
+        Authenticator::GitHub {
+            client_secret_env, ..
+        } => {
+            let value = std::env::var(client_secret_env).unwrap_or_default();
+            if value.trim().is_empty() {
+                return Err(HubError::ClientSecretMissing(client_secret_env.clone()));
+            }
+            Ok(HubCredentials::GitHub {
+                client_secret: crate::secret::Secret::new(value.trim()),
+            })
+        }
+        Authenticator::SharedPassword => Ok(HubCredentials::SharedPassword {
+            user: kept_password(state, USER_PASSWORD_FILE, 24)?,
+            admin: kept_password(state, ADMIN_PASSWORD_FILE, 40)?,
+        }),
+    }
+}
+
+/// The password kept in `name`, or a new one of `length` characters written there (0600).
+fn kept_password(
+    state: &StateDir,
+    name: &str,
+    length: usize,
+) -> Result<crate::secret::Secret, PkiError> {
+    if state.join(name).exists() {
+        let text = state.read_secret(name)?;
+        if text.trim().len() >= length {
+            return Ok(crate::secret::Secret::new(text.trim()));
+        }
+    }
+    let password = crate::pki::random_chars(length)?;
+    state.write(name, format!("{password}\n").as_bytes(), 0o600)?;
+    Ok(crate::secret::Secret::new(password))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

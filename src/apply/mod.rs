@@ -6,6 +6,7 @@
 
 pub mod bootstrap;
 pub mod charts;
+pub(crate) mod cluster;
 pub(crate) mod down;
 pub(crate) mod execute;
 pub(crate) mod jupyterhub;

@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::cloud::runtime;
-use super::cluster::api_floating_ip;
-use super::up::{merge_into_user_kubeconfig, parse_host_port};
-use super::{InvalidInput, load_spec};
-use crate::pki::{ClusterPki, Kubeconfig, StateDir, kubeconfig_yaml};
+use super::cloud::{cloud_config, runtime};
+use super::load_spec;
+use super::up::parse_host_port;
+use crate::apply::cluster::{Reach, kubeconfig};
+use crate::pki::{Kubeconfig, StateDir, merge_into_user_kubeconfig};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct KubeconfigArgs {
@@ -35,38 +35,23 @@ pub(crate) fn run(
     args: &KubeconfigArgs,
 ) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
-    let state_path = match &args.state_dir {
-        Some(dir) => dir.clone(),
-        None => StateDir::default_path(&spec.name)?,
-    };
-    let no_pki = || {
-        InvalidInput(format!(
-            "no PKI for cluster `{}` in {}: the kubeconfig is made from the cluster's CA, which only the machine that ran `flatstack up` has\n  hint: run this there, or copy its state directory here and pass --state-dir",
-            spec.name,
-            state_path.display()
-        ))
-    };
-    let state = StateDir::open_existing(&state_path)?.ok_or_else(no_pki)?;
-    let pki = ClusterPki::load_existing(&state)?.ok_or_else(no_pki)?;
-    let server = match &args.api_address {
-        Some(address) => format!("https://{address}"),
-        None => match runtime()?.block_on(api_floating_ip(&spec, cloud_flag))? {
-            Some(ip) => format!("https://{ip}:6443"),
-            None => {
-                return Err(InvalidInput(format!(
-                    "cluster `{}` has no API floating IP in the cloud, so there is nothing to point a kubeconfig at\n  hint: `flatstack up` creates it; pass --api-address to point at a tunnel instead",
-                    spec.name
-                ))
-                .into());
-            }
+    let reach = Reach {
+        state_path: match &args.state_dir {
+            Some(dir) => dir.clone(),
+            None => StateDir::default_path(&spec.name)?,
         },
+        api_address: args.api_address.clone(),
+        ingress_address: None,
     };
-    let who = if args.super_admin {
-        Kubeconfig::SuperAdmin
-    } else {
-        Kubeconfig::Admin
+    let cloud = match &args.api_address {
+        Some(_) => None,
+        None => Some(cloud_config(cloud_flag, &spec)?),
     };
-    let kubeconfig = kubeconfig_yaml(&pki, &spec.name, &server, who)?;
+    let who = match args.super_admin {
+        true => Kubeconfig::SuperAdmin,
+        false => Kubeconfig::Admin,
+    };
+    let (kubeconfig, server) = runtime()?.block_on(kubeconfig(&spec, &reach, cloud, who))?;
     if args.merge {
         let path = merge_into_user_kubeconfig(&kubeconfig)?;
         eprintln!(

@@ -166,6 +166,12 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause
                 .downcast_ref::<crate::plan::planner::PlanError>()
                 .is_some_and(crate::plan::planner::PlanError::is_invalid_input)
+            || cause
+                .downcast_ref::<crate::apply::cluster::ClusterError>()
+                .is_some_and(crate::apply::cluster::ClusterError::is_invalid_input)
+            || cause
+                .downcast_ref::<crate::apply::jupyterhub::HubError>()
+                .is_some_and(crate::apply::jupyterhub::HubError::is_invalid_input)
     });
     if invalid { EXIT_INVALID_INPUT } else { 1 }
 }

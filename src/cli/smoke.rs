@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::cloud::runtime;
-use super::cluster::{Cluster, ClusterArgs};
+use super::cluster::ClusterArgs;
 use super::up::parse_duration;
 use crate::addons::smoke::Smoke;
 
@@ -20,7 +20,7 @@ pub(crate) struct SmokeArgs {
 pub(crate) fn run(file: &Path, cloud_flag: Option<&str>, args: &SmokeArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let spec = super::load_spec(file)?;
-        let cluster = Cluster::connect(spec, cloud_flag, &args.cluster).await?;
+        let cluster = args.cluster.connect(spec, cloud_flag).await?;
         if !cluster.spec.addons.ingress {
             anyhow::bail!(
                 "cluster `{}` has no ingress (`addons.ingress = false`): nothing to fetch the page through",

@@ -246,7 +246,7 @@ pub(crate) fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow
     progress.finish();
     let report = report?;
     if args.merge_kubeconfig {
-        let path = merge_into_user_kubeconfig(&report.admin_kubeconfig)?;
+        let path = crate::pki::merge_into_user_kubeconfig(&report.admin_kubeconfig)?;
         println!(
             "merged context `{}` into {} and made it current",
             report.spec.name,
@@ -332,34 +332,6 @@ fn state_path(spec: &crate::spec::ClusterSpec, flag: Option<&PathBuf>) -> anyhow
         Some(dir) => dir.clone(),
         None => StateDir::default_path(&spec.name)?,
     })
-}
-
-/// Merges `admin` into the user's kubeconfig: the first file of $KUBECONFIG, else
-/// ~/.kube/config. Returns the path written.
-pub(crate) fn merge_into_user_kubeconfig(admin: &str) -> anyhow::Result<PathBuf> {
-    let path = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
-        Some(list) => std::env::split_paths(&list)
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("$KUBECONFIG names no file"))?,
-        None => {
-            let home = std::env::var_os("HOME")
-                .ok_or_else(|| anyhow::anyhow!("neither $KUBECONFIG nor $HOME is set"))?;
-            PathBuf::from(home).join(".kube").join("config")
-        }
-    };
-    let existing = match std::fs::read_to_string(&path) {
-        Ok(text) => Some(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
-    };
-    let merged = crate::pki::merge_kubeconfig(existing.as_deref(), admin)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-    }
-    crate::pki::write_atomically(&path, merged.as_bytes(), 0o600)?;
-    Ok(path)
 }
 
 pub(crate) fn status(

@@ -120,6 +120,33 @@ pub(crate) fn kubeconfig_yaml(
     serde_saphyr::to_string(&file).map_err(|e| PkiError::Serialize(e.to_string()))
 }
 
+/// Merges `ours` into the user's kubeconfig: the first file of `$KUBECONFIG`, else
+/// `~/.kube/config` (made if missing, written atomically with mode 0600). Returns its path.
+pub(crate) fn merge_into_user_kubeconfig(ours: &str) -> Result<std::path::PathBuf, PkiError> {
+    let path = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        Some(list) => std::env::split_paths(&list)
+            .next()
+            .ok_or(PkiError::NoUserKubeconfig("$KUBECONFIG names no file"))?,
+        None => std::env::var_os("HOME")
+            .map(|home| std::path::PathBuf::from(home).join(".kube").join("config"))
+            .ok_or(PkiError::NoUserKubeconfig(
+                "neither $KUBECONFIG nor $HOME is set",
+            ))?,
+    };
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(PkiError::io("read", &path, e)),
+    };
+    let merged = merge_kubeconfig(existing.as_deref(), ours)
+        .map_err(|e| PkiError::Serialize(format!("{}: {e}", path.display())))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| PkiError::io("create", dir, e))?;
+    }
+    super::write_atomically(&path, merged.as_bytes(), 0o600)?;
+    Ok(path)
+}
+
 /// Merges the kubeconfig `ours` into `existing` (a user's `~/.kube/config`, if any): entries of
 /// the same names are replaced, everything else is kept, and `ours`' context becomes current.
 pub(crate) fn merge_kubeconfig(existing: Option<&str>, ours: &str) -> Result<String, PkiError> {

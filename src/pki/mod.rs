@@ -16,7 +16,7 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
-pub(crate) use kubeconfig::{Kubeconfig, kubeconfig_yaml, merge_kubeconfig};
+pub(crate) use kubeconfig::{Kubeconfig, kubeconfig_yaml, merge_into_user_kubeconfig};
 pub use state_dir::{StateDir, WriterLock, write_atomically};
 pub(crate) use token::BootstrapToken;
 pub(crate) use token::random_chars;
@@ -80,6 +80,8 @@ pub enum PkiError {
     NotADirectory(PathBuf),
     #[error("neither XDG_DATA_HOME nor HOME is set; pass --state-dir")]
     NoHome,
+    #[error("{0}, so there is no kubeconfig to merge into\n  hint: set KUBECONFIG to the file")]
+    NoUserKubeconfig(&'static str),
     #[error(
         "another flatstack is changing this cluster right now ({holder}); nothing was changed\n  hint: wait for it to finish, then run this again (the lock is {} and goes with the process that holds it)",
         path.display()

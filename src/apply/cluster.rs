@@ -1,0 +1,204 @@
+//! Reaching a running cluster for the commands that work on it (`jupyterhub`, `smoke`,
+//! `kubeconfig`): the PKI in the state directory, the API (its floating IP, or a given
+//! address) and the ingress (the API's floating IP, the load balancer the cloud controller
+//! made, or a given address). The cloud is asked only for what the given addresses leave open.
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::Service;
+
+use crate::addons::ingress::TRAEFIK_NAMESPACE;
+use crate::cloud::network::{FloatingIp, Kind};
+use crate::cloud::{Cloud, CloudConfig, CloudError};
+use crate::kube::{KubeClient, KubeError};
+use crate::pki::{ClusterPki, Kubeconfig, PkiError, StateDir, kubeconfig_yaml};
+use crate::plan::resources::Names;
+use crate::spec::{ClusterSpec, IngressExposure};
+
+/// Where a running cluster is, as far as the user said.
+#[derive(Debug, Clone)]
+pub(crate) struct Reach {
+    pub(crate) state_path: PathBuf,
+    /// HOST:PORT of the API instead of its floating IP (a tunnel, a port forward).
+    pub(crate) api_address: Option<String>,
+    /// HOST[:PORT] of the ingress instead of the address flatstack finds.
+    pub(crate) ingress_address: Option<String>,
+}
+
+impl Reach {
+    /// Whether the cloud must be asked: for the API's floating IP, unless both addresses
+    /// were given (or the ingress is behind a load balancer, which the cluster knows).
+    pub(crate) fn needs_cloud(&self, spec: &ClusterSpec) -> bool {
+        self.api_address.is_none()
+            || (self.ingress_address.is_none()
+                && spec.ingress.exposure == IngressExposure::ControlPlane)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClusterError {
+    #[error(
+        "no state directory at {}: the cluster's CA and admin key are not on this machine\n  hint: run this where `flatstack up` ran, or pass --state-dir",
+        .0.display()
+    )]
+    NoStateDir(PathBuf),
+    #[error(
+        "no PKI in {}: the cluster's CA and admin key are not on this machine\n  hint: run this where `flatstack up` ran, or pass --state-dir",
+        .0.display()
+    )]
+    NoPki(PathBuf),
+    #[error(
+        "cluster `{0}` has no API floating IP in the cloud\n  hint: `flatstack up` creates it; `flatstack status` shows what exists"
+    )]
+    NoApiAddress(String),
+    #[error(
+        "no PKI for cluster `{cluster}` in {}: the kubeconfig is made from the cluster's CA, which only the machine that ran `flatstack up` has\n  hint: run this there, or copy its state directory here and pass --state-dir",
+        .path.display()
+    )]
+    NoPkiForKubeconfig { cluster: String, path: PathBuf },
+    #[error(
+        "cluster `{0}` has no API floating IP in the cloud, so there is nothing to point a kubeconfig at\n  hint: `flatstack up` creates it; pass --api-address to point at a tunnel instead"
+    )]
+    NothingToPointAt(String),
+    #[error("the API's floating IP is unknown\n  hint: pass --ingress-address")]
+    NoIngressAddress,
+    #[error(
+        "Traefik's load balancer has no address yet\n  hint: `kubectl -n {TRAEFIK_NAMESPACE} describe service traefik` shows the cloud controller's events"
+    )]
+    NoLoadBalancerAddress,
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+impl ClusterError {
+    pub(crate) fn is_invalid_input(&self) -> bool {
+        match self {
+            ClusterError::NoStateDir(_)
+            | ClusterError::NoPki(_)
+            | ClusterError::NoPkiForKubeconfig { .. }
+            | ClusterError::NothingToPointAt(_) => true,
+            ClusterError::Pki(e) => e.is_invalid_input(),
+            _ => false,
+        }
+    }
+}
+
+/// A connection to the cluster of a cluster file.
+pub(crate) struct Cluster {
+    pub(crate) spec: ClusterSpec,
+    pub(crate) state: StateDir,
+    pub(crate) client: KubeClient,
+    /// The API's floating IP, when the cloud was asked.
+    api_floating_ip: Option<String>,
+    ingress_address: Option<String>,
+}
+
+impl Cluster {
+    /// Connects to the cluster of `spec`; `cloud` is needed only when
+    /// [`Reach::needs_cloud`] says so.
+    pub(crate) async fn connect(
+        spec: ClusterSpec,
+        reach: Reach,
+        cloud: Option<CloudConfig>,
+    ) -> Result<Cluster, ClusterError> {
+        let state = StateDir::open_existing(&reach.state_path)?
+            .ok_or_else(|| ClusterError::NoStateDir(reach.state_path.clone()))?;
+        let pki = ClusterPki::load_existing(&state)?
+            .ok_or_else(|| ClusterError::NoPki(state.path().to_path_buf()))?;
+        let api_floating_ip = match cloud {
+            Some(cloud) => api_floating_ip(cloud, &spec).await?,
+            None => None,
+        };
+        let server = match (&reach.api_address, &api_floating_ip) {
+            (Some(address), _) => format!("https://{address}"),
+            (None, Some(ip)) => format!("https://{ip}:6443"),
+            (None, None) => return Err(ClusterError::NoApiAddress(spec.name.clone())),
+        };
+        let client = KubeClient::new(&pki, &server)?;
+        Ok(Cluster {
+            spec,
+            state,
+            client,
+            api_floating_ip,
+            ingress_address: reach.ingress_address,
+        })
+    }
+
+    /// The ingress's address as HOST[:PORT]: the one given, the API's floating IP (Traefik on
+    /// the control planes), or the load balancer address in Traefik's Service status.
+    pub(crate) async fn ingress_address(&self) -> Result<String, ClusterError> {
+        if let Some(address) = &self.ingress_address {
+            return Ok(address.clone());
+        }
+        match self.spec.ingress.exposure {
+            IngressExposure::ControlPlane => self
+                .api_floating_ip
+                .as_deref()
+                .map(host)
+                .ok_or(ClusterError::NoIngressAddress),
+            IngressExposure::LoadBalancer => {
+                let path = format!("/api/v1/namespaces/{TRAEFIK_NAMESPACE}/services/traefik");
+                let service: Option<Service> = self.client.get(&path).await?;
+                service
+                    .and_then(|s| s.status)
+                    .and_then(|s| s.load_balancer)
+                    .and_then(|lb| lb.ingress)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|i| i.ip.as_deref().map(host).or(i.hostname))
+                    .ok_or(ClusterError::NoLoadBalancerAddress)
+            }
+        }
+    }
+}
+
+/// The cluster's kubeconfig for `who`, made from the PKI in the state directory (nothing is
+/// asked of the cluster) and pointed at `reach`'s API address or the API's floating IP, which
+/// `cloud` is asked for. Returns the kubeconfig and the server it points at.
+pub(crate) async fn kubeconfig(
+    spec: &ClusterSpec,
+    reach: &Reach,
+    cloud: Option<CloudConfig>,
+    who: Kubeconfig,
+) -> Result<(String, String), ClusterError> {
+    let no_pki = || ClusterError::NoPkiForKubeconfig {
+        cluster: spec.name.clone(),
+        path: reach.state_path.clone(),
+    };
+    let state = StateDir::open_existing(&reach.state_path)?.ok_or_else(no_pki)?;
+    let pki = ClusterPki::load_existing(&state)?.ok_or_else(no_pki)?;
+    let server = match (&reach.api_address, cloud) {
+        (Some(address), _) => format!("https://{address}"),
+        (None, Some(cloud)) => match api_floating_ip(cloud, spec).await? {
+            Some(ip) => format!("https://{ip}:6443"),
+            None => return Err(ClusterError::NothingToPointAt(spec.name.clone())),
+        },
+        (None, None) => return Err(ClusterError::NothingToPointAt(spec.name.clone())),
+    };
+    let kubeconfig = kubeconfig_yaml(&pki, &spec.name, &server, who)?;
+    Ok((kubeconfig, server))
+}
+
+/// The address of the cluster's API floating IP, if the cloud has one.
+pub(crate) async fn api_floating_ip(
+    cloud: CloudConfig,
+    spec: &ClusterSpec,
+) -> Result<Option<String>, CloudError> {
+    let cloud = Cloud::connect(cloud).await?;
+    let names = Names::of(&spec.name);
+    let described = [("description", names.api_address.as_str())];
+    let found: Vec<FloatingIp> = cloud.list(Kind::FloatingIp, &described).await?;
+    Ok(found.into_iter().next().map(|f| f.floating_ip_address))
+}
+
+/// An address as the host part of a URL: IPv6 in brackets.
+fn host(address: &str) -> String {
+    match address.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{address}]"),
+        Err(_) => address.to_string(),
+    }
+}
