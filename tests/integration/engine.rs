@@ -276,6 +276,15 @@ fn assert_one_of_everything(name: &str, at: &str) {
     assert_eq!(named, 1, "server groups after a kill at {at}");
 }
 
+/// `plan --provision-only` has nothing left to do after a kill at `at`.
+fn assert_nothing_to_plan(workspace: &Workspace, at: &str) {
+    let plan = success(&flatstack(workspace, &["plan", "--provision-only"]));
+    assert!(
+        plan.contains("nothing to change"),
+        "after a kill at {at}:\n{plan}"
+    );
+}
+
 #[test]
 fn up_killed_the_moment_any_create_is_answered_converges_with_one_of_everything() {
     for call in CREATES {
@@ -294,11 +303,7 @@ fn up_killed_the_moment_any_create_is_answered_converges_with_one_of_everything(
         std::thread::sleep(std::time::Duration::from_secs(3));
         success(&flatstack(&workspace, &["up", "--provision-only"]));
         assert_one_of_everything(&name, &at);
-        let plan = success(&flatstack(&workspace, &["plan", "--provision-only"]));
-        assert!(
-            plan.contains("nothing to change"),
-            "after a kill at {at}:\n{plan}"
-        );
+        assert_nothing_to_plan(&workspace, &at);
         success(&flatstack(&workspace, &["down", "--yes"]));
         assert_nothing_left(&name);
     }
@@ -396,8 +401,7 @@ fn duplicates_of_two_writers_at_once_are_removed_by_the_next_up() {
     assert!(plan.contains("duplicate"), "{plan}");
     success(&flatstack(&first, &["up", "--provision-only"]));
     assert_one_of_everything(&name, "two writers at once");
-    let settled = success(&flatstack(&first, &["plan", "--provision-only"]));
-    assert!(settled.contains("nothing to change"), "{settled}");
+    assert_nothing_to_plan(&first, "two writers at once");
     success(&flatstack(&first, &["down", "--yes"]));
     assert_nothing_left(&name);
 }
@@ -473,11 +477,7 @@ fn a_rolling_replacement_killed_at_each_kind_of_step_is_finished_by_the_next_up(
             port_names, names,
             "one port per server after a kill at {at}"
         );
-        let plan = success(&flatstack(&workspace, &["plan", "--provision-only"]));
-        assert!(
-            plan.contains("nothing to change"),
-            "after a kill at {at}:\n{plan}"
-        );
+        assert_nothing_to_plan(&workspace, &at);
     }
     success(&flatstack(&workspace, &["down", "--yes"]));
     assert_nothing_left(&name);
