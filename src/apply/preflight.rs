@@ -38,19 +38,21 @@ impl Inspection {
         if !missing.is_empty() {
             problems.push(format!("missing: {}", missing.join(", ")));
         }
-        let short: Vec<String> = self
-            .quotas
-            .iter()
-            .filter(|(_, need, usage)| usage.left().is_some_and(|left| left < *need))
-            .map(|(name, need, usage)| {
-                format!("{name} (need {need}, {} left)", usage.left().unwrap_or(0))
-            })
-            .collect();
-        if !short.is_empty() {
-            problems.push(format!("quota too small: {}", short.join(", ")));
-        }
+        problems.extend(quota_shortfall(&self.quotas));
         problems
     }
+}
+
+/// `quota too small: ...` naming every quota with less left than needed, if any has.
+pub(crate) fn quota_shortfall(quotas: &[(&'static str, u64, Usage)]) -> Option<String> {
+    let short: Vec<String> = quotas
+        .iter()
+        .filter(|(_, need, usage)| usage.left().is_some_and(|left| left < *need))
+        .map(|(name, need, usage)| {
+            format!("{name} (need {need}, {} left)", usage.left().unwrap_or(0))
+        })
+        .collect();
+    (!short.is_empty()).then(|| format!("quota too small: {}", short.join(", ")))
 }
 
 /// The image servers boot from: the newest release of the cluster's channel when images say

@@ -159,6 +159,9 @@ pub(crate) async fn up(
         kubernetes: !provision_only,
     };
     let plan = planner::plan(&spec, observed, &observation.facts, scope)?;
+    if let Some(short) = growth_shortfall(&cloud, observed, &observation.facts, &plan).await? {
+        return Err(UpError::Preflight(short));
+    }
     let planned_at = at();
     say(&format!(
         "Kubernetes {}: sysext {}",
@@ -256,6 +259,22 @@ async fn observe_checked(
     };
     let problems = preflight::inspect(spec, &observation, quotas).problems();
     Ok((observation, needs, problems))
+}
+
+/// For a cluster that exists, whether the project's quotas leave room for what `plan` adds at
+/// its peak (a new cluster's whole needs are checked by the preflight instead).
+async fn growth_shortfall(
+    cloud: &Cloud,
+    observed: &crate::plan::resources::Observed,
+    facts: &crate::plan::planner::CloudFacts,
+    plan: &crate::plan::steps::Plan,
+) -> Result<Option<String>, CloudError> {
+    let growth = crate::plan::Needs::growth(plan, observed, &facts.flavors);
+    if observed.count() == 0 || growth.is_zero() {
+        return Ok(None);
+    }
+    let quotas = preflight::quotas(cloud, &growth).await?;
+    Ok(preflight::quota_shortfall(&quotas))
 }
 
 /// Refuses a file that changes what an existing cluster cannot change in place.
@@ -387,7 +406,8 @@ pub(crate) async fn plan(
         kubernetes: !provision_only,
     };
     let plan = planner::plan(&spec, &observation.observed, &observation.facts, scope)?;
-    for problem in problems {
+    let growth = growth_shortfall(&cloud, &observation.observed, &observation.facts, &plan).await?;
+    for problem in problems.into_iter().chain(growth) {
         warnings.push(format!(
             "`up` would stop before creating anything: {problem}\n  hint: `flatstack cloud check` shows the details"
         ));

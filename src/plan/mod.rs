@@ -90,6 +90,72 @@ impl Needs {
         (needs, missing)
     }
 
+    /// What `plan` adds to an existing cluster's use of the quotas at its peak: everything it
+    /// creates, except that a server made only once a deletion it waits for is done (a
+    /// rolling replacement's later lanes, a failed build rebuilt) takes an instance the
+    /// deleted one gave back, and counts only the vCPUs and RAM its flavor has beyond that one's.
+    pub(crate) fn growth(
+        plan: &steps::Plan,
+        observed: &resources::Observed,
+        flavors: &[Flavor],
+    ) -> Needs {
+        use steps::Action;
+        let flavor = |name: &str| flavors.iter().find(|f| f.name == name || f.id == name);
+        let size = |name: Option<&str>| {
+            name.and_then(flavor)
+                .map_or((0, 0), |f| (u64::from(f.vcpus), f.ram))
+        };
+        let mut needs = Needs::default();
+        for step in &plan.steps {
+            match &step.action {
+                Action::CreateServer(server) => {
+                    let (cores, ram) = size(Some(&server.flavor_name));
+                    let freed = step
+                        .needs
+                        .iter()
+                        .find_map(|id| match &plan.steps[*id].action {
+                            Action::DeleteServer { id, .. } => {
+                                observed.servers.iter().find(|s| &s.id == id)
+                            }
+                            _ => None,
+                        });
+                    match freed {
+                        None => {
+                            needs.instances += 1;
+                            needs.cores += cores;
+                            needs.ram_mib += ram;
+                        }
+                        Some(old) => {
+                            let (old_cores, old_ram) = size(old.flavor_name());
+                            needs.cores += cores.saturating_sub(old_cores);
+                            needs.ram_mib += ram.saturating_sub(old_ram);
+                        }
+                    }
+                    let new_volume = freed.is_none_or(|old| !old.boots_from_volume());
+                    if let (Some(gb), true) = (server.boot_volume_gb, new_volume) {
+                        needs.volumes += 1;
+                        needs.volume_gb += u64::from(gb);
+                    }
+                }
+                Action::CreatePort(_) => needs.ports += 1,
+                Action::CreateFloatingIp { .. } => needs.floating_ips += 1,
+                Action::CreateNetwork { .. } => needs.networks += 1,
+                Action::CreateSubnet(_) => needs.subnets += 1,
+                Action::CreateRouter { .. } => needs.routers += 1,
+                Action::CreateSecurityGroup { .. } => needs.security_groups += 1,
+                Action::AddRule(_) => needs.security_group_rules += 1,
+                Action::CreateServerGroup { .. } => needs.server_groups += 1,
+                _ => {}
+            }
+        }
+        needs
+    }
+
+    /// Whether it asks for nothing at all.
+    pub(crate) fn is_zero(&self) -> bool {
+        *self == Needs::default()
+    }
+
     /// vCPU-hours per hour: Jetstream2 bills allocations in SUs, 1 vCPU-hour = 1 SU.
     pub(crate) fn vcpu_hours_per_hour(&self) -> u64 {
         self.cores

@@ -1278,6 +1278,52 @@ mod tests {
     }
 
     #[test]
+    fn growth_counts_what_a_plan_adds_at_its_peak() {
+        use crate::plan::Needs;
+        let mut facts = facts();
+        facts.flavors.push(Flavor {
+            id: "f2".into(),
+            name: "m3.medium".into(),
+            vcpus: 8,
+            ram: 30720,
+            disk: 60,
+        });
+        let observed = converged(&with_workers(2));
+        let growth = |spec: &ClusterSpec, observed: &Observed| {
+            let plan = plan(spec, observed, &facts, K8S).expect("plan");
+            Needs::growth(&plan, observed, &facts.flavors)
+        };
+        assert!(growth(&with_workers(2), &observed).is_zero(), "converged");
+        // Two more workers: two servers and their ports at once.
+        let grown = growth(&with_workers(4), &observed);
+        assert_eq!(
+            (grown.instances, grown.cores, grown.ram_mib, grown.ports),
+            (2, 4, 2 * 6144, 2)
+        );
+        // Two workers to a bigger flavor, one at a time: one extra server at the peak, the
+        // second only grows by the difference once the first old one is gone.
+        let bigger =
+            test_spec("[[worker_pools]]\nname = \"default\"\ncount = 2\nflavor = \"m3.medium\"\n");
+        let replaced = growth(&bigger, &observed);
+        assert_eq!(
+            (replaced.instances, replaced.cores, replaced.ram_mib),
+            (1, 8 + (8 - 2), 30720 + (30720 - 6144))
+        );
+        assert_eq!(replaced.ports, 2, "new ports are made up front");
+        // A failed build rebuilt takes back its own instance.
+        let mut failed = observed.clone();
+        let broken = failed
+            .servers
+            .iter_mut()
+            .find(|s| s.name == "demo-default-2");
+        let broken = broken.expect("worker");
+        broken.status = "ERROR".into();
+        broken.launched_at = None;
+        let rebuilt = growth(&with_workers(2), &failed);
+        assert_eq!((rebuilt.instances, rebuilt.cores, rebuilt.ports), (0, 0, 0));
+    }
+
+    #[test]
     fn a_deleted_port_of_a_running_server_is_made_again_and_attached() {
         let spec = with_workers(2);
         let mut observed = converged(&spec);

@@ -484,6 +484,37 @@ fn preflight_stops_before_anything_exists() {
     );
 }
 
+/// On a cluster that exists, what a change adds is checked against what the project has left
+/// before anything is made: growing past the quota is refused by `up` and foretold by `plan`.
+#[test]
+fn growing_an_existing_cluster_past_its_quota_is_refused_before_anything_is_made() {
+    let name = unique("grow");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 0, ""));
+    let _teardown = Teardown(&workspace);
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+    // 80 more workers than the local cloud's demo project may have instances for.
+    workspace.write_cluster(&cluster(&name, 80, ""));
+    let plan = flatstack(&workspace, &["plan", "--provision-only"]);
+    let warned = format!("{}{}", stdout(&plan), stderr(&plan));
+    assert!(
+        warned.contains("`up` would stop before creating anything: quota too small")
+            && warned.contains("instances (need 80,"),
+        "{warned}"
+    );
+    let output = flatstack(&workspace, &["up", "--provision-only"]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("nothing was created") && message.contains("instances (need 80,"),
+        "{message}"
+    );
+    assert_eq!(tagged("server", &name).len(), 1, "no server was added");
+    assert_eq!(tagged("port", &name).len(), 1, "no port was added");
+    success(&flatstack(&workspace, &["down", "--yes"]));
+    assert_nothing_left(&name);
+}
+
 /// `up` through a proxy that fails creates in every way, killed part-way, then run again:
 /// the cluster converges with exactly one of everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
