@@ -113,11 +113,8 @@ impl Cluster {
             Some(cloud) => api_floating_ip(cloud, &spec).await?,
             None => None,
         };
-        let server = match (&reach.api_address, &api_floating_ip) {
-            (Some(address), _) => format!("https://{address}"),
-            (None, Some(ip)) => format!("https://{ip}:6443"),
-            (None, None) => return Err(ClusterError::NoApiAddress(spec.name.clone())),
-        };
+        let server = api_server(reach.api_address.as_deref(), api_floating_ip.as_deref())
+            .ok_or_else(|| ClusterError::NoApiAddress(spec.name.clone()))?;
         let client = KubeClient::new(&pki, &server)?;
         Ok(Cluster {
             spec,
@@ -171,14 +168,12 @@ pub(crate) async fn kubeconfig(
     };
     let state = StateDir::open_existing(&reach.state_path)?.ok_or_else(no_pki)?;
     let pki = ClusterPki::load_existing(&state)?.ok_or_else(no_pki)?;
-    let server = match (&reach.api_address, cloud) {
-        (Some(address), _) => format!("https://{address}"),
-        (None, Some(cloud)) => match api_floating_ip(cloud, spec).await? {
-            Some(ip) => format!("https://{ip}:6443"),
-            None => return Err(ClusterError::NothingToPointAt(spec.name.clone())),
-        },
-        (None, None) => return Err(ClusterError::NothingToPointAt(spec.name.clone())),
+    let floating_ip = match (&reach.api_address, cloud) {
+        (None, Some(cloud)) => api_floating_ip(cloud, spec).await?,
+        _ => None,
     };
+    let server = api_server(reach.api_address.as_deref(), floating_ip.as_deref())
+        .ok_or_else(|| ClusterError::NothingToPointAt(spec.name.clone()))?;
     let kubeconfig = kubeconfig_yaml(&pki, &spec.name, &server, who)?;
     Ok((kubeconfig, server))
 }
@@ -193,6 +188,14 @@ pub(crate) async fn api_floating_ip(
     let described = [("description", names.api_address.as_str())];
     let found: Vec<FloatingIp> = cloud.list(Kind::FloatingIp, &described).await?;
     Ok(found.into_iter().next().map(|f| f.floating_ip_address))
+}
+
+/// The API's URL: the address given (HOST:PORT), else port 6443 of its floating IP.
+fn api_server(given: Option<&str>, floating_ip: Option<&str>) -> Option<String> {
+    given
+        .map(str::to_string)
+        .or_else(|| floating_ip.map(|ip| format!("{ip}:6443")))
+        .map(|address| format!("https://{address}"))
 }
 
 /// An address as the host part of a URL: IPv6 in brackets.

@@ -74,23 +74,27 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
     let cloud = Cloud::connect(cloud).await?;
     let observation = observe(&cloud, &spec).await?;
     let observed = observation.observed;
-    let mut report = StatusReport {
-        cluster: spec.name.clone(),
-        cloud: cloud.config().name.clone(),
-        pending: Ok(0),
-        kubernetes: KubernetesStatus::Unavailable("nothing in the cloud".into()),
-        observed: Observed::default(),
+    let (pending, kubernetes) = match observed.count() {
+        0 => (
+            Ok(0),
+            KubernetesStatus::Unavailable("nothing in the cloud".into()),
+        ),
+        _ => {
+            let scope = Scope { kubernetes: true };
+            let pending = planner::plan(&spec, &observed, &observation.facts, scope)
+                .map(|plan| plan.steps.len())
+                .map_err(|e| e.to_string());
+            let answers = kubernetes(&spec, &observed, &state_path, api_address).await;
+            (pending, answers)
+        }
     };
-    if observed.count() == 0 {
-        return Ok(report);
-    }
-    let scope = Scope { kubernetes: true };
-    report.pending = planner::plan(&spec, &observed, &observation.facts, scope)
-        .map(|plan| plan.steps.len())
-        .map_err(|e| e.to_string());
-    report.kubernetes = kubernetes(&spec, &observed, &state_path, api_address).await;
-    report.observed = observed;
-    Ok(report)
+    Ok(StatusReport {
+        cluster: spec.name,
+        cloud: cloud.config().name.clone(),
+        observed,
+        pending,
+        kubernetes,
+    })
 }
 
 /// The API's answers, or why it could not be asked or did not answer.

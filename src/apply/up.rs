@@ -269,8 +269,11 @@ async fn growth_shortfall(
     facts: &crate::plan::planner::CloudFacts,
     plan: &crate::plan::steps::Plan,
 ) -> Result<Option<String>, CloudError> {
+    if observed.count() == 0 {
+        return Ok(None);
+    }
     let growth = crate::plan::Needs::growth(plan, observed, &facts.flavors);
-    if observed.count() == 0 || growth.is_zero() {
+    if growth.is_zero() {
         return Ok(None);
     }
     let quotas = preflight::quotas(cloud, &growth).await?;

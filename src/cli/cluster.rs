@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use super::cloud::cloud_config;
 use crate::apply::cluster::{Cluster, Reach};
-use crate::pki::StateDir;
 use crate::spec::ClusterSpec;
 
 /// Where a running cluster is.
@@ -31,10 +30,7 @@ impl ClusterArgs {
         cloud_flag: Option<&str>,
     ) -> anyhow::Result<(Reach, Option<crate::cloud::CloudConfig>)> {
         let reach = Reach {
-            state_path: match &self.state_dir {
-                Some(dir) => dir.clone(),
-                None => StateDir::default_path(&spec.name)?,
-            },
+            state_path: super::state_path(spec, self.state_dir.as_ref())?,
             api_address: self.api_address.clone(),
             ingress_address: self.ingress_address.clone(),
         };

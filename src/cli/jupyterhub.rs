@@ -45,81 +45,85 @@ pub(crate) fn run(
     command: &HubCommand,
 ) -> anyhow::Result<()> {
     let spec = super::load_spec(file)?;
+    let (args, action) = match command {
+        HubCommand::Install(args) => (args, Action::Install),
+        HubCommand::Upgrade(args) => (args, Action::Upgrade),
+        HubCommand::Uninstall(args) => return remove_hub(spec, cloud_flag, args),
+    };
     let say = |line: &str| println!("  {line}");
-    match command {
-        HubCommand::Install(args) | HubCommand::Upgrade(args) => {
-            let action = match command {
-                HubCommand::Install(_) => Action::Install,
-                _ => Action::Upgrade,
-            };
-            let (reach, cloud) = args.cluster.reach(&spec, cloud_flag)?;
-            let request = HubRequest {
-                spec,
-                cluster_file: file.to_path_buf(),
-                reach,
-                cloud,
-                action,
-                timeout: args.timeout,
-            };
-            let report = runtime()?.block_on(install_or_upgrade(request, &say))?;
-            let verb = match (action, report.outcome.changed) {
-                (Action::Install, _) => "installed",
-                (Action::Upgrade, true) => "upgraded",
-                (Action::Upgrade, false) => "already current (nothing changed)",
-            };
+    let (reach, cloud) = args.cluster.reach(&spec, cloud_flag)?;
+    let request = HubRequest {
+        spec,
+        cluster_file: file.to_path_buf(),
+        reach,
+        cloud,
+        action,
+        timeout: args.timeout,
+    };
+    let report = runtime()?.block_on(install_or_upgrade(request, &say))?;
+    let verb = match (action, report.outcome.changed) {
+        (Action::Install, _) => "installed",
+        (Action::Upgrade, true) => "upgraded",
+        (Action::Upgrade, false) => "already current (nothing changed)",
+    };
+    println!(
+        "JupyterHub {verb} in {:.1} s: chart {} {}, namespace {}",
+        report.outcome.took.as_secs_f64(),
+        report.chart,
+        report.version,
+        report.namespace
+    );
+    println!("hub: {}", report.url);
+    match &report.https {
+        Some((host, certificate)) => {
             println!(
-                "JupyterHub {verb} in {:.1} s: chart {} {}, namespace {}",
-                report.outcome.took.as_secs_f64(),
-                report.chart,
-                report.version,
-                report.namespace
+                "  DNS: {host} must resolve to {} for users and for Let's Encrypt",
+                report.address
             );
-            println!("hub: {}", report.url);
-            match &report.https {
-                Some((host, certificate)) => {
-                    println!(
-                        "  DNS: {host} must resolve to {} for users and for Let's Encrypt",
-                        report.address
-                    );
-                    match certificate {
-                        Ok(state) => println!("  HTTPS certificate: {state}"),
-                        Err(e) => println!("  HTTPS certificate: cannot be read ({e})"),
-                    }
-                }
-                None => println!(
-                    "  warning: without `ingress.hostname` the hub is plain HTTP and passwords cross the network in clear; set a hostname (HTTPS with Let's Encrypt) before real users log in"
-                ),
+            match certificate {
+                Ok(state) => println!("  HTTPS certificate: {state}"),
+                Err(e) => println!("  HTTPS certificate: cannot be read ({e})"),
             }
-            if let Some((user, admin)) = &report.password_files {
-                println!(
-                    "  log in with any user name and the password in {}; users in admin_users use {}",
-                    user.display(),
-                    admin.display()
-                );
-            }
-            Ok(())
         }
-        HubCommand::Uninstall(args) => {
-            let name = spec.name.clone();
-            let namespace = spec.jupyterhub.namespace.clone();
-            let (reach, cloud) = args.cluster.reach(&spec, cloud_flag)?;
-            let kept = runtime()?.block_on(remove(
-                spec,
-                reach,
-                cloud,
-                args.delete_user_data,
-                args.timeout,
-                &say,
-            ))?;
-            println!("JupyterHub removed from cluster `{name}`");
-            if !kept.is_empty() {
-                println!(
-                    "kept {} volume claim(s) in namespace {namespace} (users' home directories): {}\n  `flatstack jupyterhub uninstall --delete-user-data` deletes them",
-                    kept.len(),
-                    kept.join(", ")
-                );
-            }
-            Ok(())
-        }
+        None => println!(
+            "  warning: without `ingress.hostname` the hub is plain HTTP and passwords cross the network in clear; set a hostname (HTTPS with Let's Encrypt) before real users log in"
+        ),
     }
+    if let Some((user, admin)) = &report.password_files {
+        println!(
+            "  log in with any user name and the password in {}; users in admin_users use {}",
+            user.display(),
+            admin.display()
+        );
+    }
+    Ok(())
+}
+
+/// `jupyterhub uninstall`.
+fn remove_hub(
+    spec: crate::spec::ClusterSpec,
+    cloud_flag: Option<&str>,
+    args: &UninstallArgs,
+) -> anyhow::Result<()> {
+    let say = |line: &str| println!("  {line}");
+    let name = spec.name.clone();
+    let namespace = spec.jupyterhub.namespace.clone();
+    let (reach, cloud) = args.cluster.reach(&spec, cloud_flag)?;
+    let kept = runtime()?.block_on(remove(
+        spec,
+        reach,
+        cloud,
+        args.delete_user_data,
+        args.timeout,
+        &say,
+    ))?;
+    println!("JupyterHub removed from cluster `{name}`");
+    if !kept.is_empty() {
+        println!(
+            "kept {} volume claim(s) in namespace {namespace} (users' home directories): {}\n  `flatstack jupyterhub uninstall --delete-user-data` deletes them",
+            kept.len(),
+            kept.join(", ")
+        );
+    }
+    Ok(())
 }

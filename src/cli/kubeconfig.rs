@@ -8,7 +8,7 @@ use super::cloud::{cloud_config, runtime};
 use super::load_spec;
 use super::up::parse_host_port;
 use crate::apply::cluster::{Reach, kubeconfig};
-use crate::pki::{Kubeconfig, StateDir, merge_into_user_kubeconfig};
+use crate::pki::{Kubeconfig, merge_into_user_kubeconfig};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct KubeconfigArgs {
@@ -36,10 +36,7 @@ pub(crate) fn run(
 ) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let reach = Reach {
-        state_path: match &args.state_dir {
-            Some(dir) => dir.clone(),
-            None => StateDir::default_path(&spec.name)?,
-        },
+        state_path: super::state_path(&spec, args.state_dir.as_ref())?,
         api_address: args.api_address.clone(),
         ingress_address: None,
     };

@@ -182,6 +182,17 @@ pub(crate) fn end_of_life_warning(spec: &ClusterSpec) -> Option<String> {
     crate::pins::end_of_life_warning(spec.kubernetes.version, &today)
 }
 
+/// The state directory: `--state-dir` (or `FLATSTACK_STATE_DIR`), else the cluster's default.
+pub(crate) fn state_path(
+    spec: &ClusterSpec,
+    flag: Option<&std::path::PathBuf>,
+) -> anyhow::Result<std::path::PathBuf> {
+    Ok(match flag {
+        Some(dir) => dir.clone(),
+        None => crate::pki::StateDir::default_path(&spec.name)?,
+    })
+}
+
 pub(crate) fn load_spec(path: &std::path::Path) -> anyhow::Result<ClusterSpec> {
     match ClusterSpec::load(path) {
         Ok(spec) => Ok(spec),

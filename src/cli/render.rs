@@ -59,10 +59,7 @@ pub(crate) fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
         internal,
         public: args.endpoint,
     };
-    let state_path = match &args.state_dir {
-        Some(dir) => dir.clone(),
-        None => StateDir::default_path(&spec.name)?,
-    };
+    let state_path = super::state_path(&spec, args.state_dir.as_ref())?;
     // The digest first: a release that is not published stops here, before anything is written.
     let existing = StateDir::open_existing(&state_path)?;
     let sysext = runtime()?.block_on(sysext::pin(&spec.kubernetes, existing.as_ref()))?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::cloud::{cloud_config, runtime};
-use super::{InvalidInput, load_spec};
+use super::{InvalidInput, load_spec, state_path};
 use crate::apply::charts::ChartState;
 use crate::apply::down::Down;
 use crate::apply::execute::Event;
@@ -16,7 +16,6 @@ use crate::apply::status::{KubernetesStatus, StatusRequest};
 use crate::apply::up::{PlanReport, UpReport, UpRequest};
 use crate::apply::{self, timeline};
 use crate::kube::RebootState;
-use crate::pki::StateDir;
 use crate::plan::resources::Observed;
 use crate::plan::steps::{ShownStep, Verb};
 
@@ -325,13 +324,6 @@ fn summary(creates: usize, updates: usize, deletes: usize) -> String {
         0 => format!("{creates} to create, {deletes} to delete"),
         _ => format!("{creates} to create, {updates} to repair, {deletes} to delete"),
     }
-}
-
-fn state_path(spec: &crate::spec::ClusterSpec, flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
-    Ok(match flag {
-        Some(dir) => dir.clone(),
-        None => StateDir::default_path(&spec.name)?,
-    })
 }
 
 pub(crate) fn status(
