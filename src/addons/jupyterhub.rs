@@ -5,9 +5,7 @@
 //! values file merged over flatstack's. Credentials travel in a Secret the chart's values are
 //! read from, never in the HelmChart itself.
 
-use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use serde_json::json;
 
 use super::ingress::{CLUSTER_ISSUER, INGRESS_CLASS};
@@ -157,15 +155,11 @@ pub fn release(
     user_values: Option<&serde_json::Value>,
 ) -> HubRelease {
     let text = credential_values(credentials);
-    let secret = KubeSecret {
-        metadata: meta(CREDENTIALS_SECRET, Some(NAMESPACE)),
-        string_data: Some(BTreeMap::from([(
-            CREDENTIALS_KEY.to_string(),
-            text.expose().to_string(),
-        )])),
-        type_: Some("Opaque".into()),
-        ..KubeSecret::default()
-    };
+    let secret = super::secret(
+        meta(CREDENTIALS_SECRET, Some(NAMESPACE)),
+        "Opaque",
+        [(CREDENTIALS_KEY, text.expose())],
+    );
     let mut chart = chart(
         RELEASE,
         pins::JUPYTERHUB,
@@ -266,8 +260,8 @@ mod tests {
             values["hub"]["db"]["pvc"]["annotations"]["helm.sh/resource-policy"],
             "keep"
         );
-        let secret = release.credentials.body()["stringData"][CREDENTIALS_KEY]
-            .as_str()
+        assert!(release.credentials.body().get("stringData").is_none());
+        let secret = String::from_utf8(release.credentials.secret_data()[CREDENTIALS_KEY].clone())
             .expect("values");
         assert!(secret.contains("very-secret-value"));
         assert!(!format!("{:?}", release.credentials).contains("very-secret-value"));

@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{
     PodTemplateSpec, Secret, ServiceAccount, Toleration,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -28,7 +29,7 @@ use sha2::{Digest, Sha256};
 pub use cloud_conf::{CloudConf, CloudConfInputs, cloud_conf};
 pub(crate) use helm_chart::{HelmChart, HelmChartSpec, HelmChartStatus, ValuesSecret};
 
-use crate::kube::Manifest;
+use crate::kube::{Manifest, UNINITIALIZED_TAINT};
 use crate::pins::{self, Chart};
 use crate::spec::ClusterSpec;
 
@@ -62,6 +63,11 @@ pub struct AddonSet {
     pub(crate) after_charts: Vec<Manifest>,
     /// Keyed digest of every manifest: equal digests mean nothing to apply.
     pub digest: String,
+    /// The key of the cluster's record of settled charts.
+    pub(crate) record_key: crate::apply::record::RecordKey,
+    /// The control planes are the cluster's only nodes for ordinary pods (no worker pool
+    /// takes them), so they must be members of the cloud controller's load balancers.
+    pub(crate) control_planes_serve_load_balancers: bool,
 }
 
 /// The add-on objects of `spec`'s cluster. `cloud_conf` holds the credentials; `digest_key`
@@ -96,21 +102,18 @@ pub fn for_cluster(
         }),
     )));
     let openstack_add_ons = spec.addons.cloud_controller || spec.addons.cinder_csi;
+    let cloud_config_digest = cloud_conf.digest(digest_key);
     if openstack_add_ons {
-        manifests.push(Manifest::of(&Secret {
-            metadata: meta(CLOUD_CONFIG_SECRET, Some(NAMESPACE)),
-            string_data: Some(
-                [
-                    ("cloud.conf", Some(cloud_conf.text.expose())),
-                    ("ca.crt", cloud_conf.ca_bundle.as_deref()),
-                ]
-                .into_iter()
-                .filter_map(|(k, v)| Some((k.to_string(), v?.to_string())))
-                .collect(),
-            ),
-            type_: Some("Opaque".into()),
-            ..Secret::default()
-        }));
+        manifests.push(Manifest::of(&secret(
+            meta(CLOUD_CONFIG_SECRET, Some(NAMESPACE)),
+            "Opaque",
+            [
+                ("cloud.conf", Some(cloud_conf.text.expose())),
+                ("ca.crt", cloud_conf.ca_bundle.as_deref()),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?))),
+        )));
     }
     if spec.addons.cloud_controller {
         let occm = pins::cloud_controller_chart(version).ok_or(AddonError::Unpinned(version))?;
@@ -119,7 +122,7 @@ pub fn for_cluster(
             occm,
             NAMESPACE,
             true,
-            cloud_controller_values(spec),
+            cloud_controller_values(spec, &cloud_config_digest),
         )));
     }
     if spec.addons.cinder_csi {
@@ -129,7 +132,7 @@ pub fn for_cluster(
             csi,
             NAMESPACE,
             false,
-            cinder_csi_values(spec),
+            cinder_csi_values(spec, &cloud_config_digest),
         )));
     }
     let mut after_charts = Vec::new();
@@ -187,6 +190,8 @@ pub fn for_cluster(
         charts,
         after_charts,
         digest,
+        record_key: crate::apply::record::RecordKey::derive(digest_key),
+        control_planes_serve_load_balancers: !spec.has_general_workers(),
     })
 }
 
@@ -284,17 +289,25 @@ pub fn merge_values(base: &mut serde_json::Value, overlay: &serde_json::Value) {
     }
 }
 
-/// The ConfigMap recording `digest` as applied; written after everything else succeeded.
+/// The record of a new cluster as `render` shows it: the add-ons' digest (the charts' entries
+/// follow as their Jobs succeed).
 pub(crate) fn record(digest: &str) -> Manifest {
+    record_manifest(BTreeMap::from([(
+        "addons-digest".to_string(),
+        digest.to_string(),
+    )]))
+}
+
+/// The ConfigMap recording what flatstack applied (`apply::record`): digests and Job UIDs,
+/// never content.
+pub(crate) fn record_manifest(mut data: BTreeMap<String, String>) -> Manifest {
+    data.insert(
+        "applied-by".to_string(),
+        concat!("flatstack ", env!("CARGO_PKG_VERSION")).to_string(),
+    );
     Manifest::of(&ConfigMap {
         metadata: meta(RECORD_CONFIGMAP, Some(NAMESPACE)),
-        data: Some(BTreeMap::from([
-            ("addons-digest".to_string(), digest.to_string()),
-            (
-                "applied-by".to_string(),
-                concat!("flatstack ", env!("CARGO_PKG_VERSION")).to_string(),
-            ),
-        ])),
+        data: Some(data),
         ..ConfigMap::default()
     })
 }
@@ -371,17 +384,23 @@ fn helm_controller() -> Vec<Manifest> {
     ]
 }
 
+/// The pod annotation carrying a keyed digest of `cloud.conf`: the cloud controller and Cinder
+/// CSI read the Secret once, when they start, and their charts' own checksums cover only their
+/// values, so a new digest here is what rolls their pods onto rotated credentials.
+pub(crate) const CLOUD_CONFIG_DIGEST_ANNOTATION: &str = "checksum/cloud-config";
+
 /// openstack-cloud-controller-manager: credentials from our Secret (never in chart values),
 /// control planes labelled `true`, tolerating the taints of nodes it has yet to initialize,
 /// no flexvolume host path (it would be under Flatcar's read-only `/usr`), no route
 /// controller (flannel's VXLAN routes pods itself).
-fn cloud_controller_values(spec: &ClusterSpec) -> serde_json::Value {
+fn cloud_controller_values(spec: &ClusterSpec, cloud_config_digest: &str) -> serde_json::Value {
     json!({
+        "podAnnotations": { CLOUD_CONFIG_DIGEST_ANNOTATION: cloud_config_digest },
         "secret": { "enabled": true, "create": false, "name": CLOUD_CONFIG_SECRET },
         "cluster": { "name": spec.name },
         "nodeSelector": { CONTROL_PLANE_LABEL: "true" },
         "tolerations": [
-            { "key": "node.cloudprovider.kubernetes.io/uninitialized", "value": "true", "effect": "NoSchedule" },
+            { "key": UNINITIALIZED_TAINT, "value": "true", "effect": "NoSchedule" },
             { "key": CONTROL_PLANE_LABEL, "operator": "Exists", "effect": "NoSchedule" },
             { "key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule" },
         ],
@@ -398,7 +417,8 @@ fn cloud_controller_values(spec: &ClusterSpec) -> serde_json::Value {
 /// Cinder CSI: the same Secret, volumes tagged with the cluster's name (so `down
 /// --delete-volumes` finds them), a default StorageClass that deletes volumes with their
 /// claims and a retaining one, and no `/etc/cacert` host path (absent on Flatcar).
-fn cinder_csi_values(spec: &ClusterSpec) -> serde_json::Value {
+fn cinder_csi_values(spec: &ClusterSpec, cloud_config_digest: &str) -> serde_json::Value {
+    let annotations = json!({ CLOUD_CONFIG_DIGEST_ANNOTATION: cloud_config_digest });
     json!({
         "secret": { "enabled": true, "create": false, "name": CLOUD_CONFIG_SECRET, "hostMount": false },
         "clusterID": spec.name,
@@ -412,6 +432,8 @@ fn cinder_csi_values(spec: &ClusterSpec) -> serde_json::Value {
             "volumeMounts": [
                 { "name": "cloud-config", "mountPath": "/etc/config", "readOnly": true },
             ],
+            "controllerPlugin": { "podAnnotations": annotations },
+            "nodePlugin": { "podAnnotations": annotations },
         } },
     })
 }
@@ -438,6 +460,28 @@ pub(crate) fn chart(
             failure_policy: None,
         },
         status: HelmChartStatus::default(),
+    }
+}
+
+/// A Secret of `type_` holding `entries` as `data`. Never `stringData`: server-side apply
+/// converts it to `data` on write but tracks ownership of the `stringData` keys, so a key
+/// dropped from a later apply would stay in `data` (kubernetes/kubernetes#108008, closed
+/// without a fix).
+pub(crate) fn secret<'a>(
+    metadata: ObjectMeta,
+    type_: &str,
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Secret {
+    Secret {
+        metadata,
+        type_: Some(type_.into()),
+        data: Some(
+            entries
+                .into_iter()
+                .map(|(key, value)| (key.to_string(), ByteString(value.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
     }
 }
 
@@ -575,6 +619,45 @@ mod tests {
             ]
         );
         assert!(set.after_charts.is_empty());
+    }
+
+    /// The digest of `cloud.conf` in the pod annotations of the cloud controller and both
+    /// Cinder CSI plugins: new credentials roll their pods; the digest reveals nothing.
+    #[test]
+    fn rotated_credentials_change_the_pod_annotations_of_both_openstack_charts() {
+        let spec = spec("");
+        let with = |text: &str| {
+            let conf = CloudConf {
+                text: crate::secret::Secret::new(text),
+                ca_bundle: None,
+            };
+            let set = for_cluster(&spec, &conf, b"key").expect("add-ons");
+            let values = |name: &str| -> serde_json::Value {
+                let chart = set
+                    .manifests
+                    .iter()
+                    .find(|m| m.kind() == "HelmChart" && m.name() == name)
+                    .expect("chart");
+                serde_json::from_str(chart.body()["spec"]["valuesContent"].as_str().expect("values"))
+                    .expect("JSON")
+            };
+            let occm = values("openstack-cloud-controller-manager");
+            let csi = values("openstack-cinder-csi");
+            let annotation = |v: &serde_json::Value| {
+                v[CLOUD_CONFIG_DIGEST_ANNOTATION].as_str().expect("annotation").to_string()
+            };
+            let digests = [
+                annotation(&occm["podAnnotations"]),
+                annotation(&csi["csi"]["plugin"]["controllerPlugin"]["podAnnotations"]),
+                annotation(&csi["csi"]["plugin"]["nodePlugin"]["podAnnotations"]),
+            ];
+            assert!(digests.iter().all(|d| d == &digests[0] && d.len() == 64));
+            assert!(!occm.to_string().contains("password"));
+            digests[0].clone()
+        };
+        let first = with("[Global]\napplication-credential-secret = \"one\"\n");
+        assert_eq!(first, with("[Global]\napplication-credential-secret = \"one\"\n"));
+        assert_ne!(first, with("[Global]\napplication-credential-secret = \"two\"\n"));
     }
 
     #[test]

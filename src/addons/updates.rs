@@ -24,7 +24,7 @@ pub(crate) fn kured_values(updates: &UpdatesSpec, pools: &[WorkerPool]) -> serde
     let window = &updates.reboot_window;
     let mut tolerations = vec![
         json!({ "key": CONTROL_PLANE_LABEL, "operator": "Exists", "effect": "NoSchedule" }),
-        json!({ "key": "node.cloudprovider.kubernetes.io/uninitialized", "operator": "Exists", "effect": "NoSchedule" }),
+        json!({ "key": crate::kube::UNINITIALIZED_TAINT, "operator": "Exists", "effect": "NoSchedule" }),
     ];
     for taint in pools.iter().flat_map(|p| &p.taints) {
         let toleration = match &taint.value {

@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::ApplyError;
-use super::charts::{self, Expect};
-use crate::addons::{AddonSet, CONTROL_PLANE_LABEL, NAMESPACE, RECORD_CONFIGMAP};
-use crate::kube::{KubeClient, KubeError, Manifest, Waiting, is_ready, poll};
+use super::charts::{self, StaleJobs};
+use super::record::Record;
+use crate::addons::{AddonSet, CONTROL_PLANE_LABEL, NAMESPACE};
+use crate::kube::{KubeClient, KubeError, Manifest, Waiting, is_initialized, is_ready, poll};
 use crate::pki::ClusterPki;
 use crate::spec::{NodeName, Role};
 
@@ -75,55 +76,20 @@ pub async fn bootstrap(
         .filter(|n| n.role == Role::ControlPlane)
         .map(|n| n.name.clone())
         .collect();
-    say("waiting for the control planes to register");
-    let nodes = poll(
-        "every control plane registering as a node",
-        left(),
-        Duration::from_secs(2),
-        || async {
-            let nodes = client.nodes().await?;
-            let missing = missing_nodes(&nodes, &control_planes);
-            Ok(if missing.is_empty() {
-                Waiting::Done(nodes)
-            } else {
-                Waiting::On(format!("not registered yet: {}", missing.join(", ")))
-            })
-        },
-    )
-    .await
-    .map_err(|e| e.of_total(within))?;
-    let mut changes = 0;
-    for node in nodes
-        .iter()
-        .filter(|n| control_planes.contains(n.metadata.name.as_ref().unwrap_or(&String::new())))
-    {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        let labelled = node
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(CONTROL_PLANE_LABEL))
-            .map(String::as_str);
-        if labelled != Some("true") {
-            say(&format!("labelling {name} {CONTROL_PLANE_LABEL}=true"));
-            client
-                .merge_patch(
-                    &format!("/api/v1/nodes/{name}"),
-                    &serde_json::json!({"metadata": {"labels": {CONTROL_PLANE_LABEL: "true"}}}),
-                )
-                .await?;
-            changes += 1;
-        }
-    }
+    let marks = ControlPlaneMarks {
+        names: &control_planes,
+        serve_load_balancers: addons.control_planes_serve_load_balancers,
+    };
+    say("waiting for kubeadm to mark the control planes");
+    let mut changes = marks
+        .ensure(client, left(), say)
+        .await
+        .map_err(|e| e.of_total(within))?;
     watch.lap("control planes registered");
 
-    let record_path = format!("/api/v1/namespaces/{NAMESPACE}/configmaps/{RECORD_CONFIGMAP}");
-    let recorded: Option<ConfigMap> = client.get(&record_path).await?;
-    let current = recorded
-        .and_then(|c| c.data)
-        .and_then(|d| d.get("addons-digest").cloned())
-        == Some(addons.digest.clone());
-    let mut expected = BTreeMap::new();
+    let mut record = Record::read(client, &addons.record_key).await?;
+    let current = record.addons_current(&addons.digest);
+    let mut stale = BTreeMap::new();
     if current {
         say("add-ons are current");
     } else {
@@ -138,8 +104,8 @@ pub async fn bootstrap(
             }
             say(&format!("applying {manifest}"));
             if manifest.kind() == "HelmChart" {
-                let expect = charts::apply_chart(client, manifest).await?;
-                expected.insert(manifest.name().to_string(), expect);
+                let applied = charts::apply_chart(client, manifest).await?;
+                stale.insert(manifest.name().to_string(), applied.stale);
             } else {
                 client.apply(manifest).await?;
             }
@@ -148,12 +114,24 @@ pub async fn bootstrap(
     }
     watch.lap("add-ons applied");
 
+    let none = StaleJobs::none();
     for chart in &addons.charts {
-        say(&format!("waiting for chart {chart} to install"));
-        let expect = expected.get(chart).unwrap_or(&Expect::Current);
-        charts::wait_chart(client, chart, expect, left())
+        // helm-controller and the bootstrap charts' Jobs select the label: make sure it holds.
+        changes += marks
+            .ensure(client, left(), say)
             .await
             .map_err(|e| e.of_total(within))?;
+        say(&format!("waiting for chart {chart} to install"));
+        let waited = charts::settle(
+            client,
+            &mut record,
+            chart,
+            stale.get(chart).unwrap_or(&none),
+            left(),
+        )
+        .await
+        .map_err(|e| e.of_total(within))?;
+        changes += usize::from(waited);
     }
     if !current {
         for manifest in &addons.after_charts {
@@ -163,13 +141,21 @@ pub async fn bootstrap(
                 .map_err(|e| e.of_total(within))?;
             changes += 1;
         }
-        client.apply(&crate::addons::record(&addons.digest)).await?;
+        record.set_addons(&addons.digest);
+        record.save(client).await?;
         changes += 1;
     }
     watch.lap("add-ons installed");
 
+    changes += marks
+        .ensure(client, left(), say)
+        .await
+        .map_err(|e| e.of_total(within))?;
     let wanted: Vec<String> = members.iter().map(|n| n.name.clone()).collect();
-    say(&format!("waiting for {} node(s) to be Ready", wanted.len()));
+    say(&format!(
+        "waiting for {} node(s) to be Ready and initialized",
+        wanted.len()
+    ));
     let last_ready = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let nodes = poll(
         "every node Ready",
@@ -180,21 +166,28 @@ pub async fn bootstrap(
             let ready = nodes
                 .iter()
                 .filter(|n| {
-                    is_ready(n) && n.metadata.name.as_ref().is_some_and(|m| wanted.contains(m))
+                    is_ready(n)
+                        && is_initialized(n)
+                        && n.metadata.name.as_ref().is_some_and(|m| wanted.contains(m))
                 })
                 .count();
             if last_ready.swap(ready, std::sync::atomic::Ordering::Relaxed) != ready {
-                say(&format!("{ready}/{} nodes Ready", wanted.len()));
+                say(&format!("{ready}/{} nodes Ready and initialized", wanted.len()));
             }
             let mut waiting = missing_nodes(&nodes, &wanted);
-            waiting.extend(
-                nodes
-                    .iter()
-                    .filter(|n| !is_ready(n))
-                    .filter_map(|n| n.metadata.name.clone())
-                    .filter(|name| wanted.contains(name))
-                    .map(|name| format!("{name} (NotReady)")),
-            );
+            waiting.extend(nodes.iter().filter_map(|n| {
+                let name = n.metadata.name.clone()?;
+                if !wanted.contains(&name) {
+                    return None;
+                }
+                match (is_ready(n), is_initialized(n)) {
+                    (true, true) => None,
+                    (false, _) => Some(format!("{name} (NotReady)")),
+                    (true, false) => Some(format!(
+                        "{name} (Ready, not yet initialized by the cloud controller)"
+                    )),
+                }
+            }));
             Ok(if waiting.is_empty() {
                 Waiting::Done(nodes)
             } else {
@@ -238,6 +231,112 @@ async fn apply_when_served(
     .await
 }
 
+/// The label kubeadm's mark-control-plane phase adds beside the control-plane role, which the
+/// cloud controller's service controller reads to keep a node out of every load balancer
+/// (k8s.io/cloud-provider `controllers/service/controller.go`). Its presence is the sign that
+/// the phase has run.
+pub(crate) const EXCLUDE_FROM_LOAD_BALANCERS: &str =
+    "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// The labels flatstack keeps on the control planes once kubeadm has marked them.
+///
+/// `kubeadm init` (and a control plane's `kubeadm join`) marks its node only after the API
+/// server answers and the kubelet registered: its mark-control-plane phase runs after
+/// wait-control-plane and upload-config, and sets `node-role.kubernetes.io/control-plane` to
+/// `""` whatever it was, adding [`EXCLUDE_FROM_LOAD_BALANCERS`] (kubeadm
+/// `cmd/kubeadm/app/phases/markcontrolplane/markcontrolplane.go`). A `true` set before that
+/// is lost, and helm-controller, the bootstrap charts' Jobs and the cloud controller, which
+/// all select `true`, would never run. So flatstack waits for kubeadm's mark, then sets
+/// `true`; and where the control planes are the cluster's only general nodes (no worker pool
+/// takes ordinary pods), it takes the exclude label off, or a load balancer the cloud
+/// controller makes (Traefik's, any user's) would have no member at all.
+struct ControlPlaneMarks<'a> {
+    names: &'a [String],
+    serve_load_balancers: bool,
+}
+
+impl ControlPlaneMarks<'_> {
+    /// Waits until kubeadm has marked every control plane and makes the labels what flatstack
+    /// wants; returns the patches made (none when they already were).
+    async fn ensure(
+        &self,
+        client: &KubeClient,
+        within: Duration,
+        say: &(dyn Fn(&str) + Sync),
+    ) -> Result<usize, KubeError> {
+        let patched = std::sync::atomic::AtomicUsize::new(0);
+        poll(
+            "kubeadm marking every control plane",
+            within,
+            Duration::from_secs(1),
+            || async {
+                let nodes = client.nodes().await?;
+                let mut waiting = missing_nodes(&nodes, self.names);
+                for node in nodes.iter().filter(|n| {
+                    n.metadata
+                        .name
+                        .as_ref()
+                        .is_some_and(|name| self.names.contains(name))
+                }) {
+                    let name = node.metadata.name.clone().unwrap_or_default();
+                    match self.patch_for(node) {
+                        Mark::NotYet => waiting.push(format!(
+                            "{name} (registered; kubeadm has not marked it as a control plane yet)"
+                        )),
+                        Mark::Done => {}
+                        Mark::Patch(labels) => {
+                            say(&format!("labelling control plane {name} for the add-ons"));
+                            client
+                                .merge_patch(
+                                    &format!("/api/v1/nodes/{name}"),
+                                    &serde_json::json!({"metadata": {"labels": labels}}),
+                                )
+                                .await?;
+                            patched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+                Ok(if waiting.is_empty() {
+                    Waiting::Done(())
+                } else {
+                    Waiting::On(format!("waiting for {}", waiting.join(", ")))
+                })
+            },
+        )
+        .await?;
+        Ok(patched.into_inner())
+    }
+
+    fn patch_for(&self, node: &Node) -> Mark {
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        let role_true = labels.get(CONTROL_PLANE_LABEL).map(String::as_str) == Some("true");
+        let excluded = labels.contains_key(EXCLUDE_FROM_LOAD_BALANCERS);
+        // flatstack sets `true` only after kubeadm's mark, so `true` is a sign of it as well
+        // (once the exclude label has been taken off).
+        if !excluded && !role_true {
+            return Mark::NotYet;
+        }
+        let mut patch = serde_json::Map::new();
+        if !role_true {
+            patch.insert(CONTROL_PLANE_LABEL.into(), "true".into());
+        }
+        if excluded && self.serve_load_balancers {
+            patch.insert(EXCLUDE_FROM_LOAD_BALANCERS.into(), serde_json::Value::Null);
+        }
+        if patch.is_empty() {
+            Mark::Done
+        } else {
+            Mark::Patch(patch)
+        }
+    }
+}
+
+enum Mark {
+    NotYet,
+    Done,
+    Patch(serde_json::Map<String, serde_json::Value>),
+}
+
 fn missing_nodes(nodes: &[Node], wanted: &[String]) -> Vec<String> {
     wanted
         .iter()
@@ -267,30 +366,26 @@ pub fn join_token_secret(pki: &ClusterPki) -> Manifest {
             JOIN_TOKEN_HOURS,
         ))
         .unwrap_or(now);
-    let data: BTreeMap<String, String> = [
-        ("token-id", id),
-        ("token-secret", secret),
-        ("expiration", &expires.to_string()),
-        ("usage-bootstrap-authentication", "true"),
-        ("usage-bootstrap-signing", "true"),
-        (
-            "auth-extra-groups",
-            "system:bootstrappers:kubeadm:default-node-token",
-        ),
-        ("description", "flatstack: lets new workers join"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let secret = Secret {
-        metadata: ObjectMeta {
+    let expiration = expires.to_string();
+    let secret = crate::addons::secret(
+        ObjectMeta {
             name: Some(format!("bootstrap-token-{id}")),
             namespace: Some(NAMESPACE.into()),
             ..ObjectMeta::default()
         },
-        type_: Some("bootstrap.kubernetes.io/token".into()),
-        string_data: Some(data),
-        ..Secret::default()
-    };
+        "bootstrap.kubernetes.io/token",
+        [
+            ("token-id", id),
+            ("token-secret", secret),
+            ("expiration", expiration.as_str()),
+            ("usage-bootstrap-authentication", "true"),
+            ("usage-bootstrap-signing", "true"),
+            (
+                "auth-extra-groups",
+                "system:bootstrappers:kubeadm:default-node-token",
+            ),
+            ("description", "flatstack: lets new workers join"),
+        ],
+    );
     Manifest::of(&secret)
 }

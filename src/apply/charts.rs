@@ -1,31 +1,57 @@
 //! Installing, upgrading and removing Helm charts through helm-controller, and knowing when it
-//! is done. helm-controller runs `helm-install-<chart>` Jobs and, when a chart's spec changes,
-//! replaces that Job under the same name; so before applying a changed chart flatstack notes
-//! the old Job's UID and waits for a Job with another. Failures end the wait with the tail of
-//! Helm's own output.
+//! is done. helm-controller runs `helm-install-<chart>` Jobs and, when a chart's spec or a
+//! values Secret it reads changes, replaces that Job under the same name
+//! (k3s-io/helm-controller v0.17.7 `pkg/controllers/chart/chart.go`). A chart is settled when
+//! the cluster's record ([`super::record`]) holds the digest of its current settings; until
+//! then flatstack waits for a successful Job that is none of those made for older settings.
+//!
+//! The Jobs never fail by themselves: helm-controller makes them with `restartPolicy:
+//! OnFailure` and `backoffLimit: 1000`, so a failing `helm` container restarts in the same pod,
+//! the Job's `status.failed` stays 0 and no Failed condition comes for days (the job controller
+//! counts restarts only against the backoff limit: `pkg/controller/job/job_controller.go`,
+//! `pastBackoffLimitOnFailure`). So the Job is judged by its pod: a few restarts of `helm`
+//! are a failure, reported with what Helm printed in its last attempt; a pod that cannot be
+//! scheduled says why while flatstack waits.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
+use super::record::{Record, SettledChart};
 use crate::addons::{HelmChart, NAMESPACE};
 use crate::kube::{KubeClient, KubeError, Manifest, Waiting, poll};
 
-/// Failed attempts of a Helm Job before flatstack reports it rather than waiting on: Kubernetes
-/// retries Jobs with growing delays, so three failures already span about a minute.
+/// Restarts of the `helm` container after which its Job counts as failed: the kubelet waits
+/// 10, 20 and 40 s between them, so three take a minute or two.
 const FAILED_ATTEMPTS: i32 = 3;
 /// Lines of Helm's output shown when a chart fails.
 const LOG_LINES: u32 = 15;
+/// The container helm-controller runs Helm in.
+const HELM_CONTAINER: &str = "helm";
 
-/// What an apply of a HelmChart means for the wait that follows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Expect {
-    /// The chart was already as wanted: its current Job tells.
-    Current,
-    /// The chart is new or changed: wait for a Job other than this one (empty: none before).
-    NewJob { replacing: String },
+/// The install Jobs (by UID) that were made for older settings of a chart than its current
+/// ones: their success says nothing about the current settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct StaleJobs(Vec<String>);
+
+impl StaleJobs {
+    pub(crate) fn none() -> StaleJobs {
+        StaleJobs::default()
+    }
+
+    fn with(&self, uid: &str) -> StaleJobs {
+        let mut all = self.0.clone();
+        if !uid.is_empty() && !all.iter().any(|u| u == uid) {
+            all.push(uid.to_string());
+        }
+        StaleJobs(all)
+    }
+
+    fn contains(&self, uid: &str) -> bool {
+        self.0.iter().any(|u| u == uid)
+    }
 }
 
 pub(crate) fn chart_path(name: &str) -> String {
@@ -68,33 +94,43 @@ pub(crate) async fn before_apply(
     })
 }
 
-/// Applies `chart` and says what the wait that follows must look for. The API server bumps
-/// `metadata.generation` exactly when the spec changes (the fields its CRD defaults, and
-/// metadata, do not count), and helm-controller replaces the install Job exactly then, or
-/// when a values Secret the chart reads changed (`inputs_changed`).
+/// What an apply of a HelmChart did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// The chart is new, or its spec or a values Secret it reads changed.
+    pub(crate) changed: bool,
+    /// The Jobs the change made stale.
+    pub(crate) stale: StaleJobs,
+}
+
+/// Applies `chart` and says what changed. The API server bumps `metadata.generation` exactly
+/// when the spec changes (the fields its CRD defaults, and metadata, do not count), and
+/// helm-controller replaces the install Job exactly then, or when a values Secret the chart
+/// reads changed (`inputs_changed`).
 pub(crate) async fn apply_after(
     client: &KubeClient,
     chart: &Manifest,
     before: &BeforeApply,
     inputs_changed: bool,
-) -> Result<Expect, KubeError> {
+) -> Result<Applied, KubeError> {
     let applied = client.apply(chart).await?;
     let generation = applied["metadata"]["generation"].as_i64();
     let changed = !before.exists || inputs_changed || generation != before.generation;
-    Ok(if changed {
-        Expect::NewJob {
-            replacing: before.job_uid.clone(),
-        }
-    } else {
-        Expect::Current
+    Ok(Applied {
+        changed,
+        stale: if changed {
+            StaleJobs::none().with(&before.job_uid)
+        } else {
+            StaleJobs::none()
+        },
     })
 }
 
-/// Applies a HelmChart, first reading what is there to know which Job to wait for.
+/// Applies a HelmChart, first reading what is there to know which Job its change makes stale.
 pub(crate) async fn apply_chart(
     client: &KubeClient,
     chart: &Manifest,
-) -> Result<Expect, KubeError> {
+) -> Result<Applied, KubeError> {
     let before = before_apply(client, chart).await?;
     apply_after(client, chart, &before, false).await
 }
@@ -135,18 +171,79 @@ pub(crate) async fn wait_chart_kind_served(
 /// The CustomResourceDefinition of HelmCharts.
 pub(crate) const HELM_CHART_CRD: &str = "helmcharts.helm.cattle.io";
 
-/// Waits until the install Job of HelmChart `name` has succeeded (a Job other than the one
-/// `expect` names). A Job that gave up, a chart helm-controller marked Failed, or
-/// [`FAILED_ATTEMPTS`] failures during this wait end it with Helm's output; failures from
-/// before the wait (a Job left failing by an earlier run) do not count.
+/// Settles chart `name`. When the record holds its current settings, it is settled if the
+/// recorded Job is still its Job or its Job succeeded; a newer Job still running (the chart
+/// changed and changed back) is waited for. Otherwise flatstack waits for a successful Job
+/// that is neither in `stale` (made stale by this run's apply) nor the one recorded for older
+/// settings, and records it. Returns whether it waited.
+pub(crate) async fn settle(
+    client: &KubeClient,
+    record: &mut Record,
+    name: &str,
+    stale: &StaleJobs,
+    within: Duration,
+) -> Result<bool, KubeError> {
+    let started = std::time::Instant::now();
+    let Some(chart): Option<HelmChart> = client.get(&chart_path(name)).await? else {
+        return Err(KubeError::Api {
+            method: "GET",
+            url: format!("HelmChart {NAMESPACE}/{name}"),
+            status: 404,
+            message: format!(
+                "HelmChart {name} vanished while flatstack was installing it; run flatstack again"
+            ),
+        });
+    };
+    let settings = record.chart_settings(client, &chart).await?;
+    let recorded = record.chart(name);
+    let stale = match &recorded {
+        Some(old) if old.settings == settings => {
+            let job: Option<Job> = match chart.status.job_name.as_str() {
+                "" => None,
+                job => client.get(&job_path(job)).await?,
+            };
+            let uid = job
+                .as_ref()
+                .and_then(|j| j.metadata.uid.clone())
+                .unwrap_or_default();
+            let succeeded = job
+                .and_then(|j| j.status)
+                .and_then(|s| s.succeeded)
+                .unwrap_or(0)
+                > 0;
+            if uid == old.job_uid || succeeded {
+                return Ok(false);
+            }
+            stale.clone()
+        }
+        Some(old) => stale.with(&old.job_uid),
+        None => stale.clone(),
+    };
+    let job_uid = wait_chart(
+        client,
+        name,
+        &stale,
+        within.saturating_sub(started.elapsed()),
+    )
+    .await?;
+    record.set_chart(name, SettledChart { settings, job_uid });
+    record.save(client).await?;
+    Ok(true)
+}
+
+/// Waits until the install Job of HelmChart `name` has succeeded, a Job none of `stale`;
+/// returns its UID. A Job that gave up, a chart helm-controller marked Failed, or a `helm`
+/// container that failed [`FAILED_ATTEMPTS`] times ends it with Helm's output. A pod left
+/// failing by an earlier run is deleted once, so this run judges a fresh attempt (the Job
+/// makes a new pod at once).
 pub(crate) async fn wait_chart(
     client: &KubeClient,
     name: &str,
-    expect: &Expect,
+    stale: &StaleJobs,
     within: Duration,
-) -> Result<(), KubeError> {
-    // The failure count of each Job when this wait first saw it.
-    let seen_failing: Mutex<Option<(String, i32)>> = Mutex::new(None);
+) -> Result<String, KubeError> {
+    // Pods this wait has seen (failing from before, and restarted) by name.
+    let seen: Mutex<Vec<String>> = Mutex::new(Vec::new());
     poll(
         &format!("chart {name} installing"),
         within,
@@ -159,7 +256,7 @@ pub(crate) async fn wait_chart(
             let job_name = &chart.status.job_name;
             if job_name.is_empty() {
                 if let Some(message) = chart_failed {
-                    return Err(failed(client, name, job_name, &message).await);
+                    return Err(failed(client, name, job_name, &message, None).await);
                 }
                 return Ok(Waiting::On(
                     "helm-controller has not started an install Job yet".into(),
@@ -169,42 +266,156 @@ pub(crate) async fn wait_chart(
                 return Ok(Waiting::On(format!("Job {job_name} not found yet")));
             };
             let uid = job.metadata.uid.clone().unwrap_or_default();
-            if let Expect::NewJob { replacing } = expect
-                && &uid == replacing
-            {
-                // Whatever the old Job or the chart's conditions say is about the old settings.
+            if stale.contains(&uid) {
+                // Whatever the old Job or the chart's conditions say is about older settings.
                 return Ok(Waiting::On(format!(
                     "helm-controller has not replaced Job {job_name} for the new settings yet"
                 )));
             }
             let status = job.status.unwrap_or_default();
             if status.succeeded.unwrap_or(0) > 0 {
-                return Ok(Waiting::Done(()));
+                return Ok(Waiting::Done(uid));
             }
-            let attempts = status.failed.unwrap_or(0);
-            let before = {
-                let mut seen = seen_failing.lock().unwrap_or_else(|e| e.into_inner());
-                match seen.as_ref() {
-                    Some((seen_uid, count)) if *seen_uid == uid => *count,
-                    _ => {
-                        *seen = Some((uid.clone(), attempts));
-                        attempts
-                    }
-                }
-            };
             if let Some(reason) = job_failure(&status).or(chart_failed) {
-                return Err(failed(client, name, job_name, &reason).await);
+                return Err(failed(client, name, job_name, &reason, None).await);
             }
-            if attempts - before >= FAILED_ATTEMPTS {
-                let reason = format!("Helm failed {} times in a row", attempts - before);
-                return Err(failed(client, name, job_name, &reason).await);
+            let Some(pod) = newest_pod(client, &uid).await? else {
+                return Ok(Waiting::On(format!(
+                    "Job {job_name} has no pod yet{}",
+                    if job.spec.and_then(|s| s.suspend) == Some(true) {
+                        " (helm-controller resumes it once the job controller has seen it)"
+                    } else {
+                        ""
+                    }
+                )));
+            };
+            let pod_name = pod.metadata.name.clone().unwrap_or_default();
+            let first_look = {
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                let first = !seen.contains(&pod_name);
+                if first {
+                    seen.push(pod_name.clone());
+                }
+                first
+            };
+            match judge(&pod) {
+                Verdict::Failed(reason) if first_look => {
+                    // Failing since before this wait (an earlier run, a cause since fixed):
+                    // one fresh attempt before it counts.
+                    client
+                        .delete(&format!(
+                            "/api/v1/namespaces/{NAMESPACE}/pods/{pod_name}"
+                        ))
+                        .await?;
+                    Ok(Waiting::On(format!(
+                        "Job {job_name} was failing from before ({reason}); its pod was deleted for a fresh attempt"
+                    )))
+                }
+                Verdict::Failed(reason) => {
+                    Err(failed(client, name, job_name, &reason, Some(&pod)).await)
+                }
+                Verdict::Waiting(what) => Ok(Waiting::On(format!("Job {job_name}: {what}"))),
             }
-            Ok(Waiting::On(format!(
-                "Job {job_name} running ({attempts} failed attempt(s))"
-            )))
         },
     )
     .await
+}
+
+/// The newest pod of the Job with UID `job_uid` (the job controller labels its pods with it,
+/// so an older Job of the same name does not count).
+async fn newest_pod(client: &KubeClient, job_uid: &str) -> Result<Option<Pod>, KubeError> {
+    if job_uid.is_empty() {
+        return Ok(None);
+    }
+    let pods: Vec<Pod> = client
+        .list(&format!(
+            "/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=batch.kubernetes.io%2Fcontroller-uid%3D{job_uid}"
+        ))
+        .await?;
+    Ok(pods
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0)))
+}
+
+/// What an install Job's pod says about Helm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// Helm failed: why, in a few words.
+    Failed(String),
+    /// Still going: what it waits for.
+    Waiting(String),
+}
+
+fn helm_status(pod: &Pod) -> Option<&ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == HELM_CONTAINER)
+}
+
+fn judge(pod: &Pod) -> Verdict {
+    let status = pod.status.as_ref();
+    if status.and_then(|s| s.phase.as_deref()) == Some("Failed") {
+        return Verdict::Failed(
+            status
+                .and_then(|s| s.message.clone())
+                .unwrap_or_else(|| "its pod failed".into()),
+        );
+    }
+    if let Some(unschedulable) = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+    {
+        return Verdict::Waiting(format!(
+            "its pod cannot be scheduled: {}",
+            unschedulable
+                .message
+                .as_deref()
+                .or(unschedulable.reason.as_deref())
+                .unwrap_or("no reason given")
+        ));
+    }
+    let Some(helm) = helm_status(pod) else {
+        return Verdict::Waiting("its pod is starting".into());
+    };
+    let waiting = helm.state.as_ref().and_then(|s| s.waiting.as_ref());
+    if helm.restart_count >= FAILED_ATTEMPTS {
+        let backoff = waiting
+            .and_then(|w| w.reason.as_deref())
+            .filter(|r| *r == "CrashLoopBackOff")
+            .map(|r| format!(", {r}"))
+            .unwrap_or_default();
+        let exit = helm
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| format!(", last exit code {}", t.exit_code))
+            .unwrap_or_default();
+        return Verdict::Failed(format!(
+            "Helm failed {} times in a row{exit}{backoff}",
+            helm.restart_count
+        ));
+    }
+    match waiting {
+        Some(w) => Verdict::Waiting(format!(
+            "helm container waiting: {}{}",
+            w.reason.as_deref().unwrap_or("unknown reason"),
+            w.message
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        )),
+        None if helm.restart_count > 0 => Verdict::Waiting(format!(
+            "Helm running again after {} failed attempt(s)",
+            helm.restart_count
+        )),
+        None => Verdict::Waiting("Helm running".into()),
+    }
 }
 
 /// The message of the chart's `Failed=True` condition: helm-controller gave up on it.
@@ -254,8 +465,18 @@ pub(crate) async fn uninstall_chart(
 }
 
 /// The error for a failed chart, with the last lines Helm printed when they can be read.
-async fn failed(client: &KubeClient, name: &str, job: &str, reason: &str) -> KubeError {
-    let output = match helm_output(client, job).await {
+async fn failed(
+    client: &KubeClient,
+    name: &str,
+    job: &str,
+    reason: &str,
+    pod: Option<&Pod>,
+) -> KubeError {
+    let output = match pod {
+        Some(pod) => helm_output(client, pod).await,
+        None => None,
+    };
+    let output = match output {
         Some(lines) if !lines.trim().is_empty() => format!(
             "\n  Helm's last output:\n    {}",
             lines.trim_end().lines().collect::<Vec<_>>().join("\n    ")
@@ -267,33 +488,33 @@ async fn failed(client: &KubeClient, name: &str, job: &str, reason: &str) -> Kub
         url: format!("HelmChart {NAMESPACE}/{name}"),
         status: 200,
         message: format!(
-            "chart {name} failed to install: {reason}{output}\n  hint: `kubectl -n {NAMESPACE} logs job/{job}` shows all of Helm's output; fix the cause and run flatstack again"
+            "chart {name} failed to install: {reason}{output}\n  hint: `kubectl -n {NAMESPACE} logs job/{job} --previous` shows all of Helm's output; fix the cause and run flatstack again (it gives the Job a fresh attempt)"
         ),
     }
 }
 
-/// The tail of the log of the newest pod of Job `job`.
-async fn helm_output(client: &KubeClient, job: &str) -> Option<String> {
-    if job.is_empty() {
-        return None;
-    }
-    let pods: Vec<Pod> = client
-        .list(&format!(
-            "/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=job-name%3D{job}"
-        ))
-        .await
-        .ok()?;
-    let newest = pods
-        .iter()
-        .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))?;
-    let pod = newest.metadata.name.as_deref()?;
-    client
+/// What Helm printed in the last attempt that ended: the previous `helm` container's log (the
+/// kubelet serves it with `previous=true` once the container restarted), else the termination
+/// message it left.
+async fn helm_output(client: &KubeClient, pod: &Pod) -> Option<String> {
+    let name = pod.metadata.name.as_deref()?;
+    let log = client
         .get_text(&format!(
-            "/api/v1/namespaces/{NAMESPACE}/pods/{pod}/log?tailLines={LOG_LINES}"
+            "/api/v1/namespaces/{NAMESPACE}/pods/{name}/log?container={HELM_CONTAINER}&previous=true&tailLines={LOG_LINES}"
         ))
         .await
         .ok()
         .flatten()
+        .filter(|text| !text.trim().is_empty());
+    log.or_else(|| {
+        helm_status(pod)?
+            .last_state
+            .as_ref()?
+            .terminated
+            .as_ref()?
+            .message
+            .clone()
+    })
 }
 
 /// One HelmChart as `status` shows it.
@@ -306,7 +527,7 @@ pub struct ChartState {
     pub state: String,
 }
 
-/// Every HelmChart of flatstack's namespace with the state of its Job.
+/// Every HelmChart of flatstack's namespace with the state of its Job, judged by its pod.
 pub async fn chart_states(client: &KubeClient) -> Result<Vec<ChartState>, KubeError> {
     let charts: Vec<HelmChart> = client
         .list(&format!(
@@ -320,19 +541,28 @@ pub async fn chart_states(client: &KubeClient) -> Result<Vec<ChartState>, KubeEr
             "" => None,
             name => client.get(&job_path(name)).await?,
         };
-        let status = job.and_then(|j| j.status);
         let state = if chart.metadata.deletion_timestamp.is_some() {
             "uninstalling".to_string()
         } else if let Some(message) = failed {
             format!("failed: {message}")
         } else {
-            match status {
+            match job {
                 None => "waiting for helm-controller".to_string(),
-                Some(s) if s.succeeded.unwrap_or(0) > 0 => "installed".to_string(),
-                Some(s) => match job_failure(&s) {
-                    Some(message) => format!("failed: {message}"),
-                    None => format!("installing ({} failed attempt(s))", s.failed.unwrap_or(0)),
-                },
+                Some(job) => {
+                    let status = job.status.clone().unwrap_or_default();
+                    if status.succeeded.unwrap_or(0) > 0 {
+                        "installed".to_string()
+                    } else if let Some(message) = job_failure(&status) {
+                        format!("failed: {message}")
+                    } else {
+                        let uid = job.metadata.uid.unwrap_or_default();
+                        match newest_pod(client, &uid).await?.map(|p| judge(&p)) {
+                            Some(Verdict::Failed(why)) => format!("failed: {why}"),
+                            Some(Verdict::Waiting(what)) => format!("installing ({what})"),
+                            None => "installing (no pod yet)".to_string(),
+                        }
+                    }
+                }
             }
         };
         states.push(ChartState {

@@ -92,6 +92,8 @@ pub(crate) struct Cluster {
     pub(crate) spec: ClusterSpec,
     pub(crate) state: StateDir,
     pub(crate) client: KubeClient,
+    /// The key of the cluster's record of settled charts.
+    pub(crate) record_key: super::record::RecordKey,
     /// The API's floating IP, when the cloud was asked.
     api_floating_ip: Option<String>,
     ingress_address: Option<String>,
@@ -120,6 +122,7 @@ impl Cluster {
             spec,
             state,
             client,
+            record_key: super::record::RecordKey::derive(pki.ca.key_pem.expose().as_bytes()),
             api_floating_ip,
             ingress_address: reach.ingress_address,
         })

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 
-use super::charts::{self, Expect};
+use super::charts;
+use super::record::{Record, RecordKey};
 use super::cluster::{Cluster, ClusterError, Reach};
 use crate::addons::HelmChart;
 use crate::addons::NAMESPACE;
@@ -124,7 +125,15 @@ pub(crate) async fn install_or_upgrade(
     })?;
     let credentials = credentials(&cluster.spec, &cluster.state)?;
     let release = jupyterhub::release(&cluster.spec, &credentials, user_values.as_ref());
-    let outcome = install(&cluster.client, &release, action, timeout, say).await?;
+    let outcome = install(
+        &cluster.client,
+        &cluster.record_key,
+        &release,
+        action,
+        timeout,
+        say,
+    )
+    .await?;
     let address = cluster.ingress_address().await?;
     let namespace = release.chart.spec.target_namespace.clone();
     let https = match &cluster.spec.ingress.hostname {
@@ -271,6 +280,7 @@ pub(crate) struct HubOutcome {
 /// Installs or upgrades the hub and waits until it serves.
 pub(crate) async fn install(
     client: &KubeClient,
+    record_key: &RecordKey,
     release: &HubRelease,
     action: Action,
     within: Duration,
@@ -295,10 +305,10 @@ pub(crate) async fn install(
         "applying HelmChart {RELEASE} (chart {} {})",
         release.chart.spec.chart, release.chart.spec.version
     ));
-    let expect = charts::apply_after(client, &chart, &before, credentials_changed).await?;
-    let changed = expect != Expect::Current;
+    let applied = charts::apply_after(client, &chart, &before, credentials_changed).await?;
     say("waiting for Helm to install the chart");
-    charts::wait_chart(client, RELEASE, &expect, left())
+    let mut record = Record::read(client, record_key).await?;
+    charts::settle(client, &mut record, RELEASE, &applied.stale, left())
         .await
         .map_err(|e| e.of_total(within))?;
     let namespace = &release.chart.spec.target_namespace;
@@ -309,7 +319,7 @@ pub(crate) async fn install(
             .map_err(|e| e.of_total(within))?;
     }
     Ok(HubOutcome {
-        changed,
+        changed: applied.changed,
         took: started.elapsed(),
     })
 }
@@ -321,14 +331,11 @@ async fn credentials_differ(client: &KubeClient, wanted: &Manifest) -> Result<bo
         return Ok(true);
     };
     let have = have.data.unwrap_or_default();
-    let want = wanted.body()["stringData"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
+    let want = wanted.secret_data();
     Ok(have.len() != want.len()
-        || want.iter().any(|(key, value)| {
-            have.get(key).map(|bytes| bytes.0.as_slice()) != value.as_str().map(str::as_bytes)
-        }))
+        || want
+            .iter()
+            .any(|(key, value)| have.get(key).map(|bytes| &bytes.0) != Some(value)))
 }
 
 /// Removes the release and its credentials. User volumes (`claim-*` claims made by the

@@ -13,6 +13,7 @@ pub(crate) mod jupyterhub;
 pub(crate) mod observe;
 pub(crate) mod preflight;
 pub(crate) mod ranges;
+pub mod record;
 pub(crate) mod smoke;
 pub(crate) mod status;
 pub(crate) mod timeline;

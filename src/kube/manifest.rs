@@ -98,6 +98,22 @@ impl Manifest {
         &self.path
     }
 
+    /// The decoded `data` of a Secret's manifest (nothing for other kinds).
+    pub(crate) fn secret_data(&self) -> std::collections::BTreeMap<String, Vec<u8>> {
+        use base64::Engine as _;
+        self.body["data"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(key, value)| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(value.as_str()?)
+                    .ok()?;
+                Some((key.clone(), bytes))
+            })
+            .collect()
+    }
+
     /// The JSON body (JSON is YAML, which server-side apply reads).
     pub fn body(&self) -> &serde_json::Value {
         &self.body
@@ -156,7 +172,13 @@ mod tests {
     fn debug_shows_no_secret_data() {
         let secret = Manifest::of(&Secret {
             metadata: meta("cloud-config", Some("kube-system")),
-            string_data: Some([("cloud.conf".to_string(), "password=hunter2".to_string())].into()),
+            data: Some(
+                [(
+                    "cloud.conf".to_string(),
+                    k8s_openapi::ByteString(b"password=hunter2".to_vec()),
+                )]
+                .into(),
+            ),
             ..Secret::default()
         });
         assert_eq!(
@@ -165,6 +187,7 @@ mod tests {
         );
         let shown = format!("{secret:?} {secret}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(secret.secret_data()["cloud.conf"], b"password=hunter2");
         assert_eq!(format!("{secret}"), "Secret kube-system/cloud-config");
     }
 }

@@ -14,7 +14,8 @@ impl KubeClient {
         self.list("/api/v1/nodes").await
     }
 
-    /// Waits until node `name` has registered and is `Ready`.
+    /// Waits until node `name` has registered, is `Ready` and initialized by the cloud
+    /// controller: only then does it take ordinary pods.
     pub(crate) async fn wait_node_ready(
         &self,
         name: &str,
@@ -24,7 +25,10 @@ impl KubeClient {
         let path = format!("/api/v1/nodes/{name}");
         poll(&what, within, Duration::from_secs(3), || async {
             Ok(match self.get::<Node>(&path).await? {
-                Some(node) if is_ready(&node) => Waiting::Done(()),
+                Some(node) if is_ready(&node) && is_initialized(&node) => Waiting::Done(()),
+                Some(node) if is_ready(&node) => Waiting::On(format!(
+                    "{name} is Ready but the cloud controller has not initialized it"
+                )),
                 Some(_) => Waiting::On(format!("{name} is NotReady")),
                 None => Waiting::On(format!("{name} has not registered")),
             })
@@ -43,6 +47,21 @@ pub fn is_ready(node: &Node) -> bool {
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True")
         })
+}
+
+/// The taint a kubelet with `cloud-provider=external` registers its node with, and only the
+/// cloud controller's node controller removes (k8s.io/cloud-provider `api/well_known_taints.go`,
+/// `controllers/node/node_controller.go`).
+pub(crate) const UNINITIALIZED_TAINT: &str = "node.cloudprovider.kubernetes.io/uninitialized";
+
+/// The node no longer carries [`UNINITIALIZED_TAINT`]. `Ready` comes from the kubelet and the
+/// pod network alone; a node still uninitialized takes no pod that does not tolerate the taint.
+pub fn is_initialized(node: &Node) -> bool {
+    !node
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.taints.as_ref())
+        .is_some_and(|taints| taints.iter().any(|t| t.key == UNINITIALIZED_TAINT))
 }
 
 /// One line of the node table.

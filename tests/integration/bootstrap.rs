@@ -51,10 +51,26 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
     assert!(booted.nodes.iter().all(flatstack::kube::is_ready));
     let world = server.world.lock().expect("world");
     let cp = &world.nodes["demo-control-plane-1"];
+    // Labelled `true` after kubeadm's mark phase (which resets it to ""), which ran.
+    let labels = cp.metadata.labels.as_ref().expect("labels");
+    assert_eq!(labels["node-role.kubernetes.io/control-plane"], "true");
+    assert!(world.unmarked.is_empty(), "kubeadm marked every control plane");
+    // Its only pool is tainted, so the control plane takes ordinary pods: it must be a member
+    // of the cloud controller's load balancers (Traefik's among them), and kubeadm's exclude
+    // label is taken off.
+    assert!(!spec.has_general_workers());
     assert_eq!(
-        cp.metadata.labels.as_ref().expect("labels")["node-role.kubernetes.io/control-plane"],
-        "true"
+        labels.get("node.kubernetes.io/exclude-from-external-load-balancers"),
+        None
     );
+    // Initialized by the cloud controller: addresses from the cloud, taint gone.
+    let table = flatstack::kube::node_table(&booted.nodes, flatstack::kube::now());
+    let cp_row = table
+        .lines()
+        .find(|l| l.starts_with("demo-control-plane-1"))
+        .expect("row");
+    assert!(cp_row.contains(" 10.42.0.10 ") && cp_row.contains(" 203.0.113.7 "), "{table}");
+    assert!(booted.nodes.iter().all(flatstack::kube::is_initialized));
     // The cloud controller initialized the nodes (the stand-in does it once its chart ran).
     assert!(
         cp.spec
@@ -193,8 +209,14 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
     assert_eq!(again.changes, 0);
     assert_eq!(server.writes().len(), before, "{:?}", server.writes());
 
-    // A different digest (changed pins or values; here another key) applies everything again.
-    let changed = addons::for_cluster(&spec, &conf(), b"other key").expect("add-ons");
+    // A different digest (changed pins, values or credentials; here rotated credentials)
+    // applies everything again and waits for the two charts whose settings changed: the cloud
+    // controller's and Cinder CSI's, whose pods carry the digest of `cloud.conf`.
+    let mut rotated = conf();
+    rotated.text = flatstack::secret::Secret::new(
+        "[Global]\nauth-url = \"https://keystone.example/v3\"\napplication-credential-secret = \"rotated\"\n",
+    );
+    let changed = addons::for_cluster(&spec, &rotated, b"key").expect("add-ons");
     let third = runtime()
         .block_on(bootstrap(
             &client,
@@ -204,7 +226,8 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
             &quiet,
         ))
         .expect("third bootstrap");
-    assert_eq!(third.changes, changed.manifests.len() + 1);
+    // Every manifest, the two charts' entries in the record, and the record's digest.
+    assert_eq!(third.changes, changed.manifests.len() + 2 + 1);
 }
 
 #[test]
@@ -213,6 +236,7 @@ fn node_table_reads_like_kubectl() {
     let pki = pki(&workspace);
     let spec = spec(1);
     let server = stand_in(&pki, &spec, World::default());
+    server.world.lock().expect("world").kubeadm_marks_now();
     let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
     let nodes = runtime().block_on(client.nodes()).expect("nodes");
     let table = flatstack::kube::node_table(&nodes, flatstack::kube::now());
@@ -241,7 +265,9 @@ fn node_table_reads_like_kubectl() {
         ["NotReady", "control-plane", "0s", "v1.37.1"],
         "{table}"
     );
-    assert_eq!(cells[5], "10.42.0.10");
+    // Under an external cloud provider a kubelet without `--node-ip` reports no IP address
+    // until the cloud controller fills them in (kubernetes 1.29+, PR #121028).
+    assert_eq!(cells[5], "<none>");
     assert_eq!(cells[6], "<none>");
     assert!(lines[1].contains("Flatcar Container Linux by Kinvolk 4230.2.3 (Oklo)"));
     assert!(lines[1].ends_with("containerd://1.7.23"));
@@ -281,11 +307,21 @@ fn a_failed_chart_is_reported_with_its_reason() {
         message.contains("chart openstack-cloud-controller-manager failed to install"),
         "{message}"
     );
-    assert!(message.contains("backoff limit"), "{message}");
+    // The Job never fails by itself (OnFailure, backoffLimit 1000): its pod's restarts tell.
+    assert!(message.contains("Helm failed 3 times in a row"), "{message}");
+    assert!(message.contains("CrashLoopBackOff"), "{message}");
+    assert!(
+        message.contains("Error: INSTALLATION FAILED: failed to download chart"),
+        "Helm's own words: {message}"
+    );
     assert!(
         message.contains("logs job/helm-install-openstack-cloud-controller-manager"),
         "{message}"
     );
+    let world = server.world.lock().expect("world");
+    let job = &world.objects
+        ["/apis/batch/v1/namespaces/kube-system/jobs/helm-install-openstack-cloud-controller-manager"];
+    assert_eq!(job["status"]["failed"], Value::Null, "no failed pod: {job}");
 }
 
 #[test]
@@ -484,8 +520,13 @@ fn a_cluster_without_general_workers_installs_every_add_on_on_its_control_plane(
             assert_eq!(job["status"]["succeeded"], 1, "{chart}");
         }
         assert!(!control_plane_tainted(&world), "{pools:?}");
+        assert!(
+            serves_load_balancers(&world),
+            "{pools:?}: the only general node must be a load balancer member"
+        );
     }
-    // With a worker for ordinary pods, control planes keep kubeadm's taint.
+    // With a worker for ordinary pods, control planes keep kubeadm's taint and stay out of
+    // the cloud's load balancers, as kubeadm marked them.
     let spec =
         spec_with_pools("[[worker_pools]]\nname = \"default\"\ncount = 1\nflavor = \"m3.small\"\n");
     assert!(spec.has_general_workers());
@@ -493,7 +534,22 @@ fn a_cluster_without_general_workers_installs_every_add_on_on_its_control_plane(
     booted.expect("bootstrap");
     let world = server.world.lock().expect("world");
     assert!(control_plane_tainted(&world));
+    assert!(!serves_load_balancers(&world));
 }
+
+/// Whether the cloud controller's service controller would put the control plane into a load
+/// balancer: not while it carries `node.kubernetes.io/exclude-from-external-load-balancers`
+/// (k8s.io/cloud-provider `controllers/service/controller.go`, `nodeIncludedPredicate`: any
+/// value but one that parses as false excludes it, kubeadm's `""` included).
+fn serves_load_balancers(world: &World) -> bool {
+    world.nodes["demo-control-plane-1"]
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::kube_standin::EXCLUDE_FROM_LOAD_BALANCERS))
+        .is_none_or(|value| value == "false")
+}
+
 
 /// kured must run on every node to reboot it, tainted pools included.
 #[test]

@@ -319,6 +319,35 @@ fn a_secrets_string_data_is_kept_as_base64_data() {
     assert!(stored["metadata"].get("generation").is_none());
 }
 
+/// kubernetes/kubernetes#108008: the applier owns `stringData.k`, never `data.k`, so applying
+/// the Secret again without `k` leaves `data.k` in place; applied as `data`, it goes.
+#[test]
+fn a_string_data_key_no_longer_applied_stays_but_a_data_key_goes() {
+    let mut world = World::default();
+    let path = "/api/v1/namespaces/kube-system/secrets/s";
+    let secret = |field: &str, entries: Value| {
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "kube-system"},
+            field: entries,
+        })
+    };
+    apply(&mut world, path, "flatstack", true, &secret("stringData", json!({"k": "v", "gone": "x"})));
+    let (_, stored) = apply(&mut world, path, "flatstack", true, &secret("stringData", json!({"k": "v"})));
+    assert_eq!(stored["data"]["gone"], "eA==", "upstream keeps it: {stored}");
+
+    let path = "/api/v1/namespaces/kube-system/secrets/t";
+    let secret = |entries: Value| {
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "t", "namespace": "kube-system"},
+            "data": entries,
+        })
+    };
+    apply(&mut world, path, "flatstack", true, &secret(json!({"k": "dg==", "gone": "eA=="})));
+    let (_, stored) = apply(&mut world, path, "flatstack", true, &secret(json!({"k": "dg=="})));
+    assert!(stored["data"].get("gone").is_none(), "{stored}");
+    assert_eq!(stored["data"]["k"], "dg==");
+}
+
 #[test]
 fn tolerations_match_taints_as_core_v1_defines_it() {
     let exists_all = json!({"operator": "Exists"});

@@ -12,7 +12,7 @@
 //! | CRD schema defaults filled in on write, returned on read (HelmChart: `failurePolicy: reinstall`) | apiextensions-apiserver `pkg/apiserver/schema/defaulting/algorithm.go`; helm-controller v0.17.7 CRD (`tests/data/helm-controller-v0.17.7`) | `behaviour::custom_resources_…`, `day_one::a_changed_chart_…` (an unchanged chart is not waited for) |
 //! | server-side apply: conflicts (409 unless forced), shared ownership, hand-over on force and on update, fields no longer applied removed | apiserver `pkg/endpoints/handlers/fieldmanager`, structured-merge-diff `merge/update.go`, `merge/conflict.go` | `behaviour::field_ownership_…`, `behaviour::fields_a_manager_…`; every flatstack apply (field manager `flatstack`, `force=true`) |
 //! | `uid` and `creationTimestamp` at creation; `resourceVersion` only on a write that changes the object; `generation` 1, bumped by changes outside metadata and status | apiserver `pkg/registry/rest/create.go`, `pkg/storage/etcd3/store.go` (`GuaranteedUpdate`), apiextensions `pkg/registry/customresource/strategy.go` | `behaviour::apply_sets_…`, `day_one::a_changed_chart_…`, `day_one::jupyterhub_install_upgrade_…` (upgrade with nothing changed) |
-//! | a Secret's `stringData` stored as base64 `data` | kubernetes `pkg/apis/core/v1/conversion.go` | `behaviour::a_secrets_…`, `day_one::a_rotated_github_secret_…` |
+//! | a Secret's `stringData` stored as base64 `data`, converted after server-side apply merged the object, so a `stringData` key no longer applied stays in `data` | kubernetes `pkg/apis/core/v1/conversion.go`; kubernetes/kubernetes#108008 (closed unfixed) | `behaviour::a_secrets_…`, `behaviour::a_string_data_key_…`, `day_one::a_rotated_github_secret_…`; flatstack applies Secrets as `data` |
 //! | kubeadm registers control planes with `node-role.kubernetes.io/control-plane:NoSchedule` unless its configuration lists taints; workers with the taints listed | kubeadm `cmd/kubeadm/app/apis/kubeadm/v1beta4/defaults.go` | `bootstrap::a_cluster_without_general_workers_…` |
 //! | new nodes NotReady (`node.kubernetes.io/not-ready:NoSchedule`) until the pod network runs; `node.cloudprovider.kubernetes.io/uninitialized` until the cloud controller initializes them, only when the kubelet runs with `cloud-provider=external` (read from the node's kubeadm configuration) | kubelet `pkg/kubelet/kubelet_node_status.go`, node lifecycle controller | `bootstrap::*`, `day_one::*`, `bootstrap::a_cluster_without_the_cloud_controller_…` |
 //! | a pod fits a node when it tolerates every NoSchedule/NoExecute taint and matches its node selector; toleration matching | kube-scheduler `TaintToleration`, `NodeAffinity` plugins; `k8s.io/api/core/v1/toleration.go` (`ToleratesTaint`) | `behaviour::tolerations_…`, `behaviour::pods_fit_…` |
@@ -112,7 +112,31 @@ pub struct World {
     /// When helm-controller could first run: its process starts (and creates its CRDs) half
     /// a second later, standing for its image pull and start.
     pub controller_runnable_since: Option<std::time::Instant>,
+    /// Requests handled so far.
+    pub requests: usize,
+    /// Every control plane with the taints its kubeadm configuration gives it.
+    pub control_plane_taints: BTreeMap<String, Vec<Taint>>,
+    /// Control planes kubeadm has yet to mark.
+    pub unmarked: std::collections::BTreeSet<String>,
+    /// The request at which kubeadm's mark-control-plane phase runs: [`KUBEADM_MARK_LAG`]
+    /// requests after `/readyz` first answered ok.
+    pub mark_at: Option<usize>,
+    /// At this request kubeadm's mark-control-plane phase runs once more on every control
+    /// plane (as `kubeadm init phase mark-control-plane` run by hand does).
+    pub marks_again_at: Option<usize>,
+    /// Helm's error output for `failing_chart`'s attempts.
+    pub helm_error: Option<String>,
+    /// The order nodes registered in (their InternalIP is the 10th address plus it).
+    pub node_index: BTreeMap<String, usize>,
 }
+
+/// Requests between `/readyz` first answering ok and kubeadm's mark-control-plane phase:
+/// upload-config and upload-certs run in between (`cmd/kubeadm/app/cmd/init.go`).
+pub const KUBEADM_MARK_LAG: usize = 4;
+/// The label kubeadm's mark phase adds beside the role label
+/// (`cmd/kubeadm/app/phases/markcontrolplane/markcontrolplane.go`).
+pub const EXCLUDE_FROM_LOAD_BALANCERS: &str =
+    "node.kubernetes.io/exclude-from-external-load-balancers";
 
 /// Groups whose resources come from CustomResourceDefinitions in the modelled cluster.
 const CRD_GROUPS: [&str; 2] = ["helm.cattle.io", "cert-manager.io"];
@@ -135,8 +159,9 @@ fn bootstrap_job_tolerations() -> Vec<Value> {
 }
 
 impl World {
-    /// Registers a node as kubelet would before any add-on runs: NotReady, tainted, with
-    /// kubeadm's control-plane taint on control planes.
+    /// Registers a node as kubelet would before any add-on runs, with kubeadm's default taints:
+    /// `node-role.kubernetes.io/control-plane:NoSchedule` on control planes (added by kubeadm's
+    /// mark phase), none on workers.
     pub fn register(&mut self, name: &str, control_plane: bool) {
         let taints = if control_plane {
             vec![taint(CONTROL_PLANE_TAINT, None, "NoSchedule")]
@@ -146,10 +171,15 @@ impl World {
         self.register_with_taints(name, control_plane, taints, true);
     }
 
-    /// Registers a node with the taints its kubeadm configuration registers it with, plus
-    /// NotReady (until the pod network runs) and, when its kubelet runs with
-    /// `cloud-provider=external`, uninitialized (until the cloud controller has seen it:
-    /// kubelet `pkg/kubelet/kubelet_node_status.go`, `initialNode`).
+    /// Registers a node as its kubelet does (kubelet `pkg/kubelet/kubelet_node_status.go`,
+    /// `initialNode`): NotReady until the pod network runs; `spec.providerID` from its
+    /// `--provider-id`; when it runs with `cloud-provider=external`, the uninitialized taint and
+    /// no IP address (since 1.29 a kubelet without `--node-ip` leaves addresses to the cloud
+    /// controller: kubernetes PR #121028), otherwise its InternalIP. A worker registers with
+    /// the taints of its configuration (`--register-with-taints`); a control plane with none
+    /// and without any role label (a kubelet may not set `node-role.kubernetes.io/*`): kubeadm's
+    /// mark-control-plane phase adds both later (`init.go`: the kubelet-start phase writes no
+    /// `--register-with-taints` for control planes, nor does a control plane's join).
     pub fn register_with_taints(
         &mut self,
         name: &str,
@@ -157,16 +187,31 @@ impl World {
         own: Vec<Taint>,
         external_cloud: bool,
     ) {
-        let mut labels = BTreeMap::from([
+        let labels = BTreeMap::from([
             ("kubernetes.io/hostname".to_string(), name.to_string()),
             ("kubernetes.io/os".to_string(), "linux".to_string()),
         ]);
-        if control_plane {
-            labels.insert(
-                "node-role.kubernetes.io/control-plane".into(),
-                String::new(),
-            );
-        }
+        let registered_taints = if control_plane {
+            self.control_plane_taints.insert(name.to_string(), own);
+            self.unmarked.insert(name.to_string());
+            Vec::new()
+        } else {
+            own
+        };
+        let index = self.nodes.len();
+        self.node_index.insert(name.to_string(), index);
+        let internal_ip = format!("10.42.0.{}", 10 + index);
+        let addresses = if external_cloud {
+            vec![NodeAddress {
+                type_: "Hostname".into(),
+                address: name.into(),
+            }]
+        } else {
+            vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: internal_ip,
+            }]
+        };
         let node = Node {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -175,12 +220,13 @@ impl World {
                 ..ObjectMeta::default()
             },
             spec: Some(NodeSpec {
+                provider_id: Some(format!("openstack:///{}", instance_uuid(name))),
                 taints: Some(
                     external_cloud
                         .then(|| taint(UNINITIALIZED, Some("true"), "NoSchedule"))
                         .into_iter()
                         .chain([taint(NOT_READY, None, "NoSchedule")])
-                        .chain(own)
+                        .chain(registered_taints)
                         .collect(),
                 ),
                 ..NodeSpec::default()
@@ -195,10 +241,7 @@ impl World {
                     ),
                     ..NodeCondition::default()
                 }]),
-                addresses: Some(vec![NodeAddress {
-                    type_: "InternalIP".into(),
-                    address: format!("10.42.0.{}", 10 + self.nodes.len()),
-                }]),
+                addresses: Some(addresses),
                 node_info: Some(NodeSystemInfo {
                     kubelet_version: "v1.37.1".into(),
                     os_image: "Flatcar Container Linux by Kinvolk 4230.2.3 (Oklo)".into(),
@@ -210,6 +253,37 @@ impl World {
             }),
         };
         self.nodes.insert(name.into(), node);
+    }
+
+    /// kubeadm's mark-control-plane phase on every control plane not yet marked: the role label
+    /// and the exclude-from-load-balancers label set to `""` whatever they were, and the
+    /// configuration's taints added to those the node has (`markcontrolplane.go`,
+    /// `markControlPlaneNode`, patched from the live node).
+    pub fn kubeadm_marks_now(&mut self) {
+        let unmarked = std::mem::take(&mut self.unmarked);
+        for name in unmarked {
+            let taints = self
+                .control_plane_taints
+                .get(&name)
+                .cloned()
+                .unwrap_or_default();
+            let Some(node) = self.nodes.get_mut(&name) else {
+                continue;
+            };
+            let labels = node.metadata.labels.get_or_insert_with(BTreeMap::new);
+            labels.insert(CONTROL_PLANE_TAINT.into(), String::new());
+            labels.insert(EXCLUDE_FROM_LOAD_BALANCERS.into(), String::new());
+            let have = node
+                .spec
+                .get_or_insert_with(NodeSpec::default)
+                .taints
+                .get_or_insert_with(Vec::new);
+            for t in taints {
+                if !have.contains(&t) {
+                    have.push(t);
+                }
+            }
+        }
     }
 
     /// Puts a pod on `node`; `daemon` makes it a DaemonSet's.
@@ -277,8 +351,16 @@ impl World {
     /// What the cluster does on its own between requests.
     fn settle(&mut self) {
         self.establish_crds();
+        if self.mark_at.is_some_and(|at| self.requests >= at) {
+            self.kubeadm_marks_now();
+        }
+        if self.marks_again_at == Some(self.requests) {
+            self.unmarked = self.control_plane_taints.keys().cloned().collect();
+            self.kubeadm_marks_now();
+        }
+        self.run_job_pods();
         let network = self.chart_installed("flannel");
-        let cloud = self.chart_installed("openstack-cloud-controller-manager");
+        let cloud = self.cloud_controller_runs();
         for node in self.nodes.values_mut() {
             let spec = node.spec.get_or_insert_with(NodeSpec::default);
             let taints = spec.taints.get_or_insert_with(Vec::new);
@@ -296,18 +378,64 @@ impl World {
                     ready.message = Some("kubelet is posting ready status".into());
                 }
             }
+            // The cloud controller's node controller: the taint off, the addresses the cloud
+            // knows (the control planes' floating IP as ExternalIP) in place of the kubelet's
+            // Hostname (k8s.io/cloud-provider `controllers/node/node_controller.go`,
+            // `syncNode` then `updateNodeAddress`).
             if cloud && taints.iter().any(|t| t.key == UNINITIALIZED) {
                 taints.retain(|t| t.key != UNINITIALIZED);
                 let name = node.metadata.name.clone().unwrap_or_default();
-                spec.provider_id = Some(format!("openstack:///{name}"));
-                if let Some(addresses) = node.status.as_mut().and_then(|s| s.addresses.as_mut()) {
+                let control_plane = name.contains("-control-plane-");
+                let index = self.node_index.get(&name).copied().unwrap_or_default();
+                if let Some(status) = node.status.as_mut() {
+                    let mut addresses = vec![NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: format!("10.42.0.{}", 10 + index),
+                    }];
+                    if control_plane {
+                        addresses.push(NodeAddress {
+                            type_: "ExternalIP".into(),
+                            address: "203.0.113.7".into(),
+                        });
+                    }
                     addresses.push(NodeAddress {
-                        type_: "ExternalIP".into(),
-                        address: "203.0.113.7".into(),
+                        type_: "Hostname".into(),
+                        address: name.clone(),
                     });
+                    status.addresses = Some(addresses);
                 }
             }
         }
+    }
+
+    /// The cloud controller runs: its chart installed and a node its DaemonSet's pod fits, by
+    /// the chart's `nodeSelector` and `tolerations` (openstack-cloud-controller-manager 2.36.0
+    /// `templates/daemonset.yaml`, host network) and what the DaemonSet controller adds.
+    fn cloud_controller_runs(&self) -> bool {
+        if !self.chart_installed("openstack-cloud-controller-manager") {
+            return false;
+        }
+        let chart = self
+            .objects
+            .get("/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/openstack-cloud-controller-manager")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let values: Value = chart["spec"]["valuesContent"]
+            .as_str()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or(Value::Null);
+        let mut tolerations: Vec<Value> = values["tolerations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        tolerations.extend(schedule::daemonset_tolerations(true));
+        let selector = values
+            .get("nodeSelector")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        self.nodes
+            .values()
+            .any(|node| schedule::fits(node, &tolerations, &selector))
     }
 
     /// helm-controller, if it could run: deployed, and a control plane labelled for it.
@@ -460,9 +588,6 @@ impl World {
                 self.run_uninstall(&path, &name, &chart);
                 continue;
             }
-            if !self.job_schedulable(&chart) {
-                continue; // its Job's pod has no node to run on (yet)
-            }
             let job = job_path(&name);
             let spec = self.chart_inputs(&chart);
             let replace = match self.job_specs.get(&name) {
@@ -553,18 +678,108 @@ impl World {
         json!({"spec": chart["spec"], "secrets": secrets})
     }
 
-    /// A new running Job `name` in kube-system (replacing one of that name), with a new UID.
+    /// A new running Job `name` in kube-system (replacing one of that name, whose pods go),
+    /// with a new UID and its first pod. helm-controller makes it `restartPolicy: OnFailure`
+    /// with `backoffLimit: 1000` (`pkg/controllers/chart/chart.go`).
     fn start_job(&mut self, name: &str) {
         self.next_uid += 1;
         let uid = format!("uid-{}", self.next_uid);
+        self.objects.retain(|path, pod| {
+            !(path.starts_with(JOB_POD_PREFIX) && pod["metadata"]["labels"]["job-name"] == name)
+        });
         self.objects.insert(
             format!("/apis/batch/v1/namespaces/kube-system/jobs/{name}"),
             json!({
                 "apiVersion": "batch/v1", "kind": "Job",
                 "metadata": {"name": name, "namespace": "kube-system", "uid": uid},
+                "spec": {"backoffLimit": 1000, "template": {"spec": {"restartPolicy": "OnFailure",
+                    "containers": [{"name": "helm"}]}}},
                 "status": {"active": 1},
             }),
         );
+        self.new_job_pod(name, &uid);
+    }
+
+    /// A pod of Job `job`, labelled as the job controller labels them
+    /// (`pkg/controller/job/job_controller.go`: `batch.kubernetes.io/controller-uid`,
+    /// `batch.kubernetes.io/job-name` and their legacy twins), pending until scheduled.
+    fn new_job_pod(&mut self, job: &str, uid: &str) {
+        self.next_uid += 1;
+        let name = format!("{job}-{}", self.next_uid);
+        self.objects.insert(
+            format!("{JOB_POD_PREFIX}{name}"),
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "kube-system",
+                    "creationTimestamp": format!("2026-12-06T00:00:{:02}Z", self.next_uid % 60),
+                    "labels": {"job-name": job, "batch.kubernetes.io/job-name": job,
+                        "controller-uid": uid, "batch.kubernetes.io/controller-uid": uid}},
+                "spec": {"restartPolicy": "OnFailure", "containers": [{"name": "helm"}]},
+                "status": {"phase": "Pending"},
+            }),
+        );
+    }
+
+    /// The job controller and the scheduler: every running Job has a pod (a deleted one is
+    /// made anew), which runs once a node fits it and stays Pending, saying why, until then.
+    fn run_job_pods(&mut self) {
+        let jobs: Vec<(String, String)> = self
+            .objects
+            .iter()
+            .filter(|(path, job)| {
+                path.starts_with("/apis/batch/v1/namespaces/kube-system/jobs/")
+                    && job["status"]["active"] == 1
+            })
+            .map(|(_, job)| {
+                (
+                    job["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                    job["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        for (job, uid) in jobs {
+            if self.job_pod(&uid).is_none() {
+                self.new_job_pod(&job, &uid);
+            }
+            let schedulable = match job.strip_prefix("helm-install-") {
+                Some(chart) => self
+                    .objects
+                    .get(&format!("/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/{chart}"))
+                    .cloned()
+                    .is_some_and(|chart| self.job_schedulable(&chart)),
+                None => true,
+            };
+            let nodes = self.nodes.len();
+            let Some(path) = self.job_pod(&uid) else {
+                continue;
+            };
+            let Some(pod) = self.objects.get_mut(&path) else {
+                continue;
+            };
+            if pod["status"]["phase"] != "Pending" {
+                continue;
+            }
+            pod["status"] = if schedulable {
+                json!({"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}],
+                    "containerStatuses": [{"name": "helm", "image": "rancher/klipper-helm", "imageID": "",
+                        "ready": true, "restartCount": 0, "state": {"running": {}}}]})
+            } else {
+                json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                    "reason": "Unschedulable",
+                    "message": format!("0/{nodes} nodes are available: {nodes} node(s) didn't match Pod's node affinity/selector or had untolerated taints. preemption: 0/{nodes} nodes are available: {nodes} Preemption is not helpful for scheduling.")}]})
+            };
+        }
+    }
+
+    /// The path of the live pod of the Job with `uid`.
+    fn job_pod(&self, uid: &str) -> Option<String> {
+        self.objects
+            .iter()
+            .find(|(path, pod)| {
+                path.starts_with(JOB_POD_PREFIX)
+                    && pod["metadata"]["labels"]["batch.kubernetes.io/controller-uid"] == uid
+            })
+            .map(|(path, _)| path.clone())
     }
 
     /// What a chart's release makes once its install Job succeeded.
@@ -689,6 +904,17 @@ impl World {
             })
             .map(|p| serde_json::to_value(p).expect("pod"))
             .collect();
+        if ns == "kube-system" {
+            pods.extend(
+                self.objects
+                    .iter()
+                    .filter(|(path, _)| path.starts_with(JOB_POD_PREFIX))
+                    .filter(|(_, pod)| {
+                        selector.is_none_or(|(k, v)| pod["metadata"]["labels"][k] == v)
+                    })
+                    .map(|(_, pod)| pod.clone()),
+            );
+        }
         let prefix = format!("/apis/apps/v1/namespaces/{ns}/deployments/");
         for (path, deployment) in &self.objects {
             let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -719,7 +945,24 @@ impl World {
         self.deleted_namespaces.push(ns.to_string());
     }
 
+    /// A GET of a Job: once its pod runs and `job_polls` GETs have passed, Helm's attempt ends.
+    /// A failing attempt restarts the `helm` container in the same pod (`restartPolicy:
+    /// OnFailure`): the Job stays active with `status.failed` 0 and no condition, as the job
+    /// controller leaves it until the restarts reach `backoffLimit`
+    /// (`pastBackoffLimitOnFailure`); the kubelet waits in CrashLoopBackOff in between.
     fn poll_job(&mut self, path: &str) {
+        let uid = self
+            .objects
+            .get(path)
+            .and_then(|job| job["metadata"]["uid"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let Some(pod_path) = self.job_pod(&uid) else {
+            return;
+        };
+        if self.objects[&pod_path]["status"]["phase"] != "Running" {
+            return; // not scheduled: no attempt yet
+        }
         let count = self.polls.entry(path.to_string()).or_default();
         *count += 1;
         let done = *count > self.job_polls;
@@ -727,18 +970,30 @@ impl World {
             .failing_chart
             .as_ref()
             .is_some_and(|c| path == job_path(c));
+        if failing && done {
+            if let Some(pod) = self.objects.get_mut(&pod_path) {
+                let helm = &mut pod["status"]["containerStatuses"][0];
+                let restarts = helm["restartCount"].as_i64().unwrap_or(0) + 1;
+                helm["restartCount"] = json!(restarts);
+                helm["ready"] = json!(false);
+                helm["lastState"] = json!({"terminated": {"exitCode": 1, "reason": "Error",
+                    "message": "Installing helm chart\n"}});
+                helm["state"] = json!({"waiting": {"reason": "CrashLoopBackOff",
+                    "message": "back-off 10s restarting failed container=helm"}});
+            }
+            return;
+        }
         if let Some(job) = self.objects.get_mut(path)
             && job["status"]["active"] == 1
             && done
         {
-            job["status"] = if failing {
-                json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True",
-                    "message": "Job has reached the specified backoff limit"}]})
-            } else {
-                json!({"succeeded": 1})
-            };
-            if !failing
-                && let Some(chart) = path
+            job["status"] = json!({"succeeded": 1});
+            if let Some(pod) = self.objects.get_mut(&pod_path) {
+                pod["status"]["phase"] = json!("Succeeded");
+                pod["status"]["containerStatuses"][0]["state"] =
+                    json!({"terminated": {"exitCode": 0, "reason": "Completed"}});
+            }
+            if let Some(chart) = path
                     .rsplit('/')
                     .next()
                     .and_then(|n| n.strip_prefix("helm-install-"))
@@ -749,6 +1004,9 @@ impl World {
         }
     }
 }
+
+/// Where the stand-in keeps the pods of Jobs.
+const JOB_POD_PREFIX: &str = "/api/v1/namespaces/kube-system/pods/";
 
 fn job_path(chart: &str) -> String {
     format!("/apis/batch/v1/namespaces/kube-system/jobs/helm-install-{chart}")
@@ -766,6 +1024,21 @@ fn label_selector(query: &str) -> Option<(String, String)> {
     let decoded = raw.replace("%2F", "/").replace("%3D", "=");
     let (k, v) = decoded.split_once('=')?;
     Some((k.to_string(), v.to_string()))
+}
+
+/// The Nova server UUID the stand-in gives node `name` (Afterburn substitutes the real one
+/// into `--provider-id` at boot).
+pub fn instance_uuid(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hex = hex::encode(Sha256::digest(name.as_bytes()));
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 fn taint(key: &str, value: Option<&str>, effect: &str) -> Taint {
@@ -940,6 +1213,7 @@ async fn handle(world: &Mutex<World>, request: Request<hyper::body::Incoming>) -
         Err(_) => return failure(StatusCode::BAD_REQUEST, "BadRequest", "unreadable body"),
     };
     let mut world = world.lock().expect("world");
+    world.requests += 1;
     world.seen.push(Seen {
         method: method.clone(),
         path: path.clone(),
@@ -978,6 +1252,9 @@ fn route(
                 )));
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 return response;
+            }
+            if world.mark_at.is_none() {
+                world.mark_at = Some(world.requests + KUBEADM_MARK_LAG);
             }
             Response::new(Full::new(Bytes::from("ok")))
         }
@@ -1092,6 +1369,11 @@ fn route(
                 StatusCode::OK,
                 json!({"kind": "PodList", "apiVersion": "v1", "items": items}),
             )
+        }
+        ("GET", ["api", "v1", "namespaces", _, "pods", pod, "log"])
+            if world.objects.contains_key(&format!("{JOB_POD_PREFIX}{pod}")) =>
+        {
+            job_pod_log(world, pod, query)
         }
         ("GET", ["api", "v1", "namespaces", _, "pods", pod, "log"]) => {
             match world.pod_logs.get(*pod) {
@@ -1228,6 +1510,32 @@ fn route(
     }
 }
 
+/// The log of a Job's `helm` container as the kubelet serves it
+/// (`pkg/kubelet/kubelet_pods.go`, `validateContainerLogStatus`): with `previous=true` the last
+/// terminated instance's, or 400 when the container never terminated; otherwise the running
+/// one's, or the last terminated one's while it waits to restart.
+fn job_pod_log(world: &World, pod: &str, query: &str) -> Answer {
+    let object = &world.objects[&format!("{JOB_POD_PREFIX}{pod}")];
+    let helm = &object["status"]["containerStatuses"][0];
+    let terminated = helm["lastState"]["terminated"].is_object();
+    let previous = query_value(query, "previous").as_deref() == Some("true");
+    let output = world.helm_error.clone().unwrap_or_else(|| {
+        "Error: INSTALLATION FAILED: failed to download chart: unexpected status 404 Not Found\n"
+            .into()
+    });
+    match (previous, terminated) {
+        (true, false) => failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("previous terminated container \"helm\" in pod \"{pod}\" not found"),
+        ),
+        (true, true) | (false, true) => Response::new(Full::new(Bytes::from(
+            format!("+ helm_v3 install ...\n{output}"),
+        ))),
+        (false, false) => Response::new(Full::new(Bytes::from("+ helm_v3 install ...\n"))),
+    }
+}
+
 /// Server-side apply as the API server checks it: the apply content type, a field manager,
 /// and a body whose apiVersion, kind and name match the URL.
 fn server_side_apply(
@@ -1289,16 +1597,17 @@ fn server_side_apply(
     }
     let manager = query_value(query, "fieldManager").unwrap_or_default();
     let force = query_value(query, "force").as_deref() == Some("true");
-    let applied = secret_string_data_as_data(object);
     let current = world.objects.get(path).cloned().unwrap_or(Value::Null);
     let mut ownership = world.ownership.remove(path).unwrap_or_default();
-    let result = ownership.apply(&without_managed_fields(&current), &applied, &manager, force);
+    let result = ownership.apply(&without_managed_fields(&current), &object, &manager, force);
     let answer_for = match result {
         Err(conflicts) => {
             world.ownership.insert(path.to_string(), ownership);
             return conflict(&conflicts);
         }
-        Ok(object) => object,
+        // The applier owns `stringData` keys, which are then converted into `data`: a key
+        // it stops applying leaves `data` untouched (kubernetes/kubernetes#108008).
+        Ok(object) => secret_string_data_as_data(object),
     };
     store(world, path, answer_for, &current, ownership)
 }
@@ -1384,7 +1693,10 @@ fn without_managed_fields(object: &Value) -> Value {
     copy
 }
 
-/// The API server keeps a Secret's `stringData` as base64 `data`, and answers with that.
+/// The API server keeps a Secret's `stringData` as base64 `data`, and answers with that. It
+/// happens after server-side apply merged the object (the conversion runs on the merged
+/// result), so `data` keys that came from `stringData` belong to no manager and survive an
+/// apply that no longer names them (kubernetes/kubernetes#108008, closed unfixed).
 fn secret_string_data_as_data(mut object: Value) -> Value {
     if object["kind"] == "Secret"
         && let Some(strings) = object
