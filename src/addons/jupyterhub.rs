@@ -5,7 +5,6 @@
 //! values file merged over flatstack's. Credentials travel in a Secret the chart's values are
 //! read from, never in the HelmChart itself.
 
-
 use serde_json::json;
 
 use super::ingress::{CLUSTER_ISSUER, INGRESS_CLASS};

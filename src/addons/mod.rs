@@ -15,13 +15,13 @@ pub(crate) mod updates;
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, EnvVar, EnvVarSource, Namespace, ObjectFieldSelector, PodSpec,
     PodTemplateSpec, Secret, ServiceAccount, Toleration,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
-use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -638,13 +638,20 @@ mod tests {
                     .iter()
                     .find(|m| m.kind() == "HelmChart" && m.name() == name)
                     .expect("chart");
-                serde_json::from_str(chart.body()["spec"]["valuesContent"].as_str().expect("values"))
-                    .expect("JSON")
+                serde_json::from_str(
+                    chart.body()["spec"]["valuesContent"]
+                        .as_str()
+                        .expect("values"),
+                )
+                .expect("JSON")
             };
             let occm = values("openstack-cloud-controller-manager");
             let csi = values("openstack-cinder-csi");
             let annotation = |v: &serde_json::Value| {
-                v[CLOUD_CONFIG_DIGEST_ANNOTATION].as_str().expect("annotation").to_string()
+                v[CLOUD_CONFIG_DIGEST_ANNOTATION]
+                    .as_str()
+                    .expect("annotation")
+                    .to_string()
             };
             let digests = [
                 annotation(&occm["podAnnotations"]),
@@ -656,8 +663,14 @@ mod tests {
             digests[0].clone()
         };
         let first = with("[Global]\napplication-credential-secret = \"one\"\n");
-        assert_eq!(first, with("[Global]\napplication-credential-secret = \"one\"\n"));
-        assert_ne!(first, with("[Global]\napplication-credential-secret = \"two\"\n"));
+        assert_eq!(
+            first,
+            with("[Global]\napplication-credential-secret = \"one\"\n")
+        );
+        assert_ne!(
+            first,
+            with("[Global]\napplication-credential-secret = \"two\"\n")
+        );
     }
 
     #[test]

@@ -172,7 +172,10 @@ pub async fn bootstrap(
                 })
                 .count();
             if last_ready.swap(ready, std::sync::atomic::Ordering::Relaxed) != ready {
-                say(&format!("{ready}/{} nodes Ready and initialized", wanted.len()));
+                say(&format!(
+                    "{ready}/{} nodes Ready and initialized",
+                    wanted.len()
+                ));
             }
             let mut waiting = missing_nodes(&nodes, &wanted);
             waiting.extend(nodes.iter().filter_map(|n| {

@@ -11,7 +11,7 @@ use crate::addons::ingress::TRAEFIK_NAMESPACE;
 use crate::cloud::network::{FloatingIp, Kind};
 use crate::cloud::{Cloud, CloudConfig, CloudError};
 use crate::kube::{KubeClient, KubeError};
-use crate::pki::{ClusterPki, Kubeconfig, PkiError, StateDir, kubeconfig_yaml};
+use crate::pki::{ClientCertificate, ClusterPki, Kubeconfig, PkiError, StateDir, kubeconfig_yaml};
 use crate::plan::resources::Names;
 use crate::spec::{ClusterSpec, IngressExposure};
 
@@ -156,29 +156,43 @@ impl Cluster {
     }
 }
 
+/// A kubeconfig made for `flatstack kubeconfig`.
+pub(crate) struct MadeKubeconfig {
+    pub(crate) text: String,
+    /// The API server it points at.
+    pub(crate) server: String,
+    /// Client certificates re-issued first, as they were.
+    pub(crate) renewed: Vec<ClientCertificate>,
+}
+
 /// The cluster's kubeconfig for `who`, made from the PKI in the state directory (nothing is
 /// asked of the cluster) and pointed at `reach`'s API address or the API's floating IP, which
-/// `cloud` is asked for. Returns the kubeconfig and the server it points at.
+/// `cloud` is asked for. Client certificates near their end are re-issued first.
 pub(crate) async fn kubeconfig(
     spec: &ClusterSpec,
     reach: &Reach,
     cloud: Option<CloudConfig>,
     who: Kubeconfig,
-) -> Result<(String, String), ClusterError> {
+) -> Result<MadeKubeconfig, ClusterError> {
     let no_pki = || ClusterError::NoPkiForKubeconfig {
         cluster: spec.name.clone(),
         path: reach.state_path.clone(),
     };
     let state = StateDir::open_existing(&reach.state_path)?.ok_or_else(no_pki)?;
-    let pki = ClusterPki::load_existing(&state)?.ok_or_else(no_pki)?;
+    let mut pki = ClusterPki::load_existing(&state)?.ok_or_else(no_pki)?;
+    let renewed = pki.renew_client_certificates(&state, time::OffsetDateTime::now_utc())?;
     let floating_ip = match (&reach.api_address, cloud) {
         (None, Some(cloud)) => api_floating_ip(cloud, spec).await?,
         _ => None,
     };
     let server = api_server(reach.api_address.as_deref(), floating_ip.as_deref())
         .ok_or_else(|| ClusterError::NothingToPointAt(spec.name.clone()))?;
-    let kubeconfig = kubeconfig_yaml(&pki, &spec.name, &server, who)?;
-    Ok((kubeconfig, server))
+    let text = kubeconfig_yaml(&pki, &spec.name, &server, who)?;
+    Ok(MadeKubeconfig {
+        text,
+        server,
+        renewed,
+    })
 }
 
 /// The address of the cluster's API floating IP, if the cloud has one.

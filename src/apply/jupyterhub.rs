@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 
 use super::charts;
-use super::record::{Record, RecordKey};
 use super::cluster::{Cluster, ClusterError, Reach};
+use super::record::{Record, RecordKey};
 use crate::addons::HelmChart;
 use crate::addons::NAMESPACE;
 use crate::addons::jupyterhub::{self, CREDENTIALS_SECRET, HubCredentials, HubRelease, RELEASE};

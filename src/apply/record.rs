@@ -87,7 +87,8 @@ impl Record {
     pub(crate) fn set_chart(&mut self, name: &str, settled: SettledChart) {
         self.data
             .insert(format!("chart.{name}.settings"), settled.settings);
-        self.data.insert(format!("chart.{name}.job"), settled.job_uid);
+        self.data
+            .insert(format!("chart.{name}.job"), settled.job_uid);
     }
 
     /// Writes the whole record (server-side apply: entries no longer in it go).

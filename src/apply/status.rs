@@ -13,7 +13,7 @@ use super::observe::observe;
 use crate::cloud::Cloud;
 use crate::cloud::config::CloudConfig;
 use crate::kube::{KubeClient, RebootState, error_chain, reboot_states};
-use crate::pki::{ClusterPki, StateDir};
+use crate::pki::{ClientCertificate, ClusterPki, StateDir};
 use crate::plan::planner::{self, Scope};
 use crate::plan::resources::Observed;
 use crate::spec::ClusterSpec;
@@ -35,6 +35,8 @@ pub(crate) struct StatusReport {
     /// How many steps `up` would run, or why no plan could be made.
     pub(crate) pending: Result<usize, String>,
     pub(crate) kubernetes: KubernetesStatus,
+    /// When flatstack's own client certificates expire (none without a PKI here).
+    pub(crate) client_certificates: Vec<ClientCertificate>,
 }
 
 impl StatusReport {
@@ -74,6 +76,15 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
     let cloud = Cloud::connect(cloud).await?;
     let observation = observe(&cloud, &spec).await?;
     let observed = observation.observed;
+    let pki = match StateDir::open_existing(&state_path) {
+        Ok(Some(state)) => ClusterPki::load_existing(&state),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let client_certificates = match &pki {
+        Ok(Some(pki)) => pki.client_certificates(),
+        _ => Vec::new(),
+    };
     let (pending, kubernetes) = match observed.count() {
         0 => (
             Ok(0),
@@ -84,7 +95,7 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
             let pending = planner::plan(&spec, &observed, &observation.facts, scope)
                 .map(|plan| plan.steps.len())
                 .map_err(|e| e.to_string());
-            let answers = kubernetes(&spec, &observed, &state_path, api_address).await;
+            let answers = kubernetes(&spec, &observed, &state_path, pki, api_address).await;
             (pending, answers)
         }
     };
@@ -94,6 +105,7 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
         observed,
         pending,
         kubernetes,
+        client_certificates,
     })
 }
 
@@ -102,6 +114,7 @@ async fn kubernetes(
     spec: &ClusterSpec,
     observed: &Observed,
     state_path: &std::path::Path,
+    pki: Result<Option<ClusterPki>, crate::pki::PkiError>,
     api_address: Option<String>,
 ) -> KubernetesStatus {
     use KubernetesStatus::Unavailable;
@@ -110,11 +123,6 @@ async fn kubernetes(
         .map(|f| format!("{}:6443", f.floating_ip_address));
     let Some(server) = api_address.or(endpoint).map(|a| format!("https://{a}")) else {
         return Unavailable("no API floating IP: the Kubernetes API cannot be asked".into());
-    };
-    let pki = match StateDir::open_existing(state_path) {
-        Ok(Some(state)) => ClusterPki::load_existing(&state),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e),
     };
     let pki = match pki {
         Ok(Some(pki)) => pki,

@@ -147,10 +147,17 @@ pub(crate) async fn up(
     if existing_pki.is_none() && observed.count() > 0 {
         return Err(UpError::Refused(missing_pki(&spec.name, &state_path)));
     }
-    let pki = match existing_pki {
+    let mut pki = match existing_pki {
         Some(pki) => pki,
         None => ClusterPki::load_or_create(&state)?,
     };
+    for old in pki.renew_client_certificates(&state, time::OffsetDateTime::now_utc())? {
+        say(&format!(
+            "re-issued the {} client certificate, which {}: kubeconfigs made before keep working until then; `flatstack kubeconfig --merge` refreshes yours",
+            old.who,
+            old.describe(time::OffsetDateTime::now_utc())
+        ));
+    }
     sysext::record(&state, &sysext)?;
     if recorded_ranges.is_none() {
         ranges::record(&state, &spec)?;

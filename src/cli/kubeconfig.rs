@@ -48,7 +48,16 @@ pub(crate) fn run(
         true => Kubeconfig::SuperAdmin,
         false => Kubeconfig::Admin,
     };
-    let (kubeconfig, server) = runtime()?.block_on(kubeconfig(&spec, &reach, cloud, who))?;
+    let made = runtime()?.block_on(kubeconfig(&spec, &reach, cloud, who))?;
+    let now = time::OffsetDateTime::now_utc();
+    for old in &made.renewed {
+        eprintln!(
+            "re-issued the {} client certificate, which {}; kubeconfigs made before keep working until then",
+            old.who,
+            old.describe(now)
+        );
+    }
+    let (kubeconfig, server) = (made.text, made.server);
     if args.merge {
         let path = merge_into_user_kubeconfig(&kubeconfig)?;
         eprintln!(

@@ -364,6 +364,19 @@ pub(crate) fn status(
             print_addons(addons);
         }
     }
+    let now = time::OffsetDateTime::now_utc();
+    for cert in &report.client_certificates {
+        let due = if cert.due(now) {
+            ": `flatstack up` or `flatstack kubeconfig` re-issues it"
+        } else {
+            ""
+        };
+        println!(
+            "flatstack's {} client certificate {}{due}",
+            cert.who,
+            cert.describe(now)
+        );
+    }
     let failed = report.failed_servers();
     if !failed.is_empty() {
         anyhow::bail!("server(s) in ERROR: {}", failed.join(", "));

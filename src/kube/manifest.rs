@@ -81,7 +81,7 @@ impl Manifest {
         }
     }
 
-    pub(crate) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         self.kind
     }
 

@@ -19,8 +19,8 @@ use serde::de::DeserializeOwned;
 pub(crate) use deployments::wait_deployment;
 pub use drain::{DrainReport, drain_node};
 pub(crate) use manifest::Manifest;
-pub use nodes::{NodeRow, is_initialized, is_ready, node_table, print_node_table};
 pub(crate) use nodes::UNINITIALIZED_TAINT;
+pub use nodes::{NodeRow, is_initialized, is_ready, node_table, print_node_table};
 pub use reboots::{RebootState, flatcar_version, reboot_required, reboot_states};
 
 use crate::pki::ClusterPki;

@@ -16,11 +16,7 @@ impl KubeClient {
 
     /// Waits until node `name` has registered, is `Ready` and initialized by the cloud
     /// controller: only then does it take ordinary pods.
-    pub(crate) async fn wait_node_ready(
-        &self,
-        name: &str,
-        within: Duration,
-    ) -> Result<(), KubeError> {
+    pub async fn wait_node_ready(&self, name: &str, within: Duration) -> Result<(), KubeError> {
         let what = format!("node {name} Ready");
         let path = format!("/api/v1/nodes/{name}");
         poll(&what, within, Duration::from_secs(3), || async {

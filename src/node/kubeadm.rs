@@ -193,8 +193,12 @@ pub fn init_config(
         sans.push(public.to_string());
     }
     sans.push(format!("{}-control-plane-1", spec.name));
-    // Loopback names, so the API can also be reached through a tunnel (`up --api-address`)
-    // with its certificate still verified.
+    // Load-bearing: helm-controller and its bootstrap charts' install Jobs reach the API at
+    // 127.0.0.1:6443 on a control plane's host network (k3s-io/helm-controller v0.17.7
+    // `pkg/controllers/chart/chart.go` sets KUBERNETES_SERVICE_HOST=127.0.0.1 for bootstrap
+    // Jobs; flatstack's Deployment of it does the same), before any Service routes. kubeadm's
+    // own names for the API server's certificate do not include it
+    // (`cmd/kubeadm/app/util/pkiutil/pki_helpers.go`, `GetAPIServerAltNames`).
     sans.extend(["127.0.0.1".to_string(), "localhost".to_string()]);
     let cluster = ClusterConfiguration {
         api_version: API_VERSION,

@@ -29,6 +29,35 @@ const PKI_DIR: &str = "pki";
 const PKI_NEW_DIR: &str = "pki.new";
 const CA_VALIDITY_DAYS: i64 = 3650;
 const CLIENT_VALIDITY_DAYS: i64 = 365;
+/// An administrator's certificate is re-issued (for its own key) by `up` and `kubeconfig`
+/// once fewer than this many days of it are left.
+const RENEW_WITHIN_DAYS: i64 = 60;
+
+/// One of flatstack's own client certificates and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// `admin` or `super-admin`.
+    pub who: &'static str,
+    pub not_after: OffsetDateTime,
+}
+
+impl ClientCertificate {
+    /// `expires 2027-12-06 (in 365 days)` or `expired 2026-12-01 (5 days ago)`.
+    pub fn describe(&self, now: OffsetDateTime) -> String {
+        let date = self.not_after.date();
+        let days = (self.not_after - now).whole_days();
+        if days >= 0 {
+            format!("expires {date} (in {days} days)")
+        } else {
+            format!("expired {date} ({} days ago)", -days)
+        }
+    }
+
+    /// Within the days before expiry when `up` and `kubeconfig` re-issue it.
+    pub fn due(&self, now: OffsetDateTime) -> bool {
+        self.not_after - now < Duration::days(RENEW_WITHIN_DAYS)
+    }
+}
 
 /// A certificate and its private key, both PEM.
 #[derive(Debug, Clone)]
@@ -207,8 +236,8 @@ impl ClusterPki {
         let front_proxy_ca = new_ca("front-proxy-ca")?;
         let etcd_ca = new_ca("etcd-ca")?;
         let sa = new_key("the service-account key")?;
-        let admin = new_client_cert(&ca, "flatstack-admin", "kubeadm:cluster-admins")?;
-        let super_admin = new_client_cert(&ca, "flatstack-super-admin", "system:masters")?;
+        let admin = new_client_cert(&ca, ADMIN_COMMON_NAME, ADMIN_GROUP)?;
+        let super_admin = new_client_cert(&ca, SUPER_ADMIN_COMMON_NAME, SUPER_ADMIN_GROUP)?;
         Ok(ClusterPki {
             ca,
             front_proxy_ca,
@@ -386,6 +415,64 @@ impl ClusterPki {
         Ok(())
     }
 
+    /// When the administrators' client certificates expire.
+    pub fn client_certificates(&self) -> Vec<ClientCertificate> {
+        [("admin", &self.admin), ("super-admin", &self.super_admin)]
+            .into_iter()
+            .filter_map(|(who, pair)| {
+                Some(ClientCertificate {
+                    who,
+                    not_after: not_after(&pair.cert_pem)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Re-issues, from the cluster CA and for the keys they have, the administrators' client
+    /// certificates that are [`ClientCertificate::due`] at `now`, and writes them into the
+    /// state directory (one file each, replaced atomically: a kubeconfig made before keeps
+    /// working until its own certificate expires). Returns the certificates as they were.
+    pub fn renew_client_certificates(
+        &mut self,
+        state: &StateDir,
+        now: OffsetDateTime,
+    ) -> Result<Vec<ClientCertificate>, PkiError> {
+        use names::*;
+        let due: Vec<ClientCertificate> = self
+            .client_certificates()
+            .into_iter()
+            .filter(|c| c.due(now))
+            .collect();
+        if due.is_empty() {
+            return Ok(due);
+        }
+        let dir =
+            StateDir::open_existing(&state.join(PKI_DIR))?.ok_or_else(|| PkiError::Incomplete {
+                dir: state.join(PKI_DIR),
+                name: "pki",
+                detail: "directory vanished".into(),
+            })?;
+        for old in &due {
+            let (pair, file, common_name, group) = match old.who {
+                "admin" => (&mut self.admin, ADMIN_CRT, ADMIN_COMMON_NAME, ADMIN_GROUP),
+                _ => (
+                    &mut self.super_admin,
+                    SUPER_ADMIN_CRT,
+                    SUPER_ADMIN_COMMON_NAME,
+                    SUPER_ADMIN_GROUP,
+                ),
+            };
+            let key =
+                KeyPair::from_pem(pair.key_pem.expose()).map_err(|source| PkiError::Generate {
+                    what: common_name,
+                    source,
+                })?;
+            pair.cert_pem = client_cert_for(&self.ca, &key, common_name, group)?;
+            dir.write(file, pair.cert_pem.as_bytes(), 0o644)?;
+        }
+        Ok(due)
+    }
+
     /// kubeadm's `--discovery-token-ca-cert-hash`: SHA-256 over the cluster CA's
     /// SubjectPublicKeyInfo, exactly as it is encoded in the certificate.
     pub(crate) fn discovery_hash(&self) -> String {
@@ -443,18 +530,37 @@ fn new_ca(common_name: &'static str) -> Result<CertAndKey, PkiError> {
     })
 }
 
+const ADMIN_COMMON_NAME: &str = "flatstack-admin";
+/// Bound to cluster-admin by kubeadm.
+const ADMIN_GROUP: &str = "kubeadm:cluster-admins";
+const SUPER_ADMIN_COMMON_NAME: &str = "flatstack-super-admin";
+const SUPER_ADMIN_GROUP: &str = "system:masters";
+
 fn new_client_cert(
     ca: &CertAndKey,
     common_name: &'static str,
     group: &str,
 ) -> Result<CertAndKey, PkiError> {
+    let key = new_key(common_name)?;
+    Ok(CertAndKey {
+        cert_pem: client_cert_for(ca, &key, common_name, group)?,
+        key_pem: Secret::new(key.serialize_pem()),
+    })
+}
+
+/// A client certificate for `key` in `group`, signed by `ca`, valid [`CLIENT_VALIDITY_DAYS`].
+fn client_cert_for(
+    ca: &CertAndKey,
+    key: &KeyPair,
+    common_name: &'static str,
+    group: &str,
+) -> Result<String, PkiError> {
     let generate = |source| PkiError::Generate {
         what: common_name,
         source,
     };
     let ca_key = KeyPair::from_pem(ca.key_pem.expose()).map_err(generate)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(generate)?;
-    let key = new_key(common_name)?;
     let mut params = base_params(common_name, CLIENT_VALIDITY_DAYS)?;
     params
         .distinguished_name
@@ -462,11 +568,15 @@ fn new_client_cert(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
-    let cert = params.signed_by(&key, &issuer).map_err(generate)?;
-    Ok(CertAndKey {
-        cert_pem: cert.pem(),
-        key_pem: Secret::new(key.serialize_pem()),
-    })
+    let cert = params.signed_by(key, &issuer).map_err(generate)?;
+    Ok(cert.pem())
+}
+
+/// When the PEM certificate expires; `None` if it does not parse.
+fn not_after(cert_pem: &str) -> Option<OffsetDateTime> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).ok()
 }
 
 #[cfg(test)]
@@ -480,6 +590,65 @@ mod tests {
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
         assert!(!shown.contains(pki.bootstrap_token.expose()));
         assert!(shown.contains("BEGIN CERTIFICATE"));
+    }
+
+    /// An administrator's certificate near its end is re-issued for the same key, signed by
+    /// the cluster CA, written to the state directory; one far from it is left alone.
+    #[test]
+    fn client_certificates_are_reissued_before_they_expire() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = StateDir::open_or_create(&dir.path().join("state")).expect("state");
+        let mut pki = ClusterPki::load_or_create(&state).expect("pki");
+        let now = OffsetDateTime::now_utc();
+        let before = pki.client_certificates();
+        assert_eq!(before.len(), 2);
+        for cert in &before {
+            assert_eq!(
+                (cert.not_after - now).whole_days(),
+                CLIENT_VALIDITY_DAYS - 1
+            );
+            assert!(!cert.due(now));
+        }
+        assert!(
+            pki.renew_client_certificates(&state, now)
+                .expect("renew")
+                .is_empty()
+        );
+
+        let old_admin = pki.admin.clone();
+        // 320 days on, 45 are left: both are due.
+        let later = now + Duration::days(320);
+        let renewed = pki.renew_client_certificates(&state, later).expect("renew");
+        assert_eq!(
+            renewed.iter().map(|c| c.who).collect::<Vec<_>>(),
+            ["admin", "super-admin"]
+        );
+        assert!(renewed[0].describe(later).starts_with("expires "));
+        assert_ne!(pki.admin.cert_pem, old_admin.cert_pem);
+        assert_eq!(pki.admin.key_pem.expose(), old_admin.key_pem.expose());
+        // What was written loads, passes the integrity checks (same key, signed by the CA)
+        // and is the new certificate.
+        let loaded = ClusterPki::load_existing(&state)
+            .expect("load")
+            .expect("pki");
+        assert_eq!(loaded.admin.cert_pem, pki.admin.cert_pem);
+        assert_eq!(loaded.super_admin.cert_pem, pki.super_admin.cert_pem);
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(loaded.admin.cert_pem.as_bytes()).expect("PEM");
+        let cert = pem.parse_x509().expect("X.509");
+        assert!(
+            cert.subject()
+                .to_string()
+                .contains("kubeadm:cluster-admins")
+        );
+        let expired = ClientCertificate {
+            who: "admin",
+            not_after: now - Duration::days(5),
+        };
+        assert_eq!(
+            expired.describe(now),
+            format!("expired {} (5 days ago)", expired.not_after.date())
+        );
     }
 
     #[test]

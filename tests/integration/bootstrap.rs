@@ -54,7 +54,10 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
     // Labelled `true` after kubeadm's mark phase (which resets it to ""), which ran.
     let labels = cp.metadata.labels.as_ref().expect("labels");
     assert_eq!(labels["node-role.kubernetes.io/control-plane"], "true");
-    assert!(world.unmarked.is_empty(), "kubeadm marked every control plane");
+    assert!(
+        world.unmarked.is_empty(),
+        "kubeadm marked every control plane"
+    );
     // Its only pool is tainted, so the control plane takes ordinary pods: it must be a member
     // of the cloud controller's load balancers (Traefik's among them), and kubeadm's exclude
     // label is taken off.
@@ -69,7 +72,10 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
         .lines()
         .find(|l| l.starts_with("demo-control-plane-1"))
         .expect("row");
-    assert!(cp_row.contains(" 10.42.0.10 ") && cp_row.contains(" 203.0.113.7 "), "{table}");
+    assert!(
+        cp_row.contains(" 10.42.0.10 ") && cp_row.contains(" 203.0.113.7 "),
+        "{table}"
+    );
     assert!(booted.nodes.iter().all(flatstack::kube::is_initialized));
     // The cloud controller initialized the nodes (the stand-in does it once its chart ran).
     assert!(
@@ -308,7 +314,10 @@ fn a_failed_chart_is_reported_with_its_reason() {
         "{message}"
     );
     // The Job never fails by itself (OnFailure, backoffLimit 1000): its pod's restarts tell.
-    assert!(message.contains("Helm failed 3 times in a row"), "{message}");
+    assert!(
+        message.contains("Helm failed 3 times in a row"),
+        "{message}"
+    );
     assert!(message.contains("CrashLoopBackOff"), "{message}");
     assert!(
         message.contains("Error: INSTALLATION FAILED: failed to download chart"),
@@ -319,8 +328,7 @@ fn a_failed_chart_is_reported_with_its_reason() {
         "{message}"
     );
     let world = server.world.lock().expect("world");
-    let job = &world.objects
-        ["/apis/batch/v1/namespaces/kube-system/jobs/helm-install-openstack-cloud-controller-manager"];
+    let job = &world.objects["/apis/batch/v1/namespaces/kube-system/jobs/helm-install-openstack-cloud-controller-manager"];
     assert_eq!(job["status"]["failed"], Value::Null, "no failed pod: {job}");
 }
 
@@ -550,7 +558,6 @@ fn serves_load_balancers(world: &World) -> bool {
         .is_none_or(|value| value == "false")
 }
 
-
 /// kured must run on every node to reboot it, tainted pools included.
 #[test]
 fn kured_runs_on_every_node_tainted_pools_included() {
@@ -602,4 +609,280 @@ fn a_cluster_without_the_cloud_controller_still_schedules_its_add_ons() {
             [&format!("/apis/batch/v1/namespaces/kube-system/jobs/helm-install-{chart}")];
         assert_eq!(job["status"]["succeeded"], 1, "{chart}");
     }
+}
+
+/// kubeadm's mark-control-plane phase runs a moment after `/readyz` first answers and resets
+/// the role label to `""`: flatstack labels only after it (the exclude label is the sign),
+/// and puts `true` back when the phase runs again later (`kubeadm init phase
+/// mark-control-plane` by hand), before the waits that depend on it.
+#[test]
+fn the_control_plane_label_outlives_kubeadms_mark_phase() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec(1);
+    let server = stand_in(
+        &pki,
+        &spec,
+        World {
+            marks_again_at: Some(40),
+            job_polls: 2,
+            ..World::default()
+        },
+    );
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
+    let lines = std::sync::Mutex::new(Vec::new());
+    let say = |line: &str| lines.lock().expect("lines").push(line.to_string());
+    runtime()
+        .block_on(bootstrap(
+            &client,
+            &spec.nodes(),
+            &set,
+            Duration::from_secs(120),
+            &say,
+        ))
+        .expect("bootstrap");
+    let world = server.world.lock().expect("world");
+    let mark_at = world.mark_at.expect("kubeadm marked the control plane");
+    // Every label patch came after kubeadm's first mark, and the second mark was undone.
+    let patches: Vec<usize> = world
+        .seen
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.method == "PATCH" && s.path == "/api/v1/nodes/demo-control-plane-1")
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    assert!(patches[0] > mark_at, "{patches:?} after {mark_at}");
+    assert!(patches[1] > 40, "{patches:?}");
+    let labels = world.nodes["demo-control-plane-1"]
+        .metadata
+        .labels
+        .clone()
+        .expect("labels");
+    assert_eq!(labels["node-role.kubernetes.io/control-plane"], "true");
+    let said = lines.lock().expect("lines").join("\n");
+    assert!(
+        said.contains("waiting for kubeadm to mark the control planes"),
+        "{said}"
+    );
+}
+
+/// With `cloud-provider=external`, Ready comes from the pod network alone: a node the cloud
+/// controller never initializes keeps `node.cloudprovider.kubernetes.io/uninitialized` and
+/// takes no ordinary pod. `up` waits for both and names what is missing.
+#[test]
+fn nodes_the_cloud_controller_has_not_initialized_are_waited_for_and_named() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec(1);
+    let server = stand_in(
+        &pki,
+        &spec,
+        World {
+            cloud_controller_broken: true,
+            ..World::default()
+        },
+    );
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let mut set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
+    // Only what makes nodes Ready: the pod network and the cloud controller's chart.
+    let keep = ["flannel", "openstack-cloud-controller-manager"];
+    set.manifests
+        .retain(|m| m.kind() != "HelmChart" || keep.contains(&m.name()));
+    set.charts.retain(|c| keep.contains(&c.as_str()));
+    let error = runtime()
+        .block_on(bootstrap(
+            &client,
+            &spec.nodes(),
+            &set,
+            Duration::from_secs(20),
+            &quiet,
+        ))
+        .expect_err("never initialized");
+    let message = error.to_string();
+    assert!(
+        message.contains("demo-default-1 (Ready, not yet initialized by the cloud controller)"),
+        "{message}"
+    );
+    assert!(server.world.lock().expect("world").ready("demo-default-1"));
+}
+
+/// New credentials roll the cloud controller and Cinder CSI: the digest of `cloud.conf` in
+/// their pod annotations changes their charts, so helm-controller runs their Jobs again; the
+/// `cloud-config` Secret loses the key no longer given (applied as `data`, not `stringData`,
+/// which server-side apply would keep: kubernetes/kubernetes#108008).
+#[test]
+fn rotated_credentials_reach_the_cloud_controller_and_cinder_csi() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec(1);
+    let mut with_ca = conf();
+    with_ca.ca_bundle = Some("-----BEGIN CERTIFICATE-----\nprivate CA\n".into());
+    let server = stand_in(&pki, &spec, World::default());
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let run = |conf: &flatstack::addons::CloudConf| {
+        let set = addons::for_cluster(&spec, conf, b"key").expect("add-ons");
+        runtime()
+            .block_on(bootstrap(
+                &client,
+                &spec.nodes(),
+                &set,
+                Duration::from_secs(120),
+                &quiet,
+            ))
+            .expect("bootstrap");
+    };
+    run(&with_ca);
+    let secret = "/api/v1/namespaces/kube-system/secrets/cloud-config";
+    let uids = |server: &StandIn| -> Vec<Value> {
+        let world = server.world.lock().expect("world");
+        ["openstack-cloud-controller-manager", "openstack-cinder-csi", "kured"]
+            .iter()
+            .map(|chart| {
+                world.objects[&format!("/apis/batch/v1/namespaces/kube-system/jobs/helm-install-{chart}")]
+                    ["metadata"]["uid"]
+                    .clone()
+            })
+            .collect()
+    };
+    let before = uids(&server);
+    assert!(
+        server
+            .world
+            .lock()
+            .expect("world")
+            .secret_text(secret, "ca.crt")
+            .is_some()
+    );
+
+    let mut rotated = conf();
+    rotated.text =
+        flatstack::secret::Secret::new("[Global]\napplication-credential-secret = \"rotated\"\n");
+    run(&rotated);
+    let after = uids(&server);
+    assert_ne!(after[0], before[0], "the cloud controller's Job ran again");
+    assert_ne!(after[1], before[1], "Cinder CSI's Job ran again");
+    assert_eq!(after[2], before[2], "kured's chart did not change");
+    let world = server.world.lock().expect("world");
+    assert_eq!(
+        world.secret_text(secret, "cloud.conf").as_deref(),
+        Some("[Global]\napplication-credential-secret = \"rotated\"\n")
+    );
+    assert_eq!(
+        world.secret_text(secret, "ca.crt"),
+        None,
+        "the dropped key is gone"
+    );
+    assert!(world.objects[secret].get("stringData").is_none());
+}
+
+/// A replacement node is waited for until the cloud controller initialized it, not only
+/// until Ready: a rolling replacement must not drain onto a node that takes no ordinary pod.
+#[test]
+fn waiting_for_a_node_means_ready_and_initialized() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec(1);
+    let server = stand_in(&pki, &spec, World::default());
+    {
+        let mut world = server.world.lock().expect("world");
+        let node = world.nodes.get_mut("demo-default-1").expect("node");
+        for condition in node
+            .status
+            .as_mut()
+            .and_then(|s| s.conditions.as_mut())
+            .into_iter()
+            .flatten()
+        {
+            condition.status = "True".into();
+        }
+    }
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let error = runtime()
+        .block_on(client.wait_node_ready("demo-default-1", Duration::from_secs(4)))
+        .expect_err("not initialized");
+    assert!(
+        error
+            .to_string()
+            .contains("demo-default-1 is Ready but the cloud controller has not initialized it"),
+        "{error}"
+    );
+}
+
+/// A Job whose pod no node takes says why while flatstack waits: here the nodes stay NotReady
+/// (no pod network), which only the bootstrap charts' Jobs tolerate.
+#[test]
+fn a_chart_whose_job_cannot_be_scheduled_says_why() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec(1);
+    let server = stand_in(&pki, &spec, World::default());
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let mut set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
+    set.manifests.retain(|m| m.name() != "flannel");
+    set.charts.retain(|c| c != "flannel");
+    let error = runtime()
+        .block_on(bootstrap(
+            &client,
+            &spec.nodes(),
+            &set,
+            Duration::from_secs(20),
+            &quiet,
+        ))
+        .expect_err("no node for the Job");
+    let message = error.to_string();
+    assert!(
+        message.contains("chart openstack-cinder-csi installing did not happen"),
+        "{message}"
+    );
+    assert!(
+        message.contains("its pod cannot be scheduled: 0/2 nodes are available"),
+        "{message}"
+    );
+}
+
+/// A chart left failing by an earlier run gets a fresh attempt once its cause is gone: the
+/// crash-looping pod is deleted (the Job makes a new one at once) instead of being reported
+/// again from its old restarts.
+#[test]
+fn a_chart_failing_from_an_earlier_run_gets_a_fresh_attempt() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let spec = spec(1);
+    let server = stand_in(
+        &pki,
+        &spec,
+        World {
+            failing_chart: Some("metrics-server".into()),
+            ..World::default()
+        },
+    );
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    let set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
+    let run = || {
+        runtime().block_on(bootstrap(
+            &client,
+            &spec.nodes(),
+            &set,
+            Duration::from_secs(60),
+            &quiet,
+        ))
+    };
+    let error = run().expect_err("the chart fails");
+    assert!(
+        error.to_string().contains("chart metrics-server failed"),
+        "{error}"
+    );
+    // The cause is fixed (a repository back, say): the next run succeeds.
+    server.world.lock().expect("world").failing_chart = None;
+    run().expect("a fresh attempt succeeds");
+    let world = server.world.lock().expect("world");
+    let deleted: Vec<&str> = world
+        .seen
+        .iter()
+        .filter(|s| s.method == "DELETE" && s.path.contains("/pods/helm-install-metrics-server-"))
+        .map(|s| s.path.as_str())
+        .collect();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
 }

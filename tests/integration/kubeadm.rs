@@ -142,3 +142,26 @@ fn the_check_catches_a_misspelt_field() {
             .is_some_and(|u| u.starts_with(".apiServer.certSans"))
     );
 }
+
+/// helm-controller and the bootstrap charts' Jobs talk to `https://127.0.0.1:6443` with TLS
+/// verified against the cluster CA: that works only because the API server's certificate
+/// names 127.0.0.1, which kubeadm's defaults do not (`GetAPIServerAltNames`).
+#[test]
+fn the_api_servers_certificate_names_the_loopback_address_helm_controller_uses() {
+    let documents = kubeadm_documents("demo-control-plane-1");
+    let cluster = documents
+        .iter()
+        .find(|d| d["kind"] == "ClusterConfiguration")
+        .expect("ClusterConfiguration");
+    let sans: Vec<&str> = cluster["apiServer"]["certSANs"]
+        .as_array()
+        .expect("certSANs")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(sans.contains(&"127.0.0.1"), "{sans:?}");
+    assert!(
+        sans.contains(&"203.0.113.7"),
+        "the floating IP too: {sans:?}"
+    );
+}

@@ -331,9 +331,24 @@ fn a_string_data_key_no_longer_applied_stays_but_a_data_key_goes() {
             field: entries,
         })
     };
-    apply(&mut world, path, "flatstack", true, &secret("stringData", json!({"k": "v", "gone": "x"})));
-    let (_, stored) = apply(&mut world, path, "flatstack", true, &secret("stringData", json!({"k": "v"})));
-    assert_eq!(stored["data"]["gone"], "eA==", "upstream keeps it: {stored}");
+    apply(
+        &mut world,
+        path,
+        "flatstack",
+        true,
+        &secret("stringData", json!({"k": "v", "gone": "x"})),
+    );
+    let (_, stored) = apply(
+        &mut world,
+        path,
+        "flatstack",
+        true,
+        &secret("stringData", json!({"k": "v"})),
+    );
+    assert_eq!(
+        stored["data"]["gone"], "eA==",
+        "upstream keeps it: {stored}"
+    );
 
     let path = "/api/v1/namespaces/kube-system/secrets/t";
     let secret = |entries: Value| {
@@ -342,8 +357,20 @@ fn a_string_data_key_no_longer_applied_stays_but_a_data_key_goes() {
             "data": entries,
         })
     };
-    apply(&mut world, path, "flatstack", true, &secret(json!({"k": "dg==", "gone": "eA=="})));
-    let (_, stored) = apply(&mut world, path, "flatstack", true, &secret(json!({"k": "dg=="})));
+    apply(
+        &mut world,
+        path,
+        "flatstack",
+        true,
+        &secret(json!({"k": "dg==", "gone": "eA=="})),
+    );
+    let (_, stored) = apply(
+        &mut world,
+        path,
+        "flatstack",
+        true,
+        &secret(json!({"k": "dg=="})),
+    );
     assert!(stored["data"].get("gone").is_none(), "{stored}");
     assert_eq!(stored["data"]["k"], "dg==");
 }
@@ -390,6 +417,10 @@ fn pods_fit_nodes_by_taints_and_selectors_and_daemonsets_get_their_tolerations()
         !fits(&node("gpu"), &early, &Value::Null),
         "the pool's own taint"
     );
+    // A control plane registers without kubeadm's taint; its mark phase adds it.
+    assert!(fits(&node("cp"), &early, &Value::Null));
+    world.kubeadm_marks_now();
+    let node = |name: &str| world.nodes[name].clone();
     assert!(
         !fits(&node("cp"), &early, &Value::Null),
         "kubeadm's control-plane taint"
@@ -419,4 +450,140 @@ fn pods_fit_nodes_by_taints_and_selectors_and_daemonsets_get_their_tolerations()
     );
     assert_eq!(added.len(), 6);
     assert_eq!(daemonset_tolerations(true).len(), 7);
+}
+
+/// kubeadm's mark-control-plane phase (`markcontrolplane.go`, `markControlPlaneNode`): the role
+/// label and the exclude label set to `""` whatever they were, the configuration's taints
+/// added to the node's own; the kubelet registered the node without either
+/// (`kubelet_node_status.go`, `initialNode`; `init.go`'s kubelet-start writes no
+/// `--register-with-taints` for a control plane).
+#[test]
+fn kubeadms_mark_phase_overwrites_the_role_label_and_adds_its_taint() {
+    let mut world = World::default();
+    world.register("cp", true);
+    let labels = |world: &World| {
+        world.nodes["cp"]
+            .metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+    };
+    assert!(!labels(&world).contains_key(CONTROL_PLANE_TAINT));
+    assert_eq!(
+        world.nodes["cp"]
+            .spec
+            .as_ref()
+            .and_then(|s| s.provider_id.clone()),
+        Some(format!("openstack:///{}", super::instance_uuid("cp")))
+    );
+    // Under an external cloud provider the kubelet reports no IP address (1.29+).
+    let addresses = world.nodes["cp"]
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.clone())
+        .unwrap_or_default();
+    assert!(
+        addresses.iter().all(|a| a.type_ == "Hostname"),
+        "{addresses:?}"
+    );
+    let (status, _) = call(
+        &mut world,
+        "PATCH",
+        "/api/v1/nodes/cp",
+        "",
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {CONTROL_PLANE_TAINT: "true"}}}),
+    );
+    assert_eq!(status, StatusCode::OK);
+    world.kubeadm_marks_now();
+    let after = labels(&world);
+    assert_eq!(after[CONTROL_PLANE_TAINT], "", "reset whatever it was");
+    assert_eq!(after[super::EXCLUDE_FROM_LOAD_BALANCERS], "");
+    let taints: Vec<String> = world.nodes["cp"]
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.key)
+        .collect();
+    assert!(
+        taints.contains(&CONTROL_PLANE_TAINT.to_string()),
+        "{taints:?}"
+    );
+    assert!(
+        taints.contains(&"node.kubernetes.io/not-ready".to_string()),
+        "kept: {taints:?}"
+    );
+    // The phase runs when `/readyz` has answered, a few requests later.
+    let mut world = World::default();
+    world.register("cp", true);
+    call(&mut world, "GET", "/readyz", "", "", &Value::Null);
+    assert_eq!(
+        world.mark_at,
+        Some(world.requests + super::KUBEADM_MARK_LAG)
+    );
+}
+
+/// helm-controller's install Jobs run with `restartPolicy: OnFailure` and `backoffLimit: 1000`
+/// (`chart.go`): a failing Helm restarts its container in the same pod; the Job keeps
+/// `status.failed` at 0 with no Failed condition (`job_controller.go`,
+/// `pastBackoffLimitOnFailure` counts restarts against the limit only). The kubelet serves the
+/// last attempt's log with `previous=true` (`kubelet_pods.go`, `validateContainerLogStatus`).
+#[test]
+fn a_failing_helm_job_restarts_its_pod_and_never_fails() {
+    let mut world = World {
+        failing_chart: Some("demo".into()),
+        ..World::default()
+    };
+    // A node ordinary pods fit: Ready, no cloud controller in play.
+    world.register_with_taints("worker", false, Vec::new(), false);
+    if let Some(spec) = world.nodes.get_mut("worker").and_then(|n| n.spec.as_mut()) {
+        spec.taints = Some(Vec::new());
+    }
+    world.start_job_for_tests("helm-install-demo", "demo");
+    world.settle_for_tests();
+    let job = "/apis/batch/v1/namespaces/kube-system/jobs/helm-install-demo";
+    // Three failures with the kubelet's growing back-off in between.
+    for _ in 0..12 {
+        call(&mut world, "GET", job, "", "", &Value::Null);
+    }
+    let (_, job_object) = call(&mut world, "GET", job, "", "", &Value::Null);
+    assert_eq!(job_object["status"]["active"], 1);
+    assert!(job_object["status"].get("failed").is_none(), "{job_object}");
+    assert_eq!(job_object["spec"]["backoffLimit"], 1000);
+    let uid = job_object["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let (_, pods) = call(
+        &mut world,
+        "GET",
+        "/api/v1/namespaces/kube-system/pods",
+        &format!("labelSelector=batch.kubernetes.io%2Fcontroller-uid%3D{uid}"),
+        "",
+        &Value::Null,
+    );
+    let pods = pods["items"].as_array().expect("pods").clone();
+    assert_eq!(pods.len(), 1, "one pod, restarted in place");
+    let helm = &pods[0]["status"]["containerStatuses"][0];
+    assert_eq!(helm["name"], "helm");
+    assert!(helm["restartCount"].as_i64().unwrap_or(0) >= 3, "{helm}");
+    assert_eq!(helm["state"]["waiting"]["reason"], "CrashLoopBackOff");
+    let pod = pods[0]["metadata"]["name"].as_str().expect("name");
+    let (status, log) = call(
+        &mut world,
+        "GET",
+        &format!("/api/v1/namespaces/kube-system/pods/{pod}/log"),
+        "container=helm&previous=true",
+        "",
+        &Value::Null,
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        log.as_str()
+            .unwrap_or_default()
+            .contains("Error: INSTALLATION FAILED"),
+        "{log}"
+    );
 }

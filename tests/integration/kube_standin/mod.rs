@@ -13,18 +13,22 @@
 //! | server-side apply: conflicts (409 unless forced), shared ownership, hand-over on force and on update, fields no longer applied removed | apiserver `pkg/endpoints/handlers/fieldmanager`, structured-merge-diff `merge/update.go`, `merge/conflict.go` | `behaviour::field_ownership_…`, `behaviour::fields_a_manager_…`; every flatstack apply (field manager `flatstack`, `force=true`) |
 //! | `uid` and `creationTimestamp` at creation; `resourceVersion` only on a write that changes the object; `generation` 1, bumped by changes outside metadata and status | apiserver `pkg/registry/rest/create.go`, `pkg/storage/etcd3/store.go` (`GuaranteedUpdate`), apiextensions `pkg/registry/customresource/strategy.go` | `behaviour::apply_sets_…`, `day_one::a_changed_chart_…`, `day_one::jupyterhub_install_upgrade_…` (upgrade with nothing changed) |
 //! | a Secret's `stringData` stored as base64 `data`, converted after server-side apply merged the object, so a `stringData` key no longer applied stays in `data` | kubernetes `pkg/apis/core/v1/conversion.go`; kubernetes/kubernetes#108008 (closed unfixed) | `behaviour::a_secrets_…`, `behaviour::a_string_data_key_…`, `day_one::a_rotated_github_secret_…`; flatstack applies Secrets as `data` |
-//! | kubeadm registers control planes with `node-role.kubernetes.io/control-plane:NoSchedule` unless its configuration lists taints; workers with the taints listed | kubeadm `cmd/kubeadm/app/apis/kubeadm/v1beta4/defaults.go` | `bootstrap::a_cluster_without_general_workers_…` |
-//! | new nodes NotReady (`node.kubernetes.io/not-ready:NoSchedule`) until the pod network runs; `node.cloudprovider.kubernetes.io/uninitialized` until the cloud controller initializes them, only when the kubelet runs with `cloud-provider=external` (read from the node's kubeadm configuration) | kubelet `pkg/kubelet/kubelet_node_status.go`, node lifecycle controller | `bootstrap::*`, `day_one::*`, `bootstrap::a_cluster_without_the_cloud_controller_…` |
+//! | kubeadm's taint for control planes is `node-role.kubernetes.io/control-plane:NoSchedule` unless its configuration lists taints (an empty list: none); workers get the taints listed | kubeadm `cmd/kubeadm/app/util/config/initconfiguration.go` (`SetNodeRegistrationDynamicDefaults`), `joinconfiguration.go` | `bootstrap::a_cluster_without_general_workers_…` |
+//! | a worker's kubelet registers with its taints (`--register-with-taints`); a control plane's with none and no role label: kubeadm's mark-control-plane phase, run after wait-control-plane and upload-config, sets `node-role.kubernetes.io/control-plane` and `node.kubernetes.io/exclude-from-external-load-balancers` to `""` whatever they were and adds its taints, patching from the live node; here [`KUBEADM_MARK_LAG`] requests after `/readyz` first answers | kubeadm `cmd/kubeadm/app/cmd/init.go` (phase order), `cmd/kubeadm/app/phases/markcontrolplane/markcontrolplane.go`, `cmd/kubeadm/app/cmd/phases/join/controlplanejoin.go`, `phases/kubelet` (`registerTaintsUsingFlags`) | `behaviour::kubeadms_mark_phase_…`, `bootstrap::the_control_plane_label_outlives_…`, every bootstrap |
+//! | new nodes NotReady (`node.kubernetes.io/not-ready:NoSchedule`) until the pod network runs; with `cloud-provider=external` (read from the node's kubeadm configuration) `node.cloudprovider.kubernetes.io/uninitialized` and no IP address (a kubelet without `--node-ip` leaves them to the cloud controller since 1.29) until the cloud controller initializes them; `spec.providerID` from `--provider-id` at registration | kubelet `pkg/kubelet/kubelet_node_status.go` (`initialNode`), `pkg/kubelet/nodestatus/setters.go` (`NodeAddress`; kubernetes PR #121028) | `bootstrap::node_table_…`, `bootstrap::a_cluster_without_the_cloud_controller_…` |
+//! | the cloud controller initializes nodes (taint off, addresses from the cloud) only while its pod runs: its chart installed and a node its DaemonSet fits (chart values' `nodeSelector`, `tolerations`, host network); a controller whose credentials are refused initializes none | k8s.io/cloud-provider `controllers/node/node_controller.go` (`syncNode`, `updateNodeAddress`); openstack-cloud-controller-manager 2.36.0 `templates/daemonset.yaml` | `bootstrap::nodes_the_cloud_controller_has_not_initialized_…`, `bootstrap::bootstrap_applies_…` |
 //! | a pod fits a node when it tolerates every NoSchedule/NoExecute taint and matches its node selector; toleration matching | kube-scheduler `TaintToleration`, `NodeAffinity` plugins; `k8s.io/api/core/v1/toleration.go` (`ToleratesTaint`) | `behaviour::tolerations_…`, `behaviour::pods_fit_…` |
 //! | helm-controller's install Jobs: `bootstrap: true` charts select control planes (`…/control-plane: "true"`) and get six tolerations; others only `JOB_TOLERATIONS`; a Job runs only where its pod fits | helm-controller v0.17.7 `pkg/controllers/chart/chart.go` (`job()`, `setTolerations`), `pkg/app/app.go` | `bootstrap::a_cluster_without_general_workers_…`, `bootstrap::bootstrap_applies_…` |
 //! | DaemonSet pods get not-ready/unreachable (NoExecute) and disk/memory/pid-pressure/unschedulable (NoSchedule) tolerations, network-unavailable for host-network pods; kured's DaemonSet takes the chart's `tolerations` and `nodeSelector` | kubernetes `pkg/controller/daemon/util/daemonset_util.go` (`AddOrUpdateDaemonPodTolerations`); kubereboot/charts kured-6.1.0 `templates/daemonset.yaml` | `bootstrap::kured_runs_on_every_node_…` |
-//! | helm-controller replaces a chart's Job when its spec or a values Secret changes (after a lag), runs `helm-delete-` Jobs for deleted charts | helm-controller v0.17.7 `pkg/controllers/chart/chart.go` | `day_one::a_changed_chart_…`, `day_one::a_rotated_github_secret_…`, `day_one::jupyterhub_…` |
+//! | helm-controller replaces a chart's Job when its spec or a values Secret changes (after a lag), keeps a Job made for the settings the chart has again, runs `helm-delete-` Jobs for deleted charts | helm-controller v0.17.7 `pkg/controllers/chart/chart.go` (`OnChange`, `reconcileJob`, the skip for a complete Job of the same config hash) | `day_one::a_changed_chart_…`, `day_one::a_change_applied_by_a_stopped_run_…`, `day_one::a_job_that_succeeded_after_…`, `day_one::a_chart_changed_and_changed_back_…`, `day_one::a_rotated_github_secret_…`, `day_one::jupyterhub_…` |
+//! | an install Job (`restartPolicy: OnFailure`, `backoffLimit: 1000`) has one pod, labelled with the Job's UID; a failing Helm restarts the `helm` container in that pod (CrashLoopBackOff in between), the Job stays active with `status.failed` 0 and no condition; the last attempt's log is served with `previous=true`; a pod no node fits stays Pending with the scheduler's `PodScheduled=False` message; a deleted pod is made anew | helm-controller v0.17.7 `chart.go` (`job()`); kubernetes `pkg/controller/job/job_controller.go` (`pastBackoffLimitOnFailure`, pod labels), `pkg/kubelet/kubelet_pods.go` (`validateContainerLogStatus`) | `behaviour::a_failing_helm_job_…`, `bootstrap::a_failed_chart_…`, `bootstrap::a_chart_whose_job_cannot_be_scheduled_…`, `bootstrap::a_chart_failing_from_an_earlier_run_…`, `day_one::a_failing_chart_…` |
 //! | a node read by name: 200 with the Node, 404 `NotFound` (a Status) until its kubelet has registered it, which a kubelet does once its machine runs | apiserver `pkg/endpoints/handlers/get.go`; kubelet `pkg/kubelet/kubelet_node_status.go` (`registerWithAPIServer`) | `up::a_pool_with_a_new_flavor_…` (stand-in kubelets register when their server is ACTIVE; a new node is waited for until Ready) |
 //!
 //! Simplifications, each harmless for what flatstack does: lists are atomic in field
 //! ownership (flatstack always applies whole objects); nodes turn Ready when the flannel chart
-//! has run and are initialized when the cloud controller's has (no pod-level modelling of
-//! those two); `generation` counts annotations of Deployments no differently from other
+//! has run (no pod-level modelling of flannel); install Jobs start running at once (upstream
+//! helm-controller creates them suspended and resumes them once the job controller has seen
+//! them); `generation` counts annotations of Deployments no differently from other
 //! metadata (upstream bumps it for them); evictions can be refused (429) as a
 //! PodDisruptionBudget would.
 
@@ -126,8 +130,13 @@ pub struct World {
     pub marks_again_at: Option<usize>,
     /// Helm's error output for `failing_chart`'s attempts.
     pub helm_error: Option<String>,
+    /// The cloud controller cannot initialize nodes (its credentials are refused, say): its
+    /// pods run, the uninitialized taint stays.
+    pub cloud_controller_broken: bool,
     /// The order nodes registered in (their InternalIP is the 10th address plus it).
     pub node_index: BTreeMap<String, usize>,
+    /// Job GETs left before a crash-looping `helm` container runs again, by pod path.
+    pub back_off: BTreeMap<String, usize>,
 }
 
 /// Requests between `/readyz` first answering ok and kubeadm's mark-control-plane phase:
@@ -324,6 +333,37 @@ impl World {
         }
     }
 
+    /// Starts Job `job` for a HelmChart `chart` applied as-is, as helm-controller would.
+    pub fn start_job_for_tests(&mut self, job: &str, chart: &str) {
+        self.objects.insert(
+            format!("/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/{chart}"),
+            json!({"metadata": {"name": chart}, "spec": {"bootstrap": false}}),
+        );
+        self.start_job(job);
+    }
+
+    /// What the cluster does on its own, at once.
+    pub fn settle_for_tests(&mut self) {
+        self.settle();
+    }
+
+    /// Server-side applies `body` at `path` as `manager`, forced, as if another run of
+    /// flatstack (stopped right after) had: the status code of the answer.
+    pub fn apply_object(&mut self, path: &str, body: &Value, manager: &str) -> u16 {
+        let query = format!("fieldManager={manager}&force=true");
+        let answer = route(
+            self,
+            "PATCH",
+            path,
+            &query,
+            "application/apply-patch+yaml",
+            body.to_string().as_bytes(),
+        );
+        self.run_helm_controller();
+        self.settle();
+        answer.status().as_u16()
+    }
+
     pub fn ready(&self, node: &str) -> bool {
         self.nodes.get(node).is_some_and(flatstack::kube::is_ready)
     }
@@ -412,7 +452,9 @@ impl World {
     /// the chart's `nodeSelector` and `tolerations` (openstack-cloud-controller-manager 2.36.0
     /// `templates/daemonset.yaml`, host network) and what the DaemonSet controller adds.
     fn cloud_controller_runs(&self) -> bool {
-        if !self.chart_installed("openstack-cloud-controller-manager") {
+        if self.cloud_controller_broken
+            || !self.chart_installed("openstack-cloud-controller-manager")
+        {
             return false;
         }
         let chart = self
@@ -732,8 +774,14 @@ impl World {
             })
             .map(|(_, job)| {
                 (
-                    job["metadata"]["name"].as_str().unwrap_or_default().to_string(),
-                    job["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+                    job["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    job["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                 )
             })
             .collect();
@@ -744,7 +792,9 @@ impl World {
             let schedulable = match job.strip_prefix("helm-install-") {
                 Some(chart) => self
                     .objects
-                    .get(&format!("/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/{chart}"))
+                    .get(&format!(
+                        "/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/{chart}"
+                    ))
                     .cloned()
                     .is_some_and(|chart| self.job_schedulable(&chart)),
                 None => true,
@@ -966,11 +1016,23 @@ impl World {
         let count = self.polls.entry(path.to_string()).or_default();
         *count += 1;
         let done = *count > self.job_polls;
+        // The kubelet's back-off before it restarts a failed container: doubling per restart
+        // (10 s, 20 s, 40 s, … upstream; here polls).
+        if let Some(wait) = self.back_off.get_mut(&pod_path)
+            && *wait > 0
+        {
+            *wait -= 1;
+            return;
+        }
         let failing = self
             .failing_chart
             .as_ref()
             .is_some_and(|c| path == job_path(c));
         if failing && done {
+            let restarts = self.objects[&pod_path]["status"]["containerStatuses"][0]["restartCount"]
+                .as_u64()
+                .unwrap_or(0) as usize;
+            self.back_off.insert(pod_path.clone(), 2 * (restarts + 1));
             if let Some(pod) = self.objects.get_mut(&pod_path) {
                 let helm = &mut pod["status"]["containerStatuses"][0];
                 let restarts = helm["restartCount"].as_i64().unwrap_or(0) + 1;
@@ -994,9 +1056,9 @@ impl World {
                     json!({"terminated": {"exitCode": 0, "reason": "Completed"}});
             }
             if let Some(chart) = path
-                    .rsplit('/')
-                    .next()
-                    .and_then(|n| n.strip_prefix("helm-install-"))
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.strip_prefix("helm-install-"))
             {
                 let chart = chart.to_string();
                 self.release_installed(&chart);
@@ -1371,7 +1433,9 @@ fn route(
             )
         }
         ("GET", ["api", "v1", "namespaces", _, "pods", pod, "log"])
-            if world.objects.contains_key(&format!("{JOB_POD_PREFIX}{pod}")) =>
+            if world
+                .objects
+                .contains_key(&format!("{JOB_POD_PREFIX}{pod}")) =>
         {
             job_pod_log(world, pod, query)
         }
@@ -1529,9 +1593,9 @@ fn job_pod_log(world: &World, pod: &str, query: &str) -> Answer {
             "BadRequest",
             &format!("previous terminated container \"helm\" in pod \"{pod}\" not found"),
         ),
-        (true, true) | (false, true) => Response::new(Full::new(Bytes::from(
-            format!("+ helm_v3 install ...\n{output}"),
-        ))),
+        (true, true) | (false, true) => Response::new(Full::new(Bytes::from(format!(
+            "+ helm_v3 install ...\n{output}"
+        )))),
         (false, false) => Response::new(Full::new(Bytes::from("+ helm_v3 install ...\n"))),
     }
 }
@@ -1844,6 +1908,20 @@ pub fn stand_in(
         }
         .expect("kubeadm configuration");
         let registration = kubeadm_registration(&config);
+        // The kubelet registers with `spec.providerID` from this flag, the instance UUID put
+        // in by the node's bootstrap script from Afterburn (the stand-in's `instance_uuid`).
+        let provider_id = registration["kubeletExtraArgs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|arg| arg["name"] == "provider-id")
+            .and_then(|arg| arg["value"].as_str())
+            .unwrap_or_default();
+        assert!(
+            provider_id.starts_with("openstack:///"),
+            "{}: provider-id {provider_id:?}",
+            node.name
+        );
         world.register_with_taints(
             &node.name,
             control_plane,
