@@ -96,6 +96,11 @@ pub async fn bootstrap(
         let mut charts_served = false;
         for manifest in &addons.manifests {
             if manifest.kind() == "HelmChart" && !charts_served {
+                // helm-controller runs only on a control plane labelled for it.
+                changes += marks
+                    .ensure(client, left(), say)
+                    .await
+                    .map_err(|e| e.of_total(within))?;
                 say("waiting for helm-controller to serve HelmCharts");
                 charts::wait_chart_kind_served(client, left())
                     .await

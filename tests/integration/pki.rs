@@ -327,3 +327,87 @@ fn secrets_never_reach_the_terminal() {
     assert!(!all.contains(token.trim()));
     assert!(!all.contains("PRIVATE KEY"));
 }
+
+/// flatstack's admin certificate near its end (made here by openssl: same key, signed by the
+/// cluster CA, 10 days) is re-issued by `flatstack kubeconfig` for the same key, a year long,
+/// and the kubeconfig carries the new one; openssl checks the result.
+#[test]
+fn kubeconfig_reissues_an_admin_certificate_near_its_end() {
+    let workspace = rendered_workspace();
+    let pki = workspace.state_dir().join("pki");
+    let path = |name: &str| pki.join(name).to_str().expect("path").to_string();
+    let csr = openssl(
+        &[
+            "req",
+            "-new",
+            "-key",
+            &path("admin.key"),
+            "-subj",
+            "/O=kubeadm:cluster-admins/CN=flatstack-admin",
+        ],
+        None,
+    );
+    let extensions = workspace.path("client.ext");
+    std::fs::write(&extensions, "extendedKeyUsage=clientAuth\n").expect("write");
+    let short = openssl(
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "10",
+            "-CA",
+            &path("ca.crt"),
+            "-CAkey",
+            &path("ca.key"),
+            "-set_serial",
+            "4242",
+            "-extfile",
+            extensions.to_str().expect("path"),
+        ],
+        Some(&csr),
+    );
+    std::fs::write(pki.join("admin.crt"), &short).expect("write");
+    let key_before = std::fs::read(pki.join("admin.key")).expect("key");
+
+    let state = workspace.state_dir();
+    let made = workspace.flatstack(&[
+        "kubeconfig",
+        "--api-address",
+        "127.0.0.1:6443",
+        "--state-dir",
+        state.to_str().expect("path"),
+    ]);
+    let kubeconfig = success(&made);
+    let said = String::from_utf8_lossy(&made.stderr);
+    assert!(
+        said.contains("re-issued the admin client certificate, which expires ")
+            && said.contains("(in 9 days)"),
+        "{said}"
+    );
+    assert!(!said.contains("super-admin"), "only the one due: {said}");
+    let renewed = std::fs::read(pki.join("admin.crt")).expect("cert");
+    assert_ne!(renewed, short);
+    assert_eq!(
+        std::fs::read(pki.join("admin.key")).expect("key"),
+        key_before
+    );
+    let end =
+        String::from_utf8(openssl(&["x509", "-noout", "-enddate"], Some(&renewed))).expect("utf-8");
+    let year = time::OffsetDateTime::now_utc().year() + 1;
+    assert!(end.contains(&year.to_string()), "{end}");
+    let verified = openssl(&["verify", "-CAfile", &path("ca.crt")], Some(&renewed));
+    assert!(String::from_utf8_lossy(&verified).contains("OK"));
+    use base64::Engine as _;
+    let embedded = base64::engine::general_purpose::STANDARD.encode(&renewed);
+    assert!(kubeconfig.contains(&embedded), "{kubeconfig}");
+    // A second run has nothing to re-issue.
+    let again = workspace.flatstack(&[
+        "kubeconfig",
+        "--api-address",
+        "127.0.0.1:6443",
+        "--state-dir",
+        state.to_str().expect("path"),
+    ]);
+    success(&again);
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("re-issued"));
+}

@@ -881,6 +881,14 @@ fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
             "{chart} in\n{status}"
         );
     }
+    // When flatstack's own client certificates expire.
+    for who in ["admin", "super-admin"] {
+        assert!(
+            status.contains(&format!("flatstack's {who} client certificate expires "))
+                && status.contains("(in 364 days)"),
+            "{status}"
+        );
+    }
 
     // Scale down: the worker is drained through the API before its server goes.
     workspace.write_cluster(&cluster(&name, 1, ""));
