@@ -2,7 +2,8 @@
 # The project's whole test run, as CI runs it: formatting, lints, unit and integration tests.
 # Installs what the tests check against when it is missing: Debian's real Ignition
 # (ignition-validate and the ignition binary), openssl, kubectl, gpg, qemu-img and bzip2 (to
-# make signed Flatcar-like releases), the upstream Kubernetes schemas (kubernetes-validate
+# make signed Flatcar-like releases), nftables, iptables and iproute2 (the metadata guard,
+# loaded into network namespaces the tests make), the upstream Kubernetes schemas (kubernetes-validate
 # from PyPI), and a real OpenStack on
 # 127.0.0.1 (scripts/local-openstack.sh, left running afterwards for the next run).
 set -euo pipefail
@@ -17,6 +18,9 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v gpg >/dev/null || missing+=(gnupg)
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
 command -v bzip2 >/dev/null || missing+=(bzip2)
+command -v nft >/dev/null || missing+=(nftables)
+command -v iptables >/dev/null || missing+=(iptables)
+command -v ip >/dev/null || missing+=(iproute2)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]}"
   sudo=()

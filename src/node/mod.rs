@@ -216,6 +216,8 @@ impl Builder {
             ..ign::Unit::new("locksmithd.service".to_string())
         });
         self.directory(CONFIG_DIR, 0o700);
+        self.file(METADATA_GUARD_RULES, &metadata_guard_rules(spec), 0o644)?;
+        self.unit(METADATA_GUARD_UNIT, Some(metadata_guard_unit()), true);
         self.file(BOOTSTRAP_SCRIPT, &bootstrap_script(), 0o755)?;
         if !spec.access.ssh_public_keys.is_empty() {
             self.users.push(ign::User {

@@ -111,6 +111,58 @@ WantedBy=multi-user.target
     )
 }
 
+/// The netfilter rules that keep pods away from the cloud's metadata service.
+pub(crate) const METADATA_GUARD_RULES: &str = "/etc/flatstack/metadata-guard.nft";
+/// The unit that loads them before the kubelet starts.
+pub(crate) const METADATA_GUARD_UNIT: &str = "flatstack-metadata-guard.service";
+/// The OpenStack metadata service's address, link-local on every server.
+const METADATA_ADDRESS: &str = "169.254.169.254";
+
+/// nftables rules dropping what pods send to the metadata service, which hands this server's
+/// user_data to anyone who asks from inside it. Pods reach it through the node's routing and
+/// masquerade, so their packets pass the forward hook with a pod address as source. The drop
+/// sits in a base chain of flatstack's own table: a verdict `drop` in any base chain is final,
+/// whatever flannel and kube-proxy accept in theirs, and reloading the file replaces only this
+/// table (it is made, deleted and made again), never anyone else's rules. Host-network pods
+/// share the node's own path and are not covered; the metadata service's IPv6 address is
+/// link-local and never routed from pods.
+pub(crate) fn metadata_guard_rules(spec: &ClusterSpec) -> String {
+    let pods = spec.network.pod_cidr;
+    format!(
+        "#!/usr/sbin/nft -f\n\
+         # flatstack: pods ({pods}) may not reach the metadata service ({METADATA_ADDRESS}).\n\
+         table inet flatstack_metadata_guard\n\
+         delete table inet flatstack_metadata_guard\n\
+         table inet flatstack_metadata_guard {{\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter - 10; policy accept;\n\
+         \t\tip saddr {pods} ip daddr {METADATA_ADDRESS} counter drop\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// Loads [`metadata_guard_rules`] before the network and the kubelet come up; the kubelet
+/// requires it, so no pod ever runs on a node without the rules.
+pub(crate) fn metadata_guard_unit() -> String {
+    format!(
+        r#"[Unit]
+Description=flatstack: keep pods away from the cloud's metadata service
+Wants=network-pre.target
+Before=network-pre.target kubelet.service {KUBEADM_UNIT}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=nft -f {METADATA_GUARD_RULES}
+
+[Install]
+WantedBy=multi-user.target
+RequiredBy=kubelet.service
+"#
+    )
+}
+
 /// `/etc/flatcar/update.conf`: update group and server; locksmithd never reboots on its own.
 pub(crate) fn update_conf(spec: &ClusterSpec) -> String {
     let updates = &spec.updates;

@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use flatstack::addons;
+use flatstack::addons::{self, AddonSet};
+use flatstack::apply::ApplyError;
 use flatstack::apply::bootstrap::{Bootstrapped, bootstrap};
 use flatstack::kube::{KubeClient, drain_node};
 use flatstack::spec::ClusterSpec;
@@ -14,6 +15,22 @@ use serde_json::Value;
 
 use crate::kube_standin::{StandIn, World, conf, pki, quiet, runtime, stand_in};
 use crate::support::*;
+
+/// `bootstrap` of `spec`'s nodes with `set`, quietly, within `seconds`.
+fn run(
+    client: &KubeClient,
+    spec: &ClusterSpec,
+    set: &AddonSet,
+    seconds: u64,
+) -> Result<Bootstrapped, ApplyError> {
+    runtime().block_on(bootstrap(
+        client,
+        &spec.nodes(),
+        set,
+        Duration::from_secs(seconds),
+        &quiet,
+    ))
+}
 
 fn spec(workers: u32) -> ClusterSpec {
     let text = cluster_text("https://example.invalid", &"ab".repeat(32), workers);
@@ -36,15 +53,7 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
     );
     let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
     let set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
-    let booted = runtime()
-        .block_on(bootstrap(
-            &client,
-            &spec.nodes(),
-            &set,
-            Duration::from_secs(120),
-            &quiet,
-        ))
-        .expect("bootstrap");
+    let booted = run(&client, &spec, &set, 120).expect("bootstrap");
 
     // Every node Ready, the control plane labelled for helm-controller's bootstrap Jobs.
     assert_eq!(booted.nodes.len(), 3);
@@ -203,15 +212,7 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
 
     // Run again: everything current, no write at all.
     let before = server.writes().len();
-    let again = runtime()
-        .block_on(bootstrap(
-            &client,
-            &spec.nodes(),
-            &set,
-            Duration::from_secs(60),
-            &quiet,
-        ))
-        .expect("second bootstrap");
+    let again = run(&client, &spec, &set, 60).expect("second bootstrap");
     assert_eq!(again.changes, 0);
     assert_eq!(server.writes().len(), before, "{:?}", server.writes());
 
@@ -223,15 +224,7 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
         "[Global]\nauth-url = \"https://keystone.example/v3\"\napplication-credential-secret = \"rotated\"\n",
     );
     let changed = addons::for_cluster(&spec, &rotated, b"key").expect("add-ons");
-    let third = runtime()
-        .block_on(bootstrap(
-            &client,
-            &spec.nodes(),
-            &changed,
-            Duration::from_secs(60),
-            &quiet,
-        ))
-        .expect("third bootstrap");
+    let third = run(&client, &spec, &changed, 60).expect("third bootstrap");
     // Every manifest, the two charts' entries in the record, and the record's digest.
     assert_eq!(third.changes, changed.manifests.len() + 2 + 1);
 }
@@ -299,15 +292,7 @@ fn a_failed_chart_is_reported_with_its_reason() {
     );
     let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
     let set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
-    let error = runtime()
-        .block_on(bootstrap(
-            &client,
-            &spec.nodes(),
-            &set,
-            Duration::from_secs(60),
-            &quiet,
-        ))
-        .expect_err("the chart fails");
+    let error = run(&client, &spec, &set, 60).expect_err("the chart fails");
     let message = error.to_string();
     assert!(
         message.contains("chart openstack-cloud-controller-manager failed to install"),
@@ -343,15 +328,7 @@ fn a_cluster_that_never_gets_ready_times_out_saying_what_it_waits_for() {
     let mut set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
     set.manifests.retain(|m| m.name() != "flannel");
     set.charts.clear();
-    let error = runtime()
-        .block_on(bootstrap(
-            &client,
-            &spec.nodes(),
-            &set,
-            Duration::from_secs(8),
-            &quiet,
-        ))
-        .expect_err("never Ready");
+    let error = run(&client, &spec, &set, 8).expect_err("never Ready");
     let message = error.to_string();
     assert!(
         message.contains("every node Ready did not happen within 8 s"),
@@ -483,15 +460,7 @@ fn boot(spec: &ClusterSpec, world: World) -> (StandIn, Result<Bootstrapped, Stri
     let server = stand_in(&pki, spec, world);
     let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
     let set = addons::for_cluster(spec, &conf(), b"key").expect("add-ons");
-    let booted = runtime()
-        .block_on(bootstrap(
-            &client,
-            &spec.nodes(),
-            &set,
-            Duration::from_secs(20),
-            &quiet,
-        ))
-        .map_err(|e| e.to_string());
+    let booted = run(&client, spec, &set, 20).map_err(|e| e.to_string());
     (server, booted)
 }
 
@@ -691,15 +660,7 @@ fn nodes_the_cloud_controller_has_not_initialized_are_waited_for_and_named() {
     set.manifests
         .retain(|m| m.kind() != "HelmChart" || keep.contains(&m.name()));
     set.charts.retain(|c| keep.contains(&c.as_str()));
-    let error = runtime()
-        .block_on(bootstrap(
-            &client,
-            &spec.nodes(),
-            &set,
-            Duration::from_secs(20),
-            &quiet,
-        ))
-        .expect_err("never initialized");
+    let error = run(&client, &spec, &set, 20).expect_err("never initialized");
     let message = error.to_string();
     assert!(
         message.contains("demo-default-1 (Ready, not yet initialized by the cloud controller)"),
@@ -721,19 +682,11 @@ fn rotated_credentials_reach_the_cloud_controller_and_cinder_csi() {
     with_ca.ca_bundle = Some("-----BEGIN CERTIFICATE-----\nprivate CA\n".into());
     let server = stand_in(&pki, &spec, World::default());
     let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
-    let run = |conf: &flatstack::addons::CloudConf| {
+    let up_with = |conf: &flatstack::addons::CloudConf| {
         let set = addons::for_cluster(&spec, conf, b"key").expect("add-ons");
-        runtime()
-            .block_on(bootstrap(
-                &client,
-                &spec.nodes(),
-                &set,
-                Duration::from_secs(120),
-                &quiet,
-            ))
-            .expect("bootstrap");
+        run(&client, &spec, &set, 120).expect("bootstrap");
     };
-    run(&with_ca);
+    up_with(&with_ca);
     let secret = "/api/v1/namespaces/kube-system/secrets/cloud-config";
     let uids = |server: &StandIn| -> Vec<Value> {
         let world = server.world.lock().expect("world");
@@ -759,7 +712,7 @@ fn rotated_credentials_reach_the_cloud_controller_and_cinder_csi() {
     let mut rotated = conf();
     rotated.text =
         flatstack::secret::Secret::new("[Global]\napplication-credential-secret = \"rotated\"\n");
-    run(&rotated);
+    up_with(&rotated);
     let after = uids(&server);
     assert_ne!(after[0], before[0], "the cloud controller's Job ran again");
     assert_ne!(after[1], before[1], "Cinder CSI's Job ran again");
@@ -822,15 +775,7 @@ fn a_chart_whose_job_cannot_be_scheduled_says_why() {
     let mut set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
     set.manifests.retain(|m| m.name() != "flannel");
     set.charts.retain(|c| c != "flannel");
-    let error = runtime()
-        .block_on(bootstrap(
-            &client,
-            &spec.nodes(),
-            &set,
-            Duration::from_secs(20),
-            &quiet,
-        ))
-        .expect_err("no node for the Job");
+    let error = run(&client, &spec, &set, 20).expect_err("no node for the Job");
     let message = error.to_string();
     assert!(
         message.contains("chart openstack-cinder-csi installing did not happen"),
@@ -860,23 +805,14 @@ fn a_chart_failing_from_an_earlier_run_gets_a_fresh_attempt() {
     );
     let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
     let set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
-    let run = || {
-        runtime().block_on(bootstrap(
-            &client,
-            &spec.nodes(),
-            &set,
-            Duration::from_secs(60),
-            &quiet,
-        ))
-    };
-    let error = run().expect_err("the chart fails");
+    let error = run(&client, &spec, &set, 60).expect_err("the chart fails");
     assert!(
         error.to_string().contains("chart metrics-server failed"),
         "{error}"
     );
     // The cause is fixed (a repository back, say): the next run succeeds.
     server.world.lock().expect("world").failing_chart = None;
-    run().expect("a fresh attempt succeeds");
+    run(&client, &spec, &set, 60).expect("a fresh attempt succeeds");
     let world = server.world.lock().expect("world");
     let deleted: Vec<&str> = world
         .seen

@@ -104,6 +104,26 @@ fn assert_common_tree(root: &Path, sysext: &[u8]) {
             .any(|l| l == "enable systemd-sysupdate.timer"),
         "{preset}"
     );
+    // Every node keeps pods away from the metadata service before its kubelet starts.
+    assert!(
+        preset
+            .lines()
+            .any(|l| l == "enable flatstack-metadata-guard.service"),
+        "{preset}"
+    );
+    let guard = std::fs::read_to_string(units.join("flatstack-metadata-guard.service"))
+        .expect("metadata guard unit");
+    assert!(guard.contains("RequiredBy=kubelet.service"), "{guard}");
+    assert!(
+        guard.contains("Before=network-pre.target kubelet.service"),
+        "{guard}"
+    );
+    let rules = std::fs::read_to_string(root.join("etc/flatstack/metadata-guard.nft"))
+        .expect("metadata guard rules");
+    assert!(
+        rules.contains("ip saddr 10.244.0.0/16 ip daddr 169.254.169.254 counter drop"),
+        "{rules}"
+    );
     let locksmithd =
         std::fs::read_link(units.join("locksmithd.service")).expect("masked locksmithd");
     assert_eq!(locksmithd, Path::new("/dev/null"));
@@ -295,10 +315,14 @@ fn a_tampered_sysext_is_refused_by_ignition() {
 }
 
 /// Units Flatcar provides that ours depend on; stand-ins so systemd can resolve them.
-const FLATCAR_UNITS: [&str; 2] = ["coreos-metadata.service", "containerd.service"];
+const FLATCAR_UNITS: [&str; 3] = [
+    "coreos-metadata.service",
+    "containerd.service",
+    "kubelet.service",
+];
 
 #[test]
-fn kubeadm_unit_passes_systemd_analyze_verify() {
+fn units_pass_systemd_analyze_verify() {
     require_tool("systemd-analyze");
     let rendered = render_cluster();
     for node in ["demo-control-plane-1", "demo-default-1"] {
@@ -322,17 +346,29 @@ fn kubeadm_unit_passes_systemd_analyze_verify() {
             )
             .expect("stand-in");
         }
-        let unit = applied.root.join("etc/systemd/system/kubeadm.service");
-        let output = Command::new("systemd-analyze")
-            .arg("verify")
-            .arg(format!("--root={}", applied.root.display()))
-            .arg(&unit)
-            .output()
-            .expect("run systemd-analyze");
-        let complaints = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success() && complaints.trim().is_empty(),
-            "{node}: {complaints}"
-        );
+        // Flatcar ships nft in /usr/sbin (its iptables is nft-based since 3510.2.0).
+        let sbin = applied.root.join("usr/sbin");
+        std::fs::create_dir_all(&sbin).expect("sbin");
+        std::fs::write(sbin.join("nft"), "#!/bin/sh\n").expect("nft stand-in");
+        std::fs::set_permissions(
+            sbin.join("nft"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        for unit in ["kubeadm.service", "flatstack-metadata-guard.service"] {
+            let unit = applied.root.join("etc/systemd/system").join(unit);
+            let output = Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(format!("--root={}", applied.root.display()))
+                .arg(&unit)
+                .output()
+                .expect("run systemd-analyze");
+            let complaints = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                output.status.success() && complaints.trim().is_empty(),
+                "{node} {}: {complaints}",
+                unit.display()
+            );
+        }
     }
 }

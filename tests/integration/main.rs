@@ -9,6 +9,7 @@ mod ignition;
 mod image;
 mod kube_standin;
 mod kubeadm;
+mod metadata_guard;
 mod openstack;
 mod pki;
 mod proxy;

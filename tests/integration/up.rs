@@ -8,6 +8,10 @@ use serde_json::Value;
 use crate::openstack::{cli, cli_raw, clouds_yaml, unique};
 use crate::support::*;
 
+/// An API address on loopback where nothing listens: `status` asks it instead of the cluster's
+/// floating IP, which is on no machine (and which no test may dial).
+const NO_API: &str = "127.0.0.1:9";
+
 pub(crate) fn cluster(name: &str, workers: u32, extra: &str) -> String {
     format!(
         r#"name = "{name}"
@@ -282,8 +286,9 @@ fn up_converges_scales_and_down_removes_everything() {
         );
     }
 
-    // status lists every resource with its state.
-    let status = success(&flatstack(&workspace, &["status"]));
+    // status lists every resource with its state. Its API is asked on a loopback port where
+    // nothing listens: the floating IP is on no machine, and nothing may dial it.
+    let status = success(&flatstack(&workspace, &["status", "--api-address", NO_API]));
     for fragment in [
         format!("{name}-net"),
         format!("{name}-router"),
@@ -645,7 +650,7 @@ fn a_failed_build_is_reported_by_up_and_status() {
         message.contains("Build of instance"),
         "Nova's own words:\n{message}"
     );
-    let status = flatstack(&workspace, &["status"]);
+    let status = flatstack(&workspace, &["status", "--api-address", NO_API]);
     let shown = String::from_utf8_lossy(&status.stdout);
     assert_eq!(status.status.code(), Some(1));
     assert!(

@@ -462,19 +462,7 @@ impl World {
             .get("/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/openstack-cloud-controller-manager")
             .cloned()
             .unwrap_or(Value::Null);
-        let values: Value = chart["spec"]["valuesContent"]
-            .as_str()
-            .and_then(|text| serde_json::from_str(text).ok())
-            .unwrap_or(Value::Null);
-        let mut tolerations: Vec<Value> = values["tolerations"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        tolerations.extend(schedule::daemonset_tolerations(true));
-        let selector = values
-            .get("nodeSelector")
-            .cloned()
-            .unwrap_or_else(|| json!({}));
+        let (tolerations, selector) = daemonset_placement(&chart, true, json!({}));
         self.nodes
             .values()
             .any(|node| schedule::fits(node, &tolerations, &selector))
@@ -881,19 +869,8 @@ impl World {
     /// and `nodeSelector`, `hostNetwork` false) gets a pod on every node it may run on, with
     /// the tolerations the DaemonSet controller adds.
     fn run_kured(&mut self, chart: &Value) {
-        let values: Value = chart["spec"]["valuesContent"]
-            .as_str()
-            .and_then(|text| serde_json::from_str(text).ok())
-            .unwrap_or(Value::Null);
-        let mut tolerations: Vec<Value> = values["tolerations"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        tolerations.extend(schedule::daemonset_tolerations(false));
-        let selector = match values.get("nodeSelector") {
-            Some(selector) => selector.clone(),
-            None => json!({"kubernetes.io/os": "linux"}),
-        };
+        let (tolerations, selector) =
+            daemonset_placement(chart, false, json!({"kubernetes.io/os": "linux"}));
         let nodes: Vec<String> = self
             .nodes
             .iter()
@@ -1065,6 +1042,30 @@ impl World {
             }
         }
     }
+}
+
+/// Where the pods of a chart's DaemonSet may run: the chart values' `tolerations` and
+/// `nodeSelector` (`default_selector` when the values give none), with the tolerations the
+/// DaemonSet controller adds (more for host-network pods).
+fn daemonset_placement(
+    chart: &Value,
+    host_network: bool,
+    default_selector: Value,
+) -> (Vec<Value>, Value) {
+    let values: Value = chart["spec"]["valuesContent"]
+        .as_str()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or(Value::Null);
+    let mut tolerations: Vec<Value> = values["tolerations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    tolerations.extend(schedule::daemonset_tolerations(host_network));
+    let selector = values
+        .get("nodeSelector")
+        .cloned()
+        .unwrap_or(default_selector);
+    (tolerations, selector)
 }
 
 /// Where the stand-in keeps the pods of Jobs.
