@@ -57,7 +57,8 @@ case $role in
   control-plane)
     mkdir -p {CERTIFICATES_DIR}
     cp -a {PKI_SOURCE_DIR}/. {CERTIFICATES_DIR}/
-    command=(kubeadm init --config {CONFIG_DIR}/kubeadm.yaml)
+    # The join command kubeadm would print carries the bootstrap token.
+    command=(kubeadm init --config {CONFIG_DIR}/kubeadm.yaml --skip-token-print)
     ;;
   worker)
     command=(kubeadm join --config {CONFIG_DIR}/kubeadm.yaml)
@@ -81,7 +82,8 @@ fi
     )
 }
 
-/// The oneshot unit that bootstraps the node, once: kubelet.conf exists afterwards.
+/// The oneshot unit that bootstraps the node, once: kubelet.conf exists afterwards. kubeadm's
+/// output goes to the journal only.
 pub(crate) fn kubeadm_unit(role: Role) -> String {
     let role = match role {
         Role::ControlPlane => "control-plane",
@@ -102,8 +104,10 @@ EnvironmentFile=/run/metadata/flatcar
 ExecStart={BOOTSTRAP_SCRIPT} {role}
 Restart=on-failure
 RestartSec=20s
-StandardOutput=journal+console
-StandardError=journal+console
+# The journal only: every project member can read the console log through Nova's API. The
+# script's own progress lines (no secrets) still reach the console through /dev/kmsg.
+StandardOutput=journal
+StandardError=journal
 
 [Install]
 WantedBy=multi-user.target

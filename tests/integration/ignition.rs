@@ -264,6 +264,17 @@ fn control_plane_tree_has_the_cluster_cas() {
     let unit =
         std::fs::read_to_string(root.join("etc/systemd/system/kubeadm.service")).expect("unit");
     assert!(unit.contains("flatstack-bootstrap control-plane"));
+    // The console log is every project member's to read (Nova's API): kubeadm's output, and
+    // the join command with its token that `kubeadm init` prints, never reach it.
+    for line in unit.lines().filter(|l| l.starts_with("Standard")) {
+        assert!(!line.contains("console"), "{line}");
+    }
+    let script = std::fs::read_to_string(root.join("opt/flatstack/bin/flatstack-bootstrap"))
+        .expect("bootstrap script");
+    assert!(
+        script.contains("kubeadm init --config /etc/flatstack/kubeadm.yaml --skip-token-print"),
+        "{script}"
+    );
 }
 
 #[test]
