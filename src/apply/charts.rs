@@ -172,8 +172,8 @@ pub(crate) async fn wait_chart_kind_served(
 pub(crate) const HELM_CHART_CRD: &str = "helmcharts.helm.cattle.io";
 
 /// Settles chart `name`. When the record holds its current settings, it is settled if the
-/// recorded Job is still its Job or its Job succeeded; a newer Job still running (the chart
-/// changed and changed back) is waited for. Otherwise flatstack waits for a successful Job
+/// recorded Job is still its Job, or its Job succeeded and is not one this run made stale; a
+/// newer Job (the chart changed and changed back) is waited for. Otherwise flatstack waits for a successful Job
 /// that is neither in `stale` (made stale by this run's apply) nor the one recorded for older
 /// settings, and records it. Returns whether it waited.
 pub(crate) async fn settle(
@@ -211,7 +211,10 @@ pub(crate) async fn settle(
                 .and_then(|s| s.succeeded)
                 .unwrap_or(0)
                 > 0;
-            if uid == old.job_uid || succeeded {
+            // A success counts only from a Job this run's apply did not make stale: a chart
+            // changed, run, and changed back still has the Job of the change until
+            // helm-controller replaces it.
+            if uid == old.job_uid || (succeeded && !stale.contains(&uid)) {
                 return Ok(false);
             }
             stale.clone()

@@ -410,6 +410,68 @@ fn a_chart_changed_and_changed_back_is_settled_without_a_new_job() {
     assert!(job_made_for_current_spec(&server));
 }
 
+/// A chart changed by a stopped run whose new Job ran, then changed back: the Job there is the
+/// change's, succeeded, and helm-controller will replace it for the settings the chart has
+/// again. Its success is not taken for them.
+#[test]
+fn a_chart_changed_run_and_changed_back_waits_for_the_job_of_its_settings() {
+    let workspace = Workspace::new();
+    let pki = pki(&workspace);
+    let original = spec("");
+    let server = booted(
+        &pki,
+        &original,
+        World {
+            replace_lag: 2,
+            ..World::default()
+        },
+    );
+    let first_uid = job_uid(&server);
+    let changed = spec("\n[updates]\nreboot_days = [\"sun\"]\n");
+    server.world.lock().expect("world").apply_object(
+        KURED_CHART,
+        &chart_body(&changed, "kured"),
+        "flatstack",
+    );
+    let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
+    // helm-controller replaces the Job for the change and it succeeds.
+    for _ in 0..10 {
+        runtime()
+            .block_on(flatstack::apply::charts::chart_states(&client))
+            .expect("states");
+        let job = server.world.lock().expect("world").objects[KURED_JOB].clone();
+        if job["metadata"]["uid"] != first_uid && job["status"]["succeeded"] == 1 {
+            break;
+        }
+    }
+    let change_uid = job_uid(&server);
+    assert_ne!(change_uid, first_uid);
+    assert!(job_made_for_current_spec(&server));
+    server
+        .world
+        .lock()
+        .expect("world")
+        .objects
+        .get_mut("/api/v1/namespaces/kube-system/configmaps/flatstack")
+        .expect("record")["data"]["addons-digest"] = json!("from the stopped run");
+    let set = addons::for_cluster(&original, &conf(), b"key").expect("add-ons");
+    runtime()
+        .block_on(bootstrap(
+            &client,
+            &original.nodes(),
+            &set,
+            Duration::from_secs(60),
+            &quiet,
+        ))
+        .expect("the run that changed it back");
+    let last_uid = job_uid(&server);
+    assert!(
+        last_uid != change_uid && last_uid != first_uid,
+        "{last_uid}"
+    );
+    assert!(job_made_for_current_spec(&server));
+}
+
 #[test]
 fn a_failing_chart_reports_helms_own_output() {
     let workspace = Workspace::new();
