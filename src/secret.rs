@@ -17,6 +17,20 @@ impl Secret {
     }
 }
 
+/// A hex SHA-256 of `parts` keyed with `key` (a secret only flatstack holds), each part length
+/// prefixed so no two sequences of parts hash alike: a digest that tells when secret content
+/// changed and nothing about it.
+pub(crate) fn keyed_digest<'a>(key: &[u8], parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(key);
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hex::encode(hasher.finalize())
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret([redacted])")

@@ -31,15 +31,8 @@ impl CloudConf {
     /// A digest of both files keyed with `key` (a secret only flatstack holds), so the digest
     /// tells when the credentials changed and nothing about them.
     pub(crate) fn digest(&self, key: &[u8]) -> String {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
-        hasher.update(key);
-        for part in [Some(self.text.expose()), self.ca_bundle.as_deref()] {
-            let part = part.unwrap_or_default();
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part.as_bytes());
-        }
-        hex::encode(hasher.finalize())
+        let ca_bundle = self.ca_bundle.as_deref().unwrap_or_default();
+        crate::secret::keyed_digest(key, [self.text.expose().as_bytes(), ca_bundle.as_bytes()])
     }
 }
 

@@ -173,9 +173,9 @@ pub(crate) const HELM_CHART_CRD: &str = "helmcharts.helm.cattle.io";
 
 /// Settles chart `name`. When the record holds its current settings, it is settled if the
 /// recorded Job is still its Job, or its Job succeeded and is not one this run made stale; a
-/// newer Job (the chart changed and changed back) is waited for. Otherwise flatstack waits for a successful Job
-/// that is neither in `stale` (made stale by this run's apply) nor the one recorded for older
-/// settings, and records it. Returns whether it waited.
+/// newer Job (the chart changed and changed back) is waited for. Otherwise flatstack waits for
+/// a successful Job that is neither in `stale` (made stale by this run's apply) nor the one
+/// recorded for older settings, and records it. Returns whether it waited.
 pub(crate) async fn settle(
     client: &KubeClient,
     record: &mut Record,

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::addons::{HelmChart, NAMESPACE, RECORD_CONFIGMAP};
 use crate::kube::{KubeClient, KubeError};
+use crate::secret::keyed_digest;
 
 /// The record's key for the whole add-on set's digest.
 const ADDONS_DIGEST: &str = "addons-digest";
@@ -111,23 +112,11 @@ impl Record {
         client: &KubeClient,
         chart: &HelmChart,
     ) -> Result<String, KubeError> {
-        let mut hasher = Sha256::new();
-        hasher.update(self.key.0);
-        let field = |hasher: &mut Sha256, bytes: &[u8]| {
-            hasher.update((bytes.len() as u64).to_be_bytes());
-            hasher.update(bytes);
-        };
-        field(
-            &mut hasher,
-            chart.metadata.uid.as_deref().unwrap_or_default().as_bytes(),
-        );
         // A typed struct serializes its fields in one fixed order.
-        field(
-            &mut hasher,
-            serde_json::to_string(&chart.spec)
-                .unwrap_or_default()
-                .as_bytes(),
-        );
+        let mut parts: Vec<Vec<u8>> = vec![
+            chart.metadata.uid.clone().unwrap_or_default().into_bytes(),
+            serde_json::to_vec(&chart.spec).unwrap_or_default(),
+        ];
         let mut secrets: Vec<&str> = chart
             .spec
             .values_secrets
@@ -139,12 +128,12 @@ impl Record {
             let secret: Option<Secret> = client
                 .get(&format!("/api/v1/namespaces/{NAMESPACE}/secrets/{name}"))
                 .await?;
-            field(&mut hasher, name.as_bytes());
+            parts.push(name.as_bytes().to_vec());
             for (key, value) in secret.and_then(|s| s.data).unwrap_or_default() {
-                field(&mut hasher, key.as_bytes());
-                field(&mut hasher, &value.0);
+                parts.push(key.into_bytes());
+                parts.push(value.0);
             }
         }
-        Ok(hex::encode(hasher.finalize()))
+        Ok(keyed_digest(&self.key.0, parts.iter().map(Vec::as_slice)))
     }
 }

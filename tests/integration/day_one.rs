@@ -260,6 +260,66 @@ fn job_made_for_current_spec(server: &StandIn) -> bool {
     world.job_specs["kured"].0["spec"] == chart["spec"]
 }
 
+/// The cluster file with a new reboot window: only kured's chart changes.
+fn with_new_reboot_window() -> ClusterSpec {
+    spec("\n[updates]\nreboot_days = [\"sun\"]\n")
+}
+
+/// kured's chart of `spec` applied as by a run of flatstack that was stopped right after.
+fn apply_kured_as_a_stopped_run(server: &StandIn, spec: &ClusterSpec) {
+    let status = server.world.lock().expect("world").apply_object(
+        KURED_CHART,
+        &chart_body(spec, "kured"),
+        "flatstack",
+    );
+    assert_eq!(status, 200);
+}
+
+/// Reads the charts' states until helm-controller has replaced kured's Job `old_uid` and the new
+/// one succeeded, as happens while no flatstack watches; returns the new Job's UID.
+fn until_kured_job_replaced(server: &StandIn, client: &KubeClient, old_uid: &Value) -> Value {
+    for _ in 0..10 {
+        runtime()
+            .block_on(flatstack::apply::charts::chart_states(client))
+            .expect("states");
+        let job = server.world.lock().expect("world").objects[KURED_JOB].clone();
+        if &job["metadata"]["uid"] != old_uid && job["status"]["succeeded"] == 1 {
+            break;
+        }
+    }
+    let new_uid = job_uid(server);
+    assert_ne!(&new_uid, old_uid);
+    new_uid
+}
+
+/// The add-ons' digest in the record changed, as a run after a stopped one finds it: the next
+/// bootstrap applies everything again.
+fn forget_addons_digest(server: &StandIn) {
+    server
+        .world
+        .lock()
+        .expect("world")
+        .objects
+        .get_mut("/api/v1/namespaces/kube-system/configmaps/flatstack")
+        .expect("record")["data"]["addons-digest"] = json!("from the stopped run");
+}
+
+/// `bootstrap` of `spec`'s add-ons, quietly, within `seconds`.
+fn bootstrap_within(
+    client: &KubeClient,
+    spec: &ClusterSpec,
+    seconds: u64,
+) -> Result<flatstack::apply::bootstrap::Bootstrapped, flatstack::apply::ApplyError> {
+    let set = addons::for_cluster(spec, &conf(), b"key").expect("add-ons");
+    runtime().block_on(bootstrap(
+        client,
+        &spec.nodes(),
+        &set,
+        Duration::from_secs(seconds),
+        &quiet,
+    ))
+}
+
 /// A run stopped between applying a changed chart and helm-controller's new Job: the next run
 /// applies nothing new (the chart already has the new spec), yet must not take the old Job's
 /// success for the new settings. The cluster's record says which Job was the old one.
@@ -277,27 +337,13 @@ fn a_change_applied_by_a_stopped_run_is_waited_for_by_the_next() {
         },
     );
     let old_uid = job_uid(&server);
-    let changed = spec("\n[updates]\nreboot_days = [\"sun\"]\n");
-    let status = server.world.lock().expect("world").apply_object(
-        KURED_CHART,
-        &chart_body(&changed, "kured"),
-        "flatstack",
-    );
-    assert_eq!(status, 200);
+    let changed = with_new_reboot_window();
+    apply_kured_as_a_stopped_run(&server, &changed);
     // The stopped run's apply changed the chart; helm-controller has not replaced the Job.
     assert_eq!(job_uid(&server), old_uid);
 
     let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
-    let set = addons::for_cluster(&changed, &conf(), b"key").expect("add-ons");
-    runtime()
-        .block_on(bootstrap(
-            &client,
-            &changed.nodes(),
-            &set,
-            Duration::from_secs(120),
-            &quiet,
-        ))
-        .expect("the next run");
+    bootstrap_within(&client, &changed, 120).expect("the next run");
     assert_ne!(job_uid(&server), old_uid, "a new Job for the new settings");
     assert!(job_made_for_current_spec(&server));
     let world = server.world.lock().expect("world");
@@ -327,35 +373,12 @@ fn a_job_that_succeeded_after_its_run_stopped_is_taken_by_the_next() {
     let pki = pki(&workspace);
     let server = booted(&pki, &spec(""), World::default());
     let old_uid = job_uid(&server);
-    let changed = spec("\n[updates]\nreboot_days = [\"sun\"]\n");
-    server.world.lock().expect("world").apply_object(
-        KURED_CHART,
-        &chart_body(&changed, "kured"),
-        "flatstack",
-    );
+    let changed = with_new_reboot_window();
+    apply_kured_as_a_stopped_run(&server, &changed);
     let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
     // helm-controller replaces the Job and it succeeds while no flatstack watches.
-    for _ in 0..5 {
-        runtime()
-            .block_on(flatstack::apply::charts::chart_states(&client))
-            .expect("states");
-        let job = server.world.lock().expect("world").objects[KURED_JOB].clone();
-        if job["metadata"]["uid"] != old_uid && job["status"]["succeeded"] == 1 {
-            break;
-        }
-    }
-    let new_uid = job_uid(&server);
-    assert_ne!(new_uid, old_uid);
-    let set = addons::for_cluster(&changed, &conf(), b"key").expect("add-ons");
-    runtime()
-        .block_on(bootstrap(
-            &client,
-            &changed.nodes(),
-            &set,
-            Duration::from_secs(60),
-            &quiet,
-        ))
-        .expect("the next run");
+    let new_uid = until_kured_job_replaced(&server, &client, &old_uid);
+    bootstrap_within(&client, &changed, 60).expect("the next run");
     assert_eq!(job_uid(&server), new_uid, "no further Job");
     let world = server.world.lock().expect("world");
     let record = &world.objects["/api/v1/namespaces/kube-system/configmaps/flatstack"];
@@ -380,32 +403,11 @@ fn a_chart_changed_and_changed_back_is_settled_without_a_new_job() {
         },
     );
     let old_uid = job_uid(&server);
-    let changed = spec("\n[updates]\nreboot_days = [\"sun\"]\n");
-    server.world.lock().expect("world").apply_object(
-        KURED_CHART,
-        &chart_body(&changed, "kured"),
-        "flatstack",
-    );
+    let changed = with_new_reboot_window();
+    apply_kured_as_a_stopped_run(&server, &changed);
     let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
-    let set = addons::for_cluster(&original, &conf(), b"key").expect("add-ons");
-    // Same add-on digest as recorded: nothing would be applied; make it apply by forgetting
-    // the digest, as a run after the stopped one would find it.
-    server
-        .world
-        .lock()
-        .expect("world")
-        .objects
-        .get_mut("/api/v1/namespaces/kube-system/configmaps/flatstack")
-        .expect("record")["data"]["addons-digest"] = json!("from the stopped run");
-    runtime()
-        .block_on(bootstrap(
-            &client,
-            &original.nodes(),
-            &set,
-            Duration::from_secs(20),
-            &quiet,
-        ))
-        .expect("settled without a new Job");
+    forget_addons_digest(&server);
+    bootstrap_within(&client, &original, 20).expect("settled without a new Job");
     assert_eq!(job_uid(&server), old_uid);
     assert!(job_made_for_current_spec(&server));
 }
@@ -427,25 +429,11 @@ fn a_chart_changed_run_and_changed_back_waits_for_the_job_of_its_settings() {
         },
     );
     let first_uid = job_uid(&server);
-    let changed = spec("\n[updates]\nreboot_days = [\"sun\"]\n");
-    server.world.lock().expect("world").apply_object(
-        KURED_CHART,
-        &chart_body(&changed, "kured"),
-        "flatstack",
-    );
+    let changed = with_new_reboot_window();
+    apply_kured_as_a_stopped_run(&server, &changed);
     let client = KubeClient::new(&pki, &format!("https://{}", server.address)).expect("client");
     // helm-controller replaces the Job for the change and it succeeds.
-    for _ in 0..10 {
-        runtime()
-            .block_on(flatstack::apply::charts::chart_states(&client))
-            .expect("states");
-        let job = server.world.lock().expect("world").objects[KURED_JOB].clone();
-        if job["metadata"]["uid"] != first_uid && job["status"]["succeeded"] == 1 {
-            break;
-        }
-    }
-    let change_uid = job_uid(&server);
-    assert_ne!(change_uid, first_uid);
+    let change_uid = until_kured_job_replaced(&server, &client, &first_uid);
     assert!(job_made_for_current_spec(&server));
     server
         .world
@@ -454,16 +442,7 @@ fn a_chart_changed_run_and_changed_back_waits_for_the_job_of_its_settings() {
         .objects
         .get_mut("/api/v1/namespaces/kube-system/configmaps/flatstack")
         .expect("record")["data"]["addons-digest"] = json!("from the stopped run");
-    let set = addons::for_cluster(&original, &conf(), b"key").expect("add-ons");
-    runtime()
-        .block_on(bootstrap(
-            &client,
-            &original.nodes(),
-            &set,
-            Duration::from_secs(60),
-            &quiet,
-        ))
-        .expect("the run that changed it back");
+    bootstrap_within(&client, &original, 60).expect("the run that changed it back");
     let last_uid = job_uid(&server);
     assert!(
         last_uid != change_uid && last_uid != first_uid,

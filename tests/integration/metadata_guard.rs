@@ -192,6 +192,28 @@ impl Drop for Namespaces {
     }
 }
 
+/// flannel's rule on a node: pods masqueraded when they leave the pod range (iptables, nft
+/// backend, as on Flatcar).
+fn masquerade_pods(node: &str) {
+    ok_inside(
+        node,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            "10.244.0.0/16",
+            "!",
+            "-d",
+            "10.244.0.0/16",
+            "-j",
+            "MASQUERADE",
+        ],
+    );
+}
+
 #[test]
 fn pods_cannot_reach_the_metadata_service_and_the_node_can() {
     for tool in ["ip", "nft", "iptables", "python3"] {
@@ -220,23 +242,7 @@ fn pods_cannot_reach_the_metadata_service_and_the_node_can() {
     let (pod, node) = (namespaces.pod.clone(), namespaces.node.clone());
     // What flannel sets up on a node: pods masqueraded off the node, their forwarding accepted
     // (iptables, nft backend, as on Flatcar).
-    ok_inside(
-        &node,
-        &[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            "10.244.0.0/16",
-            "!",
-            "-d",
-            "10.244.0.0/16",
-            "-j",
-            "MASQUERADE",
-        ],
-    );
+    masquerade_pods(&node);
     ok_inside(
         &node,
         &[
@@ -264,23 +270,7 @@ fn pods_cannot_reach_the_metadata_service_and_the_node_can() {
     // The node's tables rewritten as flannel and kube-proxy do: iptables chains flushed and
     // filled again, kube-proxy's own nftables table accepting forwarded traffic.
     ok_inside(&node, &["iptables", "-t", "nat", "-F", "POSTROUTING"]);
-    ok_inside(
-        &node,
-        &[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            "10.244.0.0/16",
-            "!",
-            "-d",
-            "10.244.0.0/16",
-            "-j",
-            "MASQUERADE",
-        ],
-    );
+    masquerade_pods(&node);
     ok_inside(&node, &["iptables", "-F", "FORWARD"]);
     ok_inside(&node, &["iptables", "-A", "FORWARD", "-j", "ACCEPT"]);
     ok_inside(
