@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::ApplyError;
@@ -15,11 +15,9 @@ use super::charts::{self, StaleJobs};
 use super::record::Record;
 use crate::addons::{AddonSet, CONTROL_PLANE_LABEL, NAMESPACE};
 use crate::kube::{KubeClient, KubeError, Manifest, Waiting, is_initialized, is_ready, poll};
-use crate::pki::ClusterPki;
+use crate::node::kubeadm::{JOIN_TOKEN_DESCRIPTION, JOIN_TOKEN_HOURS};
+use crate::pki::BootstrapToken;
 use crate::spec::{NodeName, Role};
-
-/// How long a bootstrap token refreshed for new workers stays valid.
-const JOIN_TOKEN_HOURS: i64 = 4;
 
 /// Records how long each phase of a run takes.
 struct Stopwatch {
@@ -205,6 +203,14 @@ pub async fn bootstrap(
     )
     .await
     .map_err(|e| e.of_total(within))?;
+    // Every node has joined: no join token is needed until the next run adds nodes.
+    let deleted = delete_join_tokens(client).await?;
+    if deleted > 0 {
+        say(&format!(
+            "deleted {deleted} join token(s): every node has joined"
+        ));
+    }
+    changes += deleted;
     watch.lap("nodes Ready");
     Ok(Bootstrapped {
         nodes,
@@ -353,21 +359,11 @@ fn missing_nodes(nodes: &[Node], wanted: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Makes the cluster's bootstrap token valid for another few hours, so workers created now
-/// can join: the token in their user_data is the one from the state directory, which the
-/// first control plane registered with a limited lifetime.
-pub(crate) async fn refresh_join_token(
-    client: &KubeClient,
-    pki: &ClusterPki,
-) -> Result<(), KubeError> {
-    client.apply(&join_token_secret(pki)).await.map(|_| ())
-}
-
-/// The bootstrap-token Secret kubeadm's joins authenticate with, valid for
-/// [`JOIN_TOKEN_HOURS`] from now.
-pub fn join_token_secret(pki: &ClusterPki) -> Manifest {
-    let token = pki.bootstrap_token.expose();
-    let (id, secret) = token.split_once('.').unwrap_or((token, ""));
+/// The bootstrap-token Secret this run's new nodes join with, valid for
+/// [`JOIN_TOKEN_HOURS`] from now (kubeadm's own `bootstrapTokens` entry for the first control
+/// plane is the same, made by `kubeadm init`).
+pub fn join_token_secret(token: &BootstrapToken) -> Manifest {
+    let (id, secret) = token.expose().split_once('.').unwrap_or((token.id(), ""));
     let now = crate::kube::now();
     let expires = now
         .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(
@@ -381,7 +377,7 @@ pub fn join_token_secret(pki: &ClusterPki) -> Manifest {
             namespace: Some(NAMESPACE.into()),
             ..ObjectMeta::default()
         },
-        "bootstrap.kubernetes.io/token",
+        BOOTSTRAP_TOKEN_TYPE,
         [
             ("token-id", id),
             ("token-secret", secret),
@@ -392,8 +388,62 @@ pub fn join_token_secret(pki: &ClusterPki) -> Manifest {
                 "auth-extra-groups",
                 "system:bootstrappers:kubeadm:default-node-token",
             ),
-            ("description", "flatstack: lets new workers join"),
+            ("description", JOIN_TOKEN_DESCRIPTION),
         ],
     );
     Manifest::of(&secret)
+}
+
+/// The Secret type of bootstrap tokens.
+const BOOTSTRAP_TOKEN_TYPE: &str = "bootstrap.kubernetes.io/token";
+
+/// A join token flatstack made, as the cluster holds it (never its secret half).
+#[derive(Debug, Clone)]
+pub(crate) struct JoinTokenSeen {
+    pub(crate) id: String,
+    /// RFC 3339, as the Secret's `expiration` holds it.
+    pub(crate) expiration: Option<String>,
+}
+
+/// flatstack's join tokens in the cluster: bootstrap-token Secrets whose description is
+/// flatstack's (earlier releases' descriptions too, all `flatstack: ...`).
+pub(crate) async fn join_tokens(client: &KubeClient) -> Result<Vec<JoinTokenSeen>, KubeError> {
+    let path = format!(
+        "/api/v1/namespaces/{NAMESPACE}/secrets?fieldSelector=type%3D{}",
+        BOOTSTRAP_TOKEN_TYPE.replace('/', "%2F")
+    );
+    let secrets: Vec<Secret> = client.list(&path).await?;
+    let text = |secret: &Secret, key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    };
+    Ok(secrets
+        .iter()
+        .filter(|s| s.type_.as_deref() == Some(BOOTSTRAP_TOKEN_TYPE))
+        .filter(|s| text(s, "description").is_some_and(|d| d.starts_with("flatstack:")))
+        .filter_map(|s| {
+            Some(JoinTokenSeen {
+                id: text(s, "token-id")?,
+                expiration: text(s, "expiration"),
+            })
+        })
+        .collect())
+}
+
+/// Deletes every join token flatstack made: called once every node of the cluster file has
+/// joined, so none is left for anyone to use. Returns how many went.
+pub(crate) async fn delete_join_tokens(client: &KubeClient) -> Result<usize, KubeError> {
+    let tokens = join_tokens(client).await?;
+    for token in &tokens {
+        client
+            .delete(&format!(
+                "/api/v1/namespaces/{NAMESPACE}/secrets/bootstrap-token-{}",
+                token.id
+            ))
+            .await?;
+    }
+    Ok(tokens.len())
 }

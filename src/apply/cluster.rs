@@ -12,7 +12,8 @@ use crate::cloud::network::{FloatingIp, Kind};
 use crate::cloud::{Cloud, CloudConfig, CloudError};
 use crate::kube::{KubeClient, KubeError};
 use crate::pki::{ClientCertificate, ClusterPki, Kubeconfig, PkiError, StateDir, kubeconfig_yaml};
-use crate::plan::resources::Names;
+use super::identity;
+use crate::plan::resources::{Names, cluster_tag};
 use crate::spec::{ClusterSpec, IngressExposure};
 
 /// Where a running cluster is, as far as the user said.
@@ -68,6 +69,9 @@ pub(crate) enum ClusterError {
     NoLoadBalancerAddress,
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// The state directory is not the cluster's.
+    #[error(transparent)]
+    Foreign(#[from] super::identity::ForeignPki),
     #[error(transparent)]
     Cloud(#[from] CloudError),
     #[error(transparent)]
@@ -80,7 +84,8 @@ impl ClusterError {
             ClusterError::NoStateDir(_)
             | ClusterError::NoPki(_)
             | ClusterError::NoPkiForKubeconfig { .. }
-            | ClusterError::NothingToPointAt(_) => true,
+            | ClusterError::NothingToPointAt(_)
+            | ClusterError::Foreign(_) => true,
             ClusterError::Pki(e) => e.is_invalid_input(),
             _ => false,
         }
@@ -112,7 +117,7 @@ impl Cluster {
         let pki = ClusterPki::load_existing(&state)?
             .ok_or_else(|| ClusterError::NoPki(state.path().to_path_buf()))?;
         let api_floating_ip = match cloud {
-            Some(cloud) => api_floating_ip(cloud, &spec).await?,
+            Some(cloud) => look_up(cloud, &spec, &reach, &pki).await?,
             None => None,
         };
         let server = api_server(reach.api_address.as_deref(), api_floating_ip.as_deref())
@@ -181,9 +186,9 @@ pub(crate) async fn kubeconfig(
     let state = StateDir::open_existing(&reach.state_path)?.ok_or_else(no_pki)?;
     let mut pki = ClusterPki::load_existing(&state)?.ok_or_else(no_pki)?;
     let renewed = pki.renew_client_certificates(&state, time::OffsetDateTime::now_utc())?;
-    let floating_ip = match (&reach.api_address, cloud) {
-        (None, Some(cloud)) => api_floating_ip(cloud, spec).await?,
-        _ => None,
+    let floating_ip = match cloud {
+        Some(cloud) => look_up(cloud, spec, reach, &pki).await?,
+        None => None,
     };
     let server = api_server(reach.api_address.as_deref(), floating_ip.as_deref())
         .ok_or_else(|| ClusterError::NothingToPointAt(spec.name.clone()))?;
@@ -195,12 +200,36 @@ pub(crate) async fn kubeconfig(
     })
 }
 
-/// The address of the cluster's API floating IP, if the cloud has one.
-pub(crate) async fn api_floating_ip(
+/// Asks the cloud whose CA the cluster's servers trust, refusing a PKI that is not it, and
+/// for the address of the API's floating IP. When the addresses given leave nothing to ask
+/// ([`Reach::needs_cloud`]), a cloud that cannot be reached is passed over.
+async fn look_up(
     cloud: CloudConfig,
     spec: &ClusterSpec,
+    reach: &Reach,
+    pki: &ClusterPki,
+) -> Result<Option<String>, ClusterError> {
+    let needed = reach.needs_cloud(spec);
+    let looked = async {
+        let cloud = Cloud::connect(cloud).await?;
+        let tag = cluster_tag(&spec.name);
+        let servers = cloud.servers_tagged(&[tag.as_str()]).await?;
+        Ok::<_, CloudError>((servers, api_floating_ip(&cloud, spec).await?))
+    };
+    let (servers, floating_ip) = match looked.await {
+        Ok(found) => found,
+        Err(e) if needed => return Err(e.into()),
+        Err(_) => return Ok(None),
+    };
+    identity::check(&spec.name, &servers, pki, &reach.state_path)?;
+    Ok(floating_ip)
+}
+
+/// The address of the cluster's API floating IP, if the cloud has one.
+pub(crate) async fn api_floating_ip(
+    cloud: &Cloud,
+    spec: &ClusterSpec,
 ) -> Result<Option<String>, CloudError> {
-    let cloud = Cloud::connect(cloud).await?;
     let names = Names::of(&spec.name);
     let described = [("description", names.api_address.as_str())];
     let found: Vec<FloatingIp> = cloud.list(Kind::FloatingIp, &described).await?;

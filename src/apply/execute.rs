@@ -16,9 +16,10 @@ use crate::cloud::Cloud;
 use crate::cloud::compute::ServerRequest;
 use crate::cloud::network::{FloatingIp, Kind, Network, Port, Router, SecurityGroup, Subnet};
 use crate::kube::KubeClient;
+use crate::node::seal::{SEAL_KEY_METADATA, SealKey};
 use crate::node::{self, ApiEndpoint};
-use crate::pki::ClusterPki;
-use crate::plan::resources::cluster_tag;
+use crate::pki::{BootstrapToken, ClusterPki};
+use crate::plan::resources::{CA_METADATA, cluster_tag};
 use crate::plan::steps::{Action, Made, Plan, Ref, Service, StepId};
 use crate::spec::ClusterSpec;
 
@@ -34,6 +35,9 @@ pub(crate) struct Context {
     pub(crate) cloud: Arc<Cloud>,
     pub(crate) spec: ClusterSpec,
     pub(crate) pki: ClusterPki,
+    /// The join token of this run's new nodes: sealed into their configs, registered in the
+    /// cluster (a running one through its API, a new one by `kubeadm init`).
+    pub(crate) join_token: BootstrapToken,
     /// The cluster's API, for drains and the join token: none with `--provision-only` or when
     /// it does not answer (nodes are then deleted without draining).
     pub(crate) kube: Option<KubeClient>,
@@ -85,10 +89,10 @@ pub struct StepFailed {
     pub(crate) source: Box<ApplyError>,
 }
 
-/// What the steps of one run share: the rendered Ignition configs by node, and the watcher
-/// of the servers being waited for.
+/// What the steps of one run share: the rendered Ignition configs (and the keys to their
+/// sealed files) by node, and the watcher of the servers being waited for.
 struct Shared {
-    configs: std::sync::Mutex<BTreeMap<String, String>>,
+    configs: std::sync::Mutex<BTreeMap<String, (String, SealKey)>>,
     servers: ServerWatch,
 }
 
@@ -413,9 +417,10 @@ async fn run_on_cloud(
             cloud.set_tags(*kind, id, &tags).await?;
             Made::id(id)
         }
-        Action::RefreshJoinToken => {
+        Action::CreateJoinToken => {
             if let Some(kube) = &context.kube {
-                super::bootstrap::refresh_join_token(kube, &context.pki).await?;
+                kube.apply(&super::bootstrap::join_token_secret(&context.join_token))
+                    .await?;
             }
             Made::default()
         }
@@ -440,8 +445,14 @@ async fn run_on_cloud(
             };
             let mut rendered = BTreeMap::new();
             for node in nodes {
-                let config = node::render_node(&context.spec, &context.pki, &endpoint, node)?;
-                rendered.insert(node.name.clone(), config.ignition);
+                let config = node::render_node(
+                    &context.spec,
+                    &context.pki,
+                    &endpoint,
+                    &context.join_token,
+                    node,
+                )?;
+                rendered.insert(node.name.clone(), (config.ignition, config.seal_key));
             }
             shared
                 .configs
@@ -451,12 +462,19 @@ async fn run_on_cloud(
             Made::default()
         }
         Action::CreateServer(s) => {
-            let user_data = shared
+            let rendered = shared
                 .configs
                 .lock()
                 .map_err(|_| ApplyError::Missing("the rendered configs were lost".into()))?
                 .get(&s.name)
                 .cloned();
+            // Next to the tags: the CA the node trusts, and the key to its sealed secrets.
+            let mut metadata = s.metadata.clone();
+            metadata.insert(CA_METADATA.to_string(), context.pki.discovery_hash());
+            let user_data = rendered.map(|(ignition, key)| {
+                metadata.insert(SEAL_KEY_METADATA.to_string(), key.expose_hex());
+                ignition
+            });
             let request = ServerRequest {
                 name: s.name.clone(),
                 flavor_id: s.flavor_id.clone(),
@@ -465,7 +483,7 @@ async fn run_on_cloud(
                 key_name: s.key_name.clone(),
                 user_data,
                 tags: s.tags.clone(),
-                metadata: s.metadata.clone(),
+                metadata,
                 server_group_id: match &s.server_group {
                     Some(g) => Some(known(g)?.id.clone()),
                     None => None,

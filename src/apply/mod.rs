@@ -9,6 +9,7 @@ pub mod charts;
 pub(crate) mod cluster;
 pub(crate) mod down;
 pub(crate) mod execute;
+pub mod identity;
 pub(crate) mod jupyterhub;
 pub(crate) mod observe;
 pub(crate) mod preflight;
@@ -32,6 +33,13 @@ use crate::plan::steps::{Action, Plan};
 use crate::spec::Role;
 use execute::{Context, Event, StepFailed, StepRun};
 use observe::Observation;
+
+impl ApplyError {
+    /// Whether what must change is the input (the state directory given), not the cloud.
+    pub(crate) fn is_invalid_input(&self) -> bool {
+        matches!(self, ApplyError::Foreign(_))
+    }
+}
 
 const SERVER_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -57,6 +65,9 @@ pub enum ApplyError {
     },
     #[error("{0}")]
     Missing(String),
+    /// The state directory is not the cluster's: exit code 2, nothing changed.
+    #[error(transparent)]
+    Foreign(#[from] identity::ForeignPki),
     #[error("{count} resource(s) of cluster `{cluster}` remain after deleting:\n  {}", remaining.join("\n  "))]
     Leftovers {
         cluster: String,

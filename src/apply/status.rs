@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::Node;
 
 use super::ApplyError;
+use super::bootstrap::JoinTokenSeen;
 use super::charts::{ChartState, chart_states};
 use super::observe::observe;
 use crate::cloud::Cloud;
 use crate::cloud::config::CloudConfig;
+use crate::node::seal::SEAL_KEY_METADATA;
 use crate::kube::{KubeClient, RebootState, error_chain, reboot_states};
 use crate::pki::{ClientCertificate, ClusterPki, StateDir};
 use crate::plan::planner::{self, Scope};
@@ -61,6 +63,8 @@ pub(crate) enum KubernetesStatus {
         reboots: BTreeMap<String, RebootState>,
         /// The add-ons' charts and the state of their Helm Jobs, or why they could not be read.
         addons: Result<Vec<ChartState>, String>,
+        /// What the cluster's join tokens and sealing keys leave open, a sentence each.
+        secrets: Vec<String>,
     },
 }
 
@@ -81,6 +85,9 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
         Ok(None) => Ok(None),
         Err(e) => Err(e),
     };
+    if let Ok(Some(pki)) = &pki {
+        super::identity::check(&spec.name, &observed.servers, pki, &state_path)?;
+    }
     let client_certificates = match &pki {
         Ok(Some(pki)) => pki.client_certificates(),
         _ => Vec::new(),
@@ -151,10 +158,70 @@ async fn kubernetes(
             ));
         }
     };
-    let (reboots, addons) = tokio::join!(reboot_states(&client, &nodes), chart_states(&client));
+    let (reboots, addons, tokens) = tokio::join!(
+        reboot_states(&client, &nodes),
+        chart_states(&client),
+        super::bootstrap::join_tokens(&client)
+    );
+    let secrets = match tokens {
+        Ok(tokens) => open_secrets(observed, &nodes, &tokens, crate::kube::now()),
+        Err(e) => vec![format!("cannot read the join tokens: {}", error_chain(&e))],
+    };
     KubernetesStatus::Answered {
         reboots: reboots.unwrap_or_default(),
         addons: addons.map_err(|e| e.to_string()),
+        secrets,
         nodes,
     }
+}
+
+/// Join tokens still valid, said plainly when no server is waiting to join with them, and
+/// servers whose metadata still holds the key to their sealed secrets after their node joined.
+fn open_secrets(
+    observed: &Observed,
+    nodes: &[Node],
+    tokens: &[JoinTokenSeen],
+    now: k8s_openapi::jiff::Timestamp,
+) -> Vec<String> {
+    let joined = |server: &str| nodes.iter().any(|n| n.metadata.name.as_deref() == Some(server));
+    let waiting: Vec<&str> = observed
+        .servers
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|name| !joined(name))
+        .collect();
+    let mut lines = Vec::new();
+    for token in tokens {
+        let until = token
+            .expiration
+            .as_deref()
+            .and_then(|e| e.parse::<k8s_openapi::jiff::Timestamp>().ok());
+        let valid = until.is_none_or(|until| until > now);
+        if !valid {
+            continue;
+        }
+        let until = until.map_or("without expiry".to_string(), |u| format!("until {u}"));
+        lines.push(match waiting.is_empty() {
+            true => format!(
+                "join token {} is valid {until} with no node waiting to join: `flatstack up` deletes it (or `kubectl -n kube-system delete secret bootstrap-token-{}`)",
+                token.id, token.id
+            ),
+            false => format!(
+                "join token {} is valid {until} for the node(s) still joining: {}",
+                token.id,
+                waiting.join(", ")
+            ),
+        });
+    }
+    for server in observed
+        .servers
+        .iter()
+        .filter(|s| s.metadata.contains_key(SEAL_KEY_METADATA) && joined(&s.name))
+    {
+        lines.push(format!(
+            "server {}'s metadata still holds the key to its sealed secrets though its node has joined: `flatstack up` removes it",
+            server.name
+        ));
+    }
+    lines
 }

@@ -11,11 +11,12 @@ use super::bootstrap::{self, Bootstrapped};
 use super::execute::{Context, Event};
 use super::observe::{Observation, observe};
 use super::timeline::{self, Timeline};
-use super::{ApplyError, Provisioned, preflight, ranges};
+use super::{ApplyError, Provisioned, identity, preflight, ranges};
 use crate::addons;
 use crate::cloud::{Cloud, CloudConfig, CloudError};
 use crate::kube::KubeClient;
-use crate::pki::{ClusterPki, Kubeconfig, PkiError, StateDir};
+use crate::node::seal::SEAL_KEY_METADATA;
+use crate::pki::{BootstrapToken, ClusterPki, Kubeconfig, PkiError, StateDir};
 use crate::plan::planner::{self, PlanError, Scope};
 use crate::plan::resources::Observed;
 use crate::plan::steps::{Action, Plan};
@@ -49,6 +50,8 @@ pub(crate) struct UpReport {
     pub(crate) admin_kubeconfig_path: PathBuf,
     /// The cluster side, unless `provision_only`.
     pub(crate) booted: Option<Bootstrapped>,
+    /// Servers whose sealing key left their metadata in this run (their nodes joined).
+    pub(crate) keys_removed: usize,
 }
 
 impl UpReport {
@@ -56,6 +59,7 @@ impl UpReport {
     pub(crate) fn unchanged(&self) -> bool {
         self.plan.is_empty()
             && self.mutating_calls == 0
+            && self.keys_removed == 0
             && self.booted.as_ref().is_none_or(|b| b.changes == 0)
     }
 }
@@ -91,6 +95,9 @@ pub(crate) enum UpError {
         "the cluster side failed\n  the cloud side is done; run `flatstack up` again to carry on, or `flatstack status` to look"
     )]
     Bootstrap(#[source] ApplyError),
+    /// The last look at the cloud found the cluster other than `up` made it.
+    #[error("{0}")]
+    NotAsMade(String),
 }
 
 impl UpError {
@@ -151,6 +158,8 @@ pub(crate) async fn up(
         Some(pki) => pki,
         None => ClusterPki::load_or_create(&state)?,
     };
+    identity::check(&spec.name, &observed.servers, &pki, &state_path)
+        .map_err(|e| UpError::Refused(e.to_string()))?;
     for old in pki.renew_client_certificates(&state, time::OffsetDateTime::now_utc())? {
         say(&format!(
             "re-issued the {} client certificate, which {}: kubeconfigs made before keep working until then; `flatstack kubeconfig --merge` refreshes yours",
@@ -183,6 +192,7 @@ pub(crate) async fn up(
         cloud: cloud.clone(),
         spec: spec.clone(),
         pki: pki.clone(),
+        join_token: BootstrapToken::generate()?,
         kube,
         node_ready_within: timeout,
     });
@@ -233,8 +243,16 @@ pub(crate) async fn up(
             Some(booted)
         }
     };
+    let joined = booted.as_ref().map(|b| b.nodes.as_slice());
+    let keys_removed = confirm(&cloud, &spec, &plan, &pki, joined).await?;
+    if keys_removed > 0 {
+        say(&format!(
+            "removed the key to their sealed secrets from {keys_removed} server(s)' metadata: their nodes have joined"
+        ));
+    }
     let timeline = timeline::build(&plan, &provisioned.runs, &before, &after, at());
     Ok(UpReport {
+        keys_removed,
         spec,
         plan,
         provisioned,
@@ -246,6 +264,63 @@ pub(crate) async fn up(
         admin_kubeconfig_path,
         booted,
     })
+}
+
+/// `up`'s last step, before it reports: every server of the cluster file is still there and
+/// trusts this state directory's CA (another workstation's `down`, or its `up` with a state
+/// directory of its own, may have run meanwhile); once nodes have joined (`joined`), the keys
+/// to their sealed secrets leave their servers' metadata. Returns how many keys went.
+async fn confirm(
+    cloud: &Cloud,
+    spec: &ClusterSpec,
+    plan: &Plan,
+    pki: &ClusterPki,
+    joined: Option<&[k8s_openapi::api::core::v1::Node]>,
+) -> Result<usize, UpError> {
+    let tag = crate::plan::resources::cluster_tag(&spec.name);
+    let servers = cloud.servers_tagged(&[tag.as_str()]).await?;
+    let vanished: Vec<&str> = plan
+        .nodes
+        .iter()
+        .filter(|n| !servers.iter().any(|s| s.name == n.name))
+        .map(|n| n.name.as_str())
+        .collect();
+    if !vanished.is_empty() {
+        return Err(UpError::NotAsMade(format!(
+            "cluster `{}` is not as this run made it: {} vanished while it ran (a `flatstack down` from another workstation?)\n  hint: `flatstack status` shows what exists; `flatstack up` makes what is missing again",
+            spec.name,
+            vanished.join(", ")
+        )));
+    }
+    let ours = pki.discovery_hash();
+    let foreign = identity::foreign_servers(&servers, &ours);
+    if !foreign.is_empty() {
+        let named: Vec<String> = foreign
+            .iter()
+            .map(|(name, ca)| format!("{name} (trusts {ca})"))
+            .collect();
+        return Err(UpError::NotAsMade(format!(
+            "cluster `{}` has servers made with another state directory than this one (CA {ours}): {}; their nodes can never join the others\n  hint: another workstation made this cluster at the same time; keep the state directory whose CA the control plane trusts (`flatstack status` names it), delete the other servers with `openstack server delete`, and run `flatstack up` from there",
+            spec.name,
+            named.join(", ")
+        )));
+    }
+    let Some(joined) = joined else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for server in servers.iter().filter(|s| {
+        s.metadata.contains_key(SEAL_KEY_METADATA)
+            && joined
+                .iter()
+                .any(|n| n.metadata.name.as_deref() == Some(s.name.as_str()))
+    }) {
+        cloud
+            .delete_server_metadata(&server.id, SEAL_KEY_METADATA)
+            .await?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// One observation of the cloud for `spec`, checked as `up` checks it before anything is made:
@@ -337,7 +412,7 @@ async fn cluster_api(
     let needs_api = plan.steps.iter().any(|s| {
         matches!(
             s.action,
-            Action::Drain { .. } | Action::WaitReady { .. } | Action::RefreshJoinToken
+            Action::Drain { .. } | Action::WaitReady { .. } | Action::CreateJoinToken
         )
     });
     if !needs_api {
@@ -412,6 +487,13 @@ pub(crate) async fn plan(
     let cloud = Cloud::connect(config).await?;
     let recorded_ranges = ranges::recorded(state.as_ref())?;
     let (observation, needs, problems) = observe_checked(&cloud, &spec, recorded_ranges).await?;
+    if let Some(pki) = match &state {
+        Some(state) => ClusterPki::load_existing(state)?,
+        None => None,
+    } {
+        identity::check(&spec.name, &observation.observed.servers, &pki, &state_path)
+            .map_err(|e| UpError::Refused(e.to_string()))?;
+    }
     let scope = Scope {
         kubernetes: !provision_only,
     };

@@ -23,7 +23,8 @@ pub(crate) struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    /// The flags as the engine takes them, with the cloud's configuration when it is needed.
+    /// The flags as the engine takes them, with the cloud's configuration when it is needed
+    /// or can be found.
     pub(crate) fn reach(
         &self,
         spec: &ClusterSpec,
@@ -34,9 +35,11 @@ impl ClusterArgs {
             api_address: self.api_address.clone(),
             ingress_address: self.ingress_address.clone(),
         };
+        // Even when both addresses are given, the cloud (if it can be named) is asked whose
+        // CA the cluster trusts.
         let cloud = match reach.needs_cloud(spec) {
             true => Some(cloud_config(cloud_flag, spec)?),
-            false => None,
+            false => cloud_config(cloud_flag, spec).ok(),
         };
         Ok((reach, cloud))
     }

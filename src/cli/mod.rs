@@ -123,7 +123,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Render(args) => render::run(&cli.file, &args),
+        Command::Render(args) => render::run(&cli.file, cli.cloud.as_deref(), &args),
         Command::Cloud(CloudCommand::Check) => cloud::check(&cli.file, cli.cloud.as_deref()),
         Command::Image(command) => image::run(&cli.file, cli.cloud.as_deref(), &command),
         Command::Plan(args) => up::plan(&cli.file, cli.cloud.as_deref(), &args),
@@ -169,6 +169,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause
                 .downcast_ref::<crate::apply::cluster::ClusterError>()
                 .is_some_and(crate::apply::cluster::ClusterError::is_invalid_input)
+            || cause
+                .downcast_ref::<crate::apply::ApplyError>()
+                .is_some_and(crate::apply::ApplyError::is_invalid_input)
             || cause
                 .downcast_ref::<crate::apply::jupyterhub::HubError>()
                 .is_some_and(crate::apply::jupyterhub::HubError::is_invalid_input)

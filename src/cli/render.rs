@@ -11,7 +11,7 @@ use super::{InvalidInput, load_spec};
 use crate::addons;
 use crate::kube::Manifest;
 use crate::node::{self, ApiEndpoint};
-use crate::pki::{self, ClusterPki, Kubeconfig, StateDir};
+use crate::pki::{self, BootstrapToken, ClusterPki, Kubeconfig, StateDir};
 use crate::spec::Role;
 use crate::sysext;
 
@@ -33,7 +33,7 @@ pub(crate) struct RenderArgs {
     pub(crate) state_dir: Option<PathBuf>,
 }
 
-pub(crate) fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
+pub(crate) fn run(file: &Path, cloud_flag: Option<&str>, args: &RenderArgs) -> anyhow::Result<()> {
     let spec = load_spec(file)?;
     let internal = match args
         .internal_endpoint
@@ -68,8 +68,14 @@ pub(crate) fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
         Some(state) => state,
         None => StateDir::open_or_create(&state_path)?,
     };
+    let minting = ClusterPki::load_existing(&state)?.is_none();
     let pki = ClusterPki::load_or_create(&state)?;
-    let nodes = node::render_cluster(&spec, &pki, &endpoint)?;
+    if minting && let Some(warning) = existing_cluster_warning(&spec, cloud_flag, &pki) {
+        eprintln!("warning: {warning}");
+    }
+    // A token of this render's own, sealed like the key: `up` makes a fresh one per run.
+    let token = BootstrapToken::generate()?;
+    let nodes = node::render_cluster(&spec, &pki, &endpoint, &token)?;
     let manifests = addons::in_apply_order(&addons::for_review(
         &spec,
         pki.ca.key_pem.expose().as_bytes(),
@@ -79,7 +85,7 @@ pub(crate) fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     for rendered in &nodes {
-        // Control-plane configs hold CA keys and every config holds the bootstrap token.
+        // Sealed, but still the cluster's secrets for whoever holds the key: private.
         let path = args.out.join(format!("{}.ign", rendered.name));
         pki::write_atomically(&path, rendered.ignition.as_bytes(), 0o600)?;
     }
@@ -116,6 +122,38 @@ pub(crate) fn run(file: &Path, args: &RenderArgs) -> anyhow::Result<()> {
     println!("Kubernetes sysext: {}", sysext.describe());
     println!("state directory: {}", state.path().display());
     Ok(())
+}
+
+/// When a cloud can be reached and already holds a cluster of this name, what minting a new
+/// PKI for it means. Asked with a short deadline and never fatal: `render` works offline.
+fn existing_cluster_warning(
+    spec: &crate::spec::ClusterSpec,
+    cloud_flag: Option<&str>,
+    pki: &ClusterPki,
+) -> Option<String> {
+    let config = super::cloud::cloud_config(cloud_flag, spec).ok()?;
+    let servers = runtime().ok()?.block_on(async {
+        let look = async {
+            let cloud = crate::cloud::Cloud::connect(config).await.ok()?;
+            let tag = crate::plan::resources::cluster_tag(&spec.name);
+            cloud.servers_tagged(&[tag.as_str()]).await.ok()
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), look)
+            .await
+            .ok()
+            .flatten()
+    })?;
+    if servers.is_empty() {
+        return None;
+    }
+    let theirs = crate::apply::identity::cluster_ca(&servers)
+        .map_or_else(|| "a CA it does not record".to_string(), str::to_string);
+    Some(format!(
+        "minted a new PKI (CA {}) for cluster `{}`, which already exists in the cloud with {} server(s) trusting {theirs}: configs rendered from it can never join that cluster, and `flatstack up` with this state directory will refuse it\n  hint: render with the cluster's own state directory (--state-dir), or pick another name",
+        pki.discovery_hash(),
+        spec.name,
+        servers.len()
+    ))
 }
 
 /// Writes each object as `NN-<kind>-[<namespace>-]<name>.yaml` (kind in lowercase), numbered in apply order,

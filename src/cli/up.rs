@@ -357,11 +357,15 @@ pub(crate) fn status(
             nodes,
             reboots,
             addons,
+            secrets,
         } => {
             println!();
             crate::kube::print_node_table(nodes);
             print_updates(nodes, reboots);
             print_addons(addons);
+            for line in secrets {
+                println!("{line}");
+            }
         }
     }
     let now = time::OffsetDateTime::now_utc();

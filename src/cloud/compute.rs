@@ -337,6 +337,15 @@ impl Cloud {
         .map(|_| ())
     }
 
+    /// Deletes one key of a server's metadata; a key already gone counts as deleted.
+    pub async fn delete_server_metadata(&self, id: &str, key: &str) -> Result<(), CloudError> {
+        let path = format!("/servers/{id}/metadata/{}", query_escape(key));
+        match self.delete(Service::Compute, &path).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
     pub async fn delete_server(&self, id: &str) -> Result<(), CloudError> {
         self.delete(Service::Compute, &format!("/servers/{id}"))
             .await

@@ -20,9 +20,14 @@ const API_VERSION: &str = "kubeadm.k8s.io/v1beta4";
 const CRI_SOCKET: &str = "unix:///run/containerd/containerd.sock";
 /// Where kubeadm looks for (and, finding them, reuses) the CAs flatstack made.
 pub(crate) const CERTIFICATES_DIR: &str = "/etc/kubernetes/pki";
-/// How long the bootstrap token in user_data stays valid. It is readable from the metadata
-/// service for the node's lifetime, so it is short; later joins get a fresh token.
-const BOOTSTRAP_TOKEN_TTL: &str = "4h0m0s";
+/// Replaced by the join token, opened from its sealed copy, before kubeadm runs: the token
+/// never appears in clear in user_data.
+pub(crate) const JOIN_TOKEN_PLACEHOLDER: &str = "@JOIN_TOKEN@";
+/// How long a join token stays valid: nodes made by one `up` join within minutes, and `up`
+/// deletes the token once they have; a later `up` makes a new one.
+pub const JOIN_TOKEN_HOURS: i64 = 1;
+/// How flatstack's join tokens describe themselves, and how `up` and `status` find them.
+pub const JOIN_TOKEN_DESCRIPTION: &str = "flatstack: lets the nodes of one run join";
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -40,7 +45,7 @@ struct InitConfiguration<'a> {
 struct BootstrapToken<'a> {
     token: &'a str,
     description: &'a str,
-    ttl: &'a str,
+    ttl: String,
     usages: [&'a str; 2],
     groups: [&'a str; 1],
 }
@@ -164,16 +169,15 @@ fn host_port(address: IpAddr) -> String {
 /// The Init and Cluster configuration of the first control plane, as one YAML stream.
 pub fn init_config(
     spec: &ClusterSpec,
-    pki: &ClusterPki,
     endpoint: &ApiEndpoint,
 ) -> Result<String, NodeError> {
     let init = InitConfiguration {
         api_version: API_VERSION,
         kind: "InitConfiguration",
         bootstrap_tokens: vec![BootstrapToken {
-            token: pki.bootstrap_token.expose(),
-            description: "flatstack: lets the cluster's first workers join",
-            ttl: BOOTSTRAP_TOKEN_TTL,
+            token: JOIN_TOKEN_PLACEHOLDER,
+            description: JOIN_TOKEN_DESCRIPTION,
+            ttl: format!("{JOIN_TOKEN_HOURS}h0m0s"),
             usages: ["signing", "authentication"],
             groups: ["system:bootstrappers:kubeadm:default-node-token"],
         }],
@@ -246,7 +250,7 @@ pub fn join_config(
         discovery: Discovery {
             bootstrap_token: BootstrapTokenDiscovery {
                 api_server_endpoint: host_port(IpAddr::V4(endpoint.internal)),
-                token: pki.bootstrap_token.expose(),
+                token: JOIN_TOKEN_PLACEHOLDER,
                 ca_cert_hashes: vec![pki.discovery_hash()],
             },
         },

@@ -1,8 +1,10 @@
 //! Node configuration: one Ignition config (spec 3.3.0) per node, which makes a stock
 //! Flatcar image into a Kubernetes control plane or worker at first boot, with no SSH.
-//! Control planes get the CAs; workers get only the bootstrap token and the CA's hash.
+//! Control planes get the CAs; workers get only the join token and the CA's hash. Secrets
+//! travel sealed ([`seal`]); everything else stays readable, so a config can be reviewed.
 
 pub mod kubeadm;
+pub mod seal;
 pub(crate) mod units;
 
 use std::io::Write as _;
@@ -14,8 +16,10 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use ignition_config::v3_3 as ign;
 
-use crate::pki::ClusterPki;
+use crate::pki::{BootstrapToken, ClusterPki};
 use crate::spec::{ClusterSpec, NodeName, Role};
+
+use seal::{SEALED_SUFFIX, SealError, SealKey};
 
 use units::*;
 
@@ -39,9 +43,16 @@ pub struct RenderedNode {
     pub role: Role,
     /// Ignition JSON, as given to Nova as user_data.
     pub(crate) ignition: String,
+    /// The key that opens its sealed files: for its server's metadata only.
+    pub(crate) seal_key: SealKey,
 }
 
 impl RenderedNode {
+    /// The key that opens its sealed files, as its server's metadata holds it.
+    pub fn seal_key(&self) -> &SealKey {
+        &self.seal_key
+    }
+
     /// Size of the user_data Nova receives (the Ignition JSON, base64-encoded).
     pub fn user_data_len(&self) -> usize {
         self.ignition.len().div_ceil(3) * 4
@@ -67,6 +78,8 @@ pub enum NodeError {
     },
     #[error("cannot compress file contents: {0}")]
     Compress(std::io::Error),
+    #[error("cannot seal the node's secrets: {0}")]
+    Seal(#[from] SealError),
 }
 
 impl NodeError {
@@ -84,58 +97,65 @@ pub fn render_cluster(
     spec: &ClusterSpec,
     pki: &ClusterPki,
     endpoint: &ApiEndpoint,
+    token: &BootstrapToken,
 ) -> Result<Vec<RenderedNode>, NodeError> {
     spec.nodes()
         .iter()
-        .map(|node| render_node(spec, pki, endpoint, node))
+        .map(|node| render_node(spec, pki, endpoint, token, node))
         .collect()
 }
 
-/// Renders one node's Ignition config and checks it fits Nova's user_data limit.
+/// Renders one node's Ignition config, its secrets sealed with a key of its own, and checks
+/// it fits Nova's user_data limit.
 pub(crate) fn render_node(
     spec: &ClusterSpec,
     pki: &ClusterPki,
     endpoint: &ApiEndpoint,
+    token: &BootstrapToken,
     node: &NodeName,
 ) -> Result<RenderedNode, NodeError> {
-    let mut config = Builder::default();
+    let mut config = Builder::new(SealKey::generate()?);
     config.common(spec)?;
+    config.sealed(JOIN_TOKEN_FILE, token.expose())?;
     match (node.role, node.pool) {
         (Role::ControlPlane, _) => {
-            config.secret_file(
+            config.file(
                 KUBEADM_TEMPLATE,
-                &kubeadm::init_config(spec, pki, endpoint)?,
+                &kubeadm::init_config(spec, endpoint)?,
+                0o600,
             )?;
-            for (name, contents, mode) in [
-                ("ca.crt", pki.ca.cert_pem.as_str(), 0o644),
-                ("ca.key", pki.ca.key_pem.expose(), 0o600),
-                ("front-proxy-ca.crt", &pki.front_proxy_ca.cert_pem, 0o644),
-                (
-                    "front-proxy-ca.key",
-                    pki.front_proxy_ca.key_pem.expose(),
-                    0o600,
-                ),
-                ("etcd/ca.crt", &pki.etcd_ca.cert_pem, 0o644),
-                ("etcd/ca.key", pki.etcd_ca.key_pem.expose(), 0o600),
-                ("sa.pub", &pki.service_account.public_pem, 0o644),
-                ("sa.key", pki.service_account.private_pem.expose(), 0o600),
+            for (name, cert) in [
+                ("ca.crt", &pki.ca.cert_pem),
+                ("front-proxy-ca.crt", &pki.front_proxy_ca.cert_pem),
+                ("etcd/ca.crt", &pki.etcd_ca.cert_pem),
+                ("sa.pub", &pki.service_account.public_pem),
             ] {
-                config.file(&format!("{PKI_SOURCE_DIR}/{name}"), contents, mode)?;
+                config.file(&format!("{PKI_SOURCE_DIR}/{name}"), cert, 0o644)?;
+            }
+            for (name, key) in [
+                ("ca.key", &pki.ca.key_pem),
+                ("front-proxy-ca.key", &pki.front_proxy_ca.key_pem),
+                ("etcd/ca.key", &pki.etcd_ca.key_pem),
+                ("sa.key", &pki.service_account.private_pem),
+            ] {
+                config.sealed(&format!("{PKI_SOURCE_DIR}/{name}"), key.expose())?;
             }
             config.directory(&format!("{PKI_SOURCE_DIR}/etcd"), 0o700);
         }
         (Role::Worker, pool) => {
             let pool = pool.and_then(|i| spec.worker_pools.get(i));
             if let Some(pool) = pool {
-                config.secret_file(
+                config.file(
                     KUBEADM_TEMPLATE,
                     &kubeadm::join_config(spec, pool, pki, endpoint)?,
+                    0o600,
                 )?;
             }
         }
     }
     config.unit(KUBEADM_UNIT, Some(kubeadm_unit(node.role)), true);
 
+    let config_key = config.seal_key.clone();
     let ignition = serde_json::to_string(&config.finish()).map_err(|source| NodeError::Json {
         node: node.name.clone(),
         source,
@@ -144,6 +164,7 @@ pub(crate) fn render_node(
         name: node.name.clone(),
         role: node.role,
         ignition,
+        seal_key: config_key,
     };
     let size = rendered.user_data_len();
     if size > USER_DATA_LIMIT {
@@ -156,8 +177,8 @@ pub(crate) fn render_node(
 }
 
 /// Collects files, links, units and users, then assembles the Ignition config.
-#[derive(Default)]
 struct Builder {
+    seal_key: SealKey,
     files: Vec<ign::File>,
     directories: Vec<ign::Directory>,
     links: Vec<ign::Link>,
@@ -166,6 +187,17 @@ struct Builder {
 }
 
 impl Builder {
+    fn new(seal_key: SealKey) -> Builder {
+        Builder {
+            seal_key,
+            files: Vec::new(),
+            directories: Vec::new(),
+            links: Vec::new(),
+            units: Vec::new(),
+            users: Vec::new(),
+        }
+    }
+
     /// What every node has: the Kubernetes sysext, update policy, bootstrap script, SSH keys.
     fn common(&mut self, spec: &ClusterSpec) -> Result<(), NodeError> {
         let k8s = &spec.kubernetes;
@@ -219,6 +251,7 @@ impl Builder {
         self.file(METADATA_GUARD_RULES, &metadata_guard_rules(spec), 0o644)?;
         self.unit(METADATA_GUARD_UNIT, Some(metadata_guard_unit()), true);
         self.file(BOOTSTRAP_SCRIPT, &bootstrap_script(), 0o755)?;
+        self.file(UNSEAL_SCRIPT, &unseal_script(), 0o755)?;
         if !spec.access.ssh_public_keys.is_empty() {
             self.users.push(ign::User {
                 ssh_authorized_keys: Some(spec.access.ssh_public_keys.clone()),
@@ -230,9 +263,29 @@ impl Builder {
 
     /// A file whose contents travel gzip-compressed in a base64 data URL.
     fn file(&mut self, path: &str, contents: &str, mode: i64) -> Result<(), NodeError> {
+        self.file_bytes(path, contents.as_bytes(), mode)
+    }
+
+    /// A secret: written as `<path>.sealed`, which the node opens into `path` (mode 0600)
+    /// before kubeadm runs. Sealed bytes do not compress, so they travel as they are.
+    fn sealed(&mut self, path: &str, contents: &str) -> Result<(), NodeError> {
+        let sealed = self.seal_key.seal(contents.as_bytes())?;
         self.files.push(ign::File {
             contents: Some(ign::Resource {
-                source: Some(gzip_data_url(contents.as_bytes())?),
+                source: Some(format!("data:;base64,{}", STANDARD.encode(sealed))),
+                ..Default::default()
+            }),
+            mode: Some(0o600),
+            overwrite: Some(true),
+            ..ign::File::new(format!("{path}{SEALED_SUFFIX}"))
+        });
+        Ok(())
+    }
+
+    fn file_bytes(&mut self, path: &str, contents: &[u8], mode: i64) -> Result<(), NodeError> {
+        self.files.push(ign::File {
+            contents: Some(ign::Resource {
+                source: Some(gzip_data_url(contents)?),
                 compression: Some("gzip".to_string()),
                 ..Default::default()
             }),
@@ -241,10 +294,6 @@ impl Builder {
             ..ign::File::new(path.to_string())
         });
         Ok(())
-    }
-
-    fn secret_file(&mut self, path: &str, contents: &str) -> Result<(), NodeError> {
-        self.file(path, contents, 0o600)
     }
 
     fn directory(&mut self, path: &str, mode: i64) {

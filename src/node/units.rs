@@ -3,7 +3,10 @@
 
 use crate::spec::{ClusterSpec, Role};
 
-use super::kubeadm::{CERTIFICATES_DIR, INSTANCE_UUID_PLACEHOLDER, NODE_NAME_PLACEHOLDER};
+use super::kubeadm::{
+    CERTIFICATES_DIR, INSTANCE_UUID_PLACEHOLDER, JOIN_TOKEN_PLACEHOLDER, NODE_NAME_PLACEHOLDER,
+};
+use super::seal::{SEAL_KEY_METADATA, SEALED_SUFFIX};
 
 /// Where flatstack keeps its files on a node.
 pub(crate) const CONFIG_DIR: &str = "/etc/flatstack";
@@ -14,6 +17,12 @@ pub(crate) const KUBEADM_TEMPLATE: &str = "/etc/flatstack/kubeadm.yaml.in";
 /// failed attempt can never make kubeadm mint a CA of its own.
 pub(crate) const PKI_SOURCE_DIR: &str = "/etc/flatstack/pki";
 pub(crate) const BOOTSTRAP_SCRIPT: &str = "/opt/flatstack/bin/flatstack-bootstrap";
+/// The script that opens the node's sealed secrets with the key in its server's metadata.
+pub(crate) const UNSEAL_SCRIPT: &str = "/opt/flatstack/bin/flatstack-unseal";
+/// The join token, opened from its sealed copy; the kubeadm template names it by placeholder.
+pub(crate) const JOIN_TOKEN_FILE: &str = "/etc/flatstack/join-token";
+/// Where the OpenStack metadata service serves this server's metadata (its `meta` map).
+const METADATA_URL: &str = "http://169.254.169.254/openstack/latest/meta_data.json";
 pub(crate) const KUBEADM_UNIT: &str = "kubeadm.service";
 /// Directory of the Kubernetes sysext images, and the symlink systemd-sysext merges.
 pub(crate) const SYSEXT_DIR: &str = "/opt/extensions/kubernetes";
@@ -23,8 +32,9 @@ pub(crate) const SYSEXT_LINK: &str = "/etc/extensions/kubernetes.raw";
 pub(crate) fn bootstrap_script() -> String {
     format!(
         r#"#!/bin/bash
-# flatstack node bootstrap: learns this node's name and instance UUID from Afterburn's
-# metadata (/run/metadata/flatcar), writes the kubeadm configuration and runs kubeadm once.
+# flatstack node bootstrap: opens the node's sealed secrets, learns its name and instance UUID
+# from Afterburn's metadata (/run/metadata/flatcar), writes the kubeadm configuration and runs
+# kubeadm once.
 set -euo pipefail
 
 role=${{1:?usage: flatstack-bootstrap control-plane|worker}}
@@ -50,8 +60,14 @@ if [[ ! $uuid =~ ^[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-
 fi
 
 umask 077
+{UNSEAL_SCRIPT}
+token=$(< {JOIN_TOKEN_FILE})
+if [[ ! $token =~ ^[a-z0-9]{{6}}\.[a-z0-9]{{16}}$ ]]; then
+  say "{JOIN_TOKEN_FILE} holds no join token"
+  exit 1
+fi
 sed -e "s/{NODE_NAME_PLACEHOLDER}/$name/g" -e "s/{INSTANCE_UUID_PLACEHOLDER}/$uuid/g" \
-  {KUBEADM_TEMPLATE} > {CONFIG_DIR}/kubeadm.yaml
+  -e "s/{JOIN_TOKEN_PLACEHOLDER}/$token/g" {KUBEADM_TEMPLATE} > {CONFIG_DIR}/kubeadm.yaml
 
 case $role in
   control-plane)
@@ -78,6 +94,81 @@ else
   kubeadm reset --force || true
   exit "$status"
 fi
+"#
+    )
+}
+
+/// The script that opens every `*.sealed` file under [`CONFIG_DIR`] (see [`super::seal`]) with
+/// the key in this server's metadata: from the metadata service, or from a config drive when
+/// the service does not answer. Each file's tag is checked before it is decrypted; the opened
+/// file replaces the sealed one atomically, so a second run (kubeadm failed and the unit
+/// restarts, after flatstack may have deleted the key) finds nothing left to open. The keys
+/// pass through `openssl`'s arguments for a moment, before the node runs any pod.
+/// `FLATSTACK_ROOT` and `FLATSTACK_METADATA_URL` let a test run it on a scratch root.
+pub(crate) fn unseal_script() -> String {
+    format!(
+        r#"#!/bin/bash
+# flatstack: opens the secrets sealed into this node's Ignition config (AES-256-CTR, then
+# HMAC-SHA256 over IV and ciphertext) with the key in this server's metadata, which flatstack
+# deletes once the node has joined.
+set -euo pipefail
+root=${{FLATSTACK_ROOT:-}}
+metadata_url=${{FLATSTACK_METADATA_URL:-{METADATA_URL}}}
+say() {{
+  echo "flatstack: $*"
+  echo "flatstack: $*" > /dev/kmsg 2>/dev/null || true
+}}
+hex() {{ od -An -v -tx1 | tr -d ' \n'; }}
+
+mapfile -t sealed < <(find "$root{CONFIG_DIR}" -type f -name '*{SEALED_SUFFIX}' | sort)
+(( ${{#sealed[@]}} )) || exit 0
+
+key_from() {{ jq -r '.meta["{SEAL_KEY_METADATA}"] // empty' 2>/dev/null || true; }}
+key=""
+for attempt in 1 2 3 4 5 6 7 8 9 10; do
+  if metadata=$(curl -fsS --max-time 5 "$metadata_url"); then
+    key=$(key_from <<<"$metadata")
+    break
+  fi
+  sleep 3
+done
+if [[ -z $key && -e /dev/disk/by-label/config-2 ]]; then
+  drive=$(mktemp -d)
+  if mount -o ro /dev/disk/by-label/config-2 "$drive"; then
+    key=$(key_from < "$drive/openstack/latest/meta_data.json")
+    umount "$drive"
+  fi
+  rmdir "$drive"
+fi
+if [[ ! $key =~ ^[0-9a-f]{{128}}$ ]]; then
+  say "the key to this node's sealed secrets is not in its server's metadata ({SEAL_KEY_METADATA}); flatstack deletes it once the node has joined"
+  exit 1
+fi
+cipher_key=${{key:0:64}}
+mac_key=${{key:64:64}}
+
+for file in "${{sealed[@]}}"; do
+  target=${{file%{SEALED_SUFFIX}}}
+  size=$(stat -c %s "$file")
+  if (( size < 48 )); then
+    say "$target: the sealed file is truncated"
+    exit 1
+  fi
+  body=$((size - 32))
+  expected=$(tail -c 32 "$file" | hex)
+  actual=$(head -c "$body" "$file" | openssl dgst -sha256 -mac HMAC -macopt "hexkey:$mac_key" -binary | hex)
+  if [[ $expected != "$actual" ]]; then
+    say "$target: the sealed file does not match this server's key"
+    exit 1
+  fi
+  iv=$(head -c 16 "$file" | hex)
+  head -c "$body" "$file" | tail -c +17 \
+    | openssl enc -d -aes-256-ctr -K "$cipher_key" -iv "$iv" > "$target.opening"
+  chmod 0600 "$target.opening"
+  mv -f "$target.opening" "$target"
+  rm -f "$file"
+done
+say "opened ${{#sealed[@]}} sealed file(s)"
 "#
     )
 }

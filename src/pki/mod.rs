@@ -18,7 +18,7 @@ use time::{Duration, OffsetDateTime};
 
 pub(crate) use kubeconfig::{Kubeconfig, kubeconfig_yaml, merge_into_user_kubeconfig};
 pub use state_dir::{StateDir, WriterLock, write_atomically};
-pub(crate) use token::BootstrapToken;
+pub use token::BootstrapToken;
 pub(crate) use token::random_chars;
 
 pub(crate) use crate::secret::Secret;
@@ -80,7 +80,6 @@ pub struct ClusterPki {
     pub(crate) front_proxy_ca: CertAndKey,
     pub(crate) etcd_ca: CertAndKey,
     pub(crate) service_account: ServiceAccountKey,
-    pub bootstrap_token: BootstrapToken,
     /// Client certificate in `kubeadm:cluster-admins`, bound to cluster-admin by kubeadm.
     pub(crate) admin: CertAndKey,
     /// Break-glass client certificate in `system:masters`; never leaves the workstation.
@@ -176,7 +175,6 @@ mod names {
     pub(crate) const ETCD_CA_KEY: &str = "etcd-ca.key";
     pub(crate) const SA_PUB: &str = "sa.pub";
     pub(crate) const SA_KEY: &str = "sa.key";
-    pub(crate) const BOOTSTRAP_TOKEN: &str = "bootstrap-token";
     pub(crate) const ADMIN_CRT: &str = "admin.crt";
     pub(crate) const ADMIN_KEY: &str = "admin.key";
     pub(crate) const SUPER_ADMIN_CRT: &str = "super-admin.crt";
@@ -246,7 +244,6 @@ impl ClusterPki {
                 public_pem: sa.public_key_pem(),
                 private_pem: Secret::new(sa.serialize_pem()),
             },
-            bootstrap_token: BootstrapToken::generate()?,
             admin,
             super_admin,
         })
@@ -276,8 +273,6 @@ impl ClusterPki {
         for (name, pem) in secret {
             dir.write(name, pem.expose().as_bytes(), 0o600)?;
         }
-        let token = format!("{}\n", self.bootstrap_token.expose());
-        dir.write(BOOTSTRAP_TOKEN, token.as_bytes(), 0o600)?;
         Ok(())
     }
 
@@ -327,15 +322,6 @@ impl ClusterPki {
             })?;
             Ok(pair)
         };
-        let token_text = secret(BOOTSTRAP_TOKEN)?;
-        let bootstrap_token =
-            BootstrapToken::parse(token_text.expose().trim()).ok_or_else(|| {
-                PkiError::Incomplete {
-                    dir: path.to_path_buf(),
-                    name: BOOTSTRAP_TOKEN,
-                    detail: "not a token of the form [a-z0-9]{6}.[a-z0-9]{16}".into(),
-                }
-            })?;
         let pki = ClusterPki {
             ca: pair(CA_CRT, CA_KEY)?,
             front_proxy_ca: pair(FRONT_PROXY_CA_CRT, FRONT_PROXY_CA_KEY)?,
@@ -344,7 +330,6 @@ impl ClusterPki {
                 public_pem: public(SA_PUB)?,
                 private_pem: secret(SA_KEY)?,
             },
-            bootstrap_token,
             admin: pair(ADMIN_CRT, ADMIN_KEY)?,
             super_admin: pair(SUPER_ADMIN_CRT, SUPER_ADMIN_KEY)?,
         };
@@ -584,11 +569,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn debug_output_hides_keys_and_token() {
+    fn debug_output_hides_keys() {
         let pki = ClusterPki::generate().expect("generate");
         let shown = format!("{pki:?}");
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
-        assert!(!shown.contains(pki.bootstrap_token.expose()));
         assert!(shown.contains("BEGIN CERTIFICATE"));
     }
 

@@ -1,5 +1,6 @@
 //! The kubeadm bootstrap token `[a-z0-9]{6}.[a-z0-9]{16}`: its ID names the token Secret,
-//! the whole token lets a new node join. Drawn from the operating system's generator.
+//! the whole token lets a new node join. Drawn from the operating system's generator, one per
+//! `up` that adds nodes; it is never written to the state directory.
 
 use std::fmt;
 
@@ -16,7 +17,7 @@ pub struct BootstrapToken {
 }
 
 impl BootstrapToken {
-    pub(crate) fn generate() -> Result<BootstrapToken, PkiError> {
+    pub fn generate() -> Result<BootstrapToken, PkiError> {
         let id = random_chars(ID_LEN)?;
         let secret = random_chars(SECRET_LEN)?;
         Ok(BootstrapToken {
@@ -25,6 +26,7 @@ impl BootstrapToken {
     }
 
     /// Accepts exactly `[a-z0-9]{6}.[a-z0-9]{16}`.
+    #[cfg(test)]
     pub(crate) fn parse(text: &str) -> Option<BootstrapToken> {
         let (id, secret) = text.split_once('.')?;
         let valid =
@@ -39,8 +41,8 @@ impl BootstrapToken {
         &self.token[..ID_LEN]
     }
 
-    /// The whole token, for node configs and the state directory only.
-    pub(crate) fn expose(&self) -> &str {
+    /// The whole token, for sealed node configs and the token Secret only.
+    pub fn expose(&self) -> &str {
         &self.token
     }
 }

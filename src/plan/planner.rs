@@ -32,7 +32,7 @@ pub(crate) struct CloudFacts {
 /// What the plan covers besides the cloud.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Scope {
-    /// Drain leaving nodes and refresh the join token for new ones through the cluster's API
+    /// Drain leaving nodes and make a join token for new ones through the cluster's API
     /// (left out with `--provision-only`).
     pub(crate) kubernetes: bool,
 }
@@ -357,7 +357,7 @@ pub(crate) fn plan(
             &[],
         )];
         if scope.kubernetes && running {
-            before.push(plan.push(Action::RefreshJoinToken, &[]));
+            before.push(plan.push(Action::CreateJoinToken, &[]));
         }
         // Per pool, the deletions of the servers replaced so far, in order.
         let mut replaced_so_far: BTreeMap<usize, Vec<StepId>> = BTreeMap::new();
@@ -1173,7 +1173,7 @@ mod tests {
     }
 
     #[test]
-    fn scaling_up_refreshes_the_token_and_scaling_down_drains_first() {
+    fn scaling_up_makes_a_join_token_and_scaling_down_drains_first() {
         let spec = with_workers(2);
         let mut observed = converged(&spec);
         observed.servers.pop();

@@ -16,6 +16,11 @@ pub(crate) fn cluster_tag(name: &str) -> String {
     format!("flatstack:cluster={name}")
 }
 
+/// The server metadata key holding the discovery hash (`sha256:<hex>`) of the CA the server's
+/// node trusts: how every command tells a state directory that is the cluster's from one
+/// that is not.
+pub const CA_METADATA: &str = "flatstack-ca";
+
 /// Volume metadata the Cinder CSI driver sets to its `--cluster` name, which flatstack sets to
 /// the cluster's name: how `down --delete-volumes` finds the volumes the cluster made.
 pub(crate) const CSI_CLUSTER_KEY: &str = "cinder.csi.openstack.org/cluster";

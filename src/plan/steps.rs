@@ -169,8 +169,8 @@ pub(crate) enum Action {
         id: String,
         name: String,
     },
-    /// Make the bootstrap token valid again before new nodes join with it.
-    RefreshJoinToken,
+    /// Register this run's join token in the running cluster before new nodes boot with it.
+    CreateJoinToken,
     /// The Ignition configs of the servers to create, with the API's addresses.
     RenderIgnition {
         nodes: Vec<NodeName>,
@@ -392,11 +392,11 @@ impl Action {
                 name.clone(),
                 "untagged: tag it as the cluster's".into(),
             ),
-            RefreshJoinToken => (
+            CreateJoinToken => (
                 Verb::Run,
                 "join token",
                 "bootstrap token".into(),
-                "valid again for new nodes".into(),
+                "for this run's new nodes, deleted once they joined".into(),
             ),
             RenderIgnition {
                 nodes,
@@ -482,7 +482,7 @@ impl Action {
                     kind_name(*kind)
                 )
             }
-            RefreshJoinToken => "refreshing the join token for new nodes".into(),
+            CreateJoinToken => "making a join token for the new nodes, valid 1 h and deleted once they joined".into(),
             RenderIgnition { nodes, .. } => {
                 format!("rendering the Ignition configs of {} node(s)", nodes.len())
             }
@@ -516,7 +516,7 @@ impl Action {
             CreatePort(_) => "ports",
             CreateFloatingIp { .. } | AttachFloatingIp { .. } => "floating IP",
             Adopt { .. } => "adopt untagged",
-            RefreshJoinToken | WaitReady { .. } | Drain { .. } => "kubernetes",
+            CreateJoinToken | WaitReady { .. } | Drain { .. } => "kubernetes",
             RenderIgnition { .. } => "render Ignition",
             CreateServer(_) | AttachPort { .. } => "create servers",
             WaitActive { .. } => "servers ACTIVE",
@@ -534,7 +534,7 @@ impl Action {
             | DeleteServer { .. }
             | DeleteDuplicate(Duplicate::ServerGroup { .. }) => Service::Compute,
             WaitActive { .. } | RenderIgnition { .. } => Service::Unbounded,
-            RefreshJoinToken | WaitReady { .. } | Drain { .. } => Service::Kubernetes,
+            CreateJoinToken | WaitReady { .. } | Drain { .. } => Service::Kubernetes,
             _ => Service::Network,
         }
     }

@@ -279,9 +279,9 @@ fn hub_and_smoke_manifests(version: KubernetesVersion, dir: &Path) -> Vec<PathBu
     let smoke = flatstack::addons::smoke::Smoke::new("abc123");
     manifests.extend(smoke.manifests.iter().map(|m| m.body().clone()));
     // What `up` applies before new workers join (not in `render`'s manifests: it holds the token).
-    let pki = flatstack::pki::ClusterPki::generate().expect("pki");
+    let token = flatstack::pki::BootstrapToken::generate().expect("token");
     manifests.push(
-        flatstack::apply::bootstrap::join_token_secret(&pki)
+        flatstack::apply::bootstrap::join_token_secret(&token)
             .body()
             .clone(),
     );

@@ -1,6 +1,7 @@
 //! `flatstack plan`, `up --provision-only` and `down` end to end on the local OpenStack, with
 //! the `openstack` CLI confirming every resource, its tags and the user_data servers got.
 
+use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -801,6 +802,17 @@ fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
     world.register(&w1, false);
     world.register(&w2, false);
     world.run_pod("default", "web-1", &w2, false);
+    // The token `kubeadm init` makes from the first control plane's configuration.
+    world.apply_object(
+        "/api/v1/namespaces/kube-system/secrets/bootstrap-token-abcdef",
+        &serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+            "metadata": {"name": "bootstrap-token-abcdef", "namespace": "kube-system"},
+            "stringData": {"token-id": "abcdef", "token-secret": "0123456789abcdef",
+                "description": flatstack::node::kubeadm::JOIN_TOKEN_DESCRIPTION},
+        }),
+        "kubeadm",
+    );
     let server = StandIn::start(
         &pki.ca.cert_pem,
         pki.ca.key_pem.expose(),
@@ -827,6 +839,17 @@ fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
         out.contains(&format!("cluster `{name}` is up: 3 node(s) Ready")),
         "{out}"
     );
+    // Every node joined: the first control plane's token is gone, and so are the keys to the
+    // nodes' sealed secrets.
+    assert!(out.contains("deleted 1 join token(s)"), "{out}");
+    assert!(bootstrap_tokens(&server).is_empty());
+    assert!(
+        out.contains("removed the key to their sealed secrets from 3 server(s)' metadata"),
+        "{out}"
+    );
+    for node in [&cp, &w1, &w2] {
+        assert_no_seal_key(node);
+    }
     assert!(
         out.contains("nodes Ready") && out.contains("API ready"),
         "timing profile: {out}"
@@ -918,23 +941,52 @@ fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
         );
     }
 
-    // Scale up: the join token is made valid again before the new server boots with it.
+    // Scale up: a join token of this run's own is made before the new server boots with it,
+    // and deleted once the node has joined.
     server.world.lock().expect("world").register(&w2, false);
     workspace.write_cluster(&cluster(&name, 2, ""));
+    let writes = server.writes().len();
     let grown = success(&flatstack(&workspace, &up));
-    assert!(grown.contains("refreshing the join token"), "{grown}");
-    assert_eq!(servers(&name), [cp, w1, w2]);
+    assert!(grown.contains("making a join token"), "{grown}");
+    assert!(grown.contains("deleted 1 join token(s)"), "{grown}");
+    assert_eq!(servers(&name), [cp, w1, w2.clone()]);
+    let token_writes: Vec<_> = server.writes()[writes..]
+        .iter()
+        .filter(|w| w.path.contains("/secrets/bootstrap-token-"))
+        .map(|w| (w.method.clone(), w.path.clone()))
+        .collect();
+    assert_eq!(token_writes.len(), 2, "{token_writes:?}");
+    assert_eq!(token_writes[0].0, "PATCH", "{token_writes:?}");
+    assert_eq!(token_writes[1], ("DELETE".to_string(), token_writes[0].1.clone()));
+    assert!(bootstrap_tokens(&server).is_empty());
+    // The new server's sealing key left its metadata once its node had joined.
+    assert_no_seal_key(&w2);
+}
+
+/// The bootstrap-token Secrets the stand-in holds.
+fn bootstrap_tokens(server: &crate::kube_standin::StandIn) -> Vec<String> {
     let world = server.world.lock().expect("world");
-    let id = pki.bootstrap_token.id();
-    let path = format!("/api/v1/namespaces/kube-system/secrets/bootstrap-token-{id}");
-    let token = world.object(&path).expect("bootstrap token Secret");
-    assert_eq!(token["type"], "bootstrap.kubernetes.io/token");
-    assert_eq!(world.secret_text(&path, "token-id").as_deref(), Some(id));
-    assert_eq!(
-        world
-            .secret_text(&path, "usage-bootstrap-authentication")
-            .as_deref(),
-        Some("true")
+    world
+        .objects
+        .keys()
+        .filter(|p| p.starts_with("/api/v1/namespaces/kube-system/secrets/bootstrap-token-"))
+        .cloned()
+        .collect()
+}
+
+/// The server's metadata, as Nova shows it to the project.
+fn server_metadata(server: &str) -> Value {
+    cli("local-demo", &["server", "show", server, "-f", "json"])["properties"].clone()
+}
+
+fn assert_no_seal_key(server: &str) {
+    let metadata = server_metadata(server);
+    assert!(metadata.get("flatstack-seal-key").is_none(), "{metadata}");
+    assert!(
+        metadata["flatstack-ca"]
+            .as_str()
+            .is_some_and(|ca| ca.starts_with("sha256:")),
+        "{metadata}"
     );
 }
 
@@ -1773,4 +1825,151 @@ fn one_writer_at_a_time() {
     );
     success(&removing.wait_with_output().expect("down"));
     assert_nothing_left(&name);
+}
+
+/// A token's shape: `[a-z0-9]{6}.[a-z0-9]{16}`.
+fn is_token(text: &str) -> bool {
+    let valid = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    text.split_once('.')
+        .is_some_and(|(id, secret)| valid(id, 6) && valid(secret, 16))
+}
+
+/// What Nova holds after `up --provision-only`, read back as an admin reads it: no private key
+/// and no join token in any server's user_data, nor the token in its console log; the config
+/// written out by Debian's real Ignition opens its sealed secrets with the key in the
+/// server's metadata (served on loopback as the metadata service serves `meta_data.json`),
+/// and a control plane then holds exactly the state directory's CA keys.
+#[test]
+fn user_data_holds_only_sealed_secrets_that_the_metadata_key_opens() {
+    use base64::Engine as _;
+    for tool in ["openssl", "jq", "curl"] {
+        require_tool(tool);
+    }
+    let name = unique("seal");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 1, ""));
+    let _teardown = Teardown(&workspace);
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+    let state = workspace.state_dir().join("pki");
+    let mut tokens = Vec::new();
+    let mut cas = Vec::new();
+    for (node, control_plane) in [
+        (format!("{name}-control-plane-1"), true),
+        (format!("{name}-default-1"), false),
+    ] {
+        let shown = cli("local-demo", &["server", "show", &node, "-f", "json"]);
+        let id = shown["id"].as_str().expect("id").to_string();
+        let metadata = shown["properties"].clone();
+        let key = metadata["flatstack-seal-key"].as_str().unwrap_or_default();
+        assert_eq!(key.len(), 128, "{node}: {metadata}");
+        cas.push(metadata["flatstack-ca"].clone());
+
+        let admin = cli(
+            "local-admin",
+            &["--os-compute-api-version", "2.3", "server", "show", &id, "-f", "json"],
+        );
+        let encoded = admin["OS-EXT-SRV-ATTR:user_data"].as_str().expect("user_data");
+        let user_data = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .expect("base64");
+        let text = String::from_utf8_lossy(&user_data).into_owned();
+        assert!(!text.contains("PRIVATE KEY"), "{node}");
+        assert!(!text.contains(key), "{node}: the key is in user_data");
+        // Ignition writes the tree as a node's first boot would (the sysext, fetched from the
+        // bakery, is left out: no test reaches the internet).
+        let mut config: Value = serde_json::from_slice(&user_data).expect("Ignition JSON");
+        if let Some(files) = config["storage"]["files"].as_array_mut() {
+            files.retain(|f| {
+                !f["contents"]["source"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("http"))
+            });
+        }
+        let config_path = workspace.path(&format!("{node}.ign"));
+        std::fs::write(&config_path, config.to_string()).expect("write config");
+        let applied = apply_ignition(&config_path, &workspace.path(&format!("scratch-{node}")))
+            .unwrap_or_else(|log| panic!("Ignition failed on {node}:\n{log}"));
+        let root = &applied.root;
+        assert_eq!(private_keys_under(root), Vec::<String>::new(), "{node}");
+
+        let served = FileServer::serve(BTreeMap::from([(
+            "meta_data.json".to_string(),
+            serde_json::json!({"uuid": id, "meta": metadata})
+                .to_string()
+                .into_bytes(),
+        )]));
+        let unseal = Command::new("bash")
+            .arg(root.join("opt/flatstack/bin/flatstack-unseal"))
+            .env("FLATSTACK_ROOT", root)
+            .env(
+                "FLATSTACK_METADATA_URL",
+                format!("{}/meta_data.json", served.base_url()),
+            )
+            .output()
+            .expect("run flatstack-unseal");
+        assert!(
+            unseal.status.success(),
+            "{node}: {}{}",
+            String::from_utf8_lossy(&unseal.stdout),
+            String::from_utf8_lossy(&unseal.stderr)
+        );
+        let token = std::fs::read_to_string(root.join("etc/flatstack/join-token"))
+            .expect("opened token");
+        assert!(is_token(&token), "{node}: {token:?}");
+        assert_eq!(mode_of(&root.join("etc/flatstack/join-token")), 0o600);
+        assert!(!text.contains(&token), "{node}: the token is in user_data");
+        let console = cli_raw("local-demo", &["console", "log", "show", &id]);
+        assert!(!String::from_utf8_lossy(&console.stdout).contains(&token));
+        tokens.push(token);
+        if control_plane {
+            for (on_node, in_state) in [
+                ("ca.key", "ca.key"),
+                ("front-proxy-ca.key", "front-proxy-ca.key"),
+                ("etcd/ca.key", "etcd-ca.key"),
+                ("sa.key", "sa.key"),
+            ] {
+                let opened = root.join("etc/flatstack/pki").join(on_node);
+                assert_eq!(
+                    std::fs::read(&opened).expect("opened key"),
+                    std::fs::read(state.join(in_state)).expect("state key"),
+                    "{on_node}"
+                );
+                assert_eq!(mode_of(&opened), 0o600, "{on_node}");
+                assert!(!root.join(format!("etc/flatstack/pki/{on_node}.sealed")).exists());
+            }
+        }
+        // Another server's key opens nothing here.
+        let wrong = FileServer::serve(BTreeMap::from([(
+            "meta_data.json".to_string(),
+            serde_json::json!({"meta": {"flatstack-seal-key": "0".repeat(128)}})
+                .to_string()
+                .into_bytes(),
+        )]));
+        let again = apply_ignition(&config_path, &workspace.path(&format!("again-{node}")))
+            .unwrap_or_else(|log| panic!("Ignition failed on {node}:\n{log}"));
+        let refused = Command::new("bash")
+            .arg(again.root.join("opt/flatstack/bin/flatstack-unseal"))
+            .env("FLATSTACK_ROOT", &again.root)
+            .env(
+                "FLATSTACK_METADATA_URL",
+                format!("{}/meta_data.json", wrong.base_url()),
+            )
+            .output()
+            .expect("run flatstack-unseal");
+        assert!(!refused.status.success());
+        assert!(
+            String::from_utf8_lossy(&refused.stdout).contains("does not match this server's key"),
+            "{}",
+            String::from_utf8_lossy(&refused.stdout)
+        );
+        assert!(!again.root.join("etc/flatstack/join-token").exists());
+    }
+    // One run, one token; every server names the CA its node trusts.
+    assert_eq!(tokens[0], tokens[1]);
+    assert_eq!(cas[0], cas[1]);
+    assert!(cas[0].as_str().is_some_and(|c| c.starts_with("sha256:")));
 }

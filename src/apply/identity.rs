@@ -1,0 +1,121 @@
+//! Whose cluster this is: every server carries, in its metadata, the discovery hash of the CA
+//! its node trusts (`flatstack-ca`), and every command that uses the PKI checks the state
+//! directory's CA against it before it does anything. A state directory made elsewhere (or
+//! minted afresh for a name that exists) is refused with both hashes named.
+
+use std::path::Path;
+
+use crate::cloud::compute::Server;
+use crate::pki::ClusterPki;
+use crate::plan::resources::CA_METADATA;
+
+/// The CA the cluster's nodes trust, as its servers' metadata says: the control planes'
+/// (they hold the CA), else the workers'; servers made before flatstack recorded it say
+/// nothing. Among several, the first by name.
+pub(crate) fn cluster_ca(servers: &[Server]) -> Option<&str> {
+    let recorded = |control_plane: bool| {
+        let mut found: Vec<(&str, &str)> = servers
+            .iter()
+            .filter(|s| is_control_plane(s) == control_plane)
+            .filter_map(|s| Some((s.name.as_str(), s.metadata.get(CA_METADATA)?.as_str())))
+            .collect();
+        found.sort();
+        found.first().map(|(_, ca)| *ca)
+    };
+    recorded(true).or_else(|| recorded(false))
+}
+
+fn is_control_plane(server: &Server) -> bool {
+    server.tags.iter().any(|t| t == "flatstack:role=control-plane")
+}
+
+/// The servers that trust another CA than `ours`, with the CA they trust.
+pub(crate) fn foreign_servers<'a>(servers: &'a [Server], ours: &str) -> Vec<(&'a str, &'a str)> {
+    servers
+        .iter()
+        .filter_map(|s| {
+            let theirs = s.metadata.get(CA_METADATA)?;
+            (theirs != ours).then_some((s.name.as_str(), theirs.as_str()))
+        })
+        .collect()
+}
+
+/// A state directory whose CA is not the cluster's.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the state directory {} is not cluster `{cluster}`'s: its CA is {ours}, but the cluster's nodes trust {theirs}; nothing was changed\n  hint: use the state directory of the machine that made the cluster (copy it here or pass --state-dir); a CA minted afresh can never join this cluster's nodes",
+    .state.display()
+)]
+pub struct ForeignPki {
+    pub(crate) cluster: String,
+    pub(crate) state: std::path::PathBuf,
+    pub(crate) ours: String,
+    pub(crate) theirs: String,
+}
+
+/// Refuses `pki` unless it is the CA the cluster's servers trust (or they say nothing).
+pub(crate) fn check(
+    cluster: &str,
+    servers: &[Server],
+    pki: &ClusterPki,
+    state: &Path,
+) -> Result<(), ForeignPki> {
+    let ours = pki.discovery_hash();
+    match cluster_ca(servers) {
+        Some(theirs) if theirs != ours => Err(ForeignPki {
+            cluster: cluster.to_string(),
+            state: state.to_path_buf(),
+            ours,
+            theirs: theirs.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn server(name: &str, role: &str, ca: Option<&str>) -> Server {
+        serde_json::from_value(serde_json::json!({
+            "id": name,
+            "name": name,
+            "status": "ACTIVE",
+            "tags": [format!("flatstack:role={role}")],
+            "metadata": ca.map(|c| BTreeMap::from([(CA_METADATA, c)])).unwrap_or_default(),
+        }))
+        .expect("server")
+    }
+
+    #[test]
+    fn the_control_planes_ca_is_the_clusters() {
+        let servers = [
+            server("a-default-1", "worker", Some("sha256:bbb")),
+            server("a-control-plane-1", "control-plane", Some("sha256:aaa")),
+            server("a-default-2", "worker", None),
+        ];
+        assert_eq!(cluster_ca(&servers), Some("sha256:aaa"));
+        assert_eq!(cluster_ca(&servers[..1]), Some("sha256:bbb"));
+        assert_eq!(cluster_ca(&servers[2..]), None);
+        assert_eq!(
+            foreign_servers(&servers, "sha256:aaa"),
+            [("a-default-1", "sha256:bbb")]
+        );
+    }
+
+    #[test]
+    fn a_state_directory_with_another_ca_is_refused_with_both_hashes() {
+        let pki = ClusterPki::generate().expect("pki");
+        let ours = pki.discovery_hash();
+        let servers = [server("a-control-plane-1", "control-plane", Some(&ours))];
+        assert!(check("a", &servers, &pki, Path::new("/s")).is_ok());
+        let other = ClusterPki::generate().expect("pki");
+        let refused = check("a", &servers, &other, Path::new("/s")).expect_err("refused");
+        let message = refused.to_string();
+        assert!(message.contains(&ours), "{message}");
+        assert!(message.contains(&other.discovery_hash()), "{message}");
+        assert!(message.contains("/s is not cluster `a`'s"), "{message}");
+    }
+}
