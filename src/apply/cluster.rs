@@ -7,12 +7,12 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Service;
 
+use super::identity;
 use crate::addons::ingress::TRAEFIK_NAMESPACE;
 use crate::cloud::network::{FloatingIp, Kind};
 use crate::cloud::{Cloud, CloudConfig, CloudError};
 use crate::kube::{KubeClient, KubeError};
 use crate::pki::{ClientCertificate, ClusterPki, Kubeconfig, PkiError, StateDir, kubeconfig_yaml};
-use super::identity;
 use crate::plan::resources::{Names, cluster_tag};
 use crate::spec::{ClusterSpec, IngressExposure};
 

@@ -26,7 +26,10 @@ pub(crate) fn cluster_ca(servers: &[Server]) -> Option<&str> {
 }
 
 fn is_control_plane(server: &Server) -> bool {
-    server.tags.iter().any(|t| t == "flatstack:role=control-plane")
+    server
+        .tags
+        .iter()
+        .any(|t| t == "flatstack:role=control-plane")
 }
 
 /// The servers that trust another CA than `ours`, with the CA they trust.

@@ -13,8 +13,8 @@ use super::charts::{ChartState, chart_states};
 use super::observe::observe;
 use crate::cloud::Cloud;
 use crate::cloud::config::CloudConfig;
-use crate::node::seal::SEAL_KEY_METADATA;
 use crate::kube::{KubeClient, RebootState, error_chain, reboot_states};
+use crate::node::seal::SEAL_KEY_METADATA;
 use crate::pki::{ClientCertificate, ClusterPki, StateDir};
 use crate::plan::planner::{self, Scope};
 use crate::plan::resources::Observed;
@@ -183,7 +183,11 @@ fn open_secrets(
     tokens: &[JoinTokenSeen],
     now: k8s_openapi::jiff::Timestamp,
 ) -> Vec<String> {
-    let joined = |server: &str| nodes.iter().any(|n| n.metadata.name.as_deref() == Some(server));
+    let joined = |server: &str| {
+        nodes
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some(server))
+    };
     let waiting: Vec<&str> = observed
         .servers
         .iter()

@@ -167,10 +167,7 @@ fn host_port(address: IpAddr) -> String {
 }
 
 /// The Init and Cluster configuration of the first control plane, as one YAML stream.
-pub fn init_config(
-    spec: &ClusterSpec,
-    endpoint: &ApiEndpoint,
-) -> Result<String, NodeError> {
+pub fn init_config(spec: &ClusterSpec, endpoint: &ApiEndpoint) -> Result<String, NodeError> {
     let init = InitConfiguration {
         api_version: API_VERSION,
         kind: "InitConfiguration",

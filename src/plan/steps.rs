@@ -482,7 +482,10 @@ impl Action {
                     kind_name(*kind)
                 )
             }
-            CreateJoinToken => "making a join token for the new nodes, valid 1 h and deleted once they joined".into(),
+            CreateJoinToken => {
+                "making a join token for the new nodes, valid 1 h and deleted once they joined"
+                    .into()
+            }
             RenderIgnition { nodes, .. } => {
                 format!("rendering the Ignition configs of {} node(s)", nodes.len())
             }

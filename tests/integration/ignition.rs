@@ -212,10 +212,16 @@ fn control_plane_tree_has_the_cluster_cas() {
         assert!(!pki.join(key).exists(), "{key} in clear");
         let sealed = pki.join(format!("{key}.sealed"));
         assert_eq!(mode_of(&sealed), 0o600, "{key}");
-        assert!(std::fs::metadata(&sealed).expect("sealed").len() > 200, "{key}");
+        assert!(
+            std::fs::metadata(&sealed).expect("sealed").len() > 200,
+            "{key}"
+        );
     }
     assert_eq!(private_keys_under(root), Vec::<String>::new());
-    assert_eq!(mode_of(&root.join("etc/flatstack/join-token.sealed")), 0o600);
+    assert_eq!(
+        mode_of(&root.join("etc/flatstack/join-token.sealed")),
+        0o600
+    );
     let config = std::fs::read_to_string(
         rendered
             .workspace
@@ -266,8 +272,17 @@ fn worker_tree_has_no_private_key_and_joins_by_token_and_hash() {
     assert!(kubeadm.contains("kind: JoinConfiguration"));
     // The token is sealed; the readable configuration names it by placeholder.
     assert!(kubeadm.contains("token: \"@JOIN_TOKEN@\""), "{kubeadm}");
-    assert!(!rendered.workspace.state_dir().join("pki/bootstrap-token").exists());
-    assert_eq!(mode_of(&root.join("etc/flatstack/join-token.sealed")), 0o600);
+    assert!(
+        !rendered
+            .workspace
+            .state_dir()
+            .join("pki/bootstrap-token")
+            .exists()
+    );
+    assert_eq!(
+        mode_of(&root.join("etc/flatstack/join-token.sealed")),
+        0o600
+    );
     assert!(
         kubeadm.contains("apiServerEndpoint: 10.42.0.10:6443"),
         "{kubeadm}"

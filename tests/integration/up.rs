@@ -957,7 +957,10 @@ fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
         .collect();
     assert_eq!(token_writes.len(), 2, "{token_writes:?}");
     assert_eq!(token_writes[0].0, "PATCH", "{token_writes:?}");
-    assert_eq!(token_writes[1], ("DELETE".to_string(), token_writes[0].1.clone()));
+    assert_eq!(
+        token_writes[1],
+        ("DELETE".to_string(), token_writes[0].1.clone())
+    );
     assert!(bootstrap_tokens(&server).is_empty());
     // The new server's sealing key left its metadata once its node had joined.
     assert_no_seal_key(&w2);
@@ -1870,9 +1873,19 @@ fn user_data_holds_only_sealed_secrets_that_the_metadata_key_opens() {
 
         let admin = cli(
             "local-admin",
-            &["--os-compute-api-version", "2.3", "server", "show", &id, "-f", "json"],
+            &[
+                "--os-compute-api-version",
+                "2.3",
+                "server",
+                "show",
+                &id,
+                "-f",
+                "json",
+            ],
         );
-        let encoded = admin["OS-EXT-SRV-ATTR:user_data"].as_str().expect("user_data");
+        let encoded = admin["OS-EXT-SRV-ATTR:user_data"]
+            .as_str()
+            .expect("user_data");
         let user_data = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .expect("base64");
@@ -1917,8 +1930,8 @@ fn user_data_holds_only_sealed_secrets_that_the_metadata_key_opens() {
             String::from_utf8_lossy(&unseal.stdout),
             String::from_utf8_lossy(&unseal.stderr)
         );
-        let token = std::fs::read_to_string(root.join("etc/flatstack/join-token"))
-            .expect("opened token");
+        let token =
+            std::fs::read_to_string(root.join("etc/flatstack/join-token")).expect("opened token");
         assert!(is_token(&token), "{node}: {token:?}");
         assert_eq!(mode_of(&root.join("etc/flatstack/join-token")), 0o600);
         assert!(!text.contains(&token), "{node}: the token is in user_data");
@@ -1939,7 +1952,11 @@ fn user_data_holds_only_sealed_secrets_that_the_metadata_key_opens() {
                     "{on_node}"
                 );
                 assert_eq!(mode_of(&opened), 0o600, "{on_node}");
-                assert!(!root.join(format!("etc/flatstack/pki/{on_node}.sealed")).exists());
+                assert!(
+                    !root
+                        .join(format!("etc/flatstack/pki/{on_node}.sealed"))
+                        .exists()
+                );
             }
         }
         // Another server's key opens nothing here.
@@ -1972,4 +1989,56 @@ fn user_data_holds_only_sealed_secrets_that_the_metadata_key_opens() {
     assert_eq!(tokens[0], tokens[1]);
     assert_eq!(cas[0], cas[1]);
     assert!(cas[0].as_str().is_some_and(|c| c.starts_with("sha256:")));
+}
+
+/// A state directory is the cluster's own or it is refused. `render` with a fresh state
+/// directory says it minted a CA for a cluster that exists; then `plan`, `up`, `status` and
+/// `kubeconfig` with that directory stop with exit code 2, naming both CAs, and change nothing.
+#[test]
+fn a_state_directory_that_is_not_the_clusters_is_refused_by_every_command() {
+    let name = unique("foreign");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 1, ""));
+    let _teardown = Teardown(&workspace);
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+    let ours = server_metadata(&format!("{name}-control-plane-1"))["flatstack-ca"]
+        .as_str()
+        .expect("the CA on the control plane")
+        .to_string();
+    let before = servers(&name);
+
+    let elsewhere = Workspace::new();
+    elsewhere.write_cluster(&cluster(&name, 1, ""));
+    let out = elsewhere.path("out");
+    let rendered = flatstack(
+        &elsewhere,
+        &["render", "--out", out.to_str().expect("utf-8 path")],
+    );
+    let warning = stderr(&rendered);
+    assert!(rendered.status.success(), "{warning}");
+    assert!(
+        warning.contains(&format!(
+            "for cluster `{name}`, which already exists in the cloud with 2 server(s) trusting {ours}"
+        )),
+        "{warning}"
+    );
+    for command in [
+        &["plan"][..],
+        &["up", "--provision-only"],
+        &["status", "--api-address", NO_API],
+        &["kubeconfig"],
+    ] {
+        let output = flatstack(&elsewhere, command);
+        let error = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{command:?}: {error}");
+        assert!(
+            error.contains(&format!("is not cluster `{name}`'s"))
+                && error.contains(&format!("the cluster's nodes trust {ours}"))
+                && error.contains("its CA is sha256:"),
+            "{command:?}: {error}"
+        );
+    }
+    assert_eq!(servers(&name), before);
+    // The cluster's own state directory is still welcome.
+    success(&flatstack(&workspace, &["plan"]));
 }
