@@ -47,10 +47,11 @@ ssh_public_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ3TfW5bG1sUu2Y6QzYrQb4N
         internal: "10.42.0.10".parse()?,
         public: Some("203.0.113.7".parse()?),
     };
+    let token = flatstack::pki::BootstrapToken::generate()?;
     let mut nodes = Vec::new();
     let started = Instant::now();
     for _ in 0..ROUNDS {
-        nodes = render_cluster(&spec, &pki, &endpoint)?;
+        nodes = render_cluster(&spec, &pki, &endpoint, &token)?;
     }
     let render = started.elapsed() / ROUNDS;
 
