@@ -21,6 +21,8 @@ command -v bzip2 >/dev/null || missing+=(bzip2)
 command -v nft >/dev/null || missing+=(nftables)
 command -v iptables >/dev/null || missing+=(iptables)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v jq >/dev/null || missing+=(jq)
+command -v curl >/dev/null || missing+=(curl)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]}"
   sudo=()

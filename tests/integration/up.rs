@@ -249,7 +249,8 @@ fn up_converges_scales_and_down_removes_everything() {
         assert!(address.octets()[3] >= 17, "{worker}: {address}");
     }
 
-    // Each server's user_data is exactly what `render` writes for it with the same endpoint.
+    // Each server's user_data is exactly what `render` writes for it with the same endpoint,
+    // but for the sealed files' bytes (each sealed under its own key and IV).
     success(&workspace.render(&["--endpoint", &fip]));
     for server in tagged("server", &name) {
         let node = server["Name"].as_str().expect("name");
@@ -276,10 +277,14 @@ fn up_converges_scales_and_down_removes_everything() {
             .expect("base64");
         let rendered =
             std::fs::read(workspace.out_dir().join(format!("{node}.ign"))).expect("rendered");
+        let (user_data, sealed) = without_sealed_bytes(&user_data);
+        let (rendered, rendered_sealed) = without_sealed_bytes(&rendered);
         assert!(
             user_data == rendered,
             "user_data of {node} differs from `flatstack render`"
         );
+        assert_eq!(sealed, rendered_sealed, "{node}: the same files sealed");
+        assert!(sealed.contains(&"/etc/flatstack/join-token.sealed".to_string()));
         assert!(
             shown["tags"]
                 .to_string()
@@ -1828,6 +1833,24 @@ fn one_writer_at_a_time() {
     );
     success(&removing.wait_with_output().expect("down"));
     assert_nothing_left(&name);
+}
+
+/// An Ignition config with the contents of its sealed files blanked, and their paths.
+fn without_sealed_bytes(config: &[u8]) -> (Value, Vec<String>) {
+    let mut config: Value = serde_json::from_slice(config).expect("Ignition JSON");
+    let mut sealed = Vec::new();
+    for file in config["storage"]["files"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        let path = file["path"].as_str().unwrap_or_default().to_string();
+        if path.ends_with(".sealed") {
+            file["contents"]["source"] = Value::Null;
+            sealed.push(path);
+        }
+    }
+    (config, sealed)
 }
 
 /// A token's shape: `[a-z0-9]{6}.[a-z0-9]{16}`.
