@@ -2065,3 +2065,59 @@ fn a_state_directory_that_is_not_the_clusters_is_refused_by_every_command() {
     // The cluster's own state directory is still welcome.
     success(&flatstack(&workspace, &["plan"]));
 }
+
+/// `up` confirms what it made before it says so: a worker's server deleted by someone else
+/// while `up` waits for the nodes (its node had registered, as a kubelet does) ends the run
+/// with exit code 1 naming the server, not with "up".
+#[test]
+fn up_says_what_vanished_while_it_ran() {
+    use crate::kube_standin::{StandIn, World};
+    let name = unique("vanish");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 1, ""));
+    let _teardown = Teardown(&workspace);
+    let pki = crate::kube_standin::pki(&workspace);
+    let (cp, w1) = (
+        format!("{name}-control-plane-1"),
+        format!("{name}-default-1"),
+    );
+    let mut world = World::default();
+    world.register(&cp, true);
+    let server = StandIn::start(
+        &pki.ca.cert_pem,
+        pki.ca.key_pem.expose(),
+        &pki.ca.cert_pem,
+        world,
+    );
+    let api = server.address.to_string();
+    let run = spawn(
+        &workspace,
+        &["up", "--api-address", api.as_str(), "--timeout", "3m"],
+    );
+    // The worker's server is deleted once ACTIVE (as another workstation's `down` would),
+    // then its node registers, so `up`'s wait for the nodes ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "{w1} never ACTIVE");
+        let shown = cli_raw("local-demo", &["server", "show", &w1, "-f", "json"]);
+        let active = shown.status.success()
+            && serde_json::from_slice::<Value>(&shown.stdout)
+                .is_ok_and(|s| s["status"] == "ACTIVE");
+        if active {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    cli("local-demo", &["server", "delete", "--wait", &w1]);
+    server.world.lock().expect("world").register(&w1, false);
+    let output = run.wait_with_output().expect("up");
+    let error = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{error}");
+    assert!(
+        error.contains(&format!(
+            "cluster `{name}` is not as this run made it: {w1} vanished while it ran"
+        )),
+        "{error}"
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("is up"));
+}
