@@ -786,7 +786,7 @@ fn volumes_are_kept_unless_down_is_told_to_delete_them() {
 /// The whole `flatstack up`: the cloud side on the local OpenStack, the cluster side against
 /// the Kubernetes API stand-in reached through `--api-address` (the floating IP of a fake
 /// server leads nowhere). Then a converged re-run, `status`, a drained scale-down and a
-/// scale-up with a refreshed join token.
+/// scale-up with a join token of its own, deleted once the node joined.
 #[test]
 fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
     use crate::kube_standin::{StandIn, World};
