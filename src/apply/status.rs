@@ -229,3 +229,64 @@ fn open_secrets(
     }
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(name: &str, sealed: bool) -> crate::cloud::compute::Server {
+        let mut metadata = serde_json::Map::new();
+        if sealed {
+            metadata.insert(SEAL_KEY_METADATA.to_string(), "00".into());
+        }
+        serde_json::from_value(serde_json::json!({
+            "id": name, "name": name, "status": "ACTIVE", "metadata": metadata,
+        }))
+        .expect("server")
+    }
+
+    fn node(name: &str) -> Node {
+        serde_json::from_value(serde_json::json!({ "metadata": { "name": name } })).expect("node")
+    }
+
+    fn token(id: &str, expiration: &str) -> JoinTokenSeen {
+        JoinTokenSeen {
+            id: id.into(),
+            expiration: Some(expiration.into()),
+        }
+    }
+
+    #[test]
+    fn a_valid_token_with_no_node_waiting_is_named_and_an_expired_one_is_not() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-12-06T20:00:00Z".parse().expect("time");
+        let observed = Observed {
+            servers: vec![
+                server("a-control-plane-1", false),
+                server("a-default-1", true),
+            ],
+            ..Observed::default()
+        };
+        let tokens = [
+            token("abcdef", "2026-12-06T20:30:00Z"),
+            token("old123", "2026-12-06T19:00:00Z"),
+        ];
+        let joined = [node("a-control-plane-1"), node("a-default-1")];
+        let lines = open_secrets(&observed, &joined, &tokens, now);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with(
+                "join token abcdef is valid until 2026-12-06T20:30:00Z with no node waiting to join"
+            ),
+            "{lines:?}"
+        );
+        assert!(lines[1].starts_with("server a-default-1's metadata still holds the key"));
+        // While a server has no node, the token is there for it.
+        let lines = open_secrets(&observed, &joined[..1], &tokens, now);
+        assert_eq!(
+            lines,
+            [
+                "join token abcdef is valid until 2026-12-06T20:30:00Z for the node(s) still joining: a-default-1"
+            ]
+        );
+    }
+}

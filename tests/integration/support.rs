@@ -481,3 +481,32 @@ pub fn private_keys_under(dir: &Path) -> Vec<String> {
     found.sort();
     found
 }
+
+/// An Ignition config with the contents of its sealed files blanked, and their paths.
+pub fn without_sealed_bytes(config: &[u8]) -> (serde_json::Value, Vec<String>) {
+    let mut config: serde_json::Value = serde_json::from_slice(config).expect("Ignition JSON");
+    let mut sealed = Vec::new();
+    for file in config["storage"]["files"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        let path = file["path"].as_str().unwrap_or_default().to_string();
+        if path.ends_with(".sealed") {
+            file["contents"]["source"] = serde_json::Value::Null;
+            sealed.push(path);
+        }
+    }
+    (config, sealed)
+}
+
+/// A token's shape: `[a-z0-9]{6}.[a-z0-9]{16}`.
+pub fn is_token(text: &str) -> bool {
+    let valid = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    text.split_once('.')
+        .is_some_and(|(id, secret)| valid(id, 6) && valid(secret, 16))
+}

@@ -1835,35 +1835,6 @@ fn one_writer_at_a_time() {
     assert_nothing_left(&name);
 }
 
-/// An Ignition config with the contents of its sealed files blanked, and their paths.
-fn without_sealed_bytes(config: &[u8]) -> (Value, Vec<String>) {
-    let mut config: Value = serde_json::from_slice(config).expect("Ignition JSON");
-    let mut sealed = Vec::new();
-    for file in config["storage"]["files"]
-        .as_array_mut()
-        .into_iter()
-        .flatten()
-    {
-        let path = file["path"].as_str().unwrap_or_default().to_string();
-        if path.ends_with(".sealed") {
-            file["contents"]["source"] = Value::Null;
-            sealed.push(path);
-        }
-    }
-    (config, sealed)
-}
-
-/// A token's shape: `[a-z0-9]{6}.[a-z0-9]{16}`.
-fn is_token(text: &str) -> bool {
-    let valid = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    };
-    text.split_once('.')
-        .is_some_and(|(id, secret)| valid(id, 6) && valid(secret, 16))
-}
-
 /// What Nova holds after `up --provision-only`, read back as an admin reads it: no private key
 /// and no join token in any server's user_data, nor the token in its console log; the config
 /// written out by Debian's real Ignition opens its sealed secrets with the key in the
