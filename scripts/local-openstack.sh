@@ -578,15 +578,42 @@ project_quotas() {
   touch "$DATA/.quotas"
 }
 
+# The floating-IP pools: 203.0.113.10-250 without the addresses in
+# FLATSTACK_RESERVED_ADDRESSES (package registries this machine reaches inside the range, which
+# scripts/test.sh keeps a host route to: never handed out as a floating IP).
+public_pools() {
+  local start=10 octet address
+  local -a reserved=()
+  for address in ${FLATSTACK_RESERVED_ADDRESSES:-}; do
+    [[ $address == 203.0.113.* ]] && reserved+=("${address##*.}")
+  done
+  if ((${#reserved[@]})); then
+    mapfile -t reserved < <(printf '%s\n' "${reserved[@]}" | sort -n -u)
+  fi
+  for octet in "${reserved[@]}"; do
+    ((octet < start || octet > 250)) && continue
+    ((octet > start)) && echo "--allocation-pool start=203.0.113.$start,end=203.0.113.$((octet - 1))"
+    start=$((octet + 1))
+  done
+  ((start <= 250)) && echo "--allocation-pool start=203.0.113.$start,end=203.0.113.250"
+  return 0
+}
+
 neutron_ready() {
-  [[ -f $DATA/.public-network ]] && return 0
-  say "neutron: external network public with a floating IP pool"
+  local pools
+  pools=$(public_pools | tr '\n' ' ')
+  [[ -f $DATA/.public-network && $(cat "$DATA/.public-network") == "$pools" ]] && return 0
+  say "neutron: external network public with floating IP pools $pools"
   admin network show public >/dev/null 2>&1 || admin network create --external --share \
     --provider-network-type flat --provider-physical-network public public >/dev/null
-  admin subnet show public-subnet >/dev/null 2>&1 || admin subnet create --network public \
-    --subnet-range 203.0.113.0/24 --allocation-pool start=203.0.113.10,end=203.0.113.250 \
-    --gateway 203.0.113.1 --no-dhcp public-subnet >/dev/null
-  touch "$DATA/.public-network"
+  # shellcheck disable=SC2086
+  if admin subnet show public-subnet >/dev/null 2>&1; then
+    admin subnet set --no-allocation-pool $pools public-subnet >/dev/null
+  else
+    admin subnet create --network public --subnet-range 203.0.113.0/24 $pools \
+      --gateway 203.0.113.1 --no-dhcp public-subnet >/dev/null
+  fi
+  echo "$pools" >"$DATA/.public-network"
 }
 
 # ------------------------------------------------------------------ cinder

@@ -1097,3 +1097,31 @@ fn credentials_in_broken_cloud_files_are_never_echoed() {
         assert!(!err.contains("hunter2"), "{err}");
     }
 }
+
+/// The local OpenStack's floating IPs (203.0.113.0/24) are on no machine, and the test
+/// command routes their range nowhere: a connection to one fails on this machine at once
+/// (the kernel answers "unreachable" without sending a packet), so no test can reach past it.
+#[test]
+fn the_floating_ip_range_is_routed_nowhere() {
+    assert!(
+        std::env::var_os("FLATSTACK_FLOATING_RANGE_UNROUTED").is_some(),
+        "run the tests through scripts/test.sh, which routes 203.0.113.0/24 nowhere"
+    );
+    let route = Command::new("ip")
+        .args(["route", "get", "203.0.113.7"])
+        .output()
+        .expect("run ip");
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&route.stdout),
+        String::from_utf8_lossy(&route.stderr)
+    );
+    assert!(
+        !route.status.success() && shown.contains("No route to host"),
+        "{shown}"
+    );
+    let address = std::net::SocketAddr::from(([203, 0, 113, 7], 6443));
+    let error = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        .expect_err("a floating IP answered");
+    assert_eq!(error.kind(), std::io::ErrorKind::HostUnreachable, "{error}");
+}
