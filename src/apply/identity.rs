@@ -7,41 +7,7 @@ use std::path::Path;
 
 use crate::cloud::compute::Server;
 use crate::pki::ClusterPki;
-use crate::plan::resources::CA_METADATA;
-
-/// The CA the cluster's nodes trust, as its servers' metadata says: the control planes'
-/// (they hold the CA), else the workers'; servers made before flatstack recorded it say
-/// nothing. Among several, the first by name.
-pub(crate) fn cluster_ca(servers: &[Server]) -> Option<&str> {
-    let recorded = |control_plane: bool| {
-        let mut found: Vec<(&str, &str)> = servers
-            .iter()
-            .filter(|s| is_control_plane(s) == control_plane)
-            .filter_map(|s| Some((s.name.as_str(), s.metadata.get(CA_METADATA)?.as_str())))
-            .collect();
-        found.sort();
-        found.first().map(|(_, ca)| *ca)
-    };
-    recorded(true).or_else(|| recorded(false))
-}
-
-fn is_control_plane(server: &Server) -> bool {
-    server
-        .tags
-        .iter()
-        .any(|t| t == "flatstack:role=control-plane")
-}
-
-/// The servers that trust another CA than `ours`, with the CA they trust.
-pub(crate) fn foreign_servers<'a>(servers: &'a [Server], ours: &str) -> Vec<(&'a str, &'a str)> {
-    servers
-        .iter()
-        .filter_map(|s| {
-            let theirs = s.metadata.get(CA_METADATA)?;
-            (theirs != ours).then_some((s.name.as_str(), theirs.as_str()))
-        })
-        .collect()
-}
+pub(crate) use crate::plan::resources::cluster_ca;
 
 /// A state directory whose CA is not the cluster's.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +46,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::plan::resources::{CA_METADATA, servers_trusting_another_ca};
 
     fn server(name: &str, role: &str, ca: Option<&str>) -> Server {
         serde_json::from_value(serde_json::json!({
@@ -102,10 +69,11 @@ mod tests {
         assert_eq!(cluster_ca(&servers), Some("sha256:aaa"));
         assert_eq!(cluster_ca(&servers[..1]), Some("sha256:bbb"));
         assert_eq!(cluster_ca(&servers[2..]), None);
-        assert_eq!(
-            foreign_servers(&servers, "sha256:aaa"),
-            [("a-default-1", "sha256:bbb")]
-        );
+        let foreign: Vec<(&str, &str)> = servers_trusting_another_ca(&servers, "sha256:aaa")
+            .into_iter()
+            .map(|(s, ca)| (s.name.as_str(), ca))
+            .collect();
+        assert_eq!(foreign, [("a-default-1", "sha256:bbb")]);
     }
 
     #[test]

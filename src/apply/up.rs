@@ -293,14 +293,14 @@ async fn confirm(
         )));
     }
     let ours = pki.discovery_hash();
-    let foreign = identity::foreign_servers(&servers, &ours);
+    let foreign = crate::plan::resources::servers_trusting_another_ca(&servers, &ours);
     if !foreign.is_empty() {
         let named: Vec<String> = foreign
             .iter()
-            .map(|(name, ca)| format!("{name} (trusts {ca})"))
+            .map(|(server, ca)| format!("{} (trusts {ca})", server.name))
             .collect();
         return Err(UpError::NotAsMade(format!(
-            "cluster `{}` has servers made with another state directory than this one (CA {ours}): {}; their nodes can never join the others\n  hint: another workstation made this cluster at the same time; keep the state directory whose CA the control plane trusts (`flatstack status` names it), delete the other servers with `openstack server delete`, and run `flatstack up` from there",
+            "cluster `{}` has servers made with another state directory than this one (CA {ours}): {}; their nodes can never join the others\n  hint: another workstation made this cluster at the same time; run `flatstack up` with the state directory whose CA the control plane trusts (the others are refused): it builds the other workers again",
             spec.name,
             named.join(", ")
         )));

@@ -298,6 +298,31 @@ pub(crate) fn plan(
         );
         rebuilt.insert(server.name.as_str(), gone);
     }
+    // A worker made with another state directory (two workstations making the cluster at once)
+    // trusts a CA no control plane has: it can never join, holds nothing, and is built again.
+    if let Some(cluster_ca) = super::resources::cluster_ca(&observed.servers) {
+        for (server, theirs) in
+            super::resources::servers_trusting_another_ca(&observed.servers, cluster_ca)
+        {
+            if !server.tags.iter().any(|t| t == "flatstack:role=worker")
+                || rebuilt.contains_key(server.name.as_str())
+                || !nodes.iter().any(|n| n.name == server.name)
+            {
+                continue;
+            }
+            let gone = plan.push(
+                Action::DeleteServer {
+                    id: server.id.clone(),
+                    name: server.name.clone(),
+                    because: Some(format!(
+                        "it was made with another state directory: its node trusts CA {theirs}, not the cluster's {cluster_ca}, and can never join; built again"
+                    )),
+                },
+                &[],
+            );
+            rebuilt.insert(server.name.as_str(), gone);
+        }
+    }
     let mut missing: Vec<_> = nodes
         .iter()
         .filter(|n| {
@@ -788,6 +813,7 @@ mod tests {
     use super::*;
     use crate::cloud::compute::Server;
     use crate::cloud::network::{FixedIp, FloatingIp, Router, SecurityGroup};
+    use crate::plan::resources::CA_METADATA;
     use crate::plan::steps::Verb;
     use crate::spec::test_spec;
 
@@ -1215,6 +1241,49 @@ mod tests {
             shown(&provision_only),
             ["- server demo-default-2", "- port demo-default-2"]
         );
+    }
+
+    /// A worker whose metadata records another CA than the control plane's was made with
+    /// another state directory: it is built again on its port, never drained (it never
+    /// joined). Servers that record nothing (made before flatstack recorded it) are left.
+    #[test]
+    fn a_worker_trusting_another_ca_is_built_again() {
+        let spec = with_workers(2);
+        let mut observed = converged(&spec);
+        for server in &mut observed.servers {
+            let (role, ca) = match server.name.as_str() {
+                "demo-control-plane-1" => ("control-plane", "sha256:aa"),
+                "demo-default-1" => ("worker", "sha256:bb"),
+                _ => ("worker", ""),
+            };
+            server.tags = vec![format!("flatstack:role={role}")];
+            if !ca.is_empty() {
+                server.metadata.insert(CA_METADATA.into(), ca.into());
+            }
+        }
+        let plan = plan(&spec, &observed, &facts(), K8S).expect("plan");
+        assert_eq!(
+            shown(&plan),
+            [
+                "- server demo-default-1",
+                "> ignition 1 config(s)",
+                "> join token bootstrap token",
+                "+ server demo-default-1",
+                "> wait demo-default-1",
+            ],
+            "{:#?}",
+            plan.shown()
+        );
+        assert_eq!(
+            plan.steps[0].shown().detail,
+            "it was made with another state directory: its node trusts CA sha256:bb, not the cluster's sha256:aa, and can never join; built again"
+        );
+        // The control plane's CA is the cluster's, whatever the workers say.
+        observed.servers[0]
+            .metadata
+            .insert(CA_METADATA.into(), "sha256:bb".into());
+        let plan = super::plan(&spec, &observed, &facts(), K8S).expect("plan");
+        assert_eq!(plan.steps.len(), 0, "{:#?}", plan.shown());
     }
 
     #[test]

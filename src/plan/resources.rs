@@ -21,6 +21,36 @@ pub(crate) fn cluster_tag(name: &str) -> String {
 /// that is not.
 pub const CA_METADATA: &str = "flatstack-ca";
 
+/// The CA the cluster's nodes trust, as its servers' metadata says: the control planes' (they
+/// hold the CA), else the workers'; servers made before flatstack recorded it say nothing.
+/// Among several, the first by name.
+pub(crate) fn cluster_ca(servers: &[Server]) -> Option<&str> {
+    let recorded = |control_plane: bool| {
+        let mut found: Vec<(&str, &str)> = servers
+            .iter()
+            .filter(|s| s.tags.iter().any(|t| t == "flatstack:role=control-plane") == control_plane)
+            .filter_map(|s| Some((s.name.as_str(), s.metadata.get(CA_METADATA)?.as_str())))
+            .collect();
+        found.sort();
+        found.first().map(|(_, ca)| *ca)
+    };
+    recorded(true).or_else(|| recorded(false))
+}
+
+/// The servers that record another CA than `ours`, with the CA they record.
+pub(crate) fn servers_trusting_another_ca<'a>(
+    servers: &'a [Server],
+    ours: &str,
+) -> Vec<(&'a Server, &'a str)> {
+    servers
+        .iter()
+        .filter_map(|s| {
+            let theirs = s.metadata.get(CA_METADATA)?;
+            (theirs != ours).then_some((s, theirs.as_str()))
+        })
+        .collect()
+}
+
 /// Volume metadata the Cinder CSI driver sets to its `--cluster` name, which flatstack sets to
 /// the cluster's name: how `down --delete-volumes` finds the volumes the cluster made.
 pub(crate) const CSI_CLUSTER_KEY: &str = "cinder.csi.openstack.org/cluster";

@@ -2033,8 +2033,37 @@ fn a_state_directory_that_is_not_the_clusters_is_refused_by_every_command() {
         );
     }
     assert_eq!(servers(&name), before);
-    // The cluster's own state directory is still welcome.
+    // The cluster's own state directory is still welcome. A worker that another state
+    // directory made (as two workstations starting the cluster at once would) trusts a CA no
+    // control plane has: it is built again, on its port.
     success(&flatstack(&workspace, &["plan"]));
+    let worker = format!("{name}-default-1");
+    let old_id = cli("local-demo", &["server", "show", &worker, "-f", "json"])["id"].clone();
+    let theirs = format!("sha256:{}", "0".repeat(64));
+    cli(
+        "local-demo",
+        &[
+            "server",
+            "set",
+            "--property",
+            &format!("flatstack-ca={theirs}"),
+            &worker,
+        ],
+    );
+    let plan = success(&flatstack(&workspace, &["plan"]));
+    assert!(
+        plan.lines().any(|l| l.contains("- server")
+            && l.contains(&worker)
+            && l.contains(&format!(
+                "its node trusts CA {theirs}, not the cluster's {ours}"
+            ))),
+        "{plan}"
+    );
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+    let rebuilt = cli("local-demo", &["server", "show", &worker, "-f", "json"]);
+    assert_ne!(rebuilt["id"], old_id);
+    assert_eq!(rebuilt["properties"]["flatstack-ca"], ours.as_str());
+    assert_eq!(servers(&name), before);
 }
 
 /// `up` confirms what it made before it says so: a worker's server deleted by someone else
