@@ -98,7 +98,10 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
             KubernetesStatus::Unavailable("nothing in the cloud".into()),
         ),
         _ => {
-            let scope = Scope { kubernetes: true };
+            let scope = Scope {
+                kubernetes: true,
+                accept_empty_cluster: false,
+            };
             let pending = planner::plan(&spec, &observed, &observation.facts, scope)
                 .map(|plan| plan.steps.len())
                 .map_err(|e| e.to_string());

@@ -30,6 +30,8 @@ pub(crate) struct UpRequest {
     pub(crate) state_path: PathBuf,
     /// Stop once the cloud side is done.
     pub(crate) provision_only: bool,
+    /// Build a control plane that ran and is gone again (a new, empty cluster).
+    pub(crate) accept_empty_cluster: bool,
     /// Reach the API at this HOST:PORT instead of the floating IP.
     pub(crate) api_address: Option<String>,
     /// How long the cluster gets to come up.
@@ -52,6 +54,8 @@ pub(crate) struct UpReport {
     pub(crate) booted: Option<Bootstrapped>,
     /// Servers whose sealing key left their metadata in this run (their nodes joined).
     pub(crate) keys_removed: usize,
+    /// Tags added that say the control plane has run.
+    pub(crate) marked: usize,
 }
 
 impl UpReport {
@@ -60,6 +64,7 @@ impl UpReport {
         self.plan.is_empty()
             && self.mutating_calls == 0
             && self.keys_removed == 0
+            && self.marked == 0
             && self.booted.as_ref().is_none_or(|b| b.changes == 0)
     }
 }
@@ -126,6 +131,7 @@ pub(crate) async fn up(
         cloud: config,
         state_path,
         provision_only,
+        accept_empty_cluster,
         api_address,
         timeout,
     } = request;
@@ -173,6 +179,7 @@ pub(crate) async fn up(
     }
     let scope = Scope {
         kubernetes: !provision_only,
+        accept_empty_cluster,
     };
     let plan = planner::plan(&spec, observed, &observation.facts, scope)?;
     if let Some(short) = growth_shortfall(&cloud, observed, &observation.facts, &plan).await? {
@@ -244,7 +251,10 @@ pub(crate) async fn up(
         }
     };
     let joined = booted.as_ref().map(|b| b.nodes.as_slice());
-    let keys_removed = confirm(&cloud, &spec, &plan, &pki, joined).await?;
+    let Confirmed {
+        marked,
+        keys_removed,
+    } = confirm(&cloud, &spec, &plan, &pki, joined).await?;
     if keys_removed > 0 {
         say(&format!(
             "removed the key to their sealed secrets from {keys_removed} server(s)' metadata: their nodes have joined"
@@ -253,6 +263,7 @@ pub(crate) async fn up(
     let timeline = timeline::build(&plan, &provisioned.runs, &before, &after, at());
     Ok(UpReport {
         keys_removed,
+        marked,
         spec,
         plan,
         provisioned,
@@ -269,14 +280,15 @@ pub(crate) async fn up(
 /// `up`'s last step, before it reports: every server of the cluster file is still there and
 /// trusts this state directory's CA (another workstation's `down`, or its `up` with a state
 /// directory of its own, may have run meanwhile); once nodes have joined (`joined`), the keys
-/// to their sealed secrets leave their servers' metadata. Returns how many keys went.
+/// to their sealed secrets leave their servers' metadata. Control planes seen ACTIVE are
+/// marked as having run.
 async fn confirm(
     cloud: &Cloud,
     spec: &ClusterSpec,
     plan: &Plan,
     pki: &ClusterPki,
     joined: Option<&[k8s_openapi::api::core::v1::Node]>,
-) -> Result<usize, UpError> {
+) -> Result<Confirmed, UpError> {
     let tag = crate::plan::resources::cluster_tag(&spec.name);
     let servers = cloud.servers_tagged(&[tag.as_str()]).await?;
     let vanished: Vec<&str> = plan
@@ -305,10 +317,14 @@ async fn confirm(
             named.join(", ")
         )));
     }
+    let marked = mark_control_planes_ran(cloud, spec, &servers).await?;
     let Some(joined) = joined else {
-        return Ok(0);
+        return Ok(Confirmed {
+            marked,
+            keys_removed: 0,
+        });
     };
-    let mut removed = 0;
+    let mut keys_removed = 0;
     for server in servers.iter().filter(|s| {
         s.metadata.contains_key(SEAL_KEY_METADATA)
             && joined
@@ -318,9 +334,70 @@ async fn confirm(
         cloud
             .delete_server_metadata(&server.id, SEAL_KEY_METADATA)
             .await?;
-        removed += 1;
+        keys_removed += 1;
     }
-    Ok(removed)
+    Ok(Confirmed {
+        marked,
+        keys_removed,
+    })
+}
+
+/// What `up`'s last step changed.
+struct Confirmed {
+    /// Tags added that say the control plane has run.
+    marked: usize,
+    /// Servers whose sealing key left their metadata.
+    keys_removed: usize,
+}
+
+/// Marks the cluster as having run once a control plane's server is ACTIVE: a tag on that
+/// control plane's port and on the API's floating IP (either survives the other's deletion),
+/// so a control plane lost later is never built again blank. Returns how many tags it added.
+async fn mark_control_planes_ran(
+    cloud: &Cloud,
+    spec: &ClusterSpec,
+    servers: &[crate::cloud::compute::Server],
+) -> Result<usize, UpError> {
+    use crate::cloud::network::{FloatingIp, Kind, Port};
+    use crate::plan::resources::{CONTROL_PLANE_RAN_TAG, Names, cluster_tag};
+    let ran: Vec<&str> = servers
+        .iter()
+        .filter(|s| {
+            s.status == "ACTIVE" && s.tags.iter().any(|t| t == "flatstack:role=control-plane")
+        })
+        .map(|s| s.name.as_str())
+        .collect();
+    if ran.is_empty() {
+        return Ok(0);
+    }
+    let unmarked = |tags: &[String]| !tags.iter().any(|t| t == CONTROL_PLANE_RAN_TAG);
+    let with_mark = |tags: &[String]| {
+        let mut tags = tags.to_vec();
+        tags.push(CONTROL_PLANE_RAN_TAG.to_string());
+        tags
+    };
+    let mut marked = 0;
+    let tag = cluster_tag(&spec.name);
+    let ports: Vec<Port> = cloud.list_tagged(Kind::Port, &[tag.as_str()]).await?;
+    for port in ports
+        .iter()
+        .filter(|p| ran.contains(&p.name.as_str()) && unmarked(&p.tags))
+    {
+        cloud
+            .set_tags(Kind::Port, &port.id, &with_mark(&port.tags))
+            .await?;
+        marked += 1;
+    }
+    let names = Names::of(&spec.name);
+    let described = [("description", names.api_address.as_str())];
+    let floating: Vec<FloatingIp> = cloud.list(Kind::FloatingIp, &described).await?;
+    for address in floating.iter().filter(|f| unmarked(&f.tags)) {
+        cloud
+            .set_tags(Kind::FloatingIp, &address.id, &with_mark(&address.tags))
+            .await?;
+        marked += 1;
+    }
+    Ok(marked)
 }
 
 /// One observation of the cloud for `spec`, checked as `up` checks it before anything is made:
@@ -465,7 +542,7 @@ pub(crate) async fn plan(
     spec: ClusterSpec,
     config: CloudConfig,
     state_path: PathBuf,
-    provision_only: bool,
+    scope: Scope,
     mut warnings: Vec<String>,
 ) -> Result<PlanReport, UpError> {
     let state = StateDir::open_existing(&state_path)?;
@@ -494,9 +571,6 @@ pub(crate) async fn plan(
         identity::check(&spec.name, &observation.observed.servers, &pki, &state_path)
             .map_err(|e| UpError::Refused(e.to_string()))?;
     }
-    let scope = Scope {
-        kubernetes: !provision_only,
-    };
     let plan = planner::plan(&spec, &observation.observed, &observation.facts, scope)?;
     let growth = growth_shortfall(&cloud, &observation.observed, &observation.facts, &plan).await?;
     for problem in problems.into_iter().chain(growth) {

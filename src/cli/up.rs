@@ -37,6 +37,9 @@ pub(crate) struct PlanArgs {
     /// Plan as `up --provision-only` runs: the cloud side only, no drains or join token.
     #[arg(long)]
     pub(crate) provision_only: bool,
+    /// Plan as `up --accept-empty-cluster` runs.
+    #[arg(long)]
+    pub(crate) accept_empty_cluster: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +48,10 @@ pub(crate) struct UpArgs {
     /// servers never boot, like the local test OpenStack.
     #[arg(long)]
     pub(crate) provision_only: bool,
+    /// Build a control plane that has run and is gone again: a new, empty cluster behind the
+    /// same CA and address (refused without this flag).
+    #[arg(long)]
+    pub(crate) accept_empty_cluster: bool,
     /// State directory holding the cluster's PKI (default: $XDG_DATA_HOME/flatstack/<name>).
     #[arg(long, env = "FLATSTACK_STATE_DIR")]
     pub(crate) state_dir: Option<PathBuf>,
@@ -165,7 +172,10 @@ pub(crate) fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> an
         spec,
         config,
         state_path,
-        args.provision_only,
+        crate::plan::planner::Scope {
+            kubernetes: !args.provision_only,
+            accept_empty_cluster: args.accept_empty_cluster,
+        },
         warnings,
     ))?;
     match args.output {
@@ -236,6 +246,7 @@ pub(crate) fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow
         state_path: state_path(&spec, args.state_dir.as_ref())?,
         spec,
         provision_only: args.provision_only,
+        accept_empty_cluster: args.accept_empty_cluster,
         api_address: args.api.api_address.clone(),
         timeout: args.timeout,
     };

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::IpNet;
 
-use super::resources::{Names, Observed, cluster_tag};
+use super::resources::{self, Names, Observed, cluster_tag};
 use super::roster::{Replacement, ServerFacts, roster};
 use super::rules::{rule_diff, wanted_rules};
 use super::steps::{
@@ -35,6 +35,9 @@ pub(crate) struct Scope {
     /// Drain leaving nodes and make a join token for new ones through the cluster's API
     /// (left out with `--provision-only`).
     pub(crate) kubernetes: bool,
+    /// Build a control plane that ran and is gone again, which makes a new, empty cluster
+    /// (`--accept-empty-cluster`); refused otherwise.
+    pub(crate) accept_empty_cluster: bool,
 }
 
 /// What stands in for a fact the cloud lacks (an external network, flavor or image the file
@@ -48,6 +51,10 @@ pub enum PlanError {
     ReusedNetwork,
     #[error("`network.node_cidr` is needed for a network flatstack creates")]
     NodeCidr,
+    #[error(
+        "control plane {name} has run (an `up` saw its server ACTIVE) and its server is {how}: building it again would run `kubeadm init` on an empty disk, a new and empty cluster behind the same CA and address, with every object and workload of the old one lost; nothing was built\n  hint: with one control plane, etcd went with it: restore the cluster from a backup, or, to start a new and empty cluster on purpose, run `flatstack up --accept-empty-cluster` (then replace the workers: they belonged to the old one)"
+    )]
+    ControlPlaneLost { name: String, how: &'static str },
 }
 
 impl PlanError {
@@ -300,9 +307,9 @@ pub(crate) fn plan(
     }
     // A worker made with another state directory (two workstations making the cluster at once)
     // trusts a CA no control plane has: it can never join, holds nothing, and is built again.
-    if let Some(cluster_ca) = super::resources::cluster_ca(&observed.servers) {
+    if let Some(cluster_ca) = resources::cluster_ca(&observed.servers) {
         for (server, theirs) in
-            super::resources::servers_trusting_another_ca(&observed.servers, cluster_ca)
+            resources::servers_trusting_another_ca(&observed.servers, cluster_ca)
         {
             if !server.tags.iter().any(|t| t == "flatstack:role=worker")
                 || rebuilt.contains_key(server.name.as_str())
@@ -330,6 +337,19 @@ pub(crate) fn plan(
                 || !observed.servers.iter().any(|s| s.name == n.name)
         })
         .collect();
+    // A control plane that ran held etcd: built again, it would initialize a blank cluster.
+    if !scope.accept_empty_cluster
+        && resources::control_plane_ran(observed)
+        && let Some(lost) = missing.iter().find(|n| n.role == Role::ControlPlane)
+    {
+        return Err(PlanError::ControlPlaneLost {
+            name: lost.name.clone(),
+            how: match rebuilt.contains_key(lost.name.as_str()) {
+                true => "in ERROR",
+                false => "gone",
+            },
+        });
+    }
     // Additions first, then the replacements in their order.
     missing.sort_by_key(|n| {
         roster
@@ -813,7 +833,7 @@ mod tests {
     use super::*;
     use crate::cloud::compute::Server;
     use crate::cloud::network::{FixedIp, FloatingIp, Router, SecurityGroup};
-    use crate::plan::resources::CA_METADATA;
+    use crate::plan::resources::{CA_METADATA, CONTROL_PLANE_RAN_TAG};
     use crate::plan::steps::Verb;
     use crate::spec::test_spec;
 
@@ -846,7 +866,10 @@ mod tests {
             .collect()
     }
 
-    const K8S: Scope = Scope { kubernetes: true };
+    const K8S: Scope = Scope {
+        kubernetes: true,
+        accept_empty_cluster: false,
+    };
 
     fn with_workers(count: u32) -> ClusterSpec {
         test_spec(&format!(
@@ -1128,8 +1151,16 @@ mod tests {
             ["demo-control-plane-1", "demo-default-3", "demo-default-4"]
         );
         // Without the cluster's API (`--provision-only`): ACTIVE is all that is waited for.
-        let provision_only =
-            super::plan(&spec, &observed, &facts(), Scope { kubernetes: false }).expect("plan");
+        let provision_only = super::plan(
+            &spec,
+            &observed,
+            &facts(),
+            Scope {
+                kubernetes: false,
+                accept_empty_cluster: false,
+            },
+        )
+        .expect("plan");
         assert!(
             !provision_only
                 .steps
@@ -1234,12 +1265,48 @@ mod tests {
             &smaller,
             &converged(&spec),
             &facts(),
-            Scope { kubernetes: false },
+            Scope {
+                kubernetes: false,
+                accept_empty_cluster: false,
+            },
         )
         .expect("plan");
         assert_eq!(
             shown(&provision_only),
             ["- server demo-default-2", "- port demo-default-2"]
+        );
+    }
+
+    /// A control plane that ran (its port marked) is not built again unless asked: it would
+    /// initialize a new, empty cluster. One that never ran is built as before.
+    #[test]
+    fn a_lost_control_plane_that_ran_is_refused_unless_asked() {
+        let spec = with_workers(1);
+        let mut observed = converged(&spec);
+        observed
+            .servers
+            .retain(|s| s.name != "demo-control-plane-1");
+        assert!(plan(&spec, &observed, &facts(), K8S).is_ok(), "never ran");
+        let port = observed
+            .ports
+            .iter_mut()
+            .find(|p| p.name == "demo-control-plane-1")
+            .expect("port");
+        port.tags.push(CONTROL_PLANE_RAN_TAG.into());
+        let refused = plan(&spec, &observed, &facts(), K8S).expect_err("refused");
+        assert!(
+            matches!(&refused, PlanError::ControlPlaneLost { name, how: "gone" } if name == "demo-control-plane-1"),
+            "{refused}"
+        );
+        let asked = Scope {
+            accept_empty_cluster: true,
+            ..K8S
+        };
+        let plan = plan(&spec, &observed, &facts(), asked).expect("plan");
+        assert!(
+            shown(&plan).contains(&"+ server demo-control-plane-1".to_string()),
+            "{:?}",
+            shown(&plan)
         );
     }
 

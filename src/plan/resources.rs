@@ -16,6 +16,18 @@ pub(crate) fn cluster_tag(name: &str) -> String {
     format!("flatstack:cluster={name}")
 }
 
+/// The tag on a control plane's port and on the API's floating IP once an `up` has seen a
+/// control plane ACTIVE: the cluster has run, and a lost control plane is never rebuilt blank.
+pub const CONTROL_PLANE_RAN_TAG: &str = "flatstack:control-plane-ran";
+
+/// Whether the cluster's control plane has run, as the marks on its ports and floating IPs
+/// say (either survives the other's deletion).
+pub(crate) fn control_plane_ran(observed: &Observed) -> bool {
+    let marked = |tags: &[String]| tags.iter().any(|t| t == CONTROL_PLANE_RAN_TAG);
+    observed.ports.iter().any(|p| marked(&p.tags))
+        || observed.floating_ips.iter().any(|f| marked(&f.tags))
+}
+
 /// The server metadata key holding the discovery hash (`sha256:<hex>`) of the CA the server's
 /// node trusts: how every command tells a state directory that is the cluster's from one
 /// that is not.

@@ -2121,3 +2121,47 @@ fn up_says_what_vanished_while_it_ran() {
     );
     assert!(!String::from_utf8_lossy(&output.stdout).contains("is up"));
 }
+
+/// A control plane that ran is never built again blank: once `up` has seen it ACTIVE, its
+/// port and the API's floating IP are marked; with its server deleted, `plan` and `up` refuse
+/// (exit 2) and build nothing, and only `--accept-empty-cluster` builds it again.
+#[test]
+fn a_lost_control_plane_that_ran_is_refused_not_rebuilt_blank() {
+    let name = unique("lost");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 1, ""));
+    let _teardown = Teardown(&workspace);
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+    let (cp, w1) = (
+        format!("{name}-control-plane-1"),
+        format!("{name}-default-1"),
+    );
+    let port = cli("local-demo", &["port", "show", &cp, "-f", "json"]);
+    assert!(
+        port["tags"]
+            .to_string()
+            .contains("flatstack:control-plane-ran"),
+        "{port}"
+    );
+    let again = success(&flatstack(&workspace, &["up", "--provision-only"]));
+    assert!(again.contains("nothing to change"), "{again}");
+
+    cli("local-demo", &["server", "delete", "--wait", &cp]);
+    for command in [&["plan"][..], &["up", "--provision-only"]] {
+        let output = flatstack(&workspace, command);
+        let error = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{command:?}: {error}");
+        assert!(
+            error.contains(&format!(
+                "control plane {cp} has run (an `up` saw its server ACTIVE) and its server is gone"
+            )) && error.contains("--accept-empty-cluster"),
+            "{command:?}: {error}"
+        );
+    }
+    assert_eq!(servers(&name), std::slice::from_ref(&w1), "nothing built");
+    success(&flatstack(
+        &workspace,
+        &["up", "--provision-only", "--accept-empty-cluster"],
+    ));
+    assert_eq!(servers(&name), [cp, w1]);
+}
