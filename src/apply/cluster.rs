@@ -226,14 +226,19 @@ async fn look_up(
 }
 
 /// The address of the cluster's API floating IP, if the cloud has one.
-pub(crate) async fn api_floating_ip(
+async fn api_floating_ip(cloud: &Cloud, spec: &ClusterSpec) -> Result<Option<String>, CloudError> {
+    let found = api_floating_ips(cloud, spec).await?;
+    Ok(found.into_iter().next().map(|f| f.floating_ip_address))
+}
+
+/// The cluster's API floating IPs, found by their description (floating IPs have no name).
+pub(crate) async fn api_floating_ips(
     cloud: &Cloud,
     spec: &ClusterSpec,
-) -> Result<Option<String>, CloudError> {
+) -> Result<Vec<FloatingIp>, CloudError> {
     let names = Names::of(&spec.name);
     let described = [("description", names.api_address.as_str())];
-    let found: Vec<FloatingIp> = cloud.list(Kind::FloatingIp, &described).await?;
-    Ok(found.into_iter().next().map(|f| f.floating_ip_address))
+    cloud.list(Kind::FloatingIp, &described).await
 }
 
 /// The API's URL: the address given (HOST:PORT), else port 6443 of its floating IP.

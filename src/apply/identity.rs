@@ -53,7 +53,7 @@ mod tests {
             "id": name,
             "name": name,
             "status": "ACTIVE",
-            "tags": [format!("flatstack:role={role}")],
+            "tags": [crate::plan::resources::role_tag(role)],
             "metadata": ca.map(|c| BTreeMap::from([(CA_METADATA, c)])).unwrap_or_default(),
         }))
         .expect("server")

@@ -358,13 +358,11 @@ async fn mark_control_planes_ran(
     spec: &ClusterSpec,
     servers: &[crate::cloud::compute::Server],
 ) -> Result<usize, UpError> {
-    use crate::cloud::network::{FloatingIp, Kind, Port};
-    use crate::plan::resources::{CONTROL_PLANE_RAN_TAG, Names, cluster_tag};
+    use crate::cloud::network::{Kind, Port};
+    use crate::plan::resources::{CONTROL_PLANE_RAN_TAG, cluster_tag};
     let ran: Vec<&str> = servers
         .iter()
-        .filter(|s| {
-            s.status == "ACTIVE" && s.tags.iter().any(|t| t == "flatstack:role=control-plane")
-        })
+        .filter(|s| s.status == "ACTIVE" && s.has_role("control-plane"))
         .map(|s| s.name.as_str())
         .collect();
     if ran.is_empty() {
@@ -388,9 +386,7 @@ async fn mark_control_planes_ran(
             .await?;
         marked += 1;
     }
-    let names = Names::of(&spec.name);
-    let described = [("description", names.api_address.as_str())];
-    let floating: Vec<FloatingIp> = cloud.list(Kind::FloatingIp, &described).await?;
+    let floating = super::cluster::api_floating_ips(cloud, spec).await?;
     for address in floating.iter().filter(|f| unmarked(&f.tags)) {
         cloud
             .set_tags(Kind::FloatingIp, &address.id, &with_mark(&address.tags))

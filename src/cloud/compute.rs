@@ -75,6 +75,12 @@ impl Server {
         self.status == "ERROR" && self.launched_at.is_none()
     }
 
+    /// Whether it carries the tag of `role` (`control-plane`, `worker`).
+    pub(crate) fn has_role(&self, role: &str) -> bool {
+        let tag = crate::plan::resources::role_tag(role);
+        self.tags.contains(&tag)
+    }
+
     /// Whether it boots from a volume: Nova shows such a server's image as `""`.
     pub(crate) fn boots_from_volume(&self) -> bool {
         self.image.as_str() == Some("")

@@ -311,7 +311,7 @@ pub(crate) fn plan(
         for (server, theirs) in
             resources::servers_trusting_another_ca(&observed.servers, cluster_ca)
         {
-            if !server.tags.iter().any(|t| t == "flatstack:role=worker")
+            if !server.has_role("worker")
                 || rebuilt.contains_key(server.name.as_str())
                 || !nodes.iter().any(|n| n.name == server.name)
             {
@@ -443,7 +443,7 @@ pub(crate) fn plan(
                         .cloned()
                         .unwrap_or(Ref::After(0)),
                     key_name: spec.access.keypair.clone(),
-                    tags: vec![cluster_tag(&spec.name), format!("flatstack:role={role}")],
+                    tags: vec![cluster_tag(&spec.name), resources::role_tag(role)],
                     metadata,
                     server_group: (node.role == Role::ControlPlane).then(|| server_group.clone()),
                     boot_volume_gb,
@@ -1323,7 +1323,7 @@ mod tests {
                 "demo-default-1" => ("worker", "sha256:bb"),
                 _ => ("worker", ""),
             };
-            server.tags = vec![format!("flatstack:role={role}")];
+            server.tags = vec![resources::role_tag(role)];
             if !ca.is_empty() {
                 server.metadata.insert(CA_METADATA.into(), ca.into());
             }

@@ -11,6 +11,11 @@ use crate::cloud::network::Kind;
 use crate::cloud::network::{FloatingIp, Network, Port, Router, SecurityGroup, Subnet};
 use crate::spec::{ClusterSpec, NetworkMode, Role};
 
+/// The tag a server of `role` (`control-plane`, `worker`) carries.
+pub(crate) fn role_tag(role: &str) -> String {
+    format!("flatstack:role={role}")
+}
+
 /// The tag every resource of cluster `name` carries.
 pub(crate) fn cluster_tag(name: &str) -> String {
     format!("flatstack:cluster={name}")
@@ -40,7 +45,7 @@ pub(crate) fn cluster_ca(servers: &[Server]) -> Option<&str> {
     let recorded = |control_plane: bool| {
         let mut found: Vec<(&str, &str)> = servers
             .iter()
-            .filter(|s| s.tags.iter().any(|t| t == "flatstack:role=control-plane") == control_plane)
+            .filter(|s| s.has_role("control-plane") == control_plane)
             .filter_map(|s| Some((s.name.as_str(), s.metadata.get(CA_METADATA)?.as_str())))
             .collect();
         found.sort();
