@@ -37,8 +37,14 @@ PIP_PACKAGES=(keystone==30.0.0 glance==33.0.0 openstack-placement==16.0.0 nova==
   pymemcache python-memcached)
 APT_PACKAGES=(mariadb-server rabbitmq-server memcached curl openssl)
 # Stop order: API and service tier first (in parallel), infrastructure last.
+# Nova's fake driver on several compute hosts, one process each: control planes go into a
+# server group with hard anti-affinity, so N of them need N hosts.
+COMPUTE_HOSTS=${FLATSTACK_COMPUTE_HOSTS:-3}
+[[ $COMPUTE_HOSTS =~ ^[1-9]$ ]] || { echo "local-openstack: FLATSTACK_COMPUTE_HOSTS must be 1-9" >&2; exit 2; }
+COMPUTES=()
+for ((i = 1; i <= COMPUTE_HOSTS; i++)); do COMPUTES+=("nova-compute$i"); done
 SERVICES=(octavia-worker octavia-api cinder-volume cinder-scheduler cinder-api neutron-api
-  nova-compute nova-scheduler nova-conductor nova-api placement glance keystone)
+  "${COMPUTES[@]}" nova-scheduler nova-conductor nova-api placement glance keystone)
 INFRA=(memcached rabbitmq epmd mariadb)
 
 START=$(date +%s)
@@ -148,14 +154,15 @@ EOF
 }
 
 # A heartbeat newer than this run: stale "up" rows would let RPCs go to missing queues.
+# fresh_heartbeat KIND BINARY [HOST]
 fresh_heartbeat() {
-  "$VENV/bin/python" - "$1" "$2" "$SINCE" <<'PY'
+  "$VENV/bin/python" - "$1" "$2" "$SINCE" "${3:-}" <<'PY'
 import sys, openstack
-kind, binary, since = sys.argv[1:4]
+kind, binary, since, host = sys.argv[1:5]
 cloud = openstack.connect(cloud='local-admin')
 services = cloud.compute.services() if kind == 'compute' else cloud.block_storage.services()
 sys.exit(0 if any(s.binary == binary and s.state == 'up' and (s.updated_at or '') >= since
-                  for s in services) else 1)
+                  and host in ('', s.host) for s in services) else 1)
 PY
 }
 
@@ -476,8 +483,17 @@ driver = noop
 [vnc]
 enabled = false
 EOF
-  # nova-compute must not see the databases.
-  sed '/^\[api_database\]/,+1d; /^\[database\]/,+1d' "$ETC/nova/nova.conf" >"$ETC/nova/nova-compute.conf"
+  # nova-compute must not see the databases; each compute host has its own name and state
+  # (Nova records the compute node's identity in state_path).
+  local i state
+  for ((i = 1; i <= COMPUTE_HOSTS; i++)); do
+    state=$DATA/nova
+    ((i == 1)) || state=$DATA/nova-compute$i
+    mkdir -p "$state/instances"
+    sed "/^\[api_database\]/,+1d; /^\[database\]/,+1d; s|^host = .*|host = flatstack-compute$i|;
+      s|^state_path = .*|state_path = $state|; s|^instances_path = .*|instances_path = $state/instances|" \
+      "$ETC/nova/nova.conf" >"$ETC/nova/nova-compute$i.conf"
+  done
   wsgi_module nova_api_app nova-api-os-compute "" "from nova.wsgi.osapi_compute import application" \
     "os.environ['OS_NOVA_CONFIG_DIR'] = '$ETC/nova'"
   local manage=("$VENV/bin/nova-manage" --config-file "$ETC/nova/nova.conf")
@@ -489,15 +505,20 @@ EOF
   gunicorn nova-api 8774 nova_api_app
   launch nova-conductor "$VENV/bin/nova-conductor" --config-file "$ETC/nova/nova.conf"
   launch nova-scheduler "$VENV/bin/nova-scheduler" --config-file "$ETC/nova/nova.conf"
-  launch nova-compute "$VENV/bin/nova-compute" --config-file "$ETC/nova/nova-compute.conf"
+  for ((i = 1; i <= COMPUTE_HOSTS; i++)); do
+    launch "nova-compute$i" "$VENV/bin/nova-compute" --config-file "$ETC/nova/nova-compute$i.conf"
+  done
 }
 
 nova_ready() {
-  await nova-compute 180 fresh_heartbeat compute nova-compute
+  local i
+  for ((i = 1; i <= COMPUTE_HOSTS; i++)); do
+    await "nova-compute$i" 180 fresh_heartbeat compute nova-compute "flatstack-compute$i"
+  done
   "$VENV/bin/nova-manage" --config-file "$ETC/nova/nova.conf" cell_v2 discover_hosts \
-    >>"$LOGS/nova-discover.log" 2>&1 || die "discovering the compute host failed; see $LOGS/nova-discover.log"
-  await placement:provider 120 bash -c \
-    "'$VENV/bin/openstack' --os-cloud local-admin resource provider list -f value -c name 2>/dev/null | grep -q flatstack-compute1"
+    >>"$LOGS/nova-discover.log" 2>&1 || die "discovering the compute hosts failed; see $LOGS/nova-discover.log"
+  await placement:providers 120 bash -c \
+    "'$VENV/bin/openstack' --os-cloud local-admin resource provider list -f value -c name 2>/dev/null | grep -c '^flatstack-compute' | grep -qx $COMPUTE_HOSTS"
   if [[ ! -f $DATA/.flavors ]]; then
     # Jetstream2's CPU flavors: name, vCPUs, RAM MiB, root disk GB
     local name vcpus ram disk

@@ -106,6 +106,11 @@ pub const HELM_CONTROLLER_IMAGE: &str = "ghcr.io/k3s-io/helm-controller:v0.17.7"
 /// The image those Jobs run Helm in, as helm-controller v0.17.7's own manifest names it.
 pub(crate) const HELM_JOB_IMAGE: &str = "ghcr.io/k3s-io/klipper-helm:v0.9.10-build20251111";
 
+/// The VIP holder of control planes behind a VIP: kube-vip as a static pod (ARP mode, leader
+/// election through the API). Tag v1.2.3 of kube-vip/kube-vip (2026-08-10), as its release
+/// workflow publishes it.
+pub const KUBE_VIP_IMAGE: &str = "ghcr.io/kube-vip/kube-vip:v1.2.3";
+
 /// A Helm chart from a repository, at an exact version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chart {

@@ -233,6 +233,14 @@ fn known(r: &Ref) -> Result<&Made, ApplyError> {
     }
 }
 
+/// The IPv4 address a port or floating IP step made.
+fn address_of(made: &Made) -> Result<std::net::Ipv4Addr, ApplyError> {
+    made.address
+        .as_deref()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| ApplyError::Missing(format!("port {} has no IPv4 address", made.id)))
+}
+
 fn id_of<T: crate::cloud::network::HasId>(resource: &T) -> Made {
     Made::id(resource.id())
 }
@@ -386,11 +394,15 @@ async fn run_on_cloud(
                 .iter()
                 .map(|g| known(g).map(|m| m.id.clone()))
                 .collect::<Result<Vec<_>, _>>()?;
-            let body = json!({
+            let mut body = json!({
                 "network_id": known(&p.network)?.id,
                 "fixed_ips": [fixed],
                 "security_groups": groups,
             });
+            if let Some(endpoint) = &p.allowed_address_of {
+                let address = address_of(known(endpoint)?)?;
+                body["allowed_address_pairs"] = json!([{ "ip_address": format!("{address}/32") }]);
+            }
             let port: Port = cloud
                 .create_tagged(Kind::Port, &p.name, body, &tags, TAG_ON_CREATE)
                 .await?;
@@ -398,6 +410,13 @@ async fn run_on_cloud(
                 id: port.id.clone(),
                 address: port.fixed_ips.first().map(|ip| ip.ip_address.clone()),
             }
+        }
+        Action::AllowAddress { port, endpoint, .. } => {
+            let address = address_of(known(endpoint)?)?;
+            cloud
+                .allow_address(&known(port)?.id, &address.to_string())
+                .await?;
+            known(port)?.clone()
         }
         Action::CreateFloatingIp {
             description,
@@ -428,16 +447,10 @@ async fn run_on_cloud(
             nodes,
             internal,
             public,
+            initializer,
         } => {
-            let internal = known(internal)?;
             let endpoint = ApiEndpoint {
-                internal: internal
-                    .address
-                    .as_deref()
-                    .and_then(|a| a.parse().ok())
-                    .ok_or_else(|| {
-                        ApplyError::Missing(format!("port {} has no IPv4 address", internal.id))
-                    })?,
+                internal: address_of(known(internal)?)?,
                 public: known(public)?
                     .address
                     .as_deref()
@@ -451,6 +464,7 @@ async fn run_on_cloud(
                     &endpoint,
                     &context.join_token,
                     node,
+                    initializer.as_deref() == Some(node.name.as_str()),
                 )?;
                 rendered.insert(node.name.clone(), (config.ignition, config.seal_key));
             }

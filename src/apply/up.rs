@@ -526,6 +526,9 @@ pub(crate) struct PlanReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) sysext_publisher_lists: Option<String>,
     pub(crate) warnings: Vec<String>,
+    /// What holds the API's address (`control-plane`, `vip`), and why.
+    pub(crate) api_endpoint: &'static str,
+    pub(crate) api_endpoint_why: &'static str,
     /// The steps `up` runs, in an order that respects their `needs`.
     pub(crate) actions: Vec<crate::plan::steps::ShownStep>,
     pub(crate) vcpus: u64,
@@ -581,6 +584,8 @@ pub(crate) async fn plan(
         sysext,
         sysext_publisher_lists,
         warnings,
+        api_endpoint: spec.control_plane.api_endpoint.as_str(),
+        api_endpoint_why: spec.control_plane.api_endpoint.why(),
         actions: plan.shown(),
         vcpus: needs.cores,
         su_per_hour: needs.vcpu_hours_per_hour(),

@@ -195,6 +195,10 @@ fn print_plan(report: &PlanReport, open_api: bool) {
         report.kubernetes,
         report.sysext.describe()
     );
+    println!(
+        "API endpoint: {} ({})",
+        report.api_endpoint, report.api_endpoint_why
+    );
     for action in &report.actions {
         println!(
             "  {} {:<15} {:<40} {}",

@@ -124,6 +124,23 @@ pub struct Port {
     pub(crate) status: String,
     #[serde(default)]
     pub(crate) security_groups: Vec<String>,
+    /// Other addresses the port may send from: a control plane's holds the API's address.
+    #[serde(default)]
+    pub(crate) allowed_address_pairs: Vec<AddressPair>,
+}
+
+impl Port {
+    /// Whether the port may send from exactly `address` (a /32 pair or the bare address,
+    /// as Neutron may store either), and from nothing else.
+    pub(crate) fn allows_only(&self, address: &str) -> bool {
+        matches!(self.allowed_address_pairs.as_slice(),
+            [only] if only.ip_address.trim_end_matches("/32") == address)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct AddressPair {
+    pub(crate) ip_address: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -433,6 +450,19 @@ impl Cloud {
     ) -> Result<(), CloudError> {
         let body = json!({ "subnet": { "allocation_pools": [{ "start": start, "end": end }] } });
         self.put(Service::Network, &format!("/subnets/{subnet_id}"), &body)
+            .await
+            .map(|_| ())
+    }
+
+    /// Lets the port send from `address` as well as its own (an allowed address pair of
+    /// exactly that /32), replacing whatever pairs it had.
+    pub(crate) async fn allow_address(
+        &self,
+        port_id: &str,
+        address: &str,
+    ) -> Result<(), CloudError> {
+        let body = json!({ "port": { "allowed_address_pairs": [{ "ip_address": format!("{address}/32") }] } });
+        self.put(Service::Network, &format!("/ports/{port_id}"), &body)
             .await
             .map(|_| ())
     }

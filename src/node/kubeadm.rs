@@ -1,13 +1,14 @@
-//! kubeadm configuration (`kubeadm.k8s.io/v1beta4`) for the first control plane
-//! (Init + Cluster configuration) and for workers (Join configuration). Values a node only
-//! learns at boot are placeholders the bootstrap script fills in from Afterburn's metadata.
+//! kubeadm configuration (`kubeadm.k8s.io/v1beta4`) for the control plane that initializes
+//! the cluster (Init + Cluster configuration), for control planes that join it and for
+//! workers (Join configurations). Values a node only learns at boot are placeholders the
+//! bootstrap script fills in from Afterburn's metadata.
 
 use std::net::IpAddr;
 
 use serde::Serialize;
 
 use crate::pki::ClusterPki;
-use crate::spec::{ClusterSpec, WorkerPool};
+use crate::spec::{ClusterSpec, Role, WorkerPool};
 
 use super::{ApiEndpoint, NodeError};
 
@@ -117,6 +118,17 @@ struct JoinConfiguration<'a> {
     kind: &'a str,
     discovery: Discovery<'a>,
     node_registration: NodeRegistration<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    control_plane: Option<JoinControlPlane>,
+}
+
+/// A joining control plane's own API server; its certificates are made from the CAs
+/// flatstack delivered, so there is no certificate key.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JoinControlPlane {
+    #[serde(rename = "localAPIEndpoint")]
+    local_api_endpoint: LocalApiEndpoint,
 }
 
 #[derive(Serialize)]
@@ -166,7 +178,16 @@ fn host_port(address: IpAddr) -> String {
     }
 }
 
-/// The Init and Cluster configuration of the first control plane, as one YAML stream.
+/// Control planes take no ordinary pods when general workers exist: kubeadm's default taint
+/// (`None`); otherwise an empty list, which leaves them open to every pod, as a cluster needs
+/// when no worker is: the add-ons' Helm Jobs and pods would have nowhere to run.
+fn control_plane_taints(spec: &ClusterSpec) -> Option<Vec<Taint>> {
+    (!spec.has_general_workers()).then(Vec::new)
+}
+
+/// The Init and Cluster configuration of the control plane that initializes the cluster, as
+/// one YAML stream. Control planes that join later read the Cluster configuration from the
+/// cluster (`kube-system/kubeadm-config`), so it names every address the API is reached by.
 pub fn init_config(spec: &ClusterSpec, endpoint: &ApiEndpoint) -> Result<String, NodeError> {
     let init = InitConfiguration {
         api_version: API_VERSION,
@@ -182,10 +203,7 @@ pub fn init_config(spec: &ClusterSpec, endpoint: &ApiEndpoint) -> Result<String,
             name: NODE_NAME_PLACEHOLDER,
             cri_socket: CRI_SOCKET,
             kubelet_extra_args: kubelet_args(spec, &[]),
-            // kubeadm taints control planes `NoSchedule` unless given a list; an empty one
-            // leaves them open to every pod, which a cluster needs when no worker is: the
-            // add-ons' Helm Jobs and pods would have nowhere to run.
-            taints: (!spec.has_general_workers()).then(Vec::new),
+            taints: control_plane_taints(spec),
         },
         local_api_endpoint: LocalApiEndpoint { bind_port: 6443 },
     };
@@ -193,7 +211,19 @@ pub fn init_config(spec: &ClusterSpec, endpoint: &ApiEndpoint) -> Result<String,
     if let Some(public) = endpoint.public {
         sans.push(public.to_string());
     }
-    sans.push(format!("{}-control-plane-1", spec.name));
+    for (index, node) in spec
+        .nodes()
+        .iter()
+        .filter(|n| n.role == Role::ControlPlane)
+        .enumerate()
+    {
+        sans.push(node.name.clone());
+        if spec.control_plane.highly_available()
+            && let Some(address) = spec.network.control_plane_address(index)
+        {
+            sans.push(address.to_string());
+        }
+    }
     // Load-bearing: helm-controller and its bootstrap charts' install Jobs reach the API at
     // 127.0.0.1:6443 on a control plane's host network (k3s-io/helm-controller v0.17.7
     // `pkg/controllers/chart/chart.go` sets KUBERNETES_SERVICE_HOST=127.0.0.1 for bootstrap
@@ -217,6 +247,41 @@ pub fn init_config(spec: &ClusterSpec, endpoint: &ApiEndpoint) -> Result<String,
         },
     };
     Ok(format!("{}---\n{}", to_yaml(&init)?, to_yaml(&cluster)?))
+}
+
+/// The Join configuration of a control plane joining through the API's endpoint. It finds
+/// the shared CAs and keys in kubeadm's certificates directory (flatstack delivers them, as
+/// to the first), so it needs no `--certificate-key` and no `upload-certs`.
+pub fn join_control_plane_config(
+    spec: &ClusterSpec,
+    pki: &ClusterPki,
+    endpoint: &ApiEndpoint,
+) -> Result<String, NodeError> {
+    let join = JoinConfiguration {
+        api_version: API_VERSION,
+        kind: "JoinConfiguration",
+        discovery: discovery(pki, endpoint),
+        node_registration: NodeRegistration {
+            name: NODE_NAME_PLACEHOLDER,
+            cri_socket: CRI_SOCKET,
+            kubelet_extra_args: kubelet_args(spec, &[]),
+            taints: control_plane_taints(spec),
+        },
+        control_plane: Some(JoinControlPlane {
+            local_api_endpoint: LocalApiEndpoint { bind_port: 6443 },
+        }),
+    };
+    to_yaml(&join)
+}
+
+fn discovery<'a>(pki: &ClusterPki, endpoint: &ApiEndpoint) -> Discovery<'a> {
+    Discovery {
+        bootstrap_token: BootstrapTokenDiscovery {
+            api_server_endpoint: host_port(IpAddr::V4(endpoint.internal)),
+            token: JOIN_TOKEN_PLACEHOLDER,
+            ca_cert_hashes: vec![pki.discovery_hash()],
+        },
+    }
 }
 
 /// The Join configuration of a worker of `pool`.
@@ -244,19 +309,14 @@ pub fn join_config(
     let join = JoinConfiguration {
         api_version: API_VERSION,
         kind: "JoinConfiguration",
-        discovery: Discovery {
-            bootstrap_token: BootstrapTokenDiscovery {
-                api_server_endpoint: host_port(IpAddr::V4(endpoint.internal)),
-                token: JOIN_TOKEN_PLACEHOLDER,
-                ca_cert_hashes: vec![pki.discovery_hash()],
-            },
-        },
+        discovery: discovery(pki, endpoint),
         node_registration: NodeRegistration {
             name: NODE_NAME_PLACEHOLDER,
             cri_socket: CRI_SOCKET,
             kubelet_extra_args: kubelet_args(spec, &labels),
             taints,
         },
+        control_plane: None,
     };
     to_yaml(&join)
 }

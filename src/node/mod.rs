@@ -6,6 +6,7 @@
 pub mod kubeadm;
 pub mod seal;
 pub(crate) mod units;
+pub(crate) mod vip;
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -30,10 +31,42 @@ const IGNITION_VERSION: &str = "3.3.0";
 /// How nodes reach the Kubernetes API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiEndpoint {
-    /// The first control plane's private address: nodes join through it.
+    /// The API's private address (the one control plane's, or the endpoint's with 3 or 5):
+    /// nodes join through it.
     pub internal: Ipv4Addr,
     /// Its floating IP, if known: put in the serving certificate and in kubeconfigs.
     pub public: Option<IpAddr>,
+}
+
+/// How a node becomes part of its cluster at first boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// `kubeadm init`: the first control plane of a new cluster.
+    Init,
+    /// `kubeadm join` as a control plane, through the API's endpoint.
+    JoinControlPlane,
+    /// `kubeadm join` as a worker.
+    JoinWorker,
+}
+
+impl Bootstrap {
+    /// How a node of `role` bootstraps, given whether it initializes the cluster.
+    pub fn of(role: Role, initializes: bool) -> Bootstrap {
+        match (role, initializes) {
+            (Role::ControlPlane, true) => Bootstrap::Init,
+            (Role::ControlPlane, false) => Bootstrap::JoinControlPlane,
+            (Role::Worker, _) => Bootstrap::JoinWorker,
+        }
+    }
+
+    /// The argument the node's bootstrap script takes.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Bootstrap::Init => "init",
+            Bootstrap::JoinControlPlane => "control-plane",
+            Bootstrap::JoinWorker => "worker",
+        }
+    }
 }
 
 /// One node's rendered configuration.
@@ -92,38 +125,52 @@ impl NodeError {
     }
 }
 
-/// Renders every node of the cluster, failing on the first node whose user_data is too large.
+/// Renders every node of a new cluster, whose first control plane initializes it, failing on
+/// the first node whose user_data is too large.
 pub fn render_cluster(
     spec: &ClusterSpec,
     pki: &ClusterPki,
     endpoint: &ApiEndpoint,
     token: &BootstrapToken,
 ) -> Result<Vec<RenderedNode>, NodeError> {
-    spec.nodes()
+    let nodes = spec.nodes();
+    let first = nodes.iter().position(|n| n.role == Role::ControlPlane);
+    nodes
         .iter()
-        .map(|node| render_node(spec, pki, endpoint, token, node))
+        .enumerate()
+        .map(|(i, node)| render_node(spec, pki, endpoint, token, node, Some(i) == first))
         .collect()
 }
 
 /// Renders one node's Ignition config, its secrets sealed with a key of its own, and checks
-/// it fits Nova's user_data limit.
+/// it fits Nova's user_data limit. A control plane that `initializes` runs `kubeadm init`;
+/// every other joins.
 pub(crate) fn render_node(
     spec: &ClusterSpec,
     pki: &ClusterPki,
     endpoint: &ApiEndpoint,
     token: &BootstrapToken,
     node: &NodeName,
+    initializes: bool,
 ) -> Result<RenderedNode, NodeError> {
+    let bootstrap = Bootstrap::of(node.role, initializes);
     let mut config = Builder::new(SealKey::generate()?);
     config.common(spec)?;
     config.sealed(JOIN_TOKEN_FILE, token.expose())?;
     match (node.role, node.pool) {
         (Role::ControlPlane, _) => {
-            config.file(
-                KUBEADM_TEMPLATE,
-                &kubeadm::init_config(spec, endpoint)?,
-                0o600,
-            )?;
+            let kubeadm_config = match bootstrap {
+                Bootstrap::Init => kubeadm::init_config(spec, endpoint)?,
+                _ => kubeadm::join_control_plane_config(spec, pki, endpoint)?,
+            };
+            config.file(KUBEADM_TEMPLATE, &kubeadm_config, 0o600)?;
+            if spec.control_plane.highly_available() {
+                config.file(
+                    vip::VIP_TEMPLATE,
+                    &vip::static_pod(endpoint.internal)?,
+                    0o600,
+                )?;
+            }
             for (name, cert) in [
                 ("ca.crt", &pki.ca.cert_pem),
                 ("front-proxy-ca.crt", &pki.front_proxy_ca.cert_pem),
@@ -153,7 +200,7 @@ pub(crate) fn render_node(
             }
         }
     }
-    config.unit(KUBEADM_UNIT, Some(kubeadm_unit(node.role)), true);
+    config.unit(KUBEADM_UNIT, Some(kubeadm_unit(bootstrap)), true);
 
     let config_key = config.seal_key.clone();
     let ignition = serde_json::to_string(&config.finish()).map_err(|source| NodeError::Json {

@@ -1,12 +1,14 @@
 //! The systemd units, drop-ins, scripts and small config files every node boots with.
 //! They are written by hand, short, and each says what it is for.
 
-use crate::spec::{ClusterSpec, Role};
+use crate::spec::ClusterSpec;
 
+use super::Bootstrap;
 use super::kubeadm::{
     CERTIFICATES_DIR, INSTANCE_UUID_PLACEHOLDER, JOIN_TOKEN_PLACEHOLDER, NODE_NAME_PLACEHOLDER,
 };
 use super::seal::{SEAL_KEY_METADATA, SEALED_SUFFIX};
+use super::vip::{KUBECONFIG_PLACEHOLDER, VIP_TEMPLATE};
 
 /// Where flatstack keeps its files on a node.
 pub(crate) const CONFIG_DIR: &str = "/etc/flatstack";
@@ -37,7 +39,7 @@ pub(crate) fn bootstrap_script() -> String {
 # kubeadm once.
 set -euo pipefail
 
-role=${{1:?usage: flatstack-bootstrap control-plane|worker}}
+role=${{1:?usage: flatstack-bootstrap init|control-plane|worker}}
 say() {{
   echo "flatstack: $*"
   echo "flatstack: $*" > /dev/kmsg 2>/dev/null || true
@@ -69,12 +71,28 @@ fi
 sed -e "s/{NODE_NAME_PLACEHOLDER}/$name/g" -e "s/{INSTANCE_UUID_PLACEHOLDER}/$uuid/g" \
   -e "s/{JOIN_TOKEN_PLACEHOLDER}/$token/g" {KUBEADM_TEMPLATE} > {CONFIG_DIR}/kubeadm.yaml
 
+# With 3 or 5 control planes, kube-vip holds the API's address: started with the kubeconfig
+# given, once kubeadm lets it (see flatstack's node/vip.rs).
+manifests=/etc/kubernetes/manifests
+place_vip_holder() {{
+  [[ -f {VIP_TEMPLATE} ]] || return 0
+  mkdir -p "$manifests"
+  sed "s|{KUBECONFIG_PLACEHOLDER}|$1|" {VIP_TEMPLATE} > "$manifests/.kube-vip.yaml"
+  mv -f "$manifests/.kube-vip.yaml" "$manifests/kube-vip.yaml"
+}}
+
 case $role in
+  init)
+    mkdir -p {CERTIFICATES_DIR}
+    cp -a {PKI_SOURCE_DIR}/. {CERTIFICATES_DIR}/
+    place_vip_holder /etc/kubernetes/super-admin.conf
+    # The join command kubeadm would print carries the bootstrap token.
+    command=(kubeadm init --config {CONFIG_DIR}/kubeadm.yaml --skip-token-print)
+    ;;
   control-plane)
     mkdir -p {CERTIFICATES_DIR}
     cp -a {PKI_SOURCE_DIR}/. {CERTIFICATES_DIR}/
-    # The join command kubeadm would print carries the bootstrap token.
-    command=(kubeadm init --config {CONFIG_DIR}/kubeadm.yaml --skip-token-print)
+    command=(kubeadm join --config {CONFIG_DIR}/kubeadm.yaml)
     ;;
   worker)
     command=(kubeadm join --config {CONFIG_DIR}/kubeadm.yaml)
@@ -88,6 +106,7 @@ esac
 say "kubeadm $role starting on $name"
 if "${{command[@]}}"; then
   say "kubeadm $role finished on $name"
+  [[ $role == worker ]] || place_vip_holder /etc/kubernetes/admin.conf
 else
   status=$?
   say "kubeadm $role failed with status $status on $name; resetting for the next attempt"
@@ -175,11 +194,8 @@ say "opened ${{#sealed[@]}} sealed file(s)"
 
 /// The oneshot unit that bootstraps the node, once: kubelet.conf exists afterwards. kubeadm's
 /// output goes to the journal only.
-pub(crate) fn kubeadm_unit(role: Role) -> String {
-    let role = match role {
-        Role::ControlPlane => "control-plane",
-        Role::Worker => "worker",
-    };
+pub(crate) fn kubeadm_unit(bootstrap: Bootstrap) -> String {
+    let role = bootstrap.as_str();
     format!(
         r#"[Unit]
 Description=flatstack: join this node to its Kubernetes cluster with kubeadm

@@ -82,9 +82,15 @@ pub(crate) fn split(spec: &ClusterSpec, observed: &Observed) -> (Observed, Obser
         }
         seen.push(port.name.clone());
         let same: Vec<&Port> = by_name.iter().filter(|p| p.name == port.name).collect();
+        // The API's endpoint port has no server: the one the API address points at.
+        let api_port = kept_ip
+            .as_deref()
+            .and_then(|id| observed.floating_ips.iter().find(|f| f.id == id))
+            .and_then(|f| f.port_id.as_deref());
         let chosen = same
             .iter()
-            .find(|p| p.device_owner.starts_with("compute:"))
+            .find(|p| Some(p.id.as_str()) == api_port)
+            .or_else(|| same.iter().find(|p| p.device_owner.starts_with("compute:")))
             .unwrap_or(&same[0]);
         kept.ports.push((*chosen).clone());
         extras.ports.extend(

@@ -55,6 +55,22 @@ pub enum PlanError {
         "control plane {name} has run (an `up` saw its server ACTIVE) and its server is {how}: building it again would run `kubeadm init` on an empty disk, a new and empty cluster behind the same CA and address, with every object and workload of the old one lost; nothing was built\n  hint: with one control plane, etcd went with it: restore the cluster from a backup, or, to start a new and empty cluster on purpose, run `flatstack up --accept-empty-cluster` (then replace the workers: they belonged to the old one)"
     )]
     ControlPlaneLost { name: String, how: &'static str },
+    #[error(
+        "control plane {name} has run (an `up` saw its server ACTIVE) and its server is {how}; the other control planes keep etcd, but flatstack does not yet remove a lost member before building its server again, and a new member cannot join while the old one is still listed; nothing was built\n  hint: on a running control plane, `etcdctl member remove <its id>` and `kubectl delete node {name}`, then run `flatstack up --accept-empty-cluster`: with other control planes running, the rebuilt one joins them, it starts no new cluster"
+    )]
+    MemberLost { name: String, how: &'static str },
+    #[error(
+        "`control_plane.count` is {wanted} but the cluster runs one control plane, which holds the API's address itself; flatstack cannot yet move that address to an endpoint of its own under a running cluster; nothing was planned\n  hint: keep `count = 1`, or make a new cluster with `count = {wanted}` and move the workloads to it"
+    )]
+    ControlPlaneGrowth { wanted: u32 },
+    #[error(
+        "`control_plane.count` is {wanted} but the cluster runs {running} control planes ({names}); removing a control plane means removing its etcd member first, which flatstack does not yet do, and an endpoint of its own stays with more than one; nothing was planned\n  hint: keep `count = {running}`"
+    )]
+    ControlPlaneShrink {
+        wanted: u32,
+        running: usize,
+        names: String,
+    },
 }
 
 impl PlanError {
@@ -188,22 +204,68 @@ pub(crate) fn plan(
         )),
     };
 
-    // Ports first: the first control plane's address goes into every Ignition config.
+    check_control_plane_count(spec, observed)?;
+
+    // Ports first: the API's address goes into every Ignition config. With one control plane
+    // it is that control plane's port's; with 3 or 5 it belongs to a port of its own, which
+    // every control plane's port may hold (the VIP).
     let roster = roster(spec, ServerFacts::of(observed, &facts.flavors));
     let nodes = &roster.nodes;
     let api_address = spec.network.default_api_address();
-    let mut ports: BTreeMap<&str, Ref> = BTreeMap::new();
-    for (index, node) in nodes.iter().enumerate() {
-        let port = match observed.ports.iter().find(|p| p.name == node.name) {
+    let endpoint_port = spec.control_plane.highly_available().then(|| {
+        match observed.ports.iter().find(|p| p.name == names.api_port) {
             Some(port) => Ref::Known(port_made(port)),
+            None => Ref::After(plan.push(
+                Action::CreatePort(PortRequest {
+                    name: names.api_port.clone(),
+                    network: chain.network.clone(),
+                    subnet: chain.subnet.clone(),
+                    fixed_ip: api_address,
+                    security_groups: vec![nodes_group.clone(), control_group.clone()],
+                    allowed_address_of: None,
+                }),
+                &[],
+            )),
+        }
+    });
+    let control_plane_index = |name: &str| {
+        spec.nodes()
+            .iter()
+            .position(|n| n.name == name && n.role == Role::ControlPlane)
+    };
+    let mut ports: BTreeMap<&str, Ref> = BTreeMap::new();
+    for node in nodes {
+        let index = control_plane_index(&node.name);
+        let endpoint = endpoint_port.as_ref().filter(|_| index.is_some());
+        let port = match observed.ports.iter().find(|p| p.name == node.name) {
+            Some(port) => {
+                let held = |endpoint: &Ref| match endpoint {
+                    Ref::Known(made) => {
+                        made.address.as_deref().is_some_and(|a| port.allows_only(a))
+                    }
+                    Ref::After(_) => false,
+                };
+                if let Some(endpoint) = endpoint.filter(|e| !held(e)) {
+                    plan.push(
+                        Action::AllowAddress {
+                            port: Ref::Known(port_made(port)),
+                            port_name: port.name.clone(),
+                            endpoint: endpoint.clone(),
+                        },
+                        &[],
+                    );
+                }
+                Ref::Known(port_made(port))
+            }
             None => {
                 let mut security_groups = vec![nodes_group.clone()];
-                let mut fixed_ip = None;
-                if node.role == Role::ControlPlane {
+                let fixed_ip = match (index, &endpoint_port) {
+                    (Some(i), Some(_)) => spec.network.control_plane_address(i),
+                    (Some(0), None) => api_address,
+                    _ => None,
+                };
+                if index.is_some() {
                     security_groups.push(control_group.clone());
-                    if index == 0 {
-                        fixed_ip = api_address;
-                    }
                 }
                 Ref::After(plan.push(
                     Action::CreatePort(PortRequest {
@@ -212,6 +274,7 @@ pub(crate) fn plan(
                         subnet: chain.subnet.clone(),
                         fixed_ip,
                         security_groups,
+                        allowed_address_of: endpoint.cloned(),
                     }),
                     &[],
                 ))
@@ -224,9 +287,12 @@ pub(crate) fn plan(
         .find(|n| n.role == Role::ControlPlane)
         .map(|n| n.name.as_str())
         .unwrap_or_default();
-    let first_port = ports.get(first).cloned().unwrap_or(Ref::After(0));
+    let (api_port, api_port_name) = match &endpoint_port {
+        Some(endpoint) => (endpoint.clone(), names.api_port.as_str()),
+        None => (ports.get(first).cloned().unwrap_or(Ref::After(0)), first),
+    };
 
-    // The API's floating IP, pointed at the first control plane (checked every run).
+    // The API's floating IP, on the endpoint's port (checked every run).
     let public = match observed.api_floating_ip(&spec.name) {
         None => {
             let created = plan.push(
@@ -241,8 +307,8 @@ pub(crate) fn plan(
                 Action::AttachFloatingIp {
                     floating: Ref::After(created),
                     label: names.api_address.clone(),
-                    port: first_port.clone(),
-                    port_name: first.to_string(),
+                    port: api_port.clone(),
+                    port_name: api_port_name.to_string(),
                     repair: false,
                 },
                 &chain.reachable_after,
@@ -250,7 +316,7 @@ pub(crate) fn plan(
             Ref::After(created)
         }
         Some(floating) => {
-            let attached = match &first_port {
+            let attached = match &api_port {
                 Ref::Known(port) => floating.port_id.as_deref() == Some(port.id.as_str()),
                 Ref::After(_) => false,
             };
@@ -259,8 +325,8 @@ pub(crate) fn plan(
                     Action::AttachFloatingIp {
                         floating: Ref::Known(Made::id(&floating.id)),
                         label: floating.floating_ip_address.clone(),
-                        port: first_port.clone(),
-                        port_name: first.to_string(),
+                        port: api_port.clone(),
+                        port_name: api_port_name.to_string(),
                         repair: true,
                     },
                     &chain.reachable_after,
@@ -337,19 +403,30 @@ pub(crate) fn plan(
                 || !observed.servers.iter().any(|s| s.name == n.name)
         })
         .collect();
-    // A control plane that ran held etcd: built again, it would initialize a blank cluster.
+    // A control plane that ran held etcd: built again, it would initialize a blank cluster
+    // (one control plane) or find its old member still listed (3 or 5).
     if !scope.accept_empty_cluster
         && resources::control_plane_ran(observed)
         && let Some(lost) = missing.iter().find(|n| n.role == Role::ControlPlane)
     {
-        return Err(PlanError::ControlPlaneLost {
-            name: lost.name.clone(),
-            how: match rebuilt.contains_key(lost.name.as_str()) {
-                true => "in ERROR",
-                false => "gone",
-            },
+        let name = lost.name.clone();
+        let how = match rebuilt.contains_key(lost.name.as_str()) {
+            true => "in ERROR",
+            false => "gone",
+        };
+        return Err(match spec.control_plane.highly_available() {
+            false => PlanError::ControlPlaneLost { name, how },
+            true => PlanError::MemberLost { name, how },
         });
     }
+    // A new cluster's first control plane runs `kubeadm init`; with any control plane
+    // running, every new one joins.
+    let control_plane_runs = observed.servers.iter().any(|s| {
+        (s.has_role("control-plane") || control_plane_index(&s.name).is_some()) && !s.failed_build()
+    });
+    let initializer = (!control_plane_runs)
+        .then(|| first.to_string())
+        .filter(|first| missing.iter().any(|n| &n.name == first));
     // Additions first, then the replacements in their order.
     missing.sort_by_key(|n| {
         roster
@@ -396,8 +473,9 @@ pub(crate) fn plan(
         let mut before = vec![plan.push(
             Action::RenderIgnition {
                 nodes: missing.iter().map(|n| (*n).clone()).collect(),
-                internal: first_port.clone(),
+                internal: api_port.clone(),
                 public: public.clone(),
+                initializer: initializer.clone(),
             },
             &[],
         )];
@@ -554,11 +632,10 @@ pub(crate) fn plan(
         );
         deleted.insert(server.name.as_str(), id);
     }
-    for port in observed
-        .ports
-        .iter()
-        .filter(|p| !wanted.contains(p.name.as_str()))
-    {
+    let kept_port = |p: &Port| {
+        wanted.contains(p.name.as_str()) || (endpoint_port.is_some() && p.name == names.api_port)
+    };
+    for port in observed.ports.iter().filter(|p| !kept_port(p)) {
         let after: Vec<StepId> = deleted
             .get(port.name.as_str())
             .copied()
@@ -575,6 +652,55 @@ pub(crate) fn plan(
     remove_extras(&mut plan, &extras, observed);
     plan.nodes = roster.nodes;
     Ok(plan)
+}
+
+/// Refuses a change of the control planes' count that flatstack cannot make: from one to more
+/// (the API's address is the one control plane's) or to fewer (etcd members would go without
+/// being removed first).
+fn check_control_plane_count(spec: &ClusterSpec, observed: &Observed) -> Result<(), PlanError> {
+    let names = Names::of(&spec.name);
+    let wanted = spec.control_plane.count;
+    let wanted_names: BTreeSet<String> = spec
+        .nodes()
+        .into_iter()
+        .filter(|n| n.role == Role::ControlPlane)
+        .map(|n| n.name)
+        .collect();
+    let mut running: Vec<&str> = observed
+        .servers
+        .iter()
+        .filter(|s| s.has_role("control-plane") && !s.failed_build())
+        .map(|s| s.name.as_str())
+        .collect();
+    running.sort_unstable();
+    running.dedup();
+    let shrinking = running.iter().any(|n| !wanted_names.contains(*n))
+        || (!spec.control_plane.highly_available()
+            && observed.ports.iter().any(|p| p.name == names.api_port));
+    if shrinking && running.len() > 1 {
+        return Err(PlanError::ControlPlaneShrink {
+            wanted,
+            running: running.len(),
+            names: running.join(", "),
+        });
+    }
+    // One control plane's cluster: no endpoint port, and the API's floating IP points at that
+    // control plane's port.
+    let has_endpoint = observed.ports.iter().any(|p| p.name == names.api_port);
+    let on_a_control_plane = observed.api_floating_ip(&spec.name).is_some_and(|f| {
+        observed
+            .ports
+            .iter()
+            .any(|p| Some(p.id.as_str()) == f.port_id.as_deref())
+    });
+    if spec.control_plane.highly_available()
+        && !has_endpoint
+        && on_a_control_plane
+        && !running.is_empty()
+    {
+        return Err(PlanError::ControlPlaneGrowth { wanted });
+    }
+    Ok(())
 }
 
 /// Steps that remove duplicates, each after what stands in its way.
@@ -893,8 +1019,30 @@ mod tests {
             device_owner: String::new(),
             status: "ACTIVE".into(),
             security_groups: vec![],
+            allowed_address_pairs: vec![],
         };
         let nodes = spec.nodes();
+        let ha = spec.control_plane.highly_available();
+        let mut ports: Vec<Port> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| port(&n.name, &format!("10.42.0.{}", 10 + i + usize::from(ha))))
+            .collect();
+        if ha {
+            for port in ports
+                .iter_mut()
+                .filter(|p| p.name.contains("-control-plane-"))
+            {
+                port.allowed_address_pairs = vec![crate::cloud::network::AddressPair {
+                    ip_address: "10.42.0.10/32".into(),
+                }];
+            }
+            ports.push(port(&names.api_port, "10.42.0.10"));
+        }
+        let api_port = match ha {
+            true => format!("p-{}", names.api_port),
+            false => format!("p-{}", nodes[0].name),
+        };
         let wanted = wanted_rules(spec, "g-nodes", spec.network.node_cidr.map(IpNet::V4));
         let rules = |rules: &[crate::cloud::network::SecurityGroupRule]| {
             rules
@@ -950,16 +1098,12 @@ mod tests {
                     security_group_rules: rules(&wanted.control_planes),
                 },
             ],
-            ports: nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| port(&n.name, &format!("10.42.0.{}", 10 + i)))
-                .collect(),
+            ports,
             floating_ips: vec![FloatingIp {
                 id: "fip".into(),
                 floating_ip_address: "203.0.113.5".into(),
                 floating_network_id: "ext".into(),
-                port_id: Some(format!("p-{}", nodes[0].name)),
+                port_id: Some(api_port),
                 tags: vec![],
                 description: names.api_address.clone(),
                 status: "ACTIVE".into(),
@@ -970,7 +1114,10 @@ mod tests {
                     id: format!("s-{}", n.name),
                     name: n.name.clone(),
                     status: "ACTIVE".into(),
-                    tags: vec![],
+                    tags: vec![resources::role_tag(match n.role {
+                        Role::ControlPlane => "control-plane",
+                        Role::Worker => "worker",
+                    })],
                     metadata: BTreeMap::new(),
                     fault: None,
                     addresses: BTreeMap::new(),
@@ -1308,6 +1455,145 @@ mod tests {
             "{:?}",
             shown(&plan)
         );
+    }
+
+    fn highly_available(workers: u32) -> ClusterSpec {
+        test_spec(&format!(
+            "count = 3\n[[worker_pools]]\nname = \"default\"\ncount = {workers}\nflavor = \"m3.small\"\n"
+        ))
+    }
+
+    /// With 3 control planes the API's address belongs to a port of its own, which carries the
+    /// floating IP and which every control plane's port may hold; the control planes take the
+    /// fixed addresses after it, and the first initializes the cluster.
+    #[test]
+    fn three_control_planes_share_an_endpoint_port_that_holds_the_api_address() {
+        let spec = highly_available(1);
+        let plan = plan(&spec, &Observed::default(), &facts(), K8S).expect("plan");
+        let steps = plan.shown();
+        let find = |kind: &str, name: &str| {
+            steps
+                .iter()
+                .find(|s| s.kind == kind && s.name == name)
+                .unwrap_or_else(|| panic!("{kind} {name} in {:#?}", shown(&plan)))
+        };
+        let endpoint = find("port", "demo-api");
+        assert_eq!(endpoint.detail, "10.42.0.10");
+        for (n, address) in [(1, "10.42.0.11"), (2, "10.42.0.12"), (3, "10.42.0.13")] {
+            let port = find("port", &format!("demo-control-plane-{n}"));
+            assert_eq!(port.detail, address);
+            assert!(port.needs.contains(&endpoint.id), "{port:?}");
+        }
+        assert_eq!(find("port", "demo-default-1").detail, "");
+        assert_eq!(
+            find("attachment", "demo-api").detail,
+            "floating IP to demo-api"
+        );
+        let requests: Vec<&PortRequest> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::CreatePort(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        for request in &requests {
+            let holds = request.allowed_address_of == Some(Ref::After(endpoint.id));
+            assert_eq!(holds, request.name.contains("control-plane"), "{request:?}");
+        }
+        let render = plan.steps.iter().find_map(|s| match &s.action {
+            Action::RenderIgnition {
+                internal,
+                initializer,
+                ..
+            } => Some((internal, initializer)),
+            _ => None,
+        });
+        assert_eq!(
+            render,
+            Some((
+                &Ref::After(endpoint.id),
+                &Some("demo-control-plane-1".to_string())
+            ))
+        );
+        // Converged, nothing; a control plane's port that lost its pair gets it back, and a
+        // floating IP moved off the endpoint is put back.
+        let mut observed = converged(&spec);
+        assert_eq!(
+            shown(&super::plan(&spec, &observed, &facts(), K8S).expect("plan")),
+            Vec::<String>::new()
+        );
+        observed
+            .ports
+            .iter_mut()
+            .find(|p| p.name == "demo-control-plane-2")
+            .expect("port")
+            .allowed_address_pairs
+            .clear();
+        observed.floating_ips[0].port_id = Some("p-demo-control-plane-1".into());
+        let repairs = super::plan(&spec, &observed, &facts(), K8S).expect("plan");
+        assert_eq!(
+            shown(&repairs),
+            ["~ port demo-control-plane-2", "~ floating IP 203.0.113.5"]
+        );
+        assert_eq!(
+            repairs.shown()[0].detail,
+            "may hold the API's address 10.42.0.10"
+        );
+    }
+
+    /// A lost control plane of three that ran: the others keep etcd, but its old member must
+    /// go first, which is not automated yet; asked to go on, it is built again to join.
+    #[test]
+    fn a_lost_control_plane_of_three_is_refused_and_never_initializes() {
+        let spec = highly_available(1);
+        let mut observed = converged(&spec);
+        observed.floating_ips[0]
+            .tags
+            .push(CONTROL_PLANE_RAN_TAG.into());
+        observed
+            .servers
+            .retain(|s| s.name != "demo-control-plane-1");
+        let refused = plan(&spec, &observed, &facts(), K8S).expect_err("refused");
+        assert!(
+            matches!(&refused, PlanError::MemberLost { name, how: "gone" } if name == "demo-control-plane-1"),
+            "{refused}"
+        );
+        let asked = Scope {
+            accept_empty_cluster: true,
+            ..K8S
+        };
+        let plan = plan(&spec, &observed, &facts(), asked).expect("plan");
+        let initializer = plan.steps.iter().find_map(|s| match &s.action {
+            Action::RenderIgnition { initializer, .. } => Some(initializer.clone()),
+            _ => None,
+        });
+        assert_eq!(initializer, Some(None), "{:#?}", shown(&plan));
+    }
+
+    /// One control plane holds the API's address itself; three cannot take it over under a
+    /// running cluster, and three cannot become one: both refused, nothing planned.
+    #[test]
+    fn changing_between_one_and_several_control_planes_is_refused() {
+        let one = with_workers(1);
+        let three = highly_available(1);
+        let refused = plan(&three, &converged(&one), &facts(), K8S).expect_err("refused");
+        assert_eq!(refused, PlanError::ControlPlaneGrowth { wanted: 3 });
+        let refused = plan(&one, &converged(&three), &facts(), K8S).expect_err("refused");
+        assert_eq!(
+            refused,
+            PlanError::ControlPlaneShrink {
+                wanted: 1,
+                running: 3,
+                names: "demo-control-plane-1, demo-control-plane-2, demo-control-plane-3".into(),
+            }
+        );
+        let five = test_spec("count = 5\n");
+        assert!(plan(&five, &converged(&three), &facts(), K8S).is_ok());
+        assert!(matches!(
+            plan(&three, &converged(&five), &facts(), K8S),
+            Err(PlanError::ControlPlaneShrink { running: 5, .. })
+        ));
     }
 
     /// A worker whose metadata records another CA than the control plane's was made with

@@ -82,6 +82,8 @@ pub(crate) struct Names {
     pub(crate) server_group: String,
     /// Floating IPs have no name: the API address is found by this description.
     pub(crate) api_address: String,
+    /// The port that holds the API's address with 3 or 5 control planes.
+    pub(crate) api_port: String,
 }
 
 impl Names {
@@ -94,6 +96,7 @@ impl Names {
             control_plane_group: format!("{cluster}-control-plane"),
             server_group: format!("{cluster}-control-plane"),
             api_address: format!("{cluster}-api"),
+            api_port: format!("{cluster}-api"),
         }
     }
 }

@@ -65,8 +65,8 @@ pub(crate) struct SubnetRequest {
     pub(crate) dns_nameservers: Vec<IpAddr>,
 }
 
-/// A port with a fixed address on the subnet (the first control plane's is chosen, the others
-/// are Neutron's), in the given security groups.
+/// A port on the subnet, in the given security groups, with a fixed address (the API's and
+/// the control planes' on a network flatstack creates) or one Neutron chooses.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PortRequest {
     pub(crate) name: String,
@@ -74,6 +74,8 @@ pub(crate) struct PortRequest {
     pub(crate) subnet: Ref,
     pub(crate) fixed_ip: Option<Ipv4Addr>,
     pub(crate) security_groups: Vec<Ref>,
+    /// A control plane's port behind a VIP: the endpoint's port, whose address it may hold.
+    pub(crate) allowed_address_of: Option<Ref>,
 }
 
 /// An ingress rule of one of the cluster's groups; `remote_group` replaces the rule's
@@ -145,6 +147,12 @@ pub(crate) enum Action {
         policy: String,
     },
     CreatePort(PortRequest),
+    /// Lets a control plane's port hold the API's address (the VIP): checked every run.
+    AllowAddress {
+        port: Ref,
+        port_name: String,
+        endpoint: Ref,
+    },
     /// Allocated unattached, so its address (which goes into every Ignition config) is known
     /// without waiting for the router; attached by [`Action::AttachFloatingIp`].
     CreateFloatingIp {
@@ -152,8 +160,8 @@ pub(crate) enum Action {
         external_network: String,
         external_network_id: String,
     },
-    /// Points the API's floating IP at the first control plane: once for a new one, as a repair
-    /// for one that was detached or moved.
+    /// Points the API's floating IP at the endpoint's port (the control plane's, with one):
+    /// once for a new one, as a repair for one that was detached or moved.
     AttachFloatingIp {
         floating: Ref,
         /// Its address when it exists, else its description.
@@ -176,6 +184,8 @@ pub(crate) enum Action {
         nodes: Vec<NodeName>,
         internal: Ref,
         public: Ref,
+        /// The control plane that runs `kubeadm init`, in a new cluster; every other joins.
+        initializer: Option<String>,
     },
     CreateServer(ServerPlan),
     /// A running server whose port was deleted gets its new one.
@@ -357,6 +367,16 @@ impl Action {
                 p.name.clone(),
                 p.fixed_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             ),
+            AllowAddress {
+                port_name,
+                endpoint,
+                ..
+            } => (
+                Verb::Update,
+                "port",
+                port_name.clone(),
+                format!("may hold the API's address {}", endpoint.address()),
+            ),
             CreateFloatingIp {
                 description,
                 external_network,
@@ -402,11 +422,20 @@ impl Action {
                 nodes,
                 internal,
                 public,
+                initializer,
             } => (
                 Verb::Run,
                 "ignition",
                 format!("{} config(s)", nodes.len()),
-                format!("API at {} and {}", internal.address(), public.address()),
+                format!(
+                    "API at {} and {}{}",
+                    internal.address(),
+                    public.address(),
+                    initializer
+                        .as_ref()
+                        .map(|n| format!("; {n} initializes the cluster"))
+                        .unwrap_or_default()
+                ),
             ),
             CreateServer(s) => (
                 Verb::Create,
@@ -466,6 +495,9 @@ impl Action {
             }
             CreateServerGroup { name, .. } => format!("creating server group {name}"),
             CreatePort(p) => format!("creating port {}", p.name),
+            AllowAddress { port_name, .. } => {
+                format!("letting port {port_name} hold the API's address")
+            }
             CreateFloatingIp { .. } => "allocating the API floating IP".into(),
             AttachFloatingIp {
                 label,
@@ -516,7 +548,7 @@ impl Action {
             CreateRouter { .. } | SetRouterGateway { .. } | AddRouterInterface { .. } => "router",
             CreateSecurityGroup { .. } | CreateServerGroup { .. } => "groups",
             AddRule(_) | RemoveRule { .. } => "rules",
-            CreatePort(_) => "ports",
+            CreatePort(_) | AllowAddress { .. } => "ports",
             CreateFloatingIp { .. } | AttachFloatingIp { .. } => "floating IP",
             Adopt { .. } => "adopt untagged",
             CreateJoinToken | WaitReady { .. } | Drain { .. } => "kubernetes",
@@ -557,7 +589,9 @@ impl Action {
             CreatePort(p) => [&mut p.network, &mut p.subnet]
                 .into_iter()
                 .chain(&mut p.security_groups)
+                .chain(p.allowed_address_of.as_mut())
                 .collect(),
+            AllowAddress { port, endpoint, .. } => vec![port, endpoint],
             AttachFloatingIp { floating, port, .. } => vec![floating, port],
             RenderIgnition {
                 internal, public, ..

@@ -93,10 +93,49 @@ pub(crate) struct FlatcarSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ControlPlaneSpec {
+    /// 1, 3 or 5: etcd keeps quorum with a majority of its members.
     pub(crate) count: u32,
     pub(crate) flavor: String,
     /// Boot from a Cinder volume of this size instead of the flavor's root disk.
     pub(crate) boot_volume_gb: Option<u32>,
+    pub(crate) api_endpoint: ApiEndpointKind,
+}
+
+impl ControlPlaneSpec {
+    /// Whether the API's address belongs to an endpoint of its own rather than a server.
+    pub(crate) fn highly_available(&self) -> bool {
+        self.api_endpoint != ApiEndpointKind::ControlPlane
+    }
+}
+
+/// What holds the API's address (`control_plane.api_endpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ApiEndpointKind {
+    /// One control plane: the address is its port's.
+    ControlPlane,
+    /// 3 or 5: a port of its own whose address every control plane may hold, held by one.
+    Vip,
+}
+
+impl ApiEndpointKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ApiEndpointKind::ControlPlane => "control-plane",
+            ApiEndpointKind::Vip => "vip",
+        }
+    }
+
+    /// Why the cluster's API is reached this way, for `plan`.
+    pub(crate) fn why(self) -> &'static str {
+        match self {
+            ApiEndpointKind::ControlPlane => {
+                "one control plane: the API's address is its port's, and the cluster stops with it"
+            }
+            ApiEndpointKind::Vip => {
+                "a port of its own holds the API's address and floating IP; one control plane at a time answers on it (kube-vip), another takes it over within about 15 s when that one fails (an Octavia load balancer is not built yet)"
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -167,10 +206,22 @@ pub struct NetworkSpec {
 pub(crate) const FIXED_NODE_ADDRESSES: usize = 16;
 
 impl NetworkSpec {
-    /// The fixed address flatstack gives the first control plane on a network it creates.
+    /// The API's fixed address on a network flatstack creates: the tenth host address, the
+    /// first control plane's port's with one control plane, the endpoint's with 3 or 5.
     pub(crate) fn default_api_address(&self) -> Option<Ipv4Addr> {
         match (&self.mode, self.node_cidr) {
             (NetworkMode::Create, Some(cidr)) => cidr.hosts().nth(9),
+            _ => None,
+        }
+    }
+
+    /// The fixed address of control plane `index` (0-based) behind an endpoint of its own, on
+    /// a network flatstack creates: the host addresses after the API's (11th to 15th).
+    pub(crate) fn control_plane_address(&self, index: usize) -> Option<Ipv4Addr> {
+        match (&self.mode, self.node_cidr) {
+            (NetworkMode::Create, Some(cidr)) if 10 + index < FIXED_NODE_ADDRESSES => {
+                cidr.hosts().nth(10 + index)
+            }
             _ => None,
         }
     }

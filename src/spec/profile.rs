@@ -101,7 +101,8 @@ channel = "stable"
 # image = "flatcar-stable-4230.2.3"
 
 [control_plane]
-count = 1                       # 1 for now; 3 (highly available) is planned
+count = 1                       # 1, or 3 or 5 for a highly available control plane
+# api_endpoint = "vip"          # with 3 or 5: the API's address moves between control planes
 flavor = "{control_plane_flavor}"
 # boot_volume_gb = 40           # boot from a Cinder volume instead of the flavor's disk
 

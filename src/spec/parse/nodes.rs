@@ -7,33 +7,59 @@ pub(super) fn read_control_plane(
     p: &mut Problems,
 ) -> Option<ControlPlaneSpec> {
     let count = t.integer("count", p);
+    let endpoint = t.string("api_endpoint", p);
     let flavor = read_flavor(&mut t, p);
     let boot_volume_gb = read_boot_volume(&mut t, p);
     t.finish(p);
     let count = match count {
         None => Some(1),
-        Some(c) if *c.get_ref() == 1 => Some(1),
-        Some(c) if *c.get_ref() == 3 => {
-            p.error(
-                c.span(),
-                "3 control planes are not supported yet",
-                "use `count = 1`; highly available control planes are planned",
-            );
-            None
-        }
+        Some(c) if matches!(*c.get_ref(), 1 | 3 | 5) => Some(*c.get_ref() as u32),
         Some(c) => {
             p.error(
                 c.span(),
-                format!("`control_plane.count` is {}; it must be 1", c.get_ref()),
-                "etcd needs an odd number of members; flatstack runs 1 (3 later)",
+                format!("`control_plane.count` is {}; it must be 1, 3 or 5", c.get_ref()),
+                "etcd keeps working while a majority of its members do: 3 survive the loss of one, 5 of two; an even count survives no more than one fewer would",
             );
             None
         }
+    };
+    let api_endpoint = match (count, endpoint) {
+        (Some(1), None) => Some(ApiEndpointKind::ControlPlane),
+        (Some(_), None) => Some(ApiEndpointKind::Vip),
+        (None, _) => None,
+        (Some(count), Some(e)) => match (count, e.get_ref().as_str()) {
+            (1, "vip" | "load-balancer") => {
+                p.error(
+                    e.span(),
+                    format!("`control_plane.api_endpoint` is `{}` with one control plane", e.get_ref()),
+                    "the API's address is the control plane's own; an endpoint of its own needs `count = 3` or `5`",
+                );
+                None
+            }
+            (_, "vip") => Some(ApiEndpointKind::Vip),
+            (_, "load-balancer") => {
+                p.error(
+                    e.span(),
+                    "an Octavia load balancer in front of the control planes is not built yet",
+                    "use `api_endpoint = \"vip\"` (the default): one control plane holds the API's address, another takes it over when that one fails",
+                );
+                None
+            }
+            (_, other) => {
+                p.error(
+                    e.span(),
+                    format!("`control_plane.api_endpoint` `{other}` is not known"),
+                    "use `vip` (or leave it out)",
+                );
+                None
+            }
+        },
     };
     Some(ControlPlaneSpec {
         count: count?,
         flavor: flavor?,
         boot_volume_gb: boot_volume_gb?,
+        api_endpoint: api_endpoint?,
     })
 }
 
@@ -246,6 +272,49 @@ pub(super) fn parse_taint(text: &At<String>, path: &str, p: &mut Problems) -> Op
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
+    use crate::spec::ApiEndpointKind;
+
+    #[test]
+    fn control_planes_are_one_three_or_five_and_more_than_one_take_an_endpoint() {
+        let one = with("").expect("valid").control_plane;
+        assert_eq!(
+            (one.count, one.api_endpoint),
+            (1, ApiEndpointKind::ControlPlane)
+        );
+        for count in [3, 5] {
+            let many = with(&format!("count = {count}\n")).expect("valid");
+            assert_eq!(many.control_plane.count, count);
+            assert_eq!(many.control_plane.api_endpoint, ApiEndpointKind::Vip);
+            assert_eq!(many.nodes().len(), count as usize);
+        }
+        assert_eq!(
+            with("count = 3\napi_endpoint = \"vip\"\n")
+                .expect("valid")
+                .control_plane
+                .api_endpoint,
+            ApiEndpointKind::Vip
+        );
+        for count in [0, 2, 4, 7] {
+            assert_eq!(
+                problems(&format!("count = {count}\n")),
+                [format!(
+                    "`control_plane.count` is {count}; it must be 1, 3 or 5"
+                )]
+            );
+        }
+        assert_eq!(
+            problems("api_endpoint = \"vip\"\n"),
+            ["`control_plane.api_endpoint` is `vip` with one control plane"]
+        );
+        assert_eq!(
+            problems("count = 3\napi_endpoint = \"load-balancer\"\n"),
+            ["an Octavia load balancer in front of the control planes is not built yet"]
+        );
+        assert_eq!(
+            problems("count = 3\napi_endpoint = \"dns\"\n"),
+            ["`control_plane.api_endpoint` `dns` is not known"]
+        );
+    }
 
     #[test]
     fn worker_pools_are_read_with_labels_and_taints() {
