@@ -10,7 +10,9 @@
 //! kubeadm's `admin.conf` gets its rights from RBAC, which does not exist yet while `kubeadm
 //! init` runs, so the initializing control plane starts it with `super-admin.conf` and switches
 //! it to `admin.conf` afterwards; joining control planes start it once `kubeadm join` has
-//! written `admin.conf` (kubeadm's join preflight wants `/etc/kubernetes/manifests` empty).
+//! written `admin.conf` (until then the endpoint is held by a control plane that has joined).
+//! `kubeadm reset` empties `/etc/kubernetes/manifests`, so a failed attempt removes it and
+//! the next one places it again (kubeadm `phases/reset/cleanupnode.go`).
 
 use std::net::Ipv4Addr;
 

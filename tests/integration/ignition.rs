@@ -15,12 +15,23 @@ struct Rendered {
 
 /// Renders a 1+2 cluster whose sysext is served from loopback.
 fn render_cluster() -> Rendered {
+    render_with_control_planes(1)
+}
+
+/// Renders a cluster of `control_planes` control planes and 2 workers.
+fn render_with_control_planes(control_planes: u32) -> Rendered {
     let sysext: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
     let mut files = BTreeMap::new();
     files.insert(SYSEXT_NAME.to_string(), sysext.clone());
     let server = FileServer::serve(files);
     let workspace = Workspace::new();
-    workspace.write_cluster(&cluster_text(&server.base_url(), &sha256_hex(&sysext), 2));
+    workspace.write_cluster(
+        &cluster_text(&server.base_url(), &sha256_hex(&sysext), 2).replacen(
+            "[control_plane]\n",
+            &format!("[control_plane]\ncount = {control_planes}\n"),
+            1,
+        ),
+    );
     success(&workspace.render(&["--endpoint", "203.0.113.7"]));
     Rendered {
         workspace,
@@ -244,7 +255,7 @@ fn control_plane_tree_has_the_cluster_cas() {
     );
     let unit =
         std::fs::read_to_string(root.join("etc/systemd/system/kubeadm.service")).expect("unit");
-    assert!(unit.contains("flatstack-bootstrap control-plane"));
+    assert!(unit.contains("flatstack-bootstrap init"));
     // The console log is every project member's to read (Nova's API): kubeadm's output, and
     // the join command with its token that `kubeadm init` prints, never reach it.
     for line in unit.lines().filter(|l| l.starts_with("Standard")) {
@@ -292,6 +303,91 @@ fn worker_tree_has_no_private_key_and_joins_by_token_and_hash() {
     let unit =
         std::fs::read_to_string(root.join("etc/systemd/system/kubeadm.service")).expect("unit");
     assert!(unit.contains("flatstack-bootstrap worker"));
+}
+
+/// With three control planes, the second joins as a control plane through the endpoint: it
+/// gets the cluster's CAs sealed like the first, kube-vip's static pod for the API's address
+/// (placed by the bootstrap script once kubeadm has joined), and no InitConfiguration.
+#[test]
+fn a_joining_control_plane_has_the_sealed_cas_and_the_address_holder() {
+    require_tool("ignition-validate");
+    let rendered = render_with_control_planes(3);
+    for node in [
+        "demo-control-plane-1",
+        "demo-control-plane-2",
+        "demo-control-plane-3",
+    ] {
+        let config = rendered.workspace.out_dir().join(format!("{node}.ign"));
+        let output = Command::new("ignition-validate")
+            .arg(&config)
+            .output()
+            .expect("run");
+        assert!(
+            output.status.success(),
+            "{node}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    let applied = apply(&rendered, "demo-control-plane-2");
+    let root = &applied.root;
+    assert_common_tree(root, &rendered.sysext);
+    assert_eq!(
+        private_keys_under(root),
+        Vec::<String>::new(),
+        "sealed only"
+    );
+    for key in ["ca.key", "front-proxy-ca.key", "etcd/ca.key", "sa.key"] {
+        let sealed = root.join(format!("etc/flatstack/pki/{key}.sealed"));
+        assert_eq!(mode_of(&sealed), 0o600, "{key}");
+    }
+    let kubeadm =
+        std::fs::read_to_string(root.join("etc/flatstack/kubeadm.yaml.in")).expect("kubeadm");
+    assert!(kubeadm.contains("kind: JoinConfiguration"), "{kubeadm}");
+    assert!(!kubeadm.contains("InitConfiguration"), "{kubeadm}");
+    assert!(
+        kubeadm.contains("apiServerEndpoint: 10.42.0.10:6443"),
+        "{kubeadm}"
+    );
+    let unit =
+        std::fs::read_to_string(root.join("etc/systemd/system/kubeadm.service")).expect("unit");
+    assert!(unit.contains("flatstack-bootstrap control-plane"), "{unit}");
+
+    let holder = root.join("etc/flatstack/kube-vip.yaml.in");
+    assert_eq!(mode_of(&holder), 0o600);
+    let pod: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&holder).expect("kube-vip")).expect("YAML");
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], flatstack::pins::KUBE_VIP_IMAGE);
+    let env = |name: &str| {
+        container["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(env("address"), Some("10.42.0.10".into()));
+    assert_eq!(env("vip_arp"), Some("true".into()));
+    assert_eq!(env("vip_leaderelection"), Some("true".into()));
+    assert_eq!(
+        pod["spec"]["volumes"][0]["hostPath"]["path"],
+        "@KUBECONFIG@"
+    );
+    assert_eq!(
+        pod["spec"]["hostAliases"][0],
+        serde_json::json!({ "ip": "127.0.0.1", "hostnames": ["kubernetes"] })
+    );
+
+    // The first initializes: kube-vip starts with super-admin.conf (admin.conf has no rights
+    // before kubeadm's RBAC exists) and is switched to admin.conf after; joins place it after.
+    let first = apply(&rendered, "demo-control-plane-1");
+    let unit = std::fs::read_to_string(first.root.join("etc/systemd/system/kubeadm.service"))
+        .expect("unit");
+    assert!(unit.contains("flatstack-bootstrap init"), "{unit}");
+    let script = std::fs::read_to_string(first.root.join("opt/flatstack/bin/flatstack-bootstrap"))
+        .expect("script");
+    assert!(script.contains("place_vip_holder /etc/kubernetes/super-admin.conf"));
+    assert!(script.contains("place_vip_holder /etc/kubernetes/admin.conf"));
 }
 
 #[test]

@@ -73,13 +73,15 @@ impl Schema {
     }
 }
 
-fn kubeadm_documents(node: &str) -> Vec<serde_json::Value> {
+fn kubeadm_documents(node: &str, control_planes: u32) -> Vec<serde_json::Value> {
     let workspace = Workspace::new();
-    workspace.write_cluster(&cluster_text(
-        "https://mirror.example.org/ext",
-        &"ab".repeat(32),
-        2,
-    ));
+    workspace.write_cluster(
+        &cluster_text("https://mirror.example.org/ext", &"ab".repeat(32), 2).replacen(
+            "[control_plane]\n",
+            &format!("[control_plane]\ncount = {control_planes}\n"),
+            1,
+        ),
+    );
     success(&workspace.render(&["--endpoint", "203.0.113.7"]));
     let config = read_json(&workspace.out_dir().join(format!("{node}.ign")));
     let yaml = ignition_file(&config, "/etc/flatstack/kubeadm.yaml.in").expect("kubeadm config");
@@ -87,9 +89,9 @@ fn kubeadm_documents(node: &str) -> Vec<serde_json::Value> {
     serde_saphyr::from_str_multiple(&yaml).expect("kubeadm config is YAML")
 }
 
-fn check(node: &str, kinds: &[&str]) {
+fn check(node: &str, control_planes: u32, kinds: &[&str]) -> Vec<serde_json::Value> {
     let schema = Schema::load();
-    let documents = kubeadm_documents(node);
+    let documents = kubeadm_documents(node, control_planes);
     let found: Vec<&str> = documents
         .iter()
         .filter_map(|d| d["kind"].as_str())
@@ -109,19 +111,66 @@ fn check(node: &str, kinds: &[&str]) {
         unknown.is_empty(),
         "fields unknown to kubeadm v1beta4: {unknown:#?}"
     );
+    documents
 }
 
 #[test]
 fn control_plane_config_uses_only_v1beta4_fields() {
     check(
         "demo-control-plane-1",
+        1,
         &["InitConfiguration", "ClusterConfiguration"],
     );
 }
 
 #[test]
 fn worker_config_uses_only_v1beta4_fields() {
-    check("demo-default-1", &["JoinConfiguration"]);
+    check("demo-default-1", 1, &["JoinConfiguration"]);
+}
+
+/// With three control planes the first initializes, naming every address the API is reached
+/// by (later joins read this ClusterConfiguration from the cluster); the others join as
+/// control planes through the endpoint, with no certificate key (the CAs are delivered).
+#[test]
+fn joining_control_planes_use_only_v1beta4_fields() {
+    let init = check(
+        "demo-control-plane-1",
+        3,
+        &["InitConfiguration", "ClusterConfiguration"],
+    );
+    assert_eq!(init[1]["controlPlaneEndpoint"], "10.42.0.10:6443");
+    let sans: Vec<&str> = init[1]["apiServer"]["certSANs"]
+        .as_array()
+        .expect("certSANs")
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    for san in [
+        "10.42.0.10",
+        "203.0.113.7",
+        "demo-control-plane-1",
+        "10.42.0.11",
+        "demo-control-plane-2",
+        "10.42.0.12",
+        "demo-control-plane-3",
+        "10.42.0.13",
+        "127.0.0.1",
+    ] {
+        assert!(sans.contains(&san), "{san} in {sans:?}");
+    }
+    for node in ["demo-control-plane-2", "demo-control-plane-3"] {
+        let join = check(node, 3, &["JoinConfiguration"]);
+        assert_eq!(
+            join[0]["discovery"]["bootstrapToken"]["apiServerEndpoint"],
+            "10.42.0.10:6443"
+        );
+        assert_eq!(
+            join[0]["controlPlane"],
+            serde_json::json!({ "localAPIEndpoint": { "bindPort": 6443 } })
+        );
+    }
+    let worker = check("demo-default-1", 3, &["JoinConfiguration"]);
+    assert!(worker[0].get("controlPlane").is_none());
 }
 
 #[test]
@@ -148,7 +197,7 @@ fn the_check_catches_a_misspelt_field() {
 /// names 127.0.0.1, which kubeadm's defaults do not (`GetAPIServerAltNames`).
 #[test]
 fn the_api_servers_certificate_names_the_loopback_address_helm_controller_uses() {
-    let documents = kubeadm_documents("demo-control-plane-1");
+    let documents = kubeadm_documents("demo-control-plane-1", 1);
     let cluster = documents
         .iter()
         .find(|d| d["kind"] == "ClusterConfiguration")

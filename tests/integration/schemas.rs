@@ -199,7 +199,8 @@ impl ChartKeys {
 const SCHEMA_CHECKED_ELSEWHERE: [&str; 3] = ["traefik", "cert-manager", "jupyterhub"];
 
 /// Cluster files whose objects differ: tainted workers with the default add-ons; a general
-/// pool with Traefik behind a load balancer and Let's Encrypt; a control plane with nothing.
+/// pool with Traefik behind a load balancer and Let's Encrypt; a control plane with nothing;
+/// three control planes behind a VIP (kube-vip's static pod on each).
 fn cluster_variants(version: KubernetesVersion) -> Vec<(&'static str, String)> {
     let base = cluster_text("https://example.invalid/ext", &"ab".repeat(32), 2)
         .replace(KUBERNETES_VERSION, &version.to_string()[1..])
@@ -223,6 +224,10 @@ fn cluster_variants(version: KubernetesVersion) -> Vec<(&'static str, String)> {
             format!(
                 "{head}[addons]\ncloud_controller = false\ncinder_csi = false\ningress = false\nmetrics_server = false\nkured = false\n"
             ),
+        ),
+        (
+            "three control planes behind a VIP",
+            base.replacen("[control_plane]\n", "[control_plane]\ncount = 3\n", 1),
         ),
     ]
 }
@@ -340,12 +345,25 @@ fn every_object_of_every_supported_minor_meets_the_upstream_schemas() {
                 found.join("\n")
             );
             checked += files.len();
-            // Every node config of this minor passes Debian's Ignition validator too.
+            // Every node config of this minor passes Debian's Ignition validator too, and the
+            // static pods it carries (kube-vip's, as the bootstrap script places it) the schema.
+            let mut static_pods = Vec::new();
             for config in std::fs::read_dir(workspace.out_dir())
                 .expect("out")
                 .flatten()
             {
                 if config.path().extension().is_some_and(|e| e == "ign") {
+                    if let Some(pod) = ignition_file(
+                        &read_json(&config.path()),
+                        "/etc/flatstack/kube-vip.yaml.in",
+                    ) {
+                        let pod = String::from_utf8(pod)
+                            .expect("UTF-8")
+                            .replace("@KUBECONFIG@", "/etc/kubernetes/admin.conf");
+                        let path = workspace.path(&format!("kube-vip-{}.yaml", static_pods.len()));
+                        std::fs::write(&path, pod).expect("write");
+                        static_pods.push(path);
+                    }
                     let output = Command::new("ignition-validate")
                         .arg(config.path())
                         .output()
@@ -357,6 +375,17 @@ fn every_object_of_every_supported_minor_meets_the_upstream_schemas() {
                         String::from_utf8_lossy(&output.stdout)
                     );
                 }
+            }
+            let found = kubernetes_problems(supported.minor, &static_pods);
+            assert!(
+                found.is_empty(),
+                "1.{} {variant} static pods:\n{}",
+                supported.minor,
+                found.join("\n")
+            );
+            checked += static_pods.len();
+            if variant.starts_with("three control planes") {
+                assert_eq!(static_pods.len(), 3, "one kube-vip per control plane");
             }
         }
         let scratch = tempfile::tempdir().expect("tempdir");
@@ -370,8 +399,11 @@ fn every_object_of_every_supported_minor_meets_the_upstream_schemas() {
         );
         checked += files.len();
     }
-    // 3 minors, 3 cluster files, the hub and smoke: a floor, so a silent skip cannot pass.
-    assert!(checked >= 3 * (16 + 8), "only {checked} objects checked");
+    // 3 minors, 4 cluster files, the hub and smoke: a floor, so a silent skip cannot pass.
+    assert!(
+        checked >= 3 * (16 + 16 + 3 + 8),
+        "only {checked} objects checked"
+    );
 }
 
 #[test]

@@ -2165,3 +2165,198 @@ fn a_lost_control_plane_that_ran_is_refused_not_rebuilt_blank() {
     ));
     assert_eq!(servers(&name), [cp, w1]);
 }
+
+/// What an admin sees of the demo project's `server`: its host and user_data too.
+fn admin_view(server: &str) -> Value {
+    let shown = cli("local-demo", &["server", "show", server, "-f", "json"]);
+    let id = shown["id"].as_str().expect("id");
+    cli(
+        "local-admin",
+        &[
+            "--os-compute-api-version",
+            "2.3",
+            "server",
+            "show",
+            id,
+            "-f",
+            "json",
+        ],
+    )
+}
+
+/// The user_data Nova holds for `server`, decoded: the Ignition config.
+fn user_data(admin: &Value) -> Value {
+    use base64::Engine as _;
+    let encoded = admin["OS-EXT-SRV-ATTR:user_data"]
+        .as_str()
+        .expect("user_data");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("base64");
+    serde_json::from_slice(&bytes).expect("Ignition JSON")
+}
+
+/// The bare addresses of a port's allowed address pairs, as the `openstack` CLI shows them.
+fn allowed_addresses(port: &Value) -> Vec<String> {
+    port["allowed_address_pairs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|pair| pair["ip_address"].as_str())
+        .map(|a| a.trim_end_matches("/32").to_string())
+        .collect()
+}
+
+/// Three control planes behind a VIP, provisioned on the local OpenStack: the API's address
+/// and floating IP on a port of its own, every control plane's port allowed to hold it, the
+/// control planes on three compute hosts at the next fixed addresses, the first initializing
+/// and the others joining as control planes through the endpoint; a re-run changes nothing, a
+/// lost pair is put back, and `down` leaves nothing.
+#[test]
+fn three_control_planes_hold_the_api_address_on_a_port_of_their_own() {
+    let name = unique("ha");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 1, "").replacen(
+        "[control_plane]\n",
+        "[control_plane]\ncount = 3\n",
+        1,
+    ));
+    let _teardown = Teardown(&workspace);
+    let planned = success(&flatstack(&workspace, &["plan", "--provision-only"]));
+    assert!(planned.contains("API endpoint: vip ("), "{planned}");
+    assert!(
+        planned.contains(&format!("+ port            {name}-api")),
+        "{planned}"
+    );
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+
+    let endpoint = cli(
+        "local-demo",
+        &["port", "show", &format!("{name}-api"), "-f", "json"],
+    );
+    assert_eq!(
+        endpoint["fixed_ips"][0]["ip_address"], "10.42.0.10",
+        "{endpoint}"
+    );
+    assert!(
+        endpoint["tags"]
+            .to_string()
+            .contains(&format!("flatstack:cluster={name}"))
+    );
+    assert_eq!(
+        endpoint["device_id"], "",
+        "the endpoint's port belongs to no server"
+    );
+    let floating = tagged("floating ip", &name);
+    assert_eq!(floating.len(), 1, "{floating:?}");
+    assert_eq!(floating[0]["Port"], endpoint["id"], "{floating:?}");
+
+    let mut hosts = Vec::new();
+    for n in 1..=3 {
+        let server = format!("{name}-control-plane-{n}");
+        let port = cli("local-demo", &["port", "show", &server, "-f", "json"]);
+        assert_eq!(
+            port["fixed_ips"][0]["ip_address"],
+            format!("10.42.0.{}", 10 + n),
+            "{port}"
+        );
+        assert_eq!(allowed_addresses(&port), ["10.42.0.10"], "{server}");
+        let admin = admin_view(&server);
+        hosts.push(
+            admin["OS-EXT-SRV-ATTR:host"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+
+        let config = user_data(&admin);
+        let kubeadm = String::from_utf8(
+            ignition_file(&config, "/etc/flatstack/kubeadm.yaml.in").expect("kubeadm config"),
+        )
+        .expect("UTF-8");
+        let unit = config["systemd"]["units"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u["name"] == "kubeadm.service")
+            .and_then(|u| u["contents"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let holder = String::from_utf8(
+            ignition_file(&config, "/etc/flatstack/kube-vip.yaml.in").expect("kube-vip"),
+        )
+        .expect("UTF-8");
+        assert!(holder.contains("10.42.0.10"), "{holder}");
+        if n == 1 {
+            assert!(kubeadm.contains("kind: InitConfiguration"), "{kubeadm}");
+            assert!(
+                kubeadm.contains("controlPlaneEndpoint: 10.42.0.10:6443"),
+                "{kubeadm}"
+            );
+            for san in [
+                format!("{name}-control-plane-2"),
+                "10.42.0.13".to_string(),
+                floating[0]["Floating IP Address"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+            ] {
+                let cluster: Value =
+                    serde_saphyr::from_str(kubeadm.split("---\n").nth(1).unwrap_or_default())
+                        .expect("ClusterConfiguration");
+                assert!(
+                    cluster["apiServer"]["certSANs"]
+                        .as_array()
+                        .is_some_and(|sans| sans.contains(&Value::from(san.as_str()))),
+                    "{san} in {kubeadm}"
+                );
+            }
+            assert!(unit.contains("flatstack-bootstrap init"), "{unit}");
+        } else {
+            assert!(kubeadm.contains("kind: JoinConfiguration"), "{kubeadm}");
+            assert!(kubeadm.contains("controlPlane:"), "{kubeadm}");
+            assert!(
+                kubeadm.contains("apiServerEndpoint: 10.42.0.10:6443"),
+                "{kubeadm}"
+            );
+            assert!(!kubeadm.contains("InitConfiguration"), "{kubeadm}");
+            assert!(unit.contains("flatstack-bootstrap control-plane"), "{unit}");
+            assert!(
+                ignition_file(&config, "/etc/flatstack/pki/ca.key.sealed").is_some(),
+                "a joining control plane gets the CAs, sealed"
+            );
+        }
+    }
+    hosts.sort();
+    hosts.dedup();
+    assert_eq!(hosts.len(), 3, "hard anti-affinity: {hosts:?}");
+    let worker = cli(
+        "local-demo",
+        &["port", "show", &format!("{name}-default-1"), "-f", "json"],
+    );
+    assert_eq!(allowed_addresses(&worker), Vec::<String>::new());
+
+    let again = success(&flatstack(&workspace, &["up", "--provision-only"]));
+    assert!(again.contains("nothing to change"), "{again}");
+
+    // A control plane's port that lost its pair gets it back on the next run.
+    let second = format!("{name}-control-plane-2");
+    cli_raw(
+        "local-demo",
+        &["port", "set", "--no-allowed-address", &second],
+    );
+    let port = cli("local-demo", &["port", "show", &second, "-f", "json"]);
+    assert_eq!(allowed_addresses(&port), Vec::<String>::new(), "{port}");
+    let repair = success(&flatstack(&workspace, &["plan", "--provision-only"]));
+    assert!(
+        repair.contains(&format!("~ port            {second}"))
+            && repair.contains("may hold the API's address 10.42.0.10"),
+        "{repair}"
+    );
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+    let port = cli("local-demo", &["port", "show", &second, "-f", "json"]);
+    assert_eq!(allowed_addresses(&port), ["10.42.0.10"], "{port}");
+
+    success(&flatstack(&workspace, &["down", "--yes"]));
+    assert_nothing_left(&name);
+}
