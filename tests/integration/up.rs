@@ -2360,3 +2360,98 @@ fn three_control_planes_hold_the_api_address_on_a_port_of_their_own() {
     success(&flatstack(&workspace, &["down", "--yes"]));
     assert_nothing_left(&name);
 }
+
+/// Three control planes through faults at the new kinds of call: the endpoint's and control
+/// planes' port creates dropped after Neutron made them, a run killed part-way, then the pairs
+/// removed and their repair dropped or refused once each; every run after converges, with one
+/// endpoint port, every pair in place and nothing to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_control_planes_converge_through_faults_and_a_kill() {
+    use crate::proxy::{Fault, standard_proxy};
+    let proxy = standard_proxy().await;
+    let name = unique("hakill");
+    let workspace = Workspace::new();
+    let clouds = workspace.path("clouds.yaml");
+    proxy.write_clouds_yaml(&clouds);
+    workspace.write_cluster(
+        &cluster(&name, 1, "")
+            .replace("cloud = \"local-demo\"", "cloud = \"faulty\"")
+            .replacen("[control_plane]\n", "[control_plane]\ncount = 3\n", 1),
+    );
+    let run = |args: &'static [&'static str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flatstack"));
+        command
+            .current_dir(workspace.dir.path())
+            .env("OS_CLIENT_CONFIG_FILE", &clouds)
+            .env_remove("OS_CLOUD")
+            .env("FLATSTACK_STATE_DIR", workspace.state_dir())
+            .arg("--file")
+            .arg(workspace.cluster_file())
+            .args(args);
+        command
+    };
+    let _teardown = {
+        struct Down(Command);
+        impl Drop for Down {
+            fn drop(&mut self) {
+                let _ = self.0.output();
+            }
+        }
+        Down(run(&["down", "--yes"]))
+    };
+    proxy.inject("POST", "/v2.0/ports", Fault::DropAfter, 3);
+    proxy.inject("POST", "/v2.1/servers", Fault::DropAfter, 1);
+    let mut first = run(&["up", "--provision-only"]).spawn().expect("start up");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let _ = first.kill();
+    let _ = first.wait();
+    let mut second = run(&["up", "--provision-only"]);
+    let output = tokio::task::spawn_blocking(move || second.output())
+        .await
+        .expect("join")
+        .expect("run");
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let endpoints = tagged("port", &name)
+        .into_iter()
+        .filter(|p| p["Name"] == format!("{name}-api").as_str())
+        .count();
+    assert_eq!(endpoints, 1, "one endpoint port");
+    let pairs = || -> Vec<Vec<String>> {
+        (1..=3)
+            .map(|n| {
+                let port = format!("{name}-control-plane-{n}");
+                allowed_addresses(&cli("local-demo", &["port", "show", &port, "-f", "json"]))
+            })
+            .collect()
+    };
+    assert_eq!(pairs(), vec![vec!["10.42.0.10".to_string()]; 3]);
+
+    for n in 1..=3 {
+        let port = format!("{name}-control-plane-{n}");
+        cli_raw(
+            "local-demo",
+            &["port", "set", "--no-allowed-address", &port],
+        );
+    }
+    proxy.inject("PUT", "/v2.0/ports/", Fault::DropAfter, 1);
+    proxy.inject("PUT", "/v2.0/ports/", Fault::Status(503, None), 1);
+    let mut third = run(&["up", "--provision-only"]);
+    let repaired = tokio::task::spawn_blocking(move || third.output())
+        .await
+        .expect("join")
+        .expect("run");
+    assert!(repaired.status.success(), "{}", stderr(&repaired));
+    assert_eq!(pairs(), vec![vec!["10.42.0.10".to_string()]; 3]);
+    let again = run(&["up", "--provision-only"]).output().expect("run");
+    assert!(
+        stdout(&again).contains("nothing to change (0 changes made)"),
+        "{}",
+        stdout(&again)
+    );
+    assert!(
+        proxy.injected() >= 4,
+        "only {} faults were hit",
+        proxy.injected()
+    );
+}
