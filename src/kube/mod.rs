@@ -5,7 +5,9 @@
 
 mod deployments;
 mod drain;
+pub mod etcd;
 mod manifest;
+pub(crate) mod node_job;
 mod nodes;
 mod reboots;
 
@@ -52,6 +54,12 @@ pub enum KubeError {
         url: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("node Job {job} on {node} failed; its log:\n{log}")]
+    NodeJob {
+        job: String,
+        node: String,
+        log: String,
     },
     #[error("{what} did not happen within {} s; last seen: {last}", waited.as_secs())]
     Timeout {

@@ -4,6 +4,7 @@ mod bootstrap;
 mod cli;
 mod day_one;
 mod engine;
+mod etcd;
 mod faults;
 mod ignition;
 mod image;

@@ -1,0 +1,200 @@
+//! The etcd membership of a kubeadm control plane (stacked etcd: a member on every control
+//! plane), read and changed through a node Job that runs `etcdctl` from the etcd image the
+//! control plane already runs, against its local member, with kubeadm's etcd CA and
+//! health-check client certificate (`/etc/kubernetes/pki/etcd/healthcheck-client.*`, kubeadm
+//! `constants.EtcdHealthcheckClientCertAndKeyBaseName`) mounted read-only.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde::Deserialize;
+
+use super::node_job::NodeJob;
+use super::{KubeClient, KubeError};
+
+/// Where kubeadm keeps the etcd certificates on a control plane.
+const ETCD_PKI: &str = "/etc/kubernetes/pki/etcd";
+/// The local member's client URL (kubeadm's `--listen-client-urls` includes loopback).
+const LOCAL_MEMBER: &str = "https://127.0.0.1:2379";
+
+/// One member as `etcdctl member list -w json` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EtcdMember {
+    /// Decimal in the JSON; `member remove` takes it in hex.
+    #[serde(rename = "ID")]
+    pub id: u64,
+    /// The node's name (kubeadm names members after their node); empty until it started.
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "peerURLs", default)]
+    pub peer_urls: Vec<String>,
+    #[serde(rename = "isLearner", default)]
+    pub is_learner: bool,
+}
+
+impl EtcdMember {
+    /// The ID as `etcdctl member remove` takes it.
+    pub fn hex_id(&self) -> String {
+        format!("{:x}", self.id)
+    }
+
+    /// Whether this is the member of the node `name` at `address` (by name, or by its peer
+    /// URL when it never started and has no name yet).
+    pub fn is_of(&self, name: &str, address: Option<&str>) -> bool {
+        self.name == name
+            || address.is_some_and(|a| self.peer_urls.iter().any(|u| u == &peer_url(a)))
+    }
+}
+
+/// The peer URL kubeadm gives the member of a control plane at `address`.
+fn peer_url(address: &str) -> String {
+    format!("https://{address}:2380")
+}
+
+/// `etcdctl` with the connection flags for the local member and `args` after them: exactly
+/// what the node Job runs. `pki` is where the certificates are (on a node, [`ETCD_PKI`]).
+pub fn etcdctl(endpoint: &str, pki: &str, args: &[&str]) -> Vec<String> {
+    [
+        "etcdctl".to_string(),
+        format!("--endpoints={endpoint}"),
+        format!("--cacert={pki}/ca.crt"),
+        format!("--cert={pki}/healthcheck-client.crt"),
+        format!("--key={pki}/healthcheck-client.key"),
+        "--command-timeout=15s".to_string(),
+    ]
+    .into_iter()
+    .chain(args.iter().map(|a| a.to_string()))
+    .collect()
+}
+
+/// The members in `etcdctl member list -w json` output.
+pub fn parse_members(output: &str) -> Result<Vec<EtcdMember>, String> {
+    #[derive(Deserialize)]
+    struct List {
+        #[serde(default)]
+        members: Vec<EtcdMember>,
+    }
+    serde_json::from_str::<List>(output.trim())
+        .map(|l| l.members)
+        .map_err(|e| format!("etcdctl's member list is not what etcd prints: {e}"))
+}
+
+impl KubeClient {
+    /// The image of the etcd static pod on `node` (kubeadm names its mirror pod
+    /// `etcd-<node>`): the Job runs what the node already has.
+    async fn etcd_image(&self, node: &str) -> Result<String, KubeError> {
+        let path = format!("/api/v1/namespaces/kube-system/pods/etcd-{node}");
+        let pod: Option<Pod> = self.get(&path).await?;
+        pod.and_then(|p| p.spec)
+            .and_then(|s| s.containers.into_iter().find(|c| c.name == "etcd"))
+            .and_then(|c| c.image)
+            .ok_or_else(|| KubeError::Timeout {
+                what: format!("the etcd pod on {node}"),
+                waited: Duration::ZERO,
+                last: format!("{path} has no etcd container"),
+            })
+    }
+
+    async fn etcdctl_on(
+        &self,
+        node: &str,
+        purpose: &str,
+        args: &[&str],
+        within: Duration,
+    ) -> Result<String, KubeError> {
+        let job = NodeJob {
+            name: format!("flatstack-etcd-{purpose}"),
+            node: node.to_string(),
+            image: self.etcd_image(node).await?,
+            command: etcdctl(LOCAL_MEMBER, ETCD_PKI, args),
+            host_paths: vec![ETCD_PKI.to_string()],
+        };
+        self.run_node_job(&job, within).await
+    }
+
+    /// The cluster's etcd members, as the member on control plane `via` knows them (a
+    /// linearizable read: it fails without quorum).
+    pub async fn etcd_members(
+        &self,
+        via: &str,
+        within: Duration,
+    ) -> Result<Vec<EtcdMember>, KubeError> {
+        let log = self
+            .etcdctl_on(via, "members", &["member", "list", "-w", "json"], within)
+            .await?;
+        parse_members(&log).map_err(|message| KubeError::NodeJob {
+            job: "flatstack-etcd-members".into(),
+            node: via.to_string(),
+            log: message,
+        })
+    }
+
+    /// Removes `member` through control plane `via`. etcd refuses a removal that would leave
+    /// fewer members connected for its health interval (5 s) than a quorum ("unhealthy
+    /// cluster", `--strict-reconfig-check`), as right after a member was lost: asked again
+    /// until `within` is spent.
+    pub async fn remove_etcd_member(
+        &self,
+        via: &str,
+        member: &EtcdMember,
+        within: Duration,
+    ) -> Result<(), KubeError> {
+        let id = member.hex_id();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self
+                .etcdctl_on(via, "remove", &["member", "remove", &id], left)
+                .await
+            {
+                Err(KubeError::NodeJob { log, .. })
+                    if log.contains("unhealthy cluster") && left > Duration::from_secs(5) =>
+                {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_read_from_etcdctl_json_with_decimal_ids() {
+        let output = r#"{"header":{"cluster_id":17237436991929493444,"member_id":9372538179322589801,"raft_term":2},"members":[{"ID":9372538179322589801,"name":"demo-control-plane-1","peerURLs":["https://10.42.0.11:2380"],"clientURLs":["https://10.42.0.11:2379"]},{"ID":10501334649042878790,"peerURLs":["https://10.42.0.12:2380"],"isLearner":true}]}"#;
+        let members = parse_members(output).expect("members");
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[0].hex_id(), "8211f1d0f64f3269");
+        assert!(members[0].is_of("demo-control-plane-1", None));
+        assert!(!members[0].is_learner);
+        assert!(members[1].is_learner);
+        assert!(members[1].is_of("demo-control-plane-2", Some("10.42.0.12")));
+        assert!(!members[1].is_of("demo-control-plane-2", Some("10.42.0.13")));
+        assert!(parse_members("Error: context deadline exceeded").is_err());
+    }
+
+    #[test]
+    fn etcdctl_talks_to_the_local_member_with_the_health_check_certificate() {
+        assert_eq!(
+            etcdctl(
+                LOCAL_MEMBER,
+                ETCD_PKI,
+                &["member", "remove", "8211f1d0f64f3269"]
+            ),
+            [
+                "etcdctl",
+                "--endpoints=https://127.0.0.1:2379",
+                "--cacert=/etc/kubernetes/pki/etcd/ca.crt",
+                "--cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt",
+                "--key=/etc/kubernetes/pki/etcd/healthcheck-client.key",
+                "--command-timeout=15s",
+                "member",
+                "remove",
+                "8211f1d0f64f3269"
+            ]
+        );
+    }
+}
