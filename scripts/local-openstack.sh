@@ -38,8 +38,9 @@ PIP_PACKAGES=(keystone==30.0.0 glance==33.0.0 openstack-placement==16.0.0 nova==
 APT_PACKAGES=(mariadb-server rabbitmq-server memcached curl openssl)
 # Stop order: API and service tier first (in parallel), infrastructure last.
 # Nova's fake driver on several compute hosts, one process each: control planes go into a
-# server group with hard anti-affinity, so N of them need N hosts.
-COMPUTE_HOSTS=${FLATSTACK_COMPUTE_HOSTS:-3}
+# server group with hard anti-affinity, so N of them need N hosts, and one more lets a lost
+# one be built again while the scheduler still counts the host of the one just deleted.
+COMPUTE_HOSTS=${FLATSTACK_COMPUTE_HOSTS:-4}
 [[ $COMPUTE_HOSTS =~ ^[1-9]$ ]] || { echo "local-openstack: FLATSTACK_COMPUTE_HOSTS must be 1-9" >&2; exit 2; }
 COMPUTES=()
 for ((i = 1; i <= COMPUTE_HOSTS; i++)); do COMPUTES+=("nova-compute$i"); done

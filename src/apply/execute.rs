@@ -279,9 +279,50 @@ async fn run(
         );
         return Ok((Made::default(), Some(line)));
     }
+    if let Action::RemoveEtcdMember { node, address, via } = action {
+        let kube = api_for(context, node)?;
+        let members = kube.etcd_members(via, ETCD_TIMEOUT).await?;
+        let line = match members.iter().find(|m| m.is_of(node, address.as_deref())) {
+            Some(member) => {
+                kube.remove_etcd_member(via, member, ETCD_TIMEOUT).await?;
+                format!(
+                    "removed etcd member {} of {node} through {via}; {} member(s) left",
+                    member.hex_id(),
+                    members.len() - 1
+                )
+            }
+            None => format!(
+                "{node} has no etcd member left ({} listed through {via})",
+                members.len()
+            ),
+        };
+        return Ok((Made::default(), Some(line)));
+    }
+    if let Action::DeleteNode { node } = action {
+        api_for(context, node)?
+            .delete(&format!("/api/v1/nodes/{node}"))
+            .await?;
+        return Ok((
+            Made::default(),
+            Some(format!("deleted the Node object of {node}")),
+        ));
+    }
     run_on_cloud(action, context, shared)
         .await
         .map(|made| (made, None))
+}
+
+/// How long one etcd membership step may take (its node Job started, run and read).
+const ETCD_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The cluster's API, which a step on lost control plane `node` cannot do without: its server
+/// is not built again until the API answers.
+fn api_for<'c>(context: &'c Context, node: &str) -> Result<&'c KubeClient, ApplyError> {
+    context.kube.as_ref().ok_or_else(|| {
+        ApplyError::Missing(format!(
+            "cannot remove the etcd member of {node}: the cluster's API does not answer; it is not built again until it does; run `flatstack up` again once the API answers"
+        ))
+    })
 }
 
 /// Runs one step that reports nothing but what it made.
@@ -518,7 +559,10 @@ async fn run_on_cloud(
             Made::id(id)
         }
         // Readiness and drains report what they saw: run above.
-        Action::WaitReady { .. } | Action::Drain { .. } => Made::default(),
+        Action::WaitReady { .. }
+        | Action::Drain { .. }
+        | Action::RemoveEtcdMember { .. }
+        | Action::DeleteNode { .. } => Made::default(),
         Action::DeleteServer { id, .. } => {
             cloud.delete_server(id).await?;
             cloud.wait_server_deleted(id, SERVER_TIMEOUT).await?;

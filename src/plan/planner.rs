@@ -15,7 +15,7 @@ use super::steps::{
 };
 use crate::cloud::compute::Flavor;
 use crate::cloud::network::{AllocationPool, Network, Port, Subnet};
-use crate::spec::{ClusterSpec, NetworkMode, Role};
+use crate::spec::{ClusterSpec, NetworkMode, NodeName, Role};
 
 /// What the planner needs to know of the cloud beyond the cluster's own resources.
 #[derive(Debug, Clone, Default)]
@@ -56,9 +56,19 @@ pub enum PlanError {
     )]
     ControlPlaneLost { name: String, how: &'static str },
     #[error(
-        "control plane {name} has run (an `up` saw its server ACTIVE) and its server is {how}; the other control planes keep etcd, but flatstack does not yet remove a lost member before building its server again, and a new member cannot join while the old one is still listed; nothing was built\n  hint: on a running control plane, `etcdctl member remove <its id>` and `kubectl delete node {name}`, then run `flatstack up --accept-empty-cluster`: with other control planes running, the rebuilt one joins them, it starts no new cluster"
+        "control plane {name} has run (an `up` saw its server ACTIVE) and its server is {how}; the other control planes keep etcd, but its member must be removed through the cluster's API before its server is built again, and `--provision-only` leaves the API out; nothing was built\n  hint: run `flatstack up` without --provision-only"
     )]
     MemberLost { name: String, how: &'static str },
+    #[error(
+        "{lost} ran and {are} lost; {running} of {count} control planes run, fewer than the {quorum} etcd needs to work or to change its members: the cluster's state can come back only from a snapshot; nothing was built\n  hint: restore from a backup (flatstack does not take them yet); to start a new, empty cluster on purpose: `flatstack down`, then `flatstack up`"
+    )]
+    QuorumLost {
+        lost: String,
+        are: &'static str,
+        running: usize,
+        count: u32,
+        quorum: usize,
+    },
     #[error(
         "`control_plane.count` is {wanted} but the cluster runs one control plane, which holds the API's address itself; flatstack cannot yet move that address to an endpoint of its own under a running cluster; nothing was planned\n  hint: keep `count = 1`, or make a new cluster with `count = {wanted}` and move the workloads to it"
     )]
@@ -403,21 +413,75 @@ pub(crate) fn plan(
                 || !observed.servers.iter().any(|s| s.name == n.name)
         })
         .collect();
-    // A control plane that ran held etcd: built again, it would initialize a blank cluster
-    // (one control plane) or find its old member still listed (3 or 5).
-    if !scope.accept_empty_cluster
-        && resources::control_plane_ran(observed)
-        && let Some(lost) = missing.iter().find(|n| n.role == Role::ControlPlane)
-    {
-        let name = lost.name.clone();
-        let how = match rebuilt.contains_key(lost.name.as_str()) {
+    // A control plane that ran held etcd. With one, built again it would initialize a blank
+    // cluster: refused. With 3 or 5 and quorum kept, its member is removed through a running
+    // control plane and its Node deleted before it is built again to join as a new member.
+    let lost: Vec<&NodeName> = match resources::control_plane_ran(observed) {
+        true => missing
+            .iter()
+            .filter(|n| n.role == Role::ControlPlane)
+            .copied()
+            .collect(),
+        false => Vec::new(),
+    };
+    let mut member_gone: BTreeMap<&str, StepId> = BTreeMap::new();
+    if let Some(first_lost) = lost.first().filter(|_| !scope.accept_empty_cluster) {
+        let name = first_lost.name.clone();
+        let how = match rebuilt.contains_key(name.as_str()) {
             true => "in ERROR",
             false => "gone",
         };
-        return Err(match spec.control_plane.highly_available() {
-            false => PlanError::ControlPlaneLost { name, how },
-            true => PlanError::MemberLost { name, how },
-        });
+        if !spec.control_plane.highly_available() {
+            return Err(PlanError::ControlPlaneLost { name, how });
+        }
+        let mut survivors: Vec<&str> = observed
+            .servers
+            .iter()
+            .filter(|s| s.status == "ACTIVE" && control_plane_index(&s.name).is_some())
+            .map(|s| s.name.as_str())
+            .filter(|s| !lost.iter().any(|n| n.name == *s))
+            .collect();
+        survivors.sort_unstable();
+        let quorum = spec.control_plane.count as usize / 2 + 1;
+        if survivors.len() < quorum {
+            let names: Vec<&str> = lost.iter().map(|n| n.name.as_str()).collect();
+            return Err(PlanError::QuorumLost {
+                lost: names.join(", "),
+                are: if names.len() == 1 { "is" } else { "are" },
+                running: survivors.len(),
+                count: spec.control_plane.count,
+                quorum,
+            });
+        }
+        if !scope.kubernetes {
+            return Err(PlanError::MemberLost { name, how });
+        }
+        // One at a time, through the first running control plane.
+        let mut after: Vec<StepId> = Vec::new();
+        for node in &lost {
+            let address = observed
+                .ports
+                .iter()
+                .find(|p| p.name == node.name)
+                .and_then(|p| p.fixed_ips.first())
+                .map(|ip| ip.ip_address.clone());
+            let removed = plan.push(
+                Action::RemoveEtcdMember {
+                    node: node.name.clone(),
+                    address,
+                    via: survivors[0].to_string(),
+                },
+                &after,
+            );
+            let deleted = plan.push(
+                Action::DeleteNode {
+                    node: node.name.clone(),
+                },
+                &[removed],
+            );
+            member_gone.insert(node.name.as_str(), deleted);
+            after = vec![deleted];
+        }
     }
     // A new cluster's first control plane runs `kubeadm init`; with any control plane
     // running, every new one joins.
@@ -531,6 +595,7 @@ pub(crate) fn plan(
                     .copied()
                     .chain(slot_free)
                     .chain(rebuilt.get(node.name.as_str()).copied())
+                    .chain(member_gone.get(node.name.as_str()).copied())
                     .collect::<Vec<_>>(),
             );
             let active = plan.push(
@@ -1542,10 +1607,12 @@ mod tests {
         );
     }
 
-    /// A lost control plane of three that ran: the others keep etcd, but its old member must
-    /// go first, which is not automated yet; asked to go on, it is built again to join.
+    /// A lost control plane of three that ran, with two running: its etcd member is removed
+    /// through a running one and its Node deleted before it is built again, to join (never to
+    /// initialize). Without the API (`--provision-only`) that cannot happen: refused. With two
+    /// of three lost, etcd has no quorum: refused, whatever the scope.
     #[test]
-    fn a_lost_control_plane_of_three_is_refused_and_never_initializes() {
+    fn a_lost_control_plane_of_three_is_removed_from_etcd_then_rebuilt_to_join() {
         let spec = highly_available(1);
         let mut observed = converged(&spec);
         observed.floating_ips[0]
@@ -1553,22 +1620,67 @@ mod tests {
             .push(CONTROL_PLANE_RAN_TAG.into());
         observed
             .servers
-            .retain(|s| s.name != "demo-control-plane-1");
-        let refused = plan(&spec, &observed, &facts(), K8S).expect_err("refused");
-        assert!(
-            matches!(&refused, PlanError::MemberLost { name, how: "gone" } if name == "demo-control-plane-1"),
-            "{refused}"
-        );
-        let asked = Scope {
-            accept_empty_cluster: true,
-            ..K8S
+            .retain(|s| s.name != "demo-control-plane-2");
+        let plan = plan(&spec, &observed, &facts(), K8S).expect("plan");
+        let lines = shown(&plan);
+        let at = |line: &str| {
+            lines
+                .iter()
+                .position(|l| l == line)
+                .unwrap_or_else(|| panic!("{line} in {lines:#?}"))
         };
-        let plan = plan(&spec, &observed, &facts(), asked).expect("plan");
+        let (removed, deleted, created) = (
+            at("> etcd member demo-control-plane-2"),
+            at("> node demo-control-plane-2"),
+            at("+ server demo-control-plane-2"),
+        );
+        let steps = plan.shown();
+        assert_eq!(steps[removed].detail, "remove through demo-control-plane-1");
+        assert!(steps[deleted].needs.contains(&removed));
+        assert!(
+            steps[created].needs.contains(&deleted),
+            "{:?}",
+            steps[created]
+        );
+        assert!(
+            lines.contains(&"> join token bootstrap token".to_string()),
+            "{lines:#?}"
+        );
+        let address = plan.steps.iter().find_map(|s| match &s.action {
+            Action::RemoveEtcdMember { address, .. } => Some(address.clone()),
+            _ => None,
+        });
+        assert_eq!(address, Some(Some("10.42.0.12".to_string())));
         let initializer = plan.steps.iter().find_map(|s| match &s.action {
             Action::RenderIgnition { initializer, .. } => Some(initializer.clone()),
             _ => None,
         });
-        assert_eq!(initializer, Some(None), "{:#?}", shown(&plan));
+        assert_eq!(initializer, Some(None), "it joins");
+
+        let provision_only = Scope {
+            kubernetes: false,
+            ..K8S
+        };
+        let refused = super::plan(&spec, &observed, &facts(), provision_only).expect_err("refused");
+        assert!(
+            matches!(&refused, PlanError::MemberLost { name, how: "gone" } if name == "demo-control-plane-2"),
+            "{refused}"
+        );
+
+        observed
+            .servers
+            .retain(|s| s.name != "demo-control-plane-3");
+        let refused = super::plan(&spec, &observed, &facts(), K8S).expect_err("refused");
+        assert_eq!(
+            refused,
+            PlanError::QuorumLost {
+                lost: "demo-control-plane-2, demo-control-plane-3".into(),
+                are: "are",
+                running: 1,
+                count: 3,
+                quorum: 2
+            }
+        );
     }
 
     /// One control plane holds the API's address itself; three cannot take it over under a

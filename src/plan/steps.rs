@@ -206,6 +206,18 @@ pub(crate) enum Action {
     Drain {
         node: String,
     },
+    /// Removes a lost control plane's etcd member (found by name or peer address) through a
+    /// running control plane's member, by a node Job: a new member cannot join while the old
+    /// one is listed.
+    RemoveEtcdMember {
+        node: String,
+        address: Option<String>,
+        via: String,
+    },
+    /// Deletes a lost node's Node object, so its rebuilt server registers afresh.
+    DeleteNode {
+        node: String,
+    },
     /// Delete and wait until Nova has removed it.
     DeleteServer {
         id: String,
@@ -452,6 +464,18 @@ impl Action {
             WaitActive { name, .. } => (Verb::Run, "wait", name.clone(), "until ACTIVE".into()),
             WaitReady { node } => (Verb::Run, "wait", node.clone(), "until Ready".into()),
             Drain { node } => (Verb::Run, "drain", node.clone(), "evict its pods".into()),
+            RemoveEtcdMember { node, via, .. } => (
+                Verb::Run,
+                "etcd member",
+                node.clone(),
+                format!("remove through {via}"),
+            ),
+            DeleteNode { node } => (
+                Verb::Run,
+                "node",
+                node.clone(),
+                "delete its Node object".into(),
+            ),
             DeleteServer { name, because, .. } => (
                 Verb::Delete,
                 "server",
@@ -528,6 +552,10 @@ impl Action {
             WaitActive { name, .. } => format!("waiting for server {name} to be ACTIVE"),
             WaitReady { node } => format!("waiting for node {node} to be Ready"),
             Drain { node } => format!("draining {node}"),
+            RemoveEtcdMember { node, via, .. } => {
+                format!("removing the etcd member of {node} through {via}")
+            }
+            DeleteNode { node } => format!("deleting the Node object of {node}"),
             DeleteServer { name, because, .. } => match because {
                 Some(why) => format!("deleting server {name}: {why}"),
                 None => format!("deleting server {name}"),
@@ -551,7 +579,11 @@ impl Action {
             CreatePort(_) | AllowAddress { .. } => "ports",
             CreateFloatingIp { .. } | AttachFloatingIp { .. } => "floating IP",
             Adopt { .. } => "adopt untagged",
-            CreateJoinToken | WaitReady { .. } | Drain { .. } => "kubernetes",
+            CreateJoinToken
+            | WaitReady { .. }
+            | Drain { .. }
+            | RemoveEtcdMember { .. }
+            | DeleteNode { .. } => "kubernetes",
             RenderIgnition { .. } => "render Ignition",
             CreateServer(_) | AttachPort { .. } => "create servers",
             WaitActive { .. } => "servers ACTIVE",
@@ -569,7 +601,11 @@ impl Action {
             | DeleteServer { .. }
             | DeleteDuplicate(Duplicate::ServerGroup { .. }) => Service::Compute,
             WaitActive { .. } | RenderIgnition { .. } => Service::Unbounded,
-            CreateJoinToken | WaitReady { .. } | Drain { .. } => Service::Kubernetes,
+            CreateJoinToken
+            | WaitReady { .. }
+            | Drain { .. }
+            | RemoveEtcdMember { .. }
+            | DeleteNode { .. } => Service::Kubernetes,
             _ => Service::Network,
         }
     }

@@ -2455,3 +2455,187 @@ async fn three_control_planes_converge_through_faults_and_a_kill() {
         proxy.injected()
     );
 }
+
+/// A control plane of three that ran is deleted in the cloud. With the other two running,
+/// `plan` shows its etcd member removed through one of them and its Node deleted before its
+/// server is built again; `up` does exactly that (the member removed by a node Job running
+/// etcdctl from the etcd image on a surviving control plane), and the new server joins as a
+/// control plane, a new member, with the cluster answering throughout.
+#[test]
+fn a_lost_control_plane_of_three_leaves_etcd_before_it_is_built_again_to_join() {
+    use crate::kube_standin::{ETCD_IMAGE, StandIn, World};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let name = unique("rejoin");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 1, "").replacen(
+        "[control_plane]\n",
+        "[control_plane]\ncount = 3\n",
+        1,
+    ));
+    let _teardown = Teardown(&workspace);
+    let pki = crate::kube_standin::pki(&workspace);
+    let node = |n: &str| format!("{name}-{n}");
+    let mut world = World::default();
+    for n in 1..=3 {
+        world.register(&node(&format!("control-plane-{n}")), true);
+    }
+    world.register(&node("default-1"), false);
+    let server = StandIn::start(
+        &pki.ca.cert_pem,
+        pki.ca.key_pem.expose(),
+        &pki.ca.cert_pem,
+        world,
+    );
+    // The kubelets: a new server's node registers once the server is ACTIVE (a control plane
+    // joins etcd and is marked by kubeadm as it joins); what etcd and the API held of its
+    // name at that moment is recorded.
+    let seen_at_rejoin: Arc<Mutex<Vec<(String, bool, bool)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let joiner = {
+        let (world, seen, stop, name) = (
+            server.world.clone(),
+            seen_at_rejoin.clone(),
+            stop.clone(),
+            name.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut known: Vec<String> = tagged("server", &name)
+                .iter()
+                .filter_map(|s| s["ID"].as_str().map(str::to_string))
+                .collect();
+            let mut first = true;
+            while !stop.load(Ordering::Relaxed) {
+                for s in tagged("server", &name) {
+                    let id = s["ID"].as_str().unwrap_or_default().to_string();
+                    let server_name = s["Name"].as_str().unwrap_or_default().to_string();
+                    if first || s["Status"] != "ACTIVE" || known.contains(&id) {
+                        continue;
+                    }
+                    known.push(id);
+                    let mut world = world.lock().expect("world");
+                    let member = world.etcd_members.iter().any(|m| m.name == server_name);
+                    let node = world.nodes.contains_key(&server_name);
+                    if node && (member || !server_name.contains("-control-plane-")) {
+                        continue; // a node registered before the stand-in started
+                    }
+                    seen.lock()
+                        .expect("seen")
+                        .push((server_name.clone(), member, node));
+                    let control_plane = server_name.contains("-control-plane-");
+                    world.register(&server_name, control_plane);
+                    if control_plane {
+                        world.kubeadm_marks_now();
+                    }
+                }
+                first = false;
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        })
+    };
+    let api = server.address.to_string();
+    let up = || {
+        flatstack(
+            &workspace,
+            &["up", "--api-address", api.as_str(), "--timeout", "3m"],
+        )
+    };
+    success(&up());
+    let lost = node("control-plane-2");
+    let old_member = {
+        let world = server.world.lock().expect("world");
+        assert_eq!(world.etcd_members.len(), 3);
+        world
+            .etcd_members
+            .iter()
+            .find(|m| m.name == lost)
+            .expect("member")
+            .id
+    };
+
+    cli("local-demo", &["server", "delete", "--wait", &lost]);
+    let planned = success(&flatstack(&workspace, &["plan"]));
+    let first = node("control-plane-1");
+    for line in [
+        format!("> etcd member     {lost:<40} remove through {first}"),
+        format!("> node            {lost:<40} delete its Node object"),
+        format!("+ server          {lost:<40} m3.tiny"),
+    ] {
+        assert!(planned.contains(&line), "{line}\nin:\n{planned}");
+    }
+    let output = success(&up());
+    stop.store(true, Ordering::Relaxed);
+    let _ = joiner.join();
+    assert!(
+        output.contains(&format!(
+            "removed etcd member {old_member:x} of {lost} through {first}; 2 member(s) left"
+        )),
+        "{output}"
+    );
+    assert_eq!(
+        *seen_at_rejoin.lock().expect("seen"),
+        [(lost.clone(), false, false)],
+        "when its new server ran, neither etcd nor the API still listed it"
+    );
+    let world = server.world.lock().expect("world");
+    let jobs: Vec<(String, String, String)> = world
+        .node_job_runs
+        .iter()
+        .map(|(job, node, command)| {
+            let args: Vec<&str> = command
+                .iter()
+                .map(String::as_str)
+                .filter(|a| !a.starts_with("--"))
+                .collect();
+            (job.clone(), node.clone(), args.join(" "))
+        })
+        .collect();
+    assert_eq!(
+        jobs,
+        [
+            (
+                "flatstack-etcd-members".to_string(),
+                first.clone(),
+                "etcdctl member list -w json".to_string()
+            ),
+            (
+                "flatstack-etcd-remove".to_string(),
+                first.clone(),
+                format!("etcdctl member remove {old_member:x}")
+            ),
+        ]
+    );
+    let mut members: Vec<&str> = world.etcd_members.iter().map(|m| m.name.as_str()).collect();
+    members.sort_unstable();
+    assert_eq!(
+        members,
+        [
+            first.as_str(),
+            lost.as_str(),
+            node("control-plane-3").as_str()
+        ]
+    );
+    assert!(
+        world.etcd_members.iter().all(|m| m.id != old_member),
+        "a new member"
+    );
+    assert!(world.node_job_pods.is_empty(), "node Jobs cleaned up");
+    assert!(
+        !world
+            .objects
+            .keys()
+            .any(|p| p.starts_with("/apis/batch/v1/namespaces/kube-system/jobs/flatstack-")),
+        "node Jobs deleted"
+    );
+    drop(world);
+    let config = user_data(&admin_view(&lost));
+    let kubeadm = String::from_utf8(
+        ignition_file(&config, "/etc/flatstack/kubeadm.yaml.in").expect("kubeadm config"),
+    )
+    .expect("UTF-8");
+    assert!(
+        kubeadm.contains("controlPlane:") && !kubeadm.contains("InitConfiguration"),
+        "{kubeadm}"
+    );
+    let _ = ETCD_IMAGE;
+}

@@ -23,6 +23,7 @@
 //! | helm-controller replaces a chart's Job when its spec or a values Secret changes (after a lag), keeps a Job made for the settings the chart has again, runs `helm-delete-` Jobs for deleted charts | helm-controller v0.17.7 `pkg/controllers/chart/chart.go` (`OnChange`, `reconcileJob`, the skip for a complete Job of the same config hash) | `day_one::a_changed_chart_…`, `day_one::a_change_applied_by_a_stopped_run_…`, `day_one::a_job_that_succeeded_after_…`, `day_one::a_chart_changed_and_changed_back_…`, `day_one::a_rotated_github_secret_…`, `day_one::jupyterhub_…` |
 //! | an install Job (`restartPolicy: OnFailure`, `backoffLimit: 1000`) has one pod, labelled with the Job's UID; a failing Helm restarts the `helm` container in that pod (CrashLoopBackOff in between), the Job stays active with `status.failed` 0 and no condition; the last attempt's log is served with `previous=true`; a pod no node fits stays Pending with the scheduler's `PodScheduled=False` message; a deleted pod is made anew | helm-controller v0.17.7 `chart.go` (`job()`); kubernetes `pkg/controller/job/job_controller.go` (`pastBackoffLimitOnFailure`, pod labels), `pkg/kubelet/kubelet_pods.go` (`validateContainerLogStatus`) | `behaviour::a_failing_helm_job_…`, `bootstrap::a_failed_chart_…`, `bootstrap::a_chart_whose_job_cannot_be_scheduled_…`, `bootstrap::a_chart_failing_from_an_earlier_run_…`, `day_one::a_failing_chart_…` |
 //! | a node read by name: 200 with the Node, 404 `NotFound` (a Status) until its kubelet has registered it, which a kubelet does once its machine runs | apiserver `pkg/endpoints/handlers/get.go`; kubelet `pkg/kubelet/kubelet_node_status.go` (`registerWithAPIServer`) | `up::a_pool_with_a_new_flavor_…` (stand-in kubelets register when their server is ACTIVE; a new node is waited for until Ready) |
+//! | etcd's members: one per control plane that joined, named after its node, added by kubeadm's etcd phase on `init` and `join --control-plane`; the etcd static pod's mirror pod `etcd-<node>`; flatstack's node Jobs run etcdctl on their node: `member list -w json` (decimal IDs), `member remove <hex>`, `member not found`, and no answer without a quorum | kubeadm `cmd/kubeadm/app/phases/etcd/local.go` (`CreateStackedEtcdStaticPodManifestFile`, `RemoveStackedEtcdMemberFromCluster`); kubelet `pkg/kubelet/config` (mirror pods); etcdctl output checked against Debian's etcd in `etcd.rs` | `up::a_lost_control_plane_of_three_…` |
 //!
 //! Simplifications, each harmless for what flatstack does: lists are atomic in field
 //! ownership (flatstack always applies whole objects); nodes turn Ready when the flannel chart
@@ -35,8 +36,11 @@
 #![allow(dead_code)]
 
 mod behaviour;
+mod node_jobs;
 mod schedule;
 mod store;
+
+pub use node_jobs::{ETCD_IMAGE, Member};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -137,6 +141,12 @@ pub struct World {
     pub node_index: BTreeMap<String, usize>,
     /// Job GETs left before a crash-looping `helm` container runs again, by pod path.
     pub back_off: BTreeMap<String, usize>,
+    /// etcd's members: one per control plane that joined (see `node_jobs.rs`).
+    pub etcd_members: Vec<Member>,
+    /// flatstack's node Jobs run: name, node, command.
+    pub node_job_runs: Vec<(String, String, Vec<String>)>,
+    /// The pod and log of each node Job, by Job name.
+    pub node_job_pods: BTreeMap<String, (Value, String)>,
 }
 
 /// Requests between `/readyz` first answering ok and kubeadm's mark-control-plane phase:
@@ -262,6 +272,9 @@ impl World {
             }),
         };
         self.nodes.insert(name.into(), node);
+        if control_plane {
+            self.etcd_joins(name);
+        }
     }
 
     /// kubeadm's mark-control-plane phase on every control plane not yet marked: the role label
@@ -1427,11 +1440,30 @@ fn route(
         }
         ("GET", ["api", "v1", "namespaces", ns, "pods"]) => {
             let selector = label_selector(query);
-            let items = world.pods_in(ns, selector.as_ref().map(|(k, v)| (k.as_str(), v.as_str())));
+            let selector = selector.as_ref().map(|(k, v)| (k.as_str(), v.as_str()));
+            let mut items = world.pods_in(ns, selector);
+            if *ns == "kube-system" {
+                items.extend(world.node_job_pods_matching(selector));
+            }
             answer(
                 StatusCode::OK,
                 json!({"kind": "PodList", "apiVersion": "v1", "items": items}),
             )
+        }
+        ("GET", ["api", "v1", "namespaces", "kube-system", "pods", pod])
+            if world.etcd_mirror_pod(pod).is_some() =>
+        {
+            answer(
+                StatusCode::OK,
+                world.etcd_mirror_pod(pod).unwrap_or_default(),
+            )
+        }
+        ("GET", ["api", "v1", "namespaces", "kube-system", "pods", pod, "log"])
+            if world.node_job_log(pod).is_some() =>
+        {
+            Response::new(Full::new(Bytes::from(
+                world.node_job_log(pod).unwrap_or_default(),
+            )))
         }
         ("GET", ["api", "v1", "namespaces", _, "pods", pod, "log"])
             if world
@@ -1517,6 +1549,13 @@ fn route(
             ),
         },
         ("DELETE", _) => match world.objects.remove(path) {
+            Some(_) if path.starts_with("/apis/batch/v1/") => {
+                world.node_job_deleted(path);
+                answer(
+                    StatusCode::OK,
+                    json!({"kind": "Status", "status": "Success"}),
+                )
+            }
             Some(_) => answer(
                 StatusCode::OK,
                 json!({"kind": "Status", "status": "Success"}),
@@ -1530,7 +1569,16 @@ fn route(
         ("PATCH", _) if content_type == "application/merge-patch+json" => {
             merge_patch(world, path, query, body)
         }
-        ("PATCH", _) => server_side_apply(world, path, query, content_type, body),
+        ("PATCH", _) => {
+            let answer = server_side_apply(world, path, query, content_type, body);
+            if path.starts_with("/apis/batch/v1/") && answer.status().is_success() {
+                world.run_node_job(path);
+                if let Some(job) = world.objects.get(path) {
+                    return self::answer(answer.status(), job.clone());
+                }
+            }
+            answer
+        }
         ("GET", _) => {
             if path.starts_with("/apis/batch/v1/") {
                 world.note_job_read(path);
