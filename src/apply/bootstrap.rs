@@ -345,6 +345,24 @@ impl ControlPlaneMarks<'_> {
     }
 }
 
+/// Waits for kubeadm to mark control plane `node`, joined while the cluster runs, and gives
+/// it the labels flatstack keeps (see [`ControlPlaneMarks`]): without them a cluster whose
+/// control planes were all replaced would run its cloud controller and helm-controller nowhere.
+pub(crate) async fn mark_joined_control_plane(
+    client: &KubeClient,
+    spec: &crate::spec::ClusterSpec,
+    node: &str,
+    within: Duration,
+) -> Result<usize, KubeError> {
+    let names = [node.to_string()];
+    ControlPlaneMarks {
+        names: &names,
+        serve_load_balancers: !spec.has_general_workers(),
+    }
+    .ensure(client, within, &|_| {})
+    .await
+}
+
 enum Mark {
     NotYet,
     Done,

@@ -259,6 +259,20 @@ async fn run(
                 "cannot tell whether {node} joined the cluster: its API does not answer, so the node it replaces is kept; run `flatstack up` again once the API answers"
             ))
         })?;
+        let control_plane = context
+            .spec
+            .nodes()
+            .iter()
+            .any(|n| &n.name == node && n.role == crate::spec::Role::ControlPlane);
+        if control_plane {
+            super::bootstrap::mark_joined_control_plane(
+                kube,
+                &context.spec,
+                node,
+                context.node_ready_within,
+            )
+            .await?;
+        }
         kube.wait_node_ready(node, context.node_ready_within)
             .await?;
         return Ok((Made::default(), Some(format!("{node} is Ready"))));
@@ -298,6 +312,15 @@ async fn run(
         };
         return Ok((Made::default(), Some(line)));
     }
+    if let Action::WaitEtcdMember { node, via } = action {
+        api_for(context, node)?
+            .wait_voting_member(via, node, context.node_ready_within)
+            .await?;
+        return Ok((
+            Made::default(),
+            Some(format!("{node} is a voting etcd member")),
+        ));
+    }
     if let Action::DeleteNode { node } = action {
         api_for(context, node)?
             .delete(&format!("/api/v1/nodes/{node}"))
@@ -320,7 +343,7 @@ const ETCD_TIMEOUT: Duration = Duration::from_secs(180);
 fn api_for<'c>(context: &'c Context, node: &str) -> Result<&'c KubeClient, ApplyError> {
     context.kube.as_ref().ok_or_else(|| {
         ApplyError::Missing(format!(
-            "cannot remove the etcd member of {node}: the cluster's API does not answer; it is not built again until it does; run `flatstack up` again once the API answers"
+            "cannot change or check the etcd membership of control plane {node}: the cluster's API does not answer, and its server is not built again until it does; run `flatstack up` again once the API answers"
         ))
     })
 }
@@ -562,6 +585,7 @@ async fn run_on_cloud(
         Action::WaitReady { .. }
         | Action::Drain { .. }
         | Action::RemoveEtcdMember { .. }
+        | Action::WaitEtcdMember { .. }
         | Action::DeleteNode { .. } => Made::default(),
         Action::DeleteServer { id, .. } => {
             cloud.delete_server(id).await?;

@@ -129,6 +129,41 @@ impl KubeClient {
         })
     }
 
+    /// Waits until control plane `node` is a started, voting member (kubeadm adds a joining
+    /// control plane as a learner and promotes it once it caught up), as `via` lists them.
+    pub async fn wait_voting_member(
+        &self,
+        via: &str,
+        node: &str,
+        within: Duration,
+    ) -> Result<(), KubeError> {
+        super::poll(
+            &format!("{node} to be a voting etcd member"),
+            within,
+            Duration::from_secs(5),
+            || async {
+                let members = self.etcd_members(via, within).await?;
+                Ok(
+                    match members.iter().find(|m| m.name == node && !m.is_learner) {
+                        Some(_) => super::Waiting::Done(()),
+                        None => super::Waiting::On(format!(
+                            "members: {}",
+                            members
+                                .iter()
+                                .map(|m| match m.is_learner {
+                                    true => format!("{} (learner)", m.name),
+                                    false => m.name.clone(),
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )),
+                    },
+                )
+            },
+        )
+        .await
+    }
+
     /// Removes `member` through control plane `via`. etcd refuses a removal that would leave
     /// fewer members connected for its health interval (5 s) than a quorum ("unhealthy
     /// cluster", `--strict-reconfig-check`), as right after a member was lost: asked again

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use ipnet::IpNet;
 
 use super::resources::{self, Names, Observed, cluster_tag};
-use super::roster::{Replacement, ServerFacts, roster};
+use super::roster::{Replacement, ServerFacts, outdated_because, roster};
 use super::rules::{rule_diff, wanted_rules};
 use super::steps::{
     Action, Duplicate, Made, Plan, PortRequest, Ref, RuleRequest, ServerPlan, StepId, SubnetRequest,
@@ -59,6 +59,10 @@ pub enum PlanError {
         "control plane {name} has run (an `up` saw its server ACTIVE) and its server is {how}; the other control planes keep etcd, but its member must be removed through the cluster's API before its server is built again, and `--provision-only` leaves the API out; nothing was built\n  hint: run `flatstack up` without --provision-only"
     )]
     MemberLost { name: String, how: &'static str },
+    #[error(
+        "control plane {name} {why}: with 3 or 5 control planes it is replaced in place, one at a time (drained, its etcd member removed, built again to join), which needs the cluster's API, and `--provision-only` leaves the API out; nothing was planned\n  hint: run `flatstack up` without --provision-only"
+    )]
+    ControlPlaneChange { name: String, why: String },
     #[error(
         "{lost} ran and {are} lost; {running} of {count} control planes run, fewer than the {quorum} etcd needs to work or to change its members: the cluster's state can come back only from a snapshot; nothing was built\n  hint: restore from a backup (flatstack does not take them yet); to start a new, empty cluster on purpose: `flatstack down`, then `flatstack up`"
     )]
@@ -483,6 +487,36 @@ pub(crate) fn plan(
             after = vec![deleted];
         }
     }
+    // With 3 or 5, a control plane whose flavor or boot disk differs from the file's is
+    // replaced in place, one at a time, once no control plane is lost.
+    let rolling: Vec<(&NodeName, &crate::cloud::compute::Server, String)> =
+        match spec.control_plane.highly_available() && lost.is_empty() {
+            true => nodes
+                .iter()
+                .filter(|n| n.role == Role::ControlPlane)
+                .filter_map(|n| {
+                    let server = observed
+                        .servers
+                        .iter()
+                        .find(|s| s.name == n.name && s.status == "ACTIVE")?;
+                    let plane = &spec.control_plane;
+                    let why = outdated_because(
+                        &plane.flavor,
+                        plane.boot_volume_gb,
+                        server,
+                        ServerFacts::of(observed, &facts.flavors),
+                    )?;
+                    Some((n, server, why))
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+    if let Some((node, _, why)) = rolling.first().filter(|_| !scope.kubernetes) {
+        return Err(PlanError::ControlPlaneChange {
+            name: node.name.clone(),
+            why: why.clone(),
+        });
+    }
     // A new cluster's first control plane runs `kubeadm init`; with any control plane
     // running, every new one joins.
     let control_plane_runs = observed.servers.iter().any(|s| {
@@ -532,17 +566,23 @@ pub(crate) fn plan(
             .cloned()
             .unwrap_or_default()
     };
-    if !missing.is_empty() {
+    if !missing.is_empty() || !rolling.is_empty() {
         let image_id = facts.image_id.clone().unwrap_or_else(|| MISSING.into());
-        let mut before = vec![plan.push(
-            Action::RenderIgnition {
-                nodes: missing.iter().map(|n| (*n).clone()).collect(),
-                internal: api_port.clone(),
-                public: public.clone(),
-                initializer: initializer.clone(),
-            },
-            &[],
-        )];
+        let mut before = vec![
+            plan.push(
+                Action::RenderIgnition {
+                    nodes: missing
+                        .iter()
+                        .map(|n| (*n).clone())
+                        .chain(rolling.iter().map(|(n, _, _)| (*n).clone()))
+                        .collect(),
+                    internal: api_port.clone(),
+                    public: public.clone(),
+                    initializer: initializer.clone(),
+                },
+                &[],
+            ),
+        ];
         if scope.kubernetes && running {
             before.push(plan.push(Action::CreateJoinToken, &[]));
         }
@@ -556,40 +596,16 @@ pub(crate) fn plan(
                 true => earlier.len().checked_sub(surge).map(|k| earlier[k]),
                 false => None,
             };
-            let (flavor_name, boot_volume_gb, role) =
-                match node.pool.and_then(|i| spec.worker_pools.get(i)) {
-                    Some(pool) => (&pool.flavor, pool.boot_volume_gb, "worker"),
-                    None => (
-                        &spec.control_plane.flavor,
-                        spec.control_plane.boot_volume_gb,
-                        "control-plane",
-                    ),
-                };
-            let flavor_id = facts
-                .flavors
-                .iter()
-                .find(|f| &f.name == flavor_name || &f.id == flavor_name)
-                .map_or(MISSING, |f| f.id.as_str());
-            let metadata = BTreeMap::from([
-                ("flatstack-cluster".to_string(), spec.name.clone()),
-                ("flatstack-role".to_string(), role.to_string()),
-            ]);
+            let port = ports.get(node.name.as_str()).cloned();
             let create = plan.push(
-                Action::CreateServer(ServerPlan {
-                    name: node.name.clone(),
-                    flavor_id: flavor_id.to_string(),
-                    flavor_name: flavor_name.clone(),
-                    image_id: image_id.clone(),
-                    port: ports
-                        .get(node.name.as_str())
-                        .cloned()
-                        .unwrap_or(Ref::After(0)),
-                    key_name: spec.access.keypair.clone(),
-                    tags: vec![cluster_tag(&spec.name), resources::role_tag(role)],
-                    metadata,
-                    server_group: (node.role == Role::ControlPlane).then(|| server_group.clone()),
-                    boot_volume_gb,
-                }),
+                Action::CreateServer(server_plan(
+                    spec,
+                    facts,
+                    node,
+                    port,
+                    &image_id,
+                    &server_group,
+                )),
                 &before
                     .iter()
                     .copied()
@@ -639,6 +655,81 @@ pub(crate) fn plan(
             );
             deleted.insert(old.name.as_str(), gone);
             replaced_so_far.entry(pool).or_default().push(gone);
+        }
+        // Control planes replaced in place, one at a time: drained while the API is whole,
+        // its member removed through another control plane, the server built again to join,
+        // Ready and a voting member again before the next.
+        let mut previous: Vec<StepId> = Vec::new();
+        for (node, old, why) in &rolling {
+            let Some(via) = observed
+                .servers
+                .iter()
+                .filter(|s| s.status == "ACTIVE" && s.name != node.name)
+                .map(|s| s.name.as_str())
+                .filter(|s| control_plane_index(s).is_some())
+                .min()
+            else {
+                continue;
+            };
+            let drained = plan.push(
+                Action::Drain {
+                    node: node.name.clone(),
+                },
+                &previous,
+            );
+            let removed = plan.push(
+                Action::RemoveEtcdMember {
+                    node: node.name.clone(),
+                    address: observed
+                        .ports
+                        .iter()
+                        .find(|p| p.name == node.name)
+                        .and_then(|p| p.fixed_ips.first())
+                        .map(|ip| ip.ip_address.clone()),
+                    via: via.to_string(),
+                },
+                &[drained],
+            );
+            let gone = plan.push(
+                Action::DeleteServer {
+                    id: old.id.clone(),
+                    name: old.name.clone(),
+                    because: Some(format!("it {why}: replaced in place")),
+                },
+                &[removed],
+            );
+            let port = ports.get(node.name.as_str()).cloned();
+            let create = plan.push(
+                Action::CreateServer(server_plan(
+                    spec,
+                    facts,
+                    node,
+                    port,
+                    &image_id,
+                    &server_group,
+                )),
+                &before.iter().copied().chain([gone]).collect::<Vec<_>>(),
+            );
+            let active = plan.push(
+                Action::WaitActive {
+                    server: Ref::After(create),
+                    name: node.name.clone(),
+                },
+                &[],
+            );
+            let ready = plan.push(
+                Action::WaitReady {
+                    node: node.name.clone(),
+                },
+                &[active],
+            );
+            previous = vec![plan.push(
+                Action::WaitEtcdMember {
+                    node: node.name.clone(),
+                    via: via.to_string(),
+                },
+                &[ready],
+            )];
         }
     }
     // Running servers whose port was deleted: the new port is attached.
@@ -717,6 +808,48 @@ pub(crate) fn plan(
     remove_extras(&mut plan, &extras, observed);
     plan.nodes = roster.nodes;
     Ok(plan)
+}
+
+/// What Nova's create of `node` needs: the flavor and boot disk of its pool (or the control
+/// planes'), the image, its port, the cluster's tags, and the anti-affinity group for control
+/// planes.
+fn server_plan(
+    spec: &ClusterSpec,
+    facts: &CloudFacts,
+    node: &NodeName,
+    port: Option<Ref>,
+    image_id: &str,
+    server_group: &Ref,
+) -> ServerPlan {
+    let (flavor_name, boot_volume_gb, role) = match node.pool.and_then(|i| spec.worker_pools.get(i))
+    {
+        Some(pool) => (&pool.flavor, pool.boot_volume_gb, "worker"),
+        None => (
+            &spec.control_plane.flavor,
+            spec.control_plane.boot_volume_gb,
+            "control-plane",
+        ),
+    };
+    let flavor_id = facts
+        .flavors
+        .iter()
+        .find(|f| &f.name == flavor_name || &f.id == flavor_name)
+        .map_or(MISSING, |f| f.id.as_str());
+    ServerPlan {
+        name: node.name.clone(),
+        flavor_id: flavor_id.to_string(),
+        flavor_name: flavor_name.clone(),
+        image_id: image_id.to_string(),
+        port: port.unwrap_or(Ref::After(0)),
+        key_name: spec.access.keypair.clone(),
+        tags: vec![cluster_tag(&spec.name), resources::role_tag(role)],
+        metadata: BTreeMap::from([
+            ("flatstack-cluster".to_string(), spec.name.clone()),
+            ("flatstack-role".to_string(), role.to_string()),
+        ]),
+        server_group: (node.role == Role::ControlPlane).then(|| server_group.clone()),
+        boot_volume_gb,
+    }
 }
 
 /// Refuses a change of the control planes' count that flatstack cannot make: from one to more
@@ -1681,6 +1814,82 @@ mod tests {
                 quorum: 2
             }
         );
+    }
+
+    /// Three control planes on another flavor than the file's are replaced in place, one at a
+    /// time: drained, their member removed through another, built again, Ready and a voting
+    /// member before the next is drained. Without the API it cannot happen: refused.
+    #[test]
+    fn control_planes_on_another_flavor_are_replaced_in_place_one_at_a_time() {
+        let spec = highly_available(1);
+        let mut observed = converged(&spec);
+        for server in observed
+            .servers
+            .iter_mut()
+            .filter(|s| s.name.contains("control-plane"))
+        {
+            server.flavor = serde_json::json!({ "original_name": "m3.tiny" });
+        }
+        assert!(
+            crate::plan::resources::immutable_changes(
+                &spec,
+                &observed,
+                Some("ext"),
+                &facts().flavors
+            )
+            .is_empty(),
+            "not refused with three"
+        );
+        let plan = plan(&spec, &observed, &facts(), K8S).expect("plan");
+        let steps = plan.shown();
+        let find = |kind: &str, name: &str, nth: usize| {
+            steps
+                .iter()
+                .filter(|s| s.kind == kind && s.name == name)
+                .nth(nth)
+                .unwrap_or_else(|| panic!("{kind} {name} in {:#?}", shown(&plan)))
+        };
+        let mut previous: Option<usize> = None;
+        for (n, via) in [(1, 2), (2, 1), (3, 1)] {
+            let cp = format!("demo-control-plane-{n}");
+            let drain = find("drain", &cp, 0);
+            if let Some(previous) = previous {
+                assert!(drain.needs.contains(&previous), "{cp} after the one before");
+            }
+            let member = find("etcd member", &cp, 0);
+            assert_eq!(
+                member.detail,
+                format!("remove through demo-control-plane-{via}")
+            );
+            assert!(member.needs.contains(&drain.id));
+            let delete = find("server", &cp, 0);
+            assert_eq!(delete.action, Verb::Delete);
+            assert!(delete.needs.contains(&member.id));
+            assert!(
+                delete.detail.contains("replaced in place"),
+                "{}",
+                delete.detail
+            );
+            let create = find("server", &cp, 1);
+            assert_eq!(
+                (create.action, create.detail.as_str()),
+                (Verb::Create, "m3.small")
+            );
+            assert!(create.needs.contains(&delete.id));
+            let voting = steps
+                .iter()
+                .find(|s| s.name == cp && s.detail == "until a voting etcd member")
+                .expect("waits for the member");
+            previous = Some(voting.id);
+        }
+        let provision_only = Scope {
+            kubernetes: false,
+            ..K8S
+        };
+        assert!(matches!(
+            super::plan(&spec, &observed, &facts(), provision_only),
+            Err(PlanError::ControlPlaneChange { .. })
+        ));
     }
 
     /// One control plane holds the API's address itself; three cannot take it over under a

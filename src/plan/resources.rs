@@ -205,10 +205,15 @@ pub(crate) fn immutable_changes(
 ) -> Vec<String> {
     let names = Names::of(&spec.name);
     let mut changes = Vec::new();
-    // Worker pools are replaced node by node (see `roster`); the only control plane holds
-    // etcd, so it cannot be until control planes can be highly available.
+    // Worker pools are replaced node by node (see `roster`), 3 or 5 control planes one at a
+    // time (see the planner); the only control plane holds etcd and cannot be.
     let facts = ServerFacts::of(observed, flavors);
-    for node in spec.nodes().iter().filter(|n| n.role == Role::ControlPlane) {
+    let only = !spec.control_plane.highly_available();
+    for node in spec
+        .nodes()
+        .iter()
+        .filter(|n| n.role == Role::ControlPlane && only)
+    {
         let Some(server) = observed.servers.iter().find(|s| s.name == node.name) else {
             continue;
         };

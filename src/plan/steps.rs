@@ -214,6 +214,12 @@ pub(crate) enum Action {
         address: Option<String>,
         via: String,
     },
+    /// Waits until control plane `node` is a voting etcd member again, as `via`'s member
+    /// lists it: a replaced control plane has joined before the next is touched.
+    WaitEtcdMember {
+        node: String,
+        via: String,
+    },
     /// Deletes a lost node's Node object, so its rebuilt server registers afresh.
     DeleteNode {
         node: String,
@@ -470,6 +476,12 @@ impl Action {
                 node.clone(),
                 format!("remove through {via}"),
             ),
+            WaitEtcdMember { node, .. } => (
+                Verb::Run,
+                "wait",
+                node.clone(),
+                "until a voting etcd member".into(),
+            ),
             DeleteNode { node } => (
                 Verb::Run,
                 "node",
@@ -556,6 +568,9 @@ impl Action {
                 format!("removing the etcd member of {node} through {via}")
             }
             DeleteNode { node } => format!("deleting the Node object of {node}"),
+            WaitEtcdMember { node, via } => {
+                format!("waiting for {node} to be a voting etcd member (as {via} sees it)")
+            }
             DeleteServer { name, because, .. } => match because {
                 Some(why) => format!("deleting server {name}: {why}"),
                 None => format!("deleting server {name}"),
@@ -583,6 +598,7 @@ impl Action {
             | WaitReady { .. }
             | Drain { .. }
             | RemoveEtcdMember { .. }
+            | WaitEtcdMember { .. }
             | DeleteNode { .. } => "kubernetes",
             RenderIgnition { .. } => "render Ignition",
             CreateServer(_) | AttachPort { .. } => "create servers",
@@ -605,6 +621,7 @@ impl Action {
             | WaitReady { .. }
             | Drain { .. }
             | RemoveEtcdMember { .. }
+            | WaitEtcdMember { .. }
             | DeleteNode { .. } => Service::Kubernetes,
             _ => Service::Network,
         }

@@ -2456,106 +2456,202 @@ async fn three_control_planes_converge_through_faults_and_a_kill() {
     );
 }
 
-/// A control plane of three that ran is deleted in the cloud. With the other two running,
-/// `plan` shows its etcd member removed through one of them and its Node deleted before its
-/// server is built again; `up` does exactly that (the member removed by a node Job running
-/// etcdctl from the etcd image on a surviving control plane), and the new server joins as a
-/// control plane, a new member, with the cluster answering throughout.
-#[test]
-fn a_lost_control_plane_of_three_leaves_etcd_before_it_is_built_again_to_join() {
-    use crate::kube_standin::{ETCD_IMAGE, StandIn, World};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-    let name = unique("rejoin");
-    let workspace = Workspace::new();
-    workspace.write_cluster(&cluster(&name, 1, "").replacen(
-        "[control_plane]\n",
-        "[control_plane]\ncount = 3\n",
-        1,
-    ));
-    let _teardown = Teardown(&workspace);
-    let pki = crate::kube_standin::pki(&workspace);
-    let node = |n: &str| format!("{name}-{n}");
-    let mut world = World::default();
-    for n in 1..=3 {
-        world.register(&node(&format!("control-plane-{n}")), true);
-    }
-    world.register(&node("default-1"), false);
-    let server = StandIn::start(
-        &pki.ca.cert_pem,
-        pki.ca.key_pem.expose(),
-        &pki.ca.cert_pem,
-        world,
-    );
-    // The kubelets: a new server's node registers once the server is ACTIVE (a control plane
-    // joins etcd and is marked by kubeadm as it joins); what etcd and the API held of its
-    // name at that moment is recorded.
-    let seen_at_rejoin: Arc<Mutex<Vec<(String, bool, bool)>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let joiner = {
-        let (world, seen, stop, name) = (
+/// Stand-in kubelets for the servers of cluster `name` that appear after it starts: each
+/// registers once its server is ACTIVE (a control plane joins etcd and is marked by kubeadm as
+/// it joins), and what etcd and the API held of its name at that moment is recorded, with the
+/// names of the other control planes that were members then.
+struct Kubelets {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Rejoined>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A server's node registering: its name, whether etcd and the API still listed it, and the
+/// members etcd had then.
+#[derive(Debug, Clone, PartialEq)]
+struct Rejoined {
+    name: String,
+    member: bool,
+    node: bool,
+    members: Vec<String>,
+}
+
+impl Kubelets {
+    fn start(server: &crate::kube_standin::StandIn, name: &str) -> Kubelets {
+        use std::sync::atomic::Ordering;
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<Rejoined>>> = Default::default();
+        let stop: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
+        let (world, seen_here, stop_here, name) = (
             server.world.clone(),
-            seen_at_rejoin.clone(),
+            seen.clone(),
             stop.clone(),
-            name.clone(),
+            name.to_string(),
         );
-        std::thread::spawn(move || {
-            let mut known: Vec<String> = tagged("server", &name)
-                .iter()
-                .filter_map(|s| s["ID"].as_str().map(str::to_string))
-                .collect();
-            let mut first = true;
-            while !stop.load(Ordering::Relaxed) {
+        let thread = std::thread::spawn(move || {
+            let mut known: Vec<String> = Vec::new();
+            while !stop_here.load(Ordering::Relaxed) {
                 for s in tagged("server", &name) {
                     let id = s["ID"].as_str().unwrap_or_default().to_string();
                     let server_name = s["Name"].as_str().unwrap_or_default().to_string();
-                    if first || s["Status"] != "ACTIVE" || known.contains(&id) {
+                    if s["Status"] != "ACTIVE" || known.contains(&id) {
                         continue;
                     }
                     known.push(id);
                     let mut world = world.lock().expect("world");
+                    let control_plane = server_name.contains("-control-plane-");
                     let member = world.etcd_members.iter().any(|m| m.name == server_name);
                     let node = world.nodes.contains_key(&server_name);
-                    if node && (member || !server_name.contains("-control-plane-")) {
-                        continue; // a node registered before the stand-in started
+                    if node && (member || !control_plane) {
+                        continue; // registered before the stand-in started
                     }
-                    seen.lock()
-                        .expect("seen")
-                        .push((server_name.clone(), member, node));
-                    let control_plane = server_name.contains("-control-plane-");
+                    let mut members: Vec<String> =
+                        world.etcd_members.iter().map(|m| m.name.clone()).collect();
+                    members.sort();
+                    seen_here.lock().expect("seen").push(Rejoined {
+                        name: server_name.clone(),
+                        member,
+                        node,
+                        members,
+                    });
                     world.register(&server_name, control_plane);
                     if control_plane {
                         world.kubeadm_marks_now();
                     }
                 }
-                first = false;
                 std::thread::sleep(std::time::Duration::from_millis(300));
             }
-        })
-    };
-    let api = server.address.to_string();
-    let up = || {
-        flatstack(
-            &workspace,
-            &["up", "--api-address", api.as_str(), "--timeout", "3m"],
+        });
+        Kubelets {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn seen(&self) -> Vec<Rejoined> {
+        self.seen.lock().expect("seen").clone()
+    }
+}
+
+impl Drop for Kubelets {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A cluster of three control planes and one worker, registered in a stand-in with their
+/// etcd members, made by `up` through it.
+struct HighlyAvailable {
+    name: String,
+    workspace: Workspace,
+    server: crate::kube_standin::StandIn,
+    api: String,
+}
+
+impl HighlyAvailable {
+    fn up(prefix: &str) -> HighlyAvailable {
+        use crate::kube_standin::{StandIn, World};
+        let name = unique(prefix);
+        let workspace = Workspace::new();
+        workspace.write_cluster(&Self::text(&name, "m3.tiny"));
+        let pki = crate::kube_standin::pki(&workspace);
+        let mut world = World::default();
+        for n in 1..=3 {
+            world.register(&format!("{name}-control-plane-{n}"), true);
+        }
+        world.register(&format!("{name}-default-1"), false);
+        let server = StandIn::start(
+            &pki.ca.cert_pem,
+            pki.ca.key_pem.expose(),
+            &pki.ca.cert_pem,
+            world,
+        );
+        let api = server.address.to_string();
+        let cluster = HighlyAvailable {
+            name,
+            workspace,
+            server,
+            api,
+        };
+        success(&cluster.run_up());
+        cluster
+    }
+
+    fn text(name: &str, control_plane_flavor: &str) -> String {
+        cluster(name, 1, "").replacen(
+            "[control_plane]\nflavor = \"m3.tiny\"\n",
+            &format!("[control_plane]\ncount = 3\nflavor = \"{control_plane_flavor}\"\n"),
+            1,
         )
-    };
-    success(&up());
-    let lost = node("control-plane-2");
-    let old_member = {
-        let world = server.world.lock().expect("world");
-        assert_eq!(world.etcd_members.len(), 3);
+    }
+
+    fn node(&self, n: &str) -> String {
+        format!("{}-{n}", self.name)
+    }
+
+    fn run_up(&self) -> Output {
+        flatstack(
+            &self.workspace,
+            &["up", "--api-address", self.api.as_str(), "--timeout", "3m"],
+        )
+    }
+
+    /// The node Jobs the stand-in ran: Job, node and etcdctl's command without its flags.
+    fn node_jobs(&self) -> Vec<(String, String, String)> {
+        let world = self.server.world.lock().expect("world");
+        world
+            .node_job_runs
+            .iter()
+            .map(|(job, node, command)| {
+                let args: Vec<&str> = command
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|a| !a.starts_with("--"))
+                    .collect();
+                (job.clone(), node.clone(), args.join(" "))
+            })
+            .collect()
+    }
+
+    fn member_id(&self, node: &str) -> u64 {
+        let world = self.server.world.lock().expect("world");
         world
             .etcd_members
             .iter()
-            .find(|m| m.name == lost)
+            .find(|m| m.name == node)
             .expect("member")
             .id
-    };
+    }
+
+    fn members(&self) -> Vec<String> {
+        let world = self.server.world.lock().expect("world");
+        let mut names: Vec<String> = world.etcd_members.iter().map(|m| m.name.clone()).collect();
+        names.sort();
+        names
+    }
+}
+
+/// A control plane of three that ran is deleted in the cloud. With the other two running,
+/// `plan` shows its etcd member removed through one of them and its Node deleted before its
+/// server is built again; `up` does exactly that (the member removed by a node Job running
+/// etcdctl from the etcd image on a surviving control plane), and the new server joins as a
+/// control plane, a new member.
+#[test]
+fn a_lost_control_plane_of_three_leaves_etcd_before_it_is_built_again_to_join() {
+    let cluster = HighlyAvailable::up("rejoin");
+    let _teardown = Teardown(&cluster.workspace);
+    let kubelets = Kubelets::start(&cluster.server, &cluster.name);
+    let (first, lost) = (
+        cluster.node("control-plane-1"),
+        cluster.node("control-plane-2"),
+    );
+    let old_member = cluster.member_id(&lost);
 
     cli("local-demo", &["server", "delete", "--wait", &lost]);
-    let planned = success(&flatstack(&workspace, &["plan"]));
-    let first = node("control-plane-1");
+    let planned = success(&flatstack(&cluster.workspace, &["plan"]));
     for line in [
         format!("> etcd member     {lost:<40} remove through {first}"),
         format!("> node            {lost:<40} delete its Node object"),
@@ -2563,35 +2659,22 @@ fn a_lost_control_plane_of_three_leaves_etcd_before_it_is_built_again_to_join() 
     ] {
         assert!(planned.contains(&line), "{line}\nin:\n{planned}");
     }
-    let output = success(&up());
-    stop.store(true, Ordering::Relaxed);
-    let _ = joiner.join();
+    let output = success(&cluster.run_up());
     assert!(
         output.contains(&format!(
             "removed etcd member {old_member:x} of {lost} through {first}; 2 member(s) left"
         )),
         "{output}"
     );
+    let seen = kubelets.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(
-        *seen_at_rejoin.lock().expect("seen"),
-        [(lost.clone(), false, false)],
+        (seen[0].name.as_str(), seen[0].member, seen[0].node),
+        (lost.as_str(), false, false),
         "when its new server ran, neither etcd nor the API still listed it"
     );
-    let world = server.world.lock().expect("world");
-    let jobs: Vec<(String, String, String)> = world
-        .node_job_runs
-        .iter()
-        .map(|(job, node, command)| {
-            let args: Vec<&str> = command
-                .iter()
-                .map(String::as_str)
-                .filter(|a| !a.starts_with("--"))
-                .collect();
-            (job.clone(), node.clone(), args.join(" "))
-        })
-        .collect();
     assert_eq!(
-        jobs,
+        cluster.node_jobs(),
         [
             (
                 "flatstack-etcd-members".to_string(),
@@ -2605,29 +2688,29 @@ fn a_lost_control_plane_of_three_leaves_etcd_before_it_is_built_again_to_join() 
             ),
         ]
     );
-    let mut members: Vec<&str> = world.etcd_members.iter().map(|m| m.name.as_str()).collect();
-    members.sort_unstable();
     assert_eq!(
-        members,
-        [
-            first.as_str(),
-            lost.as_str(),
-            node("control-plane-3").as_str()
-        ]
+        cluster.members(),
+        [first.clone(), lost.clone(), cluster.node("control-plane-3")]
     );
-    assert!(
-        world.etcd_members.iter().all(|m| m.id != old_member),
-        "a new member"
-    );
-    assert!(world.node_job_pods.is_empty(), "node Jobs cleaned up");
-    assert!(
-        !world
-            .objects
-            .keys()
-            .any(|p| p.starts_with("/apis/batch/v1/namespaces/kube-system/jobs/flatstack-")),
-        "node Jobs deleted"
-    );
-    drop(world);
+    assert_ne!(cluster.member_id(&lost), old_member, "a new member");
+    {
+        let world = cluster.server.world.lock().expect("world");
+        assert!(world.node_job_pods.is_empty(), "node Jobs cleaned up");
+        assert!(
+            !world
+                .objects
+                .keys()
+                .any(|p| p.starts_with("/apis/batch/v1/namespaces/kube-system/jobs/flatstack-")),
+            "node Jobs deleted"
+        );
+        assert!(
+            world
+                .seen
+                .iter()
+                .any(|s| s.path == format!("/api/v1/namespaces/kube-system/pods/etcd-{first}")),
+            "the Job's image is read from the etcd pod on the control plane it runs on"
+        );
+    }
     let config = user_data(&admin_view(&lost));
     let kubeadm = String::from_utf8(
         ignition_file(&config, "/etc/flatstack/kubeadm.yaml.in").expect("kubeadm config"),
@@ -2637,5 +2720,55 @@ fn a_lost_control_plane_of_three_leaves_etcd_before_it_is_built_again_to_join() 
         kubeadm.contains("controlPlane:") && !kubeadm.contains("InitConfiguration"),
         "{kubeadm}"
     );
-    let _ = ETCD_IMAGE;
+}
+
+/// The control planes' flavor changes on a cluster of three: each is replaced in place, one at
+/// a time (drained, its member removed through another, built again to join, a voting member
+/// before the next), so two of three are members whenever one is rebuilt.
+#[test]
+fn a_control_plane_flavor_change_rolls_one_control_plane_at_a_time() {
+    let cluster = HighlyAvailable::up("cproll");
+    let _teardown = Teardown(&cluster.workspace);
+    let kubelets = Kubelets::start(&cluster.server, &cluster.name);
+    cluster
+        .workspace
+        .write_cluster(&HighlyAvailable::text(&cluster.name, "m3.small"));
+    let planned = success(&flatstack(&cluster.workspace, &["plan"]));
+    assert!(
+        planned.contains(&format!(
+            "- server          {:<40} it runs flavor m3.tiny, the file asks for m3.small: replaced in place",
+            cluster.node("control-plane-1")
+        )),
+        "{planned}"
+    );
+    success(&cluster.run_up());
+    let seen = kubelets.seen();
+    let names: Vec<&str> = seen.iter().map(|r| r.name.as_str()).collect();
+    let cps: Vec<String> = (1..=3)
+        .map(|n| cluster.node(&format!("control-plane-{n}")))
+        .collect();
+    assert_eq!(
+        names,
+        cps.iter().map(String::as_str).collect::<Vec<_>>(),
+        "one after another"
+    );
+    for rejoined in &seen {
+        assert!(!rejoined.member && !rejoined.node, "{rejoined:?}");
+        let others: Vec<String> = cps
+            .iter()
+            .filter(|c| **c != rejoined.name)
+            .cloned()
+            .collect();
+        assert_eq!(
+            rejoined.members, others,
+            "the two others were members while it was rebuilt"
+        );
+    }
+    for cp in &cps {
+        let server = cli("local-demo", &["server", "show", cp, "-f", "json"]);
+        assert_eq!(server["flavor"]["name"], "m3.small", "{cp}");
+    }
+    assert_eq!(cluster.members(), cps);
+    let again = success(&cluster.run_up());
+    assert!(again.contains("nothing to change"), "{again}");
 }
