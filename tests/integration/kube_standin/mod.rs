@@ -40,7 +40,7 @@ mod node_jobs;
 mod schedule;
 mod store;
 
-pub use node_jobs::{ETCD_IMAGE, Member};
+pub use node_jobs::Member;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

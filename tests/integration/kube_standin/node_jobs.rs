@@ -16,7 +16,7 @@ use super::*;
 /// The label flatstack's node Jobs carry (`src/kube/node_job.rs`).
 const NODE_JOB_LABEL: &str = "flatstack.dev/node-job";
 /// The image of the etcd static pod kubeadm 1.37 writes (`constants.go`, etcd 3.6.x).
-pub const ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.6.5-0";
+const ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.6.5-0";
 
 /// One etcd member.
 #[derive(Debug, Clone, PartialEq, Eq)]
