@@ -723,7 +723,61 @@ PY
   touch "$DATA/keystone/.octavia"
 }
 
+# Octavia's no-op network driver makes up every port, subnet and network it is asked about, so
+# the API refuses a load balancer on a port made beforehand (`vip_port_id`): "VIP port's subnet
+# could not be determined". This driver keeps every plumbing call a no-op (no amphora exists)
+# but answers port, subnet and network lookups from the real Neutron, which is what Octavia's
+# API validates a `vip_port_id` against (api/v2/controllers/load_balancer.py,
+# common/validate.py). Lookups of the made-up ports the no-op steps create stay made up. It is
+# registered as a stevedore entry point by a dist-info of its own in the virtualenv.
+octavia_network_driver() {
+  local site info
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  write "$site/flatstack_octavia_network.py" <<'PY'
+"""No-op Octavia networking whose lookups of real resources come from Neutron (flatstack rig)."""
+import openstack.exceptions as os_exc
+from octavia.common import clients
+from octavia.network import base
+from octavia.network.drivers.neutron import utils
+from octavia.network.drivers.noop_driver import driver as noop
+
+NOT_FOUND = {'port': base.PortNotFound, 'subnet': base.SubnetNotFound,
+             'network': base.NetworkNotFound}
+
+
+class NeutronLookupNoopDriver(noop.NoopNetworkDriver):
+    def _lookup(self, kind, resource_id, fallback):
+        neutron = clients.NeutronAuth.get_neutron_client().network
+        try:
+            found = getattr(neutron, 'get_' + kind)(resource_id)
+        except os_exc.ResourceNotFound as e:
+            if fallback is not None:
+                return fallback(resource_id)
+            raise NOT_FOUND[kind](str(e)) from e
+        return getattr(utils, 'convert_%s_to_model' % kind)(found)
+
+    # The API passes a context when it validates a request; the worker's no-op steps do not,
+    # and may ask about the ports and networks the no-op driver made up.
+    def get_port(self, port_id, context=None):
+        fallback = None if context is not None else super().get_port
+        return self._lookup('port', port_id, fallback)
+
+    def get_subnet(self, subnet_id, context=None):
+        fallback = None if context is not None else super().get_subnet
+        return self._lookup('subnet', subnet_id, fallback)
+
+    def get_network(self, network_id, context=None):
+        fallback = None if context is not None else super().get_network
+        return self._lookup('network', network_id, fallback)
+PY
+  info=$site/flatstack_octavia_network-0.0.0.dist-info
+  printf 'Metadata-Version: 2.1\nName: flatstack-octavia-network\nVersion: 0.0.0\n' | write "$info/METADATA"
+  printf '[octavia.network.drivers]\nflatstack_neutron_lookup_driver = flatstack_octavia_network:NeutronLookupNoopDriver\n' |
+    write "$info/entry_points.txt"
+}
+
 octavia() {
+  octavia_network_driver
   mkdir -p "$DATA/octavia/certs" "$ETC/octavia"
   # Octavia signs amphora certificates even with no amphora: a throwaway CA of its own.
   if [[ ! -f $DATA/octavia/certs/ca.pem ]]; then
@@ -749,7 +803,7 @@ $(service_auth octavia)
 client_ca = $DATA/octavia/certs/ca.pem
 amphora_driver = amphora_noop_driver
 compute_driver = compute_noop_driver
-network_driver = network_noop_driver
+network_driver = flatstack_neutron_lookup_driver
 volume_driver = volume_noop_driver
 image_driver = image_noop_driver
 loadbalancer_topology = SINGLE

@@ -521,7 +521,7 @@ async fn helm_output(client: &KubeClient, pod: &Pod) -> Option<String> {
 }
 
 /// One HelmChart as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChartState {
     pub name: String,
     pub(crate) chart: String,

@@ -111,11 +111,15 @@ pub(crate) async fn execute(
             dependents[*need].push(step.id);
         }
     }
-    let limits: HashMap<Service, Arc<Semaphore>> =
-        [Service::Network, Service::Compute, Service::Kubernetes]
-            .into_iter()
-            .map(|s| (s, Arc::new(Semaphore::new(CONCURRENT_CALLS))))
-            .collect();
+    let limits: HashMap<Service, Arc<Semaphore>> = [
+        Service::Network,
+        Service::Compute,
+        Service::Kubernetes,
+        Service::LoadBalancer,
+    ]
+    .into_iter()
+    .map(|s| (s, Arc::new(Semaphore::new(CONCURRENT_CALLS))))
+    .collect();
     let mut executed = Executed {
         made: vec![None; count],
         runs: Vec::new(),
@@ -335,6 +339,9 @@ async fn run(
         .map(|made| (made, None))
 }
 
+/// How long Octavia may take to build or delete a load balancer (an amphora boots a VM).
+const LOAD_BALANCER_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// How long one etcd membership step may take (its node Job started, run and read).
 const ETCD_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -474,6 +481,34 @@ async fn run_on_cloud(
                 id: port.id.clone(),
                 address: port.fixed_ips.first().map(|ip| ip.ip_address.clone()),
             }
+        }
+        Action::CreateLoadBalancer(lb) => {
+            let members = lb
+                .members
+                .iter()
+                .map(|(name, port)| Ok((name.clone(), address_of(known(port)?)?)))
+                .collect::<Result<Vec<_>, ApplyError>>()?;
+            let body = lb.body(&known(&lb.vip_port)?.id, &known(&lb.subnet)?.id, &members);
+            let made = cloud.create_load_balancer(&body).await?;
+            let active = cloud
+                .wait_load_balancer_active(&made.id, LOAD_BALANCER_TIMEOUT)
+                .await?;
+            Made {
+                id: active.id,
+                address: active.vip_address,
+            }
+        }
+        Action::WaitLoadBalancer { id, .. } => {
+            cloud
+                .wait_load_balancer_active(id, LOAD_BALANCER_TIMEOUT)
+                .await?;
+            Made::id(id)
+        }
+        Action::DeleteLoadBalancer { id, .. } => {
+            cloud
+                .delete_load_balancer(id, LOAD_BALANCER_TIMEOUT)
+                .await?;
+            Made::id(id)
         }
         Action::AllowAddress { port, endpoint, .. } => {
             let address = address_of(known(endpoint)?)?;

@@ -191,7 +191,12 @@ pub(crate) async fn teardown(
             .await?;
     }
     let mut tasks = tokio::task::JoinSet::new();
-    for balancer in &observed.load_balancers {
+    // Then the API's (its VIP port and floating IP are flatstack's: they go with the rest).
+    for balancer in observed
+        .load_balancers
+        .iter()
+        .chain(&observed.api_load_balancers)
+    {
         say(&format!("deleting load balancer {}", balancer.name));
         let cloud = cloud.clone();
         let id = balancer.id.clone();

@@ -16,7 +16,7 @@ use crate::cloud::{Cloud, CloudError};
 use crate::plan::planner::CloudFacts;
 use crate::plan::resources::{Names, Observed, Untagged, cluster_tag};
 use crate::plan::roster::{ServerFacts, roster};
-use crate::spec::{ClusterSpec, NetworkMode};
+use crate::spec::{ApiEndpointKind, ClusterSpec, NetworkMode};
 
 use super::ApplyError;
 
@@ -37,9 +37,20 @@ const ROUTER_INTERFACE_OWNERS: [&str; 3] = [
     "network:ha_router_replicated_interface",
 ];
 
+impl Observation {
+    /// What holds the cluster's API address, and why (see `plan::endpoint::choose`).
+    pub(crate) fn api_endpoint(&self, spec: &ClusterSpec) -> (ApiEndpointKind, &'static str) {
+        crate::plan::endpoint::choose(
+            spec,
+            &self.observed,
+            self.facts.load_balancer_providers.as_deref(),
+        )
+    }
+}
+
 /// Reads everything `plan` and `up` need, concurrently.
 pub(crate) async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, ApplyError> {
-    let ((observed, flavors), externals, images, keypairs) = tokio::try_join!(
+    let ((observed, flavors), externals, images, keypairs, providers) = tokio::try_join!(
         cluster_resources(cloud, spec),
         cloud.list::<Network>(Kind::Network, &[("router:external", "true")]),
         images_for(cloud, spec),
@@ -47,6 +58,12 @@ pub(crate) async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observa
             match &spec.access.keypair {
                 Some(_) => cloud.keypairs().await.map(Some),
                 None => Ok(None),
+            }
+        },
+        async {
+            match spec.control_plane.highly_available() {
+                true => cloud.load_balancer_providers().await,
+                false => Ok(None),
             }
         },
     )?;
@@ -95,6 +112,7 @@ pub(crate) async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observa
             flavors,
             image_id,
             reused,
+            load_balancer_providers: providers,
         },
         images,
         keypairs,
@@ -120,7 +138,7 @@ pub(crate) async fn cluster_resources(
         .collect();
     let (
         (networks, subnets, routers, security_groups, ports, servers, groups),
-        (load_balancers, all_floating_ips, router_interfaces, flavors),
+        (load_balancers, api_load_balancers, all_floating_ips, router_interfaces, flavors),
     ) = tokio::try_join!(
         async {
             tokio::try_join!(
@@ -136,6 +154,7 @@ pub(crate) async fn cluster_resources(
         async {
             tokio::try_join!(
                 cloud.cluster_load_balancers(cluster),
+                cloud.load_balancers_named(&names.api_port),
                 cloud.list::<FloatingIp>(Kind::FloatingIp, &[]),
                 cloud.list::<Port>(Kind::Port, &owners),
                 cloud.flavors(),
@@ -162,7 +181,11 @@ pub(crate) async fn cluster_resources(
     };
     // The cluster's names that no tagged resource has: looked up by name, to adopt what a run
     // stopped between a create and its tag left (a converged cluster needs no look-up).
-    let node_refs: Vec<&str> = node_names.iter().map(String::as_str).collect();
+    // With 3 or 5 control planes the API's endpoint has a port of its own.
+    let mut node_refs: Vec<&str> = node_names.iter().map(String::as_str).collect();
+    if spec.control_plane.highly_available() {
+        node_refs.push(&names.api_port);
+    }
     let missing_networks = missing_names(
         networks.iter().map(|n: &Network| n.name.as_str()),
         &[&names.network],
@@ -205,6 +228,7 @@ pub(crate) async fn cluster_resources(
             .filter(|g| g.name == names.server_group)
             .collect(),
         load_balancers,
+        api_load_balancers,
         service_floating_ips: Vec::new(),
         router_interfaces,
         boot_volumes,

@@ -1,6 +1,9 @@
 //! `status`: what the cluster has in the cloud, whether `up` has anything left to do, and —
-//! when its API answers — its nodes, their Flatcar releases and pending reboots, and its
-//! add-ons. It only reads: nothing is created, not even a state directory.
+//! when its API answers — its nodes, their Flatcar releases and pending reboots, its add-ons,
+//! and with 3 or 5 control planes each one's etcd membership and which holds the API's
+//! address. It changes nothing in the cloud and creates no state directory; etcd's members
+//! are read by two short node Jobs on a control plane (`etcdctl member list` and `endpoint
+//! status`), deleted once read.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,7 +16,9 @@ use super::charts::{ChartState, chart_states};
 use super::observe::observe;
 use crate::cloud::Cloud;
 use crate::cloud::config::CloudConfig;
-use crate::kube::{KubeClient, RebootState, error_chain, reboot_states};
+use crate::cloud::load_balancer::MemberHealth;
+use crate::kube::etcd::EtcdMember;
+use crate::kube::{KubeClient, RebootState, error_chain, is_ready, reboot_states};
 use crate::node::seal::SEAL_KEY_METADATA;
 use crate::pki::{ClientCertificate, ClusterPki, StateDir};
 use crate::plan::planner::{self, Scope};
@@ -39,6 +44,9 @@ pub(crate) struct StatusReport {
     pub(crate) kubernetes: KubernetesStatus,
     /// When flatstack's own client certificates expire (none without a PKI here).
     pub(crate) client_certificates: Vec<ClientCertificate>,
+    /// The API load balancer's members on 6443 with Octavia's view of their health, or why it
+    /// could not be read (none without one).
+    pub(crate) load_balancer_members: Option<Result<Vec<MemberHealth>, String>>,
 }
 
 impl StatusReport {
@@ -65,7 +73,61 @@ pub(crate) enum KubernetesStatus {
         addons: Result<Vec<ChartState>, String>,
         /// What the cluster's join tokens and sealing keys leave open, a sentence each.
         secrets: Vec<String>,
+        /// With 3 or 5 control planes: etcd's members and the API address's holder.
+        control_planes: Option<ControlPlaneView>,
     },
+}
+
+/// Each control plane's etcd membership and who holds the API's address.
+pub(crate) struct ControlPlaneView {
+    pub(crate) members: Result<Vec<MemberRow>, String>,
+    /// The control plane kube-vip elected to hold the API's address (none: nobody holds it).
+    pub(crate) holder: Result<Option<String>, String>,
+}
+
+/// One control plane, or one member no control plane accounts for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct MemberRow {
+    pub(crate) name: String,
+    /// `leader`, `voting`, `learner`, `missing` (a control plane with no member), or
+    /// `not a control plane` (a member no control plane of the file accounts for).
+    pub(crate) etcd: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) member_id: Option<String>,
+}
+
+/// The rows of the control planes `names` given etcd's `members` and `leader`.
+pub(crate) fn member_rows(names: &[String], members: &[EtcdMember], leader: u64) -> Vec<MemberRow> {
+    let mut rows: Vec<MemberRow> = names
+        .iter()
+        .map(|name| {
+            let member = members.iter().find(|m| &m.name == name);
+            MemberRow {
+                name: name.clone(),
+                etcd: match member {
+                    None => "missing",
+                    Some(m) if m.id == leader => "leader",
+                    Some(m) if m.is_learner => "learner",
+                    Some(_) => "voting",
+                },
+                member_id: member.map(EtcdMember::hex_id),
+            }
+        })
+        .collect();
+    rows.extend(
+        members
+            .iter()
+            .filter(|m| !names.contains(&m.name))
+            .map(|m| MemberRow {
+                name: match m.name.is_empty() {
+                    true => m.peer_urls.join(", "),
+                    false => m.name.clone(),
+                },
+                etcd: "not a control plane",
+                member_id: Some(m.hex_id()),
+            }),
+    );
+    rows
 }
 
 /// Observes the cluster and, when the cloud has anything of it, asks its API.
@@ -79,6 +141,8 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
     } = request;
     let cloud = Cloud::connect(cloud).await?;
     let observation = observe(&cloud, &spec).await?;
+    let mut spec = spec;
+    spec.control_plane.api_endpoint = observation.api_endpoint(&spec).0;
     let observed = observation.observed;
     let pki = match StateDir::open_existing(&state_path) {
         Ok(Some(state)) => ClusterPki::load_existing(&state),
@@ -109,7 +173,17 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
             (pending, answers)
         }
     };
+    let load_balancer_members = match observed.api_load_balancers.first() {
+        None => None,
+        Some(lb) => Some(
+            cloud
+                .load_balancer_members(&lb.id, &format!("{}-6443", lb.name))
+                .await
+                .map_err(|e| format!("cannot read the load balancer's members: {e}")),
+        ),
+    };
     Ok(StatusReport {
+        load_balancer_members,
         cluster: spec.name,
         cloud: cloud.config().name.clone(),
         observed,
@@ -170,12 +244,72 @@ async fn kubernetes(
         Ok(tokens) => open_secrets(observed, &nodes, &tokens, crate::kube::now()),
         Err(e) => vec![format!("cannot read the join tokens: {}", error_chain(&e))],
     };
+    let control_planes = match spec.control_plane.highly_available() {
+        true => Some(control_plane_view(spec, &client, &nodes).await),
+        false => None,
+    };
     KubernetesStatus::Answered {
         reboots: reboots.unwrap_or_default(),
         addons: addons.map_err(|e| e.to_string()),
         secrets,
+        control_planes,
         nodes,
     }
+}
+
+/// How long `status` waits for each etcd node Job.
+const ETCD_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// etcd's members as the first Ready control plane's member knows them, and the Lease that
+/// says which control plane holds the API's address.
+async fn control_plane_view(
+    spec: &ClusterSpec,
+    client: &KubeClient,
+    nodes: &[Node],
+) -> ControlPlaneView {
+    let names: Vec<String> = spec
+        .nodes()
+        .into_iter()
+        .filter(|n| n.role == crate::spec::Role::ControlPlane)
+        .map(|n| n.name)
+        .collect();
+    let via = names.iter().find(|name| {
+        nodes
+            .iter()
+            .any(|n| n.metadata.name.as_ref() == Some(name) && is_ready(n))
+    });
+    let members = match via {
+        None => Err("no control plane is Ready to ask etcd".to_string()),
+        Some(via) => client
+            .etcd_view(via, ETCD_READ_TIMEOUT)
+            .await
+            .map(|(members, leader)| member_rows(&names, &members, leader))
+            .map_err(|e| {
+                format!(
+                    "cannot read etcd's members through {via}: {}",
+                    error_chain(&e)
+                )
+            }),
+    };
+    let lease = format!(
+        "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{}",
+        crate::node::vip::VIP_LEASE
+    );
+    let holder = client
+        .get::<serde_json::Value>(&lease)
+        .await
+        .map(|lease| {
+            lease
+                .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+                .filter(|h| !h.is_empty())
+        })
+        .map_err(|e| {
+            format!(
+                "cannot read who holds the API's address: {}",
+                error_chain(&e)
+            )
+        });
+    ControlPlaneView { members, holder }
 }
 
 /// Join tokens still valid, said plainly when no server is waiting to join with them, and
@@ -257,6 +391,36 @@ mod tests {
             id: id.into(),
             expiration: Some(expiration.into()),
         }
+    }
+
+    #[test]
+    fn each_control_plane_shows_its_etcd_membership() {
+        let member = |id: u64, name: &str, learner: bool| EtcdMember {
+            id,
+            name: name.into(),
+            peer_urls: vec![format!("https://10.42.0.{id}:2380")],
+            is_learner: learner,
+        };
+        let names: Vec<String> = (1..=3).map(|n| format!("a-control-plane-{n}")).collect();
+        let members = [
+            member(11, "a-control-plane-1", false),
+            member(12, "a-control-plane-2", true),
+            member(99, "", false),
+        ];
+        let rows = member_rows(&names, &members, 11);
+        let shown: Vec<(&str, &str, Option<&str>)> = rows
+            .iter()
+            .map(|r| (r.name.as_str(), r.etcd, r.member_id.as_deref()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("a-control-plane-1", "leader", Some("b")),
+                ("a-control-plane-2", "learner", Some("c")),
+                ("a-control-plane-3", "missing", None),
+                ("https://10.42.0.99:2380", "not a control plane", Some("63")),
+            ]
+        );
     }
 
     #[test]

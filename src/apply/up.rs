@@ -138,7 +138,7 @@ pub(crate) async fn up(
     // The sysext digest first: an unpublished release stops here, before anything exists.
     let existing_state = StateDir::open_existing(&state_path)?;
     let sysext = sysext::pin(&spec.kubernetes, existing_state.as_ref()).await?;
-    let spec = sysext.pinned_into(spec);
+    let mut spec = sysext.pinned_into(spec);
     let had_state = existing_state.is_some();
     // One writer per cluster, from before the cloud is looked at until the run ends.
     let (state, _lock) = StateDir::open_locked(&state_path, "up")?;
@@ -146,6 +146,7 @@ pub(crate) async fn up(
     let connected = at();
     let recorded_ranges = ranges::recorded(Some(&state))?;
     let (observation, _, problems) = observe_checked(&cloud, &spec, recorded_ranges).await?;
+    spec.control_plane.api_endpoint = observation.api_endpoint(&spec).0;
     let observed_at = at();
     let observed = &observation.observed;
     if !problems.is_empty() {
@@ -528,7 +529,7 @@ pub(crate) struct PlanReport {
     pub(crate) warnings: Vec<String>,
     /// What holds the API's address (`control-plane`, `vip`), and why.
     pub(crate) api_endpoint: &'static str,
-    pub(crate) api_endpoint_why: &'static str,
+    pub(crate) api_endpoint_why: String,
     /// The steps `up` runs, in an order that respects their `needs`.
     pub(crate) actions: Vec<crate::plan::steps::ShownStep>,
     pub(crate) vcpus: u64,
@@ -563,6 +564,9 @@ pub(crate) async fn plan(
     let cloud = Cloud::connect(config).await?;
     let recorded_ranges = ranges::recorded(state.as_ref())?;
     let (observation, needs, problems) = observe_checked(&cloud, &spec, recorded_ranges).await?;
+    let (endpoint, endpoint_chosen) = observation.api_endpoint(&spec);
+    let mut spec = spec;
+    spec.control_plane.api_endpoint = endpoint;
     if let Some(pki) = match &state {
         Some(state) => ClusterPki::load_existing(state)?,
         None => None,
@@ -585,7 +589,11 @@ pub(crate) async fn plan(
         sysext_publisher_lists,
         warnings,
         api_endpoint: spec.control_plane.api_endpoint.as_str(),
-        api_endpoint_why: spec.control_plane.api_endpoint.why(),
+        api_endpoint_why: format!(
+            "{}: {}",
+            endpoint_chosen,
+            spec.control_plane.api_endpoint.why()
+        ),
         actions: plan.shown(),
         vcpus: needs.cores,
         su_per_hour: needs.vcpu_hours_per_hour(),

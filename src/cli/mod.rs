@@ -9,6 +9,7 @@ mod jupyterhub;
 mod kubeconfig;
 mod render;
 mod smoke;
+mod status;
 mod up;
 
 use std::path::PathBuf;
@@ -56,7 +57,7 @@ pub(crate) enum Command {
     /// Every cloud resource of the cluster with its state (and Nova's fault for ERROR servers),
     /// then, when the Kubernetes API answers, the nodes, their Flatcar releases and pending
     /// reboots, and the add-ons.
-    Status(up::StatusArgs),
+    Status(status::StatusArgs),
     /// Delete everything the cluster owns, then check that nothing is left.
     Down(up::DownArgs),
     /// Print the cluster's admin kubeconfig (made locally from its CA), or merge it into
@@ -129,7 +130,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(args) => up::plan(&cli.file, cli.cloud.as_deref(), &args),
         Command::Up(args) => up::up(&cli.file, cli.cloud.as_deref(), &args),
         Command::Down(args) => up::down(&cli.file, cli.cloud.as_deref(), &args),
-        Command::Status(args) => up::status(&cli.file, cli.cloud.as_deref(), &args),
+        Command::Status(args) => status::status(&cli.file, cli.cloud.as_deref(), &args),
         Command::Kubeconfig(args) => kubeconfig::run(&cli.file, cli.cloud.as_deref(), &args),
         Command::Jupyterhub(command) => jupyterhub::run(&cli.file, cli.cloud.as_deref(), &command),
         Command::Smoke(args) => smoke::run(&cli.file, cli.cloud.as_deref(), &args),

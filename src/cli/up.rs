@@ -9,13 +9,10 @@ use serde::Serialize;
 
 use super::cloud::{cloud_config, runtime};
 use super::{InvalidInput, load_spec, state_path};
-use crate::apply::charts::ChartState;
 use crate::apply::down::Down;
 use crate::apply::execute::Event;
-use crate::apply::status::{KubernetesStatus, StatusRequest};
 use crate::apply::up::{PlanReport, UpReport, UpRequest};
 use crate::apply::{self, timeline};
-use crate::kube::RebootState;
 use crate::plan::resources::Observed;
 use crate::plan::steps::{ShownStep, Verb};
 
@@ -111,15 +108,6 @@ pub(crate) fn parse_host_port(text: &str) -> Result<String, String> {
         Ok(p) if p > 0 => Ok(text.to_string()),
         _ => Err(format!("`{port}` is not a port from 1 to 65535")),
     }
-}
-
-#[derive(Debug, clap::Args)]
-pub(crate) struct StatusArgs {
-    /// State directory holding the cluster's PKI (default: $XDG_DATA_HOME/flatstack/<name>).
-    #[arg(long, env = "FLATSTACK_STATE_DIR")]
-    pub(crate) state_dir: Option<PathBuf>,
-    #[command(flatten)]
-    pub(crate) api: ApiArgs,
 }
 
 /// The longest wait any command accepts.
@@ -338,167 +326,6 @@ fn summary(creates: usize, updates: usize, deletes: usize) -> String {
     match updates {
         0 => format!("{creates} to create, {deletes} to delete"),
         _ => format!("{creates} to create, {updates} to repair, {deletes} to delete"),
-    }
-}
-
-pub(crate) fn status(
-    file: &Path,
-    cloud_flag: Option<&str>,
-    args: &StatusArgs,
-) -> anyhow::Result<()> {
-    let spec = load_spec(file)?;
-    let cloud = cloud_config(cloud_flag, &spec)?;
-    let state_path = state_path(&spec, args.state_dir.as_ref())?;
-    let report = runtime()?.block_on(apply::status::status(StatusRequest {
-        spec,
-        cloud,
-        state_path,
-        api_address: args.api.api_address.clone(),
-    }))?;
-    println!("cluster `{}` on cloud `{}`", report.cluster, report.cloud);
-    if report.observed.count() == 0 {
-        println!("  nothing in the cloud: run `flatstack up`");
-        return Ok(());
-    }
-    print_resources(&report.observed);
-    match &report.pending {
-        Ok(0) => {}
-        Ok(steps) => println!("{steps} step(s) pending: run `flatstack plan` to see them"),
-        Err(why) => println!("cannot plan: {why}"),
-    }
-    match &report.kubernetes {
-        KubernetesStatus::Unavailable(why) => println!("{why}"),
-        KubernetesStatus::Answered {
-            nodes,
-            reboots,
-            addons,
-            secrets,
-        } => {
-            println!();
-            crate::kube::print_node_table(nodes);
-            print_updates(nodes, reboots);
-            print_addons(addons);
-            for line in secrets {
-                println!("{line}");
-            }
-        }
-    }
-    let now = time::OffsetDateTime::now_utc();
-    for cert in &report.client_certificates {
-        let due = if cert.due(now) {
-            ": `flatstack up` or `flatstack kubeconfig` re-issues it"
-        } else {
-            ""
-        };
-        println!(
-            "flatstack's {} client certificate {}{due}",
-            cert.who,
-            cert.describe(now)
-        );
-    }
-    let failed = report.failed_servers();
-    if !failed.is_empty() {
-        anyhow::bail!("server(s) in ERROR: {}", failed.join(", "));
-    }
-    Ok(())
-}
-
-/// One row per resource of the cluster's in the cloud.
-fn print_resources(observed: &Observed) {
-    println!("{:<16} {:<40} {:<8} detail", "KIND", "NAME", "STATE");
-    let row = |kind: &str, name: &str, state: &str, detail: &str| {
-        println!("{kind:<16} {name:<40} {state:<8} {detail}");
-    };
-    for n in &observed.networks {
-        row("network", &n.name, &n.status, &n.id);
-    }
-    for s in &observed.subnets {
-        row("subnet", &s.name, "", &s.cidr);
-    }
-    for r in &observed.routers {
-        row("router", &r.name, &r.status, &r.id);
-    }
-    for g in &observed.security_groups {
-        let rules = format!("{} rules", g.security_group_rules.len());
-        row("security group", &g.name, "", &rules);
-    }
-    for g in &observed.server_groups {
-        let members = format!("{} member(s)", g.members.len());
-        row("server group", &g.name, "", &members);
-    }
-    for p in &observed.ports {
-        let addresses: Vec<&str> = p
-            .fixed_ips
-            .iter()
-            .map(|ip| ip.ip_address.as_str())
-            .collect();
-        row("port", &p.name, &p.status, &addresses.join(", "));
-    }
-    for f in &observed.floating_ips {
-        let target = observed
-            .ports
-            .iter()
-            .find(|p| Some(&p.id) == f.port_id.as_ref())
-            .map_or("not attached".to_string(), |p| format!("-> {}", p.name));
-        row("floating IP", &f.floating_ip_address, &f.status, &target);
-    }
-    for balancer in &observed.load_balancers {
-        let vip = balancer.vip_address.as_deref().unwrap_or("no address");
-        let detail = format!("VIP {vip} (made by the cloud controller)");
-        row(
-            "load balancer",
-            &balancer.name,
-            &balancer.provisioning_status,
-            &detail,
-        );
-    }
-    for f in &observed.service_floating_ips {
-        row(
-            "floating IP",
-            &f.floating_ip_address,
-            &f.status,
-            &f.description,
-        );
-    }
-    for server in &observed.servers {
-        let detail = match &server.fault {
-            Some(fault) if server.status == "ERROR" => format!("fault: {}", fault.message),
-            _ => server.id.clone(),
-        };
-        row("server", &server.name, &server.status, &detail);
-    }
-}
-
-/// Each add-on's chart, version and the state of its Helm Job.
-fn print_addons(addons: &Result<Vec<ChartState>, String>) {
-    match addons {
-        Ok(charts) if !charts.is_empty() => {
-            println!();
-            println!("{:<36} {:<36} {:<10} STATE", "ADD-ON", "CHART", "VERSION");
-            for c in charts {
-                println!(
-                    "{:<36} {:<36} {:<10} {}",
-                    c.name, c.chart, c.version, c.state
-                );
-            }
-        }
-        Ok(_) => println!("no add-ons yet: `flatstack up` installs them"),
-        Err(e) => println!("cannot read the add-ons: {e}"),
-    }
-}
-
-/// Each node's Flatcar release and whether it waits for kured to reboot it.
-fn print_updates(
-    nodes: &[k8s_openapi::api::core::v1::Node],
-    reboots: &std::collections::BTreeMap<String, RebootState>,
-) {
-    println!();
-    println!("{:<40} {:<12} REBOOT", "NODE", "FLATCAR");
-    for node in nodes {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        let version = crate::kube::flatcar_version(node).unwrap_or_else(|| "-".into());
-        let state = reboots.get(&name).copied().unwrap_or(RebootState::Unknown);
-        println!("{name:<40} {version:<12} {}", state.as_str());
     }
 }
 

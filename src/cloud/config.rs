@@ -320,6 +320,7 @@ impl CloudConfig {
                 let service = key.strip_suffix("_endpoint_override")?;
                 let service = match service {
                     "block_storage" | "volume" | "volumev3" => "block-storage",
+                    "load_balancer" => "load-balancer",
                     other => other,
                 };
                 Some((

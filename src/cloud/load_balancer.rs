@@ -1,7 +1,9 @@
-//! Octavia: the load balancers the cloud controller makes for a cluster's `LoadBalancer`
-//! Services, which `down` must remove (the cluster owns them, but flatstack did not make them).
-//! The cloud controller names them `kube_service_<cluster>_<namespace>_<service>` and gives each
-//! a floating IP described as `Floating IP for Kubernetes external service ... from cluster
+//! Octavia: the load balancer flatstack makes in front of 3 or 5 control planes
+//! (`<cluster>-api`, on a VIP port flatstack made, created fully populated in one call), and
+//! the load balancers the cloud controller makes for a cluster's `LoadBalancer` Services, which
+//! `down` must remove (the cluster owns them, but flatstack did not make them). The cloud
+//! controller names them `kube_service_<cluster>_<namespace>_<service>` and gives each a
+//! floating IP described as `Floating IP for Kubernetes external service ... from cluster
 //! <cluster>`.
 
 use std::time::{Duration, Instant};
@@ -34,7 +36,175 @@ pub(crate) fn is_service_floating_ip(description: &str, cluster: &str) -> bool {
         && description.ends_with(&format!(" from cluster {cluster}"))
 }
 
+/// A pool member as Octavia's status tree shows it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct MemberHealth {
+    #[serde(default)]
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) address: String,
+    pub(crate) operating_status: String,
+}
+
+#[derive(Deserialize)]
+struct One {
+    loadbalancer: LoadBalancer,
+}
+
 impl Cloud {
+    /// The Octavia providers the cloud offers (`amphora`, `ovn`, ...), or `None` when the
+    /// catalog has no load-balancer service.
+    pub(crate) async fn load_balancer_providers(&self) -> Result<Option<Vec<String>>, CloudError> {
+        if !self.offers(Service::LoadBalancer).await {
+            return Ok(None);
+        }
+        #[derive(Deserialize)]
+        struct Provider {
+            name: String,
+        }
+        #[derive(Deserialize)]
+        struct List {
+            providers: Vec<Provider>,
+        }
+        let list: List = self.get(Service::LoadBalancer, "/lbaas/providers").await?;
+        Ok(Some(list.providers.into_iter().map(|p| p.name).collect()))
+    }
+
+    /// The load balancers named `name` (the API's is `<cluster>-api`); none when the cloud
+    /// has no load-balancer service.
+    pub(crate) async fn load_balancers_named(
+        &self,
+        name: &str,
+    ) -> Result<Vec<LoadBalancer>, CloudError> {
+        if !self.offers(Service::LoadBalancer).await {
+            return Ok(Vec::new());
+        }
+        #[derive(Deserialize)]
+        struct List {
+            loadbalancers: Vec<LoadBalancer>,
+        }
+        let list: List = self
+            .get(
+                Service::LoadBalancer,
+                &format!("/lbaas/loadbalancers?name={name}"),
+            )
+            .await?;
+        Ok(list
+            .loadbalancers
+            .into_iter()
+            .filter(|lb| lb.name == name && lb.provisioning_status != "DELETED")
+            .collect())
+    }
+
+    /// Creates a load balancer from `body` (the whole `loadbalancer` object, listeners, pools,
+    /// members and monitors included). A create whose answer was lost is looked up by name
+    /// before it is sent again: never a second one.
+    pub(crate) async fn create_load_balancer(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<LoadBalancer, CloudError> {
+        let name = body["name"].as_str().unwrap_or_default().to_string();
+        let envelope = serde_json::json!({ "loadbalancer": body });
+        self.create(
+            Service::LoadBalancer,
+            "/lbaas/loadbalancers",
+            &envelope,
+            "loadbalancer",
+            || {
+                let name = name.clone();
+                async move { Ok(self.load_balancers_named(&name).await?.into_iter().next()) }
+            },
+        )
+        .await
+    }
+
+    /// Waits until Octavia has built the load balancer (`ACTIVE`); `ERROR` is a failure.
+    pub(crate) async fn wait_load_balancer_active(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<LoadBalancer, CloudError> {
+        let path = format!("/lbaas/loadbalancers/{id}");
+        let started = Instant::now();
+        loop {
+            let balancer = self
+                .get::<One>(Service::LoadBalancer, &path)
+                .await?
+                .loadbalancer;
+            match balancer.provisioning_status.as_str() {
+                "ACTIVE" => return Ok(balancer),
+                "ERROR" | "DELETED" => {
+                    return Err(CloudError::Failed {
+                        what: format!("load balancer {}", balancer.name),
+                        fault: format!(
+                            "Octavia set it to {} while building it",
+                            balancer.provisioning_status
+                        ),
+                        next: Some("the next `up` deletes it and makes it again"),
+                    });
+                }
+                state if started.elapsed() >= timeout => {
+                    return Err(CloudError::Timeout {
+                        what: format!("load balancer {}", balancer.name),
+                        wanted: "ACTIVE".into(),
+                        state: state.to_string(),
+                        waited: timeout,
+                    });
+                }
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+
+    /// Each member of the pools of the listener named `listener`, with its operating status
+    /// (`ONLINE`, `ERROR`, `NO_MONITOR`, ...), from Octavia's status tree.
+    pub(crate) async fn load_balancer_members(
+        &self,
+        id: &str,
+        listener: &str,
+    ) -> Result<Vec<MemberHealth>, CloudError> {
+        #[derive(Deserialize)]
+        struct Tree {
+            statuses: Statuses,
+        }
+        #[derive(Deserialize)]
+        struct Statuses {
+            loadbalancer: Node,
+        }
+        #[derive(Deserialize)]
+        struct Node {
+            #[serde(default)]
+            listeners: Vec<Listener>,
+        }
+        #[derive(Deserialize)]
+        struct Listener {
+            #[serde(default)]
+            name: String,
+            #[serde(default)]
+            pools: Vec<Pool>,
+        }
+        #[derive(Deserialize)]
+        struct Pool {
+            #[serde(default)]
+            members: Vec<MemberHealth>,
+        }
+        let tree: Tree = self
+            .get(
+                Service::LoadBalancer,
+                &format!("/lbaas/loadbalancers/{id}/status"),
+            )
+            .await?;
+        Ok(tree
+            .statuses
+            .loadbalancer
+            .listeners
+            .into_iter()
+            .filter(|l| l.name == listener)
+            .flat_map(|l| l.pools)
+            .flat_map(|p| p.members)
+            .collect())
+    }
+
     /// The cluster's load balancers; none when the cloud has no load-balancer service.
     pub(crate) async fn cluster_load_balancers(
         &self,
@@ -71,10 +241,6 @@ impl Cloud {
             .await?;
         let started = Instant::now();
         loop {
-            #[derive(Deserialize)]
-            struct One {
-                loadbalancer: LoadBalancer,
-            }
             let state = match self.get::<One>(Service::LoadBalancer, &path).await {
                 Ok(one) => one.loadbalancer.provisioning_status,
                 Err(e) if e.is_not_found() => return Ok(()),

@@ -79,6 +79,25 @@ pub fn parse_members(output: &str) -> Result<Vec<EtcdMember>, String> {
         .map_err(|e| format!("etcdctl's member list is not what etcd prints: {e}"))
 }
 
+/// The leader's member ID, as the first member in `etcdctl endpoint status -w json` output
+/// knows it.
+pub fn parse_leader(output: &str) -> Result<u64, String> {
+    #[derive(Deserialize)]
+    struct Endpoint {
+        #[serde(rename = "Status")]
+        status: Status,
+    }
+    #[derive(Deserialize)]
+    struct Status {
+        leader: u64,
+    }
+    serde_json::from_str::<Vec<Endpoint>>(output.trim())
+        .map_err(|e| format!("etcdctl's endpoint status is not what etcd prints: {e}"))?
+        .first()
+        .map(|e| e.status.leader)
+        .ok_or_else(|| "etcdctl's endpoint status lists no endpoint".to_string())
+}
+
 impl KubeClient {
     /// The image of the etcd static pod on `node` (kubeadm names its mirror pod
     /// `etcd-<node>`): the Job runs what the node already has.
@@ -127,6 +146,24 @@ impl KubeClient {
             node: via.to_string(),
             log: message,
         })
+    }
+
+    /// The members and the leader's ID, as the member on control plane `via` knows them.
+    pub async fn etcd_view(
+        &self,
+        via: &str,
+        within: Duration,
+    ) -> Result<(Vec<EtcdMember>, u64), KubeError> {
+        let members = self.etcd_members(via, within).await?;
+        let log = self
+            .etcdctl_on(via, "status", &["endpoint", "status", "-w", "json"], within)
+            .await?;
+        let leader = parse_leader(&log).map_err(|message| KubeError::NodeJob {
+            job: "flatstack-etcd-status".into(),
+            node: via.to_string(),
+            log: message,
+        })?;
+        Ok((members, leader))
     }
 
     /// Waits until control plane `node` is a started, voting member (kubeadm adds a joining
@@ -209,6 +246,9 @@ mod tests {
         assert!(members[1].is_of("demo-control-plane-2", Some("10.42.0.12")));
         assert!(!members[1].is_of("demo-control-plane-2", Some("10.42.0.13")));
         assert!(parse_members("Error: context deadline exceeded").is_err());
+        let status = r#"[{"Endpoint":"https://127.0.0.1:2379","Status":{"header":{"cluster_id":1,"member_id":9372538179322589801,"revision":5,"raft_term":2},"version":"3.6.5","dbSize":20480,"leader":9372538179322589801,"raftIndex":9,"raftTerm":2}}]"#;
+        assert_eq!(parse_leader(status), Ok(9372538179322589801));
+        assert!(parse_leader("[]").is_err());
     }
 
     #[test]

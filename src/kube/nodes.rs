@@ -61,7 +61,7 @@ pub fn is_initialized(node: &Node) -> bool {
 }
 
 /// One line of the node table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct NodeRow {
     pub(crate) name: String,
     pub(crate) status: String,

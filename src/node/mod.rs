@@ -164,7 +164,7 @@ pub(crate) fn render_node(
                 _ => kubeadm::join_control_plane_config(spec, pki, endpoint)?,
             };
             config.file(KUBEADM_TEMPLATE, &kubeadm_config, 0o600)?;
-            if spec.control_plane.highly_available() {
+            if spec.control_plane.api_endpoint == crate::spec::ApiEndpointKind::Vip {
                 config.file(
                     vip::VIP_TEMPLATE,
                     &vip::static_pod(endpoint.internal)?,

@@ -26,6 +26,9 @@ pub(crate) const VIP_TEMPLATE: &str = "/etc/flatstack/kube-vip.yaml.in";
 /// Replaced by the kubeconfig kube-vip uses: `super-admin.conf` during `kubeadm init`,
 /// `admin.conf` afterwards.
 pub(crate) const KUBECONFIG_PLACEHOLDER: &str = "@KUBECONFIG@";
+/// The Lease the holders elect one of them by (kube-vip's default, `plndr-cp-lock`), in
+/// `kube-system`: its `holderIdentity` is the control plane holding the API's address.
+pub const VIP_LEASE: &str = "plndr-cp-lock";
 /// How long a holder's lease lasts, and how often it is renewed (seconds): a failed holder's
 /// address moves within about the lease's length.
 const LEASE_SECONDS: u32 = 15;
@@ -57,7 +60,7 @@ pub(crate) fn static_pod(address: Ipv4Addr) -> Result<String, NodeError> {
                     env("cp_namespace", "kube-system".into()),
                     env("svc_enable", "false".into()),
                     env("vip_leaderelection", "true".into()),
-                    env("vip_leasename", "plndr-cp-lock".into()),
+                    env("vip_leasename", VIP_LEASE.into()),
                     env("vip_leaseduration", LEASE_SECONDS.to_string()),
                     env("vip_renewdeadline", RENEW_DEADLINE_SECONDS.to_string()),
                     env("vip_retryperiod", RETRY_SECONDS.to_string()),

@@ -4,6 +4,7 @@
 //! derives from an observation. Nothing here does I/O.
 
 pub(crate) mod duplicates;
+pub(crate) mod endpoint;
 pub(crate) mod planner;
 pub(crate) mod resources;
 pub(crate) mod roster;

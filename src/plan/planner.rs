@@ -15,7 +15,7 @@ use super::steps::{
 };
 use crate::cloud::compute::Flavor;
 use crate::cloud::network::{AllocationPool, Network, Port, Subnet};
-use crate::spec::{ClusterSpec, NetworkMode, NodeName, Role};
+use crate::spec::{ApiEndpointKind, ClusterSpec, NetworkMode, NodeName, Role};
 
 /// What the planner needs to know of the cloud beyond the cluster's own resources.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +27,9 @@ pub(crate) struct CloudFacts {
     pub(crate) image_id: Option<String>,
     /// On a network the cluster reuses: that network and the subnet nodes go on.
     pub(crate) reused: Option<(Network, Subnet)>,
+    /// The Octavia providers the cloud offers; `None` without a load-balancer service (or
+    /// not asked: one control plane needs none).
+    pub(crate) load_balancer_providers: Option<Vec<String>>,
 }
 
 /// What the plan covers besides the cloud.
@@ -72,6 +75,13 @@ pub enum PlanError {
         running: usize,
         count: u32,
         quorum: usize,
+    },
+    #[error(
+        "`control_plane.api_endpoint` is `{wanted}` but the cluster runs behind a {runs}; flatstack cannot move a running cluster's API address from one to the other; nothing was planned\n  hint: set `api_endpoint = \"{runs}\"`"
+    )]
+    EndpointChange {
+        wanted: &'static str,
+        runs: &'static str,
     },
     #[error(
         "`control_plane.count` is {wanted} but the cluster runs one control plane, which holds the API's address itself; flatstack cannot yet move that address to an endpoint of its own under a running cluster; nothing was planned\n  hint: keep `count = 1`, or make a new cluster with `count = {wanted}` and move the workloads to it"
@@ -219,6 +229,8 @@ pub(crate) fn plan(
     };
 
     check_control_plane_count(spec, observed)?;
+    check_endpoint(spec, observed)?;
+    let vip = spec.control_plane.api_endpoint == ApiEndpointKind::Vip;
 
     // Ports first: the API's address goes into every Ignition config. With one control plane
     // it is that control plane's port's; with 3 or 5 it belongs to a port of its own, which
@@ -250,7 +262,7 @@ pub(crate) fn plan(
     let mut ports: BTreeMap<&str, Ref> = BTreeMap::new();
     for node in nodes {
         let index = control_plane_index(&node.name);
-        let endpoint = endpoint_port.as_ref().filter(|_| index.is_some());
+        let endpoint = endpoint_port.as_ref().filter(|_| index.is_some() && vip);
         let port = match observed.ports.iter().find(|p| p.name == node.name) {
             Some(port) => {
                 let held = |endpoint: &Ref| match endpoint {
@@ -301,6 +313,31 @@ pub(crate) fn plan(
         .find(|n| n.role == Role::ControlPlane)
         .map(|n| n.name.as_str())
         .unwrap_or_default();
+    // The API's load balancer, made with every control plane as a member before any of them
+    // boots: `kubeadm init` and every join talk through it.
+    let balancer_ready = match (&endpoint_port, spec.control_plane.api_endpoint) {
+        (Some(vip_port), ApiEndpointKind::LoadBalancer) => {
+            let members = nodes
+                .iter()
+                .filter(|n| n.role == Role::ControlPlane)
+                .map(|n| {
+                    let port = ports.get(n.name.as_str()).cloned();
+                    (n.name.clone(), port.unwrap_or(Ref::After(0)))
+                })
+                .collect();
+            let request = super::endpoint::request(
+                spec,
+                facts.load_balancer_providers.as_deref().unwrap_or_default(),
+                vip_port.clone(),
+                chain.subnet.clone(),
+                chain.subnet_cidr,
+                members,
+                vec![cluster_tag(&spec.name)],
+            );
+            load_balancer_steps(&mut plan, observed, vip_port, request)
+        }
+        _ => None,
+    };
     let (api_port, api_port_name) = match &endpoint_port {
         Some(endpoint) => (endpoint.clone(), names.api_port.as_str()),
         None => (ports.get(first).cloned().unwrap_or(Ref::After(0)), first),
@@ -612,6 +649,7 @@ pub(crate) fn plan(
                     .chain(slot_free)
                     .chain(rebuilt.get(node.name.as_str()).copied())
                     .chain(member_gone.get(node.name.as_str()).copied())
+                    .chain(balancer_ready.filter(|_| node.role == Role::ControlPlane))
                     .collect::<Vec<_>>(),
             );
             let active = plan.push(
@@ -808,6 +846,87 @@ pub(crate) fn plan(
     remove_extras(&mut plan, &extras, observed);
     plan.nodes = roster.nodes;
     Ok(plan)
+}
+
+/// The steps that leave one ACTIVE load balancer `<cluster>-api` on the endpoint's port, and
+/// the step after which it is ready, if any is needed: created when there is none, waited for
+/// when a stopped run left it changing, made again when Octavia has it in ERROR; duplicates of
+/// two writers (the one on another port first) deleted.
+fn load_balancer_steps(
+    plan: &mut Plan,
+    observed: &Observed,
+    vip_port: &Ref,
+    request: super::endpoint::LoadBalancerRequest,
+) -> Option<StepId> {
+    let port_id = match vip_port {
+        Ref::Known(made) => Some(made.id.as_str()),
+        Ref::After(_) => None,
+    };
+    let mut balancers: Vec<&crate::cloud::load_balancer::LoadBalancer> = observed
+        .api_load_balancers
+        .iter()
+        .filter(|lb| lb.provisioning_status != "PENDING_DELETE")
+        .collect();
+    balancers.sort_by_key(|lb| (lb.vip_port_id.as_deref() != port_id, lb.id.clone()));
+    let (kept, extras) = match balancers.split_first() {
+        Some((kept, extras)) => (Some(*kept), extras.to_vec()),
+        None => (None, Vec::new()),
+    };
+    for extra in extras {
+        plan.push(
+            Action::DeleteLoadBalancer {
+                id: extra.id.clone(),
+                name: extra.name.clone(),
+                because: "a duplicate",
+            },
+            &[],
+        );
+    }
+    match kept {
+        Some(lb) if lb.provisioning_status == "ACTIVE" => None,
+        Some(lb) if lb.provisioning_status.starts_with("PENDING") => Some(plan.push(
+            Action::WaitLoadBalancer {
+                id: lb.id.clone(),
+                name: lb.name.clone(),
+            },
+            &[],
+        )),
+        Some(lb) => {
+            let gone = plan.push(
+                Action::DeleteLoadBalancer {
+                    id: lb.id.clone(),
+                    name: lb.name.clone(),
+                    because: "Octavia has it in ERROR: made again",
+                },
+                &[],
+            );
+            Some(plan.push(Action::CreateLoadBalancer(request), &[gone]))
+        }
+        None => Some(plan.push(Action::CreateLoadBalancer(request), &[])),
+    }
+}
+
+/// Refuses moving a running cluster from a VIP to a load balancer or back.
+fn check_endpoint(spec: &ClusterSpec, observed: &Observed) -> Result<(), PlanError> {
+    let runs = if !observed.api_load_balancers.is_empty() {
+        ApiEndpointKind::LoadBalancer
+    } else if observed
+        .ports
+        .iter()
+        .any(|p| !p.allowed_address_pairs.is_empty())
+    {
+        ApiEndpointKind::Vip
+    } else {
+        return Ok(());
+    };
+    let wanted = spec.control_plane.api_endpoint;
+    match wanted == runs || !spec.control_plane.highly_available() {
+        true => Ok(()),
+        false => Err(PlanError::EndpointChange {
+            wanted: wanted.as_str(),
+            runs: runs.as_str(),
+        }),
+    }
 }
 
 /// What Nova's create of `node` needs: the flavor and boot disk of its pool (or the control
@@ -1180,6 +1299,7 @@ mod tests {
             }],
             image_id: Some("img".into()),
             reused: None,
+            load_balancer_providers: None,
         }
     }
 
@@ -1890,6 +2010,103 @@ mod tests {
             super::plan(&spec, &observed, &facts(), provision_only),
             Err(PlanError::ControlPlaneChange { .. })
         ));
+    }
+
+    /// Three control planes behind an Octavia load balancer: made on the endpoint's port with
+    /// every control plane as a member (its port), before any control plane is created; no
+    /// allowed pairs. Converged, nothing; a load balancer in ERROR is made again, one a
+    /// stopped run left PENDING is waited for; a VIP cluster cannot become one.
+    #[test]
+    fn three_control_planes_behind_a_load_balancer() {
+        let spec = test_spec(
+            "count = 3\napi_endpoint = \"load-balancer\"\n[[worker_pools]]\nname = \"default\"\ncount = 1\nflavor = \"m3.small\"\n",
+        );
+        let facts = CloudFacts {
+            load_balancer_providers: Some(vec!["amphora".into()]),
+            ..facts()
+        };
+        let plan = plan(&spec, &Observed::default(), &facts, K8S).expect("plan");
+        let steps = plan.shown();
+        let balancer = steps
+            .iter()
+            .find(|s| s.kind == "load balancer")
+            .unwrap_or_else(|| panic!("{:#?}", shown(&plan)));
+        assert_eq!(balancer.name, "demo-api");
+        assert_eq!(
+            balancer.detail,
+            "amphora, TCP 6443, 80, 443 to 3 control planes"
+        );
+        for n in 1..=3 {
+            let name = format!("demo-control-plane-{n}");
+            let port = steps
+                .iter()
+                .find(|s| s.kind == "port" && s.name == name)
+                .expect("port");
+            assert!(balancer.needs.contains(&port.id), "a member: {name}");
+            let server = steps
+                .iter()
+                .find(|s| s.kind == "server" && s.name == name)
+                .expect("server");
+            assert!(
+                server.needs.contains(&balancer.id),
+                "{name} boots after the load balancer"
+            );
+        }
+        let worker = steps
+            .iter()
+            .find(|s| s.kind == "server" && s.name == "demo-default-1")
+            .expect("worker");
+        assert!(!worker.needs.contains(&balancer.id));
+        assert!(plan.steps.iter().all(|s| match &s.action {
+            Action::CreatePort(p) => p.allowed_address_of.is_none(),
+            _ => true,
+        }));
+
+        let mut observed = converged(&spec);
+        for port in &mut observed.ports {
+            port.allowed_address_pairs.clear();
+        }
+        let balancer = |status: &str| crate::cloud::load_balancer::LoadBalancer {
+            id: format!("lb-{status}"),
+            name: "demo-api".into(),
+            provisioning_status: status.into(),
+            vip_address: Some("10.42.0.10".into()),
+            vip_port_id: Some("p-demo-api".into()),
+        };
+        observed.api_load_balancers = vec![balancer("ACTIVE")];
+        assert_eq!(
+            shown(&super::plan(&spec, &observed, &facts, K8S).expect("plan")),
+            Vec::<String>::new()
+        );
+        observed.api_load_balancers = vec![balancer("ERROR")];
+        assert_eq!(
+            shown(&super::plan(&spec, &observed, &facts, K8S).expect("plan")),
+            ["- load balancer demo-api", "+ load balancer demo-api"]
+        );
+        observed.api_load_balancers = vec![balancer("PENDING_UPDATE")];
+        assert_eq!(
+            shown(&super::plan(&spec, &observed, &facts, K8S).expect("plan")),
+            ["> wait demo-api"]
+        );
+        // Two writers each made one: the one on another port goes.
+        let mut other = balancer("ACTIVE");
+        other.id = "lb-other".into();
+        other.vip_port_id = Some("p-elsewhere".into());
+        observed.api_load_balancers = vec![other, balancer("ACTIVE")];
+        let plan = super::plan(&spec, &observed, &facts, K8S).expect("plan");
+        assert!(
+            matches!(&plan.steps[..], [step] if matches!(&step.action, Action::DeleteLoadBalancer { id, .. } if id == "lb-other"))
+        );
+
+        let vip = highly_available(1);
+        let refused = super::plan(&spec, &converged(&vip), &facts, K8S).expect_err("refused");
+        assert_eq!(
+            refused,
+            PlanError::EndpointChange {
+                wanted: "load-balancer",
+                runs: "vip"
+            }
+        );
     }
 
     /// One control plane holds the API's address itself; three cannot take it over under a

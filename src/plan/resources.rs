@@ -114,6 +114,8 @@ pub(crate) struct Observed {
     pub(crate) server_groups: Vec<crate::cloud::compute::ServerGroup>,
     /// Made by the cluster's cloud controller for `LoadBalancer` Services, found by name.
     pub(crate) load_balancers: Vec<LoadBalancer>,
+    /// The API's load balancer (`<cluster>-api`, with 3 or 5 control planes), found by name.
+    pub(crate) api_load_balancers: Vec<LoadBalancer>,
     /// The floating IPs the cloud controller gave those load balancers, found by description.
     pub(crate) service_floating_ips: Vec<FloatingIp>,
     /// Router interface ports of the project: how the router's interface is checked.
@@ -154,6 +156,7 @@ impl Observed {
             + self.servers.len()
             + self.server_groups.len()
             + self.load_balancers.len()
+            + self.api_load_balancers.len()
             + self.service_floating_ips.len()
     }
 
@@ -164,6 +167,7 @@ impl Observed {
             |kind: &str, name: &str, id: &str| lines.push(format!("{kind} {name} ({id})"));
         self.load_balancers
             .iter()
+            .chain(&self.api_load_balancers)
             .for_each(|l| add("load balancer", &l.name, &l.id));
         self.service_floating_ips
             .iter()

@@ -147,6 +147,19 @@ pub(crate) enum Action {
         policy: String,
     },
     CreatePort(PortRequest),
+    /// The API's Octavia load balancer, fully populated in one call, waited for until ACTIVE.
+    CreateLoadBalancer(super::endpoint::LoadBalancerRequest),
+    /// A load balancer a stopped run left changing (PENDING_*), waited for until ACTIVE.
+    WaitLoadBalancer {
+        id: String,
+        name: String,
+    },
+    /// Deletes a load balancer (with everything in it) and waits until it is gone.
+    DeleteLoadBalancer {
+        id: String,
+        name: String,
+        because: &'static str,
+    },
     /// Lets a control plane's port hold the API's address (the VIP): checked every run.
     AllowAddress {
         port: Ref,
@@ -315,6 +328,7 @@ pub(crate) enum Service {
     Compute,
     /// Polls or local work: bounded by the steps it waits for, not by a service.
     Unbounded,
+    LoadBalancer,
     Kubernetes,
 }
 
@@ -384,6 +398,30 @@ impl Action {
                 "port",
                 p.name.clone(),
                 p.fixed_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            ),
+            CreateLoadBalancer(lb) => (
+                Verb::Create,
+                "load balancer",
+                lb.name.clone(),
+                format!(
+                    "{}, TCP {} to {} control planes",
+                    lb.provider.as_deref().unwrap_or("default provider"),
+                    lb.listeners
+                        .iter()
+                        .map(|l| l.port.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    lb.members.len()
+                ),
+            ),
+            WaitLoadBalancer { name, .. } => {
+                (Verb::Run, "wait", name.clone(), "until ACTIVE".into())
+            }
+            DeleteLoadBalancer { name, because, .. } => (
+                Verb::Delete,
+                "load balancer",
+                name.clone(),
+                because.to_string(),
             ),
             AllowAddress {
                 port_name,
@@ -534,6 +572,13 @@ impl Action {
             AllowAddress { port_name, .. } => {
                 format!("letting port {port_name} hold the API's address")
             }
+            CreateLoadBalancer(lb) => format!("creating load balancer {}", lb.name),
+            WaitLoadBalancer { name, .. } => {
+                format!("waiting for load balancer {name} to be ACTIVE")
+            }
+            DeleteLoadBalancer { name, because, .. } => {
+                format!("deleting load balancer {name}: {because}")
+            }
             CreateFloatingIp { .. } => "allocating the API floating IP".into(),
             AttachFloatingIp {
                 label,
@@ -592,6 +637,9 @@ impl Action {
             CreateSecurityGroup { .. } | CreateServerGroup { .. } => "groups",
             AddRule(_) | RemoveRule { .. } => "rules",
             CreatePort(_) | AllowAddress { .. } => "ports",
+            CreateLoadBalancer(_) | WaitLoadBalancer { .. } | DeleteLoadBalancer { .. } => {
+                "load balancer"
+            }
             CreateFloatingIp { .. } | AttachFloatingIp { .. } => "floating IP",
             Adopt { .. } => "adopt untagged",
             CreateJoinToken
@@ -617,6 +665,9 @@ impl Action {
             | DeleteServer { .. }
             | DeleteDuplicate(Duplicate::ServerGroup { .. }) => Service::Compute,
             WaitActive { .. } | RenderIgnition { .. } => Service::Unbounded,
+            CreateLoadBalancer(_) | WaitLoadBalancer { .. } | DeleteLoadBalancer { .. } => {
+                Service::LoadBalancer
+            }
             CreateJoinToken
             | WaitReady { .. }
             | Drain { .. }
@@ -645,6 +696,10 @@ impl Action {
                 .chain(p.allowed_address_of.as_mut())
                 .collect(),
             AllowAddress { port, endpoint, .. } => vec![port, endpoint],
+            CreateLoadBalancer(lb) => [&mut lb.vip_port, &mut lb.subnet]
+                .into_iter()
+                .chain(lb.members.iter_mut().map(|(_, port)| port))
+                .collect(),
             AttachFloatingIp { floating, port, .. } => vec![floating, port],
             RenderIgnition {
                 internal, public, ..

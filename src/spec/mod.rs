@@ -99,6 +99,9 @@ pub(crate) struct ControlPlaneSpec {
     /// Boot from a Cinder volume of this size instead of the flavor's root disk.
     pub(crate) boot_volume_gb: Option<u32>,
     pub(crate) api_endpoint: ApiEndpointKind,
+    /// Whether the file names the endpoint; otherwise flatstack chooses it for the cloud
+    /// (see `plan::endpoint::choose`).
+    pub(crate) api_endpoint_given: bool,
 }
 
 impl ControlPlaneSpec {
@@ -115,6 +118,9 @@ pub(crate) enum ApiEndpointKind {
     ControlPlane,
     /// 3 or 5: a port of its own whose address every control plane may hold, held by one.
     Vip,
+    /// 3 or 5: an Octavia load balancer whose VIP is a port of its own, spreading connections
+    /// over the control planes.
+    LoadBalancer,
 }
 
 impl ApiEndpointKind {
@@ -122,6 +128,7 @@ impl ApiEndpointKind {
         match self {
             ApiEndpointKind::ControlPlane => "control-plane",
             ApiEndpointKind::Vip => "vip",
+            ApiEndpointKind::LoadBalancer => "load-balancer",
         }
     }
 
@@ -132,7 +139,10 @@ impl ApiEndpointKind {
                 "one control plane: the API's address is its port's, and the cluster stops with it"
             }
             ApiEndpointKind::Vip => {
-                "a port of its own holds the API's address and floating IP; one control plane at a time answers on it (kube-vip), another takes it over within about 15 s when that one fails (an Octavia load balancer is not built yet)"
+                "a port of its own holds the API's address and floating IP; one control plane at a time answers on it (kube-vip), another takes it over within about 15 s when that one fails"
+            }
+            ApiEndpointKind::LoadBalancer => {
+                "an Octavia load balancer on a port of its own holds the API's address and floating IP and spreads connections over the control planes whose API answers"
             }
         }
     }

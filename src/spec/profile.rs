@@ -102,7 +102,8 @@ channel = "stable"
 
 [control_plane]
 count = 1                       # 1, or 3 or 5 for a highly available control plane
-# api_endpoint = "vip"          # with 3 or 5: the API's address moves between control planes
+# api_endpoint = "load-balancer" # with 3 or 5: "load-balancer" (Octavia) or "vip"; default:
+                                # a load balancer where the cloud has Octavia, else a VIP
 flavor = "{control_plane_flavor}"
 # boot_volume_gb = 40           # boot from a Cinder volume instead of the flavor's disk
 

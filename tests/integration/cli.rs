@@ -98,13 +98,16 @@ fn invalid_files() -> Vec<(&'static str, String, &'static str, Option<usize>)> {
         (
             "two control planes",
             with("[control_plane]\n", "[control_plane]\ncount = 2\n"),
-            "it must be 1",
+            "it must be 1, 3 or 5",
             Some(10),
         ),
         (
-            "three control planes",
-            with("[control_plane]\n", "[control_plane]\ncount = 3\n"),
-            "3 control planes are not supported yet",
+            "an endpoint for one control plane",
+            with(
+                "[control_plane]\n",
+                "[control_plane]\napi_endpoint = \"vip\"\n",
+            ),
+            "`control_plane.api_endpoint` is `vip` with one control plane",
             Some(10),
         ),
         (

@@ -211,6 +211,10 @@ fn the_member_removal_commands_work_on_a_real_three_member_etcd() {
         }
     };
     run_etcdctl(&pki, first, &["put", "/registry/flatstack", "kept"]).expect("put");
+    // The leader, as `status` reads it from one member: one of the three.
+    let status = run_etcdctl(&pki, first, &["endpoint", "status", "-w", "json"]).expect("status");
+    let leader = flatstack::kube::etcd::parse_leader(&status).expect("leader");
+    assert!(listed.iter().any(|m| m.id == leader), "{status}");
 
     // Control plane 3 is lost: its member stops, the other two keep quorum and answer.
     drop(members.pop());

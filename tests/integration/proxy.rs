@@ -125,10 +125,11 @@ impl FaultProxy {
         std::fs::write(
             file,
             format!(
-                "clouds:\n  faulty:\n    auth:\n      auth_url: http://127.0.0.1:{}/v3\n      username: demo\n      password: secret\n      project_name: demo\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n    compute_endpoint_override: http://127.0.0.1:{}/v2.1\n    network_endpoint_override: http://127.0.0.1:{}\n",
+                "clouds:\n  faulty:\n    auth:\n      auth_url: http://127.0.0.1:{}/v3\n      username: demo\n      password: secret\n      project_name: demo\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n    compute_endpoint_override: http://127.0.0.1:{}/v2.1\n    network_endpoint_override: http://127.0.0.1:{}\n    load_balancer_endpoint_override: http://127.0.0.1:{}\n",
                 self.port("identity"),
                 self.port("compute"),
                 self.port("network"),
+                self.port("load-balancer"),
             ),
         )
         .expect("write");
@@ -136,7 +137,13 @@ impl FaultProxy {
 }
 
 pub async fn standard_proxy() -> FaultProxy {
-    FaultProxy::start(&[("identity", 5000), ("compute", 8774), ("network", 9696)]).await
+    FaultProxy::start(&[
+        ("identity", 5000),
+        ("compute", 8774),
+        ("network", 9696),
+        ("load-balancer", 9876),
+    ])
+    .await
 }
 
 async fn relay(

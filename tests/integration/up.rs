@@ -2218,7 +2218,7 @@ fn three_control_planes_hold_the_api_address_on_a_port_of_their_own() {
     let workspace = Workspace::new();
     workspace.write_cluster(&cluster(&name, 1, "").replacen(
         "[control_plane]\n",
-        "[control_plane]\ncount = 3\n",
+        "[control_plane]\ncount = 3\napi_endpoint = \"vip\"\n",
         1,
     ));
     let _teardown = Teardown(&workspace);
@@ -2376,7 +2376,11 @@ async fn three_control_planes_converge_through_faults_and_a_kill() {
     workspace.write_cluster(
         &cluster(&name, 1, "")
             .replace("cloud = \"local-demo\"", "cloud = \"faulty\"")
-            .replacen("[control_plane]\n", "[control_plane]\ncount = 3\n", 1),
+            .replacen(
+                "[control_plane]\n",
+                "[control_plane]\ncount = 3\napi_endpoint = \"vip\"\n",
+                1,
+            ),
     );
     let run = |args: &'static [&'static str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_flatstack"));
@@ -2583,7 +2587,9 @@ impl HighlyAvailable {
     fn text(name: &str, control_plane_flavor: &str) -> String {
         cluster(name, 1, "").replacen(
             "[control_plane]\nflavor = \"m3.tiny\"\n",
-            &format!("[control_plane]\ncount = 3\nflavor = \"{control_plane_flavor}\"\n"),
+            &format!(
+                "[control_plane]\ncount = 3\napi_endpoint = \"vip\"\nflavor = \"{control_plane_flavor}\"\n"
+            ),
             1,
         )
     }
@@ -2771,4 +2777,315 @@ fn a_control_plane_flavor_change_rolls_one_control_plane_at_a_time() {
     assert_eq!(cluster.members(), cps);
     let again = success(&cluster.run_up());
     assert!(again.contains("nothing to change"), "{again}");
+}
+
+/// `status` on a cluster of three: each control plane's etcd membership (read by node Jobs on
+/// a Ready control plane, which it deletes) and the control plane kube-vip's Lease names as
+/// holding the API's address, as text and as JSON.
+#[test]
+fn status_shows_each_control_planes_etcd_membership_and_the_addresss_holder() {
+    let cluster = HighlyAvailable::up("hastatus");
+    let _teardown = Teardown(&cluster.workspace);
+    let (first, second) = (
+        cluster.node("control-plane-1"),
+        cluster.node("control-plane-2"),
+    );
+    cluster.server.world.lock().expect("world").apply_object(
+        "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/plndr-cp-lock",
+        &serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "plndr-cp-lock", "namespace": "kube-system"},
+            "spec": {"holderIdentity": second, "leaseDurationSeconds": 15},
+        }),
+        "kube-vip",
+    );
+    let status = ["status", "--api-address", cluster.api.as_str()];
+    let text = success(&flatstack(&cluster.workspace, &status));
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(name) && l.contains(" leader")
+                    || l.starts_with(name) && l.contains(" voting")
+            })
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(text.contains("CONTROL PLANE"), "{text}");
+    assert!(row(&first).contains(" leader "), "{text}");
+    assert!(row(&second).contains(" voting "), "{text}");
+    assert!(
+        text.contains(&format!("the API's address is held by {second} (kube-vip)")),
+        "{text}"
+    );
+    let json: Value = serde_json::from_str(&success(&flatstack(
+        &cluster.workspace,
+        &[&status[..], &["--output", "json"]].concat(),
+    )))
+    .expect("JSON");
+    let etcd: Vec<(String, String)> = json["control_planes"]["etcd"]
+        .as_array()
+        .expect("etcd rows")
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or_default().to_string(),
+                r["etcd"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        etcd,
+        [
+            (first.clone(), "leader".to_string()),
+            (second.clone(), "voting".to_string()),
+            (cluster.node("control-plane-3"), "voting".to_string()),
+        ]
+    );
+    assert_eq!(
+        json["control_planes"]["api_address_holder"],
+        second.as_str()
+    );
+    assert_eq!(json["nodes"].as_array().map(Vec::len), Some(4), "{json}");
+    assert!(json["resources"].as_array().is_some_and(|r| {
+        r.iter()
+            .any(|r| r["kind"] == "port" && r["name"] == format!("{}-api", cluster.name).as_str())
+    }));
+    let world = cluster.server.world.lock().expect("world");
+    assert!(
+        world.node_job_pods.is_empty(),
+        "status leaves no node Job behind"
+    );
+}
+
+/// Three control planes behind an Octavia load balancer, the default where the catalog has
+/// Octavia, on the local OpenStack (whose Octavia validates `vip_port_id` against the real
+/// Neutron, with no-op amphorae), the `openstack` CLI as witness: the load balancer on the
+/// endpoint's port with the floating IP, TCP listeners on 6443, 80 and 443 with hour-long
+/// data timeouts and `allowed_cidrs`, a pool of the three control planes with an HTTPS `/readyz`
+/// monitor; no allowed pairs, no kube-vip; a re-run changes nothing; a create whose answer was
+/// lost and a killed run converge with one load balancer; `down` leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_control_planes_behind_an_octavia_load_balancer() {
+    use crate::proxy::{Fault, standard_proxy};
+    let proxy = standard_proxy().await;
+    let name = unique("halb");
+    let workspace = Workspace::new();
+    let clouds = workspace.path("clouds.yaml");
+    proxy.write_clouds_yaml(&clouds);
+    workspace.write_cluster(
+        &cluster(&name, 1, "[access]\napi_cidrs = [\"198.51.100.0/24\"]\n")
+            .replace("cloud = \"local-demo\"", "cloud = \"faulty\"")
+            .replacen("[control_plane]\n", "[control_plane]\ncount = 3\n", 1),
+    );
+    let run = |args: &'static [&'static str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flatstack"));
+        command
+            .current_dir(workspace.dir.path())
+            .env("OS_CLIENT_CONFIG_FILE", &clouds)
+            .env_remove("OS_CLOUD")
+            .env("FLATSTACK_STATE_DIR", workspace.state_dir())
+            .arg("--file")
+            .arg(workspace.cluster_file())
+            .args(args);
+        command
+    };
+    struct Down(Command);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = self.0.output();
+        }
+    }
+    let _teardown = Down(run(&["down", "--yes"]));
+    let planned = run(&["plan", "--provision-only"]).output().expect("plan");
+    let planned = success(&planned);
+    assert!(
+        planned.contains("API endpoint: load-balancer (the cloud's catalog has Octavia: "),
+        "{planned}"
+    );
+    assert!(
+        planned.contains(&format!(
+            "+ load balancer   {:<40} amphora, TCP 6443, 80, 443 to 3 control planes",
+            format!("{name}-api")
+        )),
+        "{planned}"
+    );
+    // The create's answer is lost once, and the run is killed part-way.
+    proxy.inject("POST", "/v2/lbaas/loadbalancers", Fault::DropAfter, 1);
+    let mut first = run(&["up", "--provision-only"]).spawn().expect("start up");
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    let _ = first.kill();
+    let _ = first.wait();
+    let mut second = run(&["up", "--provision-only"]);
+    let output = tokio::task::spawn_blocking(move || second.output())
+        .await
+        .expect("join")
+        .expect("run");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+
+    let balancers = cli(
+        "local-demo",
+        &[
+            "loadbalancer",
+            "list",
+            "--name",
+            &format!("{name}-api"),
+            "-f",
+            "json",
+        ],
+    );
+    assert_eq!(
+        balancers.as_array().map(Vec::len),
+        Some(1),
+        "one load balancer: {balancers}"
+    );
+    let balancer = cli(
+        "local-demo",
+        &["loadbalancer", "show", &format!("{name}-api"), "-f", "json"],
+    );
+    let endpoint = cli(
+        "local-demo",
+        &["port", "show", &format!("{name}-api"), "-f", "json"],
+    );
+    assert_eq!(balancer["vip_port_id"], endpoint["id"], "{balancer}");
+    assert_eq!(balancer["vip_address"], "10.42.0.10");
+    assert_eq!(balancer["provisioning_status"], "ACTIVE");
+    assert_eq!(balancer["provider"], "amphora");
+    let floating = tagged("floating ip", &name);
+    assert_eq!(floating[0]["Port"], endpoint["id"], "{floating:?}");
+
+    let api = cli(
+        "local-demo",
+        &[
+            "loadbalancer",
+            "listener",
+            "show",
+            &format!("{name}-api-6443"),
+            "-f",
+            "json",
+        ],
+    );
+    assert_eq!(api["protocol"], "TCP");
+    assert_eq!(api["protocol_port"], 6443);
+    assert_eq!(api["timeout_client_data"], 3_600_000);
+    assert_eq!(api["timeout_member_data"], 3_600_000);
+    let allowed = api["allowed_cidrs"].to_string();
+    assert!(
+        allowed.contains("198.51.100.0/24") && allowed.contains("10.42.0.0/24"),
+        "{api}"
+    );
+    for port in ["80", "443"] {
+        let listener = cli(
+            "local-demo",
+            &[
+                "loadbalancer",
+                "listener",
+                "show",
+                &format!("{name}-api-{port}"),
+                "-f",
+                "json",
+            ],
+        );
+        assert_eq!(listener["protocol_port"].to_string(), port);
+    }
+    let pool = cli(
+        "local-demo",
+        &[
+            "loadbalancer",
+            "pool",
+            "show",
+            &format!("{name}-api-6443"),
+            "-f",
+            "json",
+        ],
+    );
+    assert_eq!(pool["lb_algorithm"], "ROUND_ROBIN");
+    let monitor_id = pool["healthmonitor_id"]
+        .as_str()
+        .expect("a monitor")
+        .to_string();
+    let monitor = cli(
+        "local-demo",
+        &[
+            "loadbalancer",
+            "healthmonitor",
+            "show",
+            &monitor_id,
+            "-f",
+            "json",
+        ],
+    );
+    assert_eq!(monitor["type"], "HTTPS");
+    assert_eq!(monitor["url_path"], "/readyz");
+    assert_eq!(monitor["expected_codes"], "200");
+    let members = cli(
+        "local-demo",
+        &[
+            "loadbalancer",
+            "member",
+            "list",
+            &format!("{name}-api-6443"),
+            "-f",
+            "json",
+        ],
+    );
+    let mut addresses: Vec<String> = members
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["address"].as_str().map(str::to_string))
+        .collect();
+    addresses.sort();
+    assert_eq!(addresses, ["10.42.0.11", "10.42.0.12", "10.42.0.13"]);
+    for n in 1..=3 {
+        let server = format!("{name}-control-plane-{n}");
+        let port = cli("local-demo", &["port", "show", &server, "-f", "json"]);
+        assert_eq!(allowed_addresses(&port), Vec::<String>::new(), "{server}");
+        let config = user_data(&admin_view(&server));
+        assert!(
+            ignition_file(&config, "/etc/flatstack/kube-vip.yaml.in").is_none(),
+            "{server}"
+        );
+    }
+    let again = run(&["up", "--provision-only"]).output().expect("run");
+    assert!(
+        stdout(&again).contains("nothing to change (0 changes made)"),
+        "{}",
+        stdout(&again)
+    );
+    assert!(proxy.injected() >= 1, "the fault was hit");
+    let status = success(
+        &run(&["status", "--api-address", NO_API])
+            .output()
+            .expect("status"),
+    );
+    for n in 1..=3 {
+        assert!(
+            status.contains(&format!(
+                "the API's load balancer reaches control plane {name}-control-plane-{n} (10.42.0.{}): ",
+                10 + n
+            )),
+            "{status}"
+        );
+    }
+
+    let down = run(&["down", "--yes"]).output().expect("down");
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert_nothing_left(&name);
+    let left = cli(
+        "local-demo",
+        &[
+            "loadbalancer",
+            "list",
+            "--name",
+            &format!("{name}-api"),
+            "-f",
+            "json",
+        ],
+    );
+    assert_eq!(left.as_array().map(Vec::len), Some(0), "{left}");
 }

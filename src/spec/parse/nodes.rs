@@ -23,6 +23,7 @@ pub(super) fn read_control_plane(
             None
         }
     };
+    let api_endpoint_given = endpoint.is_some();
     let api_endpoint = match (count, endpoint) {
         (Some(1), None) => Some(ApiEndpointKind::ControlPlane),
         (Some(_), None) => Some(ApiEndpointKind::Vip),
@@ -37,19 +38,12 @@ pub(super) fn read_control_plane(
                 None
             }
             (_, "vip") => Some(ApiEndpointKind::Vip),
-            (_, "load-balancer") => {
-                p.error(
-                    e.span(),
-                    "an Octavia load balancer in front of the control planes is not built yet",
-                    "use `api_endpoint = \"vip\"` (the default): one control plane holds the API's address, another takes it over when that one fails",
-                );
-                None
-            }
+            (_, "load-balancer") => Some(ApiEndpointKind::LoadBalancer),
             (_, other) => {
                 p.error(
                     e.span(),
                     format!("`control_plane.api_endpoint` `{other}` is not known"),
-                    "use `vip` (or leave it out)",
+                    "use `load-balancer` or `vip`, or leave it out: flatstack chooses a load balancer where the cloud has Octavia",
                 );
                 None
             }
@@ -60,6 +54,7 @@ pub(super) fn read_control_plane(
         flavor: flavor?,
         boot_volume_gb: boot_volume_gb?,
         api_endpoint: api_endpoint?,
+        api_endpoint_given,
     })
 }
 
@@ -306,9 +301,19 @@ mod tests {
             problems("api_endpoint = \"vip\"\n"),
             ["`control_plane.api_endpoint` is `vip` with one control plane"]
         );
+        let chosen = with("count = 3\napi_endpoint = \"load-balancer\"\n").expect("valid");
         assert_eq!(
-            problems("count = 3\napi_endpoint = \"load-balancer\"\n"),
-            ["an Octavia load balancer in front of the control planes is not built yet"]
+            (
+                chosen.control_plane.api_endpoint,
+                chosen.control_plane.api_endpoint_given
+            ),
+            (ApiEndpointKind::LoadBalancer, true)
+        );
+        assert!(
+            !with("count = 3\n")
+                .expect("valid")
+                .control_plane
+                .api_endpoint_given
         );
         assert_eq!(
             problems("count = 3\napi_endpoint = \"dns\"\n"),

@@ -6,7 +6,8 @@
 //! A node Job runs at once on its node when the node is registered; its pod's log is what the
 //! command prints, as `etcdctl` 3.4–3.6 prints it (checked against a real etcd in
 //! `etcd.rs`): `member list -w json` with decimal IDs, `member remove <hex>`, and `Error:
-//! etcdserver: member not found` for an ID that is not a member. Without a quorum of members
+//! etcdserver: member not found` for an ID that is not a member, `endpoint status -w json`
+//! (the first member leads). Without a quorum of members
 //! on registered nodes, every etcdctl command fails as a linearizable request does (`Error:
 //! context deadline exceeded`). Simplification: the Job's status is set when it is created
 //! (upstream, the job controller sets it once the pod has ended).
@@ -153,6 +154,13 @@ impl World {
                     true,
                     json!({"header": {"raft_term": 2}, "members": members}).to_string(),
                 )
+            }
+            ["etcdctl", "endpoint", "status", "-w", "json"] => {
+                let leader = self.etcd_members.first().map_or(0, |m| m.id);
+                let status = json!([{"Endpoint": "https://127.0.0.1:2379", "Status": {
+                    "header": {"member_id": leader, "raft_term": 2},
+                    "version": "3.6.5", "leader": leader, "raftTerm": 2}}]);
+                (true, status.to_string())
             }
             ["etcdctl", "member", "remove", hex] => {
                 let id = u64::from_str_radix(hex, 16).ok();
