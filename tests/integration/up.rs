@@ -1306,7 +1306,8 @@ fn up_converges_after_nova_api_and_neutron_server_are_killed() {
     let (second, printed) = run_until("creating server", &mut || compute.restart());
     assert!(
         printed.contains("creating server"),
-        "never got to servers:\n{printed}"
+        "never got to servers:\n{printed}{}",
+        String::from_utf8_lossy(&second.stderr)
     );
 
     // Whatever the second run managed, the third finishes the job with no duplicates.
