@@ -625,6 +625,10 @@ pub(crate) fn plan(
         }
         // Per pool, the deletions of the servers replaced so far, in order.
         let mut replaced_so_far: BTreeMap<usize, Vec<StepId>> = BTreeMap::new();
+        // Control planes are placed one after another: Nova checks hard anti-affinity against
+        // the hosts its group's members have, and members scheduled at once can land on one
+        // host and fail their build ("Anti-affinity instance group policy was violated").
+        let mut previous_control_plane: Option<StepId> = None;
         for node in missing {
             let pool = node.pool.unwrap_or_default();
             let surge = spec.worker_pools.get(pool).map_or(1, |p| p.max_surge) as usize;
@@ -650,6 +654,7 @@ pub(crate) fn plan(
                     .chain(rebuilt.get(node.name.as_str()).copied())
                     .chain(member_gone.get(node.name.as_str()).copied())
                     .chain(balancer_ready.filter(|_| node.role == Role::ControlPlane))
+                    .chain(previous_control_plane.filter(|_| node.role == Role::ControlPlane))
                     .collect::<Vec<_>>(),
             );
             let active = plan.push(
@@ -659,6 +664,9 @@ pub(crate) fn plan(
                 },
                 &[],
             );
+            if node.role == Role::ControlPlane {
+                previous_control_plane = Some(active);
+            }
             let Some(replacement) = replacing.get(node.name.as_str()) else {
                 continue;
             };
@@ -2036,6 +2044,7 @@ mod tests {
             balancer.detail,
             "amphora, TCP 6443, 80, 443 to 3 control planes"
         );
+        let mut previous: Option<usize> = None;
         for n in 1..=3 {
             let name = format!("demo-control-plane-{n}");
             let port = steps
@@ -2051,6 +2060,16 @@ mod tests {
                 server.needs.contains(&balancer.id),
                 "{name} boots after the load balancer"
             );
+            if let Some(previous) = previous {
+                assert!(
+                    server.needs.contains(&previous),
+                    "{name} after the one before is ACTIVE"
+                );
+            }
+            previous = steps
+                .iter()
+                .find(|s| s.kind == "wait" && s.name == name)
+                .map(|s| s.id);
         }
         let worker = steps
             .iter()

@@ -2910,10 +2910,23 @@ async fn three_control_planes_behind_an_octavia_load_balancer() {
         )),
         "{planned}"
     );
-    // The create's answer is lost once, and the run is killed part-way.
+    // The create's answer is lost once, and the run is killed while it creates the load
+    // balancer.
     proxy.inject("POST", "/v2/lbaas/loadbalancers", Fault::DropAfter, 1);
-    let mut first = run(&["up", "--provision-only"]).spawn().expect("start up");
-    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    let mut first = run(&["up", "--provision-only"]);
+    first.stdout(std::process::Stdio::piped());
+    let mut first = first.spawn().expect("start up");
+    let printed = first.stdout.take().expect("stdout");
+    let reached = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(printed)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("creating load balancer"))
+    })
+    .await
+    .expect("join");
+    assert!(reached, "the first run never created the load balancer");
     let _ = first.kill();
     let _ = first.wait();
     let mut second = run(&["up", "--provision-only"]);
