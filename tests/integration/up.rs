@@ -126,6 +126,22 @@ pub(crate) fn assert_nothing_left(name: &str) {
     );
 }
 
+/// flatstack with `args` in `workspace`, against the clouds `clouds` names (a fault proxy's).
+fn through(workspace: &Workspace, clouds: &std::path::Path, args: &[&str]) -> Command {
+    let mut command = command(workspace, args);
+    command.env("OS_CLIENT_CONFIG_FILE", clouds);
+    command
+}
+
+/// Runs a command (a `down` through a proxy) when a test ends, passed or failed.
+struct RunOnDrop(Command);
+
+impl Drop for RunOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.output();
+    }
+}
+
 /// Runs `flatstack down --yes` when a test ends, passed or failed, so no run leaks resources
 /// into the shared local cloud.
 pub(crate) struct Teardown<'a>(pub(crate) &'a Workspace);
@@ -539,18 +555,7 @@ async fn up_converges_through_faults_and_after_being_killed() {
     workspace.write_cluster(
         &cluster(&name, 5, "").replace("cloud = \"local-demo\"", "cloud = \"faulty\""),
     );
-    let run = |args: &'static [&'static str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_flatstack"));
-        command
-            .current_dir(workspace.dir.path())
-            .env("OS_CLIENT_CONFIG_FILE", &clouds)
-            .env_remove("OS_CLOUD")
-            .env("FLATSTACK_STATE_DIR", workspace.state_dir())
-            .arg("--file")
-            .arg(workspace.cluster_file())
-            .args(args);
-        command
-    };
+    let run = |args: &'static [&'static str]| through(&workspace, &clouds, args);
     proxy.inject("POST", "/v2.0/networks", Fault::DropAfter, 1);
     proxy.inject("POST", "/v2.0/ports", Fault::Status(503, None), 3);
     proxy.inject("POST", "/v2.0/ports", Fault::DropAfter, 2);
@@ -2383,27 +2388,8 @@ async fn three_control_planes_converge_through_faults_and_a_kill() {
                 1,
             ),
     );
-    let run = |args: &'static [&'static str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_flatstack"));
-        command
-            .current_dir(workspace.dir.path())
-            .env("OS_CLIENT_CONFIG_FILE", &clouds)
-            .env_remove("OS_CLOUD")
-            .env("FLATSTACK_STATE_DIR", workspace.state_dir())
-            .arg("--file")
-            .arg(workspace.cluster_file())
-            .args(args);
-        command
-    };
-    let _teardown = {
-        struct Down(Command);
-        impl Drop for Down {
-            fn drop(&mut self) {
-                let _ = self.0.output();
-            }
-        }
-        Down(run(&["down", "--yes"]))
-    };
+    let run = |args: &'static [&'static str]| through(&workspace, &clouds, args);
+    let _teardown = RunOnDrop(run(&["down", "--yes"]));
     proxy.inject("POST", "/v2.0/ports", Fault::DropAfter, 3);
     proxy.inject("POST", "/v2.1/servers", Fault::DropAfter, 1);
     let mut first = run(&["up", "--provision-only"]).spawn().expect("start up");
@@ -2878,25 +2864,8 @@ async fn three_control_planes_behind_an_octavia_load_balancer() {
             .replace("cloud = \"local-demo\"", "cloud = \"faulty\"")
             .replacen("[control_plane]\n", "[control_plane]\ncount = 3\n", 1),
     );
-    let run = |args: &'static [&'static str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_flatstack"));
-        command
-            .current_dir(workspace.dir.path())
-            .env("OS_CLIENT_CONFIG_FILE", &clouds)
-            .env_remove("OS_CLOUD")
-            .env("FLATSTACK_STATE_DIR", workspace.state_dir())
-            .arg("--file")
-            .arg(workspace.cluster_file())
-            .args(args);
-        command
-    };
-    struct Down(Command);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = self.0.output();
-        }
-    }
-    let _teardown = Down(run(&["down", "--yes"]));
+    let run = |args: &'static [&'static str]| through(&workspace, &clouds, args);
+    let _teardown = RunOnDrop(run(&["down", "--yes"]));
     let planned = run(&["plan", "--provision-only"]).output().expect("plan");
     let planned = success(&planned);
     assert!(
