@@ -46,6 +46,8 @@ COMPUTES=()
 for ((i = 1; i <= COMPUTE_HOSTS; i++)); do COMPUTES+=("nova-compute$i"); done
 SERVICES=(octavia-worker octavia-api cinder-volume cinder-scheduler cinder-api neutron-api
   "${COMPUTES[@]}" nova-scheduler nova-conductor nova-api placement glance keystone)
+# Processes earlier set-ups started under other names: `down` stops them too.
+LEGACY=(nova-compute)
 INFRA=(memcached rabbitmq epmd mariadb)
 
 START=$(date +%s)
@@ -519,7 +521,7 @@ nova_ready() {
   "$VENV/bin/nova-manage" --config-file "$ETC/nova/nova.conf" cell_v2 discover_hosts \
     >>"$LOGS/nova-discover.log" 2>&1 || die "discovering the compute hosts failed; see $LOGS/nova-discover.log"
   await placement:providers 120 bash -c \
-    "'$VENV/bin/openstack' --os-cloud local-admin resource provider list -f value -c name 2>/dev/null | grep -c '^flatstack-compute' | grep -qx $COMPUTE_HOSTS"
+    "'$VENV/bin/openstack' --os-cloud local-admin resource provider list -f value -c name 2>/dev/null | test \$(grep -c '^flatstack-compute') -ge $COMPUTE_HOSTS"
   if [[ ! -f $DATA/.flavors ]]; then
     # Jetstream2's CPU flavors: name, vCPUs, RAM MiB, root disk GB
     local name vcpus ram disk
@@ -864,7 +866,7 @@ up() {
 
 down() {
   local name
-  for name in "${SERVICES[@]}"; do stop_one "$name" & done
+  for name in "${SERVICES[@]}" "${LEGACY[@]}"; do stop_one "$name" & done
   wait
   for name in "${INFRA[@]}"; do stop_one "$name"; done
 }

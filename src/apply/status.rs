@@ -81,8 +81,9 @@ pub(crate) enum KubernetesStatus {
 /// Each control plane's etcd membership and who holds the API's address.
 pub(crate) struct ControlPlaneView {
     pub(crate) members: Result<Vec<MemberRow>, String>,
-    /// The control plane kube-vip elected to hold the API's address (none: nobody holds it).
-    pub(crate) holder: Result<Option<String>, String>,
+    /// Behind a VIP, the control plane kube-vip elected to hold the API's address (none:
+    /// nobody holds it); `None` behind a load balancer.
+    pub(crate) holder: Option<Result<Option<String>, String>>,
 }
 
 /// One control plane, or one member no control plane accounts for.
@@ -295,6 +296,12 @@ async fn control_plane_view(
         "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{}",
         crate::node::vip::VIP_LEASE
     );
+    if spec.control_plane.api_endpoint != crate::spec::ApiEndpointKind::Vip {
+        return ControlPlaneView {
+            members,
+            holder: None,
+        };
+    }
     let holder = client
         .get::<serde_json::Value>(&lease)
         .await
@@ -309,7 +316,10 @@ async fn control_plane_view(
                 error_chain(&e)
             )
         });
-    ControlPlaneView { members, holder }
+    ControlPlaneView {
+        members,
+        holder: Some(holder),
+    }
 }
 
 /// Join tokens still valid, said plainly when no server is waiting to join with them, and

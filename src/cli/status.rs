@@ -171,6 +171,16 @@ fn resources(observed: &Observed) -> Vec<ResourceRow> {
             .map_or("not attached".to_string(), |p| format!("-> {}", p.name));
         row("floating IP", &f.floating_ip_address, &f.status, target);
     }
+    for balancer in &observed.api_load_balancers {
+        let vip = balancer.vip_address.as_deref().unwrap_or("no address");
+        let detail = format!("VIP {vip} (the API's)");
+        row(
+            "load balancer",
+            &balancer.name,
+            &balancer.provisioning_status,
+            detail,
+        );
+    }
     for balancer in &observed.load_balancers {
         let vip = balancer.vip_address.as_deref().unwrap_or("no address");
         let detail = format!("VIP {vip} (made by the cloud controller)");
@@ -249,9 +259,12 @@ fn print_control_planes(view: &ControlPlaneView) {
         Err(why) => println!("{why}"),
     }
     match &view.holder {
-        Ok(Some(holder)) => println!("the API's address is held by {holder} (kube-vip)"),
-        Ok(None) => println!("no control plane holds the API's address (kube-vip has no leader)"),
-        Err(why) => println!("{why}"),
+        Some(Ok(Some(holder))) => println!("the API's address is held by {holder} (kube-vip)"),
+        Some(Ok(None)) => {
+            println!("no control plane holds the API's address (kube-vip has no leader)")
+        }
+        Some(Err(why)) => println!("{why}"),
+        None => {}
     }
 }
 
@@ -279,6 +292,8 @@ struct StatusJson<'a> {
     /// The API load balancer's members and Octavia's view of their health.
     #[serde(skip_serializing_if = "Option::is_none")]
     load_balancer_members: Option<&'a [crate::cloud::load_balancer::MemberHealth]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    load_balancer_members_unreadable: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -320,6 +335,10 @@ impl<'a> StatusJson<'a> {
                 Some(Ok(members)) => Some(members),
                 _ => None,
             },
+            load_balancer_members_unreadable: match &report.load_balancer_members {
+                Some(Err(why)) => Some(why),
+                _ => None,
+            },
         };
         match &report.kubernetes {
             KubernetesStatus::Unavailable(why) => json.kubernetes_unavailable = Some(why),
@@ -350,8 +369,16 @@ impl<'a> StatusJson<'a> {
                 json.control_planes = control_planes.as_ref().map(|view| ControlPlanesJson {
                     etcd: view.members.as_ref().ok().map(Vec::as_slice),
                     etcd_unreadable: view.members.as_ref().err().map(String::as_str),
-                    api_address_holder: view.holder.as_ref().ok().and_then(|h| h.as_deref()),
-                    holder_unreadable: view.holder.as_ref().err().map(String::as_str),
+                    api_address_holder: view
+                        .holder
+                        .as_ref()
+                        .and_then(|h| h.as_ref().ok())
+                        .and_then(|h| h.as_deref()),
+                    holder_unreadable: view
+                        .holder
+                        .as_ref()
+                        .and_then(|h| h.as_ref().err())
+                        .map(String::as_str),
                 });
             }
         }

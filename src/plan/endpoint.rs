@@ -107,10 +107,12 @@ pub(crate) fn request(
         true => cidrs,
         false => Vec::new(),
     };
+    // The VIP is IPv4: Octavia refuses CIDRs of another family on its listeners.
     let mut api_cidrs: Vec<String> = spec
         .access
         .api_cidrs
         .iter()
+        .filter(|c| c.addr().is_ipv4())
         .map(|c| c.to_string())
         .collect();
     if let Some(cidr) = subnet_cidr {
@@ -135,6 +137,7 @@ pub(crate) fn request(
             .ingress
             .http_cidrs
             .iter()
+            .filter(|c| c.addr().is_ipv4())
             .map(|c| c.to_string())
             .collect();
         for port in [80, 443] {

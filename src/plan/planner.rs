@@ -457,7 +457,15 @@ pub(crate) fn plan(
     // A control plane that ran held etcd. With one, built again it would initialize a blank
     // cluster: refused. With 3 or 5 and quorum kept, its member is removed through a running
     // control plane and its Node deleted before it is built again to join as a new member.
-    let lost: Vec<&NodeName> = match resources::control_plane_ran(observed) {
+    // With 3 or 5, one whose port is left (or whose server is in ERROR) had a server: lost; one
+    // with neither is new (the count grew) and joins, after any member of its name is removed.
+    let ran = resources::control_plane_ran(observed);
+    let ha = spec.control_plane.highly_available();
+    let had_server = |n: &NodeName| {
+        !ha || rebuilt.contains_key(n.name.as_str())
+            || observed.ports.iter().any(|p| p.name == n.name)
+    };
+    let missing_control_planes: Vec<&NodeName> = match ran {
         true => missing
             .iter()
             .filter(|n| n.role == Role::ControlPlane)
@@ -465,8 +473,16 @@ pub(crate) fn plan(
             .collect(),
         false => Vec::new(),
     };
+    let lost: Vec<&NodeName> = missing_control_planes
+        .iter()
+        .filter(|n| had_server(n))
+        .copied()
+        .collect();
     let mut member_gone: BTreeMap<&str, StepId> = BTreeMap::new();
-    if let Some(first_lost) = lost.first().filter(|_| !scope.accept_empty_cluster) {
+    // `--accept-empty-cluster` is for one control plane: with 3 or 5, a rebuilt one must join
+    // the others, which it cannot with its old member listed.
+    let accepted = scope.accept_empty_cluster && !ha;
+    if let Some(first_lost) = lost.first().filter(|_| !accepted) {
         let name = first_lost.name.clone();
         let how = match rebuilt.contains_key(name.as_str()) {
             true => "in ERROR",
@@ -483,23 +499,33 @@ pub(crate) fn plan(
             .filter(|s| !lost.iter().any(|n| n.name == *s))
             .collect();
         survivors.sort_unstable();
-        let quorum = spec.control_plane.count as usize / 2 + 1;
+        // etcd's members are the running control planes and the lost ones.
+        let quorum = (survivors.len() + lost.len()) / 2 + 1;
         if survivors.len() < quorum {
             let names: Vec<&str> = lost.iter().map(|n| n.name.as_str()).collect();
             return Err(PlanError::QuorumLost {
                 lost: names.join(", "),
                 are: if names.len() == 1 { "is" } else { "are" },
                 running: survivors.len(),
-                count: spec.control_plane.count,
+                count: (survivors.len() + lost.len()) as u32,
                 quorum,
             });
         }
         if !scope.kubernetes {
             return Err(PlanError::MemberLost { name, how });
         }
+    }
+    let via = observed
+        .servers
+        .iter()
+        .filter(|s| s.status == "ACTIVE" && control_plane_index(&s.name).is_some())
+        .map(|s| s.name.as_str())
+        .filter(|s| !missing_control_planes.iter().any(|n| n.name == *s))
+        .min();
+    if let Some(via) = via.filter(|_| ha && scope.kubernetes && !accepted) {
         // One at a time, through the first running control plane.
         let mut after: Vec<StepId> = Vec::new();
-        for node in &lost {
+        for node in &missing_control_planes {
             let address = observed
                 .ports
                 .iter()
@@ -510,7 +536,7 @@ pub(crate) fn plan(
                 Action::RemoveEtcdMember {
                     node: node.name.clone(),
                     address,
-                    via: survivors[0].to_string(),
+                    via: via.to_string(),
                 },
                 &after,
             );
@@ -527,7 +553,7 @@ pub(crate) fn plan(
     // With 3 or 5, a control plane whose flavor or boot disk differs from the file's is
     // replaced in place, one at a time, once no control plane is lost.
     let rolling: Vec<(&NodeName, &crate::cloud::compute::Server, String)> =
-        match spec.control_plane.highly_available() && lost.is_empty() {
+        match ha && missing_control_planes.is_empty() {
             true => nodes
                 .iter()
                 .filter(|n| n.role == Role::ControlPlane)

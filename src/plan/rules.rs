@@ -7,7 +7,7 @@
 use ipnet::IpNet;
 
 use crate::cloud::network::SecurityGroupRule;
-use crate::spec::{ClusterSpec, IngressExposure};
+use crate::spec::{ApiEndpointKind, ClusterSpec, IngressExposure};
 
 /// Kubernetes' default NodePort range.
 pub(crate) const NODE_PORTS: (u16, u16) = (30000, 32767);
@@ -47,6 +47,19 @@ pub(crate) fn wanted_rules(
         .iter()
         .map(|cidr| tcp_rule(6443, 6443, cidr))
         .collect();
+    let traefik_on_control_planes =
+        spec.addons.ingress && spec.ingress.exposure == IngressExposure::ControlPlane;
+    // Behind the API's load balancer, its amphorae (or OVN's health checks) reach the control
+    // planes from the nodes' subnet, whatever `api_cidrs` says.
+    if spec.control_plane.api_endpoint == ApiEndpointKind::LoadBalancer
+        && let Some(cidr) = &subnet_cidr
+    {
+        control_planes.push(tcp_rule(6443, 6443, cidr));
+        if traefik_on_control_planes {
+            control_planes.push(tcp_rule(80, 80, cidr));
+            control_planes.push(tcp_rule(443, 443, cidr));
+        }
+    }
     if spec.addons.ingress {
         match spec.ingress.exposure {
             IngressExposure::ControlPlane => {
@@ -63,6 +76,18 @@ pub(crate) fn wanted_rules(
                 }
             }
         }
+    }
+    // One of each: Neutron refuses a second identical rule, so a repeat would be planned
+    // again every run.
+    for rules in [&mut nodes, &mut control_planes] {
+        let mut seen = Vec::new();
+        rules.retain(|r| {
+            let new = !seen.contains(r);
+            if new {
+                seen.push(r.clone());
+            }
+            new
+        });
     }
     WantedRules {
         nodes,
@@ -135,6 +160,7 @@ pub(crate) fn describe(rule: &SecurityGroupRule) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::ApiEndpointKind;
     use crate::spec::test_spec as spec;
 
     fn described(rules: &[SecurityGroupRule]) -> Vec<String> {
@@ -190,5 +216,31 @@ mod tests {
             ["tcp 6443 from 0.0.0.0/0 (IPv4)"]
         );
         assert_eq!(wanted.nodes.len(), 2);
+    }
+
+    /// Behind the API's load balancer the nodes' subnet reaches 6443 (and 80/443) on the
+    /// control planes; a rule the file already asks for is not doubled.
+    #[test]
+    fn behind_the_apis_load_balancer_the_subnet_reaches_the_control_planes_once() {
+        let subnet: Option<IpNet> = "10.42.0.0/24".parse().ok();
+        let mut behind = spec("[access]\napi_cidrs = [\"198.51.100.0/24\", \"10.42.0.0/24\"]\n");
+        behind.control_plane.api_endpoint = ApiEndpointKind::LoadBalancer;
+        let rules: Vec<String> = wanted_rules(&behind, "g1", subnet)
+            .control_planes
+            .iter()
+            .map(describe)
+            .collect();
+        assert_eq!(
+            rules
+                .iter()
+                .filter(|r| r.as_str() == "tcp 6443 from 10.42.0.0/24 (IPv4)")
+                .count(),
+            1,
+            "{rules:?}"
+        );
+        assert!(
+            rules.contains(&"tcp 443 from 10.42.0.0/24 (IPv4)".to_string()),
+            "{rules:?}"
+        );
     }
 }
