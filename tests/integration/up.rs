@@ -2898,6 +2898,10 @@ async fn three_control_planes_behind_an_octavia_load_balancer() {
     assert!(reached, "the first run never created the load balancer");
     let _ = first.kill();
     let _ = first.wait();
+    // What the killed run had sent lands (a server, the load balancer) before anyone looks
+    // again, as it would before a person runs `up` again; otherwise the next run can race it
+    // and leave a duplicate for the run after.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     let mut second = run(&["up", "--provision-only"]);
     let output = tokio::task::spawn_blocking(move || second.output())
         .await
