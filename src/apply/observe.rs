@@ -138,7 +138,7 @@ pub(crate) async fn cluster_resources(
         .collect();
     let (
         (networks, subnets, routers, security_groups, ports, servers, groups),
-        (load_balancers, api_load_balancers, all_floating_ips, router_interfaces, flavors),
+        ((load_balancers, api_load_balancers), all_floating_ips, router_interfaces, flavors),
     ) = tokio::try_join!(
         async {
             tokio::try_join!(
@@ -153,8 +153,7 @@ pub(crate) async fn cluster_resources(
         },
         async {
             tokio::try_join!(
-                cloud.cluster_load_balancers(cluster),
-                cloud.load_balancers_named(&names.api_port),
+                cloud.cluster_load_balancers(cluster, &names.api_port),
                 cloud.list::<FloatingIp>(Kind::FloatingIp, &[]),
                 cloud.list::<Port>(Kind::Port, &owners),
                 cloud.flavors(),

@@ -76,6 +76,17 @@ impl Cloud {
         &self,
         name: &str,
     ) -> Result<Vec<LoadBalancer>, CloudError> {
+        Ok(self
+            .load_balancers(&format!("?name={name}"))
+            .await?
+            .into_iter()
+            .filter(|lb| lb.name == name && lb.provisioning_status != "DELETED")
+            .collect())
+    }
+
+    /// The project's load balancers matching `query` (`?name=...`, or empty for all); none
+    /// when the cloud has no load-balancer service.
+    async fn load_balancers(&self, query: &str) -> Result<Vec<LoadBalancer>, CloudError> {
         if !self.offers(Service::LoadBalancer).await {
             return Ok(Vec::new());
         }
@@ -86,14 +97,10 @@ impl Cloud {
         let list: List = self
             .get(
                 Service::LoadBalancer,
-                &format!("/lbaas/loadbalancers?name={name}"),
+                &format!("/lbaas/loadbalancers{query}"),
             )
             .await?;
-        Ok(list
-            .loadbalancers
-            .into_iter()
-            .filter(|lb| lb.name == name && lb.provisioning_status != "DELETED")
-            .collect())
+        Ok(list.loadbalancers)
     }
 
     /// Creates a load balancer from `body` (the whole `loadbalancer` object, listeners, pools,
@@ -205,27 +212,25 @@ impl Cloud {
             .collect())
     }
 
-    /// The cluster's load balancers; none when the cloud has no load-balancer service.
+    /// The cluster's load balancers from one listing: those the cloud controller made, and
+    /// the API's (named `api_name`, not deleted); none when the cloud has no load-balancer
+    /// service.
     pub(crate) async fn cluster_load_balancers(
         &self,
         cluster: &str,
-    ) -> Result<Vec<LoadBalancer>, CloudError> {
-        if !self.offers(Service::LoadBalancer).await {
-            return Ok(Vec::new());
-        }
-        #[derive(Deserialize)]
-        struct List {
-            loadbalancers: Vec<LoadBalancer>,
-        }
+        api_name: &str,
+    ) -> Result<(Vec<LoadBalancer>, Vec<LoadBalancer>), CloudError> {
         let prefix = service_prefix(cluster);
-        let all: List = self
-            .get(Service::LoadBalancer, "/lbaas/loadbalancers")
-            .await?;
-        Ok(all
-            .loadbalancers
+        let (services, rest): (Vec<LoadBalancer>, Vec<LoadBalancer>) = self
+            .load_balancers("")
+            .await?
             .into_iter()
-            .filter(|lb| lb.name.starts_with(&prefix))
-            .collect())
+            .partition(|lb| lb.name.starts_with(&prefix));
+        let api = rest
+            .into_iter()
+            .filter(|lb| lb.name == api_name && lb.provisioning_status != "DELETED")
+            .collect();
+        Ok((services, api))
     }
 
     /// Deletes a load balancer with its listeners, pools and members, and waits until Octavia

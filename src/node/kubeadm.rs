@@ -178,6 +178,21 @@ fn host_port(address: IpAddr) -> String {
     }
 }
 
+/// How a node registers: its name and instance filled in at boot, containerd, the kubelet's
+/// flags with `labels`, and `taints` (`None`: kubeadm's default for the role).
+fn registration(
+    spec: &ClusterSpec,
+    labels: &[(String, String)],
+    taints: Option<Vec<Taint>>,
+) -> NodeRegistration<'static> {
+    NodeRegistration {
+        name: NODE_NAME_PLACEHOLDER,
+        cri_socket: CRI_SOCKET,
+        kubelet_extra_args: kubelet_args(spec, labels),
+        taints,
+    }
+}
+
 /// Control planes take no ordinary pods when general workers exist: kubeadm's default taint
 /// (`None`); otherwise an empty list, which leaves them open to every pod, as a cluster needs
 /// when no worker is: the add-ons' Helm Jobs and pods would have nowhere to run.
@@ -199,12 +214,7 @@ pub fn init_config(spec: &ClusterSpec, endpoint: &ApiEndpoint) -> Result<String,
             usages: ["signing", "authentication"],
             groups: ["system:bootstrappers:kubeadm:default-node-token"],
         }],
-        node_registration: NodeRegistration {
-            name: NODE_NAME_PLACEHOLDER,
-            cri_socket: CRI_SOCKET,
-            kubelet_extra_args: kubelet_args(spec, &[]),
-            taints: control_plane_taints(spec),
-        },
+        node_registration: registration(spec, &[], control_plane_taints(spec)),
         local_api_endpoint: LocalApiEndpoint { bind_port: 6443 },
     };
     let mut sans = vec![endpoint.internal.to_string()];
@@ -261,12 +271,7 @@ pub fn join_control_plane_config(
         api_version: API_VERSION,
         kind: "JoinConfiguration",
         discovery: discovery(pki, endpoint),
-        node_registration: NodeRegistration {
-            name: NODE_NAME_PLACEHOLDER,
-            cri_socket: CRI_SOCKET,
-            kubelet_extra_args: kubelet_args(spec, &[]),
-            taints: control_plane_taints(spec),
-        },
+        node_registration: registration(spec, &[], control_plane_taints(spec)),
         control_plane: Some(JoinControlPlane {
             local_api_endpoint: LocalApiEndpoint { bind_port: 6443 },
         }),
@@ -310,12 +315,7 @@ pub fn join_config(
         api_version: API_VERSION,
         kind: "JoinConfiguration",
         discovery: discovery(pki, endpoint),
-        node_registration: NodeRegistration {
-            name: NODE_NAME_PLACEHOLDER,
-            cri_socket: CRI_SOCKET,
-            kubelet_extra_args: kubelet_args(spec, &labels),
-            taints,
-        },
+        node_registration: registration(spec, &labels, taints),
         control_plane: None,
     };
     to_yaml(&join)

@@ -254,11 +254,22 @@ pub(crate) fn plan(
             )),
         }
     });
-    let control_plane_index = |name: &str| {
-        spec.nodes()
-            .iter()
-            .position(|n| n.name == name && n.role == Role::ControlPlane)
-    };
+    // Control planes come first in the file's nodes, numbered from 1.
+    let control_plane_names: Vec<String> = spec
+        .nodes()
+        .into_iter()
+        .filter(|n| n.role == Role::ControlPlane)
+        .map(|n| n.name)
+        .collect();
+    let control_plane_index = |name: &str| control_plane_names.iter().position(|n| n == name);
+    // The control planes whose servers run, by name.
+    let mut running_control_planes: Vec<&str> = observed
+        .servers
+        .iter()
+        .filter(|s| s.status == "ACTIVE" && control_plane_index(&s.name).is_some())
+        .map(|s| s.name.as_str())
+        .collect();
+    running_control_planes.sort_unstable();
     let mut ports: BTreeMap<&str, Ref> = BTreeMap::new();
     for node in nodes {
         let index = control_plane_index(&node.name);
@@ -491,14 +502,11 @@ pub(crate) fn plan(
         if !spec.control_plane.highly_available() {
             return Err(PlanError::ControlPlaneLost { name, how });
         }
-        let mut survivors: Vec<&str> = observed
-            .servers
+        let survivors: Vec<&str> = running_control_planes
             .iter()
-            .filter(|s| s.status == "ACTIVE" && control_plane_index(&s.name).is_some())
-            .map(|s| s.name.as_str())
+            .copied()
             .filter(|s| !lost.iter().any(|n| n.name == *s))
             .collect();
-        survivors.sort_unstable();
         // etcd's members are the running control planes and the lost ones.
         let quorum = (survivors.len() + lost.len()) / 2 + 1;
         if survivors.len() < quorum {
@@ -515,27 +523,18 @@ pub(crate) fn plan(
             return Err(PlanError::MemberLost { name, how });
         }
     }
-    let via = observed
-        .servers
+    let via = running_control_planes
         .iter()
-        .filter(|s| s.status == "ACTIVE" && control_plane_index(&s.name).is_some())
-        .map(|s| s.name.as_str())
-        .filter(|s| !missing_control_planes.iter().any(|n| n.name == *s))
-        .min();
+        .copied()
+        .find(|s| !missing_control_planes.iter().any(|n| n.name == *s));
     if let Some(via) = via.filter(|_| ha && scope.kubernetes && !accepted) {
         // One at a time, through the first running control plane.
         let mut after: Vec<StepId> = Vec::new();
         for node in &missing_control_planes {
-            let address = observed
-                .ports
-                .iter()
-                .find(|p| p.name == node.name)
-                .and_then(|p| p.fixed_ips.first())
-                .map(|ip| ip.ip_address.clone());
             let removed = plan.push(
                 Action::RemoveEtcdMember {
                     node: node.name.clone(),
-                    address,
+                    address: port_address(observed, &node.name),
                     via: via.to_string(),
                 },
                 &after,
@@ -733,13 +732,10 @@ pub(crate) fn plan(
         // Ready and a voting member again before the next.
         let mut previous: Vec<StepId> = Vec::new();
         for (node, old, why) in &rolling {
-            let Some(via) = observed
-                .servers
+            let Some(via) = running_control_planes
                 .iter()
-                .filter(|s| s.status == "ACTIVE" && s.name != node.name)
-                .map(|s| s.name.as_str())
-                .filter(|s| control_plane_index(s).is_some())
-                .min()
+                .copied()
+                .find(|s| *s != node.name)
             else {
                 continue;
             };
@@ -752,12 +748,7 @@ pub(crate) fn plan(
             let removed = plan.push(
                 Action::RemoveEtcdMember {
                     node: node.name.clone(),
-                    address: observed
-                        .ports
-                        .iter()
-                        .find(|p| p.name == node.name)
-                        .and_then(|p| p.fixed_ips.first())
-                        .map(|ip| ip.ip_address.clone()),
+                    address: port_address(observed, &node.name),
                     via: via.to_string(),
                 },
                 &[drained],
@@ -1175,6 +1166,15 @@ fn remove_extras(plan: &mut Plan, extras: &Observed, observed: &Observed) {
 /// Whether the subnet hands out exactly the addresses of `pool`.
 fn pool_is(pools: &[AllocationPool], (start, end): (Ipv4Addr, Ipv4Addr)) -> bool {
     matches!(pools, [only] if only.start == start.to_string() && only.end == end.to_string())
+}
+
+/// The first address of the cluster's port named `name`, if it has one.
+fn port_address(observed: &Observed, name: &str) -> Option<String> {
+    observed
+        .ports
+        .iter()
+        .find(|p| p.name == name)
+        .and_then(|p| port_made(p).address)
 }
 
 fn port_made(port: &Port) -> Made {
