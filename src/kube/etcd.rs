@@ -201,9 +201,7 @@ impl KubeClient {
         .await
     }
 
-    /// Removes `member` through control plane `via`. etcd refuses a removal that would leave
-    /// fewer members connected for its health interval (5 s) than a quorum ("unhealthy
-    /// cluster", `--strict-reconfig-check`), as right after a member was lost: asked again
+    /// Removes `member` through control plane `via`, asking again (see [`removal_outcome`])
     /// until `within` is spent.
     pub async fn remove_etcd_member(
         &self,
@@ -213,20 +211,54 @@ impl KubeClient {
     ) -> Result<(), KubeError> {
         let id = member.hex_id();
         let deadline = tokio::time::Instant::now() + within;
+        let mut asked_before = false;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self
+            let answer = self
                 .etcdctl_on(via, "remove", &["member", "remove", &id], left)
-                .await
-            {
-                Err(KubeError::NodeJob { log, .. })
-                    if log.contains("unhealthy cluster") && left > Duration::from_secs(5) =>
-                {
+                .await;
+            let log = match &answer {
+                Ok(_) => None,
+                Err(KubeError::NodeJob { log, .. }) => Some(log.as_str()),
+                Err(_) => return answer.map(|_| ()),
+            };
+            match removal_outcome(log, asked_before) {
+                Removal::Done => return Ok(()),
+                Removal::AskAgain if left > Duration::from_secs(5) => {
+                    asked_before = true;
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
-                other => return other.map(|_| ()),
+                Removal::AskAgain | Removal::Failed => return answer.map(|_| ()),
             }
         }
+    }
+}
+
+/// What one `etcdctl member remove` answered, for the caller's next move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// The member is gone.
+    Done,
+    /// Not now; the same request may succeed later.
+    AskAgain,
+    /// An error to report.
+    Failed,
+}
+
+/// Reads the answer to `member remove` (`error` is etcdctl's output when it failed). etcd
+/// refuses a removal that would leave fewer members connected for its health interval (5 s)
+/// than a quorum ("unhealthy cluster", `--strict-reconfig-check`), as right after a member was
+/// lost; a proposal not applied within the command timeout ("context deadline exceeded", a
+/// leader election or a slow disk) may still be applied later, so when a repeated request
+/// finds no such member, an earlier one removed it.
+pub fn removal_outcome(error: Option<&str>, asked_before: bool) -> Removal {
+    match error {
+        None => Removal::Done,
+        Some(e) if e.contains("unhealthy cluster") || e.contains("deadline exceeded") => {
+            Removal::AskAgain
+        }
+        Some(e) if asked_before && e.contains("member not found") => Removal::Done,
+        Some(_) => Removal::Failed,
     }
 }
 
@@ -249,6 +281,23 @@ mod tests {
         let status = r#"[{"Endpoint":"https://127.0.0.1:2379","Status":{"header":{"cluster_id":1,"member_id":9372538179322589801,"revision":5,"raft_term":2},"version":"3.6.5","dbSize":20480,"leader":9372538179322589801,"raftIndex":9,"raftTerm":2}}]"#;
         assert_eq!(parse_leader(status), Ok(9372538179322589801));
         assert!(parse_leader("[]").is_err());
+    }
+
+    #[test]
+    fn a_removal_is_asked_again_while_etcd_cannot_answer_and_done_once_the_member_is_gone() {
+        assert_eq!(removal_outcome(None, false), Removal::Done);
+        let unhealthy = "Error: etcdserver: unhealthy cluster";
+        let timeout = "Error: context deadline exceeded";
+        let gone = "Error: etcdserver: member not found";
+        assert_eq!(removal_outcome(Some(unhealthy), false), Removal::AskAgain);
+        assert_eq!(removal_outcome(Some(timeout), true), Removal::AskAgain);
+        // Not found on the first request is a wrong ID; after a timed-out one, it landed.
+        assert_eq!(removal_outcome(Some(gone), false), Removal::Failed);
+        assert_eq!(removal_outcome(Some(gone), true), Removal::Done);
+        assert_eq!(
+            removal_outcome(Some("Error: permission denied"), true),
+            Removal::Failed
+        );
     }
 
     #[test]
