@@ -488,7 +488,9 @@ async fn run_on_cloud(
                 .iter()
                 .map(|(name, port)| Ok((name.clone(), address_of(known(port)?)?)))
                 .collect::<Result<Vec<_>, ApplyError>>()?;
-            let body = lb.body(&known(&lb.vip_port)?.id, &known(&lb.subnet)?.id, &members);
+            let subnet = &known(&lb.subnet)?.id;
+            let routers = cloud.router_external_addresses(subnet).await?;
+            let body = lb.body(&known(&lb.vip_port)?.id, subnet, &members, &routers);
             let made = cloud.create_load_balancer(&body).await?;
             let active = cloud
                 .wait_load_balancer_active(&made.id, LOAD_BALANCER_TIMEOUT)

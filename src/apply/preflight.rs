@@ -163,13 +163,22 @@ pub(crate) async fn quotas(
     cloud: &Cloud,
     needs: &Needs,
 ) -> Result<Vec<(&'static str, u64, Usage)>, CloudError> {
-    let (compute, network, volume) =
-        tokio::try_join!(cloud.compute_limits(), cloud.network_limits(), async {
+    let (compute, network, volume, balancing) = tokio::try_join!(
+        cloud.compute_limits(),
+        cloud.network_limits(),
+        async {
             match needs.volumes {
                 0 => Ok(None),
                 _ => cloud.volume_limits().await.map(Some),
             }
-        },)?;
+        },
+        async {
+            match needs.load_balancers {
+                0 => Ok(None),
+                _ => cloud.load_balancer_limits().await,
+            }
+        },
+    )?;
     let mut quotas = vec![
         ("instances", needs.instances, compute.instances),
         ("cores", needs.cores, compute.cores),
@@ -194,6 +203,23 @@ pub(crate) async fn quotas(
     if let Some(volume) = volume {
         quotas.push(("volumes", needs.volumes, volume.volumes));
         quotas.push(("volume GB", needs.volume_gb, volume.gigabytes));
+    }
+    if let Some(balancing) = balancing {
+        quotas.extend([
+            (
+                "load balancers",
+                needs.load_balancers,
+                balancing.load_balancers,
+            ),
+            ("listeners", needs.listeners, balancing.listeners),
+            ("pools", needs.pools, balancing.pools),
+            (
+                "health monitors",
+                needs.health_monitors,
+                balancing.health_monitors,
+            ),
+            ("pool members", needs.members, balancing.members),
+        ]);
     }
     Ok(quotas)
 }

@@ -145,8 +145,11 @@ pub(crate) async fn up(
     let cloud = Arc::new(Cloud::connect(config).await?);
     let connected = at();
     let recorded_ranges = ranges::recorded(Some(&state))?;
-    let (observation, _, problems) = observe_checked(&cloud, &spec, recorded_ranges).await?;
-    spec.control_plane.api_endpoint = observation.api_endpoint(&spec).0;
+    let Checked {
+        observation,
+        problems,
+        ..
+    } = observe_checked(&cloud, &mut spec, recorded_ranges).await?;
     let observed_at = at();
     let observed = &observation.observed;
     if !problems.is_empty() {
@@ -398,15 +401,17 @@ async fn mark_control_planes_ran(
 }
 
 /// One observation of the cloud for `spec`, checked as `up` checks it before anything is made:
-/// what cannot change in place is refused; the preflight's problems are returned (quotas are
-/// asked for a new cluster only, since an existing one already uses some), with what the
-/// cluster needs.
+/// the API's endpoint is chosen and set in `spec` (with why), what cannot change in place is
+/// refused; the preflight's problems are returned (quotas are asked for a new cluster only,
+/// since an existing one already uses some), with what the cluster needs.
 async fn observe_checked(
     cloud: &Cloud,
-    spec: &ClusterSpec,
+    spec: &mut ClusterSpec,
     recorded_ranges: Option<ranges::Ranges>,
-) -> Result<(Observation, crate::plan::Needs, Vec<String>), UpError> {
+) -> Result<Checked, UpError> {
     let observation = observe(cloud, spec).await?;
+    let (endpoint, endpoint_chosen) = observation.api_endpoint(spec);
+    spec.control_plane.api_endpoint = endpoint;
     refuse_immutable_changes(spec, &observation, recorded_ranges)?;
     let (needs, _) = crate::plan::Needs::of(spec, &observation.facts.flavors);
     let quotas = match observation.observed.count() {
@@ -414,7 +419,21 @@ async fn observe_checked(
         _ => Vec::new(),
     };
     let problems = preflight::inspect(spec, &observation, quotas).problems();
-    Ok((observation, needs, problems))
+    Ok(Checked {
+        observation,
+        needs,
+        problems,
+        endpoint_chosen,
+    })
+}
+
+/// What [`observe_checked`] found.
+struct Checked {
+    observation: Observation,
+    needs: crate::plan::Needs,
+    problems: Vec<String>,
+    /// Why the API's endpoint is of its kind.
+    endpoint_chosen: &'static str,
 }
 
 /// For a cluster that exists, whether the project's quotas leave room for what `plan` adds at
@@ -563,10 +582,13 @@ pub(crate) async fn plan(
     }
     let cloud = Cloud::connect(config).await?;
     let recorded_ranges = ranges::recorded(state.as_ref())?;
-    let (observation, needs, problems) = observe_checked(&cloud, &spec, recorded_ranges).await?;
-    let (endpoint, endpoint_chosen) = observation.api_endpoint(&spec);
     let mut spec = spec;
-    spec.control_plane.api_endpoint = endpoint;
+    let Checked {
+        observation,
+        needs,
+        problems,
+        endpoint_chosen,
+    } = observe_checked(&cloud, &mut spec, recorded_ranges).await?;
     if let Some(pki) = match &state {
         Some(state) => ClusterPki::load_existing(state)?,
         None => None,

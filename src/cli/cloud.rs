@@ -33,6 +33,8 @@ pub(crate) fn check(file: &Path, cloud_flag: Option<&str>) -> anyhow::Result<()>
         let cloud = Cloud::connect(config).await?;
         print_location(&cloud).await;
         let observation = observe(&cloud, &spec).await?;
+        let mut spec = spec;
+        spec.control_plane.api_endpoint = observation.api_endpoint(&spec).0;
         let (needs, _) = Needs::of(&spec, &observation.facts.flavors);
         let quotas = preflight::quotas(&cloud, &needs).await?;
         let inspection = preflight::inspect(&spec, &observation, quotas);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::compute::Usage;
 use super::{Cloud, CloudError, Service};
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -44,6 +45,16 @@ pub(crate) struct MemberHealth {
     #[serde(default)]
     pub(crate) address: String,
     pub(crate) operating_status: String,
+}
+
+/// The project's Octavia quotas and their use.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoadBalancerLimits {
+    pub(crate) load_balancers: Usage,
+    pub(crate) listeners: Usage,
+    pub(crate) pools: Usage,
+    pub(crate) health_monitors: Usage,
+    pub(crate) members: Usage,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +112,78 @@ impl Cloud {
             )
             .await?;
         Ok(list.loadbalancers)
+    }
+
+    /// The project's Octavia quotas and what is used of them (Octavia reports no usage: the
+    /// project's load balancers, listeners, pools, health monitors and pools' members are
+    /// counted), or `None` when the cloud has no load-balancer service.
+    pub(crate) async fn load_balancer_limits(
+        &self,
+    ) -> Result<Option<LoadBalancerLimits>, CloudError> {
+        if !self.offers(Service::LoadBalancer).await {
+            return Ok(None);
+        }
+        #[derive(Deserialize)]
+        struct Quota {
+            quota: serde_json::Map<String, serde_json::Value>,
+        }
+        #[derive(Deserialize)]
+        struct Listed {
+            #[serde(default)]
+            members: Vec<serde_json::Value>,
+        }
+        /// One of Octavia's lists: each answer has the one field its path names.
+        #[derive(Deserialize)]
+        struct Listing {
+            #[serde(default)]
+            loadbalancers: Vec<Listed>,
+            #[serde(default)]
+            listeners: Vec<Listed>,
+            #[serde(default)]
+            pools: Vec<Listed>,
+            #[serde(default)]
+            healthmonitors: Vec<Listed>,
+        }
+        // An admin's token lists every project's: ask for this project's only.
+        let project = self.project_id().await.unwrap_or_default();
+        let project = project.as_str();
+        let list = |kind: &'static str| async move {
+            let path = format!("/lbaas/{kind}?project_id={project}");
+            self.get::<Listing>(Service::LoadBalancer, &path).await
+        };
+        let quota_path = format!("/lbaas/quotas/{project}");
+        let (quota, balancers, listeners, pools, monitors) = tokio::try_join!(
+            self.get::<Quota>(Service::LoadBalancer, &quota_path),
+            list("loadbalancers"),
+            list("listeners"),
+            list("pools"),
+            list("healthmonitors"),
+        )?;
+        // Octavia answers both spellings (`load_balancer` and the older `loadbalancer`);
+        // -1 is unlimited.
+        let limit = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| quota.quota.get(*k).and_then(|v| v.as_i64()))
+                .and_then(|l| u64::try_from(l).ok())
+        };
+        let usage = |keys: &[&str], used: usize| Usage {
+            limit: limit(keys),
+            used: used as u64,
+        };
+        let members = pools.pools.iter().map(|p| p.members.len()).sum();
+        Ok(Some(LoadBalancerLimits {
+            load_balancers: usage(
+                &["load_balancer", "loadbalancer"],
+                balancers.loadbalancers.len(),
+            ),
+            listeners: usage(&["listener"], listeners.listeners.len()),
+            pools: usage(&["pool"], pools.pools.len()),
+            health_monitors: usage(
+                &["health_monitor", "healthmonitor"],
+                monitors.healthmonitors.len(),
+            ),
+            members: usage(&["member"], members),
+        }))
     }
 
     /// Creates a load balancer from `body` (the whole `loadbalancer` object, listeners, pools,

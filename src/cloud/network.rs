@@ -105,6 +105,18 @@ impl Router {
             .and_then(|g| g.get("network_id"))
             .and_then(|id| id.as_str())
     }
+
+    /// Its IPv4 addresses on the external network.
+    pub(crate) fn external_addresses(&self) -> Vec<std::net::Ipv4Addr> {
+        self.external_gateway_info
+            .as_ref()
+            .and_then(|g| g.get("external_fixed_ips"))
+            .and_then(|ips| ips.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip.get("ip_address")?.as_str()?.parse().ok())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -230,6 +242,33 @@ impl Cloud {
                 source: e.into(),
             },
         )
+    }
+
+    /// The IPv4 addresses the routers on `subnet_id` have on their external networks: what a
+    /// node's traffic to a floating IP of its own cloud comes from once the router sent it
+    /// back in (source NAT).
+    pub(crate) async fn router_external_addresses(
+        &self,
+        subnet_id: &str,
+    ) -> Result<Vec<std::net::Ipv4Addr>, CloudError> {
+        let on_subnet = format!("subnet_id={subnet_id}");
+        let ports: Vec<Port> = self.list(Kind::Port, &[("fixed_ips", &on_subnet)]).await?;
+        let mut routers: Vec<&str> = ports
+            .iter()
+            .filter(|p| {
+                p.device_owner.starts_with("network:router_interface")
+                    || p.device_owner == "network:ha_router_replicated_interface"
+            })
+            .map(|p| p.device_id.as_str())
+            .collect();
+        routers.sort_unstable();
+        routers.dedup();
+        let mut addresses = Vec::new();
+        for id in routers {
+            let router: Vec<Router> = self.list(Kind::Router, &[("id", id)]).await?;
+            addresses.extend(router.iter().flat_map(Router::external_addresses));
+        }
+        Ok(addresses)
     }
 
     /// Resources carrying every one of `tags`.

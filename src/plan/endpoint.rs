@@ -132,7 +132,7 @@ pub(crate) fn request(
             false => Monitor::Tcp,
         },
     }];
-    if spec.addons.ingress && spec.ingress.exposure == IngressExposure::ControlPlane {
+    if serves_ingress(spec) {
         let http: Vec<String> = spec
             .ingress
             .http_cidrs
@@ -163,12 +163,15 @@ pub(crate) fn request(
 
 impl LoadBalancerRequest {
     /// The `loadbalancer` object of Octavia's create, fully populated, with the addresses
-    /// and IDs the steps before made.
+    /// and IDs the steps before made. `routers` are the nodes' routers' external addresses:
+    /// a listener that admits only some sources also admits them, as nodes and pods that
+    /// reach the API or ingress by the floating IP come back in from there.
     pub(crate) fn body(
         &self,
         vip_port_id: &str,
         subnet_id: &str,
         members: &[(String, Ipv4Addr)],
+        routers: &[Ipv4Addr],
     ) -> serde_json::Value {
         let listeners: Vec<serde_json::Value> = self
             .listeners
@@ -208,7 +211,14 @@ impl LoadBalancerRequest {
                     listener["timeout_member_data"] = DATA_TIMEOUT_MS.into();
                 }
                 if !l.allowed_cidrs.is_empty() {
-                    listener["allowed_cidrs"] = l.allowed_cidrs.clone().into();
+                    let mut allowed = l.allowed_cidrs.clone();
+                    for router in routers {
+                        let cidr = format!("{router}/32");
+                        if !allowed.contains(&cidr) {
+                            allowed.push(cidr);
+                        }
+                    }
+                    listener["allowed_cidrs"] = allowed.into();
                 }
                 listener
             })
@@ -224,6 +234,19 @@ impl LoadBalancerRequest {
             body["provider"] = provider.clone().into();
         }
         body
+    }
+}
+
+/// Whether the API's endpoint also carries ingress (80 and 443): Traefik on the control planes.
+fn serves_ingress(spec: &ClusterSpec) -> bool {
+    spec.addons.ingress && spec.ingress.exposure == IngressExposure::ControlPlane
+}
+
+/// How many listeners the API's load balancer has (each with a pool and a health monitor).
+pub(crate) fn listener_count(spec: &ClusterSpec) -> u64 {
+    match serves_ingress(spec) {
+        true => 3,
+        false => 1,
     }
 }
 
@@ -285,7 +308,8 @@ mod tests {
                 Ipv4Addr::new(10, 42, 0, 12),
             ),
         ];
-        let body = amphora.body("vip-port", "subnet", &addresses);
+        let router = Ipv4Addr::new(203, 0, 113, 7);
+        let body = amphora.body("vip-port", "subnet", &addresses, &[router]);
         assert_eq!(body["provider"], "amphora");
         assert_eq!(body["vip_port_id"], "vip-port");
         let api = &body["listeners"][0];
@@ -294,7 +318,7 @@ mod tests {
         assert_eq!(api["timeout_member_data"], 3_600_000);
         assert_eq!(
             api["allowed_cidrs"],
-            serde_json::json!(["198.51.100.0/24", "10.42.0.0/24"])
+            serde_json::json!(["198.51.100.0/24", "10.42.0.0/24", "203.0.113.7/32"])
         );
         let pool = &api["default_pool"];
         assert_eq!(pool["lb_algorithm"], "ROUND_ROBIN");
@@ -320,7 +344,7 @@ mod tests {
             members,
             vec![],
         );
-        let body = ovn.body("vip-port", "subnet", &addresses);
+        let body = ovn.body("vip-port", "subnet", &addresses, &[router]);
         let api = &body["listeners"][0];
         assert_eq!(body["provider"], "ovn");
         assert!(api.get("timeout_client_data").is_none());

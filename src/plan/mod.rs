@@ -13,8 +13,10 @@ pub(crate) mod steps;
 
 use std::collections::BTreeSet;
 
+use ipnet::IpNet;
+
 use crate::cloud::compute::Flavor;
-use crate::spec::{ClusterSpec, NetworkMode};
+use crate::spec::{ApiEndpointKind, ClusterSpec, IngressExposure, NetworkMode};
 
 /// Resources a cluster consumes from the project's quotas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,6 +34,12 @@ pub(crate) struct Needs {
     pub(crate) security_groups: u64,
     pub(crate) security_group_rules: u64,
     pub(crate) server_groups: u64,
+    /// Octavia's: the API's load balancer, and the cloud controller's for ingress.
+    pub(crate) load_balancers: u64,
+    pub(crate) listeners: u64,
+    pub(crate) pools: u64,
+    pub(crate) health_monitors: u64,
+    pub(crate) members: u64,
 }
 
 /// Security groups flatstack makes: one for every node, one for control planes.
@@ -83,11 +91,41 @@ impl Needs {
             // The router's interface on the node subnet.
             needs.ports += 1;
         }
+        if spec.control_plane.highly_available() {
+            // The endpoint's port, at the API's address.
+            needs.ports += 1;
+        }
+        if spec.control_plane.api_endpoint == ApiEndpointKind::LoadBalancer {
+            let listeners = endpoint::listener_count(spec);
+            needs.load_balancers += 1;
+            needs.listeners += listeners;
+            needs.pools += listeners;
+            needs.health_monitors += listeners;
+            needs.members += listeners * u64::from(spec.control_plane.count);
+        }
+        if spec.addons.ingress && spec.ingress.exposure == IngressExposure::LoadBalancer {
+            // The cloud controller's for Traefik's Service: 80 and 443, a pool each with
+            // every worker (kubeadm excludes control planes from external load balancers),
+            // no monitors (flatstack's cloud.conf does not ask for them).
+            let workers: u64 = spec.worker_pools.iter().map(|p| u64::from(p.count)).sum();
+            needs.load_balancers += 1;
+            needs.listeners += 2;
+            needs.pools += 2;
+            needs.members += 2 * workers;
+        }
         needs.security_groups = SECURITY_GROUPS;
-        // All traffic between nodes (IPv4, IPv6), the API and SSH per CIDR, default egress.
-        let access = &spec.access;
+        // The rules flatstack wants, and Neutron's default egress (IPv4, IPv6) in each group.
+        // A reused subnet's CIDR is unknown here: counted as one no other rule repeats.
+        let subnet =
+            spec.network
+                .node_cidr
+                .map(IpNet::V4)
+                .unwrap_or(IpNet::V4(ipnet::Ipv4Net::from(
+                    std::net::Ipv4Addr::UNSPECIFIED,
+                )));
+        let wanted = rules::wanted_rules(spec, "nodes", Some(subnet));
         needs.security_group_rules =
-            2 + (access.api_cidrs.len() + access.ssh_cidrs.len()) as u64 + 2 * SECURITY_GROUPS;
+            (wanted.nodes.len() + wanted.control_planes.len()) as u64 + 2 * SECURITY_GROUPS;
         (needs, missing)
     }
 
@@ -138,7 +176,8 @@ impl Needs {
                         needs.volume_gb += u64::from(gb);
                     }
                 }
-                Action::CreatePort(_) => needs.ports += 1,
+                // A router interface is a port too.
+                Action::CreatePort(_) | Action::AddRouterInterface { .. } => needs.ports += 1,
                 Action::CreateFloatingIp { .. } => needs.floating_ips += 1,
                 Action::CreateNetwork { .. } => needs.networks += 1,
                 Action::CreateSubnet(_) => needs.subnets += 1,
@@ -146,6 +185,14 @@ impl Needs {
                 Action::CreateSecurityGroup { .. } => needs.security_groups += 1,
                 Action::AddRule(_) => needs.security_group_rules += 1,
                 Action::CreateServerGroup { .. } => needs.server_groups += 1,
+                Action::CreateLoadBalancer(balancer) => {
+                    let listeners = balancer.listeners.len() as u64;
+                    needs.load_balancers += 1;
+                    needs.listeners += listeners;
+                    needs.pools += listeners;
+                    needs.health_monitors += listeners;
+                    needs.members += listeners * balancer.members.len() as u64;
+                }
                 _ => {}
             }
         }

@@ -345,7 +345,13 @@ pub(crate) fn plan(
                 members,
                 vec![cluster_tag(&spec.name)],
             );
-            load_balancer_steps(&mut plan, observed, vip_port, request)
+            load_balancer_steps(
+                &mut plan,
+                observed,
+                vip_port,
+                request,
+                &chain.reachable_after,
+            )
         }
         _ => None,
     };
@@ -882,6 +888,7 @@ fn load_balancer_steps(
     observed: &Observed,
     vip_port: &Ref,
     request: super::endpoint::LoadBalancerRequest,
+    routed_after: &[StepId],
 ) -> Option<StepId> {
     let port_id = match vip_port {
         Ref::Known(made) => Some(made.id.as_str()),
@@ -925,9 +932,13 @@ fn load_balancer_steps(
                 },
                 &[],
             );
-            Some(plan.push(Action::CreateLoadBalancer(request), &[gone]))
+            let after: Vec<StepId> = std::iter::once(gone)
+                .chain(routed_after.iter().copied())
+                .collect();
+            Some(plan.push(Action::CreateLoadBalancer(request), &after))
         }
-        None => Some(plan.push(Action::CreateLoadBalancer(request), &[])),
+        // Made once the router is on the subnet: its listeners admit the router's address.
+        None => Some(plan.push(Action::CreateLoadBalancer(request), routed_after)),
     }
 }
 
@@ -2106,6 +2117,42 @@ mod tests {
             Action::CreatePort(p) => p.allowed_address_of.is_none(),
             _ => true,
         }));
+        // Made once the router is on the subnet: its listeners admit the router's address.
+        let interface = steps
+            .iter()
+            .find(|s| s.kind == "router interface")
+            .expect("router interface");
+        assert!(
+            balancer.needs.contains(&interface.id),
+            "{:?}",
+            balancer.needs
+        );
+        // What the quota preflight asks of a new cluster is what the plan makes: one load
+        // balancer, three listeners, pools and monitors (6443, 80, 443), nine members, and
+        // the endpoint's port besides the servers'.
+        let asked = crate::plan::Needs::of(&spec, &facts.flavors).0;
+        let made = crate::plan::Needs::growth(&plan, &Observed::default(), &facts.flavors);
+        assert_eq!(
+            (
+                asked.load_balancers,
+                asked.listeners,
+                asked.pools,
+                asked.health_monitors,
+                asked.members
+            ),
+            (1, 3, 3, 3, 9)
+        );
+        assert_eq!(
+            (
+                made.load_balancers,
+                made.listeners,
+                made.pools,
+                made.health_monitors,
+                made.members
+            ),
+            (1, 3, 3, 3, 9)
+        );
+        assert_eq!(asked.ports, made.ports, "{asked:?} {made:?}");
 
         let mut observed = converged(&spec);
         for port in &mut observed.ports {

@@ -542,6 +542,81 @@ fn growing_an_existing_cluster_past_its_quota_is_refused_before_anything_is_made
     assert_nothing_left(&name);
 }
 
+/// The API's load balancer counts against Octavia's quotas, which Octavia reports without
+/// usage: with the admin project's load-balancer quota at 0 and its member quota below the
+/// three control planes on each of 6443, 80 and 443, `plan` foretells the refusal and `up` makes nothing. (The admin
+/// project, which no other test makes load balancers in, so the quota change races nobody.)
+#[test]
+fn a_load_balancer_past_octavias_quota_is_foretold_by_plan_and_refused_by_up() {
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let unlimited = ["--loadbalancer", "-1", "--member", "-1"];
+            let mut args = vec!["loadbalancer", "quota", "set"];
+            args.extend(unlimited);
+            args.push(&self.0);
+            cli_raw("local-admin", &args);
+        }
+    }
+    let name = unique("lbquota");
+    let workspace = Workspace::new();
+    workspace.write_cluster(
+        &cluster(&name, 1, "")
+            .replace("cloud = \"local-demo\"", "cloud = \"local-admin\"")
+            .replacen(
+                "[control_plane]\n",
+                "[control_plane]\ncount = 3\napi_endpoint = \"load-balancer\"\n",
+                1,
+            ),
+    );
+    let project = cli("local-admin", &["token", "issue", "-f", "json"])["project_id"]
+        .as_str()
+        .expect("the admin project")
+        .to_string();
+    let _restore = Restore(project.clone());
+    let limits = [
+        "loadbalancer",
+        "quota",
+        "set",
+        "--loadbalancer",
+        "0",
+        "--member",
+        "2",
+    ];
+    let mut args = limits.to_vec();
+    args.push(&project);
+    let set = cli_raw("local-admin", &args);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let plan = flatstack(&workspace, &["plan", "--provision-only"]);
+    let warned = format!("{}{}", stdout(&plan), stderr(&plan));
+    assert!(
+        warned.contains("`up` would stop before creating anything: quota too small")
+            && warned.contains("load balancers (need 1, 0 left)")
+            && warned.contains("pool members (need 9, 2 left)"),
+        "{warned}"
+    );
+    let output = flatstack(&workspace, &["up", "--provision-only"]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("nothing was created")
+            && message.contains("load balancers (need 1, 0 left)"),
+        "{message}"
+    );
+    let made = cli(
+        "local-admin",
+        &[
+            "network",
+            "list",
+            "--name",
+            &format!("{name}-net"),
+            "-f",
+            "json",
+        ],
+    );
+    assert_eq!(made.as_array().map(Vec::len), Some(0), "{made}");
+}
+
 /// `up` through a proxy that fails creates in every way, killed part-way, then run again:
 /// the cluster converges with exactly one of everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2960,9 +3035,21 @@ async fn three_control_planes_behind_an_octavia_load_balancer() {
     assert_eq!(api["protocol_port"], 6443);
     assert_eq!(api["timeout_client_data"], 3_600_000);
     assert_eq!(api["timeout_member_data"], 3_600_000);
+    // The router's external address too: nodes and pods that reach the floating IP come back
+    // in from it.
+    let router = cli(
+        "local-demo",
+        &["router", "show", &format!("{name}-router"), "-f", "json"],
+    );
+    let router_address = router["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
+        .as_str()
+        .expect("the router's external address")
+        .to_string();
     let allowed = api["allowed_cidrs"].to_string();
     assert!(
-        allowed.contains("198.51.100.0/24") && allowed.contains("10.42.0.0/24"),
+        allowed.contains("198.51.100.0/24")
+            && allowed.contains("10.42.0.0/24")
+            && allowed.contains(&format!("{router_address}/32")),
         "{api}"
     );
     for port in ["80", "443"] {
