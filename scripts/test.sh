@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The project's whole test run, as CI runs it: formatting, lints, unit and integration tests.
 # Installs what the tests check against when it is missing: Debian's real Ignition
-# (ignition-validate and the ignition binary), openssl, kubectl, gpg, qemu-img and bzip2 (to
-# make signed Flatcar-like releases), nftables, iptables and iproute2 (the metadata guard,
-# loaded into network namespaces the tests make), jq and curl (the nodes' unseal script), the
-# upstream Kubernetes schemas (kubernetes-validate from PyPI), and a real OpenStack on
-# 127.0.0.1 (scripts/local-openstack.sh, left running afterwards for the next run). Routes the
-# local OpenStack's floating-IP range nowhere while it runs.
+# (ignition-validate and the ignition binary), shellcheck (host actions' scripts), openssl,
+# kubectl, gpg, qemu-img and bzip2 (to make signed Flatcar-like releases), nftables, iptables
+# and iproute2 (the metadata guard, loaded into network namespaces the tests make), jq and curl
+# (the nodes' unseal script), etcd (a real three-member cluster), the upstream Kubernetes
+# schemas (kubernetes-validate from PyPI), and a real OpenStack on 127.0.0.1
+# (scripts/local-openstack.sh, left running afterwards for the next run). Routes the local
+# OpenStack's floating-IP range nowhere while it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,7 @@ command -v jq >/dev/null || missing+=(jq)
 command -v curl >/dev/null || missing+=(curl)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
 sudo=()
 [[ $(id -u) -eq 0 ]] || sudo=(sudo)
 if ((${#missing[@]})); then

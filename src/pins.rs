@@ -111,6 +111,10 @@ pub(crate) const HELM_JOB_IMAGE: &str = "ghcr.io/k3s-io/klipper-helm:v0.9.10-bui
 /// workflow publishes it.
 pub const KUBE_VIP_IMAGE: &str = "ghcr.io/kube-vip/kube-vip:v1.2.3";
 
+/// The image host actions' launcher runs in (`sh`, `chroot`, `mkdir`, `mv`, `rm`, `cat`, all
+/// busybox applets): the official busybox image, tag 1.37.0.
+pub const HOST_ACTION_IMAGE: &str = "docker.io/library/busybox:1.37.0";
+
 /// A Helm chart from a repository, at an exact version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chart {
@@ -308,7 +312,13 @@ mod tests {
             assert_eq!(cloud_controller_chart(version), None);
             assert_eq!(supported_minor(version), None);
         }
-        for image in [HELM_CONTROLLER_IMAGE, HELM_JOB_IMAGE, SMOKE_IMAGE] {
+        for image in [
+            HELM_CONTROLLER_IMAGE,
+            HELM_JOB_IMAGE,
+            SMOKE_IMAGE,
+            KUBE_VIP_IMAGE,
+            HOST_ACTION_IMAGE,
+        ] {
             let tag = image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or("");
             assert!(!tag.is_empty() && tag != "latest", "{image}");
         }

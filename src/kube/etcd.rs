@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 
-use super::node_job::NodeJob;
+use super::node_job::{NodeJob, Profile};
 use super::{KubeClient, KubeError};
 
 /// Where kubeadm keeps the etcd certificates on a control plane.
@@ -126,7 +126,9 @@ impl KubeClient {
             node: node.to_string(),
             image: self.etcd_image(node).await?,
             command: etcdctl(LOCAL_MEMBER, ETCD_PKI, args),
-            host_paths: vec![ETCD_PKI.to_string()],
+            profile: Profile::Command {
+                host_paths: vec![ETCD_PKI.to_string()],
+            },
         };
         self.run_node_job(&job, within).await
     }

@@ -6,6 +6,7 @@
 mod deployments;
 mod drain;
 pub mod etcd;
+pub mod host_action;
 mod manifest;
 pub(crate) mod node_job;
 mod nodes;

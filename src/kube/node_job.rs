@@ -2,17 +2,19 @@
 //! answer of a command such as `etcdctl member list`, and shown when the Job fails), and deleted
 //! with its pod afterwards.
 //!
-//! The profile flatstack has today runs a command from an image the node already runs (so
-//! nothing new is pulled, and the version matches the node's): `etcdctl` from kubeadm's etcd
-//! image, which has no shell (distroless since etcd 3.6.5), so the command is given as
-//! arguments, with the node's etcd client certificates mounted read-only.
+//! Two profiles: [`Profile::Command`] runs a command from an image the node already runs (so
+//! nothing new is pulled, and the version matches the node's), e.g. `etcdctl` from kubeadm's
+//! etcd image, which has no shell (distroless since etcd 3.6.5), so the command is given as
+//! arguments, with host directories such as the etcd client certificates mounted read-only;
+//! [`Profile::Host`] is privileged, in the host's PID namespace with the host's root at
+//! [`HOST_ROOT`], for host actions (see [`super::host_action`]).
 
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, HostPathVolumeSource, Pod, PodSpec, PodTemplateSpec, SecurityContext, Toleration,
-    Volume, VolumeMount,
+    Container, EnvVar, HostPathVolumeSource, Pod, PodSpec, PodTemplateSpec, SecurityContext,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -23,6 +25,9 @@ const NAMESPACE: &str = "kube-system";
 /// The label that marks flatstack's node Jobs (and their pods, through the template).
 pub(crate) const NODE_JOB_LABEL: &str = "flatstack.dev/node-job";
 
+/// Where a host-profile Job sees the host's root.
+pub(crate) const HOST_ROOT: &str = "/host";
+
 /// A command run once on one node.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct NodeJob {
@@ -30,10 +35,19 @@ pub(crate) struct NodeJob {
     pub(crate) name: String,
     pub(crate) node: String,
     pub(crate) image: String,
-    /// The program and its arguments (no shell).
+    /// The program and its arguments.
     pub(crate) command: Vec<String>,
-    /// Host directories mounted read-only at the same path.
-    pub(crate) host_paths: Vec<String>,
+    pub(crate) profile: Profile,
+}
+
+/// What a node Job may touch.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Profile {
+    /// Unprivileged, read-only root: these host directories mounted read-only at the same path.
+    Command { host_paths: Vec<String> },
+    /// Privileged, in the host's PID namespace, the host's root read-write at [`HOST_ROOT`],
+    /// with these environment variables.
+    Host { env: Vec<(String, String)> },
 }
 
 impl NodeJob {
@@ -42,6 +56,14 @@ impl NodeJob {
     /// hour later should flatstack be stopped before it deletes it.
     pub(crate) fn manifest(&self) -> Manifest {
         let volume_name = |i: usize| format!("host-{i}");
+        // Each host path, where the container sees it, and whether read-only.
+        let mounts: Vec<(&str, &str, bool)> = match &self.profile {
+            Profile::Command { host_paths } => host_paths
+                .iter()
+                .map(|p| (p.as_str(), p.as_str(), true))
+                .collect(),
+            Profile::Host { .. } => vec![("/", HOST_ROOT, false)],
+        };
         let labels =
             std::collections::BTreeMap::from([(NODE_JOB_LABEL.to_string(), self.name.clone())]);
         let job = Job {
@@ -69,24 +91,43 @@ impl NodeJob {
                             operator: Some("Exists".into()),
                             ..Default::default()
                         }]),
+                        host_pid: Some(matches!(self.profile, Profile::Host { .. })),
                         containers: vec![Container {
                             name: "run".into(),
                             image: Some(self.image.clone()),
                             image_pull_policy: Some("IfNotPresent".into()),
                             command: Some(self.command.clone()),
-                            security_context: Some(SecurityContext {
-                                allow_privilege_escalation: Some(false),
-                                read_only_root_filesystem: Some(true),
-                                ..Default::default()
+                            env: match &self.profile {
+                                Profile::Host { env } => Some(
+                                    env.iter()
+                                        .map(|(name, value)| EnvVar {
+                                            name: name.clone(),
+                                            value: Some(value.clone()),
+                                            ..Default::default()
+                                        })
+                                        .collect(),
+                                ),
+                                Profile::Command { .. } => None,
+                            },
+                            security_context: Some(match &self.profile {
+                                Profile::Command { .. } => SecurityContext {
+                                    allow_privilege_escalation: Some(false),
+                                    read_only_root_filesystem: Some(true),
+                                    ..Default::default()
+                                },
+                                Profile::Host { .. } => SecurityContext {
+                                    privileged: Some(true),
+                                    ..Default::default()
+                                },
                             }),
                             volume_mounts: Some(
-                                self.host_paths
+                                mounts
                                     .iter()
                                     .enumerate()
-                                    .map(|(i, path)| VolumeMount {
+                                    .map(|(i, (_, at, read_only))| VolumeMount {
                                         name: volume_name(i),
-                                        mount_path: path.clone(),
-                                        read_only: Some(true),
+                                        mount_path: at.to_string(),
+                                        read_only: Some(*read_only),
                                         ..Default::default()
                                     })
                                     .collect(),
@@ -94,13 +135,13 @@ impl NodeJob {
                             ..Default::default()
                         }],
                         volumes: Some(
-                            self.host_paths
+                            mounts
                                 .iter()
                                 .enumerate()
-                                .map(|(i, path)| Volume {
+                                .map(|(i, (path, _, _))| Volume {
                                     name: volume_name(i),
                                     host_path: Some(HostPathVolumeSource {
-                                        path: path.clone(),
+                                        path: path.to_string(),
                                         type_: Some("Directory".into()),
                                     }),
                                     ..Default::default()
@@ -222,7 +263,9 @@ mod tests {
             node: "demo-control-plane-2".into(),
             image: "registry.k8s.io/etcd:3.6.5-0".into(),
             command: vec!["etcdctl".into(), "member".into(), "list".into()],
-            host_paths: vec!["/etc/kubernetes/pki/etcd".into()],
+            profile: Profile::Command {
+                host_paths: vec!["/etc/kubernetes/pki/etcd".into()],
+            },
         };
         let manifest = job.manifest();
         assert_eq!(

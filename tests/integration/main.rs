@@ -6,6 +6,7 @@ mod day_one;
 mod engine;
 mod etcd;
 mod faults;
+mod host_action;
 mod ignition;
 mod image;
 mod kube_standin;

@@ -586,7 +586,11 @@ fn a_load_balancer_past_octavias_quota_is_foretold_by_plan_and_refused_by_up() {
     let mut args = limits.to_vec();
     args.push(&project);
     let set = cli_raw("local-admin", &args);
-    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
     let plan = flatstack(&workspace, &["plan", "--provision-only"]);
     let warned = format!("{}{}", stdout(&plan), stderr(&plan));
     assert!(
