@@ -102,13 +102,13 @@ impl HostAction {
     /// The action, if `name` can name a unit and a file.
     pub fn new(name: &str, node: &str, body: &str) -> Result<HostAction, String> {
         let valid = !name.is_empty()
-            && name.len() <= 40
+            && name.len() <= 24
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !valid {
             return Err(format!(
-                "host action name `{name}`: 1 to 40 lower-case letters, digits and `-`"
+                "host action name `{name}`: 1 to 24 lower-case letters, digits and `-`"
             ));
         }
         Ok(HostAction {
@@ -151,8 +151,8 @@ impl HostAction {
     }
 }
 
-/// The node Job for action `name` on `node` in `mode`. Named per action, mode and node (a
-/// digest of the node's name keeps it short), so actions on several nodes never share a Job.
+/// The node Job for action `name` on `node` in `mode`, named per action, mode and node (a
+/// digest of the node's name keeps it short).
 fn job(node: &str, name: &str, mode: Mode, script: Option<String>) -> NodeJob {
     let digest = hex::encode(&Sha256::digest(node.as_bytes())[..4]);
     let mut env = vec![
@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn names_that_cannot_name_a_unit_and_a_file_are_refused() {
-        for bad in ["", "Upgrade", "a/b", "a b", "x.service", &"a".repeat(41)] {
+        for bad in ["", "Upgrade", "a/b", "a b", "x.service", &"a".repeat(25)] {
             assert!(HostAction::new(bad, "n", "true").is_err(), "{bad}");
         }
     }

@@ -31,7 +31,8 @@ pub(crate) const HOST_ROOT: &str = "/host";
 /// A command run once on one node.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct NodeJob {
-    /// The Job's name: one per purpose and node, so a run stopped half-way finds its own.
+    /// The Job's name before the suffix each run adds (so that `status` and `up` asking
+    /// the same node at once never share, or delete, each other's Job).
     pub(crate) name: String,
     pub(crate) node: String,
     pub(crate) image: String,
@@ -167,17 +168,26 @@ enum Outcome {
 }
 
 impl KubeClient {
-    /// Runs `job` to its end and returns its log (the command's output). A Job of the same
-    /// name left by an earlier, stopped run is deleted first; the Job and its pod are deleted
-    /// afterwards whatever the outcome. A failure carries the command's log.
+    /// Runs `job` to its end and returns its log (the command's output), under a name of
+    /// its own (`<name>-<random>`); the Job and its pod are deleted afterwards whatever the
+    /// outcome (and by the API server an hour after it ended, should flatstack be stopped
+    /// first). A failure carries the command's log.
     pub(crate) async fn run_node_job(
         &self,
         job: &NodeJob,
         within: Duration,
     ) -> Result<String, KubeError> {
+        let mut suffix = [0u8; 3];
+        getrandom::fill(&mut suffix).map_err(|e| KubeError::NodeJob {
+            job: job.name.clone(),
+            node: job.node.clone(),
+            log: format!("no randomness for the Job's name: {e}"),
+        })?;
+        let job = &NodeJob {
+            name: format!("{}-{}", job.name, hex::encode(suffix)),
+            ..job.clone()
+        };
         let path = format!("/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{}", job.name);
-        self.delete_job(&path).await?;
-        self.wait_gone(&path, within).await?;
         self.apply(&job.manifest()).await?;
         let ended = poll(
             &format!("node Job {} on {}", job.name, job.node),
@@ -233,22 +243,6 @@ impl KubeClient {
     async fn delete_job(&self, path: &str) -> Result<(), KubeError> {
         self.delete(&format!("{path}?propagationPolicy=Background"))
             .await
-    }
-
-    /// Waits until the object at `path` is gone.
-    async fn wait_gone(&self, path: &str, within: Duration) -> Result<(), KubeError> {
-        poll(
-            &format!("{path} to be deleted"),
-            within,
-            Duration::from_secs(1),
-            || async {
-                Ok(match self.get::<serde_json::Value>(path).await? {
-                    None => Waiting::Done(()),
-                    Some(_) => Waiting::On("still there".into()),
-                })
-            },
-        )
-        .await
     }
 }
 

@@ -2672,6 +2672,8 @@ impl HighlyAvailable {
     }
 
     /// The node Jobs the stand-in ran: Job, node and etcdctl's command without its flags.
+    /// Each node Job run, by the name it has before its run's suffix (six hex digits, which
+    /// every one must carry), node and command.
     fn node_jobs(&self) -> Vec<(String, String, String)> {
         let world = self.server.world.lock().expect("world");
         world
@@ -2683,7 +2685,12 @@ impl HighlyAvailable {
                     .map(String::as_str)
                     .filter(|a| !a.starts_with("--"))
                     .collect();
-                (job.clone(), node.clone(), args.join(" "))
+                let (base, suffix) = job.rsplit_once('-').expect("a suffix");
+                assert!(
+                    suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "{job}"
+                );
+                (base.to_string(), node.clone(), args.join(" "))
             })
             .collect()
     }
