@@ -282,9 +282,13 @@ async fn run(
         return Ok((Made::default(), Some(format!("{node} is Ready"))));
     }
     if let Action::Drain { node } = action {
-        let Some(kube) = &context.kube else {
-            return Ok((Made::default(), None));
-        };
+        // The planner plans a drain only when the API answered (or was not asked, which makes
+        // no drain): without it, it says so in the plan and deletes undrained.
+        let kube = context.kube.as_ref().ok_or_else(|| {
+            ApplyError::Missing(format!(
+                "cannot drain {node}: the cluster's API cannot be reached from here; nothing of {node} was deleted"
+            ))
+        })?;
         let report = crate::kube::drain_node(kube, node, DRAIN_TIMEOUT)
             .await
             .map_err(|source| ApplyError::Drain {
@@ -537,11 +541,17 @@ async fn run_on_cloud(
             cloud.set_tags(*kind, id, &tags).await?;
             Made::id(id)
         }
+        // New nodes join with it: the API is waited for (a first control plane a stopped run
+        // left may still be booting), and a silent one fails the step.
         Action::CreateJoinToken => {
-            if let Some(kube) = &context.kube {
-                kube.apply(&super::bootstrap::join_token_secret(&context.join_token))
-                    .await?;
-            }
+            let kube = context.kube.as_ref().ok_or_else(|| {
+                ApplyError::Missing(
+                    "cannot make the join token new nodes need: the cluster's API has no address to reach it at".into(),
+                )
+            })?;
+            kube.wait_ready(context.node_ready_within).await?;
+            kube.apply(&super::bootstrap::join_token_secret(&context.join_token))
+                .await?;
             Made::default()
         }
         Action::RenderIgnition {

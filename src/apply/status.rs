@@ -166,6 +166,7 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
             let scope = Scope {
                 kubernetes: true,
                 accept_empty_cluster: false,
+                api: crate::plan::planner::ApiReach::Unasked,
             };
             let pending = planner::plan(&spec, &observed, &observation.facts, scope)
                 .map(|plan| plan.steps.len())

@@ -17,9 +17,8 @@ use crate::cloud::{Cloud, CloudConfig, CloudError};
 use crate::kube::KubeClient;
 use crate::node::seal::SEAL_KEY_METADATA;
 use crate::pki::{BootstrapToken, ClusterPki, Kubeconfig, PkiError, StateDir};
-use crate::plan::planner::{self, PlanError, Scope};
-use crate::plan::resources::Observed;
-use crate::plan::steps::{Action, Plan};
+use crate::plan::planner::{self, ApiReach, PlanError, Scope};
+use crate::plan::steps::Plan;
 use crate::spec::ClusterSpec;
 use crate::sysext::{self, SysextError};
 
@@ -184,8 +183,17 @@ pub(crate) async fn up(
     let scope = Scope {
         kubernetes: !provision_only,
         accept_empty_cluster,
+        api: ApiReach::Unasked,
     };
-    let plan = planner::plan(&spec, observed, &observation.facts, scope)?;
+    let (plan, kube) = plan_asking_the_api(
+        &spec,
+        &observation,
+        scope,
+        &pki,
+        api_address.as_deref(),
+        &say,
+    )
+    .await?;
     if let Some(short) = growth_shortfall(&cloud, observed, &observation.facts, &plan).await? {
         return Err(UpError::Preflight(short));
     }
@@ -195,10 +203,6 @@ pub(crate) async fn up(
         spec.kubernetes.version,
         sysext.describe()
     ));
-    let kube = match scope.kubernetes {
-        true => cluster_api(&spec, observed, &plan, &pki, api_address.as_deref(), &say).await?,
-        false => None,
-    };
     let context = Arc::new(Context {
         cloud: cloud.clone(),
         spec: spec.clone(),
@@ -492,47 +496,40 @@ pub(crate) fn missing_pki(cluster: &str, state_path: &std::path::Path) -> String
     )
 }
 
-/// The running cluster's API, when the plan drains nodes or lets new ones join, and it
-/// answers. When it does not, say what that means: the cloud side goes on regardless.
-async fn cluster_api(
+/// The plan, made once as if the cluster's API answers, and, when it has steps that need the
+/// API, made again with what the API said (see [`ApiReach`]); with the client for those steps.
+async fn plan_asking_the_api(
     spec: &ClusterSpec,
-    observed: &Observed,
-    plan: &Plan,
+    observation: &Observation,
+    mut scope: Scope,
     pki: &ClusterPki,
     api_address: Option<&str>,
     say: &(dyn Fn(&str) + Sync),
-) -> Result<Option<KubeClient>, UpError> {
-    let needs_api = plan.steps.iter().any(|s| {
-        matches!(
-            s.action,
-            Action::Drain { .. } | Action::WaitReady { .. } | Action::CreateJoinToken
-        )
-    });
-    if !needs_api {
-        return Ok(None);
+) -> Result<(Plan, Option<KubeClient>), UpError> {
+    let observed = &observation.observed;
+    let plan = planner::plan(spec, observed, &observation.facts, scope.clone())?;
+    if !scope.kubernetes || !plan.needs_api() {
+        return Ok((plan, None));
     }
     let floating = observed
         .api_floating_ip(&spec.name)
         .map(|f| format!("{}:6443", f.floating_ip_address));
-    let Some(address) = api_address.map(str::to_string).or(floating) else {
-        return Ok(None);
+    let client = match api_address.map(str::to_string).or(floating) {
+        Some(address) => Some(KubeClient::new(pki, &format!("https://{address}"))?),
+        None => None,
     };
-    let client = KubeClient::new(pki, &format!("https://{address}"))?;
-    match client.readyz().await {
-        Ok(()) => Ok(Some(client)),
-        Err(e) => {
-            let why = crate::kube::error_chain(&e);
-            say(&format!("the Kubernetes API does not answer ({why})"));
-            let (_, leaving) = plan.servers();
-            if !leaving.is_empty() {
-                say(&format!(
-                    "{} will be deleted without draining",
-                    leaving.join(", ")
-                ));
-            }
-            Ok(None)
-        }
+    scope.api = match &client {
+        None => ApiReach::Silent("the cluster has no API floating IP".into()),
+        Some(client) => match client.readyz().await {
+            Ok(()) => ApiReach::Answers,
+            Err(e) => ApiReach::Silent(crate::kube::error_chain(&e)),
+        },
+    };
+    if let ApiReach::Silent(why) = &scope.api {
+        say(&format!("the Kubernetes API does not answer ({why})"));
     }
+    let plan = planner::plan(spec, observed, &observation.facts, scope)?;
+    Ok((plan, client))
 }
 
 /// What `plan` reports: the steps `up` would run and what stands around them.
@@ -562,6 +559,7 @@ pub(crate) async fn plan(
     config: CloudConfig,
     state_path: PathBuf,
     scope: Scope,
+    api_address: Option<&str>,
     mut warnings: Vec<String>,
 ) -> Result<PlanReport, UpError> {
     let state = StateDir::open_existing(&state_path)?;
@@ -589,14 +587,29 @@ pub(crate) async fn plan(
         problems,
         endpoint_chosen,
     } = observe_checked(&cloud, &mut spec, recorded_ranges).await?;
-    if let Some(pki) = match &state {
+    let pki = match &state {
         Some(state) => ClusterPki::load_existing(state)?,
         None => None,
-    } {
-        identity::check(&spec.name, &observation.observed.servers, &pki, &state_path)
-            .map_err(|e| UpError::Refused(e.to_string()))?;
-    }
-    let plan = planner::plan(&spec, &observation.observed, &observation.facts, scope)?;
+    };
+    let plan = match &pki {
+        Some(pki) => {
+            identity::check(&spec.name, &observation.observed.servers, pki, &state_path)
+                .map_err(|e| UpError::Refused(e.to_string()))?;
+            // What asking the API says (that it does not answer) is a warning here.
+            let said = std::sync::Mutex::new(Vec::new());
+            let say = |line: &str| {
+                if let Ok(mut lines) = said.lock() {
+                    lines.push(line.to_string());
+                }
+            };
+            let (plan, _) =
+                plan_asking_the_api(&spec, &observation, scope, pki, api_address, &say).await?;
+            warnings.extend(said.into_inner().unwrap_or_default());
+            plan
+        }
+        // No PKI here: nothing to ask the API with (and `up` refuses a cluster that exists).
+        None => planner::plan(&spec, &observation.observed, &observation.facts, scope)?,
+    };
     let growth = growth_shortfall(&cloud, &observation.observed, &observation.facts, &plan).await?;
     for problem in problems.into_iter().chain(growth) {
         warnings.push(format!(

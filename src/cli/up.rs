@@ -37,6 +37,10 @@ pub(crate) struct PlanArgs {
     /// Plan as `up --accept-empty-cluster` runs.
     #[arg(long)]
     pub(crate) accept_empty_cluster: bool,
+    /// Where `plan` asks the cluster's API whether it answers, when the plan drains nodes,
+    /// replaces them or changes etcd's members.
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,7 +167,9 @@ pub(crate) fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> an
         crate::plan::planner::Scope {
             kubernetes: !args.provision_only,
             accept_empty_cluster: args.accept_empty_cluster,
+            api: crate::plan::planner::ApiReach::Unasked,
         },
+        args.api.api_address.as_deref(),
         warnings,
     ))?;
     match args.output {

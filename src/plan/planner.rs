@@ -33,7 +33,7 @@ pub(crate) struct CloudFacts {
 }
 
 /// What the plan covers besides the cloud.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Scope {
     /// Drain leaving nodes and make a join token for new ones through the cluster's API
     /// (left out with `--provision-only`).
@@ -41,6 +41,22 @@ pub(crate) struct Scope {
     /// Build a control plane that ran and is gone again, which makes a new, empty cluster
     /// (`--accept-empty-cluster`); refused otherwise.
     pub(crate) accept_empty_cluster: bool,
+    /// Whether the cluster's API answers, as far as it was asked.
+    pub(crate) api: ApiReach,
+}
+
+/// What the planner knows of the cluster's Kubernetes API: planning input, so that work that
+/// needs it is either planned knowing it answers, planned without it in the open (a node
+/// deleted undrained), or refused, and never skipped quietly at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ApiReach {
+    /// Not asked: planned as if it answers. A plan with steps that need the API is made again
+    /// once it was asked (see [`Plan::needs_api`]).
+    Unasked,
+    /// `/readyz` answered.
+    Answers,
+    /// Asked, and it did not answer: why.
+    Silent(String),
 }
 
 /// What stands in for a fact the cloud lacks (an external network, flavor or image the file
@@ -76,6 +92,10 @@ pub enum PlanError {
         count: u32,
         quorum: usize,
     },
+    #[error(
+        "{needed} needs the cluster's Kubernetes API, which does not answer ({why}); nothing was planned\n  hint: `flatstack status` shows what answers; run `flatstack up` again once the API does, or `flatstack up --provision-only` to change only the cloud"
+    )]
+    ApiSilent { needed: String, why: String },
     #[error(
         "`control_plane.api_endpoint` is `{wanted}` but the cluster runs behind a {runs}; flatstack cannot move a running cluster's API address from one to the other; nothing was planned\n  hint: set `api_endpoint = \"{runs}\"`"
     )]
@@ -528,6 +548,12 @@ pub(crate) fn plan(
         if !scope.kubernetes {
             return Err(PlanError::MemberLost { name, how });
         }
+        if let ApiReach::Silent(why) = &scope.api {
+            return Err(PlanError::ApiSilent {
+                needed: format!("removing the etcd member of lost control plane {name}"),
+                why: why.clone(),
+            });
+        }
     }
     let via = running_control_planes
         .iter()
@@ -582,6 +608,24 @@ pub(crate) fn plan(
     if let Some((node, _, why)) = rolling.first().filter(|_| !scope.kubernetes) {
         return Err(PlanError::ControlPlaneChange {
             name: node.name.clone(),
+            why: why.clone(),
+        });
+    }
+    if let (Some((node, _, _)), ApiReach::Silent(why)) = (rolling.first(), &scope.api) {
+        return Err(PlanError::ApiSilent {
+            needed: format!("replacing control plane {} in place", node.name),
+            why: why.clone(),
+        });
+    }
+    // A worker replaced is drained only once its replacement is seen Ready.
+    if let (Some(replacement), ApiReach::Silent(why), true) =
+        (roster.replacements.first(), &scope.api, scope.kubernetes)
+    {
+        return Err(PlanError::ApiSilent {
+            needed: format!(
+                "replacing {} (its replacement must be seen Ready before it is drained)",
+                replacement.old
+            ),
             why: why.clone(),
         });
     }
@@ -837,21 +881,27 @@ pub(crate) fn plan(
         .iter()
         .filter(|s| !wanted.contains(s.name.as_str()) && !replaced.contains(s.name.as_str()))
     {
-        let drained: Vec<StepId> = if scope.kubernetes && !server.failed_build() {
-            vec![plan.push(
+        let silent = match &scope.api {
+            ApiReach::Silent(why) => Some(why),
+            _ => None,
+        };
+        let drained: Vec<StepId> = match scope.kubernetes && !server.failed_build() {
+            true if silent.is_none() => vec![plan.push(
                 Action::Drain {
                     node: server.name.clone(),
                 },
                 &ready_before_drain(&server.name),
-            )]
-        } else {
-            Vec::new()
+            )],
+            _ => Vec::new(),
         };
+        let because = silent
+            .filter(|_| scope.kubernetes && !server.failed_build())
+            .map(|why| format!("not drained: the Kubernetes API does not answer ({why})"));
         let id = plan.push(
             Action::DeleteServer {
                 id: server.id.clone(),
                 name: server.name.clone(),
-                because: None,
+                because,
             },
             &drained,
         );
@@ -1358,6 +1408,7 @@ mod tests {
     const K8S: Scope = Scope {
         kubernetes: true,
         accept_empty_cluster: false,
+        api: ApiReach::Unasked,
     };
 
     fn with_workers(count: u32) -> ClusterSpec {
@@ -1667,7 +1718,7 @@ mod tests {
             &facts(),
             Scope {
                 kubernetes: false,
-                accept_empty_cluster: false,
+                ..K8S
             },
         )
         .expect("plan");
@@ -1777,7 +1828,7 @@ mod tests {
             &facts(),
             Scope {
                 kubernetes: false,
-                accept_empty_cluster: false,
+                ..K8S
             },
         )
         .expect("plan");
@@ -1785,6 +1836,77 @@ mod tests {
             shown(&provision_only),
             ["- server demo-default-2", "- port demo-default-2"]
         );
+    }
+
+    /// The API's silence is planning input: a node leaving is deleted undrained in the open
+    /// (the plan says why), and what cannot be done safely without the API is refused with
+    /// nothing planned: a worker pool's replacement, a control plane's, a lost one's.
+    #[test]
+    fn a_silent_api_is_planned_for_not_skipped_at_run_time() {
+        let silent = Scope {
+            api: ApiReach::Silent("connection refused".into()),
+            ..K8S
+        };
+        let spec = with_workers(2);
+        let shrunk = plan(
+            &with_workers(1),
+            &converged(&spec),
+            &facts(),
+            silent.clone(),
+        )
+        .expect("plan");
+        assert_eq!(
+            shown(&shrunk),
+            ["- server demo-default-2", "- port demo-default-2"]
+        );
+        let deletion = &shrunk.steps[0].shown().detail;
+        assert!(
+            deletion
+                .contains("not drained: the Kubernetes API does not answer (connection refused)"),
+            "{deletion}"
+        );
+        // Growing still works: the join token waits for the API (a first control plane may
+        // still be booting).
+        let mut observed = converged(&spec);
+        observed.servers.pop();
+        let grown = plan(&spec, &observed, &facts(), silent.clone()).expect("plan");
+        assert!(shown(&grown).contains(&"> join token bootstrap token".to_string()));
+
+        let bigger =
+            test_spec("[[worker_pools]]\nname = \"default\"\ncount = 2\nflavor = \"m3.medium\"\n");
+        let mut facts = facts();
+        facts.flavors.push(Flavor {
+            id: "f2".into(),
+            name: "m3.medium".into(),
+            vcpus: 8,
+            ram: 30720,
+            disk: 60,
+        });
+        let refused =
+            plan(&bigger, &converged(&spec), &facts, silent.clone()).expect_err("refused");
+        assert!(
+            matches!(&refused, PlanError::ApiSilent { needed, .. } if needed.starts_with("replacing demo-default-")),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains("connection refused"),
+            "{refused}"
+        );
+
+        let three = test_spec(
+            "count = 3\napi_endpoint = \"vip\"\n[[worker_pools]]\nname = \"default\"\ncount = 1\nflavor = \"m3.small\"\n",
+        );
+        let mut lost = converged(&three);
+        for port in &mut lost.ports {
+            port.tags.push(CONTROL_PLANE_RAN_TAG.into());
+        }
+        lost.servers.retain(|s| s.name != "demo-control-plane-2");
+        assert!(matches!(
+            plan(&three, &lost, &facts, silent.clone()),
+            Err(PlanError::ApiSilent { .. })
+        ));
+        // The same loss with the API answering is planned.
+        assert!(plan(&three, &lost, &facts, K8S).is_ok());
     }
 
     /// A control plane that ran (its port marked) is not built again unless asked: it would

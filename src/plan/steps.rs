@@ -791,18 +791,19 @@ impl Plan {
         self.steps.iter().map(Step::shown).collect()
     }
 
-    /// The servers the plan creates and deletes, by name.
-    pub(crate) fn servers(&self) -> (Vec<&str>, Vec<&str>) {
-        let mut created = Vec::new();
-        let mut deleted = Vec::new();
-        for step in &self.steps {
-            match &step.action {
-                Action::CreateServer(s) => created.push(s.name.as_str()),
-                Action::DeleteServer { name, .. } => deleted.push(name.as_str()),
-                _ => {}
-            }
-        }
-        (created, deleted)
+    /// Whether any step talks to the cluster's Kubernetes API.
+    pub(crate) fn needs_api(&self) -> bool {
+        self.steps.iter().any(|s| {
+            matches!(
+                s.action,
+                Action::Drain { .. }
+                    | Action::WaitReady { .. }
+                    | Action::CreateJoinToken
+                    | Action::RemoveEtcdMember { .. }
+                    | Action::WaitEtcdMember { .. }
+                    | Action::DeleteNode { .. }
+            )
+        })
     }
 }
 

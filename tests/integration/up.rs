@@ -457,9 +457,16 @@ fn up_converges_scales_and_down_removes_everything() {
     success(&flatstack(&workspace, &["up", "--provision-only"]));
     assert_eq!(servers(&name).len(), 5);
     workspace.write_cluster(&cluster(&name, 1, ""));
-    let plan = String::from_utf8_lossy(&flatstack(&workspace, &["plan"]).stdout).into_owned();
+    // Nothing answers at NO_API: the leaving workers are deleted undrained, and the plan says so.
+    let plan =
+        String::from_utf8_lossy(&flatstack(&workspace, &["plan", "--api-address", NO_API]).stdout)
+            .into_owned();
     assert!(
         plan.contains(&format!("- server          {name}-default-4")),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("not drained: the Kubernetes API does not answer"),
         "{plan}"
     );
     success(&flatstack(&workspace, &["up", "--provision-only"]));
@@ -1158,9 +1165,14 @@ fn a_pool_with_a_new_flavor_is_replaced_node_by_node_new_node_ready_first() {
         "count = 2\nflavor = \"m3.tiny\"",
         "count = 2\nflavor = \"m3.small\"",
     ));
-    let plan: Value =
-        serde_json::from_slice(&flatstack(&workspace, &["plan", "--output", "json"]).stdout)
-            .expect("plan json");
+    let plan: Value = serde_json::from_slice(
+        &flatstack(
+            &workspace,
+            &["plan", "--output", "json", "--api-address", api.as_str()],
+        )
+        .stdout,
+    )
+    .expect("plan json");
     let steps: Vec<String> = plan["actions"]
         .as_array()
         .expect("actions")
@@ -1219,7 +1231,10 @@ fn a_pool_with_a_new_flavor_is_replaced_node_by_node_new_node_ready_first() {
             );
         }
     }
-    let again = success(&flatstack(&workspace, &["plan"]));
+    let again = success(&flatstack(
+        &workspace,
+        &["plan", "--api-address", api.as_str()],
+    ));
     assert!(again.contains("nothing to change"), "{again}");
 
     // Back to the old flavor, but the first replacement never joins: `up` fails and the node
@@ -2135,7 +2150,8 @@ fn a_state_directory_that_is_not_the_clusters_is_refused_by_every_command() {
             &worker,
         ],
     );
-    let plan = success(&flatstack(&workspace, &["plan"]));
+    // Nothing answers at NO_API: the join token waits for the API when `up` runs.
+    let plan = success(&flatstack(&workspace, &["plan", "--api-address", NO_API]));
     assert!(
         plan.lines().any(|l| l.contains("- server")
             && l.contains(&worker)
@@ -2730,7 +2746,10 @@ fn a_lost_control_plane_of_three_leaves_etcd_before_it_is_built_again_to_join() 
     let old_member = cluster.member_id(&lost);
 
     cli("local-demo", &["server", "delete", "--wait", &lost]);
-    let planned = success(&flatstack(&cluster.workspace, &["plan"]));
+    let planned = success(&flatstack(
+        &cluster.workspace,
+        &["plan", "--api-address", cluster.api.as_str()],
+    ));
     for line in [
         format!("> etcd member     {lost:<40} remove through {first}"),
         format!("> node            {lost:<40} delete its Node object"),
@@ -2812,7 +2831,10 @@ fn a_control_plane_flavor_change_rolls_one_control_plane_at_a_time() {
     cluster
         .workspace
         .write_cluster(&HighlyAvailable::text(&cluster.name, "m3.small"));
-    let planned = success(&flatstack(&cluster.workspace, &["plan"]));
+    let planned = success(&flatstack(
+        &cluster.workspace,
+        &["plan", "--api-address", cluster.api.as_str()],
+    ));
     assert!(
         planned.contains(&format!(
             "- server          {:<40} it runs flavor m3.tiny, the file asks for m3.small: replaced in place",
