@@ -34,10 +34,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 pub(crate) struct Context {
     pub(crate) cloud: Arc<Cloud>,
     pub(crate) spec: ClusterSpec,
-    pub(crate) pki: ClusterPki,
+    /// The cluster's PKI: what new nodes trust (`down` runs without it).
+    pub(crate) pki: Option<ClusterPki>,
     /// The join token of this run's new nodes: sealed into their configs, registered in the
     /// cluster (a running one through its API, a new one by `kubeadm init`).
-    pub(crate) join_token: BootstrapToken,
+    pub(crate) join_token: Option<BootstrapToken>,
     /// The cluster's API, for drains and the join token: none with `--provision-only` or when
     /// it does not answer (nodes are then deleted without draining).
     pub(crate) kube: Option<KubeClient>,
@@ -351,6 +352,20 @@ const ETCD_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The cluster's API, which a step on lost control plane `node` cannot do without: its server
 /// is not built again until the API answers.
+/// This run's join token, which every step that lets a node join needs.
+fn join_token_of(context: &Context) -> Result<&BootstrapToken, ApplyError> {
+    context.join_token.as_ref().ok_or_else(|| {
+        ApplyError::Missing("a node cannot join without this run's join token".into())
+    })
+}
+
+/// The cluster's PKI, which every step that makes a node needs.
+fn pki_of(context: &Context) -> Result<&ClusterPki, ApplyError> {
+    context.pki.as_ref().ok_or_else(|| {
+        ApplyError::Missing("a node cannot be made without the cluster's PKI".into())
+    })
+}
+
 fn api_for<'c>(context: &'c Context, node: &str) -> Result<&'c KubeClient, ApplyError> {
     context.kube.as_ref().ok_or_else(|| {
         ApplyError::Missing(format!(
@@ -550,8 +565,10 @@ async fn run_on_cloud(
                 )
             })?;
             kube.wait_ready(context.node_ready_within).await?;
-            kube.apply(&super::bootstrap::join_token_secret(&context.join_token))
-                .await?;
+            kube.apply(&super::bootstrap::join_token_secret(join_token_of(
+                context,
+            )?))
+            .await?;
             Made::default()
         }
         Action::RenderIgnition {
@@ -568,12 +585,13 @@ async fn run_on_cloud(
                     .and_then(|a| a.parse().ok()),
             };
             let mut rendered = BTreeMap::new();
+            let pki = pki_of(context)?;
             for node in nodes {
                 let config = node::render_node(
                     &context.spec,
-                    &context.pki,
+                    pki,
                     &endpoint,
-                    &context.join_token,
+                    join_token_of(context)?,
                     node,
                     initializer.as_deref() == Some(node.name.as_str()),
                 )?;
@@ -595,7 +613,7 @@ async fn run_on_cloud(
                 .cloned();
             // Next to the tags: the CA the node trusts, and the key to its sealed secrets.
             let mut metadata = s.metadata.clone();
-            metadata.insert(CA_METADATA.to_string(), context.pki.discovery_hash());
+            metadata.insert(CA_METADATA.to_string(), pki_of(context)?.discovery_hash());
             let user_data = rendered.map(|(ignition, key)| {
                 metadata.insert(SEAL_KEY_METADATA.to_string(), key.expose_hex());
                 ignition
@@ -643,32 +661,36 @@ async fn run_on_cloud(
             cloud.delete_resource(Kind::Port, id).await?;
             Made::id(id)
         }
-        Action::DeleteDuplicate(duplicate) => {
-            use crate::plan::steps::Duplicate;
-            match duplicate {
-                Duplicate::FloatingIp { id, .. } => {
+        Action::DeleteDuplicate(owned) | Action::DeleteOwned(owned) => {
+            use crate::plan::steps::Owned;
+            match owned {
+                Owned::FloatingIp { id, .. } => {
                     cloud.delete_resource(Kind::FloatingIp, id).await?;
                 }
-                Duplicate::Router { id, subnets, .. } => {
+                Owned::Router { id, subnets, .. } => {
                     for subnet in subnets {
                         cloud.remove_router_interface(id, subnet).await?;
                     }
                     cloud.clear_router_gateway(id).await?;
                     cloud.delete_resource(Kind::Router, id).await?;
                 }
-                Duplicate::Subnet { id, routers, .. } => {
+                Owned::Subnet { id, routers, .. } => {
                     for router in routers {
                         cloud.remove_router_interface(router, id).await?;
                     }
                     cloud.delete_resource(Kind::Subnet, id).await?;
                 }
-                Duplicate::Network { id, .. } => {
+                Owned::Network { id, .. } => {
                     cloud.delete_resource(Kind::Network, id).await?;
                 }
-                Duplicate::SecurityGroup { id, .. } => {
+                Owned::SecurityGroup { id, .. } => {
                     cloud.delete_resource(Kind::SecurityGroup, id).await?;
                 }
-                Duplicate::ServerGroup { id, .. } => cloud.delete_server_group(id).await?,
+                Owned::ServerGroup { id, .. } => cloud.delete_server_group(id).await?,
+                Owned::Volume { id, .. } => {
+                    cloud.delete_volume(id).await?;
+                    super::wait_volume_gone(cloud, id).await?;
+                }
             }
             Made::default()
         }

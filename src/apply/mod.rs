@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cloud::compute::Server;
-use crate::cloud::network::Kind;
 use crate::cloud::{Cloud, CloudError};
 use crate::node::{ApiEndpoint, NodeError};
 use crate::plan::resources::{CSI_CLUSTER_KEY, Names, cluster_tag};
@@ -170,7 +169,8 @@ pub(crate) async fn provision(
     })
 }
 
-/// Deletes everything the cluster owns, in dependency order, then checks nothing is left.
+/// Deletes everything the cluster owns: `down`'s plan ([`crate::plan::teardown`]) from a fresh
+/// observation, run by the executor as `up`'s is; then checks nothing is left.
 pub(crate) async fn teardown(
     cloud: &Arc<Cloud>,
     spec: &crate::spec::ClusterSpec,
@@ -178,96 +178,34 @@ pub(crate) async fn teardown(
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<(), ApplyError> {
     let cluster = spec.name.as_str();
-    let (observed, _) = observe::cluster_resources(cloud, spec).await?;
-    // What the cloud controller made for LoadBalancer Services goes first: the load balancers'
-    // addresses are on the cluster's subnet and their members are its nodes.
-    for floating in &observed.service_floating_ips {
-        say(&format!(
-            "releasing floating IP {} ({})",
-            floating.floating_ip_address, floating.description
-        ));
-        cloud
-            .delete_resource(Kind::FloatingIp, &floating.id)
-            .await?;
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    // Then the API's (its VIP port and floating IP are flatstack's: they go with the rest).
-    for balancer in observed
-        .load_balancers
-        .iter()
-        .chain(&observed.api_load_balancers)
-    {
-        say(&format!("deleting load balancer {}", balancer.name));
-        let cloud = cloud.clone();
-        let id = balancer.id.clone();
-        tasks.spawn(async move { cloud.delete_load_balancer(&id, SERVER_TIMEOUT).await });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        joined.map_err(task_failed)??;
-    }
-    for server in &observed.servers {
-        say(&format!("deleting server {}", server.name));
-        let cloud = cloud.clone();
-        let id = server.id.clone();
-        tasks.spawn(async move {
-            cloud.delete_server(&id).await?;
-            cloud.wait_server_deleted(&id, SERVER_TIMEOUT).await
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        joined.map_err(task_failed)??;
-    }
+    let ((observed, _), volumes) = tokio::try_join!(
+        observe::cluster_resources(cloud, spec),
+        cluster_volumes(cloud, cluster),
+    )?;
     // Persistent volumes outlive the cluster unless asked for: they hold people's data.
-    let volumes = cluster_volumes(cloud, cluster).await?;
-    for volume in &volumes {
-        let name = volume.name.as_deref().unwrap_or(&volume.id);
-        if delete_volumes {
-            say(&format!("deleting volume {name} ({} GB)", volume.size));
-            cloud.delete_volume(&volume.id).await?;
-        } else {
+    if !delete_volumes {
+        for volume in &volumes {
             say(&format!(
-                "keeping volume {name} ({} GB); `down --delete-volumes` removes it",
+                "keeping volume {} ({} GB); `down --delete-volumes` removes it",
+                volume.name.as_deref().unwrap_or(&volume.id),
                 volume.size
             ));
         }
     }
-    for floating in &observed.floating_ips {
-        say(&format!(
-            "releasing floating IP {}",
-            floating.floating_ip_address
-        ));
-        cloud
-            .delete_resource(Kind::FloatingIp, &floating.id)
-            .await?;
-    }
-    for port in &observed.ports {
-        cloud.delete_resource(Kind::Port, &port.id).await?;
-    }
-    for router in &observed.routers {
-        say(&format!("deleting router {}", router.name));
-        for subnet in &observed.subnets {
-            cloud
-                .remove_router_interface(&router.id, &subnet.id)
-                .await?;
-        }
-        cloud.clear_router_gateway(&router.id).await?;
-        cloud.delete_resource(Kind::Router, &router.id).await?;
-    }
-    for subnet in &observed.subnets {
-        cloud.delete_resource(Kind::Subnet, &subnet.id).await?;
-    }
-    for network in &observed.networks {
-        say(&format!("deleting network {}", network.name));
-        cloud.delete_resource(Kind::Network, &network.id).await?;
-    }
-    for group in &observed.security_groups {
-        cloud
-            .delete_resource(Kind::SecurityGroup, &group.id)
-            .await?;
-    }
-    for group in &observed.server_groups {
-        cloud.delete_server_group(&group.id).await?;
-    }
+    let plan = crate::plan::teardown::teardown(&observed, &volumes, delete_volumes);
+    let context = Arc::new(Context {
+        cloud: cloud.clone(),
+        spec: spec.clone(),
+        pki: None,
+        join_token: None,
+        kube: None,
+        node_ready_within: SERVER_TIMEOUT,
+    });
+    let report = |event: Event| match event {
+        Event::Started { line } | Event::Finished { line } | Event::Say(line) => say(&line),
+        Event::ServersActive { .. } => {}
+    };
+    execute::execute(&plan, context, std::time::Instant::now(), &report).await?;
     let (left, _) = observe::cluster_resources(cloud, spec).await?;
     let mut remaining = left.describe();
     if delete_volumes {
@@ -300,7 +238,7 @@ pub(crate) async fn cluster_volumes(
         .collect())
 }
 
-async fn wait_volume_gone(cloud: &Cloud, id: &str) -> Result<(), CloudError> {
+pub(crate) async fn wait_volume_gone(cloud: &Cloud, id: &str) -> Result<(), CloudError> {
     let started = std::time::Instant::now();
     loop {
         match cloud.volume(id).await {
@@ -317,9 +255,4 @@ async fn wait_volume_gone(cloud: &Cloud, id: &str) -> Result<(), CloudError> {
             Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
-}
-
-/// A concurrent step that panicked or was cancelled: reported, never silently skipped.
-fn task_failed(error: tokio::task::JoinError) -> ApplyError {
-    ApplyError::Missing(format!("a concurrent step stopped unexpectedly: {error}"))
 }

@@ -206,8 +206,8 @@ pub(crate) async fn up(
     let context = Arc::new(Context {
         cloud: cloud.clone(),
         spec: spec.clone(),
-        pki: pki.clone(),
-        join_token: BootstrapToken::generate()?,
+        pki: Some(pki.clone()),
+        join_token: Some(BootstrapToken::generate()?),
         kube,
         node_ready_within: timeout,
     });

@@ -1,7 +1,7 @@
 //! Planning, pure: what a cluster file asks of a cloud ([`Needs`], for the quota preflight),
 //! the cluster's resource names and what the cloud holds of them ([`resources`]), the wanted
 //! security-group rules ([`rules`]), and the typed steps ([`steps`]) that the [`planner`]
-//! derives from an observation. Nothing here does I/O.
+//! derives from an observation, and `down`'s ([`teardown`]). Nothing here does I/O.
 
 pub(crate) mod duplicates;
 pub(crate) mod endpoint;
@@ -10,6 +10,7 @@ pub(crate) mod resources;
 pub(crate) mod roster;
 pub(crate) mod rules;
 pub(crate) mod steps;
+pub(crate) mod teardown;
 
 use std::collections::BTreeSet;
 

@@ -11,7 +11,7 @@ use super::resources::{self, Names, Observed, cluster_tag};
 use super::roster::{Replacement, ServerFacts, outdated_because, roster};
 use super::rules::{rule_diff, wanted_rules};
 use super::steps::{
-    Action, Duplicate, Made, Plan, PortRequest, Ref, RuleRequest, ServerPlan, StepId, SubnetRequest,
+    Action, Made, Owned, Plan, PortRequest, Ref, RuleRequest, ServerPlan, StepId, SubnetRequest,
 };
 use crate::cloud::compute::Flavor;
 use crate::cloud::network::{AllocationPool, Network, Port, Subnet};
@@ -1127,7 +1127,7 @@ fn remove_extras(plan: &mut Plan, extras: &Observed, observed: &Observed) {
         .iter()
         .map(|f| {
             plan.push(
-                Action::DeleteDuplicate(Duplicate::FloatingIp {
+                Action::DeleteDuplicate(Owned::FloatingIp {
                     id: f.id.clone(),
                     address: f.floating_ip_address.clone(),
                 }),
@@ -1162,7 +1162,7 @@ fn remove_extras(plan: &mut Plan, extras: &Observed, observed: &Observed) {
         .iter()
         .map(|r| {
             plan.push(
-                Action::DeleteDuplicate(Duplicate::Router {
+                Action::DeleteDuplicate(Owned::Router {
                     id: r.id.clone(),
                     name: r.name.clone(),
                     subnets: interfaces_of(&r.id),
@@ -1184,7 +1184,7 @@ fn remove_extras(plan: &mut Plan, extras: &Observed, observed: &Observed) {
                 .filter(|r| !extras.routers.iter().any(|x| &x.id == r))
                 .collect();
             plan.push(
-                Action::DeleteDuplicate(Duplicate::Subnet {
+                Action::DeleteDuplicate(Owned::Subnet {
                     id: s.id.clone(),
                     name: s.name.clone(),
                     routers,
@@ -1196,7 +1196,7 @@ fn remove_extras(plan: &mut Plan, extras: &Observed, observed: &Observed) {
     before_network_parts.extend(&subnets);
     for network in &extras.networks {
         plan.push(
-            Action::DeleteDuplicate(Duplicate::Network {
+            Action::DeleteDuplicate(Owned::Network {
                 id: network.id.clone(),
                 name: network.name.clone(),
             }),
@@ -1205,7 +1205,7 @@ fn remove_extras(plan: &mut Plan, extras: &Observed, observed: &Observed) {
     }
     for group in &extras.security_groups {
         plan.push(
-            Action::DeleteDuplicate(Duplicate::SecurityGroup {
+            Action::DeleteDuplicate(Owned::SecurityGroup {
                 id: group.id.clone(),
                 name: group.name.clone(),
             }),
@@ -1214,7 +1214,7 @@ fn remove_extras(plan: &mut Plan, extras: &Observed, observed: &Observed) {
     }
     for group in &extras.server_groups {
         plan.push(
-            Action::DeleteDuplicate(Duplicate::ServerGroup {
+            Action::DeleteDuplicate(Owned::ServerGroup {
                 id: group.id.clone(),
                 name: group.name.clone(),
             }),
@@ -1367,7 +1367,7 @@ fn network_chain(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cloud::compute::Server;
     use crate::cloud::network::{FixedIp, FloatingIp, Router, SecurityGroup};
@@ -1411,14 +1411,14 @@ mod tests {
         api: ApiReach::Unasked,
     };
 
-    fn with_workers(count: u32) -> ClusterSpec {
+    pub(crate) fn with_workers(count: u32) -> ClusterSpec {
         test_spec(&format!(
             "[[worker_pools]]\nname = \"default\"\ncount = {count}\nflavor = \"m3.small\"\n"
         ))
     }
 
     /// Everything a converged cluster of `spec` holds, as the planner would make it.
-    fn converged(spec: &ClusterSpec) -> Observed {
+    pub(crate) fn converged(spec: &ClusterSpec) -> Observed {
         let names = Names::of(&spec.name);
         let port = |name: &str, ip: &str| Port {
             id: format!("p-{name}"),
@@ -2571,7 +2571,7 @@ mod tests {
         let network = plan
             .steps
             .iter()
-            .find(|s| matches!(&s.action, Action::DeleteDuplicate(Duplicate::Network { id, .. }) if id == "n-twin"))
+            .find(|s| matches!(&s.action, Action::DeleteDuplicate(Owned::Network { id, .. }) if id == "n-twin"))
             .expect("the twin network goes");
         assert!(network.needs.len() >= 5, "{network:?}");
         for step in &plan.steps {

@@ -249,12 +249,14 @@ pub(crate) enum Action {
         name: String,
     },
     /// A duplicate left by a second writer (see [`super::duplicates`]).
-    DeleteDuplicate(Duplicate),
+    DeleteDuplicate(Owned),
+    /// One of the cluster's resources, deleted by `down`.
+    DeleteOwned(Owned),
 }
 
-/// A resource of which the cluster has two, and keeps the other.
+/// A resource the cluster owns, deleted whole: a duplicate of two writers, or by `down`.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Duplicate {
+pub(crate) enum Owned {
     FloatingIp {
         id: String,
         address: String,
@@ -283,17 +285,24 @@ pub(crate) enum Duplicate {
         id: String,
         name: String,
     },
+    /// A persistent volume the cluster's Cinder CSI driver made; waited for until gone.
+    Volume {
+        id: String,
+        name: String,
+        size_gb: u64,
+    },
 }
 
-impl Duplicate {
+impl Owned {
     fn kind_and_name(&self) -> (&'static str, &str) {
         match self {
-            Duplicate::FloatingIp { address, .. } => ("floating IP", address),
-            Duplicate::Router { name, .. } => ("router", name),
-            Duplicate::Subnet { name, .. } => ("subnet", name),
-            Duplicate::Network { name, .. } => ("network", name),
-            Duplicate::SecurityGroup { name, .. } => ("security group", name),
-            Duplicate::ServerGroup { name, .. } => ("server group", name),
+            Owned::FloatingIp { address, .. } => ("floating IP", address),
+            Owned::Router { name, .. } => ("router", name),
+            Owned::Subnet { name, .. } => ("subnet", name),
+            Owned::Network { name, .. } => ("network", name),
+            Owned::SecurityGroup { name, .. } => ("security group", name),
+            Owned::ServerGroup { name, .. } => ("server group", name),
+            Owned::Volume { name, .. } => ("volume", name),
         }
     }
 }
@@ -537,6 +546,14 @@ impl Action {
                 let (kind, name) = d.kind_and_name();
                 (Verb::Delete, kind, name.to_string(), "duplicate".into())
             }
+            DeleteOwned(d) => {
+                let (kind, name) = d.kind_and_name();
+                let detail = match d {
+                    Owned::Volume { size_gb, .. } => format!("{size_gb} GB"),
+                    _ => String::new(),
+                };
+                (Verb::Delete, kind, name.to_string(), detail)
+            }
         }
     }
 
@@ -625,6 +642,16 @@ impl Action {
                 let (kind, name) = d.kind_and_name();
                 format!("removing duplicate {kind} {name}")
             }
+            DeleteOwned(Owned::FloatingIp { address, .. }) => {
+                format!("releasing floating IP {address}")
+            }
+            DeleteOwned(Owned::Volume { name, size_gb, .. }) => {
+                format!("deleting volume {name} ({size_gb} GB)")
+            }
+            DeleteOwned(d) => {
+                let (kind, name) = d.kind_and_name();
+                format!("deleting {kind} {name}")
+            }
         }
     }
 
@@ -653,6 +680,7 @@ impl Action {
             WaitActive { .. } => "servers ACTIVE",
             DeleteServer { .. } | DeletePort { .. } => "delete servers",
             DeleteDuplicate(_) => "remove duplicates",
+            DeleteOwned(_) => "tear down",
         }
     }
 
@@ -663,7 +691,9 @@ impl Action {
             | CreateServer(_)
             | AttachPort { .. }
             | DeleteServer { .. }
-            | DeleteDuplicate(Duplicate::ServerGroup { .. }) => Service::Compute,
+            | DeleteDuplicate(Owned::ServerGroup { .. })
+            | DeleteOwned(Owned::ServerGroup { .. })
+            | DeleteOwned(Owned::Volume { .. }) => Service::Compute,
             WaitActive { .. } | RenderIgnition { .. } => Service::Unbounded,
             CreateLoadBalancer(_) | WaitLoadBalancer { .. } | DeleteLoadBalancer { .. } => {
                 Service::LoadBalancer
