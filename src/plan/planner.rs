@@ -138,550 +138,765 @@ fn first_sentence(message: &str) -> String {
     }
 }
 
-/// The steps from `observed` to what `spec` asks for.
+/// The steps from `observed` to what `spec` asks for: [`Planner::plan`]'s phases.
 pub(crate) fn plan(
     spec: &ClusterSpec,
     observed: &Observed,
     facts: &CloudFacts,
     scope: Scope,
 ) -> Result<Plan, PlanError> {
-    let names = Names::of(&spec.name);
-    let external_id = facts
-        .external_network
-        .as_ref()
-        .map_or(MISSING, |n| n.id.as_str());
-    let mut plan = Plan::default();
     // Two of one name (two writers at once): keep one, remove the others at the end.
     let (kept, extras) = super::duplicates::split(spec, observed);
-    let observed = &kept;
-    // Untagged resources are adopted only when kept; a duplicate goes whether tagged or not.
-    let is_extra = |id: &str| {
-        extras.floating_ips.iter().any(|f| f.id == id)
-            || extras.networks.iter().any(|n| n.id == id)
-            || extras.subnets.iter().any(|s| s.id == id)
-            || extras.routers.iter().any(|r| r.id == id)
-            || extras.ports.iter().any(|p| p.id == id)
-            || extras.security_groups.iter().any(|g| g.id == id)
-    };
-    for untagged in observed.adopt.iter().filter(|u| !is_extra(&u.id)) {
-        plan.push(
-            Action::Adopt {
-                kind: untagged.kind,
-                id: untagged.id.clone(),
-                name: untagged.name.clone(),
-            },
-            &[],
+    Planner {
+        spec,
+        observed: &kept,
+        facts,
+        scope: &scope,
+        names: Names::of(&spec.name),
+        plan: Plan::default(),
+    }
+    .plan(&extras)
+}
+
+/// One planning: its inputs and the steps so far.
+struct Planner<'a> {
+    spec: &'a ClusterSpec,
+    /// What the cloud holds of the cluster, duplicates of two writers set apart.
+    observed: &'a Observed,
+    facts: &'a CloudFacts,
+    scope: &'a Scope,
+    names: Names,
+    plan: Plan,
+}
+
+/// The cluster's two security groups.
+struct Groups {
+    nodes: Ref,
+    control_planes: Ref,
+}
+
+/// The ports: the endpoint's own with 3 or 5 control planes, and every node's by name.
+struct Ports<'r> {
+    endpoint: Option<Ref>,
+    of_node: BTreeMap<&'r str, Ref>,
+}
+
+/// The control planes the file names (first in its nodes, numbered from 1) and those whose
+/// servers run, by name.
+struct ControlPlanes<'a> {
+    names: Vec<String>,
+    running: Vec<&'a str>,
+}
+
+impl ControlPlanes<'_> {
+    fn index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+}
+
+/// What the control-plane lane decided: the member removals a rebuilt control plane waits
+/// for, and the control planes to replace in place, with why.
+struct Lane<'a, 'r> {
+    member_gone: BTreeMap<&'r str, StepId>,
+    rolling: Vec<(&'r NodeName, &'a crate::cloud::compute::Server, String)>,
+}
+
+/// What the phases before the servers made for them to stand on.
+struct Footing<'a, 'r> {
+    control_planes: ControlPlanes<'a>,
+    ports: Ports<'r>,
+    /// The port that holds the API's address, and the API's floating IP.
+    api_port: Ref,
+    public: Ref,
+    server_group: Ref,
+    /// The step after which the API's load balancer is ready, if one was needed.
+    balancer_ready: Option<StepId>,
+}
+
+/// What the server phase leaves for scaling down: servers already deleted (replaced), and
+/// per pool the waits for its up-to-date nodes, before any of its outdated ones is drained.
+struct Servers<'r> {
+    deleted: BTreeMap<&'r str, StepId>,
+    pool_ready: BTreeMap<usize, Vec<StepId>>,
+}
+
+impl<'a> Planner<'a> {
+    /// The phases, in order: adopt what lacks its tag; the network; security and server
+    /// groups; the control planes' count and endpoint checked; ports; the API's load balancer
+    /// and floating IP; failed builds; the control-plane lane (lost or changed control planes);
+    /// servers (additions, then replacements); ports attached and builds waited for; scaling
+    /// down; duplicates removed.
+    fn plan(mut self, extras: &Observed) -> Result<Plan, PlanError> {
+        self.adopt_untagged(extras);
+        let external_id = self
+            .facts
+            .external_network
+            .as_ref()
+            .map_or(MISSING.to_string(), |n| n.id.clone());
+        let chain = network_chain(
+            self.spec,
+            self.observed,
+            self.facts,
+            &external_id,
+            &mut self.plan,
+        )?;
+        let groups = self.security_groups(&chain);
+        let server_group = self.server_group();
+        check_control_plane_count(self.spec, self.observed)?;
+        check_endpoint(self.spec, self.observed)?;
+        let roster = roster(
+            self.spec,
+            ServerFacts::of(self.observed, &self.facts.flavors),
         );
+        let control_planes = self.control_planes();
+        let ports = self.ports(&chain, &groups, &roster.nodes, &control_planes);
+        let balancer_ready = self.api_load_balancer(&chain, &ports, &roster.nodes);
+        let first = roster
+            .nodes
+            .iter()
+            .find(|n| n.role == Role::ControlPlane)
+            .map(|n| n.name.as_str())
+            .unwrap_or_default();
+        let (api_port, api_port_name) = match &ports.endpoint {
+            Some(endpoint) => (endpoint.clone(), self.names.api_port.clone()),
+            None => (
+                ports.of_node.get(first).cloned().unwrap_or(Ref::After(0)),
+                first.to_string(),
+            ),
+        };
+        let public = self.api_floating_ip(&chain, &api_port, &api_port_name, &external_id);
+        let rebuilt = self.failed_builds(&roster.nodes);
+        let missing: Vec<&NodeName> = roster
+            .nodes
+            .iter()
+            .filter(|n| {
+                rebuilt.contains_key(n.name.as_str())
+                    || !self.observed.servers.iter().any(|s| s.name == n.name)
+            })
+            .collect();
+        let lane = self.control_plane_lane(&roster, &missing, &rebuilt, &control_planes)?;
+        let footing = Footing {
+            control_planes,
+            ports,
+            api_port,
+            public,
+            server_group,
+            balancer_ready,
+        };
+        let servers = self.servers(&roster, missing, &rebuilt, &lane, &footing);
+        self.attach_and_wait(&footing.ports, &roster.nodes);
+        self.scale_down(&roster, servers, &footing.ports);
+        remove_extras(&mut self.plan, extras, self.observed);
+        self.plan.nodes = roster.nodes;
+        Ok(self.plan)
     }
-    let chain = network_chain(spec, observed, facts, external_id, &mut plan)?;
 
-    // Security groups: one for every node, one for control planes, with their rules.
-    let group = |plan: &mut Plan, name: &str| match observed
-        .security_groups
-        .iter()
-        .find(|g| g.name == name)
-    {
-        Some(g) => (Ref::Known(Made::id(&g.id)), g.security_group_rules.clone()),
-        None => {
-            let id = plan.push(
-                Action::CreateSecurityGroup {
-                    name: name.to_string(),
+    /// Untagged resources of the cluster's names are tagged, when kept (a duplicate goes
+    /// whether tagged or not).
+    fn adopt_untagged(&mut self, extras: &Observed) {
+        let is_extra = |id: &str| {
+            extras.floating_ips.iter().any(|f| f.id == id)
+                || extras.networks.iter().any(|n| n.id == id)
+                || extras.subnets.iter().any(|s| s.id == id)
+                || extras.routers.iter().any(|r| r.id == id)
+                || extras.ports.iter().any(|p| p.id == id)
+                || extras.security_groups.iter().any(|g| g.id == id)
+        };
+        for untagged in self.observed.adopt.iter().filter(|u| !is_extra(&u.id)) {
+            self.plan.push(
+                Action::Adopt {
+                    kind: untagged.kind,
+                    id: untagged.id.clone(),
+                    name: untagged.name.clone(),
                 },
                 &[],
             );
-            (Ref::After(id), Vec::new())
-        }
-    };
-    let (nodes_group, nodes_rules) = group(&mut plan, &names.nodes_group);
-    let (control_group, control_rules) = group(&mut plan, &names.control_plane_group);
-    let nodes_group_id = match &nodes_group {
-        Ref::Known(made) => made.id.clone(),
-        Ref::After(_) => String::new(),
-    };
-    let wanted = wanted_rules(spec, &nodes_group_id, chain.subnet_cidr);
-    for (group, group_name, have, want) in [
-        (
-            &nodes_group,
-            &names.nodes_group,
-            &nodes_rules,
-            &wanted.nodes,
-        ),
-        (
-            &control_group,
-            &names.control_plane_group,
-            &control_rules,
-            &wanted.control_planes,
-        ),
-    ] {
-        let (missing, stale) = rule_diff(have, want);
-        for rule in missing {
-            let rule = rule.clone();
-            let remote_group = rule.remote_group_id.as_ref().map(|_| nodes_group.clone());
-            plan.push(
-                Action::AddRule(RuleRequest {
-                    group: group.clone(),
-                    group_name: group_name.clone(),
-                    rule,
-                    remote_group,
-                }),
-                &[],
-            );
-        }
-        for rule in stale {
-            plan.push(
-                Action::RemoveRule {
-                    group_name: group_name.clone(),
-                    rule: rule.clone(),
-                },
-                &[],
-            );
         }
     }
-    let server_group = match observed.server_groups.first() {
-        Some(g) => Ref::Known(Made::id(&g.id)),
-        None => Ref::After(plan.push(
-            Action::CreateServerGroup {
-                name: names.server_group.clone(),
-                policy: "anti-affinity".into(),
-            },
-            &[],
-        )),
-    };
 
-    check_control_plane_count(spec, observed)?;
-    check_endpoint(spec, observed)?;
-    let vip = spec.control_plane.api_endpoint == ApiEndpointKind::Vip;
+    /// One security group for every node, one for control planes, holding exactly the
+    /// rules the file asks for.
+    fn security_groups(&mut self, chain: &Chain) -> Groups {
+        let observed = self.observed;
+        let plan = &mut self.plan;
+        let mut group = |name: &str| match observed.security_groups.iter().find(|g| g.name == name)
+        {
+            Some(g) => (Ref::Known(Made::id(&g.id)), g.security_group_rules.clone()),
+            None => {
+                let id = plan.push(
+                    Action::CreateSecurityGroup {
+                        name: name.to_string(),
+                    },
+                    &[],
+                );
+                (Ref::After(id), Vec::new())
+            }
+        };
+        let (nodes_group, nodes_rules) = group(&self.names.nodes_group);
+        let (control_group, control_rules) = group(&self.names.control_plane_group);
+        let nodes_group_id = match &nodes_group {
+            Ref::Known(made) => made.id.clone(),
+            Ref::After(_) => String::new(),
+        };
+        let wanted = wanted_rules(self.spec, &nodes_group_id, chain.subnet_cidr);
+        for (group, group_name, have, want) in [
+            (
+                &nodes_group,
+                &self.names.nodes_group,
+                &nodes_rules,
+                &wanted.nodes,
+            ),
+            (
+                &control_group,
+                &self.names.control_plane_group,
+                &control_rules,
+                &wanted.control_planes,
+            ),
+        ] {
+            let (missing, stale) = rule_diff(have, want);
+            for rule in missing {
+                let rule = rule.clone();
+                let remote_group = rule.remote_group_id.as_ref().map(|_| nodes_group.clone());
+                self.plan.push(
+                    Action::AddRule(RuleRequest {
+                        group: group.clone(),
+                        group_name: group_name.clone(),
+                        rule,
+                        remote_group,
+                    }),
+                    &[],
+                );
+            }
+            for rule in stale {
+                self.plan.push(
+                    Action::RemoveRule {
+                        group_name: group_name.clone(),
+                        rule: rule.clone(),
+                    },
+                    &[],
+                );
+            }
+        }
+        Groups {
+            nodes: nodes_group,
+            control_planes: control_group,
+        }
+    }
 
-    // Ports first: the API's address goes into every Ignition config. With one control plane
-    // it is that control plane's port's; with 3 or 5 it belongs to a port of its own, which
-    // every control plane's port may hold (the VIP).
-    let roster = roster(spec, ServerFacts::of(observed, &facts.flavors));
-    let nodes = &roster.nodes;
-    let api_address = spec.network.default_api_address();
-    let endpoint_port = spec.control_plane.highly_available().then(|| {
-        match observed.ports.iter().find(|p| p.name == names.api_port) {
-            Some(port) => Ref::Known(port_made(port)),
-            None => Ref::After(plan.push(
-                Action::CreatePort(PortRequest {
-                    name: names.api_port.clone(),
-                    network: chain.network.clone(),
-                    subnet: chain.subnet.clone(),
-                    fixed_ip: api_address,
-                    security_groups: vec![nodes_group.clone(), control_group.clone()],
-                    allowed_address_of: None,
-                }),
+    /// The anti-affinity server group every server goes in.
+    fn server_group(&mut self) -> Ref {
+        match self.observed.server_groups.first() {
+            Some(g) => Ref::Known(Made::id(&g.id)),
+            None => Ref::After(self.plan.push(
+                Action::CreateServerGroup {
+                    name: self.names.server_group.clone(),
+                    policy: "anti-affinity".into(),
+                },
                 &[],
             )),
         }
-    });
-    // Control planes come first in the file's nodes, numbered from 1.
-    let control_plane_names: Vec<String> = spec
-        .nodes()
-        .into_iter()
-        .filter(|n| n.role == Role::ControlPlane)
-        .map(|n| n.name)
-        .collect();
-    let control_plane_index = |name: &str| control_plane_names.iter().position(|n| n == name);
-    // The control planes whose servers run, by name.
-    let mut running_control_planes: Vec<&str> = observed
-        .servers
-        .iter()
-        .filter(|s| s.status == "ACTIVE" && control_plane_index(&s.name).is_some())
-        .map(|s| s.name.as_str())
-        .collect();
-    running_control_planes.sort_unstable();
-    let mut ports: BTreeMap<&str, Ref> = BTreeMap::new();
-    for node in nodes {
-        let index = control_plane_index(&node.name);
-        let endpoint = endpoint_port.as_ref().filter(|_| index.is_some() && vip);
-        let port = match observed.ports.iter().find(|p| p.name == node.name) {
-            Some(port) => {
-                let held = |endpoint: &Ref| match endpoint {
-                    Ref::Known(made) => {
-                        made.address.as_deref().is_some_and(|a| port.allows_only(a))
-                    }
-                    Ref::After(_) => false,
-                };
-                if let Some(endpoint) = endpoint.filter(|e| !held(e)) {
-                    plan.push(
-                        Action::AllowAddress {
-                            port: Ref::Known(port_made(port)),
-                            port_name: port.name.clone(),
-                            endpoint: endpoint.clone(),
-                        },
-                        &[],
-                    );
-                }
-                Ref::Known(port_made(port))
-            }
-            None => {
-                let mut security_groups = vec![nodes_group.clone()];
-                let fixed_ip = match (index, &endpoint_port) {
-                    (Some(i), Some(_)) => spec.network.control_plane_address(i),
-                    (Some(0), None) => api_address,
-                    _ => None,
-                };
-                if index.is_some() {
-                    security_groups.push(control_group.clone());
-                }
-                Ref::After(plan.push(
+    }
+
+    fn control_planes(&self) -> ControlPlanes<'a> {
+        let names: Vec<String> = self
+            .spec
+            .nodes()
+            .into_iter()
+            .filter(|n| n.role == Role::ControlPlane)
+            .map(|n| n.name)
+            .collect();
+        let mut running: Vec<&'a str> = self
+            .observed
+            .servers
+            .iter()
+            .filter(|s| s.status == "ACTIVE" && names.contains(&s.name))
+            .map(|s| s.name.as_str())
+            .collect();
+        running.sort_unstable();
+        ControlPlanes { names, running }
+    }
+
+    /// Ports first: the API's address goes into every Ignition config. With one control
+    /// plane it is that control plane's port's; with 3 or 5 it belongs to a port of its own,
+    /// which (VIP) every control plane's port may hold, checked every run.
+    fn ports<'r>(
+        &mut self,
+        chain: &Chain,
+        groups: &Groups,
+        nodes: &'r [NodeName],
+        control_planes: &ControlPlanes,
+    ) -> Ports<'r> {
+        let vip = self.spec.control_plane.api_endpoint == ApiEndpointKind::Vip;
+        let api_address = self.spec.network.default_api_address();
+        let endpoint_port = self.spec.control_plane.highly_available().then(|| {
+            match self
+                .observed
+                .ports
+                .iter()
+                .find(|p| p.name == self.names.api_port)
+            {
+                Some(port) => Ref::Known(port_made(port)),
+                None => Ref::After(self.plan.push(
                     Action::CreatePort(PortRequest {
-                        name: node.name.clone(),
+                        name: self.names.api_port.clone(),
                         network: chain.network.clone(),
                         subnet: chain.subnet.clone(),
-                        fixed_ip,
-                        security_groups,
-                        allowed_address_of: endpoint.cloned(),
+                        fixed_ip: api_address,
+                        security_groups: vec![groups.nodes.clone(), groups.control_planes.clone()],
+                        allowed_address_of: None,
                     }),
                     &[],
-                ))
+                )),
             }
-        };
-        ports.insert(node.name.as_str(), port);
-    }
-    let first = nodes
-        .iter()
-        .find(|n| n.role == Role::ControlPlane)
-        .map(|n| n.name.as_str())
-        .unwrap_or_default();
-    // The API's load balancer, made with every control plane as a member before any of them
-    // boots: `kubeadm init` and every join talk through it.
-    let balancer_ready = match (&endpoint_port, spec.control_plane.api_endpoint) {
-        (Some(vip_port), ApiEndpointKind::LoadBalancer) => {
-            let members = nodes
-                .iter()
-                .filter(|n| n.role == Role::ControlPlane)
-                .map(|n| {
-                    let port = ports.get(n.name.as_str()).cloned();
-                    (n.name.clone(), port.unwrap_or(Ref::After(0)))
-                })
-                .collect();
-            let request = super::endpoint::request(
-                spec,
-                facts.load_balancer_providers.as_deref().unwrap_or_default(),
-                vip_port.clone(),
-                chain.subnet.clone(),
-                chain.subnet_cidr,
-                members,
-                vec![cluster_tag(&spec.name)],
-            );
-            load_balancer_steps(
-                &mut plan,
-                observed,
-                vip_port,
-                request,
-                &chain.reachable_after,
-            )
-        }
-        _ => None,
-    };
-    let (api_port, api_port_name) = match &endpoint_port {
-        Some(endpoint) => (endpoint.clone(), names.api_port.as_str()),
-        None => (ports.get(first).cloned().unwrap_or(Ref::After(0)), first),
-    };
-
-    // The API's floating IP, on the endpoint's port (checked every run).
-    let public = match observed.api_floating_ip(&spec.name) {
-        None => {
-            let created = plan.push(
-                Action::CreateFloatingIp {
-                    description: names.api_address.clone(),
-                    external_network: spec.network.external_network.clone(),
-                    external_network_id: external_id.to_string(),
-                },
-                &[],
-            );
-            plan.push(
-                Action::AttachFloatingIp {
-                    floating: Ref::After(created),
-                    label: names.api_address.clone(),
-                    port: api_port.clone(),
-                    port_name: api_port_name.to_string(),
-                    repair: false,
-                },
-                &chain.reachable_after,
-            );
-            Ref::After(created)
-        }
-        Some(floating) => {
-            let attached = match &api_port {
-                Ref::Known(port) => floating.port_id.as_deref() == Some(port.id.as_str()),
-                Ref::After(_) => false,
+        });
+        let mut ports: BTreeMap<&'r str, Ref> = BTreeMap::new();
+        for node in nodes {
+            let index = control_planes.index(&node.name);
+            let endpoint = endpoint_port.as_ref().filter(|_| index.is_some() && vip);
+            let port = match self.observed.ports.iter().find(|p| p.name == node.name) {
+                Some(port) => {
+                    let held = |endpoint: &Ref| match endpoint {
+                        Ref::Known(made) => {
+                            made.address.as_deref().is_some_and(|a| port.allows_only(a))
+                        }
+                        Ref::After(_) => false,
+                    };
+                    if let Some(endpoint) = endpoint.filter(|e| !held(e)) {
+                        self.plan.push(
+                            Action::AllowAddress {
+                                port: Ref::Known(port_made(port)),
+                                port_name: port.name.clone(),
+                                endpoint: endpoint.clone(),
+                            },
+                            &[],
+                        );
+                    }
+                    Ref::Known(port_made(port))
+                }
+                None => {
+                    let mut security_groups = vec![groups.nodes.clone()];
+                    let fixed_ip = match (index, &endpoint_port) {
+                        (Some(i), Some(_)) => self.spec.network.control_plane_address(i),
+                        (Some(0), None) => api_address,
+                        _ => None,
+                    };
+                    if index.is_some() {
+                        security_groups.push(groups.control_planes.clone());
+                    }
+                    Ref::After(self.plan.push(
+                        Action::CreatePort(PortRequest {
+                            name: node.name.clone(),
+                            network: chain.network.clone(),
+                            subnet: chain.subnet.clone(),
+                            fixed_ip,
+                            security_groups,
+                            allowed_address_of: endpoint.cloned(),
+                        }),
+                        &[],
+                    ))
+                }
             };
-            if !attached {
-                plan.push(
+            ports.insert(node.name.as_str(), port);
+        }
+        Ports {
+            endpoint: endpoint_port,
+            of_node: ports,
+        }
+    }
+
+    /// The API's load balancer, made with every control plane as a member before any of them
+    /// boots (`kubeadm init` and every join talk through it): the step after which it is
+    /// ready, if one is needed.
+    fn api_load_balancer(
+        &mut self,
+        chain: &Chain,
+        ports: &Ports,
+        nodes: &[NodeName],
+    ) -> Option<StepId> {
+        let (Some(vip_port), ApiEndpointKind::LoadBalancer) =
+            (&ports.endpoint, self.spec.control_plane.api_endpoint)
+        else {
+            return None;
+        };
+        let members = nodes
+            .iter()
+            .filter(|n| n.role == Role::ControlPlane)
+            .map(|n| {
+                let port = ports.of_node.get(n.name.as_str()).cloned();
+                (n.name.clone(), port.unwrap_or(Ref::After(0)))
+            })
+            .collect();
+        let request = super::endpoint::request(
+            self.spec,
+            self.facts
+                .load_balancer_providers
+                .as_deref()
+                .unwrap_or_default(),
+            vip_port.clone(),
+            chain.subnet.clone(),
+            chain.subnet_cidr,
+            members,
+            vec![cluster_tag(&self.spec.name)],
+        );
+        load_balancer_steps(
+            &mut self.plan,
+            self.observed,
+            vip_port,
+            request,
+            &chain.reachable_after,
+        )
+    }
+
+    /// The API's floating IP, on the port that holds the API's address (checked every run).
+    fn api_floating_ip(
+        &mut self,
+        chain: &Chain,
+        api_port: &Ref,
+        api_port_name: &str,
+        external_id: &str,
+    ) -> Ref {
+        match self.observed.api_floating_ip(&self.spec.name) {
+            None => {
+                let created = self.plan.push(
+                    Action::CreateFloatingIp {
+                        description: self.names.api_address.clone(),
+                        external_network: self.spec.network.external_network.clone(),
+                        external_network_id: external_id.to_string(),
+                    },
+                    &[],
+                );
+                self.plan.push(
                     Action::AttachFloatingIp {
-                        floating: Ref::Known(Made::id(&floating.id)),
-                        label: floating.floating_ip_address.clone(),
+                        floating: Ref::After(created),
+                        label: self.names.api_address.clone(),
                         port: api_port.clone(),
                         port_name: api_port_name.to_string(),
-                        repair: true,
+                        repair: false,
                     },
                     &chain.reachable_after,
                 );
+                Ref::After(created)
             }
-            Ref::Known(Made {
-                id: floating.id.clone(),
-                address: Some(floating.floating_ip_address.clone()),
-            })
+            Some(floating) => {
+                let attached = match api_port {
+                    Ref::Known(port) => floating.port_id.as_deref() == Some(port.id.as_str()),
+                    Ref::After(_) => false,
+                };
+                if !attached {
+                    self.plan.push(
+                        Action::AttachFloatingIp {
+                            floating: Ref::Known(Made::id(&floating.id)),
+                            label: floating.floating_ip_address.clone(),
+                            port: api_port.clone(),
+                            port_name: api_port_name.to_string(),
+                            repair: true,
+                        },
+                        &chain.reachable_after,
+                    );
+                }
+                Ref::Known(Made {
+                    id: floating.id.clone(),
+                    address: Some(floating.floating_ip_address.clone()),
+                })
+            }
         }
-    };
-
-    // Servers: every one missing, once its config is rendered; a pool's replacements
-    // `max_surge` at a time: each new server once an earlier replacement's old one is gone.
-    let replacing: BTreeMap<&str, &Replacement> = roster
-        .replacements
-        .iter()
-        .map(|r| (r.new.as_str(), r))
-        .collect();
-    // A server whose build failed before its guest ran holds nothing (no disk written, no
-    // node joined): it is deleted and built again in its place, with its port.
-    let mut rebuilt: BTreeMap<&str, StepId> = BTreeMap::new();
-    for server in observed
-        .servers
-        .iter()
-        .filter(|s| s.failed_build() && nodes.iter().any(|n| n.name == s.name))
-    {
-        let fault = server
-            .fault
-            .as_ref()
-            .map_or("no fault given", |f| f.message.as_str());
-        let gone = plan.push(
-            Action::DeleteServer {
-                id: server.id.clone(),
-                name: server.name.clone(),
-                because: Some(format!(
-                    "its build failed ({}): built again",
-                    first_sentence(fault)
-                )),
-            },
-            &[],
-        );
-        rebuilt.insert(server.name.as_str(), gone);
     }
-    // A worker made with another state directory (two workstations making the cluster at once)
-    // trusts a CA no control plane has: it can never join, holds nothing, and is built again.
-    if let Some(cluster_ca) = resources::cluster_ca(&observed.servers) {
-        for (server, theirs) in
-            resources::servers_trusting_another_ca(&observed.servers, cluster_ca)
+
+    /// Servers that hold nothing and are deleted to be built again in their place, with
+    /// their ports: a build that failed before its guest ran (no disk written, no node
+    /// joined), and a worker made with another state directory (two workstations making the
+    /// cluster at once), which trusts a CA no control plane has and can never join.
+    fn failed_builds(&mut self, nodes: &[NodeName]) -> BTreeMap<&'a str, StepId> {
+        let observed = self.observed;
+        let mut rebuilt: BTreeMap<&'a str, StepId> = BTreeMap::new();
+        for server in observed
+            .servers
+            .iter()
+            .filter(|s| s.failed_build() && nodes.iter().any(|n| n.name == s.name))
         {
-            if !server.has_role("worker")
-                || rebuilt.contains_key(server.name.as_str())
-                || !nodes.iter().any(|n| n.name == server.name)
-            {
-                continue;
-            }
-            let gone = plan.push(
+            let fault = server
+                .fault
+                .as_ref()
+                .map_or("no fault given", |f| f.message.as_str());
+            let gone = self.plan.push(
                 Action::DeleteServer {
                     id: server.id.clone(),
                     name: server.name.clone(),
                     because: Some(format!(
-                        "it was made with another state directory: its node trusts CA {theirs}, not the cluster's {cluster_ca}, and can never join; built again"
+                        "its build failed ({}): built again",
+                        first_sentence(fault)
                     )),
                 },
                 &[],
             );
             rebuilt.insert(server.name.as_str(), gone);
         }
-    }
-    let mut missing: Vec<_> = nodes
-        .iter()
-        .filter(|n| {
-            rebuilt.contains_key(n.name.as_str())
-                || !observed.servers.iter().any(|s| s.name == n.name)
-        })
-        .collect();
-    // A control plane that ran held etcd. With one, built again it would initialize a blank
-    // cluster: refused. With 3 or 5 and quorum kept, its member is removed through a running
-    // control plane and its Node deleted before it is built again to join as a new member.
-    // With 3 or 5, one whose port is left (or whose server is in ERROR) had a server: lost; one
-    // with neither is new (the count grew) and joins, after any member of its name is removed.
-    let ran = resources::control_plane_ran(observed);
-    let ha = spec.control_plane.highly_available();
-    let had_server = |n: &NodeName| {
-        !ha || rebuilt.contains_key(n.name.as_str())
-            || observed.ports.iter().any(|p| p.name == n.name)
-    };
-    let missing_control_planes: Vec<&NodeName> = match ran {
-        true => missing
-            .iter()
-            .filter(|n| n.role == Role::ControlPlane)
-            .copied()
-            .collect(),
-        false => Vec::new(),
-    };
-    let lost: Vec<&NodeName> = missing_control_planes
-        .iter()
-        .filter(|n| had_server(n))
-        .copied()
-        .collect();
-    let mut member_gone: BTreeMap<&str, StepId> = BTreeMap::new();
-    // `--accept-empty-cluster` is for one control plane: with 3 or 5, a rebuilt one must join
-    // the others, which it cannot with its old member listed.
-    let accepted = scope.accept_empty_cluster && !ha;
-    if let Some(first_lost) = lost.first().filter(|_| !accepted) {
-        let name = first_lost.name.clone();
-        let how = match rebuilt.contains_key(name.as_str()) {
-            true => "in ERROR",
-            false => "gone",
-        };
-        if !spec.control_plane.highly_available() {
-            return Err(PlanError::ControlPlaneLost { name, how });
-        }
-        let survivors: Vec<&str> = running_control_planes
-            .iter()
-            .copied()
-            .filter(|s| !lost.iter().any(|n| n.name == *s))
-            .collect();
-        // etcd's members are the running control planes and the lost ones.
-        let quorum = (survivors.len() + lost.len()) / 2 + 1;
-        if survivors.len() < quorum {
-            let names: Vec<&str> = lost.iter().map(|n| n.name.as_str()).collect();
-            return Err(PlanError::QuorumLost {
-                lost: names.join(", "),
-                are: if names.len() == 1 { "is" } else { "are" },
-                running: survivors.len(),
-                count: (survivors.len() + lost.len()) as u32,
-                quorum,
-            });
-        }
-        if !scope.kubernetes {
-            return Err(PlanError::MemberLost { name, how });
-        }
-        if let ApiReach::Silent(why) = &scope.api {
-            return Err(PlanError::ApiSilent {
-                needed: format!("removing the etcd member of lost control plane {name}"),
-                why: why.clone(),
-            });
-        }
-    }
-    let via = running_control_planes
-        .iter()
-        .copied()
-        .find(|s| !missing_control_planes.iter().any(|n| n.name == *s));
-    if let Some(via) = via.filter(|_| ha && scope.kubernetes && !accepted) {
-        // One at a time, through the first running control plane.
-        let mut after: Vec<StepId> = Vec::new();
-        for node in &missing_control_planes {
-            let removed = plan.push(
-                Action::RemoveEtcdMember {
-                    node: node.name.clone(),
-                    address: port_address(observed, &node.name),
-                    via: via.to_string(),
-                },
-                &after,
-            );
-            let deleted = plan.push(
-                Action::DeleteNode {
-                    node: node.name.clone(),
-                },
-                &[removed],
-            );
-            member_gone.insert(node.name.as_str(), deleted);
-            after = vec![deleted];
-        }
-    }
-    // With 3 or 5, a control plane whose flavor or boot disk differs from the file's is
-    // replaced in place, one at a time, once no control plane is lost.
-    let rolling: Vec<(&NodeName, &crate::cloud::compute::Server, String)> =
-        match ha && missing_control_planes.is_empty() {
-            true => nodes
-                .iter()
-                .filter(|n| n.role == Role::ControlPlane)
-                .filter_map(|n| {
-                    let server = observed
-                        .servers
-                        .iter()
-                        .find(|s| s.name == n.name && s.status == "ACTIVE")?;
-                    let plane = &spec.control_plane;
-                    let why = outdated_because(
-                        &plane.flavor,
-                        plane.boot_volume_gb,
-                        server,
-                        ServerFacts::of(observed, &facts.flavors),
-                    )?;
-                    Some((n, server, why))
-                })
-                .collect(),
-            false => Vec::new(),
-        };
-    if let Some((node, _, why)) = rolling.first().filter(|_| !scope.kubernetes) {
-        return Err(PlanError::ControlPlaneChange {
-            name: node.name.clone(),
-            why: why.clone(),
-        });
-    }
-    if let (Some((node, _, _)), ApiReach::Silent(why)) = (rolling.first(), &scope.api) {
-        return Err(PlanError::ApiSilent {
-            needed: format!("replacing control plane {} in place", node.name),
-            why: why.clone(),
-        });
-    }
-    // A worker replaced is drained only once its replacement is seen Ready.
-    if let (Some(replacement), ApiReach::Silent(why), true) =
-        (roster.replacements.first(), &scope.api, scope.kubernetes)
-    {
-        return Err(PlanError::ApiSilent {
-            needed: format!(
-                "replacing {} (its replacement must be seen Ready before it is drained)",
-                replacement.old
-            ),
-            why: why.clone(),
-        });
-    }
-    // A new cluster's first control plane runs `kubeadm init`; with any control plane
-    // running, every new one joins.
-    let control_plane_runs = observed.servers.iter().any(|s| {
-        (s.has_role("control-plane") || control_plane_index(&s.name).is_some()) && !s.failed_build()
-    });
-    let initializer = (!control_plane_runs)
-        .then(|| first.to_string())
-        .filter(|first| missing.iter().any(|n| &n.name == first));
-    // Additions first, then the replacements in their order.
-    missing.sort_by_key(|n| {
-        roster
-            .replacements
-            .iter()
-            .position(|r| r.new == n.name)
-            .map_or(0, |i| i + 1)
-    });
-    let running = observed.servers.iter().any(|s| !s.failed_build());
-    let mut deleted: BTreeMap<&str, StepId> = BTreeMap::new();
-    // A pool's outdated servers are drained only once its up-to-date servers are all Ready
-    // (a run stopped half-way may have left a new one still joining).
-    let mut pool_ready: BTreeMap<usize, Vec<StepId>> = BTreeMap::new();
-    if scope.kubernetes {
-        let pools: BTreeSet<usize> = roster.outdated.values().copied().collect();
-        for node in nodes
-            .iter()
-            .filter(|n| n.pool.is_some_and(|p| pools.contains(&p)))
-        {
-            if observed.servers.iter().any(|s| s.name == node.name) {
-                let ready = plan.push(
-                    Action::WaitReady {
-                        node: node.name.clone(),
+        if let Some(cluster_ca) = resources::cluster_ca(&observed.servers) {
+            for (server, theirs) in
+                resources::servers_trusting_another_ca(&observed.servers, cluster_ca)
+            {
+                if !server.has_role("worker")
+                    || rebuilt.contains_key(server.name.as_str())
+                    || !nodes.iter().any(|n| n.name == server.name)
+                {
+                    continue;
+                }
+                let gone = self.plan.push(
+                    Action::DeleteServer {
+                        id: server.id.clone(),
+                        name: server.name.clone(),
+                        because: Some(format!(
+                            "it was made with another state directory: its node trusts CA {theirs}, not the cluster's {cluster_ca}, and can never join; built again"
+                        )),
                     },
                     &[],
                 );
-                pool_ready
-                    .entry(node.pool.unwrap_or_default())
-                    .or_default()
-                    .push(ready);
+                rebuilt.insert(server.name.as_str(), gone);
             }
         }
+        rebuilt
     }
-    let ready_before_drain = |server: &str| -> Vec<StepId> {
-        roster
-            .outdated
-            .get(server)
-            .and_then(|pool| pool_ready.get(pool))
-            .cloned()
-            .unwrap_or_default()
-    };
-    if !missing.is_empty() || !rolling.is_empty() {
+
+    /// The control-plane lane. A control plane that ran held etcd. With one, built again it
+    /// would initialize a blank cluster: refused. With 3 or 5 and quorum kept, its member is
+    /// removed through a running control plane and its Node deleted before it is built again
+    /// to join as a new member. With 3 or 5, one whose port is left (or whose server is in
+    /// ERROR) had a server: lost; one with neither is new (the count grew) and joins, after
+    /// any member of its name is removed. Then, with none lost, a control plane whose flavor
+    /// or boot disk differs from the file's is replaced in place, one at a time. Whatever of
+    /// this needs the API and cannot have it is refused.
+    fn control_plane_lane<'r>(
+        &mut self,
+        roster: &'r super::roster::Roster,
+        missing: &[&'r NodeName],
+        rebuilt: &BTreeMap<&'a str, StepId>,
+        control_planes: &ControlPlanes<'a>,
+    ) -> Result<Lane<'a, 'r>, PlanError> {
+        let (spec, observed, scope) = (self.spec, self.observed, self.scope);
+        let ran = resources::control_plane_ran(observed);
+        let ha = spec.control_plane.highly_available();
+        let had_server = |n: &NodeName| {
+            !ha || rebuilt.contains_key(n.name.as_str())
+                || observed.ports.iter().any(|p| p.name == n.name)
+        };
+        let missing_control_planes: Vec<&'r NodeName> = match ran {
+            true => missing
+                .iter()
+                .filter(|n| n.role == Role::ControlPlane)
+                .copied()
+                .collect(),
+            false => Vec::new(),
+        };
+        let lost: Vec<&NodeName> = missing_control_planes
+            .iter()
+            .filter(|n| had_server(n))
+            .copied()
+            .collect();
+        let mut member_gone: BTreeMap<&'r str, StepId> = BTreeMap::new();
+        // `--accept-empty-cluster` is for one control plane: with 3 or 5, a rebuilt one must
+        // join the others, which it cannot with its old member listed.
+        let accepted = scope.accept_empty_cluster && !ha;
+        if let Some(first_lost) = lost.first().filter(|_| !accepted) {
+            let name = first_lost.name.clone();
+            let how = match rebuilt.contains_key(name.as_str()) {
+                true => "in ERROR",
+                false => "gone",
+            };
+            if !ha {
+                return Err(PlanError::ControlPlaneLost { name, how });
+            }
+            let survivors: Vec<&str> = control_planes
+                .running
+                .iter()
+                .copied()
+                .filter(|s| !lost.iter().any(|n| n.name == *s))
+                .collect();
+            // etcd's members are the running control planes and the lost ones.
+            let quorum = (survivors.len() + lost.len()) / 2 + 1;
+            if survivors.len() < quorum {
+                let names: Vec<&str> = lost.iter().map(|n| n.name.as_str()).collect();
+                return Err(PlanError::QuorumLost {
+                    lost: names.join(", "),
+                    are: if names.len() == 1 { "is" } else { "are" },
+                    running: survivors.len(),
+                    count: (survivors.len() + lost.len()) as u32,
+                    quorum,
+                });
+            }
+            if !scope.kubernetes {
+                return Err(PlanError::MemberLost { name, how });
+            }
+            if let ApiReach::Silent(why) = &scope.api {
+                return Err(PlanError::ApiSilent {
+                    needed: format!("removing the etcd member of lost control plane {name}"),
+                    why: why.clone(),
+                });
+            }
+        }
+        let via = control_planes
+            .running
+            .iter()
+            .copied()
+            .find(|s| !missing_control_planes.iter().any(|n| n.name == *s));
+        if let Some(via) = via.filter(|_| ha && scope.kubernetes && !accepted) {
+            // One at a time, through the first running control plane.
+            let mut after: Vec<StepId> = Vec::new();
+            for node in &missing_control_planes {
+                let removed = self.plan.push(
+                    Action::RemoveEtcdMember {
+                        node: node.name.clone(),
+                        address: port_address(observed, &node.name),
+                        via: via.to_string(),
+                    },
+                    &after,
+                );
+                let deleted = self.plan.push(
+                    Action::DeleteNode {
+                        node: node.name.clone(),
+                    },
+                    &[removed],
+                );
+                member_gone.insert(node.name.as_str(), deleted);
+                after = vec![deleted];
+            }
+        }
+        let rolling: Vec<(&'r NodeName, &'a crate::cloud::compute::Server, String)> =
+            match ha && missing_control_planes.is_empty() {
+                true => roster
+                    .nodes
+                    .iter()
+                    .filter(|n| n.role == Role::ControlPlane)
+                    .filter_map(|n| {
+                        let server = observed
+                            .servers
+                            .iter()
+                            .find(|s| s.name == n.name && s.status == "ACTIVE")?;
+                        let plane = &spec.control_plane;
+                        let why = outdated_because(
+                            &plane.flavor,
+                            plane.boot_volume_gb,
+                            server,
+                            ServerFacts::of(observed, &self.facts.flavors),
+                        )?;
+                        Some((n, server, why))
+                    })
+                    .collect(),
+                false => Vec::new(),
+            };
+        if let Some((node, _, why)) = rolling.first().filter(|_| !scope.kubernetes) {
+            return Err(PlanError::ControlPlaneChange {
+                name: node.name.clone(),
+                why: why.clone(),
+            });
+        }
+        if let (Some((node, _, _)), ApiReach::Silent(why)) = (rolling.first(), &scope.api) {
+            return Err(PlanError::ApiSilent {
+                needed: format!("replacing control plane {} in place", node.name),
+                why: why.clone(),
+            });
+        }
+        // A worker replaced is drained only once its replacement is seen Ready.
+        if let (Some(replacement), ApiReach::Silent(why), true) =
+            (roster.replacements.first(), &scope.api, scope.kubernetes)
+        {
+            return Err(PlanError::ApiSilent {
+                needed: format!(
+                    "replacing {} (its replacement must be seen Ready before it is drained)",
+                    replacement.old
+                ),
+                why: why.clone(),
+            });
+        }
+        Ok(Lane {
+            member_gone,
+            rolling,
+        })
+    }
+
+    /// Servers: every one missing, once its config is rendered; a pool's replacements
+    /// `max_surge` at a time, each new server once an earlier replacement's old one is gone;
+    /// then the control planes replaced in place, one at a time.
+    fn servers<'r>(
+        &mut self,
+        roster: &'r super::roster::Roster,
+        mut missing: Vec<&'r NodeName>,
+        rebuilt: &BTreeMap<&'a str, StepId>,
+        lane: &Lane<'a, 'r>,
+        footing: &Footing<'a, 'r>,
+    ) -> Servers<'r> {
+        let (spec, observed, scope, facts) = (self.spec, self.observed, self.scope, self.facts);
+        let Footing {
+            control_planes,
+            ports,
+            api_port,
+            public,
+            server_group,
+            balancer_ready,
+        } = footing;
+        let balancer_ready = *balancer_ready;
+        let nodes = &roster.nodes;
+        let replacing: BTreeMap<&str, &Replacement> = roster
+            .replacements
+            .iter()
+            .map(|r| (r.new.as_str(), r))
+            .collect();
+        let first = nodes
+            .iter()
+            .find(|n| n.role == Role::ControlPlane)
+            .map(|n| n.name.as_str())
+            .unwrap_or_default();
+        // A new cluster's first control plane runs `kubeadm init`; with any control plane
+        // running, every new one joins.
+        let control_plane_runs = observed.servers.iter().any(|s| {
+            (s.has_role("control-plane") || control_planes.index(&s.name).is_some())
+                && !s.failed_build()
+        });
+        let initializer = (!control_plane_runs)
+            .then(|| first.to_string())
+            .filter(|first| missing.iter().any(|n| &n.name == first));
+        // Additions first, then the replacements in their order.
+        missing.sort_by_key(|n| {
+            roster
+                .replacements
+                .iter()
+                .position(|r| r.new == n.name)
+                .map_or(0, |i| i + 1)
+        });
+        let running = observed.servers.iter().any(|s| !s.failed_build());
+        let mut deleted: BTreeMap<&'r str, StepId> = BTreeMap::new();
+        // A pool's outdated servers are drained only once its up-to-date servers are all
+        // Ready (a run stopped half-way may have left a new one still joining).
+        let mut pool_ready: BTreeMap<usize, Vec<StepId>> = BTreeMap::new();
+        if scope.kubernetes {
+            let pools: BTreeSet<usize> = roster.outdated.values().copied().collect();
+            for node in nodes
+                .iter()
+                .filter(|n| n.pool.is_some_and(|p| pools.contains(&p)))
+            {
+                if observed.servers.iter().any(|s| s.name == node.name) {
+                    let ready = self.plan.push(
+                        Action::WaitReady {
+                            node: node.name.clone(),
+                        },
+                        &[],
+                    );
+                    pool_ready
+                        .entry(node.pool.unwrap_or_default())
+                        .or_default()
+                        .push(ready);
+                }
+            }
+        }
+        let rolling = &lane.rolling;
+        if missing.is_empty() && rolling.is_empty() {
+            return Servers {
+                deleted,
+                pool_ready,
+            };
+        }
         let image_id = facts.image_id.clone().unwrap_or_else(|| MISSING.into());
         let mut before = vec![
-            plan.push(
+            self.plan.push(
                 Action::RenderIgnition {
                     nodes: missing
                         .iter()
@@ -696,7 +911,7 @@ pub(crate) fn plan(
             ),
         ];
         if scope.kubernetes && running {
-            before.push(plan.push(Action::CreateJoinToken, &[]));
+            before.push(self.plan.push(Action::CreateJoinToken, &[]));
         }
         // Per pool, the deletions of the servers replaced so far, in order.
         let mut replaced_so_far: BTreeMap<usize, Vec<StepId>> = BTreeMap::new();
@@ -712,27 +927,27 @@ pub(crate) fn plan(
                 true => earlier.len().checked_sub(surge).map(|k| earlier[k]),
                 false => None,
             };
-            let port = ports.get(node.name.as_str()).cloned();
-            let create = plan.push(
+            let port = ports.of_node.get(node.name.as_str()).cloned();
+            let create = self.plan.push(
                 Action::CreateServer(server_plan(
                     spec,
                     facts,
                     node,
                     port,
                     &image_id,
-                    &server_group,
+                    server_group,
                 )),
                 &before
                     .iter()
                     .copied()
                     .chain(slot_free)
                     .chain(rebuilt.get(node.name.as_str()).copied())
-                    .chain(member_gone.get(node.name.as_str()).copied())
+                    .chain(lane.member_gone.get(node.name.as_str()).copied())
                     .chain(balancer_ready.filter(|_| node.role == Role::ControlPlane))
                     .chain(previous_control_plane.filter(|_| node.role == Role::ControlPlane))
                     .collect::<Vec<_>>(),
             );
-            let active = plan.push(
+            let active = self.plan.push(
                 Action::WaitActive {
                     server: Ref::After(create),
                     name: node.name.clone(),
@@ -751,22 +966,22 @@ pub(crate) fn plan(
             // New node first: Ready in the cluster, then the old one drained and deleted.
             let mut ready = vec![active];
             if scope.kubernetes {
-                let joined = plan.push(
+                let joined = self.plan.push(
                     Action::WaitReady {
                         node: node.name.clone(),
                     },
                     &ready,
                 );
-                let mut before_drain = ready_before_drain(&old.name);
+                let mut before_drain = ready_before_drain(roster, &pool_ready, &old.name);
                 before_drain.push(joined);
-                ready = vec![plan.push(
+                ready = vec![self.plan.push(
                     Action::Drain {
                         node: old.name.clone(),
                     },
                     &before_drain,
                 )];
             }
-            let gone = plan.push(
+            let gone = self.plan.push(
                 Action::DeleteServer {
                     id: old.id.clone(),
                     name: old.name.clone(),
@@ -774,28 +989,32 @@ pub(crate) fn plan(
                 },
                 &ready,
             );
-            deleted.insert(old.name.as_str(), gone);
+            // The old server's name, as the roster holds it.
+            if let Some(name) = roster.outdated.keys().find(|n| **n == old.name) {
+                deleted.insert(name.as_str(), gone);
+            }
             replaced_so_far.entry(pool).or_default().push(gone);
         }
         // Control planes replaced in place, one at a time: drained while the API is whole,
         // its member removed through another control plane, the server built again to join,
         // Ready and a voting member again before the next.
         let mut previous: Vec<StepId> = Vec::new();
-        for (node, old, why) in &rolling {
-            let Some(via) = running_control_planes
+        for (node, old, why) in rolling {
+            let Some(via) = control_planes
+                .running
                 .iter()
                 .copied()
                 .find(|s| *s != node.name)
             else {
                 continue;
             };
-            let drained = plan.push(
+            let drained = self.plan.push(
                 Action::Drain {
                     node: node.name.clone(),
                 },
                 &previous,
             );
-            let removed = plan.push(
+            let removed = self.plan.push(
                 Action::RemoveEtcdMember {
                     node: node.name.clone(),
                     address: port_address(observed, &node.name),
@@ -803,7 +1022,7 @@ pub(crate) fn plan(
                 },
                 &[drained],
             );
-            let gone = plan.push(
+            let gone = self.plan.push(
                 Action::DeleteServer {
                     id: old.id.clone(),
                     name: old.name.clone(),
@@ -811,32 +1030,32 @@ pub(crate) fn plan(
                 },
                 &[removed],
             );
-            let port = ports.get(node.name.as_str()).cloned();
-            let create = plan.push(
+            let port = ports.of_node.get(node.name.as_str()).cloned();
+            let create = self.plan.push(
                 Action::CreateServer(server_plan(
                     spec,
                     facts,
                     node,
                     port,
                     &image_id,
-                    &server_group,
+                    server_group,
                 )),
                 &before.iter().copied().chain([gone]).collect::<Vec<_>>(),
             );
-            let active = plan.push(
+            let active = self.plan.push(
                 Action::WaitActive {
                     server: Ref::After(create),
                     name: node.name.clone(),
                 },
                 &[],
             );
-            let ready = plan.push(
+            let ready = self.plan.push(
                 Action::WaitReady {
                     node: node.name.clone(),
                 },
                 &[active],
             );
-            previous = vec![plan.push(
+            previous = vec![self.plan.push(
                 Action::WaitEtcdMember {
                     node: node.name.clone(),
                     via: via.to_string(),
@@ -844,89 +1063,117 @@ pub(crate) fn plan(
                 &[ready],
             )];
         }
+        Servers {
+            deleted,
+            pool_ready,
+        }
     }
-    // Running servers whose port was deleted: the new port is attached.
-    for server in observed.servers.iter().filter(|s| !s.failed_build()) {
-        if let Some(port @ Ref::After(_)) = ports.get(server.name.as_str()) {
-            plan.push(
-                Action::AttachPort {
-                    server_id: server.id.clone(),
-                    server_name: server.name.clone(),
-                    port: port.clone(),
+
+    /// Running servers whose port was deleted get the new one; servers a previous run left
+    /// building are waited for (an ERROR is reported with its fault).
+    fn attach_and_wait(&mut self, ports: &Ports, nodes: &[NodeName]) {
+        let observed = self.observed;
+        for server in observed.servers.iter().filter(|s| !s.failed_build()) {
+            if let Some(port @ Ref::After(_)) = ports.of_node.get(server.name.as_str()) {
+                self.plan.push(
+                    Action::AttachPort {
+                        server_id: server.id.clone(),
+                        server_name: server.name.clone(),
+                        port: port.clone(),
+                    },
+                    &[],
+                );
+            }
+        }
+        let wanted: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        for server in observed.servers.iter().filter(|s| {
+            wanted.contains(s.name.as_str()) && s.status != "ACTIVE" && !s.failed_build()
+        }) {
+            self.plan.push(
+                Action::WaitActive {
+                    server: Ref::Known(Made::id(&server.id)),
+                    name: server.name.clone(),
                 },
                 &[],
             );
         }
     }
-    let wanted: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-    // Servers a previous run left building: waited for (an ERROR is reported with its fault).
-    for server in observed
-        .servers
-        .iter()
-        .filter(|s| wanted.contains(s.name.as_str()) && s.status != "ACTIVE" && !s.failed_build())
-    {
-        plan.push(
-            Action::WaitActive {
-                server: Ref::Known(Made::id(&server.id)),
-                name: server.name.clone(),
-            },
-            &[],
-        );
-    }
 
-    // Scaled down: servers the file no longer names are drained, then deleted with their ports.
-    let replaced: BTreeSet<&str> = deleted.keys().copied().collect();
-    for server in observed
-        .servers
-        .iter()
-        .filter(|s| !wanted.contains(s.name.as_str()) && !replaced.contains(s.name.as_str()))
-    {
+    /// Scaled down: servers the file no longer names are drained (when the API answers; else
+    /// deleted undrained, saying why), then deleted with their ports; ports of no node go.
+    fn scale_down(&mut self, roster: &super::roster::Roster, servers: Servers, ports: &Ports) {
+        let observed = self.observed;
+        let scope = self.scope;
+        let Servers {
+            deleted,
+            pool_ready,
+        } = servers;
+        let mut deleted: BTreeMap<String, StepId> = deleted
+            .into_iter()
+            .map(|(name, step)| (name.to_string(), step))
+            .collect();
+        let replaced: BTreeSet<String> = deleted.keys().cloned().collect();
+        let wanted: BTreeSet<&str> = roster.nodes.iter().map(|n| n.name.as_str()).collect();
         let silent = match &scope.api {
             ApiReach::Silent(why) => Some(why),
             _ => None,
         };
-        let drained: Vec<StepId> = match scope.kubernetes && !server.failed_build() {
-            true if silent.is_none() => vec![plan.push(
-                Action::Drain {
-                    node: server.name.clone(),
+        for server in observed
+            .servers
+            .iter()
+            .filter(|s| !wanted.contains(s.name.as_str()) && !replaced.contains(&s.name))
+        {
+            let drained: Vec<StepId> = match scope.kubernetes && !server.failed_build() {
+                true if silent.is_none() => vec![self.plan.push(
+                    Action::Drain {
+                        node: server.name.clone(),
+                    },
+                    &ready_before_drain(roster, &pool_ready, &server.name),
+                )],
+                _ => Vec::new(),
+            };
+            let because = silent
+                .filter(|_| scope.kubernetes && !server.failed_build())
+                .map(|why| format!("not drained: the Kubernetes API does not answer ({why})"));
+            let id = self.plan.push(
+                Action::DeleteServer {
+                    id: server.id.clone(),
+                    name: server.name.clone(),
+                    because,
                 },
-                &ready_before_drain(&server.name),
-            )],
-            _ => Vec::new(),
+                &drained,
+            );
+            deleted.insert(server.name.clone(), id);
+        }
+        let kept_port = |p: &Port| {
+            wanted.contains(p.name.as_str())
+                || (ports.endpoint.is_some() && p.name == self.names.api_port)
         };
-        let because = silent
-            .filter(|_| scope.kubernetes && !server.failed_build())
-            .map(|why| format!("not drained: the Kubernetes API does not answer ({why})"));
-        let id = plan.push(
-            Action::DeleteServer {
-                id: server.id.clone(),
-                name: server.name.clone(),
-                because,
-            },
-            &drained,
-        );
-        deleted.insert(server.name.as_str(), id);
+        for port in observed.ports.iter().filter(|p| !kept_port(p)) {
+            let after: Vec<StepId> = deleted.get(&port.name).copied().into_iter().collect();
+            self.plan.push(
+                Action::DeletePort {
+                    id: port.id.clone(),
+                    name: port.name.clone(),
+                },
+                &after,
+            );
+        }
     }
-    let kept_port = |p: &Port| {
-        wanted.contains(p.name.as_str()) || (endpoint_port.is_some() && p.name == names.api_port)
-    };
-    for port in observed.ports.iter().filter(|p| !kept_port(p)) {
-        let after: Vec<StepId> = deleted
-            .get(port.name.as_str())
-            .copied()
-            .into_iter()
-            .collect();
-        plan.push(
-            Action::DeletePort {
-                id: port.id.clone(),
-                name: port.name.clone(),
-            },
-            &after,
-        );
-    }
-    remove_extras(&mut plan, &extras, observed);
-    plan.nodes = roster.nodes;
-    Ok(plan)
+}
+
+/// The waits a pool's outdated server's drain comes after: its pool's up-to-date nodes Ready.
+fn ready_before_drain(
+    roster: &super::roster::Roster,
+    pool_ready: &BTreeMap<usize, Vec<StepId>>,
+    server: &str,
+) -> Vec<StepId> {
+    roster
+        .outdated
+        .get(server)
+        .and_then(|pool| pool_ready.get(pool))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The steps that leave one ACTIVE load balancer `<cluster>-api` on the endpoint's port, and
