@@ -15,7 +15,7 @@ use super::charts::{self, StaleJobs};
 use super::record::Record;
 use crate::addons::{AddonSet, CONTROL_PLANE_LABEL, NAMESPACE};
 use crate::kube::{KubeClient, KubeError, Manifest, Waiting, is_initialized, is_ready, poll};
-use crate::node::kubeadm::{JOIN_TOKEN_DESCRIPTION, JOIN_TOKEN_HOURS};
+use crate::node::kubeadm::JOIN_TOKEN_DESCRIPTION;
 use crate::pki::BootstrapToken;
 use crate::spec::{NodeName, Role};
 
@@ -377,16 +377,17 @@ fn missing_nodes(nodes: &[Node], wanted: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The bootstrap-token Secret this run's new nodes join with, valid for
-/// [`JOIN_TOKEN_HOURS`] from now (kubeadm's own `bootstrapTokens` entry for the first control
-/// plane is the same, made by `kubeadm init`).
-pub fn join_token_secret(token: &BootstrapToken) -> Manifest {
+/// The bootstrap-token Secret this run's new nodes join with, valid for `valid_minutes` from
+/// now (the planner's: an hour, more when a rolling replacement makes nodes late in the run;
+/// kubeadm's own `bootstrapTokens` entry for the first control plane lasts
+/// [`crate::node::kubeadm::JOIN_TOKEN_HOURS`], made by `kubeadm init`).
+pub fn join_token_secret(token: &BootstrapToken, valid_minutes: u32) -> Manifest {
     let (id, secret) = token.expose().split_once('.').unwrap_or((token.id(), ""));
     let now = crate::kube::now();
     let expires = now
-        .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(
-            JOIN_TOKEN_HOURS,
-        ))
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_mins(i64::from(
+            valid_minutes,
+        )))
         .unwrap_or(now);
     let expiration = expires.to_string();
     let secret = crate::addons::secret(

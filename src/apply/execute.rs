@@ -558,17 +558,16 @@ async fn run_on_cloud(
         }
         // New nodes join with it: the API is waited for (a first control plane a stopped run
         // left may still be booting), and a silent one fails the step.
-        Action::CreateJoinToken => {
+        Action::CreateJoinToken { valid_minutes } => {
             let kube = context.kube.as_ref().ok_or_else(|| {
                 ApplyError::Missing(
                     "cannot make the join token new nodes need: the cluster's API has no address to reach it at".into(),
                 )
             })?;
             kube.wait_ready(context.node_ready_within).await?;
-            kube.apply(&super::bootstrap::join_token_secret(join_token_of(
-                context,
-            )?))
-            .await?;
+            let token = join_token_of(context)?;
+            kube.apply(&super::bootstrap::join_token_secret(token, *valid_minutes))
+                .await?;
             Made::default()
         }
         Action::RenderIgnition {

@@ -911,7 +911,11 @@ impl<'a> Planner<'a> {
             ),
         ];
         if scope.kubernetes && running {
-            before.push(self.plan.push(Action::CreateJoinToken, &[]));
+            let valid_minutes = join_token_minutes(spec, roster, rolling.len());
+            before.push(
+                self.plan
+                    .push(Action::CreateJoinToken { valid_minutes }, &[]),
+            );
         }
         // Per pool, the deletions of the servers replaced so far, in order.
         let mut replaced_so_far: BTreeMap<usize, Vec<StepId>> = BTreeMap::new();
@@ -997,8 +1001,33 @@ impl<'a> Planner<'a> {
         }
         // Control planes replaced in place, one at a time: drained while the API is whole,
         // its member removed through another control plane, the server built again to join,
-        // Ready and a voting member again before the next.
+        // Ready and a voting member again before the next. The first waits the same for those
+        // already up to date: a run stopped part-way may have left one still joining.
         let mut previous: Vec<StepId> = Vec::new();
+        if !rolling.is_empty() {
+            for name in control_planes
+                .running
+                .iter()
+                .filter(|n| !rolling.iter().any(|(r, _, _)| r.name == **n))
+            {
+                let Some(via) = control_planes.running.iter().find(|s| *s != name) else {
+                    continue;
+                };
+                let ready = self.plan.push(
+                    Action::WaitReady {
+                        node: name.to_string(),
+                    },
+                    &[],
+                );
+                previous.push(self.plan.push(
+                    Action::WaitEtcdMember {
+                        node: name.to_string(),
+                        via: via.to_string(),
+                    },
+                    &[ready],
+                ));
+            }
+        }
         for (node, old, why) in rolling {
             let Some(via) = control_planes
                 .running
@@ -1160,6 +1189,29 @@ impl<'a> Planner<'a> {
             );
         }
     }
+}
+
+/// How long this run's join token stays valid: an hour, and 20 minutes (`up`'s default wait for
+/// a node) for each node that joins only after an earlier one is replaced: each control plane
+/// replaced in place, and each further wave of a pool's replacements (`max_surge` at a time).
+fn join_token_minutes(spec: &ClusterSpec, roster: &super::roster::Roster, rolling: usize) -> u32 {
+    let waves: usize = spec
+        .worker_pools
+        .iter()
+        .enumerate()
+        .map(|(index, pool)| {
+            let replaced = roster
+                .replacements
+                .iter()
+                .filter(|r| roster.outdated.get(&r.old) == Some(&index))
+                .count();
+            replaced
+                .div_ceil(pool.max_surge.max(1) as usize)
+                .saturating_sub(1)
+        })
+        .sum();
+    let late = u32::try_from(rolling + waves).unwrap_or(u32::MAX / 20);
+    60 + 20 * late
 }
 
 /// The waits a pool's outdated server's drain comes after: its pool's up-to-date nodes Ready.
@@ -2416,6 +2468,12 @@ pub(crate) mod tests {
                 .expect("waits for the member");
             previous = Some(voting.id);
         }
+        // Three nodes join late: the join token outlives them (an hour, and 20 minutes each).
+        let token = steps
+            .iter()
+            .find(|s| s.kind == "join token")
+            .expect("token");
+        assert!(token.detail.contains("valid 2 h,"), "{}", token.detail);
         let provision_only = Scope {
             kubernetes: false,
             ..K8S
@@ -2424,6 +2482,34 @@ pub(crate) mod tests {
             super::plan(&spec, &observed, &facts(), provision_only),
             Err(PlanError::ControlPlaneChange { .. })
         ));
+
+        // A run stopped after the first was replaced: before the next is drained, the first
+        // is waited for until Ready and a voting member (it may still be joining).
+        let resumed = {
+            let mut observed = observed.clone();
+            let first = observed
+                .servers
+                .iter_mut()
+                .find(|s| s.name == "demo-control-plane-1")
+                .expect("first");
+            first.flavor = serde_json::json!({ "original_name": "m3.small" });
+            super::plan(&spec, &observed, &facts(), K8S).expect("plan")
+        };
+        let steps = resumed.shown();
+        let voting = steps
+            .iter()
+            .find(|s| s.name == "demo-control-plane-1" && s.detail == "until a voting etcd member")
+            .expect("the first waited for");
+        let drain = steps
+            .iter()
+            .find(|s| s.kind == "drain" && s.name == "demo-control-plane-2")
+            .expect("the second drained");
+        assert!(drain.needs.contains(&voting.id), "{:?}", drain.needs);
+        assert!(
+            !steps
+                .iter()
+                .any(|s| s.kind == "drain" && s.name == "demo-control-plane-1")
+        );
     }
 
     /// Three control planes behind an Octavia load balancer: made on the endpoint's port with

@@ -191,7 +191,11 @@ pub(crate) enum Action {
         name: String,
     },
     /// Register this run's join token in the running cluster before new nodes boot with it.
-    CreateJoinToken,
+    /// The bootstrap token this run's new nodes join with, valid long enough for the last of
+    /// them (a long rolling replacement makes its nodes late in the run).
+    CreateJoinToken {
+        valid_minutes: u32,
+    },
     /// The Ignition configs of the servers to create, with the API's addresses.
     RenderIgnition {
         nodes: Vec<NodeName>,
@@ -477,11 +481,14 @@ impl Action {
                 name.clone(),
                 "untagged: tag it as the cluster's".into(),
             ),
-            CreateJoinToken => (
+            CreateJoinToken { valid_minutes } => (
                 Verb::Run,
                 "join token",
                 "bootstrap token".into(),
-                "for this run's new nodes, deleted once they joined".into(),
+                format!(
+                    "for this run's new nodes, valid {}, deleted once they joined",
+                    minutes(*valid_minutes)
+                ),
             ),
             RenderIgnition {
                 nodes,
@@ -612,10 +619,10 @@ impl Action {
                     kind_name(*kind)
                 )
             }
-            CreateJoinToken => {
-                "making a join token for the new nodes, valid 1 h and deleted once they joined"
-                    .into()
-            }
+            CreateJoinToken { valid_minutes } => format!(
+                "making a join token for the new nodes, valid {} and deleted once they joined",
+                minutes(*valid_minutes)
+            ),
             RenderIgnition { nodes, .. } => {
                 format!("rendering the Ignition configs of {} node(s)", nodes.len())
             }
@@ -669,7 +676,7 @@ impl Action {
             }
             CreateFloatingIp { .. } | AttachFloatingIp { .. } => "floating IP",
             Adopt { .. } => "adopt untagged",
-            CreateJoinToken
+            CreateJoinToken { .. }
             | WaitReady { .. }
             | Drain { .. }
             | RemoveEtcdMember { .. }
@@ -698,7 +705,7 @@ impl Action {
             CreateLoadBalancer(_) | WaitLoadBalancer { .. } | DeleteLoadBalancer { .. } => {
                 Service::LoadBalancer
             }
-            CreateJoinToken
+            CreateJoinToken { .. }
             | WaitReady { .. }
             | Drain { .. }
             | RemoveEtcdMember { .. }
@@ -741,6 +748,15 @@ impl Action {
             AttachPort { port, .. } => vec![port],
             _ => Vec::new(),
         }
+    }
+}
+
+/// `1 h`, `1 h 40 min`, `20 min`.
+fn minutes(total: u32) -> String {
+    match (total / 60, total % 60) {
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
     }
 }
 
@@ -828,7 +844,7 @@ impl Plan {
                 s.action,
                 Action::Drain { .. }
                     | Action::WaitReady { .. }
-                    | Action::CreateJoinToken
+                    | Action::CreateJoinToken { .. }
                     | Action::RemoveEtcdMember { .. }
                     | Action::WaitEtcdMember { .. }
                     | Action::DeleteNode { .. }

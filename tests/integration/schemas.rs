@@ -286,7 +286,7 @@ fn hub_and_smoke_manifests(version: KubernetesVersion, dir: &Path) -> Vec<PathBu
     // What `up` applies before new workers join (not in `render`'s manifests: it holds the token).
     let token = flatstack::pki::BootstrapToken::generate().expect("token");
     manifests.push(
-        flatstack::apply::bootstrap::join_token_secret(&token)
+        flatstack::apply::bootstrap::join_token_secret(&token, 60)
             .body()
             .clone(),
     );
