@@ -1710,6 +1710,19 @@ pub(crate) mod tests {
         api: ApiReach::Unasked,
     };
 
+    /// The test cloud's facts with a bigger flavor, `m3.medium`, besides.
+    fn with_medium_flavor() -> CloudFacts {
+        let mut facts = facts();
+        facts.flavors.push(Flavor {
+            id: "f2".into(),
+            name: "m3.medium".into(),
+            vcpus: 8,
+            ram: 30720,
+            disk: 60,
+        });
+        facts
+    }
+
     pub(crate) fn with_workers(count: u32) -> ClusterSpec {
         test_spec(&format!(
             "[[worker_pools]]\nname = \"default\"\ncount = {count}\nflavor = \"m3.small\"\n"
@@ -2173,14 +2186,7 @@ pub(crate) mod tests {
 
         let bigger =
             test_spec("[[worker_pools]]\nname = \"default\"\ncount = 2\nflavor = \"m3.medium\"\n");
-        let mut facts = facts();
-        facts.flavors.push(Flavor {
-            id: "f2".into(),
-            name: "m3.medium".into(),
-            vcpus: 8,
-            ram: 30720,
-            disk: 60,
-        });
+        let facts = with_medium_flavor();
         let refused =
             plan(&bigger, &converged(&spec), &facts, silent.clone()).expect_err("refused");
         assert!(
@@ -2787,14 +2793,7 @@ pub(crate) mod tests {
     #[test]
     fn growth_counts_what_a_plan_adds_at_its_peak() {
         use crate::plan::Needs;
-        let mut facts = facts();
-        facts.flavors.push(Flavor {
-            id: "f2".into(),
-            name: "m3.medium".into(),
-            vcpus: 8,
-            ram: 30720,
-            disk: 60,
-        });
+        let facts = with_medium_flavor();
         let observed = converged(&with_workers(2));
         let growth = |spec: &ClusterSpec, observed: &Observed| {
             let plan = plan(spec, observed, &facts, K8S).expect("plan");
