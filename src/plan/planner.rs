@@ -108,6 +108,10 @@ pub enum PlanError {
     )]
     ControlPlaneGrowth { wanted: u32 },
     #[error(
+        "`control_plane.count` is {wanted} but the cluster runs {running} control planes behind a load balancer whose pools list those it was made with; flatstack does not yet add members to a running load balancer, so the new control planes would get no traffic; nothing was planned\n  hint: keep `count = {running}`"
+    )]
+    MembersGrowth { wanted: u32, running: usize },
+    #[error(
         "`control_plane.count` is {wanted} but the cluster runs {running} control planes ({names}); removing a control plane means removing its etcd member first, which flatstack does not yet do, and an endpoint of its own stays with more than one; nothing was planned\n  hint: keep `count = {running}`"
     )]
     ControlPlaneShrink {
@@ -1402,6 +1406,17 @@ fn check_control_plane_count(spec: &ClusterSpec, observed: &Observed) -> Result<
     {
         return Err(PlanError::ControlPlaneGrowth { wanted });
     }
+    // Behind a load balancer, its pools hold the control planes it was made with.
+    let growing = wanted_names.len() > running.len()
+        && wanted_names
+            .iter()
+            .any(|n| !observed.ports.iter().any(|p| &p.name == n));
+    if growing && !observed.api_load_balancers.is_empty() && running.len() > 1 {
+        return Err(PlanError::MembersGrowth {
+            wanted,
+            running: running.len(),
+        });
+    }
     Ok(())
 }
 
@@ -2649,6 +2664,19 @@ pub(crate) mod tests {
         let plan = super::plan(&spec, &observed, &facts, K8S).expect("plan");
         assert!(
             matches!(&plan.steps[..], [step] if matches!(&step.action, Action::DeleteLoadBalancer { id, .. } if id == "lb-other"))
+        );
+
+        // Five behind the load balancer made for three: its pools would leave two out.
+        observed.api_load_balancers = vec![balancer("ACTIVE")];
+        let five = test_spec(
+            "count = 5\napi_endpoint = \"load-balancer\"\n[[worker_pools]]\nname = \"default\"\ncount = 1\nflavor = \"m3.small\"\n",
+        );
+        assert_eq!(
+            super::plan(&five, &observed, &facts, K8S).expect_err("refused"),
+            PlanError::MembersGrowth {
+                wanted: 5,
+                running: 3
+            }
         );
 
         let vip = highly_available(1);
