@@ -350,8 +350,6 @@ const LOAD_BALANCER_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long one etcd membership step may take (its node Job started, run and read).
 const ETCD_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The cluster's API, which a step on lost control plane `node` cannot do without: its server
-/// is not built again until the API answers.
 /// This run's join token, which every step that lets a node join needs.
 fn join_token_of(context: &Context) -> Result<&BootstrapToken, ApplyError> {
     context.join_token.as_ref().ok_or_else(|| {
@@ -366,6 +364,8 @@ fn pki_of(context: &Context) -> Result<&ClusterPki, ApplyError> {
     })
 }
 
+/// The cluster's API, which a step on lost control plane `node` cannot do without: its server
+/// is not built again until the API answers.
 fn api_for<'c>(context: &'c Context, node: &str) -> Result<&'c KubeClient, ApplyError> {
     context.kube.as_ref().ok_or_else(|| {
         ApplyError::Missing(format!(

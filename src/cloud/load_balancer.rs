@@ -116,7 +116,7 @@ impl Cloud {
 
     /// The project's Octavia quotas and what is used of them (Octavia reports no usage: the
     /// project's load balancers, listeners, pools, health monitors and pools' members are
-    /// counted), or `None` when the cloud has no load-balancer service.
+    /// counted), or `None` when the cloud has no load-balancer service or will not show them.
     pub(crate) async fn load_balancer_limits(
         &self,
     ) -> Result<Option<LoadBalancerLimits>, CloudError> {
@@ -145,15 +145,24 @@ impl Cloud {
             healthmonitors: Vec<Listed>,
         }
         // An admin's token lists every project's: ask for this project's only.
-        let project = self.project_id().await.unwrap_or_default();
+        let Some(project) = self.project_id().await else {
+            return Ok(None);
+        };
         let project = project.as_str();
         let list = |kind: &'static str| async move {
             let path = format!("/lbaas/{kind}?project_id={project}");
             self.get::<Listing>(Service::LoadBalancer, &path).await
         };
         let quota_path = format!("/lbaas/quotas/{project}");
+        // Octavia's policy may keep a project's quota from its members: then unknown.
+        let quota = async {
+            match self.get::<Quota>(Service::LoadBalancer, &quota_path).await {
+                Err(CloudError::Api { status: 403, .. }) => Ok(None),
+                other => other.map(Some),
+            }
+        };
         let (quota, balancers, listeners, pools, monitors) = tokio::try_join!(
-            self.get::<Quota>(Service::LoadBalancer, &quota_path),
+            quota,
             list("loadbalancers"),
             list("listeners"),
             list("pools"),
@@ -161,6 +170,9 @@ impl Cloud {
         )?;
         // Octavia answers both spellings (`load_balancer` and the older `loadbalancer`);
         // -1 is unlimited.
+        let Some(quota) = quota else {
+            return Ok(None);
+        };
         let limit = |keys: &[&str]| {
             keys.iter()
                 .find_map(|k| quota.quota.get(*k).and_then(|v| v.as_i64()))

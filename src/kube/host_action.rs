@@ -29,6 +29,14 @@ root="${HOST_ROOT:-/host}"
 dir="$root/var/lib/flatstack/actions"
 unit="flatstack-$ACTION.service"
 record="$dir/$ACTION.result"
+# active, activating, deactivating, reloading: the unit runs (or is about to).
+unit_state=$(chroot "$root" systemctl is-active "$unit" 2>/dev/null || true)
+case "$unit_state" in
+  active | activating | deactivating | reloading | refreshing)
+    echo "state=running"
+    exit 0
+    ;;
+esac
 if [ "$MODE" = forget ]; then
   rm -f "$record" "$dir/$ACTION.sh"
   echo "state=forgotten"
@@ -41,10 +49,6 @@ if [ -e "$record" ]; then
   chroot "$root" journalctl --unit="$unit" --lines=40 --no-pager --output=cat || true
   exit 0
 fi
-if chroot "$root" systemctl is-active --quiet "$unit"; then
-  echo "state=running"
-  exit 0
-fi
 if [ "$MODE" = check ]; then
   echo "state=absent"
   exit 0
@@ -52,6 +56,8 @@ fi
 mkdir -p "$dir"
 printf '%s\n' "$SCRIPT" > "$dir/$ACTION.sh.new"
 mv "$dir/$ACTION.sh.new" "$dir/$ACTION.sh"
+# A failed unit of the name that was not collected would refuse a new one.
+chroot "$root" systemctl reset-failed "$unit" 2>/dev/null || true
 chroot "$root" systemd-run --unit="$unit" --description="flatstack host action $ACTION" \
   --collect --no-block /bin/bash "/var/lib/flatstack/actions/$ACTION.sh"
 echo "state=started"
@@ -160,8 +166,10 @@ fn job(node: &str, name: &str, mode: Mode, script: Option<String>) -> NodeJob {
         ("MODE".to_string(), mode.as_str().to_string()),
         ("HOST_ROOT".to_string(), HOST_ROOT.to_string()),
     ];
+    // Kubernetes expands `$(VAR)` in env values and turns `$$` into `$`: doubled, every `$`
+    // reaches the container as written.
     if let Some(script) = script {
-        env.push(("SCRIPT".to_string(), script));
+        env.push(("SCRIPT".to_string(), script.replace('$', "$$")));
     }
     NodeJob {
         name: format!("flatstack-host-{name}-{}-{digest}", mode.as_str()),
@@ -254,6 +262,8 @@ impl KubeClient {
     ) -> Result<(), KubeError> {
         let step = Duration::from_secs(120).min(within);
         self.start_host_action(action, step).await?;
+        // A unit gone without a record was killed (or its node rebooted): after three looks.
+        let vanished = std::sync::atomic::AtomicU32::new(0);
         let (exit, journal) = poll(
             &format!("host action {} on {}", action.name, action.node),
             within,
@@ -268,7 +278,14 @@ impl KubeClient {
                             Waiting::Done((exit, journal))
                         }
                         Ok(HostActionState::Absent) => {
-                            Waiting::On("its unit is gone without a record".into())
+                            let seen = vanished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            match seen >= 2 {
+                                true => Waiting::Done((
+                                    -1,
+                                    "its unit ended without recording how (killed, or the node restarted); `journalctl -u flatstack-<name>` on the node tells more".to_string(),
+                                )),
+                                false => Waiting::On("its unit is gone without a record".into()),
+                            }
                         }
                         Ok(state) => Waiting::On(format!("{state:?}")),
                         Err(e) => Waiting::On(format!("cannot ask the node yet: {e}")),
@@ -335,6 +352,24 @@ mod tests {
             other.job(Mode::Start).manifest().body()["metadata"]["name"],
             body["metadata"]["name"]
         );
+        // Kubernetes' `$(VAR)` and `$$` expansion gives back the script as written; the
+        // launcher, in `command`, has no `$$` and no `$(NAME)` of a variable the Job defines.
+        let body = "echo $$ $(MODE) $HOME";
+        let dollars = HostAction::new("x", "n", body)
+            .expect("valid")
+            .job(Mode::Start);
+        let Profile::Host { env } = &dollars.profile else {
+            panic!("a host Job");
+        };
+        let sent = &env.iter().find(|(k, _)| k == "SCRIPT").expect("script").1;
+        assert!(
+            sent.replace("$$", "$").ends_with(&format!("{body}\n")),
+            "{sent}"
+        );
+        assert!(!LAUNCHER.contains("$$"), "{LAUNCHER}");
+        for name in ["ACTION", "MODE", "HOST_ROOT", "SCRIPT"] {
+            assert!(!LAUNCHER.contains(&format!("$({name})")), "{name}");
+        }
         // A check carries no script.
         let check = job("demo-default-1", "upgrade-node", Mode::Check, None);
         match check.profile {

@@ -122,9 +122,10 @@ pub enum PlanError {
 }
 
 impl PlanError {
-    /// Every planning error is a file that does not fit the cloud: exit code 2.
+    /// Every planning error is a file that does not fit the cloud (exit code 2), but a silent
+    /// API, which is the cluster's state, not the input's (exit code 1).
     pub(crate) fn is_invalid_input(&self) -> bool {
-        true
+        !matches!(self, PlanError::ApiSilent { .. })
     }
 }
 
@@ -737,6 +738,18 @@ impl<'a> Planner<'a> {
                 });
             }
         }
+        // A new control plane (the count grew) has any member of its name removed first,
+        // which needs the API as much as a lost one's.
+        if let (Some(node), ApiReach::Silent(why), true) = (
+            missing_control_planes.first(),
+            &scope.api,
+            ha && scope.kubernetes,
+        ) {
+            return Err(PlanError::ApiSilent {
+                needed: format!("clearing etcd's members for control plane {}", node.name),
+                why: why.clone(),
+            });
+        }
         let via = control_planes
             .running
             .iter()
@@ -871,7 +884,9 @@ impl<'a> Planner<'a> {
         // A pool's outdated servers are drained only once its up-to-date servers are all
         // Ready (a run stopped half-way may have left a new one still joining).
         let mut pool_ready: BTreeMap<usize, Vec<StepId>> = BTreeMap::new();
-        if scope.kubernetes {
+        // (With a silent API nothing is drained: leaving nodes go undrained, replacements
+        // are refused.)
+        if scope.kubernetes && !matches!(scope.api, ApiReach::Silent(_)) {
             let pools: BTreeSet<usize> = roster.outdated.values().copied().collect();
             for node in nodes
                 .iter()
@@ -1009,12 +1024,13 @@ impl<'a> Planner<'a> {
         // already up to date: a run stopped part-way may have left one still joining.
         let mut previous: Vec<StepId> = Vec::new();
         if !rolling.is_empty() {
-            for name in control_planes
-                .running
-                .iter()
-                .filter(|n| !rolling.iter().any(|(r, _, _)| r.name == **n))
-            {
-                let Some(via) = control_planes.running.iter().find(|s| *s != name) else {
+            // Every other control plane with a server, ACTIVE or still building.
+            let others = observed.servers.iter().filter(|s| {
+                control_planes.index(&s.name).is_some()
+                    && !rolling.iter().any(|(r, _, _)| r.name == s.name)
+            });
+            for name in others.map(|s| s.name.as_str()) {
+                let Some(via) = control_planes.running.iter().find(|s| **s != name) else {
                     continue;
                 };
                 let ready = self.plan.push(
@@ -1406,11 +1422,17 @@ fn check_control_plane_count(spec: &ClusterSpec, observed: &Observed) -> Result<
     {
         return Err(PlanError::ControlPlaneGrowth { wanted });
     }
-    // Behind a load balancer, its pools hold the control planes it was made with.
-    let growing = wanted_names.len() > running.len()
-        && wanted_names
-            .iter()
-            .any(|n| !observed.ports.iter().any(|p| &p.name == n));
+    // Behind a load balancer, its pools hold the control planes it was made with: from 3 to
+    // 5 is the one growth (3 is the least behind an endpoint); control planes with neither a
+    // server nor a port left are taken for new.
+    let existing = wanted_names
+        .iter()
+        .filter(|n| {
+            observed.servers.iter().any(|s| &s.name == *n)
+                || observed.ports.iter().any(|p| &p.name == *n)
+        })
+        .count();
+    let growing = wanted == 5 && existing <= 3;
     if growing && !observed.api_load_balancers.is_empty() && running.len() > 1 {
         return Err(PlanError::MembersGrowth {
             wanted,
@@ -2227,6 +2249,38 @@ pub(crate) mod tests {
         ));
         // The same loss with the API answering is planned.
         assert!(plan(&three, &lost, &facts, K8S).is_ok());
+        // Three to five behind a VIP: the new ones' stale members are cleared first, which
+        // needs the API too.
+        let five = test_spec(
+            "count = 5\napi_endpoint = \"vip\"\n[[worker_pools]]\nname = \"default\"\ncount = 1\nflavor = \"m3.small\"\n",
+        );
+        let mut grown = converged(&three);
+        for port in &mut grown.ports {
+            port.tags.push(CONTROL_PLANE_RAN_TAG.into());
+        }
+        let refused = plan(&five, &grown, &facts, silent.clone()).expect_err("refused");
+        assert!(matches!(refused, PlanError::ApiSilent { .. }), "{refused}");
+        // A silent API is the cluster's state, not bad input: exit code 1, not 2.
+        assert!(!refused.is_invalid_input());
+        // A pool shrinking while outdated: its outdated node goes undrained, and nothing waits
+        // for the others to be Ready (no drain would use it).
+        let mut outdated = converged(&spec);
+        for server in outdated
+            .servers
+            .iter_mut()
+            .filter(|s| s.name == "demo-default-2")
+        {
+            server.flavor = serde_json::json!({ "original_name": "m3.medium" });
+        }
+        let shrunk = plan(&with_workers(1), &outdated, &facts, silent).expect("plan");
+        assert!(
+            !shrunk
+                .steps
+                .iter()
+                .any(|s| matches!(s.action, Action::WaitReady { .. })),
+            "{:?}",
+            shown(&shrunk)
+        );
     }
 
     /// A control plane that ran (its port marked) is not built again unless asked: it would

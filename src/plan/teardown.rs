@@ -112,7 +112,12 @@ pub(crate) fn teardown(observed: &Observed, volumes: &[Volume], delete_volumes: 
             )
         })
         .collect();
-    let before_subnets: Vec<StepId> = ports.iter().chain(&routers).copied().collect();
+    let before_subnets: Vec<StepId> = ports
+        .iter()
+        .chain(&routers)
+        .chain(&users)
+        .copied()
+        .collect();
     let subnets: Vec<StepId> = observed
         .subnets
         .iter()
@@ -133,7 +138,7 @@ pub(crate) fn teardown(observed: &Observed, volumes: &[Volume], delete_volumes: 
                 id: network.id.clone(),
                 name: network.name.clone(),
             }),
-            &subnets,
+            &subnets.iter().chain(&ports).copied().collect::<Vec<_>>(),
         );
     }
     let before_groups: Vec<StepId> = ports.iter().chain(&servers).copied().collect();
