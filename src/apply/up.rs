@@ -185,15 +185,11 @@ pub(crate) async fn up(
         accept_empty_cluster,
         api: ApiReach::Unasked,
     };
-    let (plan, kube) = plan_asking_the_api(
-        &spec,
-        &observation,
-        scope,
-        &pki,
-        api_address.as_deref(),
-        &say,
-    )
-    .await?;
+    let (plan, kube, silence) =
+        plan_asking_the_api(&spec, &observation, scope, &pki, api_address.as_deref()).await?;
+    if let Some(silence) = silence {
+        say(&silence);
+    }
     if let Some(short) = growth_shortfall(&cloud, observed, &observation.facts, &plan).await? {
         return Err(UpError::Preflight(short));
     }
@@ -497,19 +493,19 @@ pub(crate) fn missing_pki(cluster: &str, state_path: &std::path::Path) -> String
 }
 
 /// The plan, made once as if the cluster's API answers, and, when it has steps that need the
-/// API, made again with what the API said (see [`ApiReach`]); with the client for those steps.
+/// API, made again with what the API said (see [`ApiReach`]); with the client for those steps
+/// and, when the API was asked and did not answer, the line that says so.
 async fn plan_asking_the_api(
     spec: &ClusterSpec,
     observation: &Observation,
     mut scope: Scope,
     pki: &ClusterPki,
     api_address: Option<&str>,
-    say: &(dyn Fn(&str) + Sync),
-) -> Result<(Plan, Option<KubeClient>), UpError> {
+) -> Result<(Plan, Option<KubeClient>, Option<String>), UpError> {
     let observed = &observation.observed;
     let plan = planner::plan(spec, observed, &observation.facts, scope.clone())?;
     if !scope.kubernetes || !plan.needs_api() {
-        return Ok((plan, None));
+        return Ok((plan, None, None));
     }
     let floating = observed
         .api_floating_ip(&spec.name)
@@ -525,11 +521,12 @@ async fn plan_asking_the_api(
             Err(e) => ApiReach::Silent(crate::kube::error_chain(&e)),
         },
     };
-    if let ApiReach::Silent(why) = &scope.api {
-        say(&format!("the Kubernetes API does not answer ({why})"));
-    }
+    let silence = match &scope.api {
+        ApiReach::Silent(why) => Some(format!("the Kubernetes API does not answer ({why})")),
+        _ => None,
+    };
     let plan = planner::plan(spec, observed, &observation.facts, scope)?;
-    Ok((plan, client))
+    Ok((plan, client, silence))
 }
 
 /// What `plan` reports: the steps `up` would run and what stands around them.
@@ -595,16 +592,10 @@ pub(crate) async fn plan(
         Some(pki) => {
             identity::check(&spec.name, &observation.observed.servers, pki, &state_path)
                 .map_err(|e| UpError::Refused(e.to_string()))?;
-            // What asking the API says (that it does not answer) is a warning here.
-            let said = std::sync::Mutex::new(Vec::new());
-            let say = |line: &str| {
-                if let Ok(mut lines) = said.lock() {
-                    lines.push(line.to_string());
-                }
-            };
-            let (plan, _) =
-                plan_asking_the_api(&spec, &observation, scope, pki, api_address, &say).await?;
-            warnings.extend(said.into_inner().unwrap_or_default());
+            // That the API does not answer is a warning here.
+            let (plan, _, silence) =
+                plan_asking_the_api(&spec, &observation, scope, pki, api_address).await?;
+            warnings.extend(silence);
             plan
         }
         // No PKI here: nothing to ask the API with (and `up` refuses a cluster that exists).

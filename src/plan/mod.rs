@@ -97,12 +97,10 @@ impl Needs {
             needs.ports += 1;
         }
         if spec.control_plane.api_endpoint == ApiEndpointKind::LoadBalancer {
-            let listeners = endpoint::listener_count(spec);
-            needs.load_balancers += 1;
-            needs.listeners += listeners;
-            needs.pools += listeners;
-            needs.health_monitors += listeners;
-            needs.members += listeners * u64::from(spec.control_plane.count);
+            needs.add_api_load_balancer(
+                endpoint::listener_count(spec),
+                u64::from(spec.control_plane.count),
+            );
         }
         if spec.addons.ingress && spec.ingress.exposure == IngressExposure::LoadBalancer {
             // The cloud controller's for Traefik's Service: 80 and 443, a pool each with
@@ -186,18 +184,24 @@ impl Needs {
                 Action::CreateSecurityGroup { .. } => needs.security_groups += 1,
                 Action::AddRule(_) => needs.security_group_rules += 1,
                 Action::CreateServerGroup { .. } => needs.server_groups += 1,
-                Action::CreateLoadBalancer(balancer) => {
-                    let listeners = balancer.listeners.len() as u64;
-                    needs.load_balancers += 1;
-                    needs.listeners += listeners;
-                    needs.pools += listeners;
-                    needs.health_monitors += listeners;
-                    needs.members += listeners * balancer.members.len() as u64;
-                }
+                Action::CreateLoadBalancer(balancer) => needs.add_api_load_balancer(
+                    balancer.listeners.len() as u64,
+                    balancer.members.len() as u64,
+                ),
                 _ => {}
             }
         }
         needs
+    }
+
+    /// The API's load balancer: `listeners`, each with a pool and a health monitor holding
+    /// every one of `members`.
+    fn add_api_load_balancer(&mut self, listeners: u64, members: u64) {
+        self.load_balancers += 1;
+        self.listeners += listeners;
+        self.pools += listeners;
+        self.health_monitors += listeners;
+        self.members += listeners * members;
     }
 
     /// Whether it asks for nothing at all.
