@@ -321,6 +321,21 @@ async fn run(
         };
         return Ok((Made::default(), Some(line)));
     }
+    if let Action::RemoveStrayEtcdMember { id, via, .. } = action {
+        let kube = api_for(context, via)?;
+        let members = kube.etcd_members(via, ETCD_TIMEOUT).await?;
+        let line = match members.iter().find(|m| &m.hex_id() == id) {
+            Some(member) => {
+                kube.remove_etcd_member(via, member, ETCD_TIMEOUT).await?;
+                format!(
+                    "removed etcd member {id}, of no control plane, through {via}; {} member(s) left",
+                    members.len() - 1
+                )
+            }
+            None => format!("etcd member {id} is gone already"),
+        };
+        return Ok((Made::default(), Some(line)));
+    }
     if let Action::WaitEtcdMember { node, via } = action {
         api_for(context, node)?
             .wait_voting_member(via, node, context.node_ready_within)
@@ -649,6 +664,7 @@ async fn run_on_cloud(
         Action::WaitReady { .. }
         | Action::Drain { .. }
         | Action::RemoveEtcdMember { .. }
+        | Action::RemoveStrayEtcdMember { .. }
         | Action::WaitEtcdMember { .. }
         | Action::DeleteNode { .. } => Made::default(),
         Action::DeleteServer { id, .. } => {

@@ -3,6 +3,7 @@
 //! PKI, plan, run the plan, write the kubeconfigs, and bootstrap the cluster through its API.
 //! Progress goes out as [`Event`]s; the result is an [`UpReport`] for the CLI to print.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use crate::cloud::{Cloud, CloudConfig, CloudError};
 use crate::kube::KubeClient;
 use crate::node::seal::SEAL_KEY_METADATA;
 use crate::pki::{BootstrapToken, ClusterPki, Kubeconfig, PkiError, StateDir};
+use crate::plan::kube_view::{KubeView, Membership, Registered};
 use crate::plan::planner::{self, ApiReach, PlanError, Scope};
 use crate::plan::steps::Plan;
 use crate::spec::ClusterSpec;
@@ -504,7 +506,14 @@ async fn plan_asking_the_api(
 ) -> Result<(Plan, Option<KubeClient>, Option<String>), UpError> {
     let observed = &observation.observed;
     let plan = planner::plan(spec, observed, &observation.facts, scope.clone())?;
-    if !scope.kubernetes || !plan.needs_api() {
+    // With 3 or 5 control planes etcd's members are always read: a member of no control
+    // plane, or a control plane whose member is gone, is repaired.
+    let control_planes_run = spec.control_plane.highly_available()
+        && observed
+            .servers
+            .iter()
+            .any(|s| s.status == "ACTIVE" && s.has_role("control-plane"));
+    if !scope.kubernetes || !(plan.needs_api() || control_planes_run) {
         return Ok((plan, None, None));
     }
     let floating = observed
@@ -517,7 +526,10 @@ async fn plan_asking_the_api(
     scope.api = match &client {
         None => ApiReach::Silent("the cluster has no API floating IP".into()),
         Some(client) => match client.readyz().await {
-            Ok(()) => ApiReach::Answers,
+            Ok(()) => match read_kube_view(spec, observed, client).await {
+                Ok(view) => ApiReach::Answers(view),
+                Err(e) => ApiReach::Silent(crate::kube::error_chain(&e)),
+            },
             Err(e) => ApiReach::Silent(crate::kube::error_chain(&e)),
         },
     };
@@ -527,6 +539,55 @@ async fn plan_asking_the_api(
     };
     let plan = planner::plan(spec, observed, &observation.facts, scope)?;
     Ok((plan, client, silence))
+}
+
+/// How long reading etcd's members for the plan may take (a node Job started, run and read).
+const ETCD_LIST_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// What the API shows the planner (see [`KubeView`]): the registered Nodes and, with 3 or 5
+/// control planes, etcd's members as the first control plane that runs and is Ready lists
+/// them.
+async fn read_kube_view(
+    spec: &ClusterSpec,
+    observed: &crate::plan::resources::Observed,
+    client: &KubeClient,
+) -> Result<KubeView, crate::kube::KubeError> {
+    let nodes: BTreeMap<String, Registered> = client
+        .nodes()
+        .await?
+        .iter()
+        .filter_map(|node| {
+            let labels = node.metadata.labels.as_ref();
+            let registered = Registered {
+                ready: crate::kube::is_ready(node),
+                control_plane: labels.is_some_and(|l| l.contains_key(addons::CONTROL_PLANE_LABEL)),
+            };
+            Some((node.metadata.name.clone()?, registered))
+        })
+        .collect();
+    let via = spec
+        .nodes()
+        .into_iter()
+        .filter(|n| n.role == crate::spec::Role::ControlPlane)
+        .map(|n| n.name)
+        .find(|name| {
+            nodes.get(name).is_some_and(|n| n.ready)
+                && observed
+                    .servers
+                    .iter()
+                    .any(|s| &s.name == name && s.status == "ACTIVE")
+        });
+    let etcd = match via.filter(|_| spec.control_plane.highly_available()) {
+        None => Membership::NotAsked,
+        Some(via) => match client.etcd_members(&via, ETCD_LIST_TIMEOUT).await {
+            Ok(members) => Membership::Listed { via, members },
+            Err(e) => Membership::Unread {
+                why: crate::kube::error_chain(&e),
+                via,
+            },
+        },
+    };
+    Ok(KubeView { nodes, etcd })
 }
 
 /// What `plan` reports: the steps `up` would run and what stands around them.

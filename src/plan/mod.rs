@@ -5,6 +5,7 @@
 
 pub(crate) mod duplicates;
 pub(crate) mod endpoint;
+pub(crate) mod kube_view;
 pub(crate) mod planner;
 pub(crate) mod resources;
 pub(crate) mod roster;

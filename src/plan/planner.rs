@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::IpNet;
 
+use super::kube_view::{KubeView, Membership, quorum_of, stray_members};
 use super::resources::{self, Names, Observed, cluster_tag};
 use super::roster::{Replacement, ServerFacts, outdated_because, roster};
 use super::rules::{rule_diff, wanted_rules};
@@ -53,11 +54,14 @@ pub(crate) enum ApiReach {
     /// Not asked: planned as if it answers. A plan with steps that need the API is made again
     /// once it was asked (see [`Plan::needs_api`]).
     Unasked,
-    /// `/readyz` answered.
-    Answers,
+    /// `/readyz` answered, and this is what the API showed.
+    Answers(KubeView),
     /// Asked, and it did not answer: why.
     Silent(String),
 }
+
+/// Why a leaving node is not drained when the API answered and does not list it.
+const NEVER_REGISTERED: &str = "not drained: the cluster has no Node of it (it never joined)";
 
 /// What stands in for a fact the cloud lacks (an external network, flavor or image the file
 /// names): `plan` shows the steps with it, and the preflight, which runs before `up` executes
@@ -97,6 +101,14 @@ pub enum PlanError {
     )]
     ApiSilent { needed: String, why: String },
     #[error(
+        "{needed} needs etcd's members, which control plane {via} could not list ({why}); nothing was planned\n  hint: `flatstack status` shows each control plane's membership; without a quorum of members etcd answers nothing, and the cluster's state can come back only from a snapshot"
+    )]
+    EtcdUnread {
+        needed: String,
+        via: String,
+        why: String,
+    },
+    #[error(
         "`control_plane.api_endpoint` is `{wanted}` but the cluster runs behind a {runs}; flatstack cannot move a running cluster's API address from one to the other; nothing was planned\n  hint: set `api_endpoint = \"{runs}\"`"
     )]
     EndpointChange {
@@ -123,9 +135,12 @@ pub enum PlanError {
 
 impl PlanError {
     /// Every planning error is a file that does not fit the cloud (exit code 2), but a silent
-    /// API, which is the cluster's state, not the input's (exit code 1).
+    /// API or an unreadable etcd, which are the cluster's state, not the input's (exit code 1).
     pub(crate) fn is_invalid_input(&self) -> bool {
-        !matches!(self, PlanError::ApiSilent { .. })
+        !matches!(
+            self,
+            PlanError::ApiSilent { .. } | PlanError::EtcdUnread { .. }
+        )
     }
 }
 
@@ -294,6 +309,56 @@ impl<'a> Planner<'a> {
         remove_extras(&mut self.plan, extras, self.observed);
         self.plan.nodes = roster.nodes;
         Ok(self.plan)
+    }
+
+    /// What the cluster's API showed, when it was asked and answered.
+    fn view(&self) -> Option<&'a KubeView> {
+        match &self.scope.api {
+            ApiReach::Answers(view) => Some(view),
+            _ => None,
+        }
+    }
+
+    /// Whether `node` may be registered: the API lists it, or was not read.
+    fn may_be_registered(&self, node: &str) -> bool {
+        self.view().is_none_or(|v| v.is_registered(node))
+    }
+
+    /// Whether control plane `name` may have an etcd member: one is listed, or the members
+    /// were not.
+    fn may_have_member(&self, name: &str) -> bool {
+        let address = self.control_plane_address(name);
+        self.view().is_none_or(|v| {
+            v.members().is_none() || v.member_of(name, address.as_deref()).is_some()
+        })
+    }
+
+    /// Control plane `name`'s address: its port's, or the one it gets on flatstack's subnet.
+    fn control_plane_address(&self, name: &str) -> Option<String> {
+        port_address(self.observed, name).or_else(|| {
+            let index = self
+                .spec
+                .nodes()
+                .iter()
+                .filter(|n| n.role == Role::ControlPlane)
+                .position(|n| n.name == name)?;
+            self.spec
+                .network
+                .control_plane_address(index)
+                .map(|a| a.to_string())
+        })
+    }
+
+    /// Refuses `needed` when the API answered but etcd's members could not be listed.
+    fn etcd_readable(&self, needed: &str) -> Result<(), PlanError> {
+        match self.view().map(|v| &v.etcd) {
+            Some(Membership::Unread { via, why }) => Err(PlanError::EtcdUnread {
+                needed: needed.to_string(),
+                via: via.clone(),
+                why: why.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Untagged resources of the cluster's names are tagged, when kept (a duplicate goes
@@ -698,6 +763,7 @@ impl<'a> Planner<'a> {
             .copied()
             .collect();
         let mut member_gone: BTreeMap<&'r str, StepId> = BTreeMap::new();
+        let view = self.view();
         // `--accept-empty-cluster` is for one control plane: with 3 or 5, a rebuilt one must
         // join the others, which it cannot with its old member listed.
         let accepted = scope.accept_empty_cluster && !ha;
@@ -716,9 +782,10 @@ impl<'a> Planner<'a> {
                 .copied()
                 .filter(|s| !lost.iter().any(|n| n.name == *s))
                 .collect();
-            // etcd's members are the running control planes and the lost ones.
-            let quorum = (survivors.len() + lost.len()) / 2 + 1;
-            if survivors.len() < quorum {
+            // etcd's members are the running control planes and the lost ones. (Members
+            // listed just now prove a quorum: that read was linearizable.)
+            let quorum = quorum_of(survivors.len() + lost.len());
+            if survivors.len() < quorum && view.and_then(KubeView::members).is_none() {
                 let names: Vec<&str> = lost.iter().map(|n| n.name.as_str()).collect();
                 return Err(PlanError::QuorumLost {
                     lost: names.join(", "),
@@ -737,6 +804,9 @@ impl<'a> Planner<'a> {
                     why: why.clone(),
                 });
             }
+            self.etcd_readable(&format!(
+                "removing the etcd member of lost control plane {name}"
+            ))?;
         }
         // A new control plane (the count grew) has any member of its name removed first,
         // which needs the API as much as a lost one's.
@@ -756,25 +826,54 @@ impl<'a> Planner<'a> {
             .copied()
             .find(|s| !missing_control_planes.iter().any(|n| n.name == *s));
         if let Some(via) = via.filter(|_| ha && scope.kubernetes && !accepted) {
-            // One at a time, through the first running control plane.
+            // One at a time, through the first running control plane: first members of no
+            // control plane, then those of the control planes built again. What the API
+            // showed leaves out what is not there (unasked, everything is planned, and the
+            // step finds out).
             let mut after: Vec<StepId> = Vec::new();
-            for node in &missing_control_planes {
-                let removed = self.plan.push(
-                    Action::RemoveEtcdMember {
-                        node: node.name.clone(),
-                        address: port_address(observed, &node.name),
+            let wanted: Vec<(&str, Option<String>)> = control_planes
+                .names
+                .iter()
+                .map(|n| (n.as_str(), self.control_plane_address(n)))
+                .collect();
+            let wanted: Vec<(&str, Option<&str>)> =
+                wanted.iter().map(|(n, a)| (*n, a.as_deref())).collect();
+            for stray in view
+                .and_then(KubeView::members)
+                .map(|members| stray_members(members, &wanted))
+                .unwrap_or_default()
+            {
+                after = vec![self.plan.push(
+                    Action::RemoveStrayEtcdMember {
+                        id: stray.hex_id(),
+                        name: stray.name.clone(),
                         via: via.to_string(),
                     },
                     &after,
-                );
-                let deleted = self.plan.push(
-                    Action::DeleteNode {
-                        node: node.name.clone(),
-                    },
-                    &[removed],
-                );
-                member_gone.insert(node.name.as_str(), deleted);
-                after = vec![deleted];
+                )];
+            }
+            for node in &missing_control_planes {
+                if self.may_have_member(&node.name) {
+                    after = vec![self.plan.push(
+                        Action::RemoveEtcdMember {
+                            node: node.name.clone(),
+                            address: port_address(observed, &node.name),
+                            via: via.to_string(),
+                        },
+                        &after,
+                    )];
+                }
+                if self.may_be_registered(&node.name) {
+                    after = vec![self.plan.push(
+                        Action::DeleteNode {
+                            node: node.name.clone(),
+                        },
+                        &after,
+                    )];
+                }
+                if let Some(last) = after.first() {
+                    member_gone.insert(node.name.as_str(), *last);
+                }
             }
         }
         let rolling: Vec<(&'r NodeName, &'a crate::cloud::compute::Server, String)> =
@@ -794,7 +893,13 @@ impl<'a> Planner<'a> {
                             plane.boot_volume_gb,
                             server,
                             ServerFacts::of(observed, &self.facts.flavors),
-                        )?;
+                        )
+                        .or_else(|| {
+                            let address = self.control_plane_address(&n.name);
+                            self.view()?
+                                .lost_its_member(&n.name, address.as_deref())
+                                .then(|| "was removed from etcd (kubeadm marked it a control plane, and etcd lists no member of it): its etcd cannot start again".to_string())
+                        })?;
                         Some((n, server, why))
                     })
                     .collect(),
@@ -811,6 +916,9 @@ impl<'a> Planner<'a> {
                 needed: format!("replacing control plane {} in place", node.name),
                 why: why.clone(),
             });
+        }
+        if let Some((node, _, _)) = rolling.first() {
+            self.etcd_readable(&format!("replacing control plane {} in place", node.name))?;
         }
         // A worker replaced is drained only once its replacement is seen Ready.
         if let (Some(replacement), ApiReach::Silent(why), true) =
@@ -988,6 +1096,7 @@ impl<'a> Planner<'a> {
             };
             // New node first: Ready in the cluster, then the old one drained and deleted.
             let mut ready = vec![active];
+            let mut because = None;
             if scope.kubernetes {
                 let joined = self.plan.push(
                     Action::WaitReady {
@@ -997,18 +1106,24 @@ impl<'a> Planner<'a> {
                 );
                 let mut before_drain = ready_before_drain(roster, &pool_ready, &old.name);
                 before_drain.push(joined);
-                ready = vec![self.plan.push(
-                    Action::Drain {
-                        node: old.name.clone(),
-                    },
-                    &before_drain,
-                )];
+                ready = match self.may_be_registered(&old.name) {
+                    true => vec![self.plan.push(
+                        Action::Drain {
+                            node: old.name.clone(),
+                        },
+                        &before_drain,
+                    )],
+                    false => {
+                        because = Some(NEVER_REGISTERED.to_string());
+                        before_drain
+                    }
+                };
             }
             let gone = self.plan.push(
                 Action::DeleteServer {
                     id: old.id.clone(),
                     name: old.name.clone(),
-                    because: None,
+                    because,
                 },
                 &ready,
             );
@@ -1057,27 +1172,31 @@ impl<'a> Planner<'a> {
             else {
                 continue;
             };
-            let drained = self.plan.push(
-                Action::Drain {
-                    node: node.name.clone(),
-                },
-                &previous,
-            );
-            let removed = self.plan.push(
-                Action::RemoveEtcdMember {
-                    node: node.name.clone(),
-                    address: port_address(observed, &node.name),
-                    via: via.to_string(),
-                },
-                &[drained],
-            );
+            if self.may_be_registered(&node.name) {
+                previous = vec![self.plan.push(
+                    Action::Drain {
+                        node: node.name.clone(),
+                    },
+                    &previous,
+                )];
+            }
+            if self.may_have_member(&node.name) {
+                previous = vec![self.plan.push(
+                    Action::RemoveEtcdMember {
+                        node: node.name.clone(),
+                        address: port_address(observed, &node.name),
+                        via: via.to_string(),
+                    },
+                    &previous,
+                )];
+            }
             let gone = self.plan.push(
                 Action::DeleteServer {
                     id: old.id.clone(),
                     name: old.name.clone(),
                     because: Some(format!("it {why}: replaced in place")),
                 },
-                &[removed],
+                &previous,
             );
             let port = ports.of_node.get(node.name.as_str()).cloned();
             let create = self.plan.push(
@@ -1172,7 +1291,9 @@ impl<'a> Planner<'a> {
             .iter()
             .filter(|s| !wanted.contains(s.name.as_str()) && !replaced.contains(&s.name))
         {
-            let drained: Vec<StepId> = match scope.kubernetes && !server.failed_build() {
+            let drains = scope.kubernetes && !server.failed_build();
+            let registered = self.may_be_registered(&server.name);
+            let drained: Vec<StepId> = match drains && registered {
                 true if silent.is_none() => vec![self.plan.push(
                     Action::Drain {
                         node: server.name.clone(),
@@ -1181,9 +1302,13 @@ impl<'a> Planner<'a> {
                 )],
                 _ => Vec::new(),
             };
-            let because = silent
-                .filter(|_| scope.kubernetes && !server.failed_build())
-                .map(|why| format!("not drained: the Kubernetes API does not answer ({why})"));
+            let because = match silent {
+                Some(why) => Some(format!(
+                    "not drained: the Kubernetes API does not answer ({why})"
+                )),
+                None => (!registered).then(|| NEVER_REGISTERED.to_string()),
+            }
+            .filter(|_| drains);
             let id = self.plan.push(
                 Action::DeleteServer {
                     id: server.id.clone(),
@@ -2474,6 +2599,233 @@ pub(crate) mod tests {
                 count: 3,
                 quorum: 2
             }
+        );
+    }
+
+    /// What the API showed: `registered` Nodes (all Ready, control planes marked by kubeadm)
+    /// and etcd's `members` (name and address; a name may be empty) as control plane 1 lists
+    /// them.
+    fn shown_by_api(registered: &[&str], members: &[(&str, &str)]) -> Scope {
+        use crate::plan::kube_view::Registered;
+        let nodes = registered
+            .iter()
+            .map(|name| {
+                let control_plane = name.contains("control-plane");
+                let node = Registered {
+                    ready: true,
+                    control_plane,
+                };
+                (name.to_string(), node)
+            })
+            .collect();
+        let members = members
+            .iter()
+            .enumerate()
+            .map(|(i, (name, address))| crate::kube::etcd::EtcdMember {
+                id: 0xa0 + i as u64,
+                name: name.to_string(),
+                peer_urls: vec![format!("https://{address}:2380")],
+                is_learner: false,
+            })
+            .collect();
+        Scope {
+            api: ApiReach::Answers(KubeView {
+                nodes,
+                etcd: Membership::Listed {
+                    via: "demo-control-plane-1".into(),
+                    members,
+                },
+            }),
+            ..K8S
+        }
+    }
+
+    /// With the API read, a lost control plane's steps are those its state still needs: its
+    /// member is not removed when etcd no longer lists it, its Node not deleted when none is
+    /// registered; a member of no control plane is removed first; an etcd that cannot be read
+    /// refuses the plan (the cluster's state: exit code 1).
+    #[test]
+    fn what_the_api_shows_decides_a_lost_control_planes_steps() {
+        let spec = highly_available(1);
+        let mut observed = converged(&spec);
+        observed.floating_ips[0]
+            .tags
+            .push(CONTROL_PLANE_RAN_TAG.into());
+        observed
+            .servers
+            .retain(|s| s.name != "demo-control-plane-2");
+        let registered = [
+            "demo-control-plane-1",
+            "demo-control-plane-3",
+            "demo-default-1",
+        ];
+        let members = [
+            ("demo-control-plane-1", "10.42.0.11"),
+            ("demo-control-plane-3", "10.42.0.13"),
+            ("", "10.42.0.99"),
+        ];
+        let plan = plan(
+            &spec,
+            &observed,
+            &facts(),
+            shown_by_api(&registered, &members),
+        )
+        .expect("plan");
+        let lines = shown(&plan);
+        for gone in [
+            "> etcd member demo-control-plane-2",
+            "> node demo-control-plane-2",
+        ] {
+            assert!(!lines.contains(&gone.to_string()), "{gone} in {lines:#?}");
+        }
+        let steps = plan.shown();
+        let stray = steps
+            .iter()
+            .find(|s| s.kind == "etcd member")
+            .unwrap_or_else(|| panic!("{lines:#?}"));
+        assert_eq!(
+            (stray.name.as_str(), stray.detail.as_str()),
+            (
+                "a2",
+                "remove through demo-control-plane-1: of no control plane"
+            )
+        );
+        let created = steps
+            .iter()
+            .find(|s| s.kind == "server" && s.name == "demo-control-plane-2")
+            .expect("built again");
+        assert!(created.needs.contains(&stray.id), "{created:?}");
+
+        // Listed, and its Node still there: both planned, the stray first.
+        let registered = [
+            "demo-control-plane-1",
+            "demo-control-plane-2",
+            "demo-control-plane-3",
+        ];
+        let members = [
+            ("demo-control-plane-1", "10.42.0.11"),
+            ("demo-control-plane-2", "10.42.0.12"),
+            ("demo-control-plane-3", "10.42.0.13"),
+            ("demo-control-plane-9", "10.42.0.19"),
+        ];
+        let plan = super::plan(
+            &spec,
+            &observed,
+            &facts(),
+            shown_by_api(&registered, &members),
+        )
+        .expect("plan");
+        let lines = shown(&plan);
+        let at = |line: &str| lines.iter().position(|l| l == line);
+        assert!(
+            at("> etcd member demo-control-plane-9 (a3)")
+                < at("> etcd member demo-control-plane-2")
+                && at("> etcd member demo-control-plane-2") < at("> node demo-control-plane-2")
+                && at("> etcd member demo-control-plane-9 (a3)").is_some(),
+            "{lines:#?}"
+        );
+
+        let unread = Scope {
+            api: ApiReach::Answers(KubeView {
+                etcd: Membership::Unread {
+                    via: "demo-control-plane-1".into(),
+                    why: "context deadline exceeded".into(),
+                },
+                ..KubeView::default()
+            }),
+            ..K8S
+        };
+        let refused = super::plan(&spec, &observed, &facts(), unread).expect_err("refused");
+        assert!(
+            matches!(&refused, PlanError::EtcdUnread { needed, via, .. }
+                if needed.ends_with("demo-control-plane-2") && via == "demo-control-plane-1"),
+            "{refused}"
+        );
+        assert!(!refused.is_invalid_input());
+    }
+
+    /// A control plane kubeadm marked (so it joined etcd) whose member etcd no longer lists
+    /// cannot start its etcd again: it is replaced in place (drained, no member to remove,
+    /// built again to join). One registered but not marked yet may be joining: left alone.
+    #[test]
+    fn a_control_plane_etcd_no_longer_lists_is_replaced_in_place() {
+        let spec = highly_available(1);
+        let observed = converged(&spec);
+        let registered = [
+            "demo-control-plane-1",
+            "demo-control-plane-2",
+            "demo-control-plane-3",
+            "demo-default-1",
+        ];
+        let members = [
+            ("demo-control-plane-1", "10.42.0.11"),
+            ("demo-control-plane-3", "10.42.0.13"),
+        ];
+        let plan = plan(
+            &spec,
+            &observed,
+            &facts(),
+            shown_by_api(&registered, &members),
+        )
+        .expect("plan");
+        let lines = shown(&plan);
+        for line in [
+            "> drain demo-control-plane-2",
+            "- server demo-control-plane-2",
+            "+ server demo-control-plane-2",
+            "> wait demo-control-plane-2",
+        ] {
+            assert!(lines.contains(&line.to_string()), "{line} in {lines:#?}");
+        }
+        assert!(
+            !lines.iter().any(|l| l.starts_with("> etcd member")),
+            "{lines:#?}"
+        );
+        let deleted = plan
+            .shown()
+            .into_iter()
+            .find(|s| s.kind == "server" && s.action == Verb::Delete)
+            .expect("deleted");
+        assert!(
+            deleted.detail.contains("removed from etcd"),
+            "{}",
+            deleted.detail
+        );
+
+        let mut scope = shown_by_api(&registered, &members);
+        if let ApiReach::Answers(view) = &mut scope.api {
+            view.nodes
+                .get_mut("demo-control-plane-2")
+                .expect("registered")
+                .control_plane = false;
+        }
+        let plan = super::plan(&spec, &observed, &facts(), scope).expect("plan");
+        assert_eq!(shown(&plan), Vec::<String>::new());
+    }
+
+    /// A node leaving that the cluster never registered has nothing to drain: deleted, saying
+    /// so; one it registered is drained first.
+    #[test]
+    fn a_leaving_node_the_cluster_never_registered_is_not_drained() {
+        let observed = converged(&with_workers(2));
+        let spec = with_workers(1);
+        let registered = ["demo-control-plane-1", "demo-default-1"];
+        let plan = plan(&spec, &observed, &facts(), shown_by_api(&registered, &[])).expect("plan");
+        assert_eq!(
+            shown(&plan),
+            ["- server demo-default-2", "- port demo-default-2"]
+        );
+        assert_eq!(plan.shown()[0].detail, NEVER_REGISTERED);
+        let registered = ["demo-control-plane-1", "demo-default-1", "demo-default-2"];
+        let plan =
+            super::plan(&spec, &observed, &facts(), shown_by_api(&registered, &[])).expect("plan");
+        assert_eq!(
+            shown(&plan),
+            [
+                "> drain demo-default-2",
+                "- server demo-default-2",
+                "- port demo-default-2"
+            ]
         );
     }
 

@@ -231,6 +231,13 @@ pub(crate) enum Action {
         address: Option<String>,
         via: String,
     },
+    /// Removes etcd member `id` (hex), which belongs to no control plane of the file (left by
+    /// one removed outside flatstack): a member that never answers counts against quorum.
+    RemoveStrayEtcdMember {
+        id: String,
+        name: String,
+        via: String,
+    },
     /// Waits until control plane `node` is a voting etcd member again, as `via`'s member
     /// lists it: a replaced control plane has joined before the next is touched.
     WaitEtcdMember {
@@ -530,6 +537,15 @@ impl Action {
                 node.clone(),
                 format!("remove through {via}"),
             ),
+            RemoveStrayEtcdMember { id, name, via } => (
+                Verb::Run,
+                "etcd member",
+                match name.is_empty() {
+                    true => id.clone(),
+                    false => format!("{name} ({id})"),
+                },
+                format!("remove through {via}: of no control plane"),
+            ),
             WaitEtcdMember { node, .. } => (
                 Verb::Run,
                 "wait",
@@ -636,6 +652,9 @@ impl Action {
             RemoveEtcdMember { node, via, .. } => {
                 format!("removing the etcd member of {node} through {via}")
             }
+            RemoveStrayEtcdMember { id, via, .. } => {
+                format!("removing etcd member {id}, of no control plane, through {via}")
+            }
             DeleteNode { node } => format!("deleting the Node object of {node}"),
             WaitEtcdMember { node, via } => {
                 format!("waiting for {node} to be a voting etcd member (as {via} sees it)")
@@ -680,6 +699,7 @@ impl Action {
             | WaitReady { .. }
             | Drain { .. }
             | RemoveEtcdMember { .. }
+            | RemoveStrayEtcdMember { .. }
             | WaitEtcdMember { .. }
             | DeleteNode { .. } => "kubernetes",
             RenderIgnition { .. } => "render Ignition",
@@ -709,6 +729,7 @@ impl Action {
             | WaitReady { .. }
             | Drain { .. }
             | RemoveEtcdMember { .. }
+            | RemoveStrayEtcdMember { .. }
             | WaitEtcdMember { .. }
             | DeleteNode { .. } => Service::Kubernetes,
             _ => Service::Network,
@@ -846,6 +867,7 @@ impl Plan {
                     | Action::WaitReady { .. }
                     | Action::CreateJoinToken { .. }
                     | Action::RemoveEtcdMember { .. }
+                    | Action::RemoveStrayEtcdMember { .. }
                     | Action::WaitEtcdMember { .. }
                     | Action::DeleteNode { .. }
             )
