@@ -820,11 +820,10 @@ impl<'a> Planner<'a> {
                 why: why.clone(),
             });
         }
-        let via = control_planes
-            .running
-            .iter()
-            .copied()
-            .find(|s| !missing_control_planes.iter().any(|n| n.name == *s));
+        // Through a control plane with a member (one whose member is gone runs no etcd).
+        let via = control_planes.running.iter().copied().find(|s| {
+            !missing_control_planes.iter().any(|n| n.name == *s) && self.may_have_member(s)
+        });
         if let Some(via) = via.filter(|_| ha && scope.kubernetes && !accepted) {
             // One at a time, through the first running control plane: first members of no
             // control plane, then those of the control planes built again. What the API
@@ -1145,7 +1144,11 @@ impl<'a> Planner<'a> {
                     && !rolling.iter().any(|(r, _, _)| r.name == s.name)
             });
             for name in others.map(|s| s.name.as_str()) {
-                let Some(via) = control_planes.running.iter().find(|s| **s != name) else {
+                let Some(via) = control_planes
+                    .running
+                    .iter()
+                    .find(|s| **s != name && self.may_have_member(s))
+                else {
                     continue;
                 };
                 let ready = self.plan.push(
@@ -1168,7 +1171,7 @@ impl<'a> Planner<'a> {
                 .running
                 .iter()
                 .copied()
-                .find(|s| *s != node.name)
+                .find(|s| *s != node.name && self.may_have_member(s))
             else {
                 continue;
             };
@@ -2791,6 +2794,14 @@ pub(crate) mod tests {
             "{}",
             deleted.detail
         );
+        // Asked through a control plane whose etcd runs, never through it.
+        for step in &plan.steps {
+            if let Action::WaitEtcdMember { via, .. } | Action::RemoveEtcdMember { via, .. } =
+                &step.action
+            {
+                assert_ne!(via, "demo-control-plane-2", "{:?}", step.action);
+            }
+        }
 
         let mut scope = shown_by_api(&registered, &members);
         if let ApiReach::Answers(view) = &mut scope.api {

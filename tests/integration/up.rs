@@ -2771,14 +2771,18 @@ fn a_lost_control_plane_of_three_leaves_etcd_before_it_is_built_again_to_join() 
         (lost.as_str(), false, false),
         "when its new server ran, neither etcd nor the API still listed it"
     );
+    // Listed for `plan`, for `up`'s plan, and again just before the removal.
+    let list = (
+        "flatstack-etcd-members".to_string(),
+        first.clone(),
+        "etcdctl member list -w json".to_string(),
+    );
     assert_eq!(
         cluster.node_jobs(),
         [
-            (
-                "flatstack-etcd-members".to_string(),
-                first.clone(),
-                "etcdctl member list -w json".to_string()
-            ),
+            list.clone(),
+            list.clone(),
+            list,
             (
                 "flatstack-etcd-remove".to_string(),
                 first.clone(),
@@ -2818,6 +2822,77 @@ fn a_lost_control_plane_of_three_leaves_etcd_before_it_is_built_again_to_join() 
         kubeadm.contains("controlPlane:") && !kubeadm.contains("InitConfiguration"),
         "{kubeadm}"
     );
+}
+
+/// What the API shows is planning input on a cluster of three: a member of no control plane
+/// (left by one removed outside flatstack) is removed, and a control plane whose member was
+/// removed by hand, which can never start its etcd again, is replaced in place (drained, no
+/// member left to remove, built again to join); `plan` shows both and `up` does them, through
+/// node Jobs on the first control plane; then nothing is left to change.
+#[test]
+fn a_stray_etcd_member_is_removed_and_a_control_plane_without_one_rebuilt() {
+    let cluster = HighlyAvailable::up("etcdview");
+    let _teardown = Teardown(&cluster.workspace);
+    let kubelets = Kubelets::start(&cluster.server, &cluster.name);
+    let (first, second) = (
+        cluster.node("control-plane-1"),
+        cluster.node("control-plane-2"),
+    );
+    let stray = 0x5eed_u64;
+    {
+        let mut world = cluster.server.world.lock().expect("world");
+        world.kubeadm_marks_now(); // as it did when each joined
+        world.etcd_members.retain(|m| m.name != second);
+        world.etcd_members.push(crate::kube_standin::Member {
+            id: stray,
+            name: "old-control-plane-9".into(),
+            peer_url: "https://10.42.0.99:2380".into(),
+        });
+    }
+    let planned = success(&flatstack(
+        &cluster.workspace,
+        &["plan", "--api-address", cluster.api.as_str()],
+    ));
+    for line in [
+        format!(
+            "> etcd member     {:<40} remove through {first}: of no control plane",
+            "old-control-plane-9 (5eed)"
+        ),
+        format!("> drain           {second:<40} evict its pods"),
+        format!("+ server          {second:<40} m3.tiny"),
+    ] {
+        assert!(planned.contains(&line), "{line}\nin:\n{planned}");
+    }
+    assert!(
+        planned.contains(&format!(
+            "- server          {second:<40} it was removed from etcd"
+        )),
+        "{planned}"
+    );
+    assert!(
+        !planned.contains(&format!("> etcd member     {second}")),
+        "no member of it to remove: {planned}"
+    );
+
+    let output = success(&cluster.run_up());
+    assert!(
+        output.contains(&format!(
+            "removed etcd member 5eed, of no control plane, through {first}; 2 member(s) left"
+        )),
+        "{output}"
+    );
+    let seen = kubelets.seen();
+    assert_eq!(
+        seen.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        [second.as_str()],
+        "only the control plane without a member was built again"
+    );
+    assert_eq!(
+        cluster.members(),
+        [first, second, cluster.node("control-plane-3")]
+    );
+    let again = success(&cluster.run_up());
+    assert!(again.contains("nothing to change"), "{again}");
 }
 
 /// The control planes' flavor changes on a cluster of three: each is replaced in place, one at

@@ -36,11 +36,16 @@ impl World {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(format!("{name}/{}", self.etcd_members.len()).as_bytes());
         let id = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
-        let index = self.node_index.get(name).copied().unwrap_or_default();
+        // kubeadm's peer URL is the node's advertise address, its port's: on the test
+        // clusters' subnet (10.42.0.0/24) flatstack gives control plane N host 10 + N.
+        let n: usize = name
+            .rsplit_once("-control-plane-")
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(200);
         self.etcd_members.push(Member {
             id,
             name: name.to_string(),
-            peer_url: format!("https://10.42.0.{}:2380", 10 + index),
+            peer_url: format!("https://10.42.0.{}:2380", 10 + n),
         });
     }
 
