@@ -19,6 +19,7 @@ use crate::kube::KubeClient;
 use crate::node::seal::{SEAL_KEY_METADATA, SealKey};
 use crate::node::{self, ApiEndpoint};
 use crate::pki::{BootstrapToken, ClusterPki};
+use crate::plan::endpoint::{DATA_TIMEOUT_MS, ListenerPlan, LoadBalancerRequest, Repair};
 use crate::plan::resources::{CA_METADATA, cluster_tag};
 use crate::plan::steps::{Action, Made, Plan, Ref, Service, StepId};
 use crate::spec::ClusterSpec;
@@ -365,6 +366,104 @@ const LOAD_BALANCER_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long one etcd membership step may take (its node Job started, run and read).
 const ETCD_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// One change to the API's running load balancer `id`, each call followed by a wait until
+/// Octavia has it ACTIVE again. A part made here is found by its name when its answer was lost.
+async fn repair_load_balancer(
+    cloud: &Cloud,
+    id: &str,
+    request: &LoadBalancerRequest,
+    repair: &Repair,
+    subnet: &str,
+    members: &[(String, std::net::Ipv4Addr)],
+    routers: &[std::net::Ipv4Addr],
+) -> Result<(), ApplyError> {
+    let wait = LOAD_BALANCER_TIMEOUT;
+    let set_members = |pool_id: &str, listener: &ListenerPlan| {
+        let path = format!("/lbaas/pools/{pool_id}/members");
+        let body = serde_json::json!({
+            "members": request.member_bodies(listener, subnet, members)
+        });
+        async move {
+            cloud
+                .change_load_balancer_part(id, &path, &body, wait)
+                .await
+        }
+    };
+    let add_monitor = |pool_id: &str, listener: &ListenerPlan| {
+        let mut body = request.monitor_body(listener);
+        body["pool_id"] = pool_id.into();
+        let parent = format!("?pool_id={pool_id}");
+        async move {
+            cloud
+                .create_load_balancer_part(id, "healthmonitor", &parent, &body, wait)
+                .await
+        }
+    };
+    let add_pool = |listener_id: String, listener: ListenerPlan| async move {
+        let mut body = request.pool_body(&listener);
+        body["listener_id"] = listener_id.into();
+        let parent = format!("?loadbalancer_id={id}");
+        let pool = cloud
+            .create_load_balancer_part(id, "pool", &parent, &body, wait)
+            .await?;
+        add_monitor(&pool, &listener).await?;
+        set_members(&pool, &listener).await
+    };
+    match repair {
+        Repair::AddListener(listener) => {
+            let mut body = request.listener_body(listener, routers);
+            body["loadbalancer_id"] = id.into();
+            let parent = format!("?loadbalancer_id={id}");
+            let made = cloud
+                .create_load_balancer_part(id, "listener", &parent, &body, wait)
+                .await?;
+            add_pool(made, listener.clone()).await?;
+        }
+        Repair::UpdateListener {
+            id: listener_id,
+            listener,
+        } => {
+            let mut body = serde_json::json!({
+                "allowed_cidrs": request.allowed_cidrs(listener, routers),
+            });
+            if listener.long_timeouts {
+                body["timeout_client_data"] = DATA_TIMEOUT_MS.into();
+                body["timeout_member_data"] = DATA_TIMEOUT_MS.into();
+            }
+            let path = format!("/lbaas/listeners/{listener_id}");
+            let body = serde_json::json!({ "listener": body });
+            cloud
+                .change_load_balancer_part(id, &path, &body, wait)
+                .await?;
+        }
+        Repair::AddPool {
+            listener_id,
+            listener,
+        } => add_pool(listener_id.clone(), listener.clone()).await?,
+        Repair::AddMonitor { pool_id, listener } => {
+            add_monitor(pool_id, listener).await?;
+        }
+        Repair::SetMembers { pool_id, listener } => set_members(pool_id, listener).await?,
+        Repair::RemovePool { id: pool_id } => {
+            let path = format!("/lbaas/pools/{pool_id}");
+            cloud.delete_load_balancer_part(id, &path, wait).await?;
+        }
+        Repair::RemoveListener {
+            id: listener_id,
+            pool_id,
+            ..
+        } => {
+            if let Some(pool_id) = pool_id {
+                let path = format!("/lbaas/pools/{pool_id}");
+                cloud.delete_load_balancer_part(id, &path, wait).await?;
+            }
+            let path = format!("/lbaas/listeners/{listener_id}");
+            cloud.delete_load_balancer_part(id, &path, wait).await?;
+        }
+    }
+    Ok(())
+}
+
 /// This run's join token, which every step that lets a node join needs.
 fn join_token_of(context: &Context) -> Result<&BootstrapToken, ApplyError> {
     context.join_token.as_ref().ok_or_else(|| {
@@ -533,6 +632,24 @@ async fn run_on_cloud(
                 id: active.id,
                 address: active.vip_address,
             }
+        }
+        Action::RepairLoadBalancer {
+            id,
+            request,
+            repairs,
+        } => {
+            let members = request
+                .members
+                .iter()
+                .map(|(name, port)| Ok((name.clone(), address_of(known(port)?)?)))
+                .collect::<Result<Vec<_>, ApplyError>>()?;
+            let subnet = &known(&request.subnet)?.id;
+            let routers = cloud.router_external_addresses(subnet).await?;
+            for repair in repairs {
+                repair_load_balancer(cloud, id, request, repair, subnet, &members, &routers)
+                    .await?;
+            }
+            Made::id(id)
         }
         Action::WaitLoadBalancer { id, .. } => {
             cloud

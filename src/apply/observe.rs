@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::cloud::compute::{Flavor, Keypair, Server};
 use crate::cloud::image::Image;
-use crate::cloud::load_balancer::is_service_floating_ip;
+use crate::cloud::load_balancer::{LoadBalancer, is_service_floating_ip};
 use crate::cloud::network::{
     FloatingIp, HasTags, Kind, Network, Port, Router, SecurityGroup, Subnet,
 };
@@ -105,6 +105,28 @@ pub(crate) async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observa
         }
     };
     let image_id = super::preflight::choose_image(spec, &images).map(|i| i.id.clone());
+    // A running load balancer's listeners admit the routers' external addresses.
+    let router_addresses = match observed
+        .api_load_balancers
+        .iter()
+        .any(|lb| lb.shape.is_some())
+    {
+        false => Vec::new(),
+        true => {
+            let names = Names::of(&spec.name);
+            let subnet = reused.as_ref().map(|(_, s)| s.id.clone()).or_else(|| {
+                observed
+                    .subnets
+                    .iter()
+                    .find(|s| s.name == names.subnet)
+                    .map(|s| s.id.clone())
+            });
+            match subnet {
+                Some(subnet) => cloud.router_external_addresses(&subnet).await?,
+                None => Vec::new(),
+            }
+        }
+    };
     Ok(Observation {
         observed,
         facts: CloudFacts {
@@ -113,6 +135,7 @@ pub(crate) async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observa
             image_id,
             reused,
             load_balancer_providers: providers,
+            router_addresses,
         },
         images,
         keypairs,
@@ -161,6 +184,14 @@ pub(crate) async fn cluster_resources(
         },
     )?;
     let servers: Vec<Server> = servers;
+    // The API's running load balancer, listeners to members, to keep it as the file asks.
+    let mut api_load_balancers: Vec<LoadBalancer> = api_load_balancers;
+    for balancer in api_load_balancers
+        .iter_mut()
+        .filter(|lb| lb.provisioning_status == "ACTIVE")
+    {
+        balancer.shape = Some(cloud.load_balancer_shape(&balancer.id).await?);
+    }
     let boot_volumes = match servers.iter().any(Server::boots_from_volume) {
         true => boot_volume_sizes(&cloud.volumes().await?),
         false => BTreeMap::new(),

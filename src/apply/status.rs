@@ -167,6 +167,7 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
                 kubernetes: true,
                 accept_empty_cluster: false,
                 api: crate::plan::planner::ApiReach::Unasked,
+                node_wait: crate::plan::planner::NODE_WAIT,
             };
             let pending = planner::plan(&spec, &observed, &observation.facts, scope)
                 .map(|plan| plan.steps.len())

@@ -186,6 +186,7 @@ pub(crate) async fn up(
         kubernetes: !provision_only,
         accept_empty_cluster,
         api: ApiReach::Unasked,
+        node_wait: timeout,
     };
     let (plan, kube, silence) =
         plan_asking_the_api(&spec, &observation, scope, &pki, api_address.as_deref()).await?;

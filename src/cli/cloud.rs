@@ -41,7 +41,7 @@ pub(crate) fn check(file: &Path, cloud_flag: Option<&str>) -> anyhow::Result<()>
         print_inspection(&inspection);
         let problems = inspection.problems();
         if problems.is_empty() {
-            println!("cloud check passed");
+            out!("cloud check passed");
             return Ok(());
         }
         anyhow::bail!("cloud check failed; {}", problems.join("; "))
@@ -50,41 +50,44 @@ pub(crate) fn check(file: &Path, cloud_flag: Option<&str>) -> anyhow::Result<()>
 
 async fn print_location(cloud: &Cloud) {
     let config = cloud.config();
-    println!("cloud      {}", config.name);
-    println!("identity   {}", config.auth_url);
-    println!(
+    out!("cloud      {}", config.name);
+    out!("identity   {}", config.auth_url);
+    out!(
         "region     {}   interface {}",
         config.region.as_deref().unwrap_or("(any)"),
         config.interface
     );
-    println!(
+    out!(
         "project    {}",
         cloud.project_id().await.unwrap_or_default()
     );
     for entry in cloud.catalog().await {
-        println!("endpoint   {:<14} {}", entry.service_type, entry.url);
+        out!("endpoint   {:<14} {}", entry.service_type, entry.url);
     }
-    println!();
+    out!();
 }
 
 fn print_inspection(inspection: &Inspection) {
-    println!("{:<32} {:<8} detail", "check", "status");
+    out!("{:<32} {:<8} detail", "check", "status");
     for check in &inspection.checks {
-        println!(
+        out!(
             "{:<32} {:<8} {}",
             check.what,
             if check.ok { "ok" } else { "MISSING" },
             check.detail
         );
     }
-    println!();
-    println!(
+    out!();
+    out!(
         "{:<22} {:>8} {:>8} {:>8}  status",
-        "quota", "need", "used", "limit"
+        "quota",
+        "need",
+        "used",
+        "limit"
     );
     for (name, need, usage) in &inspection.quotas {
         let enough = usage.left().is_none_or(|left| left >= *need);
-        println!(
+        out!(
             "{:<22} {:>8} {:>8} {:>8}  {}",
             name,
             need,
@@ -95,7 +98,7 @@ fn print_inspection(inspection: &Inspection) {
             if enough { "ok" } else { "SHORT" }
         );
     }
-    println!(
+    out!(
         "\nthe cluster would use {} vCPUs: {} SU per hour on Jetstream2",
         inspection.needs.cores,
         inspection.needs.vcpu_hours_per_hour()

@@ -85,12 +85,12 @@ pub(crate) fn run(
             let cloud = Cloud::connect(config).await?;
             let images = image::list(&cloud).await?;
             if images.is_empty() {
-                println!("no Flatcar images (os_distro=flatcar) on cloud `{}`: run `flatstack image ensure`", cloud.config().name);
+                out!("no Flatcar images (os_distro=flatcar) on cloud `{}`: run `flatstack image ensure`", cloud.config().name);
                 return Ok(());
             }
-            println!("{:<32} {:<38} {:<11} {:<8} {:<8} {:<10} {:>9}", "NAME", "ID", "VERSION", "ARCH", "STATUS", "VISIBILITY", "SIZE");
+            out!("{:<32} {:<38} {:<11} {:<8} {:<8} {:<10} {:>9}", "NAME", "ID", "VERSION", "ARCH", "STATUS", "VISIBILITY", "SIZE");
             for i in &images {
-                println!(
+                out!(
                     "{:<32} {:<38} {:<11} {:<8} {:<8} {:<10} {:>9}",
                     i.name.as_deref().unwrap_or(""),
                     i.id,
@@ -130,10 +130,10 @@ pub(crate) fn run(
                 let ensured = ensured?;
                 let name = ensured.image.name.clone().unwrap_or_default();
                 match &ensured.streamed {
-                    None => println!("image {name} ({}) is ready: Flatcar {}, reused", ensured.image.id, ensured.version),
+                    None => out!("image {name} ({}) is ready: Flatcar {}, reused", ensured.image.id, ensured.version),
                     Some(streamed) => {
                         let seconds = started.elapsed().as_secs_f64();
-                        println!(
+                        out!(
                             "image {name} ({}) is active: Flatcar {} {}, {} MB compressed -> {} MB, SHA-512 and signature by {} verified, {:.1} s ({:.1} MB/s){}",
                             ensured.image.id,
                             ensured.version,
@@ -179,7 +179,7 @@ impl Bar {
     fn say(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(format!("  {line}")),
-            None => println!("  {line}"),
+            None => out!("  {line}"),
         }
     }
 

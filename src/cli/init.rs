@@ -45,18 +45,18 @@ pub(crate) fn run(path: &Path, args: &InitArgs) -> anyhow::Result<()> {
     let default = pins::default_kubernetes();
     let version = match runtime()?.block_on(sysext::newest_published(base)) {
         Ok(Some(version)) => {
-            println!("Kubernetes {version}: the newest supported release {base} publishes");
+            out!("Kubernetes {version}: the newest supported release {base} publishes");
             version
         }
         Ok(None) => {
-            println!(
+            out!(
                 "{base} publishes no release of {}; proposing Kubernetes {default}",
                 pins::supported_minors_list()
             );
             default
         }
         Err(why) => {
-            println!(
+            out!(
                 "could not ask {base} for its newest release ({why}); proposing Kubernetes {default}"
             );
             default
@@ -97,14 +97,12 @@ pub(crate) fn run(path: &Path, args: &InitArgs) -> anyhow::Result<()> {
     };
     file.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    println!(
+    out!(
         "wrote {} for cluster `{name}` ({:?} profile)",
         path.display(),
         args.profile
     );
-    println!(
-        "next: `flatstack image ensure` once per cloud, then `flatstack plan` and `flatstack up`"
-    );
+    out!("next: `flatstack image ensure` once per cloud, then `flatstack plan` and `flatstack up`");
     Ok(())
 }
 

@@ -50,7 +50,7 @@ pub(crate) fn run(
         HubCommand::Upgrade(args) => (args, Action::Upgrade),
         HubCommand::Uninstall(args) => return remove_hub(spec, cloud_flag, args),
     };
-    let say = |line: &str| println!("  {line}");
+    let say = |line: &str| out!("  {line}");
     let (reach, cloud) = args.cluster.reach(&spec, cloud_flag)?;
     let request = HubRequest {
         spec,
@@ -66,31 +66,31 @@ pub(crate) fn run(
         (Action::Upgrade, true) => "upgraded",
         (Action::Upgrade, false) => "already current (nothing changed)",
     };
-    println!(
+    out!(
         "JupyterHub {verb} in {:.1} s: chart {} {}, namespace {}",
         report.outcome.took.as_secs_f64(),
         report.chart,
         report.version,
         report.namespace
     );
-    println!("hub: {}", report.url);
+    out!("hub: {}", report.url);
     match &report.https {
         Some((host, certificate)) => {
-            println!(
+            out!(
                 "  DNS: {host} must resolve to {} for users and for Let's Encrypt",
                 report.address
             );
             match certificate {
-                Ok(state) => println!("  HTTPS certificate: {state}"),
-                Err(e) => println!("  HTTPS certificate: cannot be read ({e})"),
+                Ok(state) => out!("  HTTPS certificate: {state}"),
+                Err(e) => out!("  HTTPS certificate: cannot be read ({e})"),
             }
         }
-        None => println!(
+        None => out!(
             "  warning: without `ingress.hostname` the hub is plain HTTP and passwords cross the network in clear; set a hostname (HTTPS with Let's Encrypt) before real users log in"
         ),
     }
     if let Some((user, admin)) = &report.password_files {
-        println!(
+        out!(
             "  log in with any user name and the password in {}; users in admin_users use {}",
             user.display(),
             admin.display()
@@ -105,7 +105,7 @@ fn remove_hub(
     cloud_flag: Option<&str>,
     args: &UninstallArgs,
 ) -> anyhow::Result<()> {
-    let say = |line: &str| println!("  {line}");
+    let say = |line: &str| out!("  {line}");
     let name = spec.name.clone();
     let namespace = spec.jupyterhub.namespace.clone();
     let (reach, cloud) = args.cluster.reach(&spec, cloud_flag)?;
@@ -117,9 +117,9 @@ fn remove_hub(
         args.timeout,
         &say,
     ))?;
-    println!("JupyterHub removed from cluster `{name}`");
+    out!("JupyterHub removed from cluster `{name}`");
     if !kept.is_empty() {
-        println!(
+        out!(
             "kept {} volume claim(s) in namespace {namespace} (users' home directories): {}\n  `flatstack jupyterhub uninstall --delete-user-data` deletes them",
             kept.len(),
             kept.join(", ")

@@ -66,7 +66,7 @@ pub(crate) fn run(
             path.display()
         );
     } else {
-        print!("{kubeconfig}");
+        out_inline!("{kubeconfig}");
     }
     Ok(())
 }

@@ -1,6 +1,24 @@
 //! Command-line interface: the clap definitions of every command, and the code that runs
 //! each one and prints its output. Exit codes: 0 success, 1 failure, 2 invalid input.
 
+/// `println!` for the commands' output, which a reader that went away (`flatstack status |
+/// head`) does not stop: least of all `up` half-way through its plan.
+macro_rules! out {
+    () => {
+        $crate::cli::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` likewise.
+macro_rules! out_inline {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
+
 mod cloud;
 mod cluster;
 mod image;
@@ -17,6 +35,13 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::spec::{ClusterSpec, InvalidClusterFile};
+
+/// Writes to standard output, dropping what a closed pipe refuses (see `out!`).
+pub(crate) fn write_out(text: std::fmt::Arguments) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_fmt(text).and_then(|()| stdout.flush());
+}
 
 /// Kubernetes on OpenStack with Flatcar Container Linux, from one cluster file.
 #[derive(Debug, Parser)]
@@ -115,7 +140,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(warning) = end_of_life_warning(&spec) {
                 eprintln!("warning: {warning}");
             }
-            println!(
+            out!(
                 "{}: cluster `{}` is valid: {} node(s), Kubernetes {}",
                 cli.file.display(),
                 spec.name,

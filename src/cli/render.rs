@@ -100,27 +100,27 @@ pub(crate) fn run(file: &Path, cloud_flag: Option<&str>, args: &RenderArgs) -> a
     state.write("admin.kubeconfig", admin.as_bytes(), 0o600)?;
     state.write("super-admin.kubeconfig", super_admin.as_bytes(), 0o600)?;
 
-    println!("{:<44} {:<14} {:>10}", "NODE", "ROLE", "USER_DATA");
+    out!("{:<44} {:<14} {:>10}", "NODE", "ROLE", "USER_DATA");
     for rendered in &nodes {
         let role = match rendered.role {
             Role::ControlPlane => "control-plane",
             Role::Worker => "worker",
         };
-        println!(
+        out!(
             "{:<44} {:<14} {:>10}",
             rendered.name,
             role,
             rendered.user_data_len()
         );
     }
-    println!(
+    out!(
         "wrote {} Ignition config(s), kubeconfig and {} Kubernetes object(s) (manifests/, in the order `up` applies them, credentials replaced by a marker) to {}; API endpoint {server}, join endpoint {internal}:6443",
         nodes.len(),
         manifests.len(),
         args.out.display()
     );
-    println!("Kubernetes sysext: {}", sysext.describe());
-    println!("state directory: {}", state.path().display());
+    out!("Kubernetes sysext: {}", sysext.describe());
+    out!("state directory: {}", state.path().display());
     Ok(())
 }
 

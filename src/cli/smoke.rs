@@ -30,7 +30,7 @@ pub(crate) fn run(file: &Path, cloud_flag: Option<&str>, args: &SmokeArgs) -> an
         let address = cluster.ingress_address().await?;
         let token = crate::pki::random_chars(10)?;
         let smoke = Smoke::new(&token);
-        let say = |line: &str| println!("  {line}");
+        let say = |line: &str| out!("  {line}");
         let report = crate::apply::smoke::smoke(
             &cluster.client,
             &smoke,
@@ -40,7 +40,7 @@ pub(crate) fn run(file: &Path, cloud_flag: Option<&str>, args: &SmokeArgs) -> an
         )
         .await
         .map_err(|e| anyhow::anyhow!("smoke test failed: {e}"))?;
-        println!(
+        out!(
             "smoke test passed: {} served the page {:.1} s after the start (pod ready after {:.1} s); everything removed",
             report.url,
             report.served_after.as_secs_f64(),

@@ -42,7 +42,7 @@ pub(crate) fn status(
         api_address: args.api.api_address.clone(),
     }))?;
     match args.output {
-        Output::Json => println!(
+        Output::Json => out!(
             "{}",
             serde_json::to_string_pretty(&StatusJson::of(&report))?
         ),
@@ -56,34 +56,36 @@ pub(crate) fn status(
 }
 
 fn print_status(report: &StatusReport) {
-    println!("cluster `{}` on cloud `{}`", report.cluster, report.cloud);
+    out!("cluster `{}` on cloud `{}`", report.cluster, report.cloud);
     if report.observed.count() == 0 {
-        println!("  nothing in the cloud: run `flatstack up`");
+        out!("  nothing in the cloud: run `flatstack up`");
         return;
     }
-    println!("{:<16} {:<40} {:<8} detail", "KIND", "NAME", "STATE");
+    out!("{:<16} {:<40} {:<8} detail", "KIND", "NAME", "STATE");
     for r in resources(&report.observed) {
-        println!("{:<16} {:<40} {:<8} {}", r.kind, r.name, r.state, r.detail);
+        out!("{:<16} {:<40} {:<8} {}", r.kind, r.name, r.state, r.detail);
     }
     match &report.load_balancer_members {
         Some(Ok(members)) => {
             for m in members {
-                println!(
+                out!(
                     "the API's load balancer reaches control plane {} ({}): {}",
-                    m.name, m.address, m.operating_status
+                    m.name,
+                    m.address,
+                    m.operating_status
                 );
             }
         }
-        Some(Err(why)) => println!("{why}"),
+        Some(Err(why)) => out!("{why}"),
         None => {}
     }
     match &report.pending {
         Ok(0) => {}
-        Ok(steps) => println!("{steps} step(s) pending: run `flatstack plan` to see them"),
-        Err(why) => println!("cannot plan: {why}"),
+        Ok(steps) => out!("{steps} step(s) pending: run `flatstack plan` to see them"),
+        Err(why) => out!("cannot plan: {why}"),
     }
     match &report.kubernetes {
-        KubernetesStatus::Unavailable(why) => println!("{why}"),
+        KubernetesStatus::Unavailable(why) => out!("{why}"),
         KubernetesStatus::Answered {
             nodes,
             reboots,
@@ -91,7 +93,7 @@ fn print_status(report: &StatusReport) {
             secrets,
             control_planes,
         } => {
-            println!();
+            out!();
             crate::kube::print_node_table(nodes);
             print_updates(nodes, reboots);
             if let Some(view) = control_planes {
@@ -99,7 +101,7 @@ fn print_status(report: &StatusReport) {
             }
             print_addons(addons);
             for line in secrets {
-                println!("{line}");
+                out!("{line}");
             }
         }
     }
@@ -110,7 +112,7 @@ fn print_status(report: &StatusReport) {
         } else {
             ""
         };
-        println!(
+        out!(
             "flatstack's {} client certificate {}{due}",
             cert.who,
             cert.describe(now)
@@ -212,17 +214,20 @@ fn resources(observed: &Observed) -> Vec<ResourceRow> {
 fn print_addons(addons: &Result<Vec<ChartState>, String>) {
     match addons {
         Ok(charts) if !charts.is_empty() => {
-            println!();
-            println!("{:<36} {:<36} {:<10} STATE", "ADD-ON", "CHART", "VERSION");
+            out!();
+            out!("{:<36} {:<36} {:<10} STATE", "ADD-ON", "CHART", "VERSION");
             for c in charts {
-                println!(
+                out!(
                     "{:<36} {:<36} {:<10} {}",
-                    c.name, c.chart, c.version, c.state
+                    c.name,
+                    c.chart,
+                    c.version,
+                    c.state
                 );
             }
         }
-        Ok(_) => println!("no add-ons yet: `flatstack up` installs them"),
-        Err(e) => println!("cannot read the add-ons: {e}"),
+        Ok(_) => out!("no add-ons yet: `flatstack up` installs them"),
+        Err(e) => out!("cannot read the add-ons: {e}"),
     }
 }
 
@@ -231,24 +236,24 @@ fn print_updates(
     nodes: &[k8s_openapi::api::core::v1::Node],
     reboots: &std::collections::BTreeMap<String, RebootState>,
 ) {
-    println!();
-    println!("{:<40} {:<12} REBOOT", "NODE", "FLATCAR");
+    out!();
+    out!("{:<40} {:<12} REBOOT", "NODE", "FLATCAR");
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
         let version = crate::kube::flatcar_version(node).unwrap_or_else(|| "-".into());
         let state = reboots.get(&name).copied().unwrap_or(RebootState::Unknown);
-        println!("{name:<40} {version:<12} {}", state.as_str());
+        out!("{name:<40} {version:<12} {}", state.as_str());
     }
 }
 
 /// Each control plane's etcd membership, and who holds the API's address.
 fn print_control_planes(view: &ControlPlaneView) {
-    println!();
+    out!();
     match &view.members {
         Ok(rows) => {
-            println!("{:<40} {:<20} MEMBER", "CONTROL PLANE", "ETCD");
+            out!("{:<40} {:<20} MEMBER", "CONTROL PLANE", "ETCD");
             for r in rows {
-                println!(
+                out!(
                     "{:<40} {:<20} {}",
                     r.name,
                     r.etcd,
@@ -256,14 +261,14 @@ fn print_control_planes(view: &ControlPlaneView) {
                 );
             }
         }
-        Err(why) => println!("{why}"),
+        Err(why) => out!("{why}"),
     }
     match &view.holder {
-        Some(Ok(Some(holder))) => println!("the API's address is held by {holder} (kube-vip)"),
+        Some(Ok(Some(holder))) => out!("the API's address is held by {holder} (kube-vip)"),
         Some(Ok(None)) => {
-            println!("no control plane holds the API's address (kube-vip has no leader)")
+            out!("no control plane holds the API's address (kube-vip has no leader)")
         }
-        Some(Err(why)) => println!("{why}"),
+        Some(Err(why)) => out!("{why}"),
         None => {}
     }
 }

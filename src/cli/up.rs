@@ -41,6 +41,10 @@ pub(crate) struct PlanArgs {
     /// replaces them or changes etcd's members.
     #[command(flatten)]
     pub(crate) api: ApiArgs,
+    /// Plan as `up --timeout` runs: how long each node may take to be Ready, which sets how
+    /// long the join token lasts when nodes join one after another.
+    #[arg(long, default_value = "20m", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,12 +172,13 @@ pub(crate) fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> an
             kubernetes: !args.provision_only,
             accept_empty_cluster: args.accept_empty_cluster,
             api: crate::plan::planner::ApiReach::Unasked,
+            node_wait: args.timeout,
         },
         args.api.api_address.as_deref(),
         warnings,
     ))?;
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Json => out!("{}", serde_json::to_string_pretty(&report)?),
         Output::Text => print_plan(&report, open_api),
     }
     Ok(())
@@ -183,18 +188,19 @@ fn print_plan(report: &PlanReport, open_api: bool) {
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
     }
-    println!("cluster `{}` on cloud `{}`", report.cluster, report.cloud);
-    println!(
+    out!("cluster `{}` on cloud `{}`", report.cluster, report.cloud);
+    out!(
         "Kubernetes {}: sysext {}",
         report.kubernetes,
         report.sysext.describe()
     );
-    println!(
+    out!(
         "API endpoint: {} ({})",
-        report.api_endpoint, report.api_endpoint_why
+        report.api_endpoint,
+        report.api_endpoint_why
     );
     for action in &report.actions {
-        println!(
+        out!(
             "  {} {:<15} {:<40} {}",
             action.action.sign(),
             action.kind,
@@ -204,9 +210,9 @@ fn print_plan(report: &PlanReport, open_api: bool) {
     }
     let count = |verb: Verb| report.actions.iter().filter(|a| a.action == verb).count();
     if report.actions.is_empty() {
-        println!("  nothing to change: the cloud matches the cluster file");
+        out!("  nothing to change: the cloud matches the cluster file");
     } else {
-        println!(
+        out!(
             "  {}",
             summary(
                 count(Verb::Create),
@@ -216,13 +222,14 @@ fn print_plan(report: &PlanReport, open_api: bool) {
         );
     }
     if open_api {
-        println!(
+        out!(
             "note: the Kubernetes API (6443) is open to any address; it demands client certificates"
         );
     }
-    println!(
+    out!(
         "cost: {} vCPUs = {} SU per hour (Jetstream2 bills 1 SU per vCPU-hour)",
-        report.vcpus, report.su_per_hour
+        report.vcpus,
+        report.su_per_hour
     );
 }
 
@@ -255,7 +262,7 @@ pub(crate) fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow
     let report = report?;
     if args.merge_kubeconfig {
         let path = crate::pki::merge_into_user_kubeconfig(&report.admin_kubeconfig)?;
-        println!(
+        out!(
             "merged context `{}` into {} and made it current",
             report.spec.name,
             path.display()
@@ -269,7 +276,7 @@ pub(crate) fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow
             mutating_calls: report.mutating_calls,
             timeline: &report.timeline,
         };
-        println!("{}", serde_json::to_string_pretty(&shown)?);
+        out!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(());
     }
     print_up(&report);
@@ -281,26 +288,26 @@ fn print_up(report: &UpReport) {
     let kubeconfig = report.admin_kubeconfig_path.display();
     match &report.booted {
         None => {
-            println!("{:<44} {:<10} ID", "SERVER", "STATUS");
+            out!("{:<44} {:<10} ID", "SERVER", "STATUS");
             for server in &report.provisioned.servers {
-                println!("{:<44} {:<10} {}", server.name, server.status, server.id);
+                out!("{:<44} {:<10} {}", server.name, server.status, server.id);
             }
         }
         Some(booted) => crate::kube::print_node_table(&booted.nodes),
     }
-    print!("{}", timeline::render(&report.timeline, 50));
+    out_inline!("{}", timeline::render(&report.timeline, 50));
     let took = report.timeline.total_seconds;
     match &report.booted {
         _ if report.unchanged() => {
-            println!("cluster `{name}` is up to date: nothing to change (0 changes made)")
+            out!("cluster `{name}` is up to date: nothing to change (0 changes made)")
         }
-        None => println!(
+        None => out!(
             "cluster `{name}` provisioned in {took:.1} s with {} API calls ({} steps); API endpoint {}; kubeconfig {kubeconfig}",
             report.api_calls,
             report.plan.steps.len(),
             report.api
         ),
-        Some(booted) => println!(
+        Some(booted) => out!(
             "cluster `{name}` is up: {} node(s) Ready in {took:.1} s ({} cloud API calls, {} Kubernetes objects applied)",
             booted.nodes.len(),
             report.api_calls,
@@ -310,17 +317,17 @@ fn print_up(report: &UpReport) {
     if report.booted.is_none() {
         return;
     }
-    println!(
+    out!(
         "API {}; kubeconfig {kubeconfig} (`export KUBECONFIG={kubeconfig}`)",
         report.api
     );
     let spec = &report.spec;
     if spec.addons.ingress {
         match (spec.ingress.exposure, report.provisioned.endpoint.public) {
-            (crate::spec::IngressExposure::ControlPlane, Some(ip)) => println!(
+            (crate::spec::IngressExposure::ControlPlane, Some(ip)) => out!(
                 "ingress: http://{ip}/ (Traefik on the control planes); `flatstack smoke` checks it"
             ),
-            _ => println!(
+            _ => out!(
                 "ingress: behind the load balancer the cloud controller makes; `flatstack smoke` finds and checks it"
             ),
         }
@@ -343,11 +350,12 @@ pub(crate) fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> an
     runtime()?.block_on(async {
         let down = Down::open(spec, config, &state_path).await?;
         if down.is_empty(args.delete_volumes) {
-            println!("cluster `{name}` has nothing in the cloud");
+            out!("cluster `{name}` has nothing in the cloud");
             for volume in &down.volumes {
-                println!(
+                out!(
                     "  its volume {} ({} GB) is kept; `down --delete-volumes` removes it",
-                    volume.id, volume.size
+                    volume.id,
+                    volume.size
                 );
             }
             return Ok(());
@@ -360,7 +368,7 @@ pub(crate) fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> an
             .run(args.delete_volumes, &|line| progress.step(line))
             .await;
         progress.finish();
-        println!(
+        out!(
             "cluster `{name}` removed: {} resource(s) deleted, none left",
             removed?
         );
@@ -376,11 +384,11 @@ fn confirm(cluster: &str, observed: &Observed) -> anyhow::Result<()> {
         ))
         .into());
     }
-    println!("`down` deletes everything cluster `{cluster}` owns:");
+    out!("`down` deletes everything cluster `{cluster}` owns:");
     for line in observed.describe() {
-        println!("  {line}");
+        out!("  {line}");
     }
-    print!("type the cluster name to confirm: ");
+    out_inline!("type the cluster name to confirm: ");
     std::io::stdout().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
@@ -425,7 +433,7 @@ impl Progress {
                 bar.set_message(line.to_string());
             }
             (None, true) => eprintln!("  {line}"),
-            (None, false) => println!("  {line}"),
+            (None, false) => out!("  {line}"),
         }
     }
 

@@ -23,6 +23,38 @@ pub(crate) struct LoadBalancer {
     pub(crate) vip_address: Option<String>,
     #[serde(default)]
     pub(crate) vip_port_id: Option<String>,
+    /// Its listeners, pools, monitors and members, read for the API's load balancer when it is
+    /// ACTIVE (flatstack keeps them as the file asks).
+    #[serde(skip)]
+    pub(crate) shape: Option<Shape>,
+}
+
+/// What a load balancer serves, as flatstack compares it with the file: each listener with
+/// who may connect, its data timeouts and its default pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Shape {
+    pub(crate) listeners: Vec<ListenerShape>,
+    /// Pools no listener uses (left when a listener was deleted by hand).
+    pub(crate) unused_pools: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListenerShape {
+    pub(crate) id: String,
+    pub(crate) port: u16,
+    /// Empty: anyone may connect.
+    pub(crate) allowed_cidrs: Vec<String>,
+    pub(crate) timeout_client_data: Option<u64>,
+    pub(crate) timeout_member_data: Option<u64>,
+    pub(crate) pool: Option<PoolShape>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PoolShape {
+    pub(crate) id: String,
+    pub(crate) monitored: bool,
+    /// Each member's address and port.
+    pub(crate) members: Vec<(String, u16)>,
 }
 
 /// The name prefix of the load balancers the cloud controller makes for `cluster`. Cluster names
@@ -326,6 +358,169 @@ impl Cloud {
             .filter(|lb| lb.name == api_name && lb.provisioning_status != "DELETED")
             .collect();
         Ok((services, api))
+    }
+
+    /// The listeners of load balancer `id`, each with its default pool (monitored or not) and
+    /// that pool's members: two listings and one per pool.
+    pub(crate) async fn load_balancer_shape(&self, id: &str) -> Result<Shape, CloudError> {
+        #[derive(Deserialize)]
+        struct Listeners {
+            listeners: Vec<Listener>,
+        }
+        #[derive(Deserialize)]
+        struct Listener {
+            id: String,
+            protocol_port: u16,
+            #[serde(default)]
+            allowed_cidrs: Option<Vec<String>>,
+            #[serde(default)]
+            timeout_client_data: Option<u64>,
+            #[serde(default)]
+            timeout_member_data: Option<u64>,
+            #[serde(default)]
+            default_pool_id: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Pools {
+            pools: Vec<Pool>,
+        }
+        #[derive(Deserialize)]
+        struct Pool {
+            id: String,
+            #[serde(default)]
+            healthmonitor_id: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Members {
+            members: Vec<Member>,
+        }
+        #[derive(Deserialize)]
+        struct Member {
+            address: String,
+            protocol_port: u16,
+        }
+        let listeners_path = format!("/lbaas/listeners?loadbalancer_id={id}");
+        let pools_path = format!("/lbaas/pools?loadbalancer_id={id}");
+        let (listeners, pools) = tokio::try_join!(
+            self.get::<Listeners>(Service::LoadBalancer, &listeners_path),
+            self.get::<Pools>(Service::LoadBalancer, &pools_path),
+        )?;
+        let mut shape = Shape::default();
+        for listener in listeners.listeners {
+            let pool = match pools
+                .pools
+                .iter()
+                .find(|p| Some(&p.id) == listener.default_pool_id.as_ref())
+            {
+                None => None,
+                Some(pool) => {
+                    let path = format!("/lbaas/pools/{}/members", pool.id);
+                    let members: Members = self.get(Service::LoadBalancer, &path).await?;
+                    Some(PoolShape {
+                        id: pool.id.clone(),
+                        monitored: pool.healthmonitor_id.is_some(),
+                        members: members
+                            .members
+                            .into_iter()
+                            .map(|m| (m.address, m.protocol_port))
+                            .collect(),
+                    })
+                }
+            };
+            shape.listeners.push(ListenerShape {
+                id: listener.id,
+                port: listener.protocol_port,
+                allowed_cidrs: listener.allowed_cidrs.unwrap_or_default(),
+                timeout_client_data: listener.timeout_client_data,
+                timeout_member_data: listener.timeout_member_data,
+                pool,
+            });
+        }
+        shape.listeners.sort_by_key(|l| l.port);
+        shape.unused_pools = pools
+            .pools
+            .into_iter()
+            .filter(|p| {
+                !shape
+                    .listeners
+                    .iter()
+                    .any(|l| l.pool.as_ref().is_some_and(|used| used.id == p.id))
+            })
+            .map(|p| p.id)
+            .collect();
+        Ok(shape)
+    }
+
+    /// Creates one of a load balancer's parts (`listener`, `pool`, `healthmonitor`) from
+    /// `body`, named `name` and under `parent` (`?loadbalancer_id=...` or `?pool_id=...`, where
+    /// a lost answer's creation is looked for), and waits until the load balancer `id` is
+    /// ACTIVE again: Octavia takes one change at a time. The part's ID.
+    pub(crate) async fn create_load_balancer_part(
+        &self,
+        id: &str,
+        kind: &str,
+        parent: &str,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<String, CloudError> {
+        #[derive(Deserialize)]
+        struct Part {
+            id: String,
+            #[serde(default)]
+            name: String,
+        }
+        let name = body["name"].as_str().unwrap_or_default().to_string();
+        let plural = format!("{kind}s");
+        let envelope = serde_json::json!({ kind: body });
+        let made: Part = self
+            .create(
+                Service::LoadBalancer,
+                &format!("/lbaas/{plural}"),
+                &envelope,
+                kind,
+                || {
+                    let (name, plural) = (name.clone(), plural.clone());
+                    async move {
+                        let list: serde_json::Value = self
+                            .get(Service::LoadBalancer, &format!("/lbaas/{plural}{parent}"))
+                            .await?;
+                        let parts: Vec<Part> =
+                            serde_json::from_value(list[plural.as_str()].clone())
+                                .unwrap_or_default();
+                        Ok(parts.into_iter().find(|p| p.name == name))
+                    }
+                },
+            )
+            .await?;
+        self.wait_load_balancer_active(id, timeout).await?;
+        Ok(made.id)
+    }
+
+    /// Changes one of load balancer `id`'s parts in place (PUT `path` with `body`, e.g. a
+    /// listener's allowed CIDRs, or a pool's whole member list), then waits until the load
+    /// balancer is ACTIVE again.
+    pub(crate) async fn change_load_balancer_part(
+        &self,
+        id: &str,
+        path: &str,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<(), CloudError> {
+        self.put(Service::LoadBalancer, path, body).await?;
+        self.wait_load_balancer_active(id, timeout).await?;
+        Ok(())
+    }
+
+    /// Deletes one of load balancer `id`'s parts (`path`), then waits until it is ACTIVE again.
+    pub(crate) async fn delete_load_balancer_part(
+        &self,
+        id: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(), CloudError> {
+        self.delete(Service::LoadBalancer, path).await?;
+        self.wait_load_balancer_active(id, timeout).await?;
+        Ok(())
     }
 
     /// Deletes a load balancer with its listeners, pools and members, and waits until Octavia

@@ -182,7 +182,7 @@ pub fn node_table(nodes: &[Node], now: Timestamp) -> String {
 
 /// Prints the node table of `nodes` now.
 pub fn print_node_table(nodes: &[Node]) {
-    println!("{}", node_table(nodes, super::now()));
+    crate::cli::write_out(format_args!("{}\n", node_table(nodes, super::now())));
 }
 
 /// Age as kubectl shows it: `45s`, `12m`, `5h`, `3d`.

@@ -4,12 +4,14 @@
 //! an HTTPS `/readyz` monitor, hour-long data timeouts and `allowed_cidrs`; OVN supports none
 //! of those (TCP monitors, SOURCE_IP_PORT only).
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ipnet::IpNet;
 
 use super::resources::Observed;
 use super::steps::Ref;
+use crate::cloud::load_balancer::Shape;
 use crate::spec::{ApiEndpointKind, ClusterSpec, IngressExposure};
 
 /// The endpoint kind the cluster gets, and why: the file's; what the cluster already runs
@@ -163,9 +165,8 @@ pub(crate) fn request(
 
 impl LoadBalancerRequest {
     /// The `loadbalancer` object of Octavia's create, fully populated, with the addresses
-    /// and IDs the steps before made. `routers` are the nodes' routers' external addresses:
-    /// a listener that admits only some sources also admits them, as nodes and pods that
-    /// reach the API or ingress by the floating IP come back in from there.
+    /// and IDs the steps before made (see [`LoadBalancerRequest::listener_body`] for
+    /// `routers`).
     pub(crate) fn body(
         &self,
         vip_port_id: &str,
@@ -177,49 +178,11 @@ impl LoadBalancerRequest {
             .listeners
             .iter()
             .map(|l| {
-                let name = format!("{}-{}", self.name, l.port);
-                let monitor = match l.monitor {
-                    Monitor::Readyz => serde_json::json!({
-                        "type": "HTTPS", "http_method": "GET", "url_path": "/readyz",
-                        "expected_codes": "200", "delay": 10, "timeout": 5,
-                        "max_retries": 3, "max_retries_down": 3,
-                    }),
-                    Monitor::Tcp => serde_json::json!({
-                        "type": "TCP", "delay": 10, "timeout": 5,
-                        "max_retries": 3, "max_retries_down": 3,
-                    }),
-                };
-                let mut listener = serde_json::json!({
-                    "name": name,
-                    "protocol": "TCP",
-                    "protocol_port": l.port,
-                    "default_pool": {
-                        "name": name,
-                        "protocol": "TCP",
-                        "lb_algorithm": l.algorithm,
-                        "healthmonitor": monitor,
-                        "members": members.iter().map(|(member, address)| serde_json::json!({
-                            "name": member,
-                            "address": address.to_string(),
-                            "protocol_port": l.port,
-                            "subnet_id": subnet_id,
-                        })).collect::<Vec<_>>(),
-                    },
-                });
-                if l.long_timeouts {
-                    listener["timeout_client_data"] = DATA_TIMEOUT_MS.into();
-                    listener["timeout_member_data"] = DATA_TIMEOUT_MS.into();
-                }
-                if !l.allowed_cidrs.is_empty() {
-                    let mut allowed = l.allowed_cidrs.clone();
-                    for router in routers {
-                        let cidr = format!("{router}/32");
-                        if !allowed.contains(&cidr) {
-                            allowed.push(cidr);
-                        }
-                    }
-                    listener["allowed_cidrs"] = allowed.into();
-                }
+                let mut pool = self.pool_body(l);
+                pool["healthmonitor"] = self.monitor_body(l);
+                pool["members"] = self.member_bodies(l, subnet_id, members);
+                let mut listener = self.listener_body(l, routers);
+                listener["default_pool"] = pool;
                 listener
             })
             .collect();
@@ -234,6 +197,218 @@ impl LoadBalancerRequest {
             body["provider"] = provider.clone().into();
         }
         body
+    }
+
+    /// The name of the listener on `port`, of its pool and of its monitor.
+    pub(crate) fn part_name(&self, port: u16) -> String {
+        format!("{}-{port}", self.name)
+    }
+
+    /// Who may connect to `listener` (empty: anyone). `routers` are the nodes' routers'
+    /// external addresses: a listener that admits only some sources also admits them, as
+    /// nodes and pods that reach the API or ingress by the floating IP come back in from there.
+    pub(crate) fn allowed_cidrs(
+        &self,
+        listener: &ListenerPlan,
+        routers: &[Ipv4Addr],
+    ) -> Vec<String> {
+        let mut allowed = listener.allowed_cidrs.clone();
+        if !allowed.is_empty() {
+            for router in routers {
+                let cidr = format!("{router}/32");
+                if !allowed.contains(&cidr) {
+                    allowed.push(cidr);
+                }
+            }
+        }
+        allowed
+    }
+
+    /// A TCP listener, without its pool.
+    pub(crate) fn listener_body(
+        &self,
+        l: &ListenerPlan,
+        routers: &[Ipv4Addr],
+    ) -> serde_json::Value {
+        let mut listener = serde_json::json!({
+            "name": self.part_name(l.port),
+            "protocol": "TCP",
+            "protocol_port": l.port,
+        });
+        if l.long_timeouts {
+            listener["timeout_client_data"] = DATA_TIMEOUT_MS.into();
+            listener["timeout_member_data"] = DATA_TIMEOUT_MS.into();
+        }
+        let allowed = self.allowed_cidrs(l, routers);
+        if !allowed.is_empty() {
+            listener["allowed_cidrs"] = allowed.into();
+        }
+        listener
+    }
+
+    /// A listener's pool, without its monitor and members.
+    pub(crate) fn pool_body(&self, l: &ListenerPlan) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.part_name(l.port),
+            "protocol": "TCP",
+            "lb_algorithm": l.algorithm,
+        })
+    }
+
+    /// A pool's health monitor.
+    pub(crate) fn monitor_body(&self, l: &ListenerPlan) -> serde_json::Value {
+        let name = self.part_name(l.port);
+        match l.monitor {
+            Monitor::Readyz => serde_json::json!({
+                "name": name, "type": "HTTPS", "http_method": "GET", "url_path": "/readyz",
+                "expected_codes": "200", "delay": 10, "timeout": 5,
+                "max_retries": 3, "max_retries_down": 3,
+            }),
+            Monitor::Tcp => serde_json::json!({
+                "name": name, "type": "TCP", "delay": 10, "timeout": 5,
+                "max_retries": 3, "max_retries_down": 3,
+            }),
+        }
+    }
+
+    /// A pool's members: every control plane, on the listener's port.
+    pub(crate) fn member_bodies(
+        &self,
+        l: &ListenerPlan,
+        subnet_id: &str,
+        members: &[(String, Ipv4Addr)],
+    ) -> serde_json::Value {
+        members
+            .iter()
+            .map(|(member, address)| {
+                serde_json::json!({
+                    "name": member,
+                    "address": address.to_string(),
+                    "protocol_port": l.port,
+                    "subnet_id": subnet_id,
+                })
+            })
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    /// What puts a running load balancer of shape `shape` back as this request asks: each
+    /// listener, with who may connect and its timeouts, its pool, monitor and members.
+    /// `members` are the control planes' addresses, `None` while one is still to be made
+    /// (then every pool's members are set); `routers` as for [`Self::allowed_cidrs`].
+    pub(crate) fn repairs(
+        &self,
+        shape: &Shape,
+        members: Option<&[Ipv4Addr]>,
+        routers: &[Ipv4Addr],
+    ) -> Vec<Repair> {
+        let mut repairs = Vec::new();
+        for wanted in &self.listeners {
+            let Some(running) = shape.listeners.iter().find(|l| l.port == wanted.port) else {
+                repairs.push(Repair::AddListener(wanted.clone()));
+                continue;
+            };
+            let allowed: BTreeSet<String> =
+                self.allowed_cidrs(wanted, routers).into_iter().collect();
+            let has: BTreeSet<String> = running.allowed_cidrs.iter().cloned().collect();
+            let timeouts = !wanted.long_timeouts
+                || (running.timeout_client_data == Some(DATA_TIMEOUT_MS)
+                    && running.timeout_member_data == Some(DATA_TIMEOUT_MS));
+            if allowed != has || !timeouts {
+                repairs.push(Repair::UpdateListener {
+                    id: running.id.clone(),
+                    listener: wanted.clone(),
+                });
+            }
+            let Some(pool) = &running.pool else {
+                repairs.push(Repair::AddPool {
+                    listener_id: running.id.clone(),
+                    listener: wanted.clone(),
+                });
+                continue;
+            };
+            if !pool.monitored {
+                repairs.push(Repair::AddMonitor {
+                    pool_id: pool.id.clone(),
+                    listener: wanted.clone(),
+                });
+            }
+            let wanted_members: Option<BTreeSet<(String, u16)>> = members.map(|m| {
+                m.iter()
+                    .map(|address| (address.to_string(), wanted.port))
+                    .collect()
+            });
+            let has: BTreeSet<(String, u16)> = pool.members.iter().cloned().collect();
+            if wanted_members.is_none_or(|w| w != has) {
+                repairs.push(Repair::SetMembers {
+                    pool_id: pool.id.clone(),
+                    listener: wanted.clone(),
+                });
+            }
+        }
+        for pool in &shape.unused_pools {
+            repairs.push(Repair::RemovePool { id: pool.clone() });
+        }
+        for running in &shape.listeners {
+            if !self.listeners.iter().any(|l| l.port == running.port) {
+                repairs.push(Repair::RemoveListener {
+                    id: running.id.clone(),
+                    port: running.port,
+                    pool_id: running.pool.as_ref().map(|p| p.id.clone()),
+                });
+            }
+        }
+        repairs
+    }
+}
+
+/// One change that puts the API's running load balancer back in the shape the file asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Repair {
+    /// A listener missing: made, with its pool, monitor and members.
+    AddListener(ListenerPlan),
+    /// Who may connect, or the data timeouts, differ from the file's.
+    UpdateListener { id: String, listener: ListenerPlan },
+    /// A listener without its pool: the pool made, with its monitor and members.
+    AddPool {
+        listener_id: String,
+        listener: ListenerPlan,
+    },
+    /// A pool without its health monitor.
+    AddMonitor {
+        pool_id: String,
+        listener: ListenerPlan,
+    },
+    /// The pool's members are not the control planes: set to exactly them (one batch update).
+    SetMembers {
+        pool_id: String,
+        listener: ListenerPlan,
+    },
+    /// A pool no listener uses.
+    RemovePool { id: String },
+    /// A listener the file no longer asks for (ingress no longer on the control planes): its
+    /// pool, then it, deleted.
+    RemoveListener {
+        id: String,
+        port: u16,
+        pool_id: Option<String>,
+    },
+}
+
+impl Repair {
+    /// For the plan's line: what changes, briefly.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Repair::AddListener(l) => format!("add listener {}", l.port),
+            Repair::UpdateListener { listener, .. } => {
+                format!("listener {}: who may connect, timeouts", listener.port)
+            }
+            Repair::AddPool { listener, .. } => format!("add pool {}", listener.port),
+            Repair::AddMonitor { listener, .. } => format!("add monitor {}", listener.port),
+            Repair::SetMembers { listener, .. } => format!("members {}", listener.port),
+            Repair::RemoveListener { port, .. } => format!("remove listener {port}"),
+            Repair::RemovePool { .. } => "remove a pool of no listener".into(),
+        }
     }
 }
 
@@ -351,5 +526,104 @@ mod tests {
         assert!(api.get("allowed_cidrs").is_none());
         assert_eq!(api["default_pool"]["lb_algorithm"], "SOURCE_IP_PORT");
         assert_eq!(api["default_pool"]["healthmonitor"]["type"], "TCP");
+    }
+
+    /// A running load balancer is compared listener by listener with the request: in shape,
+    /// nothing; each drift, the one change that mends it.
+    #[test]
+    fn a_running_load_balancer_is_mended_one_change_per_drift() {
+        use crate::cloud::load_balancer::{ListenerShape, PoolShape};
+        let spec = test_spec("count = 3\n[access]\napi_cidrs = [\"198.51.100.0/24\"]\n");
+        let cidr: Option<IpNet> = "10.42.0.0/24".parse().ok();
+        let members = vec![
+            ("demo-control-plane-1".to_string(), known("p1")),
+            ("demo-control-plane-2".to_string(), known("p2")),
+        ];
+        let request = request(
+            &spec,
+            &["amphora".into()],
+            known("vip"),
+            known("s"),
+            cidr,
+            members,
+            vec![],
+        );
+        let router = [Ipv4Addr::new(203, 0, 113, 7)];
+        let addresses = [Ipv4Addr::new(10, 42, 0, 11), Ipv4Addr::new(10, 42, 0, 12)];
+        let listener = |port: u16| ListenerShape {
+            id: format!("l-{port}"),
+            port,
+            // The API's: the file's, the nodes' subnet and the router, in any order; ingress
+            // (Traefik on the control planes) open to anyone.
+            allowed_cidrs: match port {
+                6443 => vec![
+                    "203.0.113.7/32".into(),
+                    "10.42.0.0/24".into(),
+                    "198.51.100.0/24".into(),
+                ],
+                _ => Vec::new(),
+            },
+            timeout_client_data: Some(DATA_TIMEOUT_MS),
+            timeout_member_data: Some(DATA_TIMEOUT_MS),
+            pool: Some(PoolShape {
+                id: format!("pool-{port}"),
+                monitored: true,
+                members: vec![("10.42.0.12".into(), port), ("10.42.0.11".into(), port)],
+            }),
+        };
+        let in_shape = Shape {
+            listeners: vec![listener(6443), listener(80), listener(443)],
+            unused_pools: Vec::new(),
+        };
+        assert_eq!(
+            request.repairs(&in_shape, Some(&addresses), &router),
+            Vec::<Repair>::new()
+        );
+        // A control plane still to be made: every pool's members are set.
+        let unknown = request.repairs(&in_shape, None, &router);
+        assert_eq!(unknown.len(), 3);
+        assert!(matches!(
+            &unknown[0],
+            Repair::SetMembers { pool_id, .. } if pool_id == "pool-6443"
+        ));
+        let mut drifted = in_shape.clone();
+        let api = &mut drifted.listeners[0];
+        api.allowed_cidrs.push("0.0.0.0/0".into());
+        api.timeout_client_data = Some(50_000);
+        let pool = api.pool.as_mut().expect("pool");
+        pool.monitored = false;
+        pool.members.pop();
+        pool.members.push(("10.42.0.99".into(), 6443));
+        drifted.listeners[1].pool = None;
+        drifted.listeners[2] = ListenerShape {
+            pool: None,
+            ..listener(8080)
+        };
+        drifted.unused_pools.push("orphan".into());
+        let repairs = request.repairs(&drifted, Some(&addresses), &router);
+        let described: Vec<String> = repairs.iter().map(Repair::describe).collect();
+        assert_eq!(
+            described,
+            [
+                "listener 6443: who may connect, timeouts",
+                "add monitor 6443",
+                "members 6443",
+                "add pool 80",
+                "add listener 443",
+                "remove a pool of no listener",
+                "remove listener 8080",
+            ]
+        );
+        assert!(matches!(
+            &repairs[6],
+            Repair::RemoveListener { pool_id: None, .. }
+        ));
+        // The listener body the repair sends admits the same sources as a new one.
+        let body = request.listener_body(&request.listeners[0], &router);
+        assert_eq!(
+            body["allowed_cidrs"],
+            serde_json::json!(["198.51.100.0/24", "10.42.0.0/24", "203.0.113.7/32"])
+        );
+        assert!(body.get("default_pool").is_none());
     }
 }

@@ -189,6 +189,9 @@ impl Needs {
                     balancer.listeners.len() as u64,
                     balancer.members.len() as u64,
                 ),
+                Action::RepairLoadBalancer {
+                    request, repairs, ..
+                } => needs.add_load_balancer_repairs(request, repairs, observed),
                 _ => {}
             }
         }
@@ -197,6 +200,50 @@ impl Needs {
 
     /// The API's load balancer: `listeners`, each with a pool and a health monitor holding
     /// every one of `members`.
+    /// What putting a running load balancer back in shape adds: listeners, pools and
+    /// monitors made, and pool members beyond those it has.
+    fn add_load_balancer_repairs(
+        &mut self,
+        request: &endpoint::LoadBalancerRequest,
+        repairs: &[endpoint::Repair],
+        observed: &resources::Observed,
+    ) {
+        use endpoint::Repair;
+        let wanted = request.members.len() as u64;
+        let has = |pool_id: &str| {
+            observed
+                .api_load_balancers
+                .iter()
+                .filter_map(|lb| lb.shape.as_ref())
+                .flat_map(|shape| &shape.listeners)
+                .filter_map(|l| l.pool.as_ref())
+                .find(|p| p.id == pool_id)
+                .map_or(0, |p| p.members.len() as u64)
+        };
+        for repair in repairs {
+            match repair {
+                Repair::AddListener(_) => {
+                    self.listeners += 1;
+                    self.pools += 1;
+                    self.health_monitors += 1;
+                    self.members += wanted;
+                }
+                Repair::AddPool { .. } => {
+                    self.pools += 1;
+                    self.health_monitors += 1;
+                    self.members += wanted;
+                }
+                Repair::AddMonitor { .. } => self.health_monitors += 1,
+                Repair::SetMembers { pool_id, .. } => {
+                    self.members += wanted.saturating_sub(has(pool_id));
+                }
+                Repair::UpdateListener { .. }
+                | Repair::RemovePool { .. }
+                | Repair::RemoveListener { .. } => {}
+            }
+        }
+    }
+
     fn add_api_load_balancer(&mut self, listeners: u64, members: u64) {
         self.load_balancers += 1;
         self.listeners += listeners;

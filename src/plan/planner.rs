@@ -31,6 +31,9 @@ pub(crate) struct CloudFacts {
     /// The Octavia providers the cloud offers; `None` without a load-balancer service (or
     /// not asked: one control plane needs none).
     pub(crate) load_balancer_providers: Option<Vec<String>>,
+    /// The external addresses of the routers on the nodes' subnet, which the API's load
+    /// balancer admits (read when it runs, to compare its listeners with the file).
+    pub(crate) router_addresses: Vec<Ipv4Addr>,
 }
 
 /// What the plan covers besides the cloud.
@@ -44,7 +47,13 @@ pub(crate) struct Scope {
     pub(crate) accept_empty_cluster: bool,
     /// Whether the cluster's API answers, as far as it was asked.
     pub(crate) api: ApiReach,
+    /// How long `up` waits for a node to be Ready (its `--timeout`): the join token lasts that
+    /// much longer for each node that joins only after an earlier one.
+    pub(crate) node_wait: std::time::Duration,
 }
+
+/// `up`'s default `--timeout`.
+pub(crate) const NODE_WAIT: std::time::Duration = std::time::Duration::from_secs(20 * 60);
 
 /// What the planner knows of the cluster's Kubernetes API: planning input, so that work that
 /// needs it is either planned knowing it answers, planned without it in the open (a node
@@ -119,10 +128,6 @@ pub enum PlanError {
         "`control_plane.count` is {wanted} but the cluster runs one control plane, which holds the API's address itself; flatstack cannot yet move that address to an endpoint of its own under a running cluster; nothing was planned\n  hint: keep `count = 1`, or make a new cluster with `count = {wanted}` and move the workloads to it"
     )]
     ControlPlaneGrowth { wanted: u32 },
-    #[error(
-        "`control_plane.count` is {wanted} but the cluster runs {running} control planes behind a load balancer whose pools list those it was made with; flatstack does not yet add members to a running load balancer, so the new control planes would get no traffic; nothing was planned\n  hint: keep `count = {running}`"
-    )]
-    MembersGrowth { wanted: u32, running: usize },
     #[error(
         "`control_plane.count` is {wanted} but the cluster runs {running} control planes ({names}); removing a control plane means removing its etcd member first, which flatstack does not yet do, and an endpoint of its own stays with more than one; nothing was planned\n  hint: keep `count = {running}`"
     )]
@@ -614,6 +619,7 @@ impl<'a> Planner<'a> {
             vip_port,
             request,
             &chain.reachable_after,
+            &self.facts.router_addresses,
         )
     }
 
@@ -1037,7 +1043,7 @@ impl<'a> Planner<'a> {
             ),
         ];
         if scope.kubernetes && running {
-            let valid_minutes = join_token_minutes(spec, roster, rolling.len());
+            let valid_minutes = join_token_minutes(spec, roster, rolling.len(), scope.node_wait);
             before.push(
                 self.plan
                     .push(Action::CreateJoinToken { valid_minutes }, &[]),
@@ -1339,10 +1345,16 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// How long this run's join token stays valid: an hour, and 20 minutes (`up`'s default wait for
-/// a node) for each node that joins only after an earlier one is replaced: each control plane
-/// replaced in place, and each further wave of a pool's replacements (`max_surge` at a time).
-fn join_token_minutes(spec: &ClusterSpec, roster: &super::roster::Roster, rolling: usize) -> u32 {
+/// How long this run's join token stays valid: an hour, and `up`'s wait for a node (`node_wait`,
+/// whole minutes, at least one) for each node that joins only after an earlier one is
+/// replaced: each control plane replaced in place, and each further wave of a pool's
+/// replacements (`max_surge` at a time).
+fn join_token_minutes(
+    spec: &ClusterSpec,
+    roster: &super::roster::Roster,
+    rolling: usize,
+    node_wait: std::time::Duration,
+) -> u32 {
     let waves: usize = spec
         .worker_pools
         .iter()
@@ -1358,8 +1370,11 @@ fn join_token_minutes(spec: &ClusterSpec, roster: &super::roster::Roster, rollin
                 .saturating_sub(1)
         })
         .sum();
-    let late = u32::try_from(rolling + waves).unwrap_or(u32::MAX / 20);
-    60 + 20 * late
+    let late = u32::try_from(rolling + waves).unwrap_or(u32::MAX);
+    let per_node = u32::try_from(node_wait.as_secs().div_ceil(60))
+        .unwrap_or(u32::MAX)
+        .max(1);
+    late.saturating_mul(per_node).saturating_add(60)
 }
 
 /// The waits a pool's outdated server's drain comes after: its pool's up-to-date nodes Ready.
@@ -1386,6 +1401,7 @@ fn load_balancer_steps(
     vip_port: &Ref,
     request: super::endpoint::LoadBalancerRequest,
     routed_after: &[StepId],
+    routers: &[Ipv4Addr],
 ) -> Option<StepId> {
     let port_id = match vip_port {
         Ref::Known(made) => Some(made.id.as_str()),
@@ -1412,7 +1428,40 @@ fn load_balancer_steps(
         );
     }
     match kept {
-        Some(lb) if lb.provisioning_status == "ACTIVE" => None,
+        // Running: put back in shape where it drifted (by hand, or the file changed who may
+        // connect, or the control planes grew), once the new control planes' ports exist.
+        Some(lb) if lb.provisioning_status == "ACTIVE" => {
+            let shape = lb.shape.as_ref()?;
+            let addresses: Option<Vec<Ipv4Addr>> = request
+                .members
+                .iter()
+                .map(|(_, port)| match port {
+                    Ref::Known(made) => made.address.as_deref()?.parse().ok(),
+                    Ref::After(_) => None,
+                })
+                .collect();
+            let repairs = request.repairs(shape, addresses.as_deref(), routers);
+            if repairs.is_empty() {
+                return None;
+            }
+            let after: Vec<StepId> = request
+                .members
+                .iter()
+                .filter_map(|(_, port)| match port {
+                    Ref::After(step) => Some(*step),
+                    Ref::Known(_) => None,
+                })
+                .chain(routed_after.iter().copied())
+                .collect();
+            Some(plan.push(
+                Action::RepairLoadBalancer {
+                    id: lb.id.clone(),
+                    request,
+                    repairs,
+                },
+                &after,
+            ))
+        }
         Some(lb) if lb.provisioning_status.starts_with("PENDING") => Some(plan.push(
             Action::WaitLoadBalancer {
                 id: lb.id.clone(),
@@ -1549,23 +1598,6 @@ fn check_control_plane_count(spec: &ClusterSpec, observed: &Observed) -> Result<
         && !running.is_empty()
     {
         return Err(PlanError::ControlPlaneGrowth { wanted });
-    }
-    // Behind a load balancer, its pools hold the control planes it was made with: from 3 to
-    // 5 is the one growth (3 is the least behind an endpoint); control planes with neither a
-    // server nor a port left are taken for new.
-    let existing = wanted_names
-        .iter()
-        .filter(|n| {
-            observed.servers.iter().any(|s| &s.name == *n)
-                || observed.ports.iter().any(|p| &p.name == *n)
-        })
-        .count();
-    let growing = wanted == 5 && existing <= 3;
-    if growing && !observed.api_load_balancers.is_empty() && running.len() > 1 {
-        return Err(PlanError::MembersGrowth {
-            wanted,
-            running: running.len(),
-        });
     }
     Ok(())
 }
@@ -1859,6 +1891,7 @@ pub(crate) mod tests {
             image_id: Some("img".into()),
             reused: None,
             load_balancer_providers: None,
+            router_addresses: Vec::new(),
         }
     }
 
@@ -1873,6 +1906,7 @@ pub(crate) mod tests {
         kubernetes: true,
         accept_empty_cluster: false,
         api: ApiReach::Unasked,
+        node_wait: NODE_WAIT,
     };
 
     /// The test cloud's facts with a bigger flavor, `m3.medium`, besides.
@@ -2912,6 +2946,22 @@ pub(crate) mod tests {
             .find(|s| s.kind == "join token")
             .expect("token");
         assert!(token.detail.contains("valid 2 h,"), "{}", token.detail);
+        // `up --timeout 45m` waits up to 45 minutes for each: the token lasts that much more.
+        let patient = Scope {
+            node_wait: std::time::Duration::from_secs(45 * 60),
+            ..K8S
+        };
+        let plan45 = super::plan(&spec, &observed, &facts(), patient).expect("plan");
+        let token = plan45
+            .shown()
+            .into_iter()
+            .find(|s| s.kind == "join token")
+            .expect("token");
+        assert!(
+            token.detail.contains("valid 3 h 15 min,"),
+            "{}",
+            token.detail
+        );
         let provision_only = Scope {
             kubernetes: false,
             ..K8S
@@ -2948,6 +2998,30 @@ pub(crate) mod tests {
                 .iter()
                 .any(|s| s.kind == "drain" && s.name == "demo-control-plane-1")
         );
+    }
+
+    /// A load balancer's shape as flatstack makes it for the test cluster (6443, 80 and 443,
+    /// open to anyone, hour-long timeouts, monitored), with `members` in every pool.
+    fn shape_of(members: &[&str]) -> crate::cloud::load_balancer::Shape {
+        use crate::cloud::load_balancer::{ListenerShape, PoolShape, Shape};
+        Shape {
+            unused_pools: Vec::new(),
+            listeners: [6443, 80, 443]
+                .into_iter()
+                .map(|port| ListenerShape {
+                    id: format!("l-{port}"),
+                    port,
+                    allowed_cidrs: Vec::new(),
+                    timeout_client_data: Some(super::super::endpoint::DATA_TIMEOUT_MS),
+                    timeout_member_data: Some(super::super::endpoint::DATA_TIMEOUT_MS),
+                    pool: Some(PoolShape {
+                        id: format!("pool-{port}"),
+                        monitored: true,
+                        members: members.iter().map(|a| (a.to_string(), port)).collect(),
+                    }),
+                })
+                .collect(),
+        }
     }
 
     /// Three control planes behind an Octavia load balancer: made on the endpoint's port with
@@ -3057,6 +3131,7 @@ pub(crate) mod tests {
             provisioning_status: status.into(),
             vip_address: Some("10.42.0.10".into()),
             vip_port_id: Some("p-demo-api".into()),
+            shape: None,
         };
         observed.api_load_balancers = vec![balancer("ACTIVE")];
         assert_eq!(
@@ -3083,18 +3158,42 @@ pub(crate) mod tests {
             matches!(&plan.steps[..], [step] if matches!(&step.action, Action::DeleteLoadBalancer { id, .. } if id == "lb-other"))
         );
 
-        // Five behind the load balancer made for three: its pools would leave two out.
-        observed.api_load_balancers = vec![balancer("ACTIVE")];
+        // Five behind the load balancer made for three: once the two new ports exist, its
+        // pool's members are set to all five, before the new control planes are built.
+        let mut running = balancer("ACTIVE");
+        running.shape = Some(shape_of(&["10.42.0.11", "10.42.0.12", "10.42.0.13"]));
+        observed.api_load_balancers = vec![running.clone()];
+        assert_eq!(
+            shown(&super::plan(&spec, &observed, &facts, K8S).expect("plan")),
+            Vec::<String>::new(),
+            "in shape"
+        );
         let five = test_spec(
             "count = 5\napi_endpoint = \"load-balancer\"\n[[worker_pools]]\nname = \"default\"\ncount = 1\nflavor = \"m3.small\"\n",
         );
+        let grown = super::plan(&five, &observed, &facts, K8S).expect("plan");
+        let steps = grown.shown();
+        let repair = steps
+            .iter()
+            .find(|s| s.kind == "load balancer")
+            .unwrap_or_else(|| panic!("{:#?}", shown(&grown)));
         assert_eq!(
-            super::plan(&five, &observed, &facts, K8S).expect_err("refused"),
-            PlanError::MembersGrowth {
-                wanted: 5,
-                running: 3
-            }
+            (repair.action, repair.detail.as_str()),
+            (Verb::Update, "members 6443; members 80; members 443")
         );
+        for n in [4, 5] {
+            let name = format!("demo-control-plane-{n}");
+            let port = steps
+                .iter()
+                .find(|s| s.kind == "port" && s.name == name)
+                .expect("port");
+            let server = steps
+                .iter()
+                .find(|s| s.kind == "server" && s.name == name)
+                .expect("server");
+            assert!(repair.needs.contains(&port.id), "{repair:?}");
+            assert!(server.needs.contains(&repair.id), "{server:?}");
+        }
 
         let vip = highly_available(1);
         let refused = super::plan(&spec, &converged(&vip), &facts, K8S).expect_err("refused");

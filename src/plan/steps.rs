@@ -149,6 +149,14 @@ pub(crate) enum Action {
     CreatePort(PortRequest),
     /// The API's Octavia load balancer, fully populated in one call, waited for until ACTIVE.
     CreateLoadBalancer(super::endpoint::LoadBalancerRequest),
+    /// The API's running load balancer put back in the shape the file asks for, one change
+    /// at a time (Octavia takes one at a time): `request` is what it was made from, with
+    /// every control plane's port.
+    RepairLoadBalancer {
+        id: String,
+        request: super::endpoint::LoadBalancerRequest,
+        repairs: Vec<super::endpoint::Repair>,
+    },
     /// A load balancer a stopped run left changing (PENDING_*), waited for until ACTIVE.
     WaitLoadBalancer {
         id: String,
@@ -437,6 +445,18 @@ impl Action {
             WaitLoadBalancer { name, .. } => {
                 (Verb::Run, "wait", name.clone(), "until ACTIVE".into())
             }
+            RepairLoadBalancer {
+                request, repairs, ..
+            } => (
+                Verb::Update,
+                "load balancer",
+                request.name.clone(),
+                repairs
+                    .iter()
+                    .map(super::endpoint::Repair::describe)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
             DeleteLoadBalancer { name, because, .. } => (
                 Verb::Delete,
                 "load balancer",
@@ -616,6 +636,9 @@ impl Action {
             WaitLoadBalancer { name, .. } => {
                 format!("waiting for load balancer {name} to be ACTIVE")
             }
+            RepairLoadBalancer { request, .. } => {
+                format!("putting load balancer {} back in shape", request.name)
+            }
             DeleteLoadBalancer { name, because, .. } => {
                 format!("deleting load balancer {name}: {because}")
             }
@@ -690,9 +713,10 @@ impl Action {
             CreateSecurityGroup { .. } | CreateServerGroup { .. } => "groups",
             AddRule(_) | RemoveRule { .. } => "rules",
             CreatePort(_) | AllowAddress { .. } => "ports",
-            CreateLoadBalancer(_) | WaitLoadBalancer { .. } | DeleteLoadBalancer { .. } => {
-                "load balancer"
-            }
+            CreateLoadBalancer(_)
+            | RepairLoadBalancer { .. }
+            | WaitLoadBalancer { .. }
+            | DeleteLoadBalancer { .. } => "load balancer",
             CreateFloatingIp { .. } | AttachFloatingIp { .. } => "floating IP",
             Adopt { .. } => "adopt untagged",
             CreateJoinToken { .. }
@@ -722,9 +746,10 @@ impl Action {
             | DeleteOwned(Owned::ServerGroup { .. })
             | DeleteOwned(Owned::Volume { .. }) => Service::Compute,
             WaitActive { .. } | RenderIgnition { .. } => Service::Unbounded,
-            CreateLoadBalancer(_) | WaitLoadBalancer { .. } | DeleteLoadBalancer { .. } => {
-                Service::LoadBalancer
-            }
+            CreateLoadBalancer(_)
+            | RepairLoadBalancer { .. }
+            | WaitLoadBalancer { .. }
+            | DeleteLoadBalancer { .. } => Service::LoadBalancer,
             CreateJoinToken { .. }
             | WaitReady { .. }
             | Drain { .. }
@@ -756,6 +781,9 @@ impl Action {
             AllowAddress { port, endpoint, .. } => vec![port, endpoint],
             CreateLoadBalancer(lb) => [&mut lb.vip_port, &mut lb.subnet]
                 .into_iter()
+                .chain(lb.members.iter_mut().map(|(_, port)| port))
+                .collect(),
+            RepairLoadBalancer { request: lb, .. } => std::iter::once(&mut lb.subnet)
                 .chain(lb.members.iter_mut().map(|(_, port)| port))
                 .collect(),
             AttachFloatingIp { floating, port, .. } => vec![floating, port],

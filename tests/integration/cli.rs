@@ -580,6 +580,28 @@ fn a_valid_file_validates() {
     );
 }
 
+/// A reader that went away (`flatstack validate | head -0`) loses the output, not the run:
+/// no panic, the exit code the command earned.
+#[test]
+fn output_into_a_closed_pipe_is_dropped_without_a_panic() {
+    let workspace = Workspace::new();
+    workspace.write_cluster(&base());
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flatstack"))
+        .current_dir(workspace.path("."))
+        .env_remove("FLATSTACK_FILE")
+        .arg("--file")
+        .arg(workspace.cluster_file())
+        .arg("validate")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run flatstack");
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
 #[test]
 fn missing_file_is_an_input_error() {
     let workspace = Workspace::new();

@@ -3255,6 +3255,147 @@ async fn three_control_planes_behind_an_octavia_load_balancer() {
         );
     }
 
+    // Changed by hand, and the file narrows who may reach the API: `up` puts it back in
+    // shape, one change at a time, without making it again. A member of 6443 deleted, the 80
+    // listener deleted (its pool left unused), the 443 pool's monitor deleted.
+    let lb = format!("{name}-api");
+    let member = members
+        .as_array()
+        .and_then(|m| m.first())
+        .and_then(|m| m["id"].as_str())
+        .expect("a member")
+        .to_string();
+    let pool_443 = cli(
+        "local-demo",
+        &[
+            "loadbalancer",
+            "pool",
+            "show",
+            &format!("{lb}-443"),
+            "-f",
+            "json",
+        ],
+    );
+    let monitor_443 = pool_443["healthmonitor_id"].as_str().expect("a monitor");
+    for change in [
+        vec![
+            "member",
+            "delete",
+            "--wait",
+            &format!("{lb}-6443"),
+            member.as_str(),
+        ],
+        vec!["listener", "delete", "--wait", &format!("{lb}-80")],
+        vec!["healthmonitor", "delete", "--wait", monitor_443],
+    ] {
+        cli("local-demo", &[&["loadbalancer"], &change[..]].concat());
+    }
+    workspace.write_cluster(
+        &cluster(&name, 1, "[access]\napi_cidrs = [\"198.51.100.0/25\"]\n")
+            .replace("cloud = \"local-demo\"", "cloud = \"faulty\"")
+            .replacen("[control_plane]\n", "[control_plane]\ncount = 3\n", 1),
+    );
+    let planned = success(&run(&["plan", "--provision-only"]).output().expect("plan"));
+    assert!(
+        planned.contains(&format!(
+            "~ load balancer   {lb:<40} listener 6443: who may connect, timeouts; members 6443; add listener 80; add monitor 443; remove a pool of no listener"
+        )),
+        "{planned}"
+    );
+    let repaired = run(&["up", "--provision-only"]).output().expect("up");
+    assert!(repaired.status.success(), "{}", stderr(&repaired));
+    let api = cli(
+        "local-demo",
+        &[
+            "loadbalancer",
+            "listener",
+            "show",
+            &format!("{lb}-6443"),
+            "-f",
+            "json",
+        ],
+    );
+    let allowed = api["allowed_cidrs"].to_string();
+    assert!(
+        allowed.contains("198.51.100.0/25")
+            && !allowed.contains("198.51.100.0/24")
+            && allowed.contains(&format!("{router_address}/32")),
+        "{api}"
+    );
+    assert_eq!(api["timeout_client_data"], 3_600_000);
+    for port in [6443, 80, 443] {
+        let pool = cli(
+            "local-demo",
+            &[
+                "loadbalancer",
+                "pool",
+                "show",
+                &format!("{lb}-{port}"),
+                "-f",
+                "json",
+            ],
+        );
+        assert!(pool["healthmonitor_id"].is_string(), "{pool}");
+        let listener = cli(
+            "local-demo",
+            &[
+                "loadbalancer",
+                "listener",
+                "show",
+                &format!("{lb}-{port}"),
+                "-f",
+                "json",
+            ],
+        );
+        assert_eq!(listener["default_pool_id"], pool["id"], "{listener}");
+        let members = cli(
+            "local-demo",
+            &[
+                "loadbalancer",
+                "member",
+                "list",
+                &format!("{lb}-{port}"),
+                "-f",
+                "json",
+            ],
+        );
+        let mut addresses: Vec<(String, u64)> = members
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                Some((
+                    m["address"].as_str()?.to_string(),
+                    m["protocol_port"].as_u64()?,
+                ))
+            })
+            .collect();
+        addresses.sort();
+        let wanted: Vec<(String, u64)> = (11..=13)
+            .map(|host| (format!("10.42.0.{host}"), port))
+            .collect();
+        assert_eq!(addresses, wanted, "{port}");
+    }
+    let pools = cli(
+        "local-demo",
+        &[
+            "loadbalancer",
+            "pool",
+            "list",
+            "--loadbalancer",
+            &lb,
+            "-f",
+            "json",
+        ],
+    );
+    assert_eq!(pools.as_array().map(Vec::len), Some(3), "{pools}");
+    let again = run(&["up", "--provision-only"]).output().expect("run");
+    assert!(
+        stdout(&again).contains("nothing to change (0 changes made)"),
+        "{}",
+        stdout(&again)
+    );
+
     let down = run(&["down", "--yes"]).output().expect("down");
     assert!(down.status.success(), "{}", stderr(&down));
     assert_nothing_left(&name);
