@@ -366,6 +366,29 @@ const LOAD_BALANCER_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long one etcd membership step may take (its node Job started, run and read).
 const ETCD_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// What the API's load balancer stands on: the nodes' subnet, each control plane's address
+/// and the external addresses of the routers on that subnet (which its listeners admit).
+async fn balancer_footing<'r>(
+    cloud: &Cloud,
+    request: &'r LoadBalancerRequest,
+) -> Result<
+    (
+        &'r str,
+        Vec<(String, std::net::Ipv4Addr)>,
+        Vec<std::net::Ipv4Addr>,
+    ),
+    ApplyError,
+> {
+    let members = request
+        .members
+        .iter()
+        .map(|(name, port)| Ok((name.clone(), address_of(known(port)?)?)))
+        .collect::<Result<Vec<_>, ApplyError>>()?;
+    let subnet = known(&request.subnet)?.id.as_str();
+    let routers = cloud.router_external_addresses(subnet).await?;
+    Ok((subnet, members, routers))
+}
+
 /// One change to the API's running load balancer `id`, each call followed by a wait until
 /// Octavia has it ACTIVE again. A part made here is found by its name when its answer was lost.
 async fn repair_load_balancer(
@@ -616,13 +639,7 @@ async fn run_on_cloud(
             }
         }
         Action::CreateLoadBalancer(lb) => {
-            let members = lb
-                .members
-                .iter()
-                .map(|(name, port)| Ok((name.clone(), address_of(known(port)?)?)))
-                .collect::<Result<Vec<_>, ApplyError>>()?;
-            let subnet = &known(&lb.subnet)?.id;
-            let routers = cloud.router_external_addresses(subnet).await?;
+            let (subnet, members, routers) = balancer_footing(cloud, lb).await?;
             let body = lb.body(&known(&lb.vip_port)?.id, subnet, &members, &routers);
             let made = cloud.create_load_balancer(&body).await?;
             let active = cloud
@@ -638,13 +655,7 @@ async fn run_on_cloud(
             request,
             repairs,
         } => {
-            let members = request
-                .members
-                .iter()
-                .map(|(name, port)| Ok((name.clone(), address_of(known(port)?)?)))
-                .collect::<Result<Vec<_>, ApplyError>>()?;
-            let subnet = &known(&request.subnet)?.id;
-            let routers = cloud.router_external_addresses(subnet).await?;
+            let (subnet, members, routers) = balancer_footing(cloud, request).await?;
             for repair in repairs {
                 repair_load_balancer(cloud, id, request, repair, subnet, &members, &routers)
                     .await?;

@@ -2563,6 +2563,18 @@ pub(crate) mod tests {
         );
     }
 
+    /// Three control planes that ran, converged but for control plane 2's server, gone.
+    fn with_lost_control_plane_2(spec: &ClusterSpec) -> Observed {
+        let mut observed = converged(spec);
+        observed.floating_ips[0]
+            .tags
+            .push(CONTROL_PLANE_RAN_TAG.into());
+        observed
+            .servers
+            .retain(|s| s.name != "demo-control-plane-2");
+        observed
+    }
+
     /// A lost control plane of three that ran, with two running: its etcd member is removed
     /// through a running one and its Node deleted before it is built again, to join (never to
     /// initialize). Without the API (`--provision-only`) that cannot happen: refused. With two
@@ -2570,13 +2582,7 @@ pub(crate) mod tests {
     #[test]
     fn a_lost_control_plane_of_three_is_removed_from_etcd_then_rebuilt_to_join() {
         let spec = highly_available(1);
-        let mut observed = converged(&spec);
-        observed.floating_ips[0]
-            .tags
-            .push(CONTROL_PLANE_RAN_TAG.into());
-        observed
-            .servers
-            .retain(|s| s.name != "demo-control-plane-2");
+        let mut observed = with_lost_control_plane_2(&spec);
         let plan = plan(&spec, &observed, &facts(), K8S).expect("plan");
         let lines = shown(&plan);
         let at = |line: &str| {
@@ -2677,6 +2683,16 @@ pub(crate) mod tests {
         }
     }
 
+    /// The plan for `spec` on `observed` with what [`shown_by_api`] shows.
+    fn plan_shown_by_api(
+        spec: &ClusterSpec,
+        observed: &Observed,
+        registered: &[&str],
+        members: &[(&str, &str)],
+    ) -> Plan {
+        super::plan(spec, observed, &facts(), shown_by_api(registered, members)).expect("plan")
+    }
+
     /// With the API read, a lost control plane's steps are those its state still needs: its
     /// member is not removed when etcd no longer lists it, its Node not deleted when none is
     /// registered; a member of no control plane is removed first; an etcd that cannot be read
@@ -2684,13 +2700,7 @@ pub(crate) mod tests {
     #[test]
     fn what_the_api_shows_decides_a_lost_control_planes_steps() {
         let spec = highly_available(1);
-        let mut observed = converged(&spec);
-        observed.floating_ips[0]
-            .tags
-            .push(CONTROL_PLANE_RAN_TAG.into());
-        observed
-            .servers
-            .retain(|s| s.name != "demo-control-plane-2");
+        let observed = with_lost_control_plane_2(&spec);
         let registered = [
             "demo-control-plane-1",
             "demo-control-plane-3",
@@ -2701,13 +2711,7 @@ pub(crate) mod tests {
             ("demo-control-plane-3", "10.42.0.13"),
             ("", "10.42.0.99"),
         ];
-        let plan = plan(
-            &spec,
-            &observed,
-            &facts(),
-            shown_by_api(&registered, &members),
-        )
-        .expect("plan");
+        let plan = plan_shown_by_api(&spec, &observed, &registered, &members);
         let lines = shown(&plan);
         for gone in [
             "> etcd member demo-control-plane-2",
@@ -2745,13 +2749,7 @@ pub(crate) mod tests {
             ("demo-control-plane-3", "10.42.0.13"),
             ("demo-control-plane-9", "10.42.0.19"),
         ];
-        let plan = super::plan(
-            &spec,
-            &observed,
-            &facts(),
-            shown_by_api(&registered, &members),
-        )
-        .expect("plan");
+        let plan = plan_shown_by_api(&spec, &observed, &registered, &members);
         let lines = shown(&plan);
         let at = |line: &str| lines.iter().position(|l| l == line);
         assert!(
@@ -2798,13 +2796,7 @@ pub(crate) mod tests {
             ("demo-control-plane-1", "10.42.0.11"),
             ("demo-control-plane-3", "10.42.0.13"),
         ];
-        let plan = plan(
-            &spec,
-            &observed,
-            &facts(),
-            shown_by_api(&registered, &members),
-        )
-        .expect("plan");
+        let plan = plan_shown_by_api(&spec, &observed, &registered, &members);
         let lines = shown(&plan);
         for line in [
             "> drain demo-control-plane-2",
@@ -2855,15 +2847,14 @@ pub(crate) mod tests {
         let observed = converged(&with_workers(2));
         let spec = with_workers(1);
         let registered = ["demo-control-plane-1", "demo-default-1"];
-        let plan = plan(&spec, &observed, &facts(), shown_by_api(&registered, &[])).expect("plan");
+        let plan = plan_shown_by_api(&spec, &observed, &registered, &[]);
         assert_eq!(
             shown(&plan),
             ["- server demo-default-2", "- port demo-default-2"]
         );
         assert_eq!(plan.shown()[0].detail, NEVER_REGISTERED);
         let registered = ["demo-control-plane-1", "demo-default-1", "demo-default-2"];
-        let plan =
-            super::plan(&spec, &observed, &facts(), shown_by_api(&registered, &[])).expect("plan");
+        let plan = plan_shown_by_api(&spec, &observed, &registered, &[]);
         assert_eq!(
             shown(&plan),
             [
