@@ -129,6 +129,14 @@ pub enum PlanError {
     )]
     ControlPlaneGrowth { wanted: u32 },
     #[error(
+        "`kubernetes.version` is v{wanted} but the cluster runs v{running} (as its servers record: {nodes}); flatstack does not yet move a running cluster to another minor, and a node made at another minor than its API servers could break Kubernetes' version-skew policy; nothing was planned\n  hint: set `version = \"{running}\"` under [kubernetes] (another patch of that minor is fine), or make a new cluster at v{wanted} and move the workloads to it"
+    )]
+    MinorChange {
+        wanted: String,
+        running: String,
+        nodes: String,
+    },
+    #[error(
         "`control_plane.count` is {wanted} but the cluster runs {running} control planes ({names}); removing a control plane means removing its etcd member first, which flatstack does not yet do, and an endpoint of its own stays with more than one; nothing was planned\n  hint: keep `count = {running}`"
     )]
     ControlPlaneShrink {
@@ -268,6 +276,7 @@ impl<'a> Planner<'a> {
         let groups = self.security_groups(&chain);
         let server_group = self.server_group();
         check_control_plane_count(self.spec, self.observed)?;
+        check_minor(self.spec, self.observed)?;
         check_endpoint(self.spec, self.observed)?;
         let roster = roster(
             self.spec,
@@ -1547,9 +1556,46 @@ fn server_plan(
         metadata: BTreeMap::from([
             ("flatstack-cluster".to_string(), spec.name.clone()),
             ("flatstack-role".to_string(), role.to_string()),
+            (
+                resources::KUBERNETES_METADATA.to_string(),
+                spec.kubernetes.version.to_string(),
+            ),
         ]),
         server_group: (node.role == Role::ControlPlane).then(|| server_group.clone()),
         boot_volume_gb,
+    }
+}
+
+/// Refuses another Kubernetes minor than the one the cluster's servers record: a node made at
+/// a newer minor than its API servers breaks the version-skew policy, and flatstack does not
+/// upgrade a running cluster yet. A newer or older patch of the same minor is kept (patches
+/// may differ within a minor: systemd-sysupdate brings them to nodes one by one).
+fn check_minor(spec: &ClusterSpec, observed: &Observed) -> Result<(), PlanError> {
+    let plain = |v: &crate::pins::KubernetesVersion| format!("{}.{}.{}", v.major, v.minor, v.patch);
+    let wanted = spec.kubernetes.version;
+    let mut running: BTreeMap<crate::pins::KubernetesVersion, Vec<&str>> = BTreeMap::new();
+    for server in observed.servers.iter().filter(|s| !s.failed_build()) {
+        let recorded = server
+            .metadata
+            .get(resources::KUBERNETES_METADATA)
+            .and_then(|v| crate::pins::KubernetesVersion::parse(v));
+        if let Some(version) = recorded {
+            running
+                .entry(version)
+                .or_default()
+                .push(server.name.as_str());
+        }
+    }
+    let other = running
+        .iter()
+        .find(|(v, _)| (v.major, v.minor) != (wanted.major, wanted.minor));
+    match other {
+        None => Ok(()),
+        Some((version, nodes)) => Err(PlanError::MinorChange {
+            wanted: plain(&wanted),
+            running: plain(version),
+            nodes: nodes.join(", "),
+        }),
     }
 }
 
@@ -3194,6 +3240,49 @@ pub(crate) mod tests {
                 wanted: "load-balancer",
                 runs: "vip"
             }
+        );
+    }
+
+    /// Servers record the release they were made with; another minor in the file is refused
+    /// (a newer node beside older API servers breaks the skew policy), another patch is not,
+    /// and servers made before the record leave nothing to compare.
+    #[test]
+    fn another_minor_than_the_servers_record_is_refused() {
+        let spec = with_workers(1);
+        let converged_at = |version: &str| {
+            let mut observed = converged(&spec);
+            for server in &mut observed.servers {
+                server.metadata.insert(
+                    crate::plan::resources::KUBERNETES_METADATA.into(),
+                    version.into(),
+                );
+            }
+            observed
+        };
+        let made = plan(&spec, &Observed::default(), &facts(), K8S).expect("plan");
+        let recorded = made.steps.iter().find_map(|s| match &s.action {
+            Action::CreateServer(server) => server
+                .metadata
+                .get(crate::plan::resources::KUBERNETES_METADATA)
+                .cloned(),
+            _ => None,
+        });
+        assert_eq!(recorded.as_deref(), Some("v1.37.1"));
+        assert!(plan(&spec, &converged_at("v1.37.0"), &facts(), K8S).is_ok());
+        assert!(plan(&spec, &converged(&spec), &facts(), K8S).is_ok());
+        let refused = plan(&spec, &converged_at("v1.36.2"), &facts(), K8S).expect_err("refused");
+        assert_eq!(
+            refused,
+            PlanError::MinorChange {
+                wanted: "1.37.1".into(),
+                running: "1.36.2".into(),
+                nodes: "demo-control-plane-1, demo-default-1".into(),
+            }
+        );
+        assert!(refused.is_invalid_input());
+        assert!(
+            refused.to_string().contains("version = \"1.36.2\""),
+            "{refused}"
         );
     }
 

@@ -37,6 +37,9 @@ pub(crate) fn control_plane_ran(observed: &Observed) -> bool {
 /// node trusts: how every command tells a state directory that is the cluster's from one
 /// that is not.
 pub const CA_METADATA: &str = "flatstack-ca";
+/// The server metadata key that records the Kubernetes release a node was made with
+/// (`v1.37.1`): the cluster's version, known without its API.
+pub const KUBERNETES_METADATA: &str = "flatstack-kubernetes";
 
 /// The CA the cluster's nodes trust, as its servers' metadata says: the control planes' (they
 /// hold the CA), else the workers'; servers made before flatstack recorded it say nothing.
