@@ -136,7 +136,7 @@ impl ApiEndpointKind {
     pub(crate) fn why(self) -> &'static str {
         match self {
             ApiEndpointKind::ControlPlane => {
-                "one control plane: the API's address is its port's, and the cluster stops with it"
+                "the API's address is its port's, and the cluster stops with it"
             }
             ApiEndpointKind::Vip => {
                 "a port of its own holds the API's address and floating IP; one control plane at a time answers on it (kube-vip), another takes it over within about 15 s when that one fails"

@@ -2246,6 +2246,27 @@ fn a_lost_control_plane_that_ran_is_refused_not_rebuilt_blank() {
     );
     let again = success(&flatstack(&workspace, &["up", "--provision-only"]));
     assert!(again.contains("nothing to change"), "{again}");
+    // The release each server was made with is on it; another minor in the file is refused
+    // from that record alone (no API here), another patch is not.
+    for server in [&cp, &w1] {
+        assert_eq!(server_metadata(server)["flatstack-kubernetes"], "v1.37.1");
+    }
+    workspace.write_cluster(&cluster(&name, 1, "").replace("1.37.1", "1.36.2"));
+    for command in [&["plan"][..], &["up", "--provision-only"]] {
+        let output = flatstack(&workspace, command);
+        let error = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{command:?}: {error}");
+        assert!(
+            error.contains("`kubernetes.version` is v1.36.2 but the cluster runs v1.37.1")
+                && error.contains(&format!("{cp}, {w1}"))
+                && error.contains("version = \"1.37.1\""),
+            "{command:?}: {error}"
+        );
+    }
+    workspace.write_cluster(&cluster(&name, 1, "").replace("1.37.1", "1.37.0"));
+    let patch = success(&flatstack(&workspace, &["plan"]));
+    assert!(patch.contains("nothing to change"), "{patch}");
+    workspace.write_cluster(&cluster(&name, 1, ""));
 
     cli("local-demo", &["server", "delete", "--wait", &cp]);
     for command in [&["plan"][..], &["up", "--provision-only"]] {
