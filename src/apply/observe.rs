@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::cloud::compute::{Flavor, Keypair, Server};
 use crate::cloud::image::Image;
-use crate::cloud::load_balancer::{LoadBalancer, is_service_floating_ip};
+use crate::cloud::load_balancer::is_service_floating_ip;
 use crate::cloud::network::{
     FloatingIp, HasTags, Kind, Network, Port, Router, SecurityGroup, Subnet,
 };
@@ -50,7 +50,7 @@ impl Observation {
 
 /// Reads everything `plan` and `up` need, concurrently.
 pub(crate) async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observation, ApplyError> {
-    let ((observed, flavors), externals, images, keypairs, providers) = tokio::try_join!(
+    let ((mut observed, flavors), externals, images, keypairs, providers) = tokio::try_join!(
         cluster_resources(cloud, spec),
         cloud.list::<Network>(Kind::Network, &[("router:external", "true")]),
         images_for(cloud, spec),
@@ -105,6 +105,14 @@ pub(crate) async fn observe(cloud: &Cloud, spec: &ClusterSpec) -> Result<Observa
         }
     };
     let image_id = super::preflight::choose_image(spec, &images).map(|i| i.id.clone());
+    // The API's running load balancer, listeners to members, to keep it as the file asks.
+    for balancer in observed
+        .api_load_balancers
+        .iter_mut()
+        .filter(|lb| lb.provisioning_status == "ACTIVE")
+    {
+        balancer.shape = Some(cloud.load_balancer_shape(&balancer.id).await?);
+    }
     // A running load balancer's listeners admit the routers' external addresses.
     let router_addresses = match observed
         .api_load_balancers
@@ -184,14 +192,6 @@ pub(crate) async fn cluster_resources(
         },
     )?;
     let servers: Vec<Server> = servers;
-    // The API's running load balancer, listeners to members, to keep it as the file asks.
-    let mut api_load_balancers: Vec<LoadBalancer> = api_load_balancers;
-    for balancer in api_load_balancers
-        .iter_mut()
-        .filter(|lb| lb.provisioning_status == "ACTIVE")
-    {
-        balancer.shape = Some(cloud.load_balancer_shape(&balancer.id).await?);
-    }
     let boot_volumes = match servers.iter().any(Server::boots_from_volume) {
         true => boot_volume_sizes(&cloud.volumes().await?),
         false => BTreeMap::new(),

@@ -495,8 +495,8 @@ pub(crate) fn missing_pki(cluster: &str, state_path: &std::path::Path) -> String
     )
 }
 
-/// The plan, made once as if the cluster's API answers, and, when it has steps that need the
-/// API, made again with what the API said (see [`ApiReach`]); with the client for those steps
+/// The plan, made with what the API said (see [`ApiReach`]) when it has steps that need the
+/// API or 3 or 5 control planes run, else as if it answers; with the client for those steps
 /// and, when the API was asked and did not answer, the line that says so.
 async fn plan_asking_the_api(
     spec: &ClusterSpec,
@@ -506,16 +506,26 @@ async fn plan_asking_the_api(
     api_address: Option<&str>,
 ) -> Result<(Plan, Option<KubeClient>, Option<String>), UpError> {
     let observed = &observation.observed;
-    let plan = planner::plan(spec, observed, &observation.facts, scope.clone())?;
-    // With 3 or 5 control planes etcd's members are always read: a member of no control
-    // plane, or a control plane whose member is gone, is repaired.
+    if !scope.kubernetes {
+        return Ok((
+            planner::plan(spec, observed, &observation.facts, scope)?,
+            None,
+            None,
+        ));
+    }
+    // With 3 or 5 control planes the API is asked before any planning: etcd's members decide
+    // what a lost control plane needs, and a member of no control plane, or a control plane
+    // whose member is gone, is repaired.
     let control_planes_run = spec.control_plane.highly_available()
         && observed
             .servers
             .iter()
             .any(|s| s.status == "ACTIVE" && s.has_role("control-plane"));
-    if !scope.kubernetes || !(plan.needs_api() || control_planes_run) {
-        return Ok((plan, None, None));
+    if !control_planes_run {
+        let plan = planner::plan(spec, observed, &observation.facts, scope.clone())?;
+        if !plan.needs_api() {
+            return Ok((plan, None, None));
+        }
     }
     let floating = observed
         .api_floating_ip(&spec.name)
@@ -566,28 +576,46 @@ async fn read_kube_view(
             Some((node.metadata.name.clone()?, registered))
         })
         .collect();
-    let via = spec
+    let candidates: Vec<String> = spec
         .nodes()
         .into_iter()
         .filter(|n| n.role == crate::spec::Role::ControlPlane)
         .map(|n| n.name)
-        .find(|name| {
+        .filter(|name| {
             nodes.get(name).is_some_and(|n| n.ready)
                 && observed
                     .servers
                     .iter()
                     .any(|s| &s.name == name && s.status == "ACTIVE")
-        });
-    let etcd = match via.filter(|_| spec.control_plane.highly_available()) {
-        None => Membership::NotAsked,
-        Some(via) => match client.etcd_members(&via, ETCD_LIST_TIMEOUT).await {
-            Ok(members) => Membership::Listed { via, members },
-            Err(e) => Membership::Unread {
-                why: crate::kube::error_chain(&e),
-                via,
-            },
-        },
-    };
+        })
+        .collect();
+    // Each in turn: a Ready control plane may run no etcd (its member removed, or a learner
+    // still catching up); only when none answers are the members unread.
+    let mut etcd = Membership::NotAsked;
+    let mut failures: Vec<String> = Vec::new();
+    for via in candidates
+        .iter()
+        .filter(|_| spec.control_plane.highly_available())
+    {
+        match client.etcd_members(via, ETCD_LIST_TIMEOUT).await {
+            Ok(members) => {
+                etcd = Membership::Listed {
+                    via: via.clone(),
+                    members,
+                };
+                break;
+            }
+            Err(e) => failures.push(format!("{via}: {}", crate::kube::error_chain(&e))),
+        }
+    }
+    if let (Membership::NotAsked, Some(first), false) =
+        (&etcd, candidates.first(), failures.is_empty())
+    {
+        etcd = Membership::Unread {
+            via: first.clone(),
+            why: failures.join("; "),
+        };
+    }
     Ok(KubeView { nodes, etcd })
 }
 

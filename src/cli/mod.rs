@@ -36,11 +36,19 @@ use clap::{Parser, Subcommand};
 
 use crate::spec::{ClusterSpec, InvalidClusterFile};
 
-/// Writes to standard output, dropping what a closed pipe refuses (see `out!`).
+/// Writes to standard output (see `out!`). What a closed pipe refuses is dropped; any other
+/// failure (a full disk under `flatstack kubeconfig > admin.conf`) ends the command with exit
+/// code 1 rather than leave a truncated file behind a success.
 pub(crate) fn write_out(text: std::fmt::Arguments) {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_fmt(text).and_then(|()| stdout.flush());
+    match stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+        _ => {}
+    }
 }
 
 /// Kubernetes on OpenStack with Flatcar Container Linux, from one cluster file.

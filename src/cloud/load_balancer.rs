@@ -23,6 +23,9 @@ pub(crate) struct LoadBalancer {
     pub(crate) vip_address: Option<String>,
     #[serde(default)]
     pub(crate) vip_port_id: Option<String>,
+    /// `amphora`, `ovn`, ...
+    #[serde(default)]
+    pub(crate) provider: Option<String>,
     /// Its listeners, pools, monitors and members, read for the API's load balancer when it is
     /// ACTIVE (flatstack keeps them as the file asks).
     #[serde(skip)]
@@ -368,8 +371,14 @@ impl Cloud {
             listeners: Vec<Listener>,
         }
         #[derive(Deserialize)]
+        struct OfBalancer {
+            id: String,
+        }
+        #[derive(Deserialize)]
         struct Listener {
             id: String,
+            #[serde(default)]
+            loadbalancers: Vec<OfBalancer>,
             protocol_port: u16,
             #[serde(default)]
             allowed_cidrs: Option<Vec<String>>,
@@ -388,6 +397,8 @@ impl Cloud {
         struct Pool {
             id: String,
             #[serde(default)]
+            loadbalancers: Vec<OfBalancer>,
+            #[serde(default)]
             healthmonitor_id: Option<String>,
         }
         #[derive(Deserialize)]
@@ -401,12 +412,19 @@ impl Cloud {
         }
         let listeners_path = format!("/lbaas/listeners?loadbalancer_id={id}");
         let pools_path = format!("/lbaas/pools?loadbalancer_id={id}");
-        let (listeners, pools) = tokio::try_join!(
+        let (listeners, mut pools) = tokio::try_join!(
             self.get::<Listeners>(Service::LoadBalancer, &listeners_path),
             self.get::<Pools>(Service::LoadBalancer, &pools_path),
         )?;
+        // Octavia ignores the filter when its `allow_filtering` is off: kept to this one here.
+        let ours = |of: &[OfBalancer]| of.iter().any(|lb| lb.id == id);
+        pools.pools.retain(|p| ours(&p.loadbalancers));
         let mut shape = Shape::default();
-        for listener in listeners.listeners {
+        for listener in listeners
+            .listeners
+            .into_iter()
+            .filter(|l| ours(&l.loadbalancers))
+        {
             let pool = match pools
                 .pools
                 .iter()
@@ -415,16 +433,20 @@ impl Cloud {
                 None => None,
                 Some(pool) => {
                     let path = format!("/lbaas/pools/{}/members", pool.id);
-                    let members: Members = self.get(Service::LoadBalancer, &path).await?;
-                    Some(PoolShape {
-                        id: pool.id.clone(),
-                        monitored: pool.healthmonitor_id.is_some(),
-                        members: members
-                            .members
-                            .into_iter()
-                            .map(|m| (m.address, m.protocol_port))
-                            .collect(),
-                    })
+                    // A pool deleted since it was listed leaves its listener without one.
+                    match self.get::<Members>(Service::LoadBalancer, &path).await {
+                        Err(CloudError::Api { status: 404, .. }) => None,
+                        Err(e) => return Err(e),
+                        Ok(members) => Some(PoolShape {
+                            id: pool.id.clone(),
+                            monitored: pool.healthmonitor_id.is_some(),
+                            members: members
+                                .members
+                                .into_iter()
+                                .map(|m| (m.address, m.protocol_port))
+                                .collect(),
+                        }),
+                    }
                 }
             };
             shape.listeners.push(ListenerShape {

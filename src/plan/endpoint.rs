@@ -302,7 +302,22 @@ impl LoadBalancerRequest {
         members: Option<&[Ipv4Addr]>,
         routers: &[Ipv4Addr],
     ) -> Vec<Repair> {
-        let mut repairs = Vec::new();
+        // What goes first: a pool made again is looked for by name when its answer is lost,
+        // and must not find the unused one of the same name.
+        let mut repairs: Vec<Repair> = shape
+            .unused_pools
+            .iter()
+            .map(|pool| Repair::RemovePool { id: pool.clone() })
+            .collect();
+        for running in &shape.listeners {
+            if !self.listeners.iter().any(|l| l.port == running.port) {
+                repairs.push(Repair::RemoveListener {
+                    id: running.id.clone(),
+                    port: running.port,
+                    pool_id: running.pool.as_ref().map(|p| p.id.clone()),
+                });
+            }
+        }
         for wanted in &self.listeners {
             let Some(running) = shape.listeners.iter().find(|l| l.port == wanted.port) else {
                 repairs.push(Repair::AddListener(wanted.clone()));
@@ -343,18 +358,6 @@ impl LoadBalancerRequest {
                 repairs.push(Repair::SetMembers {
                     pool_id: pool.id.clone(),
                     listener: wanted.clone(),
-                });
-            }
-        }
-        for pool in &shape.unused_pools {
-            repairs.push(Repair::RemovePool { id: pool.clone() });
-        }
-        for running in &shape.listeners {
-            if !self.listeners.iter().any(|l| l.port == running.port) {
-                repairs.push(Repair::RemoveListener {
-                    id: running.id.clone(),
-                    port: running.port,
-                    pool_id: running.pool.as_ref().map(|p| p.id.clone()),
                 });
             }
         }
@@ -605,17 +608,17 @@ mod tests {
         assert_eq!(
             described,
             [
+                "remove a pool of no listener",
+                "remove listener 8080",
                 "listener 6443: who may connect, timeouts",
                 "add monitor 6443",
                 "members 6443",
                 "add pool 80",
                 "add listener 443",
-                "remove a pool of no listener",
-                "remove listener 8080",
             ]
         );
         assert!(matches!(
-            &repairs[6],
+            &repairs[1],
             Repair::RemoveListener { pool_id: None, .. }
         ));
         // The listener body the repair sends admits the same sources as a new one.

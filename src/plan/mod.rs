@@ -198,8 +198,6 @@ impl Needs {
         needs
     }
 
-    /// The API's load balancer: `listeners`, each with a pool and a health monitor holding
-    /// every one of `members`.
     /// What putting a running load balancer back in shape adds: listeners, pools and
     /// monitors made, and pool members beyond those it has.
     fn add_load_balancer_repairs(
@@ -244,6 +242,8 @@ impl Needs {
         }
     }
 
+    /// The API's load balancer: `listeners`, each with a pool and a health monitor holding
+    /// every one of `members`.
     fn add_api_load_balancer(&mut self, listeners: u64, members: u64) {
         self.load_balancers += 1;
         self.listeners += listeners;

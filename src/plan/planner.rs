@@ -231,6 +231,8 @@ impl ControlPlanes<'_> {
 /// for, and the control planes to replace in place, with why.
 struct Lane<'a, 'r> {
     member_gone: BTreeMap<&'r str, StepId>,
+    /// The last removal of a member of no control plane, which replacements wait for.
+    strays_gone: Option<StepId>,
     rolling: Vec<(&'r NodeName, &'a crate::cloud::compute::Server, String)>,
 }
 
@@ -610,11 +612,18 @@ impl<'a> Planner<'a> {
                 (n.name.clone(), port.unwrap_or(Ref::After(0)))
             })
             .collect();
+        // A running load balancer keeps its provider, whatever the catalog offers now.
+        let running: Option<Vec<String>> = self
+            .observed
+            .api_load_balancers
+            .iter()
+            .find_map(|lb| lb.provider.clone())
+            .map(|p| vec![p]);
         let request = super::endpoint::request(
             self.spec,
-            self.facts
-                .load_balancer_providers
+            running
                 .as_deref()
+                .or(self.facts.load_balancer_providers.as_deref())
                 .unwrap_or_default(),
             vip_port.clone(),
             chain.subnet.clone(),
@@ -778,6 +787,7 @@ impl<'a> Planner<'a> {
             .copied()
             .collect();
         let mut member_gone: BTreeMap<&'r str, StepId> = BTreeMap::new();
+        let mut strays_gone: Option<StepId> = None;
         let view = self.view();
         // `--accept-empty-cluster` is for one control plane: with 3 or 5, a rebuilt one must
         // join the others, which it cannot with its old member listed.
@@ -835,6 +845,12 @@ impl<'a> Planner<'a> {
                 why: why.clone(),
             });
         }
+        if let (Some(node), true) = (missing_control_planes.first(), ha && scope.kubernetes) {
+            self.etcd_readable(&format!(
+                "clearing etcd's members for control plane {}",
+                node.name
+            ))?;
+        }
         // Through a control plane with a member (one whose member is gone runs no etcd).
         let via = control_planes.running.iter().copied().find(|s| {
             !missing_control_planes.iter().any(|n| n.name == *s) && self.may_have_member(s)
@@ -865,6 +881,7 @@ impl<'a> Planner<'a> {
                     },
                     &after,
                 )];
+                strays_gone = after.first().copied();
             }
             for node in &missing_control_planes {
                 if self.may_have_member(&node.name) {
@@ -948,6 +965,7 @@ impl<'a> Planner<'a> {
         }
         Ok(Lane {
             member_gone,
+            strays_gone,
             rolling,
         })
     }
@@ -1151,7 +1169,7 @@ impl<'a> Planner<'a> {
         // its member removed through another control plane, the server built again to join,
         // Ready and a voting member again before the next. The first waits the same for those
         // already up to date: a run stopped part-way may have left one still joining.
-        let mut previous: Vec<StepId> = Vec::new();
+        let mut previous: Vec<StepId> = lane.strays_gone.into_iter().collect();
         if !rolling.is_empty() {
             // Every other control plane with a server, ACTIVE or still building.
             let others = observed.servers.iter().filter(|s| {
@@ -2816,13 +2834,24 @@ pub(crate) mod tests {
             }),
             ..K8S
         };
-        let refused = super::plan(&spec, &observed, &facts(), unread).expect_err("refused");
+        let refused = super::plan(&spec, &observed, &facts(), unread.clone()).expect_err("refused");
         assert!(
             matches!(&refused, PlanError::EtcdUnread { needed, via, .. }
                 if needed.ends_with("demo-control-plane-2") && via == "demo-control-plane-1"),
             "{refused}"
         );
         assert!(!refused.is_invalid_input());
+        // Five from three likewise: the new control planes' names are cleared from etcd first.
+        let five = test_spec(
+            "count = 5\napi_endpoint = \"vip\"\n[[worker_pools]]\nname = \"default\"\ncount = 1\nflavor = \"m3.small\"\n",
+        );
+        let mut ran = converged(&spec);
+        ran.floating_ips[0].tags.push(CONTROL_PLANE_RAN_TAG.into());
+        let refused = super::plan(&five, &ran, &facts(), unread).expect_err("refused");
+        assert!(
+            matches!(&refused, PlanError::EtcdUnread { needed, .. } if needed.starts_with("clearing")),
+            "{refused}"
+        );
     }
 
     /// A control plane kubeadm marked (so it joined etcd) whose member etcd no longer lists
@@ -2884,6 +2913,21 @@ pub(crate) mod tests {
         }
         let plan = super::plan(&spec, &observed, &facts(), scope).expect("plan");
         assert_eq!(shown(&plan), Vec::<String>::new());
+
+        // A member of no control plane besides: removed before the replacement's drain.
+        let with_stray = [
+            ("demo-control-plane-1", "10.42.0.11"),
+            ("demo-control-plane-3", "10.42.0.13"),
+            ("old-control-plane-9", "10.42.0.99"),
+        ];
+        let plan = plan_shown_by_api(&spec, &observed, &registered, &with_stray);
+        let steps = plan.shown();
+        let stray = steps
+            .iter()
+            .find(|s| s.kind == "etcd member")
+            .expect("the stray removed");
+        let drain = steps.iter().find(|s| s.kind == "drain").expect("drained");
+        assert!(drain.needs.contains(&stray.id), "{drain:?}");
     }
 
     /// A node leaving that the cluster never registered has nothing to drain: deleted, saying
@@ -3168,6 +3212,7 @@ pub(crate) mod tests {
             provisioning_status: status.into(),
             vip_address: Some("10.42.0.10".into()),
             vip_port_id: Some("p-demo-api".into()),
+            provider: Some("amphora".into()),
             shape: None,
         };
         observed.api_load_balancers = vec![balancer("ACTIVE")];

@@ -179,6 +179,7 @@ mod tests {
             provisioning_status: "ACTIVE".into(),
             vip_address: None,
             vip_port_id: None,
+            provider: None,
             shape: None,
         });
         let mut service_address = observed.floating_ips[0].clone();

@@ -2848,8 +2848,9 @@ fn a_lost_control_plane_of_three_leaves_etcd_before_it_is_built_again_to_join() 
 /// What the API shows is planning input on a cluster of three: a member of no control plane
 /// (left by one removed outside flatstack) is removed, and a control plane whose member was
 /// removed by hand, which can never start its etcd again, is replaced in place (drained, no
-/// member left to remove, built again to join); `plan` shows both and `up` does them, through
-/// node Jobs on the first control plane; then nothing is left to change.
+/// member left to remove, built again to join). It is the first control plane, the one etcd
+/// would be asked through first: its Job finds no etcd pod there, and the next one answers.
+/// `plan` shows both and `up` does them; then nothing is left to change.
 #[test]
 fn a_stray_etcd_member_is_removed_and_a_control_plane_without_one_rebuilt() {
     let cluster = HighlyAvailable::up("etcdview");
@@ -2863,7 +2864,7 @@ fn a_stray_etcd_member_is_removed_and_a_control_plane_without_one_rebuilt() {
     {
         let mut world = cluster.server.world.lock().expect("world");
         world.kubeadm_marks_now(); // as it did when each joined
-        world.etcd_members.retain(|m| m.name != second);
+        world.etcd_members.retain(|m| m.name != first);
         world.etcd_members.push(crate::kube_standin::Member {
             id: stray,
             name: "old-control-plane-9".into(),
@@ -2876,36 +2877,36 @@ fn a_stray_etcd_member_is_removed_and_a_control_plane_without_one_rebuilt() {
     ));
     for line in [
         format!(
-            "> etcd member     {:<40} remove through {first}: of no control plane",
+            "> etcd member     {:<40} remove through {second}: of no control plane",
             "old-control-plane-9 (5eed)"
         ),
-        format!("> drain           {second:<40} evict its pods"),
-        format!("+ server          {second:<40} m3.tiny"),
+        format!("> drain           {first:<40} evict its pods"),
+        format!("+ server          {first:<40} m3.tiny"),
     ] {
         assert!(planned.contains(&line), "{line}\nin:\n{planned}");
     }
     assert!(
         planned.contains(&format!(
-            "- server          {second:<40} it was removed from etcd"
+            "- server          {first:<40} it was removed from etcd"
         )),
         "{planned}"
     );
     assert!(
-        !planned.contains(&format!("> etcd member     {second}")),
+        !planned.contains(&format!("> etcd member     {first}")),
         "no member of it to remove: {planned}"
     );
 
     let output = success(&cluster.run_up());
     assert!(
         output.contains(&format!(
-            "removed etcd member 5eed, of no control plane, through {first}; 2 member(s) left"
+            "removed etcd member 5eed, of no control plane, through {second}; 2 member(s) left"
         )),
         "{output}"
     );
     let seen = kubelets.seen();
     assert_eq!(
         seen.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-        [second.as_str()],
+        [first.as_str()],
         "only the control plane without a member was built again"
     );
     assert_eq!(
@@ -3319,7 +3320,7 @@ async fn three_control_planes_behind_an_octavia_load_balancer() {
     let planned = success(&run(&["plan", "--provision-only"]).output().expect("plan"));
     assert!(
         planned.contains(&format!(
-            "~ load balancer   {lb:<40} listener 6443: who may connect, timeouts; members 6443; add listener 80; add monitor 443; remove a pool of no listener"
+            "~ load balancer   {lb:<40} remove a pool of no listener; listener 6443: who may connect, timeouts; members 6443; add listener 80; add monitor 443"
         )),
         "{planned}"
     );
