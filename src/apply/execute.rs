@@ -16,6 +16,7 @@ use crate::cloud::Cloud;
 use crate::cloud::compute::ServerRequest;
 use crate::cloud::network::{FloatingIp, Kind, Network, Port, Router, SecurityGroup, Subnet};
 use crate::kube::KubeClient;
+use crate::kube::etcd::MemberRemoval;
 use crate::node::seal::{SEAL_KEY_METADATA, SealKey};
 use crate::node::{self, ApiEndpoint};
 use crate::pki::{BootstrapToken, ClusterPki};
@@ -304,36 +305,28 @@ async fn run(
         return Ok((Made::default(), Some(line)));
     }
     if let Action::RemoveEtcdMember { node, address, via } = action {
-        let kube = api_for(context, node)?;
-        let members = kube.etcd_members(via, ETCD_TIMEOUT).await?;
-        let line = match members.iter().find(|m| m.is_of(node, address.as_deref())) {
-            Some(member) => {
-                kube.remove_etcd_member(via, member, ETCD_TIMEOUT).await?;
-                format!(
-                    "removed etcd member {} of {node} through {via}; {} member(s) left",
-                    member.hex_id(),
-                    members.len() - 1
-                )
+        let removal = api_for(context, node)?
+            .remove_etcd_member_where(via, ETCD_TIMEOUT, |m| m.is_of(node, address.as_deref()))
+            .await?;
+        let line = match removal {
+            MemberRemoval::Removed { id, left } => {
+                format!("removed etcd member {id} of {node} through {via}; {left} member(s) left")
             }
-            None => format!(
-                "{node} has no etcd member left ({} listed through {via})",
-                members.len()
-            ),
+            MemberRemoval::Absent { listed } => {
+                format!("{node} has no etcd member left ({listed} listed through {via})")
+            }
         };
         return Ok((Made::default(), Some(line)));
     }
     if let Action::RemoveStrayEtcdMember { id, via, .. } = action {
-        let kube = api_for(context, via)?;
-        let members = kube.etcd_members(via, ETCD_TIMEOUT).await?;
-        let line = match members.iter().find(|m| &m.hex_id() == id) {
-            Some(member) => {
-                kube.remove_etcd_member(via, member, ETCD_TIMEOUT).await?;
-                format!(
-                    "removed etcd member {id}, of no control plane, through {via}; {} member(s) left",
-                    members.len() - 1
-                )
-            }
-            None => format!("etcd member {id} is gone already"),
+        let removal = api_for(context, via)?
+            .remove_etcd_member_where(via, ETCD_TIMEOUT, |m| &m.hex_id() == id)
+            .await?;
+        let line = match removal {
+            MemberRemoval::Removed { left, .. } => format!(
+                "removed etcd member {id}, of no control plane, through {via}; {left} member(s) left"
+            ),
+            MemberRemoval::Absent { .. } => format!("etcd member {id} is gone already"),
         };
         return Ok((Made::default(), Some(line)));
     }

@@ -556,8 +556,8 @@ async fn plan_asking_the_api(
 const ETCD_LIST_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// What the API shows the planner (see [`KubeView`]): the registered Nodes and, with 3 or 5
-/// control planes, etcd's members as the first control plane that runs and is Ready lists
-/// them.
+/// control planes, etcd's members as the first running, Ready control plane that answers
+/// lists them.
 async fn read_kube_view(
     spec: &ClusterSpec,
     observed: &crate::plan::resources::Observed,
@@ -599,10 +599,7 @@ async fn read_kube_view(
     {
         match client.etcd_members(via, ETCD_LIST_TIMEOUT).await {
             Ok(members) => {
-                etcd = Membership::Listed {
-                    via: via.clone(),
-                    members,
-                };
+                etcd = Membership::Listed(members);
                 break;
             }
             Err(e) => failures.push(format!("{via}: {}", crate::kube::error_chain(&e))),

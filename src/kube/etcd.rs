@@ -203,6 +203,29 @@ impl KubeClient {
         .await
     }
 
+    /// Lists the members through control plane `via` and removes the one `matches` picks, if
+    /// any is listed (see [`KubeClient::remove_etcd_member`]).
+    pub async fn remove_etcd_member_where(
+        &self,
+        via: &str,
+        within: Duration,
+        matches: impl Fn(&EtcdMember) -> bool,
+    ) -> Result<MemberRemoval, KubeError> {
+        let members = self.etcd_members(via, within).await?;
+        match members.iter().find(|m| matches(m)) {
+            Some(member) => {
+                self.remove_etcd_member(via, member, within).await?;
+                Ok(MemberRemoval::Removed {
+                    id: member.hex_id(),
+                    left: members.len() - 1,
+                })
+            }
+            None => Ok(MemberRemoval::Absent {
+                listed: members.len(),
+            }),
+        }
+    }
+
     /// Removes `member` through control plane `via`, asking again (see [`removal_outcome`])
     /// until `within` is spent.
     pub async fn remove_etcd_member(
@@ -234,6 +257,15 @@ impl KubeClient {
             }
         }
     }
+}
+
+/// What [`KubeClient::remove_etcd_member_where`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberRemoval {
+    /// Member `id` (hex) was removed; `left` members remain.
+    Removed { id: String, left: usize },
+    /// No listed member matched; `listed` members are.
+    Absent { listed: usize },
 }
 
 /// What one `etcdctl member remove` answered, for the caller's next move.

@@ -31,11 +31,8 @@ pub(crate) enum Membership {
     /// Not asked: one control plane, or none Ready to ask.
     #[default]
     NotAsked,
-    /// As the member on control plane `via` listed them (a linearizable read).
-    Listed {
-        via: String,
-        members: Vec<EtcdMember>,
-    },
+    /// As a control plane's member listed them (a linearizable read).
+    Listed(Vec<EtcdMember>),
     /// The list failed: why (etcd without quorum fails every linearizable read).
     Unread { via: String, why: String },
 }
@@ -48,7 +45,7 @@ impl KubeView {
     /// The members, when they were listed.
     pub(crate) fn members(&self) -> Option<&[EtcdMember]> {
         match &self.etcd {
-            Membership::Listed { members, .. } => Some(members),
+            Membership::Listed(members) => Some(members),
             _ => None,
         }
     }
@@ -62,9 +59,8 @@ impl KubeView {
     /// lists no member of it: its member was removed, and its etcd cannot start again.
     pub(crate) fn lost_its_member(&self, name: &str, address: Option<&str>) -> bool {
         self.nodes.get(name).is_some_and(|n| n.control_plane)
-            && self.members().is_some_and(|members| {
-                !members.is_empty() && !members.iter().any(|m| m.is_of(name, address))
-            })
+            && self.members().is_some_and(|members| !members.is_empty())
+            && self.member_of(name, address).is_none()
     }
 }
 
@@ -117,10 +113,7 @@ mod tests {
                     )
                 })
                 .collect(),
-            etcd: Membership::Listed {
-                via: "cp-1".into(),
-                members,
-            },
+            etcd: Membership::Listed(members),
         }
     }
 

@@ -2738,10 +2738,7 @@ pub(crate) mod tests {
         Scope {
             api: ApiReach::Answers(KubeView {
                 nodes,
-                etcd: Membership::Listed {
-                    via: "demo-control-plane-1".into(),
-                    members,
-                },
+                etcd: Membership::Listed(members),
             }),
             ..K8S
         }
