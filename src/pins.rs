@@ -69,6 +69,29 @@ pub(crate) fn supported_minor(version: KubernetesVersion) -> Option<&'static Sup
         .find(|m| version.major == 1 && m.minor == version.minor)
 }
 
+/// The add-on pins that differ between `from`'s minor and `to`'s, as `name old -> new`.
+pub(crate) fn minor_pin_changes(from: KubernetesVersion, to: KubernetesVersion) -> Vec<String> {
+    let (Some(old), Some(new)) = (supported_minor(from), supported_minor(to)) else {
+        return Vec::new();
+    };
+    [
+        (
+            "openstack-cloud-controller-manager chart",
+            old.cloud_controller_chart,
+            new.cloud_controller_chart,
+        ),
+        (
+            "openstack-cinder-csi chart",
+            old.cinder_csi_chart,
+            new.cinder_csi_chart,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, a, b)| a != b)
+    .map(|(name, a, b)| format!("{name} {a} -> {b}"))
+    .collect()
+}
+
 /// The supported minors for messages: `1.35, 1.36, 1.37`.
 pub(crate) fn supported_minors_list() -> String {
     SUPPORTED_MINORS
@@ -204,6 +227,13 @@ pub struct KubernetesVersion {
     pub(crate) major: u32,
     pub minor: u32,
     pub(crate) patch: u32,
+}
+
+/// Serialized as people write it: `v1.37.1`.
+impl serde::Serialize for KubernetesVersion {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 impl KubernetesVersion {

@@ -258,6 +258,9 @@ async fn run(
     context: &Context,
     shared: &Shared,
 ) -> Result<(Made, Option<String>), ApplyError> {
+    if let Some(upgraded) = super::upgrade::run(action, context).await {
+        return upgraded.map(|line| (Made::default(), line));
+    }
     if let Action::WaitReady { node } = action {
         // Without the API, nobody can tell whether the replacement joined: the node it
         // replaces is kept.
@@ -292,12 +295,17 @@ async fn run(
                 "cannot drain {node}: the cluster's API cannot be reached from here; nothing of {node} was deleted"
             ))
         })?;
-        let report = crate::kube::drain_node(kube, node, DRAIN_TIMEOUT)
-            .await
-            .map_err(|source| ApplyError::Drain {
-                node: node.clone(),
-                source,
-            })?;
+        let report = crate::kube::drain_node(
+            kube,
+            node,
+            DRAIN_TIMEOUT,
+            crate::kube::AfterDrain::DeleteNode,
+        )
+        .await
+        .map_err(|source| ApplyError::Drain {
+            node: node.clone(),
+            source,
+        })?;
         let line = format!(
             "drained {node}: {} pod(s) evicted, {} DaemonSet or static pod(s) left",
             report.evicted, report.left
@@ -711,7 +719,11 @@ async fn run_on_cloud(
             internal,
             public,
             initializer,
+            boot,
         } => {
+            // During an upgrade new nodes boot what the control planes run.
+            let booted_spec = boot.as_ref().map(|b| b.applied_to(&context.spec));
+            let spec = booted_spec.as_ref().unwrap_or(&context.spec);
             let endpoint = ApiEndpoint {
                 internal: address_of(known(internal)?)?,
                 public: known(public)?
@@ -723,7 +735,7 @@ async fn run_on_cloud(
             let pki = pki_of(context)?;
             for node in nodes {
                 let config = node::render_node(
-                    &context.spec,
+                    spec,
                     pki,
                     &endpoint,
                     join_token_of(context)?,
@@ -787,7 +799,10 @@ async fn run_on_cloud(
         | Action::RemoveEtcdMember { .. }
         | Action::RemoveStrayEtcdMember { .. }
         | Action::WaitEtcdMember { .. }
-        | Action::DeleteNode { .. } => Made::default(),
+        | Action::DeleteNode { .. }
+        | Action::HoldReboots
+        | Action::UpgradeNode { .. }
+        | Action::ReleaseReboots => Made::default(),
         Action::DeleteServer { id, .. } => {
             cloud.delete_server(id).await?;
             cloud.wait_server_deleted(id, SERVER_TIMEOUT).await?;

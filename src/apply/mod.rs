@@ -19,6 +19,7 @@ pub(crate) mod smoke;
 pub(crate) mod status;
 pub(crate) mod timeline;
 pub(crate) mod up;
+mod upgrade;
 mod watch;
 
 use std::sync::Arc;
@@ -59,6 +60,15 @@ pub enum ApplyError {
     #[error("draining {node} failed, nothing was deleted")]
     Drain {
         node: String,
+        #[source]
+        source: crate::kube::KubeError,
+    },
+    #[error(
+        "upgrading {node} to {to} stopped; it stays cordoned and every other node as it was\n  hint: fix what its log shows, then run `flatstack up` again: it continues where this stopped"
+    )]
+    Upgrade {
+        node: String,
+        to: crate::pins::KubernetesVersion,
         #[source]
         source: crate::kube::KubeError,
     },

@@ -572,6 +572,7 @@ async fn read_kube_view(
             let registered = Registered {
                 ready: crate::kube::is_ready(node),
                 control_plane: labels.is_some_and(|l| l.contains_key(addons::CONTROL_PLANE_LABEL)),
+                kubelet: crate::kube::upgrade::kubelet_release(node),
             };
             Some((node.metadata.name.clone()?, registered))
         })
@@ -613,7 +614,12 @@ async fn read_kube_view(
             why: failures.join("; "),
         };
     }
-    Ok(KubeView { nodes, etcd })
+    let kubeadm = client.kubeadm_release().await?;
+    Ok(KubeView {
+        nodes,
+        etcd,
+        kubeadm,
+    })
 }
 
 /// What `plan` reports: the steps `up` would run and what stands around them.
@@ -634,6 +640,21 @@ pub(crate) struct PlanReport {
     pub(crate) actions: Vec<crate::plan::steps::ShownStep>,
     pub(crate) vcpus: u64,
     pub(crate) su_per_hour: u64,
+    /// Each running node's Kubernetes release.
+    pub(crate) releases: BTreeMap<String, crate::pins::KubernetesVersion>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) upgrade: Option<UpgradeReport>,
+}
+
+/// The move to the file's release, as `plan` shows it.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct UpgradeReport {
+    #[serde(flatten)]
+    pub(crate) upgrade: crate::plan::versions::Upgrade,
+    /// Add-on pins that change with the minor: applied after the last control plane.
+    pub(crate) addon_pins: Vec<String>,
+    /// Whether this `up` would perform it (not with `--provision-only`).
+    pub(crate) performed: bool,
 }
 
 /// Plans as `up` would, touching nothing: the same observation, refusals and planner, plus the
@@ -646,6 +667,7 @@ pub(crate) async fn plan(
     api_address: Option<&str>,
     mut warnings: Vec<String>,
 ) -> Result<PlanReport, UpError> {
+    let scope_kubernetes = scope.kubernetes;
     let state = StateDir::open_existing(&state_path)?;
     let sysext = sysext::pin(&spec.kubernetes, state.as_ref()).await?;
     let mut sysext_publisher_lists = None;
@@ -710,5 +732,11 @@ pub(crate) async fn plan(
         actions: plan.shown(),
         vcpus: needs.cores,
         su_per_hour: needs.vcpu_hours_per_hour(),
+        releases: plan.releases.clone(),
+        upgrade: plan.upgrade.clone().map(|upgrade| UpgradeReport {
+            addon_pins: crate::pins::minor_pin_changes(upgrade.from, upgrade.to),
+            performed: scope_kubernetes,
+            upgrade,
+        }),
     })
 }

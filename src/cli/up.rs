@@ -199,6 +199,37 @@ fn print_plan(report: &PlanReport, open_api: bool) {
         report.api_endpoint,
         report.api_endpoint_why
     );
+    if !report.releases.is_empty() {
+        let nodes: Vec<String> = report
+            .releases
+            .iter()
+            .map(|(node, release)| format!("{node} {release}"))
+            .collect();
+        out!("running: {}", nodes.join(", "));
+    }
+    if let Some(up) = &report.upgrade {
+        let order: Vec<String> = up.upgrade.order.iter().map(|n| n.node.clone()).collect();
+        out!(
+            "upgrade {} to {}, one node at a time, control planes first: {}",
+            up.upgrade.from,
+            up.upgrade.to,
+            order.join(", ")
+        );
+        out!(
+            "  each node gets {} sha256:{}",
+            report.sysext.file,
+            report.sysext.sha256
+        );
+        for pin in &up.addon_pins {
+            out!("  after the last control plane: {pin}");
+        }
+        if !up.performed {
+            out!(
+                "  not with --provision-only: new nodes boot {}, which the control planes run",
+                up.upgrade.from
+            );
+        }
+    }
     for action in &report.actions {
         out!(
             "  {} {:<15} {:<40} {}",

@@ -343,6 +343,23 @@ impl Cloud {
         .map(|_| ())
     }
 
+    /// Sets keys of a server's metadata, keeping the others (Nova's `POST .../metadata`).
+    pub async fn update_server_metadata(
+        &self,
+        id: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), CloudError> {
+        let body = json!({ "metadata": metadata });
+        self.request(
+            Service::Compute,
+            reqwest::Method::POST,
+            &format!("/servers/{id}/metadata"),
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Deletes one key of a server's metadata; a key already gone counts as deleted.
     pub async fn delete_server_metadata(&self, id: &str, key: &str) -> Result<(), CloudError> {
         let path = format!("/servers/{id}/metadata/{}", query_escape(key));

@@ -1,6 +1,8 @@
-//! Draining a node before its server is deleted, as `kubectl drain` does: cordon it, evict
-//! every pod that is not a DaemonSet's or a static (mirror) pod through the Eviction API (so
-//! PodDisruptionBudgets are honoured), wait for them to be gone, then delete the Node object.
+//! Draining a node, as `kubectl drain` does: cordon it, evict every pod that is not a
+//! DaemonSet's or a static (mirror) pod through the Eviction API (so PodDisruptionBudgets are
+//! honoured: a budget that allows no disruption holds the drain until `within` is spent, and
+//! no pod is ever deleted past it), wait for them to be gone. Before its server is deleted the
+//! Node object goes too; before an upgrade it stays, cordoned, with its labels and taints.
 
 use std::time::{Duration, Instant};
 
@@ -17,12 +19,22 @@ pub struct DrainReport {
     pub left: usize,
 }
 
-/// Drains `node` within `within`, then deletes its Node object. A node the API does not know
-/// is already drained.
+/// What becomes of the Node object once its pods are gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterDrain {
+    /// Deleted: its server goes next.
+    DeleteNode,
+    /// Kept, cordoned: the node comes back (an upgrade), and uncordoning it is the caller's.
+    KeepCordoned,
+}
+
+/// Drains `node` within `within`, then deletes its Node object or keeps it cordoned. A node
+/// the API does not know is already drained.
 pub async fn drain_node(
     client: &KubeClient,
     node: &str,
     within: Duration,
+    after: AfterDrain,
 ) -> Result<DrainReport, KubeError> {
     let started = Instant::now();
     let node_path = format!("/api/v1/nodes/{node}");
@@ -94,7 +106,9 @@ pub async fn drain_node(
         },
     )
     .await?;
-    client.delete(&node_path).await?;
+    if after == AfterDrain::DeleteNode {
+        client.delete(&node_path).await?;
+    }
     Ok(report)
 }
 

@@ -11,6 +11,7 @@ mod manifest;
 pub(crate) mod node_job;
 mod nodes;
 mod reboots;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
 pub(crate) use deployments::wait_deployment;
-pub use drain::{DrainReport, drain_node};
+pub use drain::{AfterDrain, DrainReport, drain_node};
 pub(crate) use manifest::Manifest;
 pub(crate) use nodes::UNINITIALIZED_TAINT;
 pub use nodes::{NodeRow, is_initialized, is_ready, node_table, print_node_table};

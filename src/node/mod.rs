@@ -6,6 +6,7 @@
 pub mod kubeadm;
 pub mod seal;
 pub(crate) mod units;
+pub mod upgrade;
 pub(crate) mod vip;
 
 use std::io::Write as _;

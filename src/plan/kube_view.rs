@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::kube::etcd::EtcdMember;
+use crate::pins::KubernetesVersion;
 
 /// The cluster as its API showed it when the plan was made.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -13,6 +14,9 @@ pub(crate) struct KubeView {
     /// Registered Nodes, by name.
     pub(crate) nodes: BTreeMap<String, Registered>,
     pub(crate) etcd: Membership,
+    /// `kubernetesVersion` in `kube-system/kubeadm-config`: the release `kubeadm upgrade
+    /// apply` last uploaded (`upload-config` runs after its control-plane phase).
+    pub(crate) kubeadm: Option<KubernetesVersion>,
 }
 
 /// One registered Node.
@@ -23,6 +27,9 @@ pub(crate) struct Registered {
     /// sets only after its `etcd` phase added the node's member (`kubeadm join` runs the
     /// `control-plane-join` subphases in that order).
     pub(crate) control_plane: bool,
+    /// `status.nodeInfo.kubeletVersion`: the running kubelet's release, which it reports at
+    /// its first status sync after a restart.
+    pub(crate) kubelet: Option<KubernetesVersion>,
 }
 
 /// etcd's members, when a control plane was asked.
@@ -109,11 +116,13 @@ mod tests {
                         Registered {
                             ready: true,
                             control_plane: *cp,
+                            kubelet: None,
                         },
                     )
                 })
                 .collect(),
             etcd: Membership::Listed(members),
+            kubeadm: None,
         }
     }
 

@@ -12,6 +12,7 @@ pub(crate) mod roster;
 pub(crate) mod rules;
 pub(crate) mod steps;
 pub(crate) mod teardown;
+pub mod versions;
 
 use std::collections::BTreeSet;
 

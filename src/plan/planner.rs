@@ -14,6 +14,7 @@ use super::rules::{rule_diff, wanted_rules};
 use super::steps::{
     Action, Made, Owned, Plan, PortRequest, Ref, RuleRequest, ServerPlan, StepId, SubnetRequest,
 };
+use super::versions;
 use crate::cloud::compute::Flavor;
 use crate::cloud::network::{AllocationPool, Network, Port, Subnet};
 use crate::spec::{ApiEndpointKind, ClusterSpec, NetworkMode, NodeName, Role};
@@ -128,14 +129,8 @@ pub enum PlanError {
         "`control_plane.count` is {wanted} but the cluster runs one control plane, which holds the API's address itself; flatstack cannot yet move that address to an endpoint of its own under a running cluster; nothing was planned\n  hint: keep `count = 1`, or make a new cluster with `count = {wanted}` and move the workloads to it"
     )]
     ControlPlaneGrowth { wanted: u32 },
-    #[error(
-        "`kubernetes.version` is v{wanted} but the cluster runs v{running} (as its servers record: {nodes}); flatstack does not yet move a running cluster to another minor, and a node made at another minor than its API servers could break Kubernetes' version-skew policy; nothing was planned\n  hint: set `version = \"{running}\"` under [kubernetes] (another patch of that minor is fine), or make a new cluster at v{wanted} and move the workloads to it"
-    )]
-    MinorChange {
-        wanted: String,
-        running: String,
-        nodes: String,
-    },
+    #[error(transparent)]
+    Release(#[from] versions::ReleaseError),
     #[error(
         "`control_plane.count` is {wanted} but the cluster runs {running} control planes ({names}); removing a control plane means removing its etcd member first, which flatstack does not yet do, and an endpoint of its own stays with more than one; nothing was planned\n  hint: keep `count = {running}`"
     )]
@@ -187,6 +182,7 @@ pub(crate) fn plan(
         scope: &scope,
         names: Names::of(&spec.name),
         plan: Plan::default(),
+        boot: None,
     }
     .plan(&extras)
 }
@@ -200,6 +196,9 @@ struct Planner<'a> {
     scope: &'a Scope,
     names: Names,
     plan: Plan,
+    /// The release new nodes boot when the control planes still run an older one than the
+    /// file's (see [`versions::boot`]).
+    boot: Option<versions::Boot>,
 }
 
 /// The cluster's two security groups.
@@ -278,7 +277,12 @@ impl<'a> Planner<'a> {
         let groups = self.security_groups(&chain);
         let server_group = self.server_group();
         check_control_plane_count(self.spec, self.observed)?;
-        check_minor(self.spec, self.observed)?;
+        let running = versions::Running::of(self.observed, self.view());
+        self.plan.releases = running
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.release))
+            .collect();
         check_endpoint(self.spec, self.observed)?;
         let roster = roster(
             self.spec,
@@ -311,6 +315,40 @@ impl<'a> Planner<'a> {
             })
             .collect();
         let lane = self.control_plane_lane(&roster, &missing, &rebuilt, &control_planes)?;
+        let wanted = &self.spec.kubernetes;
+        let upgrade = versions::upgrade(
+            &running,
+            wanted.version,
+            wanted.sysext_sha256.as_deref(),
+            &[],
+        )?;
+        let repair = missing
+            .iter()
+            .find(|n| n.role == Role::ControlPlane)
+            .map(|n| n.name.clone())
+            .or_else(|| lane.rolling.first().map(|(n, _, _)| n.name.clone()));
+        if let (Some(upgrade), Some(repair)) = (&upgrade, repair)
+            && upgrade.half_done(&running)
+        {
+            let at = |done: bool| {
+                let names: Vec<&str> = running
+                    .control_planes()
+                    .filter(|n| (n.release == upgrade.to) == done)
+                    .map(|n| n.name.as_str())
+                    .collect();
+                names.join(", ")
+            };
+            return Err(versions::ReleaseError::RepairMidUpgrade {
+                wanted: upgrade.to,
+                done: at(true),
+                rest: at(false),
+                repair,
+            }
+            .into());
+        }
+        if !missing.is_empty() || !lane.rolling.is_empty() {
+            self.boot = versions::boot(&running, wanted.version, &wanted.sysext_url)?;
+        }
         let footing = Footing {
             control_planes,
             ports,
@@ -323,8 +361,63 @@ impl<'a> Planner<'a> {
         self.attach_and_wait(&footing.ports, &roster.nodes);
         self.scale_down(&roster, servers, &footing.ports);
         remove_extras(&mut self.plan, extras, self.observed);
+        self.upgrade(&running)?;
         self.plan.nodes = roster.nodes;
         Ok(self.plan)
+    }
+
+    /// The upgrade phase, last: the nodes not at the file's release (and not leaving in this
+    /// plan) upgraded one at a time in kubeadm's order once everything else is done, inside
+    /// kured's reboot lock. Needs the API; with `--provision-only` it is only reported.
+    fn upgrade(&mut self, running: &versions::Running) -> Result<(), PlanError> {
+        let leaving: Vec<&str> = self
+            .plan
+            .steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::DeleteServer { name, .. } | Action::Drain { node: name } => {
+                    Some(name.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        let wanted = &self.spec.kubernetes;
+        let Some(upgrade) = versions::upgrade(
+            running,
+            wanted.version,
+            wanted.sysext_sha256.as_deref(),
+            &leaving,
+        )?
+        else {
+            return Ok(());
+        };
+        self.plan.upgrade = Some(upgrade.clone());
+        if !self.scope.kubernetes || upgrade.order.is_empty() {
+            return Ok(());
+        }
+        if let ApiReach::Silent(why) = &self.scope.api {
+            return Err(PlanError::ApiSilent {
+                needed: format!("the upgrade from {} to {}", upgrade.from, upgrade.to),
+                why: why.clone(),
+            });
+        }
+        let everything: Vec<StepId> = (0..self.plan.steps.len()).collect();
+        let mut previous = self.plan.push(Action::HoldReboots, &everything);
+        for node in &upgrade.order {
+            previous = self.plan.push(
+                Action::UpgradeNode {
+                    node: node.node.clone(),
+                    server_id: node.server_id.clone(),
+                    control_plane: node.control_plane,
+                    from: node.from,
+                    to: upgrade.to,
+                    kubeadm: node.kubeadm,
+                },
+                &[previous],
+            );
+        }
+        self.plan.push(Action::ReleaseReboots, &[previous]);
+        Ok(())
     }
 
     /// What the cluster's API showed, when it was asked and answered.
@@ -1065,6 +1158,7 @@ impl<'a> Planner<'a> {
                     internal: api_port.clone(),
                     public: public.clone(),
                     initializer: initializer.clone(),
+                    boot: self.boot.clone(),
                 },
                 &[],
             ),
@@ -1099,6 +1193,7 @@ impl<'a> Planner<'a> {
                     port,
                     &image_id,
                     server_group,
+                    self.boot.as_ref(),
                 )),
                 &before
                     .iter()
@@ -1243,6 +1338,7 @@ impl<'a> Planner<'a> {
                     port,
                     &image_id,
                     server_group,
+                    self.boot.as_ref(),
                 )),
                 &before.iter().copied().chain([gone]).collect::<Vec<_>>(),
             );
@@ -1548,6 +1644,7 @@ fn server_plan(
     port: Option<Ref>,
     image_id: &str,
     server_group: &Ref,
+    boot: Option<&versions::Boot>,
 ) -> ServerPlan {
     let (flavor_name, boot_volume_gb, role) = match node.pool.and_then(|i| spec.worker_pools.get(i))
     {
@@ -1576,44 +1673,19 @@ fn server_plan(
             ("flatstack-role".to_string(), role.to_string()),
             (
                 resources::KUBERNETES_METADATA.to_string(),
-                spec.kubernetes.version.to_string(),
+                boot.map_or(spec.kubernetes.version, |b| b.release)
+                    .to_string(),
             ),
-        ]),
+        ])
+        .into_iter()
+        .chain(
+            boot.map(|b| b.sha256.clone())
+                .or_else(|| spec.kubernetes.sysext_sha256.clone())
+                .map(|sha| (versions::SYSEXT_DIGEST_METADATA.to_string(), sha)),
+        )
+        .collect(),
         server_group: (node.role == Role::ControlPlane).then(|| server_group.clone()),
         boot_volume_gb,
-    }
-}
-
-/// Refuses another Kubernetes minor than the one the cluster's servers record: a node made at
-/// a newer minor than its API servers breaks the version-skew policy, and flatstack does not
-/// upgrade a running cluster yet. A newer or older patch of the same minor is kept (patches
-/// may differ within a minor: systemd-sysupdate brings them to nodes one by one).
-fn check_minor(spec: &ClusterSpec, observed: &Observed) -> Result<(), PlanError> {
-    let plain = |v: &crate::pins::KubernetesVersion| format!("{}.{}.{}", v.major, v.minor, v.patch);
-    let wanted = spec.kubernetes.version;
-    let mut running: BTreeMap<crate::pins::KubernetesVersion, Vec<&str>> = BTreeMap::new();
-    for server in observed.servers.iter().filter(|s| !s.failed_build()) {
-        let recorded = server
-            .metadata
-            .get(resources::KUBERNETES_METADATA)
-            .and_then(|v| crate::pins::KubernetesVersion::parse(v));
-        if let Some(version) = recorded {
-            running
-                .entry(version)
-                .or_default()
-                .push(server.name.as_str());
-        }
-    }
-    let other = running
-        .iter()
-        .find(|(v, _)| (v.major, v.minor) != (wanted.major, wanted.minor));
-    match other {
-        None => Ok(()),
-        Some((version, nodes)) => Err(PlanError::MinorChange {
-            wanted: plain(&wanted),
-            running: plain(version),
-            nodes: nodes.join(", "),
-        }),
     }
 }
 
@@ -2721,6 +2793,7 @@ pub(crate) mod tests {
                 let node = Registered {
                     ready: true,
                     control_plane,
+                    kubelet: None,
                 };
                 (name.to_string(), node)
             })
@@ -2739,6 +2812,7 @@ pub(crate) mod tests {
             api: ApiReach::Answers(KubeView {
                 nodes,
                 etcd: Membership::Listed(members),
+                kubeadm: None,
             }),
             ..K8S
         }
@@ -3285,11 +3359,12 @@ pub(crate) mod tests {
         );
     }
 
-    /// Servers record the release they were made with; another minor in the file is refused
-    /// (a newer node beside older API servers breaks the skew policy), another patch is not,
-    /// and servers made before the record leave nothing to compare.
+    /// Servers record the release (and image digest) they were made with. Another patch or
+    /// the next minor in the file plans an upgrade, last, inside kured's lock, control planes
+    /// first; a skipped minor or a step down is refused; `--provision-only` only reports it,
+    /// and new nodes boot what the control planes run until they all run the file's.
     #[test]
-    fn another_minor_than_the_servers_record_is_refused() {
+    fn another_release_than_the_servers_record_is_an_upgrade_in_kubeadms_order() {
         let spec = with_workers(1);
         let converged_at = |version: &str| {
             let mut observed = converged(&spec);
@@ -3297,6 +3372,10 @@ pub(crate) mod tests {
                 server.metadata.insert(
                     crate::plan::resources::KUBERNETES_METADATA.into(),
                     version.into(),
+                );
+                server.metadata.insert(
+                    versions::SYSEXT_DIGEST_METADATA.into(),
+                    format!("digest-of-{version}"),
                 );
             }
             observed
@@ -3310,22 +3389,94 @@ pub(crate) mod tests {
             _ => None,
         });
         assert_eq!(recorded.as_deref(), Some("v1.37.1"));
-        assert!(plan(&spec, &converged_at("v1.37.0"), &facts(), K8S).is_ok());
-        assert!(plan(&spec, &converged(&spec), &facts(), K8S).is_ok());
-        let refused = plan(&spec, &converged_at("v1.36.2"), &facts(), K8S).expect_err("refused");
+        assert!(made.upgrade.is_none());
+        assert!(shown(&plan(&spec, &converged(&spec), &facts(), K8S).expect("plan")).is_empty());
+        let upgrade_steps = |plan: &Plan| -> Vec<String> {
+            plan.steps
+                .iter()
+                .filter(|s| s.action.group() == "upgrade")
+                .map(|s| {
+                    let (_, kind, name, detail) = s.action.describe();
+                    format!("{kind} {name}: {detail} after {:?}", s.needs)
+                })
+                .collect()
+        };
+        let minor = plan(&spec, &converged_at("v1.36.2"), &facts(), K8S).expect("minor");
         assert_eq!(
-            refused,
-            PlanError::MinorChange {
-                wanted: "1.37.1".into(),
-                running: "1.36.2".into(),
-                nodes: "demo-control-plane-1, demo-default-1".into(),
-            }
+            upgrade_steps(&minor),
+            [
+                "reboot lock kured: hold it while nodes are upgraded (when kured runs) after []",
+                "upgrade demo-control-plane-1: v1.36.2 to v1.37.1: kubeadm upgrade apply v1.37.1, drain, activate the image, Ready, uncordon after [0]",
+                "upgrade demo-default-1: v1.36.2 to v1.37.1: kubeadm upgrade node, drain, activate the image, Ready, uncordon after [1]",
+                "reboot lock kured: release it after [2]",
+            ]
         );
-        assert!(refused.is_invalid_input());
+        assert!(minor.needs_api());
+        let patch = plan(&spec, &converged_at("v1.37.0"), &facts(), K8S).expect("patch");
+        assert_eq!(upgrade_steps(&patch).len(), 4);
+        // Refused: a skipped minor, a step down (a patch too).
+        let skipped = plan(&spec, &converged_at("v1.35.6"), &facts(), K8S).expect_err("skip");
+        assert!(skipped.is_invalid_input());
         assert!(
-            refused.to_string().contains("version = \"1.36.2\""),
-            "{refused}"
+            skipped.to_string().contains("one minor at a time"),
+            "{skipped}"
         );
+        let down = plan(&spec, &converged_at("v1.37.3"), &facts(), K8S).expect_err("down");
+        assert!(
+            down.to_string().contains("never moves a cluster down"),
+            "{down}"
+        );
+        // `--provision-only`: reported, not planned.
+        let provision_only = Scope {
+            kubernetes: false,
+            ..K8S
+        };
+        let reported =
+            plan(&spec, &converged_at("v1.36.2"), &facts(), provision_only).expect("plan");
+        assert!(upgrade_steps(&reported).is_empty());
+        assert_eq!(reported.upgrade.as_ref().map(|u| u.order.len()), Some(2));
+        // Without the API there is no upgrade.
+        let silent = Scope {
+            api: ApiReach::Silent("connection refused".into()),
+            ..K8S
+        };
+        let error = plan(&spec, &converged_at("v1.36.2"), &facts(), silent).expect_err("silent");
+        assert!(matches!(error, PlanError::ApiSilent { .. }), "{error}");
+        // A new worker during the upgrade boots what the control planes run.
+        let mut one_gone = converged_at("v1.36.2");
+        one_gone.servers.retain(|s| s.name != "demo-default-1");
+        let grown = plan(&spec, &one_gone, &facts(), K8S).expect("plan");
+        let boot = grown.steps.iter().find_map(|s| match &s.action {
+            Action::RenderIgnition { boot, .. } => boot.clone(),
+            _ => None,
+        });
+        let boot = boot.expect("an older release to boot");
+        assert_eq!(boot.release.to_string(), "v1.36.2");
+        assert_eq!(boot.sha256, "digest-of-v1.36.2");
+        assert!(
+            boot.url.ends_with("/kubernetes-v1.36.2-x86-64.raw"),
+            "{}",
+            boot.url
+        );
+        let created = grown.steps.iter().find_map(|s| match &s.action {
+            Action::CreateServer(server) => Some(server.metadata.clone()),
+            _ => None,
+        });
+        let created = created.expect("a server");
+        assert_eq!(
+            created
+                .get(crate::plan::resources::KUBERNETES_METADATA)
+                .map(String::as_str),
+            Some("v1.36.2")
+        );
+        assert_eq!(
+            created
+                .get(versions::SYSEXT_DIGEST_METADATA)
+                .map(String::as_str),
+            Some("digest-of-v1.36.2")
+        );
+        // The new worker is not upgraded in the run that makes it.
+        assert_eq!(upgrade_steps(&grown).len(), 3);
     }
 
     /// One control plane holds the API's address itself; three cannot take it over under a

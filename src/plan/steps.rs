@@ -211,6 +211,9 @@ pub(crate) enum Action {
         public: Ref,
         /// The control plane that runs `kubeadm init`, in a new cluster; every other joins.
         initializer: Option<String>,
+        /// Another release than the file's, which the control planes still run (an upgrade
+        /// not finished): new nodes boot it, never a kubelet newer than an API server.
+        boot: Option<super::versions::Boot>,
     },
     CreateServer(ServerPlan),
     /// A running server whose port was deleted gets its new one.
@@ -267,6 +270,22 @@ pub(crate) enum Action {
         id: String,
         name: String,
     },
+    /// Holds kured's reboot lock while nodes are upgraded, so no reboot interleaves (nothing
+    /// to hold without kured).
+    HoldReboots,
+    /// One node's turn in an upgrade to `to`: the image staged and verified, kubeadm of `to`
+    /// run from it, the node drained (cordoned, its Node kept), the image activated and the
+    /// kubelet restarted, then Ready at `to` and uncordoned; its server records `to`.
+    UpgradeNode {
+        node: String,
+        server_id: String,
+        control_plane: bool,
+        from: crate::pins::KubernetesVersion,
+        to: crate::pins::KubernetesVersion,
+        kubeadm: super::versions::Kubeadm,
+    },
+    /// Releases kured's reboot lock once every node was upgraded.
+    ReleaseReboots,
     /// A duplicate left by a second writer (see [`super::duplicates`]).
     DeleteDuplicate(Owned),
     /// One of the cluster's resources, deleted by `down`.
@@ -522,17 +541,21 @@ impl Action {
                 internal,
                 public,
                 initializer,
+                boot,
             } => (
                 Verb::Run,
                 "ignition",
                 format!("{} config(s)", nodes.len()),
                 format!(
-                    "API at {} and {}{}",
+                    "API at {} and {}{}{}",
                     internal.address(),
                     public.address(),
                     initializer
                         .as_ref()
                         .map(|n| format!("; {n} initializes the cluster"))
+                        .unwrap_or_default(),
+                    boot.as_ref()
+                        .map(|b| format!("; they boot {}, which the control planes run", b.release))
                         .unwrap_or_default()
                 ),
             ),
@@ -577,6 +600,33 @@ impl Action {
                 "node",
                 node.clone(),
                 "delete its Node object".into(),
+            ),
+            HoldReboots => (
+                Verb::Run,
+                "reboot lock",
+                "kured".into(),
+                "hold it while nodes are upgraded (when kured runs)".into(),
+            ),
+            UpgradeNode {
+                node,
+                from,
+                to,
+                kubeadm,
+                ..
+            } => (
+                Verb::Run,
+                "upgrade",
+                node.clone(),
+                format!(
+                    "{from} to {to}: {}, drain, activate the image, Ready, uncordon",
+                    kubeadm.command(*to)
+                ),
+            ),
+            ReleaseReboots => (
+                Verb::Run,
+                "reboot lock",
+                "kured".into(),
+                "release it".into(),
             ),
             DeleteServer { name, because, .. } => (
                 Verb::Delete,
@@ -679,6 +729,9 @@ impl Action {
                 format!("removing etcd member {id}, of no control plane, through {via}")
             }
             DeleteNode { node } => format!("deleting the Node object of {node}"),
+            HoldReboots => "holding kured's reboot lock for the upgrade".into(),
+            UpgradeNode { node, to, .. } => format!("upgrading {node} to {to}"),
+            ReleaseReboots => "releasing kured's reboot lock".into(),
             WaitEtcdMember { node, via } => {
                 format!("waiting for {node} to be a voting etcd member (as {via} sees it)")
             }
@@ -726,6 +779,7 @@ impl Action {
             | RemoveStrayEtcdMember { .. }
             | WaitEtcdMember { .. }
             | DeleteNode { .. } => "kubernetes",
+            HoldReboots | UpgradeNode { .. } | ReleaseReboots => "upgrade",
             RenderIgnition { .. } => "render Ignition",
             CreateServer(_) | AttachPort { .. } => "create servers",
             WaitActive { .. } => "servers ACTIVE",
@@ -756,7 +810,10 @@ impl Action {
             | RemoveEtcdMember { .. }
             | RemoveStrayEtcdMember { .. }
             | WaitEtcdMember { .. }
-            | DeleteNode { .. } => Service::Kubernetes,
+            | DeleteNode { .. }
+            | HoldReboots
+            | UpgradeNode { .. }
+            | ReleaseReboots => Service::Kubernetes,
             _ => Service::Network,
         }
     }
@@ -835,6 +892,11 @@ pub(crate) struct Plan {
     pub(crate) steps: Vec<Step>,
     /// The cluster's nodes once the steps ran (see `roster`).
     pub(crate) nodes: Vec<NodeName>,
+    /// The move to the file's Kubernetes release, when nodes run another: its steps are in
+    /// `steps` unless the plan leaves the cluster side out (`--provision-only`).
+    pub(crate) upgrade: Option<super::versions::Upgrade>,
+    /// Each running node's Kubernetes release, as the planner took it.
+    pub(crate) releases: BTreeMap<String, crate::pins::KubernetesVersion>,
 }
 
 /// One step as `plan --output json` and `up --output json` show it.
@@ -898,6 +960,9 @@ impl Plan {
                     | Action::RemoveStrayEtcdMember { .. }
                     | Action::WaitEtcdMember { .. }
                     | Action::DeleteNode { .. }
+                    | Action::HoldReboots
+                    | Action::UpgradeNode { .. }
+                    | Action::ReleaseReboots
             )
         })
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use flatstack::addons::{self, AddonSet};
 use flatstack::apply::ApplyError;
 use flatstack::apply::bootstrap::{Bootstrapped, bootstrap};
-use flatstack::kube::{KubeClient, drain_node};
+use flatstack::kube::{AfterDrain, KubeClient, drain_node};
 use flatstack::spec::ClusterSpec;
 use serde_json::Value;
 
@@ -395,6 +395,7 @@ fn drain_cordons_evicts_through_budgets_and_deletes_the_node() {
             &client,
             "demo-default-2",
             Duration::from_secs(60),
+            AfterDrain::DeleteNode,
         ))
         .expect("drained");
     assert_eq!(report.evicted, 2);
@@ -438,6 +439,7 @@ fn drain_cordons_evicts_through_budgets_and_deletes_the_node() {
             &client,
             "demo-default-2",
             Duration::from_secs(10),
+            AfterDrain::DeleteNode,
         ))
         .expect("nothing to drain");
     assert_eq!(again.evicted, 0);

@@ -62,6 +62,29 @@ pub(super) fn read_kubernetes(mut t: Table<'_, '_>, p: &mut Problems) -> Option<
             "end it with the image's file name, e.g. `.../kubernetes-v1.37.1-x86-64.raw`",
         );
     }
+    // A bakery-named image of another release would boot other binaries than `version` says.
+    if let Some(url) = &sysext_url
+        && let Some(named) = url
+            .get_ref()
+            .rsplit('/')
+            .next()
+            .and_then(|file| file.strip_prefix("kubernetes-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(release, _)| KubernetesVersion::parse(release))
+        && named != version
+    {
+        p.error(
+            url.span(),
+            format!(
+                "`kubernetes.sysext_url` names the image of Kubernetes {named}, but `{version_path}` is {version}"
+            ),
+            format!(
+                "point it at `.../{}`, or set `version` to the release you mean",
+                version.sysext_file_name()
+            ),
+        );
+        return None;
+    }
     let sha256 = match &sysext_sha256 {
         Some(sha) => {
             let normalized = sha.get_ref().trim().to_ascii_lowercase();
@@ -112,6 +135,26 @@ mod tests {
         let text = base().replace("1.37.1", "1.33.4");
         let problems = parsed(&text).expect_err("1.33");
         assert_eq!(problems, ["Kubernetes v1.33.4 is not supported"]);
+    }
+
+    #[test]
+    fn a_sysext_url_naming_another_release_is_refused() {
+        let text = base().replace(
+            "version = \"1.37.1\"",
+            "version = \"1.37.1\"\nsysext_url = \"https://m.example/kubernetes-v1.36.2-x86-64.raw\"",
+        );
+        let problems = parsed(&text).expect_err("another release");
+        assert_eq!(
+            problems,
+            [
+                "`kubernetes.sysext_url` names the image of Kubernetes v1.36.2, but `kubernetes.version` is v1.37.1"
+            ]
+        );
+        let own = base().replace(
+            "version = \"1.37.1\"",
+            "version = \"1.37.1\"\nsysext_url = \"https://m.example/kubernetes-v1.37.1-x86-64.raw\"",
+        );
+        assert!(parsed(&own).is_ok());
     }
 
     #[test]

@@ -1,0 +1,188 @@
+//! `up`'s upgrade steps, one node at a time (see `plan::versions` for the order): kured's lock
+//! held around them; on each node the stage host action (image staged and verified, its
+//! kubeadm run), the drain (cordon and evict; the Node stays), the activate host action (new
+//! image, kubelet restarted), the wait for the node Ready at the new release, the uncordon, and
+//! the release recorded in its server's metadata. Each part first looks where the node is (a
+//! host action that finished is not run again; one that failed in an earlier run is run
+//! afresh), so an `up` stopped anywhere continues; a failure stops the upgrade with the node's
+//! log, the node cordoned, every other node as it was.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::ApplyError;
+use super::execute::Context;
+use crate::kube::host_action::{HostAction, HostActionState};
+use crate::kube::{AfterDrain, KubeClient, KubeError};
+use crate::node::upgrade::{HostPaths, action_names, activate_script, stage_script};
+use crate::pins::KubernetesVersion;
+use crate::plan::resources::KUBERNETES_METADATA;
+use crate::plan::steps::Action;
+use crate::plan::versions::{Kubeadm, SYSEXT_DIGEST_METADATA};
+
+/// Longest one host action may take: the download of the image and `kubeadm upgrade apply`
+/// (which waits up to 5 min for each static pod) fit well inside.
+const HOST_ACTION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Longest the pods of a node being upgraded get to leave. A PodDisruptionBudget that allows
+/// no eviction (one replica with `minAvailable: 1`) stops the upgrade here, naming the pod:
+/// flatstack never deletes what a budget protects.
+const UPGRADE_DRAIN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Longest a reboot kured started may hold its lock before the upgrade gives up waiting.
+const REBOOT_LOCK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Runs an upgrade step: the line it reports, or `None` when `action` is not one.
+pub(super) async fn run(
+    action: &Action,
+    context: &Context,
+) -> Option<Result<Option<String>, ApplyError>> {
+    let kube = || {
+        context.kube.as_ref().ok_or_else(|| {
+            ApplyError::Missing(
+                "cannot upgrade: the cluster's API does not answer; nothing was upgraded; run `flatstack up` again once it does".into(),
+            )
+        })
+    };
+    Some(match action {
+        Action::HoldReboots => hold(kube()).await,
+        Action::ReleaseReboots => match kube() {
+            Ok(kube) => kube
+                .release_reboot_lock()
+                .await
+                .map(|()| Some("released kured's reboot lock".to_string()))
+                .map_err(ApplyError::from),
+            Err(e) => Err(e),
+        },
+        Action::UpgradeNode {
+            node,
+            server_id,
+            from,
+            to,
+            kubeadm,
+            ..
+        } => match kube() {
+            Ok(kube) => {
+                let turn = Turn {
+                    node,
+                    server_id,
+                    from: *from,
+                    to: *to,
+                    kubeadm: *kubeadm,
+                };
+                upgrade_node(kube, context, &turn).await
+            }
+            Err(e) => Err(e),
+        },
+        _ => return None,
+    })
+}
+
+async fn hold(kube: Result<&KubeClient, ApplyError>) -> Result<Option<String>, ApplyError> {
+    let held = kube?.hold_reboot_lock(REBOOT_LOCK_TIMEOUT).await?;
+    Ok(Some(match held {
+        true => "holding kured's reboot lock: no node reboots while nodes are upgraded".into(),
+        false => "kured is not installed: no reboot lock to hold".into(),
+    }))
+}
+
+/// One node's turn.
+struct Turn<'a> {
+    node: &'a str,
+    server_id: &'a str,
+    from: KubernetesVersion,
+    to: KubernetesVersion,
+    kubeadm: Kubeadm,
+}
+
+async fn upgrade_node(
+    kube: &KubeClient,
+    context: &Context,
+    turn: &Turn<'_>,
+) -> Result<Option<String>, ApplyError> {
+    let spec = &context.spec;
+    if spec.kubernetes.version != turn.to {
+        return Err(ApplyError::Missing(format!(
+            "the plan upgrades {} to {} but the cluster file names {}",
+            turn.node, turn.to, spec.kubernetes.version
+        )));
+    }
+    let node = turn.node;
+    let (stage_name, activate_name) = action_names(turn.to);
+    let stage = HostAction::new(
+        &stage_name,
+        node,
+        &stage_script(spec, turn.kubeadm, &HostPaths::NODE),
+    )
+    .map_err(ApplyError::Missing)?;
+    run_afresh_if_failed(kube, &stage, turn.to).await?;
+    let drained =
+        crate::kube::drain_node(kube, node, UPGRADE_DRAIN_TIMEOUT, AfterDrain::KeepCordoned)
+            .await
+            .map_err(|source| ApplyError::Upgrade {
+                node: node.to_string(),
+                to: turn.to,
+                source,
+            })?;
+    let activate = HostAction::new(
+        &activate_name,
+        node,
+        &activate_script(spec, &HostPaths::NODE),
+    )
+    .map_err(ApplyError::Missing)?;
+    run_afresh_if_failed(kube, &activate, turn.to).await?;
+    kube.wait_node_at(node, turn.to, context.node_ready_within)
+        .await
+        .map_err(|source| ApplyError::Upgrade {
+            node: node.to_string(),
+            to: turn.to,
+            source,
+        })?;
+    kube.set_unschedulable(node, false).await?;
+    let metadata = BTreeMap::from([
+        (KUBERNETES_METADATA.to_string(), turn.to.to_string()),
+        (
+            SYSEXT_DIGEST_METADATA.to_string(),
+            spec.kubernetes.sysext_sha256.clone().unwrap_or_default(),
+        ),
+    ]);
+    context
+        .cloud
+        .update_server_metadata(turn.server_id, &metadata)
+        .await?;
+    Ok(Some(format!(
+        "upgraded {node} from {} to {} ({}); {} pod(s) evicted and free to come back",
+        turn.from,
+        turn.to,
+        turn.kubeadm.command(turn.to),
+        drained.evicted
+    )))
+}
+
+/// Runs `action` on its node unless it finished there; one that failed in an earlier run is
+/// forgotten and run again (its script does only what is left).
+async fn run_afresh_if_failed(
+    kube: &KubeClient,
+    action: &HostAction,
+    to: KubernetesVersion,
+) -> Result<(), ApplyError> {
+    let look = Duration::from_secs(120);
+    let upgrade_error = |source: KubeError| ApplyError::Upgrade {
+        node: action.node.clone(),
+        to,
+        source,
+    };
+    let state = kube
+        .host_action_state(&action.node, &action.name, look)
+        .await
+        .map_err(upgrade_error)?;
+    match state {
+        HostActionState::Finished { exit: 0, .. } => return Ok(()),
+        HostActionState::Finished { .. } => kube
+            .forget_host_action(&action.node, &action.name, look)
+            .await
+            .map_err(upgrade_error)?,
+        _ => {}
+    }
+    kube.run_host_action(action, HOST_ACTION_TIMEOUT)
+        .await
+        .map_err(upgrade_error)
+}
