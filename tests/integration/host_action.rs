@@ -13,7 +13,7 @@ use flatstack::kube::host_action::{HostAction, HostActionState, launcher, parse_
 use crate::support::*;
 
 /// Runs `program args` in a new mount namespace where `/var/lib` is `root`'s.
-fn on_host(root: &Path, envs: &[(&str, &str)], program: &str, args: &[&str]) -> Output {
+pub(crate) fn on_host(root: &Path, envs: &[(&str, &str)], program: &str, args: &[&str]) -> Output {
     let mut command = Command::new("unshare");
     command
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])

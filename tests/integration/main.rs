@@ -12,6 +12,7 @@ mod image;
 mod kube_standin;
 mod kubeadm;
 mod metadata_guard;
+mod node_upgrade;
 mod openstack;
 mod pki;
 mod proxy;
