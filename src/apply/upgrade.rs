@@ -114,6 +114,8 @@ async fn upgrade_node(
     )
     .map_err(ApplyError::Missing)?;
     run_afresh_if_failed(kube, &stage, turn.to).await?;
+    // `upgrade apply` on the only control plane restarted the only API server.
+    kube.wait_ready(context.node_ready_within).await?;
     let drained =
         crate::kube::drain_node(kube, node, UPGRADE_DRAIN_TIMEOUT, AfterDrain::KeepCordoned)
             .await

@@ -253,22 +253,41 @@ impl KubeClient {
     }
 
     /// Starts `action` (unless it already ran) and waits until it finished: `Ok` with exit 0,
-    /// else an error carrying the unit's journal. A check that cannot run for a while (the
-    /// node's kubelet restarting, the API away) is asked again until `within` is spent.
+    /// else an error carrying the unit's journal. A start or a check that cannot run for a
+    /// while (the node's kubelet restarting, the only API server restarting under `kubeadm
+    /// upgrade apply`) is tried again until `within` is spent: a start whose answer was lost
+    /// shows in the next check.
     pub async fn run_host_action(
         &self,
         action: &HostAction,
         within: Duration,
     ) -> Result<(), KubeError> {
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
         let step = Duration::from_secs(120).min(within);
-        self.start_host_action(action, step).await?;
+        let started = AtomicBool::new(false);
         // A unit gone without a record was killed (or its node rebooted): after three looks.
-        let vanished = std::sync::atomic::AtomicU32::new(0);
+        let vanished = AtomicU32::new(0);
+        let finished = |state: HostActionState| match state {
+            HostActionState::Finished { exit, journal } => Some((exit, journal)),
+            _ => None,
+        };
         let (exit, journal) = poll(
             &format!("host action {} on {}", action.name, action.node),
             within,
             Duration::from_secs(5),
             || async {
+                if !started.load(Ordering::Relaxed) {
+                    return Ok(match self.start_host_action(action, step).await {
+                        Ok(state) => {
+                            started.store(true, Ordering::Relaxed);
+                            match finished(state) {
+                                Some(done) => Waiting::Done(done),
+                                None => Waiting::On("started".into()),
+                            }
+                        }
+                        Err(e) => Waiting::On(format!("cannot start it yet: {e}")),
+                    });
+                }
                 Ok(
                     match self
                         .host_action_state(&action.node, &action.name, step)
@@ -278,7 +297,7 @@ impl KubeClient {
                             Waiting::Done((exit, journal))
                         }
                         Ok(HostActionState::Absent) => {
-                            let seen = vanished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let seen = vanished.fetch_add(1, Ordering::Relaxed);
                             match seen >= 2 {
                                 true => Waiting::Done((
                                     -1,

@@ -224,13 +224,6 @@ pub(crate) fn upgrade(
     let Some(api) = running.api_release() else {
         return Ok(None);
     };
-    if let Some(node) = wanted_sha256.and_then(|sha| running.digest_of_another(sha, wanted)) {
-        return Err(ReleaseError::DigestOfAnotherRelease {
-            wanted,
-            recorded: node.release,
-            node: node.name.clone(),
-        });
-    }
     let stays = |n: &&NodeRelease| !leaving.contains(&n.name.as_str());
     let behind: Vec<&NodeRelease> = running
         .nodes
@@ -258,6 +251,13 @@ pub(crate) fn upgrade(
             running: api,
             next: api.minor + 1,
             nodes: running.at(|n| n.control_plane && n.release == api),
+        });
+    }
+    if let Some(node) = wanted_sha256.and_then(|sha| running.digest_of_another(sha, wanted)) {
+        return Err(ReleaseError::DigestOfAnotherRelease {
+            wanted,
+            recorded: node.release,
+            node: node.name.clone(),
         });
     }
     // `upgrade apply` until kubeadm-config holds the release (then `upgrade node`); unread,

@@ -20,3 +20,4 @@ mod publisher;
 mod schemas;
 mod support;
 mod up;
+mod upgrade;

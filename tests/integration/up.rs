@@ -2246,26 +2246,57 @@ fn a_lost_control_plane_that_ran_is_refused_not_rebuilt_blank() {
     );
     let again = success(&flatstack(&workspace, &["up", "--provision-only"]));
     assert!(again.contains("nothing to change"), "{again}");
-    // The release each server was made with is on it; another minor in the file is refused
-    // from that record alone (no API here), another patch is not.
+    // The release each server was made with is on it, with its image's digest. From that
+    // record alone (no API here) a step down is refused, a patch or minor up is reported (and
+    // left for an `up` that reaches the API), another release under the running image's
+    // digest is refused.
     for server in [&cp, &w1] {
         assert_eq!(server_metadata(server)["flatstack-kubernetes"], "v1.37.1");
-    }
-    workspace.write_cluster(&cluster(&name, 1, "").replace("1.37.1", "1.36.2"));
-    for command in [&["plan"][..], &["up", "--provision-only"]] {
-        let output = flatstack(&workspace, command);
-        let error = stderr(&output);
-        assert_eq!(output.status.code(), Some(2), "{command:?}: {error}");
-        assert!(
-            error.contains("`kubernetes.version` is v1.36.2 but the cluster runs v1.37.1")
-                && error.contains(&format!("{cp}, {w1}"))
-                && error.contains("version = \"1.37.1\""),
-            "{command:?}: {error}"
+        assert_eq!(
+            server_metadata(server)["flatstack-sysext-sha256"],
+            "ab".repeat(32)
         );
     }
-    workspace.write_cluster(&cluster(&name, 1, "").replace("1.37.1", "1.37.0"));
-    let patch = success(&flatstack(&workspace, &["plan"]));
-    assert!(patch.contains("nothing to change"), "{patch}");
+    for down in ["1.36.2", "1.37.0"] {
+        workspace.write_cluster(&cluster(&name, 1, "").replace("1.37.1", down));
+        for command in [
+            &["plan", "--provision-only"][..],
+            &["up", "--provision-only"],
+        ] {
+            let output = flatstack(&workspace, command);
+            let error = stderr(&output);
+            assert_eq!(output.status.code(), Some(2), "{command:?}: {error}");
+            assert!(
+                error.contains(&format!(
+                    "`kubernetes.version` is v{down} but {cp}, {w1} already run v1.37.1"
+                )) && error.contains("never moves a cluster down"),
+                "{command:?}: {error}"
+            );
+        }
+    }
+    workspace.write_cluster(&cluster(&name, 1, "").replace("1.37.1", "1.37.2"));
+    let reused = flatstack(&workspace, &["plan", "--provision-only"]);
+    assert_eq!(reused.status.code(), Some(2), "{}", stderr(&reused));
+    assert!(
+        stderr(&reused).contains(&format!(
+            "is the digest {cp} records for Kubernetes v1.37.1"
+        )),
+        "{}",
+        stderr(&reused)
+    );
+    workspace.write_cluster(
+        &cluster(&name, 1, "")
+            .replace("1.37.1", "1.37.2")
+            .replace(&"ab".repeat(32), &"cd".repeat(32)),
+    );
+    let patch = success(&flatstack(&workspace, &["plan", "--provision-only"]));
+    assert!(
+        patch.contains(&format!(
+            "upgrade v1.37.1 to v1.37.2, one node at a time, control planes first: {cp}, {w1}"
+        )) && patch.contains("not with --provision-only")
+            && patch.contains("nothing to change"),
+        "{patch}"
+    );
     workspace.write_cluster(&cluster(&name, 1, ""));
 
     cli("local-demo", &["server", "delete", "--wait", &cp]);

@@ -40,7 +40,7 @@ mod node_jobs;
 mod schedule;
 mod store;
 
-pub use node_jobs::Member;
+pub use node_jobs::{KUBEADM_CONFIG, KURED_DAEMONSET, KURED_LOCK, Member};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -147,6 +147,29 @@ pub struct World {
     pub node_job_runs: Vec<(String, String, Vec<String>)>,
     /// The pod and log of each node Job, by Job name.
     pub node_job_pods: BTreeMap<String, (Value, String)>,
+    /// The release kubelets register with (`v1.37.1` when unset).
+    pub kubelet_release: Option<String>,
+    /// Host actions that ended, by node and action: exit status and journal.
+    pub host_actions: BTreeMap<(String, String), (i32, String)>,
+    /// Every host action run, in order (see [`HostActionRun`]).
+    pub host_action_runs: Vec<HostActionRun>,
+    /// This node's action of this name fails (its unit exits 1 with this journal).
+    pub failing_host_action: Option<(String, String, String)>,
+    /// Requests answered 503 from now on, as while the only API server restarts.
+    pub outage: usize,
+    /// The outage `kubeadm upgrade apply` causes when it restarts the API server.
+    pub apply_outage: usize,
+}
+
+/// A host action as a node ran it, and what stood around it then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostActionRun {
+    pub node: String,
+    pub action: String,
+    /// kured's lock annotation was on its DaemonSet.
+    pub reboots_locked: bool,
+    /// The node was cordoned.
+    pub cordoned: bool,
 }
 
 /// Requests between `/readyz` first answering ok and kubeadm's mark-control-plane phase:
@@ -262,7 +285,10 @@ impl World {
                 }]),
                 addresses: Some(addresses),
                 node_info: Some(NodeSystemInfo {
-                    kubelet_version: "v1.37.1".into(),
+                    kubelet_version: self
+                        .kubelet_release
+                        .clone()
+                        .unwrap_or_else(|| "v1.37.1".into()),
                     os_image: "Flatcar Container Linux by Kinvolk 4230.2.3 (Oklo)".into(),
                     kernel_version: "6.6.95-flatcar".into(),
                     container_runtime_version: "containerd://1.7.23".into(),
@@ -1296,6 +1322,16 @@ async fn handle(world: &Mutex<World>, request: Request<hyper::body::Incoming>) -
         query: query.clone(),
         content_type: content_type.clone(),
     });
+    if world.outage > 0 {
+        // The only API server restarts (kubeadm replaced its static pod): nothing answers
+        // but the load balancer's or the socket's refusal, here a 503.
+        world.outage -= 1;
+        return failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        );
+    }
     world.run_helm_controller();
     world.settle();
     let reply = route(&mut world, &method, &path, &query, &content_type, &body);
@@ -1767,6 +1803,19 @@ fn merge_patch(world: &mut World, path: &str, query: &str, body: &[u8]) -> Answe
             &format!("{path} not found"),
         );
     };
+    // A resourceVersion in the patch is a precondition (apiserver `registry/generic/registry`
+    // `Store.Update`: a patched object whose version is not the stored one conflicts).
+    if let Some(wanted) = patch["metadata"]["resourceVersion"].as_str()
+        && current["metadata"]["resourceVersion"].as_str() != Some(wanted)
+    {
+        return failure(
+            StatusCode::CONFLICT,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on {path}: the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
     let manager = query_value(query, "fieldManager").unwrap_or_else(|| "unknown".into());
     let mut object = without_managed_fields(&current);
     merge(&mut object, &patch);

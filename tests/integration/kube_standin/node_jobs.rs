@@ -16,6 +16,11 @@ use super::*;
 
 /// The label flatstack's node Jobs carry (`src/kube/node_job.rs`).
 const NODE_JOB_LABEL: &str = "flatstack.dev/node-job";
+/// kured's DaemonSet and its lock annotation (kured 1.23 `pkg/daemonsetlock`).
+pub const KURED_DAEMONSET: &str = "/apis/apps/v1/namespaces/kube-system/daemonsets/kured";
+pub const KURED_LOCK: &str = "weave.works/kured-node-lock";
+/// kubeadm's record of the cluster's configuration (`kubernetesVersion` in it).
+pub const KUBEADM_CONFIG: &str = "/api/v1/namespaces/kube-system/configmaps/kubeadm-config";
 /// The image of the etcd static pod kubeadm 1.37 writes (`constants.go`, etcd 3.6.x).
 const ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.6.5-0";
 
@@ -86,7 +91,21 @@ impl World {
             .collect();
         self.node_job_runs
             .push((name.to_string(), node.clone(), command.clone()));
-        let (succeeded, log) = self.etcdctl(&command);
+        let env: BTreeMap<String, String> = pod["containers"][0]["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                Some((
+                    e["name"].as_str()?.to_string(),
+                    e["value"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        let (succeeded, log) = match env.get("MODE") {
+            Some(mode) => self.host_action(&node, mode, &env),
+            None => self.etcdctl(&command),
+        };
         let pod_name = format!("{name}-x7k2p");
         let pod_object = json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -128,6 +147,120 @@ impl World {
             .values()
             .find(|(p, _)| p["metadata"]["name"] == pod)
             .map(|(_, log)| log.clone())
+    }
+
+    /// What the host-action launcher prints on `node` in `mode` (`src/kube/host_action.rs`).
+    /// A started action's unit runs at once and ends (simplification: upstream it runs while
+    /// later checks say `running`); its effect is what flatstack's upgrade scripts do on a
+    /// node: `stage` with `kubeadm upgrade apply vX` uploads vX to `kubeadm-config` after
+    /// restarting the API server (kubeadm `upload-config` runs after the control-plane phase,
+    /// whose static-pod replacement restarts it: `phases/upgrade/staticpods.go`), `activate`
+    /// restarts the kubelet on vX, which reports it at its first status sync
+    /// (`nodestatus.VersionInfo`).
+    fn host_action(
+        &mut self,
+        node: &str,
+        mode: &str,
+        env: &BTreeMap<String, String>,
+    ) -> (bool, String) {
+        let action = env.get("ACTION").cloned().unwrap_or_default();
+        let key = (node.to_string(), action.clone());
+        let finished = |record: &(i32, String)| {
+            format!(
+                "state=finished\nexit={}\nfinished=2026-12-07T10:00:00Z\n--- journal\n{}",
+                record.0, record.1
+            )
+        };
+        match mode {
+            "check" => match self.host_actions.get(&key) {
+                Some(record) => (true, finished(record)),
+                None => (true, "state=absent\n".into()),
+            },
+            "forget" => {
+                self.host_actions.remove(&key);
+                (true, "state=forgotten\n".into())
+            }
+            "start" => {
+                if let Some(record) = self.host_actions.get(&key) {
+                    return (true, finished(record));
+                }
+                // The Job's env carries `$` doubled (Kubernetes expands `$(VAR)`).
+                let script = env
+                    .get("SCRIPT")
+                    .cloned()
+                    .unwrap_or_default()
+                    .replace("$$", "$");
+                let reboots_locked = self
+                    .objects
+                    .get(KURED_DAEMONSET)
+                    .is_some_and(|ds| !ds["metadata"]["annotations"][KURED_LOCK].is_null());
+                let cordoned = self
+                    .nodes
+                    .get(node)
+                    .and_then(|n| n.spec.as_ref())
+                    .and_then(|s| s.unschedulable)
+                    .unwrap_or(false);
+                self.host_action_runs.push(HostActionRun {
+                    node: node.to_string(),
+                    action: action.clone(),
+                    reboots_locked,
+                    cordoned,
+                });
+                let failing = self
+                    .failing_host_action
+                    .as_ref()
+                    .filter(|(n, a, _)| n == node && *a == action)
+                    .map(|(_, _, journal)| journal.clone());
+                let record = match failing {
+                    Some(journal) => (1, journal),
+                    None => {
+                        self.host_action_effect(node, &script);
+                        (0, format!("{action} done\n"))
+                    }
+                };
+                self.host_actions.insert(key, record);
+                (true, "state=started\n".into())
+            }
+            other => (false, format!("unknown mode {other}\n")),
+        }
+    }
+
+    /// What a successful upgrade script changes that the API shows.
+    fn host_action_effect(&mut self, node: &str, script: &str) {
+        let release = |marker: &str| {
+            script
+                .lines()
+                .find_map(|l| l.strip_prefix(marker))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string)
+        };
+        if let Some(target) = release("# flatstack: stage Kubernetes ")
+            && script.contains(&format!("upgrade apply {target} --yes"))
+        {
+            if let Some(config) = self.objects.get_mut(KUBEADM_CONFIG) {
+                let document = config["data"]["ClusterConfiguration"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .lines()
+                    .map(|l| match l.starts_with("kubernetesVersion:") {
+                        true => format!("kubernetesVersion: {target}"),
+                        false => l.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                config["data"]["ClusterConfiguration"] = json!(document);
+            }
+            self.outage = self.apply_outage;
+        }
+        if let Some(target) = release("# flatstack: activate Kubernetes ")
+            && let Some(info) = self
+                .nodes
+                .get_mut(node)
+                .and_then(|n| n.status.as_mut())
+                .and_then(|s| s.node_info.as_mut())
+        {
+            info.kubelet_version = target;
+        }
     }
 
     /// What etcdctl prints for `command` against this cluster's etcd.
