@@ -116,7 +116,7 @@ fn editing_the_version_upgrades_node_by_node_and_resumes_after_a_failure() {
         format!("running: {cp} v1.36.2, {w1} v1.36.2"),
         format!("upgrade v1.36.2 to v1.37.1, one node at a time, control planes first: {cp}, {w1}"),
         format!("each node gets kubernetes-v1.37.1-x86-64.raw sha256:{new_sha}"),
-        format!("v1.36.2 to v1.37.1: kubeadm upgrade apply v1.37.1, drain"),
+        "v1.36.2 to v1.37.1: kubeadm upgrade apply v1.37.1, drain".to_string(),
     ] {
         assert!(plan.contains(&line), "`{line}` in\n{plan}");
     }
