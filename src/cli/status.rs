@@ -204,7 +204,13 @@ fn resources(observed: &Observed) -> Vec<ResourceRow> {
     for server in &observed.servers {
         let detail = match &server.fault {
             Some(fault) if server.status == "ERROR" => format!("fault: {}", fault.message),
-            _ => server.id.clone(),
+            _ => match server
+                .metadata
+                .get(crate::plan::resources::KUBERNETES_METADATA)
+            {
+                Some(release) => format!("{}, Kubernetes {release}", server.id),
+                None => server.id.clone(),
+            },
         };
         row("server", &server.name, &server.status, detail);
     }

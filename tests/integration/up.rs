@@ -1074,7 +1074,7 @@ fn bootstrap_tokens(server: &crate::kube_standin::StandIn) -> Vec<String> {
 }
 
 /// The server's metadata, as Nova shows it to the project.
-fn server_metadata(server: &str) -> Value {
+pub(crate) fn server_metadata(server: &str) -> Value {
     cli("local-demo", &["server", "show", server, "-f", "json"])["properties"].clone()
 }
 
@@ -2320,7 +2320,7 @@ fn a_lost_control_plane_that_ran_is_refused_not_rebuilt_blank() {
 }
 
 /// What an admin sees of the demo project's `server`: its host and user_data too.
-fn admin_view(server: &str) -> Value {
+pub(crate) fn admin_view(server: &str) -> Value {
     let shown = cli("local-demo", &["server", "show", server, "-f", "json"]);
     let id = shown["id"].as_str().expect("id");
     cli(
@@ -2338,7 +2338,7 @@ fn admin_view(server: &str) -> Value {
 }
 
 /// The user_data Nova holds for `server`, decoded: the Ignition config.
-fn user_data(admin: &Value) -> Value {
+pub(crate) fn user_data(admin: &Value) -> Value {
     use base64::Engine as _;
     let encoded = admin["OS-EXT-SRV-ATTR:user_data"]
         .as_str()
@@ -2598,7 +2598,7 @@ async fn three_control_planes_converge_through_faults_and_a_kill() {
 /// registers once its server is ACTIVE (a control plane joins etcd and is marked by kubeadm as
 /// it joins), and what etcd and the API held of its name at that moment is recorded, with the
 /// names of the other control planes that were members then.
-struct Kubelets {
+pub(crate) struct Kubelets {
     seen: std::sync::Arc<std::sync::Mutex<Vec<Rejoined>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -2615,7 +2615,7 @@ struct Rejoined {
 }
 
 impl Kubelets {
-    fn start(server: &crate::kube_standin::StandIn, name: &str) -> Kubelets {
+    pub(crate) fn start(server: &crate::kube_standin::StandIn, name: &str) -> Kubelets {
         use std::sync::atomic::Ordering;
         let seen: std::sync::Arc<std::sync::Mutex<Vec<Rejoined>>> = Default::default();
         let stop: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();

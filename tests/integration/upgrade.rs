@@ -2,16 +2,12 @@
 //! in the stand-in (kubelets, `kubeadm-config`, kured's DaemonSet, host actions that change
 //! what the API shows), the release edited in the cluster file, `plan` and `up` run.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::kube_standin::{KUBEADM_CONFIG, KURED_DAEMONSET, KURED_LOCK, StandIn, World};
-use crate::openstack::{cli, unique};
+use crate::openstack::unique;
 use crate::support::*;
-use crate::up::{Teardown, cluster, flatstack};
-
-fn server_metadata(server: &str) -> Value {
-    cli("local-demo", &["server", "show", server, "-f", "json"])["properties"].clone()
-}
+use crate::up::{Kubelets, Teardown, admin_view, cluster, flatstack, server_metadata, user_data};
 
 /// The file at `version` with `sha` as its image's digest.
 fn at(name: &str, version: &str, sha: &str) -> String {
@@ -28,6 +24,60 @@ fn kubelet(server: &StandIn, node: &str) -> String {
         .and_then(|s| s.node_info.as_ref())
         .map(|i| i.kubelet_version.clone())
         .unwrap_or_default()
+}
+
+/// Each host action run: node, action, its kubeadm command, and whether kured's lock was held
+/// and the node cordoned then.
+fn runs(server: &StandIn) -> Vec<String> {
+    let world = server.world.lock().expect("world");
+    world
+        .host_action_runs
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}{}{}{}",
+                r.node,
+                r.action,
+                r.kubeadm
+                    .as_ref()
+                    .map(|k| format!(" {k}"))
+                    .unwrap_or_default(),
+                if r.reboots_locked { " locked" } else { "" },
+                if r.cordoned { " cordoned" } else { "" }
+            )
+        })
+        .collect()
+}
+
+/// A stand-in for a cluster at `release` (its kubelets, `kubeadm-config`, kured's DaemonSet)
+/// with `nodes` registered (control planes by name).
+fn standin_at(workspace: &Workspace, release: &str, nodes: &[String]) -> StandIn {
+    let pki = crate::kube_standin::pki(workspace);
+    let mut world = World {
+        kubelet_release: Some(release.into()),
+        apply_outage: 4,
+        ..World::default()
+    };
+    for node in nodes {
+        world.register(node, node.contains("-control-plane-"));
+    }
+    world.objects.insert(
+        KUBEADM_CONFIG.into(),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "kubeadm-config", "namespace": "kube-system", "resourceVersion": "3"},
+            "data": {"ClusterConfiguration": format!("apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: {release}\n")}}),
+    );
+    world.objects.insert(
+        KURED_DAEMONSET.into(),
+        json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "kured", "namespace": "kube-system", "resourceVersion": "5"}}),
+    );
+    StandIn::start(
+        &pki.ca.cert_pem,
+        pki.ca.key_pem.expose(),
+        &pki.ca.cert_pem,
+        world,
+    )
 }
 
 fn cordoned(server: &StandIn, node: &str) -> bool {
@@ -53,35 +103,11 @@ fn editing_the_version_upgrades_node_by_node_and_resumes_after_a_failure() {
     let new_sha = "cd".repeat(32);
     workspace.write_cluster(&at(&name, "1.36.2", &old_sha));
     let _teardown = Teardown(&workspace);
-    let pki = crate::kube_standin::pki(&workspace);
     let (cp, w1) = (
         format!("{name}-control-plane-1"),
         format!("{name}-default-1"),
     );
-    let mut world = World {
-        kubelet_release: Some("v1.36.2".into()),
-        apply_outage: 4,
-        ..World::default()
-    };
-    world.register(&cp, true);
-    world.register(&w1, false);
-    world.objects.insert(
-        KUBEADM_CONFIG.into(),
-        json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "kubeadm-config", "namespace": "kube-system", "resourceVersion": "3"},
-            "data": {"ClusterConfiguration": "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.36.2\n"}}),
-    );
-    world.objects.insert(
-        KURED_DAEMONSET.into(),
-        json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
-            "metadata": {"name": "kured", "namespace": "kube-system", "resourceVersion": "5"}}),
-    );
-    let server = StandIn::start(
-        &pki.ca.cert_pem,
-        pki.ca.key_pem.expose(),
-        &pki.ca.cert_pem,
-        world,
-    );
+    let server = standin_at(&workspace, "v1.36.2", &[cp.clone(), w1.clone()]);
     let api = server.address.to_string();
     let up = || {
         flatstack(
@@ -158,27 +184,15 @@ fn editing_the_version_upgrades_node_by_node_and_resumes_after_a_failure() {
         "{resumed}"
     );
     assert!(!resumed.contains(&format!("upgraded {cp}")), "{resumed}");
+    let runs = runs(&server);
     let world = server.world.lock().expect("world");
-    let runs: Vec<String> = world
-        .host_action_runs
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {}{}{}",
-                r.node,
-                r.action,
-                if r.reboots_locked { " locked" } else { "" },
-                if r.cordoned { " cordoned" } else { "" }
-            )
-        })
-        .collect();
     assert_eq!(
         runs,
         [
-            format!("{cp} k8s-v1-37-1-stage locked"),
+            format!("{cp} k8s-v1-37-1-stage upgrade apply locked"),
             format!("{cp} k8s-v1-37-1-activate locked cordoned"),
-            format!("{w1} k8s-v1-37-1-stage locked"),
-            format!("{w1} k8s-v1-37-1-stage locked"),
+            format!("{w1} k8s-v1-37-1-stage upgrade node locked"),
+            format!("{w1} k8s-v1-37-1-stage upgrade node locked"),
             format!("{w1} k8s-v1-37-1-activate locked cordoned"),
         ]
     );
@@ -196,4 +210,106 @@ fn editing_the_version_upgrades_node_by_node_and_resumes_after_a_failure() {
         &["plan", "--api-address", api.as_str()],
     ));
     assert!(!after.contains("upgrade v1"), "{after}");
+}
+
+/// Three control planes and a worker at 1.36.2 move to 1.37.1. A worker added with
+/// `--provision-only` after the edit boots 1.36.2, which the control planes run. `up` runs
+/// `upgrade apply` on the first control plane only and `upgrade node` on the others, one at a
+/// time; a failed activation stops it with that control plane cordoned, and the next `up`
+/// goes on from there, the new worker included.
+#[test]
+fn three_control_planes_upgrade_one_at_a_time_and_a_new_worker_boots_their_release() {
+    let name = unique("upg3");
+    let workspace = Workspace::new();
+    let text = |version: &str, sha: &str, workers: u32| {
+        cluster(&name, workers, "")
+            .replacen(
+                "[control_plane]\nflavor = \"m3.tiny\"\n",
+                "[control_plane]\ncount = 3\napi_endpoint = \"vip\"\nflavor = \"m3.tiny\"\n",
+                1,
+            )
+            .replace("1.37.1", version)
+            .replace(&"ab".repeat(32), sha)
+    };
+    let (old_sha, new_sha) = ("ab".repeat(32), "cd".repeat(32));
+    workspace.write_cluster(&text("1.36.2", &old_sha, 1));
+    let _teardown = Teardown(&workspace);
+    let node = |n: &str| format!("{name}-{n}");
+    let (cp1, cp2, cp3, w1, w2) = (
+        node("control-plane-1"),
+        node("control-plane-2"),
+        node("control-plane-3"),
+        node("default-1"),
+        node("default-2"),
+    );
+    let server = standin_at(
+        &workspace,
+        "v1.36.2",
+        &[cp1.clone(), cp2.clone(), cp3.clone(), w1.clone()],
+    );
+    let api = server.address.to_string();
+    let up = || {
+        flatstack(
+            &workspace,
+            &["up", "--api-address", api.as_str(), "--timeout", "3m"],
+        )
+    };
+    success(&up());
+    let _kubelets = Kubelets::start(&server, &name);
+
+    // The edit and a second worker, cloud side only: the worker boots what the control
+    // planes run.
+    workspace.write_cluster(&text("1.37.1", &new_sha, 2));
+    let provisioned = success(&flatstack(&workspace, &["up", "--provision-only"]));
+    assert!(
+        provisioned.contains(&format!("creating server {w2}")),
+        "{provisioned}"
+    );
+    assert_eq!(server_metadata(&w2)["flatstack-kubernetes"], "v1.36.2");
+    assert_eq!(server_metadata(&w2)["flatstack-sysext-sha256"], old_sha);
+    let ignition = user_data(&admin_view(&w2)).to_string();
+    assert!(
+        ignition.contains("kubernetes-v1.36.2-x86-64.raw")
+            && !ignition.contains("kubernetes-v1.37.1-x86-64.raw"),
+        "{ignition}"
+    );
+
+    server.world.lock().expect("world").failing_host_action = Some((
+        cp2.clone(),
+        "k8s-v1-37-1-activate".into(),
+        "Failed to start kubelet.service".into(),
+    ));
+    let failed = up();
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(stderr(&failed).contains("Failed to start kubelet.service"));
+    assert!(cordoned(&server, &cp2), "left cordoned where it stopped");
+    assert_eq!(server_metadata(&cp1)["flatstack-kubernetes"], "v1.37.1");
+    assert_eq!(server_metadata(&cp2)["flatstack-kubernetes"], "v1.36.2");
+    server.world.lock().expect("world").failing_host_action = None;
+    success(&up());
+    assert_eq!(
+        runs(&server),
+        [
+            format!("{cp1} k8s-v1-37-1-stage upgrade apply locked"),
+            format!("{cp1} k8s-v1-37-1-activate locked cordoned"),
+            format!("{cp2} k8s-v1-37-1-stage upgrade node locked"),
+            format!("{cp2} k8s-v1-37-1-activate locked cordoned"),
+            format!("{cp2} k8s-v1-37-1-activate locked cordoned"),
+            format!("{cp3} k8s-v1-37-1-stage upgrade node locked"),
+            format!("{cp3} k8s-v1-37-1-activate locked cordoned"),
+            format!("{w1} k8s-v1-37-1-stage upgrade node locked"),
+            format!("{w1} k8s-v1-37-1-activate locked cordoned"),
+            format!("{w2} k8s-v1-37-1-stage upgrade node locked"),
+            format!("{w2} k8s-v1-37-1-activate locked cordoned"),
+        ]
+    );
+    for node in [&cp1, &cp2, &cp3, &w1, &w2] {
+        assert_eq!(kubelet(&server, node), "v1.37.1", "{node}");
+        assert!(!cordoned(&server, node), "{node}");
+        assert_eq!(
+            server_metadata(node)["flatstack-kubernetes"],
+            "v1.37.1",
+            "{node}"
+        );
+    }
 }

@@ -170,6 +170,8 @@ pub struct HostActionRun {
     pub reboots_locked: bool,
     /// The node was cordoned.
     pub cordoned: bool,
+    /// The kubeadm command its script runs (`upgrade apply`, `upgrade node`), if any.
+    pub kubeadm: Option<String>,
 }
 
 /// Requests between `/readyz` first answering ok and kubeadm's mark-control-plane phase:

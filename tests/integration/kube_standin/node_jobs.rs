@@ -200,11 +200,16 @@ impl World {
                     .and_then(|n| n.spec.as_ref())
                     .and_then(|s| s.unschedulable)
                     .unwrap_or(false);
+                let kubeadm = ["upgrade apply", "upgrade node"]
+                    .into_iter()
+                    .find(|command| script.contains(&format!("/usr/bin/kubeadm\" {command}")))
+                    .map(str::to_string);
                 self.host_action_runs.push(HostActionRun {
                     node: node.to_string(),
                     action: action.clone(),
                     reboots_locked,
                     cordoned,
+                    kubeadm,
                 });
                 let failing = self
                     .failing_host_action
