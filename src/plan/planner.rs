@@ -2711,6 +2711,52 @@ pub(crate) mod tests {
         observed
     }
 
+    /// While an upgrade is half done (a control plane at the new release, another not), a
+    /// lost control plane is not rebuilt: it could join at neither release safely.
+    #[test]
+    fn a_control_plane_repair_is_refused_while_an_upgrade_is_half_done() {
+        let spec = highly_available(1);
+        let mut observed = with_lost_control_plane_2(&spec);
+        for server in &mut observed.servers {
+            let release = match server.name.as_str() {
+                "demo-control-plane-1" => "v1.37.1",
+                _ => "v1.36.2",
+            };
+            server.metadata.insert(
+                crate::plan::resources::KUBERNETES_METADATA.into(),
+                release.into(),
+            );
+        }
+        let error = plan(&spec, &observed, &facts(), K8S).expect_err("refused");
+        assert!(error.is_invalid_input());
+        assert!(
+            error.to_string().contains(
+                "an upgrade to v1.37.1 is half done (control planes demo-control-plane-1 run it, demo-control-plane-3 do not) and control plane demo-control-plane-2 needs rebuilding"
+            ),
+            "{error}"
+        );
+        // Before the upgrade starts the repair goes ahead, at the control planes' release.
+        for server in &mut observed.servers {
+            server.metadata.insert(
+                crate::plan::resources::KUBERNETES_METADATA.into(),
+                "v1.36.2".into(),
+            );
+            server.metadata.insert(
+                versions::SYSEXT_DIGEST_METADATA.into(),
+                "digest-of-v1.36.2".into(),
+            );
+        }
+        let repaired = plan(&spec, &observed, &facts(), K8S).expect("plan");
+        let boot = repaired.steps.iter().find_map(|s| match &s.action {
+            Action::RenderIgnition { boot, .. } => boot.clone(),
+            _ => None,
+        });
+        assert_eq!(
+            boot.map(|b| b.release.to_string()).as_deref(),
+            Some("v1.36.2")
+        );
+    }
+
     /// A lost control plane of three that ran, with two running: its etcd member is removed
     /// through a running one and its Node deleted before it is built again, to join (never to
     /// initialize). Without the API (`--provision-only`) that cannot happen: refused. With two

@@ -2297,6 +2297,28 @@ fn a_lost_control_plane_that_ran_is_refused_not_rebuilt_blank() {
             && patch.contains("nothing to change"),
         "{patch}"
     );
+    // Nodes that already disagree beyond the skew policy (a kubelet newer than the API
+    // server, as the servers record it) are refused any change.
+    workspace.write_cluster(&cluster(&name, 1, ""));
+    let set = |release: &str| {
+        let property = format!("flatstack-kubernetes={release}");
+        let set = cli_raw(
+            "local-demo",
+            &["server", "set", "--property", &property, &cp],
+        );
+        assert!(set.status.success(), "{}", stderr(&set));
+    };
+    set("v1.36.2");
+    let skewed = flatstack(&workspace, &["plan", "--provision-only"]);
+    assert_eq!(skewed.status.code(), Some(2), "{}", stderr(&skewed));
+    assert!(
+        stderr(&skewed).contains(&format!(
+            "already break Kubernetes' version-skew policy: {w1} runs kubelet v1.37.1, newer than the API server at v1.36.2"
+        )),
+        "{}",
+        stderr(&skewed)
+    );
+    set("v1.37.1");
     workspace.write_cluster(&cluster(&name, 1, ""));
 
     cli("local-demo", &["server", "delete", "--wait", &cp]);
