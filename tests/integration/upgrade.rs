@@ -313,3 +313,66 @@ fn three_control_planes_upgrade_one_at_a_time_and_a_new_worker_boots_their_relea
         );
     }
 }
+
+/// `up` killed (SIGKILL) at several points of an upgrade, each time as soon as one more host
+/// action has run: the next `up` goes on from where the nodes are, never running a finished
+/// action again, and ends with every node at the new release, schedulable, recorded, and
+/// kured's lock released.
+#[test]
+fn an_upgrade_killed_at_several_points_is_finished_by_the_next_up() {
+    let name = unique("upgk");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&at(&name, "1.36.2", &"ab".repeat(32)));
+    let _teardown = Teardown(&workspace);
+    let (cp, w1) = (
+        format!("{name}-control-plane-1"),
+        format!("{name}-default-1"),
+    );
+    let server = standin_at(&workspace, "v1.36.2", &[cp.clone(), w1.clone()]);
+    let api = server.address.to_string();
+    let args = ["up", "--api-address", api.as_str(), "--timeout", "3m"];
+    success(&flatstack(&workspace, &args));
+    workspace.write_cluster(&at(&name, "1.37.1", &"cd".repeat(32)));
+    let mut kills = 0;
+    for actions_run in 1..=3 {
+        let mut child = crate::up::command(&workspace, &args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start up");
+        loop {
+            let ran = server.world.lock().expect("world").host_action_runs.len();
+            if ran >= actions_run {
+                if child.try_wait().expect("wait").is_none() {
+                    child.kill().expect("kill");
+                    kills += 1;
+                }
+                break;
+            }
+            if child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.wait();
+    }
+    assert!(kills >= 2, "up was killed mid-upgrade {kills} time(s)");
+    success(&flatstack(&workspace, &args));
+    assert_eq!(
+        runs(&server),
+        [
+            format!("{cp} k8s-v1-37-1-stage upgrade apply locked"),
+            format!("{cp} k8s-v1-37-1-activate locked cordoned"),
+            format!("{w1} k8s-v1-37-1-stage upgrade node locked"),
+            format!("{w1} k8s-v1-37-1-activate locked cordoned"),
+        ],
+        "each action once, in order"
+    );
+    for node in [&cp, &w1] {
+        assert_eq!(kubelet(&server, node), "v1.37.1");
+        assert!(!cordoned(&server, node));
+        assert_eq!(server_metadata(node)["flatstack-kubernetes"], "v1.37.1");
+    }
+    let world = server.world.lock().expect("world");
+    assert!(world.objects[KURED_DAEMONSET]["metadata"]["annotations"][KURED_LOCK].is_null());
+}
