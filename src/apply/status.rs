@@ -75,7 +75,31 @@ pub(crate) enum KubernetesStatus {
         secrets: Vec<String>,
         /// With 3 or 5 control planes: etcd's members and the API address's holder.
         control_planes: Option<ControlPlaneView>,
+        /// kubeadm's certificates on each Ready control plane, and the control planes that
+        /// could not be asked, with why.
+        certificates: Certificates,
     },
+}
+
+/// kubeadm's certificates on the control planes, soonest to expire first.
+#[derive(Debug, Default)]
+pub(crate) struct Certificates {
+    pub(crate) expiries: Vec<crate::kube::certificates::CertificateExpiry>,
+    pub(crate) unread: Vec<String>,
+}
+
+/// How many days ahead `status` warns of a certificate's expiry.
+pub(crate) const CERTIFICATE_WARNING_DAYS: i64 = 30;
+
+impl Certificates {
+    /// The certificates that expire within [`CERTIFICATE_WARNING_DAYS`].
+    pub(crate) fn expiring(
+        &self,
+    ) -> impl Iterator<Item = &crate::kube::certificates::CertificateExpiry> {
+        self.expiries
+            .iter()
+            .filter(|c| c.days_left <= CERTIFICATE_WARNING_DAYS)
+    }
 }
 
 /// Each control plane's etcd membership and who holds the API's address.
@@ -251,13 +275,37 @@ async fn kubernetes(
         true => Some(control_plane_view(spec, &client, &nodes).await),
         false => None,
     };
+    let certificates = certificates(&client, &nodes).await;
     KubernetesStatus::Answered {
         reboots: reboots.unwrap_or_default(),
         addons: addons.map_err(|e| e.to_string()),
         secrets,
         control_planes,
+        certificates,
         nodes,
     }
+}
+
+/// kubeadm's certificates on every Ready control plane (kubeadm marked it), one node Job each.
+async fn certificates(client: &KubeClient, nodes: &[Node]) -> Certificates {
+    let mut found = Certificates::default();
+    for node in nodes.iter().filter(|n| {
+        is_ready(n)
+            && n.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(crate::addons::CONTROL_PLANE_LABEL))
+    }) {
+        let Some(name) = node.metadata.name.as_deref() else {
+            continue;
+        };
+        match client.certificate_expiries(name, ETCD_READ_TIMEOUT).await {
+            Ok(expiries) => found.expiries.extend(expiries),
+            Err(e) => found.unread.push(format!("{name}: {}", error_chain(&e))),
+        }
+    }
+    found.expiries.sort_by_key(|c| c.days_left);
+    found
 }
 
 /// How long `status` waits for each etcd node Job.

@@ -92,6 +92,7 @@ fn print_status(report: &StatusReport) {
             addons,
             secrets,
             control_planes,
+            certificates,
         } => {
             out!();
             crate::kube::print_node_table(nodes);
@@ -103,6 +104,7 @@ fn print_status(report: &StatusReport) {
             for line in secrets {
                 out!("{line}");
             }
+            print_certificates(certificates);
         }
     }
     let now = time::OffsetDateTime::now_utc();
@@ -117,6 +119,28 @@ fn print_status(report: &StatusReport) {
             cert.who,
             cert.describe(now)
         );
+    }
+}
+
+/// When kubeadm's certificates expire: the soonest, and a warning for each within 30 days.
+fn print_certificates(certificates: &apply::status::Certificates) {
+    if let Some(soonest) = certificates.expiries.first() {
+        out!(
+            "kubeadm's certificates: the soonest, {} on {}, expires {} (in {} days)",
+            soonest.name,
+            soonest.node,
+            soonest.expires,
+            soonest.days_left
+        );
+    }
+    for cert in certificates.expiring() {
+        eprintln!(
+            "warning: certificate {} on {} expires {} (in {} days)\n  hint: an upgrade renews the certificates of every component kubeadm replaces (`kubernetes.version` to the next patch, then `flatstack up`); `kubeadm certs renew all` on that control plane renews them all",
+            cert.name, cert.node, cert.expires, cert.days_left
+        );
+    }
+    for why in &certificates.unread {
+        out!("cannot read kubeadm's certificates on {why}");
     }
 }
 
@@ -298,6 +322,10 @@ struct StatusJson<'a> {
     addons: Option<&'a [ChartState]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     control_planes: Option<ControlPlanesJson<'a>>,
+    /// kubeadm's certificates on the control planes, soonest to expire first.
+    certificates: &'a [crate::kube::certificates::CertificateExpiry],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    certificates_unreadable: &'a [String],
     secrets: &'a [String],
     failed_servers: Vec<&'a str>,
     /// The API load balancer's members and Octavia's view of their health.
@@ -340,6 +368,8 @@ impl<'a> StatusJson<'a> {
             nodes: Vec::new(),
             addons: None,
             control_planes: None,
+            certificates: &[],
+            certificates_unreadable: &[],
             secrets: &[],
             failed_servers: report.failed_servers(),
             load_balancer_members: match &report.load_balancer_members {
@@ -359,7 +389,10 @@ impl<'a> StatusJson<'a> {
                 addons,
                 secrets,
                 control_planes,
+                certificates,
             } => {
+                json.certificates = &certificates.expiries;
+                json.certificates_unreadable = &certificates.unread;
                 json.nodes = nodes
                     .iter()
                     .map(|node| {

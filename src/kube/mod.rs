@@ -3,6 +3,7 @@
 //! flatstack signs in with the admin client certificate made from that CA. Objects are the
 //! k8s-openapi types; every write is a server-side apply with field manager `flatstack`.
 
+pub mod certificates;
 mod deployments;
 mod drain;
 pub mod etcd;

@@ -1014,6 +1014,44 @@ fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
         );
     }
 
+    // kubeadm's certificates on the control plane (a node Job running its kubeadm): the
+    // soonest shown, and a warning once one expires within 30 days.
+    assert!(
+        status.contains(&format!(
+            "kubeadm's certificates: the soonest, admin.conf on {cp}, expires "
+        )) && status.contains("(in 364 days)"),
+        "{status}"
+    );
+    let soon = flatstack::kube::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(20 * 24 + 1))
+        .expect("time")
+        .to_string();
+    server
+        .world
+        .lock()
+        .expect("world")
+        .certificates_expire
+        .insert(cp.clone(), soon);
+    let warned = flatstack(&workspace, &["status", "--api-address", &api]);
+    let warning = stderr(&warned);
+    assert!(warned.status.success(), "{warning}");
+    assert!(
+        warning.contains(&format!("warning: certificate apiserver on {cp} expires "))
+            && warning.contains("(in 20 days)")
+            && warning.contains("an upgrade renews"),
+        "{warning}"
+    );
+    let json: Value = serde_json::from_slice(
+        &flatstack(
+            &workspace,
+            &["status", "--api-address", &api, "--output", "json"],
+        )
+        .stdout,
+    )
+    .expect("status json");
+    assert_eq!(json["certificates"][0]["days_left"], 20, "{json}");
+    assert_eq!(json["certificates"][0]["node"], cp.as_str());
+
     // Scale down: the worker is drained through the API before its server goes.
     workspace.write_cluster(&cluster(&name, 1, ""));
     let down = success(&flatstack(&workspace, &up));

@@ -161,6 +161,9 @@ pub struct World {
     pub outage: usize,
     /// The outage `kubeadm upgrade apply` causes when it restarts the API server.
     pub apply_outage: usize,
+    /// When kubeadm's certificates on a control plane expire (RFC 3339), by node; a year from
+    /// now for those not listed.
+    pub certificates_expire: BTreeMap<String, String>,
 }
 
 /// A host action as a node ran it, and what stood around it then.

@@ -13,6 +13,7 @@
 //! (upstream, the job controller sets it once the pod has ended).
 
 use super::*;
+use flatstack::kube::certificates::CHECK_EXPIRATION;
 
 /// The label flatstack's node Jobs carry (`src/kube/node_job.rs`).
 const NODE_JOB_LABEL: &str = "flatstack.dev/node-job";
@@ -104,6 +105,9 @@ impl World {
             .collect();
         let (succeeded, log) = match env.get("MODE") {
             Some(mode) => self.host_action(&node, mode, &env),
+            None if command.get(2).map(String::as_str) == Some(CHECK_EXPIRATION) => {
+                self.check_expiration(&node)
+            }
             None => self.etcdctl(&command),
         };
         let pod_name = format!("{name}-x7k2p");
@@ -266,6 +270,75 @@ impl World {
         {
             info.kubelet_version = target;
         }
+    }
+
+    /// What `kubeadm certs check-expiration -o json` prints on `node`: its progress line, then
+    /// the `output.kubeadm.k8s.io/v1alpha3` `CertificateExpirationInfo` (kubeadm
+    /// `cmd/kubeadm/app/apis/output/v1alpha3/types.go`) with the certificates kubeadm 1.29+
+    /// makes on a control plane (`super-admin.conf` included) and its three CAs.
+    fn check_expiration(&self, node: &str) -> (bool, String) {
+        let control_plane = self.nodes.get(node).is_some_and(|n| {
+            n.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(CONTROL_PLANE_TAINT))
+        });
+        if !control_plane {
+            return (
+                false,
+                "error: open /etc/kubernetes/pki/ca.crt: no such file or directory\n".into(),
+            );
+        }
+        let now = flatstack::kube::now();
+        let year = now
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(24 * 365))
+            .expect("a year on");
+        let expires = self
+            .certificates_expire
+            .get(node)
+            .cloned()
+            .unwrap_or_else(|| year.to_string());
+        let leaf = |name: &str, ca: &str| {
+            json!({"name": name, "expirationDate": expires, "residualTime": 0,
+                "externallyManaged": false, "caName": ca, "missing": false})
+        };
+        let certificates: Vec<Value> = [
+            ("admin.conf", "ca"),
+            ("apiserver", "ca"),
+            ("apiserver-etcd-client", "etcd-ca"),
+            ("apiserver-kubelet-client", "ca"),
+            ("controller-manager.conf", "ca"),
+            ("etcd-healthcheck-client", "etcd-ca"),
+            ("etcd-peer", "etcd-ca"),
+            ("etcd-server", "etcd-ca"),
+            ("front-proxy-client", "front-proxy-ca"),
+            ("scheduler.conf", "ca"),
+            ("super-admin.conf", "ca"),
+        ]
+        .into_iter()
+        .map(|(name, ca)| leaf(name, ca))
+        .collect();
+        let ten_years = now
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(24 * 3650))
+            .expect("ten years on")
+            .to_string();
+        let authorities: Vec<Value> = ["ca", "etcd-ca", "front-proxy-ca"]
+            .into_iter()
+            .map(|name| {
+                json!({"name": name, "expirationDate": ten_years, "residualTime": 0,
+                "externallyManaged": false, "missing": false})
+            })
+            .collect();
+        let info = json!({"kind": "CertificateExpirationInfo",
+            "apiVersion": "output.kubeadm.k8s.io/v1alpha3",
+            "certificates": certificates, "certificateAuthorities": authorities});
+        (
+            true,
+            format!(
+                "[check-expiration] Reading configuration from the \"kubeadm-config\" ConfigMap in namespace \"kube-system\"...\n{}\n",
+                serde_json::to_string_pretty(&info).expect("json")
+            ),
+        )
     }
 
     /// What etcdctl prints for `command` against this cluster's etcd.
