@@ -802,7 +802,8 @@ async fn run_on_cloud(
         | Action::DeleteNode { .. }
         | Action::HoldReboots
         | Action::UpgradeNode { .. }
-        | Action::ReleaseReboots => Made::default(),
+        | Action::ReleaseReboots
+        | Action::Uncordon { .. } => Made::default(),
         Action::DeleteServer { id, .. } => {
             cloud.delete_server(id).await?;
             cloud.wait_server_deleted(id, SERVER_TIMEOUT).await?;

@@ -64,13 +64,15 @@ pub enum ApplyError {
         source: crate::kube::KubeError,
     },
     #[error(
-        "upgrading {node} to {to} stopped; it stays cordoned and every other node as it was\n  hint: fix what its log shows, then run `flatstack up` again: it continues where this stopped"
+        "upgrading {node} to {to} stopped: it is {stands}; every other node is as it was\n  hint: fix what its log shows, then run `flatstack up` again: it continues where this stopped"
     )]
     Upgrade {
         node: String,
         to: crate::pins::KubernetesVersion,
+        /// Where the node stands.
+        stands: String,
         #[source]
-        source: crate::kube::KubeError,
+        source: Box<crate::kube::KubeError>,
     },
     #[error("{0}")]
     Missing(String),

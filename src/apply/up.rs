@@ -573,6 +573,11 @@ async fn read_kube_view(
                 ready: crate::kube::is_ready(node),
                 control_plane: labels.is_some_and(|l| l.contains_key(addons::CONTROL_PLANE_LABEL)),
                 kubelet: crate::kube::upgrade::kubelet_release(node),
+                cordoned_for_upgrade: node
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(crate::kube::upgrade::UPGRADING_ANNOTATION)),
             };
             Some((node.metadata.name.clone()?, registered))
         })
@@ -614,11 +619,15 @@ async fn read_kube_view(
             why: failures.join("; "),
         };
     }
-    let kubeadm = client.kubeadm_release().await?;
+    // Neither read may make the whole view silent: unread, they count as unknown (the
+    // servers' records decide) and as no lock held.
+    let kubeadm = client.kubeadm_release().await.unwrap_or(None);
+    let reboot_lock_held = client.reboot_lock_held().await.unwrap_or(false);
     Ok(KubeView {
         nodes,
         etcd,
         kubeadm,
+        reboot_lock_held,
     })
 }
 

@@ -44,6 +44,18 @@ pub(super) async fn run(
     };
     Some(match action {
         Action::HoldReboots => hold(kube()).await,
+        Action::Uncordon { node } => match kube() {
+            Ok(kube) => kube
+                .uncordon_after_upgrade(node)
+                .await
+                .map(|()| {
+                    Some(format!(
+                        "uncordoned {node}, which an upgrade that no longer applies left cordoned"
+                    ))
+                })
+                .map_err(ApplyError::from),
+            Err(e) => Err(e),
+        },
         Action::ReleaseReboots => match kube() {
             Ok(kube) => kube
                 .release_reboot_lock()
@@ -106,6 +118,16 @@ async fn upgrade_node(
         )));
     }
     let node = turn.node;
+    // Where the node stands when a part fails, for the error.
+    let stopped = |stands: String| {
+        let to = turn.to;
+        move |source: KubeError| ApplyError::Upgrade {
+            node: node.to_string(),
+            to,
+            stands,
+            source: Box::new(source),
+        }
+    };
     let (stage_name, activate_name) = action_names(turn.to);
     let stage = HostAction::new(
         &stage_name,
@@ -113,32 +135,46 @@ async fn upgrade_node(
         &stage_script(spec, turn.kubeadm, &HostPaths::NODE),
     )
     .map_err(ApplyError::Missing)?;
-    run_afresh_if_failed(kube, &stage, turn.to).await?;
+    let staged_stands = match turn.kubeadm {
+        Kubeadm::Apply => format!(
+            "not drained, its kubelet at {}; `kubeadm upgrade apply` may have moved the control-plane components already, and the next `up` runs it again",
+            turn.from
+        ),
+        Kubeadm::Node => format!("not drained, its kubelet at {}", turn.from),
+    };
+    run_afresh_if_failed(kube, &stage)
+        .await
+        .map_err(stopped(staged_stands))?;
+    let cordoned = format!("cordoned, its kubelet at {}", turn.from);
     // `upgrade apply` on the only control plane restarted the only API server.
-    kube.wait_ready(context.node_ready_within).await?;
+    kube.wait_ready(context.node_ready_within)
+        .await
+        .map_err(stopped(format!(
+            "not drained, its kubelet at {}",
+            turn.from
+        )))?;
+    kube.cordon_for_upgrade(node, turn.to)
+        .await
+        .map_err(stopped(format!("its kubelet at {}", turn.from)))?;
     let drained =
         crate::kube::drain_node(kube, node, UPGRADE_DRAIN_TIMEOUT, AfterDrain::KeepCordoned)
             .await
-            .map_err(|source| ApplyError::Upgrade {
-                node: node.to_string(),
-                to: turn.to,
-                source,
-            })?;
+            .map_err(stopped(cordoned.clone()))?;
     let activate = HostAction::new(
         &activate_name,
         node,
         &activate_script(spec, &HostPaths::NODE),
     )
     .map_err(ApplyError::Missing)?;
-    run_afresh_if_failed(kube, &activate, turn.to).await?;
+    run_afresh_if_failed(kube, &activate)
+        .await
+        .map_err(stopped(format!(
+            "{cordoned} (a failed activation puts the old image back and starts the kubelet again)"
+        )))?;
     kube.wait_node_at(node, turn.to, context.node_ready_within)
         .await
-        .map_err(|source| ApplyError::Upgrade {
-            node: node.to_string(),
-            to: turn.to,
-            source,
-        })?;
-    kube.set_unschedulable(node, false).await?;
+        .map_err(stopped("cordoned, its new image active".to_string()))?;
+    kube.uncordon_after_upgrade(node).await?;
     let metadata = BTreeMap::from([
         (KUBERNETES_METADATA.to_string(), turn.to.to_string()),
         (
@@ -161,30 +197,18 @@ async fn upgrade_node(
 
 /// Runs `action` on its node unless it finished there; one that failed in an earlier run is
 /// forgotten and run again (its script does only what is left).
-async fn run_afresh_if_failed(
-    kube: &KubeClient,
-    action: &HostAction,
-    to: KubernetesVersion,
-) -> Result<(), ApplyError> {
+async fn run_afresh_if_failed(kube: &KubeClient, action: &HostAction) -> Result<(), KubeError> {
     let look = Duration::from_secs(120);
-    let upgrade_error = |source: KubeError| ApplyError::Upgrade {
-        node: action.node.clone(),
-        to,
-        source,
-    };
-    let state = kube
+    match kube
         .host_action_state(&action.node, &action.name, look)
-        .await
-        .map_err(upgrade_error)?;
-    match state {
+        .await?
+    {
         HostActionState::Finished { exit: 0, .. } => return Ok(()),
-        HostActionState::Finished { .. } => kube
-            .forget_host_action(&action.node, &action.name, look)
-            .await
-            .map_err(upgrade_error)?,
+        HostActionState::Finished { .. } => {
+            kube.forget_host_action(&action.node, &action.name, look)
+                .await?
+        }
         _ => {}
     }
-    kube.run_host_action(action, HOST_ACTION_TIMEOUT)
-        .await
-        .map_err(upgrade_error)
+    kube.run_host_action(action, HOST_ACTION_TIMEOUT).await
 }

@@ -17,6 +17,8 @@ pub(crate) const KURED_LOCK_ANNOTATION: &str = "weave.works/kured-node-lock";
 const KURED_DAEMONSET: &str = "/apis/apps/v1/namespaces/kube-system/daemonsets/kured";
 /// The holder flatstack writes: the name of no node, so kured never takes it for its own.
 pub(crate) const UPGRADE_LOCK_HOLDER: &str = "flatstack-upgrade";
+/// On a Node flatstack cordoned for its upgrade, until it uncordons it: the release.
+pub(crate) const UPGRADING_ANNOTATION: &str = "flatstack.dev/upgrading-to";
 
 /// The release a node's kubelet reports (`status.nodeInfo.kubeletVersion`).
 pub fn kubelet_release(node: &Node) -> Option<KubernetesVersion> {
@@ -63,19 +65,46 @@ impl KubeClient {
             .and_then(|doc| cluster_configuration_release(&doc)))
     }
 
-    /// Sets `spec.unschedulable` on node `name` (cordon, or uncordon with `false`); the Node
-    /// keeps everything else.
-    pub(crate) async fn set_unschedulable(
+    /// Cordons node `name` for its upgrade to `release`, saying so in an annotation (so a
+    /// later run knows whose cordon it is); the Node keeps everything else.
+    pub(crate) async fn cordon_for_upgrade(
         &self,
         name: &str,
-        unschedulable: bool,
+        release: KubernetesVersion,
     ) -> Result<(), KubeError> {
         self.merge_patch(
             &format!("/api/v1/nodes/{name}"),
-            &json!({"spec": {"unschedulable": unschedulable}}),
+            &json!({
+                "metadata": {"annotations": {UPGRADING_ANNOTATION: release.to_string()}},
+                "spec": {"unschedulable": true},
+            }),
         )
         .await
-        .map(|_| ())
+    }
+
+    /// Uncordons node `name` and drops the upgrade's annotation.
+    pub(crate) async fn uncordon_after_upgrade(&self, name: &str) -> Result<(), KubeError> {
+        self.merge_patch(
+            &format!("/api/v1/nodes/{name}"),
+            &json!({
+                "metadata": {"annotations": {UPGRADING_ANNOTATION: null}},
+                "spec": {"unschedulable": false},
+            }),
+        )
+        .await
+    }
+
+    /// Whether flatstack holds kured's lock (`false` without kured).
+    pub(crate) async fn reboot_lock_held(&self) -> Result<bool, KubeError> {
+        Ok(self
+            .get::<Value>(KURED_DAEMONSET)
+            .await?
+            .and_then(|ds| {
+                ds["metadata"]["annotations"][KURED_LOCK_ANNOTATION]
+                    .as_str()
+                    .and_then(kured_lock_holder)
+            })
+            .is_some_and(|holder| holder == UPGRADE_LOCK_HOLDER))
     }
 
     /// Waits until node `name` is Ready with its kubelet at `release`.
@@ -154,14 +183,7 @@ impl KubeClient {
 
     /// Releases kured's lock if flatstack holds it.
     pub(crate) async fn release_reboot_lock(&self) -> Result<(), KubeError> {
-        let Some(daemonset) = self.get::<Value>(KURED_DAEMONSET).await? else {
-            return Ok(());
-        };
-        let ours = daemonset["metadata"]["annotations"][KURED_LOCK_ANNOTATION]
-            .as_str()
-            .and_then(kured_lock_holder)
-            .is_some_and(|holder| holder == UPGRADE_LOCK_HOLDER);
-        if ours {
+        if self.reboot_lock_held().await? {
             self.merge_patch(
                 KURED_DAEMONSET,
                 &json!({"metadata": {"annotations": {KURED_LOCK_ANNOTATION: null}}}),

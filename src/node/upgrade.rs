@@ -9,7 +9,9 @@
 //!    on the others and the workers) while the old kubelet keeps running.
 //! 2. **activate** (after the drain): the kubelet masked for the duration (the bakery's
 //!    `multi-user.target` drop-in `Upholds=` it, which would restart a stopped one at once) and
-//!    stopped; the sysext link pointed at the new image and `systemd-sysext refresh` run; the
+//!    stopped; the sysext link pointed at the new image and `systemd-sysext refresh` run (on
+//!    a failure the old image goes back and the kubelet starts again, so the node keeps
+//!    running and answering); the
 //!    sysupdate transfer switched to the new minor (the old one's removed, so the next patch
 //!    never pulls the node back) and other minors' images removed; the kubelet started; the
 //!    timer started again when patch updates are on.
@@ -150,15 +152,26 @@ marks={marks}/{release}
 [ -e "$marks/kubeadm" ] || {{ echo "kubeadm of $release has not run on this node" >&2; exit 4; }}
 
 if [ ! -e "$marks/activated" ]; then
-  if [ "$(readlink "$link" || true)" != "$image" ]; then
+  if [ ! -e "$marks/swapped" ]; then
+    old=$(readlink "$link" || true)
     # The bakery's multi-user.target Upholds= the kubelet: masked, a stopped one stays down.
     systemctl mask --runtime kubelet.service
     systemctl stop kubelet.service
-    ln -sfn "$image" "$link.new"
-    mv -T "$link.new" "$link"
-    systemd-sysext refresh
-    systemctl unmask --runtime kubelet.service
+    if ! {{ ln -sfn "$image" "$link.new" && mv -T "$link.new" "$link" && systemd-sysext refresh; }}; then
+      # Back to the old image, and the kubelet up again: the node keeps running (and
+      # answering node Jobs) at its old release.
+      if [ -n "$old" ]; then
+        ln -sfn "$old" "$link.new" && mv -T "$link.new" "$link"
+        systemd-sysext refresh || true
+      fi
+      systemctl unmask --runtime kubelet.service
+      systemctl start kubelet.service
+      echo "activating $release failed; the node runs its old image again" >&2
+      exit 5
+    fi
+    touch "$marks/swapped"
   fi
+  systemctl unmask --runtime kubelet.service
   mkdir -p "$transfers"
   for old in "$transfers"/kubernetes-v*.conf; do
     [ "$old" = "$transfers/kubernetes-v{series}.conf" ] || rm -f "$old"

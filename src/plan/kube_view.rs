@@ -17,6 +17,8 @@ pub(crate) struct KubeView {
     /// `kubernetesVersion` in `kube-system/kubeadm-config`: the release `kubeadm upgrade
     /// apply` last uploaded (`upload-config` runs after its control-plane phase).
     pub(crate) kubeadm: Option<KubernetesVersion>,
+    /// kured's reboot lock is held by flatstack (an upgrade that has not finished).
+    pub(crate) reboot_lock_held: bool,
 }
 
 /// One registered Node.
@@ -30,6 +32,9 @@ pub(crate) struct Registered {
     /// `status.nodeInfo.kubeletVersion`: the running kubelet's release, which it reports at
     /// its first status sync after a restart.
     pub(crate) kubelet: Option<KubernetesVersion>,
+    /// flatstack cordoned it for an upgrade (its annotation says so) and has not uncordoned
+    /// it yet.
+    pub(crate) cordoned_for_upgrade: bool,
 }
 
 /// etcd's members, when a control plane was asked.
@@ -117,12 +122,14 @@ mod tests {
                             ready: true,
                             control_plane: *cp,
                             kubelet: None,
+                            cordoned_for_upgrade: false,
                         },
                     )
                 })
                 .collect(),
             etcd: Membership::Listed(members),
             kubeadm: None,
+            reboot_lock_held: false,
         }
     }
 

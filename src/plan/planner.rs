@@ -368,7 +368,10 @@ impl<'a> Planner<'a> {
 
     /// The upgrade phase, last: the nodes not at the file's release (and not leaving in this
     /// plan) upgraded one at a time in kubeadm's order once everything else is done, inside
-    /// kured's reboot lock. Needs the API; with `--provision-only` it is only reported.
+    /// kured's reboot lock. Needs the API; with `--provision-only` it is only reported. While
+    /// this plan builds a control plane at an older release, it waits for the next `up` (the
+    /// new API server would be older than the kubelets moved past it). What an upgrade that
+    /// no longer applies left behind (a node cordoned, kured's lock held) is undone.
     fn upgrade(&mut self, running: &versions::Running) -> Result<(), PlanError> {
         let leaving: Vec<&str> = self
             .plan
@@ -382,19 +385,41 @@ impl<'a> Planner<'a> {
             })
             .collect();
         let wanted = &self.spec.kubernetes;
-        let Some(upgrade) = versions::upgrade(
+        let upgrade = versions::upgrade(
             running,
             wanted.version,
             wanted.sysext_sha256.as_deref(),
             &leaving,
-        )?
-        else {
-            return Ok(());
-        };
-        self.plan.upgrade = Some(upgrade.clone());
-        if !self.scope.kubernetes || upgrade.order.is_empty() {
+        )?;
+        let building = self.plan.steps.iter().find_map(|s| match &s.action {
+            Action::CreateServer(server)
+                if server.tags.contains(&resources::role_tag("control-plane")) =>
+            {
+                Some(server.name.clone())
+            }
+            _ => None,
+        });
+        let upgrade = upgrade.map(|mut upgrade| {
+            if let Some(building) = building.filter(|_| upgrade.from < upgrade.to) {
+                upgrade.waits = Some(format!(
+                    "control plane {building} is built in this run at {}; run `flatstack up` again to upgrade",
+                    upgrade.from
+                ));
+            }
+            upgrade
+        });
+        let steps = self.scope.kubernetes
+            && upgrade
+                .as_ref()
+                .is_some_and(|u| u.waits.is_none() && !u.order.is_empty());
+        self.plan.upgrade = upgrade.clone();
+        if !steps {
+            self.undo_a_stopped_upgrade(upgrade.as_ref());
             return Ok(());
         }
+        let Some(upgrade) = upgrade else {
+            return Ok(());
+        };
         if let ApiReach::Silent(why) = &self.scope.api {
             return Err(PlanError::ApiSilent {
                 needed: format!("the upgrade from {} to {}", upgrade.from, upgrade.to),
@@ -418,6 +443,31 @@ impl<'a> Planner<'a> {
         }
         self.plan.push(Action::ReleaseReboots, &[previous]);
         Ok(())
+    }
+
+    /// Without upgrade steps in this plan: nodes an earlier upgrade cordoned and that no
+    /// upgrade waits for are uncordoned, and kured's lock flatstack holds is released.
+    fn undo_a_stopped_upgrade(&mut self, upgrade: Option<&versions::Upgrade>) {
+        let Some(view) = self.view().filter(|_| self.scope.kubernetes) else {
+            return;
+        };
+        let pending: Vec<&str> = upgrade
+            .map(|u| u.order.iter().map(|n| n.node.as_str()).collect())
+            .unwrap_or_default();
+        let cordoned: Vec<String> = view
+            .nodes
+            .iter()
+            .filter(|(name, node)| node.cordoned_for_upgrade && !pending.contains(&name.as_str()))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let held = view.reboot_lock_held && pending.is_empty();
+        let everything: Vec<StepId> = (0..self.plan.steps.len()).collect();
+        for node in cordoned {
+            self.plan.push(Action::Uncordon { node }, &everything);
+        }
+        if held {
+            self.plan.push(Action::ReleaseReboots, &everything);
+        }
     }
 
     /// What the cluster's API showed, when it was asked and answered.
@@ -2755,6 +2805,54 @@ pub(crate) mod tests {
             boot.map(|b| b.release.to_string()).as_deref(),
             Some("v1.36.2")
         );
+        // The upgrade waits for the next `up`: workers moved past the rebuilt control plane's
+        // API server would break the skew policy.
+        assert!(
+            repaired
+                .steps
+                .iter()
+                .all(|s| !matches!(s.action, Action::UpgradeNode { .. })),
+            "{:#?}",
+            shown(&repaired)
+        );
+        let waits = repaired.upgrade.as_ref().and_then(|u| u.waits.clone());
+        assert!(
+            waits.is_some_and(|w| w.contains("demo-control-plane-2 is built in this run at v1.36.2")),
+            "{:?}",
+            repaired.upgrade
+        );
+    }
+
+    /// An upgrade that no longer applies (the file set back before it moved anything) leaves
+    /// nothing behind: the node it cordoned is uncordoned, kured's lock released.
+    #[test]
+    fn what_a_stopped_upgrade_left_is_undone_once_it_no_longer_applies() {
+        use crate::plan::kube_view::Registered;
+        let spec = with_workers(1);
+        let mut view = KubeView {
+            reboot_lock_held: true,
+            ..KubeView::default()
+        };
+        for (name, cordoned) in [("demo-control-plane-1", false), ("demo-default-1", true)] {
+            view.nodes.insert(
+                name.into(),
+                Registered {
+                    ready: true,
+                    control_plane: name.contains("control-plane"),
+                    kubelet: None,
+                    cordoned_for_upgrade: cordoned,
+                },
+            );
+        }
+        let scope = Scope {
+            api: ApiReach::Answers(view),
+            ..K8S
+        };
+        let plan = plan(&spec, &converged(&spec), &facts(), scope).expect("plan");
+        assert_eq!(
+            shown(&plan),
+            ["> uncordon demo-default-1", "> reboot lock kured"]
+        );
     }
 
     /// A lost control plane of three that ran, with two running: its etcd member is removed
@@ -2840,6 +2938,7 @@ pub(crate) mod tests {
                     ready: true,
                     control_plane,
                     kubelet: None,
+                    cordoned_for_upgrade: false,
                 };
                 (name.to_string(), node)
             })
@@ -2859,6 +2958,7 @@ pub(crate) mod tests {
                 nodes,
                 etcd: Membership::Listed(members),
                 kubeadm: None,
+                reboot_lock_held: false,
             }),
             ..K8S
         }

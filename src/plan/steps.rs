@@ -284,8 +284,13 @@ pub(crate) enum Action {
         to: crate::pins::KubernetesVersion,
         kubeadm: super::versions::Kubeadm,
     },
-    /// Releases kured's reboot lock once every node was upgraded.
+    /// Releases kured's reboot lock once every node was upgraded (or when the upgrade that
+    /// took it no longer applies).
     ReleaseReboots,
+    /// Uncordons a node an upgrade that no longer applies left cordoned.
+    Uncordon {
+        node: String,
+    },
     /// A duplicate left by a second writer (see [`super::duplicates`]).
     DeleteDuplicate(Owned),
     /// One of the cluster's resources, deleted by `down`.
@@ -628,6 +633,12 @@ impl Action {
                 "kured".into(),
                 "release it".into(),
             ),
+            Uncordon { node } => (
+                Verb::Run,
+                "uncordon",
+                node.clone(),
+                "left cordoned by an upgrade that no longer applies".into(),
+            ),
             DeleteServer { name, because, .. } => (
                 Verb::Delete,
                 "server",
@@ -732,6 +743,7 @@ impl Action {
             HoldReboots => "holding kured's reboot lock for the upgrade".into(),
             UpgradeNode { node, to, .. } => format!("upgrading {node} to {to}"),
             ReleaseReboots => "releasing kured's reboot lock".into(),
+            Uncordon { node } => format!("uncordoning {node}"),
             WaitEtcdMember { node, via } => {
                 format!("waiting for {node} to be a voting etcd member (as {via} sees it)")
             }
@@ -779,7 +791,7 @@ impl Action {
             | RemoveStrayEtcdMember { .. }
             | WaitEtcdMember { .. }
             | DeleteNode { .. } => "kubernetes",
-            HoldReboots | UpgradeNode { .. } | ReleaseReboots => "upgrade",
+            HoldReboots | UpgradeNode { .. } | ReleaseReboots | Uncordon { .. } => "upgrade",
             RenderIgnition { .. } => "render Ignition",
             CreateServer(_) | AttachPort { .. } => "create servers",
             WaitActive { .. } => "servers ACTIVE",
@@ -813,7 +825,8 @@ impl Action {
             | DeleteNode { .. }
             | HoldReboots
             | UpgradeNode { .. }
-            | ReleaseReboots => Service::Kubernetes,
+            | ReleaseReboots
+            | Uncordon { .. } => Service::Kubernetes,
             _ => Service::Network,
         }
     }
@@ -963,6 +976,7 @@ impl Plan {
                     | Action::HoldReboots
                     | Action::UpgradeNode { .. }
                     | Action::ReleaseReboots
+                    | Action::Uncordon { .. }
             )
         })
     }

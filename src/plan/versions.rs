@@ -203,13 +203,20 @@ pub(crate) struct Upgrade {
     pub(crate) to: Release,
     /// Nodes not yet at `to`, in kubeadm's order.
     pub(crate) order: Vec<NodeUpgrade>,
+    /// Why this run does not upgrade, when it does not (a control plane built in it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) waits: Option<String>,
 }
 
 impl Upgrade {
-    /// Whether a control plane already runs `to` while another does not.
+    /// Whether the control planes are between releases: one runs `to` while another does
+    /// not, or `kubeadm upgrade apply` uploaded `to` (its control-plane components moved)
+    /// while a control plane's kubelet has not.
     pub(crate) fn half_done(&self, running: &Running) -> bool {
-        running.control_planes().any(|n| n.release == self.to)
-            && running.control_planes().any(|n| n.release != self.to)
+        let behind = running.control_planes().any(|n| n.release != self.to);
+        behind
+            && (running.control_planes().any(|n| n.release == self.to)
+                || running.kubeadm == Some(self.to))
     }
 }
 
@@ -224,6 +231,18 @@ pub(crate) fn upgrade(
     let Some(api) = running.api_release() else {
         return Ok(None);
     };
+    // `kubeadm upgrade apply` moved the control-plane components past the file: going back
+    // is going down, whatever the nodes record.
+    if let Some(kubeadm) = running.kubeadm
+        && kubeadm > wanted
+    {
+        return Err(ReleaseError::GoesDown {
+            wanted,
+            running: kubeadm,
+            plain: plain(kubeadm),
+            nodes: "the control-plane components (kube-system/kubeadm-config)".into(),
+        });
+    }
     let stays = |n: &&NodeRelease| !leaving.contains(&n.name.as_str());
     let behind: Vec<&NodeRelease> = running
         .nodes
@@ -235,14 +254,17 @@ pub(crate) fn upgrade(
         return Ok(None);
     }
     check_skew(running)?;
-    if let Some(newest) = running.nodes.iter().map(|n| n.release).max()
+    // A kubelet a patch ahead of its record (systemd-sysupdate brought it) counts: activating
+    // the file's image would step it down.
+    let newest_of = |n: &NodeRelease| n.kubelet.map_or(n.release, |k| k.max(n.release));
+    if let Some(newest) = running.nodes.iter().map(newest_of).max()
         && newest > wanted
     {
         return Err(ReleaseError::GoesDown {
             wanted,
             running: newest,
-            plain: format!("{}.{}.{}", newest.major, newest.minor, newest.patch),
-            nodes: running.at(|n| n.release == newest),
+            plain: plain(newest),
+            nodes: running.at(|n| newest_of(n) == newest),
         });
     }
     if wanted.minor > api.minor + 1 {
@@ -251,6 +273,21 @@ pub(crate) fn upgrade(
             running: api,
             next: api.minor + 1,
             nodes: running.at(|n| n.control_plane && n.release == api),
+        });
+    }
+    // Every kubelet stays within three minors of the API servers while they move.
+    let too_old: Vec<String> = running
+        .nodes
+        .iter()
+        .filter(|n| n.release.minor + KUBELET_MINORS_BEHIND < wanted.minor)
+        .map(|n| format!("{} runs kubelet {}", n.name, n.release))
+        .collect();
+    if !too_old.is_empty() {
+        return Err(ReleaseError::SkewBroken {
+            why: format!(
+                "{}, more than {KUBELET_MINORS_BEHIND} minors behind API servers at {wanted}",
+                too_old.join("; ")
+            ),
         });
     }
     if let Some(node) = wanted_sha256.and_then(|sha| running.digest_of_another(sha, wanted)) {
@@ -281,7 +318,12 @@ pub(crate) fn upgrade(
         from: api,
         to: wanted,
         order,
+        waits: None,
     }))
+}
+
+fn plain(release: Release) -> String {
+    format!("{}.{}.{}", release.major, release.minor, release.patch)
 }
 
 /// Refuses nodes that already break the version-skew policy.
@@ -535,6 +577,32 @@ mod tests {
     }
 
     #[test]
+    fn kubeadm_config_past_the_file_and_a_kubelet_patch_ahead_are_going_down() {
+        let mut applied = three_and_two("1.36.2");
+        applied.kubeadm = Some(v("1.37.1"));
+        let error = upgrade(&applied, v("1.36.2"), None, &[]).expect_err("down");
+        assert!(error.to_string().contains("kubeadm-config"), "{error}");
+        // Between releases: the control-plane components moved, no kubelet yet.
+        let up = upgrade(&applied, v("1.37.1"), None, &[])
+            .expect("allowed")
+            .expect("an upgrade");
+        assert!(up.half_done(&applied));
+        assert_eq!(up.order[0].kubeadm, Kubeadm::Node);
+        let mut drifted = three_and_two("1.37.1");
+        drifted.nodes[3].kubelet = Some(v("1.37.4"));
+        let error = upgrade(&drifted, v("1.37.3"), None, &[]).expect_err("down");
+        assert!(
+            error
+                .to_string()
+                .contains("cp-default-1 already run v1.37.4"),
+            "{error}"
+        );
+        // Drift alone, with the file at the recorded release, is no change.
+        assert_eq!(upgrade(&drifted, v("1.37.1"), None, &[]), Ok(None));
+        assert!(upgrade(&drifted, v("1.37.4"), None, &[]).is_ok());
+    }
+
+    #[test]
     fn nodes_that_already_break_the_skew_policy_are_refused() {
         let mut newer_kubelet = three_and_two("1.36.2");
         newer_kubelet.nodes[4] = node("cp-default-2", "1.37.1");
@@ -563,6 +631,7 @@ mod tests {
                 ready: true,
                 control_plane: false,
                 kubelet: Some(v("1.37.1")),
+                cordoned_for_upgrade: false,
             },
         );
         let server = |name: &str, role: &str| crate::cloud::compute::Server {

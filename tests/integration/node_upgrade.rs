@@ -70,9 +70,8 @@ impl Host {
         std::fs::write(workspace.path("image"), IMAGE).expect("image");
         let bin = workspace.path("bin");
         std::fs::create_dir_all(&bin).expect("bin");
-        for name in ["systemctl", "systemd-sysext"] {
-            stand_in(&bin, name, "");
-        }
+        stand_in(&bin, "systemctl", "");
+        stand_in(&bin, "systemd-sysext", r#"exit "${SYSEXT_EXIT:-0}""#);
         stand_in(
             &bin,
             "curl",
@@ -319,4 +318,48 @@ fn a_digest_mismatch_stops_the_stage_before_anything_is_activated() {
     assert_eq!(code, Some(4));
     let link = std::fs::read_link(host.paths.sysext_link).expect("link");
     assert!(link.ends_with("kubernetes-v1.36.2-x86-64.raw"), "{link:?}");
+}
+
+/// A refresh that fails puts the old image back and starts the kubelet again (unmasked), so
+/// the node keeps running and answering; the next run swaps afresh.
+#[test]
+fn a_failed_activation_puts_the_old_image_back_and_the_kubelet_up() {
+    require_tool("unshare");
+    let host = Host::new();
+    let spec = spec_at("1.37.1", &image_sha256());
+    let (stage, activate) = action_names(flatstack::pins::KubernetesVersion::new(1, 37, 1));
+    let (code, _) = host.run(
+        &stage,
+        &stage_script(&spec, Kubeadm::Node, &host.paths),
+        &[],
+    );
+    assert_eq!(code, Some(0));
+    let body = activate_script(&spec, &host.paths);
+    let (code, log) = host.run(&activate, &body, &[("SYSEXT_EXIT", "1")]);
+    assert_eq!(code, Some(5), "{log:?}");
+    assert_eq!(
+        log,
+        [
+            "systemctl mask --runtime kubelet.service",
+            "systemctl stop kubelet.service",
+            "systemd-sysext refresh",
+            "systemd-sysext refresh",
+            "systemctl unmask --runtime kubelet.service",
+            "systemctl start kubelet.service",
+        ]
+    );
+    let link = std::fs::read_link(host.paths.sysext_link).expect("link");
+    assert!(link.ends_with("kubernetes-v1.36.2-x86-64.raw"), "{link:?}");
+    let (code, log) = host.run(&activate, &body, &[]);
+    assert_eq!(code, Some(0), "{log:?}");
+    assert_eq!(
+        log[..3],
+        [
+            "systemctl mask --runtime kubelet.service",
+            "systemctl stop kubelet.service",
+            "systemd-sysext refresh"
+        ]
+    );
+    let link = std::fs::read_link(host.paths.sysext_link).expect("link");
+    assert!(link.ends_with("kubernetes-v1.37.1-x86-64.raw"), "{link:?}");
 }
