@@ -202,6 +202,7 @@ pub(crate) async fn cluster_resources(
             servers: &servers,
             flavors: &flavors,
             boot_volumes: &boot_volumes,
+            replace_below: crate::plan::versions::replace_below(&servers, spec.kubernetes.version),
         };
         roster(spec, facts)
             .nodes

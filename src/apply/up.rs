@@ -211,6 +211,64 @@ pub(crate) async fn up(
         node_ready_within: timeout,
     });
     let provisioned = super::provision(context, &observation, &plan, started, events).await?;
+    // Pools that upgrade by replacement wait for the control planes to run the release: a
+    // second round, planned from a fresh look, replaces their nodes.
+    let (plan, provisioned) = match plan.replaces_after_upgrade() && !provision_only {
+        false => (plan, provisioned),
+        true => {
+            say(
+                "the control planes run the file's release: replacing the nodes of pools that upgrade by replacement",
+            );
+            let Checked {
+                observation: next_observation,
+                problems,
+                ..
+            } = observe_checked(&cloud, &mut spec, ranges::recorded(Some(&state))?).await?;
+            if !problems.is_empty() {
+                return Err(UpError::Preflight(problems.join("; ")));
+            }
+            let scope = Scope {
+                kubernetes: true,
+                accept_empty_cluster,
+                api: ApiReach::Unasked,
+                node_wait: timeout,
+            };
+            let (next, kube, silence) = plan_asking_the_api(
+                &spec,
+                &next_observation,
+                scope,
+                &pki,
+                api_address.as_deref(),
+            )
+            .await?;
+            if let Some(silence) = silence {
+                say(&silence);
+            }
+            let observed = &next_observation.observed;
+            if let Some(short) =
+                growth_shortfall(&cloud, observed, &next_observation.facts, &next).await?
+            {
+                return Err(UpError::Preflight(short));
+            }
+            let context = Arc::new(Context {
+                cloud: cloud.clone(),
+                spec: spec.clone(),
+                pki: Some(pki.clone()),
+                join_token: Some(BootstrapToken::generate()?),
+                kube,
+                node_ready_within: timeout,
+            });
+            let again =
+                super::provision(context, &next_observation, &next, started, events).await?;
+            let offset = plan.steps.len();
+            let mut runs = provisioned.runs;
+            runs.extend(again.runs.into_iter().map(|mut run| {
+                run.step += offset;
+                run
+            }));
+            (plan.then(next), Provisioned { runs, ..again })
+        }
+    };
     let provisioned_at = at();
     let mutating_calls = cloud.counter.mutating();
     let server = match provisioned.endpoint.public {

@@ -223,6 +223,16 @@ fn print_plan(report: &PlanReport, open_api: bool) {
         for pin in &up.addon_pins {
             out!("  after the last control plane: {pin}");
         }
+        if !up.upgrade.replaced.is_empty() {
+            out!(
+                "  replaced by new nodes at {} once the control planes run it: {}",
+                up.upgrade.to,
+                up.upgrade.replaced.join(", ")
+            );
+        }
+        if let Some(waits) = &up.upgrade.waits {
+            out!("  waits: {waits}");
+        }
         if !up.performed {
             out!(
                 "  not with --provision-only: new nodes boot {}, which the control planes run",

@@ -284,9 +284,19 @@ impl<'a> Planner<'a> {
             .map(|n| (n.name.clone(), n.release))
             .collect();
         check_endpoint(self.spec, self.observed)?;
+        // Pools that upgrade by replacement are replaced once the control planes run the
+        // file's release.
+        let wanted = self.spec.kubernetes.version;
+        let replace_below = running
+            .api_release()
+            .filter(|api| *api >= wanted)
+            .map(|_| wanted);
         let roster = roster(
             self.spec,
-            ServerFacts::of(self.observed, &self.facts.flavors),
+            ServerFacts {
+                replace_below,
+                ..ServerFacts::of(self.observed, &self.facts.flavors)
+            },
         );
         let control_planes = self.control_planes();
         let ports = self.ports(&chain, &groups, &roster.nodes, &control_planes);
@@ -373,6 +383,24 @@ impl<'a> Planner<'a> {
     /// new API server would be older than the kubelets moved past it). What an upgrade that
     /// no longer applies left behind (a node cordoned, kured's lock held) is undone.
     fn upgrade(&mut self, running: &versions::Running) -> Result<(), PlanError> {
+        let wanted = &self.spec.kubernetes;
+        // Nodes of pools that upgrade by replacement: replaced (by the roster) once the
+        // control planes run the release, never upgraded in place.
+        let replaced: Vec<String> = running
+            .nodes
+            .iter()
+            .filter(|n| {
+                !n.control_plane
+                    && n.recorded.unwrap_or(n.release) != wanted.version
+                    && self.spec.worker_pools.iter().any(|pool| {
+                        pool.upgrade == crate::spec::PoolUpgrade::Replace
+                            && n.name
+                                .strip_prefix(&format!("{}-{}-", self.spec.name, pool.name))
+                                .is_some_and(|n| n.parse::<u32>().is_ok())
+                    })
+            })
+            .map(|n| n.name.clone())
+            .collect();
         let leaving: Vec<&str> = self
             .plan
             .steps
@@ -383,14 +411,18 @@ impl<'a> Planner<'a> {
                 }
                 _ => None,
             })
+            .chain(replaced.iter().map(String::as_str))
             .collect();
-        let wanted = &self.spec.kubernetes;
         let upgrade = versions::upgrade(
             running,
             wanted.version,
             wanted.sysext_sha256.as_deref(),
             &leaving,
-        )?;
+        )?
+        .map(|mut upgrade| {
+            upgrade.replaced = replaced.clone();
+            upgrade
+        });
         let building = self.plan.steps.iter().find_map(|s| match &s.action {
             Action::CreateServer(server)
                 if server.tags.contains(&resources::role_tag("control-plane")) =>
@@ -2820,6 +2852,68 @@ pub(crate) mod tests {
             waits.is_some_and(|w| w.contains("demo-control-plane-2 is built in this run at v1.36.2")),
             "{:?}",
             repaired.upgrade
+        );
+    }
+
+    /// A pool that upgrades by replacement: its node waits while the control plane moves (and
+    /// the plan asks for a second round), then is replaced by a new one at the new release.
+    #[test]
+    fn a_pool_that_upgrades_by_replacement_is_replaced_once_the_control_planes_moved() {
+        let spec = test_spec(
+            "[[worker_pools]]\nname = \"default\"\ncount = 1\nflavor = \"m3.small\"\nupgrade = \"replace\"\n",
+        );
+        let at = |cp: &str, worker: &str| {
+            let mut observed = converged(&spec);
+            for server in &mut observed.servers {
+                let release = match server.name.contains("control-plane") {
+                    true => cp,
+                    false => worker,
+                };
+                server.metadata.insert(
+                    crate::plan::resources::KUBERNETES_METADATA.into(),
+                    release.into(),
+                );
+                server.metadata.insert(
+                    versions::SYSEXT_DIGEST_METADATA.into(),
+                    format!("digest-of-{release}"),
+                );
+            }
+            observed
+        };
+        let first = plan(&spec, &at("v1.36.2", "v1.36.2"), &facts(), K8S).expect("plan");
+        let upgrade = first.upgrade.clone().expect("an upgrade");
+        assert_eq!(upgrade.order.len(), 1);
+        assert_eq!(upgrade.order[0].node, "demo-control-plane-1");
+        assert_eq!(upgrade.replaced, ["demo-default-1"]);
+        assert!(first.replaces_after_upgrade());
+        assert!(
+            !shown(&first).iter().any(|l| l.contains("demo-default-2")),
+            "{:#?}",
+            shown(&first)
+        );
+        let second = plan(&spec, &at("v1.37.1", "v1.36.2"), &facts(), K8S).expect("plan");
+        let lines = shown(&second);
+        for line in [
+            "+ server demo-default-2",
+            "> drain demo-default-1",
+            "- server demo-default-1",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.starts_with(line)),
+                "{line} in {lines:#?}"
+            );
+        }
+        assert!(!second.replaces_after_upgrade());
+        let created = second.steps.iter().find_map(|s| match &s.action {
+            Action::CreateServer(server) => Some(server.metadata.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            created
+                .expect("a server")
+                .get(crate::plan::resources::KUBERNETES_METADATA)
+                .map(String::as_str),
+            Some("v1.37.1")
         );
     }
 

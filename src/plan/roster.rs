@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::resources::Observed;
 use crate::cloud::compute::{Flavor, Server};
-use crate::spec::{ClusterSpec, NodeName, Role};
+use crate::spec::{ClusterSpec, NodeName, PoolUpgrade, Role, WorkerPool};
 
 /// The cluster's nodes once the plan ran, and how it gets there.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -37,6 +37,9 @@ pub(crate) struct ServerFacts<'a> {
     pub(crate) flavors: &'a [Flavor],
     /// The size in GB of each volume-booted server's boot volume, by server ID.
     pub(crate) boot_volumes: &'a BTreeMap<String, u64>,
+    /// The release the nodes of pools that upgrade by replacement must run, once the control
+    /// planes run it (`None` before): nodes that record another are replaced.
+    pub(crate) replace_below: Option<crate::pins::KubernetesVersion>,
 }
 
 impl<'a> ServerFacts<'a> {
@@ -45,6 +48,7 @@ impl<'a> ServerFacts<'a> {
             servers: &observed.servers,
             flavors,
             boot_volumes: &observed.boot_volumes,
+            replace_below: None,
         }
     }
 }
@@ -71,7 +75,8 @@ pub(crate) fn roster(spec: &ClusterSpec, facts: ServerFacts) -> Roster {
                 // A failed build is rebuilt as the pool now asks, in its own place.
                 let why = match s.failed_build() {
                     true => None,
-                    false => outdated_because(&pool.flavor, pool.boot_volume_gb, s, facts),
+                    false => outdated_because(&pool.flavor, pool.boot_volume_gb, s, facts)
+                        .or_else(|| replaced_for_release(pool, s, facts)),
                 };
                 (*n, why)
             })
@@ -147,6 +152,22 @@ pub(crate) fn outdated_because(
     }
 }
 
+/// Why a node of a pool that upgrades by replacement is replaced: it records another release
+/// than the one the control planes already run.
+fn replaced_for_release(pool: &WorkerPool, server: &Server, facts: ServerFacts) -> Option<String> {
+    let wanted = facts.replace_below?;
+    if pool.upgrade != PoolUpgrade::Replace {
+        return None;
+    }
+    let recorded = server
+        .metadata
+        .get(crate::plan::resources::KUBERNETES_METADATA)
+        .and_then(|v| crate::pins::KubernetesVersion::parse(v))?;
+    (recorded < wanted).then(|| {
+        format!("runs Kubernetes {recorded}; its pool upgrades to {wanted} by replacement")
+    })
+}
+
 /// The name of the flavor a pool asks for by name or ID (as given when the cloud lacks it).
 pub(crate) fn wanted_flavor_name<'a>(wanted: &'a str, flavors: &'a [Flavor]) -> &'a str {
     flavors
@@ -188,6 +209,7 @@ mod tests {
                 servers,
                 flavors: &[],
                 boot_volumes: &BTreeMap::new(),
+                replace_below: None,
             },
         )
     }
@@ -299,6 +321,7 @@ mod tests {
                 servers,
                 flavors: &[],
                 boot_volumes: &sizes,
+                replace_below: None,
             };
             roster(spec, facts)
                 .replacements

@@ -957,6 +957,40 @@ impl Plan {
         self.steps.is_empty()
     }
 
+    /// Whether, once this plan ran, another round is due: it upgrades control planes while
+    /// nodes of pools that upgrade by replacement wait for them to run the release.
+    pub(crate) fn replaces_after_upgrade(&self) -> bool {
+        self.upgrade
+            .as_ref()
+            .is_some_and(|u| !u.replaced.is_empty())
+            && self.steps.iter().any(|s| {
+                matches!(
+                    s.action,
+                    Action::UpgradeNode {
+                        control_plane: true,
+                        ..
+                    }
+                )
+            })
+    }
+
+    /// This plan followed by `next` (made after this one ran): `next`'s steps numbered on,
+    /// its nodes, releases and upgrade the latest.
+    pub(crate) fn then(mut self, next: Plan) -> Plan {
+        let offset = self.steps.len();
+        self.steps.extend(next.steps.into_iter().map(|mut step| {
+            step.id += offset;
+            for need in &mut step.needs {
+                *need += offset;
+            }
+            step
+        }));
+        self.nodes = next.nodes;
+        self.releases = next.releases;
+        self.upgrade = next.upgrade;
+        self
+    }
+
     pub(crate) fn shown(&self) -> Vec<ShownStep> {
         self.steps.iter().map(Step::shown).collect()
     }

@@ -116,6 +116,22 @@ impl Running {
     }
 }
 
+/// The release pools that upgrade by replacement must run (see `roster::ServerFacts`): the
+/// file's, once every control plane's server records it or newer.
+pub(crate) fn replace_below(
+    servers: &[crate::cloud::compute::Server],
+    wanted: Release,
+) -> Option<Release> {
+    servers
+        .iter()
+        .filter(|s| s.has_role("control-plane") && !s.failed_build())
+        .filter_map(|s| s.metadata.get(KUBERNETES_METADATA))
+        .filter_map(|v| Release::parse(v))
+        .min()
+        .filter(|api| *api >= wanted)
+        .map(|_| wanted)
+}
+
 /// Why the file's release cannot be reached from what runs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReleaseError {
@@ -206,6 +222,10 @@ pub(crate) struct Upgrade {
     /// Why this run does not upgrade, when it does not (a control plane built in it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) waits: Option<String>,
+    /// Nodes of pools that upgrade by replacement, not yet at `to`: replaced once the control
+    /// planes run it (`up` plans a second round for them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) replaced: Vec<String>,
 }
 
 impl Upgrade {
@@ -319,6 +339,7 @@ pub(crate) fn upgrade(
         to: wanted,
         order,
         waits: None,
+        replaced: Vec::new(),
     }))
 }
 

@@ -158,6 +158,19 @@ pub struct WorkerPool {
     pub(crate) max_surge: u32,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) taints: Vec<Taint>,
+    /// How the pool's nodes move to another Kubernetes release.
+    pub(crate) upgrade: PoolUpgrade,
+}
+
+/// How a worker pool's nodes move to another Kubernetes release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum PoolUpgrade {
+    /// Each node upgraded where it runs (kubeadm, then the new image), one at a time.
+    #[default]
+    InPlace,
+    /// New nodes at the new release first, then the old ones drained and deleted (the rolling
+    /// replacement a flavor change makes), once the control planes run it.
+    Replace,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

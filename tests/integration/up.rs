@@ -92,7 +92,7 @@ fn group_ports(group: &str) -> Vec<String> {
     open
 }
 
-fn servers(name: &str) -> Vec<String> {
+pub(crate) fn servers(name: &str) -> Vec<String> {
     let mut names: Vec<String> = tagged("server", name)
         .iter()
         .filter_map(|s| s["Name"].as_str().map(str::to_string))

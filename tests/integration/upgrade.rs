@@ -376,3 +376,97 @@ fn an_upgrade_killed_at_several_points_is_finished_by_the_next_up() {
     let world = server.world.lock().expect("world");
     assert!(world.objects[KURED_DAEMONSET]["metadata"]["annotations"][KURED_LOCK].is_null());
 }
+
+/// A pool that upgrades by replacement: the control plane is upgraded in place, then (in the
+/// same `up`, a second round) the pool's node is replaced by a new one at the new release,
+/// which is Ready before the old one is drained and deleted.
+#[test]
+fn a_pool_that_upgrades_by_replacement_gets_new_nodes_after_the_control_planes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let name = unique("upgr");
+    let workspace = Workspace::new();
+    let text = |version: &str, sha: &str| {
+        at(&name, version, sha).replace(
+            "count = 1\nflavor = \"m3.tiny\"",
+            "count = 1\nflavor = \"m3.tiny\"\nupgrade = \"replace\"",
+        )
+    };
+    workspace.write_cluster(&text("1.36.2", &"ab".repeat(32)));
+    let _teardown = Teardown(&workspace);
+    let (cp, w1, w2) = (
+        format!("{name}-control-plane-1"),
+        format!("{name}-default-1"),
+        format!("{name}-default-2"),
+    );
+    let server = standin_at(&workspace, "v1.36.2", &[cp.clone(), w1.clone()]);
+    // Kubelets: a new server's node registers once ACTIVE, at the release its server records.
+    let stop = Arc::new(AtomicBool::new(false));
+    let joiner = {
+        let (world, stop, name) = (server.world.clone(), stop.clone(), name.clone());
+        let mut joined = vec![cp.clone(), w1.clone()];
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for s in crate::up::tagged("server", &name) {
+                    let server_name = s["Name"].as_str().unwrap_or_default().to_string();
+                    if s["Status"] == "ACTIVE" && !joined.contains(&server_name) {
+                        let release = server_metadata(&server_name)["flatstack-kubernetes"]
+                            .as_str()
+                            .unwrap_or("v1.37.1")
+                            .to_string();
+                        let mut world = world.lock().expect("world");
+                        world.kubelet_release = Some(release);
+                        world.register(&server_name, false);
+                        joined.push(server_name);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        })
+    };
+    let api = server.address.to_string();
+    let args = ["up", "--api-address", api.as_str(), "--timeout", "3m"];
+    success(&flatstack(&workspace, &args));
+
+    workspace.write_cluster(&text("1.37.1", &"cd".repeat(32)));
+    let plan = success(&flatstack(
+        &workspace,
+        &["plan", "--api-address", api.as_str()],
+    ));
+    assert!(
+        plan.contains(&format!(
+            "upgrade v1.36.2 to v1.37.1, one node at a time, control planes first: {cp}"
+        )) && plan.contains(&format!(
+            "replaced by new nodes at v1.37.1 once the control planes run it: {w1}"
+        )),
+        "{plan}"
+    );
+    let output = flatstack(&workspace, &args);
+    let out = format!("{}{}", success(&output), stderr(&output));
+    let at_line = |line: &str| {
+        out.find(line)
+            .unwrap_or_else(|| panic!("`{line}` in\n{out}"))
+    };
+    assert!(
+        at_line(&format!("upgraded {cp} from v1.36.2 to v1.37.1"))
+            < at_line(&format!("creating server {w2}"))
+    );
+    assert!(at_line(&format!("{w2} is Ready")) < at_line(&format!("drained {w1}")));
+    stop.store(true, Ordering::Relaxed);
+    joiner.join().expect("kubelets");
+    assert_eq!(
+        runs(&server),
+        [
+            format!("{cp} k8s-v1-37-1-stage upgrade apply locked"),
+            format!("{cp} k8s-v1-37-1-activate locked cordoned"),
+        ],
+        "the pool's node is never upgraded in place"
+    );
+    assert_eq!(server_metadata(&w2)["flatstack-kubernetes"], "v1.37.1");
+    assert_eq!(kubelet(&server, &w2), "v1.37.1");
+    assert_eq!(
+        crate::up::servers(&name),
+        [cp.clone(), w2.clone()],
+        "the old node is gone"
+    );
+}

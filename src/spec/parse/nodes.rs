@@ -117,6 +117,21 @@ pub(super) fn read_worker_pool(mut t: Table<'_, '_>, p: &mut Problems) -> Option
             None
         }
     };
+    let upgrade = match t.string("upgrade", p) {
+        None => Some(PoolUpgrade::InPlace),
+        Some(u) => match u.get_ref().as_str() {
+            "in-place" => Some(PoolUpgrade::InPlace),
+            "replace" => Some(PoolUpgrade::Replace),
+            other => {
+                p.error(
+                    u.span(),
+                    format!("`{}` is `{other}`", t.key_path("upgrade")),
+                    "use \"in-place\" (each node upgraded where it runs) or \"replace\" (new nodes at the new release, then the old ones drained and deleted)",
+                );
+                None
+            }
+        },
+    };
     let label_path = t.key_path("labels");
     let taint_path = t.key_path("taints");
     match &name {
@@ -158,6 +173,7 @@ pub(super) fn read_worker_pool(mut t: Table<'_, '_>, p: &mut Problems) -> Option
         max_surge: max_surge?,
         labels: label_map,
         taints,
+        upgrade: upgrade?,
     })
 }
 
@@ -346,6 +362,22 @@ mod tests {
             "[[worker_pools]]\nname = \"w\"\ncount = 1\nflavor = \"f\"\nlabels = { \"-bad\" = \"x\" }\n",
         );
         assert!(label[0].contains("is not a valid label key"), "{label:?}");
+    }
+
+    #[test]
+    fn a_pool_upgrades_in_place_unless_it_says_replace() {
+        let pool = "[[worker_pools]]\nname = \"gpu\"\ncount = 1\nflavor = \"g3.large\"\n";
+        assert_eq!(
+            with(pool).expect("valid").worker_pools[0].upgrade,
+            crate::spec::PoolUpgrade::InPlace
+        );
+        let replace = with(&format!("{pool}upgrade = \"replace\"\n")).expect("valid");
+        assert_eq!(
+            replace.worker_pools[0].upgrade,
+            crate::spec::PoolUpgrade::Replace
+        );
+        let odd = problems(&format!("{pool}upgrade = \"rolling\"\n"));
+        assert!(odd[0].contains("upgrade` is `rolling`"), "{odd:?}");
     }
 
     #[test]
