@@ -202,71 +202,27 @@ pub(crate) async fn up(
         spec.kubernetes.version,
         sysext.describe()
     ));
-    let context = Arc::new(Context {
-        cloud: cloud.clone(),
-        spec: spec.clone(),
-        pki: Some(pki.clone()),
-        join_token: Some(BootstrapToken::generate()?),
-        kube,
-        node_ready_within: timeout,
-    });
-    let provisioned = super::provision(context, &observation, &plan, started, events).await?;
+    let rounds = Rounds {
+        cloud: &cloud,
+        pki: &pki,
+        timeout,
+        started,
+        events,
+    };
+    let provisioned = rounds.provision(&spec, kube, &observation, &plan).await?;
     // Pools that upgrade by replacement wait for the control planes to run the release: a
     // second round, planned from a fresh look, replaces their nodes.
     let (plan, provisioned) = match plan.replaces_after_upgrade() && !provision_only {
         false => (plan, provisioned),
         true => {
-            say(
-                "the control planes run the file's release: replacing the nodes of pools that upgrade by replacement",
-            );
-            let Checked {
-                observation: next_observation,
-                problems,
-                ..
-            } = observe_checked(&cloud, &mut spec, ranges::recorded(Some(&state))?).await?;
-            if !problems.is_empty() {
-                return Err(UpError::Preflight(problems.join("; ")));
-            }
-            let scope = Scope {
-                kubernetes: true,
+            let again = Again {
+                state: &state,
                 accept_empty_cluster,
-                api: ApiReach::Unasked,
-                node_wait: timeout,
+                api_address: api_address.as_deref(),
             };
-            let (next, kube, silence) = plan_asking_the_api(
-                &spec,
-                &next_observation,
-                scope,
-                &pki,
-                api_address.as_deref(),
-            )
-            .await?;
-            if let Some(silence) = silence {
-                say(&silence);
-            }
-            let observed = &next_observation.observed;
-            if let Some(short) =
-                growth_shortfall(&cloud, observed, &next_observation.facts, &next).await?
-            {
-                return Err(UpError::Preflight(short));
-            }
-            let context = Arc::new(Context {
-                cloud: cloud.clone(),
-                spec: spec.clone(),
-                pki: Some(pki.clone()),
-                join_token: Some(BootstrapToken::generate()?),
-                kube,
-                node_ready_within: timeout,
-            });
-            let again =
-                super::provision(context, &next_observation, &next, started, events).await?;
-            let offset = plan.steps.len();
-            let mut runs = provisioned.runs;
-            runs.extend(again.runs.into_iter().map(|mut run| {
-                run.step += offset;
-                run
-            }));
-            (plan.then(next), Provisioned { runs, ..again })
+            rounds
+                .replace_after_upgrade(&mut spec, &again, plan, provisioned)
+                .await?
         }
     };
     let provisioned_at = at();
@@ -340,6 +296,91 @@ pub(crate) async fn up(
         admin_kubeconfig_path,
         booted,
     })
+}
+
+/// What every round of `up`'s cloud side shares.
+struct Rounds<'a> {
+    cloud: &'a Arc<Cloud>,
+    pki: &'a ClusterPki,
+    timeout: Duration,
+    started: Instant,
+    events: &'a (dyn Fn(Event) + Sync),
+}
+
+/// What a second round plans with besides the spec.
+struct Again<'a> {
+    state: &'a StateDir,
+    accept_empty_cluster: bool,
+    api_address: Option<&'a str>,
+}
+
+impl Rounds<'_> {
+    /// Runs `plan`, made from `observation`, with a join token of its own for its new nodes.
+    async fn provision(
+        &self,
+        spec: &ClusterSpec,
+        kube: Option<KubeClient>,
+        observation: &Observation,
+        plan: &Plan,
+    ) -> Result<Provisioned, UpError> {
+        let context = Arc::new(Context {
+            cloud: self.cloud.clone(),
+            spec: spec.clone(),
+            pki: Some(self.pki.clone()),
+            join_token: Some(BootstrapToken::generate()?),
+            kube,
+            node_ready_within: self.timeout,
+        });
+        Ok(super::provision(context, observation, plan, self.started, self.events).await?)
+    }
+
+    /// The second round after an upgrade moved the control planes: looked at, planned and
+    /// run afresh (the roster now replaces the nodes of pools that upgrade by replacement);
+    /// both rounds' steps and runs reported as one.
+    async fn replace_after_upgrade(
+        &self,
+        spec: &mut ClusterSpec,
+        again: &Again<'_>,
+        first: Plan,
+        provisioned: Provisioned,
+    ) -> Result<(Plan, Provisioned), UpError> {
+        (self.events)(Event::Say(
+            "the control planes run the file's release: replacing the nodes of pools that upgrade by replacement".into(),
+        ));
+        let Checked {
+            observation,
+            problems,
+            ..
+        } = observe_checked(self.cloud, spec, ranges::recorded(Some(again.state))?).await?;
+        if !problems.is_empty() {
+            return Err(UpError::Preflight(problems.join("; ")));
+        }
+        let scope = Scope {
+            kubernetes: true,
+            accept_empty_cluster: again.accept_empty_cluster,
+            api: ApiReach::Unasked,
+            node_wait: self.timeout,
+        };
+        let (next, kube, silence) =
+            plan_asking_the_api(spec, &observation, scope, self.pki, again.api_address).await?;
+        if let Some(silence) = silence {
+            (self.events)(Event::Say(silence));
+        }
+        let observed = &observation.observed;
+        if let Some(short) =
+            growth_shortfall(self.cloud, observed, &observation.facts, &next).await?
+        {
+            return Err(UpError::Preflight(short));
+        }
+        let second = self.provision(spec, kube, &observation, &next).await?;
+        let offset = first.steps.len();
+        let mut runs = provisioned.runs;
+        runs.extend(second.runs.into_iter().map(|mut run| {
+            run.step += offset;
+            run
+        }));
+        Ok((first.then(next), Provisioned { runs, ..second }))
+    }
 }
 
 /// `up`'s last step, before it reports: every server of the cluster file is still there and

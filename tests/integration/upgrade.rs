@@ -80,6 +80,11 @@ fn standin_at(workspace: &Workspace, release: &str, nodes: &[String]) -> StandIn
     )
 }
 
+/// `up` through the stand-in at `api`.
+fn up_args(api: &str) -> [&str; 5] {
+    ["up", "--api-address", api, "--timeout", "3m"]
+}
+
 fn cordoned(server: &StandIn, node: &str) -> bool {
     let world = server.world.lock().expect("world");
     world.nodes[node]
@@ -109,12 +114,7 @@ fn editing_the_version_upgrades_node_by_node_and_resumes_after_a_failure() {
     );
     let server = standin_at(&workspace, "v1.36.2", &[cp.clone(), w1.clone()]);
     let api = server.address.to_string();
-    let up = || {
-        flatstack(
-            &workspace,
-            &["up", "--api-address", api.as_str(), "--timeout", "3m"],
-        )
-    };
+    let up = || flatstack(&workspace, &up_args(&api));
     success(&up());
     for node in [&cp, &w1] {
         assert_eq!(server_metadata(node)["flatstack-kubernetes"], "v1.36.2");
@@ -248,12 +248,7 @@ fn three_control_planes_upgrade_one_at_a_time_and_a_new_worker_boots_their_relea
         &[cp1.clone(), cp2.clone(), cp3.clone(), w1.clone()],
     );
     let api = server.address.to_string();
-    let up = || {
-        flatstack(
-            &workspace,
-            &["up", "--api-address", api.as_str(), "--timeout", "3m"],
-        )
-    };
+    let up = || flatstack(&workspace, &up_args(&api));
     success(&up());
     let _kubelets = Kubelets::start(&server, &name);
 
@@ -330,7 +325,7 @@ fn an_upgrade_killed_at_several_points_is_finished_by_the_next_up() {
     );
     let server = standin_at(&workspace, "v1.36.2", &[cp.clone(), w1.clone()]);
     let api = server.address.to_string();
-    let args = ["up", "--api-address", api.as_str(), "--timeout", "3m"];
+    let args = up_args(&api);
     success(&flatstack(&workspace, &args));
     workspace.write_cluster(&at(&name, "1.37.1", &"cd".repeat(32)));
     let mut kills = 0;
@@ -425,7 +420,7 @@ fn a_pool_that_upgrades_by_replacement_gets_new_nodes_after_the_control_planes()
         })
     };
     let api = server.address.to_string();
-    let args = ["up", "--api-address", api.as_str(), "--timeout", "3m"];
+    let args = up_args(&api);
     success(&flatstack(&workspace, &args));
 
     workspace.write_cluster(&text("1.37.1", &"cd".repeat(32)));
