@@ -800,9 +800,9 @@ async fn run_on_cloud(
         | Action::RemoveStrayEtcdMember { .. }
         | Action::WaitEtcdMember { .. }
         | Action::DeleteNode { .. }
-        | Action::HoldReboots
+        | Action::HoldReboots { .. }
         | Action::UpgradeNode { .. }
-        | Action::ReleaseReboots
+        | Action::ReleaseReboots { .. }
         | Action::Uncordon { .. } => Made::default(),
         Action::DeleteServer { id, .. } => {
             cloud.delete_server(id).await?;

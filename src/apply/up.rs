@@ -101,6 +101,12 @@ pub(crate) enum UpError {
         "the cluster side failed\n  the cloud side is done; run `flatstack up` again to carry on, or `flatstack status` to look"
     )]
     Bootstrap(#[source] ApplyError),
+    /// The second round after an upgrade (replacing pools that upgrade by replacement)
+    /// failed; the upgrade itself is done.
+    #[error(
+        "every node of the upgrade was moved, then replacing the nodes of pools that upgrade by replacement failed\n  hint: run `flatstack up` again to carry on"
+    )]
+    Replacement(#[source] Box<UpError>),
     /// The last look at the cloud found the cluster other than `up` made it.
     #[error("{0}")]
     NotAsMade(String),
@@ -222,7 +228,8 @@ pub(crate) async fn up(
             };
             rounds
                 .replace_after_upgrade(&mut spec, &again, plan, provisioned)
-                .await?
+                .await
+                .map_err(|e| UpError::Replacement(Box::new(e)))?
         }
     };
     let provisioned_at = at();

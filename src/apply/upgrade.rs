@@ -18,7 +18,7 @@ use crate::node::upgrade::{HostPaths, action_names, activate_script, stage_scrip
 use crate::pins::KubernetesVersion;
 use crate::plan::resources::KUBERNETES_METADATA;
 use crate::plan::steps::Action;
-use crate::plan::versions::{Kubeadm, SYSEXT_DIGEST_METADATA};
+use crate::plan::versions::{Kubeadm, SYSEXT_DIGEST_METADATA, UPGRADING_METADATA};
 
 /// Longest one host action may take: the download of the image and `kubeadm upgrade apply`
 /// (which waits up to 5 min for each static pod) fit well inside.
@@ -42,27 +42,27 @@ pub(super) async fn run(
             )
         })
     };
+    let kube = match (action, kube()) {
+        (
+            Action::HoldReboots { .. }
+            | Action::ReleaseReboots { .. }
+            | Action::Uncordon { .. }
+            | Action::UpgradeNode { .. },
+            Err(e),
+        ) => return Some(Err(e)),
+        (_, Ok(kube)) => kube,
+        (_, Err(_)) => return None,
+    };
     Some(match action {
-        Action::HoldReboots => hold(kube()).await,
-        Action::Uncordon { node } => match kube() {
-            Ok(kube) => kube
-                .uncordon_after_upgrade(node)
-                .await
-                .map(|()| {
-                    Some(format!(
-                        "uncordoned {node}, which an upgrade that no longer applies left cordoned"
-                    ))
-                })
-                .map_err(ApplyError::from),
-            Err(e) => Err(e),
-        },
-        Action::ReleaseReboots => match kube() {
-            Ok(kube) => kube
-                .release_reboot_lock()
-                .await
-                .map(|()| Some("released kured's reboot lock".to_string()))
-                .map_err(ApplyError::from),
-            Err(e) => Err(e),
+        Action::HoldReboots { servers, to } => hold(kube, context, servers, *to).await,
+        Action::ReleaseReboots { servers } => release(kube, context, servers).await,
+        Action::Uncordon { node } => match kube.uncordon_after_upgrade(node).await {
+            Ok(()) => Ok(Some(format!(
+                "uncordoned {node}, which an upgrade that stopped left cordoned"
+            ))),
+            // Gone meanwhile: nothing left to uncordon.
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
         },
         Action::UpgradeNode {
             node,
@@ -71,28 +71,55 @@ pub(super) async fn run(
             to,
             kubeadm,
             ..
-        } => match kube() {
-            Ok(kube) => {
-                let turn = Turn {
-                    node,
-                    server_id,
-                    from: *from,
-                    to: *to,
-                    kubeadm: *kubeadm,
-                };
-                upgrade_node(kube, context, &turn).await
-            }
-            Err(e) => Err(e),
-        },
+        } => {
+            let turn = Turn {
+                node,
+                server_id,
+                from: *from,
+                to: *to,
+                kubeadm: *kubeadm,
+            };
+            upgrade_node(kube, context, &turn).await
+        }
         _ => return None,
     })
 }
 
-async fn hold(kube: Result<&KubeClient, ApplyError>) -> Result<Option<String>, ApplyError> {
-    let held = kube?.hold_reboot_lock(REBOOT_LOCK_TIMEOUT).await?;
+/// kured's lock taken, then the control planes' servers marked as upgrading.
+async fn hold(
+    kube: &KubeClient,
+    context: &Context,
+    servers: &[String],
+    to: KubernetesVersion,
+) -> Result<Option<String>, ApplyError> {
+    let held = kube.hold_reboot_lock(REBOOT_LOCK_TIMEOUT).await?;
+    let mark = BTreeMap::from([(UPGRADING_METADATA.to_string(), to.to_string())]);
+    for server in servers {
+        context.cloud.update_server_metadata(server, &mark).await?;
+    }
     Ok(Some(match held {
         true => "holding kured's reboot lock: no node reboots while nodes are upgraded".into(),
         false => "kured is not installed: no reboot lock to hold".into(),
+    }))
+}
+
+/// kured's lock released (if flatstack holds it), then the upgrading mark cleared.
+async fn release(
+    kube: &KubeClient,
+    context: &Context,
+    servers: &[String],
+) -> Result<Option<String>, ApplyError> {
+    let held = kube.reboot_lock_held().await?;
+    kube.release_reboot_lock().await?;
+    for server in servers {
+        context
+            .cloud
+            .delete_server_metadata(server, UPGRADING_METADATA)
+            .await?;
+    }
+    Ok(Some(match held {
+        true => "released kured's reboot lock".into(),
+        false => "the upgrade is over: no reboot lock held".into(),
     }))
 }
 
@@ -137,7 +164,7 @@ async fn upgrade_node(
     .map_err(ApplyError::Missing)?;
     let staged_stands = match turn.kubeadm {
         Kubeadm::Apply => format!(
-            "not drained, its kubelet at {}; `kubeadm upgrade apply` may have moved the control-plane components already, and the next `up` runs it again",
+            "not drained, its kubelet at {}; `kubeadm upgrade apply` may have moved the control-plane components already (the next `up` continues from what kubeadm-config says)",
             turn.from
         ),
         Kubeadm::Node => format!("not drained, its kubelet at {}", turn.from),
@@ -153,24 +180,36 @@ async fn upgrade_node(
             "not drained, its kubelet at {}",
             turn.from
         )))?;
-    kube.cordon_for_upgrade(node, turn.to)
-        .await
-        .map_err(stopped(format!("its kubelet at {}", turn.from)))?;
-    let drained =
-        crate::kube::drain_node(kube, node, UPGRADE_DRAIN_TIMEOUT, AfterDrain::KeepCordoned)
-            .await
-            .map_err(stopped(cordoned.clone()))?;
     let activate = HostAction::new(
         &activate_name,
         node,
         &activate_script(spec, &HostPaths::NODE),
     )
     .map_err(ApplyError::Missing)?;
-    run_afresh_if_failed(kube, &activate)
-        .await
-        .map_err(stopped(format!(
+    // A turn stopped after the activation (before the record) is not drained again.
+    let activated = matches!(
+        kube.host_action_state(node, &activate_name, Duration::from_secs(120))
+            .await
+            .map_err(stopped(format!(
+                "not drained, its kubelet at {}",
+                turn.from
+            )))?,
+        HostActionState::Finished { exit: 0, .. }
+    );
+    let mut evicted = 0;
+    if !activated {
+        kube.cordon_for_upgrade(node, turn.to)
+            .await
+            .map_err(stopped(format!("its kubelet at {}", turn.from)))?;
+        evicted =
+            crate::kube::drain_node(kube, node, UPGRADE_DRAIN_TIMEOUT, AfterDrain::KeepCordoned)
+                .await
+                .map_err(stopped(cordoned.clone()))?
+                .evicted;
+        run_afresh_if_failed(kube, &activate).await.map_err(stopped(format!(
             "{cordoned} (a failed activation puts the old image back and starts the kubelet again)"
         )))?;
+    }
     kube.wait_node_at(node, turn.to, context.node_ready_within)
         .await
         .map_err(stopped("cordoned, its new image active".to_string()))?;
@@ -191,7 +230,7 @@ async fn upgrade_node(
         turn.from,
         turn.to,
         turn.kubeadm.command(turn.to),
-        drained.evicted
+        evicted
     )))
 }
 

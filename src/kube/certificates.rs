@@ -71,7 +71,7 @@ pub fn parse_check_expiration(
                 node: node.to_string(),
                 name,
                 expires: expires.to_string(),
-                days_left: expires.duration_since(now).as_secs() / 86_400,
+                days_left: expires.duration_since(now).as_secs().div_euclid(86_400),
             })
         })
         .collect()
@@ -125,5 +125,9 @@ mod tests {
         assert_eq!(read[0].days_left, 25);
         assert_eq!(read[1].name, "ca");
         assert!(parse_check_expiration("cp-1", "error: no kubeadm", now).is_err());
+        // Expired half a day ago: -1 day, not 0.
+        let later: Timestamp = "2027-01-01T22:00:00Z".parse().expect("time");
+        let expired = parse_check_expiration("cp-1", output, later).expect("read");
+        assert_eq!(expired[0].days_left, -1);
     }
 }

@@ -153,20 +153,22 @@ marks={marks}/{release}
 
 if [ ! -e "$marks/activated" ]; then
   if [ ! -e "$marks/swapped" ]; then
-    old=$(readlink "$link" || true)
+    # The image to go back to, kept from the first try (a later one may find the new link).
+    [ -e "$marks/previous" ] || readlink "$link" > "$marks/previous" || true
     # The bakery's multi-user.target Upholds= the kubelet: masked, a stopped one stays down.
     systemctl mask --runtime kubelet.service
     systemctl stop kubelet.service
     if ! {{ ln -sfn "$image" "$link.new" && mv -T "$link.new" "$link" && systemd-sysext refresh; }}; then
       # Back to the old image, and the kubelet up again: the node keeps running (and
-      # answering node Jobs) at its old release.
-      if [ -n "$old" ]; then
-        ln -sfn "$old" "$link.new" && mv -T "$link.new" "$link"
+      # answering node Jobs) at its old release. Each step is tried whatever the last did.
+      previous=$(cat "$marks/previous" 2>/dev/null || true)
+      if [ -n "$previous" ]; then
+        {{ ln -sfn "$previous" "$link.new" && mv -T "$link.new" "$link"; }} || true
         systemd-sysext refresh || true
       fi
-      systemctl unmask --runtime kubelet.service
-      systemctl start kubelet.service
-      echo "activating $release failed; the node runs its old image again" >&2
+      systemctl unmask --runtime kubelet.service || true
+      systemctl start kubelet.service || true
+      echo "activating $release failed; the old image is put back and the kubelet started again" >&2
       exit 5
     fi
     touch "$marks/swapped"

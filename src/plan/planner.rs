@@ -391,7 +391,7 @@ impl<'a> Planner<'a> {
             .iter()
             .filter(|n| {
                 !n.control_plane
-                    && n.recorded.unwrap_or(n.release) != wanted.version
+                    && n.recorded.is_some_and(|r| r != wanted.version)
                     && self.spec.worker_pools.iter().any(|pool| {
                         pool.upgrade == crate::spec::PoolUpgrade::Replace
                             && n.name
@@ -401,18 +401,19 @@ impl<'a> Planner<'a> {
             })
             .map(|n| n.name.clone())
             .collect();
-        let leaving: Vec<&str> = self
+        let leaving: Vec<String> = self
             .plan
             .steps
             .iter()
             .filter_map(|s| match &s.action {
                 Action::DeleteServer { name, .. } | Action::Drain { node: name } => {
-                    Some(name.as_str())
+                    Some(name.clone())
                 }
                 _ => None,
             })
-            .chain(replaced.iter().map(String::as_str))
+            .chain(replaced.iter().cloned())
             .collect();
+        let leaving: Vec<&str> = leaving.iter().map(String::as_str).collect();
         let upgrade = versions::upgrade(
             running,
             wanted.version,
@@ -446,7 +447,7 @@ impl<'a> Planner<'a> {
                 .is_some_and(|u| u.waits.is_none() && !u.order.is_empty());
         self.plan.upgrade = upgrade.clone();
         if !steps {
-            self.undo_a_stopped_upgrade(upgrade.as_ref());
+            self.undo_a_stopped_upgrade(upgrade.as_ref(), running, &leaving);
             return Ok(());
         }
         let Some(upgrade) = upgrade else {
@@ -458,8 +459,15 @@ impl<'a> Planner<'a> {
                 why: why.clone(),
             });
         }
+        let servers = running.control_plane_servers.clone();
         let everything: Vec<StepId> = (0..self.plan.steps.len()).collect();
-        let mut previous = self.plan.push(Action::HoldReboots, &everything);
+        let mut previous = self.plan.push(
+            Action::HoldReboots {
+                servers: servers.clone(),
+                to: upgrade.to,
+            },
+            &everything,
+        );
         for node in &upgrade.order {
             previous = self.plan.push(
                 Action::UpgradeNode {
@@ -473,32 +481,54 @@ impl<'a> Planner<'a> {
                 &[previous],
             );
         }
-        self.plan.push(Action::ReleaseReboots, &[previous]);
+        self.plan
+            .push(Action::ReleaseReboots { servers }, &[previous]);
         Ok(())
     }
 
-    /// Without upgrade steps in this plan: nodes an earlier upgrade cordoned and that no
-    /// upgrade waits for are uncordoned, and kured's lock flatstack holds is released.
-    fn undo_a_stopped_upgrade(&mut self, upgrade: Option<&versions::Upgrade>) {
-        let Some(view) = self.view().filter(|_| self.scope.kubernetes) else {
+    /// Without upgrade steps in this plan: what a stopped upgrade left and no upgrade will
+    /// continue is undone. Nodes it cordoned (and that stay) are uncordoned; kured's lock
+    /// flatstack holds, and the control planes' upgrading mark, are released. The mark alone
+    /// (no API asked yet) plans the release, which makes `up` ask the API and plan again.
+    fn undo_a_stopped_upgrade(
+        &mut self,
+        upgrade: Option<&versions::Upgrade>,
+        running: &versions::Running,
+        leaving: &[&str],
+    ) {
+        if !self.scope.kubernetes {
             return;
-        };
+        }
         let pending: Vec<&str> = upgrade
             .map(|u| u.order.iter().map(|n| n.node.as_str()).collect())
             .unwrap_or_default();
+        let everything: Vec<StepId> = (0..self.plan.steps.len()).collect();
+        let servers = running.control_plane_servers.clone();
+        let view = match &self.scope.api {
+            ApiReach::Answers(view) => view,
+            ApiReach::Unasked if running.upgrading && pending.is_empty() => {
+                self.plan
+                    .push(Action::ReleaseReboots { servers }, &everything);
+                return;
+            }
+            _ => return,
+        };
         let cordoned: Vec<String> = view
             .nodes
             .iter()
-            .filter(|(name, node)| node.cordoned_for_upgrade && !pending.contains(&name.as_str()))
+            .filter(|(name, node)| {
+                node.cordoned_for_upgrade
+                    && !pending.contains(&name.as_str())
+                    && !leaving.contains(&name.as_str())
+            })
             .map(|(name, _)| name.clone())
             .collect();
-        let held = view.reboot_lock_held && pending.is_empty();
-        let everything: Vec<StepId> = (0..self.plan.steps.len()).collect();
         for node in cordoned {
             self.plan.push(Action::Uncordon { node }, &everything);
         }
-        if held {
-            self.plan.push(Action::ReleaseReboots, &everything);
+        if (view.reboot_lock_held || running.upgrading) && pending.is_empty() {
+            self.plan
+                .push(Action::ReleaseReboots { servers }, &everything);
         }
     }
 
@@ -2942,10 +2972,27 @@ pub(crate) mod tests {
             api: ApiReach::Answers(view),
             ..K8S
         };
-        let plan = plan(&spec, &converged(&spec), &facts(), scope).expect("plan");
+        let undone = plan(&spec, &converged(&spec), &facts(), scope).expect("plan");
         assert_eq!(
-            shown(&plan),
+            shown(&undone),
             ["> uncordon demo-default-1", "> reboot lock kured"]
+        );
+        // Without the API asked, the control planes' upgrading mark alone plans the release,
+        // which needs the API: `up` asks it and plans again.
+        let mut marked = converged(&spec);
+        for server in &mut marked.servers {
+            if server.name.contains("control-plane") {
+                server
+                    .metadata
+                    .insert(versions::UPGRADING_METADATA.into(), "v1.37.1".into());
+            }
+        }
+        let unasked = plan(&spec, &marked, &facts(), K8S).expect("plan");
+        assert_eq!(shown(&unasked), ["> reboot lock kured"]);
+        assert!(unasked.needs_api());
+        assert!(
+            shown(&plan(&spec, &converged(&spec), &facts(), K8S).expect("plan")).is_empty(),
+            "no mark, nothing to undo"
         );
     }
 

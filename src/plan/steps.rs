@@ -271,8 +271,12 @@ pub(crate) enum Action {
         name: String,
     },
     /// Holds kured's reboot lock while nodes are upgraded, so no reboot interleaves (nothing
-    /// to hold without kured).
-    HoldReboots,
+    /// to hold without kured), and marks the control planes' servers as upgrading (so a later
+    /// run knows, without the API, that one was started).
+    HoldReboots {
+        servers: Vec<String>,
+        to: crate::pins::KubernetesVersion,
+    },
     /// One node's turn in an upgrade to `to`: the image staged and verified, kubeadm of `to`
     /// run from it, the node drained (cordoned, its Node kept), the image activated and the
     /// kubelet restarted, then Ready at `to` and uncordoned; its server records `to`.
@@ -285,8 +289,10 @@ pub(crate) enum Action {
         kubeadm: super::versions::Kubeadm,
     },
     /// Releases kured's reboot lock once every node was upgraded (or when the upgrade that
-    /// took it no longer applies).
-    ReleaseReboots,
+    /// took it has nothing left to do), and clears the servers' upgrading mark.
+    ReleaseReboots {
+        servers: Vec<String>,
+    },
     /// Uncordons a node an upgrade that no longer applies left cordoned.
     Uncordon {
         node: String,
@@ -606,7 +612,7 @@ impl Action {
                 node.clone(),
                 "delete its Node object".into(),
             ),
-            HoldReboots => (
+            HoldReboots { .. } => (
                 Verb::Run,
                 "reboot lock",
                 "kured".into(),
@@ -627,7 +633,7 @@ impl Action {
                     kubeadm.command(*to)
                 ),
             ),
-            ReleaseReboots => (
+            ReleaseReboots { .. } => (
                 Verb::Run,
                 "reboot lock",
                 "kured".into(),
@@ -740,9 +746,9 @@ impl Action {
                 format!("removing etcd member {id}, of no control plane, through {via}")
             }
             DeleteNode { node } => format!("deleting the Node object of {node}"),
-            HoldReboots => "holding kured's reboot lock for the upgrade".into(),
+            HoldReboots { .. } => "holding kured's reboot lock for the upgrade".into(),
             UpgradeNode { node, to, .. } => format!("upgrading {node} to {to}"),
-            ReleaseReboots => "releasing kured's reboot lock".into(),
+            ReleaseReboots { .. } => "releasing kured's reboot lock".into(),
             Uncordon { node } => format!("uncordoning {node}"),
             WaitEtcdMember { node, via } => {
                 format!("waiting for {node} to be a voting etcd member (as {via} sees it)")
@@ -791,7 +797,9 @@ impl Action {
             | RemoveStrayEtcdMember { .. }
             | WaitEtcdMember { .. }
             | DeleteNode { .. } => "kubernetes",
-            HoldReboots | UpgradeNode { .. } | ReleaseReboots | Uncordon { .. } => "upgrade",
+            HoldReboots { .. } | UpgradeNode { .. } | ReleaseReboots { .. } | Uncordon { .. } => {
+                "upgrade"
+            }
             RenderIgnition { .. } => "render Ignition",
             CreateServer(_) | AttachPort { .. } => "create servers",
             WaitActive { .. } => "servers ACTIVE",
@@ -823,9 +831,9 @@ impl Action {
             | RemoveStrayEtcdMember { .. }
             | WaitEtcdMember { .. }
             | DeleteNode { .. }
-            | HoldReboots
+            | HoldReboots { .. }
             | UpgradeNode { .. }
-            | ReleaseReboots
+            | ReleaseReboots { .. }
             | Uncordon { .. } => Service::Kubernetes,
             _ => Service::Network,
         }
@@ -978,10 +986,20 @@ impl Plan {
     /// its nodes, releases and upgrade the latest.
     pub(crate) fn then(mut self, next: Plan) -> Plan {
         let offset = self.steps.len();
+        // `next` began once this one ended: its first steps wait for this one's last.
+        let last: Vec<StepId> = self
+            .steps
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| !self.steps.iter().any(|s| s.needs.contains(id)))
+            .collect();
         self.steps.extend(next.steps.into_iter().map(|mut step| {
             step.id += offset;
             for need in &mut step.needs {
                 *need += offset;
+            }
+            if step.needs.is_empty() {
+                step.needs = last.clone();
             }
             step
         }));
@@ -1007,9 +1025,9 @@ impl Plan {
                     | Action::RemoveStrayEtcdMember { .. }
                     | Action::WaitEtcdMember { .. }
                     | Action::DeleteNode { .. }
-                    | Action::HoldReboots
+                    | Action::HoldReboots { .. }
                     | Action::UpgradeNode { .. }
-                    | Action::ReleaseReboots
+                    | Action::ReleaseReboots { .. }
                     | Action::Uncordon { .. }
             )
         })

@@ -18,6 +18,9 @@ use crate::pins::KubernetesVersion as Release;
 
 /// Server metadata: the SHA-256 of the Kubernetes sysext image the node runs.
 pub(crate) const SYSEXT_DIGEST_METADATA: &str = "flatstack-sysext-sha256";
+/// Server metadata on the control planes while an upgrade runs (from kured's lock taken to
+/// its release): the release moved to. A later run that finds it asks the API what is left.
+pub(crate) const UPGRADING_METADATA: &str = "flatstack-upgrading";
 
 /// How many minors a kubelet may be older than the API servers (version-skew policy, since
 /// Kubernetes 1.28 for kubelets of 1.25 and later).
@@ -47,6 +50,11 @@ pub(crate) struct Running {
     /// `kubernetesVersion` of `kube-system/kubeadm-config`, when the API answered: what
     /// `kubeadm upgrade apply` last uploaded, and what `kubeadm upgrade node` moves a node to.
     pub(crate) kubeadm: Option<Release>,
+    /// A control plane's server carries [`UPGRADING_METADATA`]: an upgrade was started and
+    /// has not released kured's lock.
+    pub(crate) upgrading: bool,
+    /// The control planes' servers (that did not fail to build), which carry that mark.
+    pub(crate) control_plane_servers: Vec<String>,
 }
 
 impl Running {
@@ -82,9 +90,17 @@ impl Running {
             })
             .collect();
         nodes.sort_by(|a, b| (!a.control_plane, &a.name).cmp(&(!b.control_plane, &b.name)));
+        let control_planes = observed
+            .servers
+            .iter()
+            .filter(|s| !s.failed_build() && s.has_role("control-plane"));
         Running {
             nodes,
             kubeadm: view.and_then(|v| v.kubeadm),
+            upgrading: control_planes
+                .clone()
+                .any(|s| s.metadata.contains_key(UPGRADING_METADATA)),
+            control_plane_servers: control_planes.map(|s| s.id.clone()).collect(),
         }
     }
 
@@ -470,7 +486,7 @@ mod tests {
     fn running(nodes: &[(&str, &str)]) -> Running {
         Running {
             nodes: nodes.iter().map(|(n, r)| node(n, r)).collect(),
-            kubeadm: None,
+            ..Running::default()
         }
     }
 
