@@ -95,7 +95,11 @@ async fn hold(
     let held = kube.hold_reboot_lock(REBOOT_LOCK_TIMEOUT).await?;
     let mark = BTreeMap::from([(UPGRADING_METADATA.to_string(), to.to_string())]);
     for server in servers {
-        context.cloud.update_server_metadata(server, &mark).await?;
+        match context.cloud.update_server_metadata(server, &mark).await {
+            // Gone meanwhile (a control plane replaced): nothing to mark.
+            Err(e) if e.is_not_found() => {}
+            other => other?,
+        }
     }
     Ok(Some(match held {
         true => "holding kured's reboot lock: no node reboots while nodes are upgraded".into(),
@@ -190,10 +194,9 @@ async fn upgrade_node(
     let activated = matches!(
         kube.host_action_state(node, &activate_name, Duration::from_secs(120))
             .await
-            .map_err(stopped(format!(
-                "not drained, its kubelet at {}",
-                turn.from
-            )))?,
+            .map_err(stopped(
+                "where it was left (its activation's record could not be read)".to_string()
+            ))?,
         HostActionState::Finished { exit: 0, .. }
     );
     let mut evicted = 0;

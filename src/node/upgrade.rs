@@ -154,7 +154,9 @@ marks={marks}/{release}
 if [ ! -e "$marks/activated" ]; then
   if [ ! -e "$marks/swapped" ]; then
     # The image to go back to, kept from the first try (a later one may find the new link).
-    [ -e "$marks/previous" ] || readlink "$link" > "$marks/previous" || true
+    if [ ! -s "$marks/previous" ] && current=$(readlink "$link"); then
+      printf '%s\n' "$current" > "$marks/previous"
+    fi
     # The bakery's multi-user.target Upholds= the kubelet: masked, a stopped one stays down.
     systemctl mask --runtime kubelet.service
     systemctl stop kubelet.service
@@ -165,10 +167,12 @@ if [ ! -e "$marks/activated" ]; then
       if [ -n "$previous" ]; then
         {{ ln -sfn "$previous" "$link.new" && mv -T "$link.new" "$link"; }} || true
         systemd-sysext refresh || true
+        echo "activating $release failed; $previous is put back" >&2
+      else
+        echo "activating $release failed; no earlier image is known to put back" >&2
       fi
       systemctl unmask --runtime kubelet.service || true
       systemctl start kubelet.service || true
-      echo "activating $release failed; the old image is put back and the kubelet started again" >&2
       exit 5
     fi
     touch "$marks/swapped"

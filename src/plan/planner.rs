@@ -459,7 +459,7 @@ impl<'a> Planner<'a> {
                 why: why.clone(),
             });
         }
-        let servers = running.control_plane_servers.clone();
+        let servers = self.marked_servers(running);
         let everything: Vec<StepId> = (0..self.plan.steps.len()).collect();
         let mut previous = self.plan.push(
             Action::HoldReboots {
@@ -486,6 +486,20 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
+    /// The control planes' servers that carry the upgrading mark: those this plan keeps.
+    fn marked_servers(&self, running: &versions::Running) -> Vec<String> {
+        running
+            .control_plane_servers
+            .iter()
+            .filter(|id| {
+                !self.plan.steps.iter().any(|s| {
+                    matches!(&s.action, Action::DeleteServer { id: deleted, .. } if deleted == *id)
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Without upgrade steps in this plan: what a stopped upgrade left and no upgrade will
     /// continue is undone. Nodes it cordoned (and that stay) are uncordoned; kured's lock
     /// flatstack holds, and the control planes' upgrading mark, are released. The mark alone
@@ -503,7 +517,7 @@ impl<'a> Planner<'a> {
             .map(|u| u.order.iter().map(|n| n.node.as_str()).collect())
             .unwrap_or_default();
         let everything: Vec<StepId> = (0..self.plan.steps.len()).collect();
-        let servers = running.control_plane_servers.clone();
+        let servers = self.marked_servers(running);
         let view = match &self.scope.api {
             ApiReach::Answers(view) => view,
             ApiReach::Unasked if running.upgrading && pending.is_empty() => {
@@ -2993,6 +3007,44 @@ pub(crate) mod tests {
         assert!(
             shown(&plan(&spec, &converged(&spec), &facts(), K8S).expect("plan")).is_empty(),
             "no mark, nothing to undo"
+        );
+        // The API answers, the mark is there and the lock already released (a run killed in
+        // between): one release, which clears the mark.
+        let answered = |view: KubeView| Scope {
+            api: ApiReach::Answers(view),
+            ..K8S
+        };
+        let released = plan(&spec, &marked, &facts(), answered(KubeView::default())).expect("plan");
+        assert_eq!(shown(&released), ["> reboot lock kured"]);
+        // A silent API: nothing planned, nothing refused.
+        let silent = Scope {
+            api: ApiReach::Silent("connection refused".into()),
+            ..K8S
+        };
+        assert!(shown(&plan(&spec, &marked, &facts(), silent).expect("plan")).is_empty());
+        // A cordoned node that leaves in this plan is not uncordoned.
+        let one_worker_less = test_spec("");
+        let mut leaving_view = KubeView::default();
+        leaving_view.nodes.insert(
+            "demo-default-1".into(),
+            Registered {
+                ready: true,
+                control_plane: false,
+                kubelet: None,
+                cordoned_for_upgrade: true,
+            },
+        );
+        let shrunk = plan(
+            &one_worker_less,
+            &converged(&spec),
+            &facts(),
+            answered(leaving_view),
+        )
+        .expect("plan");
+        assert!(
+            !shown(&shrunk).iter().any(|l| l.starts_with("> uncordon")),
+            "{:#?}",
+            shown(&shrunk)
         );
     }
 
