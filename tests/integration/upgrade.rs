@@ -80,6 +80,19 @@ fn standin_at(workspace: &Workspace, release: &str, nodes: &[String]) -> StandIn
     )
 }
 
+/// Cluster `name` at 1.36.2 in its file (digest `ab…`): one control plane and one worker,
+/// registered in a stand-in at that release.
+fn one_control_plane_and_a_worker(name: &str) -> (Workspace, String, String, StandIn) {
+    let workspace = Workspace::new();
+    workspace.write_cluster(&at(name, "1.36.2", &"ab".repeat(32)));
+    let (cp, w1) = (
+        format!("{name}-control-plane-1"),
+        format!("{name}-default-1"),
+    );
+    let server = standin_at(&workspace, "v1.36.2", &[cp.clone(), w1.clone()]);
+    (workspace, cp, w1, server)
+}
+
 /// `up` through the stand-in at `api`.
 fn up_args(api: &str) -> [&str; 5] {
     ["up", "--api-address", api, "--timeout", "3m"]
@@ -103,16 +116,9 @@ fn cordoned(server: &StandIn, node: &str) -> bool {
 #[test]
 fn editing_the_version_upgrades_node_by_node_and_resumes_after_a_failure() {
     let name = unique("upg");
-    let workspace = Workspace::new();
-    let old_sha = "ab".repeat(32);
-    let new_sha = "cd".repeat(32);
-    workspace.write_cluster(&at(&name, "1.36.2", &old_sha));
+    let (old_sha, new_sha) = ("ab".repeat(32), "cd".repeat(32));
+    let (workspace, cp, w1, server) = one_control_plane_and_a_worker(&name);
     let _teardown = Teardown(&workspace);
-    let (cp, w1) = (
-        format!("{name}-control-plane-1"),
-        format!("{name}-default-1"),
-    );
-    let server = standin_at(&workspace, "v1.36.2", &[cp.clone(), w1.clone()]);
     let api = server.address.to_string();
     let up = || flatstack(&workspace, &up_args(&api));
     success(&up());
@@ -319,14 +325,8 @@ fn three_control_planes_upgrade_one_at_a_time_and_a_new_worker_boots_their_relea
 #[test]
 fn an_upgrade_killed_at_several_points_is_finished_by_the_next_up() {
     let name = unique("upgk");
-    let workspace = Workspace::new();
-    workspace.write_cluster(&at(&name, "1.36.2", &"ab".repeat(32)));
+    let (workspace, cp, w1, server) = one_control_plane_and_a_worker(&name);
     let _teardown = Teardown(&workspace);
-    let (cp, w1) = (
-        format!("{name}-control-plane-1"),
-        format!("{name}-default-1"),
-    );
-    let server = standin_at(&workspace, "v1.36.2", &[cp.clone(), w1.clone()]);
     let api = server.address.to_string();
     let args = up_args(&api);
     success(&flatstack(&workspace, &args));
