@@ -35,23 +35,20 @@ pub(super) async fn run(
     action: &Action,
     context: &Context,
 ) -> Option<Result<Option<String>, ApplyError>> {
-    let kube = || {
-        context.kube.as_ref().ok_or_else(|| {
-            ApplyError::Missing(
-                "cannot upgrade: the cluster's API does not answer; nothing was upgraded; run `flatstack up` again once it does".into(),
-            )
-        })
-    };
-    let kube = match (action, kube()) {
-        (
-            Action::HoldReboots { .. }
+    let upgrade_step = matches!(
+        action,
+        Action::HoldReboots { .. }
             | Action::ReleaseReboots { .. }
             | Action::Uncordon { .. }
-            | Action::UpgradeNode { .. },
-            Err(e),
-        ) => return Some(Err(e)),
-        (_, Ok(kube)) => kube,
-        (_, Err(_)) => return None,
+            | Action::UpgradeNode { .. }
+    );
+    if !upgrade_step {
+        return None;
+    }
+    let Some(kube) = context.kube.as_ref() else {
+        return Some(Err(ApplyError::Missing(
+            "cannot upgrade: the cluster's API does not answer; nothing was upgraded; run `flatstack up` again once it does".into(),
+        )));
     };
     Some(match action {
         Action::HoldReboots { servers, to } => hold(kube, context, servers, *to).await,
@@ -113,8 +110,7 @@ async fn release(
     context: &Context,
     servers: &[String],
 ) -> Result<Option<String>, ApplyError> {
-    let held = kube.reboot_lock_held().await?;
-    kube.release_reboot_lock().await?;
+    let held = kube.release_reboot_lock().await?;
     for server in servers {
         context
             .cloud
@@ -173,7 +169,10 @@ async fn upgrade_node(
         ),
         Kubeadm::Node => format!("not drained, its kubelet at {}", turn.from),
     };
-    run_afresh_if_failed(kube, &stage)
+    let staged = state_of(kube, &stage)
+        .await
+        .map_err(stopped(staged_stands.clone()))?;
+    run_afresh(kube, &stage, staged)
         .await
         .map_err(stopped(staged_stands))?;
     let cordoned = format!("cordoned, its kubelet at {}", turn.from);
@@ -191,16 +190,11 @@ async fn upgrade_node(
     )
     .map_err(ApplyError::Missing)?;
     // A turn stopped after the activation (before the record) is not drained again.
-    let activated = matches!(
-        kube.host_action_state(node, &activate_name, Duration::from_secs(120))
-            .await
-            .map_err(stopped(
-                "where it was left (its activation's record could not be read)".to_string()
-            ))?,
-        HostActionState::Finished { exit: 0, .. }
-    );
+    let activation = state_of(kube, &activate).await.map_err(stopped(
+        "where it was left (its activation's record could not be read)".to_string(),
+    ))?;
     let mut evicted = 0;
-    if !activated {
+    if !matches!(activation, HostActionState::Finished { exit: 0, .. }) {
         kube.cordon_for_upgrade(node, turn.to)
             .await
             .map_err(stopped(format!("its kubelet at {}", turn.from)))?;
@@ -209,7 +203,7 @@ async fn upgrade_node(
                 .await
                 .map_err(stopped(cordoned.clone()))?
                 .evicted;
-        run_afresh_if_failed(kube, &activate).await.map_err(stopped(format!(
+        run_afresh(kube, &activate, activation).await.map_err(stopped(format!(
             "{cordoned} (a failed activation puts the old image back and starts the kubelet again)"
         )))?;
     }
@@ -237,17 +231,23 @@ async fn upgrade_node(
     )))
 }
 
-/// Runs `action` on its node unless it finished there; one that failed in an earlier run is
-/// forgotten and run again (its script does only what is left).
-async fn run_afresh_if_failed(kube: &KubeClient, action: &HostAction) -> Result<(), KubeError> {
-    let look = Duration::from_secs(120);
-    match kube
-        .host_action_state(&action.node, &action.name, look)
-        .await?
-    {
+/// What `action`'s node says of it.
+async fn state_of(kube: &KubeClient, action: &HostAction) -> Result<HostActionState, KubeError> {
+    kube.host_action_state(&action.node, &action.name, Duration::from_secs(120))
+        .await
+}
+
+/// Runs `action` on its node unless it finished there (`state`, as just read); one that
+/// failed in an earlier run is forgotten and run again (its script does only what is left).
+async fn run_afresh(
+    kube: &KubeClient,
+    action: &HostAction,
+    state: HostActionState,
+) -> Result<(), KubeError> {
+    match state {
         HostActionState::Finished { exit: 0, .. } => return Ok(()),
         HostActionState::Finished { .. } => {
-            kube.forget_host_action(&action.node, &action.name, look)
+            kube.forget_host_action(&action.node, &action.name, Duration::from_secs(120))
                 .await?
         }
         _ => {}

@@ -181,16 +181,17 @@ impl KubeClient {
         .await
     }
 
-    /// Releases kured's lock if flatstack holds it.
-    pub(crate) async fn release_reboot_lock(&self) -> Result<(), KubeError> {
-        if self.reboot_lock_held().await? {
+    /// Releases kured's lock if flatstack holds it; whether it did.
+    pub(crate) async fn release_reboot_lock(&self) -> Result<bool, KubeError> {
+        let held = self.reboot_lock_held().await?;
+        if held {
             self.merge_patch(
                 KURED_DAEMONSET,
                 &json!({"metadata": {"annotations": {KURED_LOCK_ANNOTATION: null}}}),
             )
             .await?;
         }
-        Ok(())
+        Ok(held)
     }
 }
 

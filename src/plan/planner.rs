@@ -326,30 +326,24 @@ impl<'a> Planner<'a> {
             .collect();
         let lane = self.control_plane_lane(&roster, &missing, &rebuilt, &control_planes)?;
         let wanted = &self.spec.kubernetes;
-        let upgrade = versions::upgrade(
-            &running,
-            wanted.version,
-            wanted.sysext_sha256.as_deref(),
-            &[],
-        )?;
         let repair = missing
             .iter()
             .find(|n| n.role == Role::ControlPlane)
             .map(|n| n.name.clone())
             .or_else(|| lane.rolling.first().map(|(n, _, _)| n.name.clone()));
-        if let (Some(upgrade), Some(repair)) = (&upgrade, repair)
-            && upgrade.half_done(&running)
+        if let Some(repair) = repair
+            && running.half_done(wanted.version)
         {
             let at = |done: bool| {
                 let names: Vec<&str> = running
                     .control_planes()
-                    .filter(|n| (n.release == upgrade.to) == done)
+                    .filter(|n| (n.release == wanted.version) == done)
                     .map(|n| n.name.as_str())
                     .collect();
                 names.join(", ")
             };
             return Err(versions::ReleaseError::RepairMidUpgrade {
-                wanted: upgrade.to,
+                wanted: wanted.version,
                 done: at(true),
                 rest: at(false),
                 repair,
@@ -392,12 +386,8 @@ impl<'a> Planner<'a> {
             .filter(|n| {
                 !n.control_plane
                     && n.recorded.is_some_and(|r| r != wanted.version)
-                    && self.spec.worker_pools.iter().any(|pool| {
-                        pool.upgrade == crate::spec::PoolUpgrade::Replace
-                            && n.name
-                                .strip_prefix(&format!("{}-{}-", self.spec.name, pool.name))
-                                .is_some_and(|n| n.parse::<u32>().is_ok())
-                    })
+                    && super::roster::pool_of(self.spec, &n.name)
+                        .is_some_and(|pool| pool.upgrade == crate::spec::PoolUpgrade::Replace)
             })
             .map(|n| n.name.clone())
             .collect();

@@ -112,6 +112,13 @@ pub(crate) fn roster(spec: &ClusterSpec, facts: ServerFacts) -> Roster {
     roster
 }
 
+/// The pool whose member `name` is (`<cluster>-<pool>-<n>`), if any.
+pub(crate) fn pool_of<'s>(spec: &'s ClusterSpec, name: &str) -> Option<&'s WorkerPool> {
+    spec.worker_pools
+        .iter()
+        .find(|pool| member_number(name, &format!("{}-{}-", spec.name, pool.name)).is_some())
+}
+
 /// `n` when `name` is `<prefix><n>` with `n` a number without leading zeros: pool names are
 /// DNS labels, so `<cluster>-<pool>-<n>` belongs to exactly one pool.
 fn member_number(name: &str, prefix: &str) -> Option<u32> {

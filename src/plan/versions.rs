@@ -113,6 +113,14 @@ impl Running {
         self.control_planes().map(|n| n.release).min()
     }
 
+    /// Whether the control planes are between their release and `to`: one runs `to` while
+    /// another does not, or `kubeadm upgrade apply` uploaded `to` (its control-plane
+    /// components moved) while a control plane's kubelet has not.
+    pub(crate) fn half_done(&self, to: Release) -> bool {
+        let behind = self.control_planes().any(|n| n.release != to);
+        behind && (self.control_planes().any(|n| n.release == to) || self.kubeadm == Some(to))
+    }
+
     /// The node whose server records `sha256` for a release other than `release`.
     pub(crate) fn digest_of_another(&self, sha256: &str, release: Release) -> Option<&NodeRelease> {
         self.nodes
@@ -242,18 +250,6 @@ pub(crate) struct Upgrade {
     /// planes run it (`up` plans a second round for them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) replaced: Vec<String>,
-}
-
-impl Upgrade {
-    /// Whether the control planes are between releases: one runs `to` while another does
-    /// not, or `kubeadm upgrade apply` uploaded `to` (its control-plane components moved)
-    /// while a control plane's kubelet has not.
-    pub(crate) fn half_done(&self, running: &Running) -> bool {
-        let behind = running.control_planes().any(|n| n.release != self.to);
-        behind
-            && (running.control_planes().any(|n| n.release == self.to)
-                || running.kubeadm == Some(self.to))
-    }
 }
 
 /// The upgrade from what runs to `wanted` (`None` when every node runs it, or no node records
@@ -546,7 +542,7 @@ mod tests {
         let up = upgrade(&half, v("1.37.1"), None, &[])
             .expect("allowed")
             .expect("an upgrade");
-        assert!(up.half_done(&half));
+        assert!(half.half_done(up.to));
         assert_eq!(
             order(&up)[0],
             ("cp-control-plane-2".to_string(), Kubeadm::Node)
@@ -623,7 +619,7 @@ mod tests {
         let up = upgrade(&applied, v("1.37.1"), None, &[])
             .expect("allowed")
             .expect("an upgrade");
-        assert!(up.half_done(&applied));
+        assert!(applied.half_done(up.to));
         assert_eq!(up.order[0].kubeadm, Kubeadm::Node);
         let mut drifted = three_and_two("1.37.1");
         drifted.nodes[3].kubelet = Some(v("1.37.4"));
