@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A real OpenStack on 127.0.0.1 for flatstack's tests and for trying flatstack without a cloud:
 # Keystone, Glance, Placement, Nova (fake virt driver), Neutron (agentless ML2), Cinder
-# (fake volume driver) and Octavia (its own no-op amphora, compute and network drivers: load
+# (fake volume driver), Octavia (its own no-op amphora, compute and network drivers: load
 # balancers go through Octavia's real API and state machine to ACTIVE and DELETED, with no
-# amphora), installed from PyPI into one virtualenv, with MariaDB, RabbitMQ and memcached from
+# amphora) and Swift (one replica on a local directory, behind Keystone, with its S3 API and
+# temporary URLs), installed from PyPI into one virtualenv, with MariaDB, RabbitMQ and memcached from
 # Debian. No data plane: servers go ACTIVE but never boot.
 #
 #   scripts/local-openstack.sh up       install (first time), configure, start, wait; idempotent
@@ -33,8 +34,8 @@ MYSQL=(mariadb --no-defaults -uroot --socket="$RUN/mysqld.sock")
 # Pinned releases that were verified together (Python 3.11).
 PIP_PACKAGES=(keystone==30.0.0 glance==33.0.0 openstack-placement==16.0.0 nova==34.0.0
   neutron==29.0.0 cinder==29.0.0 python-openstackclient==10.5.0 openstacksdk==4.22.0
-  osc-placement==4.9.1 octavia==19.0.0 python-octaviaclient==3.15.0 gunicorn PyMySQL
-  pymemcache python-memcached)
+  osc-placement==4.9.1 octavia==19.0.0 python-octaviaclient==3.15.0 swift==2.38.3
+  python-swiftclient==4.11.0 gunicorn PyMySQL pymemcache python-memcached)
 APT_PACKAGES=(mariadb-server rabbitmq-server memcached curl openssl)
 # Stop order: API and service tier first (in parallel), infrastructure last.
 # Nova's fake driver on several compute hosts, one process each: control planes go into a
@@ -44,7 +45,7 @@ COMPUTE_HOSTS=${FLATSTACK_COMPUTE_HOSTS:-4}
 [[ $COMPUTE_HOSTS =~ ^[1-9]$ ]] || { echo "local-openstack: FLATSTACK_COMPUTE_HOSTS must be 1-9" >&2; exit 2; }
 COMPUTES=()
 for ((i = 1; i <= COMPUTE_HOSTS; i++)); do COMPUTES+=("nova-compute$i"); done
-SERVICES=(octavia-worker octavia-api cinder-volume cinder-scheduler cinder-api neutron-api
+SERVICES=(swift-proxy swift-object swift-container swift-account octavia-worker octavia-api cinder-volume cinder-scheduler cinder-api neutron-api
   "${COMPUTES[@]}" nova-scheduler nova-conductor nova-api placement glance keystone)
 # Processes earlier set-ups started under other names: `down` stops them too.
 LEGACY=(nova-compute)
@@ -378,6 +379,34 @@ for name, kind, url in catalog:
 PY
     die "creating keystone objects failed; see $LOGS/keystone-objects.log"
   touch "$DATA/keystone/.objects"
+}
+
+# Swift's service user and its place in the catalog (the ResellerAdmin role keystoneauth
+# knows): once.
+swift_objects() {
+  [[ -f $DATA/keystone/.swift-objects ]] && return 0
+  say "keystone: Swift's user and endpoint"
+  "$VENV/bin/python" - "$PASSWORD" "$HOST" >>"$LOGS/keystone-objects.log" 2>&1 <<'PY' ||
+import sys, openstack
+password, host = sys.argv[1:3]
+identity = openstack.connect(cloud='local-admin').identity
+domain = identity.find_domain('default')
+project = identity.find_project('service')
+user = identity.find_user('swift', ignore_missing=True) or identity.create_user(
+    name='swift', password=password, domain_id=domain.id)
+for role in ('admin', 'service'):
+    identity.assign_project_role_to_user(project, user, identity.find_role(role))
+if not identity.find_role('ResellerAdmin', ignore_missing=True):
+    identity.create_role(name='ResellerAdmin')
+service = next((s for s in identity.services() if s.type == 'object-store'), None) or \
+    identity.create_service(name='swift', type='object-store')
+have = {e.interface for e in identity.endpoints() if e.service_id == service.id}
+for interface in {'public', 'internal', 'admin'} - have:
+    identity.create_endpoint(service_id=service.id, interface=interface, region_id='RegionOne',
+                             url=f'http://{host}:8080/v1/AUTH_%(project_id)s')
+PY
+    die "creating Swift's keystone objects failed; see $LOGS/keystone-objects.log"
+  touch "$DATA/keystone/.swift-objects"
 }
 
 # ------------------------------------------------------------------ glance, placement
@@ -830,6 +859,113 @@ EOF
   launch octavia-worker "$VENV/bin/octavia-worker" $config
 }
 
+# ------------------------------------------------------------------ swift
+# One device, one replica: the account, container and object servers on their usual ports,
+# the proxy on 8080 with Keystone's auth, the S3 API and temporary URLs. As Swift's s3api
+# docs order them: authtoken (which drops identity headers it did not set), then s3api, then
+# s3token (EC2 credentials checked by Keystone, which wants a service user's token with
+# them), then keystoneauth. Each server runs in one process (workers = 0), logging to its log file.
+swift_server_conf() { # swift_server_conf KIND PORT
+  cat <<EOF
+[DEFAULT]
+bind_ip = $HOST
+bind_port = $2
+workers = 0
+devices = $DATA/swift/node
+mount_check = false
+swift_dir = $ETC/swift
+log_name = swift-$1
+[pipeline:main]
+pipeline = healthcheck $1-server
+[app:$1-server]
+use = egg:swift#$1
+[filter:healthcheck]
+use = egg:swift#healthcheck
+EOF
+}
+
+swift() {
+  mkdir -p "$DATA/swift/node/d1" "$ETC/swift"
+  write "$ETC/swift/swift.conf" <<EOF
+[swift-hash]
+swift_hash_path_prefix = flatstack-local
+swift_hash_path_suffix = flatstack-local
+[storage-policy:0]
+name = Policy-0
+default = yes
+EOF
+  local kind port
+  for kind in account:6202 container:6201 object:6200; do
+    port=${kind#*:} kind=${kind%%:*}
+    swift_server_conf "$kind" "$port" | write "$ETC/swift/$kind-server.conf"
+    if [[ ! -f $ETC/swift/$kind.ring.gz ]]; then
+      {
+        "$VENV/bin/swift-ring-builder" "$ETC/swift/$kind.builder" create 8 1 1 &&
+          "$VENV/bin/swift-ring-builder" "$ETC/swift/$kind.builder" add \
+            --region 1 --zone 1 --ip "$HOST" --port "$port" --device d1 --weight 100 &&
+          "$VENV/bin/swift-ring-builder" "$ETC/swift/$kind.builder" rebalance
+      } >>"$LOGS/swift-rings.log" 2>&1 || [[ -f $ETC/swift/$kind.ring.gz ]] ||
+        die "building Swift's $kind ring failed; see $LOGS/swift-rings.log"
+    fi
+  done
+  write "$ETC/swift/proxy-server.conf" <<EOF
+[DEFAULT]
+bind_ip = $HOST
+bind_port = 8080
+workers = 0
+swift_dir = $ETC/swift
+log_name = swift-proxy
+[pipeline:main]
+pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats bulk tempurl authtoken s3api s3token keystoneauth copy slo dlo versioned_writes proxy-logging proxy-server
+[app:proxy-server]
+use = egg:swift#proxy
+account_autocreate = true
+[filter:catch_errors]
+use = egg:swift#catch_errors
+[filter:gatekeeper]
+use = egg:swift#gatekeeper
+[filter:healthcheck]
+use = egg:swift#healthcheck
+[filter:proxy-logging]
+use = egg:swift#proxy_logging
+[filter:cache]
+use = egg:swift#memcache
+memcache_servers = $HOST:11212
+[filter:listing_formats]
+use = egg:swift#listing_formats
+[filter:bulk]
+use = egg:swift#bulk
+[filter:tempurl]
+use = egg:swift#tempurl
+[filter:s3api]
+use = egg:swift#s3api
+location = RegionOne
+[filter:s3token]
+use = egg:swift#s3token
+auth_uri = $KEYSTONE/v3
+$(service_auth swift)
+[filter:authtoken]
+paste.filter_factory = keystonemiddleware.auth_token:filter_factory
+delay_auth_decision = true
+$(authtoken swift)
+[filter:keystoneauth]
+use = egg:swift#keystoneauth
+operator_roles = admin, member
+[filter:copy]
+use = egg:swift#copy
+[filter:slo]
+use = egg:swift#slo
+[filter:dlo]
+use = egg:swift#dlo
+[filter:versioned_writes]
+use = egg:swift#versioned_writes
+EOF
+  for kind in account container object; do
+    launch "swift-$kind" "$VENV/bin/swift-$kind-server" "$ETC/swift/$kind-server.conf" --verbose
+  done
+  launch swift-proxy "$VENV/bin/swift-proxy-server" "$ETC/swift/proxy-server.conf" --verbose
+}
+
 # ------------------------------------------------------------------ commands
 up() {
   mkdir -p "$LOGS" "$PIDS" "$DATA" "$ETC" "$WSGI" "$RUN"
@@ -844,7 +980,9 @@ up() {
   write_clouds_yaml
   await keystone 120 http_ok "$KEYSTONE/v3"
   keystone_objects
+  swift_objects
   octavia_objects
+  swift
   glance
   placement
   nova
@@ -857,6 +995,7 @@ up() {
   await neutron-api 120 http_ok "http://$HOST:9696/"
   await cinder-api 120 http_ok "http://$HOST:8776/"
   await octavia-api 120 http_ok "http://$HOST:9876/"
+  await swift-proxy 120 http_ok "http://$HOST:8080/healthcheck"
   nova_ready
   neutron_ready
   cinder_ready

@@ -2685,8 +2685,14 @@ impl Kubelets {
             stop.clone(),
             name.to_string(),
         );
+        // The servers there now registered before the stand-in started: known before the
+        // caller goes on to change what the API shows of them.
+        let mut known: Vec<String> = tagged("server", &name)
+            .into_iter()
+            .filter(|s| s["Status"] == "ACTIVE")
+            .filter_map(|s| s["ID"].as_str().map(str::to_string))
+            .collect();
         let thread = std::thread::spawn(move || {
-            let mut known: Vec<String> = Vec::new();
             while !stop_here.load(Ordering::Relaxed) {
                 for s in tagged("server", &name) {
                     let id = s["ID"].as_str().unwrap_or_default().to_string();
