@@ -6,6 +6,7 @@
 
 pub mod addons;
 pub mod apply;
+pub mod backup;
 pub mod cli;
 pub mod cloud;
 pub mod image;

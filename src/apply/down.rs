@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{ApplyError, cluster_volumes, observe::cluster_resources, teardown};
+use crate::backup::{BackupError, Listing};
 use crate::cloud::volume::Volume;
 use crate::cloud::{Cloud, CloudConfig};
 use crate::pki::{StateDir, WriterLock};
@@ -18,6 +19,9 @@ pub(crate) struct Down {
     _lock: Option<WriterLock>,
     pub(crate) observed: Observed,
     pub(crate) volumes: Vec<Volume>,
+    /// The cluster's snapshots in the object store (empty where the cloud has none).
+    pub(crate) backups: Listing,
+    state: Option<StateDir>,
 }
 
 impl Down {
@@ -28,7 +32,8 @@ impl Down {
         config: CloudConfig,
         state_path: &Path,
     ) -> Result<Down, super::up::UpError> {
-        let lock = match StateDir::open_existing(state_path)? {
+        let state = StateDir::open_existing(state_path)?;
+        let lock = match &state {
             Some(state) => Some(state.lock_for("down")?),
             None => None,
         };
@@ -37,27 +42,56 @@ impl Down {
             cluster_resources(&cloud, &spec),
             cluster_volumes(&cloud, &spec.name),
         )?;
+        let backups = match cloud.offers_object_store().await {
+            true => crate::backup::list(&cloud, &spec.name, state.as_ref()).await?,
+            false => Listing::default(),
+        };
         Ok(Down {
             spec,
             cloud,
             _lock: lock,
             observed,
             volumes,
+            backups,
+            state,
         })
     }
 
     /// Whether there is anything to delete.
-    pub(crate) fn is_empty(&self, delete_volumes: bool) -> bool {
-        self.observed.count() == 0 && (self.volumes.is_empty() || !delete_volumes)
+    pub(crate) fn is_empty(&self, delete_volumes: bool, delete_backups: bool) -> bool {
+        self.observed.count() == 0
+            && (self.volumes.is_empty() || !delete_volumes)
+            && (self.backups.containers.is_empty() || !delete_backups)
     }
 
-    /// Deletes everything, then checks nothing is left.
+    /// Deletes everything, then checks nothing is left; the backups too when asked.
     pub(crate) async fn run(
         self,
         delete_volumes: bool,
+        delete_backups: bool,
         say: &(dyn Fn(&str) + Sync),
     ) -> Result<usize, ApplyError> {
-        teardown(&self.cloud, &self.spec, delete_volumes, say).await?;
+        if self.observed.count() > 0 || delete_volumes {
+            teardown(&self.cloud, &self.spec, delete_volumes, say).await?;
+        }
+        if delete_backups {
+            self.delete_backups(say).await?;
+        }
         Ok(self.observed.count())
+    }
+
+    /// Empties and deletes the cluster's backup containers.
+    pub(crate) async fn delete_backups(
+        &self,
+        say: &(dyn Fn(&str) + Sync),
+    ) -> Result<(), BackupError> {
+        let deleted =
+            crate::backup::delete_all(&self.cloud, &self.spec.name, self.state.as_ref()).await?;
+        for (container, objects) in deleted {
+            say(&format!(
+                "deleted backup container {container} with its {objects} object(s)"
+            ));
+        }
+        Ok(())
     }
 }

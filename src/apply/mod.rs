@@ -54,6 +54,8 @@ pub enum ApplyError {
     #[error(transparent)]
     Addons(#[from] crate::addons::AddonError),
     #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
+    #[error(transparent)]
     Plan(#[from] crate::plan::planner::PlanError),
     #[error(transparent)]
     Step(#[from] StepFailed),

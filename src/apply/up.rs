@@ -95,6 +95,8 @@ pub(crate) enum UpError {
     Kube(#[from] crate::kube::KubeError),
     #[error(transparent)]
     Addons(#[from] crate::addons::AddonError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     #[error("cannot read the cloud's CA bundle for cloud.conf: {0}")]
     CloudConf(String),
     #[error(
@@ -187,6 +189,16 @@ pub(crate) async fn up(
     sysext::record(&state, &sysext)?;
     if recorded_ranges.is_none() {
         ranges::record(&state, &spec)?;
+    }
+    let offers_store = cloud.offers_object_store().await;
+    if crate::backup::enabled(&spec, offers_store, &cloud.config().name)? {
+        let store = crate::backup::ensure(&cloud, &state, &spec.name).await?;
+        if store.created {
+            say(&format!(
+                "made backup container {} in the object store; it took a test write",
+                store.container
+            ));
+        }
     }
     let scope = Scope {
         kubernetes: !provision_only,
@@ -759,6 +771,7 @@ pub(crate) struct PlanReport {
     pub(crate) releases: BTreeMap<String, crate::pins::KubernetesVersion>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) upgrade: Option<UpgradeReport>,
+    pub(crate) backup: crate::backup::BackupView,
 }
 
 /// The move to the file's release, as `plan` shows it.
@@ -826,6 +839,7 @@ pub(crate) async fn plan(
         None => planner::plan(&spec, &observation.observed, &observation.facts, scope)?,
     };
     let growth = growth_shortfall(&cloud, &observation.observed, &observation.facts, &plan).await?;
+    let backup = crate::backup::view(&cloud, &spec, state.as_ref()).await?;
     for problem in problems.into_iter().chain(growth) {
         warnings.push(format!(
             "`up` would stop before creating anything: {problem}\n  hint: `flatstack cloud check` shows the details"
@@ -853,5 +867,6 @@ pub(crate) async fn plan(
             performed: scope_kubernetes,
             upgrade,
         }),
+        backup,
     })
 }

@@ -19,6 +19,7 @@ macro_rules! out_inline {
     };
 }
 
+mod backup;
 mod cloud;
 mod cluster;
 mod image;
@@ -107,6 +108,9 @@ pub(crate) enum Command {
     Jupyterhub(jupyterhub::HubCommand),
     /// Deploy nginx, fetch its page through the ingress from here, and remove it again.
     Smoke(smoke::SmokeArgs),
+    /// The cluster's etcd snapshots in the cloud's object store.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +171,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kubeconfig(args) => kubeconfig::run(&cli.file, cli.cloud.as_deref(), &args),
         Command::Jupyterhub(command) => jupyterhub::run(&cli.file, cli.cloud.as_deref(), &command),
         Command::Smoke(args) => smoke::run(&cli.file, cli.cloud.as_deref(), &args),
+        Command::Backup(command) => backup::run(&cli.file, cli.cloud.as_deref(), &command),
     }
 }
 

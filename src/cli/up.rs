@@ -156,6 +156,9 @@ pub(crate) struct DownArgs {
     /// Also delete the persistent volumes the cluster's Cinder CSI driver created.
     #[arg(long)]
     pub(crate) delete_volumes: bool,
+    /// Also delete the cluster's etcd snapshots and their container in the object store.
+    #[arg(long)]
+    pub(crate) delete_backups: bool,
 }
 
 pub(crate) fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> anyhow::Result<()> {
@@ -199,6 +202,16 @@ fn print_plan(report: &PlanReport, open_api: bool) {
         report.api_endpoint,
         report.api_endpoint_why
     );
+    let backup = &report.backup;
+    match backup.enabled {
+        true => out!(
+            "backups: etcd every {}h, the newest {} kept, {}",
+            backup.every_hours,
+            backup.keep,
+            backup.note
+        ),
+        false => out!("backups: {}", backup.note),
+    }
     if !report.releases.is_empty() {
         let nodes: Vec<String> = report
             .releases
@@ -390,7 +403,8 @@ pub(crate) fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> an
     let state_path = state_path(&spec, args.state_dir.as_ref())?;
     runtime()?.block_on(async {
         let down = Down::open(spec, config, &state_path).await?;
-        if down.is_empty(args.delete_volumes) {
+        let kept = kept_backups(&down, args.delete_backups, &state_path);
+        if down.is_empty(args.delete_volumes, args.delete_backups) {
             out!("cluster `{name}` has nothing in the cloud");
             for volume in &down.volumes {
                 out!(
@@ -399,35 +413,68 @@ pub(crate) fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> an
                     volume.size
                 );
             }
+            kept.iter().for_each(|line| out!("  {line}"));
             return Ok(());
         }
         if !args.yes {
-            confirm(&name, &down.observed)?;
+            confirm(&name, &down, args.delete_backups)?;
         }
         let progress = Progress::new(false);
         let removed = down
-            .run(args.delete_volumes, &|line| progress.step(line))
+            .run(args.delete_volumes, args.delete_backups, &|line| {
+                progress.step(line)
+            })
             .await;
         progress.finish();
         out!(
             "cluster `{name}` removed: {} resource(s) deleted, none left",
             removed?
         );
+        kept.iter().for_each(|line| out!("  {line}"));
         Ok(())
     })
 }
 
-fn confirm(cluster: &str, observed: &Observed) -> anyhow::Result<()> {
+/// What `down` says of the snapshots it keeps: where they are, and that only the state
+/// directory reads them.
+fn kept_backups(down: &Down, delete_backups: bool, state_path: &Path) -> Vec<String> {
+    let backups = &down.backups;
+    if delete_backups || backups.containers.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "its {} etcd snapshot(s) are kept in the object store ({}); `down --delete-backups` removes them; only the state directory {} can read them",
+        backups.snapshots.len(),
+        backups.containers.join(", "),
+        state_path.display()
+    )]
+}
+
+fn confirm(cluster: &str, down: &Down, delete_backups: bool) -> anyhow::Result<()> {
+    let observed: &Observed = &down.observed;
+    let backups = match delete_backups {
+        true => down.backups.containers.len(),
+        false => 0,
+    };
     if !std::io::stdin().is_terminal() {
         return Err(InvalidInput(format!(
-            "`down` would delete {} resource(s) of cluster `{cluster}`; pass --yes to confirm without a terminal",
-            observed.count()
+            "`down` would delete {} resource(s) of cluster `{cluster}`{}; pass --yes to confirm without a terminal",
+            observed.count(),
+            match backups {
+                0 => String::new(),
+                n => format!(" and {n} backup container(s)"),
+            }
         ))
         .into());
     }
     out!("`down` deletes everything cluster `{cluster}` owns:");
     for line in observed.describe() {
         out!("  {line}");
+    }
+    if delete_backups {
+        for container in &down.backups.containers {
+            out!("  backup container {container} and every snapshot in it");
+        }
     }
     out_inline!("type the cluster name to confirm: ");
     std::io::stdout().flush()?;

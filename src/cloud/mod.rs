@@ -13,6 +13,7 @@ pub mod compute;
 pub(crate) mod image;
 pub(crate) mod load_balancer;
 pub mod network;
+pub(crate) mod object_store;
 pub(crate) mod volume;
 
 pub use config::{CloudConfig, Credentials};
@@ -28,6 +29,8 @@ pub(crate) enum Service {
     Image,
     Volume,
     LoadBalancer,
+    /// Swift, where backups go.
+    ObjectStore,
 }
 
 impl Service {
@@ -38,6 +41,7 @@ impl Service {
             Service::Image => "image",
             Service::Volume => "block-storage",
             Service::LoadBalancer => "load-balancer",
+            Service::ObjectStore => "object-store",
         }
     }
 
@@ -49,6 +53,7 @@ impl Service {
             Service::Image => &["image"],
             Service::Volume => &["block-storage", "volumev3", "volume"],
             Service::LoadBalancer => &["load-balancer"],
+            Service::ObjectStore => &["object-store"],
         }
     }
 
@@ -58,7 +63,7 @@ impl Service {
             Service::Network => "/v2.0",
             Service::Image => "/v2",
             Service::LoadBalancer => "/v2",
-            Service::Compute | Service::Volume => return url.to_string(),
+            Service::Compute | Service::Volume | Service::ObjectStore => return url.to_string(),
         };
         if url.ends_with(suffix) {
             url.to_string()

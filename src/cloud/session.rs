@@ -90,6 +90,8 @@ pub struct Cloud {
 /// A response that was not an error.
 #[derive(Debug)]
 pub struct Reply {
+    /// 200, 201, 202 or 204: some APIs (Swift's) tell made from found only by it.
+    pub(crate) status: u16,
     pub(crate) body: bytes::Bytes,
 }
 
@@ -202,13 +204,26 @@ impl Cloud {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply, CloudError> {
+        self.request_with_headers(service, method, path, body, &[])
+            .await
+    }
+
+    /// [`Cloud::request`] with headers of the caller's (Swift's metadata), never secrets.
+    pub(crate) async fn request_with_headers(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, CloudError> {
         let call = format!("{method} {path}");
         let idempotent = method != Method::POST;
         let mut attempt = 0;
         let mut reauthenticated = false;
         loop {
             attempt += 1;
-            let outcome = self.send_once(service, &method, path, body).await;
+            let outcome = self.send_once(service, &method, path, body, headers).await;
             let retry_after = match outcome {
                 Ok(reply) => return Ok(reply),
                 Err(Attempt::Unauthorized) if !reauthenticated => {
@@ -256,6 +271,7 @@ impl Cloud {
         method: &Method,
         path: &str,
         body: Option<&Value>,
+        headers: &[(&str, &str)],
     ) -> Result<Reply, Attempt> {
         let base = self.endpoint(service).await.map_err(Attempt::Fatal)?;
         let url = format!("{base}{path}");
@@ -267,7 +283,7 @@ impl Cloud {
             .timeout(self.policy.request_timeout)
             .header("X-Auth-Token", token)
             .header("Accept", "application/json");
-        for &(name, value) in service.version_headers() {
+        for &(name, value) in service.version_headers().iter().chain(headers) {
             request = request.header(name, value);
         }
         if let Some(body) = body {
@@ -311,15 +327,20 @@ impl Cloud {
             retry_after: None,
         })?;
         if status.is_success() {
-            return Ok(Reply { body });
+            return Ok(Reply {
+                status: status.as_u16(),
+                body,
+            });
         }
         if status == StatusCode::UNAUTHORIZED {
             return Err(Attempt::Unauthorized);
         }
         let error = api_error(service, call, status, &headers, &body);
-        let transient = status == StatusCode::CONFLICT
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status.is_server_error();
+        // Swift's 409s are answers (a container that is not empty, a name another project
+        // holds), not a state that passes.
+        let conflict = status == StatusCode::CONFLICT && service != Service::ObjectStore;
+        let transient =
+            conflict || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
         if transient {
             Err(Attempt::Transient {
                 retry_after: error.retry_after(),
@@ -389,7 +410,10 @@ impl Cloud {
                 source: e,
             })?;
         if status.is_success() {
-            return Ok(Reply { body });
+            return Ok(Reply {
+                status: status.as_u16(),
+                body,
+            });
         }
         Err(api_error(
             service,

@@ -187,7 +187,12 @@ pub fn print_node_table(nodes: &[Node]) {
 
 /// Age as kubectl shows it: `45s`, `12m`, `5h`, `3d`.
 fn age(since: Timestamp, now: Timestamp) -> String {
-    let seconds = (now.as_second() - since.as_second()).max(0);
+    age_between(since.as_second(), now.as_second())
+}
+
+/// The age of what happened at Unix second `since`, at `now`, as kubectl shows it.
+pub(crate) fn age_between(since: i64, now: i64) -> String {
+    let seconds = (now - since).max(0);
     match seconds {
         s if s < 120 => format!("{s}s"),
         s if s < 2 * 3600 => format!("{}m", s / 60),

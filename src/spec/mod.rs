@@ -39,6 +39,7 @@ pub struct ClusterSpec {
     pub(crate) updates: UpdatesSpec,
     /// Settings for `flatstack jupyterhub`; defaults when the file has no `[jupyterhub]`.
     pub(crate) jupyterhub: JupyterHubSpec,
+    pub(crate) backup: BackupSpec,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -342,6 +343,28 @@ pub(crate) struct JupyterHubSpec {
     pub(crate) user_storage_gb: u32,
     /// A YAML file of chart values merged over flatstack's (relative to the cluster file).
     pub(crate) values_file: Option<std::path::PathBuf>,
+}
+
+/// Snapshots of etcd in the cloud's object store (`[backup]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BackupSpec {
+    /// `None`: on where the cloud's catalog has an object store; `Some(true)`: required (a
+    /// cloud without one is refused); `Some(false)`: off.
+    pub(crate) enabled: Option<bool>,
+    /// Hours between snapshots; divides a day.
+    pub(crate) every_hours: u32,
+    /// Snapshots kept; older ones are deleted.
+    pub(crate) keep: u32,
+}
+
+impl Default for BackupSpec {
+    fn default() -> Self {
+        BackupSpec {
+            enabled: None,
+            every_hours: 6,
+            keep: 14,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,6 +18,7 @@ struct Choices {
     worker_flavor: &'static str,
     cloud_note: &'static str,
     network_note: &'static str,
+    backup_enabled: &'static str,
 }
 
 fn choices(profile: Profile) -> Choices {
@@ -32,6 +33,7 @@ fn choices(profile: Profile) -> Choices {
                            # auto-allocated network and router instead of creating new ones:\n\
                            # existing_network = \"auto_allocated_network\"\n\
                            # existing_router = \"auto_allocated_router\"",
+            backup_enabled: "enabled = true                  # Jetstream2's object store (Swift) holds them",
         },
         Profile::Generic => Choices {
             cloud: "openstack",
@@ -42,6 +44,7 @@ fn choices(profile: Profile) -> Choices {
                            # existing_network = \"my-network\"\n\
                            # existing_subnet = \"my-subnet\"\n\
                            # existing_router = \"my-router\"",
+            backup_enabled: "# enabled = true                # default: on where the cloud's catalog has Swift",
         },
     }
 }
@@ -165,12 +168,18 @@ reboot_days = ["mon", "tue", "wed", "thu", "fri"]
 reboot_start = "02:00"
 reboot_end = "05:00"
 timezone = "UTC"
+
+[backup]                        # etcd snapshots in the cloud's object store; back up the state directory too
+{backup_enabled}
+every = "6h"                    # 1h, 2h, 3h, 4h, 6h, 8h, 12h or 24h
+keep = 14                       # the newest snapshots kept
 "#,
         cloud_note = c.cloud_note,
         cloud = c.cloud,
         control_plane_flavor = c.control_plane_flavor,
         worker_flavor = c.worker_flavor,
         network_note = c.network_note,
+        backup_enabled = c.backup_enabled,
         supported = pins::supported_minors_list(),
     )
 }

@@ -638,6 +638,10 @@ fn jetstream2_profile_uses_its_flavors_and_network() {
     assert!(text.contains("flavor = \"m3.small\""));
     assert!(text.contains("external_network = \"public\""));
     assert!(text.contains("auto_allocated_network"));
+    assert!(
+        text.contains("[backup]") && text.contains("\nenabled = true "),
+        "Jetstream2 has Swift: backups on\n{text}"
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! flatstack's integration tests: one binary, one module per area.
 
+mod backup;
 mod bootstrap;
 mod cli;
 mod day_one;

@@ -148,7 +148,7 @@ pub(crate) struct Teardown<'a>(pub(crate) &'a Workspace);
 
 impl Drop for Teardown<'_> {
     fn drop(&mut self) {
-        let _ = flatstack(self.0, &["down", "--yes"]);
+        let _ = flatstack(self.0, &["down", "--yes", "--delete-backups"]);
     }
 }
 

@@ -2,10 +2,11 @@
 //! violation reported at the value that breaks it, all of them in one pass. This module reads
 //! the file's top level and checks the rules that span sections; each section has its own
 //! reader beside it: [`kubernetes`], [`flatcar`], [`nodes`] (control plane and worker pools),
-//! [`network`], [`access`], [`addons`] (ingress and JupyterHub) and [`updates`].
+//! [`network`], [`access`], [`addons`] (ingress and JupyterHub), [`updates`] and [`backup`].
 
 mod access;
 mod addons;
+mod backup;
 mod flatcar;
 mod kubernetes;
 mod network;
@@ -26,6 +27,7 @@ use super::*;
 use crate::pins::{self, KubernetesVersion};
 use access::*;
 use addons::*;
+use backup::*;
 use flatcar::*;
 use kubernetes::*;
 use network::*;
@@ -129,6 +131,7 @@ pub(super) fn read_cluster(mut root: Table<'_, '_>, p: &mut Problems) -> Option<
     let jupyterhub = read_jupyterhub(root.table("jupyterhub", p), p);
     let default_group = flatcar.as_ref().map_or(Channel::Stable, |f| f.channel);
     let updates = read_updates(root.table("updates", p), default_group, p);
+    let backup = read_backup(root.table("backup", p), p);
     let root_span = root.span();
     root.finish(p);
 
@@ -145,6 +148,7 @@ pub(super) fn read_cluster(mut root: Table<'_, '_>, p: &mut Problems) -> Option<
         ingress: ingress?,
         updates: updates?,
         jupyterhub: jupyterhub?,
+        backup: backup?,
     };
     check_cluster_wide(&spec, root_span, network_span, p);
     Some(spec)

@@ -1,0 +1,489 @@
+//! Where a cluster's etcd snapshots are kept and what they are called: one container of the
+//! cloud's object store per cluster, its name unique (a random suffix, recorded in the state
+//! directory, so a store whose names are global cannot hand us another project's), and
+//! snapshot objects named by cluster, time and Kubernetes release. `up` makes the container and
+//! checks it can be written; `backup list` and `down` read and empty it from the workstation.
+
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
+
+use crate::cloud::object_store::{Made, StoredObject};
+use crate::cloud::{Cloud, CloudError};
+use crate::pki::{PkiError, StateDir};
+use crate::spec::ClusterSpec;
+
+/// The state directory's record of the cluster's container.
+pub(crate) const CONTAINER_RECORD: &str = "backup-container";
+/// Characters of a container name's random suffix.
+const SUFFIX_LEN: usize = 8;
+/// Names tried when a store says each is taken.
+const NAME_ATTEMPTS: usize = 5;
+/// The object `up` writes and deletes again to learn the container takes writes.
+const WRITE_CHECK: &str = ".flatstack-write-check";
+/// What ends every snapshot object's name: encrypted to the cluster's backup key.
+const SNAPSHOT_SUFFIX: &str = ".db.enc";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(
+        "the cluster file turns backups on (`backup.enabled = true`), but cloud `{cloud}` has no object store in its catalog\n  hint: set `backup.enabled = false`, or use a cloud with Swift"
+    )]
+    NoObjectStore { cloud: String },
+    #[error("cannot {action} backup container {container}")]
+    Store {
+        action: &'static str,
+        container: String,
+        #[source]
+        source: Box<CloudError>,
+    },
+    #[error("cannot list the project's backup containers")]
+    Containers(#[source] Box<CloudError>),
+    #[error(
+        "the object store refused to {what} ({source})\n  hint: the cluster's credentials need a role that may read and write the object store (on Jetstream2, `member`); or set `backup.enabled = false`"
+    )]
+    Refused {
+        what: String,
+        #[source]
+        source: Box<CloudError>,
+    },
+    #[error(
+        "the object store took none of {NAME_ATTEMPTS} names for the backup container (each held by another project): last {last}\n  hint: run `flatstack up` again; the names are random"
+    )]
+    NamesTaken { last: String },
+    #[error(transparent)]
+    State(#[from] PkiError),
+}
+
+/// Whether `spec`'s backups are on, on a cloud that does or does not offer an object store;
+/// an error when the file requires them and the cloud cannot.
+pub(crate) fn enabled(spec: &ClusterSpec, offered: bool, cloud: &str) -> Result<bool, BackupError> {
+    match (spec.backup.enabled, offered) {
+        (Some(false), _) => Ok(false),
+        (Some(true), false) => Err(BackupError::NoObjectStore {
+            cloud: cloud.to_string(),
+        }),
+        (_, offered) => Ok(offered),
+    }
+}
+
+/// Every container of `cluster` starts so: cluster names have no dots, so no other cluster's
+/// containers do.
+pub(crate) fn container_prefix(cluster: &str) -> String {
+    format!("flatstack-backups.{cluster}.")
+}
+
+/// The container the state directory records, if any.
+pub(crate) fn recorded_container(state: Option<&StateDir>) -> Result<Option<String>, PkiError> {
+    let Some(state) = state else {
+        return Ok(None);
+    };
+    match state.read_public(CONTAINER_RECORD) {
+        Ok(text) => Ok(Some(text.trim().to_string()).filter(|n| !n.is_empty())),
+        Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn new_container_name(cluster: &str) -> Result<String, PkiError> {
+    Ok(format!(
+        "{}{}",
+        container_prefix(cluster),
+        crate::pki::random_chars(SUFFIX_LEN)?
+    ))
+}
+
+/// The container `up` made or found, and whether it was new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ensured {
+    pub(crate) container: String,
+    pub(crate) created: bool,
+}
+
+/// Makes the cluster's container unless it is there (the recorded name, or a new one
+/// recorded before it is made, so a run stopped in between makes the same one next time),
+/// then writes and deletes an object in the new container: a store that refuses writes is
+/// found before any snapshot is due. A container that is there is only looked at, so a
+/// converged cluster's `up` changes nothing.
+pub(crate) async fn ensure(
+    cloud: &Cloud,
+    state: &StateDir,
+    cluster: &str,
+) -> Result<Ensured, BackupError> {
+    let mut name = match recorded_container(Some(state))? {
+        Some(name) => name,
+        None => record_new(state, cluster)?,
+    };
+    if containers(cloud, cluster, Some(state))
+        .await?
+        .contains(&name)
+    {
+        return Ok(Ensured {
+            container: name,
+            created: false,
+        });
+    }
+    let mut attempts = 1;
+    let created = loop {
+        let made = cloud
+            .create_container(&name, cluster)
+            .await
+            .map_err(|source| store_error("create", &name, source))?;
+        match made {
+            Made::Created => break true,
+            Made::Existed => break false,
+            Made::Taken if attempts < NAME_ATTEMPTS => {
+                attempts += 1;
+                name = record_new(state, cluster)?;
+            }
+            Made::Taken => return Err(BackupError::NamesTaken { last: name }),
+        }
+    };
+    let check = cloud
+        .put_object(&name, WRITE_CHECK, b"flatstack".to_vec())
+        .await;
+    if let Err(source) = check {
+        return Err(store_error("write to", &name, source));
+    }
+    cloud
+        .delete_object(&name, WRITE_CHECK)
+        .await
+        .map_err(|source| store_error("delete the write check from", &name, source))?;
+    Ok(Ensured {
+        container: name,
+        created,
+    })
+}
+
+fn record_new(state: &StateDir, cluster: &str) -> Result<String, PkiError> {
+    let name = new_container_name(cluster)?;
+    state.write(CONTAINER_RECORD, format!("{name}\n").as_bytes(), 0o600)?;
+    Ok(name)
+}
+
+/// A 403 is the credentials' role; anything else, the store's.
+fn store_error(action: &'static str, container: &str, source: CloudError) -> BackupError {
+    match source {
+        CloudError::Api { status: 403, .. } => BackupError::Refused {
+            what: format!("{action} backup container {container}"),
+            source: Box::new(source),
+        },
+        source => BackupError::Store {
+            action,
+            container: container.to_string(),
+            source: Box::new(source),
+        },
+    }
+}
+
+/// Backups as `plan` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct BackupView {
+    pub(crate) enabled: bool,
+    /// Why they are off, or where they go.
+    pub(crate) note: String,
+    pub(crate) every_hours: u32,
+    pub(crate) keep: u32,
+    /// The container, when one is recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) container: Option<String>,
+    /// Whether `up` makes it.
+    pub(crate) to_create: bool,
+}
+
+/// What `up` would do about backups, found without changing anything.
+pub(crate) async fn view(
+    cloud: &Cloud,
+    spec: &ClusterSpec,
+    state: Option<&StateDir>,
+) -> Result<BackupView, BackupError> {
+    let offered = cloud.offers_object_store().await;
+    let on = enabled(spec, offered, &cloud.config().name)?;
+    let mut view = BackupView {
+        enabled: on,
+        note: String::new(),
+        every_hours: spec.backup.every_hours,
+        keep: spec.backup.keep,
+        container: None,
+        to_create: false,
+    };
+    if !on {
+        view.note = match spec.backup.enabled {
+            Some(false) => "off (`backup.enabled = false`)".into(),
+            _ => "off: the cloud's catalog has no object store".into(),
+        };
+        return Ok(view);
+    }
+    let recorded = recorded_container(state)?;
+    let present = match &recorded {
+        Some(name) => containers(cloud, &spec.name, state).await?.contains(name),
+        None => false,
+    };
+    view.to_create = !present;
+    view.note = match (&recorded, present) {
+        (Some(name), true) => format!("to Swift container {name}"),
+        (Some(name), false) => format!("to Swift container {name}, which `up` makes"),
+        (None, _) => format!(
+            "to a Swift container `up` makes ({}<random>)",
+            container_prefix(&spec.name)
+        ),
+    };
+    view.container = recorded;
+    Ok(view)
+}
+
+/// A snapshot object's name: `<cluster>-etcd-<YYYYMMDDTHHMMSSZ>-<release>.db.enc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SnapshotName {
+    pub(crate) taken: OffsetDateTime,
+    /// The Kubernetes release the cluster ran, e.g. `v1.37.1`.
+    pub(crate) kubernetes: String,
+}
+
+impl SnapshotName {
+    /// The name a snapshot of `cluster` gets (what [`SnapshotName::parse`] reads).
+    #[cfg(test)]
+    pub(crate) fn object_name(&self, cluster: &str) -> String {
+        let t = self.taken;
+        format!(
+            "{cluster}-etcd-{:04}{:02}{:02}T{:02}{:02}{:02}Z-{}{SNAPSHOT_SUFFIX}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            self.kubernetes
+        )
+    }
+
+    /// Reads a name of `cluster`'s snapshots; `None` for any other object.
+    pub(crate) fn parse(cluster: &str, object: &str) -> Option<SnapshotName> {
+        let rest = object
+            .strip_prefix(cluster)?
+            .strip_prefix("-etcd-")?
+            .strip_suffix(SNAPSHOT_SUFFIX)?;
+        let (stamp, kubernetes) = rest.split_once('-')?;
+        let release = kubernetes.strip_prefix('v')?;
+        let parts: Vec<&str> = release.split('.').collect();
+        if parts.len() != 3 || parts.iter().any(|p| p.parse::<u32>().is_err()) {
+            return None;
+        }
+        Some(SnapshotName {
+            taken: parse_stamp(stamp)?,
+            kubernetes: kubernetes.to_string(),
+        })
+    }
+}
+
+/// `YYYYMMDDTHHMMSSZ` in UTC.
+fn parse_stamp(stamp: &str) -> Option<OffsetDateTime> {
+    let bytes = stamp.as_bytes();
+    if bytes.len() != 16 || bytes[8] != b'T' || bytes[15] != b'Z' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        let text = stamp.get(range)?;
+        text.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| text.parse().ok())?
+    };
+    let year = i32::try_from(number(0..4)?).ok()?;
+    let month = Month::try_from(u8::try_from(number(4..6)?).ok()?).ok()?;
+    let date = Date::from_calendar_date(year, month, u8::try_from(number(6..8)?).ok()?).ok()?;
+    let time = Time::from_hms(
+        u8::try_from(number(9..11)?).ok()?,
+        u8::try_from(number(11..13)?).ok()?,
+        u8::try_from(number(13..15)?).ok()?,
+    )
+    .ok()?;
+    Some(PrimitiveDateTime::new(date, time).assume_utc())
+}
+
+/// One snapshot in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) container: String,
+    pub(crate) object: String,
+    pub(crate) name: SnapshotName,
+    pub(crate) bytes: u64,
+}
+
+/// What the store holds for a cluster: its containers and their snapshots, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Listing {
+    pub(crate) containers: Vec<String>,
+    pub(crate) snapshots: Vec<Snapshot>,
+    /// Objects of the containers that are no snapshot of this cluster's.
+    pub(crate) others: usize,
+}
+
+/// The cluster's containers: the recorded one, and any other of its prefix (an earlier cluster
+/// of the same name, or a state directory that was lost: their snapshots are listed too).
+pub(crate) async fn containers(
+    cloud: &Cloud,
+    cluster: &str,
+    state: Option<&StateDir>,
+) -> Result<Vec<String>, BackupError> {
+    let mut found = match cloud.containers(&container_prefix(cluster)).await {
+        Ok(found) => found,
+        Err(source @ CloudError::Api { status: 403, .. }) => {
+            return Err(BackupError::Refused {
+                what: "list the project's containers".into(),
+                source: Box::new(source),
+            });
+        }
+        Err(source) => return Err(BackupError::Containers(Box::new(source))),
+    };
+    let recorded = recorded_container(state)?;
+    if let Some(at) = found.iter().position(|c| Some(c) == recorded.as_ref()) {
+        let recorded = found.remove(at);
+        found.insert(0, recorded);
+    }
+    Ok(found)
+}
+
+/// Reads the cluster's snapshots from the store.
+pub(crate) async fn list(
+    cloud: &Cloud,
+    cluster: &str,
+    state: Option<&StateDir>,
+) -> Result<Listing, BackupError> {
+    let mut listing = Listing {
+        containers: containers(cloud, cluster, state).await?,
+        ..Listing::default()
+    };
+    for container in &listing.containers {
+        let objects: Vec<StoredObject> = cloud
+            .objects(container)
+            .await
+            .map_err(|source| store_error("list", container, source))?
+            .unwrap_or_default();
+        for object in objects {
+            match SnapshotName::parse(cluster, &object.name) {
+                Some(name) => listing.snapshots.push(Snapshot {
+                    container: container.clone(),
+                    object: object.name,
+                    name,
+                    bytes: object.bytes,
+                }),
+                None => listing.others += 1,
+            }
+        }
+    }
+    listing.snapshots.sort_by_key(|s| s.name.taken);
+    Ok(listing)
+}
+
+/// Deletes every container of the cluster with everything in it; returns each container and
+/// how many objects it held.
+pub(crate) async fn delete_all(
+    cloud: &Cloud,
+    cluster: &str,
+    state: Option<&StateDir>,
+) -> Result<Vec<(String, usize)>, BackupError> {
+    let mut deleted = Vec::new();
+    for container in containers(cloud, cluster, state).await? {
+        let count = cloud
+            .delete_container(&container)
+            .await
+            .map_err(|source| store_error("delete", &container, source))?;
+        deleted.push((container, count));
+    }
+    Ok(deleted)
+}
+
+/// `12.3 MiB`, `840 KiB`, `512 B`.
+pub(crate) fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match value < 10.0 {
+        true => format!("{value:.1} {}", UNITS[unit]),
+        false => format!("{value:.0} {}", UNITS[unit]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(year: i32, month: Month, day: u8, h: u8, m: u8, s: u8) -> OffsetDateTime {
+        let date = Date::from_calendar_date(year, month, day).expect("date");
+        PrimitiveDateTime::new(date, Time::from_hms(h, m, s).expect("time")).assume_utc()
+    }
+
+    #[test]
+    fn snapshot_names_carry_cluster_time_and_release_and_read_back() {
+        let name = SnapshotName {
+            taken: at(2026, Month::December, 7, 6, 0, 9),
+            kubernetes: "v1.37.1".into(),
+        };
+        let object = name.object_name("demo");
+        assert_eq!(object, "demo-etcd-20261207T060009Z-v1.37.1.db.enc");
+        assert_eq!(SnapshotName::parse("demo", &object), Some(name));
+    }
+
+    #[test]
+    fn names_of_other_clusters_and_other_objects_are_not_snapshots() {
+        for object in [
+            "demo-etcd-20261207T060009Z-v1.37.1.db.enc".replace("demo", "demo2"),
+            "demo-etcd-20261207T060009Z-v1.37.1.db".into(),
+            "demo-etcd-20261307T060009Z-v1.37.1.db.enc".into(),
+            "demo-etcd-20261207T250009Z-v1.37.1.db.enc".into(),
+            "demo-etcd-2026120xT060009Z-v1.37.1.db.enc".into(),
+            "demo-etcd-20261207T060009Z-1.37.1.db.enc".into(),
+            "demo-etcd-20261207T060009Z-v1.37.db.enc".into(),
+            ".flatstack-write-check".into(),
+        ] {
+            assert_eq!(SnapshotName::parse("demo", &object), None, "{object}");
+        }
+        // A cluster whose name extends another's: its snapshots are not the shorter one's.
+        assert_eq!(
+            SnapshotName::parse("demo", "demo-etcd-x-etcd-20261207T060009Z-v1.37.1.db.enc"),
+            None
+        );
+    }
+
+    #[test]
+    fn container_names_are_unique_and_keep_clusters_apart() {
+        let a = new_container_name("demo").expect("name");
+        let b = new_container_name("demo").expect("name");
+        assert_ne!(a, b);
+        assert!(a.starts_with("flatstack-backups.demo."), "{a}");
+        assert_eq!(a.len(), "flatstack-backups.demo.".len() + SUFFIX_LEN);
+        // No cluster's prefix is another's: names are DNS labels, without dots.
+        assert!(!container_prefix("demo-2").starts_with(&container_prefix("demo")));
+    }
+
+    #[test]
+    fn backups_follow_the_file_and_the_catalog() {
+        let mut spec = crate::spec::test_spec("");
+        assert!(enabled(&spec, true, "c").expect("auto, offered"));
+        assert!(!enabled(&spec, false, "c").expect("auto, not offered"));
+        spec.backup.enabled = Some(false);
+        assert!(!enabled(&spec, true, "c").expect("off"));
+        spec.backup.enabled = Some(true);
+        let refused = enabled(&spec, false, "jetstream").expect_err("required, not offered");
+        assert!(
+            refused
+                .to_string()
+                .contains("cloud `jetstream` has no object store")
+        );
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(12 * 1024 * 1024 + 300 * 1024), "12 MiB");
+        assert_eq!(human_size(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+}
