@@ -23,6 +23,10 @@ pub struct SupportedMinor {
     pub(crate) cloud_controller_chart: &'static str,
     /// openstack-cinder-csi chart, released in step with the cloud controller's.
     pub(crate) cinder_csi_chart: &'static str,
+    /// The etcd image kubeadm of the minor runs its stacked etcd with (`kubeadm config images
+    /// list`), whose `etcdctl` takes the backups' snapshots: the image the control planes
+    /// already hold. etcd's own distroless image since 3.6.5: no shell.
+    pub(crate) etcd_image: &'static str,
 }
 
 /// The minors upstream supports on 2026-12-02 (kubernetes.io/releases: 1.35, 1.36 and 1.37;
@@ -35,7 +39,11 @@ pub struct SupportedMinor {
 /// newest of their series in the repository. No 2.37 release could be confirmed from here, so
 /// 1.37 clusters run 2.36.0, one minor behind (the controllers talk to the API server through
 /// client-go, which supports a skew of one minor); move to 2.37 once its tag, values and
-/// templates are in `tests/data`. Proposed patches: 1.35.6 and 1.36.2 are sysext-bakery release
+/// templates are in `tests/data`. etcd images are each kubeadm release's own `kubeadm config
+/// images list` (as kubernetes/minikube records it per release, through v1.35.7, v1.36.3 and
+/// v1.37.0-rc.0; kubernetes/kubernetes#135271, #137107, #140333 set them); a 1.37 patch may
+/// move to 3.7.1 (#141032, held for the 1.37 code freeze), in which case the snapshot Job pulls
+/// 3.7.0-0 beside it and works the same. Proposed patches: 1.35.6 and 1.36.2 are sysext-bakery release
 /// tags; 1.37.1 is upstream's (2026-09-15). `init` proposes the newest release the bakery
 /// actually lists when it can ask.
 pub const SUPPORTED_MINORS: &[SupportedMinor] = &[
@@ -45,6 +53,7 @@ pub const SUPPORTED_MINORS: &[SupportedMinor] = &[
         proposed_patch: 6,
         cloud_controller_chart: "2.35.0",
         cinder_csi_chart: "2.35.0",
+        etcd_image: "registry.k8s.io/etcd:3.6.6-0",
     },
     SupportedMinor {
         minor: 36,
@@ -52,6 +61,7 @@ pub const SUPPORTED_MINORS: &[SupportedMinor] = &[
         proposed_patch: 2,
         cloud_controller_chart: "2.36.0",
         cinder_csi_chart: "2.36.0",
+        etcd_image: "registry.k8s.io/etcd:3.6.8-0",
     },
     SupportedMinor {
         minor: 37,
@@ -59,8 +69,17 @@ pub const SUPPORTED_MINORS: &[SupportedMinor] = &[
         proposed_patch: 1,
         cloud_controller_chart: "2.36.0",
         cinder_csi_chart: "2.36.0",
+        etcd_image: "registry.k8s.io/etcd:3.7.0-0",
     },
 ];
+
+/// The etcd image of `version`'s minor (see [`SupportedMinor::etcd_image`]); the newest
+/// supported minor's for one flatstack does not support (the cluster file refuses those).
+pub(crate) fn etcd_image(version: KubernetesVersion) -> &'static str {
+    supported_minor(version)
+        .or(SUPPORTED_MINORS.last())
+        .map_or("registry.k8s.io/etcd:3.7.0-0", |m| m.etcd_image)
+}
 
 /// What flatstack pins for `version`'s minor, if it supports it.
 pub(crate) fn supported_minor(version: KubernetesVersion) -> Option<&'static SupportedMinor> {

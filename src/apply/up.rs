@@ -191,15 +191,19 @@ pub(crate) async fn up(
         ranges::record(&state, &spec)?;
     }
     let offers_store = cloud.offers_object_store().await;
-    if crate::backup::enabled(&spec, offers_store, &cloud.config().name)? {
-        let store = crate::backup::ensure(&cloud, &state, &spec.name).await?;
-        if store.created {
-            say(&format!(
-                "made backup container {} in the object store; it took a test write",
-                store.container
-            ));
+    let backup_target = match crate::backup::enabled(&spec, offers_store, &cloud.config().name)? {
+        false => None,
+        true => {
+            let store = crate::backup::ensure(&cloud, &state, &spec.name).await?;
+            if store.created {
+                say(&format!(
+                    "made backup container {} in the object store; it took a test write",
+                    store.container
+                ));
+            }
+            Some(crate::backup::target(&cloud, &state, store.container).await?)
         }
-    }
+    };
     let scope = Scope {
         kubernetes: !provision_only,
         accept_empty_cluster,
@@ -277,8 +281,16 @@ pub(crate) async fn up(
                 subnet_id: &provisioned.subnet_id,
             })
             .map_err(|e| UpError::CloudConf(e.to_string()))?;
-            let addon_set =
-                addons::for_cluster(&spec, &cloud_conf, pki.ca.key_pem.expose().as_bytes())?;
+            let digest_key = pki.ca.key_pem.expose().as_bytes();
+            let addon_set = addons::for_cluster(&spec, &cloud_conf, digest_key)?;
+            let addon_set = match &backup_target {
+                Some(target) => addons::with_backups(
+                    addon_set,
+                    crate::backup::objects::manifests(&spec, target),
+                    digest_key,
+                ),
+                None => addon_set,
+            };
             let booted = bootstrap::bootstrap(&client, &plan.nodes, &addon_set, timeout, &say)
                 .await
                 .map_err(UpError::Bootstrap)?;

@@ -4,6 +4,10 @@
 //! snapshot objects named by cluster, time and Kubernetes release. `up` makes the container and
 //! checks it can be written; `backup list` and `down` read and empty it from the workstation.
 
+pub(crate) mod envelope;
+pub(crate) mod objects;
+pub(crate) mod script;
+
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
 
 use crate::cloud::object_store::{Made, StoredObject};
@@ -13,6 +17,8 @@ use crate::spec::ClusterSpec;
 
 /// The state directory's record of the cluster's container.
 pub(crate) const CONTAINER_RECORD: &str = "backup-container";
+/// The backup key's private half, in the state directory only (0600).
+pub(crate) const KEY_FILE: &str = "backup.key";
 /// Characters of a container name's random suffix.
 const SUFFIX_LEN: usize = 8;
 /// Names tried when a store says each is taken.
@@ -38,19 +44,56 @@ pub enum BackupError {
     #[error("cannot list the project's backup containers")]
     Containers(#[source] Box<CloudError>),
     #[error(
-        "the object store refused to {what} ({source})\n  hint: the cluster's credentials need a role that may read and write the object store (on Jetstream2, `member`); or set `backup.enabled = false`"
+        "the object store refused to {what} ({cause})\n  hint: the cluster's credentials need a role that may read and write the object store (on Jetstream2, `member`); or set `backup.enabled = false`"
     )]
-    Refused {
-        what: String,
-        #[source]
-        source: Box<CloudError>,
-    },
+    Refused { what: String, cause: Box<CloudError> },
     #[error(
         "the object store took none of {NAME_ATTEMPTS} names for the backup container (each held by another project): last {last}\n  hint: run `flatstack up` again; the names are random"
     )]
     NamesTaken { last: String },
     #[error(transparent)]
     State(#[from] PkiError),
+    #[error(
+        "{} does not hold a backup key\n  hint: restore it from your backup of the state directory; without it no snapshot can be read",
+        path.display()
+    )]
+    DamagedKey { path: std::path::PathBuf },
+    #[error(transparent)]
+    Envelope(#[from] envelope::EnvelopeError),
+    #[error("snapshot {object} was deleted while it was being read")]
+    Vanished { object: String },
+    #[error(
+        "snapshot {object} cannot be opened with this state directory's backup key: {cause}\n  hint: nothing was written; choose another with --snapshot (`flatstack backup list`)"
+    )]
+    Unreadable {
+        object: String,
+        cause: envelope::EnvelopeError,
+    },
+}
+
+/// The cluster's backup key from the state directory, if it has one.
+pub(crate) fn load_key(state: &StateDir) -> Result<Option<envelope::BackupKey>, BackupError> {
+    match state.read_secret(KEY_FILE) {
+        Ok(text) => envelope::BackupKey::parse_hex(&text)
+            .map(Some)
+            .ok_or_else(|| BackupError::DamagedKey {
+                path: state.join(KEY_FILE),
+            }),
+        Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The cluster's backup key, made (and written, 0600) the first time.
+pub(crate) fn load_or_create_key(state: &StateDir) -> Result<envelope::BackupKey, BackupError> {
+    if let Some(key) = load_key(state)? {
+        return Ok(key);
+    }
+    let key = envelope::BackupKey::generate()?;
+    state.write(KEY_FILE, format!("{}\n", key.expose_hex()).as_bytes(), 0o600)?;
+    Ok(key)
 }
 
 /// Whether `spec`'s backups are on, on a cloud that does or does not offer an object store;
@@ -166,7 +209,7 @@ fn store_error(action: &'static str, container: &str, source: CloudError) -> Bac
     match source {
         CloudError::Api { status: 403, .. } => BackupError::Refused {
             what: format!("{action} backup container {container}"),
-            source: Box::new(source),
+            cause: Box::new(source),
         },
         source => BackupError::Store {
             action,
@@ -174,6 +217,25 @@ fn store_error(action: &'static str, container: &str, source: CloudError) -> Bac
             source: Box::new(source),
         },
     }
+}
+
+/// Where the cluster's CronJob sends snapshots, and what it logs in and seals with.
+pub(crate) async fn target(
+    cloud: &Cloud,
+    state: &StateDir,
+    container: String,
+) -> Result<objects::BackupTarget, BackupError> {
+    let store_url = cloud
+        .object_store_url()
+        .await
+        .map_err(|source| BackupError::Containers(Box::new(source)))?;
+    Ok(objects::BackupTarget {
+        store_url,
+        container,
+        auth_url: crate::cloud::identity_v3(cloud.config()),
+        auth_request: crate::cloud::token_request(cloud.config()),
+        recipient_pem: load_or_create_key(state)?.public_pem(),
+    })
 }
 
 /// Backups as `plan` shows them.
@@ -330,7 +392,7 @@ pub(crate) async fn containers(
         Err(source @ CloudError::Api { status: 403, .. }) => {
             return Err(BackupError::Refused {
                 what: "list the project's containers".into(),
-                source: Box::new(source),
+                cause: Box::new(source),
             });
         }
         Err(source) => return Err(BackupError::Containers(Box::new(source))),
@@ -373,6 +435,55 @@ pub(crate) async fn list(
     }
     listing.snapshots.sort_by_key(|s| s.name.taken);
     Ok(listing)
+}
+
+/// The snapshot `name` names (the newest when `None`), or why there is none.
+pub(crate) fn choose<'a>(
+    listing: &'a Listing,
+    cluster: &str,
+    name: Option<&str>,
+) -> Result<&'a Snapshot, String> {
+    match name {
+        None => listing
+            .snapshots
+            .last()
+            .ok_or_else(|| format!("cluster `{cluster}` has no snapshot in the object store")),
+        Some(name) => listing
+            .snapshots
+            .iter()
+            .find(|s| s.object == name)
+            .ok_or_else(|| {
+                let other_cluster = SnapshotName::parse(cluster, name).is_none()
+                    && name.contains("-etcd-");
+                match other_cluster {
+                    true => format!(
+                        "snapshot {name} is not one of cluster `{cluster}`'s\n  hint: `flatstack backup list` shows this cluster's"
+                    ),
+                    false => format!(
+                        "there is no snapshot {name} of cluster `{cluster}` in the object store\n  hint: `flatstack backup list` shows the ones there are"
+                    ),
+                }
+            }),
+    }
+}
+
+/// Downloads `snapshot` and opens it with `key`: the etcd snapshot it holds, checked.
+pub(crate) async fn fetch(
+    cloud: &Cloud,
+    key: &envelope::BackupKey,
+    snapshot: &Snapshot,
+) -> Result<Vec<u8>, BackupError> {
+    let bytes = cloud
+        .get_object(&snapshot.container, &snapshot.object)
+        .await
+        .map_err(|source| store_error("read", &snapshot.container, source))?
+        .ok_or_else(|| BackupError::Vanished {
+            object: snapshot.object.clone(),
+        })?;
+    key.open(&bytes).map_err(|cause| BackupError::Unreadable {
+        object: snapshot.object.clone(),
+        cause,
+    })
 }
 
 /// Deletes every container of the cluster with everything in it; returns each container and

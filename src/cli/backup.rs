@@ -1,10 +1,11 @@
-//! `flatstack backup list`: the cluster's etcd snapshots as the object store holds them, read
-//! from the workstation.
+//! `flatstack backup list|get`: the cluster's etcd snapshots as the object store holds them,
+//! read from the workstation, and one of them downloaded and opened with the state
+//! directory's key.
 
 use std::path::{Path, PathBuf};
 
 use super::cloud::{cloud_config, runtime};
-use super::{load_spec, state_path};
+use super::{InvalidInput, load_spec, state_path};
 use crate::backup::{self, Listing};
 use crate::cloud::Cloud;
 use crate::pki::StateDir;
@@ -14,6 +15,22 @@ pub(crate) enum BackupCommand {
     /// The cluster's snapshots in the object store, oldest first: when each was taken, its
     /// size and the Kubernetes release it holds. "none" when there are none.
     List(ListArgs),
+    /// Download a snapshot (the newest unless --snapshot names one), check it was made for this
+    /// cluster's key and not changed since, and write the etcd snapshot it holds to --out
+    /// (mode 0600: it holds every Secret of the cluster).
+    Get(GetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct GetArgs {
+    /// The snapshot's object name, as `backup list` shows it (default: the newest).
+    #[arg(long)]
+    pub(crate) snapshot: Option<String>,
+    /// Where to write the etcd snapshot (refused if it exists).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    #[arg(long, env = "FLATSTACK_STATE_DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -29,7 +46,10 @@ pub(crate) fn run(
     cloud_flag: Option<&str>,
     command: &BackupCommand,
 ) -> anyhow::Result<()> {
-    let BackupCommand::List(args) = command;
+    let args = match command {
+        BackupCommand::List(args) => args,
+        BackupCommand::Get(args) => return get(file, cloud_flag, args),
+    };
     let spec = load_spec(file)?;
     let config = cloud_config(cloud_flag, &spec)?;
     let state = StateDir::open_existing(&state_path(&spec, args.state_dir.as_ref())?)?;
@@ -45,6 +65,51 @@ pub(crate) fn run(
         }
         let listing = backup::list(&cloud, &spec.name, state.as_ref()).await?;
         print_listing(&spec.name, &listing, time::OffsetDateTime::now_utc());
+        Ok(())
+    })
+}
+
+fn get(file: &Path, cloud_flag: Option<&str>, args: &GetArgs) -> anyhow::Result<()> {
+    let spec = load_spec(file)?;
+    let config = cloud_config(cloud_flag, &spec)?;
+    let state_path = state_path(&spec, args.state_dir.as_ref())?;
+    let Some(state) = StateDir::open_existing(&state_path)? else {
+        return Err(InvalidInput(format!(
+            "there is no state directory at {}, so no backup key to open a snapshot with\n  hint: restore the state directory from your backup, or pass --state-dir",
+            state_path.display()
+        ))
+        .into());
+    };
+    let Some(key) = backup::load_key(&state)? else {
+        return Err(InvalidInput(format!(
+            "the state directory {} holds no backup key ({}), so no snapshot can be opened with it\n  hint: use the state directory the cluster's backups were made with",
+            state_path.display(),
+            backup::KEY_FILE
+        ))
+        .into());
+    };
+    if args.out.exists() {
+        return Err(InvalidInput(format!(
+            "{} exists; flatstack never overwrites it\n  hint: name a new file with --out",
+            args.out.display()
+        ))
+        .into());
+    }
+    runtime()?.block_on(async {
+        let cloud = Cloud::connect(config).await?;
+        let listing = backup::list(&cloud, &spec.name, Some(&state)).await?;
+        let snapshot = backup::choose(&listing, &spec.name, args.snapshot.as_deref())
+            .map_err(|e| InvalidInput(e.to_string()))?;
+        let plain = backup::fetch(&cloud, &key, snapshot).await?;
+        crate::pki::write_atomically(&args.out, &plain, 0o600)?;
+        out!(
+            "wrote {} ({}, taken {} with Kubernetes {}) to {}",
+            snapshot.object,
+            backup::human_size(plain.len() as u64),
+            snapshot.name.taken,
+            snapshot.name.kubernetes,
+            args.out.display()
+        );
         Ok(())
     })
 }

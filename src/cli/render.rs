@@ -76,10 +76,22 @@ pub(crate) fn run(file: &Path, cloud_flag: Option<&str>, args: &RenderArgs) -> a
     // A token of this render's own, sealed like the key: `up` makes a fresh one per run.
     let token = BootstrapToken::generate()?;
     let nodes = node::render_cluster(&spec, &pki, &endpoint, &token)?;
-    let manifests = addons::in_apply_order(&addons::for_review(
-        &spec,
-        pki.ca.key_pem.expose().as_bytes(),
-    )?);
+    let digest_key = pki.ca.key_pem.expose().as_bytes();
+    let review = addons::for_review(&spec, digest_key)?;
+    // Backups are on unless the file turns them off (`up` also needs the cloud to have a store).
+    let review = match spec.backup.enabled {
+        Some(false) => review,
+        _ => {
+            let target = crate::backup::objects::review_target(
+                &spec.name,
+                crate::backup::recorded_container(Some(&state))?,
+                crate::backup::load_or_create_key(&state)?.public_pem(),
+            );
+            let objects = crate::backup::objects::manifests(&spec, &target);
+            addons::with_backups(review, objects, digest_key)
+        }
+    };
+    let manifests = addons::in_apply_order(&review);
     sysext::record(&state, &sysext)?;
 
     std::fs::create_dir_all(&args.out)

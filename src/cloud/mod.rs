@@ -17,6 +17,7 @@ pub(crate) mod object_store;
 pub(crate) mod volume;
 
 pub use config::{CloudConfig, Credentials};
+pub(crate) use session::{identity_v3, token_request};
 pub use session::{CallCounter, CatalogEntry, Cloud, Reply, RetryPolicy, cloud_message};
 
 use std::time::Duration;

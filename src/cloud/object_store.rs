@@ -56,6 +56,27 @@ impl Cloud {
         self.offers(Service::ObjectStore).await
     }
 
+    /// The object store's account URL (the catalog's endpoint), under which containers are.
+    pub(crate) async fn object_store_url(&self) -> Result<String, CloudError> {
+        self.endpoint(Service::ObjectStore).await
+    }
+
+    /// An object's bytes; `None` when there is no such object.
+    pub(crate) async fn get_object(
+        &self,
+        container: &str,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, CloudError> {
+        match self
+            .request(Service::ObjectStore, Method::GET, &path(&[container, name]), None)
+            .await
+        {
+            Ok(reply) => Ok(Some(reply.body.to_vec())),
+            Err(CloudError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The project's containers whose names start with `prefix`.
     pub(crate) async fn containers(&self, prefix: &str) -> Result<Vec<String>, CloudError> {
         let mut names = Vec::new();

@@ -178,7 +178,7 @@ impl Cloud {
         self.endpoint(service).await.is_ok()
     }
 
-    async fn endpoint(&self, service: Service) -> Result<String, CloudError> {
+    pub(super) async fn endpoint(&self, service: Service) -> Result<String, CloudError> {
         if let Some(url) = self.config.endpoint_overrides.get(service.name()) {
             return Ok(service.versioned(url));
         }
@@ -601,19 +601,23 @@ fn identity_json(identity: &Identity) -> Value {
     }
 }
 
-/// Keystone v3 login: a token, the catalog, the project.
-async fn authenticate(
-    http: &reqwest::Client,
-    config: &CloudConfig,
-    policy: &RetryPolicy,
-) -> Result<Login, CloudError> {
+/// Keystone's v3 base URL of `config` (`.../v3`).
+pub(crate) fn identity_v3(config: &CloudConfig) -> String {
     let base = config.auth_url.trim_end_matches('/');
-    let url = if base.ends_with("/v3") {
-        format!("{base}/auth/tokens")
-    } else {
-        format!("{base}/v3/auth/tokens")
-    };
-    let body = match &config.credentials {
+    match base.ends_with("/v3") {
+        true => base.to_string(),
+        false => format!("{base}/v3"),
+    }
+}
+
+/// The body of a Keystone v3 token request for `config`'s credentials: it holds the password
+/// or application credential secret.
+pub(crate) fn token_request(config: &CloudConfig) -> crate::secret::Secret {
+    crate::secret::Secret::new(token_request_json(config).to_string())
+}
+
+fn token_request_json(config: &CloudConfig) -> Value {
+    match &config.credentials {
         Credentials::Password {
             user,
             password,
@@ -645,7 +649,17 @@ async fn authenticate(
             }
             json!({ "auth": { "identity": { "methods": ["application_credential"], "application_credential": credential } } })
         }
-    };
+    }
+}
+
+/// Keystone v3 login: a token, the catalog, the project.
+async fn authenticate(
+    http: &reqwest::Client,
+    config: &CloudConfig,
+    policy: &RetryPolicy,
+) -> Result<Login, CloudError> {
+    let url = format!("{}/auth/tokens", identity_v3(config));
+    let body = token_request_json(config);
     let mut attempt = 0;
     let response = loop {
         attempt += 1;

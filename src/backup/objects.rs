@@ -1,0 +1,363 @@
+//! The Kubernetes objects that take the snapshots: a CronJob on the control planes, whose pod
+//! saves a snapshot with `etcdctl` from kubeadm's etcd image (an init container: that image has
+//! no shell) into a host directory, then has the host seal and upload it with the script of
+//! [`super::script`]; a ConfigMap with that script and the backup key's public half; a Secret
+//! with the Keystone token request the host logs in with. One Job at a time
+//! (`concurrencyPolicy: Forbid`), so three control planes make one snapshot per schedule.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource,
+    HostPathVolumeSource, PodSpec, PodTemplateSpec, SecretKeySelector, SecurityContext,
+    Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::addons::{meta, secret};
+use crate::kube::Manifest;
+use crate::pins;
+use crate::secret::Secret;
+use crate::spec::ClusterSpec;
+
+/// The name of the CronJob, its ConfigMap and its Secret.
+pub(crate) const NAME: &str = "flatstack-etcd-backup";
+const NAMESPACE: &str = "kube-system";
+/// Where on the host `etcdctl` saves the snapshot and the script runs.
+pub(crate) const HOST_DIR: &str = "/var/lib/flatstack/backup";
+const SNAPSHOT_FILE: &str = "snapshot.db";
+/// Where kubeadm keeps the etcd CA and the health-check client certificate.
+const ETCD_PKI: &str = "/etc/kubernetes/pki/etcd";
+/// Where the upload container sees the host's root and the ConfigMap.
+const HOST_ROOT: &str = "/host";
+const SCRIPT_DIR: &str = "/flatstack";
+const SCRIPT_KEY: &str = "upload.sh";
+const RECIPIENT_KEY: &str = "recipient.pem";
+const AUTH_KEY: &str = "auth-request";
+
+/// What the objects need besides the cluster file.
+#[derive(Debug, Clone)]
+pub(crate) struct BackupTarget {
+    /// The object store's account URL (Swift's catalog endpoint).
+    pub(crate) store_url: String,
+    pub(crate) container: String,
+    /// Keystone's v3 URL.
+    pub(crate) auth_url: String,
+    /// The body of a Keystone token request for the cluster's credentials.
+    pub(crate) auth_request: Secret,
+    /// The backup key's public half, PEM.
+    pub(crate) recipient_pem: String,
+}
+
+/// The target `render` shows, which asks no cloud: markers where `up` writes what it reads
+/// from the cloud, the container when the state directory records one, the real public key.
+pub(crate) fn review_target(cluster: &str, container: Option<String>, recipient_pem: String) -> BackupTarget {
+    BackupTarget {
+        store_url: "<the object store's account URL: `flatstack up` reads it from the cloud's catalog>".into(),
+        container: container.unwrap_or_else(|| {
+            format!(
+                "<{}<random>: made by `flatstack up`>",
+                super::container_prefix(cluster)
+            )
+        }),
+        auth_url: "<Keystone's v3 URL: `flatstack up` writes the one it logs in to>".into(),
+        auth_request: Secret::new(
+            "<a Keystone token request: written by `flatstack up` from the credentials it logs in with; never on disk>",
+        ),
+        recipient_pem,
+    }
+}
+
+/// The schedule: every `every_hours` hours at a minute (and, daily, an hour) drawn from the
+/// cluster's name, so clusters of a project do not all snapshot at once.
+pub(crate) fn schedule(cluster: &str, every_hours: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(cluster.as_bytes());
+    let minute = digest[0] % 60;
+    match every_hours {
+        1 => format!("{minute} * * * *"),
+        24 => format!("{minute} {} * * *", digest[1] % 24),
+        n => format!("{minute} */{n} * * *"),
+    }
+}
+
+/// The ConfigMap, Secret and CronJob of `spec`'s backups to `target`.
+pub(crate) fn manifests(spec: &ClusterSpec, target: &BackupTarget) -> Vec<Manifest> {
+    let config = ConfigMap {
+        metadata: meta(NAME, Some(NAMESPACE)),
+        data: Some(BTreeMap::from([
+            (SCRIPT_KEY.to_string(), super::script::upload_script()),
+            (RECIPIENT_KEY.to_string(), target.recipient_pem.clone()),
+        ])),
+        ..ConfigMap::default()
+    };
+    let credentials = secret(
+        meta(NAME, Some(NAMESPACE)),
+        "Opaque",
+        [(AUTH_KEY, target.auth_request.expose())],
+    );
+    vec![
+        Manifest::of(&config),
+        Manifest::of(&credentials),
+        Manifest::of(&cron_job(spec, target)),
+    ]
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn host_path(name: &str, path: &str, kind: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.into(),
+            type_: Some(kind.into()),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, at: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: at.into(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+fn cron_job(spec: &ClusterSpec, target: &BackupTarget) -> CronJob {
+    let snapshot = format!("{HOST_DIR}/{SNAPSHOT_FILE}");
+    let labels = BTreeMap::from([("app.kubernetes.io/name".to_string(), NAME.to_string())]);
+    // etcdctl against the local member, as kubeadm's own health check reaches it.
+    let save = Container {
+        name: "snapshot".into(),
+        image: Some(pins::etcd_image(spec.kubernetes.version).into()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(
+            [
+                "etcdctl".to_string(),
+                "--endpoints=https://127.0.0.1:2379".into(),
+                format!("--cacert={ETCD_PKI}/ca.crt"),
+                format!("--cert={ETCD_PKI}/healthcheck-client.crt"),
+                format!("--key={ETCD_PKI}/healthcheck-client.key"),
+                "--dial-timeout=20s".into(),
+                "--command-timeout=10m".into(),
+                "snapshot".into(),
+                "save".into(),
+                snapshot.clone(),
+            ]
+            .into(),
+        ),
+        volume_mounts: Some(vec![
+            mount("etcd-pki", ETCD_PKI, true),
+            mount("backup", HOST_DIR, false),
+        ]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    let host_script = format!("{HOST_DIR}/{SCRIPT_KEY}");
+    let upload = Container {
+        name: "upload".into(),
+        image: Some(pins::HOST_ACTION_IMAGE.into()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "cp {SCRIPT_DIR}/{SCRIPT_KEY} {HOST_ROOT}{host_script} && exec chroot {HOST_ROOT} /bin/bash {host_script}"
+            ),
+        ]),
+        env: Some(vec![
+            env("FLATSTACK_SNAPSHOT", &snapshot),
+            env("FLATSTACK_CLUSTER", &spec.name),
+            env("FLATSTACK_KUBERNETES", &spec.kubernetes.version.to_string()),
+            env("FLATSTACK_STORE", &target.store_url),
+            env("FLATSTACK_CONTAINER", &target.container),
+            env("FLATSTACK_KEEP", &spec.backup.keep.to_string()),
+            env("FLATSTACK_AUTH_URL", &target.auth_url),
+            EnvVar {
+                name: "FLATSTACK_RECIPIENT".into(),
+                value_from: Some(EnvVarSource {
+                    config_map_key_ref: Some(ConfigMapKeySelector {
+                        name: NAME.into(),
+                        key: RECIPIENT_KEY.into(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            },
+            EnvVar {
+                name: "FLATSTACK_AUTH_REQUEST".into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: NAME.into(),
+                        key: AUTH_KEY.into(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            },
+        ]),
+        volume_mounts: Some(vec![
+            mount("host", HOST_ROOT, false),
+            mount("script", SCRIPT_DIR, true),
+        ]),
+        // chroot into the host's root, and the host's tools run as its root.
+        security_context: Some(SecurityContext {
+            privileged: Some(true),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        restart_policy: Some("Never".into()),
+        host_network: Some(true),
+        priority_class_name: Some("system-cluster-critical".into()),
+        node_selector: Some(BTreeMap::from([(
+            "node-role.kubernetes.io/control-plane".to_string(),
+            String::new(),
+        )])),
+        tolerations: Some(vec![Toleration {
+            key: Some("node-role.kubernetes.io/control-plane".into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        }]),
+        init_containers: Some(vec![save]),
+        containers: vec![upload],
+        volumes: Some(vec![
+            host_path("etcd-pki", ETCD_PKI, "Directory"),
+            host_path("backup", HOST_DIR, "DirectoryOrCreate"),
+            host_path("host", "/", "Directory"),
+            Volume {
+                name: "script".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: NAME.into(),
+                    default_mode: Some(0o500),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+        ]),
+        ..PodSpec::default()
+    };
+    CronJob {
+        metadata: meta(NAME, Some(NAMESPACE)),
+        spec: Some(CronJobSpec {
+            schedule: schedule(&spec.name, spec.backup.every_hours),
+            time_zone: Some("Etc/UTC".into()),
+            concurrency_policy: Some("Forbid".into()),
+            starting_deadline_seconds: Some(3600),
+            successful_jobs_history_limit: Some(3),
+            failed_jobs_history_limit: Some(3),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(JobSpec {
+                    backoff_limit: Some(2),
+                    active_deadline_seconds: Some(1800),
+                    template: PodTemplateSpec {
+                        metadata: Some(ObjectMeta {
+                            labels: Some(labels),
+                            ..ObjectMeta::default()
+                        }),
+                        spec: Some(pod),
+                    },
+                    ..JobSpec::default()
+                }),
+            },
+            ..CronJobSpec::default()
+        }),
+        ..CronJob::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> BackupTarget {
+        BackupTarget {
+            store_url: "https://swift.example/v1/AUTH_p".into(),
+            container: "flatstack-backups.demo.abcdefgh".into(),
+            auth_url: "https://keystone.example/v3".into(),
+            auth_request: Secret::new("TOKEN-REQUEST-WITH-A-PASSWORD"),
+            recipient_pem: "-----BEGIN PUBLIC KEY-----\nx\n-----END PUBLIC KEY-----\n".into(),
+        }
+    }
+
+    #[test]
+    fn schedules_spread_clusters_over_the_hour_and_follow_every() {
+        assert!(schedule("demo", 6).ends_with(" */6 * * *"), "{}", schedule("demo", 6));
+        assert!(schedule("demo", 1).ends_with(" * * * *"));
+        let daily = schedule("demo", 24);
+        let fields: Vec<&str> = daily.split(' ').collect();
+        assert_eq!(fields.len(), 5, "{daily}");
+        assert!(fields[1].parse::<u8>().is_ok_and(|h| h < 24), "{daily}");
+        let minutes: std::collections::BTreeSet<String> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|n| schedule(n, 6).split(' ').next().unwrap_or_default().to_string())
+            .collect();
+        assert!(minutes.len() > 1, "six clusters, one minute: {minutes:?}");
+    }
+
+    #[test]
+    fn the_cron_job_runs_once_on_a_control_plane_and_keeps_the_credentials_in_the_secret() {
+        let spec = crate::spec::test_spec("[backup]\nkeep = 7\nevery = \"12h\"\n");
+        let manifests = manifests(&spec, &target());
+        let kinds: Vec<&str> = manifests.iter().map(|m| m.kind()).collect();
+        assert_eq!(kinds, ["ConfigMap", "Secret", "CronJob"]);
+        let cron = manifests[2].body();
+        assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+        assert!(
+            cron["spec"]["schedule"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("*/12 * * *"))
+        );
+        let pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        assert_eq!(pod["nodeSelector"]["node-role.kubernetes.io/control-plane"], "");
+        assert_eq!(pod["hostNetwork"], true);
+        let env = pod["containers"][0]["env"].as_array().expect("env");
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e["name"] == name)
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert_eq!(value("FLATSTACK_KEEP")["value"], "7");
+        assert_eq!(value("FLATSTACK_KUBERNETES")["value"], "v1.37.1");
+        assert_eq!(
+            value("FLATSTACK_AUTH_REQUEST")["valueFrom"]["secretKeyRef"]["key"],
+            AUTH_KEY
+        );
+        // The credentials are in the Secret only.
+        for (manifest, holds) in manifests.iter().zip([false, true, false]) {
+            let body = manifest.body().to_string();
+            let encoded = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                "TOKEN-REQUEST-WITH-A-PASSWORD",
+            );
+            assert_eq!(body.contains(&encoded), holds, "{}", manifest.kind());
+            assert!(!body.contains("TOKEN-REQUEST-WITH-A-PASSWORD"));
+        }
+        assert_eq!(
+            pod["initContainers"][0]["command"][0], "etcdctl",
+            "the etcd image has no shell"
+        );
+    }
+}

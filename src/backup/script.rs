@@ -1,0 +1,135 @@
+//! The script a control plane's host runs for each snapshot, with Flatcar's own `bash`,
+//! `openssl` and `curl` (no image of ours, no shell in the etcd image): it seals the snapshot
+//! `etcdctl` saved into the envelope of [`super::envelope`], logs in to Keystone with the
+//! cluster's credentials, uploads the envelope under its name with its SHA-256 (and an MD5
+//! `ETag` Swift checks on arrival), then deletes the oldest snapshots beyond `keep`.
+//!
+//! Everything comes from the environment, so the script itself holds nothing secret:
+//! `FLATSTACK_SNAPSHOT` (the saved snapshot, deleted when the script ends), `FLATSTACK_CLUSTER`,
+//! `FLATSTACK_KUBERNETES` (the release, for the name), `FLATSTACK_RECIPIENT` (the backup key's
+//! public half, PEM), `FLATSTACK_STORE` (the object store's account URL),
+//! `FLATSTACK_CONTAINER`, `FLATSTACK_KEEP`, `FLATSTACK_AUTH_URL` (Keystone v3) and
+//! `FLATSTACK_AUTH_REQUEST` (the body of a Keystone token request, from a Secret). Keys pass
+//! through `openssl`'s arguments for a moment, on the host, as the node's unsealing does.
+
+use super::envelope::{INFO, MAGIC};
+
+/// The script's text.
+pub(crate) fn upload_script() -> String {
+    let magic = String::from_utf8_lossy(MAGIC);
+    let magic = magic.trim_end_matches('\n');
+    format!(
+        r#"#!/bin/bash
+# flatstack: seals this control plane's etcd snapshot to the cluster's backup key, uploads it
+# to the object store and keeps the newest $FLATSTACK_KEEP.
+set -euo pipefail
+umask 077
+say() {{ echo "flatstack-backup: $*"; }}
+hex() {{ od -An -v -tx1 | tr -d ' \n'; }}
+for variable in FLATSTACK_SNAPSHOT FLATSTACK_CLUSTER FLATSTACK_KUBERNETES FLATSTACK_RECIPIENT \
+  FLATSTACK_STORE FLATSTACK_CONTAINER FLATSTACK_KEEP FLATSTACK_AUTH_URL FLATSTACK_AUTH_REQUEST; do
+  if [[ -z ${{!variable:-}} ]]; then
+    say "$variable is not set"
+    exit 2
+  fi
+done
+snapshot=$FLATSTACK_SNAPSHOT
+if [[ ! -s $snapshot ]]; then
+  say "no snapshot at $snapshot"
+  exit 2
+fi
+if [[ ! $FLATSTACK_KEEP =~ ^[1-9][0-9]*$ ]]; then
+  say "FLATSTACK_KEEP must be a positive number, not '$FLATSTACK_KEEP'"
+  exit 2
+fi
+work=$(mktemp -d "$(dirname "$snapshot")/.flatstack-backup.XXXXXX")
+trap 'rm -rf "$work" "$snapshot"' EXIT
+object="$FLATSTACK_CLUSTER-etcd-$(date -u +%Y%m%dT%H%M%SZ)-$FLATSTACK_KUBERNETES.db.enc"
+
+# The envelope: a fresh X25519 key agreed with the recipient's, HKDF-SHA256 to a cipher and
+# a MAC key, AES-256-CTR, then HMAC-SHA256 over everything before the tag.
+printf '%s\n' "$FLATSTACK_RECIPIENT" > "$work/recipient.pem"
+openssl genpkey -algorithm X25519 -out "$work/ephemeral.pem" 2> "$work/openssl.log"
+openssl pkey -in "$work/ephemeral.pem" -pubout -outform DER | tail -c 32 > "$work/ephemeral.pub"
+openssl pkey -pubin -in "$work/recipient.pem" -outform DER | tail -c 32 > "$work/recipient.pub"
+shared=$(openssl pkeyutl -derive -inkey "$work/ephemeral.pem" -peerkey "$work/recipient.pem" | hex)
+salt=$(cat "$work/ephemeral.pub" "$work/recipient.pub" | hex)
+keys=$(openssl kdf -keylen 64 -kdfopt digest:SHA256 -kdfopt "hexkey:$shared" \
+  -kdfopt "hexsalt:$salt" -kdfopt "info:{INFO}" -binary HKDF | hex)
+if (( ${{#keys}} != 128 )); then
+  say "openssl derived no keys"
+  exit 1
+fi
+openssl rand -out "$work/iv" 16
+{{
+  printf '%s\n' '{magic}'
+  cat "$work/ephemeral.pub" "$work/iv"
+  openssl enc -aes-256-ctr -K "${{keys:0:64}}" -iv "$(hex < "$work/iv")" -in "$snapshot"
+}} > "$work/envelope"
+openssl dgst -sha256 -mac HMAC -macopt "hexkey:${{keys:64:64}}" -binary < "$work/envelope" \
+  >> "$work/envelope"
+rm -f "$work/ephemeral.pem"
+size=$(stat -c %s "$work/envelope")
+sha256=$(sha256sum "$work/envelope" | cut -d' ' -f1)
+md5=$(md5sum "$work/envelope" | cut -d' ' -f1)
+
+# A token for the cluster's credentials; it travels in a header file, never in arguments.
+printf '%s' "$FLATSTACK_AUTH_REQUEST" > "$work/auth.json"
+status=$(curl -sS -o "$work/token.json" -D "$work/token.headers" -w '%{{http_code}}' \
+  -H 'Content-Type: application/json' --data-binary @"$work/auth.json" \
+  "${{FLATSTACK_AUTH_URL%/}}/auth/tokens") || status=000
+rm -f "$work/auth.json"
+token=$(sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: *\([^[:space:]]*\).*$/\1/p' "$work/token.headers")
+if [[ $status != 201 || -z $token ]]; then
+  say "Keystone at $FLATSTACK_AUTH_URL gave no token (HTTP $status)"
+  exit 1
+fi
+printf 'X-Auth-Token: %s\n' "$token" > "$work/auth.header"
+container_url="${{FLATSTACK_STORE%/}}/$FLATSTACK_CONTAINER"
+
+status=$(curl -sS -o "$work/put.out" -w '%{{http_code}}' -X PUT -H @"$work/auth.header" \
+  -H 'Content-Type: application/octet-stream' -H "ETag: $md5" \
+  -H "X-Object-Meta-Sha256: $sha256" -T "$work/envelope" "$container_url/$object") || status=000
+if [[ $status != 201 ]]; then
+  say "uploading $object to $container_url failed (HTTP $status): $(head -c 300 "$work/put.out")"
+  exit 1
+fi
+say "uploaded $object ($size bytes, sha256 $sha256)"
+
+# The newest $FLATSTACK_KEEP snapshots stay; names sort by time.
+status=$(curl -sS -o "$work/listing" -w '%{{http_code}}' -H @"$work/auth.header" \
+  "$container_url?format=plain&prefix=$FLATSTACK_CLUSTER-etcd-") || status=000
+if [[ $status != 200 && $status != 204 ]]; then
+  say "listing $container_url failed (HTTP $status); nothing pruned"
+  exit 1
+fi
+pattern="^$FLATSTACK_CLUSTER-etcd-[0-9]{{8}}T[0-9]{{6}}Z-v[0-9]+\.[0-9]+\.[0-9]+\.db\.enc\$"
+mapfile -t snapshots < <(grep -E "$pattern" "$work/listing" | sort || true)
+pruned=0
+for ((i = 0; i + FLATSTACK_KEEP < ${{#snapshots[@]}}; i++)); do
+  status=$(curl -sS -o /dev/null -w '%{{http_code}}' -X DELETE -H @"$work/auth.header" \
+    "$container_url/${{snapshots[i]}}") || status=000
+  case $status in
+    204 | 404) pruned=$((pruned + 1)) ;;
+    *) say "deleting ${{snapshots[i]}} failed (HTTP $status)" ;;
+  esac
+done
+say "kept the newest $((${{#snapshots[@]}} - pruned)) of ${{#snapshots[@]}} snapshot(s); deleted $pruned"
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_writes_the_envelope_open_reads() {
+        let script = upload_script();
+        assert!(script.contains("printf '%s\\n' 'flatstack etcd snapshot v1'"));
+        assert!(script.contains("-kdfopt \"info:flatstack etcd snapshot v1\""));
+        // Secrets never in arguments: the token goes through a header file.
+        assert!(script.contains("-H @\"$work/auth.header\""));
+        assert!(!script.contains("-H \"X-Auth-Token"));
+    }
+}
