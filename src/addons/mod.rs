@@ -197,7 +197,11 @@ pub fn for_cluster(
 
 /// `set` with the backup objects (see [`crate::backup::objects`]) added before the record of
 /// what was applied, its digest made afresh.
-pub(crate) fn with_backups(mut set: AddonSet, backup: Vec<Manifest>, digest_key: &[u8]) -> AddonSet {
+pub(crate) fn with_backups(
+    mut set: AddonSet,
+    backup: Vec<Manifest>,
+    digest_key: &[u8],
+) -> AddonSet {
     set.manifests.extend(backup);
     set.digest = digest(set.manifests.iter().chain(&set.after_charts), digest_key);
     set

@@ -58,7 +58,11 @@ pub struct BackupKey {
 
 impl fmt::Debug for BackupKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BackupKey(public {})", hex::encode(self.public().as_bytes()))
+        write!(
+            f,
+            "BackupKey(public {})",
+            hex::encode(self.public().as_bytes())
+        )
     }
 }
 
@@ -115,8 +119,7 @@ impl BackupKey {
         let (cipher_key, mac_key) = self.keys(&PublicKey::from(ephemeral));
         let mut mac = mac_for(&mac_key);
         mac.update(body);
-        mac.verify_slice(tag)
-            .map_err(|_| EnvelopeError::Tampered)?;
+        mac.verify_slice(tag).map_err(|_| EnvelopeError::Tampered)?;
         let mut plain = body[header..].to_vec();
         Aes256Ctr::new((&cipher_key).into(), iv.into()).apply_keystream(&mut plain);
         Ok(plain)
@@ -193,10 +196,19 @@ mod tests {
     fn changed_cut_or_foreign_bytes_are_refused_before_decrypting() {
         let key = BackupKey::generate().expect("key");
         let sealed = seal_for_tests(&key.public(), b"the data");
-        for at in [MAGIC.len(), MAGIC.len() + 40, sealed.len() - 40, sealed.len() - 1] {
+        for at in [
+            MAGIC.len(),
+            MAGIC.len() + 40,
+            sealed.len() - 40,
+            sealed.len() - 1,
+        ] {
             let mut changed = sealed.clone();
             changed[at] ^= 1;
-            assert_eq!(key.open(&changed), Err(EnvelopeError::Tampered), "byte {at}");
+            assert_eq!(
+                key.open(&changed),
+                Err(EnvelopeError::Tampered),
+                "byte {at}"
+            );
         }
         assert_eq!(
             key.open(&sealed[..sealed.len() - 5]),
@@ -206,7 +218,10 @@ mod tests {
             key.open(&sealed[..MAGIC.len() + 10]),
             Err(EnvelopeError::Truncated(MAGIC.len() + 10))
         );
-        assert_eq!(key.open(b"SQLite format 3"), Err(EnvelopeError::NotASnapshot));
+        assert_eq!(
+            key.open(b"SQLite format 3"),
+            Err(EnvelopeError::NotASnapshot)
+        );
     }
 
     #[test]
@@ -217,6 +232,9 @@ mod tests {
         assert!(!format!("{key:?}").contains(&key.expose_hex()));
         assert!(BackupKey::parse_hex("abcd").is_none());
         let pem = key.public_pem();
-        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VuAyEA"), "{pem}");
+        assert!(
+            pem.starts_with("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VuAyEA"),
+            "{pem}"
+        );
     }
 }

@@ -46,7 +46,10 @@ pub enum BackupError {
     #[error(
         "the object store refused to {what} ({cause})\n  hint: the cluster's credentials need a role that may read and write the object store (on Jetstream2, `member`); or set `backup.enabled = false`"
     )]
-    Refused { what: String, cause: Box<CloudError> },
+    Refused {
+        what: String,
+        cause: Box<CloudError>,
+    },
     #[error(
         "the object store took none of {NAME_ATTEMPTS} names for the backup container (each held by another project): last {last}\n  hint: run `flatstack up` again; the names are random"
     )]
@@ -92,7 +95,11 @@ pub(crate) fn load_or_create_key(state: &StateDir) -> Result<envelope::BackupKey
         return Ok(key);
     }
     let key = envelope::BackupKey::generate()?;
-    state.write(KEY_FILE, format!("{}\n", key.expose_hex()).as_bytes(), 0o600)?;
+    state.write(
+        KEY_FILE,
+        format!("{}\n", key.expose_hex()).as_bytes(),
+        0o600,
+    )?;
     Ok(key)
 }
 

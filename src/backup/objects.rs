@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource,
-    HostPathVolumeSource, PodSpec, PodTemplateSpec, SecretKeySelector, SecurityContext,
-    Toleration, Volume, VolumeMount,
+    HostPathVolumeSource, PodSpec, PodTemplateSpec, SecretKeySelector, SecurityContext, Toleration,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -52,9 +52,15 @@ pub(crate) struct BackupTarget {
 
 /// The target `render` shows, which asks no cloud: markers where `up` writes what it reads
 /// from the cloud, the container when the state directory records one, the real public key.
-pub(crate) fn review_target(cluster: &str, container: Option<String>, recipient_pem: String) -> BackupTarget {
+pub(crate) fn review_target(
+    cluster: &str,
+    container: Option<String>,
+    recipient_pem: String,
+) -> BackupTarget {
     BackupTarget {
-        store_url: "<the object store's account URL: `flatstack up` reads it from the cloud's catalog>".into(),
+        store_url:
+            "<the object store's account URL: `flatstack up` reads it from the cloud's catalog>"
+                .into(),
         container: container.unwrap_or_else(|| {
             format!(
                 "<{}<random>: made by `flatstack up`>",
@@ -303,7 +309,11 @@ mod tests {
 
     #[test]
     fn schedules_spread_clusters_over_the_hour_and_follow_every() {
-        assert!(schedule("demo", 6).ends_with(" */6 * * *"), "{}", schedule("demo", 6));
+        assert!(
+            schedule("demo", 6).ends_with(" */6 * * *"),
+            "{}",
+            schedule("demo", 6)
+        );
         assert!(schedule("demo", 1).ends_with(" * * * *"));
         let daily = schedule("demo", 24);
         let fields: Vec<&str> = daily.split(' ').collect();
@@ -311,7 +321,13 @@ mod tests {
         assert!(fields[1].parse::<u8>().is_ok_and(|h| h < 24), "{daily}");
         let minutes: std::collections::BTreeSet<String> = ["a", "b", "c", "d", "e", "f"]
             .iter()
-            .map(|n| schedule(n, 6).split(' ').next().unwrap_or_default().to_string())
+            .map(|n| {
+                schedule(n, 6)
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .collect();
         assert!(minutes.len() > 1, "six clusters, one minute: {minutes:?}");
     }
@@ -330,7 +346,10 @@ mod tests {
                 .is_some_and(|s| s.ends_with("*/12 * * *"))
         );
         let pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
-        assert_eq!(pod["nodeSelector"]["node-role.kubernetes.io/control-plane"], "");
+        assert_eq!(
+            pod["nodeSelector"]["node-role.kubernetes.io/control-plane"],
+            ""
+        );
         assert_eq!(pod["hostNetwork"], true);
         let env = pod["containers"][0]["env"].as_array().expect("env");
         let value = |name: &str| {

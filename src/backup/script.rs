@@ -67,7 +67,8 @@ openssl rand -out "$work/iv" 16
   openssl enc -aes-256-ctr -K "${{keys:0:64}}" -iv "$(hex < "$work/iv")" -in "$snapshot"
 }} > "$work/envelope"
 openssl dgst -sha256 -mac HMAC -macopt "hexkey:${{keys:64:64}}" -binary < "$work/envelope" \
-  >> "$work/envelope"
+  > "$work/tag"
+cat "$work/tag" >> "$work/envelope"
 rm -f "$work/ephemeral.pem"
 size=$(stat -c %s "$work/envelope")
 sha256=$(sha256sum "$work/envelope" | cut -d' ' -f1)

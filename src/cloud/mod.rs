@@ -17,8 +17,8 @@ pub(crate) mod object_store;
 pub(crate) mod volume;
 
 pub use config::{CloudConfig, Credentials};
-pub(crate) use session::{identity_v3, token_request};
 pub use session::{CallCounter, CatalogEntry, Cloud, Reply, RetryPolicy, cloud_message};
+pub(crate) use session::{identity_v3, token_request};
 
 use std::time::Duration;
 

@@ -68,7 +68,12 @@ impl Cloud {
         name: &str,
     ) -> Result<Option<Vec<u8>>, CloudError> {
         match self
-            .request(Service::ObjectStore, Method::GET, &path(&[container, name]), None)
+            .request(
+                Service::ObjectStore,
+                Method::GET,
+                &path(&[container, name]),
+                None,
+            )
             .await
         {
             Ok(reply) => Ok(Some(reply.body.to_vec())),

@@ -251,3 +251,413 @@ fn a_store_that_refuses_writes_stops_up_before_anything_is_made() {
     assert_eq!(containers(&name), Vec::<String>::new());
     assert_eq!(crate::up::tagged("network", &name), Vec::<Value>::new());
 }
+
+/// One etcd on loopback (Debian's `etcd-server` 3.4), plain HTTP, killed when dropped.
+struct Etcd {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Etcd {
+    /// A member named as kubeadm names the first control plane's, its peers at `peer`.
+    fn start(data_dir: &std::path::Path, log: &std::path::Path, peer: u16) -> Etcd {
+        let client = free_port();
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = std::process::Command::new("etcd")
+            .args([
+                "--name=demo-control-plane-1",
+                &format!("--data-dir={}", data_dir.display()),
+                &format!("--listen-client-urls={endpoint}"),
+                &format!("--advertise-client-urls={endpoint}"),
+                &format!("--listen-peer-urls={peer_url}"),
+                &format!("--initial-advertise-peer-urls={peer_url}"),
+                &format!("--initial-cluster=demo-control-plane-1={peer_url}"),
+                "--listen-metrics-urls=",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("start etcd");
+        let etcd = Etcd { child, endpoint };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while etcd.ctl(&["endpoint", "health"]).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd did not start; see {}",
+                log.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        etcd
+    }
+
+    fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let output = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint))
+            .args(args)
+            .output()
+            .expect("run etcdctl");
+        match output.status.success() {
+            true => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
+            false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The backup objects `render` writes: the upload script and the backup key's public half.
+fn rendered_backup(workspace: &Workspace) -> (String, String) {
+    success(&workspace.render(&[]));
+    let dir = workspace.out_dir().join("manifests");
+    let file = std::fs::read_dir(&dir)
+        .expect("manifests")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.to_string_lossy()
+                .ends_with("-configmap-kube-system-flatstack-etcd-backup.yaml")
+        })
+        .expect("the backup ConfigMap is rendered");
+    let config: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(file).expect("read")).expect("YAML");
+    (
+        config["data"]["upload.sh"]
+            .as_str()
+            .expect("script")
+            .to_string(),
+        config["data"]["recipient.pem"]
+            .as_str()
+            .expect("recipient")
+            .to_string(),
+    )
+}
+
+/// Runs the upload script as the CronJob's host does, against the local Keystone and Swift.
+fn run_upload(
+    workspace: &Workspace,
+    script: &str,
+    recipient: &str,
+    snapshot: &std::path::Path,
+    cluster: &str,
+    container: &str,
+    keep: u32,
+) -> std::process::Output {
+    let project = cli("local-demo", &["token", "issue", "-f", "json"])["project_id"]
+        .as_str()
+        .expect("project")
+        .to_string();
+    let request = serde_json::json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": "demo", "domain": {"name": "Default"}, "password": "secret"}}},
+        "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}}}});
+    let path = workspace.dir.path().join("upload.sh");
+    std::fs::write(&path, script).expect("write script");
+    std::process::Command::new("bash")
+        .arg(&path)
+        .env("FLATSTACK_SNAPSHOT", snapshot)
+        .env("FLATSTACK_CLUSTER", cluster)
+        .env("FLATSTACK_KUBERNETES", "v1.37.1")
+        .env("FLATSTACK_RECIPIENT", recipient)
+        .env(
+            "FLATSTACK_STORE",
+            format!("http://127.0.0.1:8080/v1/AUTH_{project}"),
+        )
+        .env("FLATSTACK_CONTAINER", container)
+        .env("FLATSTACK_KEEP", keep.to_string())
+        .env("FLATSTACK_AUTH_URL", "http://127.0.0.1:5000/v3")
+        .env("FLATSTACK_AUTH_REQUEST", request.to_string())
+        .output()
+        .expect("run the upload script")
+}
+
+/// The snapshot path end to end with real parts: a real etcd's snapshot, sealed and uploaded
+/// by the script the CronJob runs (Debian's bash, openssl, curl) to the local Swift through
+/// the local Keystone, listed and opened by flatstack into the very bytes etcd saved, and
+/// restored by etcd into a new data directory that serves every key written before the
+/// snapshot and none after. Then pruning to `keep`, and a changed, a cut and a foreign
+/// snapshot refused with nothing written.
+#[test]
+fn a_snapshot_sealed_on_the_host_comes_back_byte_for_byte_and_restores() {
+    crate::support::require_tool("etcd");
+    crate::support::require_tool("etcdctl");
+    let name = unique("snap");
+    let workspace = Workspace::new();
+    let _teardown = Teardown(&workspace);
+    workspace.write_cluster(&cluster(&name, 0, ""));
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+    let container = std::fs::read_to_string(workspace.state_dir().join("backup-container"))
+        .expect("recorded")
+        .trim()
+        .to_string();
+    let key_file = workspace.state_dir().join("backup.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_file)
+            .expect("key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let (script, recipient) = rendered_backup(&workspace);
+    crate::support::require_tool("shellcheck");
+    let checked = std::process::Command::new("shellcheck")
+        .args(["--shell", "bash", "--severity", "style", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(script.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("run shellcheck");
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+    assert!(
+        !script.contains(
+            &std::fs::read_to_string(&key_file)
+                .expect("key")
+                .trim()
+                .to_string()
+        )
+    );
+
+    // etcd with keys, its snapshot, then one key more.
+    let etcd = Etcd::start(
+        &workspace.dir.path().join("etcd"),
+        &workspace.dir.path().join("etcd.log"),
+        free_port(),
+    );
+    for i in 0..50 {
+        etcd.ctl(&[
+            "put",
+            &format!("/registry/secrets/default/s{i}"),
+            &format!("value-{i}"),
+        ])
+        .expect("put");
+    }
+    let saved = workspace.dir.path().join("saved.db");
+    etcd.ctl(&["snapshot", "save", &saved.to_string_lossy()])
+        .expect("snapshot save");
+    etcd.ctl(&["put", "/registry/after", "not in the snapshot"])
+        .expect("put");
+    let original = std::fs::read(&saved).expect("saved");
+
+    let snapshot = workspace.dir.path().join("snapshot.db");
+    std::fs::copy(&saved, &snapshot).expect("copy");
+    let uploaded = run_upload(
+        &workspace, &script, &recipient, &snapshot, &name, &container, 2,
+    );
+    let said = String::from_utf8_lossy(&uploaded.stdout).into_owned();
+    assert!(
+        uploaded.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&uploaded.stderr)
+    );
+    assert!(
+        said.contains(&format!("flatstack-backup: uploaded {name}-etcd-")),
+        "{said}"
+    );
+    assert!(
+        said.contains("kept the newest 1 of 1 snapshot(s); deleted 0"),
+        "{said}"
+    );
+    assert!(!snapshot.exists(), "the script deletes the plain snapshot");
+    let stored = objects(&container);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let sealed = cli_raw(
+        "local-demo",
+        &["object", "save", &container, &stored[0], "--file", "-"],
+    )
+    .stdout;
+    assert!(
+        !sealed.windows(7).any(|w| w == b"value-1"),
+        "the store holds no plain value"
+    );
+
+    let listed = success(&flatstack(&workspace, &["backup", "list"]));
+    assert!(
+        listed.contains(&stored[0]) && listed.contains("v1.37.1"),
+        "{listed}"
+    );
+    let got = workspace.dir.path().join("got.db");
+    let fetched = success(&flatstack(
+        &workspace,
+        &["backup", "get", "--out", &got.to_string_lossy()],
+    ));
+    assert!(
+        fetched.contains(&format!("wrote {}", stored[0])),
+        "{fetched}"
+    );
+    assert_eq!(std::fs::read(&got).expect("got"), original, "byte for byte");
+    assert_eq!(
+        std::fs::metadata(&got).expect("got").permissions().mode() & 0o777,
+        0o600
+    );
+
+    // etcd restores it into a new data directory, which serves what was there then.
+    let restored_dir = workspace.dir.path().join("restored");
+    let peer = free_port();
+    etcd.ctl(&[
+        "snapshot",
+        "restore",
+        &got.to_string_lossy(),
+        "--name=demo-control-plane-1",
+        &format!("--initial-cluster=demo-control-plane-1=http://127.0.0.1:{peer}"),
+        &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+        &format!("--data-dir={}", restored_dir.display()),
+    ])
+    .expect("restore");
+    drop(etcd);
+    let restored = Etcd::start(
+        &restored_dir,
+        &workspace.dir.path().join("restored.log"),
+        peer,
+    );
+    let values = restored
+        .ctl(&[
+            "get",
+            "--prefix",
+            "/registry/secrets/",
+            "--print-value-only",
+        ])
+        .expect("get");
+    assert_eq!(
+        values.lines().filter(|l| l.starts_with("value-")).count(),
+        50
+    );
+    assert_eq!(
+        restored.ctl(&["get", "/registry/after"]).expect("get"),
+        "",
+        "written after the snapshot"
+    );
+
+    // Two more runs with keep = 2: the oldest goes.
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        std::fs::copy(&saved, &snapshot).expect("copy");
+        let run = run_upload(
+            &workspace, &script, &recipient, &snapshot, &name, &container, 2,
+        );
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    let kept = objects(&container);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        !kept.contains(&stored[0]),
+        "the oldest was pruned: {kept:?}"
+    );
+
+    // A changed byte and a cut copy, uploaded as the newest: refused, nothing written.
+    let newest = kept.iter().max().expect("one").clone();
+    let good = cli_raw(
+        "local-demo",
+        &["object", "save", &container, &newest, "--file", "-"],
+    )
+    .stdout;
+    let mut changed = good.clone();
+    let middle = changed.len() / 2;
+    changed[middle] ^= 0x40;
+    for (object, bytes) in [
+        (
+            format!("{name}-etcd-20991231T000000Z-v1.37.1.db.enc"),
+            changed,
+        ),
+        (
+            format!("{name}-etcd-20991231T000001Z-v1.37.1.db.enc"),
+            good[..good.len() - 100].to_vec(),
+        ),
+    ] {
+        let file = workspace.dir.path().join("bad");
+        std::fs::write(&file, bytes).expect("write");
+        cli(
+            "local-demo",
+            &[
+                "object",
+                "create",
+                &container,
+                &file.to_string_lossy(),
+                "--name",
+                &object,
+                "-f",
+                "json",
+            ],
+        );
+        let out = workspace.dir.path().join("bad.db");
+        let refused = flatstack(
+            &workspace,
+            &[
+                "backup",
+                "get",
+                "--snapshot",
+                &object,
+                "--out",
+                &out.to_string_lossy(),
+            ],
+        );
+        assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+        assert!(
+            stderr(&refused).contains(&format!(
+                "snapshot {object} cannot be opened with this state directory's backup key: its tag does not match"
+            )),
+            "{}",
+            stderr(&refused)
+        );
+        assert!(!out.exists(), "nothing written");
+    }
+
+    // Names that are not this cluster's snapshots in the store: exit 2, named.
+    let out = workspace.dir.path().join("none.db");
+    for (snapshot, says) in [
+        (
+            format!("{name}-etcd-20200101T000000Z-v1.37.1.db.enc"),
+            "there is no snapshot",
+        ),
+        (
+            "other-etcd-20200101T000000Z-v1.37.1.db.enc".to_string(),
+            "is not one of cluster",
+        ),
+    ] {
+        let refused = flatstack(
+            &workspace,
+            &[
+                "backup",
+                "get",
+                "--snapshot",
+                &snapshot,
+                "--out",
+                &out.to_string_lossy(),
+            ],
+        );
+        assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+        assert!(stderr(&refused).contains(says), "{}", stderr(&refused));
+        assert!(!out.exists());
+    }
+}
