@@ -47,6 +47,9 @@ pub(crate) struct StatusReport {
     /// The API load balancer's members on 6443 with Octavia's view of their health, or why it
     /// could not be read (none without one).
     pub(crate) load_balancer_members: Option<Result<Vec<MemberHealth>, String>>,
+    /// The newest snapshots in the object store, or why they could not be read; `None` when
+    /// backups are off.
+    pub(crate) backups: Option<Result<crate::backup::Freshness, String>>,
 }
 
 impl StatusReport {
@@ -209,7 +212,31 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
                 .map_err(|e| format!("cannot read the load balancer's members: {e}")),
         ),
     };
+    let backups = match crate::backup::enabled(
+        &spec,
+        cloud.offers_object_store().await,
+        &cloud.config().name,
+    ) {
+        Ok(false) => None,
+        Err(e) => Some(Err(e.to_string())),
+        Ok(true) => {
+            let state = StateDir::open_existing(&state_path).ok().flatten();
+            Some(
+                crate::backup::list(&cloud, &spec.name, state.as_ref())
+                    .await
+                    .map(|listing| {
+                        crate::backup::Freshness::of(
+                            &listing,
+                            spec.backup.every_hours,
+                            time::OffsetDateTime::now_utc(),
+                        )
+                    })
+                    .map_err(|e| format!("cannot read the backups: {e}")),
+            )
+        }
+    };
     Ok(StatusReport {
+        backups,
         load_balancer_members,
         cluster: spec.name,
         cloud: cloud.config().name.clone(),

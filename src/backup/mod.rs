@@ -412,6 +412,36 @@ pub(crate) async fn containers(
     Ok(found)
 }
 
+/// How fresh the cluster's backups are, as `status` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Freshness {
+    /// The newest snapshot's object name and age in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) newest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) age_seconds: Option<i64>,
+    pub(crate) count: usize,
+    pub(crate) containers: Vec<String>,
+    pub(crate) every_hours: u32,
+    /// The newest is older than twice the schedule: the CronJob has missed two in a row.
+    pub(crate) stale: bool,
+}
+
+impl Freshness {
+    pub(crate) fn of(listing: &Listing, every_hours: u32, now: OffsetDateTime) -> Freshness {
+        let newest = listing.snapshots.last();
+        let age_seconds = newest.map(|s| (now - s.name.taken).whole_seconds());
+        Freshness {
+            newest: newest.map(|s| s.object.clone()),
+            age_seconds,
+            count: listing.snapshots.len(),
+            containers: listing.containers.clone(),
+            every_hours,
+            stale: age_seconds.is_some_and(|age| age > 2 * 3600 * i64::from(every_hours)),
+        }
+    }
+}
+
 /// Reads the cluster's snapshots from the store.
 pub(crate) async fn list(
     cloud: &Cloud,

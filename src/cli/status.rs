@@ -107,6 +107,11 @@ fn print_status(report: &StatusReport) {
             print_certificates(certificates);
         }
     }
+    match &report.backups {
+        None => {}
+        Some(Err(why)) => out!("{why}"),
+        Some(Ok(backups)) => print_backups(backups),
+    }
     let now = time::OffsetDateTime::now_utc();
     for cert in &report.client_certificates {
         let due = if cert.due(now) {
@@ -119,6 +124,32 @@ fn print_status(report: &StatusReport) {
             cert.who,
             cert.describe(now)
         );
+    }
+}
+
+/// The newest snapshot's age, and a warning on stderr when the CronJob missed two in a row.
+fn print_backups(backups: &crate::backup::Freshness) {
+    let container = backups.containers.first().map_or("", String::as_str);
+    match (&backups.newest, backups.age_seconds) {
+        (Some(newest), Some(age)) => {
+            out!(
+                "backups: the newest snapshot is {} old ({newest}); {} kept in {container} (every {}h)",
+                crate::kube::age_between(0, age),
+                backups.count,
+                backups.every_hours
+            );
+            if backups.stale {
+                eprintln!(
+                    "warning: the newest etcd snapshot is {} old, more than twice the schedule (every {}h): the snapshot CronJob has missed at least two\n  hint: `kubectl -n kube-system get jobs -l app.kubernetes.io/name=flatstack-etcd-backup` and their pods' logs say why",
+                    crate::kube::age_between(0, age),
+                    backups.every_hours
+                );
+            }
+        }
+        _ => out!(
+            "backups: no snapshot yet in {container} (the CronJob takes one every {}h)",
+            backups.every_hours
+        ),
     }
 }
 
@@ -333,6 +364,11 @@ struct StatusJson<'a> {
     load_balancer_members: Option<&'a [crate::cloud::load_balancer::MemberHealth]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     load_balancer_members_unreadable: Option<&'a str>,
+    /// The newest snapshot and how many are kept; absent when backups are off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backups: Option<&'a crate::backup::Freshness>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backups_unreadable: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -380,6 +416,12 @@ impl<'a> StatusJson<'a> {
                 Some(Err(why)) => Some(why),
                 _ => None,
             },
+            backups: report.backups.as_ref().and_then(|b| b.as_ref().ok()),
+            backups_unreadable: report
+                .backups
+                .as_ref()
+                .and_then(|b| b.as_ref().err())
+                .map(String::as_str),
         };
         match &report.kubernetes {
             KubernetesStatus::Unavailable(why) => json.kubernetes_unavailable = Some(why),

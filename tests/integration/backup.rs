@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::openstack::{cli, cli_raw, clouds_yaml, unique};
-use crate::support::{Workspace, stderr, success};
+use crate::support::{Workspace, stderr, stdout, success};
 use crate::up::{Teardown, cluster, command, flatstack};
 
 /// The cluster's containers, as the `openstack` CLI lists them.
@@ -31,6 +31,29 @@ fn objects(container: &str) -> Vec<String> {
         .iter()
         .filter_map(|o| o["Name"].as_str().map(str::to_string))
         .collect()
+}
+
+/// The snapshot stamp (`YYYYMMDDTHHMMSSZ`) of `hours` ago, and how `backup list` shows it.
+fn ago(hours: i64) -> (String, String) {
+    let t = time::OffsetDateTime::now_utc() - time::Duration::hours(hours);
+    (
+        format!(
+            "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        format!(
+            "{} {:02}:{:02}:{:02}",
+            t.date(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+    )
 }
 
 /// Uploads `bytes` bytes as object `object` of `container` through the `openstack` CLI.
@@ -126,28 +149,36 @@ fn backups_go_to_a_container_of_their_own_that_down_keeps_unless_told() {
         "{empty}"
     );
 
-    // Snapshots as the cluster names them, out of order, and an object of something else.
+    // Snapshots as the cluster names them, taken 30, 20 and 14 hours ago, uploaded out of
+    // order, and an object of something else.
+    let (old, middle, newest) = (ago(30), ago(20), ago(14));
     for (object, bytes) in [
         (
-            format!("{name}-etcd-20261207T120000Z-v1.37.1.db.enc"),
+            format!("{name}-etcd-{}-v1.37.1.db.enc", newest.0),
             3 * 1024 * 1024,
         ),
-        (format!("{name}-etcd-20261206T000000Z-v1.36.2.db.enc"), 2048),
-        (format!("{name}-etcd-20261207T000000Z-v1.37.1.db.enc"), 512),
+        (format!("{name}-etcd-{}-v1.36.2.db.enc", old.0), 2048),
+        (format!("{name}-etcd-{}-v1.37.1.db.enc", middle.0), 512),
         ("notes.txt".to_string(), 10),
     ] {
         upload(&workspace, &container, &object, bytes);
     }
     let listed = success(&flatstack(&workspace, &["backup", "list"]));
-    let rows: Vec<&str> = listed.lines().filter(|l| l.starts_with("2026-")).collect();
+    let rows: Vec<&str> = listed
+        .lines()
+        .filter(|l| l.contains(&format!("{name}-etcd-")))
+        .collect();
     assert_eq!(rows.len(), 3, "{listed}");
-    for (row, (taken, size, release)) in rows.iter().zip([
-        ("2026-12-06 00:00:00", "2.0 KiB", "v1.36.2"),
-        ("2026-12-07 00:00:00", "512 B", "v1.37.1"),
-        ("2026-12-07 12:00:00", "3.0 MiB", "v1.37.1"),
+    for (row, (taken, age, size, release)) in rows.iter().zip([
+        (&old.1, "30h", "2.0 KiB", "v1.36.2"),
+        (&middle.1, "20h", "512 B", "v1.37.1"),
+        (&newest.1, "14h", "3.0 MiB", "v1.37.1"),
     ]) {
         assert!(
-            row.starts_with(taken) && row.contains(size) && row.contains(release),
+            row.starts_with(taken.as_str())
+                && row.contains(&format!(" {age} "))
+                && row.contains(size)
+                && row.contains(release),
             "{row}\nin:\n{listed}"
         );
     }
@@ -156,6 +187,32 @@ fn backups_go_to_a_container_of_their_own_that_down_keeps_unless_told() {
             "(1 other object(s) in the container(s), not snapshots of `{name}`)"
         )),
         "{listed}"
+    );
+
+    // `status`: the newest's age; with every 12h, 14 hours is within twice the schedule, with
+    // every 6h it is not, and stderr says so.
+    let status = flatstack(&workspace, &["status"]);
+    assert!(
+        stdout(&status).contains(&format!(
+            "backups: the newest snapshot is 14h old ({name}-etcd-{}-v1.37.1.db.enc); 3 kept in {container} (every 12h)",
+            newest.0
+        )),
+        "{}",
+        stdout(&status)
+    );
+    assert!(
+        !stderr(&status).contains("newest etcd snapshot"),
+        "{}",
+        stderr(&status)
+    );
+    workspace.write_cluster(&cluster(&name, 0, ""));
+    let status = flatstack(&workspace, &["status"]);
+    assert!(
+        stderr(&status).contains(
+            "warning: the newest etcd snapshot is 14h old, more than twice the schedule (every 6h)"
+        ),
+        "{}",
+        stderr(&status)
     );
 
     let down = success(&flatstack(&workspace, &["down", "--yes"]));
