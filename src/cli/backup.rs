@@ -1,6 +1,6 @@
-//! `flatstack backup list|get`: the cluster's etcd snapshots as the object store holds them,
-//! read from the workstation, and one of them downloaded and opened with the state
-//! directory's key.
+//! `flatstack backup now|list|get`: a snapshot taken at once by the cluster's CronJob, the
+//! cluster's etcd snapshots as the object store holds them, read from the workstation, and one
+//! of them downloaded and opened with the state directory's key.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,9 @@ use crate::pki::StateDir;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum BackupCommand {
+    /// Take a snapshot now: run the cluster's snapshot CronJob once and wait until the
+    /// snapshot is in the object store.
+    Now(NowArgs),
     /// The cluster's snapshots in the object store, oldest first: when each was taken, its
     /// size and the Kubernetes release it holds. "none" when there are none.
     List(ListArgs),
@@ -19,6 +22,15 @@ pub(crate) enum BackupCommand {
     /// cluster's key and not changed since, and write the etcd snapshot it holds to --out
     /// (mode 0600: it holds every Secret of the cluster).
     Get(GetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct NowArgs {
+    #[command(flatten)]
+    pub(crate) cluster: super::cluster::ClusterArgs,
+    /// How long the snapshot may take (`90s`, `15m`).
+    #[arg(long, default_value = "15m", value_parser = super::up::parse_duration)]
+    pub(crate) timeout: std::time::Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,6 +61,7 @@ pub(crate) fn run(
     let args = match command {
         BackupCommand::List(args) => args,
         BackupCommand::Get(args) => return get(file, cloud_flag, args),
+        BackupCommand::Now(args) => return now(file, cloud_flag, args),
     };
     let spec = load_spec(file)?;
     let config = cloud_config(cloud_flag, &spec)?;
@@ -65,6 +78,50 @@ pub(crate) fn run(
         }
         let listing = backup::list(&cloud, &spec.name, state.as_ref()).await?;
         print_listing(&spec.name, &listing, time::OffsetDateTime::now_utc());
+        Ok(())
+    })
+}
+
+fn now(file: &Path, cloud_flag: Option<&str>, args: &NowArgs) -> anyhow::Result<()> {
+    let spec = load_spec(file)?;
+    let config = cloud_config(cloud_flag, &spec)?;
+    runtime()?.block_on(async {
+        let started = time::OffsetDateTime::now_utc();
+        let cloud = Cloud::connect(config).await?;
+        let cluster = args.cluster.connect(spec, cloud_flag).await?;
+        let name = cluster.spec.name.clone();
+        let ran = cluster
+            .client
+            .run_cron_job_now("kube-system", backup::objects::NAME, args.timeout)
+            .await?;
+        match ran {
+            None => {
+                return Err(InvalidInput(format!(
+                    "cluster `{name}` has no snapshot CronJob (kube-system/{})\n  hint: `flatstack up` makes it where backups are on (see `flatstack plan`)",
+                    backup::objects::NAME
+                ))
+                .into());
+            }
+            Some(crate::kube::Ran::Failed { job, message }) => anyhow::bail!(
+                "snapshot Job {job} failed: {message}\n  hint: `kubectl -n kube-system logs job/{job} -c upload` (and `-c snapshot`) say why"
+            ),
+            Some(crate::kube::Ran::Succeeded { job }) => {
+                let listing = backup::list(&cloud, &name, Some(&cluster.state)).await?;
+                // The store's clock and the node's may differ from ours by a little.
+                let since = started - time::Duration::minutes(5);
+                match listing.snapshots.iter().rev().find(|s| s.name.taken >= since) {
+                    Some(snapshot) => out!(
+                        "snapshot {} ({}) is in {}; Job {job}",
+                        snapshot.object,
+                        backup::human_size(snapshot.bytes),
+                        snapshot.container
+                    ),
+                    None => anyhow::bail!(
+                        "snapshot Job {job} succeeded, but no snapshot taken since {started} is in the object store\n  hint: `kubectl -n kube-system logs job/{job} -c upload` says where it went"
+                    ),
+                }
+            }
+        }
         Ok(())
     })
 }

@@ -4,6 +4,7 @@
 //! k8s-openapi types; every write is a server-side apply with field manager `flatstack`.
 
 pub mod certificates;
+mod cron;
 mod deployments;
 mod drain;
 pub mod etcd;
@@ -21,6 +22,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
+pub(crate) use cron::Ran;
 pub(crate) use deployments::wait_deployment;
 pub use drain::{AfterDrain, DrainReport, drain_node};
 pub(crate) use manifest::Manifest;
@@ -64,6 +66,8 @@ pub enum KubeError {
         node: String,
         log: String,
     },
+    #[error("the operating system's random generator failed: {0}")]
+    Random(String),
     #[error("{what} did not happen within {} s; last seen: {last}", waited.as_secs())]
     Timeout {
         what: String,

@@ -718,3 +718,251 @@ fn a_snapshot_sealed_on_the_host_comes_back_byte_for_byte_and_restores() {
         assert!(!out.exists());
     }
 }
+
+/// The stand-in's Jobs of the snapshot CronJob run as a control plane's kubelet would run their
+/// pod: the upload container's environment resolved from the Job's spec (values, the
+/// ConfigMap's and the Secret's keys, as `up` applied them), the ConfigMap's script run by
+/// bash on a copy of a real etcd snapshot (what the init container's `etcdctl` saves), and the
+/// Job's status set from the script's exit.
+struct SnapshotKubelet {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SnapshotKubelet {
+    fn start(
+        server: &crate::kube_standin::StandIn,
+        saved: std::path::PathBuf,
+        scratch: std::path::PathBuf,
+    ) -> SnapshotKubelet {
+        use std::sync::atomic::Ordering;
+        let stop: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
+        let (world, stop_here) = (server.world.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop_here.load(Ordering::Relaxed) {
+                let pending: Vec<(String, Value)> = {
+                    let world = world.lock().expect("world");
+                    world
+                        .objects
+                        .iter()
+                        .filter(|(path, job)| {
+                            path.starts_with("/apis/batch/v1/namespaces/kube-system/jobs/")
+                                && job["metadata"]["labels"]["app.kubernetes.io/name"]
+                                    == "flatstack-etcd-backup"
+                                && job["status"].is_null()
+                        })
+                        .map(|(p, j)| (p.clone(), j.clone()))
+                        .collect()
+                };
+                for (path, job) in pending {
+                    let status = run_pod(&world, &job, &saved, &scratch);
+                    let mut world = world.lock().expect("world");
+                    if let Some(stored) = world.objects.get_mut(&path) {
+                        stored["status"] = status;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        SnapshotKubelet {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SnapshotKubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Runs the upload container of `job`'s pod; the Job's status as the job controller sets it.
+fn run_pod(
+    world: &std::sync::Mutex<crate::kube_standin::World>,
+    job: &Value,
+    saved: &std::path::Path,
+    scratch: &std::path::Path,
+) -> Value {
+    use base64::Engine as _;
+    let pod = &job["spec"]["template"]["spec"];
+    let upload = &pod["containers"][0];
+    let (script, env) = {
+        let world = world.lock().expect("world");
+        let object = |kind: &str, name: &str| {
+            world
+                .objects
+                .get(&format!("/api/v1/namespaces/kube-system/{kind}/{name}"))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let config = object("configmaps", "flatstack-etcd-backup");
+        let env: Vec<(String, String)> = upload["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let name = e["name"].as_str().unwrap_or_default().to_string();
+                let from = &e["valueFrom"];
+                let value = if let Some(v) = e["value"].as_str() {
+                    v.to_string()
+                } else if !from["configMapKeyRef"].is_null() {
+                    let r = &from["configMapKeyRef"];
+                    object("configmaps", r["name"].as_str().unwrap_or_default())["data"]
+                        [r["key"].as_str().unwrap_or_default()]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+                } else {
+                    let r = &from["secretKeyRef"];
+                    let encoded = object("secrets", r["name"].as_str().unwrap_or_default())["data"]
+                        [r["key"].as_str().unwrap_or_default()]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                    String::from_utf8(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(encoded)
+                            .unwrap_or_default(),
+                    )
+                    .unwrap_or_default()
+                };
+                (name, value)
+            })
+            .collect();
+        (
+            config["data"]["upload.sh"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            env,
+        )
+    };
+    // What the init container's etcdctl saved, where the pod's host path has it.
+    let snapshot = scratch.join("snapshot.db");
+    std::fs::copy(saved, &snapshot).expect("copy the snapshot");
+    let file = scratch.join("upload.sh");
+    std::fs::write(&file, script).expect("write the script");
+    let mut command = std::process::Command::new("bash");
+    command
+        .arg(&file)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    for (name, value) in env {
+        command.env(&name, value);
+    }
+    command.env("FLATSTACK_SNAPSHOT", &snapshot);
+    let output = command.output().expect("run the upload script");
+    std::fs::write(
+        scratch.join("upload.log"),
+        [output.stdout, output.stderr].concat(),
+    )
+    .expect("log");
+    match output.status.success() {
+        true => serde_json::json!({"succeeded": 1}),
+        false => serde_json::json!({"failed": 3, "conditions": [{"type": "Failed",
+            "status": "True", "reason": "BackoffLimitExceeded",
+            "message": "Job has reached the specified backoff limit"}]}),
+    }
+}
+
+/// `up` applies the snapshot CronJob with its ConfigMap and Secret (against the stand-in);
+/// `backup now` starts a Job from it and waits; the Job's pod, run from exactly what `up`
+/// applied, seals and uploads a real etcd snapshot to the local Swift through the local
+/// Keystone with the cluster's own credentials; `backup now` names it and `backup get` brings
+/// back etcd's bytes. A Job that fails is reported with where to look.
+#[test]
+fn backup_now_runs_the_cron_job_whose_pod_uploads_a_real_snapshot() {
+    use crate::kube_standin::{StandIn, World};
+    crate::support::require_tool("etcd");
+    crate::support::require_tool("etcdctl");
+    let name = unique("bnow");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 1, "[backup]\nkeep = 3\n"));
+    let _teardown = Teardown(&workspace);
+    let pki = crate::kube_standin::pki(&workspace);
+    let mut world = World {
+        job_polls: 1,
+        ..World::default()
+    };
+    world.register(&format!("{name}-control-plane-1"), true);
+    world.register(&format!("{name}-default-1"), false);
+    let server = StandIn::start(
+        &pki.ca.cert_pem,
+        pki.ca.key_pem.expose(),
+        &pki.ca.cert_pem,
+        world,
+    );
+    let api = server.address.to_string();
+    success(&flatstack(
+        &workspace,
+        &["up", "--api-address", &api, "--timeout", "3m"],
+    ));
+    let cron = server.world.lock().expect("world").objects
+        ["/apis/batch/v1/namespaces/kube-system/cronjobs/flatstack-etcd-backup"]
+        .clone();
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid", "{cron}");
+
+    let etcd = Etcd::start(
+        &workspace.dir.path().join("etcd"),
+        &workspace.dir.path().join("etcd.log"),
+        free_port(),
+    );
+    etcd.ctl(&["put", "/registry/configmaps/default/c", "kept"])
+        .expect("put");
+    let saved = workspace.dir.path().join("saved.db");
+    etcd.ctl(&["snapshot", "save", &saved.to_string_lossy()])
+        .expect("save");
+    let scratch = workspace.dir.path().join("host");
+    std::fs::create_dir_all(&scratch).expect("scratch");
+    let kubelet = SnapshotKubelet::start(&server, saved.clone(), scratch.clone());
+
+    let now = flatstack(
+        &workspace,
+        &["backup", "now", "--api-address", &api, "--timeout", "2m"],
+    );
+    let log = std::fs::read_to_string(scratch.join("upload.log")).unwrap_or_default();
+    let said = success(&now);
+    assert!(
+        said.contains(&format!("snapshot {name}-etcd-"))
+            && said.contains("; Job flatstack-etcd-backup-now-"),
+        "{said}\nthe pod's log:\n{log}"
+    );
+    assert!(log.contains("kept the newest 1 of 1 snapshot(s)"), "{log}");
+    let got = workspace.dir.path().join("got.db");
+    success(&flatstack(
+        &workspace,
+        &["backup", "get", "--out", &got.to_string_lossy()],
+    ));
+    assert_eq!(
+        std::fs::read(&got).expect("got"),
+        std::fs::read(&saved).expect("saved")
+    );
+
+    // A pod that cannot log in: the Job fails and `backup now` says where to look.
+    {
+        let mut world = server.world.lock().expect("world");
+        let secret = world
+            .objects
+            .get_mut("/api/v1/namespaces/kube-system/secrets/flatstack-etcd-backup")
+            .expect("secret");
+        secret["data"]["auth-request"] = Value::String("e30=".into()); // `{}`
+    }
+    let failed = flatstack(
+        &workspace,
+        &["backup", "now", "--api-address", &api, "--timeout", "2m"],
+    );
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(
+        stderr(&failed).contains("failed: Job has reached the specified backoff limit")
+            && stderr(&failed).contains("-c upload"),
+        "{}",
+        stderr(&failed)
+    );
+    let log = std::fs::read_to_string(scratch.join("upload.log")).unwrap_or_default();
+    assert!(log.contains("gave no token (HTTP 400)"), "{log}");
+    drop(kubelet);
+}
