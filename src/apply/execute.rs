@@ -760,7 +760,18 @@ async fn run_on_cloud(
                 .cloned();
             // Next to the tags: the CA the node trusts, and the key to its sealed secrets.
             let mut metadata = s.metadata.clone();
-            metadata.insert(CA_METADATA.to_string(), pki_of(context)?.discovery_hash());
+            let pki = pki_of(context)?;
+            metadata.insert(CA_METADATA.to_string(), pki.discovery_hash());
+            // Control planes also record which key they encrypt Secrets with.
+            let control_plane = crate::plan::resources::role_tag("control-plane");
+            if let Some(key) = &pki.secrets_key
+                && s.tags.contains(&control_plane)
+            {
+                metadata.insert(
+                    crate::pki::secrets_key::FINGERPRINT_METADATA.to_string(),
+                    key.fingerprint(),
+                );
+            }
             let user_data = rendered.map(|(ignition, key)| {
                 metadata.insert(SEAL_KEY_METADATA.to_string(), key.expose_hex());
                 ignition

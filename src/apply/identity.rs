@@ -41,6 +41,52 @@ pub(crate) fn check(
     }
 }
 
+/// A state directory whose Secrets key is not the one the cluster's control planes encrypt
+/// with (or that has none while they record one).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the state directory {} does not hold the key cluster `{cluster}` encrypts its Secrets with: its control plane {server} records {theirs}, the state directory has {ours}; nothing was changed\n  hint: restore pki/{} from your backup of the state directory; a control plane given another key could read none of the cluster's Secrets",
+    .state.display(),
+    crate::pki::secrets_key::FILE
+)]
+pub struct ForeignSecretsKey {
+    pub(crate) cluster: String,
+    pub(crate) state: std::path::PathBuf,
+    pub(crate) server: String,
+    pub(crate) ours: String,
+    pub(crate) theirs: String,
+}
+
+/// Refuses `pki` when a control plane records another Secrets key's fingerprint than its key's.
+pub(crate) fn check_secrets_key(
+    cluster: &str,
+    servers: &[Server],
+    pki: &ClusterPki,
+    state: &Path,
+) -> Result<(), ForeignSecretsKey> {
+    let ours = pki.secrets_key.as_ref().map(|k| k.fingerprint());
+    let metadata = crate::pki::secrets_key::FINGERPRINT_METADATA;
+    let mut recorded: Vec<(&str, &str)> = servers
+        .iter()
+        .filter(|s| s.has_role("control-plane"))
+        .filter_map(|s| Some((s.name.as_str(), s.metadata.get(metadata)?.as_str())))
+        .collect();
+    recorded.sort();
+    match recorded
+        .into_iter()
+        .find(|(_, theirs)| Some(*theirs) != ours.as_deref())
+    {
+        Some((server, theirs)) => Err(ForeignSecretsKey {
+            cluster: cluster.to_string(),
+            state: state.to_path_buf(),
+            server: server.to_string(),
+            ours: ours.unwrap_or_else(|| "none".into()),
+            theirs: theirs.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -179,6 +179,9 @@ pub(crate) async fn up(
     };
     identity::check(&spec.name, &observed.servers, &pki, &state_path)
         .map_err(|e| UpError::Refused(e.to_string()))?;
+    identity::check_secrets_key(&spec.name, &observed.servers, &pki, &state_path)
+        .map_err(|e| UpError::Refused(e.to_string()))?;
+    pki.ensure_secrets_key(&state)?;
     for old in pki.renew_client_certificates(&state, time::OffsetDateTime::now_utc())? {
         say(&format!(
             "re-issued the {} client certificate, which {}: kubeconfigs made before keep working until then; `flatstack kubeconfig --merge` refreshes yours",
@@ -841,6 +844,13 @@ pub(crate) async fn plan(
         Some(pki) => {
             identity::check(&spec.name, &observation.observed.servers, pki, &state_path)
                 .map_err(|e| UpError::Refused(e.to_string()))?;
+            identity::check_secrets_key(
+                &spec.name,
+                &observation.observed.servers,
+                pki,
+                &state_path,
+            )
+            .map_err(|e| UpError::Refused(e.to_string()))?;
             // That the API does not answer is a warning here.
             let (plan, _, silence) =
                 plan_asking_the_api(&spec, &observation, scope, pki, api_address).await?;

@@ -69,7 +69,8 @@ pub(crate) fn run(file: &Path, cloud_flag: Option<&str>, args: &RenderArgs) -> a
         None => StateDir::open_or_create(&state_path)?,
     };
     let minting = ClusterPki::load_existing(&state)?.is_none();
-    let pki = ClusterPki::load_or_create(&state)?;
+    let mut pki = ClusterPki::load_or_create(&state)?;
+    pki.ensure_secrets_key(&state)?;
     if minting && let Some(warning) = existing_cluster_warning(&spec, cloud_flag, &pki) {
         eprintln!("warning: {warning}");
     }

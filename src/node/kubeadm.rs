@@ -99,6 +99,8 @@ struct ClusterConfiguration<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ApiServer {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    extra_args: Vec<Arg>,
     #[serde(rename = "certSANs")]
     cert_sans: Vec<String>,
 }
@@ -202,8 +204,15 @@ fn control_plane_taints(spec: &ClusterSpec) -> Option<Vec<Taint>> {
 
 /// The Init and Cluster configuration of the control plane that initializes the cluster, as
 /// one YAML stream. Control planes that join later read the Cluster configuration from the
-/// cluster (`kube-system/kubeadm-config`), so it names every address the API is reached by.
-pub fn init_config(spec: &ClusterSpec, endpoint: &ApiEndpoint) -> Result<String, NodeError> {
+/// cluster (`kube-system/kubeadm-config`), so it names every address the API is reached by,
+/// and, with `encrypt_secrets`, the API server's EncryptionConfiguration (which every control
+/// plane gets with its Ignition config): `kubeadm upgrade` keeps the flag, since it writes the
+/// API server's manifest from the same configuration.
+pub fn init_config(
+    spec: &ClusterSpec,
+    endpoint: &ApiEndpoint,
+    encrypt_secrets: bool,
+) -> Result<String, NodeError> {
     let init = InitConfiguration {
         api_version: API_VERSION,
         kind: "InitConfiguration",
@@ -249,7 +258,16 @@ pub fn init_config(spec: &ClusterSpec, endpoint: &ApiEndpoint) -> Result<String,
         control_plane_endpoint: host_port(IpAddr::V4(endpoint.internal)),
         certificates_dir: CERTIFICATES_DIR,
         encryption_algorithm: "ECDSA-P256",
-        api_server: ApiServer { cert_sans: sans },
+        api_server: ApiServer {
+            extra_args: match encrypt_secrets {
+                true => vec![Arg {
+                    name: "encryption-provider-config".into(),
+                    value: crate::pki::secrets_key::CONFIG_PATH.into(),
+                }],
+                false => Vec::new(),
+            },
+            cert_sans: sans,
+        },
         networking: Networking {
             pod_subnet: spec.network.pod_cidr.to_string(),
             service_subnet: spec.network.service_cidr.to_string(),

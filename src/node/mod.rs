@@ -161,7 +161,7 @@ pub(crate) fn render_node(
     match (node.role, node.pool) {
         (Role::ControlPlane, _) => {
             let kubeadm_config = match bootstrap {
-                Bootstrap::Init => kubeadm::init_config(spec, endpoint)?,
+                Bootstrap::Init => kubeadm::init_config(spec, endpoint, pki.secrets_key.is_some())?,
                 _ => kubeadm::join_control_plane_config(spec, pki, endpoint)?,
             };
             config.file(KUBEADM_TEMPLATE, &kubeadm_config, 0o600)?;
@@ -189,6 +189,14 @@ pub(crate) fn render_node(
                 config.sealed(&format!("{PKI_SOURCE_DIR}/{name}"), key.expose())?;
             }
             config.directory(&format!("{PKI_SOURCE_DIR}/etcd"), 0o700);
+            if let Some(key) = &pki.secrets_key {
+                config.file(
+                    units::ENCRYPTION_TEMPLATE,
+                    &crate::pki::secrets_key::config_template(key.name()),
+                    0o600,
+                )?;
+                config.sealed(units::SECRETS_KEY_FILE, key.expose())?;
+            }
         }
         (Role::Worker, pool) => {
             let pool = pool.and_then(|i| spec.worker_pools.get(i));

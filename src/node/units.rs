@@ -9,6 +9,7 @@ use super::kubeadm::{
 };
 use super::seal::{SEAL_KEY_METADATA, SEALED_SUFFIX};
 use super::vip::{KUBECONFIG_PLACEHOLDER, VIP_TEMPLATE};
+use crate::pki::secrets_key::{CONFIG_PATH as ENCRYPTION_CONFIG, KEY_PLACEHOLDER};
 
 /// Where flatstack keeps its files on a node.
 pub(crate) const CONFIG_DIR: &str = "/etc/flatstack";
@@ -23,6 +24,10 @@ pub(crate) const BOOTSTRAP_SCRIPT: &str = "/opt/flatstack/bin/flatstack-bootstra
 pub(crate) const UNSEAL_SCRIPT: &str = "/opt/flatstack/bin/flatstack-unseal";
 /// The join token, opened from its sealed copy; the kubeadm template names it by placeholder.
 pub(crate) const JOIN_TOKEN_FILE: &str = "/etc/flatstack/join-token";
+/// The API server's EncryptionConfiguration with a placeholder for the key (readable), and
+/// the key, opened from its sealed copy: control planes only.
+pub(crate) const ENCRYPTION_TEMPLATE: &str = "/etc/flatstack/encryption-config.yaml.in";
+pub(crate) const SECRETS_KEY_FILE: &str = "/etc/flatstack/secrets-encryption.key";
 /// Where the OpenStack metadata service serves this server's metadata (its `meta` map).
 const METADATA_URL: &str = "http://169.254.169.254/openstack/latest/meta_data.json";
 pub(crate) const KUBEADM_UNIT: &str = "kubeadm.service";
@@ -81,10 +86,26 @@ place_vip_holder() {{
   mv -f "$manifests/.kube-vip.yaml" "$manifests/kube-vip.yaml"
 }}
 
+# Control planes: the API server's EncryptionConfiguration, its key put in, where kubeadm's
+# kube-apiserver reads it (inside the certificates directory it mounts).
+place_encryption_config() {{
+  [[ -f {ENCRYPTION_TEMPLATE} ]] || return 0
+  local key
+  key=$(< {SECRETS_KEY_FILE})
+  if [[ ! $key =~ ^[A-Za-z0-9+/]{{43}}=$ ]]; then
+    say "{SECRETS_KEY_FILE} holds no key for Secrets"
+    exit 1
+  fi
+  mkdir -p "$(dirname {ENCRYPTION_CONFIG})"
+  sed "s|{KEY_PLACEHOLDER}|$key|" {ENCRYPTION_TEMPLATE} > {ENCRYPTION_CONFIG}.new
+  mv -f {ENCRYPTION_CONFIG}.new {ENCRYPTION_CONFIG}
+}}
+
 case $role in
   init)
     mkdir -p {CERTIFICATES_DIR}
     cp -a {PKI_SOURCE_DIR}/. {CERTIFICATES_DIR}/
+    place_encryption_config
     place_vip_holder /etc/kubernetes/super-admin.conf
     # The join command kubeadm would print carries the bootstrap token.
     command=(kubeadm init --config {CONFIG_DIR}/kubeadm.yaml --skip-token-print)
@@ -92,6 +113,7 @@ case $role in
   control-plane)
     mkdir -p {CERTIFICATES_DIR}
     cp -a {PKI_SOURCE_DIR}/. {CERTIFICATES_DIR}/
+    place_encryption_config
     command=(kubeadm join --config {CONFIG_DIR}/kubeadm.yaml)
     ;;
   worker)

@@ -4,6 +4,7 @@
 //! kubeconfigs made at different times trust each other.
 
 mod kubeconfig;
+pub(crate) mod secrets_key;
 mod state_dir;
 mod token;
 
@@ -17,6 +18,7 @@ use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
 pub(crate) use kubeconfig::{Kubeconfig, kubeconfig_yaml, merge_into_user_kubeconfig};
+pub use secrets_key::SecretsKey;
 pub use state_dir::{StateDir, WriterLock, write_atomically};
 pub use token::BootstrapToken;
 pub(crate) use token::random_chars;
@@ -84,6 +86,9 @@ pub struct ClusterPki {
     pub(crate) admin: CertAndKey,
     /// Break-glass client certificate in `system:masters`; never leaves the workstation.
     pub(crate) super_admin: CertAndKey,
+    /// The key Secrets are encrypted with at rest; `None` in a PKI made before flatstack
+    /// encrypted them, until [`ClusterPki::ensure_secrets_key`] adds one.
+    pub(crate) secrets_key: Option<SecretsKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +251,27 @@ impl ClusterPki {
             },
             admin,
             super_admin,
+            secrets_key: Some(SecretsKey::generate()?),
         })
+    }
+
+    /// Adds a Secrets key to a PKI made before flatstack encrypted Secrets (its cluster's
+    /// API servers run without one: a key added now is used by clusters made, or restored, from
+    /// here on).
+    pub(crate) fn ensure_secrets_key(&mut self, state: &StateDir) -> Result<(), PkiError> {
+        if self.secrets_key.is_some() {
+            return Ok(());
+        }
+        let key = SecretsKey::generate()?;
+        let dir =
+            StateDir::open_existing(&state.join(PKI_DIR))?.ok_or_else(|| PkiError::Incomplete {
+                dir: state.join(PKI_DIR),
+                name: "pki",
+                detail: "directory vanished".into(),
+            })?;
+        key.write(&dir)?;
+        self.secrets_key = Some(key);
+        Ok(())
     }
 
     fn write(&self, dir: &StateDir) -> Result<(), PkiError> {
@@ -272,6 +297,9 @@ impl ClusterPki {
         ];
         for (name, pem) in secret {
             dir.write(name, pem.expose().as_bytes(), 0o600)?;
+        }
+        if let Some(key) = &self.secrets_key {
+            key.write(dir)?;
         }
         Ok(())
     }
@@ -332,6 +360,19 @@ impl ClusterPki {
             },
             admin: pair(ADMIN_CRT, ADMIN_KEY)?,
             super_admin: pair(SUPER_ADMIN_CRT, SUPER_ADMIN_KEY)?,
+            secrets_key: match dir.join(secrets_key::FILE).exists() {
+                false => None,
+                true => {
+                    let text = dir
+                        .read_secret(secrets_key::FILE)
+                        .map_err(incomplete(secrets_key::FILE))?;
+                    Some(SecretsKey::parse(&text).ok_or_else(|| PkiError::Damaged {
+                        dir: path.to_path_buf(),
+                        name: secrets_key::FILE,
+                        problem: "does not hold a name and a 32-byte key".into(),
+                    })?)
+                }
+            },
         };
         pki.check_integrity(path)?;
         Ok(pki)

@@ -12,7 +12,10 @@ struct Schema {
 
 impl Schema {
     fn load() -> Schema {
-        let text = include_str!("../data/kubeadm-v1beta4-fields.txt");
+        Schema::of(include_str!("../data/kubeadm-v1beta4-fields.txt"))
+    }
+
+    fn of(text: &str) -> Schema {
         let mut fields: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for line in text
             .lines()
@@ -112,6 +115,76 @@ fn check(node: &str, control_planes: u32, kinds: &[&str]) -> Vec<serde_json::Val
         "fields unknown to kubeadm v1beta4: {unknown:#?}"
     );
     documents
+}
+
+/// The EncryptionConfiguration every control plane gets, with the key its bootstrap puts in:
+/// every field exists upstream, one provider per element, secretbox first with a 32-byte
+/// base64 key (the state directory's, sealed in user_data), identity after it; and the first
+/// control plane's kube-apiserver is pointed at it through kubeadm.
+#[test]
+fn control_planes_encrypt_secrets_with_a_configuration_upstream_reads() {
+    use base64::Engine as _;
+    let schema = Schema::of(include_str!(
+        "../data/encryption-configuration-v1-fields.txt"
+    ));
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster_text(
+        "https://mirror.example.org/ext",
+        &"ab".repeat(32),
+        1,
+    ));
+    success(&workspace.render(&["--endpoint", "203.0.113.7"]));
+    let state_key =
+        std::fs::read_to_string(workspace.state_dir().join("pki/secrets-encryption.key"))
+            .expect("the state directory's Secrets key");
+    let (name, key) = state_key.trim().split_once(' ').expect("name and key");
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .expect("base64")
+            .len(),
+        32
+    );
+    for node in ["demo-control-plane-1"] {
+        let config = read_json(&workspace.out_dir().join(format!("{node}.ign")));
+        let template = String::from_utf8(
+            ignition_file(&config, "/etc/flatstack/encryption-config.yaml.in").expect("template"),
+        )
+        .expect("utf-8");
+        assert!(
+            !config.to_string().contains(key),
+            "the key travels sealed only"
+        );
+        // What the bootstrap writes: the template with the key put in.
+        let written = template.replace("@SECRETS_KEY@", key);
+        let document: serde_json::Value = serde_saphyr::from_str(&written).expect("YAML");
+        assert_eq!(document["apiVersion"], "apiserver.config.k8s.io/v1");
+        assert_eq!(document["kind"], "EncryptionConfiguration");
+        let mut unknown = BTreeSet::new();
+        schema.unknown("EncryptionConfiguration", &document, "", &mut unknown);
+        assert!(unknown.is_empty(), "{unknown:#?}");
+        let providers = document["resources"][0]["providers"]
+            .as_array()
+            .expect("providers");
+        for provider in providers {
+            assert_eq!(provider.as_object().map(|o| o.len()), Some(1), "{provider}");
+        }
+        assert_eq!(providers[0]["secretbox"]["keys"][0]["name"], name);
+        assert_eq!(providers[0]["secretbox"]["keys"][0]["secret"], key);
+        assert_eq!(providers[1]["identity"], serde_json::json!({}));
+        assert!(
+            ignition_file(&config, "/etc/flatstack/secrets-encryption.key.sealed").is_some(),
+            "the key is sealed for the node"
+        );
+    }
+    let documents = kubeadm_documents("demo-control-plane-1", 1);
+    assert_eq!(
+        documents[1]["apiServer"]["extraArgs"],
+        serde_json::json!([{"name": "encryption-provider-config",
+            "value": "/etc/kubernetes/pki/encryption/config.yaml"}])
+    );
+    let worker = read_json(&workspace.out_dir().join("demo-default-1.ign"));
+    assert!(ignition_file(&worker, "/etc/flatstack/encryption-config.yaml.in").is_none());
 }
 
 #[test]

@@ -2090,6 +2090,35 @@ fn user_data_holds_only_sealed_secrets_that_the_metadata_key_opens() {
                         .exists()
                 );
             }
+            // The key Secrets are encrypted with, opened as the others; its fingerprint, not
+            // the key, in the server's metadata.
+            let line = std::fs::read_to_string(state.join("secrets-encryption.key"))
+                .expect("the state directory's Secrets key");
+            let (_, secrets_key) = line.trim().split_once(' ').expect("name and key");
+            let opened = root.join("etc/flatstack/secrets-encryption.key");
+            assert_eq!(
+                std::fs::read_to_string(&opened).expect("opened"),
+                secrets_key
+            );
+            assert_eq!(mode_of(&opened), 0o600);
+            assert!(
+                !text.contains(secrets_key),
+                "{node}: the Secrets key in user_data"
+            );
+            let fingerprint = metadata["flatstack-secrets-key"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                fingerprint.starts_with("sha256:") && fingerprint.len() == 39,
+                "{node}: {metadata}"
+            );
+            assert!(!metadata.to_string().contains(secrets_key));
+        } else {
+            assert!(
+                metadata.get("flatstack-secrets-key").is_none(),
+                "{metadata}"
+            );
+            assert!(!root.join("etc/flatstack/secrets-encryption.key").exists());
         }
         // Another server's key opens nothing here.
         let wrong = FileServer::serve(BTreeMap::from([(
@@ -2121,6 +2150,46 @@ fn user_data_holds_only_sealed_secrets_that_the_metadata_key_opens() {
     assert_eq!(tokens[0], tokens[1]);
     assert_eq!(cas[0], cas[1]);
     assert!(cas[0].as_str().is_some_and(|c| c.starts_with("sha256:")));
+}
+
+/// A state directory whose Secrets key is not the one the control planes record (lost and
+/// made again, or another's) is refused by `plan` and `up` with exit 2, naming both
+/// fingerprints, before anything changes: a control plane given another key could read none
+/// of the cluster's Secrets.
+#[test]
+fn a_secrets_key_the_control_planes_do_not_record_is_refused() {
+    let name = unique("skey");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 0, ""));
+    let _teardown = Teardown(&workspace);
+    success(&flatstack(&workspace, &["up", "--provision-only"]));
+    let control_plane = format!("{name}-control-plane-1");
+    let recorded = server_metadata(&control_plane)["flatstack-secrets-key"]
+        .as_str()
+        .expect("the fingerprint on the control plane")
+        .to_string();
+    let key_file = workspace.state_dir().join("pki/secrets-encryption.key");
+    let kept = std::fs::read(&key_file).expect("key");
+    std::fs::remove_file(&key_file).expect("lose the key");
+    let before = servers(&name);
+    for command in [&["plan"][..], &["up", "--provision-only"]] {
+        let output = flatstack(&workspace, command);
+        let error = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{command:?}: {error}");
+        assert!(
+            error.contains(&format!(
+                "does not hold the key cluster `{name}` encrypts its Secrets with: its control plane {control_plane} records {recorded}, the state directory has none"
+            )),
+            "{command:?}: {error}"
+        );
+    }
+    assert!(!key_file.exists(), "no key is made in its place");
+    assert_eq!(servers(&name), before);
+    std::fs::write(&key_file, kept).expect("put the key back");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    let again = success(&flatstack(&workspace, &["up", "--provision-only"]));
+    assert!(again.contains("nothing to change"), "{again}");
 }
 
 /// A state directory is the cluster's own or it is refused. `render` with a fresh state

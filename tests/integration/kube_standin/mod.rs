@@ -2009,7 +2009,7 @@ pub fn stand_in(
         let control_plane = node.role == flatstack::spec::Role::ControlPlane;
         let config = match node.pool.and_then(|i| spec.worker_pools.get(i)) {
             Some(pool) => flatstack::node::kubeadm::join_config(spec, pool, pki, &endpoint),
-            None => flatstack::node::kubeadm::init_config(spec, &endpoint),
+            None => flatstack::node::kubeadm::init_config(spec, &endpoint, true),
         }
         .expect("kubeadm configuration");
         let registration = kubeadm_registration(&config);
