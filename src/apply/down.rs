@@ -21,6 +21,8 @@ pub(crate) struct Down {
     pub(crate) volumes: Vec<Volume>,
     /// The cluster's snapshots in the object store (empty where the cloud has none).
     pub(crate) backups: Listing,
+    /// Why the object store could not be read, when it could not.
+    pub(crate) backups_unread: Option<String>,
     state: Option<StateDir>,
 }
 
@@ -42,9 +44,14 @@ impl Down {
             cluster_resources(&cloud, &spec),
             cluster_volumes(&cloud, &spec.name),
         )?;
-        let backups = match cloud.offers_object_store().await {
-            true => crate::backup::list(&cloud, &spec.name, state.as_ref()).await?,
-            false => Listing::default(),
+        // The store is read for what `down` says it keeps; it must answer only when the
+        // backups are to be deleted (`delete_backups` then reads it again).
+        let (backups, unread) = match cloud.offers_object_store().await {
+            true => match crate::backup::list(&cloud, &spec.name, state.as_ref()).await {
+                Ok(listing) => (listing, None),
+                Err(e) => (Listing::default(), Some(e.to_string())),
+            },
+            false => (Listing::default(), None),
         };
         Ok(Down {
             spec,
@@ -53,15 +60,17 @@ impl Down {
             observed,
             volumes,
             backups,
+            backups_unread: unread,
             state,
         })
     }
 
-    /// Whether there is anything to delete.
+    /// Whether there is anything to delete (a store that could not be read may hold backups).
     pub(crate) fn is_empty(&self, delete_volumes: bool, delete_backups: bool) -> bool {
+        let no_backups = self.backups.containers.is_empty() && self.backups_unread.is_none();
         self.observed.count() == 0
             && (self.volumes.is_empty() || !delete_volumes)
-            && (self.backups.containers.is_empty() || !delete_backups)
+            && (no_backups || !delete_backups)
     }
 
     /// Deletes everything, then checks nothing is left; the backups too when asked.

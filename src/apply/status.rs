@@ -221,18 +221,16 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
         Err(e) => Some(Err(e.to_string())),
         Ok(true) => {
             let state = StateDir::open_existing(&state_path).ok().flatten();
-            Some(
-                crate::backup::list(&cloud, &spec.name, state.as_ref())
-                    .await
-                    .map(|listing| {
-                        crate::backup::Freshness::of(
-                            &listing,
-                            spec.backup.every_hours,
-                            time::OffsetDateTime::now_utc(),
-                        )
-                    })
-                    .map_err(|e| format!("cannot read the backups: {e}")),
-            )
+            match crate::backup::list(&cloud, &spec.name, state.as_ref()).await {
+                Ok(listing) => Some(Ok(crate::backup::Freshness::of(
+                    &listing,
+                    spec.backup.every_hours,
+                    time::OffsetDateTime::now_utc(),
+                ))),
+                // Left to the cloud, and its store refuses the credentials: backups are off.
+                Err(e) if e.is_refused() && spec.backup.enabled.is_none() => None,
+                Err(e) => Some(Err(format!("cannot read the backups: {e}"))),
+            }
         }
     };
     Ok(StatusReport {

@@ -122,6 +122,7 @@ impl UpError {
             UpError::Pki(e) => e.is_invalid_input(),
             UpError::Ranges(_) => true,
             UpError::Plan(e) => e.is_invalid_input(),
+            UpError::Backup(e) => e.is_invalid_input(),
             _ => false,
         }
     }
@@ -193,20 +194,6 @@ pub(crate) async fn up(
     if recorded_ranges.is_none() {
         ranges::record(&state, &spec)?;
     }
-    let offers_store = cloud.offers_object_store().await;
-    let backup_target = match crate::backup::enabled(&spec, offers_store, &cloud.config().name)? {
-        false => None,
-        true => {
-            let store = crate::backup::ensure(&cloud, &state, &spec.name).await?;
-            if store.created {
-                say(&format!(
-                    "made backup container {} in the object store; it took a test write",
-                    store.container
-                ));
-            }
-            Some(crate::backup::target(&cloud, &state, store.container).await?)
-        }
-    };
     let scope = Scope {
         kubernetes: !provision_only,
         accept_empty_cluster,
@@ -221,6 +208,7 @@ pub(crate) async fn up(
     if let Some(short) = growth_shortfall(&cloud, observed, &observation.facts, &plan).await? {
         return Err(UpError::Preflight(short));
     }
+    let backup_target = backup_target(&cloud, &state, &spec, &say).await?;
     let planned_at = at();
     say(&format!(
         "Kubernetes {}: sysext {}",
@@ -297,6 +285,11 @@ pub(crate) async fn up(
             let booted = bootstrap::bootstrap(&client, &plan.nodes, &addon_set, timeout, &say)
                 .await
                 .map_err(UpError::Bootstrap)?;
+            if backup_target.is_none() {
+                // Backups turned off (or the store gone): no CronJob keeps uploading, and no
+                // Secret keeps the credentials.
+                crate::backup::objects::remove(&client).await?;
+            }
             let mut clock = provisioned_at;
             for (phase, took) in &booted.timings {
                 after.push((phase.to_string(), clock, clock + took.as_secs_f64()));
@@ -330,6 +323,43 @@ pub(crate) async fn up(
         admin_kubeconfig_path,
         booted,
     })
+}
+
+/// Where the snapshot CronJob sends snapshots, making the container the first time; `None`
+/// when backups are off, or when the file leaves them to the cloud (`backup.enabled` unset)
+/// and its store refuses the cluster's credentials (Swift's default operator roles leave
+/// plain members out): said, not fatal. Required backups that cannot be written stop `up`
+/// before it changes anything in the cloud.
+async fn backup_target(
+    cloud: &Cloud,
+    state: &StateDir,
+    spec: &ClusterSpec,
+    say: &dyn Fn(&str),
+) -> Result<Option<crate::backup::objects::BackupTarget>, UpError> {
+    let offered = cloud.offers_object_store().await;
+    if !crate::backup::enabled(spec, offered, &cloud.config().name)? {
+        return Ok(None);
+    }
+    let store = match crate::backup::ensure(cloud, state, &spec.name).await {
+        Ok(store) => store,
+        Err(e) if e.is_refused() && spec.backup.enabled.is_none() => {
+            say(&format!(
+                "backups are off: {}; give the cluster's credentials a role that may write to the object store, or set `backup.enabled = false` to say so",
+                e.to_string().lines().next().unwrap_or_default()
+            ));
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if store.created {
+        say(&format!(
+            "made backup container {} in the object store; it took a test write",
+            store.container
+        ));
+    }
+    Ok(Some(
+        crate::backup::target(cloud, state, store.container).await?,
+    ))
 }
 
 /// What every round of `up`'s cloud side shares.

@@ -102,8 +102,28 @@ impl BackupKey {
         )
     }
 
+    /// Checks and decrypts an envelope made for this key, in its own buffer (a snapshot may be
+    /// gigabytes: it is never copied).
+    pub(crate) fn open_owned(&self, mut envelope: Vec<u8>) -> Result<Vec<u8>, EnvelopeError> {
+        let header = MAGIC.len() + KEY_LEN + IV_LEN;
+        let (cipher_key, iv) = self.check(&envelope)?;
+        let end = envelope.len() - TAG_LEN;
+        Aes256Ctr::new((&cipher_key).into(), (&iv).into())
+            .apply_keystream(&mut envelope[header..end]);
+        envelope.truncate(end);
+        envelope.drain(..header);
+        Ok(envelope)
+    }
+
     /// Checks and decrypts an envelope made for this key.
+    #[cfg(test)]
     pub(crate) fn open(&self, envelope: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        self.open_owned(envelope.to_vec())
+    }
+
+    /// Checks the envelope's format and tag, before a byte is decrypted; its cipher key and
+    /// IV when it holds.
+    fn check(&self, envelope: &[u8]) -> Result<([u8; KEY_LEN], [u8; IV_LEN]), EnvelopeError> {
         let header = MAGIC.len() + KEY_LEN + IV_LEN;
         if envelope.len() < MAGIC.len() || !envelope.starts_with(MAGIC) {
             return Err(EnvelopeError::NotASnapshot);
@@ -115,14 +135,14 @@ impl BackupKey {
         let ephemeral: [u8; KEY_LEN] = body[MAGIC.len()..MAGIC.len() + KEY_LEN]
             .try_into()
             .map_err(|_| EnvelopeError::Truncated(envelope.len()))?;
-        let iv = &body[MAGIC.len() + KEY_LEN..header];
+        let iv: [u8; IV_LEN] = body[MAGIC.len() + KEY_LEN..header]
+            .try_into()
+            .map_err(|_| EnvelopeError::Truncated(envelope.len()))?;
         let (cipher_key, mac_key) = self.keys(&PublicKey::from(ephemeral));
         let mut mac = mac_for(&mac_key);
         mac.update(body);
         mac.verify_slice(tag).map_err(|_| EnvelopeError::Tampered)?;
-        let mut plain = body[header..].to_vec();
-        Aes256Ctr::new((&cipher_key).into(), iv.into()).apply_keystream(&mut plain);
-        Ok(plain)
+        Ok((cipher_key, iv))
     }
 
     /// The cipher and MAC keys of an envelope whose ephemeral key is `ephemeral`.

@@ -74,6 +74,23 @@ pub enum BackupError {
     },
 }
 
+impl BackupError {
+    /// Whether the cluster file asks what the cloud cannot give, or the state directory is
+    /// what must change.
+    pub(crate) fn is_invalid_input(&self) -> bool {
+        match self {
+            BackupError::NoObjectStore { .. } | BackupError::DamagedKey { .. } => true,
+            BackupError::State(e) => e.is_invalid_input(),
+            _ => false,
+        }
+    }
+
+    /// The store refused the credentials (403).
+    pub(crate) fn is_refused(&self) -> bool {
+        matches!(self, BackupError::Refused { .. })
+    }
+}
+
 /// The cluster's backup key from the state directory, if it has one.
 pub(crate) fn load_key(state: &StateDir) -> Result<Option<envelope::BackupKey>, BackupError> {
     match state.read_secret(KEY_FILE) {
@@ -236,12 +253,25 @@ pub(crate) async fn target(
         .object_store_url()
         .await
         .map_err(|source| BackupError::Containers(Box::new(source)))?;
+    let config = cloud.config();
+    let ca_bundle = match &config.cacert {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|source| {
+            BackupError::State(PkiError::Io {
+                action: "read the cloud's CA bundle",
+                path: path.clone(),
+                source,
+            })
+        })?),
+        None => None,
+    };
     Ok(objects::BackupTarget {
         store_url,
         container,
-        auth_url: crate::cloud::identity_v3(cloud.config()),
-        auth_request: crate::cloud::token_request(cloud.config()),
+        auth_url: crate::cloud::identity_v3(config),
+        auth_request: crate::cloud::token_request(config),
         recipient_pem: load_or_create_key(state)?.public_pem(),
+        ca_bundle,
+        insecure: config.insecure,
     })
 }
 
@@ -284,10 +314,16 @@ pub(crate) async fn view(
         return Ok(view);
     }
     let recorded = recorded_container(state)?;
-    let present = match &recorded {
-        Some(name) => containers(cloud, &spec.name, state).await?.contains(name),
-        None => false,
+    let found = match containers(cloud, &spec.name, state).await {
+        Ok(found) => found,
+        Err(e) if e.is_refused() && spec.backup.enabled.is_none() => {
+            view.enabled = false;
+            view.note = format!("off: {}", e.to_string().lines().next().unwrap_or_default());
+            return Ok(view);
+        }
+        Err(e) => return Err(e),
     };
+    let present = recorded.as_ref().is_some_and(|name| found.contains(name));
     view.to_create = !present;
     view.note = match (&recorded, present) {
         (Some(name), true) => format!("to Swift container {name}"),
@@ -345,6 +381,16 @@ impl SnapshotName {
     }
 }
 
+/// Swift's `YYYY-MM-DDTHH:MM:SS[.ffffff]`, UTC.
+fn parse_swift_time(text: &str) -> Option<OffsetDateTime> {
+    let compact: String = text
+        .get(..19)?
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    parse_stamp(&format!("{compact}Z"))
+}
+
 /// `YYYYMMDDTHHMMSSZ` in UTC.
 fn parse_stamp(stamp: &str) -> Option<OffsetDateTime> {
     let bytes = stamp.as_bytes();
@@ -385,6 +431,8 @@ pub(crate) struct Listing {
     pub(crate) snapshots: Vec<Snapshot>,
     /// Objects of the containers that are no snapshot of this cluster's.
     pub(crate) others: usize,
+    /// When the first container last changed, as the store says.
+    pub(crate) since: Option<OffsetDateTime>,
 }
 
 /// The cluster's containers: the recorded one, and any other of its prefix (an earlier cluster
@@ -394,6 +442,19 @@ pub(crate) async fn containers(
     cluster: &str,
     state: Option<&StateDir>,
 ) -> Result<Vec<String>, BackupError> {
+    Ok(container_entries(cloud, cluster, state)
+        .await?
+        .into_iter()
+        .map(|c| c.name)
+        .collect())
+}
+
+/// [`containers`] with when each last changed.
+async fn container_entries(
+    cloud: &Cloud,
+    cluster: &str,
+    state: Option<&StateDir>,
+) -> Result<Vec<crate::cloud::object_store::ContainerEntry>, BackupError> {
     let mut found = match cloud.containers(&container_prefix(cluster)).await {
         Ok(found) => found,
         Err(source @ CloudError::Api { status: 403, .. }) => {
@@ -405,7 +466,10 @@ pub(crate) async fn containers(
         Err(source) => return Err(BackupError::Containers(Box::new(source))),
     };
     let recorded = recorded_container(state)?;
-    if let Some(at) = found.iter().position(|c| Some(c) == recorded.as_ref()) {
+    if let Some(at) = found
+        .iter()
+        .position(|c| Some(&c.name) == recorded.as_ref())
+    {
         let recorded = found.remove(at);
         found.insert(0, recorded);
     }
@@ -423,21 +487,31 @@ pub(crate) struct Freshness {
     pub(crate) count: usize,
     pub(crate) containers: Vec<String>,
     pub(crate) every_hours: u32,
-    /// The newest is older than twice the schedule: the CronJob has missed two in a row.
+    /// The newest is older than twice the schedule, or there is none and the container was
+    /// made longer ago than that: the CronJob has missed two in a row.
     pub(crate) stale: bool,
+    /// How long ago the first container last changed (made, for an empty one), in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) container_age_seconds: Option<i64>,
 }
 
 impl Freshness {
     pub(crate) fn of(listing: &Listing, every_hours: u32, now: OffsetDateTime) -> Freshness {
         let newest = listing.snapshots.last();
         let age_seconds = newest.map(|s| (now - s.name.taken).whole_seconds());
+        let container_age_seconds = listing.since.map(|t| (now - t).whole_seconds());
+        let limit = 2 * 3600 * i64::from(every_hours);
         Freshness {
             newest: newest.map(|s| s.object.clone()),
             age_seconds,
             count: listing.snapshots.len(),
             containers: listing.containers.clone(),
             every_hours,
-            stale: age_seconds.is_some_and(|age| age > 2 * 3600 * i64::from(every_hours)),
+            stale: match age_seconds {
+                Some(age) => age > limit,
+                None => container_age_seconds.is_some_and(|age| age > limit),
+            },
+            container_age_seconds,
         }
     }
 }
@@ -448,8 +522,13 @@ pub(crate) async fn list(
     cluster: &str,
     state: Option<&StateDir>,
 ) -> Result<Listing, BackupError> {
+    let entries = container_entries(cloud, cluster, state).await?;
     let mut listing = Listing {
-        containers: containers(cloud, cluster, state).await?,
+        since: entries
+            .first()
+            .and_then(|c| c.last_modified.as_deref())
+            .and_then(parse_swift_time),
+        containers: entries.into_iter().map(|c| c.name).collect(),
         ..Listing::default()
     };
     for container in &listing.containers {
@@ -517,10 +596,11 @@ pub(crate) async fn fetch(
         .ok_or_else(|| BackupError::Vanished {
             object: snapshot.object.clone(),
         })?;
-    key.open(&bytes).map_err(|cause| BackupError::Unreadable {
-        object: snapshot.object.clone(),
-        cause,
-    })
+    key.open_owned(bytes)
+        .map_err(|cause| BackupError::Unreadable {
+            object: snapshot.object.clone(),
+            cause,
+        })
 }
 
 /// Deletes every container of the cluster with everything in it; returns each container and
@@ -625,6 +705,35 @@ mod tests {
                 .to_string()
                 .contains("cloud `jetstream` has no object store")
         );
+    }
+
+    #[test]
+    fn freshness_warns_after_two_missed_schedules_with_or_without_a_snapshot() {
+        let now = at(2026, Month::December, 7, 12, 0, 0);
+        let snapshot = |hours: i64| Snapshot {
+            container: "c".into(),
+            object: "o".into(),
+            name: SnapshotName {
+                taken: now - time::Duration::hours(hours),
+                kubernetes: "v1.37.1".into(),
+            },
+            bytes: 1,
+        };
+        let listing = |snapshots: Vec<Snapshot>, since_hours: i64| Listing {
+            containers: vec!["c".into()],
+            snapshots,
+            others: 0,
+            since: Some(now - time::Duration::hours(since_hours)),
+        };
+        assert!(!Freshness::of(&listing(vec![snapshot(11)], 50), 6, now).stale);
+        assert!(Freshness::of(&listing(vec![snapshot(13)], 50), 6, now).stale);
+        assert!(!Freshness::of(&listing(vec![], 11), 6, now).stale);
+        assert!(Freshness::of(&listing(vec![], 13), 6, now).stale);
+        assert_eq!(
+            parse_swift_time("2026-12-07T12:20:09.123450"),
+            Some(at(2026, Month::December, 7, 12, 20, 9))
+        );
+        assert_eq!(parse_swift_time("yesterday"), None);
     }
 
     #[test]

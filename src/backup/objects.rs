@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource,
-    HostPathVolumeSource, PodSpec, PodTemplateSpec, SecretKeySelector, SecurityContext, Toleration,
-    Volume, VolumeMount,
+    HostPathVolumeSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, SecretKeySelector,
+    SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -26,7 +26,6 @@ pub(crate) const NAME: &str = "flatstack-etcd-backup";
 const NAMESPACE: &str = "kube-system";
 /// Where on the host `etcdctl` saves the snapshot and the script runs.
 pub(crate) const HOST_DIR: &str = "/var/lib/flatstack/backup";
-const SNAPSHOT_FILE: &str = "snapshot.db";
 /// Where kubeadm keeps the etcd CA and the health-check client certificate.
 const ETCD_PKI: &str = "/etc/kubernetes/pki/etcd";
 /// Where the upload container sees the host's root and the ConfigMap.
@@ -34,6 +33,7 @@ const HOST_ROOT: &str = "/host";
 const SCRIPT_DIR: &str = "/flatstack";
 const SCRIPT_KEY: &str = "upload.sh";
 const RECIPIENT_KEY: &str = "recipient.pem";
+const CA_KEY: &str = "ca.crt";
 const AUTH_KEY: &str = "auth-request";
 
 /// What the objects need besides the cluster file.
@@ -48,6 +48,10 @@ pub(crate) struct BackupTarget {
     pub(crate) auth_request: Secret,
     /// The backup key's public half, PEM.
     pub(crate) recipient_pem: String,
+    /// The cloud's own CA (clouds.yaml `cacert`), PEM, when it has one.
+    pub(crate) ca_bundle: Option<String>,
+    /// clouds.yaml's `verify: false`.
+    pub(crate) insecure: bool,
 }
 
 /// The target `render` shows, which asks no cloud: markers where `up` writes what it reads
@@ -72,6 +76,8 @@ pub(crate) fn review_target(
             "<a Keystone token request: written by `flatstack up` from the credentials it logs in with; never on disk>",
         ),
         recipient_pem,
+        ca_bundle: None,
+        insecure: false,
     }
 }
 
@@ -92,10 +98,16 @@ pub(crate) fn schedule(cluster: &str, every_hours: u32) -> String {
 pub(crate) fn manifests(spec: &ClusterSpec, target: &BackupTarget) -> Vec<Manifest> {
     let config = ConfigMap {
         metadata: meta(NAME, Some(NAMESPACE)),
-        data: Some(BTreeMap::from([
-            (SCRIPT_KEY.to_string(), super::script::upload_script()),
-            (RECIPIENT_KEY.to_string(), target.recipient_pem.clone()),
-        ])),
+        data: Some(
+            [
+                (SCRIPT_KEY, Some(super::script::upload_script())),
+                (RECIPIENT_KEY, Some(target.recipient_pem.clone())),
+                (CA_KEY, target.ca_bundle.clone()),
+            ]
+            .into_iter()
+            .filter_map(|(key, value)| Some((key.to_string(), value?)))
+            .collect(),
+        ),
         ..ConfigMap::default()
     };
     let credentials = secret(
@@ -138,8 +150,67 @@ fn mount(name: &str, at: &str, read_only: bool) -> VolumeMount {
     }
 }
 
+/// Deletes the CronJob (its Jobs and their pods with it), its ConfigMap and its Secret; what
+/// is not there is not an error.
+pub(crate) async fn remove(client: &crate::kube::KubeClient) -> Result<(), crate::kube::KubeError> {
+    client
+        .delete(&format!(
+            "/apis/batch/v1/namespaces/{NAMESPACE}/cronjobs/{NAME}?propagationPolicy=Background"
+        ))
+        .await?;
+    for kind in ["configmaps", "secrets"] {
+        client
+            .delete(&format!("/api/v1/namespaces/{NAMESPACE}/{kind}/{NAME}"))
+            .await?;
+    }
+    Ok(())
+}
+
+/// A variable from the ConfigMap's or the Secret's `key`.
+fn env_from(name: &str, key: &str, secret: bool) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(match secret {
+            true => EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: NAME.into(),
+                    key: key.into(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            },
+            false => EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: NAME.into(),
+                    key: key.into(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            },
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// The pod's UID, which names its snapshot and script on the host: a Job started by hand
+/// beside a scheduled one never touches the other's files.
+fn pod_uid() -> EnvVar {
+    EnvVar {
+        name: "POD_UID".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.uid".into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
 fn cron_job(spec: &ClusterSpec, target: &BackupTarget) -> CronJob {
-    let snapshot = format!("{HOST_DIR}/{SNAPSHOT_FILE}");
+    // `$(POD_UID)` is expanded by the kubelet (the variable is the container's own).
+    let snapshot = format!("{HOST_DIR}/$(POD_UID).db");
     let labels = BTreeMap::from([("app.kubernetes.io/name".to_string(), NAME.to_string())]);
     // etcdctl against the local member, as kubeadm's own health check reaches it.
     let save = Container {
@@ -161,6 +232,7 @@ fn cron_job(spec: &ClusterSpec, target: &BackupTarget) -> CronJob {
             ]
             .into(),
         ),
+        env: Some(vec![pod_uid()]),
         volume_mounts: Some(vec![
             mount("etcd-pki", ETCD_PKI, true),
             mount("backup", HOST_DIR, false),
@@ -172,7 +244,7 @@ fn cron_job(spec: &ClusterSpec, target: &BackupTarget) -> CronJob {
         }),
         ..Container::default()
     };
-    let host_script = format!("{HOST_DIR}/{SCRIPT_KEY}");
+    let host_script = format!("{HOST_DIR}/upload-$POD_UID.sh");
     let upload = Container {
         name: "upload".into(),
         image: Some(pins::HOST_ACTION_IMAGE.into()),
@@ -181,42 +253,29 @@ fn cron_job(spec: &ClusterSpec, target: &BackupTarget) -> CronJob {
             "sh".into(),
             "-c".into(),
             format!(
-                "cp {SCRIPT_DIR}/{SCRIPT_KEY} {HOST_ROOT}{host_script} && exec chroot {HOST_ROOT} /bin/bash {host_script}"
+                "cp {SCRIPT_DIR}/{SCRIPT_KEY} {HOST_ROOT}{host_script} && chroot {HOST_ROOT} /bin/bash {host_script}; status=$?; rm -f {HOST_ROOT}{host_script}; exit $status"
             ),
         ]),
-        env: Some(vec![
-            env("FLATSTACK_SNAPSHOT", &snapshot),
-            env("FLATSTACK_CLUSTER", &spec.name),
-            env("FLATSTACK_KUBERNETES", &spec.kubernetes.version.to_string()),
-            env("FLATSTACK_STORE", &target.store_url),
-            env("FLATSTACK_CONTAINER", &target.container),
-            env("FLATSTACK_KEEP", &spec.backup.keep.to_string()),
-            env("FLATSTACK_AUTH_URL", &target.auth_url),
-            EnvVar {
-                name: "FLATSTACK_RECIPIENT".into(),
-                value_from: Some(EnvVarSource {
-                    config_map_key_ref: Some(ConfigMapKeySelector {
-                        name: NAME.into(),
-                        key: RECIPIENT_KEY.into(),
-                        optional: Some(false),
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            },
-            EnvVar {
-                name: "FLATSTACK_AUTH_REQUEST".into(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: NAME.into(),
-                        key: AUTH_KEY.into(),
-                        optional: Some(false),
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            },
-        ]),
+        env: Some({
+            let mut env = vec![
+                pod_uid(),
+                env("FLATSTACK_SNAPSHOT", &snapshot),
+                env("FLATSTACK_CLUSTER", &spec.name),
+                env("FLATSTACK_KUBERNETES", &spec.kubernetes.version.to_string()),
+                env("FLATSTACK_STORE", &target.store_url),
+                env("FLATSTACK_CONTAINER", &target.container),
+                env("FLATSTACK_KEEP", &spec.backup.keep.to_string()),
+                env("FLATSTACK_AUTH_URL", &target.auth_url),
+                env_from("FLATSTACK_RECIPIENT", RECIPIENT_KEY, false),
+                env_from("FLATSTACK_AUTH_REQUEST", AUTH_KEY, true),
+            ];
+            if target.ca_bundle.is_some() {
+                env.push(env_from("FLATSTACK_CA_BUNDLE", CA_KEY, false));
+            } else if target.insecure {
+                env.push(self::env("FLATSTACK_INSECURE", "true"));
+            }
+            env
+        }),
         volume_mounts: Some(vec![
             mount("host", HOST_ROOT, false),
             mount("script", SCRIPT_DIR, true),
@@ -304,7 +363,55 @@ mod tests {
             auth_url: "https://keystone.example/v3".into(),
             auth_request: Secret::new("TOKEN-REQUEST-WITH-A-PASSWORD"),
             recipient_pem: "-----BEGIN PUBLIC KEY-----\nx\n-----END PUBLIC KEY-----\n".into(),
+            ca_bundle: None,
+            insecure: false,
         }
+    }
+
+    #[test]
+    fn each_pod_has_files_of_its_own_and_curl_trusts_the_clouds_ca() {
+        let spec = crate::spec::test_spec("");
+        let mut with_ca = target();
+        with_ca.ca_bundle = Some("-----BEGIN CERTIFICATE-----\n".into());
+        let manifests = manifests(&spec, &with_ca);
+        assert_eq!(
+            manifests[0].body()["data"]["ca.crt"],
+            "-----BEGIN CERTIFICATE-----\n"
+        );
+        let pod = &manifests[2].body()["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        let save = &pod["initContainers"][0];
+        assert_eq!(
+            save["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.uid"
+        );
+        let command = save["command"].as_array().expect("command");
+        assert_eq!(
+            command.last().expect("path"),
+            "/var/lib/flatstack/backup/$(POD_UID).db"
+        );
+        let env = pod["containers"][0]["env"].as_array().expect("env");
+        let names: Vec<&str> = env.iter().filter_map(|e| e["name"].as_str()).collect();
+        assert_eq!(
+            names[0], "POD_UID",
+            "defined before the variables that name it"
+        );
+        assert!(names.contains(&"FLATSTACK_CA_BUNDLE"));
+        assert!(!names.contains(&"FLATSTACK_INSECURE"));
+        let mut insecure = target();
+        insecure.insecure = true;
+        let env = manifests_env(&spec, &insecure);
+        assert!(env.contains(&"FLATSTACK_INSECURE".to_string()));
+        assert!(!env.contains(&"FLATSTACK_CA_BUNDLE".to_string()));
+    }
+
+    fn manifests_env(spec: &ClusterSpec, target: &BackupTarget) -> Vec<String> {
+        manifests(spec, target)[2].body()["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            ["containers"][0]["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["name"].as_str().map(str::to_string))
+            .collect()
     }
 
     #[test]

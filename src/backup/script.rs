@@ -8,11 +8,18 @@
 //! `FLATSTACK_SNAPSHOT` (the saved snapshot, deleted when the script ends), `FLATSTACK_CLUSTER`,
 //! `FLATSTACK_KUBERNETES` (the release, for the name), `FLATSTACK_RECIPIENT` (the backup key's
 //! public half, PEM), `FLATSTACK_STORE` (the object store's account URL),
-//! `FLATSTACK_CONTAINER`, `FLATSTACK_KEEP`, `FLATSTACK_AUTH_URL` (Keystone v3) and
-//! `FLATSTACK_AUTH_REQUEST` (the body of a Keystone token request, from a Secret). Keys pass
-//! through `openssl`'s arguments for a moment, on the host, as the node's unsealing does.
+//! `FLATSTACK_CONTAINER`, `FLATSTACK_KEEP`, `FLATSTACK_AUTH_URL` (Keystone v3),
+//! `FLATSTACK_AUTH_REQUEST` (the body of a Keystone token request, from a Secret) and, for a
+//! cloud with a CA of its own, `FLATSTACK_CA_BUNDLE` (or `FLATSTACK_INSECURE=true`). The
+//! snapshot's one-off keys pass through `openssl`'s arguments for a moment, on the host, as
+//! the node's unsealing does: a host process (or an audit log of every command line) sees
+//! them, never a pod without the host's PID namespace.
 
 use super::envelope::{INFO, MAGIC};
+
+/// The largest object Swift takes in one PUT by default (`max_file_size`, 5 GiB + 2 bytes in
+/// `swift/common/constraints.py`): a bigger envelope would need a segmented upload.
+const SWIFT_OBJECT_LIMIT: u64 = 5 * 1024 * 1024 * 1024;
 
 /// The script's text.
 pub(crate) fn upload_script() -> String {
@@ -34,6 +41,11 @@ for variable in FLATSTACK_SNAPSHOT FLATSTACK_CLUSTER FLATSTACK_KUBERNETES FLATST
   fi
 done
 snapshot=$FLATSTACK_SNAPSHOT
+dir=$(dirname "$snapshot")
+# What runs killed at their deadline left (bash as a container's PID 1 may be killed before
+# its EXIT trap runs): plain snapshots and envelopes older than two hours.
+find "$dir" -maxdepth 1 \( -name '.flatstack-backup.*' -o -name '*.db' \) -mmin +120 \
+  -exec rm -rf {{}} + 2> /dev/null || true
 if [[ ! -s $snapshot ]]; then
   say "no snapshot at $snapshot"
   exit 2
@@ -42,9 +54,20 @@ if [[ ! $FLATSTACK_KEEP =~ ^[1-9][0-9]*$ ]]; then
   say "FLATSTACK_KEEP must be a positive number, not '$FLATSTACK_KEEP'"
   exit 2
 fi
-work=$(mktemp -d "$(dirname "$snapshot")/.flatstack-backup.XXXXXX")
+work=$(mktemp -d "$dir/.flatstack-backup.XXXXXX")
 trap 'rm -rf "$work" "$snapshot"' EXIT
+trap 'exit 143' TERM INT
 object="$FLATSTACK_CLUSTER-etcd-$(date -u +%Y%m%dT%H%M%SZ)-$FLATSTACK_KUBERNETES.db.enc"
+
+# curl as the cloud wants it: its CA, or no verification when clouds.yaml says so.
+tls=()
+if [[ -n ${{FLATSTACK_CA_BUNDLE:-}} ]]; then
+  printf '%s\n' "$FLATSTACK_CA_BUNDLE" > "$work/ca.crt"
+  tls=(--cacert "$work/ca.crt")
+elif [[ ${{FLATSTACK_INSECURE:-}} == true ]]; then
+  tls=(--insecure)
+fi
+fetch() {{ curl -sS --connect-timeout 30 "${{tls[@]}}" "$@"; }}
 
 # The envelope: a fresh X25519 key agreed with the recipient's, HKDF-SHA256 to a cipher and
 # a MAC key, AES-256-CTR, then HMAC-SHA256 over everything before the tag.
@@ -69,18 +92,23 @@ openssl rand -out "$work/iv" 16
 openssl dgst -sha256 -mac HMAC -macopt "hexkey:${{keys:64:64}}" -binary < "$work/envelope" \
   > "$work/tag"
 cat "$work/tag" >> "$work/envelope"
-rm -f "$work/ephemeral.pem"
+rm -f "$work/ephemeral.pem" "$snapshot"
 size=$(stat -c %s "$work/envelope")
+if (( size > {SWIFT_OBJECT_LIMIT} )); then
+  say "the sealed snapshot is $size bytes, more than the object store takes in one object ({SWIFT_OBJECT_LIMIT}); segmented uploads are not built: compact and defragment etcd"
+  exit 1
+fi
 sha256=$(sha256sum "$work/envelope" | cut -d' ' -f1)
 md5=$(md5sum "$work/envelope" | cut -d' ' -f1)
 
 # A token for the cluster's credentials; it travels in a header file, never in arguments.
 printf '%s' "$FLATSTACK_AUTH_REQUEST" > "$work/auth.json"
-status=$(curl -sS -o "$work/token.json" -D "$work/token.headers" -w '%{{http_code}}' \
-  -H 'Content-Type: application/json' --data-binary @"$work/auth.json" \
+status=$(fetch --max-time 120 -o "$work/token.json" -D "$work/token.headers" \
+  -w '%{{http_code}}' -H 'Content-Type: application/json' --data-binary @"$work/auth.json" \
   "${{FLATSTACK_AUTH_URL%/}}/auth/tokens") || status=000
 rm -f "$work/auth.json"
-token=$(sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: *\([^[:space:]]*\).*$/\1/p' "$work/token.headers")
+token=$(sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: *\([^[:space:]]*\).*$/\1/p' "$work/token.headers" \
+  2> /dev/null || true)
 if [[ $status != 201 || -z $token ]]; then
   say "Keystone at $FLATSTACK_AUTH_URL gave no token (HTTP $status)"
   exit 1
@@ -88,31 +116,34 @@ fi
 printf 'X-Auth-Token: %s\n' "$token" > "$work/auth.header"
 container_url="${{FLATSTACK_STORE%/}}/$FLATSTACK_CONTAINER"
 
-status=$(curl -sS -o "$work/put.out" -w '%{{http_code}}' -X PUT -H @"$work/auth.header" \
-  -H 'Content-Type: application/octet-stream' -H "ETag: $md5" \
-  -H "X-Object-Meta-Sha256: $sha256" -T "$work/envelope" "$container_url/$object") || status=000
+# Slower than 10 KiB/s for five minutes is a stalled upload.
+status=$(fetch --speed-limit 10240 --speed-time 300 -o "$work/put.out" -w '%{{http_code}}' \
+  -X PUT -H @"$work/auth.header" -H 'Content-Type: application/octet-stream' \
+  -H "ETag: $md5" -H "X-Object-Meta-Sha256: $sha256" -T "$work/envelope" \
+  "$container_url/$object") || status=000
 if [[ $status != 201 ]]; then
-  say "uploading $object to $container_url failed (HTTP $status): $(head -c 300 "$work/put.out")"
+  say "uploading $object to $container_url failed (HTTP $status): $(head -c 300 "$work/put.out" 2> /dev/null || true)"
   exit 1
 fi
 say "uploaded $object ($size bytes, sha256 $sha256)"
 
-# The newest $FLATSTACK_KEEP snapshots stay; names sort by time.
-status=$(curl -sS -o "$work/listing" -w '%{{http_code}}' -H @"$work/auth.header" \
+# The newest $FLATSTACK_KEEP snapshots stay; names sort by time. The snapshot is stored by
+# now: a failure here is reported, and the next run prunes.
+status=$(fetch --max-time 120 -o "$work/listing" -w '%{{http_code}}' -H @"$work/auth.header" \
   "$container_url?format=plain&prefix=$FLATSTACK_CLUSTER-etcd-") || status=000
 if [[ $status != 200 && $status != 204 ]]; then
-  say "listing $container_url failed (HTTP $status); nothing pruned"
-  exit 1
+  say "warning: listing $container_url failed (HTTP $status); nothing pruned this time"
+  exit 0
 fi
 pattern="^$FLATSTACK_CLUSTER-etcd-[0-9]{{8}}T[0-9]{{6}}Z-v[0-9]+\.[0-9]+\.[0-9]+\.db\.enc\$"
 mapfile -t snapshots < <(grep -E "$pattern" "$work/listing" | sort || true)
 pruned=0
 for ((i = 0; i + FLATSTACK_KEEP < ${{#snapshots[@]}}; i++)); do
-  status=$(curl -sS -o /dev/null -w '%{{http_code}}' -X DELETE -H @"$work/auth.header" \
-    "$container_url/${{snapshots[i]}}") || status=000
+  status=$(fetch --max-time 120 -o /dev/null -w '%{{http_code}}' -X DELETE \
+    -H @"$work/auth.header" "$container_url/${{snapshots[i]}}") || status=000
   case $status in
     204 | 404) pruned=$((pruned + 1)) ;;
-    *) say "deleting ${{snapshots[i]}} failed (HTTP $status)" ;;
+    *) say "warning: deleting ${{snapshots[i]}} failed (HTTP $status)" ;;
   esac
 done
 say "kept the newest $((${{#snapshots[@]}} - pruned)) of ${{#snapshots[@]}} snapshot(s); deleted $pruned"

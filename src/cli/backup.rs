@@ -102,6 +102,10 @@ fn now(file: &Path, cloud_flag: Option<&str>, args: &NowArgs) -> anyhow::Result<
                 ))
                 .into());
             }
+            Some(crate::kube::Ran::Busy { jobs }) => anyhow::bail!(
+                "a snapshot Job is running already ({}); none was started beside it\n  hint: wait for it (`kubectl -n kube-system get jobs`), or run `flatstack backup now` again once it has ended",
+                jobs.join(", ")
+            ),
             Some(crate::kube::Ran::Failed { job, message }) => anyhow::bail!(
                 "snapshot Job {job} failed: {message}\n  hint: `kubectl -n kube-system logs job/{job} -c upload` (and `-c snapshot`) say why"
             ),
@@ -158,7 +162,7 @@ fn get(file: &Path, cloud_flag: Option<&str>, args: &GetArgs) -> anyhow::Result<
         let snapshot = backup::choose(&listing, &spec.name, args.snapshot.as_deref())
             .map_err(|e| InvalidInput(e.to_string()))?;
         let plain = backup::fetch(&cloud, &key, snapshot).await?;
-        crate::pki::write_atomically(&args.out, &plain, 0o600)?;
+        write_new(&args.out, &plain)?;
         out!(
             "wrote {} ({}, taken {} with Kubernetes {}) to {}",
             snapshot.object,
@@ -168,6 +172,27 @@ fn get(file: &Path, cloud_flag: Option<&str>, args: &GetArgs) -> anyhow::Result<
             args.out.display()
         );
         Ok(())
+    })
+}
+
+/// Writes `bytes` to `path` (0600) unless something is there already, never leaving a part
+/// of them under that name: written aside, then linked, which fails if `path` exists.
+fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let aside = path.with_file_name(format!(".{name}.flatstack-partial"));
+    crate::pki::write_atomically(&aside, bytes, 0o600)?;
+    let linked = std::fs::hard_link(&aside, path);
+    let _ = std::fs::remove_file(&aside);
+    linked.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => InvalidInput(format!(
+            "{} exists; flatstack never overwrites it\n  hint: name a new file with --out",
+            path.display()
+        ))
+        .into(),
+        _ => anyhow::anyhow!("cannot write {}: {e}", path.display()),
     })
 }
 

@@ -146,10 +146,19 @@ fn print_backups(backups: &crate::backup::Freshness) {
                 );
             }
         }
-        _ => out!(
-            "backups: no snapshot yet in {container} (the CronJob takes one every {}h)",
-            backups.every_hours
-        ),
+        _ => {
+            out!(
+                "backups: no snapshot yet in {container} (the CronJob takes one every {}h)",
+                backups.every_hours
+            );
+            if let (true, Some(age)) = (backups.stale, backups.container_age_seconds) {
+                eprintln!(
+                    "warning: no etcd snapshot in {container}, which was made {} ago, more than twice the schedule (every {}h): the snapshot CronJob has missed at least two\n  hint: `kubectl -n kube-system get jobs -l app.kubernetes.io/name=flatstack-etcd-backup` and their pods' logs say why",
+                    crate::kube::age_between(0, age),
+                    backups.every_hours
+                );
+            }
+        }
     }
 }
 

@@ -439,7 +439,15 @@ pub(crate) fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> an
 /// directory reads them.
 fn kept_backups(down: &Down, delete_backups: bool, state_path: &Path) -> Vec<String> {
     let backups = &down.backups;
-    if delete_backups || backups.containers.is_empty() {
+    if delete_backups {
+        return Vec::new();
+    }
+    if let Some(why) = &down.backups_unread {
+        return vec![format!(
+            "its backups, if any, are kept: the object store could not be read ({why})"
+        )];
+    }
+    if backups.containers.is_empty() {
         return Vec::new();
     }
     vec![format!(

@@ -19,9 +19,14 @@ pub(crate) struct StoredObject {
     pub(crate) last_modified: String,
 }
 
-#[derive(Deserialize)]
-struct ContainerEntry {
-    name: String,
+/// One entry of the account's container listing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub(crate) struct ContainerEntry {
+    pub(crate) name: String,
+    /// When it last changed (an empty container: when it was made), UTC,
+    /// `YYYY-MM-DDTHH:MM:SS.ffffff`.
+    #[serde(default)]
+    pub(crate) last_modified: Option<String>,
 }
 
 /// What a container create found.
@@ -61,29 +66,19 @@ impl Cloud {
         self.endpoint(Service::ObjectStore).await
     }
 
-    /// An object's bytes; `None` when there is no such object.
+    /// An object's bytes, however long they take to arrive; `None` when there is no such
+    /// object.
     pub(crate) async fn get_object(
         &self,
         container: &str,
         name: &str,
     ) -> Result<Option<Vec<u8>>, CloudError> {
-        match self
-            .request(
-                Service::ObjectStore,
-                Method::GET,
-                &path(&[container, name]),
-                None,
-            )
+        self.download(Service::ObjectStore, &path(&[container, name]))
             .await
-        {
-            Ok(reply) => Ok(Some(reply.body.to_vec())),
-            Err(CloudError::Api { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 
     /// The project's containers whose names start with `prefix`.
-    pub(crate) async fn containers(&self, prefix: &str) -> Result<Vec<String>, CloudError> {
+    pub(crate) async fn containers(&self, prefix: &str) -> Result<Vec<ContainerEntry>, CloudError> {
         let mut names = Vec::new();
         let mut marker = String::new();
         loop {
@@ -106,7 +101,7 @@ impl Cloud {
                 Some(last) => marker = last.name.clone(),
                 None => return Ok(names),
             }
-            names.extend(page.into_iter().map(|c| c.name));
+            names.extend(page);
         }
     }
 
@@ -192,16 +187,28 @@ impl Cloud {
     }
 
     /// Deletes every object of `container`, then the container; returns how many objects
-    /// there were. A container already gone counts as deleted.
+    /// there were. A container already gone counts as deleted. Swift answers 409 to deleting
+    /// a container its listing still shows objects in (a listing that lags, or an upload that
+    /// arrived meanwhile): it is emptied and deleted again, a few times.
     pub(crate) async fn delete_container(&self, container: &str) -> Result<usize, CloudError> {
-        let Some(objects) = self.objects(container).await? else {
-            return Ok(0);
-        };
-        for object in &objects {
-            self.delete_object(container, &object.name).await?;
+        const ATTEMPTS: u32 = 5;
+        let mut deleted = 0;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(objects) = self.objects(container).await? else {
+                return Ok(deleted);
+            };
+            for object in &objects {
+                self.delete_object(container, &object.name).await?;
+            }
+            deleted += objects.len();
+            match self.delete(Service::ObjectStore, &path(&[container])).await {
+                Err(CloudError::Api { status: 409, .. }) if attempt < ATTEMPTS => {
+                    tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt))).await;
+                }
+                result => return result.map(|()| deleted),
+            }
         }
-        self.delete(Service::ObjectStore, &path(&[container]))
-            .await?;
-        Ok(objects.len())
     }
 }

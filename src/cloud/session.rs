@@ -424,6 +424,46 @@ impl Cloud {
         ))
     }
 
+    /// GETs `path`'s bytes with no overall timeout (large objects take as long as they take;
+    /// the connect timeout still applies), once: the caller decides about retries. `None` for
+    /// 404.
+    pub(crate) async fn download(
+        &self,
+        service: Service,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, CloudError> {
+        let base = self.endpoint(service).await?;
+        let url = format!("{base}{path}");
+        let token = self.login.read().await.token.clone();
+        self.counter.calls.fetch_add(1, Ordering::Relaxed);
+        let unreachable = |source| CloudError::Unreachable {
+            service: service.name(),
+            url: url.clone(),
+            source,
+        };
+        let response = self
+            .http
+            .get(&url)
+            .header("X-Auth-Token", token)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(unreachable)?;
+        match status {
+            s if s.is_success() => Ok(Some(Vec::from(body))),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(api_error(
+                service,
+                format!("GET {path}"),
+                status,
+                &headers,
+                &body,
+            )),
+        }
+    }
+
     /// GET and decode.
     pub(crate) async fn get<T: DeserializeOwned>(
         &self,

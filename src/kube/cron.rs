@@ -16,6 +16,11 @@ const KEEP_SECONDS: i32 = 24 * 3600;
 /// How a Job started by hand ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Ran {
+    /// A Job of the CronJob was running already (its controller lists it as active): none
+    /// was started beside it.
+    Busy {
+        jobs: Vec<String>,
+    },
     Succeeded {
         job: String,
     },
@@ -39,6 +44,34 @@ impl KubeClient {
         let Some(cron) = self.get::<CronJob>(&path).await? else {
             return Ok(None);
         };
+        // Jobs made from its template, scheduled or by hand, that have not ended: the
+        // controller's active list holds only those it started (a Job made by hand gets an
+        // `UnexpectedJob` event, not a place in it: `cronjob_controllerv2.go`, `syncCronJob`).
+        let selector: Vec<String> = cron
+            .spec
+            .as_ref()
+            .and_then(|s| s.job_template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| format!("{k}%3D{v}"))
+            .collect();
+        if !selector.is_empty() {
+            let jobs: Vec<Job> = self
+                .list(&format!(
+                    "/apis/batch/v1/namespaces/{namespace}/jobs?labelSelector={}",
+                    selector.join(",")
+                ))
+                .await?;
+            let running: Vec<String> = jobs
+                .iter()
+                .filter(|j| !ended(j))
+                .filter_map(|j| j.metadata.name.clone())
+                .collect();
+            if !running.is_empty() {
+                return Ok(Some(Ran::Busy { jobs: running }));
+            }
+        }
         let mut suffix = [0u8; 3];
         getrandom::fill(&mut suffix).map_err(|e| KubeError::Random(e.to_string()))?;
         let job = job_from(&cron, &format!("{name}-now-{}", hex::encode(suffix)));
@@ -85,6 +118,22 @@ impl KubeClient {
         .await?;
         Ok(Some(ran))
     }
+}
+
+/// Whether the job controller has marked `job` Complete or Failed.
+fn ended(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
+        || job
+            .status
+            .as_ref()
+            .is_some_and(|s| s.succeeded.unwrap_or(0) > 0)
 }
 
 /// The Job `kubectl create job --from=cronjob/...` makes of `cron`, named `name`.

@@ -296,7 +296,20 @@ fn a_store_that_refuses_writes_stops_up_before_anything_is_made() {
         .env("OS_CLIENT_CONFIG_FILE", &clouds)
         .output()
         .expect("run flatstack");
+    // Left to the cloud (`enabled` unset), the refusal turns backups off, said by `plan`.
+    workspace.write_cluster(&cluster(&name, 0, ""));
+    let planned = command(&workspace, &["plan"])
+        .env("OS_CLIENT_CONFIG_FILE", &clouds)
+        .output()
+        .expect("run flatstack");
     cli("local-admin", &["user", "delete", &user]);
+    assert!(
+        stdout(&planned)
+            .contains("backups: off: the object store refused to list the project's containers"),
+        "{}{}",
+        stdout(&planned),
+        stderr(&planned)
+    );
     let error = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{error}");
     assert!(
@@ -809,6 +822,11 @@ fn run_pod(
                 let from = &e["valueFrom"];
                 let value = if let Some(v) = e["value"].as_str() {
                     v.to_string()
+                } else if !from["fieldRef"].is_null() {
+                    job["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or("a-pod-uid")
+                        .to_string()
                 } else if !from["configMapKeyRef"].is_null() {
                     let r = &from["configMapKeyRef"];
                     object("configmaps", r["name"].as_str().unwrap_or_default())["data"]
@@ -965,4 +983,53 @@ fn backup_now_runs_the_cron_job_whose_pod_uploads_a_real_snapshot() {
     let log = std::fs::read_to_string(scratch.join("upload.log")).unwrap_or_default();
     assert!(log.contains("gave no token (HTTP 400)"), "{log}");
     drop(kubelet);
+
+    // A snapshot Job still running (scheduled, or started by hand): none is started beside it.
+    let running = "/apis/batch/v1/namespaces/kube-system/jobs/flatstack-etcd-backup-29000000";
+    server.world.lock().expect("world").objects.insert(
+        running.into(),
+        serde_json::json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "flatstack-etcd-backup-29000000", "namespace": "kube-system",
+                "labels": {"app.kubernetes.io/name": "flatstack-etcd-backup"}},
+            "status": {"active": 1}}),
+    );
+    let jobs = |server: &StandIn| -> Vec<String> {
+        let world = server.world.lock().expect("world");
+        world
+            .objects
+            .keys()
+            .filter(|p| p.starts_with("/apis/batch/v1/"))
+            .cloned()
+            .collect()
+    };
+    let jobs_before = jobs(&server);
+    let busy = flatstack(
+        &workspace,
+        &["backup", "now", "--api-address", &api, "--timeout", "30s"],
+    );
+    assert_eq!(busy.status.code(), Some(1), "{}", stderr(&busy));
+    assert!(
+        stderr(&busy).contains(
+            "a snapshot Job is running already (flatstack-etcd-backup-29000000); none was started beside it"
+        ),
+        "{}",
+        stderr(&busy)
+    );
+    assert_eq!(jobs(&server), jobs_before, "no Job was started");
+
+    // Backups turned off: `up` deletes the CronJob, its ConfigMap and the Secret with the
+    // credentials.
+    workspace.write_cluster(&cluster(&name, 1, "[backup]\nenabled = false\n"));
+    success(&flatstack(
+        &workspace,
+        &["up", "--api-address", &api, "--timeout", "3m"],
+    ));
+    let world = server.world.lock().expect("world");
+    for path in [
+        "/apis/batch/v1/namespaces/kube-system/cronjobs/flatstack-etcd-backup",
+        "/api/v1/namespaces/kube-system/configmaps/flatstack-etcd-backup",
+        "/api/v1/namespaces/kube-system/secrets/flatstack-etcd-backup",
+    ] {
+        assert!(!world.objects.contains_key(path), "{path} is still there");
+    }
 }

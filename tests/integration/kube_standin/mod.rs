@@ -1642,12 +1642,19 @@ fn route(
                 world.poll_deployment(path);
             }
             let prefix = format!("{path}/");
+            // A list is filtered by its `labelSelector` (`key=value`), as the API server does.
+            let selector = label_selector(query);
             let items: Vec<Value> = world
                 .objects
                 .iter()
                 .filter(|(p, _)| {
                     p.strip_prefix(&prefix)
                         .is_some_and(|rest| !rest.contains('/'))
+                })
+                .filter(|(_, v)| {
+                    selector.as_ref().is_none_or(|(k, want)| {
+                        v["metadata"]["labels"][k.as_str()] == want.as_str()
+                    })
                 })
                 .map(|(_, v)| v.clone())
                 .collect();
