@@ -41,6 +41,22 @@ pub(crate) fn check(
     }
 }
 
+/// Whether the cluster encrypts its Secrets at rest with the state directory's key: a new
+/// cluster (no control plane yet) will, and so does one whose control planes record the key's
+/// fingerprint; one made before flatstack encrypted them does not (its ClusterConfiguration
+/// has no flag), and its new control planes get no key and record none.
+pub(crate) fn encrypts_secrets(servers: &[Server]) -> bool {
+    let metadata = crate::pki::secrets_key::FINGERPRINT_METADATA;
+    let control_planes: Vec<&Server> = servers
+        .iter()
+        .filter(|s| s.has_role("control-plane"))
+        .collect();
+    control_planes.is_empty()
+        || control_planes
+            .iter()
+            .any(|s| s.metadata.contains_key(metadata))
+}
+
 /// A state directory whose Secrets key is not the one the cluster's control planes encrypt
 /// with (or that has none while they record one).
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +100,50 @@ pub(crate) fn check_secrets_key(
             theirs: theirs.to_string(),
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod secrets_key_tests {
+    use super::*;
+
+    fn control_plane(fingerprint: Option<&str>) -> Server {
+        let mut metadata = serde_json::Map::new();
+        if let Some(f) = fingerprint {
+            metadata.insert(
+                crate::pki::secrets_key::FINGERPRINT_METADATA.into(),
+                serde_json::Value::String(f.into()),
+            );
+        }
+        serde_json::from_value(serde_json::json!({
+            "id": "cp", "name": "demo-control-plane-1", "status": "ACTIVE",
+            "tags": [crate::plan::resources::role_tag("control-plane")],
+            "metadata": metadata,
+        }))
+        .expect("server")
+    }
+
+    #[test]
+    fn new_clusters_and_those_whose_control_planes_record_a_key_encrypt() {
+        assert!(encrypts_secrets(&[]));
+        assert!(encrypts_secrets(&[control_plane(Some("sha256:00"))]));
+        assert!(!encrypts_secrets(&[control_plane(None)]));
+    }
+
+    #[test]
+    fn a_key_the_control_planes_do_not_record_is_refused() {
+        let mut pki = ClusterPki::generate().expect("pki");
+        let ours = pki.secrets_key.as_ref().expect("key").fingerprint();
+        let state = Path::new("/state");
+        assert!(check_secrets_key("demo", &[control_plane(Some(&ours))], &pki, state).is_ok());
+        assert!(check_secrets_key("demo", &[control_plane(None)], &pki, state).is_ok());
+        let other = check_secrets_key("demo", &[control_plane(Some("sha256:00"))], &pki, state)
+            .expect_err("another key");
+        assert_eq!((other.ours, other.theirs), (ours, "sha256:00".to_string()));
+        pki.secrets_key = None;
+        let none = check_secrets_key("demo", &[control_plane(Some("sha256:00"))], &pki, state)
+            .expect_err("no key");
+        assert_eq!(none.ours, "none");
     }
 }
 

@@ -183,6 +183,11 @@ pub(crate) async fn up(
     identity::check_secrets_key(&spec.name, &observed.servers, &pki, &state_path)
         .map_err(|e| UpError::Refused(e.to_string()))?;
     pki.ensure_secrets_key(&state)?;
+    if !identity::encrypts_secrets(&observed.servers) {
+        // Made before flatstack encrypted Secrets: kept as it runs (the key stays in the state
+        // directory, for clusters made or restored from it).
+        pki.secrets_key = None;
+    }
     for old in pki.renew_client_certificates(&state, time::OffsetDateTime::now_utc())? {
         say(&format!(
             "re-issued the {} client certificate, which {}: kubeconfigs made before keep working until then; `flatstack kubeconfig --merge` refreshes yours",

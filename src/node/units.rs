@@ -90,14 +90,16 @@ place_vip_holder() {{
 # kube-apiserver reads it (inside the certificates directory it mounts).
 place_encryption_config() {{
   [[ -f {ENCRYPTION_TEMPLATE} ]] || return 0
-  local key
+  local key template
   key=$(< {SECRETS_KEY_FILE})
   if [[ ! $key =~ ^[A-Za-z0-9+/]{{43}}=$ ]]; then
     say "{SECRETS_KEY_FILE} holds no key for Secrets"
     exit 1
   fi
+  template=$(< {ENCRYPTION_TEMPLATE})
   mkdir -p "$(dirname {ENCRYPTION_CONFIG})"
-  sed "s|{KEY_PLACEHOLDER}|$key|" {ENCRYPTION_TEMPLATE} > {ENCRYPTION_CONFIG}.new
+  # Put in by bash itself: the key never stands in a command's arguments.
+  printf '%s\n' "${{template//{KEY_PLACEHOLDER}/$key}}" > {ENCRYPTION_CONFIG}.new
   mv -f {ENCRYPTION_CONFIG}.new {ENCRYPTION_CONFIG}
 }}
 

@@ -201,6 +201,15 @@ impl PkiError {
     }
 }
 
+/// The PKI directory of `state`, which must be there.
+fn pki_dir(state: &StateDir) -> Result<StateDir, PkiError> {
+    StateDir::open_existing(&state.join(PKI_DIR))?.ok_or_else(|| PkiError::Incomplete {
+        dir: state.join(PKI_DIR),
+        name: "pki",
+        detail: "directory vanished".into(),
+    })
+}
+
 impl ClusterPki {
     /// Loads the PKI from the state directory, or creates it there if it has none yet.
     /// Creation is all or nothing: it is assembled aside and renamed into place.
@@ -262,14 +271,7 @@ impl ClusterPki {
         if self.secrets_key.is_some() {
             return Ok(());
         }
-        let key = SecretsKey::generate()?;
-        let dir =
-            StateDir::open_existing(&state.join(PKI_DIR))?.ok_or_else(|| PkiError::Incomplete {
-                dir: state.join(PKI_DIR),
-                name: "pki",
-                detail: "directory vanished".into(),
-            })?;
-        key.write(&dir)?;
+        let key = SecretsKey::generate()?.write_new(&pki_dir(state)?)?;
         self.secrets_key = Some(key);
         Ok(())
     }
@@ -472,12 +474,7 @@ impl ClusterPki {
         if due.is_empty() {
             return Ok(due);
         }
-        let dir =
-            StateDir::open_existing(&state.join(PKI_DIR))?.ok_or_else(|| PkiError::Incomplete {
-                dir: state.join(PKI_DIR),
-                name: "pki",
-                detail: "directory vanished".into(),
-            })?;
+        let dir = pki_dir(state)?;
         for old in &due {
             let (pair, file, common_name, group) = match old.who {
                 "admin" => (&mut self.admin, ADMIN_CRT, ADMIN_COMMON_NAME, ADMIN_GROUP),

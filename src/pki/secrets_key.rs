@@ -85,6 +85,36 @@ impl SecretsKey {
         dir.write(FILE, self.to_line().as_bytes(), 0o600)
             .map(|_| ())
     }
+
+    /// Writes the key into the PKI directory `dir` unless one is there already (another
+    /// command made it meanwhile: `render` takes no writer lock); the key there afterwards.
+    pub(crate) fn write_new(&self, dir: &StateDir) -> Result<SecretsKey, PkiError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = dir.join(FILE);
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path);
+        match created {
+            Ok(mut file) => {
+                file.write_all(self.to_line().as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(|source| PkiError::io("write", &path, source))?;
+                Ok(self.clone())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let text = dir.read_secret(FILE)?;
+                SecretsKey::parse(&text).ok_or_else(|| PkiError::Damaged {
+                    dir: dir.path().to_path_buf(),
+                    name: FILE,
+                    problem: "does not hold a name and a 32-byte key".into(),
+                })
+            }
+            Err(source) => Err(PkiError::io("create", &path, source)),
+        }
+    }
 }
 
 /// The EncryptionConfiguration every control plane's API server reads, with
@@ -101,7 +131,7 @@ resources:
     providers:
       - secretbox:
           keys:
-            - name: {key_name}
+            - name: \"{key_name}\"
               secret: \"{KEY_PLACEHOLDER}\"
       - identity: {{}}
 "
@@ -117,14 +147,32 @@ mod tests {
         let key = SecretsKey::generate().expect("key");
         assert_eq!(SecretsKey::parse(&key.to_line()), Some(key.clone()));
         assert!(!format!("{key:?}").contains(key.expose()));
-        assert!(!key.fingerprint().contains(key.expose()));
+        let fingerprint = key.fingerprint();
+        assert!(
+            fingerprint.len() == 39
+                && fingerprint.starts_with("sha256:")
+                && fingerprint[7..].bytes().all(|b| b.is_ascii_hexdigit()),
+            "{fingerprint}"
+        );
         assert_ne!(
             key.fingerprint(),
             SecretsKey::generate().expect("key").fingerprint()
         );
-        for bad in ["", "name", "name c2hvcnQ=", "na me AAAA", " AAAA"] {
-            assert_eq!(SecretsKey::parse(bad), None, "{bad}");
+        let valid = "A".repeat(43) + "=";
+        for bad in [
+            String::new(),
+            "name".into(),
+            "name c2hvcnQ=".into(),
+            format!("na:me {valid}"),
+            format!(" {valid}"),
+        ] {
+            assert_eq!(SecretsKey::parse(&bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_configuration_lies_in_the_certificates_directory_kubeadm_mounts() {
+        assert!(CONFIG_PATH.starts_with(&format!("{}/", crate::node::kubeadm::CERTIFICATES_DIR)));
     }
 
     #[test]

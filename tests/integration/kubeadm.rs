@@ -128,11 +128,13 @@ fn control_planes_encrypt_secrets_with_a_configuration_upstream_reads() {
         "../data/encryption-configuration-v1-fields.txt"
     ));
     let workspace = Workspace::new();
-    workspace.write_cluster(&cluster_text(
-        "https://mirror.example.org/ext",
-        &"ab".repeat(32),
-        1,
-    ));
+    workspace.write_cluster(
+        &cluster_text("https://mirror.example.org/ext", &"ab".repeat(32), 1).replacen(
+            "[control_plane]\n",
+            "[control_plane]\ncount = 3\n",
+            1,
+        ),
+    );
     success(&workspace.render(&["--endpoint", "203.0.113.7"]));
     let state_key =
         std::fs::read_to_string(workspace.state_dir().join("pki/secrets-encryption.key"))
@@ -145,16 +147,25 @@ fn control_planes_encrypt_secrets_with_a_configuration_upstream_reads() {
             .len(),
         32
     );
-    for node in ["demo-control-plane-1"] {
+    for node in [
+        "demo-control-plane-1",
+        "demo-control-plane-2",
+        "demo-control-plane-3",
+    ] {
         let config = read_json(&workspace.out_dir().join(format!("{node}.ign")));
         let template = String::from_utf8(
             ignition_file(&config, "/etc/flatstack/encryption-config.yaml.in").expect("template"),
         )
         .expect("utf-8");
-        assert!(
-            !config.to_string().contains(key),
-            "the key travels sealed only"
-        );
+        // The key travels sealed only: no file of the config holds it in clear.
+        for file in config["storage"]["files"].as_array().expect("files") {
+            let path = file["path"].as_str().expect("path");
+            let contents = ignition_file(&config, path).unwrap_or_default();
+            assert!(
+                !contents.windows(key.len()).any(|w| w == key.as_bytes()),
+                "{node}: {path} holds the key in clear"
+            );
+        }
         // What the bootstrap writes: the template with the key put in.
         let written = template.replace("@SECRETS_KEY@", key);
         let document: serde_json::Value = serde_saphyr::from_str(&written).expect("YAML");

@@ -201,7 +201,12 @@ fn state_directory_is_private_and_reused() {
     let (second, second_sealed) = without_sealed_bytes(&second);
     assert_eq!(first, second, "rendering is deterministic");
     assert_eq!(first_sealed, second_sealed);
-    assert_eq!(first_sealed.len(), 5, "{first_sealed:?}");
+    // The join token, the four CA and service-account keys, and the Secrets key.
+    assert_eq!(first_sealed.len(), 6, "{first_sealed:?}");
+    assert!(
+        first_sealed.contains(&"/etc/flatstack/secrets-encryption.key.sealed".to_string()),
+        "{first_sealed:?}"
+    );
 }
 
 #[test]
