@@ -822,6 +822,8 @@ pub(crate) struct PlanReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) upgrade: Option<UpgradeReport>,
     pub(crate) backup: crate::backup::BackupView,
+    /// Whether the cluster's Secrets are encrypted at rest, and how, in a sentence.
+    pub(crate) secrets_at_rest: String,
 }
 
 /// The move to the file's release, as `plan` shows it.
@@ -897,6 +899,10 @@ pub(crate) async fn plan(
     };
     let growth = growth_shortfall(&cloud, &observation.observed, &observation.facts, &plan).await?;
     let backup = crate::backup::view(&cloud, &spec, state.as_ref()).await?;
+    let secrets_at_rest = match identity::encrypts_secrets(&observation.observed.servers) {
+        true => "encrypted by the API servers (secretbox, the state directory's key)".to_string(),
+        false => "not encrypted: the cluster was made before flatstack encrypted them".to_string(),
+    };
     for problem in problems.into_iter().chain(growth) {
         warnings.push(format!(
             "`up` would stop before creating anything: {problem}\n  hint: `flatstack cloud check` shows the details"
@@ -925,5 +931,6 @@ pub(crate) async fn plan(
             upgrade,
         }),
         backup,
+        secrets_at_rest,
     })
 }

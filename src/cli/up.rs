@@ -212,6 +212,7 @@ fn print_plan(report: &PlanReport, open_api: bool) {
         ),
         false => out!("backups: {}", backup.note),
     }
+    out!("Secrets at rest: {}", report.secrets_at_rest);
     if !report.releases.is_empty() {
         let nodes: Vec<String> = report
             .releases

@@ -2164,6 +2164,11 @@ fn a_secrets_key_the_control_planes_do_not_record_is_refused() {
         .as_str()
         .expect("the fingerprint on the control plane")
         .to_string();
+    let planned = success(&flatstack(&workspace, &["plan"]));
+    assert!(
+        planned.contains("Secrets at rest: encrypted by the API servers"),
+        "{planned}"
+    );
     let key_file = workspace.state_dir().join("pki/secrets-encryption.key");
     let kept = std::fs::read(&key_file).expect("key");
     std::fs::remove_file(&key_file).expect("lose the key");
@@ -2182,10 +2187,28 @@ fn a_secrets_key_the_control_planes_do_not_record_is_refused() {
     assert!(!key_file.exists(), "no key is made in its place");
     assert_eq!(servers(&name), before);
     std::fs::write(&key_file, kept).expect("put the key back");
+    // An older cluster: its control planes record no key, so it is said to run unencrypted.
+    cli(
+        "local-demo",
+        &[
+            "server",
+            "unset",
+            "--property",
+            "flatstack-secrets-key",
+            &control_plane,
+        ],
+    );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("mode");
     let again = success(&flatstack(&workspace, &["up", "--provision-only"]));
     assert!(again.contains("nothing to change"), "{again}");
+    let planned = success(&flatstack(&workspace, &["plan"]));
+    assert!(
+        planned.contains(
+            "Secrets at rest: not encrypted: the cluster was made before flatstack encrypted them"
+        ),
+        "{planned}"
+    );
 }
 
 /// A state directory is the cluster's own or it is refused. `render` with a fresh state
