@@ -282,15 +282,22 @@ pub enum Removal {
 /// Reads the answer to `member remove` (`error` is etcdctl's output when it failed). etcd
 /// refuses a removal that would leave fewer members connected for its health interval (5 s)
 /// than a quorum ("unhealthy cluster", `--strict-reconfig-check`), as right after a member was
-/// lost; a proposal not applied within the command timeout ("context deadline exceeded", a
-/// leader election or a slow disk) may still be applied later, so when a repeated request
-/// finds no such member, an earlier one removed it.
+/// lost; a proposal not applied within the client's timeout ("context deadline exceeded") or
+/// the server's ("etcdserver: request timed out", with or without a reason after it), or
+/// caught in a leader election ("leader changed", "no leader"), may still be applied later, so
+/// it is asked again, and when a repeated request finds no such member, an earlier one
+/// removed it (etcd's server errors, `server/etcdserver/errors/errors.go`).
 pub fn removal_outcome(error: Option<&str>, asked_before: bool) -> Removal {
+    const AGAIN: [&str; 5] = [
+        "unhealthy cluster",
+        "deadline exceeded",
+        "request timed out",
+        "leader changed",
+        "no leader",
+    ];
     match error {
         None => Removal::Done,
-        Some(e) if e.contains("unhealthy cluster") || e.contains("deadline exceeded") => {
-            Removal::AskAgain
-        }
+        Some(e) if AGAIN.iter().any(|again| e.contains(again)) => Removal::AskAgain,
         Some(e) if asked_before && e.contains("member not found") => Removal::Done,
         Some(_) => Removal::Failed,
     }
@@ -325,6 +332,23 @@ mod tests {
         let gone = "Error: etcdserver: member not found";
         assert_eq!(removal_outcome(Some(unhealthy), false), Removal::AskAgain);
         assert_eq!(removal_outcome(Some(timeout), true), Removal::AskAgain);
+        // The server's own timeout, as a loaded three-member etcd 3.4 answered it.
+        let server_timeout = "{\"level\":\"warn\",\"msg\":\"retrying of unary invoker failed\",\"error\":\"rpc error: code = Unavailable desc = etcdserver: request timed out\"}\nError: etcdserver: request timed out\n";
+        assert_eq!(
+            removal_outcome(Some(server_timeout), false),
+            Removal::AskAgain
+        );
+        for again in [
+            "Error: etcdserver: request timed out, possibly due to previous leader failure",
+            "Error: etcdserver: leader changed",
+            "Error: etcdserver: no leader",
+        ] {
+            assert_eq!(
+                removal_outcome(Some(again), true),
+                Removal::AskAgain,
+                "{again}"
+            );
+        }
         // Not found on the first request is a wrong ID; after a timed-out one, it landed.
         assert_eq!(removal_outcome(Some(gone), false), Removal::Failed);
         assert_eq!(removal_outcome(Some(gone), true), Removal::Done);
