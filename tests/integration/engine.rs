@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::openstack::{cli, cli_raw, unique};
 use crate::support::*;
-use crate::up::{Teardown, assert_nothing_left, cluster, command, flatstack, spawn, tagged};
+use crate::up::{Teardown, assert_nothing_left, cluster, command, flatstack, tagged};
 
 fn json(output: &Output) -> Value {
     let text = success(output);
@@ -359,8 +359,16 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 /// Two workstations with copies of one state directory run `up` at the same moment: each
 /// holds only its own lock, and both build the cluster. The next `up` keeps the side the API
 /// address uses and removes every duplicate.
-#[test]
-fn duplicates_of_two_writers_at_once_are_removed_by_the_next_up() {
+///
+/// The race is made certain, not left to timing: both writers reach the network API through
+/// a proxy that holds each create for a few seconds, so each has read the cloud before the
+/// other's first network, router or group exists. (Left to chance, the later writer may read
+/// the other's network before its subnet, and its own subnet on that network is refused as
+/// overlapping: a clear error, but then there are no duplicates to remove.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_of_two_writers_at_once_are_removed_by_the_next_up() {
+    use crate::proxy::{Fault, standard_proxy};
+    let proxy = standard_proxy().await;
     let name = unique("twin");
     let first = Workspace::new();
     first.write_cluster(&cluster(&name, 1, ""));
@@ -370,17 +378,43 @@ fn duplicates_of_two_writers_at_once_are_removed_by_the_next_up() {
     second.write_cluster(&cluster(&name, 1, ""));
     copy_dir(&first.state_dir(), &second.state_dir());
 
-    let start = |workspace: &Workspace| spawn(workspace, &["up", "--provision-only"]);
-    let (one, two) = (start(&first), start(&second));
-    let (one, two) = (
-        one.wait_with_output().expect("first up"),
-        two.wait_with_output().expect("second up"),
+    // The proxied cloud keeps the name the cluster file gives.
+    let clouds = first.path("clouds-through-proxy.yaml");
+    proxy.write_clouds_yaml(&clouds);
+    let text = std::fs::read_to_string(&clouds).expect("read clouds.yaml");
+    std::fs::write(&clouds, text.replace("  faulty:", "  local-demo:")).expect("write");
+    proxy.inject(
+        "POST",
+        "/v2.0/",
+        Fault::Delay(std::time::Duration::from_secs(6)),
+        usize::MAX,
     );
-    // Whatever each run made of the race, at least the servers exist twice.
-    let servers = tagged("server", &name).len();
+    let start = |workspace: &Workspace| {
+        command(workspace, &["up", "--provision-only"])
+            .env("OS_CLIENT_CONFIG_FILE", &clouds)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start flatstack")
+    };
+    let (one, two) = (start(&first), start(&second));
+    let (one, two) = tokio::task::spawn_blocking(move || {
+        (
+            one.wait_with_output().expect("first up"),
+            two.wait_with_output().expect("second up"),
+        )
+    })
+    .await
+    .expect("join");
+    proxy.clear();
+    // Each writer made the whole cluster: two networks, and every server twice.
+    let (networks, servers) = (
+        tagged("network", &name).len(),
+        tagged("server", &name).len(),
+    );
     assert!(
-        servers > 2,
-        "no duplicates to remove ({servers} servers):\n{}{}\n{}{}",
+        networks == 2 && servers == 4,
+        "not two of everything ({networks} networks, {servers} servers):\n{}{}\n{}{}",
         stdout(&one),
         stderr(&one),
         stdout(&two),

@@ -106,6 +106,11 @@ impl FaultProxy {
         });
     }
 
+    /// Drops every rule not yet used up: later requests pass untouched.
+    pub fn clear(&self) {
+        self.script.lock().expect("script").rules.clear();
+    }
+
     /// Adds `latency` before every forwarded request (all APIs).
     pub fn set_latency(&self, latency: Duration) {
         self.script.lock().expect("script").latency = latency;
