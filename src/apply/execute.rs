@@ -47,6 +47,8 @@ pub(crate) struct Context {
     /// How long a replacement node may take from ACTIVE to `Ready` (booting, Ignition,
     /// joining): `up --timeout`.
     pub(crate) node_ready_within: Duration,
+    /// What the control plane that initializes the cluster restores etcd from (`restore`).
+    pub(crate) restore: Option<crate::node::restore::RestoreSource>,
 }
 
 /// Tags go in every create; the session falls back to a second call where a cloud refuses or
@@ -734,13 +736,15 @@ async fn run_on_cloud(
             let mut rendered = BTreeMap::new();
             let pki = pki_of(context)?;
             for node in nodes {
+                let initializes = initializer.as_deref() == Some(node.name.as_str());
                 let config = node::render_node(
                     spec,
                     pki,
                     &endpoint,
                     join_token_of(context)?,
                     node,
-                    initializer.as_deref() == Some(node.name.as_str()),
+                    node::Bootstrap::of(node.role, initializes),
+                    context.restore.as_ref(),
                 )?;
                 rendered.insert(node.name.clone(), (config.ignition, config.seal_key));
             }

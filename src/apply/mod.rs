@@ -15,6 +15,7 @@ pub(crate) mod observe;
 pub(crate) mod preflight;
 pub(crate) mod ranges;
 pub mod record;
+pub(crate) mod restore;
 pub(crate) mod smoke;
 pub(crate) mod status;
 pub(crate) mod timeline;
@@ -214,6 +215,7 @@ pub(crate) async fn teardown(
         join_token: None,
         kube: None,
         node_ready_within: SERVER_TIMEOUT,
+        restore: None,
     });
     let report = |event: Event| match event {
         Event::Started { line } | Event::Finished { line } | Event::Say(line) => say(&line),

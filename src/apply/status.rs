@@ -193,6 +193,7 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
             let scope = Scope {
                 kubernetes: true,
                 accept_empty_cluster: false,
+                restoring: false,
                 api: crate::plan::planner::ApiReach::Unasked,
                 node_wait: crate::plan::planner::NODE_WAIT,
             };

@@ -33,6 +33,8 @@ pub(crate) struct UpRequest {
     pub(crate) provision_only: bool,
     /// Build a control plane that ran and is gone again (a new, empty cluster).
     pub(crate) accept_empty_cluster: bool,
+    /// Bring the cluster back from this snapshot (`flatstack restore`).
+    pub(crate) restore: Option<super::restore::RestoreRequest>,
     /// Reach the API at this HOST:PORT instead of the floating IP.
     pub(crate) api_address: Option<String>,
     /// How long the cluster gets to come up.
@@ -97,6 +99,8 @@ pub(crate) enum UpError {
     Addons(#[from] crate::addons::AddonError),
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),
+    #[error(transparent)]
+    Restore(#[from] super::restore::RestoreError),
     #[error("cannot read the cloud's CA bundle for cloud.conf: {0}")]
     CloudConf(String),
     #[error(
@@ -123,6 +127,7 @@ impl UpError {
             UpError::Ranges(_) => true,
             UpError::Plan(e) => e.is_invalid_input(),
             UpError::Backup(e) => e.is_invalid_input(),
+            UpError::Restore(e) => e.is_invalid_input(),
             _ => false,
         }
     }
@@ -142,6 +147,7 @@ pub(crate) async fn up(
         state_path,
         provision_only,
         accept_empty_cluster,
+        restore,
         api_address,
         timeout,
     } = request;
@@ -199,9 +205,32 @@ pub(crate) async fn up(
     if recorded_ranges.is_none() {
         ranges::record(&state, &spec)?;
     }
+    // A restore deletes the control planes once the snapshot is staged, then looks again.
+    let restoring = match &restore {
+        None => None,
+        Some(request) => Some(
+            super::restore::begin(&cloud, &state, &spec, request, &observed.servers, &say).await?,
+        ),
+    };
+    let observation = match &restoring {
+        None => observation,
+        Some(_) => {
+            let Checked {
+                observation,
+                problems,
+                ..
+            } = observe_checked(&cloud, &mut spec, ranges::recorded(Some(&state))?).await?;
+            if !problems.is_empty() {
+                return Err(UpError::Preflight(problems.join("; ")));
+            }
+            observation
+        }
+    };
+    let observed = &observation.observed;
     let scope = Scope {
         kubernetes: !provision_only,
         accept_empty_cluster,
+        restoring: restoring.is_some(),
         api: ApiReach::Unasked,
         node_wait: timeout,
     };
@@ -227,7 +256,64 @@ pub(crate) async fn up(
         started,
         events,
     };
-    let provisioned = rounds.provision(&spec, kube, &observation, &plan).await?;
+    let provisioned = rounds
+        .provision(
+            &spec,
+            kube,
+            &observation,
+            &plan,
+            restoring.as_ref().map(|r| r.source.clone()),
+        )
+        .await?;
+    // Kept workers the snapshot has no Node of are built again, once the restored API
+    // answers: their kubelets registered before and never register again.
+    let (plan, provisioned) = match (&restoring, provision_only) {
+        (Some(_), false) => {
+            let client = KubeClient::new(&pki, &api_url(&provisioned, api_address.as_deref()))?;
+            say("waiting for the restored cluster's API");
+            client.wait_ready(timeout).await?;
+            let nodes = client.nodes().await?;
+            for gone in super::restore::gone_nodes(&spec, &observed.servers, &nodes) {
+                client.delete(&format!("/api/v1/nodes/{gone}")).await?;
+                say(&format!(
+                    "deleted the Node object of {gone}: no server of the cluster is left for it"
+                ));
+            }
+            let orphans = super::restore::without_node(&observed.servers, &nodes);
+            match orphans.is_empty() {
+                true => (plan, provisioned),
+                false => {
+                    for server in &orphans {
+                        say(&format!(
+                            "deleting worker {}: made after the snapshot, it has no Node in the restored cluster and is built again",
+                            server.name
+                        ));
+                        cloud.delete_server(&server.id).await?;
+                    }
+                    for server in &orphans {
+                        cloud
+                            .wait_server_deleted(&server.id, Duration::from_secs(600))
+                            .await?;
+                    }
+                    let again = Again {
+                        state: &state,
+                        accept_empty_cluster,
+                        api_address: api_address.as_deref(),
+                    };
+                    rounds
+                        .again(
+                            &mut spec,
+                            &again,
+                            plan,
+                            provisioned,
+                            "building the workers made after the snapshot again",
+                        )
+                        .await?
+                }
+            }
+        }
+        _ => (plan, provisioned),
+    };
     // Pools that upgrade by replacement wait for the control planes to run the release: a
     // second round, planned from a fresh look, replaces their nodes.
     let (plan, provisioned) = match plan.replaces_after_upgrade() && !provision_only {
@@ -239,26 +325,26 @@ pub(crate) async fn up(
                 api_address: api_address.as_deref(),
             };
             rounds
-                .replace_after_upgrade(&mut spec, &again, plan, provisioned)
+                .again(
+                    &mut spec,
+                    &again,
+                    plan,
+                    provisioned,
+                    "the control planes run the file's release: replacing the nodes of pools that upgrade by replacement",
+                )
                 .await
                 .map_err(|e| UpError::Replacement(Box::new(e)))?
         }
     };
     let provisioned_at = at();
     let mutating_calls = cloud.counter.mutating();
-    let server = match provisioned.endpoint.public {
-        Some(ip) => format!("https://{ip}:6443"),
-        None => format!("https://{}:6443", provisioned.endpoint.internal),
-    };
+    let server = api_url(&provisioned, None);
     let admin = crate::pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::Admin)?;
     let admin_kubeconfig_path = state.write("admin.kubeconfig", admin.as_bytes(), 0o600)?;
     let super_admin =
         crate::pki::kubeconfig_yaml(&pki, &spec.name, &server, Kubeconfig::SuperAdmin)?;
     state.write("super-admin.kubeconfig", super_admin.as_bytes(), 0o600)?;
-    let api = match &api_address {
-        Some(address) => format!("https://{address}"),
-        None => server.clone(),
-    };
+    let api = api_url(&provisioned, api_address.as_deref());
     let before = [
         ("log in".to_string(), 0.0, connected),
         ("observe, preflight".to_string(), connected, observed_at),
@@ -311,6 +397,16 @@ pub(crate) async fn up(
     if keys_removed > 0 {
         say(&format!(
             "removed the key to their sealed secrets from {keys_removed} server(s)' metadata: their nodes have joined"
+        ));
+    }
+    if let (Some(restoring), Some(_)) = (&restoring, &booted) {
+        let deleted = crate::backup::restore::clear(&cloud, &restoring.staged.container).await?;
+        say(&format!(
+            "the cluster runs from snapshot {}; deleted {deleted} staged copy(ies) of it",
+            restore
+                .as_ref()
+                .map(|r| r.snapshot.object.as_str())
+                .unwrap_or_default()
         ));
     }
     let timeline = timeline::build(&plan, &provisioned.runs, &before, &after, at());
@@ -367,6 +463,16 @@ async fn backup_target(
     ))
 }
 
+/// The API's URL: at `api_address` when given, else at the floating IP (the private address
+/// without one).
+fn api_url(provisioned: &Provisioned, api_address: Option<&str>) -> String {
+    match (api_address, provisioned.endpoint.public) {
+        (Some(address), _) => format!("https://{address}"),
+        (None, Some(ip)) => format!("https://{ip}:6443"),
+        (None, None) => format!("https://{}:6443", provisioned.endpoint.internal),
+    }
+}
+
 /// What every round of `up`'s cloud side shares.
 struct Rounds<'a> {
     cloud: &'a Arc<Cloud>,
@@ -391,6 +497,7 @@ impl Rounds<'_> {
         kube: Option<KubeClient>,
         observation: &Observation,
         plan: &Plan,
+        restore: Option<crate::node::restore::RestoreSource>,
     ) -> Result<Provisioned, UpError> {
         let context = Arc::new(Context {
             cloud: self.cloud.clone(),
@@ -399,23 +506,24 @@ impl Rounds<'_> {
             join_token: Some(BootstrapToken::generate()?),
             kube,
             node_ready_within: self.timeout,
+            restore,
         });
         Ok(super::provision(context, observation, plan, self.started, self.events).await?)
     }
 
-    /// The second round after an upgrade moved the control planes: looked at, planned and
-    /// run afresh (the roster now replaces the nodes of pools that upgrade by replacement);
-    /// both rounds' steps and runs reported as one.
-    async fn replace_after_upgrade(
+    /// A second round, `why` said first: looked at, planned and run afresh (after an upgrade
+    /// moved the control planes, the roster replaces the nodes of pools that upgrade by
+    /// replacement; after a restore, workers deleted are built again); both rounds' steps and
+    /// runs reported as one.
+    async fn again(
         &self,
         spec: &mut ClusterSpec,
         again: &Again<'_>,
         first: Plan,
         provisioned: Provisioned,
+        why: &str,
     ) -> Result<(Plan, Provisioned), UpError> {
-        (self.events)(Event::Say(
-            "the control planes run the file's release: replacing the nodes of pools that upgrade by replacement".into(),
-        ));
+        (self.events)(Event::Say(why.to_string()));
         let Checked {
             observation,
             problems,
@@ -427,6 +535,7 @@ impl Rounds<'_> {
         let scope = Scope {
             kubernetes: true,
             accept_empty_cluster: again.accept_empty_cluster,
+            restoring: false,
             api: ApiReach::Unasked,
             node_wait: self.timeout,
         };
@@ -441,7 +550,9 @@ impl Rounds<'_> {
         {
             return Err(UpError::Preflight(short));
         }
-        let second = self.provision(spec, kube, &observation, &next).await?;
+        let second = self
+            .provision(spec, kube, &observation, &next, None)
+            .await?;
         let offset = first.steps.len();
         let mut runs = provisioned.runs;
         runs.extend(second.runs.into_iter().map(|mut run| {

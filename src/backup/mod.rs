@@ -6,6 +6,7 @@
 
 pub(crate) mod envelope;
 pub(crate) mod objects;
+pub(crate) mod restore;
 pub(crate) mod script;
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};

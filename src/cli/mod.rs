@@ -27,6 +27,7 @@ mod init;
 mod jupyterhub;
 mod kubeconfig;
 mod render;
+mod restore;
 mod smoke;
 mod status;
 mod up;
@@ -111,6 +112,10 @@ pub(crate) enum Command {
     /// The cluster's etcd snapshots in the cloud's object store.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
+    /// Bring the cluster back from an etcd snapshot (the newest unless --snapshot names one):
+    /// its control planes are built again, the first restoring etcd, the others joining it;
+    /// the workers are kept. Says what it will do; changes nothing without --yes.
+    Restore(restore::RestoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +177,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jupyterhub(command) => jupyterhub::run(&cli.file, cli.cloud.as_deref(), &command),
         Command::Smoke(args) => smoke::run(&cli.file, cli.cloud.as_deref(), &args),
         Command::Backup(command) => backup::run(&cli.file, cli.cloud.as_deref(), &command),
+        Command::Restore(args) => restore::run(&cli.file, cli.cloud.as_deref(), &args),
     }
 }
 

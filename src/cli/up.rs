@@ -174,6 +174,7 @@ pub(crate) fn plan(file: &Path, cloud_flag: Option<&str>, args: &PlanArgs) -> an
         crate::plan::planner::Scope {
             kubernetes: !args.provision_only,
             accept_empty_cluster: args.accept_empty_cluster,
+            restoring: false,
             api: crate::plan::planner::ApiReach::Unasked,
             node_wait: args.timeout,
         },
@@ -307,15 +308,25 @@ pub(crate) fn up(file: &Path, cloud_flag: Option<&str>, args: &UpArgs) -> anyhow
         spec,
         provision_only: args.provision_only,
         accept_empty_cluster: args.accept_empty_cluster,
+        restore: None,
         api_address: args.api.api_address.clone(),
         timeout: args.timeout,
     };
-    let json = args.output == Output::Json;
+    run_up(request, args.merge_kubeconfig, args.output)
+}
+
+/// Runs `up` (or a restore, which is `up` with one more thing to do) and prints its report.
+pub(crate) fn run_up(
+    request: UpRequest,
+    merge_kubeconfig: bool,
+    output: Output,
+) -> anyhow::Result<()> {
+    let json = output == Output::Json;
     let progress = Progress::new(json);
     let report = runtime()?.block_on(apply::up::up(request, &|e| progress.event(e)));
     progress.finish();
     let report = report?;
-    if args.merge_kubeconfig {
+    if merge_kubeconfig {
         let path = crate::pki::merge_into_user_kubeconfig(&report.admin_kubeconfig)?;
         out!(
             "merged context `{}` into {} and made it current",

@@ -176,6 +176,37 @@ impl Cloud {
         .map(|_| ())
     }
 
+    /// Sets the container's TempURL key (Swift's `X-Container-Meta-Temp-URL-Key`): URLs
+    /// signed with it read the container's objects until they expire.
+    pub(crate) async fn set_temp_url_key(
+        &self,
+        container: &str,
+        key: &str,
+    ) -> Result<(), CloudError> {
+        self.request_with_headers(
+            Service::ObjectStore,
+            Method::POST,
+            &path(&[container]),
+            None,
+            &[("X-Container-Meta-Temp-URL-Key", key)],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes the container's TempURL key: every URL signed with it stops working.
+    pub(crate) async fn remove_temp_url_key(&self, container: &str) -> Result<(), CloudError> {
+        self.request_with_headers(
+            Service::ObjectStore,
+            Method::POST,
+            &path(&[container]),
+            None,
+            &[("X-Remove-Container-Meta-Temp-URL-Key", "x")],
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Deletes an object; one already gone counts as deleted.
     pub(crate) async fn delete_object(
         &self,

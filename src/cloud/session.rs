@@ -464,6 +464,53 @@ impl Cloud {
         }
     }
 
+    /// A request with no token to an absolute URL: what anyone may read (Swift's `/info`), or
+    /// what the URL's own signature allows (a TempURL). Errors name the URL without its query,
+    /// which may hold a signature.
+    pub(crate) async fn without_token(
+        &self,
+        service: Service,
+        method: Method,
+        url: &str,
+    ) -> Result<Reply, CloudError> {
+        let shown = url.split('?').next().unwrap_or_default().to_string();
+        self.counter.calls.fetch_add(1, Ordering::Relaxed);
+        let response = self
+            .http
+            .request(method.clone(), url)
+            .timeout(self.policy.request_timeout)
+            .send()
+            .await
+            .map_err(|e| CloudError::Unreachable {
+                service: service.name(),
+                url: shown.clone(),
+                source: e.without_url(),
+            })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| CloudError::Unreachable {
+                service: service.name(),
+                url: shown.clone(),
+                source: e.without_url(),
+            })?;
+        if status.is_success() {
+            return Ok(Reply {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        Err(api_error(
+            service,
+            format!("{method} {shown}"),
+            status,
+            &headers,
+            &body,
+        ))
+    }
+
     /// GET and decode.
     pub(crate) async fn get<T: DeserializeOwned>(
         &self,

@@ -4,6 +4,7 @@
 //! travel sealed ([`seal`]); everything else stays readable, so a config can be reviewed.
 
 pub mod kubeadm;
+pub mod restore;
 pub mod seal;
 pub(crate) mod units;
 pub mod upgrade;
@@ -139,22 +140,25 @@ pub fn render_cluster(
     nodes
         .iter()
         .enumerate()
-        .map(|(i, node)| render_node(spec, pki, endpoint, token, node, Some(i) == first))
+        .map(|(i, node)| {
+            let bootstrap = Bootstrap::of(node.role, Some(i) == first);
+            render_node(spec, pki, endpoint, token, node, bootstrap, None)
+        })
         .collect()
 }
 
 /// Renders one node's Ignition config, its secrets sealed with a key of its own, and checks
-/// it fits Nova's user_data limit. A control plane that `initializes` runs `kubeadm init`;
-/// every other joins.
+/// it fits Nova's user_data limit. A control plane that initializes runs `kubeadm init`
+/// (first restoring etcd from `restore`, when given); every other joins.
 pub(crate) fn render_node(
     spec: &ClusterSpec,
     pki: &ClusterPki,
     endpoint: &ApiEndpoint,
     token: &BootstrapToken,
     node: &NodeName,
-    initializes: bool,
+    bootstrap: Bootstrap,
+    restore: Option<&restore::RestoreSource>,
 ) -> Result<RenderedNode, NodeError> {
-    let bootstrap = Bootstrap::of(node.role, initializes);
     let mut config = Builder::new(SealKey::generate()?);
     config.common(spec)?;
     config.sealed(JOIN_TOKEN_FILE, token.expose())?;
@@ -189,6 +193,10 @@ pub(crate) fn render_node(
                 config.sealed(&format!("{PKI_SOURCE_DIR}/{name}"), key.expose())?;
             }
             config.directory(&format!("{PKI_SOURCE_DIR}/etcd"), 0o700);
+            if let (Bootstrap::Init, Some(restore)) = (bootstrap, restore) {
+                config.file(restore::RESTORE_SCRIPT, &restore::restore_script(), 0o755)?;
+                config.sealed(restore::RESTORE_ENV, &restore.env_file())?;
+            }
             if let Some(key) = &pki.secrets_key {
                 config.file(
                     units::ENCRYPTION_TEMPLATE,

@@ -7,6 +7,7 @@ use super::Bootstrap;
 use super::kubeadm::{
     CERTIFICATES_DIR, INSTANCE_UUID_PLACEHOLDER, JOIN_TOKEN_PLACEHOLDER, NODE_NAME_PLACEHOLDER,
 };
+use super::restore::{RESTORE_DIR, RESTORE_ENV, RESTORE_SCRIPT};
 use super::seal::{SEAL_KEY_METADATA, SEALED_SUFFIX};
 use super::vip::{KUBECONFIG_PLACEHOLDER, VIP_TEMPLATE};
 use crate::pki::secrets_key::{CONFIG_PATH as ENCRYPTION_CONFIG, KEY_PLACEHOLDER};
@@ -111,6 +112,12 @@ case $role in
     place_vip_holder /etc/kubernetes/super-admin.conf
     # The join command kubeadm would print carries the bootstrap token.
     command=(kubeadm init --config {CONFIG_DIR}/kubeadm.yaml --skip-token-print)
+    # A restored cluster: etcd's data directory is filled from the snapshot first, on every
+    # attempt (a failed one's reset wipes it), and kubeadm told to start etcd on it.
+    if [[ -f {RESTORE_ENV} ]]; then
+      {RESTORE_SCRIPT} "$name" "${{COREOS_OPENSTACK_IPV4_LOCAL:-}}"
+      command+=(--ignore-preflight-errors=DirAvailable--var-lib-etcd)
+    fi
     ;;
   control-plane)
     mkdir -p {CERTIFICATES_DIR}
@@ -131,6 +138,8 @@ say "kubeadm $role starting on $name"
 if "${{command[@]}}"; then
   say "kubeadm $role finished on $name"
   [[ $role == worker ]] || place_vip_holder /etc/kubernetes/admin.conf
+  # The restored cluster runs: the snapshot and what opened it are needed no more.
+  rm -rf {RESTORE_DIR} {RESTORE_ENV}
 else
   status=$?
   say "kubeadm $role failed with status $status on $name; resetting for the next attempt"

@@ -46,6 +46,10 @@ pub(crate) struct Scope {
     /// Build a control plane that ran and is gone again, which makes a new, empty cluster
     /// (`--accept-empty-cluster`); refused otherwise.
     pub(crate) accept_empty_cluster: bool,
+    /// `flatstack restore` deleted the control planes: the first is built again to restore
+    /// etcd from a snapshot and initialize, the others join it; no member of the old etcd is
+    /// left to remove.
+    pub(crate) restoring: bool,
     /// Whether the cluster's API answers, as far as it was asked.
     pub(crate) api: ApiReach,
     /// How long `up` waits for a node to be Ready (its `--timeout`): the join token lasts that
@@ -85,7 +89,7 @@ pub enum PlanError {
     #[error("`network.node_cidr` is needed for a network flatstack creates")]
     NodeCidr,
     #[error(
-        "control plane {name} has run (an `up` saw its server ACTIVE) and its server is {how}: building it again would run `kubeadm init` on an empty disk, a new and empty cluster behind the same CA and address, with every object and workload of the old one lost; nothing was built\n  hint: with one control plane, etcd went with it: restore the cluster from a backup, or, to start a new and empty cluster on purpose, run `flatstack up --accept-empty-cluster` (then replace the workers: they belonged to the old one)"
+        "control plane {name} has run (an `up` saw its server ACTIVE) and its server is {how}: building it again would run `kubeadm init` on an empty disk, a new and empty cluster behind the same CA and address, with every object and workload of the old one lost; nothing was built\n  hint: with one control plane, etcd went with it: restore the cluster from a snapshot with `flatstack restore`, or, to start a new and empty cluster on purpose, run `flatstack up --accept-empty-cluster` (then replace the workers: they belonged to the old one)"
     )]
     ControlPlaneLost { name: String, how: &'static str },
     #[error(
@@ -97,7 +101,7 @@ pub enum PlanError {
     )]
     ControlPlaneChange { name: String, why: String },
     #[error(
-        "{lost} ran and {are} lost; {running} of {count} control planes run, fewer than the {quorum} etcd needs to work or to change its members: the cluster's state can come back only from a snapshot; nothing was built\n  hint: restore from a backup (flatstack does not take them yet); to start a new, empty cluster on purpose: `flatstack down`, then `flatstack up`"
+        "{lost} ran and {are} lost; {running} of {count} control planes run, fewer than the {quorum} etcd needs to work or to change its members: the cluster's state can come back only from a snapshot; nothing was built\n  hint: restore from a snapshot with `flatstack restore`; to start a new, empty cluster on purpose: `flatstack down`, then `flatstack up`"
     )]
     QuorumLost {
         lost: String,
@@ -976,6 +980,13 @@ impl<'a> Planner<'a> {
         control_planes: &ControlPlanes<'a>,
     ) -> Result<Lane<'a, 'r>, PlanError> {
         let (spec, observed, scope) = (self.spec, self.observed, self.scope);
+        if scope.restoring {
+            return Ok(Lane {
+                member_gone: BTreeMap::new(),
+                strays_gone: None,
+                rolling: Vec::new(),
+            });
+        }
         let ran = resources::control_plane_ran(observed);
         let ha = spec.control_plane.highly_available();
         let had_server = |n: &NodeName| {
@@ -1279,7 +1290,8 @@ impl<'a> Planner<'a> {
                 &[],
             ),
         ];
-        if scope.kubernetes && running {
+        // (A cluster initialized by this plan gets the token from `kubeadm init`.)
+        if scope.kubernetes && running && initializer.is_none() {
             let valid_minutes = join_token_minutes(spec, roster, rolling.len(), scope.node_wait);
             before.push(
                 self.plan
@@ -2157,6 +2169,7 @@ pub(crate) mod tests {
     const K8S: Scope = Scope {
         kubernetes: true,
         accept_empty_cluster: false,
+        restoring: false,
         api: ApiReach::Unasked,
         node_wait: NODE_WAIT,
     };
@@ -2720,6 +2733,7 @@ pub(crate) mod tests {
         );
         let asked = Scope {
             accept_empty_cluster: true,
+            restoring: false,
             ..K8S
         };
         let plan = plan(&spec, &observed, &facts(), asked).expect("plan");
@@ -2728,6 +2742,58 @@ pub(crate) mod tests {
             "{:?}",
             shown(&plan)
         );
+    }
+
+    /// A restore deleted every control plane that ran; the workers run on. The first is built
+    /// again to initialize (restoring etcd), the others to join it; no etcd member is removed
+    /// and no join token made through the API (nothing answers: `kubeadm init` makes it),
+    /// with one control plane or three.
+    #[test]
+    fn a_restore_rebuilds_the_control_planes_with_the_first_initializing() {
+        let restoring = Scope {
+            restoring: true,
+            ..K8S
+        };
+        for spec in [with_workers(1), highly_available(1)] {
+            let mut observed = converged(&spec);
+            observed
+                .servers
+                .retain(|s| !s.name.contains("control-plane"));
+            for port in observed
+                .ports
+                .iter_mut()
+                .filter(|p| p.name.contains("control-plane"))
+            {
+                port.tags.push(CONTROL_PLANE_RAN_TAG.into());
+            }
+            assert!(
+                plan(&spec, &observed, &facts(), K8S).is_err(),
+                "refused unasked"
+            );
+            let plan = plan(&spec, &observed, &facts(), restoring.clone()).expect("plan");
+            let lines = shown(&plan);
+            let count = spec.control_plane.count as usize;
+            let built = lines
+                .iter()
+                .filter(|l| l.starts_with("+ server demo-control-plane-"))
+                .count();
+            assert_eq!(built, count, "{lines:#?}");
+            assert!(!lines.iter().any(|l| l.contains("default-1")), "{lines:#?}");
+            let initializer = plan.steps.iter().find_map(|s| match &s.action {
+                Action::RenderIgnition { initializer, .. } => Some(initializer.clone()),
+                _ => None,
+            });
+            assert_eq!(initializer, Some(Some("demo-control-plane-1".to_string())));
+            assert!(
+                !plan.steps.iter().any(|s| matches!(
+                    s.action,
+                    Action::CreateJoinToken { .. }
+                        | Action::RemoveEtcdMember { .. }
+                        | Action::DeleteNode { .. }
+                )),
+                "{lines:#?}"
+            );
+        }
     }
 
     fn highly_available(workers: u32) -> ClusterSpec {

@@ -23,7 +23,7 @@ fn containers(name: &str) -> Vec<String> {
     .collect()
 }
 
-fn objects(container: &str) -> Vec<String> {
+pub(crate) fn objects(container: &str) -> Vec<String> {
     cli("local-demo", &["object", "list", container, "-f", "json"])
         .as_array()
         .cloned()
@@ -323,7 +323,7 @@ fn a_store_that_refuses_writes_stops_up_before_anything_is_made() {
 }
 
 /// One etcd on loopback (Debian's `etcd-server` 3.4), plain HTTP, killed when dropped.
-struct Etcd {
+pub(crate) struct Etcd {
     child: std::process::Child,
     endpoint: String,
 }
@@ -337,7 +337,7 @@ fn free_port() -> u16 {
 
 impl Etcd {
     /// A member named as kubeadm names the first control plane's, its peers at `peer`.
-    fn start(data_dir: &std::path::Path, log: &std::path::Path, peer: u16) -> Etcd {
+    pub(crate) fn start(data_dir: &std::path::Path, log: &std::path::Path, peer: u16) -> Etcd {
         let client = free_port();
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
@@ -369,7 +369,7 @@ impl Etcd {
         etcd
     }
 
-    fn ctl(&self, args: &[&str]) -> Result<String, String> {
+    pub(crate) fn ctl(&self, args: &[&str]) -> Result<String, String> {
         let output = std::process::Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint))
@@ -391,7 +391,7 @@ impl Drop for Etcd {
 }
 
 /// The backup objects `render` writes: the upload script and the backup key's public half.
-fn rendered_backup(workspace: &Workspace) -> (String, String) {
+pub(crate) fn rendered_backup(workspace: &Workspace) -> (String, String) {
     success(&workspace.render(&[]));
     let dir = workspace.out_dir().join("manifests");
     let file = std::fs::read_dir(&dir)
@@ -418,7 +418,7 @@ fn rendered_backup(workspace: &Workspace) -> (String, String) {
 }
 
 /// Runs the upload script as the CronJob's host does, against the local Keystone and Swift.
-fn run_upload(
+pub(crate) fn run_upload(
     workspace: &Workspace,
     script: &str,
     recipient: &str,

@@ -18,6 +18,7 @@ mod openstack;
 mod pki;
 mod proxy;
 mod publisher;
+mod restore;
 mod schemas;
 mod support;
 mod up;

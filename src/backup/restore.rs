@@ -1,0 +1,240 @@
+//! A snapshot staged for `flatstack restore`: opened on the workstation with the state
+//! directory's backup key (the envelope's tag checked), sealed again with a key of its own in
+//! the node's seal format, and put into the cluster's container beside the snapshots, where
+//! the control plane that restores fetches it through a Swift TempURL that reads that object
+//! only, for a day. The URL and the key reach the node sealed in its Ignition config, like its
+//! CA keys; the blob is deleted once the restored cluster runs (and by any later restore).
+
+use hmac::{Hmac, Mac};
+use reqwest::Method;
+use sha2::Sha256;
+use time::OffsetDateTime;
+
+use super::{BackupError, Snapshot, envelope::BackupKey, fetch, store_error};
+use crate::cloud::{Cloud, CloudError, Service};
+use crate::node::seal::SealKey;
+
+/// What every staged blob's name starts with; `backup list` counts them among other objects.
+pub(crate) const STAGED_PREFIX: &str = "flatstack-restore.";
+/// How long a TempURL reads the staged blob: the restoring control plane fetches it in its
+/// first minutes, and a run may wait a while for a server.
+const VALID_FOR: time::Duration = time::Duration::hours(24);
+
+/// A snapshot ready for a node to fetch.
+#[derive(Clone)]
+pub(crate) struct Staged {
+    pub(crate) container: String,
+    pub(crate) object: String,
+    /// Reads the object, and only it, until it expires.
+    pub(crate) url: String,
+    /// The key the object is sealed with.
+    pub(crate) key: SealKey,
+    /// The etcd snapshot's size, opened.
+    pub(crate) bytes: usize,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("container", &self.container)
+            .field("object", &self.object)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a snapshot could not be staged (besides [`BackupError`]s of the store).
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(
+        "the object store does not sign TempURLs with HMAC-SHA256 ({found}), which the restoring control plane fetches the snapshot with\n  hint: the store needs Swift's tempurl middleware with `sha256` among its allowed digests"
+    )]
+    NoTempUrl { found: String },
+    #[error("cannot read what the object store offers ({url})")]
+    Info {
+        url: String,
+        #[source]
+        source: Box<CloudError>,
+    },
+    #[error(
+        "the object store does not serve the staged snapshot through its TempURL ({cause})\n  hint: the store must honour container TempURL keys (X-Container-Meta-Temp-URL-Key)"
+    )]
+    TempUrlRefused { cause: Box<CloudError> },
+    #[error("cannot seal the snapshot for the node: {0}")]
+    Seal(#[from] crate::node::seal::SealError),
+    #[error("the operating system's random generator failed: {0}")]
+    Random(String),
+}
+
+/// Opens `snapshot` with `key`, seals it for the node, puts it beside the snapshots and signs a
+/// TempURL for it, after checking the store signs and honours TempURLs. Earlier staged blobs
+/// in the container are deleted first (a restore run again makes them useless).
+pub(crate) async fn stage(
+    cloud: &Cloud,
+    key: &BackupKey,
+    snapshot: &Snapshot,
+) -> Result<Staged, StageError> {
+    let account = cloud
+        .object_store_url()
+        .await
+        .map_err(|e| store_error("reach", &snapshot.container, e))?;
+    check_temp_urls(cloud, &account).await?;
+    let container = snapshot.container.clone();
+    clear(cloud, &container).await?;
+    let plain = fetch(cloud, key, snapshot).await?;
+    let bytes = plain.len();
+    let seal = SealKey::generate()?;
+    let sealed = seal.seal(&plain)?;
+    drop(plain);
+    let suffix = crate::pki::random_chars(8).map_err(|e| StageError::Random(e.to_string()))?;
+    let object = format!("{STAGED_PREFIX}{}.{suffix}.sealed", snapshot.object);
+    cloud
+        .put_object(&container, &object, sealed)
+        .await
+        .map_err(|e| store_error("write to", &container, e))?;
+    let url_key = crate::pki::random_chars(32).map_err(|e| StageError::Random(e.to_string()))?;
+    cloud
+        .set_temp_url_key(&container, &url_key)
+        .await
+        .map_err(|e| store_error("set the TempURL key of", &container, e))?;
+    let expires = (OffsetDateTime::now_utc() + VALID_FOR).unix_timestamp();
+    let url = temp_url(&account, &container, &object, &url_key, expires);
+    // The node has no second chance to tell us: the URL is tried from here first.
+    cloud
+        .without_token(Service::ObjectStore, Method::HEAD, &url)
+        .await
+        .map_err(|e| StageError::TempUrlRefused { cause: Box::new(e) })?;
+    Ok(Staged {
+        container,
+        object,
+        url,
+        key: seal,
+        bytes,
+    })
+}
+
+/// Deletes every staged blob in `container` and its TempURL key: once the restored cluster
+/// runs, and before staging again.
+pub(crate) async fn clear(cloud: &Cloud, container: &str) -> Result<usize, BackupError> {
+    let objects = cloud
+        .objects(container)
+        .await
+        .map_err(|e| store_error("list", container, e))?
+        .unwrap_or_default();
+    let mut deleted = 0;
+    for object in objects.iter().filter(|o| o.name.starts_with(STAGED_PREFIX)) {
+        cloud
+            .delete_object(container, &object.name)
+            .await
+            .map_err(|e| store_error("delete from", container, e))?;
+        deleted += 1;
+    }
+    cloud
+        .remove_temp_url_key(container)
+        .await
+        .map_err(|e| store_error("remove the TempURL key of", container, e))?;
+    Ok(deleted)
+}
+
+/// Swift's `/info` must list `tempurl` with `sha256` among its digests (older Swifts list
+/// none and take SHA-1 only).
+async fn check_temp_urls(cloud: &Cloud, account: &str) -> Result<(), StageError> {
+    let url = info_url(account);
+    let reply = cloud
+        .without_token(Service::ObjectStore, Method::GET, &url)
+        .await
+        .map_err(|e| StageError::Info {
+            url: url.clone(),
+            source: Box::new(e),
+        })?;
+    let info: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+    let digests: Vec<&str> = info["tempurl"]["allowed_digests"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    match (info.get("tempurl"), digests.contains(&"sha256")) {
+        (Some(_), true) => Ok(()),
+        (None, _) => Err(StageError::NoTempUrl {
+            found: "no tempurl middleware".into(),
+        }),
+        (Some(_), false) => Err(StageError::NoTempUrl {
+            found: format!("it allows {}", digests.join(", ")),
+        }),
+    }
+}
+
+/// Swift's `/info` beside the account URL's `/v1/…`: `https://host/swift/v1/AUTH_x` →
+/// `https://host/swift/info`.
+pub(crate) fn info_url(account: &str) -> String {
+    match account.rfind("/v1/") {
+        Some(at) => format!("{}/info", &account[..at]),
+        None => format!("{}/info", account.trim_end_matches('/')),
+    }
+}
+
+/// A TempURL that GETs (or HEADs) `container/object` until `expires` (Unix seconds): HMAC-SHA256
+/// with `key` over `GET\n<expires>\n<path>`, the path as Swift sees it (`/v1/AUTH_x/c/o`).
+/// `container` and `object` are plain names (letters, digits, `-._`).
+pub(crate) fn temp_url(
+    account: &str,
+    container: &str,
+    object: &str,
+    key: &str,
+    expires: i64,
+) -> String {
+    let account = account.trim_end_matches('/');
+    let url = format!("{account}/{container}/{object}");
+    let path = match url.find("://").map(|at| at + 3) {
+        Some(host_start) => url[host_start..]
+            .find('/')
+            .map_or("/", |at| &url[host_start + at..]),
+        None => url.as_str(),
+    }
+    .to_string();
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(format!("GET\n{expires}\n{path}").as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    format!("{url}?temp_url_sig={signature}&temp_url_expires={expires}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_info_url_sits_beside_the_version() {
+        assert_eq!(
+            info_url("http://127.0.0.1:8080/v1/AUTH_abc"),
+            "http://127.0.0.1:8080/info"
+        );
+        assert_eq!(
+            info_url("https://js2.example.org:8001/swift/v1/AUTH_abc/"),
+            "https://js2.example.org:8001/swift/info"
+        );
+    }
+
+    /// The signature is HMAC-SHA256 over method, expiry and the path under the host; the
+    /// figure was computed apart with `openssl dgst` (the command is beside it).
+    #[test]
+    fn a_temp_url_signs_the_path_under_the_host() {
+        let url = temp_url(
+            "https://store.example.org/swift/v1/AUTH_p",
+            "box",
+            "blob.sealed",
+            "secret",
+            1_900_000_000,
+        );
+        let (base, query) = url.split_once('?').expect("query");
+        assert_eq!(
+            base,
+            "https://store.example.org/swift/v1/AUTH_p/box/blob.sealed"
+        );
+        // printf 'GET\n1900000000\n/swift/v1/AUTH_p/box/blob.sealed' | openssl dgst -sha256 -hmac secret
+        assert_eq!(
+            query,
+            "temp_url_sig=57257d11e67c7c832713f53d3809a9f2ef96cf0318d464ef381c39f65c85df86&temp_url_expires=1900000000"
+        );
+    }
+}
