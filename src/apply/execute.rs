@@ -539,11 +539,39 @@ async fn run_on_cloud(
             if let Some((start, end)) = s.allocation_pool {
                 body["allocation_pools"] = json!([{ "start": start, "end": end }]);
             }
-            id_of(
-                &cloud
-                    .create_tagged::<Subnet>(Kind::Subnet, &s.name, body, &tags, TAG_ON_CREATE)
-                    .await?,
-            )
+            let network_id = known(&s.network)?.id.clone();
+            match cloud
+                .create_tagged::<Subnet>(Kind::Subnet, &s.name, body, &tags, TAG_ON_CREATE)
+                .await
+            {
+                Ok(subnet) => id_of(&subnet),
+                // Neutron takes one subnet of a range per network: the cluster's own is there
+                // already, made since this run looked (by another writer at the same moment,
+                // or by a run whose answer Neutron never sent), and is taken.
+                Err(refused @ crate::cloud::CloudError::Api { status: 400, .. })
+                    if refused.to_string().contains("overlaps with another subnet") =>
+                {
+                    let found: Vec<Subnet> = cloud
+                        .list(
+                            Kind::Subnet,
+                            &[
+                                ("network_id", network_id.as_str()),
+                                ("name", s.name.as_str()),
+                            ],
+                        )
+                        .await?;
+                    match found.as_slice() {
+                        [subnet] if subnet.cidr == s.cidr.to_string() => {
+                            if !tags.iter().all(|t| subnet.tags.contains(t)) {
+                                cloud.set_tags(Kind::Subnet, &subnet.id, &tags).await?;
+                            }
+                            id_of(subnet)
+                        }
+                        _ => return Err(refused.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Action::CreateRouter {
             name,

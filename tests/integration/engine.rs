@@ -440,6 +440,76 @@ async fn duplicates_of_two_writers_at_once_are_removed_by_the_next_up() {
     assert_nothing_left(&name);
 }
 
+/// The cluster's subnet made by someone else between `up`'s look and its create (here by
+/// hand, while a proxy holds `up`'s create): Neutron refuses `up`'s as overlapping, and `up`
+/// takes the one on its network with its name and range, tags it, and carries on; one subnet,
+/// nothing left to plan. (CI saw this when the answer to a create was lost with a killed
+/// neutron-server, and with two writers at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subnet_made_meanwhile_on_the_clusters_network_is_taken() {
+    use crate::proxy::{Fault, standard_proxy};
+    let proxy = standard_proxy().await;
+    let name = unique("meanwhile");
+    let workspace = Workspace::new();
+    workspace.write_cluster(&cluster(&name, 1, ""));
+    let _teardown = Teardown(&workspace);
+    let clouds = workspace.path("clouds-through-proxy.yaml");
+    proxy.write_clouds_yaml(&clouds);
+    let text = std::fs::read_to_string(&clouds).expect("read clouds.yaml");
+    std::fs::write(&clouds, text.replace("  faulty:", "  local-demo:")).expect("write");
+    proxy.inject(
+        "POST",
+        "/v2.0/subnets",
+        Fault::Delay(std::time::Duration::from_secs(15)),
+        1,
+    );
+    let up = command(&workspace, &["up", "--provision-only"])
+        .env("OS_CLIENT_CONFIG_FILE", &clouds)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start flatstack");
+    // Once the network is there, the subnet `up` waits to create is made by hand.
+    let network = format!("{name}-net");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while tagged("network", &name).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no network");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    cli(
+        "local-demo",
+        &[
+            "subnet",
+            "create",
+            "--network",
+            &network,
+            "--subnet-range",
+            "10.42.0.0/24",
+            "--allocation-pool",
+            "start=10.42.0.17,end=10.42.0.254",
+            "-f",
+            "json",
+            &format!("{name}-subnet"),
+        ],
+    );
+    let output = tokio::task::spawn_blocking(move || up.wait_with_output())
+        .await
+        .expect("join")
+        .expect("up");
+    proxy.clear();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert_eq!(proxy.injected(), 1, "the create was held");
+    assert_one_of_everything(&name, "a subnet made meanwhile");
+    assert_nothing_to_plan(&workspace, "a subnet made meanwhile");
+    success(&flatstack(&workspace, &["down", "--yes"]));
+    assert_nothing_left(&name);
+}
+
 /// The names and flavors of the cluster's servers, sorted by name.
 fn server_flavors(name: &str) -> Vec<(String, String)> {
     let mut found: Vec<(String, String)> = tagged("server", name)

@@ -1391,7 +1391,12 @@ fn up_converges_after_nova_api_and_neutron_server_are_killed() {
     )
     .expect("clouds.yaml");
     workspace.write_cluster(&cluster(&name, 3, "").replace("local-demo", "outage"));
-    let _teardown = Teardown(&workspace);
+    // Through this clouds.yaml, the only one that names `outage`, passed or failed.
+    let _teardown = RunOnDrop({
+        let mut down = command(&workspace, &["down", "--yes", "--delete-backups"]);
+        down.env("OS_CLIENT_CONFIG_FILE", &clouds);
+        down
+    });
     // Through the API processes above, which only this clouds.yaml names.
     let through_them = |args: &[&str]| {
         let mut command = command(&workspace, args);
