@@ -221,6 +221,15 @@ pub const KURED: Chart = Chart {
 };
 pub(crate) const KURED_IMAGE_TAG: &str = "1.23.0";
 
+/// The CSI snapshot controller and the external-snapshotter CRDs (`VolumeSnapshot`): the
+/// piraeus chart 5.2.0 deploys external-snapshotter v8.6.0 (`tests/data/snapshot-controller-5.2.0`
+/// holds its values and templates, `tests/data/external-snapshotter-v8.6.0` the CRDs).
+pub const SNAPSHOT_CONTROLLER: Chart = Chart {
+    repo: "https://piraeus.io/helm-charts/",
+    name: "snapshot-controller",
+    version: "5.2.0",
+};
+
 /// metrics-server, for `kubectl top` and autoscalers. Chart 3.13.1 deploys v0.8.1.
 pub const METRICS_SERVER: Chart = Chart {
     repo: "https://kubernetes-sigs.github.io/metrics-server/",

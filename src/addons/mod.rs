@@ -1,8 +1,8 @@
 //! The add-ons of a cluster, as the Kubernetes objects flatstack applies: the in-cluster Helm
 //! engine (k3s-io/helm-controller), the `cloud-config` Secret the OpenStack add-ons read, and
 //! one `HelmChart` per add-on — flannel, openstack-cloud-controller-manager, Cinder CSI with the
-//! default StorageClass, Traefik and cert-manager, kured, metrics-server, and JupyterHub on
-//! request — carrying the values a kubeadm cluster of Flatcar nodes with an external cloud
+//! default StorageClass, the CSI snapshot controller with the default VolumeSnapshotClass,
+//! Traefik and cert-manager, kured, metrics-server, and JupyterHub on request — carrying the values a kubeadm cluster of Flatcar nodes with an external cloud
 //! provider needs. Charts are fetched by the cluster itself, at the versions in
 //! [`crate::pins`]; nothing upstream is copied into flatstack.
 
@@ -11,6 +11,7 @@ mod helm_chart;
 pub mod ingress;
 pub mod jupyterhub;
 pub mod smoke;
+pub(crate) mod snapshots;
 pub(crate) mod updates;
 
 use std::collections::BTreeMap;
@@ -60,7 +61,7 @@ pub struct AddonSet {
     pub charts: Vec<String>,
     /// Objects of kinds a chart installs (cert-manager's ClusterIssuer): applied once the
     /// charts are in.
-    pub(crate) after_charts: Vec<Manifest>,
+    pub after_charts: Vec<Manifest>,
     /// Keyed digest of every manifest: equal digests mean nothing to apply.
     pub digest: String,
     /// The key of the cluster's record of settled charts.
@@ -136,6 +137,16 @@ pub fn for_cluster(
         )));
     }
     let mut after_charts = Vec::new();
+    if spec.addons.cinder_csi {
+        manifests.push(Manifest::of(&chart(
+            "snapshot-controller",
+            pins::SNAPSHOT_CONTROLLER,
+            NAMESPACE,
+            false,
+            snapshots::controller_values(),
+        )));
+        after_charts.push(snapshots::default_class());
+    }
     if spec.addons.ingress {
         manifests.push(namespace(
             ingress::TRAEFIK_NAMESPACE,
@@ -573,6 +584,11 @@ mod tests {
             ("flannel", "kube-flannel", pins::FLANNEL.version),
             ("openstack-cloud-controller-manager", NAMESPACE, "2.36.0"),
             ("openstack-cinder-csi", NAMESPACE, "2.36.0"),
+            (
+                "snapshot-controller",
+                NAMESPACE,
+                pins::SNAPSHOT_CONTROLLER.version,
+            ),
             ("traefik", "traefik", pins::TRAEFIK.version),
             ("cert-manager", "cert-manager", pins::CERT_MANAGER.version),
             ("kured", NAMESPACE, pins::KURED.version),
@@ -590,7 +606,8 @@ mod tests {
                 .map(|(n, _, _)| n.clone())
                 .collect::<Vec<_>>()
         );
-        assert_eq!(set.after_charts.len(), 1, "the ClusterIssuer");
+        let after: Vec<&str> = set.after_charts.iter().map(|m| m.kind()).collect();
+        assert_eq!(after, ["VolumeSnapshotClass", "ClusterIssuer"]);
         // Every namespace a chart installs into exists before the chart (or is kube-system).
         for (_, namespace, _) in &expected {
             let made = set
@@ -627,8 +644,29 @@ mod tests {
             [
                 "flannel",
                 "openstack-cloud-controller-manager",
-                "openstack-cinder-csi"
+                "openstack-cinder-csi",
+                "snapshot-controller",
             ]
+        );
+        let after: Vec<&str> = set.after_charts.iter().map(|m| m.kind()).collect();
+        assert_eq!(after, ["VolumeSnapshotClass"]);
+        // Without Cinder CSI there is nothing to snapshot, and no controller for it.
+        let set = for_cluster(
+            &spec(
+                "[addons]
+ingress = false
+kured = false
+metrics_server = false
+cinder_csi = false
+",
+            ),
+            &conf(),
+            b"key",
+        )
+        .expect("add-ons");
+        assert_eq!(
+            set.charts,
+            ["flannel", "openstack-cloud-controller-manager"]
         );
         assert!(set.after_charts.is_empty());
     }

@@ -4,9 +4,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{ApplyError, cluster_volumes, observe::cluster_resources, teardown};
+use super::{
+    ApplyError, cluster_volume_snapshots, cluster_volumes, observe::cluster_resources, teardown,
+};
 use crate::backup::{BackupError, Listing};
-use crate::cloud::volume::Volume;
+use crate::cloud::volume::{Volume, VolumeSnapshot};
 use crate::cloud::{Cloud, CloudConfig};
 use crate::pki::{StateDir, WriterLock};
 use crate::plan::resources::Observed;
@@ -19,6 +21,8 @@ pub(crate) struct Down {
     _lock: Option<WriterLock>,
     pub(crate) observed: Observed,
     pub(crate) volumes: Vec<Volume>,
+    /// Snapshots of its volumes (Cinder's, as Cinder CSI makes for `VolumeSnapshot`s).
+    pub(crate) volume_snapshots: Vec<VolumeSnapshot>,
     /// The cluster's snapshots in the object store (empty where the cloud has none).
     pub(crate) backups: Listing,
     /// Why the object store could not be read, when it could not.
@@ -44,6 +48,7 @@ impl Down {
             cluster_resources(&cloud, &spec),
             cluster_volumes(&cloud, &spec.name),
         )?;
+        let volume_snapshots = cluster_volume_snapshots(&cloud, &spec.name, &volumes).await?;
         // The store is read for what `down` says it keeps; it must answer only when the
         // backups are to be deleted (`delete_backups` then reads it again).
         let (backups, unread) = match cloud.offers_object_store().await {
@@ -59,6 +64,7 @@ impl Down {
             _lock: lock,
             observed,
             volumes,
+            volume_snapshots,
             backups,
             backups_unread: unread,
             state,
@@ -69,7 +75,7 @@ impl Down {
     pub(crate) fn is_empty(&self, delete_volumes: bool, delete_backups: bool) -> bool {
         let no_backups = self.backups.containers.is_empty() && self.backups_unread.is_none();
         self.observed.count() == 0
-            && (self.volumes.is_empty() || !delete_volumes)
+            && ((self.volumes.is_empty() && self.volume_snapshots.is_empty()) || !delete_volumes)
             && (no_backups || !delete_backups)
     }
 

@@ -547,7 +547,9 @@ async fn run_on_cloud(
                 Ok(subnet) => id_of(&subnet),
                 // Neutron takes one subnet of a range per network: the cluster's own is there
                 // already, made since this run looked (by another writer at the same moment,
-                // or by a run whose answer Neutron never sent), and is taken.
+                // or by a run whose answer Neutron never sent), and is taken. Neutron says so
+                // only in its message (`SubnetOverlap`, "... overlaps with another subnet"),
+                // and anything else is reported as it came.
                 Err(refused @ crate::cloud::CloudError::Api { status: 400, .. })
                     if refused.to_string().contains("overlaps with another subnet") =>
                 {
@@ -562,8 +564,11 @@ async fn run_on_cloud(
                         .await?;
                     match found.as_slice() {
                         [subnet] if subnet.cidr == s.cidr.to_string() => {
-                            if !tags.iter().all(|t| subnet.tags.contains(t)) {
-                                cloud.set_tags(Kind::Subnet, &subnet.id, &tags).await?;
+                            // (Setting tags replaces them all: the subnet's own are kept.)
+                            let mut all = subnet.tags.clone();
+                            all.extend(tags.iter().filter(|t| !subnet.tags.contains(t)).cloned());
+                            if all.len() > subnet.tags.len() {
+                                cloud.set_tags(Kind::Subnet, &subnet.id, &all).await?;
                             }
                             id_of(subnet)
                         }

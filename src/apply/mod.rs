@@ -197,7 +197,9 @@ pub(crate) async fn teardown(
         observe::cluster_resources(cloud, spec),
         cluster_volumes(cloud, cluster),
     )?;
-    // Persistent volumes outlive the cluster unless asked for: they hold people's data.
+    let snapshots = cluster_volume_snapshots(cloud, cluster, &volumes).await?;
+    // Persistent volumes and their snapshots outlive the cluster unless asked for: they hold
+    // people's data.
     if !delete_volumes {
         for volume in &volumes {
             say(&format!(
@@ -205,6 +207,24 @@ pub(crate) async fn teardown(
                 volume.name.as_deref().unwrap_or(&volume.id),
                 volume.size
             ));
+        }
+        for snapshot in &snapshots {
+            say(&format!(
+                "keeping volume snapshot {} ({} GB); `down --delete-volumes` removes it",
+                snapshot.name.as_deref().unwrap_or(&snapshot.id),
+                snapshot.size
+            ));
+        }
+    } else {
+        // Before the volumes: Cinder deletes no volume that has snapshots.
+        for snapshot in &snapshots {
+            say(&format!(
+                "deleting volume snapshot {}",
+                snapshot.name.as_deref().unwrap_or(&snapshot.id)
+            ));
+            cloud
+                .delete_volume_snapshot(&snapshot.id, SERVER_TIMEOUT)
+                .await?;
         }
     }
     let plan = crate::plan::teardown::teardown(&observed, &volumes, delete_volumes);
@@ -251,6 +271,24 @@ pub(crate) async fn cluster_volumes(
         .await?
         .into_iter()
         .filter(|v| v.metadata.get(CSI_CLUSTER_KEY).map(String::as_str) == Some(cluster))
+        .collect())
+}
+
+/// The cluster's volume snapshots: those Cinder CSI made for it (its cluster ID in their
+/// metadata), and any other of its volumes' (a volume with snapshots cannot be deleted).
+pub(crate) async fn cluster_volume_snapshots(
+    cloud: &Cloud,
+    cluster: &str,
+    volumes: &[crate::cloud::volume::Volume],
+) -> Result<Vec<crate::cloud::volume::VolumeSnapshot>, CloudError> {
+    Ok(cloud
+        .volume_snapshots()
+        .await?
+        .into_iter()
+        .filter(|s| {
+            s.metadata.get(CSI_CLUSTER_KEY).map(String::as_str) == Some(cluster)
+                || volumes.iter().any(|v| v.id == s.volume_id)
+        })
         .collect())
 }
 

@@ -43,6 +43,8 @@ pub enum RestoreError {
     Stage(#[from] StageError),
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),
+    #[error(transparent)]
+    State(#[from] crate::pki::PkiError),
     #[error("cannot delete control plane {name} before the restore")]
     Delete {
         name: String,
@@ -58,8 +60,38 @@ impl RestoreError {
         match self {
             RestoreError::NoKey { .. } => true,
             RestoreError::Backup(e) => e.is_invalid_input(),
+            RestoreError::State(e) => e.is_invalid_input(),
             _ => false,
         }
+    }
+}
+
+/// The state directory's record of a restore whose cluster has not yet been seen running: the
+/// container its staged blob is in. Written before anything is deleted; `up` finishes what a
+/// stopped restore left (workers without a Node, the blob) and removes it.
+pub(crate) const PENDING: &str = "restore-pending";
+
+/// The container of a restore not yet finished, as the state directory records it.
+pub(crate) fn pending(state: &StateDir) -> Result<Option<String>, crate::pki::PkiError> {
+    match state.read_public(PENDING) {
+        Ok(text) => Ok(Some(text.trim().to_string()).filter(|c| !c.is_empty())),
+        Err(crate::pki::PkiError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The restore is finished: the record goes.
+pub(crate) fn finished(state: &StateDir) -> Result<(), crate::pki::PkiError> {
+    let path = state.join(PENDING);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(crate::pki::PkiError::io("remove", &path, e))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -91,6 +123,7 @@ pub(crate) async fn begin(
         snapshot.object, snapshot.name.taken, snapshot.name.kubernetes
     ));
     let staged = crate::backup::restore::stage(cloud, &key, snapshot).await?;
+    state.write(PENDING, staged.container.as_bytes(), 0o600)?;
     say(&format!(
         "staged {} ({} of etcd data) in {}; readable through a TempURL for a day",
         staged.object,
@@ -103,13 +136,13 @@ pub(crate) async fn begin(
             "deleting control plane {} (the snapshot replaces its etcd)",
             server.name
         ));
-        cloud
-            .delete_server(&server.id)
-            .await
-            .map_err(|source| RestoreError::Delete {
+        match cloud.delete_server(&server.id).await {
+            Err(e) if e.is_not_found() => {}
+            result => result.map_err(|source| RestoreError::Delete {
                 name: server.name.clone(),
                 source: Box::new(source),
-            })?;
+            })?,
+        }
     }
     for server in &doomed {
         cloud
@@ -140,22 +173,52 @@ pub(crate) async fn begin(
         etcd_image: crate::pins::etcd_image(spec.kubernetes.version).to_string(),
         cluster_token: format!("{}-restored-{token}", spec.name),
         stale_nodes,
+        ca_bundle: staged.ca_bundle.clone(),
+        insecure: staged.insecure,
     };
     Ok(Restoring { source, staged })
 }
 
-/// The kept workers with no Node in the restored cluster.
-pub(crate) fn without_node<'s>(
+/// A worker the restored cluster has no Node of its own for: none of its name (made after the
+/// snapshot), or one naming another server (rebuilt under the same name since; the cloud
+/// controller would delete it, and the kubelet, registered already, never registers again).
+#[derive(Debug)]
+pub(crate) struct Unregistered<'s> {
+    pub(crate) server: &'s Server,
+    /// The Node of its name to delete before the server is built again.
+    pub(crate) stale_node: Option<String>,
+}
+
+/// The workers of `servers` without a Node of their own among `nodes`. A Node whose provider
+/// ID (`openstack:///<id>`, or `openstack://<region>/<id>`) names another server is not theirs;
+/// one without a provider ID yet (not initialized) is taken as theirs.
+pub(crate) fn unregistered<'s>(
     servers: &'s [Server],
     nodes: &[k8s_openapi::api::core::v1::Node],
-) -> Vec<&'s Server> {
+) -> Vec<Unregistered<'s>> {
     servers
         .iter()
-        .filter(|s| !s.has_role("control-plane"))
-        .filter(|s| {
-            !nodes
+        .filter(|s| !s.has_role("control-plane") && !s.failed_build())
+        .filter_map(|server| {
+            let node = nodes
                 .iter()
-                .any(|n| n.metadata.name.as_deref() == Some(s.name.as_str()))
+                .find(|n| n.metadata.name.as_deref() == Some(server.name.as_str()));
+            let provider = node
+                .and_then(|n| n.spec.as_ref())
+                .and_then(|s| s.provider_id.as_deref());
+            match (node, provider) {
+                (None, _) => Some(Unregistered {
+                    server,
+                    stale_node: None,
+                }),
+                (Some(_), Some(id)) if !id.ends_with(&format!("/{}", server.id)) => {
+                    Some(Unregistered {
+                        server,
+                        stale_node: Some(server.name.clone()),
+                    })
+                }
+                _ => None,
+            }
         })
         .collect()
 }
@@ -174,4 +237,62 @@ pub(crate) fn gone_nodes(
         .filter_map(|n| n.metadata.name.clone())
         .filter(|n| !wanted.contains(n) && !servers.iter().any(|s| &s.name == n))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Node, NodeSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn server(name: &str, id: &str, role: &str) -> Server {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "status": "ACTIVE",
+            "tags": [crate::plan::resources::role_tag(role)],
+        }))
+        .expect("a server")
+    }
+
+    fn node(name: &str, provider: Option<&str>) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                provider_id: provider.map(str::to_string),
+                ..NodeSpec::default()
+            }),
+            ..Node::default()
+        }
+    }
+
+    /// A worker is kept as it is when its Node names its server (or names none yet); one
+    /// without a Node, or whose Node names another server, is built again, that Node deleted.
+    #[test]
+    fn workers_without_a_node_of_their_own_are_found() {
+        let servers = [
+            server("demo-control-plane-1", "c1", "control-plane"),
+            server("demo-default-1", "w1", "worker"),
+            server("demo-default-2", "w2", "worker"),
+            server("demo-default-3", "w3", "worker"),
+            server("demo-default-4", "w4", "worker"),
+        ];
+        let nodes = [
+            node("demo-default-1", Some("openstack:///w1")),
+            node("demo-default-2", Some("openstack://RegionOne/old-w2")),
+            node("demo-default-4", None),
+        ];
+        let found: Vec<(&str, Option<String>)> = unregistered(&servers, &nodes)
+            .into_iter()
+            .map(|u| (u.server.name.as_str(), u.stale_node))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("demo-default-2", Some("demo-default-2".to_string())),
+                ("demo-default-3", None),
+            ]
+        );
+    }
 }

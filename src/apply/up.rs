@@ -205,12 +205,23 @@ pub(crate) async fn up(
     if recorded_ranges.is_none() {
         ranges::record(&state, &spec)?;
     }
-    // A restore deletes the control planes once the snapshot is staged, then looks again.
+    // A restore first plans as it will run and checks the project can hold it; then it
+    // stages the snapshot, deletes the control planes and looks again.
     let restoring = match &restore {
         None => None,
-        Some(request) => Some(
-            super::restore::begin(&cloud, &state, &spec, request, &observed.servers, &say).await?,
-        ),
+        Some(request) => {
+            trial_restore(&cloud, &spec, &observation, timeout).await?;
+            Some(
+                super::restore::begin(&cloud, &state, &spec, request, &observed.servers, &say)
+                    .await?,
+            )
+        }
+    };
+    // A restore's blob to delete once its cluster runs: this one's, or one a stopped restore
+    // left (whose workers without a Node this run also builds again).
+    let restored_from = match &restoring {
+        Some(r) => Some(r.staged.container.clone()),
+        None => super::restore::pending(&state)?,
     };
     let observation = match &restoring {
         None => observation,
@@ -265,52 +276,19 @@ pub(crate) async fn up(
             restoring.as_ref().map(|r| r.source.clone()),
         )
         .await?;
-    // Kept workers the snapshot has no Node of are built again, once the restored API
-    // answers: their kubelets registered before and never register again.
-    let (plan, provisioned) = match (&restoring, provision_only) {
+    // Workers without a Node of their own in the restored cluster are built again, once its
+    // API answers: their kubelets registered before and never register again.
+    let (plan, provisioned) = match (&restored_from, provision_only) {
         (Some(_), false) => {
-            let client = KubeClient::new(&pki, &api_url(&provisioned, api_address.as_deref()))?;
-            say("waiting for the restored cluster's API");
-            client.wait_ready(timeout).await?;
-            let nodes = client.nodes().await?;
-            for gone in super::restore::gone_nodes(&spec, &observed.servers, &nodes) {
-                client.delete(&format!("/api/v1/nodes/{gone}")).await?;
-                say(&format!(
-                    "deleted the Node object of {gone}: no server of the cluster is left for it"
-                ));
-            }
-            let orphans = super::restore::without_node(&observed.servers, &nodes);
-            match orphans.is_empty() {
-                true => (plan, provisioned),
-                false => {
-                    for server in &orphans {
-                        say(&format!(
-                            "deleting worker {}: made after the snapshot, it has no Node in the restored cluster and is built again",
-                            server.name
-                        ));
-                        cloud.delete_server(&server.id).await?;
-                    }
-                    for server in &orphans {
-                        cloud
-                            .wait_server_deleted(&server.id, Duration::from_secs(600))
-                            .await?;
-                    }
-                    let again = Again {
-                        state: &state,
-                        accept_empty_cluster,
-                        api_address: api_address.as_deref(),
-                    };
-                    rounds
-                        .again(
-                            &mut spec,
-                            &again,
-                            plan,
-                            provisioned,
-                            "building the workers made after the snapshot again",
-                        )
-                        .await?
-                }
-            }
+            let api = api_url(&provisioned, api_address.as_deref());
+            let again = Again {
+                state: &state,
+                accept_empty_cluster,
+                api_address: api_address.as_deref(),
+            };
+            rounds
+                .after_restore(&mut spec, &again, &api, plan, provisioned)
+                .await?
         }
         _ => (plan, provisioned),
     };
@@ -399,14 +377,11 @@ pub(crate) async fn up(
             "removed the key to their sealed secrets from {keys_removed} server(s)' metadata: their nodes have joined"
         ));
     }
-    if let (Some(restoring), Some(_)) = (&restoring, &booted) {
-        let deleted = crate::backup::restore::clear(&cloud, &restoring.staged.container).await?;
+    if let (Some(container), Some(_)) = (&restored_from, &booted) {
+        let deleted = crate::backup::restore::clear(&cloud, container).await?;
+        super::restore::finished(&state)?;
         say(&format!(
-            "the cluster runs from snapshot {}; deleted {deleted} staged copy(ies) of it",
-            restore
-                .as_ref()
-                .map(|r| r.snapshot.object.as_str())
-                .unwrap_or_default()
+            "the restored cluster runs; deleted {deleted} staged snapshot(s) and the TempURL key"
         ));
     }
     let timeline = timeline::build(&plan, &provisioned.runs, &before, &after, at());
@@ -463,6 +438,30 @@ async fn backup_target(
     ))
 }
 
+/// A restore planned as it will run (the control planes gone, the first restoring) and the
+/// project's quotas checked against that plan, before anything is deleted.
+async fn trial_restore(
+    cloud: &Cloud,
+    spec: &ClusterSpec,
+    observation: &Observation,
+    timeout: Duration,
+) -> Result<(), UpError> {
+    let mut observed = observation.observed.clone();
+    observed.servers.retain(|s| !s.has_role("control-plane"));
+    let scope = Scope {
+        kubernetes: true,
+        accept_empty_cluster: false,
+        restoring: true,
+        api: ApiReach::Unasked,
+        node_wait: timeout,
+    };
+    let plan = planner::plan(spec, &observed, &observation.facts, scope)?;
+    if let Some(short) = growth_shortfall(cloud, &observed, &observation.facts, &plan).await? {
+        return Err(UpError::Preflight(short));
+    }
+    Ok(())
+}
+
 /// The API's URL: at `api_address` when given, else at the floating IP (the private address
 /// without one).
 fn api_url(provisioned: &Provisioned, api_address: Option<&str>) -> String {
@@ -509,6 +508,68 @@ impl Rounds<'_> {
             restore,
         });
         Ok(super::provision(context, observation, plan, self.started, self.events).await?)
+    }
+
+    /// After a restore, once the restored API answers: Nodes that no server accounts for are
+    /// deleted, and workers without a Node of their own (see
+    /// [`super::restore::unregistered`]) are deleted, their stale Node first, and built again
+    /// in a second round. The servers are listed afresh: the first round may have changed them.
+    async fn after_restore(
+        &self,
+        spec: &mut ClusterSpec,
+        again: &Again<'_>,
+        api: &str,
+        plan: Plan,
+        provisioned: Provisioned,
+    ) -> Result<(Plan, Provisioned), UpError> {
+        let say = |line: String| (self.events)(Event::Say(line));
+        let client = KubeClient::new(self.pki, api)?;
+        say("waiting for the restored cluster's API".into());
+        client.wait_ready(self.timeout).await?;
+        let nodes = client.nodes().await?;
+        let tag = crate::plan::resources::cluster_tag(&spec.name);
+        let servers = self.cloud.servers_tagged(&[tag.as_str()]).await?;
+        for gone in super::restore::gone_nodes(spec, &servers, &nodes) {
+            client.delete(&format!("/api/v1/nodes/{gone}")).await?;
+            say(format!(
+                "deleted the Node object of {gone}: no server of the cluster is left for it"
+            ));
+        }
+        let unregistered = super::restore::unregistered(&servers, &nodes);
+        if unregistered.is_empty() {
+            return Ok((plan, provisioned));
+        }
+        for worker in &unregistered {
+            let name = &worker.server.name;
+            match &worker.stale_node {
+                Some(node) => {
+                    client.delete(&format!("/api/v1/nodes/{node}")).await?;
+                    say(format!(
+                        "deleting worker {name}: its Node in the restored cluster names another server (deleted); it is built again"
+                    ));
+                }
+                None => say(format!(
+                    "deleting worker {name}: made after the snapshot, it has no Node in the restored cluster and is built again"
+                )),
+            }
+            match self.cloud.delete_server(&worker.server.id).await {
+                Err(e) if e.is_not_found() => {}
+                result => result?,
+            }
+        }
+        for worker in &unregistered {
+            self.cloud
+                .wait_server_deleted(&worker.server.id, Duration::from_secs(600))
+                .await?;
+        }
+        self.again(
+            spec,
+            again,
+            plan,
+            provisioned,
+            "building again the workers the restored cluster has no Node of",
+        )
+        .await
     }
 
     /// A second round, `why` said first: looked at, planned and run afresh (after an upgrade

@@ -255,25 +255,29 @@ pub(crate) async fn target(
         .await
         .map_err(|source| BackupError::Containers(Box::new(source)))?;
     let config = cloud.config();
-    let ca_bundle = match &config.cacert {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|source| {
-            BackupError::State(PkiError::Io {
-                action: "read the cloud's CA bundle",
-                path: path.clone(),
-                source,
-            })
-        })?),
-        None => None,
-    };
     Ok(objects::BackupTarget {
         store_url,
         container,
         auth_url: crate::cloud::identity_v3(config),
         auth_request: crate::cloud::token_request(config),
         recipient_pem: load_or_create_key(state)?.public_pem(),
-        ca_bundle,
+        ca_bundle: cloud_ca(config)?,
         insecure: config.insecure,
     })
+}
+
+/// The cloud's own CA (clouds.yaml `cacert`), PEM, for what nodes fetch from its object store.
+pub(crate) fn cloud_ca(config: &crate::cloud::CloudConfig) -> Result<Option<String>, BackupError> {
+    match &config.cacert {
+        Some(path) => Ok(Some(std::fs::read_to_string(path).map_err(|source| {
+            BackupError::State(PkiError::Io {
+                action: "read the cloud's CA bundle",
+                path: path.clone(),
+                source,
+            })
+        })?)),
+        None => Ok(None),
+    }
 }
 
 /// Backups as `plan` shows them.

@@ -31,6 +31,9 @@ pub(crate) struct Staged {
     pub(crate) key: SealKey,
     /// The etcd snapshot's size, opened.
     pub(crate) bytes: usize,
+    /// What the node trusts to fetch it: the cloud's own CA, or nothing (`verify: false`).
+    pub(crate) ca_bundle: Option<String>,
+    pub(crate) insecure: bool,
 }
 
 impl std::fmt::Debug for Staged {
@@ -48,7 +51,7 @@ pub enum StageError {
     #[error(transparent)]
     Backup(#[from] BackupError),
     #[error(
-        "the object store does not sign TempURLs with HMAC-SHA256 ({found}), which the restoring control plane fetches the snapshot with\n  hint: the store needs Swift's tempurl middleware with `sha256` among its allowed digests"
+        "the object store does not sign TempURLs with HMAC-SHA256 ({found}), which the restoring control plane fetches the snapshot with; nothing was changed\n  hint: the store needs Swift's tempurl middleware with `sha256` among its allowed digests; `flatstack backup get` still downloads a snapshot for a restore by hand"
     )]
     NoTempUrl { found: String },
     #[error("cannot read what the object store offers ({url})")]
@@ -58,7 +61,7 @@ pub enum StageError {
         source: Box<CloudError>,
     },
     #[error(
-        "the object store does not serve the staged snapshot through its TempURL ({cause})\n  hint: the store must honour container TempURL keys (X-Container-Meta-Temp-URL-Key)"
+        "the object store does not serve the staged snapshot through its TempURL ({cause}); nothing was changed\n  hint: the store must honour container TempURL keys (X-Container-Meta-Temp-URL-Key), which Ceph's RADOS Gateway does not; `flatstack backup get` still downloads a snapshot for a restore by hand"
     )]
     TempUrlRefused { cause: Box<CloudError> },
     #[error("cannot seal the snapshot for the node: {0}")]
@@ -100,17 +103,24 @@ pub(crate) async fn stage(
         .map_err(|e| store_error("set the TempURL key of", &container, e))?;
     let expires = (OffsetDateTime::now_utc() + VALID_FOR).unix_timestamp();
     let url = temp_url(&account, &container, &object, &url_key, expires);
-    // The node has no second chance to tell us: the URL is tried from here first.
-    cloud
+    // The node has no second chance to tell us: the URL is tried from here first. A store
+    // that does not honour it keeps nothing of this attempt.
+    if let Err(e) = cloud
         .without_token(Service::ObjectStore, Method::HEAD, &url)
         .await
-        .map_err(|e| StageError::TempUrlRefused { cause: Box::new(e) })?;
+    {
+        let _ = clear(cloud, &container).await;
+        return Err(StageError::TempUrlRefused { cause: Box::new(e) });
+    }
+    let config = cloud.config();
     Ok(Staged {
         container,
         object,
         url,
         key: seal,
         bytes,
+        ca_bundle: super::cloud_ca(config)?,
+        insecure: config.insecure,
     })
 }
 
@@ -149,18 +159,22 @@ async fn check_temp_urls(cloud: &Cloud, account: &str) -> Result<(), StageError>
             source: Box::new(e),
         })?;
     let info: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
-    let digests: Vec<&str> = info["tempurl"]["allowed_digests"]
+    signs_sha256_temp_urls(&info).map_err(|found| StageError::NoTempUrl { found })
+}
+
+/// Whether Swift's `/info` offers TempURLs signed with HMAC-SHA256; what it offers when not.
+fn signs_sha256_temp_urls(info: &serde_json::Value) -> Result<(), String> {
+    let Some(tempurl) = info.get("tempurl") else {
+        return Err("it has no tempurl middleware".into());
+    };
+    let digests: Vec<&str> = tempurl["allowed_digests"]
         .as_array()
         .map(|d| d.iter().filter_map(|v| v.as_str()).collect())
         .unwrap_or_default();
-    match (info.get("tempurl"), digests.contains(&"sha256")) {
-        (Some(_), true) => Ok(()),
-        (None, _) => Err(StageError::NoTempUrl {
-            found: "no tempurl middleware".into(),
-        }),
-        (Some(_), false) => Err(StageError::NoTempUrl {
-            found: format!("it allows {}", digests.join(", ")),
-        }),
+    match (digests.contains(&"sha256"), digests.is_empty()) {
+        (true, _) => Ok(()),
+        (false, true) => Err("its tempurl middleware names no digests (SHA-1 only)".into()),
+        (false, false) => Err(format!("it allows {}", digests.join(", "))),
     }
 }
 
@@ -202,6 +216,21 @@ pub(crate) fn temp_url(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_store_that_signs_with_sha256_is_taken() {
+        let info = |v: serde_json::Value| signs_sha256_temp_urls(&v);
+        assert!(
+            info(serde_json::json!({"tempurl": {"allowed_digests": ["sha1", "sha256"]}})).is_ok()
+        );
+        let none = info(serde_json::json!({"swift": {}})).expect_err("no middleware");
+        assert!(none.contains("no tempurl"), "{none}");
+        let old = info(serde_json::json!({"tempurl": {"methods": ["GET"]}})).expect_err("old");
+        assert!(old.contains("SHA-1 only"), "{old}");
+        let sha1 =
+            info(serde_json::json!({"tempurl": {"allowed_digests": ["sha1"]}})).expect_err("sha1");
+        assert_eq!(sha1, "it allows sha1");
+    }
 
     #[test]
     fn the_info_url_sits_beside_the_version() {

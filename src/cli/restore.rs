@@ -47,6 +47,13 @@ pub(crate) fn run(file: &Path, cloud_flag: Option<&str>, args: &RestoreArgs) -> 
         ))
         .into());
     };
+    if crate::pki::ClusterPki::load_existing(&state)?.is_none() {
+        return Err(InvalidInput(format!(
+            "the state directory {} holds no PKI: a restored cluster needs the CAs and service-account key its objects were signed with; nothing was changed\n  hint: restore the state directory from your backup, or pass --state-dir",
+            state_path.display()
+        ))
+        .into());
+    }
     if backup::load_key(&state)?.is_none() {
         return Err(InvalidInput(format!(
             "the state directory {} holds no backup key ({}), so no snapshot can be opened with it\n  hint: use the state directory the cluster's backups were made with",

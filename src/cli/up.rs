@@ -425,6 +425,13 @@ pub(crate) fn down(file: &Path, cloud_flag: Option<&str>, args: &DownArgs) -> an
                     volume.size
                 );
             }
+            for snapshot in &down.volume_snapshots {
+                out!(
+                    "  its volume snapshot {} ({} GB) is kept; `down --delete-volumes` removes it",
+                    snapshot.id,
+                    snapshot.size
+                );
+            }
             kept.iter().for_each(|line| out!("  {line}"));
             return Ok(());
         }

@@ -1,4 +1,4 @@
-//! Cinder: volumes and the project's block-storage quotas.
+//! Cinder: volumes, their snapshots, and the project's block-storage quotas.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -28,6 +28,19 @@ pub(crate) struct VolumeAttachment {
     pub(crate) server_id: String,
     #[serde(default)]
     pub(crate) device: String,
+}
+
+/// A snapshot of a volume (Cinder CSI makes them for `VolumeSnapshot` objects).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct VolumeSnapshot {
+    pub id: String,
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    pub(crate) volume_id: String,
+    pub(crate) status: String,
+    pub size: u64,
+    #[serde(default)]
+    pub(crate) metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// The project's block-storage quotas and usage.
@@ -104,6 +117,56 @@ impl Cloud {
                 });
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The project's volume snapshots.
+    pub(crate) async fn volume_snapshots(&self) -> Result<Vec<VolumeSnapshot>, CloudError> {
+        #[derive(Deserialize)]
+        struct List {
+            snapshots: Vec<VolumeSnapshot>,
+        }
+        Ok(self
+            .get::<List>(Service::Volume, "/snapshots/detail")
+            .await?
+            .snapshots)
+    }
+
+    /// Deletes a volume snapshot and waits until Cinder no longer has it (a volume with
+    /// snapshots cannot be deleted); one already gone counts as deleted.
+    pub(crate) async fn delete_volume_snapshot(
+        &self,
+        id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), CloudError> {
+        let path = format!("/snapshots/{id}");
+        self.delete(Service::Volume, &path).await?;
+        let started = std::time::Instant::now();
+        loop {
+            #[derive(Deserialize)]
+            struct One {
+                snapshot: VolumeSnapshot,
+            }
+            match self.get::<One>(Service::Volume, &path).await {
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) => return Err(e),
+                Ok(one) if one.snapshot.status == "error_deleting" => {
+                    return Err(CloudError::Failed {
+                        what: format!("volume snapshot {id}"),
+                        fault: "Cinder could not delete it (error_deleting); see the volume service's log".into(),
+                        next: None,
+                    });
+                }
+                Ok(one) if started.elapsed() >= timeout => {
+                    return Err(CloudError::Timeout {
+                        what: format!("volume snapshot {id}"),
+                        wanted: "deleted".into(),
+                        state: one.snapshot.status,
+                        waited: timeout,
+                    });
+                }
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+            }
         }
     }
 

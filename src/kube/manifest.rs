@@ -59,26 +59,14 @@ impl Manifest {
         name: &str,
         spec: serde_json::Value,
     ) -> Manifest {
-        let scope = namespace.map_or(String::new(), |ns| format!("/namespaces/{ns}"));
-        let mut metadata = serde_json::json!({
-            "name": name,
-            "labels": { "app.kubernetes.io/managed-by": "flatstack" },
-        });
-        if let Some(ns) = namespace {
-            metadata["namespace"] = ns.into();
-        }
-        Manifest {
+        let resource = CustomResource {
+            api_version,
             kind,
-            namespace: namespace.map(Into::into),
-            name: name.into(),
-            path: format!("/apis/{api_version}{scope}/{plural}/{name}"),
-            body: serde_json::json!({
-                "apiVersion": api_version,
-                "kind": kind,
-                "metadata": metadata,
-                "spec": spec,
-            }),
-        }
+            plural,
+            namespace,
+            name,
+        };
+        resource.with(serde_json::json!({}), serde_json::json!({ "spec": spec }))
     }
 
     pub fn kind(&self) -> &'static str {
@@ -132,6 +120,55 @@ impl fmt::Display for Manifest {
         match &self.namespace {
             Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name),
             None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// What names a custom resource: its group version, kind, plural, namespace and name.
+pub(crate) struct CustomResource<'a> {
+    pub(crate) api_version: &'a str,
+    pub(crate) kind: &'static str,
+    pub(crate) plural: &'a str,
+    pub(crate) namespace: Option<&'a str>,
+    pub(crate) name: &'a str,
+}
+
+impl CustomResource<'_> {
+    /// The object with `annotations` and its own top-level `fields` (a `spec`, or the fields
+    /// of kinds that have none, like `VolumeSnapshotClass`).
+    pub(crate) fn with(
+        &self,
+        annotations: serde_json::Value,
+        fields: serde_json::Value,
+    ) -> Manifest {
+        let (api_version, plural, name) = (self.api_version, self.plural, self.name);
+        let scope = self
+            .namespace
+            .map_or(String::new(), |ns| format!("/namespaces/{ns}"));
+        let mut metadata = serde_json::json!({
+            "name": name,
+            "labels": { "app.kubernetes.io/managed-by": "flatstack" },
+        });
+        if let Some(ns) = self.namespace {
+            metadata["namespace"] = ns.into();
+        }
+        if annotations.as_object().is_some_and(|a| !a.is_empty()) {
+            metadata["annotations"] = annotations;
+        }
+        let mut body = serde_json::json!({
+            "apiVersion": api_version,
+            "kind": self.kind,
+            "metadata": metadata,
+        });
+        if let (Some(body), Some(fields)) = (body.as_object_mut(), fields.as_object()) {
+            body.extend(fields.clone());
+        }
+        Manifest {
+            kind: self.kind,
+            namespace: self.namespace.map(Into::into),
+            name: name.into(),
+            path: format!("/apis/{api_version}{scope}/{plural}/{name}"),
+            body,
         }
     }
 }

@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 pub(crate) use cron::Ran;
 pub(crate) use deployments::wait_deployment;
 pub use drain::{AfterDrain, DrainReport, drain_node};
-pub(crate) use manifest::Manifest;
+pub(crate) use manifest::{CustomResource, Manifest};
 pub use nodes::{NodeRow, is_initialized, is_ready, node_table, print_node_table};
 pub(crate) use nodes::{UNINITIALIZED_TAINT, age_between};
 pub use reboots::{RebootState, flatcar_version, reboot_required, reboot_states};

@@ -196,6 +196,9 @@ pub(crate) fn render_node(
             if let (Bootstrap::Init, Some(restore)) = (bootstrap, restore) {
                 config.file(restore::RESTORE_SCRIPT, &restore::restore_script(), 0o755)?;
                 config.sealed(restore::RESTORE_ENV, &restore.env_file())?;
+                if let Some(ca) = &restore.ca_bundle {
+                    config.file(restore::RESTORE_CA, ca, 0o644)?;
+                }
             }
             if let Some(key) = &pki.secrets_key {
                 config.file(

@@ -16,6 +16,8 @@ use super::seal::SealKey;
 pub(crate) const RESTORE_SCRIPT: &str = "/opt/flatstack/bin/flatstack-restore";
 /// What the restore needs (sealed: it holds the TempURL and the snapshot's key).
 pub(crate) const RESTORE_ENV: &str = "/etc/flatstack/restore.env";
+/// The cloud's own CA, when it has one: what curl trusts to fetch the snapshot (readable).
+pub(crate) const RESTORE_CA: &str = "/etc/flatstack/restore-ca.pem";
 /// Where the snapshot is kept, opened, until `kubeadm init` succeeds.
 pub(crate) const RESTORE_DIR: &str = "/var/lib/flatstack/restore";
 /// The revision etcd's guide tells Kubernetes restores to jump by, so that no watch or
@@ -42,6 +44,10 @@ pub struct RestoreSource {
     /// The control planes' node names: their Node objects and leases from the snapshot are
     /// deleted before the API server starts.
     pub stale_nodes: Vec<String>,
+    /// The cloud's own CA (PEM), which the object store's certificate is signed by.
+    pub ca_bundle: Option<String>,
+    /// The cloud is reached without checking certificates (clouds.yaml `verify: false`).
+    pub insecure: bool,
 }
 
 impl std::fmt::Debug for RestoreSource {
@@ -63,6 +69,7 @@ impl RestoreSource {
         let _ = writeln!(text, "image={}", self.etcd_image);
         let _ = writeln!(text, "token={}", self.cluster_token);
         let _ = writeln!(text, "stale={}", self.stale_nodes.join(" "));
+        let _ = writeln!(text, "insecure={}", u8::from(self.insecure));
         text
     }
 }
@@ -89,7 +96,7 @@ hex() {{ od -An -v -tx1 | tr -d ' \n'; }}
 env_file=$root{RESTORE_ENV}
 dir=$root{RESTORE_DIR}
 data=$root{ETCD_DATA_DIR}
-url="" key="" image="" token="" stale=""
+url="" key="" image="" token="" stale="" insecure=0
 while IFS='=' read -r field value; do
   case $field in
     url) url=$value ;;
@@ -97,8 +104,16 @@ while IFS='=' read -r field value; do
     image) image=$value ;;
     token) token=$value ;;
     stale) stale=$value ;;
+    insecure) insecure=$value ;;
   esac
 done < "$env_file"
+# The object store's certificate as the cloud's own clients check it.
+tls=()
+if [[ $insecure == 1 ]]; then
+  tls=(--insecure)
+elif [[ -f $root{RESTORE_CA} ]]; then
+  tls=(--cacert "$root{RESTORE_CA}")
+fi
 if [[ ! $key =~ ^[0-9a-f]{{128}}$ || -z $url || -z $image || ! $token =~ ^[A-Za-z0-9-]+$ ]]; then
   say "$env_file does not say where the snapshot is and how to open it"
   exit 1
@@ -116,7 +131,8 @@ if [[ ! -f $snapshot ]]; then
   rm -f "$dir/snapshot.sealed"
   # The URL goes to curl on its standard input, never in its arguments.
   printf 'url = "%s"\n' "$url" | curl -fsS --retry 10 --retry-all-errors --retry-delay 3 \
-    --connect-timeout 10 --speed-limit 1024 --speed-time 60 -K - -o "$dir/snapshot.sealed"
+    --connect-timeout 10 --speed-limit 1024 --speed-time 60 "${{tls[@]}}" -K - \
+    -o "$dir/snapshot.sealed"
   size=$(stat -c %s "$dir/snapshot.sealed")
   if (( size < 48 )); then
     say "the sealed snapshot is truncated ($size bytes)"
@@ -138,9 +154,17 @@ if [[ ! -f $snapshot ]]; then
 fi
 
 ctr -n k8s.io images pull "$image" > /dev/null
+# A container an attempt that was stopped (a reboot, a crash) left behind is removed first:
+# `--rm` removes it only while ctr runs.
+remove_container() {{
+  ctr -n k8s.io task kill -s SIGKILL "$1" > /dev/null 2>&1 || true
+  ctr -n k8s.io task rm -f "$1" > /dev/null 2>&1 || true
+  ctr -n k8s.io container rm "$1" > /dev/null 2>&1 || true
+}}
 in_etcd_image() {{
   local id=$1
   shift
+  remove_container "$id"
   ctr -n k8s.io run --rm --net-host \
     --mount "type=bind,src=$root/var/lib,dst=$root/var/lib,options=rbind:rw" \
     "$image" "$id" "$@"
@@ -170,8 +194,11 @@ if [[ -n $stale ]]; then
   }}
   trap stop_cleaning EXIT
   ready=""
-  for attempt in $(seq 1 60); do
-    if in_etcd_image "flatstack-restore-check-$attempt" etcdctl --endpoints "$client" \
+  for _ in $(seq 1 60); do
+    if ! kill -0 "$cleaning" 2> /dev/null; then
+      break
+    fi
+    if in_etcd_image flatstack-restore-check etcdctl --endpoints "$client" \
       endpoint health > /dev/null 2>&1; then
       ready=yes
       break

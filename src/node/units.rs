@@ -115,7 +115,11 @@ case $role in
     # A restored cluster: etcd's data directory is filled from the snapshot first, on every
     # attempt (a failed one's reset wipes it), and kubeadm told to start etcd on it.
     if [[ -f {RESTORE_ENV} ]]; then
-      {RESTORE_SCRIPT} "$name" "${{COREOS_OPENSTACK_IPV4_LOCAL:-}}"
+      # etcd's peer address as kubeadm picks it: the first global IPv4 address of the
+      # interface that holds the default route.
+      device=$(ip -4 route show default | awk '{{print $5; exit}}')
+      address=$(ip -4 -o addr show dev "$device" scope global | awk '{{split($4, a, "/"); print a[1]; exit}}')
+      {RESTORE_SCRIPT} "$name" "$address"
       command+=(--ignore-preflight-errors=DirAvailable--var-lib-etcd)
     fi
     ;;
@@ -137,9 +141,10 @@ esac
 say "kubeadm $role starting on $name"
 if "${{command[@]}}"; then
   say "kubeadm $role finished on $name"
-  [[ $role == worker ]] || place_vip_holder /etc/kubernetes/admin.conf
-  # The restored cluster runs: the snapshot and what opened it are needed no more.
+  # The restored cluster runs: the snapshot and what opened it are needed no more (removed
+  # first: the unit never runs again once kubeadm succeeded).
   rm -rf {RESTORE_DIR} {RESTORE_ENV}
+  [[ $role == worker ]] || place_vip_holder /etc/kubernetes/admin.conf
 else
   status=$?
   say "kubeadm $role failed with status $status on $name; resetting for the next attempt"

@@ -225,8 +225,12 @@ fn bootstrap_applies_add_ons_and_waits_for_every_node() {
     );
     let changed = addons::for_cluster(&spec, &rotated, b"key").expect("add-ons");
     let third = run(&client, &spec, &changed, 60).expect("third bootstrap");
-    // Every manifest, the two charts' entries in the record, and the record's digest.
-    assert_eq!(third.changes, changed.manifests.len() + 2 + 1);
+    // Every manifest and what follows the charts, the two charts' entries in the record, and
+    // the record's digest.
+    assert_eq!(
+        third.changes,
+        changed.manifests.len() + changed.after_charts.len() + 2 + 1
+    );
 }
 
 #[test]
@@ -328,6 +332,7 @@ fn a_cluster_that_never_gets_ready_times_out_saying_what_it_waits_for() {
     let mut set = addons::for_cluster(&spec, &conf(), b"key").expect("add-ons");
     set.manifests.retain(|m| m.name() != "flannel");
     set.charts.clear();
+    set.after_charts.clear();
     let error = run(&client, &spec, &set, 8).expect_err("never Ready");
     let message = error.to_string();
     assert!(
@@ -662,6 +667,7 @@ fn nodes_the_cloud_controller_has_not_initialized_are_waited_for_and_named() {
     set.manifests
         .retain(|m| m.kind() != "HelmChart" || keep.contains(&m.name()));
     set.charts.retain(|c| keep.contains(&c.as_str()));
+    set.after_charts.clear();
     let error = run(&client, &spec, &set, 20).expect_err("never initialized");
     let message = error.to_string();
     assert!(

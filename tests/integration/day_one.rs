@@ -132,6 +132,41 @@ fn up_installs_ingress_issuer_kured_and_metrics_server_pinned() {
             .contains(&json!("--kubelet-preferred-address-types=InternalIP"))
     );
 
+    // The snapshot controller, pinned, with its CRDs and no webhook; the default
+    // VolumeSnapshotClass went in only once its CRD was served, after the chart's Job.
+    let snapshots = &charts["snapshot-controller"];
+    assert_eq!(
+        snapshots["spec"]["version"],
+        flatstack::pins::SNAPSHOT_CONTROLLER.version
+    );
+    assert_eq!(
+        snapshots["spec"]["repo"],
+        flatstack::pins::SNAPSHOT_CONTROLLER.repo
+    );
+    let values = chart_values(&world, "snapshot-controller");
+    assert_eq!(values["installCRDs"], true);
+    assert_eq!(values["webhook"]["enabled"], false);
+    let class = world
+        .object("/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses/cinder-snapshots")
+        .expect("VolumeSnapshotClass applied");
+    assert_eq!(class["driver"], "cinder.csi.openstack.org");
+    assert_eq!(class["parameters"]["force-create"], "true");
+    assert_eq!(
+        class["metadata"]["annotations"]["snapshot.storage.kubernetes.io/is-default-class"],
+        "true"
+    );
+    let snapshot_controller_done = world
+        .seen
+        .iter()
+        .position(|s| s.path.ends_with("/jobs/helm-install-snapshot-controller"))
+        .expect("the snapshot controller's Job was watched");
+    let first_class = world
+        .seen
+        .iter()
+        .position(|s| s.path.starts_with("/apis/snapshot.storage.k8s.io/"))
+        .expect("class applied");
+    assert!(first_class > snapshot_controller_done);
+
     // The issuer went in only once cert-manager's CRDs were served (404 before).
     let issuer = world
         .object("/apis/cert-manager.io/v1/clusterissuers/letsencrypt")

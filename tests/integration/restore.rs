@@ -53,8 +53,12 @@ case $1 in
     exec "$@"
     ;;
   task)
+    # Only `task kill` acts, and only on the container's own etcd (never a reused pid).
+    [[ $2 == kill ]] || exit 0
     id=${*: -1}
-    kill -TERM "$(< "$FLATSTACK_SHIM_DIR/$id.pid")"
+    pid=$(cat "$FLATSTACK_SHIM_DIR/$id.pid" 2> /dev/null) || exit 1
+    [[ $(cat "/proc/$pid/comm" 2> /dev/null) == etcd ]] || exit 1
+    kill -TERM "$pid"
     ;;
 esac
 "#;
@@ -120,6 +124,8 @@ fn node_root(base: &Path, name: &str, url: String, key: &SealKey) -> (PathBuf, P
         etcd_image: ETCD_IMAGE.into(),
         cluster_token: "demo-restored-abc123".into(),
         stale_nodes: vec![NODE.into()],
+        ca_bundle: None,
+        insecure: false,
     };
     std::fs::write(root.join("etc/flatstack/restore.env"), source.env_file()).expect("env");
     let script = base.join(format!("{name}-flatstack-restore"));
@@ -142,6 +148,17 @@ fn run_script(script: &Path, root: &Path, shims: &Shims) -> Output {
         .env("FLATSTACK_SHIM_DIR", &shims.dir)
         .output()
         .expect("run the restore script")
+}
+
+/// Each of `wanted` begins a line of `log`, in this order.
+fn assert_in_order(log: &str, wanted: &[String]) {
+    let mut lines = log.lines();
+    for line in wanted {
+        assert!(
+            lines.any(|l| l.starts_with(line.as_str())),
+            "`{line}` not found in order in:\n{log}"
+        );
+    }
 }
 
 fn free_port() -> u16 {
@@ -186,6 +203,37 @@ fn the_node_restores_a_real_snapshot_and_drops_the_old_control_planes_nodes() {
         data = data.display()
     );
     assert!(log.contains(&restored), "{restored}\nnot in\n{log}");
+    // What containerd is asked, in order: each container run after any leftover of its name is
+    // removed, with the host's /var/lib at the same path, on the host network.
+    let run = format!(
+        "ctr -n k8s.io run --rm --net-host --mount type=bind,src={lib},dst={lib},options=rbind:rw {ETCD_IMAGE}",
+        lib = root.join("var/lib").display()
+    );
+    let data_dir = data.display();
+    assert_in_order(
+        &log,
+        &[
+            format!("ctr -n k8s.io images pull {ETCD_IMAGE}"),
+            "ctr -n k8s.io task kill -s SIGKILL flatstack-restore".into(),
+            "ctr -n k8s.io task rm -f flatstack-restore".into(),
+            "ctr -n k8s.io container rm flatstack-restore".into(),
+            format!("{run} flatstack-restore etcdutl snapshot restore"),
+            "ctr -n k8s.io container rm flatstack-restore-clean".into(),
+            format!(
+                "{run} flatstack-restore-clean etcd --name {NODE} --data-dir {data_dir} --listen-client-urls http://127.0.0.1:2399 --advertise-client-urls http://127.0.0.1:2399 --listen-peer-urls http://127.0.0.1:2398"
+            ),
+            format!(
+                "{run} flatstack-restore-check etcdctl --endpoints http://127.0.0.1:2399 endpoint health"
+            ),
+            format!(
+                "{run} flatstack-restore-delete etcdctl --endpoints http://127.0.0.1:2399 del /registry/minions/{NODE}"
+            ),
+            format!(
+                "{run} flatstack-restore-delete etcdctl --endpoints http://127.0.0.1:2399 del /registry/leases/kube-node-lease/{NODE}"
+            ),
+            "ctr -n k8s.io task kill -s SIGTERM flatstack-restore-clean".into(),
+        ],
+    );
     let kept = root.join("var/lib/flatstack/restore/snapshot.db");
     assert_eq!(std::fs::read(&kept).expect("kept"), plain);
     assert_eq!(mode_of(&kept), 0o600);
@@ -354,10 +402,19 @@ fn restore_stages_the_snapshot_behind_a_temp_url_and_rebuilds_the_control_plane(
     refused(&other_minor, "a restore keeps the minor");
     workspace.write_cluster(&cluster(&name, 1, "[backup]\nenabled = true\n"));
     assert_eq!(server_id(&control_plane), cp_before, "nothing changed");
+    assert!(
+        !crate::backup::objects(&container)
+            .iter()
+            .any(|o| o.starts_with("flatstack-restore.")),
+        "nothing staged"
+    );
+    assert!(!workspace.state_dir().join("restore-pending").exists());
 
     let restored = flatstack(&workspace, &["restore", "--yes", "--provision-only"]);
     let shown = success(&restored);
     assert!(shown.contains("staged flatstack-restore."), "{shown}");
+    // Not finished: the cluster has not been seen running (--provision-only).
+    assert!(workspace.state_dir().join("restore-pending").exists());
     assert_ne!(
         server_id(&control_plane),
         cp_before,
@@ -471,6 +528,11 @@ fn restore_builds_again_the_workers_the_snapshot_has_no_node_of() {
         let mut world = server.world.lock().expect("world");
         world.nodes.remove(&w2);
         world.nodes.remove(&cp);
+        // The kept worker's Node names its server, as its kubelet's `--provider-id` made it.
+        let kept = world.nodes.get_mut(&w1).expect("the kept worker's Node");
+        if let Some(spec) = kept.spec.as_mut() {
+            spec.provider_id = Some(format!("openstack:///{}", before[1]));
+        }
         // And a Node of a worker whose server is gone for good.
         world.register(&gone, false);
     }
@@ -491,7 +553,14 @@ fn restore_builds_again_the_workers_the_snapshot_has_no_node_of() {
         out.contains(&format!("deleting worker {w2}: made after the snapshot")),
         "{out}"
     );
-    assert!(out.contains("the cluster runs from snapshot"), "{out}");
+    assert!(
+        out.contains("the restored cluster runs; deleted 1 staged snapshot(s)"),
+        "{out}"
+    );
+    assert!(
+        !workspace.state_dir().join("restore-pending").exists(),
+        "the restore is recorded as finished"
+    );
     assert!(
         out.contains(&format!("deleted the Node object of {gone}")),
         "{out}"

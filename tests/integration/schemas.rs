@@ -6,13 +6,15 @@
 //!   bundled `v1.N.0-local-strict` schemas are generated from each release's OpenAPI), which
 //!   `scripts/test.sh` installs;
 //! - HelmCharts against helm-controller v0.17.7's own CRD schema, ClusterIssuers against
-//!   cert-manager v1.21.1's (`tests/data`, with their sources), made strict the way a
-//!   structural schema prunes: a field the schema does not know would be dropped silently by
-//!   the API server, so here it is an error;
+//!   cert-manager v1.21.1's, VolumeSnapshotClasses against external-snapshotter v8.6.0's
+//!   (`tests/data`, with their sources), made strict the way a structural schema prunes: a
+//!   field the schema does not know would be dropped silently by the API server, so here it
+//!   is an error;
 //! - the values flatstack gives charts without a `values.schema.json` (flannel, the OpenStack
-//!   cloud controller and Cinder CSI, kured, metrics-server): every key path must exist in that
-//!   chart version's `values.yaml`, lie under a map or list whose default is empty, or be read
-//!   by its templates (`template-values.txt`), so a renamed key fails here.
+//!   cloud controller and Cinder CSI, the snapshot controller, kured, metrics-server): every
+//!   key path must exist in that chart version's `values.yaml`, lie under a map or list whose
+//!   default is empty, or be read by its templates (`template-values.txt`), so a renamed key
+//!   fails here.
 //!
 //! The objects are those `flatstack render --out` writes to `manifests/` (what `up` applies)
 //! for each supported minor and several cluster files, plus what `jupyterhub` and `smoke`
@@ -104,8 +106,25 @@ fn tighten(schema: &mut Value) {
 fn crd_schema(file: &str) -> Value {
     let text = std::fs::read_to_string(format!("tests/data/{file}"))
         .unwrap_or_else(|e| panic!("tests/data/{file}: {e}"));
-    strict(&serde_json::from_str(&text).expect("schema is JSON"))
+    let schema: Value = match file.ends_with(".yaml") {
+        // A whole CustomResourceDefinition: the schema of its `v1`.
+        true => {
+            let crd: Value = serde_saphyr::from_str(&text).expect("the CRD is YAML");
+            crd["spec"]["versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == "v1")
+                .map(|v| v["schema"]["openAPIV3Schema"].clone())
+                .unwrap_or_else(|| panic!("{file} has no v1 schema"))
+        }
+        false => serde_json::from_str(&text).expect("schema is JSON"),
+    };
+    strict(&schema)
 }
+
+/// The kinds checked against a CRD's schema rather than Kubernetes' own.
+const CUSTOM_KINDS: [&str; 3] = ["HelmChart", "ClusterIssuer", "VolumeSnapshotClass"];
 
 /// Problems of a custom resource against its CRD's strict schema (metadata is the API
 /// server's to check, as for every kind).
@@ -113,6 +132,9 @@ fn custom_resource_problems(object: &Value) -> Vec<String> {
     let file = match object["kind"].as_str() {
         Some("HelmChart") => "helm-controller-v0.17.7/helmchart-crd-schema.json",
         Some("ClusterIssuer") => "cert-manager-v1.21.1/clusterissuer-crd-schema.json",
+        Some("VolumeSnapshotClass") => {
+            "external-snapshotter-v8.6.0/snapshot.storage.k8s.io_volumesnapshotclasses.yaml"
+        }
         other => return vec![format!("no CRD schema for kind {other:?}")],
     };
     let mut schema = crd_schema(file);
@@ -314,7 +336,7 @@ fn problems(minor: u32, files: &[PathBuf]) -> Vec<String> {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        kind == "HelmChart" || kind == "ClusterIssuer"
+        CUSTOM_KINDS.contains(&kind.as_str())
     });
     let builtin: Vec<PathBuf> = builtin.into_iter().cloned().collect();
     let mut found = kubernetes_problems(minor, &builtin);

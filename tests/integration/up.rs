@@ -814,7 +814,8 @@ fn a_failed_build_is_reported_by_up_and_status() {
     assert_nothing_left(&name);
 }
 
-/// Persistent volumes the cluster's CSI driver made survive `down` unless asked for.
+/// Persistent volumes the cluster's CSI driver made, and their snapshots, survive `down` unless
+/// asked for; then the snapshots go first (Cinder deletes no volume that has one).
 #[test]
 fn volumes_are_kept_unless_down_is_told_to_delete_them() {
     let name = unique("vols");
@@ -838,16 +839,44 @@ fn volumes_are_kept_unless_down_is_told_to_delete_them() {
         ],
     );
     let id = volume["id"].as_str().expect("id").to_string();
-    for _ in 0..120 {
-        if cli("local-demo", &["volume", "show", &id, "-f", "json"])["status"] == "available" {
-            break;
+    // `show` arguments: waits until Cinder says `available`.
+    let settled = |show: &[&str]| {
+        for _ in 0..120 {
+            if cli("local-demo", &[show, &["-f", "json"]].concat())["status"] == "available" {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+        panic!("{show:?} never became available");
+    };
+    settled(&["volume", "show", &id]);
+    // A snapshot as Cinder CSI makes one for a VolumeSnapshot: the cluster's ID in its
+    // metadata. Cinder deletes no volume that has one.
+    let snapshot = cli(
+        "local-demo",
+        &[
+            "volume",
+            "snapshot",
+            "create",
+            "--volume",
+            &id,
+            "--property",
+            &property,
+            &format!("snapshot-{name}"),
+            "-f",
+            "json",
+        ],
+    );
+    let snapshot_id = snapshot["id"].as_str().expect("id").to_string();
+    settled(&["volume", "snapshot", "show", &snapshot_id]);
 
     let kept = success(&flatstack(&workspace, &["down", "--yes"]));
     assert!(
         kept.contains(&format!("keeping volume pvc-{name} (1 GB)")),
+        "{kept}"
+    );
+    assert!(
+        kept.contains(&format!("keeping volume snapshot snapshot-{name} (1 GB)")),
         "{kept}"
     );
     assert!(
@@ -863,8 +892,18 @@ fn volumes_are_kept_unless_down_is_told_to_delete_them() {
         &["down", "--yes", "--delete-volumes"],
     ));
     assert!(
+        removed.contains(&format!("deleting volume snapshot snapshot-{name}")),
+        "{removed}"
+    );
+    assert!(
         removed.contains(&format!("deleting volume pvc-{name}")),
         "{removed}"
+    );
+    assert!(
+        !cli_raw("local-demo", &["volume", "snapshot", "show", &snapshot_id])
+            .status
+            .success(),
+        "the snapshot must be gone"
     );
     assert!(
         !cli_raw("local-demo", &["volume", "show", &id])

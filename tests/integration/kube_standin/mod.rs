@@ -7,7 +7,7 @@
 //!
 //! | behaviour | upstream source | tests relying on it |
 //! | --- | --- | --- |
-//! | custom resources 404 (plain text) until their CRD exists; names accepted at once, established next | apiextensions-apiserver `pkg/apiserver/customresource_handler.go`, `pkg/controller/establish/establishing_controller.go` | `behaviour::custom_resources_…`, `bootstrap::bootstrap_applies_…` (flatstack waits for the CRD), `day_one::up_installs_…` (ClusterIssuer after cert-manager) |
+//! | custom resources 404 (plain text) until their CRD exists; names accepted at once, established next | apiextensions-apiserver `pkg/apiserver/customresource_handler.go`, `pkg/controller/establish/establishing_controller.go` | `behaviour::custom_resources_…`, `bootstrap::bootstrap_applies_…` (flatstack waits for the CRD), `day_one::up_installs_…` (ClusterIssuer after cert-manager; VolumeSnapshotClass after the snapshot controller) |
 //! | helm-controller creates the HelmChart CRDs when its process starts, before its controllers run (half a second after it can run) | k3s-io/helm-controller v0.17.7 `pkg/cmd/cmd.go` (`crd.BatchCreateCRDs` before `controllers.Register`) | `bootstrap::bootstrap_applies_…` |
 //! | CRD schema defaults filled in on write, returned on read (HelmChart: `failurePolicy: reinstall`) | apiextensions-apiserver `pkg/apiserver/schema/defaulting/algorithm.go`; helm-controller v0.17.7 CRD (`tests/data/helm-controller-v0.17.7`) | `behaviour::custom_resources_…`, `day_one::a_changed_chart_…` (an unchanged chart is not waited for) |
 //! | server-side apply: conflicts (409 unless forced), shared ownership, hand-over on force and on update, fields no longer applied removed | apiserver `pkg/endpoints/handlers/fieldmanager`, structured-merge-diff `merge/update.go`, `merge/conflict.go` | `behaviour::field_ownership_…`, `behaviour::fields_a_manager_…`; every flatstack apply (field manager `flatstack`, `force=true`) |
@@ -188,7 +188,11 @@ pub const EXCLUDE_FROM_LOAD_BALANCERS: &str =
     "node.kubernetes.io/exclude-from-external-load-balancers";
 
 /// Groups whose resources come from CustomResourceDefinitions in the modelled cluster.
-const CRD_GROUPS: [&str; 2] = ["helm.cattle.io", "cert-manager.io"];
+const CRD_GROUPS: [&str; 3] = [
+    "helm.cattle.io",
+    "cert-manager.io",
+    "snapshot.storage.k8s.io",
+];
 const CRD_PATH: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
 /// helm-controller's HelmChart CRD at the pinned version: its schema (defaults included).
 const HELM_CHART_SCHEMA: &str =
@@ -876,6 +880,13 @@ impl World {
                 "clusterissuers.cert-manager.io",
                 "issuers.cert-manager.io",
                 "certificates.cert-manager.io",
+            ]),
+            // The snapshot controller's chart installs the external-snapshotter CRDs
+            // (`installCRDs`).
+            "snapshot-controller" => self.create_crds(&[
+                "volumesnapshotclasses.snapshot.storage.k8s.io",
+                "volumesnapshots.snapshot.storage.k8s.io",
+                "volumesnapshotcontents.snapshot.storage.k8s.io",
             ]),
             "kured" => {
                 let chart = self
