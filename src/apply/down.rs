@@ -89,6 +89,21 @@ impl Down {
         if self.observed.count() > 0 || delete_volumes {
             teardown(&self.cloud, &self.spec, delete_volumes, say).await?;
         }
+        // A restore that never finished ends with its cluster: its staged copy goes (with the
+        // container when the backups go), and so does the record that `up` would finish it.
+        if let Some(state) = &self.state {
+            let pending = super::restore::pending(state).map_err(BackupError::State)?;
+            if let Some(container) = pending {
+                if !delete_backups
+                    && let Err(e) = crate::backup::restore::clear(&self.cloud, &container).await
+                {
+                    say(&format!(
+                        "could not delete the copy of a snapshot an unfinished restore staged in {container}: {e}"
+                    ));
+                }
+                super::restore::finished(state).map_err(BackupError::State)?;
+            }
+        }
         if delete_backups {
             self.delete_backups(say).await?;
         }

@@ -286,8 +286,16 @@ pub(crate) async fn up(
                 accept_empty_cluster,
                 api_address: api_address.as_deref(),
             };
+            // Only the workers that were there before this run: the ones it made have no
+            // Node yet, and need none to be theirs.
+            let kept: Vec<String> = observation
+                .observed
+                .servers
+                .iter()
+                .map(|s| s.id.clone())
+                .collect();
             rounds
-                .after_restore(&mut spec, &again, &api, plan, provisioned)
+                .after_restore(&mut spec, &again, &api, &kept, plan, provisioned)
                 .await?
         }
         _ => (plan, provisioned),
@@ -456,10 +464,32 @@ async fn trial_restore(
         node_wait: timeout,
     };
     let plan = planner::plan(spec, &observed, &observation.facts, scope)?;
-    if let Some(short) = growth_shortfall(cloud, &observed, &observation.facts, &plan).await? {
-        return Err(UpError::Preflight(short));
+    // The control planes' new servers take the place of the ones deleted first.
+    let flavors = &observation.facts.flavors;
+    let mut growth = crate::plan::Needs::growth(&plan, &observed, flavors);
+    for old in observation
+        .observed
+        .servers
+        .iter()
+        .filter(|s| s.has_role("control-plane"))
+    {
+        let flavor = old
+            .flavor_name()
+            .and_then(|name| flavors.iter().find(|f| f.name == name || f.id == name));
+        growth.instances = growth.instances.saturating_sub(1);
+        if let Some(flavor) = flavor {
+            growth.cores = growth.cores.saturating_sub(u64::from(flavor.vcpus));
+            growth.ram_mib = growth.ram_mib.saturating_sub(flavor.ram);
+        }
     }
-    Ok(())
+    if growth.is_zero() {
+        return Ok(());
+    }
+    let quotas = preflight::quotas(cloud, &growth).await?;
+    match preflight::quota_shortfall(&quotas) {
+        Some(short) => Err(UpError::Preflight(short)),
+        None => Ok(()),
+    }
 }
 
 /// The API's URL: at `api_address` when given, else at the floating IP (the private address
@@ -519,6 +549,7 @@ impl Rounds<'_> {
         spec: &mut ClusterSpec,
         again: &Again<'_>,
         api: &str,
+        kept: &[String],
         plan: Plan,
         provisioned: Provisioned,
     ) -> Result<(Plan, Provisioned), UpError> {
@@ -535,7 +566,12 @@ impl Rounds<'_> {
                 "deleted the Node object of {gone}: no server of the cluster is left for it"
             ));
         }
-        let unregistered = super::restore::unregistered(&servers, &nodes);
+        let before: Vec<crate::cloud::compute::Server> = servers
+            .iter()
+            .filter(|s| kept.contains(&s.id))
+            .cloned()
+            .collect();
+        let unregistered = super::restore::unregistered(&before, &nodes);
         if unregistered.is_empty() {
             return Ok((plan, provisioned));
         }

@@ -127,11 +127,13 @@ pub(crate) async fn stage(
 /// Deletes every staged blob in `container` and its TempURL key: once the restored cluster
 /// runs, and before staging again.
 pub(crate) async fn clear(cloud: &Cloud, container: &str) -> Result<usize, BackupError> {
-    let objects = cloud
+    let Some(objects) = cloud
         .objects(container)
         .await
         .map_err(|e| store_error("list", container, e))?
-        .unwrap_or_default();
+    else {
+        return Ok(0); // the container is gone, and its key with it
+    };
     let mut deleted = 0;
     for object in objects.iter().filter(|o| o.name.starts_with(STAGED_PREFIX)) {
         cloud

@@ -139,17 +139,25 @@ impl Cloud {
         id: &str,
         timeout: std::time::Duration,
     ) -> Result<(), CloudError> {
+        #[derive(Deserialize)]
+        struct One {
+            snapshot: VolumeSnapshot,
+        }
         let path = format!("/snapshots/{id}");
-        self.delete(Service::Volume, &path).await?;
         let started = std::time::Instant::now();
+        let mut asked = false;
         loop {
-            #[derive(Deserialize)]
-            struct One {
-                snapshot: VolumeSnapshot,
-            }
             match self.get::<One>(Service::Volume, &path).await {
                 Err(e) if e.is_not_found() => return Ok(()),
                 Err(e) => return Err(e),
+                // Cinder deletes only an available snapshot, or one in error; one being made
+                // is waited for, one being deleted (a stopped run asked) only watched.
+                Ok(one)
+                    if !asked && matches!(one.snapshot.status.as_str(), "available" | "error") =>
+                {
+                    self.delete(Service::Volume, &path).await?;
+                    asked = true;
+                }
                 Ok(one) if one.snapshot.status == "error_deleting" => {
                     return Err(CloudError::Failed {
                         what: format!("volume snapshot {id}"),

@@ -171,6 +171,11 @@ in_etcd_image() {{
 }}
 
 say "restoring etcd from the snapshot as member $name at https://$address:2380"
+# Nothing of a stopped attempt may still use the data directory (its cleaning etcd above all).
+for leftover in flatstack-restore flatstack-restore-clean flatstack-restore-check \
+  flatstack-restore-delete; do
+  remove_container "$leftover"
+done
 rm -rf "$data"
 in_etcd_image flatstack-restore etcdutl snapshot restore "$snapshot" \
   --name "$name" \

@@ -117,7 +117,11 @@ case $role in
     if [[ -f {RESTORE_ENV} ]]; then
       # etcd's peer address as kubeadm picks it: the first global IPv4 address of the
       # interface that holds the default route.
-      device=$(ip -4 route show default | awk '{{print $5; exit}}')
+      device=$(ip -4 route show default | awk '{{for (i = 1; i < NF; i++) if ($i == "dev") {{print $(i + 1); exit}}}}')
+      if [[ -z $device ]]; then
+        say "cannot restore etcd: this node has no IPv4 default route to take its address from"
+        exit 1
+      fi
       address=$(ip -4 -o addr show dev "$device" scope global | awk '{{split($4, a, "/"); print a[1]; exit}}')
       {RESTORE_SCRIPT} "$name" "$address"
       command+=(--ignore-preflight-errors=DirAvailable--var-lib-etcd)

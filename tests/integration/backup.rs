@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::openstack::{cli, cli_raw, clouds_yaml, unique};
-use crate::support::{Workspace, stderr, stdout, success};
+use crate::support::{Workspace, free_port, stderr, stdout, success};
 use crate::up::{Teardown, cluster, command, flatstack};
 
 /// The cluster's containers, as the `openstack` CLI lists them.
@@ -326,13 +326,6 @@ fn a_store_that_refuses_writes_stops_up_before_anything_is_made() {
 pub(crate) struct Etcd {
     child: std::process::Child,
     endpoint: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 impl Etcd {
@@ -908,12 +901,7 @@ fn backup_now_runs_the_cron_job_whose_pod_uploads_a_real_snapshot() {
     };
     world.register(&format!("{name}-control-plane-1"), true);
     world.register(&format!("{name}-default-1"), false);
-    let server = StandIn::start(
-        &pki.ca.cert_pem,
-        pki.ca.key_pem.expose(),
-        &pki.ca.cert_pem,
-        world,
-    );
+    let server = StandIn::of_cluster(&pki, world);
     let api = server.address.to_string();
     success(&flatstack(
         &workspace,

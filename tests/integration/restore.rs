@@ -155,17 +155,10 @@ fn assert_in_order(log: &str, wanted: &[String]) {
     let mut lines = log.lines();
     for line in wanted {
         assert!(
-            lines.any(|l| l.starts_with(line.as_str())),
+            lines.any(|l| l == line || l.starts_with(&format!("{line} "))),
             "`{line}` not found in order in:\n{log}"
         );
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// The script fetches the sealed snapshot once, checks and opens it, restores it with the
@@ -473,7 +466,8 @@ fn restore_stages_the_snapshot_behind_a_temp_url_and_rebuilds_the_control_plane(
 /// Node), the worker the snapshot holds a Node of is kept as it is, and the worker made after
 /// the snapshot (no Node in the restored cluster: its kubelet would never register again) is
 /// deleted and built again in a second round; a Node no server accounts for is deleted; every
-/// node is Ready, and the staged blob is gone.
+/// node is Ready, and the staged blob is gone. Then a restore stopped after its control plane
+/// was made is finished by the next `up`.
 #[test]
 fn restore_builds_again_the_workers_the_snapshot_has_no_node_of() {
     use crate::kube_standin::{StandIn, World};
@@ -492,12 +486,7 @@ fn restore_builds_again_the_workers_the_snapshot_has_no_node_of() {
     world.register(&cp, true);
     world.register(&w1, false);
     world.register(&w2, false);
-    let server = StandIn::start(
-        &pki.ca.cert_pem,
-        pki.ca.key_pem.expose(),
-        &pki.ca.cert_pem,
-        world,
-    );
+    let server = StandIn::of_cluster(&pki, world);
     let api = server.address.to_string();
     success(&flatstack(
         &workspace,
@@ -587,5 +576,46 @@ fn restore_builds_again_the_workers_the_snapshot_has_no_node_of() {
         .keys()
         .cloned()
         .collect();
-    assert_eq!(nodes, [cp, w1, w2]);
+    assert_eq!(nodes, [cp.clone(), w1.clone(), w2.clone()]);
+
+    // A restore stopped once its control plane was made (here: `--provision-only`) is
+    // finished by the next `up`: the worker without a Node is built again, the blob and the
+    // record go; the workers that run are left as they are.
+    {
+        let mut world = server.world.lock().expect("world");
+        world.nodes.remove(&w2);
+        world.nodes.remove(&cp);
+    }
+    success(&flatstack(
+        &workspace,
+        &["restore", "--yes", "--provision-only"],
+    ));
+    assert!(workspace.state_dir().join("restore-pending").exists());
+    let second: Vec<String> = [&cp, &w1, &w2].iter().map(|s| server_id(s)).collect();
+    let finished = success(&flatstack(
+        &workspace,
+        &["up", "--api-address", api.as_str(), "--timeout", "3m"],
+    ));
+    assert!(
+        finished.contains(&format!("deleting worker {w2}: made after the snapshot")),
+        "{finished}"
+    );
+    assert!(
+        finished.contains("the restored cluster runs; deleted 1 staged snapshot(s)"),
+        "{finished}"
+    );
+    assert!(!workspace.state_dir().join("restore-pending").exists());
+    let third: Vec<String> = [&cp, &w1, &w2].iter().map(|s| server_id(s)).collect();
+    assert_eq!(
+        third[0], second[0],
+        "the control plane the restore made is kept"
+    );
+    assert_eq!(third[1], second[1], "the worker with a Node is kept");
+    assert_ne!(third[2], second[2], "the worker without one is new");
+    // A converged cluster's `up` has nothing of a restore left to do.
+    let again = success(&flatstack(
+        &workspace,
+        &["up", "--api-address", api.as_str(), "--timeout", "3m"],
+    ));
+    assert!(!again.contains("deleting worker"), "{again}");
 }

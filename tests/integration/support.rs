@@ -184,6 +184,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Fails the test with a clear message when a tool the test checks against is missing.
+/// A TCP port on 127.0.0.1 that nothing listens on at the moment.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 pub fn require_tool(name: &str) {
     let found = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))

@@ -948,12 +948,7 @@ fn up_bootstraps_through_the_api_and_drains_before_scaling_down() {
         }),
         "kubeadm",
     );
-    let server = StandIn::start(
-        &pki.ca.cert_pem,
-        pki.ca.key_pem.expose(),
-        &pki.ca.cert_pem,
-        world,
-    );
+    let server = StandIn::of_cluster(&pki, world);
     let api = server.address.to_string();
     let up = ["up", "--api-address", api.as_str(), "--timeout", "3m"];
 
@@ -1186,12 +1181,7 @@ fn a_pool_with_a_new_flavor_is_replaced_node_by_node_new_node_ready_first() {
     world.register(&node("control-plane-1"), true);
     world.register(&node("default-1"), false);
     world.register(&node("default-2"), false);
-    let server = StandIn::start(
-        &pki.ca.cert_pem,
-        pki.ca.key_pem.expose(),
-        &pki.ca.cert_pem,
-        world,
-    );
+    let server = StandIn::of_cluster(&pki, world);
     // The kubelets: a server's node registers once the server is ACTIVE, unless kept out.
     let never: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -1401,13 +1391,6 @@ impl Drop for ApiProcess {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// neutron-server killed while `up` creates the network side, then nova-api killed and
@@ -2354,12 +2337,7 @@ fn up_says_what_vanished_while_it_ran() {
     );
     let mut world = World::default();
     world.register(&cp, true);
-    let server = StandIn::start(
-        &pki.ca.cert_pem,
-        pki.ca.key_pem.expose(),
-        &pki.ca.cert_pem,
-        world,
-    );
+    let server = StandIn::of_cluster(&pki, world);
     let api = server.address.to_string();
     let run = spawn(
         &workspace,
@@ -2899,12 +2877,7 @@ impl HighlyAvailable {
             world.register(&format!("{name}-control-plane-{n}"), true);
         }
         world.register(&format!("{name}-default-1"), false);
-        let server = StandIn::start(
-            &pki.ca.cert_pem,
-            pki.ca.key_pem.expose(),
-            &pki.ca.cert_pem,
-            world,
-        );
+        let server = StandIn::of_cluster(&pki, world);
         let api = server.address.to_string();
         let cluster = HighlyAvailable {
             name,

@@ -72,12 +72,7 @@ fn standin_at(workspace: &Workspace, release: &str, nodes: &[String]) -> StandIn
         json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
             "metadata": {"name": "kured", "namespace": "kube-system", "resourceVersion": "5"}}),
     );
-    StandIn::start(
-        &pki.ca.cert_pem,
-        pki.ca.key_pem.expose(),
-        &pki.ca.cert_pem,
-        world,
-    )
+    StandIn::of_cluster(&pki, world)
 }
 
 /// Cluster `name` at 1.36.2 in its file (digest `ab…`): one control plane and one worker,

@@ -1213,6 +1213,17 @@ pub struct StandIn {
 impl StandIn {
     /// Serves with a certificate for 127.0.0.1 signed by `ca` (PEM certificate and key), and
     /// accepts only client certificates signed by `client_ca`.
+    /// A stand-in serving with the cluster's own CA and trusting the clients it signed, as
+    /// the cluster's API server does.
+    pub fn of_cluster(pki: &flatstack::pki::ClusterPki, world: World) -> StandIn {
+        StandIn::start(
+            &pki.ca.cert_pem,
+            pki.ca.key_pem.expose(),
+            &pki.ca.cert_pem,
+            world,
+        )
+    }
+
     pub fn start(ca_cert: &str, ca_key: &str, client_ca: &str, world: World) -> StandIn {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = server_tls(ca_cert, ca_key, client_ca);
