@@ -148,6 +148,7 @@ mod tests {
             cacert: None,
             insecure: false,
             endpoint_overrides: BTreeMap::new(),
+            s3_keys: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{
     ApplyError, cluster_volume_snapshots, cluster_volumes, observe::cluster_resources, teardown,
 };
-use crate::backup::{BackupError, Listing};
+use crate::backup::{BackupError, Listing, Store};
 use crate::cloud::volume::{Volume, VolumeSnapshot};
 use crate::cloud::{Cloud, CloudConfig};
 use crate::pki::{StateDir, WriterLock};
@@ -51,12 +51,15 @@ impl Down {
         let volume_snapshots = cluster_volume_snapshots(&cloud, &spec.name, &volumes).await?;
         // The store is read for what `down` says it keeps; it must answer only when the
         // backups are to be deleted (`delete_backups` then reads it again).
-        let (backups, unread) = match cloud.offers_object_store().await {
-            true => match crate::backup::list(&cloud, &spec.name, state.as_ref()).await {
-                Ok(listing) => (listing, None),
-                Err(e) => (Listing::default(), Some(e.to_string())),
+        let (backups, unread) = match Store::of(&cloud, &spec) {
+            Err(e) => (Listing::default(), Some(e.to_string())),
+            Ok(store) => match store.offered().await {
+                true => match crate::backup::list(&store, &spec.name, state.as_ref()).await {
+                    Ok(listing) => (listing, None),
+                    Err(e) => (Listing::default(), Some(e.to_string())),
+                },
+                false => (Listing::default(), None),
             },
-            false => (Listing::default(), None),
         };
         Ok(Down {
             spec,
@@ -94,9 +97,14 @@ impl Down {
         if let Some(state) = &self.state {
             let pending = super::restore::pending(state).map_err(BackupError::State)?;
             if let Some(container) = pending {
-                if !delete_backups
-                    && let Err(e) = crate::backup::restore::clear(&self.cloud, &container).await
-                {
+                let cleared = match Store::of(&self.cloud, &self.spec) {
+                    Ok(store) if !delete_backups => {
+                        crate::backup::restore::clear(&store, &container).await
+                    }
+                    Ok(_) => Ok(0),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = cleared {
                     say(&format!(
                         "could not delete the copy of a snapshot an unfinished restore staged in {container}: {e}"
                     ));
@@ -115,8 +123,9 @@ impl Down {
         &self,
         say: &(dyn Fn(&str) + Sync),
     ) -> Result<(), BackupError> {
+        let store = Store::of(&self.cloud, &self.spec)?;
         let deleted =
-            crate::backup::delete_all(&self.cloud, &self.spec.name, self.state.as_ref()).await?;
+            crate::backup::delete_all(&store, &self.spec.name, self.state.as_ref()).await?;
         for (container, objects) in deleted {
             say(&format!(
                 "deleted backup container {container} with its {objects} object(s)"

@@ -122,10 +122,11 @@ pub(crate) async fn begin(
         "staging snapshot {} (taken {}, Kubernetes {}) for the control plane that restores it",
         snapshot.object, snapshot.name.taken, snapshot.name.kubernetes
     ));
-    let staged = crate::backup::restore::stage(cloud, &key, snapshot).await?;
+    let store = crate::backup::Store::of(cloud, spec).map_err(crate::backup::BackupError::from)?;
+    let staged = crate::backup::restore::stage(&store, &key, snapshot).await?;
     state.write(PENDING, staged.container.as_bytes(), 0o600)?;
     say(&format!(
-        "staged {} ({} of etcd data) in {}; readable through a TempURL for a day",
+        "staged {} ({} of etcd data) in {}; readable through a signed URL for a day",
         staged.object,
         crate::backup::human_size(staged.bytes as u64),
         staged.container

@@ -213,16 +213,21 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
                 .map_err(|e| format!("cannot read the load balancer's members: {e}")),
         ),
     };
-    let backups = match crate::backup::enabled(
-        &spec,
-        cloud.offers_object_store().await,
-        &cloud.config().name,
+    let store = crate::backup::Store::of(&cloud, &spec);
+    let offered = match &store {
+        Ok(store) => store.offered().await,
+        Err(_) => true,
+    };
+    let backups = match (
+        crate::backup::enabled(&spec, offered, &cloud.config().name),
+        store,
     ) {
-        Ok(false) => None,
-        Err(e) => Some(Err(e.to_string())),
-        Ok(true) => {
+        (Ok(false), _) => None,
+        (Err(e), _) => Some(Err(e.to_string())),
+        (Ok(true), Err(e)) => Some(Err(e.to_string())),
+        (Ok(true), Ok(store)) => {
             let state = StateDir::open_existing(&state_path).ok().flatten();
-            match crate::backup::list(&cloud, &spec.name, state.as_ref()).await {
+            match crate::backup::list(&store, &spec.name, state.as_ref()).await {
                 Ok(listing) => Some(Ok(crate::backup::Freshness::of(
                     &listing,
                     spec.backup.every_hours,

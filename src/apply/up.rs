@@ -14,6 +14,7 @@ use super::observe::{Observation, observe};
 use super::timeline::{self, Timeline};
 use super::{ApplyError, Provisioned, identity, preflight, ranges};
 use crate::addons;
+use crate::backup::BackupError;
 use crate::cloud::{Cloud, CloudConfig, CloudError};
 use crate::kube::KubeClient;
 use crate::node::seal::SEAL_KEY_METADATA;
@@ -386,10 +387,11 @@ pub(crate) async fn up(
         ));
     }
     if let (Some(container), Some(_)) = (&restored_from, &booted) {
-        let deleted = crate::backup::restore::clear(&cloud, container).await?;
+        let store = crate::backup::Store::of(&cloud, &spec).map_err(BackupError::from)?;
+        let deleted = crate::backup::restore::clear(&store, container).await?;
         super::restore::finished(&state)?;
         say(&format!(
-            "the restored cluster runs; deleted {deleted} staged snapshot(s) and the TempURL key"
+            "the restored cluster runs; deleted {deleted} staged snapshot(s) and what signed its URL"
         ));
     }
     let timeline = timeline::build(&plan, &provisioned.runs, &before, &after, at());
@@ -420,12 +422,12 @@ async fn backup_target(
     spec: &ClusterSpec,
     say: &dyn Fn(&str),
 ) -> Result<Option<crate::backup::objects::BackupTarget>, UpError> {
-    let offered = cloud.offers_object_store().await;
-    if !crate::backup::enabled(spec, offered, &cloud.config().name)? {
+    let store = crate::backup::Store::of(cloud, spec).map_err(BackupError::from)?;
+    if !crate::backup::enabled(spec, store.offered().await, &cloud.config().name)? {
         return Ok(None);
     }
-    let store = match crate::backup::ensure(cloud, state, &spec.name).await {
-        Ok(store) => store,
+    let ensured = match crate::backup::ensure(&store, state, &spec.name).await {
+        Ok(ensured) => ensured,
         Err(e) if e.is_refused() && spec.backup.enabled.is_none() => {
             say(&format!(
                 "backups are off: {}; give the cluster's credentials a role that may write to the object store, or set `backup.enabled = false` to say so",
@@ -435,14 +437,15 @@ async fn backup_target(
         }
         Err(e) => return Err(e.into()),
     };
-    if store.created {
+    if ensured.created {
         say(&format!(
-            "made backup container {} in the object store; it took a test write",
-            store.container
+            "made backup {} {} in the object store; it took a test write",
+            store.noun(),
+            ensured.container
         ));
     }
     Ok(Some(
-        crate::backup::target(cloud, state, store.container).await?,
+        crate::backup::target(&store, state, ensured.container).await?,
     ))
 }
 
@@ -1106,7 +1109,8 @@ pub(crate) async fn plan(
         None => planner::plan(&spec, &observation.observed, &observation.facts, scope)?,
     };
     let growth = growth_shortfall(&cloud, &observation.observed, &observation.facts, &plan).await?;
-    let backup = crate::backup::view(&cloud, &spec, state.as_ref()).await?;
+    let store = crate::backup::Store::of(&cloud, &spec).map_err(BackupError::from)?;
+    let backup = crate::backup::view(&store, &spec, state.as_ref()).await?;
     let secrets_at_rest = match identity::encrypts_secrets(&observation.observed.servers) {
         true => "encrypted by the API servers (secretbox, the state directory's key)".to_string(),
         false => "not encrypted: the cluster was made before flatstack encrypted them".to_string(),

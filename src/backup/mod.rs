@@ -1,5 +1,5 @@
-//! Where a cluster's etcd snapshots are kept and what they are called: one container of the
-//! cloud's object store per cluster, its name unique (a random suffix, recorded in the state
+//! Where a cluster's etcd snapshots are kept and what they are called: one container (or
+//! bucket) of the cluster's object store ([`store`]) per cluster, its name unique (a random suffix, recorded in the state
 //! directory, so a store whose names are global cannot hand us another project's), and
 //! snapshot objects named by cluster, time and Kubernetes release. `up` makes the container and
 //! checks it can be written; `backup list` and `down` read and empty it from the workstation.
@@ -8,13 +8,15 @@ pub(crate) mod envelope;
 pub(crate) mod objects;
 pub(crate) mod restore;
 pub(crate) mod script;
+pub(crate) mod store;
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
 
+use crate::cloud::CloudError;
 use crate::cloud::object_store::{Made, StoredObject};
-use crate::cloud::{Cloud, CloudError};
 use crate::pki::{PkiError, StateDir};
 use crate::spec::ClusterSpec;
+pub(crate) use store::{Store, StoreConfigError};
 
 /// The state directory's record of the cluster's container.
 pub(crate) const CONTAINER_RECORD: &str = "backup-container";
@@ -57,6 +59,8 @@ pub enum BackupError {
     NamesTaken { last: String },
     #[error(transparent)]
     State(#[from] PkiError),
+    #[error(transparent)]
+    StoreConfig(#[from] StoreConfigError),
     #[error(
         "{} does not hold a backup key\n  hint: restore it from your backup of the state directory; without it no snapshot can be read",
         path.display()
@@ -80,7 +84,9 @@ impl BackupError {
     /// what must change.
     pub(crate) fn is_invalid_input(&self) -> bool {
         match self {
-            BackupError::NoObjectStore { .. } | BackupError::DamagedKey { .. } => true,
+            BackupError::NoObjectStore { .. }
+            | BackupError::DamagedKey { .. }
+            | BackupError::StoreConfig(_) => true,
             BackupError::State(e) => e.is_invalid_input(),
             _ => false,
         }
@@ -174,7 +180,7 @@ pub(crate) struct Ensured {
 /// found before any snapshot is due. A container that is there is only looked at, so a
 /// converged cluster's `up` changes nothing.
 pub(crate) async fn ensure(
-    cloud: &Cloud,
+    store: &Store<'_>,
     state: &StateDir,
     cluster: &str,
 ) -> Result<Ensured, BackupError> {
@@ -182,7 +188,7 @@ pub(crate) async fn ensure(
         Some(name) => name,
         None => record_new(state, cluster)?,
     };
-    if containers(cloud, cluster, Some(state))
+    if containers(store, cluster, Some(state))
         .await?
         .contains(&name)
     {
@@ -193,7 +199,7 @@ pub(crate) async fn ensure(
     }
     let mut attempts = 1;
     let created = loop {
-        let made = cloud
+        let made = store
             .create_container(&name, cluster)
             .await
             .map_err(|source| store_error("create", &name, source))?;
@@ -207,16 +213,18 @@ pub(crate) async fn ensure(
             Made::Taken => return Err(BackupError::NamesTaken { last: name }),
         }
     };
-    let check = cloud
+    let check = store
         .put_object(&name, WRITE_CHECK, b"flatstack".to_vec())
         .await;
     if let Err(source) = check {
         return Err(store_error("write to", &name, source));
     }
-    cloud
-        .delete_object(&name, WRITE_CHECK)
-        .await
-        .map_err(|source| store_error("delete the write check from", &name, source))?;
+    if !store.keeps_write_check() {
+        store
+            .delete_object(&name, WRITE_CHECK)
+            .await
+            .map_err(|source| store_error("delete the write check from", &name, source))?;
+    }
     Ok(Ensured {
         container: name,
         created,
@@ -246,20 +254,35 @@ fn store_error(action: &'static str, container: &str, source: CloudError) -> Bac
 
 /// Where the cluster's CronJob sends snapshots, and what it logs in and seals with.
 pub(crate) async fn target(
-    cloud: &Cloud,
+    store: &Store<'_>,
     state: &StateDir,
     container: String,
 ) -> Result<objects::BackupTarget, BackupError> {
-    let store_url = cloud
-        .object_store_url()
-        .await
-        .map_err(|source| BackupError::Containers(Box::new(source)))?;
-    let config = cloud.config();
+    let config = store.cloud().config();
+    let (store_url, login) = match store.s3() {
+        Some(s3) => (
+            s3.endpoint().to_string(),
+            objects::StoreLogin::S3 {
+                region: s3.region().to_string(),
+                keys: s3.keys().clone(),
+            },
+        ),
+        None => (
+            store
+                .cloud()
+                .object_store_url()
+                .await
+                .map_err(|source| BackupError::Containers(Box::new(source)))?,
+            objects::StoreLogin::Keystone {
+                auth_url: crate::cloud::identity_v3(config),
+                auth_request: crate::cloud::token_request(config),
+            },
+        ),
+    };
     Ok(objects::BackupTarget {
         store_url,
         container,
-        auth_url: crate::cloud::identity_v3(config),
-        auth_request: crate::cloud::token_request(config),
+        login,
         recipient_pem: load_or_create_key(state)?.public_pem(),
         ca_bundle: cloud_ca(config)?,
         insecure: config.insecure,
@@ -297,12 +320,12 @@ pub(crate) struct BackupView {
 
 /// What `up` would do about backups, found without changing anything.
 pub(crate) async fn view(
-    cloud: &Cloud,
+    store: &Store<'_>,
     spec: &ClusterSpec,
     state: Option<&StateDir>,
 ) -> Result<BackupView, BackupError> {
-    let offered = cloud.offers_object_store().await;
-    let on = enabled(spec, offered, &cloud.config().name)?;
+    let offered = store.offered().await;
+    let on = enabled(spec, offered, &store.cloud().config().name)?;
     let mut view = BackupView {
         enabled: on,
         note: String::new(),
@@ -319,7 +342,7 @@ pub(crate) async fn view(
         return Ok(view);
     }
     let recorded = recorded_container(state)?;
-    let found = match containers(cloud, &spec.name, state).await {
+    let found = match containers(store, &spec.name, state).await {
         Ok(found) => found,
         Err(e) if e.is_refused() && spec.backup.enabled.is_none() => {
             view.enabled = false;
@@ -330,11 +353,16 @@ pub(crate) async fn view(
     };
     let present = recorded.as_ref().is_some_and(|name| found.contains(name));
     view.to_create = !present;
+    let noun = store.noun();
+    let at = store
+        .s3()
+        .map(|s3| format!(" at {}", s3.endpoint()))
+        .unwrap_or_default();
     view.note = match (&recorded, present) {
-        (Some(name), true) => format!("to Swift container {name}"),
-        (Some(name), false) => format!("to Swift container {name}, which `up` makes"),
+        (Some(name), true) => format!("to {noun} {name}{at}"),
+        (Some(name), false) => format!("to {noun} {name}{at}, which `up` makes"),
         (None, _) => format!(
-            "to a Swift container `up` makes ({}<random>)",
+            "to a {noun}{at} `up` makes ({}<random>)",
             container_prefix(&spec.name)
         ),
     };
@@ -443,11 +471,11 @@ pub(crate) struct Listing {
 /// The cluster's containers: the recorded one, and any other of its prefix (an earlier cluster
 /// of the same name, or a state directory that was lost: their snapshots are listed too).
 pub(crate) async fn containers(
-    cloud: &Cloud,
+    store: &Store<'_>,
     cluster: &str,
     state: Option<&StateDir>,
 ) -> Result<Vec<String>, BackupError> {
-    Ok(container_entries(cloud, cluster, state)
+    Ok(container_entries(store, cluster, state)
         .await?
         .into_iter()
         .map(|c| c.name)
@@ -456,11 +484,11 @@ pub(crate) async fn containers(
 
 /// [`containers`] with when each last changed.
 async fn container_entries(
-    cloud: &Cloud,
+    store: &Store<'_>,
     cluster: &str,
     state: Option<&StateDir>,
 ) -> Result<Vec<crate::cloud::object_store::ContainerEntry>, BackupError> {
-    let mut found = match cloud.containers(&container_prefix(cluster)).await {
+    let mut found = match store.containers(&container_prefix(cluster)).await {
         Ok(found) => found,
         Err(source @ CloudError::Api { status: 403, .. }) => {
             return Err(BackupError::Refused {
@@ -523,11 +551,11 @@ impl Freshness {
 
 /// Reads the cluster's snapshots from the store.
 pub(crate) async fn list(
-    cloud: &Cloud,
+    store: &Store<'_>,
     cluster: &str,
     state: Option<&StateDir>,
 ) -> Result<Listing, BackupError> {
-    let entries = container_entries(cloud, cluster, state).await?;
+    let entries = container_entries(store, cluster, state).await?;
     let mut listing = Listing {
         since: entries
             .first()
@@ -537,12 +565,19 @@ pub(crate) async fn list(
         ..Listing::default()
     };
     for container in &listing.containers {
-        let objects: Vec<StoredObject> = cloud
+        let objects: Vec<StoredObject> = store
             .objects(container)
             .await
             .map_err(|source| store_error("list", container, source))?
             .unwrap_or_default();
         for object in objects {
+            if object.name == WRITE_CHECK {
+                // Left in S3 buckets: when the first was made, which their listing does not say.
+                if listing.since.is_none() && Some(container) == listing.containers.first() {
+                    listing.since = parse_swift_time(&object.last_modified);
+                }
+                continue;
+            }
             match SnapshotName::parse(cluster, &object.name) {
                 Some(name) => listing.snapshots.push(Snapshot {
                     container: container.clone(),
@@ -590,11 +625,11 @@ pub(crate) fn choose<'a>(
 
 /// Downloads `snapshot` and opens it with `key`: the etcd snapshot it holds, checked.
 pub(crate) async fn fetch(
-    cloud: &Cloud,
+    store: &Store<'_>,
     key: &envelope::BackupKey,
     snapshot: &Snapshot,
 ) -> Result<Vec<u8>, BackupError> {
-    let bytes = cloud
+    let bytes = store
         .get_object(&snapshot.container, &snapshot.object)
         .await
         .map_err(|source| store_error("read", &snapshot.container, source))?
@@ -611,13 +646,13 @@ pub(crate) async fn fetch(
 /// Deletes every container of the cluster with everything in it; returns each container and
 /// how many objects it held.
 pub(crate) async fn delete_all(
-    cloud: &Cloud,
+    store: &Store<'_>,
     cluster: &str,
     state: Option<&StateDir>,
 ) -> Result<Vec<(String, usize)>, BackupError> {
     let mut deleted = Vec::new();
-    for container in containers(cloud, cluster, state).await? {
-        let count = cloud
+    for container in containers(store, cluster, state).await? {
+        let count = store
             .delete_container(&container)
             .await
             .map_err(|source| store_error("delete", &container, source))?;

@@ -2,7 +2,7 @@
 //! saves a snapshot with `etcdctl` from kubeadm's etcd image (an init container: that image has
 //! no shell) into a host directory, then has the host seal and upload it with the script of
 //! [`super::script`]; a ConfigMap with that script and the backup key's public half; a Secret
-//! with the Keystone token request the host logs in with. One Job at a time
+//! with what the host logs in with (a Keystone token request, or an S3 access key). One Job at a time
 //! (`concurrencyPolicy: Forbid`), so three control planes make one snapshot per schedule.
 
 use std::collections::BTreeMap;
@@ -35,17 +35,15 @@ const SCRIPT_KEY: &str = "upload.sh";
 const RECIPIENT_KEY: &str = "recipient.pem";
 const CA_KEY: &str = "ca.crt";
 const AUTH_KEY: &str = "auth-request";
+const S3_USER_KEY: &str = "s3-user";
 
 /// What the objects need besides the cluster file.
 #[derive(Debug, Clone)]
 pub(crate) struct BackupTarget {
-    /// The object store's account URL (Swift's catalog endpoint).
+    /// The object store's account URL (Swift's catalog endpoint), or the S3 endpoint.
     pub(crate) store_url: String,
     pub(crate) container: String,
-    /// Keystone's v3 URL.
-    pub(crate) auth_url: String,
-    /// The body of a Keystone token request for the cluster's credentials.
-    pub(crate) auth_request: Secret,
+    pub(crate) login: StoreLogin,
     /// The backup key's public half, PEM.
     pub(crate) recipient_pem: String,
     /// The cloud's own CA (clouds.yaml `cacert`), PEM, when it has one.
@@ -54,27 +52,62 @@ pub(crate) struct BackupTarget {
     pub(crate) insecure: bool,
 }
 
+/// How the host logs in to the store.
+#[derive(Debug, Clone)]
+pub(crate) enum StoreLogin {
+    /// Swift: a token from Keystone's v3 URL for the cluster's credentials.
+    Keystone {
+        auth_url: String,
+        /// The body of a Keystone token request.
+        auth_request: Secret,
+    },
+    /// S3: requests signed with an access key for the region.
+    S3 {
+        region: String,
+        keys: crate::cloud::sigv4::S3Keys,
+    },
+}
+
 /// The target `render` shows, which asks no cloud: markers where `up` writes what it reads
 /// from the cloud, the container when the state directory records one, the real public key.
 pub(crate) fn review_target(
-    cluster: &str,
+    spec: &ClusterSpec,
     container: Option<String>,
     recipient_pem: String,
 ) -> BackupTarget {
-    BackupTarget {
-        store_url:
+    let cluster = spec.name.as_str();
+    let (store_url, login) = match &spec.backup.store {
+        crate::spec::BackupStore::S3 { endpoint, region } => (
+            endpoint.clone(),
+            StoreLogin::S3 {
+                region: region.clone(),
+                keys: crate::cloud::sigv4::S3Keys {
+                    access_key_id: "<the access key ID: `flatstack up` writes the one it is given>"
+                        .into(),
+                    secret_access_key: Secret::new("<its secret: never on disk>"),
+                },
+            },
+        ),
+        crate::spec::BackupStore::Swift => (
             "<the object store's account URL: `flatstack up` reads it from the cloud's catalog>"
                 .into(),
+            StoreLogin::Keystone {
+                auth_url: "<Keystone's v3 URL: `flatstack up` writes the one it logs in to>".into(),
+                auth_request: Secret::new(
+                    "<a Keystone token request: written by `flatstack up` from the credentials it logs in with; never on disk>",
+                ),
+            },
+        ),
+    };
+    BackupTarget {
+        store_url,
         container: container.unwrap_or_else(|| {
             format!(
                 "<{}<random>: made by `flatstack up`>",
                 super::container_prefix(cluster)
             )
         }),
-        auth_url: "<Keystone's v3 URL: `flatstack up` writes the one it logs in to>".into(),
-        auth_request: Secret::new(
-            "<a Keystone token request: written by `flatstack up` from the credentials it logs in with; never on disk>",
-        ),
+        login,
         recipient_pem,
         ca_bundle: None,
         insecure: false,
@@ -110,16 +143,26 @@ pub(crate) fn manifests(spec: &ClusterSpec, target: &BackupTarget) -> Vec<Manife
         ),
         ..ConfigMap::default()
     };
-    let credentials = secret(
-        meta(NAME, Some(NAMESPACE)),
-        "Opaque",
-        [(AUTH_KEY, target.auth_request.expose())],
-    );
+    let s3_user;
+    let login = match &target.login {
+        StoreLogin::Keystone { auth_request, .. } => (AUTH_KEY, auth_request.expose()),
+        StoreLogin::S3 { keys, .. } => {
+            s3_user = curl_user(keys);
+            (S3_USER_KEY, s3_user.as_str())
+        }
+    };
+    let credentials = secret(meta(NAME, Some(NAMESPACE)), "Opaque", [login]);
     vec![
         Manifest::of(&config),
         Manifest::of(&credentials),
         Manifest::of(&cron_job(spec, target)),
     ]
+}
+
+/// An access key as curl's `--user` takes it (`ID:SECRET`), which the host script writes into
+/// a curl config file: it never appears in a command line.
+fn curl_user(keys: &crate::cloud::sigv4::S3Keys) -> String {
+    format!("{}:{}", keys.access_key_id, keys.secret_access_key.expose())
 }
 
 fn env(name: &str, value: &str) -> EnvVar {
@@ -265,10 +308,20 @@ fn cron_job(spec: &ClusterSpec, target: &BackupTarget) -> CronJob {
                 env("FLATSTACK_STORE", &target.store_url),
                 env("FLATSTACK_CONTAINER", &target.container),
                 env("FLATSTACK_KEEP", &spec.backup.keep.to_string()),
-                env("FLATSTACK_AUTH_URL", &target.auth_url),
                 env_from("FLATSTACK_RECIPIENT", RECIPIENT_KEY, false),
-                env_from("FLATSTACK_AUTH_REQUEST", AUTH_KEY, true),
             ];
+            match &target.login {
+                StoreLogin::Keystone { auth_url, .. } => env.extend([
+                    self::env("FLATSTACK_STORE_API", "swift"),
+                    self::env("FLATSTACK_AUTH_URL", auth_url),
+                    env_from("FLATSTACK_AUTH_REQUEST", AUTH_KEY, true),
+                ]),
+                StoreLogin::S3 { region, .. } => env.extend([
+                    self::env("FLATSTACK_STORE_API", "s3"),
+                    self::env("FLATSTACK_S3_REGION", region),
+                    env_from("FLATSTACK_S3_USER", S3_USER_KEY, true),
+                ]),
+            }
             if target.ca_bundle.is_some() {
                 env.push(env_from("FLATSTACK_CA_BUNDLE", CA_KEY, false));
             } else if target.insecure {
@@ -360,8 +413,10 @@ mod tests {
         BackupTarget {
             store_url: "https://swift.example/v1/AUTH_p".into(),
             container: "flatstack-backups.demo.abcdefgh".into(),
-            auth_url: "https://keystone.example/v3".into(),
-            auth_request: Secret::new("TOKEN-REQUEST-WITH-A-PASSWORD"),
+            login: StoreLogin::Keystone {
+                auth_url: "https://keystone.example/v3".into(),
+                auth_request: Secret::new("TOKEN-REQUEST-WITH-A-PASSWORD"),
+            },
             recipient_pem: "-----BEGIN PUBLIC KEY-----\nx\n-----END PUBLIC KEY-----\n".into(),
             ca_bundle: None,
             insecure: false,
@@ -485,5 +540,38 @@ mod tests {
             pod["initContainers"][0]["command"][0], "etcdctl",
             "the etcd image has no shell"
         );
+    }
+
+    #[test]
+    fn an_s3_store_s_key_is_in_the_secret_only_and_no_keystone_is_named() {
+        let spec = crate::spec::test_spec("");
+        let mut s3 = target();
+        s3.store_url = "https://js2.jetstream-cloud.org:8001".into();
+        s3.login = StoreLogin::S3 {
+            region: "RegionOne".into(),
+            keys: crate::cloud::sigv4::S3Keys {
+                access_key_id: "EC2ACCESS".into(),
+                secret_access_key: Secret::new("EC2SECRET"),
+            },
+        };
+        let manifests = manifests(&spec, &s3);
+        let encoded = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            "EC2ACCESS:EC2SECRET",
+        );
+        assert_eq!(manifests[1].body()["data"][S3_USER_KEY], encoded.as_str());
+        for manifest in &manifests {
+            assert!(!manifest.body().to_string().contains("EC2SECRET"));
+        }
+        let env = manifests_env(&spec, &s3);
+        for name in [
+            "FLATSTACK_STORE_API",
+            "FLATSTACK_S3_REGION",
+            "FLATSTACK_S3_USER",
+        ] {
+            assert!(env.contains(&name.to_string()), "{name}: {env:?}");
+        }
+        assert!(!env.contains(&"FLATSTACK_AUTH_URL".to_string()));
+        assert!(!env.contains(&"FLATSTACK_AUTH_REQUEST".to_string()));
     }
 }

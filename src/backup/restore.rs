@@ -1,8 +1,8 @@
 //! A snapshot staged for `flatstack restore`: opened on the workstation with the state
 //! directory's backup key (the envelope's tag checked), sealed again with a key of its own in
 //! the node's seal format, and put into the cluster's container beside the snapshots, where
-//! the control plane that restores fetches it through a Swift TempURL that reads that object
-//! only, for a day. The URL and the key reach the node sealed in its Ignition config, like its
+//! the control plane that restores fetches it through a URL that reads that object only, for
+//! a day: a Swift TempURL, or an S3 presigned URL. The URL and the key reach the node sealed in its Ignition config, like its
 //! CA keys; the blob is deleted once the restored cluster runs (and by any later restore).
 
 use hmac::{Hmac, Mac};
@@ -10,7 +10,7 @@ use reqwest::Method;
 use sha2::Sha256;
 use time::OffsetDateTime;
 
-use super::{BackupError, Snapshot, envelope::BackupKey, fetch, store_error};
+use super::{BackupError, Snapshot, Store, envelope::BackupKey, fetch, store_error};
 use crate::cloud::{Cloud, CloudError, Service};
 use crate::node::seal::SealKey;
 
@@ -61,7 +61,7 @@ pub enum StageError {
         source: Box<CloudError>,
     },
     #[error(
-        "the object store does not serve the staged snapshot through its TempURL ({cause}); nothing was changed\n  hint: the store must honour container TempURL keys (X-Container-Meta-Temp-URL-Key), which Ceph's RADOS Gateway does not; `flatstack backup get` still downloads a snapshot for a restore by hand"
+        "the object store does not serve the staged snapshot through its signed URL ({cause}); nothing was changed\n  hint: a Swift store must honour container TempURL keys (X-Container-Meta-Temp-URL-Key), which Ceph's RADOS Gateway does not (use its S3 API: `backup.store = \"s3\"`); an S3 store must take presigned URLs; `flatstack backup get` still downloads a snapshot for a restore by hand"
     )]
     TempUrlRefused { cause: Box<CloudError> },
     #[error("cannot seal the snapshot for the node: {0}")]
@@ -71,45 +71,68 @@ pub enum StageError {
 }
 
 /// Opens `snapshot` with `key`, seals it for the node, puts it beside the snapshots and signs a
-/// TempURL for it, after checking the store signs and honours TempURLs. Earlier staged blobs
-/// in the container are deleted first (a restore run again makes them useless).
+/// URL for it (on Swift after checking the store signs and honours TempURLs), and tries the URL.
+/// Earlier staged blobs in the container are deleted first (a restore run again makes them
+/// useless).
 pub(crate) async fn stage(
-    cloud: &Cloud,
+    store: &Store<'_>,
     key: &BackupKey,
     snapshot: &Snapshot,
 ) -> Result<Staged, StageError> {
-    let account = cloud
-        .object_store_url()
-        .await
-        .map_err(|e| store_error("reach", &snapshot.container, e))?;
-    check_temp_urls(cloud, &account).await?;
+    let cloud = store.cloud();
+    let account = match store.s3() {
+        Some(_) => None,
+        None => {
+            let account = cloud
+                .object_store_url()
+                .await
+                .map_err(|e| store_error("reach", &snapshot.container, e))?;
+            check_temp_urls(cloud, &account).await?;
+            Some(account)
+        }
+    };
     let container = snapshot.container.clone();
-    clear(cloud, &container).await?;
-    let plain = fetch(cloud, key, snapshot).await?;
+    clear(store, &container).await?;
+    let plain = fetch(store, key, snapshot).await?;
     let bytes = plain.len();
     let seal = SealKey::generate()?;
     let sealed = seal.seal(&plain)?;
     drop(plain);
     let suffix = crate::pki::random_chars(8).map_err(|e| StageError::Random(e.to_string()))?;
     let object = format!("{STAGED_PREFIX}{}.{suffix}.sealed", snapshot.object);
-    cloud
+    store
         .put_object(&container, &object, sealed)
         .await
         .map_err(|e| store_error("write to", &container, e))?;
-    let url_key = crate::pki::random_chars(32).map_err(|e| StageError::Random(e.to_string()))?;
-    cloud
-        .set_temp_url_key(&container, &url_key)
-        .await
-        .map_err(|e| store_error("set the TempURL key of", &container, e))?;
-    let expires = (OffsetDateTime::now_utc() + VALID_FOR).unix_timestamp();
-    let url = temp_url(&account, &container, &object, &url_key, expires);
+    let now = OffsetDateTime::now_utc();
+    let (url, check) = match (store.s3(), account) {
+        (Some(s3), _) => {
+            let seconds = VALID_FOR.whole_seconds() as u32;
+            (
+                s3.presigned(Method::GET, &container, &object, seconds, now),
+                s3.presigned(Method::HEAD, &container, &object, seconds, now),
+            )
+        }
+        (None, account) => {
+            let account = account.unwrap_or_default();
+            let url_key =
+                crate::pki::random_chars(32).map_err(|e| StageError::Random(e.to_string()))?;
+            cloud
+                .set_temp_url_key(&container, &url_key)
+                .await
+                .map_err(|e| store_error("set the TempURL key of", &container, e))?;
+            let expires = (now + VALID_FOR).unix_timestamp();
+            let url = temp_url(&account, &container, &object, &url_key, expires);
+            (url.clone(), url)
+        }
+    };
     // The node has no second chance to tell us: the URL is tried from here first. A store
     // that does not honour it keeps nothing of this attempt.
     if let Err(e) = cloud
-        .without_token(Service::ObjectStore, Method::HEAD, &url)
+        .without_token(Service::ObjectStore, Method::HEAD, &check)
         .await
     {
-        let _ = clear(cloud, &container).await;
+        let _ = clear(store, &container).await;
         return Err(StageError::TempUrlRefused { cause: Box::new(e) });
     }
     let config = cloud.config();
@@ -124,10 +147,10 @@ pub(crate) async fn stage(
     })
 }
 
-/// Deletes every staged blob in `container` and its TempURL key: once the restored cluster
-/// runs, and before staging again.
-pub(crate) async fn clear(cloud: &Cloud, container: &str) -> Result<usize, BackupError> {
-    let Some(objects) = cloud
+/// Deletes every staged blob in `container` and (Swift) its TempURL key: once the restored
+/// cluster runs, and before staging again.
+pub(crate) async fn clear(store: &Store<'_>, container: &str) -> Result<usize, BackupError> {
+    let Some(objects) = store
         .objects(container)
         .await
         .map_err(|e| store_error("list", container, e))?
@@ -136,16 +159,19 @@ pub(crate) async fn clear(cloud: &Cloud, container: &str) -> Result<usize, Backu
     };
     let mut deleted = 0;
     for object in objects.iter().filter(|o| o.name.starts_with(STAGED_PREFIX)) {
-        cloud
+        store
             .delete_object(container, &object.name)
             .await
             .map_err(|e| store_error("delete from", container, e))?;
         deleted += 1;
     }
-    cloud
-        .remove_temp_url_key(container)
-        .await
-        .map_err(|e| store_error("remove the TempURL key of", container, e))?;
+    if store.s3().is_none() {
+        store
+            .cloud()
+            .remove_temp_url_key(container)
+            .await
+            .map_err(|e| store_error("remove the TempURL key of", container, e))?;
+    }
     Ok(deleted)
 }
 

@@ -1,21 +1,25 @@
 //! The script a control plane's host runs for each snapshot, with Flatcar's own `bash`,
 //! `openssl` and `curl` (no image of ours, no shell in the etcd image): it seals the snapshot
-//! `etcdctl` saved into the envelope of [`super::envelope`], logs in to Keystone with the
-//! cluster's credentials, uploads the envelope under its name with its SHA-256 (and an MD5
-//! `ETag` Swift checks on arrival), then deletes the oldest snapshots beyond `keep`.
+//! `etcdctl` saved into the envelope of [`super::envelope`], logs in (a Keystone token for the
+//! cluster's credentials, or curl's own SigV4 signing with an S3 access key), uploads the
+//! envelope under its name with its SHA-256 (and an MD5 the store checks on arrival), then
+//! deletes the oldest snapshots beyond `keep`.
 //!
 //! Everything comes from the environment, so the script itself holds nothing secret:
 //! `FLATSTACK_SNAPSHOT` (the saved snapshot, deleted when the script ends), `FLATSTACK_CLUSTER`,
 //! `FLATSTACK_KUBERNETES` (the release, for the name), `FLATSTACK_RECIPIENT` (the backup key's
 //! public half, PEM), `FLATSTACK_STORE` (the object store's account URL),
-//! `FLATSTACK_CONTAINER`, `FLATSTACK_KEEP`, `FLATSTACK_AUTH_URL` (Keystone v3),
-//! `FLATSTACK_AUTH_REQUEST` (the body of a Keystone token request, from a Secret) and, for a
+//! `FLATSTACK_CONTAINER`, `FLATSTACK_KEEP`, `FLATSTACK_STORE_API` (`swift` or `s3`); for
+//! Swift `FLATSTACK_AUTH_URL` (Keystone v3) and `FLATSTACK_AUTH_REQUEST` (the body of a
+//! Keystone token request, from a Secret), for S3 `FLATSTACK_S3_REGION` and `FLATSTACK_S3_USER`
+//! (`ID:SECRET`, from a Secret, handed to curl in a config file); and, for a
 //! cloud with a CA of its own, `FLATSTACK_CA_BUNDLE` (or `FLATSTACK_INSECURE=true`). The
 //! snapshot's one-off keys pass through `openssl`'s arguments for a moment, on the host, as
 //! the node's unsealing does: a host process (or an audit log of every command line) sees
 //! them, never a pod without the host's PID namespace.
 
 use super::envelope::{INFO, MAGIC};
+use crate::cloud::sigv4::EMPTY_PAYLOAD;
 
 /// The largest object Swift takes in one PUT by default (`max_file_size`, 5 GiB + 2 bytes in
 /// `swift/common/constraints.py`): a bigger envelope would need a segmented upload.
@@ -33,8 +37,17 @@ set -euo pipefail
 umask 077
 say() {{ echo "flatstack-backup: $*"; }}
 hex() {{ od -An -v -tx1 | tr -d ' \n'; }}
+api=${{FLATSTACK_STORE_API:-swift}}
+case $api in
+  swift) login=(FLATSTACK_AUTH_URL FLATSTACK_AUTH_REQUEST) ;;
+  s3) login=(FLATSTACK_S3_REGION FLATSTACK_S3_USER) ;;
+  *)
+    say "FLATSTACK_STORE_API must be swift or s3, not '$api'"
+    exit 2
+    ;;
+esac
 for variable in FLATSTACK_SNAPSHOT FLATSTACK_CLUSTER FLATSTACK_KUBERNETES FLATSTACK_RECIPIENT \
-  FLATSTACK_STORE FLATSTACK_CONTAINER FLATSTACK_KEEP FLATSTACK_AUTH_URL FLATSTACK_AUTH_REQUEST; do
+  FLATSTACK_STORE FLATSTACK_CONTAINER FLATSTACK_KEEP "${{login[@]}}"; do
   if [[ -z ${{!variable:-}} ]]; then
     say "$variable is not set"
     exit 2
@@ -101,27 +114,49 @@ fi
 sha256=$(sha256sum "$work/envelope" | cut -d' ' -f1)
 md5=$(md5sum "$work/envelope" | cut -d' ' -f1)
 
-# A token for the cluster's credentials; it travels in a header file, never in arguments.
-printf '%s' "$FLATSTACK_AUTH_REQUEST" > "$work/auth.json"
-status=$(fetch --max-time 120 -o "$work/token.json" -D "$work/token.headers" \
-  -w '%{{http_code}}' -H 'Content-Type: application/json' --data-binary @"$work/auth.json" \
-  "${{FLATSTACK_AUTH_URL%/}}/auth/tokens") || status=000
-rm -f "$work/auth.json"
-token=$(sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: *\([^[:space:]]*\).*$/\1/p' "$work/token.headers" \
-  2> /dev/null || true)
-if [[ $status != 201 || -z $token ]]; then
-  say "Keystone at $FLATSTACK_AUTH_URL gave no token (HTTP $status)"
-  exit 1
-fi
-printf 'X-Auth-Token: %s\n' "$token" > "$work/auth.header"
 container_url="${{FLATSTACK_STORE%/}}/$FLATSTACK_CONTAINER"
+if [[ $api == swift ]]; then
+  # A token for the cluster's credentials; it travels in a header file, never in arguments.
+  printf '%s' "$FLATSTACK_AUTH_REQUEST" > "$work/auth.json"
+  status=$(fetch --max-time 120 -o "$work/token.json" -D "$work/token.headers" \
+    -w '%{{http_code}}' -H 'Content-Type: application/json' --data-binary @"$work/auth.json" \
+    "${{FLATSTACK_AUTH_URL%/}}/auth/tokens") || status=000
+  rm -f "$work/auth.json"
+  token=$(sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: *\([^[:space:]]*\).*$/\1/p' "$work/token.headers" \
+    2> /dev/null || true)
+  if [[ $status != 201 || -z $token ]]; then
+    say "Keystone at $FLATSTACK_AUTH_URL gave no token (HTTP $status)"
+    exit 1
+  fi
+  printf 'X-Auth-Token: %s\n' "$token" > "$work/auth.header"
+  # store PAYLOAD-SHA256 CURL-ARGS...: one request to the store.
+  store() {{ shift; fetch -H @"$work/auth.header" "$@"; }}
+  put_headers=(-H "ETag: $md5" -H "X-Object-Meta-Sha256: $sha256")
+  put_ok=201
+  listing_url="$container_url?format=plain&prefix=$FLATSTACK_CLUSTER-etcd-"
+else
+  # curl signs each request (SigV4) with the key from a config file, never in arguments; the
+  # payload's SHA-256 is given, as S3 wants it signed and curl does not compute it.
+  user=${{FLATSTACK_S3_USER//\\/\\\\}}
+  printf 'user = "%s"\n' "${{user//\"/\\\"}}" > "$work/s3.conf"
+  store() {{
+    local payload=$1
+    shift
+    fetch -K "$work/s3.conf" --aws-sigv4 "aws:amz:$FLATSTACK_S3_REGION:s3" \
+      -H "x-amz-content-sha256: $payload" "$@"
+  }}
+  md5_base64=$(openssl dgst -md5 -binary < "$work/envelope" | openssl base64 -A)
+  put_headers=(-H "Content-MD5: $md5_base64" -H "x-amz-meta-sha256: $sha256")
+  put_ok=200
+  listing_url="$container_url?list-type=2&prefix=$FLATSTACK_CLUSTER-etcd-"
+fi
+empty={EMPTY_PAYLOAD}
 
 # Slower than 10 KiB/s for five minutes is a stalled upload.
-status=$(fetch --speed-limit 10240 --speed-time 300 -o "$work/put.out" -w '%{{http_code}}' \
-  -X PUT -H @"$work/auth.header" -H 'Content-Type: application/octet-stream' \
-  -H "ETag: $md5" -H "X-Object-Meta-Sha256: $sha256" -T "$work/envelope" \
-  "$container_url/$object") || status=000
-if [[ $status != 201 ]]; then
+status=$(store "$sha256" --speed-limit 10240 --speed-time 300 -o "$work/put.out" \
+  -w '%{{http_code}}' -X PUT -H 'Content-Type: application/octet-stream' "${{put_headers[@]}}" \
+  -T "$work/envelope" "$container_url/$object") || status=000
+if [[ $status != "$put_ok" ]]; then
   say "uploading $object to $container_url failed (HTTP $status): $(head -c 300 "$work/put.out" 2> /dev/null || true)"
   exit 1
 fi
@@ -129,18 +164,24 @@ say "uploaded $object ($size bytes, sha256 $sha256)"
 
 # The newest $FLATSTACK_KEEP snapshots stay; names sort by time. The snapshot is stored by
 # now: a failure here is reported, and the next run prunes.
-status=$(fetch --max-time 120 -o "$work/listing" -w '%{{http_code}}' -H @"$work/auth.header" \
-  "$container_url?format=plain&prefix=$FLATSTACK_CLUSTER-etcd-") || status=000
+status=$(store "$empty" --max-time 120 -o "$work/listing" -w '%{{http_code}}' "$listing_url") \
+  || status=000
 if [[ $status != 200 && $status != 204 ]]; then
   say "warning: listing $container_url failed (HTTP $status); nothing pruned this time"
   exit 0
 fi
+if [[ $api == s3 ]]; then
+  # One key per line from the XML; the names are plain (no entities), as the pattern checks.
+  grep -o '<Key>[^<]*</Key>' "$work/listing" | sed 's/<[^>]*>//g' > "$work/names" || true
+else
+  cp "$work/listing" "$work/names"
+fi
 pattern="^$FLATSTACK_CLUSTER-etcd-[0-9]{{8}}T[0-9]{{6}}Z-v[0-9]+\.[0-9]+\.[0-9]+\.db\.enc\$"
-mapfile -t snapshots < <(grep -E "$pattern" "$work/listing" | sort || true)
+mapfile -t snapshots < <(grep -E "$pattern" "$work/names" | sort || true)
 pruned=0
 for ((i = 0; i + FLATSTACK_KEEP < ${{#snapshots[@]}}; i++)); do
-  status=$(fetch --max-time 120 -o /dev/null -w '%{{http_code}}' -X DELETE \
-    -H @"$work/auth.header" "$container_url/${{snapshots[i]}}") || status=000
+  status=$(store "$empty" --max-time 120 -o /dev/null -w '%{{http_code}}' -X DELETE \
+    "$container_url/${{snapshots[i]}}") || status=000
   case $status in
     204 | 404) pruned=$((pruned + 1)) ;;
     *) say "warning: deleting ${{snapshots[i]}} failed (HTTP $status)" ;;
@@ -160,8 +201,11 @@ mod tests {
         let script = upload_script();
         assert!(script.contains("printf '%s\\n' 'flatstack etcd snapshot v1'"));
         assert!(script.contains("-kdfopt \"info:flatstack etcd snapshot v1\""));
-        // Secrets never in arguments: the token goes through a header file.
+        // Secrets never in arguments: the token goes through a header file, the S3 key
+        // through curl's config file.
         assert!(script.contains("-H @\"$work/auth.header\""));
         assert!(!script.contains("-H \"X-Auth-Token"));
+        assert!(script.contains("-K \"$work/s3.conf\""));
+        assert!(!script.contains("--user"));
     }
 }

@@ -68,7 +68,8 @@ pub(crate) fn run(
     let state = StateDir::open_existing(&state_path(&spec, args.state_dir.as_ref())?)?;
     runtime()?.block_on(async {
         let cloud = Cloud::connect(config).await?;
-        if !cloud.offers_object_store().await {
+        let store = backup::Store::of(&cloud, &spec).map_err(|e| InvalidInput(e.to_string()))?;
+        if !store.offered().await {
             out!(
                 "none: cloud `{}` has no object store, so cluster `{}` keeps no backups there",
                 cloud.config().name,
@@ -76,7 +77,7 @@ pub(crate) fn run(
             );
             return Ok(());
         }
-        let listing = backup::list(&cloud, &spec.name, state.as_ref()).await?;
+        let listing = backup::list(&store, &spec.name, state.as_ref()).await?;
         print_listing(&spec.name, &listing, time::OffsetDateTime::now_utc());
         Ok(())
     })
@@ -110,7 +111,9 @@ fn now(file: &Path, cloud_flag: Option<&str>, args: &NowArgs) -> anyhow::Result<
                 "snapshot Job {job} failed: {message}\n  hint: `kubectl -n kube-system logs job/{job} -c upload` (and `-c snapshot`) say why"
             ),
             Some(crate::kube::Ran::Succeeded { job }) => {
-                let listing = backup::list(&cloud, &name, Some(&cluster.state)).await?;
+                let store = backup::Store::of(&cloud, &cluster.spec)
+                    .map_err(|e| InvalidInput(e.to_string()))?;
+                let listing = backup::list(&store, &name, Some(&cluster.state)).await?;
                 // The store's clock and the node's may differ from ours by a little.
                 let since = started - time::Duration::minutes(5);
                 match listing.snapshots.iter().rev().find(|s| s.name.taken >= since) {
@@ -158,10 +161,11 @@ fn get(file: &Path, cloud_flag: Option<&str>, args: &GetArgs) -> anyhow::Result<
     }
     runtime()?.block_on(async {
         let cloud = Cloud::connect(config).await?;
-        let listing = backup::list(&cloud, &spec.name, Some(&state)).await?;
+        let store = backup::Store::of(&cloud, &spec).map_err(|e| InvalidInput(e.to_string()))?;
+        let listing = backup::list(&store, &spec.name, Some(&state)).await?;
         let snapshot = backup::choose(&listing, &spec.name, args.snapshot.as_deref())
             .map_err(|e| InvalidInput(e.to_string()))?;
-        let plain = backup::fetch(&cloud, &key, snapshot).await?;
+        let plain = backup::fetch(&store, &key, snapshot).await?;
         write_new(&args.out, &plain)?;
         out!(
             "wrote {} ({}, taken {} with Kubernetes {}) to {}",

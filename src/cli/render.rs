@@ -84,7 +84,7 @@ pub(crate) fn run(file: &Path, cloud_flag: Option<&str>, args: &RenderArgs) -> a
         Some(false) => review,
         _ => {
             let target = crate::backup::objects::review_target(
-                &spec.name,
+                &spec,
                 crate::backup::recorded_container(Some(&state))?,
                 crate::backup::load_or_create_key(&state)?.public_pem(),
             );

@@ -66,14 +66,15 @@ pub(crate) fn run(file: &Path, cloud_flag: Option<&str>, args: &RestoreArgs) -> 
     let version = spec.kubernetes.version;
     let snapshot = runtime()?.block_on(async {
         let cloud = Cloud::connect(config.clone()).await?;
-        if !cloud.offers_object_store().await {
+        let store = backup::Store::of(&cloud, &spec).map_err(|e| InvalidInput(e.to_string()))?;
+        if !store.offered().await {
             return Err(InvalidInput(format!(
                 "cloud `{}` has no object store, so cluster `{name}` has no snapshot to restore from; nothing was changed",
                 cloud.config().name
             ))
             .into());
         }
-        let listing = backup::list(&cloud, &name, Some(&state)).await?;
+        let listing = backup::list(&store, &name, Some(&state)).await?;
         let snapshot = backup::choose(&listing, &name, args.snapshot.as_deref())
             .map_err(|e| InvalidInput(format!("{e}; nothing was changed")))?
             .clone();

@@ -28,6 +28,9 @@ pub struct CloudConfig {
     /// Endpoints used instead of the catalog's, by service (`compute`, `network`, `image`,
     /// `block-storage`), from clouds.yaml's `<service>_endpoint_override` keys.
     pub(crate) endpoint_overrides: BTreeMap<String, String>,
+    /// An S3 access key for backups, from the entry's `s3` (`access_key_id`,
+    /// `secret_access_key`; secure.yaml is the place for it).
+    pub(crate) s3_keys: Option<super::sigv4::S3Keys>,
 }
 
 #[derive(Debug, Clone)]
@@ -329,8 +332,10 @@ impl CloudConfig {
                 ))
             })
             .collect();
+        let s3_keys = s3_keys(name, entry.other.get("s3"))?;
         Ok(CloudConfig {
             endpoint_overrides,
+            s3_keys,
             name: name.to_string(),
             auth_url,
             credentials,
@@ -339,6 +344,28 @@ impl CloudConfig {
             cacert: entry.cacert,
             insecure: entry.verify == Some(false),
         })
+    }
+}
+
+/// The entry's `s3` key pair, both halves or neither.
+fn s3_keys(name: &str, value: Option<&Value>) -> Result<Option<super::sigv4::S3Keys>, CloudError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let field = |key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    match (field("access_key_id"), field("secret_access_key")) {
+        (Some(id), Some(secret)) => Ok(Some(super::sigv4::S3Keys {
+            access_key_id: id.to_string(),
+            secret_access_key: Secret::new(secret),
+        })),
+        _ => Err(CloudError::Config(format!(
+            "cloud `{name}`'s `s3` needs both `access_key_id` and `secret_access_key` (secure.yaml is the place for them)"
+        ))),
     }
 }
 

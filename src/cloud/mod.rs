@@ -14,6 +14,8 @@ pub(crate) mod image;
 pub(crate) mod load_balancer;
 pub mod network;
 pub(crate) mod object_store;
+pub(crate) mod s3;
+pub(crate) mod sigv4;
 pub(crate) mod volume;
 
 pub use config::{CloudConfig, Credentials};

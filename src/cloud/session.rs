@@ -115,6 +115,11 @@ fn install_crypto_provider() {
 }
 
 impl Cloud {
+    /// How many attempts a retried call makes in all.
+    pub(super) fn attempts(&self) -> u32 {
+        self.policy.attempts
+    }
+
     /// Logs in to the cloud described by `config`.
     pub async fn connect(config: CloudConfig) -> Result<Cloud, CloudError> {
         Cloud::connect_with(config, RetryPolicy::default()).await
@@ -352,7 +357,7 @@ impl Cloud {
     }
 
     /// Capped exponential backoff with full jitter, or the server's Retry-After (capped).
-    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    pub(super) fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         if let Some(wait) = retry_after {
             return wait.min(self.policy.max_retry_after);
         }
@@ -473,29 +478,46 @@ impl Cloud {
         method: Method,
         url: &str,
     ) -> Result<Reply, CloudError> {
+        self.send_to(service, method, url, &[], None, true).await
+    }
+
+    /// One request to an absolute URL with the given headers (a signature of its own, say) and
+    /// body, through this session's HTTPS settings, sent once; `timed`: within the policy's
+    /// timeout (uploads and downloads take as long as they take). Errors name the URL without
+    /// its query, which may hold a signature.
+    pub(crate) async fn send_to(
+        &self,
+        service: Service,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<bytes::Bytes>,
+        timed: bool,
+    ) -> Result<Reply, CloudError> {
         let shown = url.split('?').next().unwrap_or_default().to_string();
         self.counter.calls.fetch_add(1, Ordering::Relaxed);
-        let response = self
-            .http
-            .request(method.clone(), url)
-            .timeout(self.policy.request_timeout)
-            .send()
-            .await
-            .map_err(|e| CloudError::Unreachable {
-                service: service.name(),
-                url: shown.clone(),
-                source: e.without_url(),
-            })?;
+        if method != Method::GET && method != Method::HEAD {
+            self.counter.mutating.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut request = self.http.request(method.clone(), url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        if timed {
+            request = request.timeout(self.policy.request_timeout);
+        }
+        let unreachable = |e: reqwest::Error| CloudError::Unreachable {
+            service: service.name(),
+            url: shown.clone(),
+            source: e.without_url(),
+        };
+        let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| CloudError::Unreachable {
-                service: service.name(),
-                url: shown.clone(),
-                source: e.without_url(),
-            })?;
+        let body = response.bytes().await.map_err(unreachable)?;
         if status.is_success() {
             return Ok(Reply {
                 status: status.as_u16(),
@@ -644,7 +666,8 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// The cloud's own words from an error body: Nova/Cinder `{"kind": {"message"}}`, Neutron
-/// `{"NeutronError": {"message"}}`, Keystone `{"error": {"message"}}`, or the text itself.
+/// `{"NeutronError": {"message"}}`, Keystone `{"error": {"message"}}`, S3's XML `<Error>`
+/// (`Code: Message`), or the text itself.
 pub fn cloud_message(body: &[u8]) -> String {
     if let Ok(value) = serde_json::from_slice::<Value>(body) {
         let direct = value.get("message").and_then(Value::as_str);
@@ -657,6 +680,20 @@ pub fn cloud_message(body: &[u8]) -> String {
         }
     }
     let text = String::from_utf8_lossy(body);
+    // S3's `<Error><Code>…</Code><Message>…</Message></Error>`.
+    let element = |name: &str| {
+        let start = text.find(&format!("<{name}>"))? + name.len() + 2;
+        let end = start + text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..end].trim().to_string())
+    };
+    if text.contains("<Error>")
+        && let Some(code) = element("Code")
+    {
+        return match element("Message") {
+            Some(message) => format!("{code}: {message}"),
+            None => code,
+        };
+    }
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if text.is_empty() {
         "no message".into()
@@ -892,5 +929,9 @@ mod tests {
             "<html> 503 Service Unavailable </html>"
         );
         assert_eq!(cloud_message(b""), "no message");
+        assert_eq!(
+            cloud_message(b"<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist.</Message><RequestId>tx5</RequestId></Error>"),
+            "NoSuchBucket: The specified bucket does not exist."
+        );
     }
 }

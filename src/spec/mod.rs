@@ -355,6 +355,16 @@ pub(crate) struct BackupSpec {
     pub(crate) every_hours: u32,
     /// Snapshots kept; older ones are deleted.
     pub(crate) keep: u32,
+    pub(crate) store: BackupStore,
+}
+
+/// Which object store holds the snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BackupStore {
+    /// The cloud's Swift, through the cluster's own login.
+    Swift,
+    /// An S3-compatible endpoint, with an access key from secure.yaml or the environment.
+    S3 { endpoint: String, region: String },
 }
 
 impl Default for BackupSpec {
@@ -363,6 +373,7 @@ impl Default for BackupSpec {
             enabled: None,
             every_hours: 6,
             keep: 14,
+            store: BackupStore::Swift,
         }
     }
 }
