@@ -128,7 +128,8 @@ impl Down {
             crate::backup::delete_all(&store, &self.spec.name, self.state.as_ref()).await?;
         for (container, objects) in deleted {
             say(&format!(
-                "deleted backup container {container} with its {objects} object(s)"
+                "deleted backup {} {container} with its {objects} object(s)",
+                store.noun()
             ));
         }
         Ok(())

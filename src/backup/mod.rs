@@ -353,7 +353,7 @@ pub(crate) async fn view(
     };
     let present = recorded.as_ref().is_some_and(|name| found.contains(name));
     view.to_create = !present;
-    let noun = store.noun();
+    let noun = store.kind();
     let at = store
         .s3()
         .map(|s3| format!(" at {}", s3.endpoint()))
@@ -362,7 +362,8 @@ pub(crate) async fn view(
         (Some(name), true) => format!("to {noun} {name}{at}"),
         (Some(name), false) => format!("to {noun} {name}{at}, which `up` makes"),
         (None, _) => format!(
-            "to a {noun}{at} `up` makes ({}<random>)",
+            "to {}{at} `up` makes ({}<random>)",
+            store.a_kind(),
             container_prefix(&spec.name)
         ),
     };

@@ -87,8 +87,24 @@ impl<'a> Store<'a> {
     /// What a container is called in this store, for messages.
     pub(crate) fn noun(&self) -> &'static str {
         match self.s3 {
+            Some(_) => "bucket",
+            None => "container",
+        }
+    }
+
+    /// The store's kind and its word for a container, for messages.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self.s3 {
             Some(_) => "S3 bucket",
             None => "Swift container",
+        }
+    }
+
+    /// [`Store::kind`] with its article.
+    pub(crate) fn a_kind(&self) -> &'static str {
+        match self.s3 {
+            Some(_) => "an S3 bucket",
+            None => "a Swift container",
         }
     }
 

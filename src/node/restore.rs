@@ -1,6 +1,6 @@
 //! The node side of `flatstack restore`: the control plane that initializes a restored
-//! cluster fetches an etcd snapshot, sealed for it, from the object store through a TempURL,
-//! opens it, and has etcd's own `etcdutl` (from the etcd image kubeadm runs, through
+//! cluster fetches an etcd snapshot, sealed for it, from the object store through a signed
+//! URL (a Swift TempURL or an S3 presigned URL), opens it, and has etcd's own `etcdutl` (from the etcd image kubeadm runs, through
 //! containerd's `ctr`) restore it into `/var/lib/etcd` before `kubeadm init` starts etcd on
 //! it. The old control planes' Node objects are deleted from the restored data (through a
 //! short-lived etcd on loopback) so each new kubelet registers a Node of its own instead of
@@ -14,7 +14,7 @@ use super::seal::SealKey;
 
 /// The script the bootstrap runs before `kubeadm init` when the node restores.
 pub(crate) const RESTORE_SCRIPT: &str = "/opt/flatstack/bin/flatstack-restore";
-/// What the restore needs (sealed: it holds the TempURL and the snapshot's key).
+/// What the restore needs (sealed: it holds the signed URL and the snapshot's key).
 pub(crate) const RESTORE_ENV: &str = "/etc/flatstack/restore.env";
 /// The cloud's own CA, when it has one: what curl trusts to fetch the snapshot (readable).
 pub(crate) const RESTORE_CA: &str = "/etc/flatstack/restore-ca.pem";
@@ -32,7 +32,7 @@ const CLEANING_PEER_PORT: u16 = 2398;
 /// What one restore gives the node that initializes the cluster.
 #[derive(Clone)]
 pub struct RestoreSource {
-    /// A TempURL that reads the sealed snapshot, and only it.
+    /// A signed URL (TempURL or presigned) that reads the sealed snapshot, and only it.
     pub url: String,
     /// The key the snapshot is sealed with (the node's own seal format).
     pub key: SealKey,

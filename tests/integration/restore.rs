@@ -324,7 +324,7 @@ fn server_id(server: &str) -> String {
 }
 
 /// `field=value` lines of the restore's env file.
-fn env_field(env: &str, field: &str) -> String {
+pub(crate) fn env_field(env: &str, field: &str) -> String {
     env.lines()
         .find_map(|l| l.strip_prefix(&format!("{field}=")))
         .unwrap_or_default()
