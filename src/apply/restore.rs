@@ -3,7 +3,9 @@
 //! control plane built again to restore etcd before `kubeadm init`, the others to join it, the
 //! workers kept. Once the restored API answers, a kept worker without a Node (made after the
 //! snapshot was taken: its kubelet, already registered, never registers again) is built
-//! again, a Node no server accounts for is deleted, and the staged blob is deleted.
+//! again, a Node no server accounts for is deleted, every Secret is written again (so one
+//! from a snapshot of an unencrypted cluster is stored encrypted), and the staged blob is
+//! deleted.
 
 use std::time::Duration;
 
@@ -238,6 +240,40 @@ pub(crate) fn gone_nodes(
         .filter_map(|n| n.metadata.name.clone())
         .filter(|n| !wanted.contains(n) && !servers.iter().any(|s| &s.name == n))
         .collect()
+}
+
+
+/// Writes every Secret back unchanged, as upstream's procedure for data written before
+/// encryption was turned on does (`kubectl get secrets -A -o json | kubectl replace -f -`): the
+/// API server stores a Secret it read through a provider other than the first (`identity`:
+/// written in clear) again under the first (`secretbox`), and skips one already stored so
+/// (`GuaranteedUpdate` in apiserver's `storage/etcd3/store.go` writes an unchanged object only
+/// when its stored form is stale). A Secret changed or deleted meanwhile was written under the
+/// first provider already, or is gone: skipped. Returns how many were written back.
+pub(crate) async fn rewrite_secrets(
+    client: &crate::kube::KubeClient,
+) -> Result<usize, crate::kube::KubeError> {
+    let secrets: Vec<serde_json::Value> = client.list("/api/v1/secrets").await?;
+    let mut written = 0;
+    for mut secret in secrets {
+        let metadata = &secret["metadata"];
+        let (Some(namespace), Some(name)) = (
+            metadata["namespace"].as_str().map(str::to_string),
+            metadata["name"].as_str().map(str::to_string),
+        ) else {
+            continue;
+        };
+        // List items carry no kind; the object written back says what it is.
+        secret["apiVersion"] = "v1".into();
+        secret["kind"] = "Secret".into();
+        let path = format!("/api/v1/namespaces/{namespace}/secrets/{name}");
+        match client.replace(&path, &secret).await {
+            Ok(()) => written += 1,
+            Err(e) if e.is_conflict() || e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -50,6 +50,9 @@ pub(crate) struct StatusReport {
     /// The newest snapshots in the object store, or why they could not be read; `None` when
     /// backups are off.
     pub(crate) backups: Option<Result<crate::backup::Freshness, String>>,
+    /// Whether the API servers encrypt Secrets (as the control planes' servers record it);
+    /// `None` without control planes.
+    pub(crate) secrets_encrypted: Option<bool>,
 }
 
 impl StatusReport {
@@ -239,7 +242,10 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
             }
         }
     };
+    let has_control_planes = observed.servers.iter().any(|s| s.has_role("control-plane"));
     Ok(StatusReport {
+        secrets_encrypted: has_control_planes
+            .then(|| super::identity::encrypts_secrets(&observed.servers)),
         backups,
         load_balancer_members,
         cluster: spec.name,

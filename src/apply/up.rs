@@ -560,6 +560,10 @@ impl Rounds<'_> {
         let client = KubeClient::new(self.pki, api)?;
         say("waiting for the restored cluster's API".into());
         client.wait_ready(self.timeout).await?;
+        let written = super::restore::rewrite_secrets(&client).await?;
+        say(format!(
+            "wrote the restored cluster's {written} Secret(s) back, so the API servers store them encrypted"
+        ));
         let nodes = client.nodes().await?;
         let tag = crate::plan::resources::cluster_tag(&spec.name);
         let servers = self.cloud.servers_tagged(&[tag.as_str()]).await?;

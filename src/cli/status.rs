@@ -107,6 +107,13 @@ fn print_status(report: &StatusReport) {
             print_certificates(certificates);
         }
     }
+    match report.secrets_encrypted {
+        Some(true) => out!("Secrets at rest: encrypted by the API servers (secretbox)"),
+        Some(false) => out!(
+            "Secrets at rest: not encrypted (the cluster was made before flatstack encrypted them; `flatstack restore` into a new cluster encrypts them)"
+        ),
+        None => {}
+    }
     match &report.backups {
         None => {}
         Some(Err(why)) => out!("{why}"),

@@ -82,6 +82,11 @@ impl KubeError {
         matches!(self, KubeError::Api { status: 404, .. })
     }
 
+    /// 409: the object changed since it was read (or, for a create, exists).
+    pub(crate) fn is_conflict(&self) -> bool {
+        matches!(self, KubeError::Api { status: 409, .. })
+    }
+
     /// A timeout reported against the whole time allowed (`total`), not what was left of it
     /// when this wait began.
     pub(crate) fn of_total(self, total: Duration) -> KubeError {
@@ -246,6 +251,21 @@ impl KubeClient {
             .header("Content-Type", "application/merge-patch+json")
             .body(patch.to_string());
         self.send("PATCH", path, request).await.map(|_| ())
+    }
+
+    /// `PUT path` with a JSON body: the whole object, replaced as it is given (its
+    /// `resourceVersion`, when set, must still be the stored one: 409 otherwise).
+    pub(crate) async fn replace(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), KubeError> {
+        let request = self
+            .http
+            .put(self.url(path))
+            .header("Content-Type", "application/json")
+            .body(body.to_string());
+        self.send("PUT", path, request).await.map(|_| ())
     }
 
     /// `POST path` with a JSON body.

@@ -533,7 +533,24 @@ fn restore_builds_again_the_workers_the_snapshot_has_no_node_of() {
         }
         // And a Node of a worker whose server is gone for good.
         world.register(&gone, false);
+        // Secrets of a snapshot of a cluster that did not encrypt them: stored in clear.
+        for secret in ["old-a", "old-b"] {
+            let path = format!("/api/v1/namespaces/default/secrets/{secret}");
+            world.objects.insert(
+                path.clone(),
+                serde_json::json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": secret, "namespace": "default",
+                        "resourceVersion": "7", "uid": format!("uid-{secret}")},
+                    "data": {"k": "dmFsdWU="}}),
+            );
+            world.secrets_in_clear.insert(path);
+        }
     }
+    let version = |path: &str| -> serde_json::Value {
+        server.world.lock().expect("world").objects[path]["metadata"]["resourceVersion"].clone()
+    };
+    let encrypted = "/api/v1/namespaces/kube-system/secrets/flatstack-etcd-backup";
+    let encrypted_version = version(encrypted);
     let _kubelets = Kubelets::start(&server, &name);
     let restored = flatstack(
         &workspace,
@@ -563,6 +580,19 @@ fn restore_builds_again_the_workers_the_snapshot_has_no_node_of() {
         out.contains(&format!("deleted the Node object of {gone}")),
         "{out}"
     );
+    // Every Secret written back: those in clear are stored again (encrypted), with a new
+    // resourceVersion and the same data; one stored encrypted already is left as it is.
+    assert!(out.contains("Secret(s) back, so the API servers store them encrypted"), "{out}");
+    {
+        let world = server.world.lock().expect("world");
+        assert!(world.secrets_in_clear.is_empty(), "every Secret is encrypted");
+        for secret in ["old-a", "old-b"] {
+            let stored = &world.objects[&format!("/api/v1/namespaces/default/secrets/{secret}")];
+            assert_ne!(stored["metadata"]["resourceVersion"], "7", "{stored}");
+            assert_eq!(stored["data"]["k"], "dmFsdWU=", "{stored}");
+        }
+    }
+    assert_eq!(version(encrypted), encrypted_version, "not written again");
     assert!(
         out.contains(&format!("cluster `{name}` is up: 3 node(s) Ready")),
         "{out}"

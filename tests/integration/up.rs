@@ -316,6 +316,8 @@ fn up_converges_scales_and_down_removes_everything() {
         format!("{name}-router"),
         format!("-> {name}-control-plane-1"),
         format!("{name}-default-2"),
+        // Its control plane's server records the Secrets key's fingerprint.
+        "Secrets at rest: encrypted by the API servers (secretbox)".to_string(),
     ] {
         assert!(status.contains(&fragment), "{fragment} in\n{status}");
     }

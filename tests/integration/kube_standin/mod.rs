@@ -26,6 +26,7 @@
 //! | etcd's members: one per control plane that joined, named after its node, added by kubeadm's etcd phase on `init` and `join --control-plane`; the etcd static pod's mirror pod `etcd-<node>`; flatstack's node Jobs run etcdctl on their node: `member list -w json` (decimal IDs), `member remove <hex>`, `member not found`, and no answer without a quorum | kubeadm `cmd/kubeadm/app/phases/etcd/local.go` (`CreateStackedEtcdStaticPodManifestFile`, `RemoveStackedEtcdMemberFromCluster`); kubelet `pkg/kubelet/config` (mirror pods); etcdctl output checked against Debian's etcd in `etcd.rs` | `up::a_lost_control_plane_of_three_…` |
 //! | flatstack's host actions (node Jobs of the launcher in `src/kube/host_action.rs`): `start` runs the unit at once and records its end, `check` reads the record, `forget` drops it; an upgrade's stage with `kubeadm upgrade apply vX` uploads vX to `kubeadm-config` after an outage of the only API server, its activate restarts the kubelet at vX, which reports it at its first status sync; a chosen action fails with a journal | kubeadm `cmd/kubeadm/app/cmd/upgrade/apply.go` (control-plane phase, then `upload-config`), `phases/upgrade/staticpods.go` (the API server's static pod replaced); kubelet `pkg/kubelet/nodestatus/setters.go` (`VersionInfo`), `kubelet_node_status.go` (status sync) | `upgrade::…` |
 //! | a `resourceVersion` in a merge patch is a precondition: another one answers 409 Conflict (kured's lock written as kured writes it, Get then Update) | apiserver `pkg/registry/generic/registry/store.go` (`Update`); kubereboot/kured 1.23 `pkg/daemonsetlock` | `upgrade::…` (kured's lock) |
+//! | a Secret replaced (PUT) unchanged is written again (new `resourceVersion`, stored encrypted) only when stored in clear: read through `identity`, not the first provider, its stored form is stale; one stored under the first provider is not written; another `resourceVersion` answers 409 | apiserver `pkg/storage/etcd3/store.go` (`GuaranteedUpdate`: `!origState.stale && bytes.Equal(data, origState.data)`), `pkg/storage/value/transformer.go` (`prefixTransformers.TransformFromStorage`: stale when not the first), `pkg/registry/generic/registry/store.go` (`Update`) | `restore::restore_builds_again_…` |
 //!
 //! Simplifications, each harmless for what flatstack does: lists are atomic in field
 //! ownership (flatstack always applies whole objects); nodes turn Ready when the flannel chart
@@ -164,6 +165,9 @@ pub struct World {
     /// When kubeadm's certificates on a control plane expire (RFC 3339), by node; a year from
     /// now for those not listed.
     pub certificates_expire: BTreeMap<String, String>,
+    /// Secrets stored in clear, by path (a restored snapshot of a cluster that did not
+    /// encrypt them): read through `identity`, not the first provider.
+    pub secrets_in_clear: std::collections::BTreeSet<String>,
 }
 
 /// A host action as a node ran it, and what stood around it then.
@@ -1458,6 +1462,19 @@ fn route(
                 &format!("nodes \"{name}\" not found"),
             ),
         },
+        ("GET", ["api", "v1", "secrets"]) => {
+            let items: Vec<Value> = world
+                .objects
+                .iter()
+                .filter(|(path, _)| {
+                    let parts: Vec<&str> = path.split('/').collect();
+                    matches!(parts.as_slice(), ["", "api", "v1", "namespaces", _, "secrets", _])
+                })
+                .map(|(_, secret)| secret.clone())
+                .collect();
+            answer(StatusCode::OK, json!({"kind": "SecretList", "items": items}))
+        }
+        ("PUT", ["api", "v1", "namespaces", _, "secrets", _]) => replace_secret(world, path, body),
         ("GET", ["api", "v1", "pods"]) => {
             let node = query
                 .split('&')
@@ -1825,6 +1842,48 @@ fn store(
         StatusCode::OK
     };
     answer(status, object)
+}
+
+/// A Secret replaced (PUT) as the API server stores it: the body's `resourceVersion` must be
+/// the stored one (409 otherwise); an unchanged Secret is written, with a new
+/// `resourceVersion`, only when it was stored in clear (its stored form is stale: read
+/// through a provider other than the first), and is then stored encrypted.
+fn replace_secret(world: &mut World, path: &str, body: &[u8]) -> Answer {
+    let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+        return failure(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON");
+    };
+    let Some(current) = world.objects.get(path).cloned() else {
+        return failure(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("{path} not found"),
+        );
+    };
+    let name = path.rsplit('/').next().unwrap_or_default();
+    if object["kind"] != "Secret" || object["metadata"]["name"] != name {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not this Secret",
+        );
+    }
+    if object["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+        return failure(
+            StatusCode::CONFLICT,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on {path}: the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    let stale = world.secrets_in_clear.remove(path);
+    if object == current && !stale {
+        return answer(StatusCode::OK, current);
+    }
+    world.next_version += 1;
+    object["metadata"]["resourceVersion"] = json!(world.next_version.to_string());
+    world.objects.insert(path.to_string(), object.clone());
+    answer(StatusCode::OK, object)
 }
 
 /// A JSON merge patch of a stored object: an update, which takes over the fields it sets.
