@@ -89,6 +89,10 @@ impl Down {
         delete_backups: bool,
         say: &(dyn Fn(&str) + Sync),
     ) -> Result<usize, ApplyError> {
+        // A store that cannot be reached for want of a key is said before anything is deleted.
+        if delete_backups {
+            Store::of(&self.cloud, &self.spec).map_err(BackupError::from)?;
+        }
         if self.observed.count() > 0 || delete_volumes {
             teardown(&self.cloud, &self.spec, delete_volumes, say).await?;
         }

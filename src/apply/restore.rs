@@ -242,7 +242,6 @@ pub(crate) fn gone_nodes(
         .collect()
 }
 
-
 /// Writes every Secret back unchanged, as upstream's procedure for data written before
 /// encryption was turned on does (`kubectl get secrets -A -o json | kubectl replace -f -`): the
 /// API server stores a Secret it read through a provider other than the first (`identity`:

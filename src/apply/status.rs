@@ -237,7 +237,7 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
                     time::OffsetDateTime::now_utc(),
                 ))),
                 // Left to the cloud, and its store refuses the credentials: backups are off.
-                Err(e) if e.is_refused() && spec.backup.enabled.is_none() => None,
+                Err(e) if e.is_refused() && crate::backup::refusal_turns_off(&spec, &store) => None,
                 Err(e) => Some(Err(format!("cannot read the backups: {e}"))),
             }
         }

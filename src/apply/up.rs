@@ -391,7 +391,11 @@ pub(crate) async fn up(
         let deleted = crate::backup::restore::clear(&store, container).await?;
         super::restore::finished(&state)?;
         say(&format!(
-            "the restored cluster runs; deleted {deleted} staged snapshot(s) and what signed its URL"
+            "the restored cluster runs; deleted {deleted} staged snapshot(s){}",
+            match store.s3() {
+                Some(_) => "",
+                None => " and the TempURL key",
+            }
         ));
     }
     let timeline = timeline::build(&plan, &provisioned.runs, &before, &after, at());
@@ -428,7 +432,7 @@ async fn backup_target(
     }
     let ensured = match crate::backup::ensure(&store, state, &spec.name).await {
         Ok(ensured) => ensured,
-        Err(e) if e.is_refused() && spec.backup.enabled.is_none() => {
+        Err(e) if e.is_refused() && crate::backup::refusal_turns_off(spec, &store) => {
             say(&format!(
                 "backups are off: {}; give the cluster's credentials a role that may write to the object store, or set `backup.enabled = false` to say so",
                 e.to_string().lines().next().unwrap_or_default()

@@ -23,7 +23,7 @@ pub(crate) const CONTAINER_RECORD: &str = "backup-container";
 /// The backup key's private half, in the state directory only (0600).
 pub(crate) const KEY_FILE: &str = "backup.key";
 /// Characters of a container name's random suffix.
-const SUFFIX_LEN: usize = 8;
+pub(crate) const SUFFIX_LEN: usize = 8;
 /// Names tried when a store says each is taken.
 const NAME_ATTEMPTS: usize = 5;
 /// The object `up` writes and deletes again to learn the container takes writes.
@@ -47,7 +47,7 @@ pub enum BackupError {
     #[error("cannot list the project's backup containers")]
     Containers(#[source] Box<CloudError>),
     #[error(
-        "the object store refused to {what} ({cause})\n  hint: the cluster's credentials need a role that may read and write the object store (on Jetstream2, `member`); or set `backup.enabled = false`"
+        "the object store refused to {what} ({cause})\n  hint: with Swift, the cluster's credentials need a role that may read and write the object store (on Jetstream2, `member`); with an S3 store, the access key must be current and its secret right (and the workstation's clock within minutes of the store's), with rights to list, make and write buckets; or set `backup.enabled = false`"
     )]
     Refused {
         what: String,
@@ -68,6 +68,16 @@ pub enum BackupError {
     DamagedKey { path: std::path::PathBuf },
     #[error(transparent)]
     Envelope(#[from] envelope::EnvelopeError),
+    #[error(
+        "the state directory records the backups in {recorded} (container {container}), but the cluster file now names {now}\n  hint: set the file back to keep using them; to start anew in the new store, delete {} (the old snapshots stay where they are, readable with the file set back)",
+        record.display()
+    )]
+    StoreChanged {
+        container: String,
+        recorded: String,
+        now: String,
+        record: std::path::PathBuf,
+    },
     #[error("snapshot {object} was deleted while it was being read")]
     Vanished { object: String },
     #[error(
@@ -86,7 +96,8 @@ impl BackupError {
         match self {
             BackupError::NoObjectStore { .. }
             | BackupError::DamagedKey { .. }
-            | BackupError::StoreConfig(_) => true,
+            | BackupError::StoreConfig(_)
+            | BackupError::StoreChanged { .. } => true,
             BackupError::State(e) => e.is_invalid_input(),
             _ => false,
         }
@@ -96,6 +107,13 @@ impl BackupError {
     pub(crate) fn is_refused(&self) -> bool {
         matches!(self, BackupError::Refused { .. })
     }
+}
+
+/// Whether a store that refuses turns backups off (said, not fatal) rather than failing: only
+/// when the file leaves backups to the cloud's own Swift. An S3 store is the user's explicit
+/// choice, and its 403s mostly mean a wrong key.
+pub(crate) fn refusal_turns_off(spec: &ClusterSpec, store: &Store<'_>) -> bool {
+    spec.backup.enabled.is_none() && store.s3().is_none()
 }
 
 /// The cluster's backup key from the state directory, if it has one.
@@ -151,7 +169,11 @@ pub(crate) fn recorded_container(state: Option<&StateDir>) -> Result<Option<Stri
         return Ok(None);
     };
     match state.read_public(CONTAINER_RECORD) {
-        Ok(text) => Ok(Some(text.trim().to_string()).filter(|n| !n.is_empty())),
+        Ok(text) => Ok(text
+            .lines()
+            .next()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())),
         Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Ok(None)
         }
@@ -186,7 +208,7 @@ pub(crate) async fn ensure(
 ) -> Result<Ensured, BackupError> {
     let mut name = match recorded_container(Some(state))? {
         Some(name) => name,
-        None => record_new(state, cluster)?,
+        None => record_new(store, state, cluster)?,
     };
     if containers(store, cluster, Some(state))
         .await?
@@ -208,7 +230,7 @@ pub(crate) async fn ensure(
             Made::Existed => break false,
             Made::Taken if attempts < NAME_ATTEMPTS => {
                 attempts += 1;
-                name = record_new(state, cluster)?;
+                name = record_new(store, state, cluster)?;
             }
             Made::Taken => return Err(BackupError::NamesTaken { last: name }),
         }
@@ -231,10 +253,40 @@ pub(crate) async fn ensure(
     })
 }
 
-fn record_new(state: &StateDir, cluster: &str) -> Result<String, PkiError> {
+/// Records a new container name, with the store it is in on the next line.
+fn record_new(store: &Store<'_>, state: &StateDir, cluster: &str) -> Result<String, PkiError> {
     let name = new_container_name(cluster)?;
-    state.write(CONTAINER_RECORD, format!("{name}\n").as_bytes(), 0o600)?;
+    let record = format!("{name}\n{}\n", store.identity());
+    state.write(CONTAINER_RECORD, record.as_bytes(), 0o600)?;
     Ok(name)
+}
+
+/// Refuses a store other than the one the state directory records the container in (a record
+/// of one line is of Swift, written before flatstack knew other stores).
+fn check_recorded_store(store: &Store<'_>, state: Option<&StateDir>) -> Result<(), BackupError> {
+    let Some(state) = state else {
+        return Ok(());
+    };
+    let text = match state.read_public(CONTAINER_RECORD) {
+        Ok(text) => text,
+        Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut lines = text.lines().map(str::trim);
+    let container = lines.next().unwrap_or_default().to_string();
+    let recorded = lines.next().filter(|l| !l.is_empty()).unwrap_or("swift");
+    let now = store.identity();
+    match container.is_empty() || recorded == now {
+        true => Ok(()),
+        false => Err(BackupError::StoreChanged {
+            container,
+            recorded: recorded.to_string(),
+            now,
+            record: state.join(CONTAINER_RECORD),
+        }),
+    }
 }
 
 /// A 403 is the credentials' role; anything else, the store's.
@@ -344,7 +396,7 @@ pub(crate) async fn view(
     let recorded = recorded_container(state)?;
     let found = match containers(store, &spec.name, state).await {
         Ok(found) => found,
-        Err(e) if e.is_refused() && spec.backup.enabled.is_none() => {
+        Err(e) if e.is_refused() && refusal_turns_off(spec, store) => {
             view.enabled = false;
             view.note = format!("off: {}", e.to_string().lines().next().unwrap_or_default());
             return Ok(view);
@@ -489,6 +541,7 @@ async fn container_entries(
     cluster: &str,
     state: Option<&StateDir>,
 ) -> Result<Vec<crate::cloud::object_store::ContainerEntry>, BackupError> {
+    check_recorded_store(store, state)?;
     let mut found = match store.containers(&container_prefix(cluster)).await {
         Ok(found) => found,
         Err(source @ CloudError::Api { status: 403, .. }) => {

@@ -72,11 +72,12 @@ trap 'rm -rf "$work" "$snapshot"' EXIT
 trap 'exit 143' TERM INT
 object="$FLATSTACK_CLUSTER-etcd-$(date -u +%Y%m%dT%H%M%SZ)-$FLATSTACK_KUBERNETES.db.enc"
 
-# curl as the cloud wants it: its CA, or no verification when clouds.yaml says so.
+# curl as the cloud wants it: its CA besides the system's (an S3 store elsewhere may have a
+# public certificate), or no verification when clouds.yaml says so.
 tls=()
 if [[ -n ${{FLATSTACK_CA_BUNDLE:-}} ]]; then
   printf '%s\n' "$FLATSTACK_CA_BUNDLE" > "$work/ca.crt"
-  tls=(--cacert "$work/ca.crt")
+  tls=(--cacert "$work/ca.crt" --capath /etc/ssl/certs)
 elif [[ ${{FLATSTACK_INSECURE:-}} == true ]]; then
   tls=(--insecure)
 fi

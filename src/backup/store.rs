@@ -15,6 +15,9 @@ use crate::spec::{BackupStore, ClusterSpec};
 pub(crate) const ACCESS_KEY_VARIABLE: &str = "AWS_ACCESS_KEY_ID";
 pub(crate) const SECRET_KEY_VARIABLE: &str = "AWS_SECRET_ACCESS_KEY";
 
+/// The longest bucket name S3 takes.
+const S3_NAME_LIMIT: usize = 63;
+
 /// A cluster's object store, reached through `cloud`'s HTTPS settings.
 pub(crate) struct Store<'a> {
     cloud: &'a Cloud,
@@ -30,6 +33,14 @@ pub enum StoreConfigError {
     NoKeys { endpoint: String, cloud: String },
     #[error("{0}\n  hint: set only one of them, or neither to take secure.yaml's")]
     HalfKey(String),
+    #[error(
+        "AWS_SESSION_TOKEN is set: temporary S3 credentials are not supported (the cluster's CronJob keeps its key for months)\n  hint: give a long-lived access key (on Jetstream2, `openstack ec2 credentials create`), and unset AWS_SESSION_TOKEN"
+    )]
+    SessionToken,
+    #[error(
+        "cluster name `{name}` is too long for an S3 bucket of its backups (`flatstack-backups.{name}.` and 8 random characters come to {length}; S3 allows 63)\n  hint: use a name of at most 36 characters, or `store = \"swift\"`"
+    )]
+    NameTooLong { name: String, length: usize },
     #[error(transparent)]
     Endpoint(CloudError),
 }
@@ -37,6 +48,9 @@ pub enum StoreConfigError {
 /// The key pair the environment gives, if any.
 fn keys_from_environment() -> Result<Option<S3Keys>, StoreConfigError> {
     let read = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if read("AWS_SESSION_TOKEN").is_some() && read(ACCESS_KEY_VARIABLE).is_some() {
+        return Err(StoreConfigError::SessionToken);
+    }
     match (read(ACCESS_KEY_VARIABLE), read(SECRET_KEY_VARIABLE)) {
         (Some(id), Some(secret)) => Ok(Some(S3Keys {
             access_key_id: id,
@@ -58,7 +72,16 @@ impl<'a> Store<'a> {
     pub(crate) fn of(cloud: &'a Cloud, spec: &ClusterSpec) -> Result<Store<'a>, StoreConfigError> {
         let s3 = match &spec.backup.store {
             BackupStore::Swift => None,
+            // Off: nothing of the store is needed (and no key asked for).
+            BackupStore::S3 { .. } if spec.backup.enabled == Some(false) => None,
             BackupStore::S3 { endpoint, region } => {
+                let length = super::container_prefix(&spec.name).len() + super::SUFFIX_LEN;
+                if length > S3_NAME_LIMIT {
+                    return Err(StoreConfigError::NameTooLong {
+                        name: spec.name.clone(),
+                        length,
+                    });
+                }
                 let keys =
                     match keys_from_environment()? {
                         Some(keys) => keys,
@@ -105,6 +128,14 @@ impl<'a> Store<'a> {
         match self.s3 {
             Some(_) => "an S3 bucket",
             None => "a Swift container",
+        }
+    }
+
+    /// What the state directory records the store as: `swift`, or `s3 <endpoint>`.
+    pub(crate) fn identity(&self) -> String {
+        match &self.s3 {
+            Some(s3) => format!("s3 {}", s3.endpoint()),
+            None => "swift".to_string(),
         }
     }
 

@@ -187,8 +187,9 @@ impl S3Store {
             let authorization =
                 sigv4::authorization(&self.keys, &self.region, &request, &amz_date, &payload);
             headers.push(("authorization", authorization.as_str()));
-            // Listings and small calls have the session's timeout; objects take their time.
-            let timed = object.is_none();
+            // Listings and small calls have the session's timeout; object reads and writes
+            // take their time.
+            let timed = object.is_none() || !matches!(method, Method::GET | Method::PUT);
             let result = cloud
                 .send_to(
                     Service::ObjectStore,
@@ -239,7 +240,10 @@ impl S3Store {
             .collect())
     }
 
-    /// Makes bucket `name` (or finds it the key's own already).
+    /// Makes bucket `name` (or finds it the key's own already). A 409 is read by looking: the
+    /// bucket answers a HEAD when it is ours (Swift's S3 API answers `BucketAlreadyExists` for
+    /// the account's own, where AWS says `BucketAlreadyOwnedByYou`), and not when another
+    /// holds the name.
     pub(crate) async fn create_bucket(
         &self,
         cloud: &Cloud,
@@ -259,9 +263,18 @@ impl S3Store {
         match result {
             Ok(_) => Ok(Made::Created),
             Err(e @ CloudError::Api { status: 409, .. }) => {
-                match error_code(&e) == Some("BucketAlreadyOwnedByYou") {
-                    true => Ok(Made::Existed),
-                    false => Ok(Made::Taken),
+                if error_code(&e) == Some("BucketAlreadyOwnedByYou") {
+                    return Ok(Made::Existed);
+                }
+                match self
+                    .send(cloud, Method::HEAD, (Some(name), None), &[], None)
+                    .await
+                {
+                    Ok(_) => Ok(Made::Existed),
+                    Err(CloudError::Api {
+                        status: 403 | 404, ..
+                    }) => Ok(Made::Taken),
+                    Err(e) => Err(e),
                 }
             }
             Err(e) => Err(e),
@@ -296,8 +309,19 @@ impl S3Store {
                 last_modified: c.last_modified,
             }));
             match (page.is_truncated, page.next_continuation_token) {
-                (true, Some(next)) => token = Some(next),
-                _ => return Ok(Some(objects)),
+                (false, _) => return Ok(Some(objects)),
+                (true, Some(next)) if token.as_ref() != Some(&next) => token = Some(next),
+                // A store that says there is more but not where it goes on (or sends the same
+                // place again) would have us list a part as the whole, or forever.
+                (true, _) => {
+                    return Err(CloudError::Decode {
+                        service: Service::ObjectStore.name(),
+                        call: format!("GET bucket {bucket}"),
+                        source:
+                            "a listing said it was truncated but gave no new continuation token"
+                                .into(),
+                    });
+                }
             }
         }
     }

@@ -107,12 +107,13 @@ while IFS='=' read -r field value; do
     insecure) insecure=$value ;;
   esac
 done < "$env_file"
-# The object store's certificate as the cloud's own clients check it.
+# The object store's certificate as the cloud's own clients check it: its CA besides the
+# system's (an S3 store elsewhere may have a public certificate).
 tls=()
 if [[ $insecure == 1 ]]; then
   tls=(--insecure)
 elif [[ -f $root{RESTORE_CA} ]]; then
-  tls=(--cacert "$root{RESTORE_CA}")
+  tls=(--cacert "$root{RESTORE_CA}" --capath /etc/ssl/certs)
 fi
 if [[ ! $key =~ ^[0-9a-f]{{128}}$ || -z $url || -z $image || ! $token =~ ^[A-Za-z0-9-]+$ ]]; then
   say "$env_file does not say where the snapshot is and how to open it"

@@ -8,6 +8,16 @@ use crate::openstack::{cli, cli_raw, clouds_yaml, unique};
 use crate::support::{Workspace, free_port, stderr, stdout, success};
 use crate::up::{Teardown, cluster, command, flatstack};
 
+/// The container (or bucket) the state directory records, and the store it is in.
+pub(crate) fn recorded(workspace: &Workspace) -> (String, String) {
+    let text = std::fs::read_to_string(workspace.state_dir().join("backup-container"))
+        .expect("the container's name is recorded");
+    let mut lines = text.lines();
+    let name = lines.next().unwrap_or_default().trim().to_string();
+    let store = lines.next().unwrap_or_default().trim().to_string();
+    (name, store)
+}
+
 /// The cluster's containers, as the `openstack` CLI lists them.
 fn containers(name: &str) -> Vec<String> {
     let prefix = format!("flatstack-backups.{name}.");
@@ -105,9 +115,8 @@ fn backups_go_to_a_container_of_their_own_that_down_keeps_unless_told() {
     );
 
     let made = success(&flatstack(&workspace, &["up", "--provision-only"]));
-    let recorded = std::fs::read_to_string(workspace.state_dir().join("backup-container"))
-        .expect("the container's name is recorded");
-    let container = recorded.trim().to_string();
+    let (container, store) = recorded(&workspace);
+    assert_eq!(store, "swift", "the record names the store");
     assert!(
         container.starts_with(&format!("flatstack-backups.{name}.")),
         "{container}"
@@ -463,10 +472,7 @@ fn a_snapshot_sealed_on_the_host_comes_back_byte_for_byte_and_restores() {
     let _teardown = Teardown(&workspace);
     workspace.write_cluster(&cluster(&name, 0, ""));
     success(&flatstack(&workspace, &["up", "--provision-only"]));
-    let container = std::fs::read_to_string(workspace.state_dir().join("backup-container"))
-        .expect("recorded")
-        .trim()
-        .to_string();
+    let container = recorded(&workspace).0;
     let key_file = workspace.state_dir().join("backup.key");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -1092,11 +1098,12 @@ fn an_s3_store_keeps_the_snapshots_and_serves_the_restore() {
         access: access.clone(),
     };
     let run = |args: &[&str]| with_clouds(&workspace, &clouds, args);
-    workspace.write_cluster(&cluster(
+    let s3_file = cluster(
         &name,
         1,
         "[backup]\nstore = \"s3\"\ns3_endpoint = \"http://127.0.0.1:8080\"\ns3_region = \"RegionOne\"\nkeep = 2\n",
-    ));
+    );
+    workspace.write_cluster(&s3_file);
 
     let no_key = run(&["plan"]);
     assert_eq!(no_key.status.code(), Some(2), "{}", stderr(&no_key));
@@ -1120,6 +1127,19 @@ fn an_s3_store_keeps_the_snapshots_and_serves_the_restore() {
         )),
         "{planned}"
     );
+    // A name whose bucket name would pass S3's 63 characters: refused, named.
+    let long = "a-cluster-name-of-forty-characters-long0";
+    workspace.write_cluster(&s3_file.replace(&name, long));
+    let refused = run(&["plan"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains(&format!(
+            "cluster name `{long}` is too long for an S3 bucket"
+        )),
+        "{}",
+        stderr(&refused)
+    );
+    workspace.write_cluster(&s3_file);
 
     let pki = crate::kube_standin::pki(&workspace);
     let mut world = World {
@@ -1131,10 +1151,11 @@ fn an_s3_store_keeps_the_snapshots_and_serves_the_restore() {
     let server = StandIn::of_cluster(&pki, world);
     let api = server.address.to_string();
     let up = success(&run(&["up", "--api-address", &api, "--timeout", "3m"]));
-    let bucket = std::fs::read_to_string(workspace.state_dir().join("backup-container"))
-        .expect("the bucket's name is recorded")
-        .trim()
-        .to_string();
+    let (bucket, store) = recorded(&workspace);
+    assert_eq!(
+        store, "s3 http://127.0.0.1:8080",
+        "the record names the store"
+    );
     assert!(
         up.contains(&format!(
             "made backup bucket {bucket} in the object store; it took a test write"
@@ -1143,6 +1164,18 @@ fn an_s3_store_keeps_the_snapshots_and_serves_the_restore() {
     );
     // The write check stays: S3 listings give a bucket no date, and it stands for one.
     assert_eq!(objects(&bucket), [".flatstack-write-check"]);
+    // The file turned to Swift with the bucket recorded: refused, nothing made.
+    workspace.write_cluster(&cluster(&name, 1, ""));
+    let changed = run(&["plan"]);
+    assert_eq!(changed.status.code(), Some(2), "{}", stderr(&changed));
+    assert!(
+        stderr(&changed).contains(&format!(
+            "the state directory records the backups in s3 http://127.0.0.1:8080 (container {bucket}), but the cluster file now names swift"
+        )),
+        "{}",
+        stderr(&changed)
+    );
+    workspace.write_cluster(&s3_file);
     let credentials = server.world.lock().expect("world").objects
         ["/api/v1/namespaces/kube-system/secrets/flatstack-etcd-backup"]["data"]["s3-user"]
         .clone();

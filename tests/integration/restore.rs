@@ -358,10 +358,7 @@ fn restore_stages_the_snapshot_behind_a_temp_url_and_rebuilds_the_control_plane(
     workspace.write_cluster(&cluster(&name, 1, "[backup]\nenabled = true\n"));
     let _teardown = Teardown(&workspace);
     success(&flatstack(&workspace, &["up", "--provision-only"]));
-    let container = std::fs::read_to_string(workspace.state_dir().join("backup-container"))
-        .expect("the recorded container")
-        .trim()
-        .to_string();
+    let container = crate::backup::recorded(&workspace).0;
     let control_plane = format!("{name}-control-plane-1");
     let worker = format!("{name}-default-1");
     let (cp_before, worker_before) = (server_id(&control_plane), server_id(&worker));
@@ -501,10 +498,7 @@ fn restore_builds_again_the_workers_the_snapshot_has_no_node_of() {
         &workspace,
         &["up", "--api-address", api.as_str(), "--timeout", "3m"],
     ));
-    let container = std::fs::read_to_string(workspace.state_dir().join("backup-container"))
-        .expect("the recorded container")
-        .trim()
-        .to_string();
+    let container = crate::backup::recorded(&workspace).0;
     let base = tempfile::tempdir().expect("tempdir");
     real_snapshot(base.path());
     let (script, recipient) = crate::backup::rendered_backup(&workspace);
@@ -582,10 +576,16 @@ fn restore_builds_again_the_workers_the_snapshot_has_no_node_of() {
     );
     // Every Secret written back: those in clear are stored again (encrypted), with a new
     // resourceVersion and the same data; one stored encrypted already is left as it is.
-    assert!(out.contains("Secret(s) back, so the API servers store them encrypted"), "{out}");
+    assert!(
+        out.contains("Secret(s) back, so the API servers store them encrypted"),
+        "{out}"
+    );
     {
         let world = server.world.lock().expect("world");
-        assert!(world.secrets_in_clear.is_empty(), "every Secret is encrypted");
+        assert!(
+            world.secrets_in_clear.is_empty(),
+            "every Secret is encrypted"
+        );
         for secret in ["old-a", "old-b"] {
             let stored = &world.objects[&format!("/api/v1/namespaces/default/secrets/{secret}")];
             assert_ne!(stored["metadata"]["resourceVersion"], "7", "{stored}");

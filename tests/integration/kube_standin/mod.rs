@@ -1468,11 +1468,17 @@ fn route(
                 .iter()
                 .filter(|(path, _)| {
                     let parts: Vec<&str> = path.split('/').collect();
-                    matches!(parts.as_slice(), ["", "api", "v1", "namespaces", _, "secrets", _])
+                    matches!(
+                        parts.as_slice(),
+                        ["", "api", "v1", "namespaces", _, "secrets", _]
+                    )
                 })
                 .map(|(_, secret)| secret.clone())
                 .collect();
-            answer(StatusCode::OK, json!({"kind": "SecretList", "items": items}))
+            answer(
+                StatusCode::OK,
+                json!({"kind": "SecretList", "items": items}),
+            )
         }
         ("PUT", ["api", "v1", "namespaces", _, "secrets", _]) => replace_secret(world, path, body),
         ("GET", ["api", "v1", "pods"]) => {
