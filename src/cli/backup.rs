@@ -89,6 +89,8 @@ fn now(file: &Path, cloud_flag: Option<&str>, args: &NowArgs) -> anyhow::Result<
     runtime()?.block_on(async {
         let started = time::OffsetDateTime::now_utc();
         let cloud = Cloud::connect(config).await?;
+        // The store is read once the Job has run: a missing key is said before it starts.
+        backup::Store::of(&cloud, &spec).map_err(|e| InvalidInput(e.to_string()))?;
         let cluster = args.cluster.connect(spec, cloud_flag).await?;
         let name = cluster.spec.name.clone();
         let ran = cluster

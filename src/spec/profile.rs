@@ -19,6 +19,8 @@ struct Choices {
     cloud_note: &'static str,
     network_note: &'static str,
     backup_enabled: &'static str,
+    /// The commented S3 alternative.
+    backup_s3: &'static str,
 }
 
 fn choices(profile: Profile) -> Choices {
@@ -34,6 +36,11 @@ fn choices(profile: Profile) -> Choices {
                            # existing_network = \"auto_allocated_network\"\n\
                            # existing_router = \"auto_allocated_router\"",
             backup_enabled: "enabled = true                  # Jetstream2's object store (Swift) holds them",
+            backup_s3: "# Or its S3 API, with a key of yours (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,\n\
+                        # or `s3:` under the cloud's entry in secure.yaml; `openstack ec2 credentials create`):\n\
+                        # store = \"s3\"\n\
+                        # s3_endpoint = \"https://js2.jetstream-cloud.org:8001\"\n\
+                        # s3_region = \"RegionOne\"",
         },
         Profile::Generic => Choices {
             cloud: "openstack",
@@ -45,6 +52,11 @@ fn choices(profile: Profile) -> Choices {
                            # existing_subnet = \"my-subnet\"\n\
                            # existing_router = \"my-router\"",
             backup_enabled: "# enabled = true                # default: on where the cloud's catalog has Swift",
+            backup_s3: "# Or an S3-compatible store, with a key of yours (AWS_ACCESS_KEY_ID and\n\
+                        # AWS_SECRET_ACCESS_KEY, or `s3:` under the cloud's entry in secure.yaml):\n\
+                        # store = \"s3\"\n\
+                        # s3_endpoint = \"https://s3.example.org\"\n\
+                        # s3_region = \"us-east-1\"",
         },
     }
 }
@@ -173,6 +185,7 @@ timezone = "UTC"
 {backup_enabled}
 every = "6h"                    # 1h, 2h, 3h, 4h, 6h, 8h, 12h or 24h
 keep = 14                       # the newest snapshots kept
+{backup_s3}
 "#,
         cloud_note = c.cloud_note,
         cloud = c.cloud,
@@ -180,6 +193,7 @@ keep = 14                       # the newest snapshots kept
         worker_flavor = c.worker_flavor,
         network_note = c.network_note,
         backup_enabled = c.backup_enabled,
+        backup_s3 = c.backup_s3,
         supported = pins::supported_minors_list(),
     )
 }

@@ -1105,6 +1105,29 @@ fn an_s3_store_keeps_the_snapshots_and_serves_the_restore() {
     );
     workspace.write_cluster(&s3_file);
 
+    // `render` asks no cloud and needs no key: the CronJob signs for S3, a marker in place of
+    // the key.
+    success(&workspace.render(&[]));
+    let cron_file = std::fs::read_dir(workspace.out_dir().join("manifests"))
+        .expect("manifests")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.to_string_lossy()
+                .ends_with("-cronjob-kube-system-flatstack-etcd-backup.yaml")
+        })
+        .expect("the CronJob is rendered");
+    let cron = std::fs::read_to_string(cron_file).expect("read");
+    for wanted in [
+        "FLATSTACK_STORE_API",
+        "value: s3",
+        "http://127.0.0.1:8080",
+        "FLATSTACK_S3_REGION",
+        "RegionOne",
+    ] {
+        assert!(cron.contains(wanted), "{wanted} in\n{cron}");
+    }
+
     let no_key = run(&["plan"]);
     assert_eq!(no_key.status.code(), Some(2), "{}", stderr(&no_key));
     assert!(
