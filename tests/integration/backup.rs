@@ -792,6 +792,34 @@ impl Drop for SnapshotKubelet {
     }
 }
 
+/// A real etcd with a key and its saved snapshot, and a [`SnapshotKubelet`] for `server` that
+/// runs the snapshot Jobs' pods on it in a scratch directory: the etcd (kept running for the
+/// test), the snapshot's file, the scratch directory (the pod's `upload.log` is there).
+fn snapshot_kubelet(
+    workspace: &Workspace,
+    server: &crate::kube_standin::StandIn,
+) -> (
+    Etcd,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    SnapshotKubelet,
+) {
+    let etcd = Etcd::start(
+        &workspace.dir.path().join("etcd"),
+        &workspace.dir.path().join("etcd.log"),
+        free_port(),
+    );
+    etcd.ctl(&["put", "/registry/configmaps/default/c", "kept"])
+        .expect("put");
+    let saved = workspace.dir.path().join("saved.db");
+    etcd.ctl(&["snapshot", "save", &saved.to_string_lossy()])
+        .expect("save");
+    let scratch = workspace.dir.path().join("host");
+    std::fs::create_dir_all(&scratch).expect("scratch");
+    let kubelet = SnapshotKubelet::start(server, saved.clone(), scratch.clone());
+    (etcd, saved, scratch, kubelet)
+}
+
 /// Runs the upload container of `job`'s pod; the Job's status as the job controller sets it.
 fn run_pod(
     world: &std::sync::Mutex<crate::kube_standin::World>,
@@ -918,19 +946,7 @@ fn backup_now_runs_the_cron_job_whose_pod_uploads_a_real_snapshot() {
         .clone();
     assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid", "{cron}");
 
-    let etcd = Etcd::start(
-        &workspace.dir.path().join("etcd"),
-        &workspace.dir.path().join("etcd.log"),
-        free_port(),
-    );
-    etcd.ctl(&["put", "/registry/configmaps/default/c", "kept"])
-        .expect("put");
-    let saved = workspace.dir.path().join("saved.db");
-    etcd.ctl(&["snapshot", "save", &saved.to_string_lossy()])
-        .expect("save");
-    let scratch = workspace.dir.path().join("host");
-    std::fs::create_dir_all(&scratch).expect("scratch");
-    let kubelet = SnapshotKubelet::start(&server, saved.clone(), scratch.clone());
+    let (_etcd, saved, scratch, kubelet) = snapshot_kubelet(&workspace, &server);
 
     let now = flatstack(
         &workspace,
@@ -1212,19 +1228,7 @@ fn an_s3_store_keeps_the_snapshots_and_serves_the_restore() {
     );
 
     // Three snapshots by the CronJob's pod, keep = 2.
-    let etcd = Etcd::start(
-        &workspace.dir.path().join("etcd"),
-        &workspace.dir.path().join("etcd.log"),
-        free_port(),
-    );
-    etcd.ctl(&["put", "/registry/configmaps/default/c", "kept"])
-        .expect("put");
-    let saved = workspace.dir.path().join("saved.db");
-    etcd.ctl(&["snapshot", "save", &saved.to_string_lossy()])
-        .expect("save");
-    let scratch = workspace.dir.path().join("host");
-    std::fs::create_dir_all(&scratch).expect("scratch");
-    let kubelet = SnapshotKubelet::start(&server, saved.clone(), scratch.clone());
+    let (_etcd, saved, scratch, kubelet) = snapshot_kubelet(&workspace, &server);
     for round in 0..3 {
         if round > 0 {
             std::thread::sleep(std::time::Duration::from_millis(1100));

@@ -1850,20 +1850,34 @@ fn store(
     answer(status, object)
 }
 
+/// A request's JSON body and the object stored at `path`, or the 400 or 404 the API server
+/// answers instead.
+fn body_and_stored(world: &World, path: &str, body: &[u8]) -> Result<(Value, Value), Box<Answer>> {
+    let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        return Err(Box::new(failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not JSON",
+        )));
+    };
+    match world.objects.get(path) {
+        Some(current) => Ok((body, current.clone())),
+        None => Err(Box::new(failure(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("{path} not found"),
+        ))),
+    }
+}
+
 /// A Secret replaced (PUT) as the API server stores it: the body's `resourceVersion` must be
 /// the stored one (409 otherwise); an unchanged Secret is written, with a new
 /// `resourceVersion`, only when it was stored in clear (its stored form is stale: read
 /// through a provider other than the first), and is then stored encrypted.
 fn replace_secret(world: &mut World, path: &str, body: &[u8]) -> Answer {
-    let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
-        return failure(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON");
-    };
-    let Some(current) = world.objects.get(path).cloned() else {
-        return failure(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("{path} not found"),
-        );
+    let (mut object, current) = match body_and_stored(world, path, body) {
+        Ok(both) => both,
+        Err(answer) => return *answer,
     };
     let name = path.rsplit('/').next().unwrap_or_default();
     if object["kind"] != "Secret" || object["metadata"]["name"] != name {
@@ -1894,15 +1908,9 @@ fn replace_secret(world: &mut World, path: &str, body: &[u8]) -> Answer {
 
 /// A JSON merge patch of a stored object: an update, which takes over the fields it sets.
 fn merge_patch(world: &mut World, path: &str, query: &str, body: &[u8]) -> Answer {
-    let Ok(patch) = serde_json::from_slice::<Value>(body) else {
-        return failure(StatusCode::BAD_REQUEST, "BadRequest", "patch is not JSON");
-    };
-    let Some(current) = world.objects.get(path).cloned() else {
-        return failure(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("{path} not found"),
-        );
+    let (patch, current) = match body_and_stored(world, path, body) {
+        Ok(both) => both,
+        Err(answer) => return *answer,
     };
     // A resourceVersion in the patch is a precondition (apiserver `registry/generic/registry`
     // `Store.Update`: a patched object whose version is not the stored one conflicts).
