@@ -242,37 +242,75 @@ pub(crate) fn gone_nodes(
         .collect()
 }
 
+/// What writing the Secrets back did.
+#[derive(Debug, Default)]
+pub(crate) struct Rewritten {
+    pub(crate) written: usize,
+    /// `namespace/name` of those the API server refused (a webhook not yet reachable, say).
+    pub(crate) failed: Vec<String>,
+    /// The first refusal, for the warning.
+    pub(crate) first_error: Option<String>,
+}
+
+/// Secrets listed a page at a time, as `kubectl get` pages.
+const SECRETS_PAGE: usize = 500;
+
 /// Writes every Secret back unchanged, as upstream's procedure for data written before
 /// encryption was turned on does (`kubectl get secrets -A -o json | kubectl replace -f -`): the
 /// API server stores a Secret it read through a provider other than the first (`identity`:
 /// written in clear) again under the first (`secretbox`), and skips one already stored so
 /// (`GuaranteedUpdate` in apiserver's `storage/etcd3/store.go` writes an unchanged object only
 /// when its stored form is stale). A Secret changed or deleted meanwhile was written under the
-/// first provider already, or is gone: skipped. Returns how many were written back.
+/// first provider already, or is gone: skipped. One the API server refuses otherwise is
+/// counted and named, not fatal: the restore goes on.
 pub(crate) async fn rewrite_secrets(
     client: &crate::kube::KubeClient,
-) -> Result<usize, crate::kube::KubeError> {
-    let secrets: Vec<serde_json::Value> = client.list("/api/v1/secrets").await?;
-    let mut written = 0;
-    for mut secret in secrets {
-        let metadata = &secret["metadata"];
-        let (Some(namespace), Some(name)) = (
-            metadata["namespace"].as_str().map(str::to_string),
-            metadata["name"].as_str().map(str::to_string),
-        ) else {
-            continue;
+) -> Result<Rewritten, crate::kube::KubeError> {
+    let mut rewritten = Rewritten::default();
+    let mut next = String::new();
+    loop {
+        let path = match next.is_empty() {
+            true => format!("/api/v1/secrets?limit={SECRETS_PAGE}"),
+            false => format!(
+                "/api/v1/secrets?limit={SECRETS_PAGE}&continue={}",
+                crate::cloud::query_escape(&next)
+            ),
         };
-        // List items carry no kind; the object written back says what it is.
-        secret["apiVersion"] = "v1".into();
-        secret["kind"] = "Secret".into();
-        let path = format!("/api/v1/namespaces/{namespace}/secrets/{name}");
-        match client.replace(&path, &secret).await {
-            Ok(()) => written += 1,
-            Err(e) if e.is_conflict() || e.is_not_found() => {}
-            Err(e) => return Err(e),
+        let page: serde_json::Value = client.get(&path).await?.unwrap_or_default();
+        for secret in page["items"].as_array().cloned().unwrap_or_default() {
+            rewrite_one(client, secret, &mut rewritten).await;
+        }
+        match page["metadata"]["continue"].as_str() {
+            Some(token) if !token.is_empty() && token != next => next = token.to_string(),
+            _ => return Ok(rewritten),
         }
     }
-    Ok(written)
+}
+
+async fn rewrite_one(
+    client: &crate::kube::KubeClient,
+    mut secret: serde_json::Value,
+    rewritten: &mut Rewritten,
+) {
+    let metadata = &secret["metadata"];
+    let (Some(namespace), Some(name)) = (
+        metadata["namespace"].as_str().map(str::to_string),
+        metadata["name"].as_str().map(str::to_string),
+    ) else {
+        return;
+    };
+    // List items carry no kind; the object written back says what it is.
+    secret["apiVersion"] = "v1".into();
+    secret["kind"] = "Secret".into();
+    let path = format!("/api/v1/namespaces/{namespace}/secrets/{name}");
+    match client.replace(&path, &secret).await {
+        Ok(()) => rewritten.written += 1,
+        Err(e) if e.is_conflict() || e.is_not_found() => {}
+        Err(e) => {
+            rewritten.failed.push(format!("{namespace}/{name}"));
+            rewritten.first_error.get_or_insert_with(|| e.to_string());
+        }
+    }
 }
 
 #[cfg(test)]

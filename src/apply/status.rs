@@ -225,6 +225,7 @@ pub(crate) async fn status(request: StatusRequest) -> Result<StatusReport, Apply
         crate::backup::enabled(&spec, offered, &cloud.config().name),
         store,
     ) {
+        _ if spec.backup.enabled == Some(false) => None,
         (Ok(false), _) => None,
         (Err(e), _) => Some(Err(e.to_string())),
         (Ok(true), Err(e)) => Some(Err(e.to_string())),

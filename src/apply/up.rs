@@ -190,11 +190,6 @@ pub(crate) async fn up(
     identity::check_secrets_key(&spec.name, &observed.servers, &pki, &state_path)
         .map_err(|e| UpError::Refused(e.to_string()))?;
     pki.ensure_secrets_key(&state)?;
-    if !identity::encrypts_secrets(&observed.servers) {
-        // Made before flatstack encrypted Secrets: kept as it runs (the key stays in the state
-        // directory, for clusters made or restored from it).
-        pki.secrets_key = None;
-    }
     for old in pki.renew_client_certificates(&state, time::OffsetDateTime::now_utc())? {
         say(&format!(
             "re-issued the {} client certificate, which {}: kubeconfigs made before keep working until then; `flatstack kubeconfig --merge` refreshes yours",
@@ -239,6 +234,12 @@ pub(crate) async fn up(
         }
     };
     let observed = &observation.observed;
+    if !identity::encrypts_secrets(&observed.servers) {
+        // Made before flatstack encrypted Secrets: kept as it runs (the key stays in the state
+        // directory, for clusters made or restored from it). Decided from the last look: a
+        // restore has deleted the control planes by now, and the new ones encrypt.
+        pki.secrets_key = None;
+    }
     let scope = Scope {
         kubernetes: !provision_only,
         accept_empty_cluster,
@@ -426,6 +427,10 @@ async fn backup_target(
     spec: &ClusterSpec,
     say: &dyn Fn(&str),
 ) -> Result<Option<crate::backup::objects::BackupTarget>, UpError> {
+    // Off: nothing of the store is needed (and no S3 key asked for).
+    if spec.backup.enabled == Some(false) {
+        return Ok(None);
+    }
     let store = crate::backup::Store::of(cloud, spec).map_err(BackupError::from)?;
     if !crate::backup::enabled(spec, store.offered().await, &cloud.config().name)? {
         return Ok(None);
@@ -564,10 +569,27 @@ impl Rounds<'_> {
         let client = KubeClient::new(self.pki, api)?;
         say("waiting for the restored cluster's API".into());
         client.wait_ready(self.timeout).await?;
-        let written = super::restore::rewrite_secrets(&client).await?;
-        say(format!(
-            "wrote the restored cluster's {written} Secret(s) back, so the API servers store them encrypted"
-        ));
+        if self.pki.secrets_key.is_some() {
+            let rewritten = super::restore::rewrite_secrets(&client).await?;
+            say(format!(
+                "wrote the restored cluster's {} Secret(s) back, so the API servers store them encrypted",
+                rewritten.written
+            ));
+            if !rewritten.failed.is_empty() {
+                say(format!(
+                    "warning: {} Secret(s) could not be written back and may stay stored in clear until they change ({}): {}",
+                    rewritten.failed.len(),
+                    rewritten
+                        .failed
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    rewritten.first_error.as_deref().unwrap_or_default()
+                ));
+            }
+        }
         let nodes = client.nodes().await?;
         let tag = crate::plan::resources::cluster_tag(&spec.name);
         let servers = self.cloud.servers_tagged(&[tag.as_str()]).await?;
@@ -1117,8 +1139,7 @@ pub(crate) async fn plan(
         None => planner::plan(&spec, &observation.observed, &observation.facts, scope)?,
     };
     let growth = growth_shortfall(&cloud, &observation.observed, &observation.facts, &plan).await?;
-    let store = crate::backup::Store::of(&cloud, &spec).map_err(BackupError::from)?;
-    let backup = crate::backup::view(&store, &spec, state.as_ref()).await?;
+    let backup = crate::backup::view(&cloud, &spec, state.as_ref()).await?;
     let secrets_at_rest = match identity::encrypts_secrets(&observation.observed.servers) {
         true => "encrypted by the API servers (secretbox, the state directory's key)".to_string(),
         false => "not encrypted: the cluster was made before flatstack encrypted them".to_string(),

@@ -69,7 +69,7 @@ pub enum BackupError {
     #[error(transparent)]
     Envelope(#[from] envelope::EnvelopeError),
     #[error(
-        "the state directory records the backups in {recorded} (container {container}), but the cluster file now names {now}\n  hint: set the file back to keep using them; to start anew in the new store, delete {} (the old snapshots stay where they are, readable with the file set back)",
+        "the state directory records the backups in {recorded} (container {container}), but the cluster file now names {now}\n  hint: set the file back to keep writing them there; to start anew in the new store, delete {} (the old snapshots stay where they are: `backup list` and `backup get` read the store the file names, so set it back to read them)",
         record.display()
     )]
     StoreChanged {
@@ -206,6 +206,7 @@ pub(crate) async fn ensure(
     state: &StateDir,
     cluster: &str,
 ) -> Result<Ensured, BackupError> {
+    check_recorded_store(store, Some(state))?;
     let mut name = match recorded_container(Some(state))? {
         Some(name) => name,
         None => record_new(store, state, cluster)?,
@@ -262,7 +263,9 @@ fn record_new(store: &Store<'_>, state: &StateDir, cluster: &str) -> Result<Stri
 }
 
 /// Refuses a store other than the one the state directory records the container in (a record
-/// of one line is of Swift, written before flatstack knew other stores).
+/// of one line is of Swift, written before flatstack knew other stores): `up` would make the
+/// recorded name in the other store. Reading (`backup list`, `get`, `down`) reads the store
+/// the file names.
 fn check_recorded_store(store: &Store<'_>, state: Option<&StateDir>) -> Result<(), BackupError> {
     let Some(state) = state else {
         return Ok(());
@@ -372,27 +375,30 @@ pub(crate) struct BackupView {
 
 /// What `up` would do about backups, found without changing anything.
 pub(crate) async fn view(
-    store: &Store<'_>,
+    cloud: &crate::cloud::Cloud,
     spec: &ClusterSpec,
     state: Option<&StateDir>,
 ) -> Result<BackupView, BackupError> {
-    let offered = store.offered().await;
-    let on = enabled(spec, offered, &store.cloud().config().name)?;
     let mut view = BackupView {
-        enabled: on,
-        note: String::new(),
+        enabled: false,
+        note: "off (`backup.enabled = false`)".into(),
         every_hours: spec.backup.every_hours,
         keep: spec.backup.keep,
         container: None,
         to_create: false,
     };
-    if !on {
-        view.note = match spec.backup.enabled {
-            Some(false) => "off (`backup.enabled = false`)".into(),
-            _ => "off: the cloud's catalog has no object store".into(),
-        };
+    // Off: nothing of the store is needed (and no S3 key asked for).
+    if spec.backup.enabled == Some(false) {
         return Ok(view);
     }
+    let store = &Store::of(cloud, spec)?;
+    view.enabled = enabled(spec, store.offered().await, &cloud.config().name)?;
+    if !view.enabled {
+        view.note = "off: the cloud's catalog has no object store".into();
+        return Ok(view);
+    }
+    // What `up` would refuse, `plan` refuses.
+    check_recorded_store(store, state)?;
     let recorded = recorded_container(state)?;
     let found = match containers(store, &spec.name, state).await {
         Ok(found) => found,
@@ -541,7 +547,6 @@ async fn container_entries(
     cluster: &str,
     state: Option<&StateDir>,
 ) -> Result<Vec<crate::cloud::object_store::ContainerEntry>, BackupError> {
-    check_recorded_store(store, state)?;
     let mut found = match store.containers(&container_prefix(cluster)).await {
         Ok(found) => found,
         Err(source @ CloudError::Api { status: 403, .. }) => {

@@ -72,8 +72,6 @@ impl<'a> Store<'a> {
     pub(crate) fn of(cloud: &'a Cloud, spec: &ClusterSpec) -> Result<Store<'a>, StoreConfigError> {
         let s3 = match &spec.backup.store {
             BackupStore::Swift => None,
-            // Off: nothing of the store is needed (and no key asked for).
-            BackupStore::S3 { .. } if spec.backup.enabled == Some(false) => None,
             BackupStore::S3 { endpoint, region } => {
                 let length = super::container_prefix(&spec.name).len() + super::SUFFIX_LEN;
                 if length > S3_NAME_LIMIT {

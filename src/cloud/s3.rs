@@ -289,6 +289,7 @@ impl S3Store {
     ) -> Result<Option<Vec<StoredObject>>, CloudError> {
         let mut objects = Vec::new();
         let mut token: Option<String> = None;
+        let mut seen = std::collections::BTreeSet::new();
         loop {
             let mut query = vec![("list-type", "2")];
             if let Some(token) = &token {
@@ -310,9 +311,9 @@ impl S3Store {
             }));
             match (page.is_truncated, page.next_continuation_token) {
                 (false, _) => return Ok(Some(objects)),
-                (true, Some(next)) if token.as_ref() != Some(&next) => token = Some(next),
-                // A store that says there is more but not where it goes on (or sends the same
-                // place again) would have us list a part as the whole, or forever.
+                (true, Some(next)) if seen.insert(next.clone()) => token = Some(next),
+                // A store that says there is more but not where it goes on (or sends a place
+                // again) would have us list a part as the whole, or forever.
                 (true, _) => {
                     return Err(CloudError::Decode {
                         service: Service::ObjectStore.name(),

@@ -409,9 +409,27 @@ fn restore_stages_the_snapshot_behind_a_temp_url_and_rebuilds_the_control_plane(
     );
     assert!(!workspace.state_dir().join("restore-pending").exists());
 
+    // The control plane as a cluster made before flatstack encrypted Secrets has it: no key
+    // recorded. The restored cluster encrypts them all the same.
+    crate::openstack::cli(
+        "local-demo",
+        &[
+            "server",
+            "unset",
+            "--property",
+            "flatstack-secrets-key",
+            &control_plane,
+        ],
+    );
     let restored = flatstack(&workspace, &["restore", "--yes", "--provision-only"]);
     let shown = success(&restored);
     assert!(shown.contains("staged flatstack-restore."), "{shown}");
+    assert!(
+        crate::up::server_metadata(&control_plane)["flatstack-secrets-key"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("sha256:")),
+        "the new control plane records the Secrets key"
+    );
     // Not finished: the cluster has not been seen running (--provision-only).
     assert!(workspace.state_dir().join("restore-pending").exists());
     assert_ne!(
@@ -446,6 +464,10 @@ fn restore_stages_the_snapshot_behind_a_temp_url_and_rebuilds_the_control_plane(
     let url = env_field(&env, "url");
     assert!(url.contains("temp_url_sig="), "{url}");
     assert!(ignition_file(&config, "/opt/flatstack/bin/flatstack-restore").is_some());
+    assert!(
+        ignition_file(&config, "/etc/flatstack/encryption-config.yaml.in").is_some(),
+        "the restored control plane encrypts Secrets"
+    );
     // The real Swift serves the staged blob at that URL, with no token.
     let fetched = Command::new("curl")
         .args(["-fsS", &url])

@@ -1873,7 +1873,9 @@ fn body_and_stored(world: &World, path: &str, body: &[u8]) -> Result<(Value, Val
 /// A Secret replaced (PUT) as the API server stores it: the body's `resourceVersion` must be
 /// the stored one (409 otherwise); an unchanged Secret is written, with a new
 /// `resourceVersion`, only when it was stored in clear (its stored form is stale: read
-/// through a provider other than the first), and is then stored encrypted.
+/// through a provider other than the first), and is then stored encrypted (the API servers
+/// here encrypt Secrets, as a cluster flatstack makes or restores does; flatstack writes
+/// Secrets back only then).
 fn replace_secret(world: &mut World, path: &str, body: &[u8]) -> Answer {
     let (mut object, current) = match body_and_stored(world, path, body) {
         Ok(both) => both,
